@@ -1,0 +1,173 @@
+"""Metrics the engine keeps from the ``now`` it is given.
+
+The simulator and the real server export the same names: the real server copies them into
+Prometheus collectors, the simulator prints them as a table.  Histograms use fixed bucket
+bounds (cumulative on export, as Prometheus expects) plus a sum and a count, so an
+observation is one bisect and two additions.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "BATCH_SIZE_BUCKETS",
+    "LATENCY_BUCKETS_S",
+    "METRIC_HELP",
+    "Counter",
+    "Histogram",
+    "Metrics",
+]
+
+LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.025,
+    0.03,
+    0.04,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+BATCH_SIZE_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(0, 17))
+
+METRIC_HELP: dict[str, str] = {
+    "clipperlab_queries_total": "Application queries received",
+    "clipperlab_replies_total": "Application queries answered (default or not)",
+    "clipperlab_defaults_total": "Queries answered with the default output, by reason",
+    "clipperlab_query_latency_seconds": "Time from a query's arrival to its reply",
+    "clipperlab_batches_total": "Batches sent to replicas, by release reason",
+    "clipperlab_batch_size": "Queries per batch sent",
+    "clipperlab_batch_latency_seconds": "Batch latency from assembly start to results",
+    "clipperlab_model_predictions_total": "Predictions computed by models",
+    "clipperlab_model_errors_total": "Batches a model failed to compute",
+    "clipperlab_queue_expired_total": "Model requests dropped from a queue after their deadline",
+    "clipperlab_cache_hits_total": "Prediction cache hits",
+    "clipperlab_cache_misses_total": "Prediction cache misses",
+    "clipperlab_cache_coalesced_total": "Requests that joined an identical in-flight request",
+    "clipperlab_cache_evictions_total": "Prediction cache evictions",
+    "clipperlab_feedback_total": "Feedback items applied to selection state",
+    "clipperlab_missing_predictions_total": "Selected models that had not answered at reply time",
+}
+
+
+class Counter:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class Histogram:
+    __slots__ = ("bounds", "counts", "sum", "count")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """``(upper bound, cumulative count)`` pairs ending with ``(inf, count)``."""
+        out, acc = [], 0
+        for b, c in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            acc += c
+            out.append((b, acc))
+        return out
+
+    def quantile(self, q: float) -> float:
+        """Upper bound of the bucket holding the ``q`` quantile (coarse)."""
+        if self.count == 0:
+            return float("nan")
+        target = q * self.count
+        for b, c in self.cumulative():
+            if c >= target:
+                return b
+        return float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    metric: Counter | Histogram
+
+
+class Metrics:
+    """A registry of labelled counters and histograms."""
+
+    def __init__(self) -> None:
+        self._counters: dict[tuple[str, tuple[tuple[str, str], ...]], Counter] = {}
+        self._hists: dict[tuple[str, tuple[tuple[str, str], ...]], Histogram] = {}
+
+    def counter(self, name: str, **labels: str) -> Counter:
+        key = (name, tuple(sorted(labels.items())))
+        c = self._counters.get(key)
+        if c is None:
+            c = self._counters[key] = Counter()
+        return c
+
+    def histogram(
+        self, name: str, *, bounds: Sequence[float] = LATENCY_BUCKETS_S, **labels: str
+    ) -> Histogram:
+        key = (name, tuple(sorted(labels.items())))
+        h = self._hists.get(key)
+        if h is None:
+            h = self._hists[key] = Histogram(bounds)
+        return h
+
+    def samples(self) -> Iterator[Sample]:
+        for (name, labels), c in sorted(self._counters.items(), key=lambda kv: kv[0]):
+            yield Sample(name, labels, c)
+        for (name, labels), h in sorted(self._hists.items(), key=lambda kv: kv[0]):
+            yield Sample(name, labels, h)
+
+    def value(self, name: str, **labels: str) -> float:
+        """A counter's value (0 when never incremented); histograms give their count."""
+        key = (name, tuple(sorted(labels.items())))
+        if key in self._counters:
+            return self._counters[key].value
+        if key in self._hists:
+            return float(self._hists[key].count)
+        return 0.0
+
+    def total(self, name: str) -> float:
+        """Sum of a counter over all its label sets."""
+        return sum(c.value for (n, _), c in self._counters.items() if n == name)
+
+    def as_dict(self) -> dict[str, float]:
+        """Flat ``{"name{label=value}": number}`` view; histograms give _count and _sum."""
+        out: dict[str, float] = {}
+        for s in self.samples():
+            lab = ",".join(f"{k}={v}" for k, v in s.labels)
+            base = f"{s.name}{{{lab}}}" if lab else s.name
+            if isinstance(s.metric, Counter):
+                out[base] = s.metric.value
+            else:
+                out[base.replace(s.name, s.name + "_count", 1)] = s.metric.count
+                out[base.replace(s.name, s.name + "_sum", 1)] = s.metric.sum
+        return out

@@ -1,0 +1,1 @@
+"""clipperlab simulator."""
