@@ -1,0 +1,266 @@
+"""The experiment framework: what a figure module provides and how its outputs are laid out.
+
+A figure module (``experiments/fig4.py``...) defines:
+
+- ``NAME`` and ``TITLE`` (strings), and its docstring, which ``summary.md`` quotes;
+- ``Config``: a frozen keyword-only dataclass with a ``seed`` field (see ``config.py``);
+- ``default_config(quick: bool) -> Config``: the full run, or the ``--quick`` one (under a
+  minute on the 2-core dev machine);
+- ``run(config) -> Results``: runs the simulation and returns a tidy table (one row per
+  point of the figure) plus optional raw tables (per batch, per query);
+- ``plot(results, out_dir) -> list[Path]``: writes PNG figures;
+- ``claims(results, config) -> list[Claim]``: the paper's statements beside our numbers.
+
+``write_outputs`` lays a run out as::
+
+    results/NAME/
+        NAME.csv        the tidy table (small; committed)
+        NAME*.png       figures (committed)
+        summary.md      claims, figure, table, config, how it was run (committed)
+        raw/            raw tables as Parquet (git-ignored: ``results/*/raw/``)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import platform
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NamedTuple, Protocol
+
+import pandas as pd
+
+from .config import config_to_dict, with_overrides
+
+__all__ = [
+    "EXPERIMENTS",
+    "Claim",
+    "ExperimentModule",
+    "Results",
+    "RunRecord",
+    "load_experiment",
+    "markdown_table",
+    "run_experiment",
+    "write_outputs",
+]
+
+# name -> module; the order is the README's.
+EXPERIMENTS: dict[str, str] = {
+    "fig2": "experiments.fig2",
+    "fig3": "experiments.fig3",
+    "fig4": "experiments.fig4",
+    "fig5": "experiments.fig5",
+    "fig9": "experiments.fig9",
+}
+
+
+class Claim(NamedTuple):
+    """One line of ``summary.md``: what is compared, the paper's number, ours."""
+
+    what: str
+    paper: str
+    ours: str
+
+
+@dataclass
+class Results:
+    """What ``run`` returns: the tidy table, raw tables, and free-form notes."""
+
+    table: pd.DataFrame
+    raw: dict[str, pd.DataFrame] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+class ExperimentModule(Protocol):
+    NAME: str
+    TITLE: str
+    Config: type
+
+    def default_config(self, quick: bool) -> Any: ...
+
+    def run(self, config: Any) -> Results: ...
+
+    def plot(self, results: Results, out_dir: Path) -> list[Path]: ...
+
+    def claims(self, results: Results, config: Any) -> list[Claim]: ...
+
+
+@dataclass
+class RunRecord:
+    """A finished experiment run and the files it wrote."""
+
+    name: str
+    config: Any
+    results: Results
+    wall_s: float
+    out_dir: Path
+    files: list[Path]
+
+
+def load_experiment(name: str) -> ModuleType:
+    """The module of experiment ``name``; ``KeyError`` with the known names otherwise."""
+    if name not in EXPERIMENTS:
+        raise KeyError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
+    return importlib.import_module(EXPERIMENTS[name])
+
+
+def make_config(
+    mod: ModuleType, *, quick: bool, seed: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Any:
+    cfg = mod.default_config(quick)
+    changes = dict(overrides or {})
+    if seed is not None:
+        changes["seed"] = seed
+    return with_overrides(cfg, changes)
+
+
+def run_experiment(
+    name: str,
+    *,
+    quick: bool = False,
+    out_dir: Path | None = None,
+    seed: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    command: str = "",
+) -> RunRecord:
+    """Run experiment ``name`` and write ``out_dir`` (default ``results/NAME``)."""
+    mod = load_experiment(name)
+    cfg = make_config(mod, quick=quick, seed=seed, overrides=overrides)
+    t0 = time.perf_counter()
+    results: Results = mod.run(cfg)
+    wall_s = time.perf_counter() - t0
+    out = Path(out_dir) if out_dir is not None else Path("results") / name
+    files = write_outputs(mod, cfg, results, out, wall_s=wall_s, quick=quick, command=command)
+    return RunRecord(name, cfg, results, wall_s, out, files)
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+            timeout=5, cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _fmt_cell(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return ""
+        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+            return f"{v:.3g}"
+        return f"{v:.4g}" if abs(v) < 100 else f"{v:,.0f}"
+    return str(v).replace("|", "\\|")
+
+
+def markdown_table(df: pd.DataFrame, max_rows: int = 200) -> str:
+    """A GitHub markdown table of ``df`` (numbers rounded for reading)."""
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in df.head(max_rows).itertuples(index=False):
+        lines.append("| " + " | ".join(_fmt_cell(v) for v in row) + " |")
+    if len(df) > max_rows:
+        lines.append(f"\n({len(df) - max_rows} more rows in the CSV)")
+    return "\n".join(lines)
+
+
+def write_outputs(
+    mod: ModuleType,
+    config: Any,
+    results: Results,
+    out_dir: Path,
+    *,
+    wall_s: float,
+    quick: bool,
+    command: str = "",
+) -> list[Path]:
+    """Write the table, raw tables, figures and ``summary.md``; return the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name: str = mod.NAME
+    files: list[Path] = []
+    csv_path = out_dir / f"{name}.csv"
+    results.table.to_csv(csv_path, index=False, float_format="%.6g")
+    files.append(csv_path)
+    if results.raw:
+        raw_dir = out_dir / "raw"
+        raw_dir.mkdir(exist_ok=True)
+        for key, df in results.raw.items():
+            p = raw_dir / f"{key}.parquet"
+            df.to_parquet(p, index=False)
+            files.append(p)
+    figures = list(mod.plot(results, out_dir))
+    files.extend(figures)
+    claims: list[Claim] = list(mod.claims(results, config))
+    summary = out_dir / "summary.md"
+    summary.write_text(
+        _summary_text(mod, config, results, claims, figures, out_dir, wall_s, quick, command)
+    )
+    files.append(summary)
+    (out_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
+    files.append(out_dir / "config.json")
+    return files
+
+
+def _summary_text(
+    mod: ModuleType,
+    config: Any,
+    results: Results,
+    claims: list[Claim],
+    figures: list[Path],
+    out_dir: Path,
+    wall_s: float,
+    quick: bool,
+    command: str,
+) -> str:
+    doc = (mod.__doc__ or "").strip()
+    lines = [f"# {mod.NAME}: {mod.TITLE}", ""]
+    if doc:
+        lines += [doc, ""]
+    mode = "quick" if quick else "full"
+    cmd = command or f"clipperlab experiment {mod.NAME}{' --quick' if quick else ''}"
+    lines += [
+        f"Run: `{cmd}` ({mode} mode, seed {config.seed}), {wall_s:.1f} s wall on "
+        f"{platform.machine()} with {_cpu_count()} CPUs, commit {_git_commit()}, "
+        f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}.",
+        "",
+        "## The paper beside ours",
+        "",
+        "| what | paper | ours |",
+        "|---|---|---|",
+    ]
+    for c in claims:
+        lines.append(f"| {c.what} | {c.paper} | {c.ours} |")
+    lines.append("")
+    if results.notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in results.notes] + [""]
+    if figures:
+        lines += ["## Figures", ""]
+        for f in figures:
+            rel = f.relative_to(out_dir) if f.is_relative_to(out_dir) else f
+            lines.append(f"![{f.stem}]({rel.as_posix()})")
+        lines.append("")
+    lines += ["## Results", "", markdown_table(results.table), ""]
+    lines += ["## Config", "", "```json", json.dumps(config_to_dict(config), indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def config_replace(config: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` for configs (re-exported for the figure modules)."""
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,81 @@
+"""Numbers the figures report, computed from a run's raw timestamps after the run.
+
+Rules (the same for every figure, so they compare):
+- A warm-up share of the run is left out of every measure: queries that *arrived* before
+  ``warmup_at`` do not count, nor batches *sent* before it (adaptive batching starts at a
+  batch of one and needs time to grow).
+- Throughput is answered (non-default) queries per second of the measured window, the
+  window running from ``warmup_at`` to the last arrival; under overload that is the peak
+  throughput the paper reports.  ``offered_qps`` is arrivals per second in the same window.
+- Latency is the time from a query's arrival to its reply (default replies included, as a
+  client sees them); ``answered_`` latencies count non-default replies only.
+- Percentiles are numpy's linear interpolation; an empty set gives NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = ["batch_stats", "latency_stats", "pct", "window"]
+
+
+def pct(values: np.ndarray, q: float) -> float:
+    """The ``q``-th percentile (0-100) of ``values``, NaN when empty."""
+    if len(values) == 0:
+        return math.nan
+    return float(np.percentile(values, q))
+
+
+def window(arrival_at: np.ndarray, warmup_frac: float) -> tuple[float, float]:
+    """(start, end) of the measured window: after ``warmup_frac`` of the arrival span."""
+    if len(arrival_at) == 0:
+        return 0.0, 0.0
+    t0, t1 = float(arrival_at.min()), float(arrival_at.max())
+    return t0 + warmup_frac * (t1 - t0), t1
+
+
+def latency_stats(
+    arrival_at: np.ndarray,
+    latency_s: np.ndarray,
+    default: np.ndarray,
+    *,
+    warmup_frac: float,
+) -> dict[str, Any]:
+    """Throughput, default share and latency quantiles (ms) over the measured window."""
+    start, end = window(arrival_at, warmup_frac)
+    keep = arrival_at >= start
+    lat = latency_s[keep]
+    dflt = default[keep].astype(bool)
+    span_s = max(end - start, 1e-12)
+    answered = lat[~dflt]
+    n = int(keep.sum())
+    return {
+        "queries": n,
+        "offered_qps": n / span_s,
+        "throughput_qps": len(answered) / span_s,
+        "default_share": float(dflt.mean()) if n else math.nan,
+        "mean_ms": float(lat.mean() * 1e3) if n else math.nan,
+        "p50_ms": pct(lat, 50) * 1e3,
+        "p99_ms": pct(lat, 99) * 1e3,
+        "answered_mean_ms": float(answered.mean() * 1e3) if len(answered) else math.nan,
+        "answered_p99_ms": pct(answered, 99) * 1e3,
+    }
+
+
+def batch_stats(
+    sent_at: np.ndarray, done_at: np.ndarray, size: np.ndarray, *, start_at: float
+) -> dict[str, Any]:
+    """Mean and p99 batch size and batch latency (ms) of batches sent after ``start_at``."""
+    keep = sent_at >= start_at
+    s = size[keep]
+    lat = (done_at[keep] - sent_at[keep]) * 1e3
+    return {
+        "batches": int(keep.sum()),
+        "mean_batch": float(s.mean()) if len(s) else math.nan,
+        "p99_batch": pct(s, 99),
+        "batch_mean_ms": float(lat.mean()) if len(lat) else math.nan,
+        "batch_p99_ms": pct(lat, 99),
+    }
