@@ -1,0 +1,214 @@
+"""The local container manager: starts, watches and restarts container processes.
+
+Rules:
+- For each model the store wants ``n`` replicas of its *active* version: processes
+  ``clipperlab container`` with ordinals ``0..n-1`` connecting to this frontend.
+- A process that exits while wanted is restarted after a back-off that starts at 0.1 s and
+  doubles up to 5 s (reset once the process lived 10 s).  The engine learns that the replica
+  is down from its connection (closed, or silent past the heartbeat limit); a silent
+  container is killed here so that it restarts.
+- When the active version changes, the new version's processes start at once and the old
+  version's stop once one new replica has said hello (or at once when none are wanted).
+- ``stop_all`` sends SIGTERM, waits up to ``grace_s``, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine import ModelSpec, ReplicaId
+
+__all__ = ["ContainerManager", "Managed"]
+
+log = logging.getLogger("clipperlab.manager")
+
+_BACKOFF_START_S = 0.1
+_BACKOFF_MAX_S = 5.0
+_HEALTHY_AFTER_S = 10.0
+
+
+@dataclass(slots=True)
+class Managed:
+    """One wanted replica and its current process."""
+
+    replica: ReplicaId
+    argv: list[str]
+    proc: asyncio.subprocess.Process | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    backoff_s: float = _BACKOFF_START_S
+    wanted: bool = True
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class ContainerManager:
+    """Keeps the wanted container processes running."""
+
+    def __init__(
+        self,
+        rpc_host: str,
+        rpc_port: int,
+        *,
+        secret: str = "",
+        log_dir: str | None = None,
+        python: str = sys.executable,
+    ) -> None:
+        self.rpc_host = "127.0.0.1" if rpc_host in ("0.0.0.0", "", "::") else rpc_host
+        self.rpc_port = rpc_port
+        self.secret = secret
+        self.log_dir = log_dir
+        self.python = python
+        self.procs: dict[ReplicaId, Managed] = {}
+        self.restarts_total = 0
+        self._retiring: dict[str, list[ReplicaId]] = {}
+
+    def argv(self, spec: ModelSpec, ordinal: int) -> list[str]:
+        md = spec.metadata
+        kind = str(md.get("kind", "noop"))
+        path = str(md.get("path", ""))
+        model = f"{kind}:{path}" if path else kind
+        argv = [
+            self.python,
+            "-m",
+            "real.cmd_container",
+            "--model",
+            model,
+            "--name",
+            spec.name,
+            "--version",
+            spec.version,
+            "--input-type",
+            spec.input_type,
+            "--frontend",
+            f"{self.rpc_host}:{self.rpc_port}",
+            "--ordinal",
+            str(ordinal),
+        ]
+        if md.get("options"):
+            import json
+
+            argv += ["--options", json.dumps(md["options"])]
+        return argv
+
+    def set_replicas(self, spec: ModelSpec, count: int) -> None:
+        """Want ``count`` replicas of ``spec`` (the model's active version)."""
+        for m in self.procs.values():
+            if m.replica.model == spec.name and m.replica.version != spec.version and m.wanted:
+                self._retiring.setdefault(spec.name, []).append(m.replica)
+        if count == 0:
+            self._retire(spec.name)
+        for ordinal in range(count):
+            rid = ReplicaId(spec.name, spec.version, ordinal)
+            m = self.procs.get(rid)
+            if m is None or not m.wanted:
+                m = self.procs[rid] = Managed(rid, self.argv(spec, ordinal))
+                m.task = asyncio.get_running_loop().create_task(self._keep(m))
+        for rid, m in list(self.procs.items()):
+            if rid.model == spec.name and rid.version == spec.version and rid.ordinal >= count:
+                self._stop(m)
+
+    def replica_up(self, rid: ReplicaId) -> None:
+        """A replica said hello: retire the previous version's processes."""
+        if rid.model in self._retiring and rid in self.procs:
+            self._retire(rid.model)
+
+    def _retire(self, model: str) -> None:
+        for old in self._retiring.pop(model, []):
+            m = self.procs.get(old)
+            if m is not None:
+                self._stop(m)
+
+    def kill(self, rid: ReplicaId) -> None:
+        """Kill a replica's process (silent container); it will be restarted."""
+        m = self.procs.get(rid)
+        if m is not None and m.proc is not None and m.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                m.proc.kill()
+
+    def pid(self, rid: ReplicaId) -> int | None:
+        m = self.procs.get(rid)
+        return m.proc.pid if m is not None and m.proc is not None else None
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "replica": str(m.replica),
+                "pid": m.proc.pid if m.proc is not None else None,
+                "running": m.proc is not None and m.proc.returncode is None,
+                "restarts": m.restarts,
+            }
+            for m in self.procs.values()
+        ]
+
+    async def _keep(self, m: Managed) -> None:
+        while m.wanted:
+            out: Any = asyncio.subprocess.DEVNULL
+            if self.log_dir:
+                os.makedirs(self.log_dir, exist_ok=True)
+                name = f"{m.replica.model}-{m.replica.version}-{m.replica.ordinal}.log"
+                out = open(os.path.join(self.log_dir, name), "ab")  # noqa: SIM115
+            env = dict(os.environ)
+            if self.secret:
+                env["CLIPPERLAB_RPC_SECRET"] = self.secret
+            try:
+                m.proc = await asyncio.create_subprocess_exec(
+                    *m.argv, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL, env=env
+                )
+            finally:
+                if out is not asyncio.subprocess.DEVNULL:
+                    out.close()
+            m.started_at = time.monotonic()
+            log.info("started %s (pid %d)", m.replica, m.proc.pid)
+            rc = await m.proc.wait()
+            if not m.wanted:
+                return
+            lived_s = time.monotonic() - m.started_at
+            if lived_s > _HEALTHY_AFTER_S:
+                m.backoff_s = _BACKOFF_START_S
+            log.warning(
+                "container %s exited with %s after %.1f s; restarting in %.1f s",
+                m.replica,
+                rc,
+                lived_s,
+                m.backoff_s,
+            )
+            await asyncio.sleep(m.backoff_s)
+            m.backoff_s = min(m.backoff_s * 2, _BACKOFF_MAX_S)
+            m.restarts += 1
+            self.restarts_total += 1
+
+    def _stop(self, m: Managed) -> None:
+        m.wanted = False
+        self.procs.pop(m.replica, None)
+        if m.proc is not None and m.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                m.proc.send_signal(signal.SIGTERM)
+        if m.task is not None and (m.proc is None or m.proc.returncode is not None):
+            m.task.cancel()
+
+    async def stop_all(self, grace_s: float = 3.0) -> None:
+        ms = list(self.procs.values())
+        for m in ms:
+            self._stop(m)
+        procs = [m.proc for m in ms if m.proc is not None and m.proc.returncode is None]
+        if procs:
+            _, pending = await asyncio.wait(
+                [asyncio.ensure_future(pr.wait()) for pr in procs], timeout=grace_s
+            )
+            for pr in procs:
+                if pr.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        pr.kill()
+            if pending:
+                await asyncio.wait(pending, timeout=grace_s)
+        for m in ms:
+            if m.task is not None:
+                m.task.cancel()

@@ -1,0 +1,410 @@
+"""The real-mode server: frontend, admin API, container RPC, store and containers.
+
+Theory of operation: one ``Engine`` lives on the uvloop event loop, fed by an
+``EngineDriver``.  Three listeners share it: the query frontend (HTTP), the admin API
+(HTTP) and the container RPC (framed TCP).  Administrative changes go through ``Server``
+methods, which apply them to the engine, write them to the store and tell the container
+manager how many processes each model wants.  ``stop`` stops accepting, answers what is in
+flight, saves selection state, then stops the containers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from engine import Application, BatchingConfig, Engine, ModelSpec, ReplicaId
+
+from .admin import AdminApi
+from .config import ServerConfig
+from .driver import EngineDriver
+from .frontend import QueryFrontend
+from .http import HttpProtocol
+from .manager import ContainerManager
+from .metrics import metrics_text
+from .rpc import RpcServer
+from .store import Store
+
+__all__ = ["Server", "ServerThread", "app_from_dict", "model_from_dict"]
+
+log = logging.getLogger("clipperlab.server")
+
+
+def _pick(d: Mapping[str, Any], *names: str, default: Any = None) -> Any:
+    for n in names:
+        if n in d:
+            return d[n]
+    return default
+
+
+def app_from_dict(d: Mapping[str, Any]) -> Application:
+    """An ``Application`` from Clipper's ``add_app`` fields or ours (slo_ms, slo_s)."""
+    known = {
+        "name",
+        "input_type",
+        "default_output",
+        "latency_slo_micros",
+        "slo_ms",
+        "slo_s",
+        "policy",
+        "policy_params",
+        "confidence_threshold",
+        "input_shape",
+        "loss",
+        "models",
+        "candidate_model_names",
+    }
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"unknown application field(s) {sorted(unknown)}; known: {sorted(known)}")
+    if "latency_slo_micros" in d:
+        slo_s = float(d["latency_slo_micros"]) / 1e6
+    elif "slo_ms" in d:
+        slo_s = float(d["slo_ms"]) / 1e3
+    else:
+        slo_s = float(d.get("slo_s", 0.020))
+    shape = d.get("input_shape")
+    return Application(
+        name=str(d["name"]),
+        slo_s=slo_s,
+        default_output=d.get("default_output"),
+        input_type=str(d.get("input_type", "doubles")),
+        input_shape=tuple(shape) if shape is not None else None,
+        policy=str(d.get("policy", "static")),
+        policy_params=dict(d.get("policy_params") or {}),
+        confidence_threshold=float(d.get("confidence_threshold", 0.0)),
+        loss=str(d.get("loss", "zero_one")),
+    )
+
+
+def model_from_dict(d: Mapping[str, Any], max_queue: int) -> tuple[ModelSpec, int]:
+    """A ``ModelSpec`` and its replica count from Clipper's ``add_model`` fields or ours."""
+    known = {
+        "model_name",
+        "name",
+        "model_version",
+        "version",
+        "input_type",
+        "container_name",
+        "kind",
+        "model_data_path",
+        "path",
+        "labels",
+        "batching",
+        "replicas",
+        "options",
+        "activate",
+    }
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"unknown model field(s) {sorted(unknown)}; known: {sorted(known)}")
+    name = _pick(d, "model_name", "name")
+    if not name:
+        raise ValueError("a model needs model_name")
+    kind = str(_pick(d, "kind", "container_name", default="noop"))
+    from .models import MODEL_KINDS
+
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"model kind {kind!r} is unknown; expected one of {MODEL_KINDS}")
+    batching = BatchingConfig.from_dict(d.get("batching") or {})
+    if batching.max_queue is None:
+        batching = replace(batching, max_queue=max_queue)
+    replicas = int(d.get("replicas", 1))
+    if replicas < 0:
+        raise ValueError(f"replicas must be >= 0, got {replicas}")
+    md: dict[str, Any] = {
+        "kind": kind,
+        "path": str(_pick(d, "path", "model_data_path", default="")),
+    }
+    if d.get("options"):
+        md["options"] = dict(d["options"])
+    if d.get("labels"):
+        md["labels"] = list(d["labels"])
+    spec = ModelSpec(
+        name=str(name),
+        version=str(_pick(d, "model_version", "version", default="1")),
+        input_type=str(d.get("input_type", "doubles")),
+        batching=batching,
+        metadata=md,
+    )
+    return spec, replicas
+
+
+class Server:
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        self.engine = Engine(seed=cfg.seed, cache_capacity_bytes=cfg.cache_capacity_bytes)
+        self.store = Store(cfg.store)
+        self.ports: dict[str, int] = {}
+        self.replicas_wanted: dict[str, int] = {}
+        self._servers: list[asyncio.AbstractServer] = []
+        self._conns: set[HttpProtocol] = set()
+        self._save_task: asyncio.Task[None] | None = None
+        self.manager: ContainerManager | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> dict[str, int]:
+        loop = asyncio.get_running_loop()
+        cfg = self.cfg
+        self.loop = loop
+        self.driver = EngineDriver(self.engine, loop)
+        self.rpc = RpcServer(
+            self.driver,
+            secret=cfg.rpc_secret,
+            heartbeat_interval_s=cfg.heartbeat_interval_s,
+            missed_heartbeats=cfg.missed_heartbeats,
+            on_up=self._on_up,
+            on_down=self._on_down,
+        )
+        self.replicas_wanted = self.store.load_into(self.engine)
+        text = metrics_text(self.engine, self._gauges)
+        self.frontend = QueryFrontend(self.driver, cache=cfg.cache, metrics_text=text)
+        self.admin = AdminApi(self, metrics_text=text)
+        rpc_srv = await loop.create_server(self.rpc.protocol, cfg.rpc_host, cfg.rpc_port)
+        self.rpc.start()
+        self.ports["rpc"] = rpc_srv.sockets[0].getsockname()[1]
+        q_srv = await loop.create_server(
+            lambda: self._http(self.frontend, cfg.max_body_bytes),
+            cfg.host,
+            cfg.query_port,
+            backlog=1024,
+        )
+        a_srv = await loop.create_server(
+            lambda: self._http(self.admin, cfg.admin_max_body_bytes),
+            cfg.admin_host,
+            cfg.admin_port,
+        )
+        self.ports["query"] = q_srv.sockets[0].getsockname()[1]
+        self.ports["admin"] = a_srv.sockets[0].getsockname()[1]
+        self._servers = [q_srv, a_srv, rpc_srv]
+        if cfg.manage_containers:
+            self.manager = ContainerManager(
+                cfg.rpc_host,
+                self.ports["rpc"],
+                secret=cfg.rpc_secret,
+                log_dir=cfg.container_log_dir or None,
+            )
+        self._deploy_config()
+        for name, n in self.replicas_wanted.items():
+            self._apply_replicas(name, n)
+        self._save_task = loop.create_task(self._save_periodically())
+        log.info("serving: %s", self.ports)
+        return dict(self.ports)
+
+    def _http(self, handler: Any, max_body: int) -> HttpProtocol:
+        proto = HttpProtocol(handler, max_body_bytes=max_body, on_close=self._conns.discard)
+        self._conns.add(proto)
+        return proto
+
+    def _deploy_config(self) -> None:
+        cfg = self.cfg
+        for m in cfg.models:
+            d = dict(m)
+            spec, n = model_from_dict(d, cfg.max_queue)
+            versions = self.engine.registry.models.get(spec.name, {})
+            if spec.version not in versions:
+                self.add_model(d)
+        for a in cfg.applications:
+            d = dict(a)
+            if d["name"] not in self.engine.registry.apps:
+                self.add_app(d)
+
+    async def _save_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.save_state_every_s)
+            try:
+                self.store.save_selection(self.engine)
+            except Exception:  # noqa: BLE001 - a failed save is logged, serving goes on
+                log.exception("saving selection state failed")
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop accepting, answer what is in flight, save state, stop containers."""
+        self.frontend.accepting = False
+        for s in self._servers[:2]:
+            s.close()
+        until = time.monotonic() + grace_s
+        while self.driver.pending and time.monotonic() < until:
+            await asyncio.sleep(0.01)
+        # Let the last responses reach the sockets.
+        await asyncio.sleep(0.01)
+        if self._save_task is not None:
+            self._save_task.cancel()
+        try:
+            self.store.save_selection(self.engine)
+        finally:
+            if self.manager is not None:
+                await self.manager.stop_all()
+            self.rpc.close()
+            self._servers[2].close()
+            for c in list(self._conns):
+                c.close()
+            self.store.close()
+        log.info("stopped")
+
+    # ------------------------------------------------------------------ replicas
+    def _on_up(self, rid: ReplicaId) -> None:
+        if self.manager is not None:
+            self.manager.replica_up(rid)
+
+    def _on_down(self, rid: ReplicaId) -> None:
+        if self.manager is not None:
+            self.manager.kill(rid)  # a silent container is killed so that it restarts
+
+    def _apply_replicas(self, name: str, count: int) -> None:
+        if self.manager is not None:
+            self.manager.set_replicas(self.engine.registry.model(name), count)
+
+    def _gauges(self) -> dict[str, tuple[str, float]]:
+        return {
+            "clipperlab_real_replicas_connected": (
+                "Container replicas connected",
+                float(len(self.driver.links)),
+            ),
+            "clipperlab_real_container_restarts": (
+                "Container processes restarted by the manager",
+                float(self.manager.restarts_total if self.manager else 0),
+            ),
+            "clipperlab_real_http_errors": (
+                "HTTP 4xx/5xx answers on the query port",
+                float(self.frontend.errors),
+            ),
+            "clipperlab_real_rpc_garbage_frames": (
+                "RPC connections dropped for bad frames",
+                float(self.rpc.garbage_frames),
+            ),
+        }
+
+    # ------------------------------------------------------------------ administration
+    def _persist(self) -> None:
+        reg = self.engine.registry
+        for app in reg.apps.values():
+            self.store.put_app(app)
+        for name, links in reg.links.items():
+            self.store.put_links(name, links)
+        for name, hist in reg.history.items():
+            self.store.put_history(name, hist)
+        for name, n in self.replicas_wanted.items():
+            self.store.put_replicas(name, n)
+
+    def add_app(self, d: Mapping[str, Any]) -> Application:
+        app = app_from_dict(d)
+        self.driver.admin(lambda: self.engine.add_application(app))
+        models = d.get("models") or d.get("candidate_model_names")
+        if models:
+            self.driver.admin(lambda: self.engine.link(app.name, list(models)))
+        self._persist()
+        return app
+
+    def add_model(self, d: Mapping[str, Any]) -> ModelSpec:
+        spec, n = model_from_dict(d, self.cfg.max_queue)
+        self.driver.admin(lambda: self.engine.add_model(spec))
+        self.store.put_model(spec)
+        if d.get("activate", True):
+            self.driver.admin(lambda: self.engine.set_model_version(spec.name, spec.version))
+        if "replicas" in d or spec.name not in self.replicas_wanted:
+            self.replicas_wanted[spec.name] = n
+        self._persist()
+        self._apply_replicas(spec.name, self.replicas_wanted[spec.name])
+        return spec
+
+    def link(self, app: str, models: list[str]) -> list[str]:
+        out: list[str] = self.driver.admin(lambda: self.engine.link(app, models))
+        self._persist()
+        return out
+
+    def unlink(self, app: str, models: list[str]) -> list[str]:
+        out: list[str] = self.driver.admin(lambda: self.engine.unlink(app, models))
+        self._persist()
+        return out
+
+    def set_version(self, name: str, version: str) -> None:
+        self.driver.admin(lambda: self.engine.set_model_version(name, version))
+        self._persist()
+        self._apply_replicas(name, self.replicas_wanted.get(name, 1))
+
+    def rollback(self, name: str, version: str | None = None) -> str:
+        v: str = self.driver.admin(lambda: self.engine.rollback(name, version))
+        self._persist()
+        self._apply_replicas(name, self.replicas_wanted.get(name, 1))
+        return v
+
+    def set_replicas(self, name: str, count: int) -> None:
+        self.engine.registry.model(name)
+        if count < 0:
+            raise ValueError(f"replicas must be >= 0, got {count}")
+        self.replicas_wanted[name] = count
+        self._persist()
+        self._apply_replicas(name, count)
+
+    def update_app(self, name: str, changes: dict[str, Any]) -> Application:
+        if "latency_slo_micros" in changes:
+            changes["slo_s"] = float(changes.pop("latency_slo_micros")) / 1e6
+        if "slo_ms" in changes:
+            changes["slo_s"] = float(changes.pop("slo_ms")) / 1e3
+        if "input_shape" in changes and changes["input_shape"] is not None:
+            changes["input_shape"] = tuple(changes["input_shape"])
+        app: Application = self.driver.admin(
+            lambda: self.engine.update_application(name, **changes)
+        )
+        self._persist()
+        return app
+
+    def inspect(self) -> dict[str, Any]:
+        eng = self.engine
+        reg = eng.registry.to_dict()
+        return {
+            "registry": reg,
+            "replicas_wanted": dict(self.replicas_wanted),
+            "replicas_connected": sorted(str(r) for r in self.driver.links),
+            "containers": self.manager.describe() if self.manager else [],
+            "models": {n: eng.describe_model(n) for n in eng.registry.models},
+            "selection": {a: {"probabilities": eng.probabilities(a)} for a in eng.registry.apps},
+            "ports": dict(self.ports),
+            "store": str(self.store.path),
+        }
+
+
+class ServerThread:
+    """A server on its own uvloop event loop in a background thread (tests, notebooks)."""
+
+    def __init__(self, cfg: ServerConfig) -> None:
+        import uvloop
+
+        self.cfg = cfg
+        self.loop = uvloop.new_event_loop()
+        self.server = Server(cfg)
+        self.ports: dict[str, int] = {}
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        fut = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop)
+        self.ports = fut.result(timeout=30)
+        return self
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn(*args)`` on the server's loop and return its result."""
+
+        async def run() -> Any:
+            return fn(*args)
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout=30)
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self.server.stop(grace_s), self.loop).result(60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
