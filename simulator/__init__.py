@@ -1,1 +1,95 @@
-"""clipperlab simulator."""
+"""The simulator: clipperlab's engine against SimPy-simulated model containers.
+
+Nothing about batching, caching or selection is decided here; the driver feeds the engine
+events with the simulated time and carries out its instructions.
+
+Public API::
+
+    from simulator import Deployment, Simulation, load_profile
+    from workloads import ConstantRate, DigitsInputs, Workload
+    from engine import BatchingConfig
+
+    dep = Deployment.single("prototype-linear-svm", batching=BatchingConfig(policy="aimd"),
+                            slo_s=0.020, replicas=1)
+    wl = Workload(ConstantRate(20_000), n_queries=100_000, inputs=DigitsInputs())
+    res = Simulation(dep, wl, seed=1, decision_log=False).run()
+    res.summary()     # throughput_qps, mean_ms/p50_ms/p90_ms/p99_ms, default_rate,
+                      # mean_batch_size, accuracy, missing_share, ...
+    res.queries       # DataFrame: query_id, app, arrival_at, reply_at, latency_s, default,
+                      # default_reason, refused, output, label, correct, n_missing,
+                      # n_selected, input_index[, context][, models]
+    res.batches       # DataFrame: model, version, replica, batch_id, size, padded_size,
+                      # reason, sent_at, start_at (inputs arrived at the replica), done_at,
+                      # status ("done", "lost" to a crash, "sent" if the run was cut short)
+    res.members       # with record_members=True: query_id, model, done_at per member
+    res.metrics       # the engine's Metrics; res.log: the decision log (decision_log=True)
+    res.engine        # the engine after the run (describe_model, controller, ...)
+    res.sim_s, res.wall_s
+
+Latency profiles (``simulator.profiles``): ``LatencyProfile`` (per batch size latency
+quantiles; ``sample``, ``sampler(rng)``, ``mean_s``, ``quantile_s``, ``line_s``,
+``from_line``, ``from_samples``), ``load_profile(name_or_path)``, ``save_profile``,
+``list_profiles()``.  Shipped: ``prototype-*`` (the paper prototype's six fits),
+``synthetic-convnet-gpu`` (assumed, for replica scaling), ``measured-*`` (this machine,
+``python -m simulator.measure_profiles``).
+
+Deployments (``simulator.deployment``): ``Deployment(apps=[AppDeployment(Application,
+models)], models=[ModelDeployment(spec=ModelSpec, profile, replicas, hosts, kind, cpus,
+gpus, outputs)], hosts=[Host(name, cpus, gpus, link=Link(bandwidth_bps, latency_s))],
+frontend_link=Link|None, faults=[...])``; ``Deployment.single(...)`` for one model;
+``load_config(path) -> SimConfig(deployment, workload, seed)`` reads TOML/JSON (see
+``examples/simulate.toml``).
+
+Faults (``simulator.faults``): ``Crash(replica, at_s, restart_after_s)``,
+``Straggler(replica, slowdown, extra_delay_s, probability, from_s, until_s)``,
+``Degrade(model, from_query, to_query, accuracy)``.
+Outputs (``simulator.outputs``): ``AccuracyOutputs(accuracy)``, ``ReplayOutputs(source,
+task)`` (recorded predictions of real models), ``ConstantOutputs(value)``.
+Errors: ``SimConfigError`` (``ProfileError`` for profiles) name the file, field and rule.
+Command line: ``clipperlab simulate --config FILE``.
+"""
+
+from .deployment import (
+    AppDeployment,
+    Deployment,
+    Host,
+    Link,
+    ModelDeployment,
+    SimConfig,
+    config_from_dict,
+    load_config,
+)
+from .driver import Simulation
+from .errors import ProfileError, SimConfigError
+from .faults import Crash, Degrade, Fault, Straggler
+from .outputs import AccuracyOutputs, ConstantOutputs, OutputModel, ReplayOutputs
+from .profiles import LatencyProfile, ProfileSampler, list_profiles, load_profile, save_profile
+from .result import SimResult
+
+__all__ = [
+    "AccuracyOutputs",
+    "AppDeployment",
+    "ConstantOutputs",
+    "Crash",
+    "Degrade",
+    "Deployment",
+    "Fault",
+    "Host",
+    "LatencyProfile",
+    "Link",
+    "ModelDeployment",
+    "OutputModel",
+    "ProfileError",
+    "ProfileSampler",
+    "ReplayOutputs",
+    "SimConfig",
+    "SimConfigError",
+    "SimResult",
+    "Simulation",
+    "Straggler",
+    "config_from_dict",
+    "list_profiles",
+    "load_config",
+    "load_profile",
+    "save_profile",
+]

@@ -1,0 +1,482 @@
+"""A simulated deployment: applications, models with profiles and replicas, hosts, links,
+faults; and its config file.
+
+Rules:
+- A model runs ``replicas`` containers of one ``kind`` (``cpu`` or ``gpu``, by default its
+  profile's kind); each replica takes ``cpus`` cores (cpu kind) or ``gpus`` devices (gpu
+  kind) on a host.  Replicas are placed in ordinal order, round-robin over the model's
+  ``hosts`` (all hosts when empty), skipping hosts that are full; a deployment whose
+  replicas do not fit is refused, naming the model and the hosts.
+- With no hosts given, there is one host ``local`` with room for every replica and a
+  10 Gbps, 50 us link.
+- Each host has a link to the frontend (``bandwidth_bps`` in bits per second, one-way
+  ``latency_s``).  A batch's inputs cross the link once (bytes = batch size x input bytes);
+  transfers on one link go one after another (FIFO), and when ``frontend_link`` is given
+  they also share the frontend's NIC: a transfer runs at the smaller bandwidth and holds
+  both.  Outputs come back in 8 bytes per item plus the link latency.
+- Config files are TOML or JSON; every error names the file, the field and the rule.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine import Application, BatchingConfig, ConfigError, ModelSpec, ReplicaId
+from workloads import Workload, WorkloadError
+from workloads.config import build_dataclass
+
+from .errors import ProfileError, SimConfigError
+from .faults import FAULT_KINDS, Crash, Degrade, Fault, Straggler, parse_replica
+from .outputs import OUTPUT_KINDS, AccuracyOutputs, OutputModel
+from .profiles import KINDS, LatencyProfile, load_profile
+
+__all__ = [
+    "AppDeployment",
+    "Deployment",
+    "Host",
+    "Link",
+    "ModelDeployment",
+    "SimConfig",
+    "load_config",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """A network link: bandwidth in bits per second, one-way latency in seconds."""
+
+    bandwidth_bps: float = 10e9
+    latency_s: float = 50e-6
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.bandwidth_bps) and self.bandwidth_bps > 0):
+            raise SimConfigError(f"bandwidth_bps: expected bits per second > 0, got "
+                                 f"{self.bandwidth_bps!r}")
+        if not (math.isfinite(self.latency_s) and self.latency_s >= 0):
+            raise SimConfigError(f"latency_s: expected seconds >= 0, got {self.latency_s!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """A machine with ``cpus`` cores and ``gpus`` devices, linked to the frontend."""
+
+    name: str
+    cpus: int = 1
+    gpus: int = 0
+    link: Link = field(default_factory=Link)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise SimConfigError("host name: expected a non-empty string")
+        if self.cpus < 0 or self.gpus < 0:
+            raise SimConfigError(f"host {self.name!r}: cpus and gpus must be >= 0, got "
+                                 f"{self.cpus} and {self.gpus}")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDeployment:
+    """One model version, its latency profile, its replicas and what it answers."""
+
+    spec: ModelSpec
+    profile: LatencyProfile
+    replicas: int = 1
+    hosts: tuple[str, ...] = ()
+    kind: str | None = None
+    cpus: int = 1
+    gpus: int = 1
+    outputs: OutputModel = field(default_factory=AccuracyOutputs)
+
+    def __post_init__(self) -> None:
+        n = self.spec.name
+        if not isinstance(self.replicas, int) or self.replicas < 0:
+            raise SimConfigError(f"model {n!r}: replicas: expected an integer >= 0, got "
+                                 f"{self.replicas!r}")
+        if self.kind is not None and self.kind not in KINDS:
+            raise SimConfigError(f"model {n!r}: kind: expected one of {KINDS}, got "
+                                 f"{self.kind!r}")
+        if self.container_kind != self.profile.kind:
+            raise SimConfigError(
+                f"model {n!r}: kind {self.container_kind!r} does not match its profile "
+                f"{self.profile.name!r}, measured on {self.profile.kind}"
+            )
+        if self.cpus < 1 or self.gpus < 1:
+            raise SimConfigError(f"model {n!r}: cpus and gpus per replica must be >= 1")
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def container_kind(self) -> str:
+        return self.kind if self.kind is not None else self.profile.kind
+
+    def replica_ids(self) -> list[ReplicaId]:
+        return [ReplicaId(self.spec.name, self.spec.version, i) for i in range(self.replicas)]
+
+
+@dataclass(frozen=True, slots=True)
+class AppDeployment:
+    """An application and the models linked to it (in order)."""
+
+    app: Application
+    models: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Everything the simulator runs except the workload."""
+
+    apps: tuple[AppDeployment, ...]
+    models: tuple[ModelDeployment, ...]
+    hosts: tuple[Host, ...] = ()
+    frontend_link: Link | None = None
+    faults: tuple[Fault, ...] = ()
+    cache_capacity_bytes: int = 32 << 20
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "apps", tuple(self.apps))
+        object.__setattr__(self, "models", tuple(self.models))
+        object.__setattr__(self, "faults", tuple(self.faults))
+        if not self.hosts:
+            need_c = sum(m.replicas * m.cpus for m in self.models if m.container_kind == "cpu")
+            need_g = sum(m.replicas * m.gpus for m in self.models if m.container_kind == "gpu")
+            object.__setattr__(self, "hosts", (Host("local", cpus=need_c, gpus=need_g),))
+        object.__setattr__(self, "hosts", tuple(self.hosts))
+        names = [m.name for m in self.models]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise SimConfigError(f"models: names must be unique, {sorted(dup)} repeated")
+        hnames = [h.name for h in self.hosts]
+        if len(set(hnames)) != len(hnames):
+            raise SimConfigError(f"hosts: names must be unique, got {hnames}")
+        for a in self.apps:
+            for m in a.models:
+                if m not in names:
+                    raise SimConfigError(
+                        f"app {a.app.name!r}: models: {m!r} is not a deployed model; "
+                        f"deployed: {names}"
+                    )
+        self.placement()  # validates capacity
+        for f in self.faults:
+            if isinstance(f, Crash | Straggler):
+                model, ordinal = parse_replica(f.replica)
+                md = self.model(model, f"fault {f.replica!r}")
+                if ordinal >= md.replicas:
+                    raise SimConfigError(
+                        f"fault on {f.replica!r}: model {model!r} has {md.replicas} replica(s)"
+                    )
+            elif isinstance(f, Degrade):
+                self.model(f.model, "degrade")
+
+    def model(self, name: str, where: str = "model") -> ModelDeployment:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise SimConfigError(f"{where}: model {name!r} is not deployed; deployed: "
+                             f"{[m.name for m in self.models]}")
+
+    def host(self, name: str) -> Host:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise SimConfigError(f"host {name!r} does not exist; hosts: "
+                             f"{[h.name for h in self.hosts]}")
+
+    def placement(self) -> dict[ReplicaId, str]:
+        """Replica -> host name, per the module's placement rule (raises when full)."""
+        free = {h.name: {"cpu": h.cpus, "gpu": h.gpus} for h in self.hosts}
+        out: dict[ReplicaId, str] = {}
+        for m in self.models:
+            allowed = list(m.hosts) if m.hosts else [h.name for h in self.hosts]
+            for h in allowed:
+                if h not in free:
+                    raise SimConfigError(
+                        f"model {m.name!r}: hosts: {h!r} is not a host; hosts: {list(free)}"
+                    )
+            kind = m.container_kind
+            need = m.cpus if kind == "cpu" else m.gpus
+            start = 0
+            for rid in m.replica_ids():
+                for k in range(len(allowed)):
+                    h = allowed[(start + k) % len(allowed)]
+                    if free[h][kind] >= need:
+                        free[h][kind] -= need
+                        out[rid] = h
+                        start = (start + k + 1) % len(allowed)
+                        break
+                else:
+                    unit = "cpus" if kind == "cpu" else "gpus"
+                    raise SimConfigError(
+                        f"model {m.name!r}: replicas: {m.replicas} {kind} replicas of {need} "
+                        f"{unit} each do not fit on hosts {allowed} (replica {rid.ordinal} "
+                        "has no room); add hosts or lower replicas"
+                    )
+        return out
+
+    # ------------------------------------------------------------------ helpers
+    @classmethod
+    def single(
+        cls,
+        profile: LatencyProfile | str,
+        *,
+        model: str = "m",
+        app: str = "digits",
+        slo_s: float = 0.020,
+        batching: BatchingConfig | None = None,
+        replicas: int = 1,
+        outputs: OutputModel | None = None,
+        link: Link | None = None,
+        frontend_link: Link | None = None,
+        faults: Sequence[Fault] = (),
+        default_output: Any = -1,
+    ) -> Deployment:
+        """One application with one model, ``replicas`` replicas each on its own host
+        (``h0``, ``h1``, ...) linked by ``link`` (10 Gbps by default)."""
+        prof = load_profile(profile) if isinstance(profile, str) else profile
+        spec = ModelSpec(name=model, batching=batching or BatchingConfig())
+        hosts = tuple(
+            Host(f"h{i}", cpus=1, gpus=1, link=link or Link()) for i in range(max(replicas, 1))
+        )
+        return cls(
+            apps=(AppDeployment(Application(name=app, slo_s=slo_s,
+                                            default_output=default_output), (model,)),),
+            models=(ModelDeployment(spec=spec, profile=prof, replicas=replicas,
+                                    outputs=outputs or AccuracyOutputs()),),
+            hosts=hosts,
+            frontend_link=frontend_link,
+            faults=tuple(faults),
+        )
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], file: str = "<dict>", base_dir: Path | None = None
+    ) -> Deployment:
+        return _deployment_from_dict(data, file, base_dir or Path.cwd())
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """A config file's content: the deployment, the workload (if any) and the seed."""
+
+    deployment: Deployment
+    workload: Workload | None
+    seed: int = 0
+    path: str = "<dict>"
+
+
+# ---------------------------------------------------------------------- config files
+
+_TOP = {"seed", "cache_capacity_bytes", "frontend", "hosts", "apps", "models", "workload",
+        "faults"}
+
+
+def load_config(path: str | Path) -> SimConfig:
+    """Read a TOML (``.toml``) or JSON config; see ``examples/`` and the module rules."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise SimConfigError(f"{p}: cannot read the config ({e.strerror})") from None
+    try:
+        data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
+    except json.JSONDecodeError as e:
+        raise SimConfigError(f"{p}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SimConfigError(f"{p}: not valid TOML ({e})") from None
+    return config_from_dict(data, str(p), p.resolve().parent)
+
+
+def config_from_dict(data: Mapping[str, Any], file: str = "<dict>",
+                     base_dir: Path | None = None) -> SimConfig:
+    dep = _deployment_from_dict(data, file, base_dir or Path.cwd())
+    wl = None
+    if "workload" in data:
+        try:
+            wl = Workload.from_dict(_rebase_trace(data["workload"], base_dir), "workload")
+        except WorkloadError as e:
+            raise SimConfigError(f"{file}: {e}") from None
+    seed = data.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise SimConfigError(f"{file}: seed: expected an integer >= 0, got {seed!r}")
+    return SimConfig(deployment=dep, workload=wl, seed=seed, path=file)
+
+
+def _rebase_trace(w: Any, base_dir: Path | None) -> Any:
+    if (isinstance(w, Mapping) and isinstance(w.get("arrivals"), Mapping)
+            and w["arrivals"].get("kind") == "trace" and base_dir is not None
+            and isinstance(w["arrivals"].get("csv_path"), str)):
+        arr = dict(w["arrivals"])
+        arr["csv_path"] = str(base_dir / arr["csv_path"])
+        return {**w, "arrivals": arr}
+    return w
+
+
+def _err(file: str, where: str, msg: str) -> SimConfigError:
+    return SimConfigError(f"{file}: {where}: {msg}")
+
+
+def _table(data: Any, file: str, where: str) -> Mapping[str, Any]:
+    if not isinstance(data, Mapping):
+        raise _err(file, where, f"expected a table, got {data!r}")
+    return data
+
+
+def _list_of_tables(data: Mapping[str, Any], key: str, file: str) -> list[Mapping[str, Any]]:
+    v = data.get(key, [])
+    if not isinstance(v, list):
+        raise _err(file, key, f"expected a list of tables ([[{key}]]), got {v!r}")
+    return [_table(x, file, f"{key}[{i}]") for i, x in enumerate(v)]
+
+
+def _link(t: Mapping[str, Any], file: str, where: str) -> Link:
+    kw = {}
+    for k in ("bandwidth_bps", "latency_s"):
+        if k in t:
+            v = t[k]
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise _err(file, f"{where}.{k}", f"expected a number, got {v!r}")
+            kw[k] = float(v)
+    try:
+        return Link(**kw)
+    except SimConfigError as e:
+        raise _err(file, where, str(e)) from None
+
+
+def _deployment_from_dict(data: Mapping[str, Any], file: str, base_dir: Path) -> Deployment:
+    data = _table(data, file, "top level")
+    unknown = sorted(set(data) - _TOP)
+    if unknown:
+        raise _err(file, "top level", f"unknown field(s) {unknown}; expected some of "
+                                      f"{sorted(_TOP)}")
+    hosts = []
+    for i, h in enumerate(_list_of_tables(data, "hosts", file)):
+        where = f"hosts[{i}]"
+        extra = sorted(set(h) - {"name", "cpus", "gpus", "bandwidth_bps", "latency_s"})
+        if extra:
+            raise _err(file, where, f"unknown field(s) {extra}; expected name, cpus, gpus, "
+                                    "bandwidth_bps, latency_s")
+        if not isinstance(h.get("name"), str) or not h.get("name"):
+            raise _err(file, f"{where}.name", f"expected a non-empty string, got "
+                                              f"{h.get('name')!r}")
+        for k in ("cpus", "gpus"):
+            v = h.get(k, 0 if k == "gpus" else 1)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise _err(file, f"{where}.{k}", f"expected an integer >= 0, got {v!r}")
+        hosts.append(Host(h["name"], cpus=h.get("cpus", 1), gpus=h.get("gpus", 0),
+                          link=_link(h, file, where)))
+    models = []
+    for i, m in enumerate(_list_of_tables(data, "models", file)):
+        models.append(_model(m, file, f"models[{i}]", base_dir))
+    apps = []
+    for i, a in enumerate(_list_of_tables(data, "apps", file)):
+        where = f"apps[{i}]"
+        linked = a.get("models", [])
+        if not isinstance(linked, list) or not all(isinstance(x, str) for x in linked):
+            raise _err(file, f"{where}.models", f"expected a list of model names, got "
+                                                f"{linked!r}")
+        kw = {k: v for k, v in a.items() if k != "models"}
+        if "input_shape" in kw and isinstance(kw["input_shape"], list):
+            kw["input_shape"] = tuple(kw["input_shape"])
+        try:
+            app = Application.from_dict(kw)
+        except ConfigError as e:
+            raise _err(file, where, str(e)) from None
+        except TypeError as e:
+            raise _err(file, where, f"{e}") from None
+        apps.append(AppDeployment(app, tuple(linked)))
+    if not apps:
+        raise _err(file, "apps", "expected at least one [[apps]] table")
+    if not models:
+        raise _err(file, "models", "expected at least one [[models]] table")
+    faults: list[Fault] = []
+    for i, f in enumerate(_list_of_tables(data, "faults", file)):
+        where = f"faults[{i}]"
+        kind = f.get("kind")
+        if kind not in FAULT_KINDS:
+            raise _err(file, f"{where}.kind", f"expected one of {sorted(FAULT_KINDS)}, got "
+                                              f"{kind!r}")
+        try:
+            faults.append(build_dataclass(FAULT_KINDS[kind],
+                                          {k: v for k, v in f.items() if k != "kind"}, where))
+        except (WorkloadError, SimConfigError) as e:
+            raise SimConfigError(f"{file}: {e}") from None
+    fe = data.get("frontend")
+    front = _link(_table(fe, file, "frontend"), file, "frontend") if fe is not None else None
+    cap = data.get("cache_capacity_bytes", 32 << 20)
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+        raise _err(file, "cache_capacity_bytes", f"expected an integer >= 0, got {cap!r}")
+    try:
+        return Deployment(apps=tuple(apps), models=tuple(models), hosts=tuple(hosts),
+                          frontend_link=front, faults=tuple(faults), cache_capacity_bytes=cap)
+    except SimConfigError as e:
+        raise SimConfigError(f"{file}: {e}") from None
+
+
+_MODEL_KEYS = {"name", "version", "input_type", "profile", "replicas", "hosts", "kind", "cpus",
+               "gpus", "batching", "outputs", "metadata"}
+
+
+def _model(m: Mapping[str, Any], file: str, where: str, base_dir: Path) -> ModelDeployment:
+    extra = sorted(set(m) - _MODEL_KEYS)
+    if extra:
+        raise _err(file, where, f"unknown field(s) {extra}; expected some of "
+                                f"{sorted(_MODEL_KEYS)}")
+    for k in ("name", "profile"):
+        if not isinstance(m.get(k), str) or not m.get(k):
+            raise _err(file, f"{where}.{k}", f"expected a non-empty string, got {m.get(k)!r}"
+                       + (" (a shipped profile name or a .json path)" if k == "profile" else ""))
+    prof_ref = m["profile"]
+    if prof_ref.endswith(".json") and not Path(prof_ref).is_absolute():
+        prof_ref = str(base_dir / prof_ref)
+    try:
+        profile = load_profile(prof_ref)
+    except ProfileError as e:
+        raise _err(file, f"{where}.profile", str(e)) from None
+    batching = m.get("batching", {})
+    try:
+        bc = BatchingConfig.from_dict(_table(batching, file, f"{where}.batching"))
+    except ConfigError as e:
+        raise _err(file, f"{where}.batching", str(e)) from None
+    except TypeError as e:
+        raise _err(file, f"{where}.batching", str(e)) from None
+    try:
+        spec = ModelSpec(name=m["name"], version=str(m.get("version", "1")),
+                         input_type=m.get("input_type", "doubles"), batching=bc,
+                         metadata=dict(m.get("metadata", {})))
+    except ConfigError as e:
+        raise _err(file, where, str(e)) from None
+    for k, lo in (("replicas", 0), ("cpus", 1), ("gpus", 1)):
+        v = m.get(k, 1)
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise _err(file, f"{where}.{k}", f"expected an integer >= {lo}, got {v!r}")
+    hosts = m.get("hosts", [])
+    if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
+        raise _err(file, f"{where}.hosts", f"expected a list of host names, got {hosts!r}")
+    outputs: OutputModel = AccuracyOutputs()
+    if "outputs" in m:
+        o = _table(m["outputs"], file, f"{where}.outputs")
+        kind = o.get("kind")
+        if kind not in OUTPUT_KINDS:
+            raise _err(file, f"{where}.outputs.kind", f"expected one of {sorted(OUTPUT_KINDS)}, "
+                                                      f"got {kind!r}")
+        rest = {k: v for k, v in o.items() if k != "kind"}
+        if kind == "replay" and isinstance(rest.get("source"), str) and rest["source"].endswith(
+            (".json", ".npy", ".csv")
+        ) and not Path(rest["source"]).is_absolute():
+            rest["source"] = str(base_dir / rest["source"])
+        try:
+            outputs = build_dataclass(OUTPUT_KINDS[kind], rest, f"{where}.outputs")
+        except (WorkloadError, SimConfigError) as e:
+            raise SimConfigError(f"{file}: {e}") from None
+    try:
+        return ModelDeployment(spec=spec, profile=profile, replicas=m.get("replicas", 1),
+                               hosts=tuple(hosts), kind=m.get("kind"), cpus=m.get("cpus", 1),
+                               gpus=m.get("gpus", 1), outputs=outputs)
+    except SimConfigError as e:
+        raise _err(file, where, str(e)) from None

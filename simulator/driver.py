@@ -1,0 +1,657 @@
+"""The SimPy driver: the engine against simulated model containers.
+
+Theory of operation.  The driver decides nothing about batching, caching or selection: it
+feeds the engine events with the simulated time and carries out the instructions.
+
+- Arrivals are pre-sampled (``Workload.generate``) and fed by one *frontend* process.  It
+  does not make a SimPy event per query: it asks SimPy for the time of the next scheduled
+  event (``env.peek()``) and feeds every arrival (and feedback) before that time in a
+  tight loop, calling ``engine.on_query(query, now=arrival_at)``; only when the next
+  arrival is not before the next event does it yield a timeout to let SimPy catch up.
+- Each replica is one SimPy process (one per replica incarnation, never one per query).
+  On ``SendBatch`` the driver computes the batch's timeline at once: the inputs cross the
+  host's link (FIFO, ``batch x input_bytes x 8 / bandwidth_bps`` plus the link latency;
+  the frontend's NIC is shared when configured), the container computes for a draw from
+  the latency profile at the padded size (stragglers slow it down), and the outputs come
+  back after the link latency.  The replica process sleeps until then and reports
+  ``on_batch_done``.  The engine sends a replica one batch at a time.
+- After every engine call the driver asks ``engine.next_deadline()`` and, when it is
+  earlier than every pending timer, schedules a SimPy timeout that calls
+  ``engine.on_timer(at)``.
+- Same-time order is deterministic: SimPy runs events of one instant in the order they
+  were scheduled (batch completions, timers, faults); arrivals and feedback of that
+  instant go after all of them, arrivals before feedback, each in trace order.
+- Raw timestamps are recorded in lists and turned into DataFrames after the run
+  (``SimResult``).  Model outputs are decided before the run (``simulator.outputs``).
+
+Seeds: ``Simulation(seed=s)`` generates the trace with ``workload.generate(s)`` (the j-th of
+several workloads with ``s + 7919*j``) and derives independent generators for the engine
+(``[s, 101]``), each replica's latency draws (``[s, 202, crc(model), ordinal]``) and each
+model's outputs (``outputs.model_rng``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+import zlib
+from collections.abc import Sequence
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import simpy
+
+from engine import (
+    BatchDone,
+    Engine,
+    Feedback,
+    FeedbackApplied,
+    Instruction,
+    Query,
+    ReplicaId,
+    Reply,
+    SendBatch,
+)
+from workloads import Trace, Workload
+
+from .deployment import Deployment, Link, ModelDeployment
+from .errors import SimConfigError
+from .faults import Crash, Degrade, Straggler, parse_replica
+from .outputs import AccuracyOutputs, model_rng, noisy_labels
+from .profiles import ProfileSampler
+from .result import SimResult, summarise
+
+__all__ = ["Simulation"]
+
+_INF = math.inf
+_OUTPUT_BYTES = 8  # per item on the way back
+
+
+class _LinkState:
+    __slots__ = ("bandwidth_bps", "latency_s", "free_at")
+
+    def __init__(self, link: Link) -> None:
+        self.bandwidth_bps = link.bandwidth_bps
+        self.latency_s = link.latency_s
+        self.free_at = 0.0
+
+
+class _Rep:
+    """One replica's driver-side state."""
+
+    __slots__ = ("rid", "model_idx", "host", "link", "sampler", "stragglers", "rng", "gen",
+                 "wake", "inflight", "up")
+
+    def __init__(self, rid: ReplicaId, model_idx: int, host: str, link: _LinkState,
+                 sampler: ProfileSampler, rng: np.random.Generator) -> None:
+        self.rid = rid
+        self.model_idx = model_idx
+        self.host = host
+        self.link = link
+        self.sampler = sampler
+        self.stragglers: list[Straggler] = []
+        self.rng = rng
+        self.gen = 0
+        self.wake: simpy.Event | None = None
+        self.inflight: list[Any] | None = None
+        self.up = False
+
+
+def _merge(traces: list[Trace]) -> tuple[list[Trace], np.ndarray, np.ndarray]:
+    """Order of all rows by arrival (stable: earlier workloads first on ties)."""
+    arr = np.concatenate([t.arrival_at for t in traces]) if traces else np.zeros(0)
+    src = np.concatenate([np.full(len(t), j, dtype=np.int64) for j, t in enumerate(traces)])
+    order = np.argsort(arr, kind="stable")
+    return traces, order, src[order]
+
+
+class Simulation:
+    """Run ``deployment`` under ``workload`` (a ``Workload``, a generated ``Trace``, or a
+    list of them, one per application) with ``seed``.
+
+    ``decision_log=True`` keeps the engine's decision log; ``record_members=True`` keeps
+    one row per (query, model) with the time that model's batch finished (what waiting for
+    every ensemble member would have cost).
+    """
+
+    def __init__(
+        self,
+        deployment: Deployment,
+        workload: Workload | Trace | Sequence[Workload | Trace],
+        seed: int = 0,
+        *,
+        decision_log: bool = False,
+        record_members: bool = False,
+        engine_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.deployment = deployment
+        self.seed = seed
+        self.decision_log = decision_log
+        self.record_members = record_members
+        items = list(workload) if isinstance(workload, list | tuple) else [workload]
+        if not items:
+            raise SimConfigError("workload: expected at least one workload")
+        traces = []
+        for j, w in enumerate(items):
+            traces.append(w if isinstance(w, Trace) else w.generate(seed + 7919 * j))
+        self.traces = traces
+        app_names = {a.app.name for a in deployment.apps}
+        for t in traces:
+            if t.app not in app_names:
+                raise SimConfigError(
+                    f"workload: app {t.app!r} is not deployed; deployed: {sorted(app_names)}"
+                )
+        self._workload_items = items
+        self.engine_options = dict(engine_options or {})
+
+    # ------------------------------------------------------------------ set-up
+    def _setup(self) -> None:
+        dep = self.deployment
+        seed = self.seed
+        opts = {"cache_capacity_bytes": dep.cache_capacity_bytes, **self.engine_options}
+        eng = self.engine = Engine(rng=np.random.default_rng([seed, 101]),
+                                   decision_log=self.decision_log, **opts)
+        for m in dep.models:
+            eng.add_model(m.spec)
+        for a in dep.apps:
+            eng.add_application(a.app)
+            if a.models:
+                eng.link(a.app.name, list(a.models))
+
+        traces, order, src = _merge(self.traces)
+        self._src = src
+        n = order.size
+        self.n = n
+        arrival = np.concatenate([t.arrival_at for t in traces])[order] if n else np.zeros(0)
+        in_idx = np.concatenate([t.input_index for t in traces])[order] if n else np.zeros(
+            0, np.int64)
+        labels = np.concatenate([t.label for t in traces])[order] if n else np.zeros(0, np.int64)
+        self.arrival_at = arrival
+        self.input_index = in_idx
+        self.labels = labels
+        has_ctx = any(t.context is not None for t in traces)
+        if has_ctx:
+            ctx = np.concatenate([
+                t.context if t.context is not None else np.full(len(t), -1, np.int64)
+                for t in traces
+            ])[order]
+            self.context: np.ndarray | None = ctx
+        else:
+            self.context = None
+        # row position of each (trace j, row i) in the merged order
+        starts = np.cumsum([0] + [len(t) for t in traces])
+        pos = np.empty(n, dtype=np.int64)
+        pos[order] = np.arange(n)
+        fb_at_l, fb_q_l = [], []
+        for j, t in enumerate(traces):
+            if t.feedback_at.size:
+                fb_at_l.append(t.feedback_at)
+                fb_q_l.append(pos[starts[j] + t.feedback_query])
+        if fb_at_l:
+            fa = np.concatenate(fb_at_l)
+            fq = np.concatenate(fb_q_l)
+            o = np.argsort(fa, kind="stable")
+            self.fb_at, self.fb_query = fa[o], fq[o]
+        else:
+            self.fb_at = np.zeros(0)
+            self.fb_query = np.zeros(0, np.int64)
+        self.app_names = [t.app for t in traces]
+        bytes_per = [t.input_bytes for t in traces]
+        self._uniform_bytes = bytes_per[0] if len(set(bytes_per)) == 1 else None
+        self._row_bytes = np.asarray(bytes_per, dtype=np.int64)[src].tolist() if (
+            self._uniform_bytes is None) else None
+
+        # outputs per model, decided up front
+        self.model_index = {m.name: i for i, m in enumerate(dep.models)}
+        self._outputs: list[list[Any]] = []
+        for m in dep.models:
+            self._outputs.append(self._model_outputs(m, traces, order, src).tolist())
+
+        # hosts, links, replicas
+        self.env = simpy.Environment()
+        links = {h.name: _LinkState(h.link) for h in dep.hosts}
+        self._fe = _LinkState(dep.frontend_link) if dep.frontend_link is not None else None
+        placement = dep.placement()
+        self._reps: dict[ReplicaId, _Rep] = {}
+        for mi, m in enumerate(dep.models):
+            crc = zlib.crc32(m.name.encode())
+            for rid in m.replica_ids():
+                host = placement[rid]
+                rng = np.random.default_rng([seed, 202, crc, rid.ordinal])
+                self._reps[rid] = _Rep(rid, mi, host, links[host], m.profile.sampler(rng), rng)
+        for f in dep.faults:
+            if isinstance(f, Straggler):
+                name, o = parse_replica(f.replica)
+                md = dep.model(name)
+                self._reps[ReplicaId(name, md.spec.version, o)].stragglers.append(f)
+
+        # records
+        self._r_at: list[float] = []
+        self._r_reply: list[Reply] = []
+        self._b_rows: list[list[Any]] = []
+        self._fb_applied: list[tuple[float, FeedbackApplied]] = []
+        self._members: list[tuple[tuple[Any, ...], int, float]] = []
+        self._timers: list[float] = []
+        self.crashes: list[tuple[float, str, str]] = []
+
+    def _model_outputs(self, m: ModelDeployment, traces: list[Trace], order: np.ndarray,
+                       src: np.ndarray) -> np.ndarray:
+        rng = model_rng(self.seed, m.name)
+        parts = []
+        for t in traces:
+            inputs = self._inputs_of(t)
+            if isinstance(m.outputs, AccuracyOutputs):
+                # a model is a function of its input: draw once per input of the pool
+                pool_labels = self._pool_labels(t)
+                pool_out = m.outputs.outputs(pool_labels, np.arange(pool_labels.size),
+                                             self._n_classes(t), self._task(t), m.profile, rng)
+                parts.append(np.asarray(pool_out)[t.input_index])
+            else:
+                parts.append(np.asarray(m.outputs.outputs(
+                    t.label, t.input_index, self._n_classes(t), self._task(t), m.profile, rng)))
+            del inputs
+        out = np.concatenate(parts)[order] if parts else np.zeros(0)
+        for f in self.deployment.faults:
+            if isinstance(f, Degrade) and f.model == m.name:
+                lo, hi = f.from_query, min(f.to_query, self.n)
+                if lo < hi:
+                    frng = model_rng(self.seed, m.name, f"degrade-{lo}-{hi}")
+                    k = max(self._n_classes(traces[int(self._src[lo])]), 2)
+                    out = out.copy()
+                    out[lo:hi] = noisy_labels(self.labels[lo:hi], f.accuracy, k, frng)
+        return out
+
+    def _source(self, t: Trace) -> Any:
+        j = self.traces.index(t)
+        w = self._workload_items[j]
+        return w.inputs if isinstance(w, Workload) else None
+
+    def _inputs_of(self, t: Trace) -> Any:
+        return self._source(t)
+
+    def _pool_labels(self, t: Trace) -> np.ndarray:
+        src = self._source(t)
+        if src is not None:
+            return np.asarray(src.load()[1], dtype=np.int64)
+        size = int(t.input_index.max()) + 1 if len(t) else 0
+        lab = np.zeros(size, dtype=np.int64)
+        lab[t.input_index] = t.label
+        return lab
+
+    def _n_classes(self, t: Trace) -> int:
+        src = self._source(t)
+        if src is not None:
+            return int(src.n_classes)
+        return int(t.label.max()) + 1 if len(t) else 2
+
+    def _task(self, t: Trace) -> str:
+        src = self._source(t)
+        return str(getattr(src, "task", "")) if src is not None else ""
+
+    # ------------------------------------------------------------------ run
+    def run(self, until_s: float | None = None) -> SimResult:
+        """Simulate until every query is answered (or ``until_s`` simulated seconds)."""
+        t0 = time.perf_counter()
+        self._setup()
+        env = self.env
+        for rep in self._reps.values():
+            self._start_replica(rep, 0.0)
+        if self.deployment.faults:
+            env.process(self._fault_proc())
+        self._arm()
+        env.process(self._frontend())
+        if until_s is None:
+            env.run()
+        else:
+            env.run(until=until_s)
+        wall = time.perf_counter() - t0
+        return _LazyResult(self, wall)
+
+    # ------------------------------------------------------------------ processes
+    def _frontend(self) -> Any:
+        env = self.env
+        peek = env.peek
+        eng = self.engine
+        on_query = eng.on_query
+        carry = self._carry
+        arm = self._arm
+        arrivals = self.arrival_at.tolist()
+        n = len(arrivals)
+        src = self._src
+        apps = self.app_names
+        single_app = apps[0] if len(set(apps)) == 1 else None
+        app_of = None if single_app is not None else [apps[j] for j in src.tolist()]
+        cache_rows = [t.cacheable for t in self.traces]
+        cacheable_any = any(cache_rows)
+        in_idx = self.input_index.tolist() if cacheable_any else None
+        cacheable = (np.asarray(cache_rows)[src].tolist() if cacheable_any and
+                     not all(cache_rows) else None)
+        ctx = self.context.tolist() if self.context is not None else None
+        fb_at = self.fb_at.tolist()
+        fb_q = self.fb_query.tolist()
+        m = len(fb_at)
+        labels = self.labels
+        i = j = 0
+        horizon = peek()
+        nxt_a = arrivals[0] if n else _INF
+        nxt_f = fb_at[0] if m else _INF
+        while i < n or j < m:
+            t = nxt_a if nxt_a <= nxt_f else nxt_f
+            if t >= horizon:
+                yield env.timeout(t - env.now)
+                while peek() <= t:
+                    yield env.timeout(0)
+                horizon = peek()
+                continue
+            if nxt_a <= nxt_f:
+                if single_app is not None and ctx is None and not cacheable_any:
+                    out = on_query(Query(i, single_app, i), t)
+                else:
+                    key = None
+                    if cacheable_any and (cacheable is None or cacheable[i]):
+                        key = ("input", in_idx[i])  # type: ignore[index]
+                    out = on_query(
+                        Query(i, single_app or app_of[i],  # type: ignore[index]
+                              i, key, ctx[i] if ctx is not None else None),
+                        t,
+                    )
+                i += 1
+                nxt_a = arrivals[i] if i < n else _INF
+            else:
+                q = fb_q[j]
+                key = ("input", int(self.input_index[q])) if (
+                    cacheable_any and (cacheable is None or cacheable[q])) else None
+                out = eng.on_feedback(
+                    Feedback(feedback_id=j, app=single_app or app_of[q],  # type: ignore[index]
+                             label=int(labels[q]), input=q, input_key=key,
+                             context=ctx[q] if ctx is not None else None, query_id=q),
+                    t,
+                )
+                j += 1
+                nxt_f = fb_at[j] if j < m else _INF
+            if out:
+                carry(out, t)
+                horizon = peek()
+            a = arm()
+            if a < horizon:
+                horizon = a
+
+    def _start_replica(self, rep: _Rep, now: float) -> None:
+        rep.gen += 1
+        rep.up = True
+        rep.wake = self.env.event()
+        self.env.process(self._replica(rep, rep.gen))
+        out = self.engine.on_replica_up(rep.rid, now)
+        if out:
+            self._carry(out, now)
+
+    def _replica(self, rep: _Rep, gen: int) -> Any:
+        env = self.env
+        while True:
+            ev = rep.wake
+            sb, done_at = yield ev
+            if rep.gen != gen:
+                return
+            rep.wake = env.event()
+            yield env.timeout(done_at - env.now)
+            if rep.gen != gen:
+                return
+            self._done(rep, sb, done_at)
+
+    def _fault_proc(self) -> Any:
+        env = self.env
+        plan: list[tuple[float, int, Crash, bool]] = []
+        for k, f in enumerate(self.deployment.faults):
+            if isinstance(f, Crash):
+                plan.append((f.at_s, k, f, False))
+                if f.restart_after_s is not None:
+                    plan.append((f.at_s + f.restart_after_s, k, f, True))
+        plan.sort(key=lambda p: (p[0], p[1], p[3]))
+        for at, _, f, restart in plan:
+            if at > env.now:
+                yield env.timeout(at - env.now)
+            name, o = parse_replica(f.replica)
+            rid = ReplicaId(name, self.deployment.model(name).spec.version, o)
+            rep = self._reps[rid]
+            now = env.now
+            if restart:
+                if not rep.up:
+                    self.crashes.append((now, str(rid), "restart"))
+                    self._start_replica(rep, now)
+            elif rep.up:
+                self.crashes.append((now, str(rid), "crash"))
+                rep.up = False
+                rep.gen += 1
+                if rep.inflight is not None:
+                    rep.inflight[9] = "lost"
+                    rep.inflight[8] = math.nan
+                    rep.inflight = None
+                out = self.engine.on_replica_down(rid, now)
+                if out:
+                    self._carry(out, now)
+            self._arm()
+
+    # ------------------------------------------------------------------ instructions
+    def _carry(self, out: list[Instruction], now: float) -> None:
+        for ins in out:
+            tp = type(ins)
+            if tp is Reply:
+                self._r_at.append(now)
+                self._r_reply.append(ins)  # type: ignore[arg-type]
+            elif tp is SendBatch:
+                self._send(ins, now)  # type: ignore[arg-type]
+            else:
+                self._fb_applied.append((now, ins))  # type: ignore[arg-type]
+
+    def _send(self, sb: SendBatch, now: float) -> None:
+        rep = self._reps[sb.replica]
+        inputs = sb.inputs
+        n = len(inputs)
+        padded = sb.padded_size if sb.padded_size > n else n
+        if self._uniform_bytes is not None:
+            nbytes = n * self._uniform_bytes
+        else:
+            rb = self._row_bytes
+            nbytes = sum(rb[q] for q in inputs)  # type: ignore[index]
+        link = rep.link
+        fe = self._fe
+        start = now if now > link.free_at else link.free_at
+        bw = link.bandwidth_bps
+        if fe is not None:
+            if fe.free_at > start:
+                start = fe.free_at
+            if fe.bandwidth_bps < bw:
+                bw = fe.bandwidth_bps
+        xfer = nbytes * 8.0 / bw
+        link.free_at = start + xfer
+        if fe is not None:
+            fe.free_at = start + xfer
+        lat = link.latency_s + (fe.latency_s if fe is not None else 0.0)
+        arrive = start + xfer + lat
+        service = rep.sampler(padded)
+        if rep.stragglers:
+            for f in rep.stragglers:
+                if f.from_s <= now < f.until_s:
+                    service *= f.slowdown
+                    if f.extra_delay_s > 0 and (
+                        f.probability >= 1.0 or rep.rng.random() < f.probability
+                    ):
+                        service += rep.rng.exponential(f.extra_delay_s)
+        done_at = arrive + service + lat + n * _OUTPUT_BYTES * 8.0 / bw
+        row = [rep.model_idx, sb.replica.ordinal, sb.batch_id, n, padded, sb.reason, now,
+               arrive, done_at, "sent"]
+        self._b_rows.append(row)
+        rep.inflight = row
+        rep.wake.succeed((sb, done_at))  # type: ignore[union-attr]
+
+    def _done(self, rep: _Rep, sb: SendBatch, now: float) -> None:
+        outs = self._outputs[rep.model_idx]
+        outputs = [outs[q] for q in sb.inputs]
+        row = rep.inflight
+        if row is not None:
+            row[9] = "done"
+        rep.inflight = None
+        if self.record_members:
+            self._members.append((sb.inputs, rep.model_idx, now))
+        out = self.engine.on_batch_done(
+            BatchDone(replica=sb.replica, batch_id=sb.batch_id, outputs=outputs), now
+        )
+        if out:
+            self._carry(out, now)
+        self._arm()
+
+    # ------------------------------------------------------------------ timers
+    def _arm(self) -> float:
+        """Schedule a timer at the engine's next deadline unless an earlier one is pending;
+        returns the earliest pending timer (inf when none)."""
+        nd = self.engine.next_deadline()
+        timers = self._timers
+        first = timers[0] if timers else _INF
+        if nd is not None and nd < first:
+            heapq.heappush(timers, nd)
+            env = self.env
+            ev = env.timeout(nd - env.now if nd > env.now else 0.0, value=nd)
+            ev.callbacks.append(self._fire)
+            return nd
+        return first
+
+    def _fire(self, ev: simpy.Event) -> None:
+        at = ev.value
+        timers = self._timers
+        while timers and timers[0] <= at:
+            heapq.heappop(timers)
+        nd = self.engine.next_deadline()
+        if nd is not None and nd <= at:
+            out = self.engine.on_timer(at)
+            if out:
+                self._carry(out, at)
+        self._arm()
+
+    # ------------------------------------------------------------------ results
+    def _queries_frame(self) -> pd.DataFrame:
+        n = self.n
+        reps = self._r_reply
+        qid = np.fromiter((r.query_id for r in reps), dtype=np.int64, count=len(reps))
+        at = np.asarray(self._r_at, dtype=np.float64)
+        preds = [r.prediction for r in reps]
+        reply_at = np.full(n, np.nan)
+        latency = np.full(n, np.nan)
+        default = np.zeros(n, dtype=bool)
+        refused = np.zeros(n, dtype=bool)
+        n_missing = np.zeros(n, dtype=np.int64)
+        n_selected = np.zeros(n, dtype=np.int64)
+        output = np.empty(n, dtype=object)
+        reason = np.empty(n, dtype=object)
+        reply_at[qid] = at
+        latency[qid] = np.fromiter((r.latency_s for r in reps), dtype=np.float64,
+                                   count=len(reps))
+        default[qid] = np.fromiter((p.default for p in preds), dtype=bool, count=len(reps))
+        refused[qid] = np.fromiter((r.refused for r in reps), dtype=bool, count=len(reps))
+        nm = np.fromiter((len(p.missing) for p in preds), dtype=np.int64, count=len(reps))
+        n_missing[qid] = nm
+        n_selected[qid] = nm + np.fromiter((len(p.models) for p in preds), dtype=np.int64,
+                                           count=len(reps))
+        output[qid] = [p.output for p in preds]
+        reason[qid] = [p.default_reason for p in preds]
+        labels = self.labels
+        outs_arr = output
+        correct = np.zeros(n, dtype=bool)
+        ok = ~default & ~np.isnan(reply_at)
+        if ok.any():
+            correct[ok] = np.asarray([o == lab for o, lab in zip(outs_arr[ok], labels[ok],
+                                                                  strict=True)], dtype=bool)
+        cols: dict[str, Any] = {
+            "query_id": np.arange(n, dtype=np.int64),
+            "app": pd.Categorical.from_codes(self._src, categories=self.app_names)
+            if len(set(self.app_names)) == len(self.app_names)
+            else [self.app_names[j] for j in self._src],
+            "arrival_at": self.arrival_at,
+            "reply_at": reply_at,
+            "latency_s": latency,
+            "default": default,
+            "default_reason": reason,
+            "refused": refused,
+            "output": output,
+            "label": labels,
+            "correct": correct,
+            "n_missing": n_missing,
+            "n_selected": n_selected,
+            "input_index": self.input_index,
+        }
+        if self.context is not None:
+            cols["context"] = self.context
+        if any(len(a.models) > 1 for a in self.deployment.apps):
+            models = np.empty(n, dtype=object)
+            models[qid] = [",".join(p.models) for p in preds]
+            cols["models"] = models
+        return pd.DataFrame(cols)
+
+    def _batches_frame(self) -> pd.DataFrame:
+        names = [m.name for m in self.deployment.models]
+        versions = [m.spec.version for m in self.deployment.models]
+        rows = self._b_rows
+        cols = list(zip(*rows, strict=True)) if rows else [()] * 10
+        mi = np.asarray(cols[0], dtype=np.int64)
+        df = pd.DataFrame({
+            "model": pd.Categorical.from_codes(mi, categories=names) if len(set(names)) == len(
+                names) else [names[k] for k in mi],
+            "version": [versions[k] for k in mi],
+            "replica": np.asarray(cols[1], dtype=np.int64),
+            "batch_id": np.asarray(cols[2], dtype=np.int64),
+            "size": np.asarray(cols[3], dtype=np.int64),
+            "padded_size": np.asarray(cols[4], dtype=np.int64),
+            "reason": list(cols[5]),
+            "sent_at": np.asarray(cols[6], dtype=np.float64),
+            "start_at": np.asarray(cols[7], dtype=np.float64),
+            "done_at": np.asarray(cols[8], dtype=np.float64),
+            "status": list(cols[9]),
+        })
+        return df
+
+    def _members_frame(self) -> pd.DataFrame | None:
+        if not self.record_members:
+            return None
+        names = [m.name for m in self.deployment.models]
+        qs = [np.asarray(ins, dtype=np.int64) for ins, _, _ in self._members]
+        q = np.concatenate(qs) if qs else np.zeros(0, np.int64)
+        mi = np.concatenate([np.full(len(ins), k, np.int64) for ins, k, _ in self._members]) \
+            if qs else np.zeros(0, np.int64)
+        at = np.concatenate([np.full(len(ins), t) for ins, _, t in self._members]) \
+            if qs else np.zeros(0)
+        return pd.DataFrame({"query_id": q,
+                             "model": pd.Categorical.from_codes(mi, categories=names),
+                             "done_at": at})
+
+
+class _LazyResult(SimResult):
+    """A ``SimResult`` whose DataFrames are built on first access."""
+
+    def __init__(self, sim: Simulation, wall_s: float) -> None:
+        self._sim = sim
+        self.metrics = sim.engine.sync_metrics()
+        self.log = sim.engine.log
+        self.engine = sim.engine
+        self.sim_s = float(sim.env.now)
+        self.wall_s = wall_s
+        self.seed = sim.seed
+        self.feedback = sim._fb_applied
+        self.crashes = sim.crashes
+
+    @cached_property
+    def queries(self) -> pd.DataFrame:  # type: ignore[override]
+        return self._sim._queries_frame()
+
+    @cached_property
+    def batches(self) -> pd.DataFrame:  # type: ignore[override]
+        return self._sim._batches_frame()
+
+    @cached_property
+    def members(self) -> pd.DataFrame | None:  # type: ignore[override]
+        return self._sim._members_frame()
+
+    def summary(self, app: str | None = None) -> dict[str, float]:
+        q = self.queries if app is None else self.queries[self.queries["app"] == app]
+        return summarise(q, self.batches)
