@@ -68,12 +68,16 @@ def latency_stats(
 def batch_stats(
     sent_at: np.ndarray, done_at: np.ndarray, size: np.ndarray, *, start_at: float
 ) -> dict[str, Any]:
-    """Mean and p99 batch size and batch latency (ms) of batches sent after ``start_at``."""
+    """Batches sent after ``start_at``: count, queries processed per second (the
+    container's throughput, whether or not the answers were still in time), mean and p99
+    batch size, mean and p99 batch latency (ms, from sending to the outputs' return)."""
     keep = sent_at >= start_at
     s = size[keep]
     lat = (done_at[keep] - sent_at[keep]) * 1e3
+    span_s = float(done_at[keep].max()) - start_at if keep.any() else 0.0
     return {
         "batches": int(keep.sum()),
+        "processed_qps": float(s.sum()) / span_s if span_s > 0 else math.nan,
         "mean_batch": float(s.mean()) if len(s) else math.nan,
         "p99_batch": pct(s, 99),
         "batch_mean_ms": float(lat.mean()) if len(lat) else math.nan,

@@ -16,6 +16,7 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import multiprocessing
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -80,13 +81,17 @@ def _cell(v: Any) -> Any:
 def run_job(job: Job) -> pd.DataFrame:
     """Run one job in this process; the experiment's table with the grid columns first."""
     mod = load_experiment(job.experiment)
-    cfg = make_config(mod, quick=job.quick, seed=job.seed, overrides=dict(job.overrides))
+    overrides = dict(job.overrides)
+    if "jobs" in {f.name for f in dataclasses.fields(mod.Config)}:
+        overrides.setdefault("jobs", 1)  # the sweep is the parallel part
+    cfg = make_config(mod, quick=job.quick, seed=job.seed, overrides=overrides)
     table: pd.DataFrame = mod.run(cfg).table.copy()
-    front = {k: _cell(v) for k, v in job.overrides}
-    front["seed"] = job.seed
+    # A swept key that is also a column of the table (fig4's wait_ms) keeps the table's
+    # own per-row values; the others are prepended.
+    front = {k: _cell(v) for k, v in job.overrides if k not in table.columns}
+    if "seed" not in table.columns:
+        front["seed"] = job.seed
     for i, (k, v) in enumerate(front.items()):
-        if k in table.columns:
-            table = table.drop(columns=[k])
         table.insert(i, k, [v] * len(table))
     return table
 

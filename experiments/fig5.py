@@ -1,0 +1,154 @@
+"""Replica scaling over the network (paper figure 5): 1-4 GPU replicas of a conv-net-like
+model with a static batch of 512 and 6,272-byte inputs (784 doubles), over 1 vs 10 Gbps.
+
+Setup (clipper-facts.md): each replica runs on a host of its own; each host's link and the
+frontend's NIC have the given bandwidth, and every batch's inputs cross both (the
+frontend's NIC is shared by all replicas, which is what caps the 1 Gbps runs: 1e9 / 8 /
+6,272 = 19,930 queries/s whatever the number of replicas).  Each point runs twice: under
+overload (``overload_qps`` offered) for the peak aggregate and per-replica throughput, and
+at ``latency_load`` times that measured peak for the mean and p99 latency (under overload
+the earliest-deadline-first queue pins every latency at the objective).  The conv-net
+profile is the simulator's ``synthetic-convnet-gpu`` (not measured: a p99 line of 40 us
+per item + 4 ms, about 20K qps per replica at batch 512, the scale of the paper's figure),
+or any profile named by ``profile``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from engine import BatchingConfig
+
+from . import _sim
+from .framework import Claim, Results
+from .measures import latency_stats
+from .parallel import pmap
+from .plotting import COLORS, grid, save, style_axis
+
+NAME = "fig5"
+TITLE = "Scaling GPU replicas over 1 vs 10 Gbps: throughput and latency"
+KEYS = ("network_gbps", "replicas")
+
+INPUT_SHAPE = (784,)  # MNIST as doubles: 6,272 bytes a query
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    seed: int = 0
+    replicas: tuple[int, ...] = (1, 2, 3, 4)
+    network_gbps: tuple[float, ...] = (1.0, 10.0)
+    batch_size: int = 512
+    profile: str = "synthetic-convnet-gpu"
+    slo_ms: float = 100.0
+    overload_qps: float = 150_000.0
+    latency_load: float = 0.8
+    n_queries: int = 400_000
+    warmup_frac: float = 0.3
+    jobs: int = 0
+
+
+def default_config(quick: bool) -> Config:
+    if quick:
+        return Config(n_queries=60_000)
+    return Config()
+
+
+def check_config(cfg: Config) -> None:
+    if any(r < 1 for r in cfg.replicas):
+        raise ValueError(f"replicas must be >= 1, got {cfg.replicas}")
+    if any(g <= 0 for g in cfg.network_gbps):
+        raise ValueError(f"network_gbps must be > 0, got {cfg.network_gbps}")
+    if cfg.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    if not 0 < cfg.latency_load <= 1:
+        raise ValueError(f"latency_load must be in (0, 1], got {cfg.latency_load}")
+    if cfg.overload_qps <= 0 or cfg.slo_ms <= 0 or cfg.n_queries < 100:
+        raise ValueError("overload_qps and slo_ms must be > 0, n_queries >= 100")
+
+
+def convnet_profile(cfg: Config) -> Any:
+    return _sim.load_profile(cfg.profile)
+
+
+def _run(cfg: Config, replicas: int, gbps: float, rate_qps: float) -> dict[str, Any]:
+    link = _sim.Link(bandwidth_bps=gbps * 1e9)
+    res = _sim.run_single(
+        convnet_profile(cfg),
+        BatchingConfig(policy="fixed", max_batch_size=cfg.batch_size),
+        rate_qps=rate_qps, n_queries=cfg.n_queries, slo_s=cfg.slo_ms / 1e3, seed=cfg.seed,
+        replicas=replicas, link=link, frontend_link=link,
+        inputs=_sim.SyntheticTensors(shape=INPUT_SHAPE, dtype="float64"),
+    )
+    q = res.queries
+    return latency_stats(q["arrival_at"].to_numpy(), q["latency_s"].to_numpy(),
+                         q["default"].to_numpy(dtype=bool), warmup_frac=cfg.warmup_frac)
+
+
+def _point(args: tuple[Config, int, float]) -> dict[str, Any]:
+    cfg, replicas, gbps = args
+    peak = _run(cfg, replicas, gbps, cfg.overload_qps)
+    load = cfg.latency_load * peak["throughput_qps"]
+    at = _run(cfg, replicas, gbps, load)
+    return {
+        "network_gbps": gbps,
+        "replicas": replicas,
+        "throughput_qps": peak["throughput_qps"],
+        "per_replica_qps": peak["throughput_qps"] / replicas,
+        "latency_load_qps": load,
+        "mean_ms": at["mean_ms"],
+        "p99_ms": at["p99_ms"],
+        "default_share": at["default_share"],
+        "overload_p99_ms": peak["p99_ms"],
+    }
+
+
+def run(cfg: Config) -> Results:
+    check_config(cfg)
+    points = [(cfg, r, g) for g in cfg.network_gbps for r in cfg.replicas]
+    return Results(table=pd.DataFrame(pmap(_point, points, cfg.jobs)))
+
+
+def plot(results: Results, out_dir: Path) -> list[Path]:
+    t = results.table
+    fig, axes = grid(4, 4, width_in=3.4, height_in=3.0)
+    panels = [
+        ("throughput_qps", "aggregate throughput", "queries/s"),
+        ("per_replica_qps", "per-replica throughput", "queries/s"),
+        ("mean_ms", "mean latency", "ms"),
+        ("p99_ms", "p99 latency", "ms"),
+    ]
+    for ax, (col, title, ylabel) in zip(axes, panels, strict=True):
+        for gbps, g in t.groupby("network_gbps", sort=True):
+            label = f"{gbps:g} Gbps"
+            ax.plot(g["replicas"], g[col], marker="o", color=COLORS.get(label), label=label)
+        style_axis(ax, title=title, xlabel="replicas", ylabel=ylabel)
+        ax.set_xticks(sorted(t["replicas"].unique()))
+        ax.set_ylim(bottom=0)
+    return [save(fig, out_dir / "fig5.png",
+                 suptitle="GPU replicas, static batch 512, 6,272-byte inputs",
+                 legend_axes=axes[:1])]
+
+
+def claims(results: Results, cfg: Config) -> list[Claim]:
+    t = results.table
+    out: list[Claim] = []
+    nic_cap = {g: g * 1e9 / 8 / (784 * 8) for g in cfg.network_gbps}
+    for gbps, g in t.groupby("network_gbps", sort=True):
+        g = g.sort_values("replicas")
+        thr = ", ".join(f"{r}: {v:,.0f}" for r, v in zip(g["replicas"], g["throughput_qps"],
+                                                         strict=True))
+        if gbps < 5:
+            paper = (f"throughput flat in replicas: the network caps it "
+                     f"({nic_cap[gbps]:,.0f} qps of 6,272-byte inputs)")
+        else:
+            paper = "aggregate throughput grows about linearly with replicas"
+        out.append(Claim(f"{gbps:g} Gbps: aggregate throughput by replicas (qps)", paper, thr))
+        lat = ", ".join(f"{r}: {m:.1f}/{p:.1f}" for r, m, p in
+                        zip(g["replicas"], g["mean_ms"], g["p99_ms"], strict=True))
+        out.append(Claim(f"{gbps:g} Gbps: mean/p99 latency by replicas (ms)",
+                         "roughly flat at 10 Gbps; higher at 1 Gbps (transfer time)", lat))
+    return out

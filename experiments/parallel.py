@@ -1,0 +1,38 @@
+"""Running an experiment's independent simulations on several processes.
+
+Rules: ``pmap(fn, items, jobs)`` returns ``[fn(x) for x in items]`` in order.  ``jobs`` 1
+runs in this process; more uses a pool of spawned processes (``fn`` must be a module-level
+function, items picklable); 0 means one per CPU.  Every simulation is seeded by its item,
+so the results do not depend on ``jobs``.  Sweeps set ``jobs`` to 1 inside each job: the
+sweep is already parallel.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import TypeVar
+
+__all__ = ["cpu_count", "pmap"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def cpu_count() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def pmap(fn: Callable[[T], R], items: Sequence[T], jobs: int = 1) -> list[R]:
+    """``[fn(x) for x in items]``, on ``jobs`` processes (0: one per CPU)."""
+    n = cpu_count() if jobs == 0 else jobs
+    n = min(n, len(items))
+    if n <= 1:
+        return [fn(x) for x in items]
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
+        return list(pool.map(fn, items))
