@@ -399,7 +399,7 @@ class Simulation:
             yield env.timeout(done_at - env.now)
             if rep.gen != gen:
                 return
-            self._done(rep, sb, done_at)
+            self._done(rep, sb, env.now)
 
     def _fault_proc(self) -> Any:
         env = self.env
@@ -492,6 +492,7 @@ class Simulation:
         outputs = [outs[q] for q in sb.inputs]
         row = rep.inflight
         if row is not None:
+            row[8] = now  # SimPy's clock (done_at up to rounding)
             row[9] = "done"
         rep.inflight = None
         if self.record_members:

@@ -1,0 +1,230 @@
+"""The SimPy driver: conservation, one batch per replica, network, determinism, and the
+same decision log as a hand-driven fake driver."""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+import pytest
+
+from engine import (
+    Application,
+    BatchDone,
+    BatchingConfig,
+    Engine,
+    ModelSpec,
+    Query,
+    ReplicaId,
+    Reply,
+    SendBatch,
+)
+from simulator import (
+    AppDeployment,
+    Deployment,
+    Host,
+    LatencyProfile,
+    Link,
+    ModelDeployment,
+    SimResult,
+    Simulation,
+    load_profile,
+)
+from workloads import ConstantRate, DigitsInputs, Poisson, SyntheticTensors, Workload
+
+
+def small(n: int = 3000, qps: float = 5000, **kw) -> SimResult:  # type: ignore[no-untyped-def]
+    dep = Deployment.single("prototype-linear-svm", **kw)
+    return Simulation(dep, Workload(Poisson(qps), n_queries=n), seed=3,
+                      decision_log=True).run()
+
+
+def test_every_query_answered_once() -> None:
+    """Conservation: one reply per query, none before its arrival, defaults flagged."""
+    res = small()
+    q = res.queries
+    assert len(q) == 3000 and q["reply_at"].notna().all()
+    assert (q["reply_at"] >= q["arrival_at"]).all()
+    replies = [e for e in res.log or [] if e[0] == "reply"]
+    assert sorted(e[2] for e in replies) == list(range(3000))
+    assert np.allclose(q["latency_s"], q["reply_at"] - q["arrival_at"])
+    late = q[~q["default"]]
+    assert (late["latency_s"] <= 0.020 + 1e-12).all()
+
+
+def test_one_batch_in_flight_per_replica() -> None:
+    """Per replica, a batch is sent only after the previous one finished."""
+    res = small(n=5000, qps=30_000, replicas=3)
+    for _, g in res.batches.groupby("replica"):
+        g = g.sort_values("sent_at")
+        assert (g["sent_at"].to_numpy()[1:] >= g["done_at"].to_numpy()[:-1] - 1e-12).all()
+    assert set(res.batches["replica"]) == {0, 1, 2}
+
+
+def test_results_and_summary_agree() -> None:
+    """Summary figures come from the raw records."""
+    res = small()
+    s = res.summary()
+    q = res.queries
+    assert s["queries"] == 3000
+    assert s["p99_ms"] == pytest.approx(np.percentile(q["latency_s"], 99) * 1e3)
+    assert s["mean_batch_size"] == pytest.approx(res.batches["size"].mean())
+    assert res.batches["size"].sum() >= (~q["default"]).sum()
+    assert res.metrics.total("clipperlab_replies_total") == 3000
+
+
+def test_same_seed_same_run() -> None:
+    """Seeded: the same seed gives the same decision log; another seed another one."""
+    a, b, c = (Simulation(Deployment.single("prototype-random-forest"),
+                          Workload(Poisson(3000), n_queries=2000), seed=s,
+                          decision_log=True).run() for s in (1, 1, 2))
+    assert a.log == b.log and a.log != c.log
+
+
+def test_network_bandwidth_matters() -> None:
+    """6,272-byte inputs in batches of 512: 1 Gbps caps throughput near 20K qps, 10 Gbps
+    does not (the paper's figure 5 setting)."""
+    gpu = load_profile("synthetic-convnet-gpu")
+    out = {}
+    for bw in (1e9, 10e9):
+        dep = Deployment(
+            apps=(AppDeployment(Application(name="a", slo_s=10.0, default_output=-1), ("m",)),),
+            models=(ModelDeployment(
+                spec=ModelSpec(name="m", batching=BatchingConfig(policy="fixed",
+                                                                 max_batch_size=512)),
+                profile=gpu, replicas=4),),
+            hosts=tuple(Host(f"g{i}", cpus=0, gpus=1, link=Link(10e9)) for i in range(4)),
+            frontend_link=Link(bw, 50e-6),
+        )
+        wl = Workload(ConstantRate(150_000), n_queries=60_000,
+                      inputs=SyntheticTensors((784,), "float64", pool=16), app="a")
+        out[bw] = Simulation(dep, wl, seed=0).run().summary()["throughput_qps"]
+    assert out[1e9] == pytest.approx(1e9 / 8 / 6272, rel=0.1)
+    assert out[10e9] > 3 * out[1e9]
+
+
+def test_transfer_time_in_batches() -> None:
+    """A batch's inputs reach the replica after bytes*8/bandwidth plus the link latency."""
+    dep = Deployment.single(LatencyProfile.from_line("flat", 0.0, 0.001),
+                            batching=BatchingConfig(policy="none"),
+                            link=Link(bandwidth_bps=1e6, latency_s=0.002))
+    wl = Workload(ConstantRate(10), n_queries=5, inputs=SyntheticTensors((100,), "float64"))
+    b = Simulation(dep, wl, seed=0).run().batches
+    assert np.allclose(b["start_at"] - b["sent_at"], 800 * 8 / 1e6 + 0.002)
+
+
+def test_multiple_workloads_and_apps() -> None:
+    """Two applications with their own workloads share a run; queries keep their app."""
+    p = load_profile("prototype-noop")
+    dep = Deployment(
+        apps=(AppDeployment(Application(name="a", default_output=-1), ("m1",)),
+              AppDeployment(Application(name="b", slo_s=0.05, default_output=-1), ("m2",))),
+        models=(ModelDeployment(spec=ModelSpec(name="m1"), profile=p),
+                ModelDeployment(spec=ModelSpec(name="m2"), profile=p)),
+    )
+    res = Simulation(dep, [Workload(Poisson(1000), n_queries=500, app="a"),
+                           Workload(Poisson(2000), n_queries=700, app="b")], seed=0).run()
+    q = res.queries
+    assert (q["app"] == "a").sum() == 500 and (q["app"] == "b").sum() == 700
+    assert (np.diff(q["arrival_at"]) >= 0).all()
+    assert set(res.summary_table()["app"]) == {"a", "b", "all"}
+
+
+def test_record_members_for_ensembles() -> None:
+    """With record_members, each (query, member) has the time its batch finished."""
+    p = load_profile("prototype-random-forest")
+    names = ("r0", "r1", "r2")
+    dep = Deployment(
+        apps=(AppDeployment(Application(name="e", policy="exp4", default_output=-1), names),),
+        models=tuple(ModelDeployment(spec=ModelSpec(
+            name=n, batching=BatchingConfig(wait_timeout_s=0.004)), profile=p) for n in names),
+    )
+    res = Simulation(dep, Workload(Poisson(2000), n_queries=1000, app="e"), seed=0,
+                     record_members=True).run()
+    m = res.members
+    assert m is not None and set(m["model"]) == set(names)
+    assert len(m) <= 3000 and m.groupby("query_id").size().max() <= 3
+    assert res.summary()["missing_share"] >= 0
+
+
+# --------------------------------------------------------------------------- fake driver
+
+
+def fake_driver_log(dep: Deployment, res: SimResult, seed: int) -> list[tuple]:  # type: ignore[type-arg]
+    """Replay the simulator's arrivals and batch completion times through the engine by
+    hand (a batch finishes when the simulator's did: same sends, same latencies).
+
+    Order at one instant: batch completions, then timers, then arrivals (the driver's rule).
+    Outputs: every model answers the label (AccuracyOutputs(1.0)).
+    """
+    eng = Engine(rng=np.random.default_rng([seed, 101]), decision_log=True)
+    for m in dep.models:
+        eng.add_model(m.spec)
+    for a in dep.apps:
+        eng.add_application(a.app)
+        eng.link(a.app.name, list(a.models))
+    q = res.queries
+    arrivals = q["arrival_at"].tolist()
+    labels = q["label"].tolist()
+    app = dep.apps[0].app.name
+    done_at = {int(r.batch_id): float(r.done_at) for r in res.batches.itertuples()}
+    inflight: list[tuple[float, int, SendBatch]] = []
+
+    def carry(out: list, now: float) -> None:  # type: ignore[type-arg]
+        for ins in out:
+            if isinstance(ins, SendBatch):
+                heapq.heappush(inflight, (done_at[ins.batch_id], ins.batch_id, ins))
+            else:
+                assert isinstance(ins, Reply)
+
+    for m in dep.models:
+        for rid in m.replica_ids():
+            carry(eng.on_replica_up(rid, 0.0), 0.0)
+    i, n = 0, len(arrivals)
+    while True:
+        t_done = inflight[0][0] if inflight else np.inf
+        nd = eng.next_deadline()
+        t_timer = np.inf if nd is None else nd
+        t_arr = arrivals[i] if i < n else np.inf
+        if t_done == t_timer == t_arr == np.inf:
+            break
+        if t_done <= t_timer and t_done <= t_arr:
+            at, _, sb = heapq.heappop(inflight)
+            outs = [labels[k] for k in sb.inputs]
+            carry(eng.on_batch_done(BatchDone(replica=sb.replica, batch_id=sb.batch_id,
+                                              outputs=outs), at), at)
+        elif t_timer <= t_arr:
+            carry(eng.on_timer(t_timer), t_timer)
+        else:
+            carry(eng.on_query(Query(i, app, i), t_arr), t_arr)
+            i += 1
+    assert eng.log is not None
+    return eng.log
+
+
+@pytest.mark.parametrize("policy", ["aimd", "quantile", "none", "tfserving"])
+def test_same_decision_log_as_a_fake_driver(policy: str) -> None:
+    """A seeded trace through the simulator and through a hand-driven loop with the same
+    latencies gives the same decision log (batches, replies, defaults, reasons)."""
+    prof = load_profile("prototype-random-forest")
+    bc = BatchingConfig(policy=policy, wait_timeout_s=0.002, fit_after_batches=50,
+                        allowed_batch_sizes=(8, 16, 32) if policy == "tfserving" else ())
+    dep = Deployment(
+        apps=(AppDeployment(Application(name="d", slo_s=0.015, default_output=-1), ("rf",)),),
+        models=(ModelDeployment(spec=ModelSpec(name="rf", batching=bc), profile=prof,
+                                replicas=2),),
+    )
+    wl = Workload(Poisson(2500), n_queries=4000, inputs=DigitsInputs(), app="d")
+    res = Simulation(dep, wl, seed=11, decision_log=True).run()
+    assert res.log is not None and any(e[0] == "batch" for e in res.log)
+    assert any(e[0] == "reply" and e[4] for e in res.log)  # some deadline defaults too
+    assert fake_driver_log(dep, res, 11) == res.log
+
+
+def test_replica_ids_in_batches() -> None:
+    """Batches name the model, version and replica ordinal the engine chose."""
+    res = small(replicas=2)
+    logged = {(e[2], e[3]) for e in res.log or [] if e[0] == "batch"}
+    table = {(str(ReplicaId("m", "1", int(r.replica))), int(r.batch_id))
+             for r in res.batches.itertuples()}
+    assert logged == table
