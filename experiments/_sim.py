@@ -7,17 +7,42 @@ serving decision is the engine's, every timing the simulator's.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import numpy as np
+
 from engine import BatchingConfig
-from simulator.deployment import Deployment, Link
-from simulator.driver import Simulation
-from simulator.profiles import LatencyProfile, list_profiles, load_profile
-from simulator.result import SimResult
-from workloads import ConstantRate, DigitsInputs, InputSource, SyntheticTensors, Workload
+from simulator import (
+    AccuracyOutputs,
+    AppDeployment,
+    Deployment,
+    Host,
+    LatencyProfile,
+    Link,
+    ModelDeployment,
+    ReplayOutputs,
+    SimResult,
+    Simulation,
+    list_profiles,
+    load_profile,
+)
+from workloads import (
+    ConstantRate,
+    DigitsInputs,
+    InputSource,
+    SyntheticTensors,
+    Trace,
+    Workload,
+)
 
 __all__ = [
+    "AccuracyOutputs",
+    "AppDeployment",
     "Deployment",
+    "Host",
+    "ModelDeployment",
+    "ReplayOutputs",
     "LatencyProfile",
     "Link",
     "SimResult",
@@ -26,6 +51,8 @@ __all__ = [
     "list_profiles",
     "load_profile",
     "profile_name",
+    "ramp_times",
+    "ramped_trace",
     "run_single",
 ]
 
@@ -62,3 +89,24 @@ def run_single(
         inputs=inputs if inputs is not None else DigitsInputs(binary=True),
     )
     return Simulation(dep, wl, seed=seed).run()
+
+
+def ramp_times(arrival_at: np.ndarray, ramp_s: float) -> np.ndarray:
+    """Arrival times stretched so the rate grows linearly from 0 to the original rate over
+    ``ramp_s`` seconds, then stays: a time ``s`` of the original (constant-rate) stream
+    maps to ``sqrt(2 * ramp_s * s)`` while ``s < ramp_s / 2`` and to ``s + ramp_s / 2``
+    after.  Adaptive batching starts at a batch of one; a ramp lets it grow with the load
+    instead of drowning in a backlog it then takes seconds to clear."""
+    if ramp_s <= 0:
+        return arrival_at
+    s = np.asarray(arrival_at, dtype=np.float64)
+    half = ramp_s / 2
+    return np.where(s < half, np.sqrt(2.0 * ramp_s * np.maximum(s, 0.0)), s + half)
+
+
+def ramped_trace(workload: Workload, seed: int, ramp_s: float) -> Trace:
+    """``workload.generate(seed)`` with its arrivals ramped (see ``ramp_times``)."""
+    trace = workload.generate(seed)
+    if ramp_s <= 0:
+        return trace
+    return dataclasses.replace(trace, arrival_at=ramp_times(trace.arrival_at, ramp_s))

@@ -1,11 +1,11 @@
 """Numbers the figures report, computed from a run's raw timestamps after the run.
 
 Rules (the same for every figure, so they compare):
-- A warm-up share of the run is left out of every measure: queries that *arrived* before
-  ``warmup_at`` do not count, nor batches *sent* before it (adaptive batching starts at a
-  batch of one and needs time to grow).
+- A warm-up is left out of every measure: queries that *arrived* before the window's start
+  (a share of the run, or a time, whichever is later) do not count, nor batches *sent*
+  before it (adaptive batching starts at a batch of one and needs time to grow).
 - Throughput is answered (non-default) queries per second of the measured window, the
-  window running from ``warmup_at`` to the last arrival; under overload that is the peak
+  window running from its start to the last arrival; under overload that is the peak
   throughput the paper reports.  ``offered_qps`` is arrivals per second in the same window.
 - Latency is the time from a query's arrival to its reply (default replies included, as a
   client sees them); ``answered_`` latencies count non-default replies only.
@@ -29,12 +29,15 @@ def pct(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def window(arrival_at: np.ndarray, warmup_frac: float) -> tuple[float, float]:
-    """(start, end) of the measured window: after ``warmup_frac`` of the arrival span."""
+def window(
+    arrival_at: np.ndarray, warmup_frac: float, warmup_s: float = 0.0
+) -> tuple[float, float]:
+    """(start, end) of the measured window: after ``warmup_frac`` of the arrival span and
+    after ``warmup_s`` seconds, whichever is later."""
     if len(arrival_at) == 0:
         return 0.0, 0.0
     t0, t1 = float(arrival_at.min()), float(arrival_at.max())
-    return t0 + warmup_frac * (t1 - t0), t1
+    return max(t0 + warmup_frac * (t1 - t0), t0 + warmup_s), t1
 
 
 def latency_stats(
@@ -43,9 +46,10 @@ def latency_stats(
     default: np.ndarray,
     *,
     warmup_frac: float,
+    warmup_s: float = 0.0,
 ) -> dict[str, Any]:
     """Throughput, default share and latency quantiles (ms) over the measured window."""
-    start, end = window(arrival_at, warmup_frac)
+    start, end = window(arrival_at, warmup_frac, warmup_s)
     keep = arrival_at >= start
     lat = latency_s[keep]
     dflt = default[keep].astype(bool)
