@@ -19,6 +19,7 @@ import io
 import json
 import pickle
 import time
+import warnings
 from typing import Any
 
 __all__ = ["AdminClient", "QueryClient", "ServerError"]
@@ -219,7 +220,9 @@ class AdminClient(_Http):
 
         buf = io.BytesIO()
         try:
-            torch.jit.save(torch.jit.script(module), buf)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.jit.save(torch.jit.script(module), buf)
         except Exception:  # noqa: BLE001 - not scriptable: pickle the module
             buf = io.BytesIO()
             torch.save(module, buf)

@@ -47,6 +47,31 @@ def _json_default(x: Any) -> Any:
 
 
 _dumps = json.JSONEncoder(separators=(",", ":"), default=_json_default).encode
+_loads = json.JSONDecoder().decode
+_OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+
+
+class _ReplyCache:
+    """Encoded tails of frequent predictions.  The engine reuses one ``Prediction`` object
+    per (output, models) for single-model answers, so the tail after ``query_id`` is
+    encoded once per object (kept alive here, so its ``id`` cannot be reused)."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.tails: dict[int, tuple[Any, bytes]] = {}
+        self.limit = limit
+
+    def encode(self, r: Reply) -> bytes:
+        p = r.prediction
+        hit = self.tails.get(id(p))
+        if hit is None or hit[0] is not p:
+            d = reply_body(r)
+            del d["query_id"]
+            tail = _dumps(d).encode()[1:]
+            if len(self.tails) >= self.limit:
+                self.tails.clear()
+            self.tails[id(p)] = hit = (p, tail)
+        body = b'{"query_id":%d,%s' % (r.query_id, hit[1])
+        return b"%s%d\r\n\r\n%s" % (_OK_HEAD, len(body), body)
 
 
 def reply_body(r: Reply) -> dict[str, Any]:
@@ -78,6 +103,7 @@ class QueryFrontend:
         self.accepting = True
         self.errors = 0
         self._feedback_ids = 0
+        self._replies = _ReplyCache()
         from .oip import OipHandler
 
         self.oip = OipHandler(self)
@@ -111,7 +137,7 @@ class QueryFrontend:
 
     def body_object(self, req: Request) -> dict[str, Any]:
         try:
-            body = json.loads(req.body)
+            body = _loads(req.body.decode())
         except (ValueError, UnicodeDecodeError) as e:
             raise BadInput(f"request body is not valid JSON: {e}") from None
         if not isinstance(body, dict):
@@ -149,6 +175,7 @@ class QueryFrontend:
 
     def _one(self, req: Request, app: str, x: Any, ctx: Any) -> bytes | None:
         out: list[bytes] = []
+        encode = self._replies.encode
 
         def done(r: Reply) -> None:
             if r.refused:
@@ -156,7 +183,7 @@ class QueryFrontend:
                     503, r.prediction.explanation or "query refused: the server is overloaded"
                 )
             else:
-                data = response(200, _dumps(reply_body(r)).encode())
+                data = encode(r)
             if out is not None and not out:
                 out.append(data)
             else:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +48,10 @@ _REASONS = {
 }
 _STATUS_LINES = {k: b"HTTP/1.1 %d %s\r\n" % (k, v) for k, v in _REASONS.items()}
 JSON_TYPE = b"application/json"
+# Reads above this are parsed in slices, one per event-loop iteration (about 100 requests).
+_SLICE_BYTES = 4 * 1024
+# The scheduler parses for at most this long before letting the event loop poll sockets.
+_BUDGET_S = 0.002
 
 
 def response(
@@ -142,6 +148,10 @@ class HttpProtocol(asyncio.Protocol):
         self._close_after: int | None = None
         self._paused = False
         self._failed = False
+        self._out: list[bytes] = []
+        self._flush_soon = False
+        self._backlog: deque[bytes] = deque()
+        self._loop = asyncio.get_running_loop()
 
     # -- asyncio
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -163,6 +173,25 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._failed:
             return
+        # Parsing happens in the fair scheduler below, a slice at a time, so that a deep
+        # pipeline on one connection cannot starve the others or the container replies.
+        view = memoryview(data)
+        for i in range(0, len(data), _SLICE_BYTES):
+            self._backlog.append(bytes(view[i : i + _SLICE_BYTES]))
+        _scheduler(self._loop).add(self)
+        self._set_reading()
+
+    def _feed_slice(self) -> bool:
+        """Parse one slice of the backlog; True when more remains."""
+        if self._backlog and not self._failed and self.transport is not None:
+            self._feed(self._backlog.popleft())
+        if self._backlog and not self._failed and self.transport is not None:
+            return True
+        self._backlog.clear()
+        self._set_reading()
+        return False
+
+    def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -170,6 +199,18 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserError as e:
             if not self._failed:
                 self._fail(400, f"malformed HTTP request: {e}")
+
+    def _set_reading(self) -> None:
+        t = self.transport
+        if t is None:
+            return
+        pause = bool(self._backlog) or self._seq - self._next_write > self.max_pipelined
+        if pause != self._paused:
+            self._paused = pause
+            if pause:
+                t.pause_reading()
+            else:
+                t.resume_reading()
 
     # -- httptools callbacks
     def on_message_begin(self) -> None:
@@ -218,31 +259,41 @@ class HttpProtocol(asyncio.Protocol):
         if data is not None:
             self.complete(seq, data)
         elif self._seq - self._next_write > self.max_pipelined and not self._paused:
-            assert self.transport is not None
-            self.transport.pause_reading()
-            self._paused = True
+            self._set_reading()
 
     # -- responses
     def complete(self, seq: int, data: bytes) -> None:
-        t = self.transport
-        if t is None:
+        """Queue the response of request ``seq``; written in order, one write per loop turn."""
+        if self.transport is None:
             return  # the client went away
         if seq != self._next_write:
             self._ready[seq] = data
             return
-        t.write(data)
+        out = self._out
+        out.append(data)
         nxt = seq + 1
         ready = self._ready
         while nxt in ready:
-            t.write(ready.pop(nxt))
+            out.append(ready.pop(nxt))
             nxt += 1
         self._next_write = nxt
-        if self._close_after is not None and nxt > self._close_after:
+        if not self._flush_soon:
+            self._flush_soon = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_soon = False
+        t = self.transport
+        if t is None or not self._out:
+            return
+        out = self._out
+        t.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+        if self._close_after is not None and self._next_write > self._close_after:
             t.close()
             self.transport = None
-        elif self._paused and self._seq - nxt <= self.max_pipelined // 2:
-            self._paused = False
-            t.resume_reading()
+        elif self._paused:
+            self._set_reading()
 
     def _fail(self, status: int, message: str) -> None:
         """Answer a request that could not be parsed, after those before it, then close."""
@@ -264,3 +315,57 @@ class HttpProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
             self.transport = None
+
+
+class _Scheduler:
+    """Round-robin parsing across connections within a time budget per loop iteration.
+
+    Why: uvloop hands every readable socket its data in one iteration; parsing thousands of
+    pipelined requests there would delay the container replies (read in the same
+    iteration's I/O phase) past the queries' deadlines.  Connections with a backlog queue
+    here; each turn parses one slice of the next connection until ``_BUDGET_S`` is spent.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: deque[HttpProtocol] = deque()
+        self.members: set[HttpProtocol] = set()
+        self.scheduled = False
+
+    def add(self, proto: HttpProtocol) -> None:
+        if proto not in self.members:
+            self.members.add(proto)
+            self.queue.append(proto)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.run)
+
+    def run(self) -> None:
+        self.scheduled = False
+        q = self.queue
+        end_at = time.perf_counter() + _BUDGET_S
+        while q:
+            proto = q.popleft()
+            if proto._feed_slice():
+                q.append(proto)
+            else:
+                self.members.discard(proto)
+            proto._flush()
+            if time.perf_counter() >= end_at:
+                break
+        if q and not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.run)
+
+
+_schedulers: dict[asyncio.AbstractEventLoop, _Scheduler] = {}
+
+
+def _scheduler(loop: asyncio.AbstractEventLoop) -> _Scheduler:
+    s = _schedulers.get(loop)
+    if s is None:
+        if len(_schedulers) > 16:  # loops of finished tests
+            for lp in [lp for lp in _schedulers if lp.is_closed()]:
+                del _schedulers[lp]
+        s = _schedulers[loop] = _Scheduler(loop)
+    return s

@@ -3,7 +3,9 @@
 A wrapper turns a batch of inputs (a numpy array whose first dimension is the batch, or a
 list of bytes/str) into a list or array of outputs, one per input.  Kinds:
 
-- ``noop``: answers ``0`` for every input (deterministic; the paper's no-op container).
+- ``noop``: answers ``output`` (default ``0``) for every input, after sleeping
+  ``delay_s + per_item_s * batch size`` (default 0): the paper's no-op container, and a
+  deterministic model with a known latency line for comparisons with the simulator.
 - ``python``: a callable taking the batch, named ``package.module:function`` or stored as a
   pickle file (the function must be importable by reference in the container).
 - ``sklearn``: an estimator saved with ``joblib``/``pickle``; calls ``predict``.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +36,11 @@ def load_model(kind: str, path: str = "", options: dict[str, Any] | None = None)
     """A batch predict function for a model of ``kind`` stored at ``path``."""
     options = options or {}
     if kind == "noop":
-        return _noop
+        return _noop(
+            float(options.get("delay_s", 0.0)),
+            float(options.get("per_item_s", 0.0)),
+            options.get("output", 0),
+        )
     if kind == "python":
         return _python(path)
     if kind == "sklearn":
@@ -43,8 +50,25 @@ def load_model(kind: str, path: str = "", options: dict[str, Any] | None = None)
     raise ValueError(f"model kind {kind!r} is unknown; expected one of {MODEL_KINDS}")
 
 
-def _noop(batch: Any) -> Any:
-    return np.zeros(len(batch), dtype=np.int64)
+def _noop(delay_s: float, per_item_s: float, output: Any) -> Predict:
+    if isinstance(output, int) and not isinstance(output, bool):
+        value = np.int64(output)
+
+        def make(n: int) -> Any:
+            return np.full(n, value, dtype=np.int64)
+    else:
+
+        def make(n: int) -> Any:
+            return [output] * n
+
+    if delay_s <= 0 and per_item_s <= 0:
+        return lambda batch: make(len(batch))
+
+    def predict(batch: Any) -> Any:
+        time.sleep(delay_s + per_item_s * len(batch))
+        return make(len(batch))
+
+    return predict
 
 
 def _python(path: str) -> Predict:
