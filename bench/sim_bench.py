@@ -1,0 +1,233 @@
+"""Simulated queries per wall second: the simulator vs bare SimPy loops.
+
+One application, one model with the Clipper prototype's linear-SVM profile, one replica,
+AIMD batching (20 ms bound), open-loop constant load of 20K qps, 1M queries (the paper's
+figure 4 load).  Measured in the same run, on the same pre-generated trace:
+
+- ``simulator``: ``simulator.Simulation(...).run()`` (engine + SimPy driver; setup of
+  outputs and replicas included, building the result DataFrames reported apart);
+- ``bare SimPy, event per arrival``: the textbook SimPy program without the engine: an
+  arrival process that yields one timeout per query into a FIFO, one replica process that
+  takes ``min(cap, queued)`` queries, sleeps for a draw of the same profile plus the same
+  10 Gbps transfer, and applies the same AIMD rule (+2 / hold in the last 10% / x0.9);
+- ``bare SimPy, batched arrivals``: the same, with arrivals fed the way the driver feeds
+  them (all arrivals before the next SimPy event in one loop, no event per arrival);
+- ``engine alone``: ``bench/engine_bench.py``'s loop (no SimPy) at the same load.
+
+Goal (issue 3): >= 300,000 simulated queries/s and >= 0.3x the bare loop.
+
+    python bench/sim_bench.py [--queries 1000000] [--qps 20000] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import math
+import pstats
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import simpy
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine import BatchingConfig  # noqa: E402
+from simulator import Deployment, Simulation, load_profile  # noqa: E402
+from workloads import ConstantRate, Trace, Workload  # noqa: E402
+
+PROFILE = "prototype-linear-svm"
+BOUND_S = 0.020
+INPUT_BYTES = 512
+BANDWIDTH_BPS = 10e9
+LINK_S = 50e-6
+
+
+def aimd(cap: int, size: int, lat_s: float) -> int:
+    if lat_s < BOUND_S - 0.1 * BOUND_S:
+        return size + 2
+    if lat_s < BOUND_S:
+        return cap
+    return max(math.floor(size * 0.9), 1)
+
+
+def batch_time_s(sampler: Any, n: int) -> float:
+    xfer = n * INPUT_BYTES * 8.0 / BANDWIDTH_BPS
+    return xfer + LINK_S + sampler(n) + LINK_S + n * 64 / BANDWIDTH_BPS
+
+
+def bare_event_per_arrival(trace: Trace, seed: int) -> dict[str, float]:
+    sampler = load_profile(PROFILE).sampler(np.random.default_rng(seed))
+    env = simpy.Environment()
+    arrivals = trace.arrival_at.tolist()
+    queue: deque[tuple[int, float]] = deque()
+    done = [0.0] * len(arrivals)
+    state: dict[str, Any] = {"wake": None, "batches": 0, "items": 0}
+
+    def source() -> Any:
+        for i, t in enumerate(arrivals):
+            yield env.timeout(t - env.now)
+            queue.append((i, t))
+            w = state["wake"]
+            if w is not None and not w.triggered:
+                w.succeed()
+
+    def replica() -> Any:
+        cap = 1
+        idle_since = 0.0
+        while True:
+            if not queue:
+                state["wake"] = env.event()
+                yield state["wake"]
+            assembly = max(idle_since, queue[0][1])
+            k = min(cap, len(queue))
+            batch = [queue.popleft() for _ in range(k)]
+            yield env.timeout(batch_time_s(sampler, k))
+            now = env.now
+            for i, _ in batch:
+                done[i] = now
+            cap = aimd(cap, k, now - assembly)
+            idle_since = now
+            state["batches"] += 1
+            state["items"] += k
+
+    env.process(source())
+    env.process(replica())
+    t0 = time.perf_counter()
+    env.run(until=arrivals[-1] + 1.0)
+    wall = time.perf_counter() - t0
+    lat = np.asarray(done) - trace.arrival_at
+    return {"wall_s": wall, "mean_batch": state["items"] / state["batches"],
+            "p99_ms": float(np.percentile(lat, 99) * 1e3)}
+
+
+def bare_batched_arrivals(trace: Trace, seed: int) -> dict[str, float]:
+    sampler = load_profile(PROFILE).sampler(np.random.default_rng(seed))
+    env = simpy.Environment()
+    arrivals = trace.arrival_at.tolist()
+    n = len(arrivals)
+    queue: deque[tuple[int, float]] = deque()
+    done = [0.0] * n
+    state: dict[str, Any] = {"wake": None, "batches": 0, "items": 0}
+
+    def source() -> Any:
+        peek = env.peek
+        i = 0
+        horizon = peek()
+        while i < n:
+            t = arrivals[i]
+            if t >= horizon:
+                yield env.timeout(t - env.now)
+                horizon = peek()
+                continue
+            queue.append((i, t))
+            i += 1
+            w = state["wake"]
+            if w is not None and not w.triggered:
+                w.succeed((t,))
+                horizon = peek()
+
+    def replica() -> Any:
+        cap = 1
+        idle_since = 0.0
+        while True:
+            start = env.now
+            if not queue:
+                state["wake"] = env.event()
+                (start,) = yield state["wake"]
+            assembly = max(idle_since, queue[0][1])
+            k = min(cap, len(queue))
+            batch = [queue.popleft() for _ in range(k)]
+            end = start + batch_time_s(sampler, k)
+            yield env.timeout(end - env.now)
+            now = env.now
+            for i, _ in batch:
+                done[i] = now
+            cap = aimd(cap, k, now - assembly)
+            idle_since = now
+            state["batches"] += 1
+            state["items"] += k
+
+    env.process(source())
+    env.process(replica())
+    t0 = time.perf_counter()
+    env.run(until=arrivals[-1] + 1.0)
+    wall = time.perf_counter() - t0
+    lat = np.asarray(done) - trace.arrival_at
+    return {"wall_s": wall, "mean_batch": state["items"] / state["batches"],
+            "p99_ms": float(np.percentile(lat, 99) * 1e3)}
+
+
+def simulator_run(trace: Trace, seed: int) -> dict[str, float]:
+    dep = Deployment.single(PROFILE, app=trace.app, slo_s=BOUND_S,
+                            batching=BatchingConfig(policy="aimd"))
+    sim = Simulation(dep, trace, seed=seed)
+    t0 = time.perf_counter()
+    res = sim.run()
+    wall = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    s = res.summary()
+    tables = time.perf_counter() - t1
+    return {"wall_s": wall, "tables_s": tables, "mean_batch": s["mean_batch_size"],
+            "p99_ms": s["p99_ms"], "default_rate": s["default_rate"]}
+
+
+def engine_alone(n: int, qps: float) -> dict[str, float]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import engine_bench
+
+    r = engine_bench.run(n, rate_qps=qps, replicas=1)
+    return {"wall_s": r["wall_s"], "mean_batch": r["mean_batch"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--queries", type=int, default=1_000_000)
+    p.add_argument("--qps", type=float, default=20_000.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", action="store_true",
+                   help="also print a cProfile of the simulator on 200K queries")
+    args = p.parse_args()
+    n = args.queries
+    trace = Workload(ConstantRate(args.qps), n_queries=n, app="bench").generate(args.seed)
+    rows = [
+        ("simulator (engine + SimPy driver)", simulator_run(trace, args.seed)),
+        ("bare SimPy, event per arrival", bare_event_per_arrival(trace, args.seed)),
+        ("bare SimPy, batched arrivals", bare_batched_arrivals(trace, args.seed)),
+        ("engine alone, no SimPy (engine_bench)", engine_alone(n, args.qps)),
+    ]
+    print(f"{n:,} queries at {args.qps:,.0f} qps offered, one AIMD model ({PROFILE}), "
+          "one replica\n")
+    print(f"{'loop':<40} {'wall s':>7} {'queries/s':>11} {'mean batch':>10} {'p99 ms':>7}")
+    for name, r in rows:
+        print(f"{name:<40} {r['wall_s']:>7.2f} {n / r['wall_s']:>11,.0f} "
+              f"{r['mean_batch']:>10.1f} {r.get('p99_ms', float('nan')):>7.2f}")
+    sim_qps = n / rows[0][1]["wall_s"]
+    print(f"\n(result tables built after the run: {rows[0][1]['tables_s']:.2f} s more)")
+    for name, r in rows[1:3]:
+        print(f"ratio simulator / {name}: {sim_qps / (n / r['wall_s']):.2f}")
+    best_bare = max(n / rows[1][1]["wall_s"], n / rows[2][1]["wall_s"])
+    print(f"goal >= 300,000 simulated queries/s: {'met' if sim_qps >= 300_000 else 'NOT met'} "
+          f"({sim_qps:,.0f}); goal >= 0.3x the bare loop: "
+          f"{'met' if sim_qps >= 0.3 * n / rows[1][1]['wall_s'] else 'NOT met'} vs the "
+          f"event-per-arrival loop, "
+          f"{'met' if sim_qps >= 0.3 * best_bare else 'NOT met'} vs the faster bare loop")
+    if args.profile:
+        small = Workload(ConstantRate(args.qps), n_queries=200_000, app="bench").generate(0)
+        pr = cProfile.Profile()
+        pr.enable()
+        simulator_run(small, 0)
+        pr.disable()
+        s = io.StringIO()
+        pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(20)
+        print(s.getvalue())
+
+
+if __name__ == "__main__":
+    main()
