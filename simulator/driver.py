@@ -144,7 +144,6 @@ class Simulation:
                 raise SimConfigError(
                     f"workload: app {t.app!r} is not deployed; deployed: {sorted(app_names)}"
                 )
-        self._workload_items = items
         self.engine_options = dict(engine_options or {})
 
     # ------------------------------------------------------------------ set-up
@@ -242,17 +241,16 @@ class Simulation:
         rng = model_rng(self.seed, m.name)
         parts = []
         for t in traces:
-            inputs = self._inputs_of(t)
+            k = self._n_classes(t)
             if isinstance(m.outputs, AccuracyOutputs):
                 # a model is a function of its input: draw once per input of the pool
                 pool_labels = self._pool_labels(t)
-                pool_out = m.outputs.outputs(pool_labels, np.arange(pool_labels.size),
-                                             self._n_classes(t), self._task(t), m.profile, rng)
+                pool_out = m.outputs.outputs(pool_labels, np.arange(pool_labels.size), k,
+                                             t.task, m.profile, rng)
                 parts.append(np.asarray(pool_out)[t.input_index])
             else:
                 parts.append(np.asarray(m.outputs.outputs(
-                    t.label, t.input_index, self._n_classes(t), self._task(t), m.profile, rng)))
-            del inputs
+                    t.label, t.input_index, k, t.task, m.profile, rng)))
         out = np.concatenate(parts)[order] if parts else np.zeros(0)
         for f in self.deployment.faults:
             if isinstance(f, Degrade) and f.model == m.name:
@@ -264,32 +262,19 @@ class Simulation:
                     out[lo:hi] = noisy_labels(self.labels[lo:hi], f.accuracy, k, frng)
         return out
 
-    def _source(self, t: Trace) -> Any:
-        j = self.traces.index(t)
-        w = self._workload_items[j]
-        return w.inputs if isinstance(w, Workload) else None
-
-    def _inputs_of(self, t: Trace) -> Any:
-        return self._source(t)
-
-    def _pool_labels(self, t: Trace) -> np.ndarray:
-        src = self._source(t)
-        if src is not None:
-            return np.asarray(src.load()[1], dtype=np.int64)
+    @staticmethod
+    def _pool_labels(t: Trace) -> np.ndarray:
+        """Label of every input index the trace uses (others 0)."""
         size = int(t.input_index.max()) + 1 if len(t) else 0
         lab = np.zeros(size, dtype=np.int64)
         lab[t.input_index] = t.label
         return lab
 
-    def _n_classes(self, t: Trace) -> int:
-        src = self._source(t)
-        if src is not None:
-            return int(src.n_classes)
-        return int(t.label.max()) + 1 if len(t) else 2
-
-    def _task(self, t: Trace) -> str:
-        src = self._source(t)
-        return str(getattr(src, "task", "")) if src is not None else ""
+    @staticmethod
+    def _n_classes(t: Trace) -> int:
+        if t.n_classes:
+            return int(t.n_classes)
+        return max(int(t.label.max()) + 1 if len(t) else 2, 2)
 
     # ------------------------------------------------------------------ run
     def run(self, until_s: float | None = None) -> SimResult:

@@ -69,12 +69,15 @@ class UserContexts:
         return rng.choice(self.n_users, size=n, p=p / p.sum()).astype(np.int64)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Trace:
     """A generated workload: row ``i`` is query ``query_offset + i``.
 
     ``context`` is None when the workload has no users.  ``feedback_at`` (sorted) and
     ``feedback_query`` (row numbers) describe the feedback stream (empty without one).
+    ``task`` names the prediction task (e.g. ``digits-binary-3``, for replayed outputs) and
+    ``n_classes`` its number of classes (0: unknown, taken from the labels).
+    Compare traces with ``is``: ``==`` would compare numpy arrays.
     """
 
     app: str
@@ -87,6 +90,8 @@ class Trace:
     input_bytes: int
     cacheable: bool
     query_offset: int = 0
+    task: str = ""
+    n_classes: int = 0
 
     def __len__(self) -> int:
         return int(self.arrival_at.size)
@@ -181,6 +186,8 @@ class Workload:
             feedback_query=rows.astype(np.int64),
             input_bytes=self.input_bytes,
             cacheable=self.cacheable,
+            task=str(getattr(self.inputs, "task", "")),
+            n_classes=int(self.inputs.n_classes),
         )
 
     # ------------------------------------------------------------------ config files
