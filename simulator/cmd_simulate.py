@@ -72,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
             if not hasattr(wl.arrivals, "qps"):
                 raise CLIError(f"--qps: the {type(wl.arrivals).__name__} arrival process has "
                                "no single rate")
-            wl = dataclasses.replace(wl, arrivals=dataclasses.replace(wl.arrivals, qps=args.qps))
+            wl = dataclasses.replace(
+                wl, arrivals=dataclasses.replace(wl.arrivals, qps=args.qps)  # type: ignore[call-arg]
+            )
     except WorkloadError as e:
         raise CLIError(f"{e}") from None
     seed = cfg.seed if args.seed is None else args.seed

@@ -37,7 +37,6 @@ import math
 import time
 import zlib
 from collections.abc import Sequence
-from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -62,7 +61,7 @@ from .errors import SimConfigError
 from .faults import Crash, Degrade, Straggler, parse_replica
 from .outputs import AccuracyOutputs, model_rng, noisy_labels
 from .profiles import ProfileSampler
-from .result import SimResult, summarise
+from .result import SimResult
 
 __all__ = ["Simulation"]
 
@@ -131,7 +130,9 @@ class Simulation:
         self.seed = seed
         self.decision_log = decision_log
         self.record_members = record_members
-        items = list(workload) if isinstance(workload, list | tuple) else [workload]
+        items: list[Workload | Trace] = (
+            list(workload) if isinstance(workload, list | tuple) else [workload]  # type: ignore[list-item]
+        )
         if not items:
             raise SimConfigError("workload: expected at least one workload")
         traces = []
@@ -223,9 +224,9 @@ class Simulation:
                 self._reps[rid] = _Rep(rid, mi, host, links[host], m.profile.sampler(rng), rng)
         for f in dep.faults:
             if isinstance(f, Straggler):
-                name, o = parse_replica(f.replica)
-                md = dep.model(name)
-                self._reps[ReplicaId(name, md.spec.version, o)].stragglers.append(f)
+                sname, sord = parse_replica(f.replica)
+                md = dep.model(sname)
+                self._reps[ReplicaId(sname, md.spec.version, sord)].stragglers.append(f)
 
         # records
         self._r_at: list[float] = []
@@ -293,7 +294,20 @@ class Simulation:
         else:
             env.run(until=until_s)
         wall = time.perf_counter() - t0
-        return _LazyResult(self, wall)
+        eng = self.engine
+        return SimResult(
+            build_queries=self._queries_frame,
+            build_batches=self._batches_frame,
+            build_members=self._members_frame,
+            metrics=eng.sync_metrics(),
+            log=eng.log,
+            engine=eng,
+            sim_s=float(env.now),
+            wall_s=wall,
+            seed=self.seed,
+            crashes=self.crashes,
+            feedback=self._fb_applied,
+        )
 
     # ------------------------------------------------------------------ processes
     def _frontend(self) -> Any:
@@ -505,7 +519,7 @@ class Simulation:
         return first
 
     def _fire(self, ev: simpy.Event) -> None:
-        at = ev.value
+        at: float = ev.value  # type: ignore[assignment]
         timers = self._timers
         while timers and timers[0] <= at:
             heapq.heappop(timers)
@@ -610,34 +624,3 @@ class Simulation:
         return pd.DataFrame({"query_id": q,
                              "model": pd.Categorical.from_codes(mi, categories=names),
                              "done_at": at})
-
-
-class _LazyResult(SimResult):
-    """A ``SimResult`` whose DataFrames are built on first access."""
-
-    def __init__(self, sim: Simulation, wall_s: float) -> None:
-        self._sim = sim
-        self.metrics = sim.engine.sync_metrics()
-        self.log = sim.engine.log
-        self.engine = sim.engine
-        self.sim_s = float(sim.env.now)
-        self.wall_s = wall_s
-        self.seed = sim.seed
-        self.feedback = sim._fb_applied
-        self.crashes = sim.crashes
-
-    @cached_property
-    def queries(self) -> pd.DataFrame:  # type: ignore[override]
-        return self._sim._queries_frame()
-
-    @cached_property
-    def batches(self) -> pd.DataFrame:  # type: ignore[override]
-        return self._sim._batches_frame()
-
-    @cached_property
-    def members(self) -> pd.DataFrame | None:  # type: ignore[override]
-        return self._sim._members_frame()
-
-    def summary(self, app: str | None = None) -> dict[str, float]:
-        q = self.queries if app is None else self.queries[self.queries["app"] == app]
-        return summarise(q, self.batches)

@@ -110,7 +110,8 @@ class TorchCNN:
 
         with torch.inference_mode():
             xt = torch.as_tensor(x / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
-            return self.net(xt).argmax(1).numpy()
+            out: np.ndarray = self.net(xt).argmax(1).numpy()
+            return out
 
 
 def _make(name: str) -> Any:

@@ -100,7 +100,8 @@ class ReplayOutputs(OutputModel):
                 f"outputs: the recorded predictions ({preds.size}) do not cover input index "
                 f"{int(input_index.max())} of the workload"
             )
-        return preds[input_index]
+        out: np.ndarray = preds[input_index]
+        return out
 
     def load(self, profile: LatencyProfile, task: str) -> np.ndarray:
         src = self.source

@@ -13,30 +13,64 @@ Rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from engine import Engine, Metrics
+from engine import Engine, FeedbackApplied, Metrics
 
 __all__ = ["SimResult"]
 
 
-@dataclass
 class SimResult:
-    """Raw records, the engine's metrics and decision log, and summaries."""
+    """Raw records, the engine's metrics and decision log, and summaries.
 
-    queries: pd.DataFrame
-    batches: pd.DataFrame
-    metrics: Metrics
-    log: list[tuple[Any, ...]] | None
-    engine: Engine
-    members: pd.DataFrame | None
-    sim_s: float
-    wall_s: float
-    seed: int
+    ``queries``, ``batches`` and ``members`` are built from the raw records on first access
+    (so a run that only needs ``metrics`` pays nothing for them).  ``crashes`` lists
+    ``(time, replica, "crash"|"restart")``; ``feedback`` the ``(time, FeedbackApplied)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        build_queries: Callable[[], pd.DataFrame],
+        build_batches: Callable[[], pd.DataFrame],
+        build_members: Callable[[], pd.DataFrame | None],
+        metrics: Metrics,
+        log: list[tuple[Any, ...]] | None,
+        engine: Engine,
+        sim_s: float,
+        wall_s: float,
+        seed: int,
+        crashes: list[tuple[float, str, str]],
+        feedback: list[tuple[float, FeedbackApplied]],
+    ) -> None:
+        self._build_queries = build_queries
+        self._build_batches = build_batches
+        self._build_members = build_members
+        self.metrics = metrics
+        self.log = log
+        self.engine = engine
+        self.sim_s = sim_s
+        self.wall_s = wall_s
+        self.seed = seed
+        self.crashes = crashes
+        self.feedback = feedback
+
+    @cached_property
+    def queries(self) -> pd.DataFrame:
+        return self._build_queries()
+
+    @cached_property
+    def batches(self) -> pd.DataFrame:
+        return self._build_batches()
+
+    @cached_property
+    def members(self) -> pd.DataFrame | None:
+        return self._build_members()
 
     def summary(self, app: str | None = None) -> dict[str, float]:
         """Throughput, latency percentiles (ms), default rate, batch size, accuracy."""
@@ -44,7 +78,7 @@ class SimResult:
         return summarise(q, self.batches)
 
     def summary_table(self) -> pd.DataFrame:
-        """One row per application plus ``all``."""
+        """One row per application plus ``all`` when there are several."""
         rows = []
         for app in sorted(self.queries["app"].unique()):
             rows.append({"app": app, **self.summary(app)})

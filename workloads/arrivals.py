@@ -70,7 +70,7 @@ class Poisson(ArrivalProcess):
         _positive("Poisson.qps", self.qps)
 
     def times(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        return np.cumsum(rng.exponential(1.0 / self.qps, n))
+        return np.asarray(np.cumsum(rng.exponential(1.0 / self.qps, n)), dtype=np.float64)
 
     @property
     def mean_qps(self) -> float:
@@ -92,7 +92,7 @@ class Gamma(ArrivalProcess):
     def times(self, n: int, rng: np.random.Generator) -> np.ndarray:
         shape = 1.0 / (self.cv * self.cv)
         scale = 1.0 / (self.qps * shape)
-        return np.cumsum(rng.gamma(shape, scale, n))
+        return np.asarray(np.cumsum(rng.gamma(shape, scale, n)), dtype=np.float64)
 
     @property
     def mean_qps(self) -> float:
@@ -184,7 +184,8 @@ class TraceReplay(ArrivalProcess):
             raise WorkloadError(f"{path}: the trace has no timestamps")
         if np.any(np.diff(arr) < 0):
             arr = np.sort(arr)
-        return (arr - arr[0]) * self.time_scale
+        out: np.ndarray = (arr - arr[0]) * self.time_scale
+        return out
 
     def times(self, n: int, rng: np.random.Generator) -> np.ndarray:
         base = self.load()

@@ -49,8 +49,8 @@ def _check_value(where: str, tp: Any, value: Any) -> Any:
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise WorkloadError(f"{where} must be a list, got {value!r}")
-        args = typing.get_args(tp)
-        inner = args[0] if args else Any
+        targs = typing.get_args(tp)
+        inner = targs[0] if targs else Any
         return tuple(_check_value(f"{where}[{i}]", inner, v) for i, v in enumerate(value))
     if tp is Any:
         return value
@@ -102,7 +102,7 @@ def _kinded(data: Any, where: str, kinds: Mapping[str, type]) -> Any:
     if not isinstance(data, Mapping):
         raise WorkloadError(f"{where} must be a table with a 'kind', got {data!r}")
     kind = data.get("kind")
-    if kind not in kinds:
+    if not isinstance(kind, str) or kind not in kinds:
         raise WorkloadError(f"{where}.kind must be one of {sorted(kinds)}, got {kind!r}")
     rest = {k: v for k, v in data.items() if k != "kind"}
     return build_dataclass(kinds[kind], rest, where)

@@ -197,7 +197,8 @@ class Workload:
         ``workloads.config`` for the accepted keys."""
         from .config import workload_from_dict
 
-        return workload_from_dict(data, where)
+        w: Workload = workload_from_dict(data, where)
+        return w
 
     def to_dict(self) -> dict[str, Any]:
         from .config import workload_to_dict
