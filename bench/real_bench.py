@@ -39,6 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+CLI = [sys.executable, "-c", "import sys; from experiments.cli import main; sys.exit(main())"]
 BODY = b'{"input":[0.25,0.5,0.75,1.0]}'
 
 
@@ -264,9 +265,7 @@ models = ["noop"]
     pf = tmp / "serve.ports"
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "experiments.cli",
+            *CLI,
             "serve",
             "--config",
             str(cfg),

@@ -98,12 +98,17 @@ class ContainerManager:
             argv += ["--options", json.dumps(md["options"])]
         return argv
 
-    def set_replicas(self, spec: ModelSpec, count: int) -> None:
-        """Want ``count`` replicas of ``spec`` (the model's active version)."""
+    def set_replicas(self, spec: ModelSpec, count: int, active_up: bool = False) -> None:
+        """Want ``count`` replicas of ``spec`` (the model's active version).
+        ``active_up``: a replica of that version is connected already (retire the rest now)."""
+        retiring = self._retiring[spec.name] = [
+            r for r in self._retiring.get(spec.name, []) if r.version != spec.version
+        ]
         for m in self.procs.values():
-            if m.replica.model == spec.name and m.replica.version != spec.version and m.wanted:
-                self._retiring.setdefault(spec.name, []).append(m.replica)
-        if count == 0:
+            r = m.replica
+            if r.model == spec.name and r.version != spec.version and r not in retiring:
+                retiring.append(r)
+        if count == 0 or active_up:
             self._retire(spec.name)
         for ordinal in range(count):
             rid = ReplicaId(spec.name, spec.version, ordinal)

@@ -258,7 +258,9 @@ class Server:
 
     def _apply_replicas(self, name: str, count: int) -> None:
         if self.manager is not None:
-            self.manager.set_replicas(self.engine.registry.model(name), count)
+            spec = self.engine.registry.model(name)
+            up = any(r.model == name and r.version == spec.version for r in self.driver.links)
+            self.manager.set_replicas(spec, count, active_up=up)
 
     def _gauges(self) -> dict[str, tuple[str, float]]:
         return {
