@@ -335,6 +335,32 @@ class Simulation:
         labels = self.labels
         i = j = 0
         horizon = peek()
+        if m == 0 and single_app is not None and ctx is None and not cacheable_any:
+            # The common case (the paper's setting), kept tight: no feedback, one
+            # application, no users, no cache keys.
+            new = tuple.__new__
+            next_deadline = eng.next_deadline
+            timers = self._timers
+            schedule = self._schedule_timer
+            while i < n:
+                t = arrivals[i]
+                if t >= horizon:
+                    yield env.timeout(t - env.now)
+                    while peek() <= t:
+                        yield env.timeout(0)
+                    horizon = peek()
+                    continue
+                out = on_query(new(Query, (i, single_app, i, None, None, None)), t)
+                i += 1
+                if out:
+                    carry(out, t)
+                    horizon = peek()
+                nd = next_deadline()
+                if nd is not None and (not timers or nd < timers[0]):
+                    schedule(nd)
+                    if nd < horizon:
+                        horizon = nd
+            return
         nxt_a = arrivals[0] if n else _INF
         nxt_f = fb_at[0] if m else _INF
         while i < n or j < m:
@@ -511,12 +537,16 @@ class Simulation:
         timers = self._timers
         first = timers[0] if timers else _INF
         if nd is not None and nd < first:
-            heapq.heappush(timers, nd)
-            env = self.env
-            ev = env.timeout(nd - env.now if nd > env.now else 0.0, value=nd)
-            ev.callbacks.append(self._fire)
+            self._schedule_timer(nd)
             return nd
         return first
+
+    def _schedule_timer(self, at: float) -> None:
+        """A SimPy timeout at ``at`` that calls ``engine.on_timer``."""
+        heapq.heappush(self._timers, at)
+        env = self.env
+        ev = env.timeout(at - env.now if at > env.now else 0.0, value=at)
+        ev.callbacks.append(self._fire)
 
     def _fire(self, ev: simpy.Event) -> None:
         at: float = ev.value  # type: ignore[assignment]
