@@ -45,6 +45,7 @@ class ServerConfig:
     cache_capacity_bytes: int = 32 << 20
     save_state_every_s: float = 5.0
     seed: int = 0
+    decision_log: bool = False
     manage_containers: bool = True
     container_log_dir: str = ""
     applications: list[dict[str, Any]] = field(default_factory=list)

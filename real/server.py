@@ -139,7 +139,11 @@ def model_from_dict(d: Mapping[str, Any], max_queue: int) -> tuple[ModelSpec, in
 class Server:
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
-        self.engine = Engine(seed=cfg.seed, cache_capacity_bytes=cfg.cache_capacity_bytes)
+        self.engine = Engine(
+            seed=cfg.seed,
+            cache_capacity_bytes=cfg.cache_capacity_bytes,
+            decision_log=cfg.decision_log,
+        )
         self.store = Store(cfg.store)
         self.ports: dict[str, int] = {}
         self.replicas_wanted: dict[str, int] = {}
