@@ -1,10 +1,10 @@
 """Running an experiment's independent simulations on several processes.
 
 Rules: ``pmap(fn, items, jobs)`` returns ``[fn(x) for x in items]`` in order.  ``jobs`` 1
-runs in this process; more uses a pool of spawned processes (``fn`` must be a module-level
-function, items picklable); 0 means one per CPU.  Every simulation is seeded by its item,
-so the results do not depend on ``jobs``.  Sweeps set ``jobs`` to 1 inside each job: the
-sweep is already parallel.
+runs in this process; more uses a pool of forked processes (spawned where there is no
+fork; ``fn`` must be a module-level function, items picklable); 0 means one per CPU.
+Every simulation is seeded by its item, so the results do not depend on ``jobs``.
+Sweeps set ``jobs`` to 1 inside each job: the sweep is already parallel.
 """
 
 from __future__ import annotations
@@ -21,6 +21,11 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+def _start_method() -> str:
+    """``fork`` where there is one (fast, and works from any ``__main__``), else spawn."""
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+
+
 def cpu_count() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
@@ -33,6 +38,6 @@ def pmap(fn: Callable[[T], R], items: Sequence[T], jobs: int = 1) -> list[R]:
     n = min(n, len(items))
     if n <= 1:
         return [fn(x) for x in items]
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context(_start_method())
     with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
         return list(pool.map(fn, items))

@@ -6,8 +6,8 @@ Rules:
   is one point of the grid with one seed; its index is its place in that order.
 - A job runs ``run(config)`` of the experiment and returns its tidy table with the swept
   keys and the seed prepended as columns, so all jobs concatenate into one tidy table.
-- Executors: ``local`` runs jobs on a pool of ``jobs`` worker processes (spawned, so the
-  parent's state does not leak in; a pool of one runs in-process); ``ray`` sends the same
+- Executors: ``local`` runs jobs on a pool of ``jobs`` worker processes (forked where
+  the platform can, else spawned; a pool of one runs in-process); ``ray`` sends the same
   job function to a Ray cluster (``ray.init(address)``; a local one when no address is
   given), ``jobs`` tasks at a time.  Results come back in job order whatever the executor.
 - The summary averages the metric columns over seeds for each grid point and each row key
@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from .framework import load_experiment, make_config
+from .parallel import _start_method
 
 __all__ = [
     "ExecutorUnavailable",
@@ -103,7 +104,7 @@ def _run_local(
         for job in jobs:
             yield job.index, fn(job)
         return
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context(_start_method())
     with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
         pending: dict[Future[pd.DataFrame], int] = {pool.submit(fn, j): j.index for j in jobs}
         try:
@@ -197,7 +198,7 @@ def summarize(
     table: pd.DataFrame, grid_keys: Sequence[str], row_keys: Sequence[str]
 ) -> pd.DataFrame:
     """Mean of the numeric columns over seeds per grid point and row key, with ``n``."""
-    keys = [k for k in [*grid_keys, *row_keys] if k in table.columns]
+    keys = [k for k in dict.fromkeys([*grid_keys, *row_keys]) if k in table.columns]
     numeric = [
         c for c in table.select_dtypes("number").columns if c not in keys and c != "seed"
     ]

@@ -98,7 +98,10 @@ def test_real_sweep_two_jobs(tmp_path: Path) -> None:
 def test_ray_executor_runs_a_small_grid() -> None:
     """--executor ray runs the same grid on a local Ray instance (skipped without ray)."""
     pytest.importorskip("ray")
-    grid = {"models": [("noop",), ("linear-svm",)]}
+    grid = {"profiles": [("prototype-noop",), ("prototype-linear-svm",)], "max_batch": [8]}
     jobs = expand_grid("fig2", grid, seeds=1, quick=True)
     tables = run_jobs(jobs, n_workers=2, executor="ray", progress=False)
     assert [set(t["model"]) for t in tables] == [{"noop"}, {"linear-svm"}]
+    assert [list(t["profiles"].unique()) for t in tables] == [
+        ["prototype-noop"], ["prototype-linear-svm"]
+    ]
