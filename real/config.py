@@ -46,6 +46,8 @@ class ServerConfig:
     save_state_every_s: float = 5.0
     seed: int = 0
     decision_log: bool = False
+    remember_queries: int = 20_000
+    tune_gc: bool = True
     manage_containers: bool = True
     container_log_dir: str = ""
     applications: list[dict[str, Any]] = field(default_factory=list)

@@ -52,25 +52,29 @@ _OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length
 
 
 class _ReplyCache:
-    """Encoded tails of frequent predictions.  The engine reuses one ``Prediction`` object
-    per (output, models) for single-model answers, so the tail after ``query_id`` is
-    encoded once per object (kept alive here, so its ``id`` cannot be reused)."""
+    """Encoded tails (everything after ``query_id``) of frequent predictions, keyed by the
+    prediction itself: most answers are one of a few class labels from the same models."""
 
     def __init__(self, limit: int = 4096) -> None:
-        self.tails: dict[int, tuple[Any, bytes]] = {}
+        self.tails: dict[Any, bytes] = {}
         self.limit = limit
 
     def encode(self, r: Reply) -> bytes:
         p = r.prediction
-        hit = self.tails.get(id(p))
-        if hit is None or hit[0] is not p:
+        try:
+            tail = self.tails.get(p)
+        except TypeError:  # an unhashable output (a list): encode it every time
+            tail = None
+            p = None
+        if tail is None:
             d = reply_body(r)
             del d["query_id"]
             tail = _dumps(d).encode()[1:]
-            if len(self.tails) >= self.limit:
-                self.tails.clear()
-            self.tails[id(p)] = hit = (p, tail)
-        body = b'{"query_id":%d,%s' % (r.query_id, hit[1])
+            if p is not None:
+                if len(self.tails) >= self.limit:
+                    self.tails.clear()
+                self.tails[p] = tail
+        body = b'{"query_id":%d,%s' % (r.query_id, tail)
         return b"%s%d\r\n\r\n%s" % (_OK_HEAD, len(body), body)
 
 

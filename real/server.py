@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import threading
 import time
@@ -136,6 +137,21 @@ def model_from_dict(d: Mapping[str, Any], max_queue: int) -> tuple[ModelSpec, in
     return spec, replicas
 
 
+def _tune_gc() -> None:
+    """Keep the collector's full passes off the query path.
+
+    Measured: with numpy, scikit-learn and the engine's remembered queries on the heap, one
+    generation-2 collection paused the event loop for ~50 ms at 4,000 queries/s, which
+    turned a whole batch of queries into deadline defaults.  Objects alive at start are
+    frozen (never scanned again) and full collections are made 10x rarer; reference
+    counting frees almost everything on the query path anyway.
+    """
+    gc.collect()
+    gc.freeze()
+    g0, g1, _ = gc.get_threshold()
+    gc.set_threshold(max(g0, 5000), g1, 100)
+
+
 class Server:
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
@@ -143,6 +159,7 @@ class Server:
             seed=cfg.seed,
             cache_capacity_bytes=cfg.cache_capacity_bytes,
             decision_log=cfg.decision_log,
+            remember_queries=cfg.remember_queries,
         )
         self.store = Store(cfg.store)
         self.ports: dict[str, int] = {}
@@ -198,6 +215,8 @@ class Server:
         for name, n in self.replicas_wanted.items():
             self._apply_replicas(name, n)
         self._save_task = loop.create_task(self._save_periodically())
+        if cfg.tune_gc:
+            _tune_gc()
         log.info("serving: %s", self.ports)
         return dict(self.ports)
 

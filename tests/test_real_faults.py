@@ -27,6 +27,18 @@ ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-c", "import sys; from experiments.cli import main; sys.exit(main())"]
 
 
+def _first_frame(s: socket.socket) -> tuple[int, bytes]:
+    """Read until one whole frame arrived."""
+    dec = p.FrameDecoder()
+    s.settimeout(10)
+    while True:
+        data = s.recv(4096)
+        assert data, "connection closed before a frame"
+        frames = dec.feed(data)
+        if frames:
+            return frames[0]
+
+
 def _server(store: Path, **kw: Any) -> ServerThread:
     cfg = load_config(
         None,
@@ -194,12 +206,12 @@ def test_rpc_secret_and_admin_token(tmp_path: Path) -> None:
                     },
                 )
             )
-            [(kind, payload)] = p.FrameDecoder().feed(s.recv(4096))
+            kind, payload = _first_frame(s)
             s.close()
             assert kind == p.REFUSE and "secret" in p.decode_json(payload)["error"]
         s = socket.create_connection(("127.0.0.1", st.ports["rpc"]))
         s.sendall(p.encode_json(p.HELLO, {"protocol": 99, "model": "m", "version": "1"}))
-        [(kind, payload)] = p.FrameDecoder().feed(s.recv(4096))
+        kind, payload = _first_frame(s)
         assert kind == p.REFUSE and "protocol version 99" in p.decode_json(payload)["error"]
         s.close()
     finally:
