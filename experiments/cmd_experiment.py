@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .cli import CLIError
 from .config import parse_set_args
-from .framework import EXPERIMENTS, load_experiment, run_experiment
+from .framework import EXPERIMENTS, load_experiment, replot_experiment, run_experiment
 
 __all__ = ["add_arguments", "run"]
 
@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="override one config field (tuples: items joined with '+'); repeatable",
     )
     parser.add_argument("--list", action="store_true", help="list experiments and their keys")
+    parser.add_argument(
+        "--replot", action="store_true",
+        help="redraw figures and summary.md from the run's CSV (no simulation)",
+    )
 
 
 def _list() -> int:
@@ -74,6 +78,13 @@ def run(args: argparse.Namespace) -> int:
             cmd += f" --seed {args.seed}"
         for s in args.sets:
             cmd += f" --set {s}"
+        if args.replot:
+            try:
+                rec = replot_experiment(name, out)
+            except (FileNotFoundError, ValueError, TypeError) as e:
+                raise CLIError(f"{name}: cannot replot: {e}") from None
+            print(f"replotted {name}: wrote {len(rec.files)} files in {rec.out_dir}/")
+            continue
         print(f"running {name}: {mod.TITLE}{' (quick)' if args.quick else ''}", flush=True)
         try:
             rec = run_experiment(

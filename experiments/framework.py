@@ -48,6 +48,7 @@ __all__ = [
     "RunRecord",
     "load_experiment",
     "markdown_table",
+    "replot_experiment",
     "run_experiment",
     "write_outputs",
 ]
@@ -141,6 +142,35 @@ def run_experiment(
     out = Path(out_dir) if out_dir is not None else Path("results") / name
     files = write_outputs(mod, cfg, results, out, wall_s=wall_s, quick=quick, command=command)
     return RunRecord(name, cfg, results, wall_s, out, files)
+
+
+def replot_experiment(name: str, out_dir: Path | None = None) -> RunRecord:
+    """Redraw the figures and ``summary.md`` of a finished run from its ``NAME.csv`` and
+    ``config.json`` (no simulation; raw tables are left as they are)."""
+    mod = load_experiment(name)
+    out = Path(out_dir) if out_dir is not None else Path("results") / name
+    csv_path, cfg_path = out / f"{name}.csv", out / "config.json"
+    for p in (csv_path, cfg_path):
+        if not p.exists():
+            raise FileNotFoundError(f"{p} does not exist; run the experiment first")
+    data = json.loads(cfg_path.read_text())
+    kw = {}
+    for f in dataclasses.fields(mod.Config):
+        if f.name in data:
+            v = data[f.name]
+            kw[f.name] = tuple(v) if isinstance(v, list) else v
+    cfg = mod.Config(**kw)
+    results = Results(table=pd.read_csv(csv_path))
+    old = (out / "summary.md").read_text() if (out / "summary.md").exists() else ""
+    run_line = next((ln for ln in old.splitlines() if ln.startswith("Run: ")), "")
+    figures = list(mod.plot(results, out))
+    claims = list(mod.claims(results, cfg))
+    text = _summary_text(mod, cfg, results, claims, figures, out, 0.0, False, "")
+    if run_line:  # keep how and when the numbers were made
+        text = "\n".join(run_line if ln.startswith("Run: ") else ln for ln in text.splitlines())
+        text += "\n"
+    (out / "summary.md").write_text(text)
+    return RunRecord(name, cfg, results, 0.0, out, [*figures, out / "summary.md"])
 
 
 def _git_commit() -> str:
