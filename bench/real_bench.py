@@ -13,9 +13,10 @@ What it runs, each in its own process:
    time the schedule says it should have been sent, so a lagging generator cannot hide
    queueing (no coordinated omission).
 
-For each server: *saturation throughput* is the rate of successful replies (HTTP 200, and
-for clipperlab not a default) while the offered load is far above capacity; then the load
-is set to half of that and p50/p99 latency are measured.  The table ends with the ratio
+For each server the offered load ramps up (x1.3 from 4,000/s) until fewer than 95% of the
+offered queries get a successful reply (HTTP 200, and for clipperlab not a default) inside
+the measurement window; *saturation throughput* is the best successful rate seen.  Then the
+load is set to half of that and p50/p99 latency are measured.  The table ends with the ratio
 clipperlab / echo.  The issue's goal on the 2-core dev machine: >= 10,000 queries/s end to
 end and >= 0.4x the echo server.  Timings vary with the machine's other load.
 """
@@ -222,9 +223,28 @@ def _wait_file(p: Path, proc: subprocess.Popen[Any], timeout_s: float = 60.0) ->
 
 
 def measure(port: int, path: str, a: argparse.Namespace) -> dict[str, Any]:
-    sat = load_subprocess(port, path, a.saturation_rate, a)
-    half = load_subprocess(port, path, max(sat["ok_qps"] / 2, 100.0), a)
-    return {"saturation": sat, "half": half}
+    """Ramp the offered load by ``--step`` until fewer than ``--good-share`` of the offered
+    queries get a successful reply within the window; the saturation throughput is the
+    best successful rate seen.  Then measure latency at half of it."""
+    steps = []
+    rate = a.start_rate
+    best: dict[str, Any] | None = None
+    while rate <= a.max_rate:
+        r = load_subprocess(port, path, rate, a)
+        steps.append(r)
+        print(
+            f"  offered {rate:>9,.0f}/s -> ok {r['ok_qps']:>9,.0f}/s"
+            f" (defaults {r['defaults_qps']:,.0f}/s, errors {r['errors']})",
+            flush=True,
+        )
+        if best is None or r["ok_qps"] > best["ok_qps"]:
+            best = r
+        if r["ok_qps"] < a.good_share * rate:
+            break
+        rate *= a.step
+    assert best is not None
+    half = load_subprocess(port, path, max(best["ok_qps"] / 2, 100.0), a)
+    return {"saturation": best, "half": half, "ramp": steps}
 
 
 def bench_echo(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -304,11 +324,14 @@ def main() -> int:
     ap.add_argument("--duration-s", type=float, default=5.0)
     ap.add_argument("--warmup-s", type=float, default=1.0)
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--start-rate", type=float, default=4000.0, help="first offered load")
+    ap.add_argument("--step", type=float, default=1.3, help="ramp factor between runs")
+    ap.add_argument("--max-rate", type=float, default=200_000.0, help="stop the ramp here")
     ap.add_argument(
-        "--saturation-rate",
+        "--good-share",
         type=float,
-        default=60_000.0,
-        help="offered load for the saturation runs (queries/s)",
+        default=0.95,
+        help="a run passes when this share of the offered load succeeds",
     )
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--only", choices=("echo", "clipperlab"), help="run one server only")

@@ -177,7 +177,7 @@ class AdminApi:
 
     def op_set_policy(self, body: dict[str, Any]) -> Any:
         name = str(_need(body, "app_name"))
-        changes = {"policy": str(_need(body, "policy"))}
+        changes: dict[str, Any] = {"policy": str(_need(body, "policy"))}
         if "policy_params" in body:
             changes["policy_params"] = dict(body["policy_params"])
         return {"app": self.server.update_app(name, changes).to_dict()}

@@ -198,7 +198,7 @@ class AdminClient(_Http):
         self, name: str, estimator: Any, *, app: str | None = None, version: str = "1", **kw: Any
     ) -> dict[str, Any]:
         """Save ``estimator`` (joblib) into the server's store and start its containers."""
-        import joblib
+        import joblib  # type: ignore[import-untyped]
 
         buf = io.BytesIO()
         joblib.dump(estimator, buf)

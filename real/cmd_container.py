@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _error(msg: str) -> Exception:
+def _error(msg: str) -> BaseException:
     try:
         from experiments.cli import CLIError
     except ImportError:  # pragma: no cover - cli is always there when installed

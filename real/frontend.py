@@ -60,7 +60,7 @@ class _ReplyCache:
         self.limit = limit
 
     def encode(self, r: Reply) -> bytes:
-        p = r.prediction
+        p: Any = r.prediction
         try:
             tail = self.tails.get(p)
         except TypeError:  # an unhashable output (a list): encode it every time

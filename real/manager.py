@@ -112,8 +112,8 @@ class ContainerManager:
             self._retire(spec.name)
         for ordinal in range(count):
             rid = ReplicaId(spec.name, spec.version, ordinal)
-            m = self.procs.get(rid)
-            if m is None or not m.wanted:
+            old = self.procs.get(rid)
+            if old is None or not old.wanted:
                 m = self.procs[rid] = Managed(rid, self.argv(spec, ordinal))
                 m.task = asyncio.get_running_loop().create_task(self._keep(m))
         for rid, m in list(self.procs.items()):

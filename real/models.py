@@ -84,7 +84,7 @@ def _python(path: str) -> Predict:
 
 
 def _sklearn(path: str) -> Predict:
-    import joblib
+    import joblib  # type: ignore[import-untyped]
 
     est = joblib.load(path)
     if not hasattr(est, "predict"):
@@ -103,7 +103,7 @@ def _torch(path: str, output: str) -> Predict:
     if device.type == "cpu":
         torch.set_num_threads(1)
     try:
-        module = torch.jit.load(path, map_location=device)
+        module = torch.jit.load(path, map_location=device)  # type: ignore[no-untyped-call]
     except (RuntimeError, ValueError):
         module = torch.load(path, map_location=device, weights_only=False)
     module.eval()

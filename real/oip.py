@@ -222,7 +222,8 @@ class OipHandler:
                 raise BadInput(f"input {name!r}: {len(items)} elements for shape {shape}")
             if not items:
                 raise BadInput(f"input {name!r} is an empty batch")
-            out = []
+            out: list[Any] = []
+            v: Any
             for v in items:
                 if app.input_type == "strings":
                     if isinstance(v, bytes):
@@ -250,11 +251,12 @@ class OipHandler:
             raise BadInput(f"input {name!r}: data does not fit datatype {dt}: {e}") from None
         if a.size != count:
             raise BadInput(f"input {name!r}: {a.size} elements for shape {shape}")
-        a = a.reshape(shape)
+        a = np.reshape(a, tuple(shape))
         if count == 0:
             raise BadInput(f"input {name!r} is an empty batch")
         if a.ndim >= 2:
-            return [check_array(app, a[i], f"input {name!r}[{i}]") for i in range(a.shape[0])]
+            n_rows = len(a)
+            return [check_array(app, a[i], f"input {name!r}[{i}]") for i in range(n_rows)]
         return [check_array(app, a, f"input {name!r}")]
 
     def wanted_outputs(self, doc: dict[str, Any]) -> list[tuple[str, bool]]:

@@ -213,7 +213,7 @@ class ContainerConnection(asyncio.Protocol):
         rid = ReplicaId(name, version, int(ordinal))
         if rid in srv.conns:
             return self._refuse(f"replica {rid} is already connected")
-        self.dtype = {
+        self.dtype = {  # type: ignore[assignment]
             "doubles": np.dtype("<f8"),
             "floats": np.dtype("<f4"),
             "integers": np.dtype("<i8"),
