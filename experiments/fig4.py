@@ -98,18 +98,20 @@ def plot(results: Results, out_dir: Path) -> list[Path]:
     fig, axes = grid(3, 3)
     panels = [
         ("mean_batch", "mean batch size", "batch size (queries)"),
-        ("p99_ms", "p99 latency", "latency (ms)"),
+        ("p99_ms", "p99 (solid) and mean (dashed) latency", "latency (ms)"),
         ("throughput_qps", "throughput", "answered queries/s"),
     ]
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
     for ax, (col, title, ylabel) in zip(axes, panels, strict=True):
-        for model, g in t.groupby("model", sort=False):
-            ax.plot(g["wait_ms"], g[col], marker="o", label=str(model))
-        if col == "p99_ms":
-            for model, g in t.groupby("model", sort=False):
-                ax.plot(g["wait_ms"], g["mean_ms"], ls="--", alpha=0.6, label=f"{model} mean")
+        for i, (model, g) in enumerate(t.groupby("model", sort=False)):
+            c = palette[i % len(palette)]
+            ax.plot(g["wait_ms"], g[col], marker="o", color=c, label=str(model))
+            if col == "p99_ms":
+                ax.plot(g["wait_ms"], g["mean_ms"], ls="--", color=c, alpha=0.7)
         style_axis(ax, title=title, xlabel="wait timeout (ms)", ylabel=ylabel)
+        ax.set_ylim(bottom=0, top=max(1.0, float(t[col].max())) * 1.15)
     return [save(fig, out_dir / "fig4.png", suptitle="Delayed batching (AIMD, 20 ms SLO)",
-                 legend_axes=axes)]
+                 legend_axes=axes[:1])]
 
 
 def _at(t: pd.DataFrame, model: str, wait: float, col: str) -> float:
