@@ -352,3 +352,13 @@ def test_overload_gets_503_with_explanation(srv: Any) -> None:
     t0 = time.monotonic()
     assert srv.q.predict("echo", [1.0])["default"] is False
     assert time.monotonic() - t0 < 30
+
+
+def test_deploy_python_callable(srv: Any) -> None:
+    """A Python batch function (pickled by reference) serves as a model: ``list`` turns a
+    batch into its rows, an identity model."""
+    a = srv.admin
+    a.add_app("ident", slo_ms=5000, default_output=-1)
+    a.deploy_python("ident_m", list, app="ident")
+    a.wait_ready("ident")
+    assert srv.q.predict("ident", [1.5, 2.5])["output"] == [1.5, 2.5]

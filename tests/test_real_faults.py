@@ -274,3 +274,23 @@ def test_serve_cli_bad_config(tmp_path: Path) -> None:
     )
     assert r.returncode == 2
     assert "query_prot" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_shutdown_answers_in_flight_queries(tmp_path: Path) -> None:
+    """Stopping the server answers the query in flight before closing."""
+    st = _server(tmp_path)
+    a = AdminClient(f"127.0.0.1:{st.ports['admin']}")
+    a.add_app("app", slo_ms=5000, default_output=-1)
+    a.add_model("m", kind="noop", options={"delay_s": 0.5}, app="app")
+    a.wait_ready("app")
+    got: list[Any] = []
+    t = threading.Thread(
+        target=lambda: got.append(
+            QueryClient(f"127.0.0.1:{st.ports['query']}").predict("app", [1.0])
+        )
+    )
+    t.start()
+    time.sleep(0.2)
+    st.stop()
+    t.join(timeout=30)
+    assert got and got[0]["default"] is False and got[0]["output"] == 0
