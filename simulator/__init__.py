@@ -23,8 +23,17 @@ Public API::
                       # status ("done", "lost" to a crash, "sent" if the run was cut short)
     res.members       # with record_members=True: query_id, model, done_at per member
     res.metrics       # the engine's Metrics; res.log: the decision log (decision_log=True)
-    res.engine        # the engine after the run (describe_model, controller, ...)
+    res.engine        # the engine after the run (describe_model, probabilities, ...)
+    res.crashes       # [(time, "model:version#k", "crash"|"restart")]
+    res.feedback      # [(time, FeedbackApplied)] for a workload with a feedback stream
     res.sim_s, res.wall_s
+    res.summary_table()  # one row per application
+
+``Simulation(deployment, workload, seed)`` also takes a generated ``workloads.Trace`` (e.g.
+with edited arrival times) or a list of workloads/traces, one per application; query ids
+are positions in the merged, time-ordered trace.  A workload's ``app`` must be one of the
+deployment's applications (``Deployment.single`` names it ``"digits"`` by default, like
+``Workload``).
 
 Latency profiles (``simulator.profiles``): ``LatencyProfile`` (per batch size latency
 quantiles; ``sample``, ``sampler(rng)``, ``mean_s``, ``quantile_s``, ``line_s``,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator import SimConfigError, Simulation, load_config
+from simulator import SimConfigError, Simulation, config_from_dict, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,3 +120,27 @@ def test_cli_bad_config_is_one_line(tmp_path: Path) -> None:
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "apps[0]" in lines[0] and str(f) in lines[0]
     assert "Traceback" not in r.stderr
+
+
+def test_kinds_and_gpu_placement(tmp_path: Path) -> None:
+    """GPU replicas need GPUs on their hosts; a CPU profile cannot run as a GPU kind."""
+    gpu = BASE.replace('profile = "prototype-linear-svm"', 'profile = "synthetic-convnet-gpu"')
+    with pytest.raises(SimConfigError, match=r"2 gpu replicas of 1 gpus each do not fit"):
+        load_config(write(tmp_path, gpu))
+    ok = gpu.replace("cpus = 2", "cpus = 2\ngpus = 2")
+    assert load_config(write(tmp_path, ok)).deployment.placement()
+    wrong = BASE.replace("replicas = 2", 'replicas = 2\nkind = "gpu"')
+    with pytest.raises(SimConfigError, match="kind 'gpu' does not match its profile"):
+        load_config(write(tmp_path, wrong))
+
+
+def test_until_s_cuts_the_run() -> None:
+    """run(until_s) stops the clock; queries not yet answered have no reply time."""
+    import tomllib
+
+    cfg = config_from_dict(tomllib.loads(BASE.replace("n_queries = 500", "n_queries = 5000")))
+    assert cfg.workload is not None
+    res = Simulation(cfg.deployment, cfg.workload, seed=0).run(until_s=1.0)
+    q = res.queries
+    assert res.sim_s == pytest.approx(1.0)
+    assert q["reply_at"].isna().any() and (q["reply_at"].dropna() <= 1.0).all()

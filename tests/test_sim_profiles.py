@@ -113,3 +113,14 @@ def test_unknown_and_unreadable(tmp_path) -> None:  # type: ignore[no-untyped-de
     f.write_text("{\n  'x': 1\n}")
     with pytest.raises(ProfileError, match=r"broken\.json: not valid JSON \(line 2"):
         load_profile(f)
+
+
+def test_measure_script_writes_a_loadable_profile(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """python -m simulator.measure_profiles writes a tagged profile with predictions."""
+    from simulator.measure_profiles import main
+
+    assert main(["--models", "noop", "--budget-s", "0.01", "--max-batch", "4",
+                 "--out", str(tmp_path)]) == 0
+    p = load_profile(tmp_path / "measured-noop.json")
+    assert p.batch_sizes == (1, 2, 4) and "measured in-process" in p.tags["source"]
+    assert set(p.predictions) == {"digits-binary-3", "digits-10"}
