@@ -162,7 +162,7 @@ def run_load(
                     if m:
                         c.transport.write(request * m)
                 sent = due
-            await asyncio.sleep(0.0005)
+            await asyncio.sleep(0.001)  # uvloop timers have 1 ms resolution; 0.5 ms would spin
         # Let the last responses arrive (they fall outside the window and are not counted).
         until = time.monotonic() + 2.0
         while stats["outstanding"] and time.monotonic() < until:
