@@ -57,8 +57,6 @@ from .selection import PolicyState, SelectionPolicy, loss, make_policy
 
 __all__ = ["Engine"]
 
-_QUERY = 0
-_FEEDBACK = 1
 _DEFAULT_BOUND_S = 0.020
 _INF = float("inf")
 _tuple_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__
@@ -68,7 +66,6 @@ class _Task:
     """A query or a feedback item waiting for model answers."""
 
     __slots__ = (
-        "kind",
         "id",
         "app",
         "state",
@@ -79,14 +76,12 @@ class _Task:
         "deadline",
         "arrival_at",
         "done",
-        "label",
-        "from_cache",
         "context",
     )
+    feedback = False
 
     def __init__(
         self,
-        kind: int,
         id_: int,
         app: _App,
         state: PolicyState,
@@ -95,7 +90,6 @@ class _Task:
         arrival_at: float,
         context: Hashable | None,
     ) -> None:
-        self.kind = kind
         self.id = id_
         self.app = app
         self.state = state
@@ -106,9 +100,29 @@ class _Task:
         self.deadline = deadline
         self.arrival_at = arrival_at
         self.done = False
-        self.label: Any = None
-        self.from_cache = 0
         self.context = context
+
+
+class _FeedbackTask(_Task):
+    """A feedback item: waits for the predictions its policy needs, then observes."""
+
+    __slots__ = ("label", "from_cache")
+    feedback = True
+
+    def __init__(
+        self,
+        id_: int,
+        app: _App,
+        state: PolicyState,
+        selected: tuple[str, ...],
+        deadline: float,
+        arrival_at: float,
+        context: Hashable | None,
+        label: Any,
+    ) -> None:
+        super().__init__(id_, app, state, selected, deadline, arrival_at, context)
+        self.label = label
+        self.from_cache = 0
 
 
 class _Request:
@@ -212,7 +226,6 @@ class _App:
         "m_feedback",
         "m_missing",
         "fifo",
-        "memo",
     )
 
     def __init__(self, spec: Application, metrics: Metrics) -> None:
@@ -223,8 +236,6 @@ class _App:
         # Queries that use the application's SLO have deadlines in arrival order, so a
         # FIFO (shared by every application with the same SLO) replaces a heap.
         self.fifo: deque[_Task] = deque()
-        # Immutable single-model predictions, reused: most outputs are a few class labels.
-        self.memo: dict[tuple[Any, tuple[str, ...]], Prediction] = {}
         lab = {"app": spec.name}
         self.m_queries = metrics.counter("clipperlab_queries_total", **lab)
         self.m_replies = metrics.counter("clipperlab_replies_total", **lab)
@@ -288,7 +299,7 @@ class Engine:
         # A lower bound on the next time something is due; _fire recomputes it.
         self._due_at = _INF
         self._wakes: list[tuple[float, int, _Version]] = []
-        self._recent: dict[int, tuple[str, Hashable | None, dict[str, Any]]] = {}
+        self._recent: dict[int, _Task] = {}
         self._recent_ring: list[int | None] = [None] * remember_queries
         self._recent_pos = 0
         self._seq = itertools.count()
@@ -467,46 +478,47 @@ class Engine:
         out: list[Instruction] = []
         if now >= self._due_at:
             self._fire(now, out)
-        app = self._apps.get(query.app)
+        qid, app_name, input_, key, context, qdeadline = query
+        app = self._apps.get(app_name)
         if app is None:
-            raise NotFound(f"application {query.app!r} does not exist")
+            raise NotFound(f"application {app_name!r} does not exist")
         app.m_queries.value += 1
-        state = app.states.get(query.context)
+        state = app.states.get(context)
         if state is None:
-            state = app.state(query.context)
+            state = app.state(context)
         selected = app.policy.select(state, self.rng)
-        deadline = query.deadline if query.deadline is not None else now + app.spec.slo_s
-        task = _Task(_QUERY, query.query_id, app, state, selected, deadline, now, query.context)
-        if not selected:
-            self._finish(task, now, out)
-            return out
-        versions = []
-        for m in selected:
-            ver = self._active[m]
+        deadline = now + app.spec.slo_s if qdeadline is None else qdeadline
+        task = _Task(qid, app, state, selected, deadline, now, context)
+        if len(selected) == 1 and key is None:  # the common uncached path, inlined
+            ver = self._active[selected[0]]
             limit = ver.limit
             if limit is not None and len(ver.queue) >= limit:
-                self._refuse(task, now, out, DefaultReason.OVERLOADED, m, limit)
+                self._refuse(task, now, out, DefaultReason.OVERLOADED, ver.mid.name, limit)
                 return out
-            versions.append(ver)
-        key = query.input_key
-        if key is None and len(versions) == 1:  # the common uncached path, inlined
-            ver = versions[0]
             seq = next(self._seq)
             heapq.heappush(
-                ver.queue,
-                (deadline, seq, _Request(ver, None, query.input, deadline, now, task, seq)),
+                ver.queue, (deadline, seq, _Request(ver, None, input_, deadline, now, task, seq))
             )
             ver.newest_arrival_at = now
             if ver.idle:
                 self._kick(ver, now, out)
+        elif not selected:
+            self._finish(task, now, out)
+            return out
         else:
+            versions = [self._active[m] for m in selected]
             for ver in versions:
-                self._want(task, ver, query.input, key, now, out)
+                limit = ver.limit
+                if limit is not None and len(ver.queue) >= limit:
+                    self._refuse(task, now, out, DefaultReason.OVERLOADED, ver.mid.name, limit)
+                    return out
+            for ver in versions:
+                self._want(task, ver, input_, key, now, out)
         if task.waiting == 0:
             if not task.done:
                 self._finish(task, now, out)
         else:
-            if query.deadline is None:
+            if qdeadline is None:
                 app.fifo.append(task)
             else:
                 heapq.heappush(self._deadlines, (deadline, next(self._seq), task))
@@ -530,7 +542,8 @@ class Engine:
             v = self.cache.get(ck)
             if v is not MISS:
                 self._m_hits.value += 1
-                task.from_cache += 1
+                if task.feedback:
+                    task.from_cache += 1  # type: ignore[attr-defined]
                 task.answers[name] = v
                 task.waiting -= 1
                 return
@@ -542,7 +555,7 @@ class Engine:
                 if task.deadline > req.deadline:
                     req.deadline = task.deadline
                 return
-        elif input_ is None and task.kind == _FEEDBACK:
+        elif input_ is None and task.feedback:
             raise ConfigError("feedback needs an input (or a query_id the engine remembers)")
         seq = next(self._seq)
         req = _Request(ver, key, input_, task.deadline, now, task, seq)
@@ -594,10 +607,13 @@ class Engine:
                 continue
             size = min(d.size, len(queue))
             reqs: list[_Request] = []
-            while len(reqs) < size and queue:
-                dl, _, req = heapq.heappop(queue)
+            heappop = heapq.heappop
+            for _ in range(size):
+                dl, _, req = heappop(queue)
                 if dl <= now:
                     self._expire(req, now)
+                    if not queue:
+                        break
                 else:
                     reqs.append(req)
             if not reqs:
@@ -651,7 +667,7 @@ class Engine:
             self._pending.pop((req.version.mid.name, req.version.mid.version, req.key), None)
         for t in req.waiters:
             if not t.done:
-                if t.kind == _QUERY:
+                if not t.feedback:
                     self._refuse_shed(t, now, out, req.version.mid.name)
                 else:
                     t.waiting -= 1
@@ -747,7 +763,15 @@ class Engine:
 
     # ================================================================== time
     def next_deadline(self) -> float | None:
-        """The earliest absolute time at which ``on_timer`` must be called."""
+        """The absolute time at which ``on_timer`` must be called next (None: no timer).
+
+        O(1): it may be a little early (a query that has since been answered); calling
+        ``on_timer`` then is harmless and moves it on to the next live deadline."""
+        due = self._due_at
+        return None if due == _INF else due
+
+    def _recompute_due(self) -> float | None:
+        """The exact earliest live deadline or wake-up, dropping stale timer entries."""
         best: float | None = None
         dl = self._deadlines
         while dl and dl[0][2].done:
@@ -788,30 +812,23 @@ class Engine:
             if ver.wake_at == at:
                 ver.wake_at = None
                 self._kick(ver, now, out)
-        nxt = self.next_deadline()
+        nxt = self._recompute_due()
         self._due_at = _INF if nxt is None else nxt
 
     # ================================================================== answers
     def _finish(self, task: _Task, now: float, out: list[Instruction]) -> None:
         task.done = True
-        if task.kind == _FEEDBACK:
-            self._apply_feedback(task, now, out)
+        if task.feedback:
+            self._apply_feedback(task, now, out)  # type: ignore[arg-type]
             return
         app = task.app
         answers = task.answers
         selected = task.selected
         spec = app.spec
-        if len(answers) == 1 and len(selected) == 1:
-            output = answers[selected[0]]
-            try:
-                pred = app.memo[(output, selected)]
-            except KeyError:
-                pred = Prediction(output, 1.0, False, None, None, selected, ())
-                if len(app.memo) > 4096:
-                    app.memo.clear()
-                app.memo[(output, selected)] = pred
-            except TypeError:  # unhashable output
-                pred = Prediction(output, 1.0, False, None, None, selected, ())
+        if answers and len(selected) == 1:
+            pred = _tuple_new(
+                Prediction, (answers[selected[0]], 1.0, False, None, None, selected, ())
+            )
         elif not answers:
             if not selected:
                 reason = DefaultReason.NO_MODEL
@@ -860,8 +877,9 @@ class Engine:
             if old is not None:
                 self._recent.pop(old, None)
             ring[pos] = task.id
-            self._recent[task.id] = (spec.name, task.context, answers)
-            self._recent_pos = (pos + 1) % self.remember_queries
+            self._recent[task.id] = task
+            pos += 1
+            self._recent_pos = 0 if pos == self.remember_queries else pos
         if self.log is not None:
             self.log.append(
                 ("reply", now, task.id, pred.output, pred.default, pred.default_reason, pred.models)
@@ -881,16 +899,22 @@ class Engine:
         app = self._app(feedback.app)
         ctx = feedback.context
         recent = self._recent.get(feedback.query_id) if feedback.query_id is not None else None
-        if recent is not None and recent[0] == feedback.app:
-            ctx = recent[1] if ctx is None else ctx
+        if recent is not None and recent.app is app:
+            ctx = recent.context if ctx is None else ctx
             state = app.state(ctx)
-            task = _Task(
-                _FEEDBACK, feedback.feedback_id, app, state, tuple(recent[2]), now, now, ctx
+            task = _FeedbackTask(
+                feedback.feedback_id,
+                app,
+                state,
+                tuple(recent.answers),
+                now,
+                now,
+                ctx,
+                feedback.label,
             )
-            task.answers = dict(recent[2])
+            task.answers = dict(recent.answers)
             task.from_cache = len(task.answers)
             task.waiting = 0
-            task.label = feedback.label
             self._finish(task, now, out)
             return out
         if feedback.input is None and feedback.input_key is None:
@@ -904,8 +928,7 @@ class Engine:
             )
         state = app.state(ctx)
         selected = app.policy.feedback_models(state, self.rng)
-        task = _Task(
-            _FEEDBACK,
+        task = _FeedbackTask(
             feedback.feedback_id,
             app,
             state,
@@ -913,8 +936,8 @@ class Engine:
             now + self.feedback_timeout_s,
             now,
             ctx,
+            feedback.label,
         )
-        task.label = feedback.label
         for m in selected:
             self._want(task, self._active[m], feedback.input, feedback.input_key, now, out)
         if task.waiting == 0:
@@ -926,7 +949,7 @@ class Engine:
                 self._due_at = task.deadline
         return out
 
-    def _apply_feedback(self, task: _Task, now: float, out: list[Instruction]) -> None:
+    def _apply_feedback(self, task: _FeedbackTask, now: float, out: list[Instruction]) -> None:
         app = task.app
         kind = app.spec.loss
         losses = {m: loss(o, task.label, kind) for m, o in task.answers.items()}
