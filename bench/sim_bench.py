@@ -12,7 +12,9 @@ figure 4 load).  Measured in the same run, on the same pre-generated trace:
   10 Gbps transfer, and applies the same AIMD rule (+2 / hold in the last 10% / x0.9);
 - ``bare SimPy, batched arrivals``: the same, with arrivals fed the way the driver feeds
   them (all arrivals before the next SimPy event in one loop, no event per arrival);
-- ``engine alone``: ``bench/engine_bench.py``'s loop (no SimPy) at the same load.
+- ``engine alone``: ``bench/engine_bench.py``'s loop (no SimPy, no profile noise or
+  network, so its batches differ) at the same load, with the garbage collector paused as
+  the simulator pauses it.
 
 Goal (issue 3): >= 300,000 simulated queries/s and >= 0.3x the bare loop.
 
@@ -179,9 +181,15 @@ def simulator_run(trace: Trace, seed: int) -> dict[str, float]:
 
 def engine_alone(n: int, qps: float) -> dict[str, float]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import gc
+
     import engine_bench
 
-    r = engine_bench.run(n, rate_qps=qps, replicas=1)
+    gc.disable()  # as the simulator does during a run
+    try:
+        r = engine_bench.run(n, rate_qps=qps, replicas=1)
+    finally:
+        gc.enable()
     return {"wall_s": r["wall_s"], "mean_batch": r["mean_batch"]}
 
 
@@ -200,13 +208,13 @@ def main() -> None:
         ("simulator (engine + SimPy driver)", simulator_run(trace, args.seed)),
         ("bare SimPy, event per arrival", bare_event_per_arrival(trace, args.seed)),
         ("bare SimPy, batched arrivals", bare_batched_arrivals(trace, args.seed)),
-        ("engine alone, no SimPy (engine_bench)", engine_alone(n, args.qps)),
+        ("engine alone, no SimPy (engine_bench, gc off)", engine_alone(n, args.qps)),
     ]
     print(f"{n:,} queries at {args.qps:,.0f} qps offered, one AIMD model ({PROFILE}), "
           "one replica\n")
-    print(f"{'loop':<40} {'wall s':>7} {'queries/s':>11} {'mean batch':>10} {'p99 ms':>7}")
+    print(f"{'loop':<46} {'wall s':>7} {'queries/s':>11} {'mean batch':>10} {'p99 ms':>7}")
     for name, r in rows:
-        print(f"{name:<40} {r['wall_s']:>7.2f} {n / r['wall_s']:>11,.0f} "
+        print(f"{name:<46} {r['wall_s']:>7.2f} {n / r['wall_s']:>11,.0f} "
               f"{r['mean_batch']:>10.1f} {r.get('p99_ms', float('nan')):>7.2f}")
     sim_qps = n / rows[0][1]["wall_s"]
     print(f"\n(result tables built after the run: {rows[0][1]['tables_s']:.2f} s more)")
