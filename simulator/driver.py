@@ -599,9 +599,7 @@ class Simulation:
     def _queries_frame(self) -> pd.DataFrame:
         n = self.n
         reps = self._r_reply
-        qid = np.fromiter((r.query_id for r in reps), dtype=np.int64, count=len(reps))
-        at = np.asarray(self._r_at, dtype=np.float64)
-        preds = [r.prediction for r in reps]
+        m = len(reps)
         reply_at = np.full(n, np.nan)
         latency = np.full(n, np.nan)
         default = np.zeros(n, dtype=bool)
@@ -610,24 +608,41 @@ class Simulation:
         n_selected = np.zeros(n, dtype=np.int64)
         output = np.empty(n, dtype=object)
         reason = np.empty(n, dtype=object)
-        reply_at[qid] = at
-        latency[qid] = np.fromiter((r.latency_s for r in reps), dtype=np.float64,
-                                   count=len(reps))
-        default[qid] = np.fromiter((p.default for p in preds), dtype=bool, count=len(reps))
-        refused[qid] = np.fromiter((r.refused for r in reps), dtype=bool, count=len(reps))
-        nm = np.fromiter((len(p.missing) for p in preds), dtype=np.int64, count=len(reps))
-        n_missing[qid] = nm
-        n_selected[qid] = nm + np.fromiter((len(p.models) for p in preds), dtype=np.int64,
-                                           count=len(reps))
-        output[qid] = [p.output for p in preds]
-        reason[qid] = [p.default_reason for p in preds]
+        preds_models: tuple[Any, ...] = ()
+        if m:
+            # transpose the NamedTuples column-wise in C (zip(*rows)), then numpy
+            r_qid, r_pred, r_lat, r_refused = zip(*reps, strict=True)
+            p_out, _, p_default, p_reason, _, p_models, p_missing = zip(*r_pred, strict=True)
+            preds_models = p_models
+            qid = np.asarray(r_qid, dtype=np.int64)
+            reply_at[qid] = np.asarray(self._r_at, dtype=np.float64)
+            latency[qid] = np.asarray(r_lat, dtype=np.float64)
+            default[qid] = np.asarray(p_default, dtype=bool)
+            refused[qid] = np.asarray(r_refused, dtype=bool)
+            nm = np.fromiter(map(len, p_missing), dtype=np.int64, count=m)
+            n_missing[qid] = nm
+            n_selected[qid] = nm + np.fromiter(map(len, p_models), dtype=np.int64, count=m)
+            out_r = np.empty(m, dtype=object)
+            out_r[:] = p_out
+            output[qid] = out_r
+            reason_r = np.empty(m, dtype=object)
+            reason_r[:] = p_reason
+            reason[qid] = reason_r
         labels = self.labels
-        outs_arr = output
         correct = np.zeros(n, dtype=bool)
         ok = ~default & ~np.isnan(reply_at)
         if ok.any():
-            correct[ok] = np.asarray([o == lab for o, lab in zip(outs_arr[ok], labels[ok],
-                                                                  strict=True)], dtype=bool)
+            got = output[ok]
+            try:
+                arr = np.asarray(got.tolist())
+            except ValueError:  # ragged outputs
+                arr = got
+            if arr.dtype.kind in "iub" and arr.shape == got.shape:
+                correct[ok] = arr == labels[ok]
+            else:
+                correct[ok] = np.fromiter(
+                    (o == lab for o, lab in zip(got, labels[ok], strict=True)), dtype=bool,
+                    count=got.size)
         cols: dict[str, Any] = {
             "query_id": np.arange(n, dtype=np.int64),
             "app": pd.Categorical.from_codes(self._src, categories=self.app_names)
@@ -650,7 +665,8 @@ class Simulation:
             cols["context"] = self.context
         if any(len(a.models) > 1 for a in self.deployment.apps):
             models = np.empty(n, dtype=object)
-            models[qid] = [",".join(p.models) for p in preds]
+            if m:
+                models[qid] = [",".join(x) for x in preds_models]
             cols["models"] = models
         return pd.DataFrame(cols)
 
