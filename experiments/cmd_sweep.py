@@ -42,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _fmt(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+
+
 def run(args: argparse.Namespace) -> int:
     if not args.name:
         raise CLIError(f"missing NAME; expected one of {', '.join(EXPERIMENTS)}")
@@ -97,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     table.to_csv(out / "sweep.csv", index=False, float_format="%.6g")
     summary.to_csv(out / "summary.csv", index=False, float_format="%.6g")
     with pd.option_context("display.width", 200, "display.max_columns", 30,
-                           "display.max_rows", 500, "display.float_format", "{:.4g}".format):
+                           "display.max_rows", 500, "display.float_format", _fmt):
         print(summary.to_string(index=False))
     print(f"wrote {out / 'sweep.csv'} ({len(table)} rows) and {out / 'summary.csv'}")
     return 0
