@@ -272,12 +272,12 @@ cache = false
 [[models]]
 name = "noop"
 kind = "noop"
-replicas = 1
+replicas = {a.replicas}
 batching = {{ policy = "aimd" }}
 
 [[applications]]
 name = "bench"
-slo_ms = 20
+slo_ms = {a.slo_ms}
 default_output = -1
 models = ["noop"]
 """
@@ -314,6 +314,22 @@ models = ["noop"]
         proc.wait(timeout=30)
 
 
+_CPU_AT_START: list[int] = []
+
+
+def _cpu_stat() -> list[int]:
+    with open("/proc/stat") as f:
+        return [int(v) for v in f.readline().split()[1:]]
+
+
+def _cpu_busy_share() -> float:
+    """Share of all CPUs' time that was not idle since ``_CPU_AT_START`` was taken."""
+    now = _cpu_stat()
+    d = [b - a for a, b in zip(_CPU_AT_START, now, strict=True)]
+    idle = d[3] + d[4]
+    return 1.0 - idle / max(sum(d[:8]), 1)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--role", choices=("main", "echo", "load"), default="main")
@@ -324,6 +340,8 @@ def main() -> int:
     ap.add_argument("--duration-s", type=float, default=5.0)
     ap.add_argument("--warmup-s", type=float, default=1.0)
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--replicas", type=int, default=1, help="no-op replicas (default 1)")
+    ap.add_argument("--slo-ms", type=float, default=20.0, help="the application's SLO")
     ap.add_argument("--start-rate", type=float, default=4000.0, help="first offered load")
     ap.add_argument("--step", type=float, default=1.3, help="ramp factor between runs")
     ap.add_argument("--max-rate", type=float, default=200_000.0, help="stop the ramp here")
@@ -344,6 +362,12 @@ def main() -> int:
         print(json.dumps(r))
         return 0
     results: dict[str, Any] = {"cpus": os.cpu_count()}
+    # Other jobs on the machine skew every figure: measure how busy it is before we start.
+    _CPU_AT_START[:] = _cpu_stat()
+    time.sleep(2.0)
+    background = _cpu_busy_share()
+    results["background_cpu_busy_share"] = background
+    print(f"before the run the machine's CPUs were {background:.0%} busy with other jobs")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if a.only in (None, "echo"):
@@ -351,15 +375,23 @@ def main() -> int:
         if a.only in (None, "clipperlab"):
             results["clipperlab"] = bench_clipperlab(a, tmp)
     print(
-        f"{'server':<12} {'saturation q/s':>15} {'half-load q/s':>14} {'p50 ms':>8} {'p99 ms':>8}"
+        f"{'server':<12} {'saturation q/s':>15} {'(answered)':>11} {'half-load q/s':>14}"
+        f" {'p50 ms':>8} {'p99 ms':>8}"
     )
     for name in ("echo", "clipperlab"):
         if name in results:
             s, h = results[name]["saturation"], results[name]["half"]
+            answered = s["ok_qps"] + s["defaults_qps"]
             print(
-                f"{name:<12} {s['ok_qps']:>15,.0f} {h['ok_qps']:>14,.0f} "
+                f"{name:<12} {s['ok_qps']:>15,.0f} {answered:>11,.0f} {h['ok_qps']:>14,.0f} "
                 f"{h['p50_ms']:>8.2f} {h['p99_ms']:>8.2f}"
             )
+    busy = _cpu_busy_share()
+    results["machine_cpu_busy_share_during_run"] = busy
+    print(
+        f"(saturation: successful replies/s, defaults excluded; answered: HTTP 200 incl."
+        f" defaults.  The machine's CPUs were {busy:.0%} busy on average during the run.)"
+    )
     if "echo" in results and "clipperlab" in results:
         ratio = (
             results["clipperlab"]["saturation"]["ok_qps"] / results["echo"]["saturation"]["ok_qps"]
