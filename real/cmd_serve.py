@@ -16,7 +16,7 @@ import sys
 
 from engine import EngineError
 
-from .config import ConfigError, load_config
+from .config import ConfigError, ServerConfig, load_config
 
 __all__ = ["add_arguments", "main", "run"]
 
@@ -38,11 +38,13 @@ def _error(msg: str) -> Exception:
     return CLIError(msg)
 
 
-async def _serve(cfg: object, ports_file: str | None) -> None:
-    from .server import Server
+async def _serve(cfg: ServerConfig, ports_file: str | None) -> None:
+    from .server import Server, tune_gc
 
-    server = Server(cfg)  # type: ignore[arg-type]
+    server = Server(cfg)
     ports = await server.start()
+    if cfg.tune_gc:
+        tune_gc()  # the process is ours: keep full collections off the query path
     line = json.dumps({"ports": ports, "store": str(server.store.path)})
     print(line, flush=True)
     if ports_file:

@@ -32,7 +32,7 @@ from .metrics import metrics_text
 from .rpc import RpcServer
 from .store import Store
 
-__all__ = ["Server", "ServerThread", "app_from_dict", "model_from_dict"]
+__all__ = ["Server", "ServerThread", "app_from_dict", "model_from_dict", "tune_gc"]
 
 log = logging.getLogger("clipperlab.server")
 
@@ -137,7 +137,7 @@ def model_from_dict(d: Mapping[str, Any], max_queue: int) -> tuple[ModelSpec, in
     return spec, replicas
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     """Keep the collector's full passes off the query path.
 
     Measured: with numpy, scikit-learn and the engine's remembered queries on the heap, one
@@ -215,8 +215,6 @@ class Server:
         for name, n in self.replicas_wanted.items():
             self._apply_replicas(name, n)
         self._save_task = loop.create_task(self._save_periodically())
-        if cfg.tune_gc:
-            _tune_gc()
         log.info("serving: %s", self.ports)
         return dict(self.ports)
 
