@@ -67,28 +67,64 @@ class FakeDriver:
         for bid in [b for b, sb in self.open.items() if sb.replica == rid]:
             del self.open[bid]
 
-    def query(self, qid: int, app: str, input: Any = None, *, key: Hashable | None = None,
-              context: Hashable | None = None, deadline: float | None = None) -> list[Instruction]:
-        return self.handle(self.eng.on_query(
-            Query(qid, app, input, key, context, deadline), self.now))
+    def query(
+        self,
+        qid: int,
+        app: str,
+        input: Any = None,
+        *,
+        key: Hashable | None = None,
+        context: Hashable | None = None,
+        deadline: float | None = None,
+    ) -> list[Instruction]:
+        return self.handle(
+            self.eng.on_query(Query(qid, app, input, key, context, deadline), self.now)
+        )
 
     def complete(self, batch_id: int, fn: Callable[[Any], Any] = lambda x: x) -> list[Instruction]:
         sb = self.open.pop(batch_id)
-        return self.handle(self.eng.on_batch_done(
-            BatchDone(replica=sb.replica, batch_id=batch_id,
-                      outputs=[fn(x) for x in sb.inputs]), self.now))
+        return self.handle(
+            self.eng.on_batch_done(
+                BatchDone(
+                    replica=sb.replica, batch_id=batch_id, outputs=[fn(x) for x in sb.inputs]
+                ),
+                self.now,
+            )
+        )
 
     def fail(self, batch_id: int) -> list[Instruction]:
         sb = self.open.pop(batch_id)
-        return self.handle(self.eng.on_batch_failed(
-            BatchFailed(replica=sb.replica, batch_id=batch_id, error="boom"), self.now))
+        return self.handle(
+            self.eng.on_batch_failed(
+                BatchFailed(replica=sb.replica, batch_id=batch_id, error="boom"), self.now
+            )
+        )
 
-    def feedback_(self, fid: int, app: str, label: Any, input: Any = None, *,
-                  key: Hashable | None = None, query_id: int | None = None,
-                  context: Hashable | None = None) -> list[Instruction]:
-        return self.handle(self.eng.on_feedback(Feedback(
-            feedback_id=fid, app=app, label=label, input=input, input_key=key,
-            context=context, query_id=query_id), self.now))
+    def feedback_(
+        self,
+        fid: int,
+        app: str,
+        label: Any,
+        input: Any = None,
+        *,
+        key: Hashable | None = None,
+        query_id: int | None = None,
+        context: Hashable | None = None,
+    ) -> list[Instruction]:
+        return self.handle(
+            self.eng.on_feedback(
+                Feedback(
+                    feedback_id=fid,
+                    app=app,
+                    label=label,
+                    input=input,
+                    input_key=key,
+                    context=context,
+                    query_id=query_id,
+                ),
+                self.now,
+            )
+        )
 
     def open_for(self, rid: ReplicaId) -> list[SendBatch]:
         return [sb for sb in self.open.values() if sb.replica == rid]

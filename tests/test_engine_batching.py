@@ -92,7 +92,9 @@ def test_quantile_controller_refits_periodically() -> None:
 
 
 def test_delayed_batching_waits_from_the_oldest_arrival() -> None:
-    c = make_controller(BatchingConfig(policy="fixed", max_batch_size=8, wait_timeout_s=0.002), BOUND)
+    c = make_controller(
+        BatchingConfig(policy="fixed", max_batch_size=8, wait_timeout_s=0.002), BOUND
+    )
     assert c.decide(0.0005, view(3, oldest=0.0)) == Wait(0.002)
     d = c.decide(0.002, view(3, oldest=0.0))
     assert d == Dispatch(3, ReleaseReason.WAIT_TIMEOUT)
@@ -100,7 +102,9 @@ def test_delayed_batching_waits_from_the_oldest_arrival() -> None:
 
 
 def test_delayed_batching_releases_early_under_deadline_pressure() -> None:
-    c = make_controller(BatchingConfig(policy="fixed", max_batch_size=64, wait_timeout_s=0.010), BOUND)
+    c = make_controller(
+        BatchingConfig(policy="fixed", max_batch_size=64, wait_timeout_s=0.010), BOUND
+    )
     for _ in range(5):
         c.observe(4, 0.006, 0.0)  # a batch of 4 takes 6 ms
     # head deadline at 10 ms: waiting until 10 ms would miss it; release at 4 ms at the latest
@@ -110,8 +114,13 @@ def test_delayed_batching_releases_early_under_deadline_pressure() -> None:
 
 
 def test_tfserving_pads_to_allowed_sizes_and_bounds_queue() -> None:
-    cfg = BatchingConfig(policy="tfserving", max_batch_size=32, wait_timeout_s=0.001,
-                         allowed_batch_sizes=(4, 8, 16), max_enqueued_batches=2)
+    cfg = BatchingConfig(
+        policy="tfserving",
+        max_batch_size=32,
+        wait_timeout_s=0.001,
+        allowed_batch_sizes=(4, 8, 16),
+        max_enqueued_batches=2,
+    )
     c = make_controller(cfg, BOUND)
     assert c.max_queue == 64
     d = c.decide(0.002, view(5))
@@ -120,8 +129,9 @@ def test_tfserving_pads_to_allowed_sizes_and_bounds_queue() -> None:
 
 
 def test_triton_sends_largest_preferred_size_at_once() -> None:
-    cfg = BatchingConfig(policy="triton", max_batch_size=64, preferred_batch_sizes=(4, 8),
-                         wait_timeout_s=0.005)
+    cfg = BatchingConfig(
+        policy="triton", max_batch_size=64, preferred_batch_sizes=(4, 8), wait_timeout_s=0.005
+    )
     c = make_controller(cfg, BOUND)
     assert c.decide(0.0, view(9)) == Dispatch(8, ReleaseReason.PREFERRED_SIZE)
     assert c.decide(0.0, view(3)) == Wait(0.005)
@@ -141,7 +151,9 @@ def test_bentoml_sheds_oldest_when_bound_cannot_be_met() -> None:
 def test_engine_sheds_through_bentoml_with_refusal() -> None:
     eng = Engine()
     eng.add_application(Application(name="a", slo_s=1.0, default_output=0))
-    eng.add_model(ModelSpec(name="m", batching=BatchingConfig(policy="bentoml", latency_bound_s=0.010)))
+    eng.add_model(
+        ModelSpec(name="m", batching=BatchingConfig(policy="bentoml", latency_bound_s=0.010))
+    )
     eng.link("a", ["m"])
     d = FakeDriver(eng)
     d.up("m")
@@ -185,8 +197,12 @@ def test_wait_timeout_batch_dispatched_by_timer() -> None:
     """A below-cap batch is released by the engine's timer at oldest arrival + wait."""
     eng = Engine(decision_log=True)
     eng.add_application(Application(name="a", slo_s=0.050))
-    eng.add_model(ModelSpec(name="m", batching=BatchingConfig(policy="fixed", max_batch_size=10,
-                                                               wait_timeout_s=0.003)))
+    eng.add_model(
+        ModelSpec(
+            name="m",
+            batching=BatchingConfig(policy="fixed", max_batch_size=10, wait_timeout_s=0.003),
+        )
+    )
     eng.link("a", ["m"])
     d = FakeDriver(eng)
     d.up("m")

@@ -18,11 +18,20 @@ from engine import (
 from tests.fake import FakeDriver
 
 
-def make(policy: str = "static", models: tuple[str, ...] = ("m",), batching: BatchingConfig | None = None,
-         threshold: float = 0.0, slo_s: float = 0.020, **eng_kw: object) -> FakeDriver:
+def make(
+    policy: str = "static",
+    models: tuple[str, ...] = ("m",),
+    batching: BatchingConfig | None = None,
+    threshold: float = 0.0,
+    slo_s: float = 0.020,
+    **eng_kw: object,
+) -> FakeDriver:
     eng = Engine(seed=1, decision_log=True, **eng_kw)  # type: ignore[arg-type]
-    eng.add_application(Application(name="a", slo_s=slo_s, default_output=-1, policy=policy,
-                                    confidence_threshold=threshold))
+    eng.add_application(
+        Application(
+            name="a", slo_s=slo_s, default_output=-1, policy=policy, confidence_threshold=threshold
+        )
+    )
     for m in models:
         eng.add_model(ModelSpec(name=m, batching=batching or BatchingConfig(policy="aimd")))
     eng.link("a", list(models))
@@ -175,6 +184,7 @@ def test_wrong_number_of_outputs_is_a_failed_batch() -> None:
     d.query(1, "a", 1)
     sb = d.sent[0]
     from engine import BatchDone
+
     d.handle(d.eng.on_batch_done(BatchDone(replica=rid, batch_id=sb.batch_id, outputs=[]), 0.001))
     assert d.replies[1].prediction.default_reason == DefaultReason.MODEL_ERROR
 

@@ -24,10 +24,15 @@ def run_trace(seed: int, n: int = 400) -> list[tuple[Any, ...]]:
     """A seeded trace through an Exp3 application over two AIMD models with delayed
     batching, driven by a small discrete-event loop with latency a*b + c."""
     eng = Engine(seed=seed, decision_log=True)
-    eng.add_application(Application(name="a", slo_s=0.015, default_output=-1, policy="exp3",
-                                    policy_params={"eta": 0.2}))
+    eng.add_application(
+        Application(
+            name="a", slo_s=0.015, default_output=-1, policy="exp3", policy_params={"eta": 0.2}
+        )
+    )
     for m in ("m1", "m2"):
-        eng.add_model(ModelSpec(name=m, batching=BatchingConfig(policy="aimd", wait_timeout_s=0.001)))
+        eng.add_model(
+            ModelSpec(name=m, batching=BatchingConfig(policy="aimd", wait_timeout_s=0.001))
+        )
     eng.link("a", ["m1", "m2"])
     for m in ("m1", "m2"):
         for r in range(2):
@@ -53,8 +58,12 @@ def run_trace(seed: int, n: int = 400) -> list[tuple[Any, ...]]:
             if td <= nxt:
                 at, _, sb = heapq.heappop(pending)
                 outs = [int(x) % 2 if sb.replica.model == "m1" else 1 for x in sb.inputs]
-                carry(eng.on_batch_done(BatchDone(replica=sb.replica, batch_id=sb.batch_id,
-                                                  outputs=outs), at), at)
+                carry(
+                    eng.on_batch_done(
+                        BatchDone(replica=sb.replica, batch_id=sb.batch_id, outputs=outs), at
+                    ),
+                    at,
+                )
             else:
                 carry(eng.on_timer(nxt), nxt)
 
@@ -62,9 +71,19 @@ def run_trace(seed: int, n: int = 400) -> list[tuple[Any, ...]]:
         run_until(float(t))
         carry(eng.on_query(Query(i, "a", int(labels[i])), float(t)), float(t))
         if i % 3 == 0:
-            carry(eng.on_feedback(Feedback(feedback_id=i, app="a", label=int(labels[i]),
-                                           query_id=i - 3 if i >= 3 else None,
-                                           input=int(labels[i])), float(t)), float(t))
+            carry(
+                eng.on_feedback(
+                    Feedback(
+                        feedback_id=i,
+                        app="a",
+                        label=int(labels[i]),
+                        query_id=i - 3 if i >= 3 else None,
+                        input=int(labels[i]),
+                    ),
+                    float(t),
+                ),
+                float(t),
+            )
     run_until(float(arrivals[-1]) + 1.0)
     assert eng.log is not None
     return eng.log

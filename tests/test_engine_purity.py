@@ -6,8 +6,18 @@ import ast
 from pathlib import Path
 
 ENGINE = Path(__file__).resolve().parents[1] / "engine"
-FORBIDDEN = {"asyncio", "uvloop", "simpy", "socket", "time", "threading", "selectors",
-             "subprocess", "multiprocessing", "random"}
+FORBIDDEN = {
+    "asyncio",
+    "uvloop",
+    "simpy",
+    "socket",
+    "time",
+    "threading",
+    "selectors",
+    "subprocess",
+    "multiprocessing",
+    "random",
+}
 
 
 def _modules() -> list[Path]:
@@ -39,8 +49,12 @@ def test_engine_uses_no_global_numpy_random() -> None:
     allowed = {"default_rng", "Generator"}
     for path in _modules():
         for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
-                    and node.value.attr == "random" and node.attr not in allowed):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "random"
+                and node.attr not in allowed
+            ):
                 bad.append(f"{path.name}:{node.lineno} uses random.{node.attr}")
     assert not bad, bad
 

@@ -109,8 +109,7 @@ def test_state_round_trips_through_dict() -> None:
 
 def _ensemble_engine(policy: str = "exp4", **kw: object) -> FakeDriver:
     eng = Engine(seed=3)
-    eng.add_application(Application(name="a", policy=policy, default_output=-1,
-                                    policy_params=kw))
+    eng.add_application(Application(name="a", policy=policy, default_output=-1, policy_params=kw))
     for m in ("good", "bad"):
         eng.add_model(ModelSpec(name=m, batching=BatchingConfig(policy="none")))
     eng.link("a", ["good", "bad"])

@@ -49,30 +49,38 @@ def model_fn(model: str, x: tuple[int, int]) -> int:
     return (x[1] * 7 + len(model)) % 3
 
 
-BATCHING = st.sampled_from([
-    BatchingConfig(policy="none"),
-    BatchingConfig(policy="fixed", max_batch_size=4),
-    BatchingConfig(policy="aimd"),
-    BatchingConfig(policy="aimd", wait_timeout_s=0.002),
-    BatchingConfig(policy="quantile", fit_after_batches=5, refit_every_batches=5),
-    BatchingConfig(policy="tfserving", max_batch_size=8, wait_timeout_s=0.001,
-                   allowed_batch_sizes=(2, 4)),
-    BatchingConfig(policy="triton", max_batch_size=8, preferred_batch_sizes=(2, 4),
-                   wait_timeout_s=0.001),
-    BatchingConfig(policy="bentoml", max_batch_size=8),
-    BatchingConfig(policy="fixed", max_batch_size=3, max_queue=5),
-])
+BATCHING = st.sampled_from(
+    [
+        BatchingConfig(policy="none"),
+        BatchingConfig(policy="fixed", max_batch_size=4),
+        BatchingConfig(policy="aimd"),
+        BatchingConfig(policy="aimd", wait_timeout_s=0.002),
+        BatchingConfig(policy="quantile", fit_after_batches=5, refit_every_batches=5),
+        BatchingConfig(
+            policy="tfserving", max_batch_size=8, wait_timeout_s=0.001, allowed_batch_sizes=(2, 4)
+        ),
+        BatchingConfig(
+            policy="triton", max_batch_size=8, preferred_batch_sizes=(2, 4), wait_timeout_s=0.001
+        ),
+        BatchingConfig(policy="bentoml", max_batch_size=8),
+        BatchingConfig(policy="fixed", max_batch_size=3, max_queue=5),
+    ]
+)
 
 
 class EngineMachine(RuleBasedStateMachine):
     """Queries, time, batch completions and failures, replicas going up and down."""
 
-    @initialize(batching=BATCHING, policy=st.sampled_from(["static", "exp3", "exp4", "ucb1"]),
-                cache=st.booleans())
+    @initialize(
+        batching=BATCHING,
+        policy=st.sampled_from(["static", "exp3", "exp4", "ucb1"]),
+        cache=st.booleans(),
+    )
     def setup(self, batching: BatchingConfig, policy: str, cache: bool) -> None:
         self.eng = Engine(seed=0, cache_capacity_bytes=2_000 if cache else 0)
-        self.eng.add_application(Application(name="a", slo_s=SLO_S, default_output=-1,
-                                             policy=policy))
+        self.eng.add_application(
+            Application(name="a", slo_s=SLO_S, default_output=-1, policy=policy)
+        )
         for m in MODELS:
             self.eng.add_model(ModelSpec(name=m, batching=batching))
         self.eng.link("a", list(MODELS))
@@ -143,16 +151,22 @@ class EngineMachine(RuleBasedStateMachine):
         for q, x in sb.inputs:
             ident = x if self.use_keys else q
             self.done_at.setdefault((ident, sb.replica.model), []).append(self.d.now)
-        self._apply(self.eng.on_batch_done(
-            BatchDone(replica=sb.replica, batch_id=bid, outputs=outs), self.d.now))
+        self._apply(
+            self.eng.on_batch_done(
+                BatchDone(replica=sb.replica, batch_id=bid, outputs=outs), self.d.now
+            )
+        )
 
     @precondition(lambda self: bool(self.d.open))
     @rule(data=st.data())
     def fail(self, data: st.DataObject) -> None:
         bid = data.draw(st.sampled_from(sorted(self.d.open)))
         sb = self.d.open.pop(bid)
-        self._apply(self.eng.on_batch_failed(
-            BatchFailed(replica=sb.replica, batch_id=bid, error="x"), self.d.now))
+        self._apply(
+            self.eng.on_batch_failed(
+                BatchFailed(replica=sb.replica, batch_id=bid, error="x"), self.d.now
+            )
+        )
 
     @precondition(lambda self: len(self.up) > 0)
     @rule(data=st.data())
@@ -193,8 +207,12 @@ class EngineMachine(RuleBasedStateMachine):
 
 
 TestEngineMachine = EngineMachine.TestCase
-TestEngineMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None,
-                                      suppress_health_check=[HealthCheck.too_slow])
+TestEngineMachine.settings = settings(
+    max_examples=60,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 class CacheMachine(RuleBasedStateMachine):
@@ -220,7 +238,8 @@ class CacheMachine(RuleBasedStateMachine):
     def budget(self) -> None:
         assert self.cache.used_bytes <= self.cache.capacity_bytes
         assert self.cache.used_bytes == sum(
-            output_size_bytes(self.ref[k]) + 64 for k in self.ref if k in self.cache)
+            output_size_bytes(self.ref[k]) + 64 for k in self.ref if k in self.cache
+        )
 
 
 TestCacheMachine = CacheMachine.TestCase
