@@ -78,7 +78,7 @@ def test_expired_requests_are_dropped_from_the_queue() -> None:
 
 
 def test_late_result_after_deadline_does_not_reply_twice_but_fills_cache() -> None:
-    """Straggler result: the query was answered with the default; the output still fills the cache."""
+    """A straggler result: the query got the default; the output still fills the cache."""
     d = make()
     d.up("m")
     d.query(1, "a", 5, key="k5")
