@@ -116,6 +116,7 @@ _KEEP = frozenset(
         b"authorization",
         b"x-clipperlab-token",
         b"inference-header-content-length",
+        b"expect",
     )
 )
 
@@ -226,6 +227,16 @@ class HttpProtocol(asyncio.Protocol):
         name = name.lower()
         if name in _KEEP:
             self._headers[name] = value
+
+    def on_headers_complete(self) -> None:
+        # curl sends "Expect: 100-continue" with bodies over 1 KiB and waits a second for
+        # the interim answer; give it at once (nothing else is outstanding then).
+        if (
+            self._headers.get(b"expect", b"").lower() == b"100-continue"
+            and self._next_write == self._seq
+            and self.transport is not None
+        ):
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._body_len += len(body)

@@ -362,3 +362,19 @@ def test_deploy_python_callable(srv: Any) -> None:
     a.deploy_python("ident_m", list, app="ident")
     a.wait_ready("ident")
     assert srv.q.predict("ident", [1.5, 2.5])["output"] == [1.5, 2.5]
+
+
+def test_expect_100_continue(srv: Any) -> None:
+    """curl's ``Expect: 100-continue`` (bodies over 1 KiB) gets the interim answer at once."""
+    body = json.dumps({"input": [0.5] * 300}).encode()
+    s = socket.create_connection(("127.0.0.1", srv.ports["query"]))
+    s.settimeout(5)
+    s.sendall(
+        b"POST /echo/predict HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n"
+        % len(body)
+    )
+    assert s.recv(100).startswith(b"HTTP/1.1 100 Continue")
+    s.sendall(body)
+    f = s.makefile("rb")
+    assert f.readline().startswith(b"HTTP/1.1 200")
+    s.close()
