@@ -46,6 +46,7 @@ class Managed:
     restarts: int = 0
     backoff_s: float = _BACKOFF_START_S
     wanted: bool = True
+    last_error: str = ""
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -149,6 +150,7 @@ class ContainerManager:
                 "pid": m.proc.pid if m.proc is not None else None,
                 "running": m.proc is not None and m.proc.returncode is None,
                 "restarts": m.restarts,
+                "last_error": m.last_error,
             }
             for m in self.procs.values()
         ]
@@ -156,10 +158,12 @@ class ContainerManager:
     async def _keep(self, m: Managed) -> None:
         while m.wanted:
             out: Any = asyncio.subprocess.DEVNULL
+            log_path = ""
             if self.log_dir:
                 os.makedirs(self.log_dir, exist_ok=True)
                 name = f"{m.replica.model}-{m.replica.version}-{m.replica.ordinal}.log"
-                out = open(os.path.join(self.log_dir, name), "ab")  # noqa: SIM115
+                log_path = os.path.join(self.log_dir, name)
+                out = open(log_path, "ab")  # noqa: SIM115
             env = dict(os.environ)
             if self.secret:
                 env["CLIPPERLAB_RPC_SECRET"] = self.secret
@@ -176,14 +180,17 @@ class ContainerManager:
             if not m.wanted:
                 return
             lived_s = time.monotonic() - m.started_at
+            if rc != 0 and log_path:
+                m.last_error = _last_line(log_path)
             if lived_s > _HEALTHY_AFTER_S:
                 m.backoff_s = _BACKOFF_START_S
             log.warning(
-                "container %s exited with %s after %.1f s; restarting in %.1f s",
+                "container %s exited with %s after %.1f s; restarting in %.1f s%s",
                 m.replica,
                 rc,
                 lived_s,
                 m.backoff_s,
+                f" (last words: {m.last_error})" if m.last_error else "",
             )
             await asyncio.sleep(m.backoff_s)
             m.backoff_s = min(m.backoff_s * 2, _BACKOFF_MAX_S)
@@ -217,3 +224,16 @@ class ContainerManager:
         for m in ms:
             if m.task is not None:
                 m.task.cancel()
+
+
+def _last_line(path: str, tail_bytes: int = 2000) -> str:
+    """The last non-empty line of a container's log (its error message, usually)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - tail_bytes))
+            lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines()]
+    except OSError:
+        return ""
+    lines = [ln for ln in lines if ln]
+    return lines[-1][:500] if lines else ""

@@ -209,7 +209,7 @@ class Server:
                 cfg.rpc_host,
                 self.ports["rpc"],
                 secret=cfg.rpc_secret,
-                log_dir=cfg.container_log_dir or None,
+                log_dir=cfg.container_log_dir or str(self.store.dir / "logs"),
             )
         self._deploy_config()
         for name, n in self.replicas_wanted.items():

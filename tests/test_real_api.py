@@ -378,3 +378,19 @@ def test_expect_100_continue(srv: Any) -> None:
     f = s.makefile("rb")
     assert f.readline().startswith(b"HTTP/1.1 200")
     s.close()
+
+
+def test_container_that_cannot_load_says_why(srv: Any) -> None:
+    """A model file that does not exist: the container exits, is retried with back-off,
+    and ``inspect`` shows its last error."""
+    a = srv.admin
+    a.add_model("broken", kind="sklearn", path="/nonexistent/model.joblib")
+    deadline = time.monotonic() + 30
+    err = ""
+    while time.monotonic() < deadline and not err:
+        for c in a.inspect()["containers"]:
+            if c["replica"].startswith("broken:") and c["last_error"]:
+                err = c["last_error"]
+        time.sleep(0.1)
+    assert "/nonexistent/model.joblib" in err
+    a.set_replicas("broken", 0)
