@@ -10,7 +10,7 @@ SVM, and a small torch CNN run with ``torch.set_num_threads(1)``):
 1. trains on scikit-learn's bundled digits for the paper's binary task "is it a 3?";
 2. times ``predict`` on batches of 1, 2, 4, ..., ``--max-batch`` rows drawn at random
    from digits (a fresh draw per call), after 5 warm-up calls, until ``--budget-s``
-   seconds or 400 samples per size (at least 15), with ``time.perf_counter``;
+   seconds or ``--samples`` samples per size (at least 15), with ``time.perf_counter``;
 3. records out-of-fold predictions (5-fold ``cross_val_predict``, or the same folds by hand
    for the CNN) on every digit for the tasks ``digits-binary-3`` and ``digits-10``, so the
    simulator can replay what the real model would have answered (``ReplayOutputs``);
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -128,14 +129,15 @@ def _oof_predictions(name: str, x: np.ndarray, y: np.ndarray) -> list[int]:
 
 
 def _time_batches(predict: Callable[[np.ndarray], Any], x: np.ndarray, sizes: list[int],
-                  budget_s: float, rng: np.random.Generator) -> dict[int, list[float]]:
+                  budget_s: float, rng: np.random.Generator,
+                  max_samples: int = 1000) -> dict[int, list[float]]:
     samples: dict[int, list[float]] = {}
     for b in sizes:
         for _ in range(5):
             predict(x[rng.integers(0, x.shape[0], b)])
         got: list[float] = []
         t_end = time.perf_counter() + budget_s
-        while len(got) < 400 and (len(got) < 15 or time.perf_counter() < t_end):
+        while len(got) < max_samples and (len(got) < 15 or time.perf_counter() < t_end):
             batch = x[rng.integers(0, x.shape[0], b)]
             t0 = time.perf_counter()
             predict(batch)
@@ -145,7 +147,7 @@ def _time_batches(predict: Callable[[np.ndarray], Any], x: np.ndarray, sizes: li
 
 
 def measure(name: str, *, budget_s: float = 1.5, max_batch: int = 1024,
-            seed: int = 0) -> LatencyProfile:
+            seed: int = 0, max_samples: int = 1000) -> LatencyProfile:
     """Train ``name`` on digits ("is it a 3?"), time it, record predictions."""
     import sklearn
     import torch
@@ -158,7 +160,10 @@ def measure(name: str, *, budget_s: float = 1.5, max_batch: int = 1024,
     y2 = (y10 == 3).astype(np.int64)
     model = _make(name).fit(x, y2)
     sizes = [1 << k for k in range(max_batch.bit_length()) if (1 << k) <= max_batch]
-    samples = _time_batches(model.predict, x, sizes, budget_s, np.random.default_rng(seed))
+    load_before = os.getloadavg()[0]
+    samples = _time_batches(model.predict, x, sizes, budget_s, np.random.default_rng(seed),
+                            max_samples)
+    load_after = os.getloadavg()[0]
     preds = {"digits-binary-3": _oof_predictions(name, x, y2),
              "digits-10": _oof_predictions(name, x, y10)}
     software = (f"python {platform.python_version()}, numpy {np.__version__}, "
@@ -175,6 +180,8 @@ def measure(name: str, *, budget_s: float = 1.5, max_batch: int = 1024,
             f"{_dt.date.today().isoformat()}; {sum(map(len, samples.values()))} samples",
             "model": name,
             "task": "digits, is it a 3? (64 float64 features)",
+            "load_average": f"{load_before:.2f} before, {load_after:.2f} after timing "
+            f"({os.cpu_count()} CPUs; other processes add to the tail)",
         },
         description=f"{name} trained on digits ('is it a 3?'), predict() timed in-process",
         predictions=preds,
@@ -189,12 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--budget-s", type=float, default=1.5)
     p.add_argument("--max-batch", type=int, default=1024)
+    p.add_argument("--samples", type=int, default=1000, help="most samples per batch size")
     args = p.parse_args(argv)
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         if name not in MODELS:
             p.error(f"--models: unknown model {name!r}; expected some of {', '.join(MODELS)}")
         t0 = time.perf_counter()
-        prof = measure(name, budget_s=args.budget_s, max_batch=args.max_batch)
+        prof = measure(name, budget_s=args.budget_s, max_batch=args.max_batch,
+                       max_samples=args.samples)
         path = save_profile(prof, args.out / f"{prof.name}.json")
         acc = np.mean(np.asarray(prof.predictions["digits-binary-3"]) ==
                       (np.asarray(__import__("sklearn.datasets").datasets.load_digits().target)
