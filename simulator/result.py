@@ -6,7 +6,9 @@ Rules:
   computed from these raw timestamps after the run, never kept as running estimates.
 - Latency columns are seconds; times (``*_at``) are simulated seconds from 0.
 - ``summary()`` definitions: ``throughput_qps`` = answers that are not defaults divided by
-  the span from the first arrival to the last reply; latencies are over every admitted
+  the span from the first arrival to the last reply; ``model_throughput_qps`` = inputs in
+  completed batches over the same span (what the containers computed, late or not: under
+  overload with an unbounded queue most answers come after their deadline); latencies are over every admitted
   query (defaults included: they are answered at their deadline); ``accuracy`` counts a
   default as wrong; ``missing_share`` is missing member predictions over selected members.
 """
@@ -120,4 +122,6 @@ def summarise(q: pd.DataFrame, batches: pd.DataFrame) -> dict[str, float]:
         sizes = batches.loc[ok, "size"]
         out["batches"] = float(ok.sum())
         out["mean_batch_size"] = float(sizes.mean()) if len(sizes) else float("nan")
+        if span > 0:
+            out["model_throughput_qps"] = float(sizes.sum()) / span
     return out
