@@ -129,3 +129,51 @@ def test_store_round_trip(tmp_path: Path) -> None:
     assert wanted == {"m": 3}
     assert fresh.registry.to_dict() == reg.to_dict()
     assert fresh.selection_state("a", ("user", 1)).weights == [0.25, 4.0]
+
+
+class _FakeTransport:
+    def __init__(self, peer: tuple[str, int]) -> None:
+        self.peer = peer
+        self.written = b""
+        self.closed = False
+
+    def get_extra_info(self, key: str) -> object:
+        return self.peer if key == "peername" else None
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+
+def test_rpc_refuses_non_loopback_container_without_secret() -> None:
+    """Without a shared secret only loopback peers may connect; with one, anyone who
+    presents it."""
+    from unittest.mock import MagicMock
+
+    from real.rpc import RpcServer
+
+    eng = Engine()
+    eng.add_model(ModelSpec(name="m"))
+    driver = MagicMock()
+    driver.engine = eng
+    hello = p.encode_json(p.HELLO, {"protocol": p.PROTOCOL_VERSION, "model": "m", "version": "1"})
+    for secret, peer, want in [
+        ("", "10.0.0.5", "need a shared secret"),
+        ("", "127.0.0.1", None),
+        ("s", "10.0.0.5", "wrong or missing shared secret"),
+    ]:
+        srv = RpcServer(driver, secret=secret)
+        conn = srv.protocol()
+        t = _FakeTransport((peer, 4000))
+        conn.connection_made(t)  # type: ignore[arg-type]
+        conn.data_received(hello)
+        [(kind, payload)] = p.FrameDecoder().feed(t.written)
+        if want is None:
+            assert kind == p.WELCOME and not t.closed
+        else:
+            assert kind == p.REFUSE and want in p.decode_json(payload)["error"] and t.closed
