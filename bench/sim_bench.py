@@ -18,7 +18,7 @@ figure 4 load).  Measured in the same run, on the same pre-generated trace:
 
 Goal (issue 3): >= 300,000 simulated queries/s and >= 0.3x the bare loop.
 
-    python bench/sim_bench.py [--queries 1000000] [--qps 20000] [--profile]
+    python bench/sim_bench.py [--queries 1000000] [--qps 20000] [--repeat 3] [--profile]
 """
 
 from __future__ import annotations
@@ -199,19 +199,27 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=1_000_000)
     p.add_argument("--qps", type=float, default=20_000.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeat", type=int, default=3, help="runs of each loop; the best counts")
     p.add_argument("--profile", action="store_true",
                    help="also print a cProfile of the simulator on 200K queries")
     args = p.parse_args()
     n = args.queries
     trace = Workload(ConstantRate(args.qps), n_queries=n, app="bench").generate(args.seed)
-    rows = [
-        ("simulator (engine + SimPy driver)", simulator_run(trace, args.seed)),
-        ("bare SimPy, event per arrival", bare_event_per_arrival(trace, args.seed)),
-        ("bare SimPy, batched arrivals", bare_batched_arrivals(trace, args.seed)),
-        ("engine alone, no SimPy (engine_bench, gc off)", engine_alone(n, args.qps)),
+    loops: list[tuple[str, Any]] = [
+        ("simulator (engine + SimPy driver)", lambda: simulator_run(trace, args.seed)),
+        ("bare SimPy, event per arrival", lambda: bare_event_per_arrival(trace, args.seed)),
+        ("bare SimPy, batched arrivals", lambda: bare_batched_arrivals(trace, args.seed)),
+        ("engine alone, no SimPy (engine_bench, gc off)", lambda: engine_alone(n, args.qps)),
     ]
+    best: dict[str, dict[str, float]] = {}
+    for _ in range(args.repeat):  # interleaved, so that load from elsewhere hits all alike
+        for name, fn in loops:
+            r = fn()
+            if name not in best or r["wall_s"] < best[name]["wall_s"]:
+                best[name] = r
+    rows = [(name, best[name]) for name, _ in loops]
     print(f"{n:,} queries at {args.qps:,.0f} qps offered, one AIMD model ({PROFILE}), "
-          "one replica\n")
+          f"one replica; best of {args.repeat} run(s) each\n")
     print(f"{'loop':<46} {'wall s':>7} {'queries/s':>11} {'mean batch':>10} {'p99 ms':>7}")
     for name, r in rows:
         print(f"{name:<46} {r['wall_s']:>7.2f} {n / r['wall_s']:>11,.0f} "
