@@ -63,9 +63,15 @@ _tuple_new = tuple.__new__  # builds a NamedTuple without its Python-level __new
 
 
 class _Task:
-    """A query or a feedback item waiting for model answers."""
+    """A query or a feedback item waiting for model answers.
+
+    A query for one model with an uncached input is its own model request: it goes into
+    the queue itself (``input``, ``version``, ``seq`` set), saving an object per query."""
 
     __slots__ = (
+        "input",
+        "version",
+        "seq",
         "id",
         "app",
         "state",
@@ -79,6 +85,14 @@ class _Task:
         "context",
     )
     feedback = False
+    key: Hashable | None = None  # as a request: never cached
+    input: Any
+    version: _Version
+    seq: int
+
+    @property
+    def waiters(self) -> tuple[_Task, ...]:
+        return (self,)
 
     def __init__(
         self,
@@ -149,6 +163,9 @@ class _Request:
         self.seq = seq
 
 
+_Wanted = _Request | _Task  # what a model queue holds
+
+
 class _Replica:
     __slots__ = ("id", "ctrl", "batch", "idle_since")
 
@@ -163,7 +180,7 @@ class _Batch:
     __slots__ = ("id", "replica", "requests", "assembly_at")
 
     def __init__(
-        self, id_: int, replica: _Replica, requests: list[_Request], assembly_at: float
+        self, id_: int, replica: _Replica, requests: list[_Wanted], assembly_at: float
     ) -> None:
         self.id = id_
         self.replica = replica
@@ -192,7 +209,7 @@ class _Version:
     def __init__(self, spec: ModelSpec, metrics: Metrics) -> None:
         self.mid = ModelId(spec.name, spec.version)
         self.spec = spec
-        self.queue: list[tuple[float, int, _Request]] = []
+        self.queue: list[tuple[float, int, _Wanted]] = []
         self.replicas: dict[ReplicaId, _Replica] = {}
         self.idle: deque[_Replica] = deque()
         self.wake_at: float | None = None
@@ -496,9 +513,10 @@ class Engine:
                 self._refuse(task, now, out, DefaultReason.OVERLOADED, ver.mid.name, limit)
                 return out
             seq = next(self._seq)
-            heapq.heappush(
-                ver.queue, (deadline, seq, _Request(ver, None, input_, deadline, now, task, seq))
-            )
+            task.input = input_
+            task.version = ver
+            task.seq = seq
+            heapq.heappush(ver.queue, (deadline, seq, task))
             ver.newest_arrival_at = now
             if ver.idle:
                 self._kick(ver, now, out)
@@ -606,7 +624,7 @@ class Engine:
                     self._shed(heapq.heappop(queue)[2], now, out)
                 continue
             size = min(d.size, len(queue))
-            reqs: list[_Request] = []
+            reqs: list[_Wanted] = []
             heappop = heapq.heappop
             for _ in range(size):
                 dl, _, req = heappop(queue)
@@ -648,7 +666,7 @@ class Engine:
             if self.log is not None:
                 self.log.append(("batch", now, str(rep.id), bid, n, d.reason))
 
-    def _expire(self, req: _Request, now: float) -> None:
+    def _expire(self, req: _Wanted, now: float) -> None:
         """A request reached its deadline in the queue; keep it only for live waiters
         with a later deadline (coalesced requests)."""
         live = [t.deadline for t in req.waiters if not t.done and t.deadline > now]
@@ -661,7 +679,7 @@ class Engine:
         if req.key is not None:
             self._pending.pop((req.version.mid.name, req.version.mid.version, req.key), None)
 
-    def _shed(self, req: _Request, now: float, out: list[Instruction]) -> None:
+    def _shed(self, req: _Wanted, now: float, out: list[Instruction]) -> None:
         req.version.m_expired.value += 1
         if req.key is not None:
             self._pending.pop((req.version.mid.name, req.version.mid.version, req.key), None)
@@ -716,6 +734,13 @@ class Engine:
         cache = self.cache
         pending = self._pending
         for req, output in zip(batch.requests, outputs, strict=True):
+            if type(req) is _Task:  # a query that is its own request
+                if not req.done:
+                    req.answers[name] = output
+                    req.waiting -= 1
+                    if req.waiting == 0:
+                        self._finish(req, now, out)
+                continue
             if req.key is not None:
                 ck = (name, version, req.key)
                 cache.put(ck, output)
