@@ -160,7 +160,8 @@ class QueryFrontend:
                 raise BadInput(f"uid must be an integer or a string, got {type(ctx).__name__}")
             if "input" in body:
                 x = convert(app, body["input"], "input")
-                return self._one(req, app_name, x, ctx)
+                self._one(req, app_name, x, ctx)
+                return None
             if "input_batch" in body:
                 batch = body["input_batch"]
                 if not isinstance(batch, list):
@@ -177,28 +178,22 @@ class QueryFrontend:
         except EngineError as e:
             return self.bad(req, 400, str(e))
 
-    def _one(self, req: Request, app: str, x: Any, ctx: Any) -> bytes | None:
-        out: list[bytes] = []
+    def _one(self, req: Request, app: str, x: Any, ctx: Any) -> None:
+        """Submit one query; its reply (maybe at once: a cache hit, a refusal) responds."""
         encode = self._replies.encode
 
         def done(r: Reply) -> None:
             if r.refused:
-                data = error_response(
-                    503, r.prediction.explanation or "query refused: the server is overloaded"
+                req.respond(
+                    error_response(
+                        503, r.prediction.explanation or "query refused: the server is overloaded"
+                    )
                 )
             else:
-                data = encode(r)
-            if out is not None and not out:
-                out.append(data)
-            else:
-                req.respond(data)
+                req.respond(encode(r))
 
         key = input_digest(x) if self.cache else None
         self.driver.query(app, x, done, input_key=key, context=ctx)
-        if out:  # answered synchronously (cache hit, refusal)
-            return out[0]
-        out = None  # type: ignore[assignment]
-        return None
 
     def _many(self, req: Request, app: str, xs: list[Any], ctx: Any) -> bytes | None:
         results: list[dict[str, Any] | None] = [None] * len(xs)

@@ -163,7 +163,6 @@ class OipHandler:
         rid = doc.get("id")
         results: list[Reply | None] = [None] * len(rows)
         left = [len(rows)]
-        sync: list[bytes] | None = []
 
         def finish() -> bytes:
             refused = [r for r in results if r is not None and r.refused]
@@ -176,19 +175,13 @@ class OipHandler:
                 results[i] = r
                 left[0] -= 1
                 if left[0] == 0:
-                    if sync is not None:
-                        sync.append(finish())
-                    else:
-                        req.respond(finish())
+                    req.respond(finish())
 
             return done
 
         for i, x in enumerate(rows):
             key = input_digest(x) if self.fe.cache else None
             self.fe.driver.query(app.name, x, make(i), input_key=key)
-        if sync:
-            return sync[0]
-        sync = None
         return None
 
     def rows(self, app: Application, t: dict[str, Any], binary: memoryview) -> list[Any]:
