@@ -34,7 +34,7 @@ from engine import BatchingConfig
 
 from . import _sim
 from .framework import Claim, Results
-from .measures import batch_stats, latency_stats, window
+from .measures import RAW, batch_stats, latency_stats, raw_batches, split_raw, window
 from .parallel import pmap
 from .plotting import COLORS, grid, save, style_axis
 
@@ -131,14 +131,15 @@ def _point(args: tuple[Config, str, str]) -> dict[str, Any]:
                         warmup_frac=cfg.warmup_frac),
         **batch_stats(b["sent_at"].to_numpy()[ok], b["done_at"].to_numpy()[ok],
                       b["size"].to_numpy()[ok], start_at=start),
+        RAW: raw_batches(b, model_name=model, policy=policy),
     }
 
 
 def run(cfg: Config) -> Results:
     check_config(cfg)
     points = [(cfg, m, p) for m in cfg.models for p in cfg.policies]
-    rows = pmap(_point, points, cfg.jobs)
-    return Results(table=pd.DataFrame(rows))
+    table, raw = split_raw(pmap(_point, points, cfg.jobs))
+    return Results(table=table, raw={"batches": raw} if raw is not None else {})
 
 
 def plot(results: Results, out_dir: Path) -> list[Path]:

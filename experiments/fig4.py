@@ -20,7 +20,7 @@ from engine import BatchingConfig
 
 from . import _sim
 from .framework import Claim, Results
-from .measures import batch_stats, latency_stats, window
+from .measures import RAW, batch_stats, latency_stats, raw_batches, split_raw, window
 from .parallel import pmap
 from .plotting import grid, save, style_axis
 
@@ -84,13 +84,15 @@ def _point(args: tuple[Config, str, float]) -> dict[str, Any]:
             b["sent_at"].to_numpy()[ok], b["done_at"].to_numpy()[ok],
             b["size"].to_numpy()[ok], start_at=start,
         ),
+        RAW: raw_batches(b, model_name=model, wait_ms=float(wait)),
     }
 
 
 def run(cfg: Config) -> Results:
     check_config(cfg)
     points = [(cfg, m, float(w)) for m in cfg.models for w in cfg.wait_ms]
-    return Results(table=pd.DataFrame(pmap(_point, points, cfg.jobs)))
+    table, raw = split_raw(pmap(_point, points, cfg.jobs))
+    return Results(table=table, raw={"batches": raw} if raw is not None else {})
 
 
 def plot(results: Results, out_dir: Path) -> list[Path]:

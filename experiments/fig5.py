@@ -26,7 +26,7 @@ from engine import BatchingConfig
 
 from . import _sim
 from .framework import Claim, Results
-from .measures import batch_stats, latency_stats, window
+from .measures import RAW, batch_stats, latency_stats, raw_batches, split_raw, window
 from .parallel import pmap
 from .plotting import COLORS, grid, save, style_axis
 
@@ -93,6 +93,7 @@ def _run(cfg: Config, replicas: int, gbps: float, rate_qps: float) -> dict[str, 
                         warmup_frac=cfg.warmup_frac),
         **batch_stats(b["sent_at"].to_numpy()[ok], b["done_at"].to_numpy()[ok],
                       b["size"].to_numpy()[ok], start_at=start),
+        RAW: raw_batches(b, network_gbps=gbps, replicas=replicas, offered_qps=rate_qps),
     }
 
 
@@ -113,13 +114,15 @@ def _point(args: tuple[Config, int, float]) -> dict[str, Any]:
         "p99_ms": at["p99_ms"],
         "default_share": at["default_share"],
         "mean_batch": at["mean_batch"],
+        RAW: pd.concat([peak[RAW], at[RAW]], ignore_index=True),
     }
 
 
 def run(cfg: Config) -> Results:
     check_config(cfg)
     points = [(cfg, r, g) for g in cfg.network_gbps for r in cfg.replicas]
-    return Results(table=pd.DataFrame(pmap(_point, points, cfg.jobs)))
+    table, raw = split_raw(pmap(_point, points, cfg.jobs))
+    return Results(table=table, raw={"batches": raw} if raw is not None else {})
 
 
 def plot(results: Results, out_dir: Path) -> list[Path]:

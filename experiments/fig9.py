@@ -37,7 +37,7 @@ from workloads import ConstantRate, DigitsInputs, Workload
 
 from . import _sim
 from .framework import Claim, Results
-from .measures import latency_stats, pct, window
+from .measures import RAW, latency_stats, pct, raw_batches, split_raw, window
 from .parallel import pmap
 from .plotting import COLORS, grid, save, style_axis
 
@@ -140,16 +140,17 @@ def _point(args: tuple[Config, int, str]) -> dict[str, Any]:
     res = _sim.Simulation(deployment(cfg, n, slo_s), trace, seed=cfg.seed,
                           record_members=mode == "deadline").run()
     return {"ensemble_size": n, "mode": mode,
-            **_measure(res, cfg, members=mode == "deadline")}
+            **_measure(res, cfg, members=mode == "deadline"),
+            RAW: raw_batches(res.batches, ensemble_size=n, mode=mode)}
 
 
 def run(cfg: Config) -> Results:
     check_config(cfg)
     # Largest ensembles first: they take longest, so the pool stays busy.
     points = [(cfg, n, mode) for n in sorted(cfg.sizes, reverse=True) for mode in MODES]
-    rows = pmap(_point, points, cfg.jobs)
-    t = pd.DataFrame(rows).sort_values(["ensemble_size", "mode"], kind="stable")
-    return Results(table=t.reset_index(drop=True))
+    t, raw = split_raw(pmap(_point, points, cfg.jobs))
+    t = t.sort_values(["ensemble_size", "mode"], kind="stable").reset_index(drop=True)
+    return Results(table=t, raw={"batches": raw} if raw is not None else {})
 
 
 def plot(results: Results, out_dir: Path) -> list[Path]:

@@ -18,8 +18,13 @@ import math
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-__all__ = ["batch_stats", "latency_stats", "pct", "window"]
+__all__ = ["RAW", "batch_stats", "latency_stats", "pct", "raw_batches", "split_raw", "window"]
+
+RAW = "_raw"  # key under which a point's row carries its raw batches to ``split_raw``
+_BATCH_COLS = ("model", "replica", "batch_id", "size", "padded_size", "reason", "sent_at",
+               "start_at", "done_at", "status")
 
 
 def pct(values: np.ndarray, q: float) -> float:
@@ -87,3 +92,21 @@ def batch_stats(
         "batch_mean_ms": float(lat.mean()) if len(lat) else math.nan,
         "batch_p99_ms": pct(lat, 99),
     }
+
+
+def raw_batches(batches: pd.DataFrame, **keys: Any) -> pd.DataFrame:
+    """A run's batch records with the point's ``keys`` as leading columns (for ``raw/``)."""
+    cols = [c for c in _BATCH_COLS if c in batches.columns]
+    out = batches[cols].copy()
+    if "model" in out:
+        out["model"] = out["model"].astype(str)
+    for i, (k, v) in enumerate(keys.items()):
+        out.insert(i, k, v)
+    return out
+
+
+def split_raw(rows: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Rows that may carry raw batches under ``RAW`` -> (tidy table, all raw batches)."""
+    raws = [r[RAW] for r in rows if RAW in r]
+    table = pd.DataFrame([{k: v for k, v in r.items() if k != RAW} for r in rows])
+    return table, (pd.concat(raws, ignore_index=True) if raws else None)

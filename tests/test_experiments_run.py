@@ -44,6 +44,10 @@ def test_experiment_runs_and_writes_its_files(name: str, tmp_path: Path) -> None
     assert "| what | paper | ours |" in summary
     assert f"![{name}]({name}.png)" in summary
     assert json.loads((tmp_path / "config.json").read_text())["seed"] == 1
+    if name != "fig2":  # fig2 reads profiles; the others keep every batch they simulated
+        raw = pd.read_parquet(tmp_path / "raw" / "batches.parquet")
+        assert {"size", "sent_at", "done_at", "reason"} <= set(raw.columns)
+        assert len(raw) > 0
 
 
 def test_same_seed_same_table(tmp_path: Path) -> None:
