@@ -121,7 +121,7 @@ def _rows(mode: str, label: str, policy: str, params: dict[str, Any], models: tu
     return rows
 
 
-def _sim(cfg: Config) -> list[dict[str, Any]]:
+def _sim(cfg: Config, raw: list[pd.DataFrame]) -> list[dict[str, Any]]:
     zoo = load_zoo("digits-10", cfg.seed)
     paths = {m: zoo.paths[m] for m in cfg.models}
     wl = Workload(ConstantRate(cfg.rate_qps), n_queries=cfg.n_queries, inputs=zoo.inputs(),
@@ -135,6 +135,7 @@ def _sim(cfg: Config) -> list[dict[str, Any]]:
                                          cfg.fail_accuracy)])
         res = Simulation(dep, wl, seed=cfg.seed).run()
         correct = res.queries["correct"].to_numpy(dtype=bool)
+        raw.append(res.batches.assign(policy=label))
         rows += _rows("sim", label, policy, params, cfg.models, correct, list(res.feedback),
                       cfg.every, (cfg.fail_from, cfg.fail_to))
     return rows
@@ -195,11 +196,13 @@ def run(cfg: Config) -> Results:
     _check(cfg)
     register()
     rows: list[dict[str, Any]] = []
+    raw: list[pd.DataFrame] = []
     if cfg.mode in ("sim", "both"):
-        rows += _sim(cfg)
+        rows += _sim(cfg, raw)
     if cfg.mode in ("real", "both"):
         rows += _real(cfg)
-    return Results(table=pd.DataFrame(rows))
+    return Results(table=pd.DataFrame(rows),
+                   raw={"batches": pd.concat(raw, ignore_index=True)} if raw else {})
 
 
 _STYLE = {"exp3": ("#1f77b4", "-"), "exp4": ("#d62728", "-"),

@@ -3,10 +3,10 @@ taken from a model that failed comes back after it recovers (fig. 8).
 
 Why: Clipper's Exp3/Exp4 (``engine.selection``) keep ``log w_i = -eta * (sum of
 importance-weighted losses)`` over the whole stream.  After a model fails for 5K queries
-its log-weight is tens of units below the others, and once it recovers the gap closes only at ``eta * (difference of error
-rates)`` per query: tens of thousands of queries for models within a few percent of each
-other: Exp3 moves weight away during a failure but not back within the paper's window.
-Exp4 does not even move away (see ``Exp4Discounted``).
+its log-weight is tens of units below the others, and once it recovers the gap closes
+only at ``eta * (difference of error rates)`` per query: tens of thousands of queries
+for models within a few percent of each other.  Exp3 moves weight away during a failure
+but not back within the paper's window; Exp4 may not even move away (``Exp4Discounted``).
 
 Rule (discounted exponential weights, as in Garivier & Moulines' discounted bandits):
 before each update every log-weight (relative to the largest) shrinks toward 0 by
