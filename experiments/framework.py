@@ -60,6 +60,7 @@ EXPERIMENTS: dict[str, str] = {
     "fig4": "experiments.fig4",
     "fig5": "experiments.fig5",
     "fig9": "experiments.fig9",
+    "fig8": "experiments.fig8",
 }
 
 
