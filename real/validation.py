@@ -1,0 +1,556 @@
+"""Validation: one workload through the real server and through the simulator, compared.
+
+Theory of operation (``validate``):
+
+1. Read the real deployment (``deploy.toml``: ``[[models]]``, ``[[applications]]``) and
+   profile every model linked to the workload's application with ``real.profiler`` (its
+   own container, over the RPC).
+2. Build the simulated twin: the same ``Application`` and ``ModelSpec`` objects (parsed by
+   ``real.server``'s own functions, so batching settings are identical), the measured
+   profiles, the same replica counts, replicas behind a zero-latency link (the RPC is
+   already inside the profiles).
+3. Start the real server in its own process (cache off unless the workload is cacheable,
+   as the paper salted its inputs), wait until the application is ready.
+4. Calibration run at low load (``calib_qps``): the real p50 minus the simulator's p50 is
+   the fixed per-query overhead the simulator does not see (HTTP, JSON, the frontend's
+   event loop, the load generator's millisecond timer): ``overhead_s``.
+5. Capacity: unless given, the offered load ramps (x``ramp_step`` per ``ramp_s`` step)
+   until fewer than 95% of the queries get a non-default answer; capacity is the best
+   good throughput seen.  The server process's CPU time per query at the last good step
+   is the frontend's cost per query: ``frontend_cost_s``.
+6. For each level (fraction of capacity) the workload's trace is re-timed to that rate
+   (``n = rate x duration_s`` queries, arrival times scaled, so any arrival process keeps
+   its shape) and run on the real server, in the plain simulator, and in the calibrated
+   simulator: the frontend modelled as a FIFO link shared by all replicas whose per-input
+   transfer time is ``frontend_cost_s`` (the ``frontend_link`` knob) and ``overhead_s``
+   added to every answered query's latency.
+7. Relative errors (sim - real) / real of throughput, mean, p50, p90, p99.
+
+All latency statistics come from ``simulator.result.summarise`` for both modes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import multiprocessing as mp
+import os
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from engine import ModelSpec
+from simulator import (
+    AppDeployment,
+    ConstantOutputs,
+    Deployment,
+    Host,
+    LatencyProfile,
+    Link,
+    ModelDeployment,
+    Simulation,
+    save_profile,
+)
+from simulator.result import summarise as sim_summarise
+from workloads import Trace, Workload
+
+from .loadgen import run_load, summarise
+from .profiler import ProfileSpec, profile_model
+
+__all__ = [
+    "METRICS",
+    "Calibration",
+    "ValidationError",
+    "ValidationResult",
+    "real_deployment",
+    "retime",
+    "sim_deployment",
+    "validate",
+]
+
+METRICS = ("throughput_qps", "mean_ms", "p50_ms", "p90_ms", "p99_ms")
+Log = Callable[[str], None]
+
+
+class ValidationError(Exception):
+    """The validation could not run; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """What the simulator is told about the frontend (see the module's steps 4-5)."""
+
+    overhead_s: float = 0.0
+    frontend_cost_s: float = 0.0
+    capacity_qps: float = math.nan
+
+
+@dataclass
+class ValidationResult:
+    table: pd.DataFrame  # one row per (level, mode)
+    errors: pd.DataFrame  # one row per (level, mode != real): relative errors
+    calibration: Calibration
+    profiles: dict[str, LatencyProfile]
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- deployments
+
+
+@dataclass(frozen=True)
+class RealDeployment:
+    path: Path
+    apps: list[dict[str, Any]]
+    models: list[dict[str, Any]]  # model paths made absolute
+    max_queue: int
+
+
+def real_deployment(
+    path: str | Path, batching: Mapping[str, Any] | None = None
+) -> RealDeployment:
+    """Read ``deploy.toml`` (``ValidationError`` naming the file on error); model files are
+    resolved against the file's directory; ``batching`` replaces every model's batching."""
+    from .config import ConfigError, load_config
+
+    p = Path(path)
+    try:
+        cfg = load_config(p)
+    except ConfigError as e:
+        raise ValidationError(str(e)) from None
+    if not cfg.applications or not cfg.models:
+        raise ValidationError(f"{p}: needs at least one [[applications]] and one [[models]]")
+    models = []
+    for m in cfg.models:
+        d = dict(m)
+        mp_ = str(d.get("path", "") or "")
+        if mp_ and not Path(mp_).is_absolute() and d.get("kind") in ("sklearn", "torch"):
+            d["path"] = str((p.resolve().parent / mp_).resolve())
+            if not Path(d["path"]).exists():
+                raise ValidationError(f"{p}: model {d['name']!r}: file {mp_!r} does not exist")
+        if batching is not None:
+            d["batching"] = dict(batching)
+        models.append(d)
+    return RealDeployment(p, [dict(a) for a in cfg.applications], models, cfg.max_queue)
+
+
+def _specs(dep: RealDeployment, app_name: str) -> tuple[Any, list[tuple[ModelSpec, int, dict]]]:
+    from .server import app_from_dict, model_from_dict
+
+    apps = {a["name"]: a for a in dep.apps}
+    if app_name not in apps:
+        raise ValidationError(
+            f"{dep.path}: the workload's app {app_name!r} is not deployed; deployed: {list(apps)}"
+        )
+    try:
+        app = app_from_dict(apps[app_name])
+        linked = list(apps[app_name].get("models") or [])
+        out = []
+        for d in dep.models:
+            if d["name"] in linked:
+                spec, n = model_from_dict(d, dep.max_queue)
+                out.append((spec, n, d))
+    except (ValueError, KeyError) as e:
+        raise ValidationError(f"{dep.path}: {e}") from None
+    if not out:
+        raise ValidationError(f"{dep.path}: application {app_name!r} links no deployed model")
+    return app, out
+
+
+def sim_deployment(
+    dep: RealDeployment,
+    app_name: str,
+    profiles: Mapping[str, LatencyProfile],
+    *,
+    input_bytes: int,
+    calibration: Calibration | None = None,
+) -> Deployment:
+    """The simulated twin of ``dep`` (module step 2; calibrated per step 6 when given)."""
+    app, models = _specs(dep, app_name)
+    mds = [
+        ModelDeployment(spec=spec, profile=profiles[spec.name], replicas=n,
+                        outputs=ConstantOutputs(0))
+        for spec, n, _ in models
+    ]
+    cpus = sum(n for _, n, _ in models) or 1
+    host = Host("local", cpus=cpus, link=Link(bandwidth_bps=1e15, latency_s=0.0))
+    front = None
+    if calibration is not None and calibration.frontend_cost_s > 0:
+        front = Link(bandwidth_bps=input_bytes * 8 / calibration.frontend_cost_s, latency_s=0.0)
+    return Deployment(
+        apps=(AppDeployment(app, tuple(s.name for s, _, _ in models)),),
+        models=tuple(mds),
+        hosts=(host,),
+        frontend_link=front,
+    )
+
+
+# --------------------------------------------------------------------------- the server
+
+
+def _serve_main(models: list[dict[str, Any]], apps: list[dict[str, Any]], store: str,
+                cache: bool, ports_file: str) -> None:
+    """Entry point of the server process (spawned)."""
+    import asyncio
+    import logging
+
+    import uvloop
+
+    from .config import ServerConfig
+    from .server import Server, tune_gc
+
+    logging.basicConfig(level=logging.WARNING)
+    cfg = ServerConfig(query_port=0, admin_port=0, rpc_port=0, store=store, cache=cache)
+    cfg.models = models
+    cfg.applications = apps
+
+    async def main() -> None:
+        server = Server(cfg)
+        ports = await server.start()
+        tune_gc()
+        Path(ports_file).write_text(json.dumps(ports))
+        stop = asyncio.Event()
+        import signal
+
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await server.stop(grace_s=2.0)
+
+    uvloop.run(main())
+
+
+class ServerProcess:
+    """The real server in its own process, for one validation."""
+
+    def __init__(self, dep: RealDeployment, cache: bool) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="clipperlab-validate-")
+        ports_file = os.path.join(self.tmp.name, "ports.json")
+        ctx = mp.get_context("spawn")
+        self.proc = ctx.Process(
+            target=_serve_main,
+            args=(dep.models, dep.apps, os.path.join(self.tmp.name, "store"), cache, ports_file),
+            daemon=True,
+        )
+        self.proc.start()
+        until = time.monotonic() + 60
+        while not (os.path.exists(ports_file) and os.path.getsize(ports_file)):
+            if not self.proc.is_alive():
+                raise ValidationError(f"the server exited with {self.proc.exitcode} at start")
+            if time.monotonic() > until:
+                raise ValidationError("the server did not start within 60 s")
+            time.sleep(0.05)
+        time.sleep(0.05)
+        self.ports = json.loads(Path(ports_file).read_text())
+        self.url = f"http://127.0.0.1:{self.ports['query']}"
+
+    def wait_ready(self, app: str, timeout_s: float = 120.0) -> None:
+        until = time.monotonic() + timeout_s
+        while time.monotonic() < until:
+            with contextlib.suppress(OSError), urllib.request.urlopen(
+                f"{self.url}/v2/models/{app}/ready", timeout=2
+            ):
+                return
+            time.sleep(0.1)
+        raise ValidationError(f"application {app!r} was not ready within {timeout_s:.0f} s")
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds of the server process so far (not its containers)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return math.nan
+
+    def stop(self) -> None:
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(15)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+        self.tmp.cleanup()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def retime(workload: Workload, rate_qps: float, duration_s: float, seed: int) -> Trace:
+    """The workload's trace with ``rate_qps x duration_s`` queries, its arrival times
+    scaled so the mean rate is ``rate_qps`` (the arrival process keeps its shape)."""
+    n = max(int(round(rate_qps * duration_s)), 2)
+    wl = dataclasses.replace(workload, n_queries=n, duration_s=None)
+    tr = wl.generate(seed)
+    mean = float(tr.arrival_at[-1]) / len(tr) if tr.arrival_at[-1] > 0 else 1.0 / rate_qps
+    scale = (1.0 / rate_qps) / mean
+    return dataclasses.replace(tr, arrival_at=tr.arrival_at * scale)
+
+
+def _real_run(srv: ServerProcess, trace: Trace, pool: np.ndarray, api: str,
+              connections: int) -> tuple[pd.DataFrame, float]:
+    c0 = srv.cpu_s()
+    table = run_load(trace, pool, srv.url, api=api, connections=connections, drain_s=5.0)
+    cpu = srv.cpu_s() - c0
+    return table, cpu / max(len(trace), 1)
+
+
+def _sim_run(dep: Deployment, trace: Trace, seed: int, overhead_s: float = 0.0
+             ) -> tuple[dict[str, float], pd.DataFrame]:
+    res = Simulation(dep, trace, seed=seed).run()
+    q = res.queries
+    if overhead_s:
+        q = q.copy()
+        q["reply_at"] = q["reply_at"] + overhead_s
+        q["latency_s"] = q["latency_s"] + overhead_s
+    return sim_summarise(q, res.batches), q
+
+
+def _good_share(s: Mapping[str, float]) -> float:
+    n = s.get("queries", 0.0)
+    if not n:
+        return 0.0
+    answered = n - s.get("unanswered", 0.0)
+    bad = n * (s.get("default_rate", 0.0) + s.get("refused_rate", 0.0))
+    return max(answered - bad, 0.0) / n
+
+
+def capacity_estimate(profiles: Mapping[str, LatencyProfile], replicas: Mapping[str, int],
+                      max_batch: Mapping[str, int]) -> float:
+    """What the profiles alone allow: the slowest model's best items/s over its measured
+    batch sizes (up to its max batch size), times its replicas."""
+    caps = []
+    for name, prof in profiles.items():
+        best = max(
+            b / prof.mean_s(b) for b in prof.batch_sizes if b <= max_batch.get(name, 1 << 16)
+        ) if prof.batch_sizes else 1.0
+        caps.append(best * max(replicas.get(name, 1), 1))
+    return min(caps)
+
+
+def validate(
+    deployment: str | Path,
+    workload: Workload,
+    *,
+    levels: Sequence[float] = (0.3, 0.6, 0.9),
+    duration_s: float = 5.0,
+    capacity_qps: float | None = None,
+    batching: Mapping[str, Any] | None = None,
+    batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128),
+    profile_repeats: int = 100,
+    profile_max_s: float = 1.5,
+    profiles: Mapping[str, LatencyProfile] | None = None,
+    calib_qps: float = 50.0,
+    calib_s: float = 3.0,
+    ramp_s: float = 2.0,
+    ramp_step: float = 1.4,
+    ramp_start_qps: float = 100.0,
+    api: str = "clipper",
+    connections: int = 8,
+    seed: int = 0,
+    log: Log = print,
+) -> ValidationResult:
+    """Run the comparison described in the module docstring."""
+    if not levels or any(not 0 < lv <= 2 for lv in levels):
+        raise ValidationError(f"levels must be fractions of capacity in (0, 2], got {levels}")
+    dep = real_deployment(deployment, batching)
+    app, models = _specs(dep, workload.app)
+    pool = np.asarray(workload.inputs.load()[0])
+    itype = models[0][0].input_type
+    profs: dict[str, LatencyProfile] = dict(profiles or {})
+    for spec, _, d in models:
+        if spec.name in profs:
+            continue
+        kind = str(d.get("kind", "noop"))
+        path = str(d.get("path", "") or "")
+        log(f"profiling {spec.name} ({kind}) ...")
+        ps = ProfileSpec(
+            model=f"{kind}:{path}" if path else kind, name=spec.name,
+            input_type=spec.input_type, options=dict(d.get("options") or {}),
+            inputs=workload.inputs, batch_sizes=tuple(batch_sizes), repeats=profile_repeats,
+            max_s_per_size=profile_max_s, profile_name=f"profiled-{spec.name}",
+        )
+        profs[spec.name] = profile_model(ps, log=log)
+    del itype
+    notes: list[str] = []
+    sim0 = sim_deployment(dep, workload.app, profs, input_bytes=workload.input_bytes)
+    rows: list[dict[str, Any]] = []
+    load0 = os.getloadavg()[0]
+    with ServerProcess(dep, cache=workload.cacheable) as srv:
+        srv.wait_ready(workload.app)
+        log(f"server up at {srv.url}; calibration at {calib_qps:g} q/s ...")
+        # warm-up: let AIMD find its feet and the process warm its caches
+        run_load(retime(workload, calib_qps, 1.0, seed + 99), pool, srv.url, api=api,
+                 connections=connections)
+        tr = retime(workload, calib_qps, calib_s, seed + 1)
+        real_c, cpu_c = _real_run(srv, tr, pool, api, connections)
+        s_real_c = summarise(real_c)
+        calib_trace = tr
+        log(f"  real p50 {s_real_c.get('p50_ms', math.nan):.3f} ms; "
+            f"server CPU {cpu_c * 1e6:.0f} us/query")
+        cost_s = cpu_c
+        if capacity_qps is None:
+            est = capacity_estimate(profs, {s.name: n for s, n, _ in models},
+                                    {s.name: s.batching.max_batch_size for s, _, _ in models})
+            rate = min(ramp_start_qps, 0.3 * est)
+            best = 0.0
+            log(f"capacity ramp (profiles alone allow {est:,.0f} q/s) ...")
+            while rate < 50 * est:
+                tr = retime(workload, rate, ramp_s, seed + 2)
+                t, cpu_q = _real_run(srv, tr, pool, api, connections)
+                s = summarise(t)
+                good = _good_share(s)
+                log(f"  offered {rate:>9,.0f} q/s -> good share {good:.3f}, throughput "
+                    f"{s.get('throughput_qps', 0):,.0f} q/s, p99 {s.get('p99_ms', math.nan):.1f}"
+                    f" ms, server CPU {cpu_q * 1e6:.0f} us/query")
+                if good < 0.95:
+                    break
+                best = max(best, s.get("throughput_qps", 0.0), rate * good)
+                cost_s = cpu_q
+                rate *= ramp_step
+            capacity_qps = best if best > 0 else rate
+        calib = Calibration(frontend_cost_s=cost_s, capacity_qps=float(capacity_qps))
+        sim1 = sim_deployment(dep, workload.app, profs, input_bytes=workload.input_bytes,
+                              calibration=calib)
+        # the fixed overhead: what the calibrated simulator still misses at low load
+        s_sim_c, _ = _sim_run(sim1, calib_trace, seed)
+        overhead_s = max((s_real_c.get("p50_ms", 0.0) - s_sim_c.get("p50_ms", 0.0)) / 1e3, 0.0)
+        calib = dataclasses.replace(calib, overhead_s=overhead_s)
+        log(f"  simulated p50 at {calib_qps:g} q/s {s_sim_c.get('p50_ms', math.nan):.3f} ms"
+            f" -> fixed overhead {overhead_s * 1e3:.3f} ms/query")
+        log(f"capacity {capacity_qps:,.0f} q/s; frontend cost {cost_s * 1e6:.0f} us/query")
+        for lv in levels:
+            rate = lv * float(capacity_qps)
+            tr = retime(workload, rate, duration_s, seed + 3)
+            t, cpu_q = _real_run(srv, tr, pool, api, connections)
+            s_real = summarise(t)
+            s_sim, _ = _sim_run(sim0, tr, seed)
+            s_cal, _ = _sim_run(sim1, tr, seed, overhead_s)
+            la = os.getloadavg()[0]
+            for mode, s in (("real", s_real), ("sim", s_sim), ("sim+frontend", s_cal)):
+                rows.append({"level": lv, "offered_qps": rate, "mode": mode,
+                             **{k: s.get(k, math.nan) for k in (*METRICS, "default_rate")},
+                             "server_cpu_us_per_query": cpu_q * 1e6 if mode == "real"
+                             else math.nan, "load_avg": la})
+            log(f"  level {lv:.0%} ({rate:,.0f} q/s): real p50/p99 "
+                f"{s_real.get('p50_ms', math.nan):.2f}/{s_real.get('p99_ms', math.nan):.2f} ms, "
+                f"sim+frontend {s_cal.get('p50_ms', math.nan):.2f}/"
+                f"{s_cal.get('p99_ms', math.nan):.2f} ms (load avg {la:.2f})")
+    notes.append(f"load average {load0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end "
+                 f"({os.cpu_count()} CPUs)")
+    table = pd.DataFrame(rows)
+    return ValidationResult(table, relative_errors(table), calib, profs, notes)
+
+
+def relative_errors(table: pd.DataFrame) -> pd.DataFrame:
+    """(sim - real) / real per level, metric and simulated mode."""
+    out = []
+    for lv, g in table.groupby("level", sort=True):
+        real = g[g["mode"] == "real"].iloc[0]
+        for _, r in g[g["mode"] != "real"].iterrows():
+            row: dict[str, Any] = {"level": lv, "mode": r["mode"]}
+            for m in METRICS:
+                rv = float(real[m])
+                row[f"{m}_err"] = (float(r[m]) - rv) / rv if rv else math.nan
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def write_outputs(res: ValidationResult, out_dir: str | Path, title: str = "") -> list[Path]:
+    """``validation.csv``, ``errors.csv``, ``profiles/*.json``, ``validation.png`` and
+    ``summary.md`` (the table in markdown) under ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "validation.csv", out / "errors.csv"]
+    res.table.to_csv(files[0], index=False, float_format="%.6g")
+    res.errors.to_csv(files[1], index=False, float_format="%.4f")
+    for name, prof in res.profiles.items():
+        files.append(save_profile(prof, out / "profiles" / f"{name}.json"))
+    files.append(plot(res, out / "validation.png", title))
+    (out / "summary.md").write_text(markdown(res, title) + "\n")
+    files.append(out / "summary.md")
+    return files
+
+
+def format_table(res: ValidationResult) -> str:
+    """Plain text: per level, the three modes' metrics and the errors."""
+    lines = [f"{'level':>6} {'mode':<13}" + "".join(f"{m:>15}" for m in METRICS)]
+    for _, r in res.table.iterrows():
+        lines.append(f"{r['level']:>6.0%} {r['mode']:<13}"
+                     + "".join(f"{r[m]:>15,.2f}" for m in METRICS))
+        if r["mode"] != "real":
+            e = res.errors[(res.errors["level"] == r["level"]) & (res.errors["mode"] == r["mode"])]
+            if len(e):
+                lines.append(f"{'':>6} {'  error':<13}" + "".join(
+                    f"{e.iloc[0][m + '_err']:>+15.1%}" for m in METRICS))
+    c = res.calibration
+    lines.append(f"calibration: capacity {c.capacity_qps:,.0f} q/s, fixed overhead "
+                 f"{c.overhead_s * 1e3:.3f} ms/query, frontend CPU {c.frontend_cost_s * 1e6:.0f}"
+                 " us/query")
+    return "\n".join(lines)
+
+
+def markdown(res: ValidationResult, title: str = "") -> str:
+    lines = [f"## {title}" if title else "## validation", ""]
+    lines.append("| load | mode | throughput q/s | mean ms | p50 ms | p90 ms | p99 ms |"
+                 " err thr | err p50 | err p99 |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    for _, r in res.table.iterrows():
+        e = res.errors[(res.errors["level"] == r["level"]) & (res.errors["mode"] == r["mode"])]
+        errs = (["", "", ""] if not len(e) else
+                [f"{e.iloc[0][k]:+.0%}" for k in ("throughput_qps_err", "p50_ms_err",
+                                                   "p99_ms_err")])
+        lines.append(f"| {r['level']:.0%} | {r['mode']} | {r['throughput_qps']:,.0f} | "
+                     f"{r['mean_ms']:.2f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
+                     f"{r['p99_ms']:.2f} | " + " | ".join(errs) + " |")
+    c = res.calibration
+    lines += ["", f"Capacity {c.capacity_qps:,.0f} q/s; fixed overhead {c.overhead_s * 1e3:.3f}"
+              f" ms/query; frontend CPU {c.frontend_cost_s * 1e6:.0f} us/query. "
+              + " ".join(res.notes)]
+    return "\n".join(lines)
+
+
+def plot(res: ValidationResult, path: Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    t = res.table
+    styles = {"real": ("k", "-", "o"), "sim": ("C1", ":", "x"), "sim+frontend": ("C0", "--", "s")}
+    for mode, (color, ls, mk) in styles.items():
+        g = t[t["mode"] == mode]
+        if not len(g):
+            continue
+        axes[0].plot(g["offered_qps"], g["throughput_qps"], color=color, ls=ls, marker=mk,
+                     label=mode)
+        for m, alpha in (("p50_ms", 0.6), ("p99_ms", 1.0)):
+            axes[1].plot(g["offered_qps"], g[m], color=color, ls=ls, marker=mk, alpha=alpha,
+                         label=f"{mode} {m[:3]}")
+    axes[0].set_xlabel("offered load (q/s)")
+    axes[0].set_ylabel("throughput (q/s)")
+    axes[1].set_xlabel("offered load (q/s)")
+    axes[1].set_ylabel("latency (ms)")
+    axes[1].set_yscale("log")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.suptitle(title or "real vs simulated")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
