@@ -61,6 +61,7 @@ EXPERIMENTS: dict[str, str] = {
     "fig5": "experiments.fig5",
     "fig9": "experiments.fig9",
     "fig8": "experiments.fig8",
+    "fig6": "experiments.fig6",
 }
 
 
