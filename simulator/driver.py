@@ -140,7 +140,8 @@ class Simulation:
 
     ``decision_log=True`` keeps the engine's decision log; ``record_members=True`` keeps
     one row per (query, model) with the time that model's batch finished (what waiting for
-    every ensemble member would have cost).
+    every ensemble member would have cost); ``engine_options`` go to ``Engine(...)``
+    (e.g. ``cache_capacity_bytes``, ``feedback_timeout_s``).
     """
 
     def __init__(
@@ -363,7 +364,10 @@ class Simulation:
         in_idx = self.input_index.tolist() if cacheable_any else None
         cacheable = (np.asarray(cache_rows)[src].tolist() if cacheable_any and
                      not all(cache_rows) else None)
-        ctx = self.context.tolist() if self.context is not None else None
+        ctx: list[Any] | None = None
+        if self.context is not None:
+            # -1 marks rows of workloads without users: no context
+            ctx = [None if c < 0 else c for c in self.context.tolist()]
         fb_at = self.fb_at.tolist()
         fb_q = self.fb_query.tolist()
         m = len(fb_at)

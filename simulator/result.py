@@ -8,9 +8,10 @@ Rules:
 - ``summary()`` definitions: ``throughput_qps`` = answers that are not defaults divided by
   the span from the first arrival to the last reply; ``model_throughput_qps`` = inputs in
   completed batches over the same span (what the containers computed, late or not: under
-  overload with an unbounded queue most answers come after their deadline); latencies are over every admitted
-  query (defaults included: they are answered at their deadline); ``accuracy`` counts a
-  default as wrong; ``missing_share`` is missing member predictions over selected members.
+  overload with an unbounded queue most answers come after their deadline); latencies are
+  over every admitted query (defaults included: they are answered at their deadline);
+  ``accuracy`` counts a default as wrong; ``missing_share`` is missing member predictions
+  over selected members.
 """
 
 from __future__ import annotations
