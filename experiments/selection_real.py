@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,12 +119,13 @@ def run_streams(
     labels: np.ndarray,
     *,
     feedback: bool = True,
-    users: Sequence[Any] | None = None,
+    users: Sequence[Any] | Mapping[str, Sequence[Any] | None] | None = None,
     barrier_at: Callable[[int], None] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """``stream`` for every app at once, one thread and connection each, kept in step:
     all apps send query ``i`` before any sends ``i + 1`` (so a failure window given in
-    query numbers is the same for all); ``barrier_at(i)`` runs once before step ``i``."""
+    query numbers is the same for all); ``barrier_at(i)`` runs once before step ``i``.
+    ``users`` is one user id per query, or a mapping app -> such a list (None: no uid)."""
     n = len(xs)
     results: dict[str, list[dict[str, Any]]] = {}
     errors: list[BaseException] = []
@@ -143,7 +144,8 @@ def run_streams(
     def work(app: str) -> None:
         c = rig.client()
         try:
-            results[app] = stream(c, app, xs, labels, feedback=feedback, users=users,
+            u = users.get(app) if isinstance(users, Mapping) else users
+            results[app] = stream(c, app, xs, labels, feedback=feedback, users=u,
                                   on_step=sync)
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
