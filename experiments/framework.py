@@ -62,6 +62,7 @@ EXPERIMENTS: dict[str, str] = {
     "fig9": "experiments.fig9",
     "fig8": "experiments.fig8",
     "fig6": "experiments.fig6",
+    "fig10": "experiments.fig10",
 }
 
 
