@@ -52,6 +52,8 @@ JSON_TYPE = b"application/json"
 _SLICE_BYTES = 4 * 1024
 # The scheduler parses for at most this long before letting the event loop poll sockets.
 _BUDGET_S = 0.002
+# Small reads are parsed at once, up to this many bytes per event-loop iteration.
+_INLINE_BYTES = 16 * 1024
 
 
 def response(
@@ -153,6 +155,7 @@ class HttpProtocol(asyncio.Protocol):
         self._flush_soon = False
         self._backlog: deque[bytes] = deque()
         self._loop = asyncio.get_running_loop()
+        self._sched = _scheduler(self._loop)
 
     # -- asyncio
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -174,12 +177,24 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._failed:
             return
+        sched = self._sched
+        if (
+            len(data) <= _SLICE_BYTES
+            and not self._backlog
+            and not sched.queue
+            and sched.inline_bytes < _INLINE_BYTES
+        ):
+            # A small read while nobody waits: parse it now (the common, light-load path).
+            sched.note_inline(len(data))
+            self._feed(data)
+            self._flush()
+            return
         # Parsing happens in the fair scheduler below, a slice at a time, so that a deep
         # pipeline on one connection cannot starve the others or the container replies.
         view = memoryview(data)
         for i in range(0, len(data), _SLICE_BYTES):
             self._backlog.append(bytes(view[i : i + _SLICE_BYTES]))
-        _scheduler(self._loop).add(self)
+        sched.add(self)
         self._set_reading()
 
     def _feed_slice(self) -> bool:
@@ -342,6 +357,18 @@ class _Scheduler:
         self.queue: deque[HttpProtocol] = deque()
         self.members: set[HttpProtocol] = set()
         self.scheduled = False
+        self.inline_bytes = 0
+        self._reset_scheduled = False
+
+    def note_inline(self, n: int) -> None:
+        self.inline_bytes += n
+        if not self._reset_scheduled:
+            self._reset_scheduled = True
+            self.loop.call_soon(self._reset)
+
+    def _reset(self) -> None:
+        self._reset_scheduled = False
+        self.inline_bytes = 0
 
     def add(self, proto: HttpProtocol) -> None:
         if proto not in self.members:
