@@ -9,6 +9,7 @@ import http.client
 import json
 import socket
 import struct
+import threading
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -394,3 +395,27 @@ def test_container_that_cannot_load_says_why(srv: Any) -> None:
         time.sleep(0.1)
     assert "/nonexistent/model.joblib" in err
     a.set_replicas("broken", 0)
+
+
+def test_deep_pipeline_is_answered_in_order(srv: Any) -> None:
+    """2,000 pipelined requests in one write (parsed in slices by the fair scheduler) all
+    come back, in order."""
+    n = 2000
+    reqs = []
+    for i in range(n):
+        b = b'{"input": [%d.5]}' % i
+        reqs.append(b"POST /echo/predict HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(b), b))
+    s = socket.create_connection(("127.0.0.1", srv.ports["query"]))
+    s.settimeout(30)
+    threading.Thread(target=s.sendall, args=(b"".join(reqs),), daemon=True).start()
+    f = s.makefile("rb")
+    ids = []
+    for _ in range(n):
+        assert f.readline().startswith(b"HTTP/1.1 200")
+        size = 0
+        while (h := f.readline()) != b"\r\n":
+            if h.lower().startswith(b"content-length:"):
+                size = int(h.split(b":")[1])
+        ids.append(json.loads(f.read(size))["query_id"])
+    s.close()
+    assert ids == sorted(ids) and len(set(ids)) == n
