@@ -41,6 +41,7 @@ import math
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from operator import itemgetter
 from typing import Any, TypeVar
 
 import numpy as np
@@ -614,23 +615,23 @@ class Simulation:
         reason = np.empty(n, dtype=object)
         preds_models: tuple[Any, ...] = ()
         if m:
-            # transpose the NamedTuples column-wise in C (zip(*rows)), then numpy
-            r_qid, r_pred, r_lat, r_refused = zip(*reps, strict=True)
-            p_out, _, p_default, p_reason, _, p_models, p_missing = zip(*r_pred, strict=True)
-            preds_models = p_models
-            qid = np.asarray(r_qid, dtype=np.int64)
+            # columns of the NamedTuples with C-level map/itemgetter, then numpy
+            preds = list(map(itemgetter(1), reps))
+            qid = np.fromiter(map(itemgetter(0), reps), dtype=np.int64, count=m)
             reply_at[qid] = np.asarray(self._r_at, dtype=np.float64)
-            latency[qid] = np.asarray(r_lat, dtype=np.float64)
-            default[qid] = np.asarray(p_default, dtype=bool)
-            refused[qid] = np.asarray(r_refused, dtype=bool)
-            nm = np.fromiter(map(len, p_missing), dtype=np.int64, count=m)
+            latency[qid] = np.fromiter(map(itemgetter(2), reps), dtype=np.float64, count=m)
+            refused[qid] = np.fromiter(map(itemgetter(3), reps), dtype=bool, count=m)
+            default[qid] = np.fromiter(map(itemgetter(2), preds), dtype=bool, count=m)
+            p_models = list(map(itemgetter(5), preds))
+            preds_models = tuple(p_models)
+            nm = np.fromiter(map(len, map(itemgetter(6), preds)), dtype=np.int64, count=m)
             n_missing[qid] = nm
             n_selected[qid] = nm + np.fromiter(map(len, p_models), dtype=np.int64, count=m)
             out_r = np.empty(m, dtype=object)
-            out_r[:] = p_out
+            out_r[:] = list(map(itemgetter(0), preds))
             output[qid] = out_r
             reason_r = np.empty(m, dtype=object)
-            reason_r[:] = p_reason
+            reason_r[:] = list(map(itemgetter(3), preds))
             reason[qid] = reason_r
         labels = self.labels
         correct = np.zeros(n, dtype=bool)
