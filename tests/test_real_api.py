@@ -419,3 +419,23 @@ def test_deep_pipeline_is_answered_in_order(srv: Any) -> None:
         ids.append(json.loads(f.read(size))["query_id"])
     s.close()
     assert ids == sorted(ids) and len(set(ids)) == n
+
+
+def test_strings_application_over_both_apis(srv: Any) -> None:
+    """A strings application: Clipper JSON and OIP BYTES tensors reach the container as a
+    list of str (the RPC's string encoding)."""
+    import tritonclient.http as tc
+
+    a = srv.admin
+    a.add_app("words", slo_ms=5000, default_output="none", input_type="strings")
+    a.add_model("wordm", kind="noop", input_type="strings", options={"output": "word"}, app="words")
+    a.wait_ready("words")
+    assert srv.q.predict("words", "hello")["output"] == "word"
+    c = tc.InferenceServerClient(f"127.0.0.1:{srv.ports['query']}")
+    inp = tc.InferInput("input", [2], "BYTES")
+    inp.set_data_from_numpy(np.array([b"a", b"bc"], dtype=object))
+    res = c.infer("words", [inp])
+    assert [x.decode() if isinstance(x, bytes) else x for x in res.as_numpy("output")] == [
+        "word",
+        "word",
+    ]
