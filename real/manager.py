@@ -168,8 +168,15 @@ class ContainerManager:
             if self.secret:
                 env["CLIPPERLAB_RPC_SECRET"] = self.secret
             try:
+                # A session of its own: a Ctrl-C at the terminal reaches the server, which
+                # answers what is in flight and then stops the containers itself.
                 m.proc = await asyncio.create_subprocess_exec(
-                    *m.argv, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL, env=env
+                    *m.argv,
+                    stdout=out,
+                    stderr=out,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,
                 )
             finally:
                 if out is not asyncio.subprocess.DEVNULL:
