@@ -1,0 +1,416 @@
+"""Against a TensorFlow-Serving-style server and Ray Serve (paper figure 11): peak throughput
+and p99 latency of three torch models of increasing cost on this machine's CPU.
+
+Models (``real.calib_models``, nothing downloaded): a digits CNN on 1x8x8 inputs (trained
+on scikit-learn's digits for a few seconds), a CIFAR-sized CNN on 3x32x32, and a network
+of ResNet-18's shape at a quarter of its width on 3x224x224 (random weights), each saved as
+TorchScript and served by one single-threaded replica.  Systems:
+
+- ``clipperlab-aimd``: AIMD batching and the selection layer (Exp3 over the one model);
+- ``clipperlab-tfserving``: clipperlab configured like TensorFlow Serving: static batches
+  of ``tfs_max_batch_size`` or whatever is queued when the oldest query has waited
+  ``tfs_timeout_ms`` (``BatchingConfig(policy="tfserving")``), static selection;
+- ``rayserve`` (real mode only): Ray Serve with ``@serve.batch(max_batch_size,
+  batch_wait_timeout_s)`` on the same TorchScript file, one replica, one torch thread;
+  skipped with a note when ``ray[serve]`` is not importable.
+
+Modes: ``sim`` runs the simulator with latency profiles measured over the container RPC
+by ``clipperlab profile`` at the start of the run; ``real`` runs the real server (its own
+process) with the open-loop load generator (``clipperlab load``: Poisson arrivals, binary
+OIP requests, latency from the scheduled send time).  Peak throughput: the offered load
+ramps (x``ramp_step`` per ``step_s`` step, then one step between the last good and the
+first bad rate) until fewer than ``good_share`` of the queries get a non-default answer
+within the SLO; the peak is the good throughput of the best passing step, and the p99
+is that step's (every query's latency, defaults included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .framework import Claim, Results
+
+NAME = "fig11"
+TITLE = "clipperlab vs a TF-Serving-style configuration and Ray Serve: peak throughput, p99"
+SYSTEMS = ("clipperlab-aimd", "clipperlab-tfserving", "rayserve")
+MODES = ("sim", "real")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    seed: int = 0
+    models: tuple[str, ...] = ("digits-cnn", "cifar-cnn", "resnet18-w16")
+    slo_ms: tuple[float, ...] = (20.0, 50.0, 500.0)
+    systems: tuple[str, ...] = SYSTEMS
+    modes: tuple[str, ...] = MODES
+    tfs_max_batch_size: int = 32
+    tfs_timeout_ms: float = 2.0
+    ray_max_batch_size: int = 32
+    ray_wait_ms: float = 2.0
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    profile_repeats: int = 60
+    profile_max_s: float = 1.0
+    step_s: float = 2.0
+    ramp_step: float = 1.5
+    start_qps: float = 50.0
+    max_steps: int = 14
+    good_share: float = 0.95
+    connections: int = 8
+
+
+def default_config(quick: bool) -> Config:
+    if quick:
+        return Config(models=("digits-cnn",), slo_ms=(20.0,), modes=("sim",),
+                      batch_sizes=(1, 4, 16), profile_repeats=20, step_s=1.0)
+    return Config()
+
+
+def check_config(cfg: Config) -> None:
+    from real.calib_models import TORCH_MODELS
+
+    for m in cfg.models:
+        if m not in TORCH_MODELS:
+            raise ValueError(f"models: {m!r} is unknown; known: {sorted(TORCH_MODELS)}")
+    if len(cfg.slo_ms) != len(cfg.models):
+        raise ValueError(f"slo_ms needs one value per model ({len(cfg.models)}), got "
+                         f"{len(cfg.slo_ms)}")
+    for s in cfg.systems:
+        if s not in SYSTEMS:
+            raise ValueError(f"systems: {s!r} is unknown; known: {SYSTEMS}")
+    for m in cfg.modes:
+        if m not in MODES:
+            raise ValueError(f"modes: {m!r} is unknown; known: {MODES}")
+    if cfg.ramp_step <= 1 or cfg.step_s <= 0 or not 0 < cfg.good_share <= 1:
+        raise ValueError("ramp_step must be > 1, step_s > 0, good_share in (0, 1]")
+
+
+# ------------------------------------------------------------------ deployments
+
+
+def _batching(cfg: Config, system: str) -> dict[str, Any]:
+    if system == "clipperlab-tfserving":
+        return {"policy": "tfserving", "max_batch_size": cfg.tfs_max_batch_size,
+                "wait_timeout_s": cfg.tfs_timeout_ms / 1e3}
+    return {"policy": "aimd"}
+
+
+def _app_dict(model: str, slo_ms: float, system: str) -> dict[str, Any]:
+    return {"name": model, "slo_ms": slo_ms, "default_output": -1, "input_type": "floats",
+            "policy": "exp3" if system == "clipperlab-aimd" else "static", "models": [model]}
+
+
+def _model_dict(model: str, path: Path, batching: dict[str, Any]) -> dict[str, Any]:
+    return {"name": model, "kind": "torch", "path": str(path), "input_type": "floats",
+            "options": {"output": "argmax"}, "batching": batching, "replicas": 1}
+
+
+def _pool(model: str) -> np.ndarray:
+    from real.calib_models import TORCH_MODELS, digits_images
+    from workloads import SyntheticTensors
+
+    if model == "digits-cnn":
+        return digits_images()[0]
+    shape = TORCH_MODELS[model].input_shape
+    return np.asarray(SyntheticTensors(shape=shape, dtype="float32", pool=32).load()[0])
+
+
+def _workload(model: str, rate: float, n: int) -> Any:
+    from real.calib_models import TORCH_MODELS
+    from workloads import Poisson, SyntheticTensors, Workload
+
+    shape = TORCH_MODELS[model].input_shape
+    return Workload(Poisson(rate), n_queries=n, app=model,
+                    inputs=SyntheticTensors(shape=shape, dtype="float32", pool=32))
+
+
+def _step_stats(table: pd.DataFrame, slo_s: float, duration_s: float) -> dict[str, float]:
+    lat = table["latency_s"].to_numpy()
+    ok = np.isfinite(lat) & ~table["default"].to_numpy(dtype=bool) & ~table[
+        "refused"].to_numpy(dtype=bool)
+    good = ok & (lat <= slo_s)
+    answered = lat[np.isfinite(lat)]
+    n = len(table)
+    return {
+        "good_share": float(good.sum()) / n if n else 0.0,
+        "good_qps": float(good.sum()) / duration_s,
+        "p50_ms": float(np.percentile(answered, 50) * 1e3) if answered.size else math.nan,
+        "p99_ms": float(np.percentile(answered, 99) * 1e3) if answered.size else math.nan,
+    }
+
+
+def _ramp(run_step: Any, start: float, cfg: Config) -> tuple[dict[str, Any], list[dict]]:
+    """Ramp per the module rules; ``run_step(rate) -> stats``."""
+    steps: list[dict[str, Any]] = []
+    rate = start
+    last_good: dict[str, Any] | None = None
+    first_bad: float | None = None
+    for _ in range(cfg.max_steps):
+        st = {"offered_qps": rate, **run_step(rate)}
+        steps.append(st)
+        if st["good_share"] < cfg.good_share:
+            first_bad = rate
+            break
+        last_good = st
+        rate *= cfg.ramp_step
+    if last_good is not None and first_bad is not None:
+        mid = math.sqrt(last_good["offered_qps"] * first_bad)
+        st = {"offered_qps": mid, **run_step(mid)}
+        steps.append(st)
+        if st["good_share"] >= cfg.good_share:
+            last_good = st
+    if last_good is None:
+        best = max(steps, key=lambda s: s["good_qps"])
+        return {**best, "note": "no step met the good share"}, steps
+    return {**last_good, "note": "" if first_bad else "ramp ended before saturation"}, steps
+
+
+# ------------------------------------------------------------------ modes
+
+
+def _sim_peak(cfg: Config, model: str, slo_ms: float, system: str, profile: Any,
+              est: float) -> tuple[dict[str, Any], list[dict]]:
+    from engine import Application, BatchingConfig, ModelSpec
+    from simulator import (
+        AppDeployment,
+        ConstantOutputs,
+        Deployment,
+        Host,
+        Link,
+        ModelDeployment,
+        Simulation,
+    )
+
+    app = _app_dict(model, slo_ms, system)
+    dep = Deployment(
+        apps=(AppDeployment(Application(name=model, slo_s=slo_ms / 1e3, default_output=-1,
+                                        input_type="floats", policy=app["policy"]),
+                            (model,)),),
+        models=(ModelDeployment(
+            spec=ModelSpec(name=model, input_type="floats",
+                           batching=BatchingConfig.from_dict(_batching(cfg, system))),
+            profile=profile, replicas=1, outputs=ConstantOutputs(0)),),
+        hosts=(Host("local", cpus=1, link=Link(bandwidth_bps=1e15, latency_s=0.0)),),
+    )
+
+    def step(rate: float) -> dict[str, float]:
+        n = max(int(rate * cfg.step_s * 2), 20)  # twice the step: the first half warms up
+        res = Simulation(dep, _workload(model, rate, n), seed=cfg.seed).run()
+        q = res.queries
+        half = q[q["arrival_at"] >= q["arrival_at"].iloc[-1] / 2]
+        return _step_stats(half, slo_ms / 1e3, float(half["arrival_at"].iloc[-1]
+                                                     - half["arrival_at"].iloc[0]) or 1.0)
+
+    return _ramp(step, max(0.3 * est, 1.0), cfg)
+
+
+def _real_step(url: str, model: str, pool: np.ndarray, slo_ms: float, cfg: Config,
+               rate: float) -> dict[str, float]:
+    from real.loadgen import run_load
+
+    n = max(int(rate * cfg.step_s), 10)
+    tr = _workload(model, rate, n).generate(cfg.seed)
+    t = run_load(tr, pool, url, api="oip", connections=cfg.connections,
+                 drain_s=max(2.0, 4 * slo_ms / 1e3))
+    return _step_stats(t, slo_ms / 1e3, float(tr.arrival_at[-1]))
+
+
+def _real_clipperlab(cfg: Config, model: str, path: Path, slo_ms: float, system: str,
+                     est: float) -> tuple[dict[str, Any], list[dict]]:
+    from real.validation import RealDeployment, ServerProcess
+
+    dep = RealDeployment(Path("fig11"), [_app_dict(model, slo_ms, system)],
+                         [_model_dict(model, path, _batching(cfg, system))], 10_000)
+    pool = _pool(model)
+    with ServerProcess(dep, cache=False) as srv:
+        srv.wait_ready(model)
+        _real_step(srv.url, model, pool, slo_ms, cfg, min(cfg.start_qps, 0.3 * est))  # warm
+        return _ramp(lambda r: _real_step(srv.url, model, pool, slo_ms, cfg, r),
+                     min(cfg.start_qps, 0.3 * est), cfg)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _real_ray(cfg: Config, model: str, path: Path, slo_ms: float, est: float,
+              tmp: Path) -> tuple[dict[str, Any], list[dict]]:
+    port = _free_port()
+    ready = tmp / f"ray-{model}.ready"
+    log = open(tmp / f"ray-{model}.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "real.calib_ray", "--model", str(path), "--name", model,
+         "--port", str(port), "--max-batch-size", str(cfg.ray_max_batch_size),
+         "--batch-wait-s", str(cfg.ray_wait_ms / 1e3), "--ready-file", str(ready)],
+        stdout=log, stderr=log, start_new_session=True,
+    )
+    try:
+        until = time.monotonic() + 180
+        while not (ready.exists() and ready.read_text()):
+            if proc.poll() is not None or time.monotonic() > until:
+                raise RuntimeError(f"Ray Serve did not start (see {log.name})")
+            time.sleep(0.5)
+        url = f"http://127.0.0.1:{port}"
+        pool = _pool(model)
+        _real_step(url, model, pool, slo_ms, cfg, min(cfg.start_qps, 0.3 * est))  # warm
+        return _ramp(lambda r: _real_step(url, model, pool, slo_ms, cfg, r),
+                     min(cfg.start_qps, 0.3 * est), cfg)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
+            proc.wait(5)
+        log.close()
+
+
+# ------------------------------------------------------------------ run
+
+
+def run(cfg: Config) -> Results:
+    check_config(cfg)
+    from real.calib_models import TORCH_MODELS, save_torch
+    from real.calib_ray import available
+    from real.profiler import ProfileSpec, profile_model
+    from real.validation import capacity_estimate
+    from workloads import SyntheticTensors
+
+    rows: list[dict[str, Any]] = []
+    steps_all: list[dict[str, Any]] = []
+    notes: list[str] = []
+    ray_ok, why = available()
+    if "rayserve" in cfg.systems and "real" in cfg.modes and not ray_ok:
+        notes.append(f"Ray Serve skipped: not importable here ({why}); "
+                     "`pip install 'ray[serve]'` adds it")
+    notes.append(f"load average at the start: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
+    with tempfile.TemporaryDirectory(prefix="clipperlab-fig11-") as d:
+        tmp = Path(d)
+        for model, slo_ms in zip(cfg.models, cfg.slo_ms, strict=True):
+            path = save_torch(model, tmp, cfg.seed)
+            shape = TORCH_MODELS[model].input_shape
+            prof = profile_model(ProfileSpec(
+                model=f"torch:{path}", name=model, input_type="floats",
+                options={"output": "argmax"},
+                inputs=SyntheticTensors(shape=shape, dtype="float32", pool=64),
+                batch_sizes=cfg.batch_sizes, repeats=cfg.profile_repeats,
+                max_s_per_size=cfg.profile_max_s, profile_name=f"fig11-{model}",
+            ))
+            est = capacity_estimate({model: prof}, {model: 1}, {model: 1 << 16})
+            notes.append(
+                f"{model}: profile p50 at batch 1 {prof.quantile_s(1, 0.5) * 1e3:.2f} ms, at "
+                f"{prof.batch_sizes[-1]} {prof.quantile_s(prof.batch_sizes[-1], 0.5) * 1e3:.2f}"
+                f" ms; the profile alone allows {est:,.0f} q/s ({prof.tags['hardware']})")
+            for mode in cfg.modes:
+                for system in cfg.systems:
+                    if system == "rayserve" and (mode == "sim" or not ray_ok):
+                        continue
+                    t0 = time.perf_counter()
+                    if mode == "sim":
+                        peak, steps = _sim_peak(cfg, model, slo_ms, system, prof, est)
+                    elif system == "rayserve":
+                        peak, steps = _real_ray(cfg, model, path, slo_ms, est, tmp)
+                    else:
+                        peak, steps = _real_clipperlab(cfg, model, path, slo_ms, system, est)
+                    rows.append({"model": model, "mode": mode, "system": system,
+                                 "slo_ms": slo_ms, "peak_qps": peak["good_qps"],
+                                 "offered_qps": peak["offered_qps"],
+                                 "good_share": peak["good_share"], "p50_ms": peak["p50_ms"],
+                                 "p99_ms": peak["p99_ms"], "steps": len(steps),
+                                 "load_avg": os.getloadavg()[0],
+                                 "wall_s": time.perf_counter() - t0, "note": peak["note"]})
+                    for s in steps:
+                        steps_all.append({"model": model, "mode": mode, "system": system, **s})
+                    print(f"fig11: {model} {mode} {system}: peak {peak['good_qps']:,.0f} q/s,"
+                          f" p99 {peak['p99_ms']:.1f} ms", flush=True)
+    notes.append(f"load average at the end: {os.getloadavg()[0]:.2f}")
+    return Results(table=pd.DataFrame(rows), raw={"steps": pd.DataFrame(steps_all)},
+                   notes=notes)
+
+
+def plot(results: Results, out_dir: Path) -> list[Path]:
+    from .plotting import grid, save, style_axis
+
+    t = results.table
+    models = list(dict.fromkeys(t["model"]))
+    fig, axes = grid(2 * len(models), len(models), width_in=4.2, height_in=3.2)
+    series = [(s, m) for s in SYSTEMS for m in MODES
+              if ((t["system"] == s) & (t["mode"] == m)).any()]
+    colors = {"clipperlab-aimd": "#1f77b4", "clipperlab-tfserving": "#2ca02c",
+              "rayserve": "#d62728"}
+    for i, model in enumerate(models):
+        g = t[t["model"] == model]
+        for row, (col, ylabel) in enumerate((("peak_qps", "peak throughput (q/s)"),
+                                             ("p99_ms", "p99 at peak (ms)"))):
+            ax = axes[row * len(models) + i]
+            for k, (s, m) in enumerate(series):
+                v = g[(g["system"] == s) & (g["mode"] == m)][col]
+                if len(v):
+                    ax.bar(k, float(v.iloc[0]), color=colors[s], alpha=1.0 if m == "real" else 0.45,
+                           hatch="" if m == "real" else "//", label=f"{s} ({m})")
+            ax.set_xticks(range(len(series)))
+            ax.set_xticklabels([f"{s.replace('clipperlab-', 'cl-')}\n{m}" for s, m in series],
+                               fontsize=7)
+            if col == "p99_ms":
+                ax.set_yscale("log")
+            style_axis(ax, title=model if row == 0 else "", ylabel=ylabel)
+    return [save(fig, out_dir / "fig11.png", suptitle=TITLE, legend_axes=axes[:1])]
+
+
+def claims(results: Results, cfg: Config) -> list[Claim]:
+    t = results.table
+    out: list[Claim] = []
+
+    def get(model: str, mode: str, system: str) -> pd.Series | None:
+        g = t[(t["model"] == model) & (t["mode"] == mode) & (t["system"] == system)]
+        return g.iloc[0] if len(g) else None
+
+    if len(cfg.models):
+        cheap = cfg.models[0]
+        a, r = get(cheap, "real", "clipperlab-aimd"), get(cheap, "real", "rayserve")
+        if a is not None and r is not None and r["peak_qps"] > 0:
+            out.append(Claim(
+                f"{cheap}, real: clipperlab (AIMD) vs Ray Serve peak throughput (p99)",
+                "goal: >= 10x Ray Serve at equal or lower p99",
+                f"{a['peak_qps']:,.0f} vs {r['peak_qps']:,.0f} q/s = "
+                f"{a['peak_qps'] / r['peak_qps']:.1f}x (p99 {a['p99_ms']:.1f} vs "
+                f"{r['p99_ms']:.1f} ms)"))
+        elif a is not None:
+            out.append(Claim(f"{cheap}, real: clipperlab vs Ray Serve",
+                             "goal: >= 10x Ray Serve", "Ray Serve not run (see notes)"))
+        costly = cfg.models[-1]
+        for mode in cfg.modes:
+            a, s = get(costly, mode, "clipperlab-aimd"), get(costly, mode, "clipperlab-tfserving")
+            if a is not None and s is not None and s["peak_qps"] > 0:
+                out.append(Claim(
+                    f"{costly}, {mode}: AIMD vs TF-Serving-style static batching, peak",
+                    "goal: within 10% of the static-batching configuration",
+                    f"{a['peak_qps']:,.0f} vs {s['peak_qps']:,.0f} q/s "
+                    f"({a['peak_qps'] / s['peak_qps'] - 1:+.0%}); p99 {a['p99_ms']:.0f} vs "
+                    f"{s['p99_ms']:.0f} ms"))
+    for system in ("clipperlab-aimd", "clipperlab-tfserving"):
+        errs = []
+        for model in cfg.models:
+            s, r = get(model, "sim", system), get(model, "real", system)
+            if s is not None and r is not None and r["peak_qps"] > 0:
+                errs.append(f"{model} {s['peak_qps'] / r['peak_qps'] - 1:+.0%}")
+        if errs:
+            out.append(Claim(f"{system}: simulated vs real peak throughput",
+                             "the simulator predicts the real system", ", ".join(errs)))
+    return out
