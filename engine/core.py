@@ -506,6 +506,9 @@ class Engine:
         selected = app.policy.select(state, self.rng)
         deadline = now + app.spec.slo_s if qdeadline is None else qdeadline
         task = _Task(qid, app, state, selected, deadline, now, context)
+        if qdeadline is not None and qdeadline <= now:  # already too late: no model is asked
+            self._finish(task, now, out)
+            return out
         if len(selected) == 1 and key is None:  # the common uncached path, inlined
             ver = self._active[selected[0]]
             limit = ver.limit
@@ -791,7 +794,8 @@ class Engine:
         """The absolute time at which ``on_timer`` must be called next (None: no timer).
 
         O(1): it may be a little early (a query that has since been answered); calling
-        ``on_timer`` then is harmless and moves it on to the next live deadline."""
+        ``on_timer`` then is harmless and moves it on to the next live deadline.  After any
+        ``on_*(now)`` call it is later than ``now``: whatever was due has been handled."""
         due = self._due_at
         return None if due == _INF else due
 

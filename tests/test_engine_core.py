@@ -258,3 +258,28 @@ def test_every_release_and_default_reason_is_counted() -> None:
     assert m.value("clipperlab_defaults_total", app="a", reason="deadline") == 1
     kinds = [e[0] for e in d.eng.log or []]
     assert kinds == ["batch", "reply"]
+
+
+def test_query_with_past_deadline_is_answered_at_once() -> None:
+    """A query whose own deadline has passed gets the default now, and no model is asked."""
+    d = make()
+    d.up("m")
+    d.now = 1.0
+    d.query(1, "a", 5, deadline=0.5)
+    p = d.replies[1].prediction
+    assert p.default and p.default_reason == DefaultReason.DEADLINE and d.sent == []
+
+
+def test_next_deadline_is_always_after_now() -> None:
+    """The contract drivers rely on: after any call, the next timer is in the future."""
+    d = make(batching=BatchingConfig(policy="fixed", max_batch_size=4, wait_timeout_s=0.002))
+    d.up("m")
+    for i in range(30):
+        d.now = i * 0.0007
+        d.query(i, "a", i, deadline=d.now + (0.001 if i % 5 == 0 else 0.02))
+        nd = d.eng.next_deadline()
+        assert nd is None or nd > d.now
+        for sb in list(d.open.values())[:1]:
+            d.complete(sb.batch_id)
+            nd = d.eng.next_deadline()
+            assert nd is None or nd > d.now
