@@ -56,12 +56,15 @@ class Rig:
 @contextlib.contextmanager
 def real_server(*, cache: bool = True, remember_queries: int = 50_000,
                 seed: int = 0) -> Iterator[Rig]:
-    """A server on loopback with ephemeral ports; stopped and cleaned up on exit."""
+    """A server on loopback with ephemeral ports; stopped and cleaned up on exit.
+    ``cache=False`` turns the frontend's cache keys off *and* gives the engine's cache no
+    room (the frontend still keys ``/update`` inputs, which would otherwise be cached)."""
     register()
     tmp = Path(tempfile.mkdtemp(prefix="clipperlab-sel-"))
     cfg = load_config(None, query_port=0, admin_port=0, rpc_port=0, store=str(tmp / "store"),
                       heartbeat_interval_s=0.2, cache=cache, remember_queries=remember_queries,
-                      seed=seed, save_state_every_s=3600.0)
+                      seed=seed, save_state_every_s=3600.0,
+                      cache_capacity_bytes=(32 << 20) if cache else 0)
     st = ServerThread(cfg).start()
     try:
         yield Rig(st, AdminClient(f"127.0.0.1:{st.ports['admin']}", timeout_s=60.0),
