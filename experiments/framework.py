@@ -63,6 +63,7 @@ EXPERIMENTS: dict[str, str] = {
     "fig8": "experiments.fig8",
     "fig6": "experiments.fig6",
     "fig10": "experiments.fig10",
+    "cache": "experiments.cache",
     "fig11": "experiments.fig11",
 }
 
