@@ -19,7 +19,8 @@ by ``clipperlab profile`` at the start of the run; ``real`` runs the real server
 process) with the open-loop load generator (``clipperlab load``: Poisson arrivals, binary
 OIP requests, latency from the scheduled send time).  Peak throughput: the offered load
 ramps (x``ramp_step`` per ``step_s`` step, then one step between the last good and the
-first bad rate) until fewer than ``good_share`` of the queries get a non-default answer
+first bad rate; when the first step already fails, the rate goes down by ``ramp_step``
+squared, up to four times) until fewer than ``good_share`` of the queries get a non-default answer
 within the SLO; the peak is the good throughput of the best passing step, and the p99
 is that step's (every query's latency, defaults included).
 """
@@ -156,10 +157,15 @@ def _ramp(run_step: Any, start: float, cfg: Config) -> tuple[dict[str, Any], lis
     rate = start
     last_good: dict[str, Any] | None = None
     first_bad: float | None = None
+    downs = 0
     for _ in range(cfg.max_steps):
         st = {"offered_qps": rate, **run_step(rate)}
         steps.append(st)
         if st["good_share"] < cfg.good_share:
+            if last_good is None and downs < 4 and rate > 2.0:
+                downs += 1  # even the first step is too much: go down before giving up
+                rate /= cfg.ramp_step ** 2
+                continue
             first_bad = rate
             break
         last_good = st
