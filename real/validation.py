@@ -302,11 +302,20 @@ def retime(workload: Workload, rate_qps: float, duration_s: float, seed: int) ->
 
 
 def _real_run(srv: ServerProcess, trace: Trace, pool: np.ndarray, api: str,
-              connections: int) -> tuple[pd.DataFrame, float]:
-    c0 = srv.cpu_s()
+              connections: int, idle_cpu: float = 0.0) -> tuple[pd.DataFrame, float]:
+    """The load run and the server's CPU seconds per query, less its idle CPU rate
+    (heartbeats, timers) over the run's wall time."""
+    c0, t0 = srv.cpu_s(), time.monotonic()
     table = run_load(trace, pool, srv.url, api=api, connections=connections, drain_s=5.0)
-    cpu = srv.cpu_s() - c0
-    return table, cpu / max(len(trace), 1)
+    cpu = srv.cpu_s() - c0 - idle_cpu * (time.monotonic() - t0)
+    return table, max(cpu, 0.0) / max(len(trace), 1)
+
+
+def _idle_cpu(srv: ServerProcess, seconds: float = 1.0) -> float:
+    """The server's CPU seconds per second with no queries."""
+    c0, t0 = srv.cpu_s(), time.monotonic()
+    time.sleep(seconds)
+    return max(srv.cpu_s() - c0, 0.0) / (time.monotonic() - t0)
 
 
 def _sim_run(dep: Deployment, trace: Trace, seed: int, overhead_s: float = 0.0
@@ -396,12 +405,13 @@ def validate(
         # warm-up: let AIMD find its feet and the process warm its caches
         run_load(retime(workload, calib_qps, 1.0, seed + 99), pool, srv.url, api=api,
                  connections=connections)
+        idle = _idle_cpu(srv)
         tr = retime(workload, calib_qps, calib_s, seed + 1)
-        real_c, cpu_c = _real_run(srv, tr, pool, api, connections)
+        real_c, cpu_c = _real_run(srv, tr, pool, api, connections, idle)
         s_real_c = summarise(real_c)
         calib_trace = tr
-        log(f"  real p50 {s_real_c.get('p50_ms', math.nan):.3f} ms; "
-            f"server CPU {cpu_c * 1e6:.0f} us/query")
+        log(f"  real p50 {s_real_c.get('p50_ms', math.nan):.3f} ms; server CPU "
+            f"{cpu_c * 1e6:.0f} us/query (idle {idle * 1e3:.1f} ms/s subtracted)")
         cost_s = cpu_c
         if capacity_qps is None:
             est = capacity_estimate(profs, {s.name: n for s, n, _ in models},
@@ -411,7 +421,7 @@ def validate(
             log(f"capacity ramp (profiles alone allow {est:,.0f} q/s) ...")
             while rate < 50 * est:
                 tr = retime(workload, rate, ramp_s, seed + 2)
-                t, cpu_q = _real_run(srv, tr, pool, api, connections)
+                t, cpu_q = _real_run(srv, tr, pool, api, connections, idle)
                 s = summarise(t)
                 good = _good_share(s)
                 log(f"  offered {rate:>9,.0f} q/s -> good share {good:.3f}, throughput "
@@ -436,7 +446,7 @@ def validate(
         for lv in levels:
             rate = lv * float(capacity_qps)
             tr = retime(workload, rate, duration_s, seed + 3)
-            t, cpu_q = _real_run(srv, tr, pool, api, connections)
+            t, cpu_q = _real_run(srv, tr, pool, api, connections, idle)
             s_real = summarise(t)
             s_sim, _ = _sim_run(sim0, tr, seed)
             s_cal, _ = _sim_run(sim1, tr, seed, overhead_s)

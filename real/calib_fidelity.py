@@ -1,0 +1,178 @@
+"""The fidelity table: ``clipperlab validate`` over models x batching, into one table.
+
+    python -m real.calib_fidelity --out results/validation [--duration-s 4] [--quick]
+
+Models (``real.calib_models``; built in a temporary directory, nothing downloaded): the
+no-op container, a scikit-learn logistic regression (cheap) and a random forest of 50
+trees of depth 16 (expensive at small batches), all on digits "is it a 3?" with a 20 ms
+SLO.  Batching: AIMD, and AIMD with delayed batching (a 2 ms wait timeout).  Each pair runs
+``real.validation.validate`` at 30%, 60% and 90% of its measured capacity; outputs go to
+``OUT/<model>-<batching>/`` and the combined ``OUT/fidelity.csv``, ``OUT/fidelity.md`` (the
+README's table: errors of the calibrated simulator against the real run, and whether the
+issue's goal holds) and ``OUT/fidelity.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from experiments.framework import markdown_table
+from workloads import ConstantRate, DigitsInputs, Workload
+
+from .calib_models import save_sklearn
+from .validation import format_table, validate, write_outputs
+
+__all__ = ["BATCHINGS", "MODELS", "main"]
+
+MODELS = ("noop", "logreg", "forest")
+BATCHINGS: dict[str, dict[str, object]] = {
+    "aimd": {"policy": "aimd"},
+    "delayed": {"policy": "aimd", "wait_timeout_s": 0.002},
+}
+SLO_MS = 20.0
+
+
+def deploy_toml(model: str, path: str, batching: dict[str, object]) -> str:
+    kind = "noop" if model == "noop" else "sklearn"
+    b = ", ".join(f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"'
+                  for k, v in batching.items())
+    return (
+        f'[[models]]\nname = "{model}"\nkind = "{kind}"\npath = "{path}"\nreplicas = 1\n'
+        f"batching = {{ {b} }}\n\n[[applications]]\nname = \"digits\"\nslo_ms = {SLO_MS:g}\n"
+        f'default_output = -1\nmodels = ["{model}"]\n'
+    )
+
+
+def goal_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, batching, level): errors of ``sim+frontend`` and whether the issue's
+    goal holds (throughput and p50 within 10%; p99 within 20% up to 60% load)."""
+    rows = []
+    for (model, batching, level), g in table.groupby(["model", "batching", "level"],
+                                                     sort=False):
+        real = g[g["mode"] == "real"].iloc[0]
+        for mode in ("sim", "sim+frontend"):
+            s = g[g["mode"] == mode].iloc[0]
+            e = {m: (s[m] - real[m]) / real[m] if real[m] else math.nan
+                 for m in ("throughput_qps", "p50_ms", "p99_ms")}
+            ok = abs(e["throughput_qps"]) <= 0.10 and abs(e["p50_ms"]) <= 0.10 and (
+                level > 0.6 or abs(e["p99_ms"]) <= 0.20)
+            rows.append({"model": model, "batching": batching, "level": level, "mode": mode,
+                         "real_qps": real["throughput_qps"], "real_p50_ms": real["p50_ms"],
+                         "real_p99_ms": real["p99_ms"], "sim_qps": s["throughput_qps"],
+                         "sim_p50_ms": s["p50_ms"], "sim_p99_ms": s["p99_ms"],
+                         "err_qps": e["throughput_qps"], "err_p50": e["p50_ms"],
+                         "err_p99": e["p99_ms"], "goal_met": bool(ok),
+                         "load_avg": real["load_avg"]})
+    return pd.DataFrame(rows)
+
+
+def markdown(goals: pd.DataFrame, mode: str = "sim+frontend") -> str:
+    g = goals[goals["mode"] == mode]
+    lines = ["| model | batching | load | real q/s | real p50 / p99 ms | sim q/s |"
+             " sim p50 / p99 ms | err q/s | err p50 | err p99 | goal | load avg |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for _, r in g.iterrows():
+        lines.append(
+            f"| {r['model']} | {r['batching']} | {r['level']:.0%} | {r['real_qps']:,.0f} | "
+            f"{r['real_p50_ms']:.2f} / {r['real_p99_ms']:.1f} | {r['sim_qps']:,.0f} | "
+            f"{r['sim_p50_ms']:.2f} / {r['sim_p99_ms']:.1f} | {r['err_qps']:+.0%} | "
+            f"{r['err_p50']:+.0%} | {r['err_p99']:+.0%} | {'yes' if r['goal_met'] else 'no'} |"
+            f" {r['load_avg']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot(goals: pd.DataFrame, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    g = goals[goals["mode"] == "sim+frontend"]
+    labels = [f"{m}\n{b}\n{lv:.0%}" for m, b, lv in zip(g["model"], g["batching"], g["level"],
+                                                       strict=True)]
+    for ax, col, lim, title in ((axes[0], "err_qps", 0.10, "throughput"),
+                                (axes[1], "err_p50", 0.10, "p50"),
+                                (axes[2], "err_p99", 0.20, "p99")):
+        vals = g[col].to_numpy() * 100
+        ax.bar(range(len(vals)), vals, color=["C2" if abs(v) <= lim * 100 else "C3"
+                                              for v in vals])
+        ax.axhspan(-lim * 100, lim * 100, color="0.9", zorder=0)
+        ax.set_xticks(range(len(vals)))
+        ax.set_xticklabels(labels, fontsize=5)
+        ax.set_ylabel("simulated vs real (%)")
+        ax.set_title(f"{title} error (goal band shaded)")
+        ax.set_yscale("symlog", linthresh=20)
+    fig.suptitle("simulator fidelity: calibrated simulator vs real server")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="results/validation")
+    ap.add_argument("--duration-s", type=float, default=4.0, help="seconds per load level")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--batchings", default=",".join(BATCHINGS))
+    ap.add_argument("--quick", action="store_true", help="tiny run (a smoke test)")
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = []
+    with tempfile.TemporaryDirectory(prefix="clipperlab-fidelity-") as d:
+        for model in a.models.split(","):
+            path = "" if model == "noop" else str(save_sklearn(model, d))
+            for bname in a.batchings.split(","):
+                dep = Path(d) / f"{model}-{bname}.toml"
+                dep.write_text(deploy_toml(model, path, BATCHINGS[bname]))
+                wl = Workload(ConstantRate(100), n_queries=100, app="digits",
+                              inputs=DigitsInputs())
+                print(f"=== {model} / {bname} (load average {os.getloadavg()[0]:.2f})",
+                      flush=True)
+                kw = {}
+                if a.quick:
+                    kw = {"batch_sizes": (1, 8), "profile_repeats": 10, "calib_s": 1.0,
+                          "ramp_s": 0.5, "capacity_qps": 200.0}
+                res = validate(dep, wl, duration_s=0.5 if a.quick else a.duration_s,
+                               log=lambda s: print(s, flush=True), **kw)  # type: ignore[arg-type]
+                print(format_table(res), flush=True)
+                sub = out / f"{model}-{bname}"
+                write_outputs(res, sub, f"{model}, {bname} batching, digits, SLO 20 ms")
+                (sub / "deploy.toml").write_text(
+                    "# model file regenerated by python -m real.calib_fidelity\n"
+                    + deploy_toml(model, Path(path).name if path else "", BATCHINGS[bname]))
+                t = res.table.copy()
+                t.insert(0, "batching", bname)
+                t.insert(0, "model", model)
+                t["capacity_qps"] = res.calibration.capacity_qps
+                t["overhead_ms"] = res.calibration.overhead_s * 1e3
+                t["frontend_cost_us"] = res.calibration.frontend_cost_s * 1e6
+                tables.append(t)
+                pd.concat(tables).to_csv(out / "fidelity.csv", index=False, float_format="%.6g")
+    table = pd.concat(tables, ignore_index=True)
+    goals = goal_rows(table)
+    goals.to_csv(out / "fidelity_goals.csv", index=False, float_format="%.4f")
+    plot(goals, out / "fidelity.png")
+    cal = table.groupby(["model", "batching"], sort=False)[
+        ["capacity_qps", "overhead_ms", "frontend_cost_us"]].first().reset_index()
+    text = ["# Simulator fidelity", "",
+            "Calibrated simulator (measured profiles + frontend cost as a shared FIFO link +"
+            " fixed per-query overhead) against the real server:", "", markdown(goals), "",
+            "Plain simulator (measured profiles only):", "", markdown(goals, "sim"), "",
+            "Calibration per run:", "", markdown_table(cal), ""]
+    (out / "fidelity.md").write_text("\n".join(text))
+    print("\n".join(text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
