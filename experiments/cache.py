@@ -325,6 +325,10 @@ def plot(results: Results, out_dir: Path) -> list[Path]:
                  "feedback joined with cached predictions", legend_axes=axes[:1])]
 
 
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.1f}x" if b > 0 else "unbounded (a cache join costs no simulated time)"
+
+
 def claims(results: Results, cfg: Config) -> list[Claim]:
     t = results.table
     out = []
@@ -347,7 +351,7 @@ def claims(results: Results, cfg: Config) -> list[Claim]:
             out.append(Claim(
                 f"[{mode}] feedback processing, cache on vs off (mean time to apply; rate)",
                 "1.6x to 3x faster with the cache (prototype logs)",
-                f"{b['feedback_mean_ms'] / a['feedback_mean_ms']:.1f}x faster "
+                f"{_ratio(b['feedback_mean_ms'], a['feedback_mean_ms'])} faster "
                 f"({a['feedback_mean_ms']:.2f} vs {b['feedback_mean_ms']:.2f} ms); "
                 f"{a['feedback_per_s'] / b['feedback_per_s']:.2f}x the rate "
                 f"({a['feedback_per_s']:,.0f} vs {b['feedback_per_s']:,.0f}/s); "
