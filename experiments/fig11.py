@@ -301,8 +301,9 @@ def run(cfg: Config) -> Results:
     rows: list[dict[str, Any]] = []
     steps_all: list[dict[str, Any]] = []
     notes: list[str] = []
-    ray_ok, why = available()
-    if "rayserve" in cfg.systems and "real" in cfg.modes and not ray_ok:
+    want_ray = "rayserve" in cfg.systems and "real" in cfg.modes
+    ray_ok, why = available() if want_ray else (False, "")
+    if want_ray and not ray_ok:
         notes.append(f"Ray Serve skipped: not importable here ({why}); "
                      "`pip install 'ray[serve]'` adds it")
     notes.append(f"load average at the start: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
