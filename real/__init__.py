@@ -1,1 +1,18 @@
-"""clipperlab real."""
+"""clipperlab's real mode: the engine behind real sockets, with model processes.
+
+``real/`` only translates between the network and the engine; every decision stays in
+``engine/``.  Map (one concept per module):
+
+- ``server``: ``Server`` wires everything on one uvloop event loop; ``ServerThread`` runs
+  it in a background thread (tests, notebooks).  ``cmd_serve``: ``clipperlab serve``.
+- ``driver``: ``EngineDriver`` feeds the engine (``time.monotonic()``), arms its one timer,
+  carries out ``SendBatch``/``Reply``/``FeedbackApplied``.
+- ``http``: the HTTP/1.1 protocol (httptools; keep-alive, pipelining, 413, fair parsing).
+- ``frontend``: Clipper's REST API and ``/metrics``; ``oip``: Open Inference Protocol v2;
+  ``inputs``: checks inputs against the application's type and shape.
+- ``admin``: the admin API; ``client``: ``AdminClient`` and ``QueryClient``.
+- ``protocol``: the container RPC's frames; ``rpc``: the frontend's end of it;
+  ``container`` and ``models``: the container's end (``clipperlab container``,
+  ``cmd_container``); ``manager``: starts, watches and restarts local containers.
+- ``store``: SQLite persistence; ``config``: ``deploy.toml``; ``metrics``: Prometheus.
+"""
