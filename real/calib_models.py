@@ -18,6 +18,7 @@ Python class to load them.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,9 +128,10 @@ def save_torch(name: str, out_dir: str | Path, seed: int = 0) -> Path:
     net = build_torch(name, seed)
     path = Path(out_dir) / f"{name}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript: what containers load
         traced = torch.jit.trace(net, torch.zeros((2, *spec.input_shape)))
-    torch.jit.save(traced, str(path))  # type: ignore[no-untyped-call]
+        torch.jit.save(traced, str(path))  # type: ignore[no-untyped-call]
     return path
 
 

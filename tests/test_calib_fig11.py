@@ -17,6 +17,7 @@ from real.calib_fidelity import goal_rows, markdown
 from real.calib_models import TORCH_MODELS, build_torch, save_torch
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize("name", ["digits-cnn", "cifar-cnn"])
 def test_models_trace_and_answer(name: str, tmp_path: Path) -> None:
     """Each figure-11 model saves as TorchScript and answers a batch with 10+ classes."""
