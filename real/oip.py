@@ -6,8 +6,9 @@ Rules:
   linked model is up, else 503.
 - ``infer`` takes exactly one input tensor.  ``shape[0]`` is the batch dimension when the
   tensor has two or more dimensions, each row one query; a numeric tensor of one dimension
-  is one query (a vector); each element of a BYTES tensor is one query (a str or bytes).  JSON ``data`` may be flat or nested; binary
-  tensor data (``Inference-Header-Content-Length``, ``binary_data_size``) is accepted.
+  is one query (a vector); each element of a BYTES tensor is one query (a str or bytes).
+  JSON ``data`` may be flat or nested; binary tensor data
+  (``Inference-Header-Content-Length``, ``binary_data_size``) is accepted.
 - The response has the output ``output`` (datatype from the values) and ``default`` (BOOL,
   one per row); ``outputs`` in the request may ask for a subset and for binary data.
 - Errors: ``{"error": msg}`` with 400, 404 (unknown model/version), 503 (overload).
