@@ -1,7 +1,7 @@
 """Deploy a scikit-learn model to a running ``clipperlab serve`` and query it.
 
-    clipperlab serve &            # query port 1337, admin port 1338
-    python3 examples/real_deploy.py
+clipperlab serve &            # query port 1337, admin port 1338
+python3 examples/real_deploy.py
 """
 
 from sklearn.datasets import load_digits
