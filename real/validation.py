@@ -11,9 +11,14 @@ Theory of operation (``validate``):
    already inside the profiles).
 3. Start the real server in its own process (cache off unless the workload is cacheable,
    as the paper salted its inputs), wait until the application is ready.
-4. Calibration run at low load (``calib_qps``): the real p50 minus the simulator's p50 is
-   the fixed per-query overhead the simulator does not see (HTTP, JSON, the frontend's
-   event loop, the load generator's millisecond timer): ``overhead_s``.
+4. Calibration run at low load (``calib_qps``).  The server's own metrics (``/metrics``:
+   batch latency and size, query latency inside the server) give the *in-situ slowdown*:
+   the mean batch latency the engine saw over the profile's mean at that batch size (on
+   a 2-core machine the container shares the CPUs with the frontend and the load
+   generator, which the profiler's run did not): ``slowdown`` (>= 1).  After step 5, the
+   real p50 minus the calibrated simulator's p50 at this load is the fixed per-query
+   overhead the simulator does not see (HTTP, JSON, the frontend's event loop, the load
+   generator's millisecond timer): ``overhead_s``.
 5. Capacity: unless given, the offered load ramps (x``ramp_step`` per ``ramp_s`` step)
    until fewer than 95% of the queries get a non-default answer; capacity is the best
    good throughput seen.  The server process's CPU time per query at the last good step
@@ -21,9 +26,9 @@ Theory of operation (``validate``):
 6. For each level (fraction of capacity) the workload's trace is re-timed to that rate
    (``n = rate x duration_s`` queries, arrival times scaled, so any arrival process keeps
    its shape) and run on the real server, in the plain simulator, and in the calibrated
-   simulator: the frontend modelled as a FIFO link shared by all replicas whose per-input
-   transfer time is ``frontend_cost_s`` (the ``frontend_link`` knob) and ``overhead_s``
-   added to every answered query's latency.
+   simulator: profiles scaled by ``slowdown``, the frontend modelled as a FIFO link shared
+   by all replicas whose per-input transfer time is ``frontend_cost_s`` (the
+   ``frontend_link`` knob), and ``overhead_s`` added to every answered query's latency.
 7. Relative errors (sim - real) / real of throughput, mean, p50, p90, p99.
 
 All latency statistics come from ``simulator.result.summarise`` for both modes.
@@ -92,6 +97,7 @@ class Calibration:
     overhead_s: float = 0.0
     frontend_cost_s: float = 0.0
     capacity_qps: float = math.nan
+    slowdown: float = 1.0  # in-situ batch latency / profiled latency (CPU contention)
 
 
 @dataclass
@@ -175,8 +181,9 @@ def sim_deployment(
 ) -> Deployment:
     """The simulated twin of ``dep`` (module step 2; calibrated per step 6 when given)."""
     app, models = _specs(dep, app_name)
+    k = calibration.slowdown if calibration is not None else 1.0
     mds = [
-        ModelDeployment(spec=spec, profile=profiles[spec.name], replicas=n,
+        ModelDeployment(spec=spec, profile=scaled(profiles[spec.name], k), replicas=n,
                         outputs=ConstantOutputs(0))
         for spec, n, _ in models
     ]
@@ -191,6 +198,61 @@ def sim_deployment(
         hosts=(host,),
         frontend_link=front,
     )
+
+
+def scaled(profile: LatencyProfile, factor: float) -> LatencyProfile:
+    """``profile`` with every latency (and its fitted line) multiplied by ``factor``."""
+    if factor == 1.0 or not math.isfinite(factor) or factor <= 0:
+        return profile
+    fit = profile.fit or (0.0, 0.0)
+    return dataclasses.replace(
+        profile,
+        latency_s=tuple(tuple(v * factor for v in row) for row in profile.latency_s),
+        fit=(fit[0] * factor, fit[1] * factor),
+        tags={**profile.tags, "scaled": f"x{factor:.3f} (in-situ slowdown)"},
+    )
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Sums and counts of the server's query latency, batch latency and batch size
+    histograms (``/metrics``), summed over labels."""
+    names = ("clipperlab_query_latency_seconds", "clipperlab_batch_latency_seconds",
+             "clipperlab_batch_size")
+    out = dict.fromkeys((f"{n}_{k}" for n in names for k in ("sum", "count")), 0.0)
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {k: math.nan for k in out}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in out:
+            with contextlib.suppress(ValueError, IndexError):
+                out[name] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def in_situ(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """What the server saw between two scrapes: mean query latency inside the server,
+    mean batch latency and mean batch size."""
+    def mean(n: str) -> float:
+        c = after[f"{n}_count"] - before[f"{n}_count"]
+        return (after[f"{n}_sum"] - before[f"{n}_sum"]) / c if c > 0 else math.nan
+
+    return {"server_mean_ms": mean("clipperlab_query_latency_seconds") * 1e3,
+            "batch_mean_ms": mean("clipperlab_batch_latency_seconds") * 1e3,
+            "batch_size_mean": mean("clipperlab_batch_size")}
+
+
+def _slowdown(seen: Mapping[str, float], profiles: Mapping[str, LatencyProfile]) -> float:
+    """In-situ mean batch latency over the profile's mean at the in-situ mean batch size
+    (one model: its profile; several: their average)."""
+    b = seen.get("batch_size_mean", math.nan)
+    if not math.isfinite(b) or not profiles:
+        return math.nan
+    size = max(int(round(b)), 1)
+    prof_ms = float(np.mean([p.mean_s(size) for p in profiles.values()])) * 1e3
+    return seen["batch_mean_ms"] / prof_ms if prof_ms > 0 else math.nan
 
 
 # --------------------------------------------------------------------------- the server
@@ -302,13 +364,16 @@ def retime(workload: Workload, rate_qps: float, duration_s: float, seed: int) ->
 
 
 def _real_run(srv: ServerProcess, trace: Trace, pool: np.ndarray, api: str,
-              connections: int, idle_cpu: float = 0.0) -> tuple[pd.DataFrame, float]:
-    """The load run and the server's CPU seconds per query, less its idle CPU rate
-    (heartbeats, timers) over the run's wall time."""
+              connections: int, idle_cpu: float = 0.0
+              ) -> tuple[pd.DataFrame, float, dict[str, float]]:
+    """The load run, the server's CPU seconds per query (less its idle CPU rate over the
+    run's wall time) and what the server saw (``in_situ``)."""
+    m0 = scrape(srv.url)
     c0, t0 = srv.cpu_s(), time.monotonic()
     table = run_load(trace, pool, srv.url, api=api, connections=connections, drain_s=5.0)
     cpu = srv.cpu_s() - c0 - idle_cpu * (time.monotonic() - t0)
-    return table, max(cpu, 0.0) / max(len(trace), 1)
+    seen = in_situ(m0, scrape(srv.url))
+    return table, max(cpu, 0.0) / max(len(trace), 1), seen
 
 
 def _idle_cpu(srv: ServerProcess, seconds: float = 1.0) -> float:
@@ -407,7 +472,7 @@ def validate(
                  connections=connections)
         idle = _idle_cpu(srv)
         tr = retime(workload, calib_qps, calib_s, seed + 1)
-        real_c, cpu_c = _real_run(srv, tr, pool, api, connections, idle)
+        real_c, cpu_c, seen_c = _real_run(srv, tr, pool, api, connections, idle)
         s_real_c = summarise(real_c)
         calib_trace = tr
         log(f"  real p50 {s_real_c.get('p50_ms', math.nan):.3f} ms; server CPU "
@@ -421,7 +486,7 @@ def validate(
             log(f"capacity ramp (profiles alone allow {est:,.0f} q/s) ...")
             while rate < 50 * est:
                 tr = retime(workload, rate, ramp_s, seed + 2)
-                t, cpu_q = _real_run(srv, tr, pool, api, connections, idle)
+                t, cpu_q, seen = _real_run(srv, tr, pool, api, connections, idle)
                 s = summarise(t)
                 good = _good_share(s)
                 log(f"  offered {rate:>9,.0f} q/s -> good share {good:.3f}, throughput "
@@ -433,7 +498,12 @@ def validate(
                 cost_s = cpu_q
                 rate *= ramp_step
             capacity_qps = best if best > 0 else rate
-        calib = Calibration(frontend_cost_s=cost_s, capacity_qps=float(capacity_qps))
+        slow = _slowdown(seen_c, {s.name: profs[s.name] for s, _, _ in models})
+        calib = Calibration(frontend_cost_s=cost_s, capacity_qps=float(capacity_qps),
+                            slowdown=slow if math.isfinite(slow) and slow > 1.0 else 1.0)
+        log(f"  in the server at {calib_qps:g} q/s: batch latency {seen_c['batch_mean_ms']:.3f}"
+            f" ms at mean size {seen_c['batch_size_mean']:.2f} -> profile x{slow:.2f};"
+            f" query latency inside the server {seen_c['server_mean_ms']:.3f} ms")
         sim1 = sim_deployment(dep, workload.app, profs, input_bytes=workload.input_bytes,
                               calibration=calib)
         # the fixed overhead: what the calibrated simulator still misses at low load
@@ -446,16 +516,22 @@ def validate(
         for lv in levels:
             rate = lv * float(capacity_qps)
             tr = retime(workload, rate, duration_s, seed + 3)
-            t, cpu_q = _real_run(srv, tr, pool, api, connections, idle)
+            t, cpu_q, seen = _real_run(srv, tr, pool, api, connections, idle)
             s_real = summarise(t)
             s_sim, _ = _sim_run(sim0, tr, seed)
             s_cal, _ = _sim_run(sim1, tr, seed, overhead_s)
             la = os.getloadavg()[0]
             for mode, s in (("real", s_real), ("sim", s_sim), ("sim+frontend", s_cal)):
+                real = mode == "real"
                 rows.append({"level": lv, "offered_qps": rate, "mode": mode,
                              **{k: s.get(k, math.nan) for k in (*METRICS, "default_rate")},
-                             "server_cpu_us_per_query": cpu_q * 1e6 if mode == "real"
-                             else math.nan, "load_avg": la})
+                             "server_cpu_us_per_query": cpu_q * 1e6 if real else math.nan,
+                             "server_mean_ms": seen["server_mean_ms"] if real else math.nan,
+                             "batch_mean_ms": seen["batch_mean_ms"] if real else math.nan,
+                             "batch_size_mean": seen["batch_size_mean"] if real else s.get(
+                                 "mean_batch_size", math.nan),
+                             "slowdown": _slowdown(seen, profs) if real else math.nan,
+                             "load_avg": la})
             log(f"  level {lv:.0%} ({rate:,.0f} q/s): real p50/p99 "
                 f"{s_real.get('p50_ms', math.nan):.2f}/{s_real.get('p99_ms', math.nan):.2f} ms, "
                 f"sim+frontend {s_cal.get('p50_ms', math.nan):.2f}/"
@@ -510,7 +586,7 @@ def format_table(res: ValidationResult) -> str:
     c = res.calibration
     lines.append(f"calibration: capacity {c.capacity_qps:,.0f} q/s, fixed overhead "
                  f"{c.overhead_s * 1e3:.3f} ms/query, frontend CPU {c.frontend_cost_s * 1e6:.0f}"
-                 " us/query")
+                 f" us/query, in-situ slowdown x{c.slowdown:.2f}")
     return "\n".join(lines)
 
 
@@ -529,7 +605,8 @@ def markdown(res: ValidationResult, title: str = "") -> str:
                      f"{r['p99_ms']:.2f} | " + " | ".join(errs) + " |")
     c = res.calibration
     lines += ["", f"Capacity {c.capacity_qps:,.0f} q/s; fixed overhead {c.overhead_s * 1e3:.3f}"
-              f" ms/query; frontend CPU {c.frontend_cost_s * 1e6:.0f} us/query. "
+              f" ms/query; frontend CPU {c.frontend_cost_s * 1e6:.0f} us/query; in-situ"
+              f" slowdown of the profiles x{c.slowdown:.2f}. "
               + " ".join(res.notes)]
     return "\n".join(lines)
 
