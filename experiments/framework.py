@@ -141,11 +141,13 @@ def run_experiment(
     """Run experiment ``name`` and write ``out_dir`` (default ``results/NAME``)."""
     mod = load_experiment(name)
     cfg = make_config(mod, quick=quick, seed=seed, overrides=overrides)
+    commit = _git_commit()  # the code that ran, not what was committed meanwhile
     t0 = time.perf_counter()
     results: Results = mod.run(cfg)
     wall_s = time.perf_counter() - t0
     out = Path(out_dir) if out_dir is not None else Path("results") / name
-    files = write_outputs(mod, cfg, results, out, wall_s=wall_s, quick=quick, command=command)
+    files = write_outputs(mod, cfg, results, out, wall_s=wall_s, quick=quick, command=command,
+                          commit=commit)
     return RunRecord(name, cfg, results, wall_s, out, files)
 
 
@@ -219,6 +221,7 @@ def write_outputs(
     wall_s: float,
     quick: bool,
     command: str = "",
+    commit: str | None = None,
 ) -> list[Path]:
     """Write the table, raw tables, figures and ``summary.md``; return the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -239,7 +242,8 @@ def write_outputs(
     claims: list[Claim] = list(mod.claims(results, config))
     summary = out_dir / "summary.md"
     summary.write_text(
-        _summary_text(mod, config, results, claims, figures, out_dir, wall_s, quick, command)
+        _summary_text(mod, config, results, claims, figures, out_dir, wall_s, quick, command,
+                      commit)
     )
     files.append(summary)
     (out_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
@@ -257,6 +261,7 @@ def _summary_text(
     wall_s: float,
     quick: bool,
     command: str,
+    commit: str | None = None,
 ) -> str:
     doc = (mod.__doc__ or "").strip()
     lines = [f"# {mod.NAME}: {mod.TITLE}", ""]
@@ -266,7 +271,7 @@ def _summary_text(
     cmd = command or f"clipperlab experiment {mod.NAME}{' --quick' if quick else ''}"
     lines += [
         f"Run: `{cmd}` ({mode} mode, seed {config.seed}), {wall_s:.1f} s wall on "
-        f"{platform.machine()} with {_cpu_count()} CPUs, commit {_git_commit()}, "
+        f"{platform.machine()} with {_cpu_count()} CPUs, commit {commit or _git_commit()}, "
         f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}.",
         "",
         "## The paper beside ours",
