@@ -46,7 +46,7 @@ class Config:
     n_users: int = 40
     policies: tuple[str, ...] = ("exp4", "exp3")
     n_queries: int = 20_000
-    rate_qps: float = 1_000.0
+    rate_qps: float = 250.0
     slo_ms: float = 100.0
     feedback_delay_ms: float = 0.5
     real_queries: int = 600

@@ -47,7 +47,7 @@ class Config:
     models: tuple[str, ...] = ("logreg", "rbf_svm", "random_forest", "knn", "torch_cnn")
     thresholds: tuple[float, ...] = (0.4, 0.6, 0.8, 1.0)
     n_queries: int = 20_000
-    rate_qps: float = 1_000.0
+    rate_qps: float = 250.0
     slo_ms: float = 100.0
     real_queries: int = 1_000
 

@@ -18,7 +18,12 @@ Modes: ``sim`` replays the models' recorded predictions in the simulator (consta
 ``rate_qps``, AIMD batching, objective ``slo_ms``); ``real`` sends a shorter stream
 (``real_queries``, failure over the same fractions of it) through the real server, the
 models running as real containers (the failing one a ``Switchable`` wrapper flipped by a
-flag file), labels over ``POST /{app}/update`` with the answer's ``query_id``.
+flag file), labels over ``POST /{app}/update`` with the answer's ``query_id``, and the
+prediction cache off (as the simulated stream, whose inputs are salted: cached answers
+would hide the failure and outlive it).  With
+``real_compress`` (default) the real run is the simulated one in fast-forward: every
+learning rate and discount is multiplied by ``n_queries / real_queries``, so the policies
+move as far per fraction of the stream as they do in the longer simulated stream.
 """
 
 from __future__ import annotations
@@ -44,8 +49,8 @@ NAME = "fig8"
 TITLE = "Exp3 and Exp4 under model failure: cumulative error and weights over time"
 
 ADAPTIVE: dict[str, dict[str, Any]] = {
-    "exp3": {},
-    "exp4": {},
+    "exp3": {"eta": 0.01},
+    "exp4": {"eta": 0.01},
     "epsilon_greedy": {},
     "ucb1": {},
     "exp3_discounted": {"eta": 0.1, "gamma": 0.05, "discount": 0.002},
@@ -65,10 +70,11 @@ class Config:
     fail_from: int = 5_000
     fail_to: int = 10_000
     fail_accuracy: float = 0.0
-    rate_qps: float = 1_000.0
+    rate_qps: float = 250.0
     slo_ms: float = 100.0
     feedback_delay_ms: float = 20.0
-    real_queries: int = 1_500
+    real_queries: int = 2_000
+    real_compress: bool = True
     every: int = 100
 
 
@@ -90,9 +96,19 @@ def _check(cfg: Config) -> None:
             raise ValueError(f"policies: {p!r} is not one of {tuple(ADAPTIVE)}")
 
 
-def _all_policies(cfg: Config) -> list[tuple[str, str, dict[str, Any]]]:
-    """(label, engine policy, params) for every curve."""
-    out = [(p, p, ADAPTIVE[p]) for p in cfg.policies]
+def _all_policies(cfg: Config, scale: float = 1.0) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, engine policy, params) for every curve; ``scale`` multiplies learning rates
+    and discounts (a stream ``scale`` times shorter, learnt at the same pace per query
+    fraction)."""
+    def scaled(params: dict[str, Any]) -> dict[str, Any]:
+        out = dict(params)
+        if "eta" in out:
+            out["eta"] = out["eta"] * scale
+        if "discount" in out:
+            out["discount"] = min(out["discount"] * scale, 0.5)
+        return out
+
+    out = [(p, p, scaled(ADAPTIVE[p])) for p in cfg.policies]
     out += [(f"static:{m}", "static", {"model": m}) for m in cfg.models]
     return out
 
@@ -151,8 +167,10 @@ def _real(cfg: Config) -> list[dict[str, Any]]:
     rng = np.random.default_rng([cfg.seed, 8])
     idx = rng.integers(0, zoo.pool_y.size, n)
     xs, ys = zoo.pool_x[idx], zoo.pool_y[idx]
-    curves = _all_policies(cfg)
-    with real_server(seed=cfg.seed) as rig:
+    curves = _all_policies(cfg, cfg.n_queries / n if cfg.real_compress else 1.0)
+    # No prediction cache: a failing model is not a function of its input, and cached
+    # answers would hide the failure (hits on good answers) and outlive it (hits on bad).
+    with real_server(cache=False, seed=cfg.seed) as rig:
         flag = rig.tmp / "fail.flag"
         for m in cfg.models:
             model = zoo.models[m]
@@ -181,7 +199,7 @@ def _real(cfg: Config) -> list[dict[str, Any]]:
         correct = np.array([(not r["default"]) and r["output"] == r["label"] for r in rs])
         fb = [(float(r["i"]), _Applied(r.get("losses", {}))) for r in rs]
         rows += _rows("real", label, policy, params, cfg.models, correct, fb,
-                      max(1, cfg.every * n // cfg.n_queries), (lo, hi))
+                      max(20, cfg.every * n // cfg.n_queries), (lo, hi))
     return rows
 
 
@@ -210,6 +228,9 @@ _STYLE = {"exp3": ("#1f77b4", "-"), "exp4": ("#d62728", "-"),
           "epsilon_greedy": ("#2ca02c", "-"), "ucb1": ("#9467bd", "-")}
 
 
+_STATIC_COLORS = ("#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+
+
 def plot(results: Results, out_dir: Path) -> list[Path]:
     t = results.table
     files = []
@@ -220,8 +241,10 @@ def plot(results: Results, out_dir: Path) -> list[Path]:
         span = tm[tm["phase"] == "during"]["queries"]
         lo = int(span.min()) - int(tm["queries"].min()) if len(span) else None
         hi = int(span.max()) if len(span) else None
+        statics = [p for p in tm["policy"].unique() if str(p).startswith("static")]
         for pol, g in tm.groupby("policy", sort=False):
-            c, ls = _STYLE.get(str(pol), ("#999999", ":"))
+            c, ls = _STYLE.get(str(pol), (_STATIC_COLORS[statics.index(pol) % 5]
+                                          if pol in statics else "#999999", ":"))
             lw = 1.0 if str(pol).startswith("static") else 1.8
             axes[0].plot(g["queries"], g["cum_error"], color=c, ls=ls, lw=lw, label=str(pol))
             axes[1].plot(g["queries"], g["window_error"], color=c, ls=ls, lw=lw, label=str(pol))

@@ -3,6 +3,8 @@ real containers, queries over ``POST /{app}/predict`` and labels over ``POST /{a
 
 Rules:
 - The server runs in this process (``real.server.ServerThread``) on 127.0.0.1 with
+  heartbeats every second (a loaded 2-core machine misses tighter ones and drops busy
+  containers),
   ephemeral ports and a temporary store, removed afterwards; model containers are real
   processes started by its container manager.
 - Zoo models deploy as what they are: scikit-learn estimators with ``deploy_sklearn``, the
@@ -62,7 +64,7 @@ def real_server(*, cache: bool = True, remember_queries: int = 50_000,
     register()
     tmp = Path(tempfile.mkdtemp(prefix="clipperlab-sel-"))
     cfg = load_config(None, query_port=0, admin_port=0, rpc_port=0, store=str(tmp / "store"),
-                      heartbeat_interval_s=0.2, cache=cache, remember_queries=remember_queries,
+                      heartbeat_interval_s=1.0, cache=cache, remember_queries=remember_queries,
                       seed=seed, save_state_every_s=3600.0,
                       cache_capacity_bytes=(32 << 20) if cache else 0)
     st = ServerThread(cfg).start()
