@@ -210,7 +210,7 @@ def claims(results: Results, cfg: Config) -> list[Claim]:
                  for m in cfg.models]
         out.append(Claim(
             "throughput gain of AIMD over no batching",
-            "large for models with a high fixed cost per batch, small for kernel SVM",
+            "implied by the fits: large where the fixed cost dominates, small for kernel SVM",
             ", ".join(f"{m} {g:.1f}x" for m, g in zip(cfg.models, gains, strict=True)),
         ))
     for pol in ("aimd", "bentoml"):
