@@ -291,6 +291,7 @@ def summarise(table: pd.DataFrame) -> dict[str, float]:
     out["errors"] = float(((st != 200) & (st != 503) & (st != 0)).sum())
     lag = table["lag_s"].to_numpy()
     if np.isfinite(lag).any():
+        out["mean_lag_ms"] = float(np.nanmean(lag) * 1e3)
         out["max_lag_ms"] = float(np.nanmax(lag) * 1e3)
     return out
 
