@@ -20,8 +20,9 @@ Theory of operation (``validate``):
    overhead the simulator does not see (HTTP, JSON, the frontend's event loop, the load
    generator's millisecond timer): ``overhead_s``.
 5. Capacity: unless given, the offered load ramps (x``ramp_step`` per ``ramp_s`` step)
-   until fewer than 95% of the queries get a non-default answer; capacity is the best
-   good throughput seen.  The server process's CPU time per query at the last good step
+   until fewer than 95% of the queries get a non-default answer, with one more step
+   between the last good and the first bad rate; capacity is the best good throughput
+   seen.  The server process's CPU time per query at the last good step
    is the frontend's cost per query: ``frontend_cost_s``.
 6. For each level (fraction of capacity) the workload's trace is re-timed to that rate
    (``n = rate x duration_s`` queries, arrival times scaled, so any arrival process keeps
@@ -487,6 +488,7 @@ def validate(
             rate = min(ramp_start_qps, 0.3 * est)
             best = 0.0
             log(f"capacity ramp (profiles alone allow {est:,.0f} q/s) ...")
+            last_good, first_bad = 0.0, 0.0
             while rate < 50 * est:
                 tr = retime(workload, rate, ramp_s, seed + 2)
                 t, cpu_q, seen = _real_run(srv, tr, pool, api, connections, idle)
@@ -496,9 +498,16 @@ def validate(
                     f"{s.get('throughput_qps', 0):,.0f} q/s, p99 {s.get('p99_ms', math.nan):.1f}"
                     f" ms, server CPU {cpu_q * 1e6:.0f} us/query")
                 if good < 0.95:
-                    break
-                best = max(best, s.get("throughput_qps", 0.0), rate * good)
+                    if first_bad or not last_good:
+                        break
+                    # one more step between the last good and the first bad rate
+                    first_bad, rate = rate, math.sqrt(last_good * rate)
+                    continue
+                best = max(best, min(s.get("throughput_qps", 0.0), rate * good))
                 cost_s = cpu_q
+                last_good = rate
+                if first_bad:
+                    break
                 rate *= ramp_step
             capacity_qps = best if best > 0 else rate
         slow = _slowdown(seen_c, {s.name: profs[s.name] for s, _, _ in models})
