@@ -49,7 +49,7 @@ class Config:
     rate_qps: float = 250.0
     slo_ms: float = 100.0
     feedback_delay_ms: float = 0.5
-    real_queries: int = 600
+    real_queries: int = 1_600
     real_users: int = 8
 
 
