@@ -254,8 +254,8 @@ def _real(cfg: Config) -> list[dict[str, Any]]:
                        np.random.default_rng([cfg.seed, 78]))
     for on in (True, False):
         with real_server(cache=on, remember_queries=1, seed=cfg.seed) as rig:
-            for m in models:
-                deploy(rig.admin, m, zoo.models[m])
+            for name in models:
+                deploy(rig.admin, name, zoo.models[name])
             rig.admin.add_app("fb", slo_ms=1000, default_output=-1, policy="exp4",
                               input_shape=[64])
             rig.admin.link("fb", list(models))

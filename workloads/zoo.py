@@ -78,7 +78,8 @@ def task_labels(y: np.ndarray, task: str) -> np.ndarray:
         return y
     if task.startswith("digits-binary-"):
         d = int(task.rsplit("-", 1)[1])
-        return (y == d).astype(np.int64)
+        out: np.ndarray = (y == d).astype(np.int64)
+        return out
     raise WorkloadError(f"zoo task {task!r} is unknown; expected one of {TASKS}")
 
 
@@ -143,7 +144,8 @@ def _cnn(k: int) -> Any:
             h = x.reshape(-1, 1, 8, 8) / 16.0
             h = torch.relu(self.conv1(h))
             h = torch.max_pool2d(torch.relu(self.conv2(h)), 2)
-            return self.fc(h.flatten(1))
+            out: torch.Tensor = self.fc(h.flatten(1))
+            return out
 
     return SmallCNN()
 
@@ -165,7 +167,8 @@ def _train_torch(x: np.ndarray, y: np.ndarray, k: int, seed: int) -> TorchPredic
             for i in range(0, xt.shape[0], 64):
                 b = perm[i:i + 64]
                 opt.zero_grad()
-                torch.nn.functional.cross_entropy(net(xt[b]), yt[b]).backward()
+                loss = torch.nn.functional.cross_entropy(net(xt[b]), yt[b])
+                loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
         net.eval()
         return TorchPredictor(net, k)
