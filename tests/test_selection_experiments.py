@@ -72,3 +72,15 @@ def test_bad_values_are_one_line_errors(args: list[str], needle: str,
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and "\n" not in err
+
+
+def test_fig8_real_mode_tiny_run_writes_real_rows(tmp_path: Path) -> None:
+    """``mode=real``: a real server, real containers, feedback over HTTP; the table holds
+    the same columns as the simulated run and a ``fig8-real.png``."""
+    over = dict(TINY["fig8"], mode="real", real_queries=60, every=500)
+    rec = run_experiment("fig8", quick=True, out_dir=tmp_path, overrides=over)
+    t = rec.results.table
+    assert set(t["mode"]) == {"real"}
+    assert {"cum_error", "window_error", "p_rbf_svm"} <= set(t.columns)
+    assert (tmp_path / "fig8-real.png").exists()
+    assert t[t["policy"] == "static:rbf_svm"]["window_error"].max() > 0.5  # the failure
