@@ -12,28 +12,29 @@ Theory of operation (``validate``):
 3. Start the real server in its own process (cache off unless the workload is cacheable,
    as the paper salted its inputs), wait until the application is ready.
 4. Calibration run at low load (``calib_qps``).  The server's own metrics (``/metrics``:
-   batch latency and size, query latency inside the server) give the *in-situ slowdown*:
-   the mean batch latency the engine saw over the profile's mean at that batch size (on
-   a 2-core machine the container shares the CPUs with the frontend and the load
-   generator, which the profiler's run did not): ``slowdown`` (>= 1).  After step 5, the
-   real p50 minus the calibrated simulator's p50 at this load is the fixed per-query
-   overhead the simulator does not see (HTTP, JSON, the frontend's event loop, the load
-   generator's millisecond timer): ``overhead_s``.
+   batch latency and size, query latency inside the server) give the batch latency the
+   engine saw; minus the profile's mean at that size it is ``batch_overhead_s``, the
+   per-batch cost of waking an idle frontend and container (the profiler sends batches
+   back to back, so its processes never sleep).  After step 5, the real p50 minus the
+   calibrated simulator's p50 at this load is the fixed per-query overhead the simulator
+   does not see (HTTP, JSON, the frontend's event loop, the load generator's millisecond
+   timer): ``overhead_s``.
 5. Capacity: unless given, the offered load ramps (x``ramp_step`` per ``ramp_s`` step)
    until fewer than 95% of the queries get a non-default answer, with one more step
    between the last good and the first bad rate; capacity is the best good throughput
-   seen.  The server process's CPU time per query at the last good step
-   is the frontend's cost per query: ``frontend_cost_s``.
+   seen.  The server process's CPU time per query at the last good step (less its idle
+   CPU) is the frontend's cost per query: ``frontend_cost_s``.
 6. For each level (fraction of capacity) the workload's trace is re-timed to that rate
    (``n = rate x duration_s`` queries, arrival times scaled, so any arrival process keeps
    its shape) and run on the real server, in the plain simulator, and in the calibrated
-   simulator: profiles scaled by ``slowdown``, the frontend modelled as a FIFO link shared
-   by all replicas whose per-input transfer time is ``frontend_cost_s`` (the
-   ``frontend_link`` knob), and ``overhead_s`` added to every answered query's latency.
+   simulator: ``batch_overhead_s`` as the host link's round trip (the ``Link.latency_s``
+   knob), the frontend as a FIFO link shared by all replicas whose per-input transfer time
+   is ``frontend_cost_s`` (the ``frontend_link`` knob), and ``overhead_s`` added to every
+   answered query's latency.
 7. Relative errors (sim - real) / real of throughput, mean, p50, p90, p99.  A fourth mode,
    ``sim+in-situ``, is a diagnostic, not a prediction: the calibrated twin with the
-   profiles scaled by the slowdown measured *in that run*; what it still misses is not
-   CPU contention.
+   profiles scaled by the batch latency the server saw *in that run* over the profile's
+   (CPU contention, wake-ups); what it still misses happens outside the batches.
 
 All latency statistics come from ``simulator.result.summarise`` for both modes.
 """
@@ -101,7 +102,8 @@ class Calibration:
     overhead_s: float = 0.0
     frontend_cost_s: float = 0.0
     capacity_qps: float = math.nan
-    slowdown: float = 1.0  # in-situ batch latency / profiled latency (CPU contention)
+    batch_overhead_s: float = 0.0  # per batch: in-situ batch latency - profiled, low load
+    slowdown: float = 1.0  # in-situ batch latency / profiled latency (diagnostic only)
 
 
 @dataclass
@@ -182,17 +184,20 @@ def sim_deployment(
     *,
     input_bytes: int,
     calibration: Calibration | None = None,
+    scale: float = 1.0,
 ) -> Deployment:
     """The simulated twin of ``dep`` (module step 2; calibrated per step 6 when given)."""
     app, models = _specs(dep, app_name)
-    k = calibration.slowdown if calibration is not None else 1.0
     mds = [
-        ModelDeployment(spec=spec, profile=scaled(profiles[spec.name], k), replicas=n,
+        ModelDeployment(spec=spec, profile=scaled(profiles[spec.name], scale), replicas=n,
                         outputs=ConstantOutputs(0))
         for spec, n, _ in models
     ]
     cpus = sum(n for _, n, _ in models) or 1
-    host = Host("local", cpus=cpus, link=Link(bandwidth_bps=1e15, latency_s=0.0))
+    # a batch's extra round-trip cost (wake-ups on an idle machine) as the host link's
+    # latency: inputs cross it once, outputs come back after it once
+    lat = calibration.batch_overhead_s / 2 if calibration is not None else 0.0
+    host = Host("local", cpus=cpus, link=Link(bandwidth_bps=1e15, latency_s=lat))
     front = None
     if calibration is not None and calibration.frontend_cost_s > 0:
         front = Link(bandwidth_bps=input_bytes * 8 / calibration.frontend_cost_s, latency_s=0.0)
@@ -257,6 +262,17 @@ def _slowdown(seen: Mapping[str, float], profiles: Mapping[str, LatencyProfile])
     size = max(int(round(b)), 1)
     prof_ms = float(np.mean([p.mean_s(size) for p in profiles.values()])) * 1e3
     return seen["batch_mean_ms"] / prof_ms if prof_ms > 0 else math.nan
+
+
+def _batch_extra_s(seen: Mapping[str, float], profiles: Mapping[str, LatencyProfile]) -> float:
+    """In-situ mean batch latency minus the profile's mean at that size (>= 0, seconds)."""
+    b = seen.get("batch_size_mean", math.nan)
+    if not math.isfinite(b) or not profiles:
+        return 0.0
+    size = max(int(round(b)), 1)
+    prof_s = float(np.mean([p.mean_s(size) for p in profiles.values()]))
+    extra = seen["batch_mean_ms"] / 1e3 - prof_s
+    return extra if math.isfinite(extra) and extra > 0 else 0.0
 
 
 # --------------------------------------------------------------------------- the server
@@ -510,12 +526,16 @@ def validate(
                     break
                 rate *= ramp_step
             capacity_qps = best if best > 0 else rate
-        slow = _slowdown(seen_c, {s.name: profs[s.name] for s, _, _ in models})
+        linked = {s.name: profs[s.name] for s, _, _ in models}
+        slow = _slowdown(seen_c, linked)
+        extra_s = _batch_extra_s(seen_c, linked)
         calib = Calibration(frontend_cost_s=cost_s, capacity_qps=float(capacity_qps),
+                            batch_overhead_s=extra_s,
                             slowdown=slow if math.isfinite(slow) and slow > 1.0 else 1.0)
         log(f"  in the server at {calib_qps:g} q/s: batch latency {seen_c['batch_mean_ms']:.3f}"
-            f" ms at mean size {seen_c['batch_size_mean']:.2f} -> profile x{slow:.2f};"
-            f" query latency inside the server {seen_c['server_mean_ms']:.3f} ms")
+            f" ms at mean size {seen_c['batch_size_mean']:.2f} (profile x{slow:.2f}, "
+            f"+{extra_s * 1e3:.3f} ms per batch); query latency inside the server "
+            f"{seen_c['server_mean_ms']:.3f} ms")
         sim1 = sim_deployment(dep, workload.app, profs, input_bytes=workload.input_bytes,
                               calibration=calib)
         # the fixed overhead: what the calibrated simulator still misses at low load
@@ -535,8 +555,8 @@ def validate(
             # diagnostic, not a prediction: the calibrated twin told this run's slowdown
             k = _slowdown(seen, profs)
             sim2 = sim_deployment(dep, workload.app, profs, input_bytes=workload.input_bytes,
-                                  calibration=dataclasses.replace(
-                                      calib, slowdown=k if math.isfinite(k) else 1.0))
+                                  calibration=dataclasses.replace(calib, batch_overhead_s=0.0),
+                                  scale=k if math.isfinite(k) else 1.0)
             s_ins, _ = _sim_run(sim2, tr, seed, overhead_s)
             la = os.getloadavg()[0]
             for mode, s in (("real", s_real), ("sim", s_sim), ("sim+frontend", s_cal),
@@ -605,7 +625,8 @@ def format_table(res: ValidationResult) -> str:
     c = res.calibration
     lines.append(f"calibration: capacity {c.capacity_qps:,.0f} q/s, fixed overhead "
                  f"{c.overhead_s * 1e3:.3f} ms/query, frontend CPU {c.frontend_cost_s * 1e6:.0f}"
-                 f" us/query, in-situ slowdown x{c.slowdown:.2f}")
+                 f" us/query, +{c.batch_overhead_s * 1e3:.3f} ms per batch (in-situ at low"
+                 f" load; x{c.slowdown:.2f} of the profile)")
     return "\n".join(lines)
 
 
@@ -624,8 +645,9 @@ def markdown(res: ValidationResult, title: str = "") -> str:
                      f"{r['p99_ms']:.2f} | " + " | ".join(errs) + " |")
     c = res.calibration
     lines += ["", f"Capacity {c.capacity_qps:,.0f} q/s; fixed overhead {c.overhead_s * 1e3:.3f}"
-              f" ms/query; frontend CPU {c.frontend_cost_s * 1e6:.0f} us/query; in-situ"
-              f" slowdown of the profiles x{c.slowdown:.2f}. "
+              f" ms/query; frontend CPU {c.frontend_cost_s * 1e6:.0f} us/query; per-batch"
+              f" overhead {c.batch_overhead_s * 1e3:.3f} ms (in-situ batch latency at low load"
+              f" x{c.slowdown:.2f} of the profile). "
               + " ".join(res.notes)]
     return "\n".join(lines)
 
