@@ -32,6 +32,7 @@ from workloads.users import UserGroups
 from .framework import Claim, Results
 from .plotting import grid, save, style_axis
 from .selection_common import check_mode, deployment
+from .selection_policies import register
 
 NAME = "fig10"
 TITLE = "Personalized selection: per-user state vs one global state"
@@ -138,6 +139,14 @@ def _real(cfg: Config) -> list[dict[str, Any]]:
 
 def run(cfg: Config) -> Results:
     check_mode(cfg.mode)
+    for p in cfg.policies:
+        if p not in ("exp3", "exp4", "epsilon_greedy", "ucb1", "exp3_discounted",
+                     "exp4_discounted"):
+            raise ValueError(f"policies: {p!r} is not an adaptive policy (exp3, exp4, "
+                             "epsilon_greedy, ucb1, exp3_discounted, exp4_discounted)")
+    if cfg.n_users < cfg.n_groups or cfg.real_users < cfg.n_groups:
+        raise ValueError("n_users and real_users must be >= n_groups")
+    register()
     rows: list[dict[str, Any]] = []
     raw: list[pd.DataFrame] = []
     if cfg.mode in ("sim", "both"):

@@ -33,7 +33,7 @@ from workloads.zoo import load_zoo
 
 from .framework import Claim, Results
 from .plotting import grid, save, style_axis
-from .selection_common import check_mode, deployment
+from .selection_common import check_mode, check_models, deployment
 
 NAME = "fig6"
 TITLE = "Ensembles and confidence: single models vs the ensemble, confident vs unsure answers"
@@ -144,6 +144,9 @@ def _real(cfg: Config) -> list[dict[str, Any]]:
 
 def run(cfg: Config) -> Results:
     check_mode(cfg.mode)
+    check_models(cfg.models)
+    if cfg.task not in ("digits-10", "digits-binary-3"):
+        raise ValueError(f"task must be digits-10 or digits-binary-3, got {cfg.task!r}")
     if any(not 0 <= t <= 1 for t in cfg.thresholds):
         raise ValueError(f"thresholds must be in [0, 1], got {cfg.thresholds}")
     rows: list[dict[str, Any]] = []

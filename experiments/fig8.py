@@ -42,7 +42,13 @@ from workloads.zoo import Switchable, load_zoo
 
 from .framework import Claim, Results
 from .plotting import grid, save, style_axis
-from .selection_common import check_mode, cumulative_error, deployment, weights_over_time
+from .selection_common import (
+    check_mode,
+    check_models,
+    cumulative_error,
+    deployment,
+    weights_over_time,
+)
 from .selection_policies import register
 
 NAME = "fig8"
@@ -87,6 +93,7 @@ def default_config(quick: bool) -> Config:
 
 def _check(cfg: Config) -> None:
     check_mode(cfg.mode)
+    check_models(cfg.models)
     if cfg.failing not in cfg.models:
         raise ValueError(f"failing={cfg.failing!r} must be one of models {cfg.models}")
     if not 0 <= cfg.fail_from < cfg.fail_to <= cfg.n_queries:

@@ -37,6 +37,7 @@ __all__ = [
     "MODES",
     "PROFILE_OF",
     "check_mode",
+    "check_models",
     "deployment",
     "weights_over_time",
 ]
@@ -63,6 +64,16 @@ PROFILE_OF: dict[str, str] = {
 def check_mode(mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def check_models(models: Sequence[str]) -> None:
+    """Models must be zoo models, at least one, none twice."""
+    from workloads.zoo import ZOO_MODELS
+
+    bad = [m for m in models if m not in ZOO_MODELS]
+    if bad or not models or len(set(models)) != len(models):
+        raise ValueError(f"models must be distinct zoo models ({'+'.join(ZOO_MODELS)}), "
+                         f"got {'+'.join(models) or 'none'}")
 
 
 def deployment(
