@@ -51,6 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-seconds", type=float, default=4.0, help="time cap per batch size (s)"
     )
+    parser.add_argument(
+        "--gap-ms", type=float, default=0.0,
+        help="idle time before each timed batch (default 0: back to back)",
+    )
     parser.add_argument("--listen", default="", help="HOST:PORT: wait for a container there")
     parser.add_argument("--profile-name", default="", help="name inside the profile file")
     parser.add_argument("--out", default="", help="profile file to write (default: print only)")
@@ -93,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
     kind, _, path = args.model.partition(":")
     if kind in ("sklearn", "torch") and path and not Path(path).exists():
         raise _error(f"--model {args.model!r}: file {path!r} does not exist")
+    if args.gap_ms < 0:
+        raise _error(f"--gap-ms must be >= 0, got {args.gap_ms}")
     if args.out and Path(args.out).is_dir():
         raise _error(f"--out {args.out!r} is a directory; give a file name")
     try:
@@ -106,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             warmup=args.warmup,
             repeats=args.repeats,
             max_s_per_size=args.max_seconds,
+            gap_s=args.gap_ms / 1e3,
             profile_name=args.profile_name,
         )
         print(f"profiling {args.model} over the container RPC ...", flush=True)

@@ -16,6 +16,10 @@ Rules:
   whichever comes first, but never fewer than ``min_repeats`` (defaults: 5, 200, 4 s, 20;
   200 samples put the p99 between the 2nd and 3rd largest sample, enough for a stable
   p90 and a usable p99; the time cap keeps slow models at large sizes to minutes).
+- Batches go back to back by default (a busy replica: neither process sleeps between
+  batches).  ``gap_s`` > 0 idles that long before each timed batch, so the profile also
+  holds the cost of waking an idle container and frontend (a replica at low load; on the
+  2-core dev VM this added about 1-2 ms per batch).
 - Inputs come from a ``workloads`` input source (digits by default, or synthetic tensors
   of a shape), cycled through the pool so no two consecutive batches are identical.
 - The profile (``simulator.LatencyProfile.from_samples``) is tagged with the CPU model
@@ -80,6 +84,7 @@ class ProfileSpec:
     repeats: int = 200
     min_repeats: int = 20
     max_s_per_size: float = 4.0
+    gap_s: float = 0.0  # idle time before each timed batch (0: back to back)
     profile_name: str = ""
 
     def __post_init__(self) -> None:
@@ -255,6 +260,8 @@ def measure(
             bid_k, arr = frames[k % len(frames)]
             k += 1
             frame = p.encode_batch(p.BATCH, bid_k, arr)
+            if spec.gap_s > 0:
+                time.sleep(spec.gap_s)
             dt, out = rpc.round_trip(frame, bid_k)
             if len(out) != b:
                 raise ProfilerError(f"the model answered {len(out)} outputs for a batch of {b}")
@@ -342,6 +349,8 @@ def profile_model(
         "source": (
             f"clipperlab profile over the container RPC ({'attached' if listen else 'started'}"
             f" container, loopback); {n} samples"
+            + (f", {spec.gap_s * 1e3:g} ms idle before each" if spec.gap_s > 0 else
+               ", back to back")
         ),
         "date": date,
         "model": f"{spec.model} ({hello.get('model')}:{hello.get('version')})",
