@@ -151,7 +151,7 @@ def _step_stats(table: pd.DataFrame, slo_s: float, duration_s: float) -> dict[st
     }
 
 
-def _ramp(run_step: Any, start: float, cfg: Config) -> tuple[dict[str, Any], list[dict]]:
+def _ramp(run_step: Any, start: float, cfg: Config) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Ramp per the module rules; ``run_step(rate) -> stats``."""
     steps: list[dict[str, Any]] = []
     rate = start
@@ -186,7 +186,7 @@ def _ramp(run_step: Any, start: float, cfg: Config) -> tuple[dict[str, Any], lis
 
 
 def _sim_peak(cfg: Config, model: str, slo_ms: float, system: str, profile: Any,
-              est: float) -> tuple[dict[str, Any], list[dict]]:
+              est: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from engine import Application, BatchingConfig, ModelSpec
     from simulator import (
         AppDeployment,
@@ -233,7 +233,7 @@ def _real_step(url: str, model: str, pool: np.ndarray, slo_ms: float, cfg: Confi
 
 
 def _real_clipperlab(cfg: Config, model: str, path: Path, slo_ms: float, system: str,
-                     est: float) -> tuple[dict[str, Any], list[dict]]:
+                     est: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from real.validation import RealDeployment, ServerProcess
 
     dep = RealDeployment(Path("fig11"), [_app_dict(model, slo_ms, system)],
@@ -255,7 +255,7 @@ def _free_port() -> int:
 
 
 def _real_ray(cfg: Config, model: str, path: Path, slo_ms: float, est: float,
-              tmp: Path) -> tuple[dict[str, Any], list[dict]]:
+              tmp: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     port = _free_port()
     ready = tmp / f"ray-{model}.ready"
     log = open(tmp / f"ray-{model}.log", "wb")  # noqa: SIM115 - closed below

@@ -73,7 +73,7 @@ def build_torch(name: str, seed: int = 0):  # type: ignore[no-untyped-def]  # no
                 idx = perm[i : i + 64]
                 opt.zero_grad()
                 loss = nn.functional.cross_entropy(net(xt[idx]), yt[idx])
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
         return net.eval()
     if name == "cifar-cnn":
@@ -130,8 +130,10 @@ def save_torch(name: str, out_dir: str | Path, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript: what containers load
-        traced = torch.jit.trace(net, torch.zeros((2, *spec.input_shape)))
-        torch.jit.save(traced, str(path))  # type: ignore[no-untyped-call]
+        traced = torch.jit.trace(  # type: ignore[no-untyped-call]
+            net, torch.zeros((2, *spec.input_shape))
+        )
+        torch.jit.save(traced, str(path))
     return path
 
 

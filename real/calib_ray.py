@@ -47,7 +47,7 @@ def _app(model_path: str, max_batch_size: int, batch_wait_s: float) -> Any:
 
             torch.set_num_threads(1)
             self.torch = torch
-            self.model = torch.jit.load(model_path)
+            self.model = torch.jit.load(model_path)  # type: ignore[no-untyped-call]
             self.model.eval()
 
         @serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_s)
@@ -75,7 +75,7 @@ def _app(model_path: str, max_batch_size: int, batch_wait_s: float) -> Any:
                                 "data": [False]}]}
             return Response(json.dumps(doc), media_type="application/json")
 
-    return TorchModel.bind()
+    return TorchModel.bind()  # type: ignore[attr-defined]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    ray.init(num_cpus=a.num_cpus, include_dashboard=False, logging_level="ERROR",
+    ray.init(num_cpus=a.num_cpus, include_dashboard=False, logging_level=40,
              log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": a.port})
     serve.run(_app(a.model, a.max_batch_size, a.batch_wait_s), name="fig11",

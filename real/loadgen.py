@@ -342,7 +342,7 @@ def plot_latency(tables: dict[str, pd.DataFrame], out_png: str, title: str = "")
             for k, t in tables.items()}
     allv = np.concatenate([v for v in lats.values() if v.size] or [np.array([1.0])])
     lo, hi = max(float(allv.min()), 1e-3), max(float(allv.max()), 1e-2)
-    bins = np.geomspace(lo, hi * 1.01, 60)
+    bins = np.geomspace(lo, hi * 1.01, 60).tolist()
     for (k, v), color in zip(lats.items(), ("C0", "C1", "C2", "C3"), strict=False):
         if not v.size:
             continue

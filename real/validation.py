@@ -154,7 +154,9 @@ def real_deployment(
     return RealDeployment(p, [dict(a) for a in cfg.applications], models, cfg.max_queue)
 
 
-def _specs(dep: RealDeployment, app_name: str) -> tuple[Any, list[tuple[ModelSpec, int, dict]]]:
+def _specs(
+    dep: RealDeployment, app_name: str
+) -> tuple[Any, list[tuple[ModelSpec, int, dict[str, Any]]]]:
     from .server import app_from_dict, model_from_dict
 
     apps = {a["name"]: a for a in dep.apps}
