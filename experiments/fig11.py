@@ -15,14 +15,18 @@ TorchScript and served by one single-threaded replica.  Systems:
   skipped with a note when ``ray[serve]`` is not importable.
 
 Modes: ``sim`` runs the simulator with latency profiles measured over the container RPC
-by ``clipperlab profile`` at the start of the run; ``real`` runs the real server (its own
-process) with the open-loop load generator (``clipperlab load``: Poisson arrivals, binary
-OIP requests, latency from the scheduled send time).  Peak throughput: the offered load
-ramps (x``ramp_step`` per ``step_s`` step, then one step between the last good and the
-first bad rate; when the first step already fails, the rate goes down by ``ramp_step``
-squared, up to four times) until fewer than ``good_share`` of the queries get a non-default answer
-within the SLO; the peak is the good throughput of the best passing step, and the p99
-is that step's (every query's latency, defaults included).
+by ``clipperlab profile`` at the start of the run; ``sim+frontend`` (when both modes run)
+adds the frontend as a FIFO link whose per-query time is the server process's CPU per
+query measured at the real run's peak (``real.validation``'s calibration); ``real`` runs
+the real server (its own process) with the open-loop load generator (``clipperlab
+load``: Poisson arrivals, binary OIP requests, latency from the scheduled send time).
+
+Peak throughput: the offered load ramps (x``ramp_step`` per ``step_s`` step, then one
+step between the last good and the first bad rate; when the first step already fails,
+the rate goes down by ``ramp_step`` squared, up to four times) until fewer than
+``good_share`` of the queries get a non-default answer within the SLO; the peak is the
+good throughput of the best passing step, and the p99 is that step's (every query's
+latency, defaults included).
 """
 
 from __future__ import annotations
@@ -136,6 +140,12 @@ def _workload(model: str, rate: float, n: int) -> Any:
                     inputs=SyntheticTensors(shape=shape, dtype="float32", pool=32))
 
 
+def _input_bytes(model: str) -> int:
+    from real.calib_models import TORCH_MODELS
+
+    return int(np.prod(TORCH_MODELS[model].input_shape)) * 4
+
+
 def _step_stats(table: pd.DataFrame, slo_s: float, duration_s: float) -> dict[str, float]:
     lat = table["latency_s"].to_numpy()
     ok = np.isfinite(lat) & ~table["default"].to_numpy(dtype=bool) & ~table[
@@ -186,7 +196,10 @@ def _ramp(run_step: Any, start: float, cfg: Config) -> tuple[dict[str, Any], lis
 
 
 def _sim_peak(cfg: Config, model: str, slo_ms: float, system: str, profile: Any,
-              est: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+              est: float, frontend_cost_s: float = 0.0
+              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ramp in the simulator; with ``frontend_cost_s`` the frontend is a FIFO link of
+    that many seconds per input (``real.validation``'s calibration)."""
     from engine import Application, BatchingConfig, ModelSpec
     from simulator import (
         AppDeployment,
@@ -208,6 +221,8 @@ def _sim_peak(cfg: Config, model: str, slo_ms: float, system: str, profile: Any,
                            batching=BatchingConfig.from_dict(_batching(cfg, system))),
             profile=profile, replicas=1, outputs=ConstantOutputs(0)),),
         hosts=(Host("local", cpus=1, link=Link(bandwidth_bps=1e15, latency_s=0.0)),),
+        frontend_link=Link(bandwidth_bps=_input_bytes(model) * 8 / frontend_cost_s,
+                           latency_s=0.0) if frontend_cost_s > 0 else None,
     )
 
     def step(rate: float) -> dict[str, float]:
@@ -242,8 +257,14 @@ def _real_clipperlab(cfg: Config, model: str, path: Path, slo_ms: float, system:
     with ServerProcess(dep, cache=False) as srv:
         srv.wait_ready(model)
         _real_step(srv.url, model, pool, slo_ms, cfg, min(cfg.start_qps, 0.3 * est))  # warm
-        return _ramp(lambda r: _real_step(srv.url, model, pool, slo_ms, cfg, r),
-                     min(cfg.start_qps, 0.3 * est), cfg)
+
+        def step(rate: float) -> dict[str, float]:
+            c0 = srv.cpu_s()
+            st = _real_step(srv.url, model, pool, slo_ms, cfg, rate)
+            st["server_cpu_us"] = (srv.cpu_s() - c0) / max(int(rate * cfg.step_s), 10) * 1e6
+            return st
+
+        return _ramp(step, min(cfg.start_qps, 0.3 * est), cfg)
 
 
 def _free_port() -> int:
@@ -324,28 +345,38 @@ def run(cfg: Config) -> Results:
                 f"{model}: profile p50 at batch 1 {prof.quantile_s(1, 0.5) * 1e3:.2f} ms, at "
                 f"{prof.batch_sizes[-1]} {prof.quantile_s(prof.batch_sizes[-1], 0.5) * 1e3:.2f}"
                 f" ms; the profile alone allows {est:,.0f} q/s ({prof.tags['hardware']})")
-            for mode in cfg.modes:
-                for system in cfg.systems:
-                    if system == "rayserve" and (mode == "sim" or not ray_ok):
+            cost_s: dict[str, float] = {}
+            runs = [(m, s) for m in ("real", "sim", "sim+frontend") for s in cfg.systems
+                    if (m in cfg.modes or (m == "sim+frontend" and "sim" in cfg.modes
+                                           and "real" in cfg.modes))
+                    and not (s == "rayserve" and (m != "real" or not ray_ok))]
+            for mode, system in runs:
+                t0 = time.perf_counter()
+                if mode == "sim+frontend":
+                    if system not in cost_s:
                         continue
-                    t0 = time.perf_counter()
-                    if mode == "sim":
-                        peak, steps = _sim_peak(cfg, model, slo_ms, system, prof, est)
-                    elif system == "rayserve":
-                        peak, steps = _real_ray(cfg, model, path, slo_ms, est, tmp)
-                    else:
-                        peak, steps = _real_clipperlab(cfg, model, path, slo_ms, system, est)
-                    rows.append({"model": model, "mode": mode, "system": system,
-                                 "slo_ms": slo_ms, "peak_qps": peak["good_qps"],
-                                 "offered_qps": peak["offered_qps"],
-                                 "good_share": peak["good_share"], "p50_ms": peak["p50_ms"],
-                                 "p99_ms": peak["p99_ms"], "steps": len(steps),
-                                 "load_avg": os.getloadavg()[0],
-                                 "wall_s": time.perf_counter() - t0, "note": peak["note"]})
-                    for s in steps:
-                        steps_all.append({"model": model, "mode": mode, "system": system, **s})
-                    print(f"fig11: {model} {mode} {system}: peak {peak['good_qps']:,.0f} q/s,"
-                          f" p99 {peak['p99_ms']:.1f} ms", flush=True)
+                    peak, steps = _sim_peak(cfg, model, slo_ms, system, prof, est,
+                                            cost_s[system])
+                elif mode == "sim":
+                    peak, steps = _sim_peak(cfg, model, slo_ms, system, prof, est)
+                elif system == "rayserve":
+                    peak, steps = _real_ray(cfg, model, path, slo_ms, est, tmp)
+                else:
+                    peak, steps = _real_clipperlab(cfg, model, path, slo_ms, system, est)
+                    if math.isfinite(peak.get("server_cpu_us", math.nan)):
+                        cost_s[system] = peak["server_cpu_us"] / 1e6
+                rows.append({"model": model, "mode": mode, "system": system,
+                             "slo_ms": slo_ms, "peak_qps": peak["good_qps"],
+                             "offered_qps": peak["offered_qps"],
+                             "good_share": peak["good_share"], "p50_ms": peak["p50_ms"],
+                             "p99_ms": peak["p99_ms"], "steps": len(steps),
+                             "server_cpu_us": peak.get("server_cpu_us", math.nan),
+                             "load_avg": os.getloadavg()[0],
+                             "wall_s": time.perf_counter() - t0, "note": peak["note"]})
+                for s in steps:
+                    steps_all.append({"model": model, "mode": mode, "system": system, **s})
+                print(f"fig11: {model} {mode} {system}: peak {peak['good_qps']:,.0f} q/s,"
+                      f" p99 {peak['p99_ms']:.1f} ms", flush=True)
     notes.append(f"load average at the end: {os.getloadavg()[0]:.2f}")
     return Results(table=pd.DataFrame(rows), raw={"steps": pd.DataFrame(steps_all)},
                    notes=notes)
@@ -357,7 +388,7 @@ def plot(results: Results, out_dir: Path) -> list[Path]:
     t = results.table
     models = list(dict.fromkeys(t["model"]))
     fig, axes = grid(2 * len(models), len(models), width_in=4.2, height_in=3.2)
-    series = [(s, m) for s in SYSTEMS for m in MODES
+    series = [(s, m) for s in SYSTEMS for m in (*MODES, "sim+frontend")
               if ((t["system"] == s) & (t["mode"] == m)).any()]
     colors = {"clipperlab-aimd": "#1f77b4", "clipperlab-tfserving": "#2ca02c",
               "rayserve": "#d62728"}
@@ -369,8 +400,10 @@ def plot(results: Results, out_dir: Path) -> list[Path]:
             for k, (s, m) in enumerate(series):
                 v = g[(g["system"] == s) & (g["mode"] == m)][col]
                 if len(v):
-                    ax.bar(k, float(v.iloc[0]), color=colors[s], alpha=1.0 if m == "real" else 0.45,
-                           hatch="" if m == "real" else "//", label=f"{s} ({m})")
+                    ax.bar(k, float(v.iloc[0]), color=colors[s],
+                           alpha=1.0 if m == "real" else 0.45,
+                           hatch={"real": "", "sim": "//", "sim+frontend": ".."}[m],
+                           label=f"{s} ({m})")
             ax.set_xticks(range(len(series)))
             ax.set_xticklabels([f"{s.replace('clipperlab-', 'cl-')}\n{m}" for s, m in series],
                                fontsize=7)
@@ -412,12 +445,13 @@ def claims(results: Results, cfg: Config) -> list[Claim]:
                     f"({a['peak_qps'] / s['peak_qps'] - 1:+.0%}); p99 {a['p99_ms']:.0f} vs "
                     f"{s['p99_ms']:.0f} ms"))
     for system in ("clipperlab-aimd", "clipperlab-tfserving"):
-        errs = []
-        for model in cfg.models:
-            s, r = get(model, "sim", system), get(model, "real", system)
-            if s is not None and r is not None and r["peak_qps"] > 0:
-                errs.append(f"{model} {s['peak_qps'] / r['peak_qps'] - 1:+.0%}")
-        if errs:
-            out.append(Claim(f"{system}: simulated vs real peak throughput",
-                             "the simulator predicts the real system", ", ".join(errs)))
+        for smode in ("sim", "sim+frontend"):
+            errs = []
+            for model in cfg.models:
+                s, r = get(model, smode, system), get(model, "real", system)
+                if s is not None and r is not None and r["peak_qps"] > 0:
+                    errs.append(f"{model} {s['peak_qps'] / r['peak_qps'] - 1:+.0%}")
+            if errs:
+                out.append(Claim(f"{system}: {smode} vs real peak throughput",
+                                 "the simulator predicts the real system", ", ".join(errs)))
     return out
