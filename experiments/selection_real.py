@@ -3,10 +3,9 @@ real containers, queries over ``POST /{app}/predict`` and labels over ``POST /{a
 
 Rules:
 - The server runs in this process (``real.server.ServerThread``) on 127.0.0.1 with
-  heartbeats every second (a loaded 2-core machine misses tighter ones and drops busy
-  containers),
   ephemeral ports and a temporary store, removed afterwards; model containers are real
-  processes started by its container manager.
+  processes started by its container manager.  Heartbeats every second: a loaded 2-core
+  machine misses tighter ones and the server drops busy containers.
 - Zoo models deploy as what they are: scikit-learn estimators with ``deploy_sklearn``, the
   torch CNN with ``deploy_torch`` (argmax output), a ``workloads.zoo.Switchable`` (a model
   that can be made to fail from outside, through a flag file) with ``deploy_python``.
