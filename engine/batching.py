@@ -214,7 +214,7 @@ class AIMDController(BatchController):
 
     def __init__(self, config: BatchingConfig, latency_bound_s: float) -> None:
         super().__init__(config, latency_bound_s)
-        self._cap = 1
+        self._cap = config.initial_batch_size
 
     @property
     def cap(self) -> int:
@@ -228,7 +228,9 @@ class AIMDController(BatchController):
         bound = self.latency_bound_s
         cfg = self.config
         if latency_s < bound - cfg.hold_band * bound:
-            new = size + cfg.additive_increase  # the prototype steps from the size sent
+            # the prototype steps from the size sent; "cap" keeps a cap the queue did not fill
+            base = max(size, cap) if cfg.aimd_step_from == "cap" else size
+            new = base + cfg.additive_increase
         elif latency_s < bound:
             new = cap
         else:
@@ -248,6 +250,7 @@ class QuantileController(AIMDController):
         self._lats: list[float] = []
         self.fit: tuple[float, float] | None = None
         self._since_fit = 0
+        self._first_at: float | None = None
 
     def observe(self, size: int, latency_s: float, now: float) -> None:
         cfg = self.config
@@ -263,11 +266,16 @@ class QuantileController(AIMDController):
                 del self._sizes[:-keep]
                 del self._lats[:-keep]
             self._since_fit += 1
-            due = (
-                len(self._sizes) >= cfg.fit_after_batches
-                if self.fit is None
-                else self._since_fit >= (cfg.refit_every_batches or 0)
-            )
+            if self._first_at is None:
+                self._first_at = now
+            if self.fit is None:
+                due = len(self._sizes) >= cfg.fit_after_batches or (
+                    cfg.fit_after_s is not None
+                    and now - self._first_at >= cfg.fit_after_s
+                    and len(self._sizes) >= 2
+                )
+            else:
+                due = self._since_fit >= (cfg.refit_every_batches or 0)
             if due:
                 self.refit()
 

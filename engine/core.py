@@ -204,6 +204,8 @@ class _Version:
         "m_batches",
         "m_errors",
         "limit",
+        "drop_hopeless",
+        "m_hopeless",
     )
 
     def __init__(self, spec: ModelSpec, metrics: Metrics) -> None:
@@ -215,10 +217,12 @@ class _Version:
         self.wake_at: float | None = None
         self.newest_arrival_at = 0.0
         self.limit: int | None = spec.batching.max_queue
+        self.drop_hopeless = spec.batching.drop_hopeless
         lab = {"model": spec.name, "version": spec.version}
         self.m_predictions = metrics.counter("clipperlab_model_predictions_total", **lab)
         self.m_errors = metrics.counter("clipperlab_model_errors_total", **lab)
         self.m_expired = metrics.counter("clipperlab_queue_expired_total", **lab)
+        self.m_hopeless = metrics.counter("clipperlab_queue_hopeless_total", **lab)
         self.m_batch_size = metrics.histogram(
             "clipperlab_batch_size",
             bounds=BATCH_SIZE_BUCKETS,
@@ -612,6 +616,12 @@ class Engine:
                 self._expire(head, now)
                 continue
             rep = idle[0]
+            if ver.drop_hopeless:
+                est = rep.ctrl.latency.predict_s(min(len(queue), rep.ctrl.cap))
+                if est is not None and head_deadline < now + est:
+                    heapq.heappop(queue)
+                    self._drop_hopeless(head, now, out)
+                    continue
             d = rep.ctrl.decide(
                 now, QueueView(len(queue), head.arrival_at, ver.newest_arrival_at, head_deadline)
             )
@@ -681,6 +691,19 @@ class Engine:
         req.version.m_expired.value += 1
         if req.key is not None:
             self._pending.pop((req.version.mid.name, req.version.mid.version, req.key), None)
+
+    def _drop_hopeless(self, req: _Wanted, now: float, out: list[Instruction]) -> None:
+        """A request that cannot make its deadline even if sent now is not computed; its
+        waiters stop waiting for it (an ensemble answers with its other members)."""
+        ver = req.version
+        ver.m_hopeless.value += 1
+        if req.key is not None:
+            self._pending.pop((ver.mid.name, ver.mid.version, req.key), None)
+        for t in req.waiters:
+            if not t.done:
+                t.waiting -= 1
+                if t.waiting == 0:
+                    self._finish(t, now, out)
 
     def _shed(self, req: _Wanted, now: float, out: list[Instruction]) -> None:
         req.version.m_expired.value += 1

@@ -58,6 +58,8 @@ METRIC_HELP: dict[str, str] = {
     "clipperlab_model_predictions_total": "Predictions computed by models",
     "clipperlab_model_errors_total": "Batches a model failed to compute",
     "clipperlab_queue_expired_total": "Model requests dropped from a queue after their deadline",
+    "clipperlab_queue_hopeless_total": "Model requests dropped because they could not make "
+    "their deadline (drop_hopeless)",
     "clipperlab_cache_hits_total": "Prediction cache hits",
     "clipperlab_cache_misses_total": "Prediction cache misses",
     "clipperlab_cache_coalesced_total": "Requests that joined an identical in-flight request",

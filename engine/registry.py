@@ -45,14 +45,25 @@ class BatchingConfig:
     max_batch_size: int = 1 << 16
     wait_timeout_s: float = 0.0
     latency_bound_s: float | None = None
-    # AIMD (Clipper prototype): +2 below the hold band, hold in the last 10%, x0.9 above.
+    # AIMD (Clipper prototype): +2 below the hold band, hold in the last 10%, x0.9 above,
+    # starting at 1 and stepping from the size just sent.  ``initial_batch_size`` and
+    # ``aimd_step_from="cap"`` (step from the cap when the queue ran short) are ours.
     additive_increase: int = 2
     backoff: float = 0.9
     hold_band: float = 0.1
-    # Quantile regression (prototype: fit once at q=0.99 after 500-1000 AIMD batches).
+    initial_batch_size: int = 1
+    aimd_step_from: str = "sent"
+    # Quantile regression (prototype: fit once at q=0.99 after 500-1000 AIMD batches);
+    # ``fit_after_s`` fits earlier when that much time has passed since the first batch.
     quantile: float = 0.99
     fit_after_batches: int = 500
+    fit_after_s: float | None = None
     refit_every_batches: int | None = None
+    # Any policy: before a batch is formed, drop queued requests that cannot make their
+    # deadline even if sent now (deadline < now + predicted latency of the batch); their
+    # queries get the deadline default.  Off by default, as in Clipper, which drops only
+    # requests whose deadline has already passed.
+    drop_hopeless: bool = False
     # TF-Serving: pad to allowed sizes; bound the queue to max_enqueued_batches batches.
     allowed_batch_sizes: tuple[int, ...] = ()
     max_enqueued_batches: int | None = None
@@ -86,6 +97,18 @@ class BatchingConfig:
         _require(0 <= self.hold_band < 1, f"hold_band must be in [0, 1), got {self.hold_band}")
         _require(0 < self.quantile < 1, f"quantile must be in (0, 1), got {self.quantile}")
         _require(self.fit_after_batches >= 2, "fit_after_batches must be >= 2")
+        _require(
+            self.fit_after_s is None or self.fit_after_s > 0,
+            f"fit_after_s must be > 0, got {self.fit_after_s}",
+        )
+        _require(
+            1 <= self.initial_batch_size <= self.max_batch_size,
+            f"initial_batch_size must be in [1, max_batch_size], got {self.initial_batch_size}",
+        )
+        _require(
+            self.aimd_step_from in ("sent", "cap"),
+            f"aimd_step_from must be 'sent' or 'cap', got {self.aimd_step_from!r}",
+        )
         _require(
             self.refit_every_batches is None or self.refit_every_batches >= 1,
             "refit_every_batches must be >= 1",

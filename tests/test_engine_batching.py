@@ -216,3 +216,55 @@ def test_wait_timeout_batch_dispatched_by_timer() -> None:
     [sb] = d.sent
     assert sb.inputs == (1, 2) and sb.reason == ReleaseReason.WAIT_TIMEOUT
     assert math.isclose(eng.log[0][1], 0.004)  # type: ignore[index]
+
+
+def test_aimd_initial_size_and_step_from_cap() -> None:
+    """Our AIMD options: start above 1; keep a cap that a short queue did not fill."""
+    c = AIMDController(BatchingConfig(policy="aimd", initial_batch_size=64), BOUND)
+    assert c.cap == 64
+    c.observe(3, 0.005, 0.0)
+    assert c.cap == 5  # the prototype steps from the size sent
+    c = AIMDController(
+        BatchingConfig(policy="aimd", initial_batch_size=64, aimd_step_from="cap"), BOUND
+    )
+    c.observe(3, 0.005, 0.0)
+    assert c.cap == 66
+    c.observe(66, 0.025, 0.0)
+    assert c.cap == 59  # backoff still from the size sent
+
+
+def test_quantile_fits_after_time_when_batches_are_slow() -> None:
+    cfg = BatchingConfig(policy="quantile", fit_after_batches=500, fit_after_s=1.0)
+    c = QuantileController(cfg, BOUND)
+    for i in range(10):
+        c.observe(c.cap, 1e-4 * c.cap + 0.002, i * 0.2)
+    assert c.fit is not None  # 10 batches over 1.8 s: fitted on time, not on count
+
+
+def test_drop_hopeless_skips_requests_that_cannot_make_it() -> None:
+    """With drop_hopeless, a queued request whose deadline is before now + the predicted
+    batch latency is not computed; its query gets the default at once."""
+    eng = Engine()
+    eng.add_application(Application(name="a", slo_s=0.030, default_output=-1))
+    eng.add_model(
+        ModelSpec(
+            name="m", batching=BatchingConfig(policy="fixed", max_batch_size=8, drop_hopeless=True)
+        )
+    )
+    eng.link("a", ["m"])
+    d = FakeDriver(eng)
+    d.up("m")
+    d.query(0, "a", 0)
+    d.now = 0.002
+    d.query(1, "a", 1)  # deadline 32 ms
+    d.now = 0.015
+    d.query(2, "a", 2)  # deadline 45 ms
+    d.now = 0.020
+    d.complete(d.sent[0].batch_id)  # a batch of 1 took 20 ms: the model predicts 20 ms
+    # at 20 ms: query 1 (deadline 32 ms) cannot make it; query 2 (45 ms) can
+    assert d.replies[1].prediction.default and d.reply_times[1] == pytest.approx(0.020)
+    assert d.sent[-1].inputs == (2,)
+    assert eng.metrics.value("clipperlab_queue_hopeless_total", model="m", version="1") == 1
+    d.now = 0.040
+    d.complete(d.sent[-1].batch_id)
+    assert not d.replies[2].prediction.default
