@@ -75,4 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main so that subcommands raising experiments.cli.CLIError
+    # are caught (under ``python -m`` this file is also ``__main__``, a different class).
+    from experiments.cli import main as _main
+
+    sys.exit(_main())
