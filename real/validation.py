@@ -11,14 +11,15 @@ Theory of operation (``validate``):
    already inside the profiles).
 3. Start the real server in its own process (cache off unless the workload is cacheable,
    as the paper salted its inputs), wait until the application is ready.
-4. Calibration run at low load (``calib_qps``).  The server's own metrics (``/metrics``:
-   batch latency and size, query latency inside the server) give the batch latency the
-   engine saw; minus the profile's mean at that size it is ``batch_overhead_s``, the
-   per-batch cost of waking an idle frontend and container (the profiler sends batches
-   back to back, so its processes never sleep).  After step 5, the real p50 minus the
+4. Calibration run at low load (``calib_qps``).  After step 5, the real p50 minus the
    calibrated simulator's p50 at this load is the fixed per-query overhead the simulator
-   does not see (HTTP, JSON, the frontend's event loop, the load generator's millisecond
-   timer): ``overhead_s``.
+   does not see (HTTP, JSON, the frontend's event loop, waking idle processes, the load
+   generator's millisecond timer): ``overhead_s``.  The server's own metrics
+   (``/metrics``: batch latency and size, query latency inside the server) are reported
+   beside it: the batch latency the engine saw over the profile's (``batch_extra_s``,
+   ``slowdown``).  Used as a per-batch cost in the twin it made the predictions worse
+   (it depends on load: idle processes wake slowly, busy ones do not; and it includes
+   any delayed-batching wait), so it is reported, not used.
 5. Capacity: unless given, the offered load ramps (x``ramp_step`` per ``ramp_s`` step)
    until fewer than 95% of the queries get a non-default answer, with one more step
    between the last good and the first bad rate; capacity is the best good throughput
@@ -27,10 +28,9 @@ Theory of operation (``validate``):
 6. For each level (fraction of capacity) the workload's trace is re-timed to that rate
    (``n = rate x duration_s`` queries, arrival times scaled, so any arrival process keeps
    its shape) and run on the real server, in the plain simulator, and in the calibrated
-   simulator: ``batch_overhead_s`` as the host link's round trip (the ``Link.latency_s``
-   knob), the frontend as a FIFO link shared by all replicas whose per-input transfer time
-   is ``frontend_cost_s`` (the ``frontend_link`` knob), and ``overhead_s`` added to every
-   answered query's latency.
+   simulator: the frontend as a FIFO link shared by all replicas whose per-input transfer
+   time is ``frontend_cost_s`` (the ``frontend_link`` knob), and ``overhead_s`` added to
+   every answered query's latency.
 7. Relative errors (sim - real) / real of throughput, mean, p50, p90, p99.  A fourth mode,
    ``sim+in-situ``, is a diagnostic, not a prediction: the calibrated twin with the
    profiles scaled by the batch latency the server saw *in that run* over the profile's
@@ -102,8 +102,10 @@ class Calibration:
     overhead_s: float = 0.0
     frontend_cost_s: float = 0.0
     capacity_qps: float = math.nan
-    batch_overhead_s: float = 0.0  # per batch: in-situ batch latency - profiled, low load
-    slowdown: float = 1.0  # in-situ batch latency / profiled latency (diagnostic only)
+    # reported, not used by the twin: in-situ batch latency at low load minus the profile's
+    # (it includes waking idle processes and any delayed-batching wait) and their ratio
+    batch_extra_s: float = 0.0
+    slowdown: float = 1.0
 
 
 @dataclass
@@ -196,10 +198,7 @@ def sim_deployment(
         for spec, n, _ in models
     ]
     cpus = sum(n for _, n, _ in models) or 1
-    # a batch's extra round-trip cost (wake-ups on an idle machine) as the host link's
-    # latency: inputs cross it once, outputs come back after it once
-    lat = calibration.batch_overhead_s / 2 if calibration is not None else 0.0
-    host = Host("local", cpus=cpus, link=Link(bandwidth_bps=1e15, latency_s=lat))
+    host = Host("local", cpus=cpus, link=Link(bandwidth_bps=1e15, latency_s=0.0))
     front = None
     if calibration is not None and calibration.frontend_cost_s > 0:
         front = Link(bandwidth_bps=input_bytes * 8 / calibration.frontend_cost_s, latency_s=0.0)
@@ -532,7 +531,7 @@ def validate(
         slow = _slowdown(seen_c, linked)
         extra_s = _batch_extra_s(seen_c, linked)
         calib = Calibration(frontend_cost_s=cost_s, capacity_qps=float(capacity_qps),
-                            batch_overhead_s=extra_s,
+                            batch_extra_s=extra_s,
                             slowdown=slow if math.isfinite(slow) and slow > 1.0 else 1.0)
         log(f"  in the server at {calib_qps:g} q/s: batch latency {seen_c['batch_mean_ms']:.3f}"
             f" ms at mean size {seen_c['batch_size_mean']:.2f} (profile x{slow:.2f}, "
@@ -557,7 +556,7 @@ def validate(
             # diagnostic, not a prediction: the calibrated twin told this run's slowdown
             k = _slowdown(seen, profs)
             sim2 = sim_deployment(dep, workload.app, profs, input_bytes=workload.input_bytes,
-                                  calibration=dataclasses.replace(calib, batch_overhead_s=0.0),
+                                  calibration=calib,
                                   scale=k if math.isfinite(k) else 1.0)
             s_ins, _ = _sim_run(sim2, tr, seed, overhead_s)
             la = os.getloadavg()[0]
@@ -627,8 +626,8 @@ def format_table(res: ValidationResult) -> str:
     c = res.calibration
     lines.append(f"calibration: capacity {c.capacity_qps:,.0f} q/s, fixed overhead "
                  f"{c.overhead_s * 1e3:.3f} ms/query, frontend CPU {c.frontend_cost_s * 1e6:.0f}"
-                 f" us/query, +{c.batch_overhead_s * 1e3:.3f} ms per batch (in-situ at low"
-                 f" load; x{c.slowdown:.2f} of the profile)")
+                 f" us/query; in-situ batch latency at low load +{c.batch_extra_s * 1e3:.3f} ms"
+                 f" (x{c.slowdown:.2f}) over the profile")
     return "\n".join(lines)
 
 
@@ -647,9 +646,9 @@ def markdown(res: ValidationResult, title: str = "") -> str:
                      f"{r['p99_ms']:.2f} | " + " | ".join(errs) + " |")
     c = res.calibration
     lines += ["", f"Capacity {c.capacity_qps:,.0f} q/s; fixed overhead {c.overhead_s * 1e3:.3f}"
-              f" ms/query; frontend CPU {c.frontend_cost_s * 1e6:.0f} us/query; per-batch"
-              f" overhead {c.batch_overhead_s * 1e3:.3f} ms (in-situ batch latency at low load"
-              f" x{c.slowdown:.2f} of the profile). "
+              f" ms/query; frontend CPU {c.frontend_cost_s * 1e6:.0f} us/query; in-situ batch"
+              f" latency at low load +{c.batch_extra_s * 1e3:.3f} ms (x{c.slowdown:.2f}) over"
+              f" the profile. "
               + " ".join(res.notes)]
     return "\n".join(lines)
 
