@@ -22,11 +22,13 @@ the real server (its own process) with the open-loop load generator (``clipperla
 load``: Poisson arrivals, binary OIP requests, latency from the scheduled send time).
 
 Peak throughput: the offered load ramps (x``ramp_step`` per ``step_s`` step, then one
-step between the last good and the first bad rate; when the first step already fails,
-the rate goes down by ``ramp_step`` squared, up to four times) until fewer than
+step between the last good and the first bad rate; a failing step runs twice before it
+counts; when the first step already fails, the rate goes down by ``ramp_step`` squared,
+up to four times) until fewer than
 ``good_share`` of the queries get a non-default answer within the SLO; the peak is the
 good throughput of the best passing step, and the p99 is that step's (every query's
-latency, defaults included).
+latency, defaults included).  ``max_answered_qps`` is the most non-default answers per
+second any step got, whatever their latency (how much a server does without an SLO).
 """
 
 from __future__ import annotations
@@ -156,6 +158,7 @@ def _step_stats(table: pd.DataFrame, slo_s: float, duration_s: float) -> dict[st
     return {
         "good_share": float(good.sum()) / n if n else 0.0,
         "good_qps": float(good.sum()) / duration_s,
+        "answered_qps": float(ok.sum()) / duration_s,
         "p50_ms": float(np.percentile(answered, 50) * 1e3) if answered.size else math.nan,
         "p99_ms": float(np.percentile(answered, 99) * 1e3) if answered.size else math.nan,
     }
@@ -171,6 +174,9 @@ def _ramp(run_step: Any, start: float, cfg: Config) -> tuple[dict[str, Any], lis
     for _ in range(cfg.max_steps):
         st = {"offered_qps": rate, **run_step(rate)}
         steps.append(st)
+        if st["good_share"] < cfg.good_share and last_good is not None:
+            st = {"offered_qps": rate, **run_step(rate)}  # confirm: one bad step can be noise
+            steps.append(st)
         if st["good_share"] < cfg.good_share:
             if last_good is None and downs < 4 and rate > 2.0:
                 downs += 1  # even the first step is too much: go down before giving up
@@ -371,6 +377,7 @@ def run(cfg: Config) -> Results:
                              "good_share": peak["good_share"], "p50_ms": peak["p50_ms"],
                              "p99_ms": peak["p99_ms"], "steps": len(steps),
                              "server_cpu_us": peak.get("server_cpu_us", math.nan),
+                             "max_answered_qps": max(st["answered_qps"] for st in steps),
                              "load_avg": os.getloadavg()[0],
                              "wall_s": time.perf_counter() - t0, "note": peak["note"]})
                 for s in steps:
@@ -430,7 +437,9 @@ def claims(results: Results, cfg: Config) -> list[Claim]:
                 "goal: >= 10x Ray Serve at equal or lower p99",
                 f"{a['peak_qps']:,.0f} vs {r['peak_qps']:,.0f} q/s = "
                 f"{a['peak_qps'] / r['peak_qps']:.1f}x (p99 {a['p99_ms']:.1f} vs "
-                f"{r['p99_ms']:.1f} ms)"))
+                f"{r['p99_ms']:.1f} ms); answered at any latency: "
+                f"{a.get('max_answered_qps', math.nan):,.0f} vs "
+                f"{r.get('max_answered_qps', math.nan):,.0f} q/s"))
         elif a is not None:
             out.append(Claim(f"{cheap}, real: clipperlab vs Ray Serve",
                              "goal: >= 10x Ray Serve", "Ray Serve not run (see notes)"))
