@@ -412,8 +412,9 @@ def plot(results: Results, out_dir: Path) -> list[Path]:
                            hatch={"real": "", "sim": "//", "sim+frontend": ".."}[m],
                            label=f"{s} ({m})")
             ax.set_xticks(range(len(series)))
-            ax.set_xticklabels([f"{s.replace('clipperlab-', 'cl-')}\n{m}" for s, m in series],
-                               fontsize=7)
+            short = {"clipperlab-aimd": "AIMD", "clipperlab-tfserving": "TFS", "rayserve": "Ray"}
+            ax.set_xticklabels([f"{short[s]}\n{m.replace('frontend', 'fe')}"
+                                for s, m in series], fontsize=7)
             if col == "p99_ms":
                 ax.set_yscale("log")
             style_axis(ax, title=model if row == 0 else "", ylabel=ylabel)
