@@ -19,6 +19,12 @@ Rules (Clipper, NSDI 2017, sec. 5; constants from the C++ system unless stated):
   sqrt(2 ln N / n_i), untried models first) observe only the model they chose.
 - Weights are rescaled (not changed in ratio) when their sum falls below 1e-200, so they
   stay finite and positive forever.
+- Ours, beyond Clipper: ``discount`` on Exp3/Exp4 forgets old losses (log-weights shrink
+  by that fraction per feedback), and Exp4's ``update="full"`` uses Hedge's
+  ``w_i <- w_i * exp(-eta * L_i)`` (every member is observed, so no importance weights).
+  Clipper's importance-weighted Exp4 drives every member but the leader to the floor and
+  then never leaves a failing leader; ``exp3_discounted``/``exp4_discounted`` name the
+  variants that recover (fig. 8).
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ __all__ = [
     "EpsilonGreedy",
     "Exp3",
     "Exp4",
+    "Exp3Discounted",
+    "Exp4Discounted",
     "POLICIES",
     "PolicyState",
     "SelectionPolicy",
@@ -244,14 +252,18 @@ def _sample(p: Sequence[float], u: float) -> int:
 
 
 def _exp_update(
-    state: PolicyState, losses: Mapping[str, float], eta: float, p: Sequence[float]
+    state: PolicyState,
+    losses: Mapping[str, float],
+    eta: float,
+    p: Sequence[float] | None,
 ) -> None:
+    """``w_i <- w_i * exp(-eta * L_i / p_i)`` (``p=None``: Hedge, ``exp(-eta * L_i)``)."""
     for m, lo in losses.items():
         if m not in state.models:
             continue
         i = state.models.index(m)
-        pi = max(p[i], 1e-12)
-        state.weights[i] *= math.exp(-eta * lo / pi)
+        scale = 1.0 if p is None else max(p[i], 1e-12)
+        state.weights[i] *= math.exp(-eta * lo / scale)
     total = sum(state.weights)
     if total < _RESCALE_BELOW or not all(w > 0 for w in state.weights):
         # rescale so the largest weight is 1; floor at the smallest positive double ratio
@@ -262,18 +274,38 @@ def _exp_update(
             state.weights = [max(w / top, 1e-300) for w in state.weights]
 
 
+def _forget(state: PolicyState, discount: float) -> None:
+    """Discounted losses: every log-weight (relative to the largest) shrinks toward 0,
+    ``w_i <- (w_i / max w) ** (1 - discount)``: memory of about ``1/discount`` rounds."""
+    top = max(state.weights, default=0.0)
+    if discount <= 0 or top <= 0 or not math.isfinite(top):
+        return
+    keep = 1.0 - discount
+    state.weights = [max((w / top) ** keep, 1e-300) for w in state.weights]
+
+
+def _check_rates(name: str, eta: float, discount: float) -> None:
+    if not (isinstance(eta, int | float) and eta > 0 and math.isfinite(eta)):
+        raise ConfigError(f"{name} eta must be a finite number > 0, got {eta!r}")
+    if not (isinstance(discount, int | float) and 0 <= discount < 1):
+        raise ConfigError(f"{name} discount must be in [0, 1), got {discount!r}")
+
+
 class Exp3(SelectionPolicy):
-    """Exp3: sample one model by weight; importance-weighted exponential update."""
+    """Exp3: sample one model by weight; importance-weighted exponential update.
+
+    ``discount`` > 0 forgets old losses (our option, not Clipper's), so that weight taken
+    from a model during a failure can come back after it recovers."""
 
     name = "exp3"
 
-    def __init__(self, eta: float = 0.01, gamma: float = 0.0) -> None:
-        if not (eta > 0 and math.isfinite(eta)):
-            raise ConfigError(f"exp3 eta must be a finite number > 0, got {eta!r}")
+    def __init__(self, eta: float = 0.01, gamma: float = 0.0, discount: float = 0.0) -> None:
+        _check_rates(self.name, eta, discount)
         if not 0 <= gamma <= 1:
-            raise ConfigError(f"exp3 gamma must be in [0, 1], got {gamma!r}")
+            raise ConfigError(f"{self.name} gamma must be in [0, 1], got {gamma!r}")
         self.eta = eta
         self.gamma = gamma
+        self.discount = discount
 
     def probabilities(self, state: PolicyState) -> list[float]:
         p = super().probabilities(state)
@@ -288,35 +320,66 @@ class Exp3(SelectionPolicy):
         return (state.models[_sample(self.probabilities(state), float(rng.random()))],)
 
     def observe(self, state: PolicyState, losses: Mapping[str, float]) -> None:
+        _forget(state, self.discount)
         p = self.probabilities(state)
         super().observe(state, losses)
         _exp_update(state, losses, self.eta, p)
 
     def params(self) -> dict[str, Any]:
-        return {"eta": self.eta, "gamma": self.gamma}
+        return {"eta": self.eta, "gamma": self.gamma, "discount": self.discount}
 
 
 class Exp4(SelectionPolicy):
-    """Exp4: query every model, weighted vote, update every member that answered."""
+    """Exp4: query every model, weighted vote, update every member that answered.
+
+    ``update="importance"`` (Clipper's) divides each loss by the member's vote share;
+    ``update="full"`` is Hedge, ``w_i <- w_i * exp(-eta * L_i)``, the full-information
+    rule (every member is observed), which does not drive all but the leader to the floor.
+    ``discount`` > 0 forgets old losses as in ``Exp3``."""
 
     name = "exp4"
     ensemble = True
 
-    def __init__(self, eta: float = 0.01) -> None:
-        if not (eta > 0 and math.isfinite(eta)):
-            raise ConfigError(f"exp4 eta must be a finite number > 0, got {eta!r}")
+    def __init__(
+        self, eta: float = 0.01, discount: float = 0.0, update: str = "importance"
+    ) -> None:
+        _check_rates(self.name, eta, discount)
+        if update not in ("importance", "full"):
+            raise ConfigError(f"{self.name} update must be 'importance' or 'full', got {update!r}")
         self.eta = eta
+        self.discount = discount
+        self.update = update
 
     def select(self, state: PolicyState, rng: np.random.Generator) -> tuple[str, ...]:
         return state.models
 
     def observe(self, state: PolicyState, losses: Mapping[str, float]) -> None:
-        p = self.probabilities(state)
+        _forget(state, self.discount)
+        p = self.probabilities(state) if self.update == "importance" else None
         super().observe(state, losses)
         _exp_update(state, losses, self.eta, p)
 
     def params(self) -> dict[str, Any]:
-        return {"eta": self.eta}
+        return {"eta": self.eta, "discount": self.discount, "update": self.update}
+
+
+class Exp3Discounted(Exp3):
+    """Exp3 with forgetting and exploration by default (eta 0.1, gamma 0.05, discount
+    0.002: a memory of about 500 feedback items), for streams whose best model changes."""
+
+    name = "exp3_discounted"
+
+    def __init__(self, eta: float = 0.1, gamma: float = 0.05, discount: float = 0.002) -> None:
+        super().__init__(eta=eta, gamma=gamma, discount=discount)
+
+
+class Exp4Discounted(Exp4):
+    """Exp4 as Hedge with forgetting by default (eta 0.1, discount 0.002)."""
+
+    name = "exp4_discounted"
+
+    def __init__(self, eta: float = 0.1, discount: float = 0.002, update: str = "full") -> None:
+        super().__init__(eta=eta, discount=discount, update=update)
 
 
 class EpsilonGreedy(SelectionPolicy):
@@ -388,7 +451,8 @@ class UCB1(SelectionPolicy):
 
 
 POLICIES: dict[str, type[SelectionPolicy]] = {
-    cls.name: cls for cls in (Static, ABSplit, Exp3, Exp4, EpsilonGreedy, UCB1)
+    cls.name: cls
+    for cls in (Static, ABSplit, Exp3, Exp4, Exp3Discounted, Exp4Discounted, EpsilonGreedy, UCB1)
 }
 
 

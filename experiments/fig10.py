@@ -32,7 +32,6 @@ from workloads.users import UserGroups
 from .framework import Claim, Results
 from .plotting import grid, save, style_axis
 from .selection_common import check_mode, deployment
-from .selection_policies import register
 
 NAME = "fig10"
 TITLE = "Personalized selection: per-user state vs one global state"
@@ -146,7 +145,6 @@ def run(cfg: Config) -> Results:
                              "epsilon_greedy, ucb1, exp3_discounted, exp4_discounted)")
     if cfg.n_users < cfg.n_groups or cfg.real_users < cfg.n_groups:
         raise ValueError("n_users and real_users must be >= n_groups")
-    register()
     rows: list[dict[str, Any]] = []
     raw: list[pd.DataFrame] = []
     if cfg.mode in ("sim", "both"):

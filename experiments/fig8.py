@@ -10,7 +10,7 @@ each application links all five with one policy; the best (``rbf_svm``) answers 
 uniformly random wrong class during ``[fail_from, fail_to)`` (``simulator.Degrade`` at
 accuracy 0).  Policies: the engine's Clipper rules (``exp3``, ``exp4``, eta 0.01,
 ``epsilon_greedy``, ``ucb1``), ``static:MODEL`` for each model, and the discounted variants
-of ``experiments.selection_policies`` (``exp3_discounted``: eta 0.1, gamma 0.05, discount
+in ``engine.selection`` (``exp3_discounted``: eta 0.1, gamma 0.05, discount
 0.002; ``exp4_discounted``: Hedge, eta 0.1, discount 0.002), which forget old losses and so
 can move weight back after the recovery.
 
@@ -49,7 +49,6 @@ from .selection_common import (
     deployment,
     weights_over_time,
 )
-from .selection_policies import register
 
 NAME = "fig8"
 TITLE = "Exp3 and Exp4 under model failure: cumulative error and weights over time"
@@ -219,7 +218,6 @@ class _Applied:
 
 def run(cfg: Config) -> Results:
     _check(cfg)
-    register()
     rows: list[dict[str, Any]] = []
     raw: list[pd.DataFrame] = []
     if cfg.mode in ("sim", "both"):

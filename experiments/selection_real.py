@@ -9,8 +9,6 @@ Rules:
 - Zoo models deploy as what they are: scikit-learn estimators with ``deploy_sklearn``, the
   torch CNN with ``deploy_torch`` (argmax output), a ``workloads.zoo.Switchable`` (a model
   that can be made to fail from outside, through a flag file) with ``deploy_python``.
-- The discounted policies of ``selection_policies`` are registered first: the engine runs
-  in this process, so applications may use them.
 - ``stream`` sends one application's queries in order from one client connection; with
   ``feedback=True`` each answer's label follows at once with the answer's ``query_id``
   (the engine joins it with the predictions it remembers).  Several applications run
@@ -36,8 +34,6 @@ from real.config import load_config
 from real.server import ServerThread
 from workloads.zoo import Switchable, TorchPredictor
 
-from .selection_policies import register
-
 __all__ = ["Rig", "deploy", "real_server", "run_streams", "stream"]
 
 
@@ -60,7 +56,6 @@ def real_server(*, cache: bool = True, remember_queries: int = 50_000,
     """A server on loopback with ephemeral ports; stopped and cleaned up on exit.
     ``cache=False`` turns the frontend's cache keys off *and* gives the engine's cache no
     room (the frontend still keys ``/update`` inputs, which would otherwise be cached)."""
-    register()
     tmp = Path(tempfile.mkdtemp(prefix="clipperlab-sel-"))
     cfg = load_config(None, query_port=0, admin_port=0, rpc_port=0, store=str(tmp / "store"),
                       heartbeat_interval_s=1.0, cache=cache, remember_queries=remember_queries,

@@ -189,3 +189,52 @@ def test_exp3_moves_traffic_away_from_a_failing_model() -> None:
         d.feedback_(i, "a", 1, query_id=i)
     p = d.eng.probabilities("a")
     assert p["good"] > 0.95
+
+
+def _fail_and_recover(pol: Exp3 | Exp4, rounds: int = 3000) -> tuple[float, float, float]:
+    """Model 'a' is right, then wrong for a window, then right again; 'b' is right 80% of
+    the time throughout.  Returns a's probability before, during (end) and after."""
+    rng = np.random.default_rng(0)
+    st = pol.new_state(["a", "b"])
+    marks = []
+    for t in range(rounds):
+        a_wrong = rounds // 3 <= t < 2 * rounds // 3
+        losses = {"a": 1.0 if a_wrong else 0.0, "b": float(rng.random() < 0.2)}
+        if isinstance(pol, Exp3):
+            m = pol.select(st, rng)[0]
+            losses = {m: losses[m]}
+        pol.observe(st, losses)
+        if t + 1 in (rounds // 3, 2 * rounds // 3, rounds):
+            marks.append(pol.probabilities(st)[0])
+    return marks[0], marks[1], marks[2]
+
+
+def test_discounted_policies_move_weight_away_and_back() -> None:
+    """With forgetting, weight leaves the failing model and returns after it recovers."""
+    for pol in (
+        Exp3(eta=0.1, gamma=0.05, discount=0.002),
+        Exp4(eta=0.1, discount=0.002, update="full"),
+    ):
+        before, during, after = _fail_and_recover(pol)
+        assert before > 0.8 and during < 0.2 and after > 0.8, (pol.name, before, during, after)
+
+
+def test_clipper_exp4_importance_update_never_abandons_the_leader() -> None:
+    """Clipper's Exp4 rule divides by vote share: the runner-up collapses to the floor while
+    the leader is right, so the leader keeps its weight through its failure (why the
+    discounted Hedge variant exists)."""
+    before, during, _ = _fail_and_recover(Exp4(eta=0.1))
+    assert before > 0.99 and during > 0.99
+
+
+def test_discounted_policies_are_named_policies() -> None:
+    assert make_policy("exp4_discounted").params() == {
+        "eta": 0.1,
+        "discount": 0.002,
+        "update": "full",
+    }
+    assert make_policy("exp3_discounted").params()["gamma"] == 0.05
+    with pytest.raises(ConfigError, match="discount"):
+        make_policy("exp3", {"discount": 1.0})
+    with pytest.raises(ConfigError, match="update"):
+        make_policy("exp4", {"update": "sometimes"})

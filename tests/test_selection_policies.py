@@ -1,7 +1,7 @@
 """Property tests of the selection policies under adversarial and stochastic losses.
 
-The engine's policies (``engine.selection``) and the discounted plug-ins
-(``experiments.selection_policies``) are driven directly: select, combine, observe.
+The engine's policies (``engine.selection``, Clipper's and the discounted variants) are
+driven directly: select, combine, observe.
 """
 
 from __future__ import annotations
@@ -15,9 +15,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.selection import make_policy
-from experiments.selection_policies import register
-
-register()
 
 POLICIES: list[tuple[str, dict[str, Any]]] = [
     ("exp3", {}),
