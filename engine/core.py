@@ -53,7 +53,7 @@ from .cache import MISS, PredictionCache
 from .errors import ConfigError, Conflict, NotFound
 from .metrics import BATCH_SIZE_BUCKETS, Counter, Metrics
 from .registry import Application, ModelSpec, Registry
-from .selection import PolicyState, SelectionPolicy, loss, make_policy
+from .selection import PolicyState, SelectionPolicy, Static, loss, make_policy
 
 __all__ = ["Engine"]
 
@@ -247,6 +247,8 @@ class _App:
         "m_feedback",
         "m_missing",
         "fifo",
+        "refused",
+        "fixed",
     )
 
     def __init__(self, spec: Application, metrics: Metrics) -> None:
@@ -259,7 +261,9 @@ class _App:
         self.fifo: deque[_Task] = deque()
         lab = {"app": spec.name}
         self.m_queries = metrics.counter("clipperlab_queries_total", **lab)
-        self.m_replies = metrics.counter("clipperlab_replies_total", **lab)
+        self.m_replies = metrics.counter("clipperlab_replies_total", **lab)  # set on sync
+        self.refused = 0  # replies without a latency observation (refused, shed)
+        self.fixed: tuple[str, ...] | None = None
         self.m_latency = metrics.histogram("clipperlab_query_latency_seconds", app=spec.name)
         self.m_feedback = metrics.counter("clipperlab_feedback_total", **lab)
         self.m_missing = metrics.counter("clipperlab_missing_predictions_total", **lab)
@@ -270,8 +274,18 @@ class _App:
             s = self.states[context] = self.policy.new_state(self.models)
         return s
 
+    def set_policy(self, policy: SelectionPolicy) -> None:
+        self.policy = policy
+        self.relink(self.models)
+
     def relink(self, models: tuple[str, ...]) -> None:
         self.models = models
+        # A static policy's choice does not depend on state: computed once, not per query.
+        self.fixed = (
+            self.policy.select(PolicyState(models), None)  # type: ignore[arg-type]
+            if isinstance(self.policy, Static)
+            else None
+        )
         for ctx, old in list(self.states.items()):
             new = self.policy.new_state(models)
             for i, m in enumerate(models):
@@ -321,8 +335,7 @@ class Engine:
         self._due_at = _INF
         self._wakes: list[tuple[float, int, _Version]] = []
         self._recent: dict[int, _Task] = {}
-        self._recent_ring: list[int | None] = [None] * remember_queries
-        self._recent_pos = 0
+        self._recent_limit = remember_queries + max(remember_queries // 4, 1)
         self._seq = itertools.count()
         self._batch_ids = itertools.count(1)
         m = self.metrics
@@ -346,7 +359,7 @@ class Engine:
         old.spec = spec
         old.fifo = self._fifos.setdefault(spec.slo_s, deque())
         if "policy" in changes or "policy_params" in changes:
-            old.policy = policy
+            old.set_policy(policy)
         self._refresh_bounds()
         return spec
 
@@ -507,7 +520,9 @@ class Engine:
         state = app.states.get(context)
         if state is None:
             state = app.state(context)
-        selected = app.policy.select(state, self.rng)
+        selected = app.fixed
+        if selected is None:
+            selected = app.policy.select(state, self.rng)
         deadline = now + app.spec.slo_s if qdeadline is None else qdeadline
         task = _Task(qid, app, state, selected, deadline, now, context)
         if qdeadline is not None and qdeadline <= now:  # already too late: no model is asked
@@ -599,7 +614,7 @@ class Engine:
         pred = Prediction(app.spec.default_output, 0.0, True, reason, expl, (), task.selected)
         task.done = True
         self._count_default(app, reason)
-        app.m_replies.value += 1
+        app.refused += 1
         out.append(Reply(task.id, pred, 0.0, True))
         if self.log is not None:
             self.log.append(("refuse", now, task.id, reason))
@@ -725,7 +740,7 @@ class Engine:
         pred = Prediction(app.spec.default_output, 0.0, True, reason, expl, (), task.selected)
         task.done = True
         self._count_default(app, reason)
-        app.m_replies.value += 1
+        app.refused += 1
         out.append(Reply(task.id, pred, now - task.arrival_at, True))
         if self.log is not None:
             self.log.append(("reply", now, task.id, pred.output, True, reason, ()))
@@ -916,22 +931,18 @@ class Engine:
             else:
                 pred = Prediction(output, conf, False, None, None, models, missing)
         latency = now - task.arrival_at
-        app.m_replies.value += 1
         h = app.m_latency
         h.counts[bisect_left(h.bounds, latency)] += 1
         h.sum += latency
         h.count += 1
         out.append(_tuple_new(Reply, (task.id, pred, latency, False)))
         if self.remember_queries:
-            ring = self._recent_ring
-            pos = self._recent_pos
-            old = ring[pos]
-            if old is not None:
-                self._recent.pop(old, None)
-            ring[pos] = task.id
-            self._recent[task.id] = task
-            pos += 1
-            self._recent_pos = 0 if pos == self.remember_queries else pos
+            recent = self._recent
+            recent[task.id] = task
+            if len(recent) > self._recent_limit:
+                # drop the oldest quarter at once: O(1) per query, amortised
+                for k in list(itertools.islice(recent, len(recent) - self.remember_queries)):
+                    del recent[k]
         if self.log is not None:
             self.log.append(
                 ("reply", now, task.id, pred.output, pred.default, pred.default_reason, pred.models)
@@ -1023,6 +1034,8 @@ class Engine:
     def sync_metrics(self) -> Metrics:
         """The metrics, with counters kept elsewhere (cache evictions) brought up to date."""
         self._m_evictions.value = float(self.cache.evictions)
+        for app in self._apps.values():
+            app.m_replies.value = float(app.m_latency.count + app.refused)
         return self.metrics
 
     def apps(self) -> Mapping[str, Application]:
