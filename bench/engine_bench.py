@@ -67,53 +67,38 @@ def run(
                 items += n
                 heapq.heappush(done_heap, (now + alpha_s * n + beta_s, ins.batch_id, ins))
 
-    t0 = time.perf_counter()
     on_query, on_done, on_timer, next_deadline = (
         eng.on_query,
         eng.on_batch_done,
         eng.on_timer,
         eng.next_deadline,
     )
-    for qid in range(n_queries):
-        now = qid * gap
+    inf = float("inf")
+
+    def step_until(limit: float) -> None:
+        """Deliver batch completions and engine timers due by ``limit``, in time order."""
         while True:
-            t_done = done_heap[0][0] if done_heap else float("inf")
+            t_done = done_heap[0][0] if done_heap else inf
             t_timer = next_deadline()
-            t_timer = float("inf") if t_timer is None else t_timer
-            if t_done <= now and t_done <= t_timer:
+            t_timer = inf if t_timer is None else t_timer
+            if t_done <= limit and t_done <= t_timer and t_done < inf:
                 at, _, sb = heapq.heappop(done_heap)
-                carry(
-                    on_done(
-                        BatchDone(
-                            replica=sb.replica, batch_id=sb.batch_id, outputs=[1] * len(sb.inputs)
-                        ),
-                        at,
-                    ),
-                    at,
+                done = BatchDone(
+                    replica=sb.replica, batch_id=sb.batch_id, outputs=[1] * len(sb.inputs)
                 )
-            elif t_timer <= now:
+                carry(on_done(done, at), at)
+            elif t_timer <= limit and t_timer < inf:
                 carry(on_timer(t_timer), t_timer)
             else:
-                break
+                return
+
+    t0 = time.perf_counter()
+    for qid in range(n_queries):
+        now = qid * gap
+        step_until(now)
         # built as a plain tuple, as the simulator driver does (NamedTuple.__new__ is Python)
         carry(on_query(new_query(Query, (qid, "bench", payload, None, None, None)), now), now)
-    while done_heap or next_deadline() is not None:
-        t_done = done_heap[0][0] if done_heap else float("inf")
-        t_timer = next_deadline()
-        t_timer = float("inf") if t_timer is None else t_timer
-        if t_done <= t_timer:
-            at, _, sb = heapq.heappop(done_heap)
-            carry(
-                on_done(
-                    BatchDone(
-                        replica=sb.replica, batch_id=sb.batch_id, outputs=[1] * len(sb.inputs)
-                    ),
-                    at,
-                ),
-                at,
-            )
-        else:
-            carry(on_timer(t_timer), t_timer)
+    step_until(inf)
     wall = time.perf_counter() - t0
     assert replies == n_queries, (replies, n_queries)
     return {
