@@ -63,6 +63,20 @@ def batch_time_s(sampler: Any, n: int) -> float:
     return xfer + LINK_S + sampler(n) + LINK_S + n * 64 / BANDWIDTH_BPS
 
 
+def _timed_run(env: simpy.Environment, procs: list[Any], trace: Trace, done: list[float],
+               state: dict[str, Any]) -> dict[str, float]:
+    """Run a bare loop's processes to the end of the trace, timed; summarise like the
+    simulator (mean batch, p99 latency)."""
+    for proc in procs:
+        env.process(proc)
+    t0, c0 = time.perf_counter(), time.process_time()
+    env.run(until=float(trace.arrival_at[-1]) + 1.0)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    lat = np.asarray(done) - trace.arrival_at
+    return {"wall_s": wall, "cpu_s": cpu, "mean_batch": state["items"] / state["batches"],
+            "p99_ms": float(np.percentile(lat, 99) * 1e3)}
+
+
 def bare_event_per_arrival(trace: Trace, seed: int) -> dict[str, float]:
     sampler = load_profile(PROFILE).sampler(np.random.default_rng(seed))
     env = simpy.Environment()
@@ -98,14 +112,7 @@ def bare_event_per_arrival(trace: Trace, seed: int) -> dict[str, float]:
             state["batches"] += 1
             state["items"] += k
 
-    env.process(source())
-    env.process(replica())
-    t0, c0 = time.perf_counter(), time.process_time()
-    env.run(until=arrivals[-1] + 1.0)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    lat = np.asarray(done) - trace.arrival_at
-    return {"wall_s": wall, "cpu_s": cpu, "mean_batch": state["items"] / state["batches"],
-            "p99_ms": float(np.percentile(lat, 99) * 1e3)}
+    return _timed_run(env, [source(), replica()], trace, done, state)
 
 
 def bare_batched_arrivals(trace: Trace, seed: int) -> dict[str, float]:
@@ -155,14 +162,7 @@ def bare_batched_arrivals(trace: Trace, seed: int) -> dict[str, float]:
             state["batches"] += 1
             state["items"] += k
 
-    env.process(source())
-    env.process(replica())
-    t0, c0 = time.perf_counter(), time.process_time()
-    env.run(until=arrivals[-1] + 1.0)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    lat = np.asarray(done) - trace.arrival_at
-    return {"wall_s": wall, "cpu_s": cpu, "mean_batch": state["items"] / state["batches"],
-            "p99_ms": float(np.percentile(lat, 99) * 1e3)}
+    return _timed_run(env, [source(), replica()], trace, done, state)
 
 
 def simulator_run(trace: Trace, seed: int) -> dict[str, float]:

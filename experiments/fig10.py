@@ -31,7 +31,7 @@ from workloads.users import UserGroups
 
 from .framework import Claim, Results
 from .plotting import grid, save, style_axis
-from .selection_common import check_mode, deployment
+from .selection_common import check_mode, deployment, run_modes
 
 NAME = "fig10"
 TITLE = "Personalized selection: per-user state vs one global state"
@@ -145,14 +145,7 @@ def run(cfg: Config) -> Results:
                              "epsilon_greedy, ucb1, exp3_discounted, exp4_discounted)")
     if cfg.n_users < cfg.n_groups or cfg.real_users < cfg.n_groups:
         raise ValueError("n_users and real_users must be >= n_groups")
-    rows: list[dict[str, Any]] = []
-    raw: list[pd.DataFrame] = []
-    if cfg.mode in ("sim", "both"):
-        rows += _sim(cfg, raw)
-    if cfg.mode in ("real", "both"):
-        rows += _real(cfg)
-    return Results(table=pd.DataFrame(rows),
-                   raw={"batches": pd.concat(raw, ignore_index=True)} if raw else {})
+    return run_modes(cfg.mode, lambda raw: _sim(cfg, raw), lambda: _real(cfg))
 
 
 def plot(results: Results, out_dir: Path) -> list[Path]:

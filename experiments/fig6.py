@@ -33,7 +33,7 @@ from workloads.zoo import load_zoo
 
 from .framework import Claim, Results
 from .plotting import grid, save, style_axis
-from .selection_common import check_mode, check_models, deployment
+from .selection_common import check_mode, check_models, deployment, run_modes
 
 NAME = "fig6"
 TITLE = "Ensembles and confidence: single models vs the ensemble, confident vs unsure answers"
@@ -149,14 +149,7 @@ def run(cfg: Config) -> Results:
         raise ValueError(f"task must be digits-10 or digits-binary-3, got {cfg.task!r}")
     if any(not 0 <= t <= 1 for t in cfg.thresholds):
         raise ValueError(f"thresholds must be in [0, 1], got {cfg.thresholds}")
-    rows: list[dict[str, Any]] = []
-    raw: list[pd.DataFrame] = []
-    if cfg.mode in ("sim", "both"):
-        rows += _sim(cfg, raw)
-    if cfg.mode in ("real", "both"):
-        rows += _real(cfg)
-    return Results(table=pd.DataFrame(rows),
-                   raw={"batches": pd.concat(raw, ignore_index=True)} if raw else {})
+    return run_modes(cfg.mode, lambda raw: _sim(cfg, raw), lambda: _real(cfg))
 
 
 def plot(results: Results, out_dir: Path) -> list[Path]:

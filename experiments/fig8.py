@@ -47,6 +47,7 @@ from .selection_common import (
     check_models,
     cumulative_error,
     deployment,
+    run_modes,
     weights_over_time,
 )
 
@@ -218,14 +219,7 @@ class _Applied:
 
 def run(cfg: Config) -> Results:
     _check(cfg)
-    rows: list[dict[str, Any]] = []
-    raw: list[pd.DataFrame] = []
-    if cfg.mode in ("sim", "both"):
-        rows += _sim(cfg, raw)
-    if cfg.mode in ("real", "both"):
-        rows += _real(cfg)
-    return Results(table=pd.DataFrame(rows),
-                   raw={"batches": pd.concat(raw, ignore_index=True)} if raw else {})
+    return run_modes(cfg.mode, lambda raw: _sim(cfg, raw), lambda: _real(cfg))
 
 
 _STYLE = {"exp3": ("#1f77b4", "-"), "exp4": ("#d62728", "-"),

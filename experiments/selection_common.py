@@ -14,7 +14,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ from simulator import (
     ReplayOutputs,
     load_profile,
 )
+
+from .framework import Results
 
 __all__ = [
     "MODES",
@@ -59,6 +61,23 @@ PROFILE_OF: dict[str, str] = {
     "decision_tree": "measured-linear-svm",
     "torch_cnn": "measured-torch-cnn",
 }
+
+
+def run_modes(
+    mode: str,
+    sim: Callable[[list[pd.DataFrame]], list[dict[str, Any]]],
+    real: Callable[[], list[dict[str, Any]]],
+) -> Results:
+    """Rows from the simulator (``sim(raw)`` appends raw batch tables to ``raw``), from the
+    real server, or both, as one table: the shape every selection experiment returns."""
+    rows: list[dict[str, Any]] = []
+    raw: list[pd.DataFrame] = []
+    if mode in ("sim", "both"):
+        rows += sim(raw)
+    if mode in ("real", "both"):
+        rows += real()
+    return Results(table=pd.DataFrame(rows),
+                   raw={"batches": pd.concat(raw, ignore_index=True)} if raw else {})
 
 
 def check_mode(mode: str) -> None:
