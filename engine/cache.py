@@ -131,5 +131,3 @@ class PredictionCache:
             self.evictions += 1
             return
 
-    def clear(self) -> None:
-        self.__init__(self.capacity_bytes)  # type: ignore[misc]
