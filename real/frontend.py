@@ -264,7 +264,7 @@ class QueryFrontend:
                 app=app_name,
                 label=body["label"],
                 input=x,
-                input_key=input_digest(x) if x is not None else None,
+                input_key=input_digest(x) if x is not None and self.cache else None,
                 context=body.get("uid"),
                 query_id=qid,
             )
