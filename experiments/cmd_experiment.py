@@ -34,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
         help="override one config field (tuples: items joined with '+'); repeatable",
     )
+    parser.add_argument(
+        "--mode", choices=("sim", "real", "both"), default=None,
+        help="where to run, for experiments that run in both (fig6, fig8, fig10, cache, "
+        "fig11...): the same as --set mode=MODE",
+    )
     parser.add_argument("--list", action="store_true", help="list experiments and their keys")
     parser.add_argument(
         "--replot", action="store_true",
@@ -61,6 +66,13 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.seed is not None and args.seed < 0:
         raise CLIError(f"--seed must be >= 0, got {args.seed}")
+    if args.mode is not None:
+        if len(names) > 1:
+            raise CLIError("--mode applies to one experiment; name it instead of 'all'")
+        fields = {f.name for f in dataclasses.fields(load_experiment(names[0]).Config)}
+        if "mode" not in fields:
+            raise CLIError(f"{names[0]} runs in the simulator only; it has no --mode")
+        args.sets = [*args.sets, f"mode={args.mode}"]
     if args.sets and len(names) > 1:
         raise CLIError("--set applies to one experiment; name it instead of 'all'")
     for name in names:
