@@ -130,4 +130,3 @@ class PredictionCache:
             self.used_bytes -= e[1]
             self.evictions += 1
             return
-

@@ -1,0 +1,256 @@
+"""The engine's runtime state: tasks, model requests, replicas, batches, versions, apps.
+
+Plain slotted classes, private to the engine (``core.py`` drives them).  A ``_Task`` is a
+query or a feedback item waiting for model answers; a ``_Request`` is one prediction wanted
+from one model version, shared by coalesced waiters (a query for one model with an
+uncached input is its own request); a ``_Version`` holds a model version's queue, replicas
+and metrics; an ``_App`` an application's policy, per-context selection state and metrics.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable
+from typing import Any
+
+from ._types import ModelId, ReplicaId
+from .batching import BatchController
+from .metrics import BATCH_SIZE_BUCKETS, Counter, Metrics
+from .registry import Application, ModelSpec
+from .selection import PolicyState, SelectionPolicy, Static, make_policy
+
+
+class _Task:
+    """A query or a feedback item waiting for model answers.
+
+    A query for one model with an uncached input is its own model request: it goes into
+    the queue itself (``input``, ``version``, ``seq`` set), saving an object per query."""
+
+    __slots__ = (
+        "input",
+        "version",
+        "seq",
+        "id",
+        "app",
+        "state",
+        "selected",
+        "answers",
+        "waiting",
+        "failed",
+        "deadline",
+        "arrival_at",
+        "done",
+        "context",
+    )
+    feedback = False
+    key: Hashable | None = None  # as a request: never cached
+    input: Any
+    version: _Version
+    seq: int
+
+    @property
+    def waiters(self) -> tuple[_Task, ...]:
+        return (self,)
+
+    def __init__(
+        self,
+        id_: int,
+        app: _App,
+        state: PolicyState,
+        selected: tuple[str, ...],
+        deadline: float,
+        arrival_at: float,
+        context: Hashable | None,
+    ) -> None:
+        self.id = id_
+        self.app = app
+        self.state = state
+        self.selected = selected
+        self.answers: dict[str, Any] = {}
+        self.waiting = len(selected)
+        self.failed = 0
+        self.deadline = deadline
+        self.arrival_at = arrival_at
+        self.done = False
+        self.context = context
+
+
+class _FeedbackTask(_Task):
+    """A feedback item: waits for the predictions its policy needs, then observes."""
+
+    __slots__ = ("label", "from_cache")
+    feedback = True
+
+    def __init__(
+        self,
+        id_: int,
+        app: _App,
+        state: PolicyState,
+        selected: tuple[str, ...],
+        deadline: float,
+        arrival_at: float,
+        context: Hashable | None,
+        label: Any,
+    ) -> None:
+        super().__init__(id_, app, state, selected, deadline, arrival_at, context)
+        self.label = label
+        self.from_cache = 0
+
+
+class _Request:
+    """One prediction wanted from one model version; shared by coalesced waiters."""
+
+    __slots__ = ("version", "key", "input", "deadline", "arrival_at", "waiters", "seq")
+
+    def __init__(
+        self,
+        version: _Version,
+        key: Hashable | None,
+        input_: Any,
+        deadline: float,
+        arrival_at: float,
+        waiter: _Task,
+        seq: int,
+    ) -> None:
+        self.version = version
+        self.key = key
+        self.input = input_
+        self.deadline = deadline
+        self.arrival_at = arrival_at
+        self.waiters = [waiter]
+        self.seq = seq
+
+
+_Wanted = _Request | _Task  # what a model queue holds
+
+
+class _Replica:
+    __slots__ = ("id", "ctrl", "batch", "idle_since")
+
+    def __init__(self, id_: ReplicaId, ctrl: BatchController, now: float) -> None:
+        self.id = id_
+        self.ctrl = ctrl
+        self.batch: _Batch | None = None
+        self.idle_since = now
+
+
+class _Batch:
+    __slots__ = ("id", "replica", "requests", "assembly_at")
+
+    def __init__(
+        self, id_: int, replica: _Replica, requests: list[_Wanted], assembly_at: float
+    ) -> None:
+        self.id = id_
+        self.replica = replica
+        self.requests = requests
+        self.assembly_at = assembly_at
+
+
+class _Version:
+    __slots__ = (
+        "mid",
+        "spec",
+        "queue",
+        "replicas",
+        "idle",
+        "wake_at",
+        "newest_arrival_at",
+        "m_predictions",
+        "m_batch_size",
+        "m_batch_latency",
+        "m_expired",
+        "m_batches",
+        "m_errors",
+        "limit",
+        "drop_hopeless",
+        "m_hopeless",
+    )
+
+    def __init__(self, spec: ModelSpec, metrics: Metrics) -> None:
+        self.mid = ModelId(spec.name, spec.version)
+        self.spec = spec
+        self.queue: list[tuple[float, int, _Wanted]] = []
+        self.replicas: dict[ReplicaId, _Replica] = {}
+        self.idle: deque[_Replica] = deque()
+        self.wake_at: float | None = None
+        self.newest_arrival_at = 0.0
+        self.limit: int | None = spec.batching.max_queue
+        self.drop_hopeless = spec.batching.drop_hopeless
+        lab = {"model": spec.name, "version": spec.version}
+        self.m_predictions = metrics.counter("clipperlab_model_predictions_total", **lab)
+        self.m_errors = metrics.counter("clipperlab_model_errors_total", **lab)
+        self.m_expired = metrics.counter("clipperlab_queue_expired_total", **lab)
+        self.m_hopeless = metrics.counter("clipperlab_queue_hopeless_total", **lab)
+        self.m_batch_size = metrics.histogram(
+            "clipperlab_batch_size",
+            bounds=BATCH_SIZE_BUCKETS,
+            model=spec.name,
+            version=spec.version,
+        )
+        self.m_batch_latency = metrics.histogram(
+            "clipperlab_batch_latency_seconds", model=spec.name, version=spec.version
+        )
+        self.m_batches: dict[str, Counter] = {}
+
+
+class _App:
+    __slots__ = (
+        "spec",
+        "policy",
+        "states",
+        "models",
+        "m_queries",
+        "m_replies",
+        "m_latency",
+        "m_feedback",
+        "m_missing",
+        "fifo",
+        "refused",
+        "fixed",
+    )
+
+    def __init__(self, spec: Application, metrics: Metrics) -> None:
+        self.spec = spec
+        self.policy: SelectionPolicy = make_policy(spec.policy, spec.policy_params)
+        self.states: dict[Hashable | None, PolicyState] = {}
+        self.models: tuple[str, ...] = ()
+        # Queries that use the application's SLO have deadlines in arrival order, so a
+        # FIFO (shared by every application with the same SLO) replaces a heap.
+        self.fifo: deque[_Task] = deque()
+        lab = {"app": spec.name}
+        self.m_queries = metrics.counter("clipperlab_queries_total", **lab)
+        self.m_replies = metrics.counter("clipperlab_replies_total", **lab)  # set on sync
+        self.refused = 0  # replies without a latency observation (refused, shed)
+        self.fixed: tuple[str, ...] | None = None
+        self.m_latency = metrics.histogram("clipperlab_query_latency_seconds", app=spec.name)
+        self.m_feedback = metrics.counter("clipperlab_feedback_total", **lab)
+        self.m_missing = metrics.counter("clipperlab_missing_predictions_total", **lab)
+
+    def state(self, context: Hashable | None) -> PolicyState:
+        s = self.states.get(context)
+        if s is None:
+            s = self.states[context] = self.policy.new_state(self.models)
+        return s
+
+    def set_policy(self, policy: SelectionPolicy) -> None:
+        self.policy = policy
+        self.relink(self.models)
+
+    def relink(self, models: tuple[str, ...]) -> None:
+        self.models = models
+        # A static policy's choice does not depend on state: computed once, not per query.
+        self.fixed = (
+            self.policy.select(PolicyState(models), None)  # type: ignore[arg-type]
+            if isinstance(self.policy, Static)
+            else None
+        )
+        for ctx, old in list(self.states.items()):
+            new = self.policy.new_state(models)
+            for i, m in enumerate(models):
+                if m in old.models:
+                    j = old.models.index(m)
+                    new.weights[i] = old.weights[j]
+                    new.counts[i] = old.counts[j]
+                    new.loss_sums[i] = old.loss_sums[j]
+            new.rounds = old.rounds
+            self.states[ctx] = new
