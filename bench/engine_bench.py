@@ -38,6 +38,19 @@ from engine import (  # noqa: E402
 )
 
 
+def _result(
+    n_queries: int, wall: float, items: int, batches: int, defaults: int
+) -> dict[str, float]:
+    return {
+        "queries": n_queries,
+        "wall_s": wall,
+        "qps": n_queries / wall,
+        "mean_batch": items / max(batches, 1),
+        "defaults": defaults,
+        "batches": batches,
+    }
+
+
 def run(
     n_queries: int,
     rate_qps: float = 20_000.0,
@@ -103,14 +116,7 @@ def run(
     step_until(inf)
     wall = time.perf_counter() - t0
     assert replies == n_queries, (replies, n_queries)
-    return {
-        "queries": n_queries,
-        "wall_s": wall,
-        "qps": n_queries / wall,
-        "mean_batch": items / max(batches, 1),
-        "defaults": defaults,
-        "batches": batches,
-    }
+    return _result(n_queries, wall, items, batches, defaults)
 
 
 def run_bare(
@@ -179,14 +185,7 @@ def run_bare(
         complete()
     dispatch(float("inf"))
     wall = time.perf_counter() - t0
-    return {
-        "queries": n_queries,
-        "wall_s": wall,
-        "qps": n_queries / wall,
-        "mean_batch": items / max(batches, 1),
-        "defaults": defaults,
-        "batches": batches,
-    }
+    return _result(n_queries, wall, items, batches, defaults)
 
 
 def main() -> None:

@@ -63,6 +63,16 @@ def batch_time_s(sampler: Any, n: int) -> float:
     return xfer + LINK_S + sampler(n) + LINK_S + n * 64 / BANDWIDTH_BPS
 
 
+def _complete(batch: list[tuple[int, float]], now: float, assembly: float, cap: int,
+              done: list[float], state: dict[str, Any]) -> int:
+    """A bare loop's batch came back at ``now``: record it; the next AIMD cap."""
+    for i, _ in batch:
+        done[i] = now
+    state["batches"] += 1
+    state["items"] += len(batch)
+    return aimd(cap, len(batch), now - assembly)
+
+
 def _timed_run(env: simpy.Environment, procs: list[Any], trace: Trace, done: list[float],
                state: dict[str, Any]) -> dict[str, float]:
     """Run a bare loop's processes to the end of the trace, timed; summarise like the
@@ -104,13 +114,8 @@ def bare_event_per_arrival(trace: Trace, seed: int) -> dict[str, float]:
             k = min(cap, len(queue))
             batch = [queue.popleft() for _ in range(k)]
             yield env.timeout(batch_time_s(sampler, k))
-            now = env.now
-            for i, _ in batch:
-                done[i] = now
-            cap = aimd(cap, k, now - assembly)
-            idle_since = now
-            state["batches"] += 1
-            state["items"] += k
+            idle_since = env.now
+            cap = _complete(batch, idle_since, assembly, cap, done, state)
 
     return _timed_run(env, [source(), replica()], trace, done, state)
 
@@ -154,13 +159,8 @@ def bare_batched_arrivals(trace: Trace, seed: int) -> dict[str, float]:
             batch = [queue.popleft() for _ in range(k)]
             end = start + batch_time_s(sampler, k)
             yield env.timeout(end - env.now)
-            now = env.now
-            for i, _ in batch:
-                done[i] = now
-            cap = aimd(cap, k, now - assembly)
-            idle_since = now
-            state["batches"] += 1
-            state["items"] += k
+            idle_since = env.now
+            cap = _complete(batch, idle_since, assembly, cap, done, state)
 
     return _timed_run(env, [source(), replica()], trace, done, state)
 

@@ -70,8 +70,6 @@ class ReleaseReason:
     REPLICA_IDLE = "replica_idle"
     PREFERRED_SIZE = "preferred_size"
 
-    ALL = (CAP_REACHED, WAIT_TIMEOUT, DEADLINE_PRESSURE, REPLICA_IDLE, PREFERRED_SIZE)
-
 
 class DefaultReason:
     """Why an answer is the application's default output."""
@@ -92,7 +90,6 @@ class DefaultReason:
         OVERLOADED: "Queue of model {model} is full ({limit} queued); query refused",
         SHED: "Shed by the batching policy of model {model}: it could not meet the latency bound",
     }
-    ALL = tuple(EXPLANATIONS)
 
 
 # --------------------------------------------------------------------------- per query

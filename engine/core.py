@@ -188,9 +188,6 @@ class Engine:
     def controller(self, replica: ReplicaId) -> BatchController:
         return self._replica(replica).ctrl
 
-    def queue_length(self, name: str, version: str | None = None) -> int:
-        return len(self._version(name, version).queue)
-
     def describe_model(self, name: str) -> dict[str, Any]:
         out: dict[str, Any] = {
             "name": name,
