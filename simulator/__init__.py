@@ -45,7 +45,9 @@ quantiles; ``sample``, ``sampler(rng)``, ``mean_s``, ``quantile_s``, ``line_s``,
 Deployments (``simulator.deployment``): ``Deployment(apps=[AppDeployment(Application,
 models)], models=[ModelDeployment(spec=ModelSpec, profile, replicas, hosts, kind, cpus,
 gpus, outputs)], hosts=[Host(name, cpus, gpus, link=Link(bandwidth_bps, latency_s))],
-frontend_link=Link|None, faults=[...])``; ``Deployment.single(...)`` for one model;
+frontend_link=Link|None, faults=[...], frontend_cpu=FrontendCPU(query_s, reply_s,
+batch_send_s, batch_done_s, item_s)|None)`` (the frontend's event loop as a CPU);
+``Deployment.single(...)`` for one model;
 ``load_config(path) -> SimConfig(deployment, workload, seed)`` reads TOML/JSON (see
 ``examples/simulate.toml``).
 
@@ -61,6 +63,7 @@ Command line: ``clipperlab simulate --config FILE``.
 from .deployment import (
     AppDeployment,
     Deployment,
+    FrontendCPU,
     Host,
     Link,
     ModelDeployment,
@@ -83,6 +86,7 @@ __all__ = [
     "Degrade",
     "Deployment",
     "Fault",
+    "FrontendCPU",
     "Host",
     "LatencyProfile",
     "Link",

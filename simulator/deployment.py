@@ -14,6 +14,12 @@ Rules:
   transfers on one link go one after another (FIFO), and when ``frontend_link`` is given
   they also share the frontend's NIC: a transfer runs at the smaller bandwidth and holds
   both.  Outputs come back in 8 bytes per item plus the link latency.
+- ``frontend_cpu`` (optional) makes the frontend a process with one event loop, as the
+  real server is: every arrival, batch send, batch result, timer and reply is handled one
+  after another (FIFO), each costing CPU time (``FrontendCPU``).  The engine sees each
+  event when the loop has finished with it, so a busy frontend delays queries, batches and
+  replies, and saturates at ``1 / (query_s + reply_s + (batch_send_s + batch_done_s) /
+  batch size)`` queries per second.  Without it the frontend costs nothing.
 - Config files are TOML or JSON; every error names the file, the field and the rule.
 """
 
@@ -39,6 +45,7 @@ from .profiles import KINDS, LatencyProfile, load_profile
 __all__ = [
     "AppDeployment",
     "Deployment",
+    "FrontendCPU",
     "Host",
     "Link",
     "ModelDeployment",
@@ -60,6 +67,36 @@ class Link:
                                  f"{self.bandwidth_bps!r}")
         if not (math.isfinite(self.latency_s) and self.latency_s >= 0):
             raise SimConfigError(f"latency_s: expected seconds >= 0, got {self.latency_s!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class FrontendCPU:
+    """CPU seconds the frontend's event loop spends per event (see the module's rules).
+
+    ``query_s``: per query received (HTTP parse, JSON, the engine's ``on_query``);
+    ``reply_s``: per reply written; ``batch_send_s`` / ``batch_done_s``: per batch sent to
+    a container / per batch result handled (RPC framing, the engine's batch logic);
+    ``item_s``: per item of a batch, added to both (serialisation).  ``clipperlab
+    validate`` measures them on the real server."""
+
+    query_s: float = 0.0
+    reply_s: float = 0.0
+    batch_send_s: float = 0.0
+    batch_done_s: float = 0.0
+    item_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        for k in ("query_s", "reply_s", "batch_send_s", "batch_done_s", "item_s"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not (
+                    math.isfinite(v) and v >= 0):
+                raise SimConfigError(f"frontend_cpu.{k}: expected seconds >= 0, got {v!r}")
+
+    def capacity_qps(self, batch_size: float = 1.0) -> float:
+        """Queries per second the loop can handle at a mean batch size (inf when free)."""
+        per = (self.query_s + self.reply_s + 2 * self.item_s
+               + (self.batch_send_s + self.batch_done_s) / max(batch_size, 1.0))
+        return 1.0 / per if per > 0 else math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +175,7 @@ class Deployment:
     frontend_link: Link | None = None
     faults: tuple[Fault, ...] = ()
     cache_capacity_bytes: int = 32 << 20
+    frontend_cpu: FrontendCPU | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "apps", tuple(self.apps))
@@ -272,8 +310,8 @@ class SimConfig:
 
 # ---------------------------------------------------------------------- config files
 
-_TOP = {"seed", "cache_capacity_bytes", "frontend", "hosts", "apps", "models", "workload",
-        "faults"}
+_TOP = {"seed", "cache_capacity_bytes", "frontend", "frontend_cpu", "hosts", "apps", "models",
+        "workload", "faults"}
 
 
 def load_config(path: str | Path) -> SimConfig:
@@ -408,12 +446,26 @@ def _deployment_from_dict(data: Mapping[str, Any], file: str, base_dir: Path) ->
             raise SimConfigError(f"{file}: {e}") from None
     fe = data.get("frontend")
     front = _link(_table(fe, file, "frontend"), file, "frontend") if fe is not None else None
+    fc = data.get("frontend_cpu")
+    fcpu = None
+    if fc is not None:
+        t = _table(fc, file, "frontend_cpu")
+        keys = {"query_s", "reply_s", "batch_send_s", "batch_done_s", "item_s"}
+        extra = sorted(set(t) - keys)
+        if extra:
+            raise _err(file, "frontend_cpu", f"unknown field(s) {extra}; expected some of "
+                                             f"{sorted(keys)}")
+        try:
+            fcpu = FrontendCPU(**{k: t[k] for k in keys if k in t})
+        except SimConfigError as e:
+            raise _err(file, "frontend_cpu", str(e)) from None
     cap = data.get("cache_capacity_bytes", 32 << 20)
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
         raise _err(file, "cache_capacity_bytes", f"expected an integer >= 0, got {cap!r}")
     try:
         return Deployment(apps=tuple(apps), models=tuple(models), hosts=tuple(hosts),
-                          frontend_link=front, faults=tuple(faults), cache_capacity_bytes=cap)
+                          frontend_link=front, faults=tuple(faults), cache_capacity_bytes=cap,
+                          frontend_cpu=fcpu)
     except SimConfigError as e:
         raise SimConfigError(f"{file}: {e}") from None
 

@@ -15,6 +15,12 @@ feeds the engine events with the simulated time and carries out the instructions
   the latency profile at the padded size (stragglers slow it down), and the outputs come
   back after the link latency.  The replica process sleeps until then and reports
   ``on_batch_done``.  The engine sends a replica one batch at a time.
+- With ``Deployment.frontend_cpu`` the frontend is one event loop (as in the real server):
+  every arrival, feedback, batch result and timer enters a FIFO and reaches the engine when
+  the loop is done with what came before it plus its own cost; each reply and batch send
+  the engine returns costs the loop more time, and the reply leaves (is recorded) then.
+  Engine time is the loop's time, so it never goes backwards.  Without it events reach
+  the engine at once and cost nothing (the paper's setting, and the fast path).
 - After every engine call the driver asks ``engine.next_deadline()`` and, when it is
   earlier than every pending timer, schedules a SimPy timeout that calls
   ``engine.on_timer(at)``.
@@ -34,6 +40,7 @@ model's outputs (``outputs.model_rng``).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import heapq
@@ -60,7 +67,7 @@ from engine import (
 from workloads import Trace, Workload
 
 from . import records
-from .deployment import Deployment, Link, ModelDeployment
+from .deployment import Deployment, FrontendCPU, Link, ModelDeployment
 from .errors import SimConfigError
 from .faults import Crash, Degrade, Straggler, parse_replica
 from .outputs import AccuracyOutputs, model_rng, noisy_labels
@@ -246,6 +253,10 @@ class Simulation:
         self.env = simpy.Environment()
         links = {h.name: _LinkState(h.link) for h in dep.hosts}
         self._fe = _LinkState(dep.frontend_link) if dep.frontend_link is not None else None
+        self._fc = dep.frontend_cpu
+        self._loop_free = 0.0  # when the frontend's event loop is next idle (frontend_cpu)
+        # batch results and timers waiting for the loop: (rep, SendBatch) or (None, at)
+        self._inbox: collections.deque[tuple[Any, Any]] = collections.deque()
         placement = dep.placement()
         self._reps: dict[ReplicaId, _Rep] = {}
         for mi, m in enumerate(dep.models):
@@ -374,7 +385,9 @@ class Simulation:
         labels = self.labels
         i = j = 0
         horizon = peek()
-        if m == 0 and single_app is not None and ctx is None and not cacheable_any:
+        fc = self._fc
+        if m == 0 and single_app is not None and ctx is None and not cacheable_any and (
+                fc is None):
             # The common case (the paper's setting), kept tight: no feedback, one
             # application, no users, no cache keys.
             new = tuple.__new__
@@ -402,14 +415,29 @@ class Simulation:
             return
         nxt_a = arrivals[0] if n else _INF
         nxt_f = fb_at[0] if m else _INF
+        inbox = self._inbox
         while i < n or j < m:
+            if fc is not None and inbox:
+                self._handle_inbox(fc)
+                horizon = min(peek(), self._timers[0] if self._timers else _INF)
+                continue
             t = nxt_a if nxt_a <= nxt_f else nxt_f
+            if fc is not None:
+                # the event loop takes the request when it is free (internal events first)
+                lf = self._loop_free
+                if lf > t:
+                    t = lf
             if t >= horizon:
+                if fc is not None and horizon < t:
+                    t = horizon  # wake for the event: it may be a batch result for the loop
                 yield env.timeout(t - env.now)
                 while peek() <= t:
                     yield env.timeout(0)
                 horizon = peek()
                 continue
+            if fc is not None:
+                t += fc.query_s
+                self._loop_free = t
             if nxt_a <= nxt_f:
                 if single_app is not None and ctx is None and not cacheable_any:
                     out = on_query(Query(i, single_app, i), t)
@@ -442,8 +470,54 @@ class Simulation:
             a = arm()
             if a < horizon:
                 horizon = a
+        if fc is None:
+            return
+        # inputs are done; the loop still handles batch results and timers until idle
+        while True:
+            if inbox:
+                self._handle_inbox(fc)
+                continue
+            nxt = peek()
+            if nxt == _INF:
+                return
+            yield env.timeout(nxt - env.now)
+            while peek() <= nxt:
+                yield env.timeout(0)
+
+    def _handle_inbox(self, fc: FrontendCPU) -> None:
+        """The event loop handles the oldest internal event (a batch result or a timer)."""
+        item = self._inbox.popleft()
+        lf = self._loop_free
+        now = self.env.now
+        t = now if now > lf else lf
+        eng = self.engine
+        if item[0] is None:  # a timer
+            self._loop_free = t
+            nd = eng.next_deadline()
+            out = eng.on_timer(t) if nd is not None and nd <= t else None
+        else:
+            rep, sb = item
+            t += fc.batch_done_s + fc.item_s * len(sb.inputs)
+            self._loop_free = t
+            out = eng.on_batch_done(
+                BatchDone(replica=sb.replica, batch_id=sb.batch_id,
+                          outputs=[self._outputs[rep.model_idx][q] for q in sb.inputs]), t)
+        if out:
+            self._carry_loop(out, fc)
+        self._arm()
+
+    def _loop_at(self, now: float, cost: float = 0.0) -> float:
+        """When the frontend's event loop has handled an event that came at ``now`` and
+        costs ``cost`` (``now`` itself without ``frontend_cpu``)."""
+        if self._fc is None:
+            return now
+        lf = self._loop_free
+        t = (now if now > lf else lf) + cost
+        self._loop_free = t
+        return t
 
     def _start_replica(self, rep: _Rep, now: float) -> None:
+        now = self._loop_at(now)
         rep.gen += 1
         rep.up = True
         rep.wake = self.env.event()
@@ -493,13 +567,18 @@ class Simulation:
                     rep.inflight[9] = "lost"
                     rep.inflight[8] = math.nan
                     rep.inflight = None
-                out = self.engine.on_replica_down(rid, now)
+                t = self._loop_at(now)
+                out = self.engine.on_replica_down(rid, t)
                 if out:
-                    self._carry(out, now)
+                    self._carry(out, t)
             self._arm()
 
     # ------------------------------------------------------------------ instructions
     def _carry(self, out: list[Instruction], now: float) -> None:
+        fc = self._fc
+        if fc is not None:
+            self._carry_loop(out, fc)
+            return
         for ins in out:
             tp = type(ins)
             if tp is Reply:
@@ -509,6 +588,25 @@ class Simulation:
                 self._send(ins, now)  # type: ignore[arg-type]
             else:
                 self._fb_applied.append((now, ins))  # type: ignore[arg-type]
+
+    def _carry_loop(self, out: list[Instruction], fc: FrontendCPU) -> None:
+        """``_carry`` when the frontend is an event loop: every reply and batch send costs
+        the loop time, in the engine's order, and happens when the loop is done with it."""
+        t = self._loop_free
+        for ins in out:
+            tp = type(ins)
+            if tp is Reply:
+                t += fc.reply_s
+                self._r_at.append(t)
+                self._r_reply.append(ins)  # type: ignore[arg-type]
+            elif tp is SendBatch:
+                t += fc.batch_send_s + fc.item_s * len(ins.inputs)  # type: ignore[union-attr]
+                self._loop_free = t
+                self._send(ins, t)  # type: ignore[arg-type]
+            else:
+                t += fc.reply_s
+                self._fb_applied.append((t, ins))  # type: ignore[arg-type]
+        self._loop_free = t
 
     def _send(self, sb: SendBatch, now: float) -> None:
         rep = self._reps[sb.replica]
@@ -561,6 +659,9 @@ class Simulation:
         rep.inflight = None
         if self.record_members:
             self._members.append((sb.inputs, rep.model_idx, now))
+        if self._fc is not None:
+            self._inbox.append((rep, sb))  # the event loop handles it (_handle_inbox)
+            return
         out = self.engine.on_batch_done(
             BatchDone(replica=sb.replica, batch_id=sb.batch_id, outputs=outputs), now
         )
@@ -592,6 +693,9 @@ class Simulation:
         timers = self._timers
         while timers and timers[0] <= at:
             heapq.heappop(timers)
+        if self._fc is not None:
+            self._inbox.append((None, at))
+            return
         nd = self.engine.next_deadline()
         if nd is not None and nd <= at:
             out = self.engine.on_timer(at)

@@ -228,3 +228,78 @@ def test_replica_ids_in_batches() -> None:
     table = {(str(ReplicaId("m", "1", int(r.replica))), int(r.batch_id))
              for r in res.batches.itertuples()}
     assert logged == table
+
+
+# ------------------------------------------------------------------ the frontend's event loop
+
+
+def _fe_run(fcpu, qps: float = 5000, n: int = 4000, policy: str = "aimd",  # type: ignore[no-untyped-def]
+            profile: str = "prototype-noop") -> SimResult:
+    import dataclasses
+
+    dep = dataclasses.replace(
+        Deployment.single(profile, batching=BatchingConfig(policy=policy)), frontend_cpu=fcpu)
+    return Simulation(dep, Workload(Poisson(qps), n_queries=n), seed=5,
+                      decision_log=True).run()
+
+
+def test_free_event_loop_changes_nothing() -> None:
+    """A frontend whose events cost nothing makes the same decisions as no frontend."""
+    from simulator import FrontendCPU
+
+    a = _fe_run(None)
+    b = _fe_run(FrontendCPU())
+    assert a.log == b.log
+    assert np.allclose(a.queries["reply_at"], b.queries["reply_at"])
+
+
+def test_event_loop_costs_delay_every_reply() -> None:
+    """A lone query pays every cost on its path once (query, batch send, batch done,
+    reply: 400 us here); under load the loop's queue adds more; batches still go one at a
+    time per replica."""
+    from simulator import FrontendCPU
+
+    fc = FrontendCPU(query_s=200e-6, reply_s=100e-6, batch_send_s=50e-6, batch_done_s=50e-6)
+    base = _fe_run(None, qps=20, n=300)
+    slow = _fe_run(fc, qps=20, n=300)
+    diff = slow.queries["latency_s"] - base.queries["latency_s"]
+    assert abs(diff.median() - 400e-6) < 10e-6  # the same service draws, 400 us later
+    busy = _fe_run(fc, qps=2000)
+    ok = ~busy.queries["default"]
+    assert (busy.queries["latency_s"][ok] >= 400e-6 - 1e-12).all()
+    assert busy.queries["latency_s"].quantile(0.9) > slow.queries["latency_s"].quantile(0.9)
+    b = busy.batches.sort_values("sent_at")
+    assert (b["sent_at"].to_numpy()[1:] >= b["done_at"].to_numpy()[:-1]).all()
+
+
+def test_event_loop_saturates_at_its_capacity() -> None:
+    """Offered twice what the loop can take, the answered rate stays at the loop's
+    capacity (FrontendCPU.capacity_qps) even though the model could do far more."""
+    from simulator import FrontendCPU
+
+    fc = FrontendCPU(query_s=60e-6, reply_s=40e-6)  # 10,000 q/s
+    assert fc.capacity_qps() == pytest.approx(10_000)
+    res = _fe_run(fc, qps=20_000, n=20_000, policy="aimd")
+    q = res.queries
+    good = q[~q["default"]]
+    span = good["reply_at"].max() - good["reply_at"].min()
+    assert len(good) / span == pytest.approx(10_000, rel=0.05)
+    free = _fe_run(None, qps=20_000, n=20_000)
+    assert (~free.queries["default"]).mean() > 0.99
+
+
+def test_frontend_cpu_in_config(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``[frontend_cpu]`` in a config file; bad values are named."""
+    from simulator import SimConfigError, config_from_dict
+
+    base = {"models": [{"name": "m", "profile": "prototype-noop"}],
+            "apps": [{"name": "a", "models": ["m"]}],
+            "workload": {"app": "a", "n_queries": 10, "arrivals": {"kind": "poisson",
+                                                                    "qps": 100}}}
+    cfg = config_from_dict({**base, "frontend_cpu": {"query_s": 3e-5, "reply_s": 1e-5}})
+    assert cfg.deployment.frontend_cpu is not None
+    assert cfg.deployment.frontend_cpu.query_s == 3e-5
+    with pytest.raises(SimConfigError, match="frontend_cpu.*query_s"):
+        config_from_dict({**base, "frontend_cpu": {"query_s": -1}})
+    with pytest.raises(SimConfigError, match="unknown field.*bogus"):
+        config_from_dict({**base, "frontend_cpu": {"bogus": 1}})
