@@ -76,17 +76,25 @@ class FrontendCPU:
     ``query_s``: per query received (HTTP parse, JSON, the engine's ``on_query``);
     ``reply_s``: per reply written; ``batch_send_s`` / ``batch_done_s``: per batch sent to
     a container / per batch result handled (RPC framing, the engine's batch logic);
-    ``item_s``: per item of a batch, added to both (serialisation).  ``clipperlab
-    validate`` measures them on the real server."""
+    ``item_s``: per item of a batch, added to both (serialisation).  ``wake_s``: what an
+    event costs on top when it finds the loop idle, growing with the idle time ``d`` as
+    ``wake_s x (1 - exp(-d / cold_after_s))`` (a process that slept runs on cold caches,
+    and on a virtual machine the wake-up itself costs CPU).  ``clipperlab validate``
+    measures them on the real server."""
 
     query_s: float = 0.0
     reply_s: float = 0.0
     batch_send_s: float = 0.0
     batch_done_s: float = 0.0
     item_s: float = 0.0
+    wake_s: float = 0.0
+    cold_after_s: float = 1e-3
 
     def __post_init__(self) -> None:
-        for k in ("query_s", "reply_s", "batch_send_s", "batch_done_s", "item_s"):
+        if not (isinstance(self.cold_after_s, int | float) and self.cold_after_s > 0):
+            raise SimConfigError(f"frontend_cpu.cold_after_s: expected seconds > 0, got "
+                                 f"{self.cold_after_s!r}")
+        for k in ("query_s", "reply_s", "batch_send_s", "batch_done_s", "item_s", "wake_s"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int | float) or not (
                     math.isfinite(v) and v >= 0):
@@ -450,7 +458,8 @@ def _deployment_from_dict(data: Mapping[str, Any], file: str, base_dir: Path) ->
     fcpu = None
     if fc is not None:
         t = _table(fc, file, "frontend_cpu")
-        keys = {"query_s", "reply_s", "batch_send_s", "batch_done_s", "item_s"}
+        keys = {"query_s", "reply_s", "batch_send_s", "batch_done_s", "item_s", "wake_s",
+                "cold_after_s"}
         extra = sorted(set(t) - keys)
         if extra:
             raise _err(file, "frontend_cpu", f"unknown field(s) {extra}; expected some of "

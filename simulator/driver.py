@@ -255,8 +255,10 @@ class Simulation:
         self._fe = _LinkState(dep.frontend_link) if dep.frontend_link is not None else None
         self._fc = dep.frontend_cpu
         self._loop_free = 0.0  # when the frontend's event loop is next idle (frontend_cpu)
-        # batch results and timers waiting for the loop: (rep, SendBatch) or (None, at)
-        self._inbox: collections.deque[tuple[Any, Any]] = collections.deque()
+        # batch results and timers waiting for the loop: (at, rep, SendBatch) or (at, None,
+        # None); and the CPU seconds the loop has spent
+        self._inbox: collections.deque[tuple[float, Any, Any]] = collections.deque()
+        self.loop_busy_s = 0.0
         placement = dep.placement()
         self._reps: dict[ReplicaId, _Rep] = {}
         for mi, m in enumerate(dep.models):
@@ -436,8 +438,7 @@ class Simulation:
                 horizon = peek()
                 continue
             if fc is not None:
-                t += fc.query_s
-                self._loop_free = t
+                t = self._loop_run(nxt_a if nxt_a <= nxt_f else nxt_f, fc.query_s)
             if nxt_a <= nxt_f:
                 if single_app is not None and ctx is None and not cacheable_any:
                     out = on_query(Query(i, single_app, i), t)
@@ -486,19 +487,14 @@ class Simulation:
 
     def _handle_inbox(self, fc: FrontendCPU) -> None:
         """The event loop handles the oldest internal event (a batch result or a timer)."""
-        item = self._inbox.popleft()
-        lf = self._loop_free
-        now = self.env.now
-        t = now if now > lf else lf
+        at, rep, sb = self._inbox.popleft()
         eng = self.engine
-        if item[0] is None:  # a timer
-            self._loop_free = t
+        if rep is None:  # a timer
+            t = self._loop_run(at, 0.0)
             nd = eng.next_deadline()
             out = eng.on_timer(t) if nd is not None and nd <= t else None
         else:
-            rep, sb = item
-            t += fc.batch_done_s + fc.item_s * len(sb.inputs)
-            self._loop_free = t
+            t = self._loop_run(at, fc.batch_done_s + fc.item_s * len(sb.inputs))
             out = eng.on_batch_done(
                 BatchDone(replica=sb.replica, batch_id=sb.batch_id,
                           outputs=[self._outputs[rep.model_idx][q] for q in sb.inputs]), t)
@@ -506,14 +502,26 @@ class Simulation:
             self._carry_loop(out, fc)
         self._arm()
 
-    def _loop_at(self, now: float, cost: float = 0.0) -> float:
-        """When the frontend's event loop has handled an event that came at ``now`` and
-        costs ``cost`` (``now`` itself without ``frontend_cpu``)."""
-        if self._fc is None:
-            return now
+    def _loop_at(self, now: float) -> float:
+        """When the frontend's event loop takes an event that came at ``now`` (``now``
+        itself without ``frontend_cpu``)."""
+        return now if self._fc is None else self._loop_run(now, 0.0)
+
+    def _loop_run(self, at: float, cost: float) -> float:
+        """The event loop handles an event that came at ``at`` and costs ``cost``: it
+        starts when the loop is free, pays the wake-up cost if the loop had gone idle, and
+        returns when it is done (the loop's new free time)."""
+        fc = self._fc
+        assert fc is not None
         lf = self._loop_free
-        t = (now if now > lf else lf) + cost
+        if at > lf:
+            if fc.wake_s:
+                cost += fc.wake_s * -math.expm1(-(at - lf) / fc.cold_after_s)
+            t = at + cost
+        else:
+            t = lf + cost
         self._loop_free = t
+        self.loop_busy_s += cost
         return t
 
     def _start_replica(self, rep: _Rep, now: float) -> None:
@@ -592,7 +600,7 @@ class Simulation:
     def _carry_loop(self, out: list[Instruction], fc: FrontendCPU) -> None:
         """``_carry`` when the frontend is an event loop: every reply and batch send costs
         the loop time, in the engine's order, and happens when the loop is done with it."""
-        t = self._loop_free
+        t = t0 = self._loop_free
         for ins in out:
             tp = type(ins)
             if tp is Reply:
@@ -607,6 +615,7 @@ class Simulation:
                 t += fc.reply_s
                 self._fb_applied.append((t, ins))  # type: ignore[arg-type]
         self._loop_free = t
+        self.loop_busy_s += t - t0
 
     def _send(self, sb: SendBatch, now: float) -> None:
         rep = self._reps[sb.replica]
@@ -660,7 +669,7 @@ class Simulation:
         if self.record_members:
             self._members.append((sb.inputs, rep.model_idx, now))
         if self._fc is not None:
-            self._inbox.append((rep, sb))  # the event loop handles it (_handle_inbox)
+            self._inbox.append((now, rep, sb))  # the event loop handles it (_handle_inbox)
             return
         out = self.engine.on_batch_done(
             BatchDone(replica=sb.replica, batch_id=sb.batch_id, outputs=outputs), now
@@ -694,7 +703,7 @@ class Simulation:
         while timers and timers[0] <= at:
             heapq.heappop(timers)
         if self._fc is not None:
-            self._inbox.append((None, at))
+            self._inbox.append((at, None, None))
             return
         nd = self.engine.next_deadline()
         if nd is not None and nd <= at:

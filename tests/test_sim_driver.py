@@ -303,3 +303,27 @@ def test_frontend_cpu_in_config(tmp_path) -> None:  # type: ignore[no-untyped-de
         config_from_dict({**base, "frontend_cpu": {"query_s": -1}})
     with pytest.raises(SimConfigError, match="unknown field.*bogus"):
         config_from_dict({**base, "frontend_cpu": {"bogus": 1}})
+
+
+def test_wake_cost_when_the_loop_was_idle() -> None:
+    """An event that finds the loop idle pays the wake-up cost: a lone query wakes the loop
+    twice on its path (its request, its batch result), so it takes 2 x wake_s longer; the
+    loop's busy time counts every cost, including wake-ups for the deadline timers."""
+    from simulator import FrontendCPU
+
+    warm = FrontendCPU(query_s=50e-6, reply_s=50e-6)
+    cold = FrontendCPU(query_s=50e-6, reply_s=50e-6, wake_s=1e-3, cold_after_s=1e-9)
+
+    def run(fc: FrontendCPU) -> tuple[SimResult, Simulation]:
+        import dataclasses
+
+        dep = dataclasses.replace(Deployment.single("prototype-noop"), frontend_cpu=fc)
+        sim = Simulation(dep, Workload(ConstantRate(20), n_queries=200), seed=5)
+        return sim.run(), sim
+
+    (a, sa), (b, sb) = run(warm), run(cold)
+    diff = b.queries["latency_s"] - a.queries["latency_s"]
+    assert abs(diff.median() - 2e-3) < 10e-6
+    assert sa.loop_busy_s == pytest.approx(200 * 100e-6)
+    wakes = (sb.loop_busy_s - sa.loop_busy_s) / 1e-3
+    assert wakes == pytest.approx(round(wakes)) and 400 <= round(wakes) <= 600
