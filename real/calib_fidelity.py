@@ -158,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
                 t["capacity_qps"] = res.calibration.capacity_qps
                 t["overhead_ms"] = res.calibration.overhead_s * 1e3
                 t["frontend_cost_us"] = res.calibration.frontend_cost_s * 1e6
+                t["query_cpu_us"] = res.calibration.query_cpu_s * 1e6
+                t["batch_cpu_us"] = res.calibration.batch_cpu_s * 1e6
+                t["wake_us"] = res.calibration.wake_s * 1e6
+                t["cold_after_ms"] = res.calibration.cold_after_s * 1e3
                 tables.append(t)
                 pd.concat(tables).to_csv(out / "fidelity.csv", index=False, float_format="%.6g")
     table = pd.concat(tables, ignore_index=True)
@@ -165,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     goals.to_csv(out / "fidelity_goals.csv", index=False, float_format="%.4f")
     plot(goals, out / "fidelity.png")
     cal = table.groupby(["model", "batching"], sort=False)[
-        ["capacity_qps", "overhead_ms", "frontend_cost_us"]].first().reset_index()
+        ["capacity_qps", "overhead_ms", "query_cpu_us", "batch_cpu_us", "wake_us",
+         "cold_after_ms"]].first().reset_index()
     text = ["# Simulator fidelity", "",
             "Calibrated simulator (measured profiles + frontend cost as a shared FIFO link +"
             " fixed per-query overhead) against the real server:", "", markdown(goals), "",

@@ -64,6 +64,7 @@ from simulator import (
     AppDeployment,
     ConstantOutputs,
     Deployment,
+    FrontendCPU,
     Host,
     LatencyProfile,
     Link,
@@ -101,8 +102,16 @@ class Calibration:
     """What the simulator is told about the frontend (see the module's steps 4-5)."""
 
     overhead_s: float = 0.0
-    frontend_cost_s: float = 0.0
+    frontend_cost_s: float = 0.0  # server CPU per query at the last good ramp step
     capacity_qps: float = math.nan
+    # the server's CPU fitted over the calibration and ramp runs: per query and per batch
+    # (non-negative least squares); the twin's event loop (FrontendCPU) uses these
+    query_cpu_s: float = 0.0
+    batch_cpu_s: float = 0.0
+    # what an event costs the loop on top when it finds it idle: wake_s x (1 -
+    # exp(-idle / cold_after_s)), fitted to the CPU per query at low rates
+    wake_s: float = 0.0
+    cold_after_s: float = 1e-3
     # reported, not used by the twin: in-situ batch latency at low load minus the profile's
     # (it includes waking idle processes and any delayed-batching wait) and their ratio
     batch_extra_s: float = 0.0
@@ -200,14 +209,15 @@ def sim_deployment(
     ]
     cpus = sum(n for _, n, _ in models) or 1
     host = Host("local", cpus=cpus, link=Link(bandwidth_bps=1e15, latency_s=0.0))
-    front = None
-    if calibration is not None and calibration.frontend_cost_s > 0:
-        front = Link(bandwidth_bps=input_bytes * 8 / calibration.frontend_cost_s, latency_s=0.0)
+    fcpu = None
+    if calibration is not None and (calibration.query_cpu_s > 0 or
+                                    calibration.batch_cpu_s > 0):
+        fcpu = frontend_cpu(calibration)
     return Deployment(
         apps=(AppDeployment(app, tuple(s.name for s, _, _ in models)),),
         models=tuple(mds),
         hosts=(host,),
-        frontend_link=front,
+        frontend_cpu=fcpu,
     )
 
 
@@ -250,9 +260,14 @@ def in_situ(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str
         c = after[f"{n}_count"] - before[f"{n}_count"]
         return (after[f"{n}_sum"] - before[f"{n}_sum"]) / c if c > 0 else math.nan
 
+    def count(n: str) -> float:
+        return after[f"{n}_count"] - before[f"{n}_count"]
+
     return {"server_mean_ms": mean("clipperlab_query_latency_seconds") * 1e3,
             "batch_mean_ms": mean("clipperlab_batch_latency_seconds") * 1e3,
-            "batch_size_mean": mean("clipperlab_batch_size")}
+            "batch_size_mean": mean("clipperlab_batch_size"),
+            "queries": count("clipperlab_query_latency_seconds"),
+            "batches": count("clipperlab_batch_size")}
 
 
 def _slowdown(seen: Mapping[str, float], profiles: Mapping[str, LatencyProfile]) -> float:
@@ -398,6 +413,26 @@ def _real_run(srv: ServerProcess, trace: Trace, pool: np.ndarray, api: str,
     return table, max(cpu, 0.0) / max(len(trace), 1), seen
 
 
+def fit_cpu(points: Sequence[tuple[float, float, float]]) -> tuple[float, float]:
+    """Server CPU seconds = a x queries + b x batches over ``(queries, batches, cpu_s)``
+    runs, by non-negative least squares; ``(a, b)``.  With one usable run (or runs of one
+    batch size) it is all per query."""
+    from scipy.optimize import nnls
+
+    pts = [(q, b, c) for q, b, c in points if q > 0 and b > 0 and math.isfinite(c)]
+    if not pts:
+        return 0.0, 0.0
+    A = np.array([[q, b] for q, b, _ in pts], dtype=np.float64)
+    y = np.array([c for _, _, c in pts], dtype=np.float64)
+    # rows weighted by 1/queries: each run counts as much as the others
+    w = 1.0 / A[:, 0]
+    sizes = A[:, 0] / A[:, 1]
+    if len(pts) < 2 or sizes.max() < 1.5 * sizes.min():
+        return float(y.sum() / A[:, 0].sum()), 0.0
+    (a, b), _ = nnls(A * w[:, None], y * w)
+    return float(a), float(b)
+
+
 def _idle_cpu(srv: ServerProcess, seconds: float = 1.0) -> float:
     """The server's CPU seconds per second with no queries."""
     c0, t0 = srv.cpu_s(), time.monotonic()
@@ -405,24 +440,131 @@ def _idle_cpu(srv: ServerProcess, seconds: float = 1.0) -> float:
     return max(srv.cpu_s() - c0, 0.0) / (time.monotonic() - t0)
 
 
-def _sim_run(dep: Deployment, trace: Trace, seed: int, overhead_s: float = 0.0
+def outside_overhead(arrival_at: np.ndarray, overhead_s: float, cold_after_s: float
+                     ) -> np.ndarray:
+    """Per query, the latency outside the frontend's loop (the client, the kernel, waking
+    the other processes): ``overhead_s`` after an idle gap much longer than
+    ``cold_after_s``, less after a short one (``1 - exp(-gap / cold_after_s)``), the same
+    cooling as the loop's wake-up cost."""
+    gap = np.diff(np.asarray(arrival_at, dtype=np.float64), prepend=-np.inf)
+    return overhead_s * -np.expm1(-gap / cold_after_s)
+
+
+def _sim_run(dep: Deployment, trace: Trace, seed: int, calib: Calibration | None = None
              ) -> tuple[dict[str, float], pd.DataFrame]:
     res = Simulation(dep, trace, seed=seed).run()
     q = res.queries
-    if overhead_s:
+    if calib is not None and calib.overhead_s:
+        extra = outside_overhead(q["arrival_at"].to_numpy(), calib.overhead_s,
+                                 calib.cold_after_s)
         q = q.copy()
-        q["reply_at"] = q["reply_at"] + overhead_s
-        q["latency_s"] = q["latency_s"] + overhead_s
+        q["reply_at"] = q["reply_at"] + extra
+        q["latency_s"] = q["latency_s"] + extra
     return sim_summarise(q, res.batches), q
 
 
-def _good_share(s: Mapping[str, float]) -> float:
-    n = s.get("queries", 0.0)
-    if not n:
+def from_send(table: pd.DataFrame) -> pd.DataFrame:
+    """A load run's table with every latency measured from the moment the generator sent
+    the query (``sent_at``) instead of its scheduled time: the server's share, without the
+    generator's own lateness (its millisecond timer; ``lag_s``)."""
+    t = table.copy()
+    sent = t["sent_at"].to_numpy()
+    ok = np.isfinite(sent)
+    t.loc[ok, "arrival_at"] = sent[ok]
+    t["latency_s"] = t["reply_at"] - t["arrival_at"]
+    return t
+
+
+def sent_trace(trace: Trace, table: pd.DataFrame) -> Trace:
+    """``trace`` with the arrival times the generator achieved (``sent_at``), so the
+    simulator sees the same arrivals the server saw (trace-driven validation)."""
+    sent = table["sent_at"].to_numpy(dtype=np.float64)
+    at = np.where(np.isfinite(sent), sent, trace.arrival_at)
+    return dataclasses.replace(trace, arrival_at=np.maximum.accumulate(at))
+
+
+def frontend_cpu(calib: Calibration) -> FrontendCPU:
+    """The twin's event loop from the fitted CPU costs: half of each on the way in (query,
+    batch send), half on the way out (reply, batch result)."""
+    return FrontendCPU(query_s=calib.query_cpu_s / 2, reply_s=calib.query_cpu_s / 2,
+                       batch_send_s=calib.batch_cpu_s / 2, batch_done_s=calib.batch_cpu_s / 2,
+                       wake_s=calib.wake_s, cold_after_s=calib.cold_after_s)
+
+
+@dataclass(frozen=True)
+class CpuRun:
+    """One real run as the CPU fit sees it."""
+
+    trace: Trace  # with the arrival times the generator achieved
+    queries: float
+    batches: float
+    cpu_s: float  # the server's, idle CPU subtracted
+
+    @property
+    def rate(self) -> float:
+        span = float(self.trace.arrival_at[-1] - self.trace.arrival_at[0])
+        return len(self.trace) / span if span > 0 else math.inf
+
+
+COLD_AFTER_GRID_S = (50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 20e-3)
+
+
+def fit_frontend(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deployment],
+                 calib: Calibration, seed: int = 0) -> Calibration:
+    """The event loop's costs from the server's CPU over ``runs`` (the calibration run
+    and the capacity ramp):
+
+    1. per query and per batch (``fit_cpu``) over the runs at a quarter of the fastest
+       run's rate or more, where the loop rarely sleeps;
+    2. the wake-up cost: for each ``cold_after_s`` on a grid, the twin replays every run
+       with a negligible ``wake_s`` to count its wake-ups (sum of ``1 - exp(-idle /
+       cold_after_s)`` per query); ``wake_s`` is the least-squares scale of those counts
+       to what the real server spent per query beyond step 1; the grid point that fits
+       best wins."""
+    if not runs:
+        return calib
+    top = max(r.rate for r in runs if math.isfinite(r.rate)) if any(
+        math.isfinite(r.rate) for r in runs) else 0.0
+    warm = [r for r in runs if r.rate >= 0.25 * top]
+    if len({round(r.queries / max(r.batches, 1), 1) for r in warm}) < 2:
+        warm = list(runs)
+    a, b = fit_cpu([(r.queries, r.batches, r.cpu_s) for r in warm])
+    calib = dataclasses.replace(calib, query_cpu_s=a, batch_cpu_s=b, wake_s=0.0)
+    resid = np.array([r.cpu_s / r.queries - a - b * r.batches / r.queries
+                      for r in runs], dtype=np.float64)
+    if not (resid > 0).any():
+        return calib
+    tiny = 1e-12
+    best: tuple[float, float, float] | None = None
+    for tau in COLD_AFTER_GRID_S:
+        c = dataclasses.replace(calib, wake_s=tiny, cold_after_s=tau)
+        dep = twin(c)
+        units = []
+        for r in runs:
+            sim = Simulation(dep, r.trace, seed=seed)
+            sim.run()
+            units.append(sim.loop_wake_s / tiny / max(len(r.trace), 1))
+        u = np.array(units, dtype=np.float64)
+        if not (u > 0).any():
+            continue
+        w = max(float(u @ resid / (u @ u)), 0.0)
+        err = float(((resid - w * u) ** 2).sum())
+        if best is None or err < best[0]:
+            best = (err, w, tau)
+    if best is None:
+        return calib
+    return dataclasses.replace(calib, wake_s=best[1], cold_after_s=best[2])
+
+
+def good_share(table: pd.DataFrame, slo_s: float) -> float:
+    """The share of a load run's queries answered with a prediction (not a default, not
+    refused) within ``slo_s`` of their scheduled time, as the client saw it."""
+    if not len(table):
         return 0.0
-    answered = n - s.get("unanswered", 0.0)
-    bad = n * (s.get("default_rate", 0.0) + s.get("refused_rate", 0.0))
-    return max(answered - bad, 0.0) / n
+    st = table["status"].to_numpy()
+    lat = table["latency_s"].to_numpy()
+    ok = (st == 200) & ~table["default"].to_numpy() & (np.nan_to_num(lat, nan=np.inf) <= slo_s)
+    return float(ok.mean())
 
 
 def capacity_estimate(profiles: Mapping[str, LatencyProfile], replicas: Mapping[str, int],
@@ -486,6 +628,15 @@ def validate(
     sim0 = sim_deployment(dep, workload.app, profs, input_bytes=workload.input_bytes)
     rows: list[dict[str, Any]] = []
     load0 = os.getloadavg()[0]
+    cpu_runs: list[CpuRun] = []
+
+    def real_run(tr: Trace, keep: bool = True) -> tuple[pd.DataFrame, float, dict[str, float]]:
+        t, cpu_q, seen = _real_run(srv, tr, pool, api, connections, idle)
+        if keep and seen.get("queries", 0.0) > 0 and seen.get("batches", 0.0) > 0:
+            cpu_runs.append(CpuRun(sent_trace(tr, t), seen["queries"], seen["batches"],
+                                   cpu_q * len(tr)))
+        return t, cpu_q, seen
+
     with ServerProcess(dep, cache=workload.cacheable) as srv:
         srv.wait_ready(workload.app)
         log(f"server up at {srv.url}; calibration at {calib_qps:g} q/s ...")
@@ -494,10 +645,10 @@ def validate(
                  connections=connections)
         idle = _idle_cpu(srv)
         tr = retime(workload, calib_qps, calib_s, seed + 1)
-        real_c, cpu_c, seen_c = _real_run(srv, tr, pool, api, connections, idle)
-        s_real_c = summarise(real_c)
-        calib_trace = tr
-        log(f"  real p50 {s_real_c.get('p50_ms', math.nan):.3f} ms; server CPU "
+        real_c, cpu_c, seen_c = real_run(tr)
+        s_real_c = summarise(from_send(real_c))
+        calib_trace = sent_trace(tr, real_c)
+        log(f"  real p50 {s_real_c.get('p50_ms', math.nan):.3f} ms from the send; server CPU "
             f"{cpu_c * 1e6:.0f} us/query (idle {idle * 1e3:.1f} ms/s subtracted)")
         cost_s = cpu_c
         if capacity_qps is None:
@@ -509,17 +660,22 @@ def validate(
             last_good, first_bad = 0.0, 0.0
             while rate < 50 * est:
                 tr = retime(workload, rate, ramp_s, seed + 2)
-                t, cpu_q, seen = _real_run(srv, tr, pool, api, connections, idle)
+                t, cpu_q, seen = real_run(tr, keep=False)
                 s = summarise(t)
-                good = _good_share(s)
+                good = good_share(t, app.slo_s)
                 if good < 0.95 and last_good and not first_bad:
                     # confirm: one bad step can be noise (a pause of the machine)
-                    t, cpu_q, seen = _real_run(srv, tr, pool, api, connections, idle)
+                    t, cpu_q, seen = real_run(tr, keep=False)
                     s = summarise(t)
-                    good = _good_share(s)
+                    good = good_share(t, app.slo_s)
+                if good >= 0.95 and seen.get("batches", 0.0) > 0:
+                    # overloaded runs stay out: their CPU per query is not the loop's cost
+                    cpu_runs.append(CpuRun(sent_trace(tr, t), seen["queries"],
+                                           seen["batches"], cpu_q * len(tr)))
                 log(f"  offered {rate:>9,.0f} q/s -> good share {good:.3f}, throughput "
                     f"{s.get('throughput_qps', 0):,.0f} q/s, p99 {s.get('p99_ms', math.nan):.1f}"
-                    f" ms, server CPU {cpu_q * 1e6:.0f} us/query")
+                    f" ms, server CPU {cpu_q * 1e6:.0f} us/query at batch size "
+                    f"{seen.get('batch_size_mean', math.nan):.1f}")
                 if good < 0.95:
                     if first_bad or not last_good:
                         break
@@ -539,6 +695,19 @@ def validate(
         calib = Calibration(frontend_cost_s=cost_s, capacity_qps=float(capacity_qps),
                             batch_extra_s=extra_s,
                             slowdown=slow if math.isfinite(slow) and slow > 1.0 else 1.0)
+
+        def twin(c: Calibration) -> Deployment:
+            return sim_deployment(dep, workload.app, profs, input_bytes=workload.input_bytes,
+                                  calibration=c)
+
+        calib = fit_frontend(cpu_runs, twin, calib, seed)
+        log("  runs for the CPU fit (q/s, batch size, server CPU us/query): " + ", ".join(
+            f"{r.rate:,.0f} {r.queries / r.batches:.1f} {r.cpu_s / r.queries * 1e6:.0f}"
+            for r in cpu_runs))
+        log(f"  the server's CPU over {len(cpu_runs)} runs: {calib.query_cpu_s * 1e6:.1f} us "
+            f"per query + {calib.batch_cpu_s * 1e6:.1f} us per batch + a wake-up "
+            f"{calib.wake_s * 1e6:.1f} us x (1 - exp(-idle / "
+            f"{calib.cold_after_s * 1e3:g} ms)) per event")
         log(f"  in the server at {calib_qps:g} q/s: batch latency {seen_c['batch_mean_ms']:.3f}"
             f" ms at mean size {seen_c['batch_size_mean']:.2f} (profile x{slow:.2f}, "
             f"+{extra_s * 1e3:.3f} ms per batch); query latency inside the server "
@@ -551,20 +720,23 @@ def validate(
         calib = dataclasses.replace(calib, overhead_s=overhead_s)
         log(f"  simulated p50 at {calib_qps:g} q/s {s_sim_c.get('p50_ms', math.nan):.3f} ms"
             f" -> fixed overhead {overhead_s * 1e3:.3f} ms/query")
-        log(f"capacity {capacity_qps:,.0f} q/s; frontend cost {cost_s * 1e6:.0f} us/query")
+        log(f"capacity {capacity_qps:,.0f} q/s; the event loop's own limit "
+            f"{frontend_cpu(calib).capacity_qps(1.0):,.0f} q/s at batch size 1")
         for lv in levels:
             rate = lv * float(capacity_qps)
             tr = retime(workload, rate, duration_s, seed + 3)
-            t, cpu_q, seen = _real_run(srv, tr, pool, api, connections, idle)
-            s_real = summarise(t)
-            s_sim, _ = _sim_run(sim0, tr, seed)
-            s_cal, _ = _sim_run(sim1, tr, seed, overhead_s)
+            t, cpu_q, seen = real_run(tr)
+            s_sched = summarise(t)
+            s_real = summarise(from_send(t))
+            tr_sent = sent_trace(tr, t)
+            s_sim, _ = _sim_run(sim0, tr_sent, seed)
+            s_cal, _ = _sim_run(sim1, tr_sent, seed, calib)
             # diagnostic, not a prediction: the calibrated twin told this run's slowdown
             k = _slowdown(seen, profs)
             sim2 = sim_deployment(dep, workload.app, profs, input_bytes=workload.input_bytes,
                                   calibration=calib,
                                   scale=k if math.isfinite(k) else 1.0)
-            s_ins, _ = _sim_run(sim2, tr, seed, overhead_s)
+            s_ins, _ = _sim_run(sim2, tr_sent, seed, calib)
             la = os.getloadavg()[0]
             for mode, s in (("real", s_real), ("sim", s_sim), ("sim+frontend", s_cal),
                             ("sim+in-situ", s_ins)):
@@ -577,6 +749,12 @@ def validate(
                              "batch_size_mean": seen["batch_size_mean"] if real else s.get(
                                  "mean_batch_size", math.nan),
                              "slowdown": _slowdown(seen, profs) if real else math.nan,
+                             "sched_p50_ms": s_sched.get("p50_ms", math.nan) if real else
+                             math.nan,
+                             "sched_p99_ms": s_sched.get("p99_ms", math.nan) if real else
+                             math.nan,
+                             "mean_lag_ms": s_sched.get("mean_lag_ms", math.nan) if real else
+                             math.nan,
                              "load_avg": la})
             log(f"  level {lv:.0%} ({rate:,.0f} q/s): real p50/p99 "
                 f"{s_real.get('p50_ms', math.nan):.2f}/{s_real.get('p99_ms', math.nan):.2f} ms, "

@@ -79,7 +79,10 @@ class FrontendCPU:
     ``item_s``: per item of a batch, added to both (serialisation).  ``wake_s``: what an
     event costs on top when it finds the loop idle, growing with the idle time ``d`` as
     ``wake_s x (1 - exp(-d / cold_after_s))`` (a process that slept runs on cold caches,
-    and on a virtual machine the wake-up itself costs CPU).  ``clipperlab validate``
+    and on a virtual machine the wake-up itself costs CPU).  ``pause_rate_hz`` and
+    ``pauses_s``: the process loses the CPU now and then (another process, the
+    hypervisor): pauses start as a Poisson process and last a duration drawn from
+    ``pauses_s``; everything waiting for the loop waits them out.  ``clipperlab validate``
     measures them on the real server."""
 
     query_s: float = 0.0
@@ -89,8 +92,18 @@ class FrontendCPU:
     item_s: float = 0.0
     wake_s: float = 0.0
     cold_after_s: float = 1e-3
+    pause_rate_hz: float = 0.0
+    pauses_s: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "pauses_s", tuple(float(x) for x in self.pauses_s))
+        if any(not (math.isfinite(x) and x > 0) for x in self.pauses_s):
+            raise SimConfigError("frontend_cpu.pauses_s: expected durations in seconds > 0")
+        if not (isinstance(self.pause_rate_hz, int | float) and self.pause_rate_hz >= 0):
+            raise SimConfigError(f"frontend_cpu.pause_rate_hz: expected a rate >= 0, got "
+                                 f"{self.pause_rate_hz!r}")
+        if self.pause_rate_hz > 0 and not self.pauses_s:
+            raise SimConfigError("frontend_cpu: pause_rate_hz needs pauses_s (durations)")
         if not (isinstance(self.cold_after_s, int | float) and self.cold_after_s > 0):
             raise SimConfigError(f"frontend_cpu.cold_after_s: expected seconds > 0, got "
                                  f"{self.cold_after_s!r}")
@@ -459,7 +472,7 @@ def _deployment_from_dict(data: Mapping[str, Any], file: str, base_dir: Path) ->
     if fc is not None:
         t = _table(fc, file, "frontend_cpu")
         keys = {"query_s", "reply_s", "batch_send_s", "batch_done_s", "item_s", "wake_s",
-                "cold_after_s"}
+                "cold_after_s", "pause_rate_hz", "pauses_s"}
         extra = sorted(set(t) - keys)
         if extra:
             raise _err(file, "frontend_cpu", f"unknown field(s) {extra}; expected some of "

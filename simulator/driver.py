@@ -259,6 +259,8 @@ class Simulation:
         # None); and the CPU seconds the loop has spent
         self._inbox: collections.deque[tuple[float, Any, Any]] = collections.deque()
         self.loop_busy_s = 0.0
+        self.loop_wake_s = 0.0  # the part of it spent waking up
+        self.pauses: list[tuple[float, float]] = []  # (start, duration) of each pause
         placement = dep.placement()
         self._reps: dict[ReplicaId, _Rep] = {}
         for mi, m in enumerate(dep.models):
@@ -351,6 +353,9 @@ class Simulation:
             self._start_replica(rep, 0.0)
         if self.deployment.faults:
             env.process(self._fault_proc())
+        fc = self._fc
+        if fc is not None and fc.pause_rate_hz > 0 and self.n:
+            env.process(self._pause_proc(fc))
         self._arm()
         env.process(self._frontend())
         if until_s is None:
@@ -516,13 +521,33 @@ class Simulation:
         lf = self._loop_free
         if at > lf:
             if fc.wake_s:
-                cost += fc.wake_s * -math.expm1(-(at - lf) / fc.cold_after_s)
+                w = fc.wake_s * -math.expm1(-(at - lf) / fc.cold_after_s)
+                self.loop_wake_s += w
+                cost += w
             t = at + cost
         else:
             t = lf + cost
         self._loop_free = t
         self.loop_busy_s += cost
         return t
+
+    def _pause_proc(self, fc: FrontendCPU) -> Any:
+        """The frontend loses the CPU at Poisson times until the last arrival; each pause
+        holds the loop for a duration drawn from ``pauses_s``."""
+        env = self.env
+        rng = np.random.default_rng([self.seed, 303])
+        durations = np.asarray(fc.pauses_s, dtype=np.float64)
+        end = float(self.arrival_at[-1])
+        t = 0.0
+        while True:
+            t += float(rng.exponential(1.0 / fc.pause_rate_hz))
+            if t > end:
+                return
+            yield env.timeout(t - env.now)
+            d = float(durations[rng.integers(durations.size)])
+            lf = self._loop_free
+            self._loop_free = (t if t > lf else lf) + d
+            self.pauses.append((t, d))
 
     def _start_replica(self, rep: _Rep, now: float) -> None:
         now = self._loop_at(now)

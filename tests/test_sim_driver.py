@@ -26,6 +26,7 @@ from simulator import (
     LatencyProfile,
     Link,
     ModelDeployment,
+    SimConfigError,
     SimResult,
     Simulation,
     load_profile,
@@ -290,7 +291,7 @@ def test_event_loop_saturates_at_its_capacity() -> None:
 
 def test_frontend_cpu_in_config(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """``[frontend_cpu]`` in a config file; bad values are named."""
-    from simulator import SimConfigError, config_from_dict
+    from simulator import config_from_dict
 
     base = {"models": [{"name": "m", "profile": "prototype-noop"}],
             "apps": [{"name": "a", "models": ["m"]}],
@@ -327,3 +328,29 @@ def test_wake_cost_when_the_loop_was_idle() -> None:
     assert sa.loop_busy_s == pytest.approx(200 * 100e-6)
     wakes = (sb.loop_busy_s - sa.loop_busy_s) / 1e-3
     assert wakes == pytest.approx(round(wakes)) and 400 <= round(wakes) <= 600
+
+
+def test_pauses_hold_the_loop() -> None:
+    """A query that arrives while the loop is paused is not answered before the pause
+    ends; pauses come at about the configured rate; the same seed gives the same pauses."""
+    import dataclasses
+
+    from simulator import FrontendCPU
+
+    fc = FrontendCPU(query_s=20e-6, reply_s=20e-6, pause_rate_hz=20.0, pauses_s=(3e-3, 6e-3))
+    dep = dataclasses.replace(Deployment.single("prototype-noop"), frontend_cpu=fc)
+    wl = Workload(Poisson(2000), n_queries=10_000)
+    sim = Simulation(dep, wl, seed=1)
+    q = sim.run().queries
+    assert 60 <= len(sim.pauses) <= 140  # 20 Hz over ~5 s
+    hit = 0
+    for start, d in sim.pauses:
+        inside = q[(q["arrival_at"] >= start) & (q["arrival_at"] < start + d)]
+        hit += len(inside)
+        assert (inside["reply_at"] >= start + d).all()
+    assert hit > 0
+    again = Simulation(dep, wl, seed=1)
+    again.run()
+    assert again.pauses == sim.pauses
+    with pytest.raises(SimConfigError, match="pauses_s"):
+        FrontendCPU(pause_rate_hz=1.0)
