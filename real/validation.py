@@ -112,6 +112,9 @@ class Calibration:
     # exp(-idle / cold_after_s)), fitted to the CPU per query at low rates
     wake_s: float = 0.0
     cold_after_s: float = 1e-3
+    # the server's pauses seen at low load (fit_pauses): Poisson rate, drawn durations
+    pause_rate_hz: float = 0.0
+    pauses_s: tuple[float, ...] = ()
     # reported, not used by the twin: in-situ batch latency at low load minus the profile's
     # (it includes waking idle processes and any delayed-batching wait) and their ratio
     batch_extra_s: float = 0.0
@@ -488,7 +491,9 @@ def frontend_cpu(calib: Calibration) -> FrontendCPU:
     batch send), half on the way out (reply, batch result)."""
     return FrontendCPU(query_s=calib.query_cpu_s / 2, reply_s=calib.query_cpu_s / 2,
                        batch_send_s=calib.batch_cpu_s / 2, batch_done_s=calib.batch_cpu_s / 2,
-                       wake_s=calib.wake_s, cold_after_s=calib.cold_after_s)
+                       wake_s=calib.wake_s, cold_after_s=calib.cold_after_s,
+                       pause_rate_hz=calib.pause_rate_hz if calib.pauses_s else 0.0,
+                       pauses_s=calib.pauses_s)
 
 
 @dataclass(frozen=True)
@@ -499,11 +504,96 @@ class CpuRun:
     queries: float
     batches: float
     cpu_s: float  # the server's, idle CPU subtracted
+    latency_s: np.ndarray | None = None  # per query, from the send
 
     @property
     def rate(self) -> float:
         span = float(self.trace.arrival_at[-1] - self.trace.arrival_at[0])
         return len(self.trace) / span if span > 0 else math.inf
+
+
+def fit_pauses(runs: Sequence[CpuRun], capacity_qps: float, min_rate_qps: float = 400.0,
+               min_pause_s: float = 1e-3) -> tuple[float, tuple[float, ...]]:
+    """The server's pauses from runs at low load (``min_rate_qps`` to 30% of capacity),
+    where queueing cannot explain a late reply: a query later than the run's median by
+    more than ``max(min_pause_s, 4 x IQR)`` was held up by a pause; overlapping late
+    queries are one pause, lasting from the first one's send to the latest moment one of
+    them was held until (its reply less the median).  The rate counts each pause once,
+    weighted by ``1 / (1 - exp(-rate x duration))`` for the pauses no query fell into.
+    Returns ``(pause_rate_hz, durations)``."""
+    total_s = weight = 0.0
+    durations: list[float] = []
+    for r in pause_runs(runs, capacity_qps, min_rate_qps):
+        assert r.latency_s is not None
+        sent = np.asarray(r.trace.arrival_at, dtype=np.float64)
+        lat = np.asarray(r.latency_s, dtype=np.float64)
+        ok = np.isfinite(lat)
+        base = float(np.median(lat[ok]))
+        late = np.flatnonzero(ok & (lat > base + late_margin(lat, min_pause_s)))
+        total_s += float(sent[-1] - sent[0])
+        start, end = -math.inf, -math.inf
+        eps: list[float] = []
+        for i in late:
+            held = float(sent[i] + lat[i] - base)
+            if sent[i] < end:
+                end = max(end, held)
+                continue
+            if end > start:
+                eps.append(end - start)
+            start, end = float(sent[i]), held
+        if end > start:
+            eps.append(end - start)
+        for d in eps:
+            durations.append(d)
+            weight += 1.0 / -math.expm1(-r.rate * d)
+    if not durations or total_s <= 0:
+        return 0.0, ()
+    return weight / total_s, tuple(sorted(durations))
+
+
+def pause_runs(runs: Sequence[CpuRun], capacity_qps: float, min_rate_qps: float = 400.0
+               ) -> list[CpuRun]:
+    """The runs ``fit_pauses`` learns from: ``min_rate_qps`` to 30% of capacity, with
+    latencies of at least 100 queries."""
+    return [r for r in runs if r.latency_s is not None
+            and min_rate_qps <= r.rate <= 0.3 * capacity_qps
+            and np.isfinite(r.latency_s).sum() >= 100]
+
+
+def late_margin(lat: np.ndarray, min_pause_s: float = 1e-3) -> float:
+    """How much later than the median a query must be to count as held by a pause."""
+    ok = np.isfinite(lat)
+    q1, q3 = np.percentile(lat[ok], [25, 75])
+    return max(min_pause_s, 4.0 * float(q3 - q1))
+
+
+def late_share(lat: np.ndarray, margin: float) -> float:
+    ok = np.isfinite(lat)
+    return float((lat[ok] > np.median(lat[ok]) + margin).mean()) if ok.any() else 0.0
+
+
+def tune_pause_rate(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deployment],
+                    calib: Calibration, seed: int = 0, rounds: int = 2) -> Calibration:
+    """Scale ``pause_rate_hz`` until the twin, replaying the runs ``fit_pauses`` used,
+    has as many late queries (by the same margin) as the real server had: a pause holds
+    every query that reaches the loop during it, which the episode count alone does not
+    pin down (a pause in the client holds only the replies in flight)."""
+    use = pause_runs(runs, calib.capacity_qps)
+    if not use or not calib.pauses_s or calib.pause_rate_hz <= 0:
+        return calib
+    lats = [np.asarray(r.latency_s, dtype=np.float64) for r in use]
+    margins = [late_margin(lat) for lat in lats]
+    real = sum(late_share(lat, m) for lat, m in zip(lats, margins, strict=True))
+    for _ in range(rounds):
+        dep = twin(calib)
+        sim = 0.0
+        for r, m in zip(use, margins, strict=True):
+            _, q = _sim_run(dep, r.trace, seed, calib)
+            sim += late_share(q["latency_s"].to_numpy(), m)
+        if sim <= 0:
+            break
+        calib = dataclasses.replace(calib, pause_rate_hz=calib.pause_rate_hz * real / sim)
+    return calib
 
 
 COLD_AFTER_GRID_S = (50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 20e-3)
@@ -512,48 +602,50 @@ COLD_AFTER_GRID_S = (50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 20e
 def fit_frontend(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deployment],
                  calib: Calibration, seed: int = 0) -> Calibration:
     """The event loop's costs from the server's CPU over ``runs`` (the calibration run
-    and the capacity ramp):
+    and the capacity ramp's runs that met the SLO).  Per run ``k``, CPU per query =
+    ``a + b x batches/queries + wake_s x u_k``, where ``u_k`` is the run's wake-ups per
+    query (``1 - exp(-idle / cold_after_s)`` summed over the loop's events), counted by
+    replaying the run in the twin with a negligible ``wake_s``:
 
-    1. per query and per batch (``fit_cpu``) over the runs at a quarter of the fastest
-       run's rate or more, where the loop rarely sleeps;
-    2. the wake-up cost: for each ``cold_after_s`` on a grid, the twin replays every run
-       with a negligible ``wake_s`` to count its wake-ups (sum of ``1 - exp(-idle /
-       cold_after_s)`` per query); ``wake_s`` is the least-squares scale of those counts
-       to what the real server spent per query beyond step 1; the grid point that fits
-       best wins."""
+    1. a first ``a``, ``b`` (``fit_cpu``) from the runs at a quarter of the fastest run's
+       rate or more, where the loop rarely sleeps, to give the twin its dynamics;
+    2. for each ``cold_after_s`` on a grid, ``u_k`` from the twin, then ``a``, ``b`` and
+       ``wake_s`` together by non-negative least squares (each run weighted alike); the
+       grid point with the smallest residual wins."""
+    from scipy.optimize import nnls
+
     if not runs:
         return calib
-    top = max(r.rate for r in runs if math.isfinite(r.rate)) if any(
-        math.isfinite(r.rate) for r in runs) else 0.0
+    rates = [r.rate for r in runs if math.isfinite(r.rate)]
+    top = max(rates) if rates else 0.0
     warm = [r for r in runs if r.rate >= 0.25 * top]
     if len({round(r.queries / max(r.batches, 1), 1) for r in warm}) < 2:
         warm = list(runs)
     a, b = fit_cpu([(r.queries, r.batches, r.cpu_s) for r in warm])
     calib = dataclasses.replace(calib, query_cpu_s=a, batch_cpu_s=b, wake_s=0.0)
-    resid = np.array([r.cpu_s / r.queries - a - b * r.batches / r.queries
-                      for r in runs], dtype=np.float64)
-    if not (resid > 0).any():
-        return calib
+    y = np.array([r.cpu_s / r.queries for r in runs], dtype=np.float64)
+    inv = np.array([r.batches / r.queries for r in runs], dtype=np.float64)
     tiny = 1e-12
-    best: tuple[float, float, float] | None = None
+    best: tuple[float, float, float, float, float] | None = None
     for tau in COLD_AFTER_GRID_S:
-        c = dataclasses.replace(calib, wake_s=tiny, cold_after_s=tau)
-        dep = twin(c)
-        units = []
-        for r in runs:
+        dep = twin(dataclasses.replace(calib, wake_s=tiny, cold_after_s=tau))
+        u = np.empty(len(runs))
+        for k, r in enumerate(runs):
             sim = Simulation(dep, r.trace, seed=seed)
             sim.run()
-            units.append(sim.loop_wake_s / tiny / max(len(r.trace), 1))
-        u = np.array(units, dtype=np.float64)
-        if not (u > 0).any():
-            continue
-        w = max(float(u @ resid / (u @ u)), 0.0)
-        err = float(((resid - w * u) ** 2).sum())
+            u[k] = sim.loop_wake_s / tiny / max(len(r.trace), 1)
+        A = np.column_stack([np.ones(len(runs)), inv, u]) / y[:, None]  # relative errors
+        coef, _ = nnls(A, np.ones(len(runs)))
+        err = float(((A @ coef - 1.0) ** 2).sum())
         if best is None or err < best[0]:
-            best = (err, w, tau)
+            best = (err, float(coef[0]), float(coef[1]), float(coef[2]), tau)
     if best is None:
         return calib
-    return dataclasses.replace(calib, wake_s=best[1], cold_after_s=best[2])
+    _, a, b, w, tau = best
+    if a <= 0 and b <= 0:
+        return calib
+    return dataclasses.replace(calib, query_cpu_s=a, batch_cpu_s=b, wake_s=w,
+                               cold_after_s=tau)
 
 
 def good_share(table: pd.DataFrame, slo_s: float) -> float:
@@ -671,7 +763,8 @@ def validate(
                 if good >= 0.95 and seen.get("batches", 0.0) > 0:
                     # overloaded runs stay out: their CPU per query is not the loop's cost
                     cpu_runs.append(CpuRun(sent_trace(tr, t), seen["queries"],
-                                           seen["batches"], cpu_q * len(tr)))
+                                           seen["batches"], cpu_q * len(tr),
+                                           from_send(t)["latency_s"].to_numpy()))
                 log(f"  offered {rate:>9,.0f} q/s -> good share {good:.3f}, throughput "
                     f"{s.get('throughput_qps', 0):,.0f} q/s, p99 {s.get('p99_ms', math.nan):.1f}"
                     f" ms, server CPU {cpu_q * 1e6:.0f} us/query at batch size "
@@ -701,6 +794,13 @@ def validate(
                                   calibration=c)
 
         calib = fit_frontend(cpu_runs, twin, calib, seed)
+        rate_hz, pauses = fit_pauses(cpu_runs, float(capacity_qps))
+        calib = dataclasses.replace(calib, pause_rate_hz=rate_hz, pauses_s=pauses)
+        calib = tune_pause_rate(cpu_runs, twin, calib, seed)
+        if pauses:
+            log(f"  pauses at low load: {len(pauses)} seen ({rate_hz:.1f}/s), median "
+                f"{np.median(pauses) * 1e3:.1f} ms, longest {max(pauses) * 1e3:.1f} ms; "
+                f"{calib.pause_rate_hz:.1f}/s give the twin as many late queries")
         log("  runs for the CPU fit (q/s, batch size, server CPU us/query): " + ", ".join(
             f"{r.rate:,.0f} {r.queries / r.batches:.1f} {r.cpu_s / r.queries * 1e6:.0f}"
             for r in cpu_runs))
@@ -725,9 +825,12 @@ def validate(
         for lv in levels:
             rate = lv * float(capacity_qps)
             tr = retime(workload, rate, duration_s, seed + 3)
-            t, cpu_q, seen = real_run(tr)
+            t, cpu_q, seen = real_run(tr, keep=False)
             s_sched = summarise(t)
             s_real = summarise(from_send(t))
+            # the same trace once more: how far the real server is from itself
+            t2, _, _ = real_run(tr, keep=False)
+            s_again = summarise(from_send(t2))
             tr_sent = sent_trace(tr, t)
             s_sim, _ = _sim_run(sim0, tr_sent, seed)
             s_cal, _ = _sim_run(sim1, tr_sent, seed, calib)
@@ -738,8 +841,8 @@ def validate(
                                   scale=k if math.isfinite(k) else 1.0)
             s_ins, _ = _sim_run(sim2, tr_sent, seed, calib)
             la = os.getloadavg()[0]
-            for mode, s in (("real", s_real), ("sim", s_sim), ("sim+frontend", s_cal),
-                            ("sim+in-situ", s_ins)):
+            for mode, s in (("real", s_real), ("real again", s_again), ("sim", s_sim),
+                            ("sim+frontend", s_cal), ("sim+in-situ", s_ins)):
                 real = mode == "real"
                 rows.append({"level": lv, "offered_qps": rate, "mode": mode,
                              **{k: s.get(k, math.nan) for k in (*METRICS, "default_rate")},
@@ -807,12 +910,19 @@ def format_table(res: ValidationResult) -> str:
             if len(e):
                 lines.append(f"{'':>6} {'  error':<13}" + "".join(
                     f"{e.iloc[0][m + '_err']:>+15.1%}" for m in METRICS))
-    c = res.calibration
-    lines.append(f"calibration: capacity {c.capacity_qps:,.0f} q/s, fixed overhead "
-                 f"{c.overhead_s * 1e3:.3f} ms/query, frontend CPU {c.frontend_cost_s * 1e6:.0f}"
-                 f" us/query; in-situ batch latency at low load +{c.batch_extra_s * 1e3:.3f} ms"
-                 f" (x{c.slowdown:.2f}) over the profile")
+    lines.append("calibration: " + describe(res.calibration))
     return "\n".join(lines)
+
+
+def describe(c: Calibration) -> str:
+    """The calibration in one line."""
+    pauses = (f"pauses {c.pause_rate_hz:.1f}/s of median {np.median(c.pauses_s) * 1e3:.1f} ms"
+              if c.pauses_s else "no pauses")
+    return (f"capacity {c.capacity_qps:,.0f} q/s; the frontend's loop: "
+            f"{c.query_cpu_s * 1e6:.1f} us/query + {c.batch_cpu_s * 1e6:.1f} us/batch + wake-up "
+            f"{c.wake_s * 1e6:.0f} us (cools in {c.cold_after_s * 1e3:g} ms), {pauses}; outside "
+            f"the loop {c.overhead_s * 1e3:.3f} ms/query when cold; in-situ batch latency at "
+            f"low load +{c.batch_extra_s * 1e3:.3f} ms (x{c.slowdown:.2f}) over the profile")
 
 
 def markdown(res: ValidationResult, title: str = "") -> str:
@@ -828,12 +938,7 @@ def markdown(res: ValidationResult, title: str = "") -> str:
         lines.append(f"| {r['level']:.0%} | {r['mode']} | {r['throughput_qps']:,.0f} | "
                      f"{r['mean_ms']:.2f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
                      f"{r['p99_ms']:.2f} | " + " | ".join(errs) + " |")
-    c = res.calibration
-    lines += ["", f"Capacity {c.capacity_qps:,.0f} q/s; fixed overhead {c.overhead_s * 1e3:.3f}"
-              f" ms/query; frontend CPU {c.frontend_cost_s * 1e6:.0f} us/query; in-situ batch"
-              f" latency at low load +{c.batch_extra_s * 1e3:.3f} ms (x{c.slowdown:.2f}) over"
-              f" the profile. "
-              + " ".join(res.notes)]
+    lines += ["", "Calibration: " + describe(res.calibration) + ". " + " ".join(res.notes)]
     return "\n".join(lines)
 
 
@@ -845,7 +950,8 @@ def plot(res: ValidationResult, path: Path, title: str = "") -> Path:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     t = res.table
-    styles = {"real": ("k", "-", "o"), "sim": ("C1", ":", "x"), "sim+frontend": ("C0", "--", "s"),
+    styles = {"real": ("k", "-", "o"), "real again": ("0.6", "-", "o"),
+              "sim": ("C1", ":", "x"), "sim+frontend": ("C0", "--", "s"),
               "sim+in-situ": ("C2", "-.", "^")}
     for mode, (color, ls, mk) in styles.items():
         g = t[t["mode"] == mode]

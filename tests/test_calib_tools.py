@@ -153,8 +153,9 @@ def test_validate_tiny(tmp_path: Path) -> None:
     res = validate(dep, wl, levels=(0.5,), duration_s=0.5, capacity_qps=100.0,
                    batch_sizes=(1, 2), profile_repeats=5, calib_qps=50.0, calib_s=0.4,
                    connections=2, log=lambda s: None)
-    assert list(res.table["mode"]) == ["real", "sim", "sim+frontend", "sim+in-situ"]
-    assert set(res.errors["mode"]) == {"sim", "sim+frontend", "sim+in-situ"}
+    assert list(res.table["mode"]) == ["real", "real again", "sim", "sim+frontend",
+                                       "sim+in-situ"]
+    assert set(res.errors["mode"]) == {"real again", "sim", "sim+frontend", "sim+in-situ"}
     assert res.calibration.capacity_qps == 100.0
     files = write_outputs(res, tmp_path / "v")
     assert (tmp_path / "v" / "validation.png") in files
