@@ -195,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                 t["cold_after_ms"] = res.calibration.cold_after_s * 1e3
                 c = res.calibration
                 t["pause_rate_hz"] = c.pause_rate_hz if c.pauses_s else 0.0
+                t["pause_rate_busy_hz"] = c.pause_rate_busy_hz if c.pauses_s else 0.0
+                t["container_wake_us"] = c.replica_wake_s * 1e6
                 t["pause_median_ms"] = float(np.median(c.pauses_s)) * 1e3 if c.pauses_s else 0.0
                 tables.append(t)
                 pd.concat(tables).to_csv(out / "fidelity.csv", index=False, float_format="%.6g")
@@ -208,7 +210,8 @@ def report(table: pd.DataFrame, out: Path) -> None:
     goals.to_csv(out / "fidelity_goals.csv", index=False, float_format="%.4f")
     plot(goals, out / "fidelity.png")
     cols = [c for c in ("capacity_qps", "overhead_ms", "query_cpu_us", "batch_cpu_us",
-                        "wake_us", "cold_after_ms", "pause_rate_hz", "pause_median_ms")
+                        "wake_us", "cold_after_ms", "pause_rate_hz", "pause_rate_busy_hz",
+                        "pause_median_ms", "container_wake_us")
             if c in table.columns]
     cal = table.groupby(["model", "batching"], sort=False)[cols].first().reset_index()
     text = ["# Simulator fidelity", "",

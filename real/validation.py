@@ -115,6 +115,10 @@ class Calibration:
     # the server's pauses seen at low load (fit_pauses): Poisson rate, drawn durations
     pause_rate_hz: float = 0.0
     pauses_s: tuple[float, ...] = ()
+    pause_rate_busy_hz: float = 0.0  # more pauses when the loop is busy (tune_pause_rate)
+    timer_resolution_s: float = 1e-3  # uvloop rounds timer delays to the millisecond
+    # a container's wake-up: the in-situ batch latency at low load over the twin's
+    replica_wake_s: float = 0.0
     # reported, not used by the twin: in-situ batch latency at low load minus the profile's
     # (it includes waking idle processes and any delayed-batching wait) and their ratio
     batch_extra_s: float = 0.0
@@ -205,9 +209,11 @@ def sim_deployment(
 ) -> Deployment:
     """The simulated twin of ``dep`` (module step 2; calibrated per step 6 when given)."""
     app, models = _specs(dep, app_name)
+    wake, cold = ((calibration.replica_wake_s, calibration.cold_after_s)
+                  if calibration is not None else (0.0, 1e-3))
     mds = [
         ModelDeployment(spec=spec, profile=scaled(profiles[spec.name], scale), replicas=n,
-                        outputs=ConstantOutputs(0))
+                        outputs=ConstantOutputs(0), wake_s=wake, cold_after_s=cold)
         for spec, n, _ in models
     ]
     cpus = sum(n for _, n, _ in models) or 1
@@ -443,26 +449,15 @@ def _idle_cpu(srv: ServerProcess, seconds: float = 1.0) -> float:
     return max(srv.cpu_s() - c0, 0.0) / (time.monotonic() - t0)
 
 
-def outside_overhead(arrival_at: np.ndarray, overhead_s: float, cold_after_s: float
-                     ) -> np.ndarray:
-    """Per query, the latency outside the frontend's loop (the client, the kernel, waking
-    the other processes): ``overhead_s`` after an idle gap much longer than
-    ``cold_after_s``, less after a short one (``1 - exp(-gap / cold_after_s)``), the same
-    cooling as the loop's wake-up cost."""
-    gap = np.diff(np.asarray(arrival_at, dtype=np.float64), prepend=-np.inf)
-    return overhead_s * -np.expm1(-gap / cold_after_s)
-
-
 def _sim_run(dep: Deployment, trace: Trace, seed: int, calib: Calibration | None = None
              ) -> tuple[dict[str, float], pd.DataFrame]:
     res = Simulation(dep, trace, seed=seed).run()
     q = res.queries
     if calib is not None and calib.overhead_s:
-        extra = outside_overhead(q["arrival_at"].to_numpy(), calib.overhead_s,
-                                 calib.cold_after_s)
+        # outside the loop (client, kernel): a constant per query, measured at low load
         q = q.copy()
-        q["reply_at"] = q["reply_at"] + extra
-        q["latency_s"] = q["latency_s"] + extra
+        q["reply_at"] = q["reply_at"] + calib.overhead_s
+        q["latency_s"] = q["latency_s"] + calib.overhead_s
     return sim_summarise(q, res.batches), q
 
 
@@ -493,7 +488,8 @@ def frontend_cpu(calib: Calibration) -> FrontendCPU:
                        batch_send_s=calib.batch_cpu_s / 2, batch_done_s=calib.batch_cpu_s / 2,
                        wake_s=calib.wake_s, cold_after_s=calib.cold_after_s,
                        pause_rate_hz=calib.pause_rate_hz if calib.pauses_s else 0.0,
-                       pauses_s=calib.pauses_s)
+                       pause_rate_busy_hz=calib.pause_rate_busy_hz if calib.pauses_s else 0.0,
+                       pauses_s=calib.pauses_s, timer_resolution_s=calib.timer_resolution_s)
 
 
 @dataclass(frozen=True)
@@ -573,27 +569,47 @@ def late_share(lat: np.ndarray, margin: float) -> float:
 
 
 def tune_pause_rate(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deployment],
-                    calib: Calibration, seed: int = 0, rounds: int = 2) -> Calibration:
-    """Scale ``pause_rate_hz`` until the twin, replaying the runs ``fit_pauses`` used,
-    has as many late queries (by the same margin) as the real server had: a pause holds
-    every query that reaches the loop during it, which the episode count alone does not
-    pin down (a pause in the client holds only the replies in flight)."""
-    use = pause_runs(runs, calib.capacity_qps)
+                    calib: Calibration, seed: int = 0, max_load: float = 0.6) -> Calibration:
+    """The pause rate, as ``pause_rate_hz + pause_rate_busy_hz x`` the loop's busy share,
+    such that the twin replaying the runs from 400 q/s to ``max_load`` of capacity has
+    as many late queries (by each run's margin, ``late_margin``) as the real server had:
+    a pause holds every query that reaches the loop during it, which the episode count
+    alone does not pin down, and a busier server is preempted more.  Per run ``k`` the
+    twin gives its late share without pauses ``q_k``, its busy share ``u_k``, and the
+    late share added per pause per second ``s_k``; then ``real_k - q_k = s_k x (r0 +
+    r1 x u_k)`` by non-negative least squares."""
+    from scipy.optimize import nnls
+
+    use = [r for r in runs if r.latency_s is not None and r.rate >= 400.0
+           and r.rate <= max_load * calib.capacity_qps and np.isfinite(r.latency_s).sum() >= 100]
     if not use or not calib.pauses_s or calib.pause_rate_hz <= 0:
         return calib
-    lats = [np.asarray(r.latency_s, dtype=np.float64) for r in use]
-    margins = [late_margin(lat) for lat in lats]
-    real = sum(late_share(lat, m) for lat, m in zip(lats, margins, strict=True))
-    for _ in range(rounds):
-        dep = twin(calib)
-        sim = 0.0
-        for r, m in zip(use, margins, strict=True):
-            _, q = _sim_run(dep, r.trace, seed, calib)
-            sim += late_share(q["latency_s"].to_numpy(), m)
-        if sim <= 0:
-            break
-        calib = dataclasses.replace(calib, pause_rate_hz=calib.pause_rate_hz * real / sim)
-    return calib
+    ref = calib.pause_rate_hz
+    rows, target = [], []
+    for r in use:
+        lat = np.asarray(r.latency_s, dtype=np.float64)
+        m = late_margin(lat)
+        shares, busy = [], 0.0
+        for rate in (0.0, ref):
+            c = dataclasses.replace(calib, pause_rate_hz=rate, pause_rate_busy_hz=0.0)
+            sim = Simulation(twin(c), r.trace, seed=seed)
+            res = sim.run()
+            q = res.queries
+            if c.overhead_s:
+                q = q.assign(latency_s=q["latency_s"] + c.overhead_s)
+            shares.append(late_share(q["latency_s"].to_numpy(), m))
+            if rate == 0.0:
+                span = float(r.trace.arrival_at[-1] - r.trace.arrival_at[0]) or 1.0
+                busy = min(sim.loop_busy_s / span, 1.0)
+        per = max(shares[1] - shares[0], 0.0) / ref
+        rows.append((per, per * busy))
+        target.append(late_share(lat, m) - shares[0])
+    A = np.asarray(rows, dtype=np.float64)
+    y = np.asarray(target, dtype=np.float64)
+    if not (A[:, 0] > 0).any():
+        return calib
+    (r0, r1), _ = nnls(A, y)
+    return dataclasses.replace(calib, pause_rate_hz=float(r0), pause_rate_busy_hz=float(r1))
 
 
 COLD_AFTER_GRID_S = (50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 20e-3)
@@ -646,6 +662,16 @@ def fit_frontend(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deploymen
         return calib
     return dataclasses.replace(calib, query_cpu_s=a, batch_cpu_s=b, wake_s=w,
                                cold_after_s=tau)
+
+
+def _batch_mean_ms(metrics: Any) -> float:
+    """Mean of the engine's batch latency histogram over all models (ms)."""
+    total = count = 0.0
+    for smp in metrics.samples():
+        if smp.name == "clipperlab_batch_latency_seconds":
+            total += smp.metric.sum
+            count += smp.metric.count
+    return total / count * 1e3 if count else math.nan
 
 
 def good_share(table: pd.DataFrame, slo_s: float) -> float:
@@ -800,7 +826,8 @@ def validate(
         if pauses:
             log(f"  pauses at low load: {len(pauses)} seen ({rate_hz:.1f}/s), median "
                 f"{np.median(pauses) * 1e3:.1f} ms, longest {max(pauses) * 1e3:.1f} ms; "
-                f"{calib.pause_rate_hz:.1f}/s give the twin as many late queries")
+                f"{calib.pause_rate_hz:.1f}/s + {calib.pause_rate_busy_hz:.1f}/s x the loop's "
+                f"busy share give the twin as many late queries")
         log("  runs for the CPU fit (q/s, batch size, server CPU us/query): " + ", ".join(
             f"{r.rate:,.0f} {r.queries / r.batches:.1f} {r.cpu_s / r.queries * 1e6:.0f}"
             for r in cpu_runs))
@@ -812,6 +839,16 @@ def validate(
             f" ms at mean size {seen_c['batch_size_mean']:.2f} (profile x{slow:.2f}, "
             f"+{extra_s * 1e3:.3f} ms per batch); query latency inside the server "
             f"{seen_c['server_mean_ms']:.3f} ms")
+        # the containers' wake-up: the batch latency the server saw at low load (idle
+        # containers) over what the twin's engine sees for the same trace
+        twin_c = Simulation(twin(calib), calib_trace, seed=seed).run()
+        twin_batch_ms = _batch_mean_ms(twin_c.metrics)
+        real_batch_ms = seen_c.get("batch_mean_ms", math.nan)
+        if math.isfinite(real_batch_ms) and math.isfinite(twin_batch_ms):
+            calib = dataclasses.replace(
+                calib, replica_wake_s=max(real_batch_ms - twin_batch_ms, 0.0) / 1e3)
+        log(f"  batch latency at {calib_qps:g} q/s: real {real_batch_ms:.3f} ms, twin "
+            f"{twin_batch_ms:.3f} ms -> container wake-up {calib.replica_wake_s * 1e3:.3f} ms")
         sim1 = sim_deployment(dep, workload.app, profs, input_bytes=workload.input_bytes,
                               calibration=calib)
         # the fixed overhead: what the calibrated simulator still misses at low load
@@ -916,12 +953,13 @@ def format_table(res: ValidationResult) -> str:
 
 def describe(c: Calibration) -> str:
     """The calibration in one line."""
-    pauses = (f"pauses {c.pause_rate_hz:.1f}/s of median {np.median(c.pauses_s) * 1e3:.1f} ms"
-              if c.pauses_s else "no pauses")
+    pauses = (f"pauses {c.pause_rate_hz:.1f}/s + {c.pause_rate_busy_hz:.1f}/s x busy share, "
+              f"median {np.median(c.pauses_s) * 1e3:.1f} ms" if c.pauses_s else "no pauses")
     return (f"capacity {c.capacity_qps:,.0f} q/s; the frontend's loop: "
             f"{c.query_cpu_s * 1e6:.1f} us/query + {c.batch_cpu_s * 1e6:.1f} us/batch + wake-up "
             f"{c.wake_s * 1e6:.0f} us (cools in {c.cold_after_s * 1e3:g} ms), {pauses}; outside "
-            f"the loop {c.overhead_s * 1e3:.3f} ms/query when cold; in-situ batch latency at "
+            f"the loop {c.overhead_s * 1e3:.3f} ms/query; container wake-up "
+            f"{c.replica_wake_s * 1e3:.3f} ms; in-situ batch latency at "
             f"low load +{c.batch_extra_s * 1e3:.3f} ms (x{c.slowdown:.2f}) over the profile")
 
 

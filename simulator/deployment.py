@@ -82,7 +82,10 @@ class FrontendCPU:
     and on a virtual machine the wake-up itself costs CPU).  ``pause_rate_hz`` and
     ``pauses_s``: the process loses the CPU now and then (another process, the
     hypervisor): pauses start as a Poisson process and last a duration drawn from
-    ``pauses_s``; everything waiting for the loop waits them out.  ``clipperlab validate``
+    ``pauses_s``; everything waiting for the loop waits them out; with
+    ``pause_rate_busy_hz`` the rate grows by that much times the loop's busy share (a busy
+    process is preempted more).  ``timer_resolution_s``: timers take their delay rounded
+    to it (uvloop: the nearest millisecond) and are never early.  ``clipperlab validate``
     measures them on the real server."""
 
     query_s: float = 0.0
@@ -94,15 +97,19 @@ class FrontendCPU:
     cold_after_s: float = 1e-3
     pause_rate_hz: float = 0.0
     pauses_s: tuple[float, ...] = ()
+    pause_rate_busy_hz: float = 0.0
+    timer_resolution_s: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pauses_s", tuple(float(x) for x in self.pauses_s))
         if any(not (math.isfinite(x) and x > 0) for x in self.pauses_s):
             raise SimConfigError("frontend_cpu.pauses_s: expected durations in seconds > 0")
-        if not (isinstance(self.pause_rate_hz, int | float) and self.pause_rate_hz >= 0):
-            raise SimConfigError(f"frontend_cpu.pause_rate_hz: expected a rate >= 0, got "
-                                 f"{self.pause_rate_hz!r}")
-        if self.pause_rate_hz > 0 and not self.pauses_s:
+        for k in ("pause_rate_hz", "pause_rate_busy_hz", "timer_resolution_s"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not (
+                    math.isfinite(v) and v >= 0):
+                raise SimConfigError(f"frontend_cpu.{k}: expected a number >= 0, got {v!r}")
+        if self.pause_rate_hz + self.pause_rate_busy_hz > 0 and not self.pauses_s:
             raise SimConfigError("frontend_cpu: pause_rate_hz needs pauses_s (durations)")
         if not (isinstance(self.cold_after_s, int | float) and self.cold_after_s > 0):
             raise SimConfigError(f"frontend_cpu.cold_after_s: expected seconds > 0, got "
@@ -149,9 +156,15 @@ class ModelDeployment:
     cpus: int = 1
     gpus: int = 1
     outputs: OutputModel = field(default_factory=AccuracyOutputs)
+    # a batch that finds its container idle takes wake_s x (1 - exp(-idle / cold_after_s))
+    # longer than its profile (a profile is timed back to back, on a warm container)
+    wake_s: float = 0.0
+    cold_after_s: float = 1e-3
 
     def __post_init__(self) -> None:
         n = self.spec.name
+        if not (self.wake_s >= 0 and self.cold_after_s > 0):
+            raise SimConfigError(f"model {n!r}: wake_s must be >= 0 and cold_after_s > 0")
         if not isinstance(self.replicas, int) or self.replicas < 0:
             raise SimConfigError(f"model {n!r}: replicas: expected an integer >= 0, got "
                                  f"{self.replicas!r}")
@@ -472,7 +485,8 @@ def _deployment_from_dict(data: Mapping[str, Any], file: str, base_dir: Path) ->
     if fc is not None:
         t = _table(fc, file, "frontend_cpu")
         keys = {"query_s", "reply_s", "batch_send_s", "batch_done_s", "item_s", "wake_s",
-                "cold_after_s", "pause_rate_hz", "pauses_s"}
+                "cold_after_s", "pause_rate_hz", "pauses_s", "pause_rate_busy_hz",
+                "timer_resolution_s"}
         extra = sorted(set(t) - keys)
         if extra:
             raise _err(file, "frontend_cpu", f"unknown field(s) {extra}; expected some of "
@@ -493,7 +507,7 @@ def _deployment_from_dict(data: Mapping[str, Any], file: str, base_dir: Path) ->
 
 
 _MODEL_KEYS = {"name", "version", "input_type", "profile", "replicas", "hosts", "kind", "cpus",
-               "gpus", "batching", "outputs", "metadata"}
+               "gpus", "batching", "outputs", "metadata", "wake_s", "cold_after_s"}
 
 
 def _model(m: Mapping[str, Any], file: str, where: str, base_dir: Path) -> ModelDeployment:
@@ -548,9 +562,15 @@ def _model(m: Mapping[str, Any], file: str, where: str, base_dir: Path) -> Model
             outputs = build_dataclass(OUTPUT_KINDS[kind], rest, f"{where}.outputs")
         except (WorkloadError, SimConfigError) as e:
             raise SimConfigError(f"{file}: {e}") from None
+    for k in ("wake_s", "cold_after_s"):
+        v = m.get(k, 0.0 if k == "wake_s" else 1e-3)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise _err(file, f"{where}.{k}", f"expected seconds, got {v!r}")
     try:
         return ModelDeployment(spec=spec, profile=profile, replicas=m.get("replicas", 1),
                                hosts=tuple(hosts), kind=m.get("kind"), cpus=m.get("cpus", 1),
-                               gpus=m.get("gpus", 1), outputs=outputs)
+                               gpus=m.get("gpus", 1), outputs=outputs,
+                               wake_s=float(m.get("wake_s", 0.0)),
+                               cold_after_s=float(m.get("cold_after_s", 1e-3)))
     except SimConfigError as e:
         raise _err(file, where, str(e)) from None

@@ -94,7 +94,7 @@ class _Rep:
     """One replica's driver-side state."""
 
     __slots__ = ("rid", "model_idx", "host", "link", "sampler", "stragglers", "rng", "gen",
-                 "wake", "inflight", "up")
+                 "wake", "inflight", "up", "idle_since", "wake_s", "cold_after_s")
 
     def __init__(self, rid: ReplicaId, model_idx: int, host: str, link: _LinkState,
                  sampler: ProfileSampler, rng: np.random.Generator) -> None:
@@ -109,6 +109,9 @@ class _Rep:
         self.wake: simpy.Event | None = None
         self.inflight: list[Any] | None = None
         self.up = False
+        self.idle_since = 0.0  # when its last batch finished (wake-up cost)
+        self.wake_s = 0.0
+        self.cold_after_s = 1e-3
 
 
 @contextlib.contextmanager
@@ -268,7 +271,9 @@ class Simulation:
             for rid in m.replica_ids():
                 host = placement[rid]
                 rng = np.random.default_rng([seed, 202, crc, rid.ordinal])
-                self._reps[rid] = _Rep(rid, mi, host, links[host], m.profile.sampler(rng), rng)
+                r = self._reps[rid] = _Rep(rid, mi, host, links[host], m.profile.sampler(rng),
+                                           rng)
+                r.wake_s, r.cold_after_s = m.wake_s, m.cold_after_s
         for f in dep.faults:
             if isinstance(f, Straggler):
                 sname, sord = parse_replica(f.replica)
@@ -354,7 +359,7 @@ class Simulation:
         if self.deployment.faults:
             env.process(self._fault_proc())
         fc = self._fc
-        if fc is not None and fc.pause_rate_hz > 0 and self.n:
+        if fc is not None and fc.pause_rate_hz + fc.pause_rate_busy_hz > 0 and self.n:
             env.process(self._pause_proc(fc))
         self._arm()
         env.process(self._frontend())
@@ -426,7 +431,7 @@ class Simulation:
         while i < n or j < m:
             if fc is not None and inbox:
                 self._handle_inbox(fc)
-                horizon = min(peek(), self._timers[0] if self._timers else _INF)
+                horizon = peek()  # timers are SimPy events, so peek() sees them
                 continue
             t = nxt_a if nxt_a <= nxt_f else nxt_f
             if fc is not None:
@@ -474,7 +479,8 @@ class Simulation:
                 carry(out, t)
                 horizon = peek()
             a = arm()
-            if a < horizon:
+            if a < horizon and (fc is None or a > env.now):
+                # (with the loop, a timer may fire after its due time: peek() has it)
                 horizon = a
         if fc is None:
             return
@@ -532,18 +538,27 @@ class Simulation:
         return t
 
     def _pause_proc(self, fc: FrontendCPU) -> Any:
-        """The frontend loses the CPU at Poisson times until the last arrival; each pause
-        holds the loop for a duration drawn from ``pauses_s``."""
+        """The frontend loses the CPU at Poisson times until the last arrival, at
+        ``pause_rate_hz + pause_rate_busy_hz x u`` where ``u`` is the loop's busy share
+        since the previous candidate (thinning); each pause holds the loop for a duration
+        drawn from ``pauses_s``."""
         env = self.env
         rng = np.random.default_rng([self.seed, 303])
         durations = np.asarray(fc.pauses_s, dtype=np.float64)
         end = float(self.arrival_at[-1])
-        t = 0.0
+        top = fc.pause_rate_hz + fc.pause_rate_busy_hz
+        t = t_prev = busy_prev = 0.0
         while True:
-            t += float(rng.exponential(1.0 / fc.pause_rate_hz))
+            t += float(rng.exponential(1.0 / top))
             if t > end:
                 return
             yield env.timeout(t - env.now)
+            if fc.pause_rate_busy_hz > 0:
+                busy = self.loop_busy_s
+                u = min(max((busy - busy_prev) / (t - t_prev), 0.0), 1.0) if t > t_prev else 0.0
+                t_prev, busy_prev = t, busy
+                if rng.random() * top > fc.pause_rate_hz + fc.pause_rate_busy_hz * u:
+                    continue
             d = float(durations[rng.integers(durations.size)])
             lf = self._loop_free
             self._loop_free = (t if t > lf else lf) + d
@@ -668,6 +683,11 @@ class Simulation:
         lat = link.latency_s + (fe.latency_s if fe is not None else 0.0)
         arrive = start + xfer + lat
         service = rep.sampler(padded)
+        if rep.wake_s:
+            # a container that slept pays a wake-up (ModelDeployment.wake_s)
+            idle = arrive - rep.idle_since
+            if idle > 0:
+                service += rep.wake_s * -math.expm1(-idle / rep.cold_after_s)
         if rep.stragglers:
             for f in rep.stragglers:
                 if f.from_s <= now < f.until_s:
@@ -686,6 +706,7 @@ class Simulation:
     def _done(self, rep: _Rep, sb: SendBatch, now: float) -> None:
         outs = self._outputs[rep.model_idx]
         outputs = [outs[q] for q in sb.inputs]
+        rep.idle_since = now
         row = rep.inflight
         if row is not None:
             row[8] = now  # SimPy's clock (done_at up to rounding)
@@ -719,7 +740,17 @@ class Simulation:
         """A SimPy timeout at ``at`` that calls ``engine.on_timer``."""
         heapq.heappush(self._timers, at)
         env = self.env
-        ev = env.timeout(at - env.now if at > env.now else 0.0, value=at)
+        fire = at
+        fc = self._fc
+        if fc is not None and fc.timer_resolution_s > 0:
+            # the loop's timers take delays rounded to its resolution; one that comes
+            # early finds nothing due and re-arms (so it is never early)
+            now = env.now if env.now > self._loop_free else self._loop_free
+            res = fc.timer_resolution_s
+            late = now + round((at - now) / res) * res
+            if late > fire:
+                fire = late
+        ev = env.timeout(fire - env.now if fire > env.now else 0.0, value=at)
         ev.callbacks.append(self._fire)
 
     def _fire(self, ev: simpy.Event) -> None:
@@ -728,7 +759,8 @@ class Simulation:
         while timers and timers[0] <= at:
             heapq.heappop(timers)
         if self._fc is not None:
-            self._inbox.append((at, None, None))
+            now = self.env.now
+            self._inbox.append((now if now > at else at, None, None))
             return
         nd = self.engine.next_deadline()
         if nd is not None and nd <= at:

@@ -6,7 +6,6 @@ load run into what the simulator replays."""
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import pandas as pd
@@ -21,7 +20,6 @@ from real.validation import (
     from_send,
     frontend_cpu,
     good_share,
-    outside_overhead,
     sent_trace,
 )
 from simulator import Deployment, FrontendCPU, Simulation
@@ -88,14 +86,6 @@ def test_fit_pauses_finds_known_pauses() -> None:
     assert fit_pauses([run], capacity_qps=2000) == (0.0, ())  # 1,000 q/s is 50% of it
     quiet = _paused_run(1000, [])
     assert fit_pauses([quiet], capacity_qps=10_000) == (0.0, ())
-
-
-def test_outside_overhead_cools() -> None:
-    at = np.array([0.0, 1.0, 1.0 + 1e-6, 1.5])
-    o = outside_overhead(at, 0.4e-3, 1e-3)
-    assert o[0] == pytest.approx(0.4e-3) and o[1] == pytest.approx(0.4e-3)
-    assert o[2] == pytest.approx(0.4e-3 * (1 - math.exp(-1e-3)), rel=1e-6)
-    assert o[3] == pytest.approx(0.4e-3)
 
 
 def test_load_run_helpers() -> None:

@@ -32,7 +32,7 @@ arrivals = { kind = "poisson", qps = 1000 }
 """
 
 
-@pytest.mark.parametrize("name", ["simulate.toml", "ensemble.toml"])
+@pytest.mark.parametrize("name", ["simulate.toml", "ensemble.toml", "frontend.toml"])
 def test_examples_load_and_run(name: str) -> None:
     """The committed examples are valid and run (shortened)."""
     import dataclasses
