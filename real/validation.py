@@ -11,31 +11,35 @@ Theory of operation (``validate``):
    already inside the profiles).
 3. Start the real server in its own process (cache off unless the workload is cacheable,
    as the paper salted its inputs), wait until the application is ready.
-4. Calibration run at low load (``calib_qps``).  After step 5, the real p50 minus the
-   calibrated simulator's p50 at this load is the fixed per-query overhead the simulator
-   does not see (HTTP, JSON, the frontend's event loop, waking idle processes, the load
-   generator's millisecond timer): ``overhead_s``.  The server's own metrics
-   (``/metrics``: batch latency and size, query latency inside the server) are reported
-   beside it: the batch latency the engine saw over the profile's (``batch_extra_s``,
-   ``slowdown``).  Used as a per-batch cost in the twin it made the predictions worse
-   (it depends on load: idle processes wake slowly, busy ones do not; and it includes
-   any delayed-batching wait), so it is reported, not used.
-5. Capacity: unless given, the offered load ramps (x``ramp_step`` per ``ramp_s`` step)
-   until fewer than 95% of the queries get a non-default answer (a failing step runs
+4. Calibration run at low load (``calib_qps``); then the capacity: unless given, the
+   offered load ramps (x``ramp_step`` per ``ramp_s`` step) until fewer than 95% of the
+   queries get a prediction within the SLO as the client saw it (a failing step runs
    twice before it counts), with one more step between the last good and the first bad
-   rate; capacity is the best good throughput
-   seen.  The server process's CPU time per query at the last good step (less its idle
-   CPU) is the frontend's cost per query: ``frontend_cost_s``.
+   rate; capacity is the best good throughput seen.  Every run records the server
+   process's CPU time (less its idle CPU), its query and batch counts, the send times
+   the generator achieved and the latency of each query from its send.
+5. The twin is calibrated from those runs (the runs that met the SLO), never from the
+   levels of step 6:
+   - the frontend's event loop (``simulator.FrontendCPU``): CPU per query, per batch and
+     per wake-up, fitted together (``fit_frontend``); uvloop's millisecond timers;
+   - pauses (``fit_pauses``, ``tune_pause_rate``): late queries in the low-load runs give
+     the pause durations; the rate, as a base plus a share proportional to the loop's
+     busy time, makes the twin as late as the server in the runs up to 60% of capacity;
+   - the containers' wake-up: the batch latency the engine saw at ``calib_qps`` (idle
+     containers) over the twin's (``ModelDeployment.wake_s``);
+   - ``overhead_s``: the real p50 minus the calibrated twin's at ``calib_qps``, what
+     happens outside the loop (client, kernel), added to every answered query.
+   The server's in-situ batch latency over the profile's (``batch_extra_s``,
+   ``slowdown``) is reported beside them.
 6. For each level (fraction of capacity) the workload's trace is re-timed to that rate
    (``n = rate x duration_s`` queries, arrival times scaled, so any arrival process keeps
-   its shape) and run on the real server, in the plain simulator, and in the calibrated
-   simulator: the frontend as a FIFO link shared by all replicas whose per-input transfer
-   time is ``frontend_cost_s`` (the ``frontend_link`` knob), and ``overhead_s`` added to
-   every answered query's latency.
-7. Relative errors (sim - real) / real of throughput, mean, p50, p90, p99.  A fourth mode,
+   its shape) and run twice on the real server (``real``, ``real again``: the noise
+   floor), then, with the send times the generator achieved in the first run, in the
+   plain simulator (``sim``) and in the calibrated twin (``sim+frontend``).  Latency is
+   measured from the send on both sides (the generator's own lag is kept apart).
+7. Relative errors (sim - real) / real of throughput, mean, p50, p90, p99.  A fifth mode,
    ``sim+in-situ``, is a diagnostic, not a prediction: the calibrated twin with the
-   profiles scaled by the batch latency the server saw *in that run* over the profile's
-   (CPU contention, wake-ups); what it still misses happens outside the batches.
+   profiles scaled by the batch latency the server saw *in that run* over the profile's.
 
 All latency statistics come from ``simulator.result.summarise`` for both modes.
 """
@@ -117,8 +121,10 @@ class Calibration:
     pauses_s: tuple[float, ...] = ()
     pause_rate_busy_hz: float = 0.0  # more pauses when the loop is busy (tune_pause_rate)
     timer_resolution_s: float = 1e-3  # uvloop rounds timer delays to the millisecond
-    # a container's wake-up: the in-situ batch latency at low load over the twin's
+    # a container's wake-up, as wake_s x (1 - exp(-idle / cold_after_s)) on its batches:
+    # the in-situ batch latency over the twin's (fit_container_wake)
     replica_wake_s: float = 0.0
+    replica_cold_after_s: float = 1e-3
     # reported, not used by the twin: in-situ batch latency at low load minus the profile's
     # (it includes waking idle processes and any delayed-batching wait) and their ratio
     batch_extra_s: float = 0.0
@@ -209,7 +215,7 @@ def sim_deployment(
 ) -> Deployment:
     """The simulated twin of ``dep`` (module step 2; calibrated per step 6 when given)."""
     app, models = _specs(dep, app_name)
-    wake, cold = ((calibration.replica_wake_s, calibration.cold_after_s)
+    wake, cold = ((calibration.replica_wake_s, calibration.replica_cold_after_s)
                   if calibration is not None else (0.0, 1e-3))
     mds = [
         ModelDeployment(spec=spec, profile=scaled(profiles[spec.name], scale), replicas=n,
@@ -501,6 +507,7 @@ class CpuRun:
     batches: float
     cpu_s: float  # the server's, idle CPU subtracted
     latency_s: np.ndarray | None = None  # per query, from the send
+    batch_ms: float = math.nan  # the engine's mean batch latency in the server
 
     @property
     def rate(self) -> float:
@@ -509,7 +516,8 @@ class CpuRun:
 
 
 def fit_pauses(runs: Sequence[CpuRun], capacity_qps: float, min_rate_qps: float = 400.0,
-               min_pause_s: float = 1e-3) -> tuple[float, tuple[float, ...]]:
+               min_pause_s: float = 1e-3, min_pauses: int = 5
+               ) -> tuple[float, tuple[float, ...]]:
     """The server's pauses from runs at low load (``min_rate_qps`` to 30% of capacity),
     where queueing cannot explain a late reply: a query later than the run's median by
     more than ``max(min_pause_s, 4 x IQR)`` was held up by a pause; overlapping late
@@ -542,8 +550,8 @@ def fit_pauses(runs: Sequence[CpuRun], capacity_qps: float, min_rate_qps: float 
         for d in eps:
             durations.append(d)
             weight += 1.0 / -math.expm1(-r.rate * d)
-    if not durations or total_s <= 0:
-        return 0.0, ()
+    if len(durations) < min_pauses or total_s <= 0:
+        return 0.0, ()  # too few to tell a pause from a one-off
     return weight / total_s, tuple(sorted(durations))
 
 
@@ -674,6 +682,41 @@ def _batch_mean_ms(metrics: Any) -> float:
     return total / count * 1e3 if count else math.nan
 
 
+def fit_container_wake(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deployment],
+                       calib: Calibration, seed: int = 0) -> Calibration:
+    """The containers' wake-up from the batch latency the server's engine saw in each run
+    (``batch_ms``) over the twin's replaying it: for each cooling time on the grid the
+    twin counts its wake-ups per batch (a negligible ``wake_s``), the least-squares
+    ``wake_s`` scales them to the difference, and the best grid point wins (none when
+    the twin is not faster than the server)."""
+    use = [r for r in runs if math.isfinite(r.batch_ms)]
+    if not use:
+        return calib
+    tiny = 1e-12
+    best: tuple[float, float, float] | None = None
+    for tau in COLD_AFTER_GRID_S:
+        c = dataclasses.replace(calib, replica_wake_s=tiny, replica_cold_after_s=tau)
+        dep = twin(c)
+        diff, units = [], []
+        for r in use:
+            sim = Simulation(dep, r.trace, seed=seed)
+            res = sim.run()
+            nb = max(len(res.batches), 1)
+            diff.append(r.batch_ms / 1e3 - _batch_mean_ms(res.metrics) / 1e3)
+            units.append(sim.replica_wake_s / tiny / nb)
+        d = np.asarray(diff)
+        u = np.asarray(units)
+        if not (u > 0).any():
+            continue
+        w = max(float(u @ d / (u @ u)), 0.0)
+        err = float(((d - w * u) ** 2).sum())
+        if best is None or err < best[0]:
+            best = (err, w, tau)
+    if best is None:
+        return calib
+    return dataclasses.replace(calib, replica_wake_s=best[1], replica_cold_after_s=best[2])
+
+
 def good_share(table: pd.DataFrame, slo_s: float) -> float:
     """The share of a load run's queries answered with a prediction (not a default, not
     refused) within ``slo_s`` of their scheduled time, as the client saw it."""
@@ -752,7 +795,8 @@ def validate(
         t, cpu_q, seen = _real_run(srv, tr, pool, api, connections, idle)
         if keep and seen.get("queries", 0.0) > 0 and seen.get("batches", 0.0) > 0:
             cpu_runs.append(CpuRun(sent_trace(tr, t), seen["queries"], seen["batches"],
-                                   cpu_q * len(tr)))
+                                   cpu_q * len(tr), from_send(t)["latency_s"].to_numpy(),
+                                   seen.get("batch_mean_ms", math.nan)))
         return t, cpu_q, seen
 
     with ServerProcess(dep, cache=workload.cacheable) as srv:
@@ -790,7 +834,8 @@ def validate(
                     # overloaded runs stay out: their CPU per query is not the loop's cost
                     cpu_runs.append(CpuRun(sent_trace(tr, t), seen["queries"],
                                            seen["batches"], cpu_q * len(tr),
-                                           from_send(t)["latency_s"].to_numpy()))
+                                           from_send(t)["latency_s"].to_numpy(),
+                                           seen.get("batch_mean_ms", math.nan)))
                 log(f"  offered {rate:>9,.0f} q/s -> good share {good:.3f}, throughput "
                     f"{s.get('throughput_qps', 0):,.0f} q/s, p99 {s.get('p99_ms', math.nan):.1f}"
                     f" ms, server CPU {cpu_q * 1e6:.0f} us/query at batch size "
@@ -839,16 +884,11 @@ def validate(
             f" ms at mean size {seen_c['batch_size_mean']:.2f} (profile x{slow:.2f}, "
             f"+{extra_s * 1e3:.3f} ms per batch); query latency inside the server "
             f"{seen_c['server_mean_ms']:.3f} ms")
-        # the containers' wake-up: the batch latency the server saw at low load (idle
-        # containers) over what the twin's engine sees for the same trace
-        twin_c = Simulation(twin(calib), calib_trace, seed=seed).run()
-        twin_batch_ms = _batch_mean_ms(twin_c.metrics)
-        real_batch_ms = seen_c.get("batch_mean_ms", math.nan)
-        if math.isfinite(real_batch_ms) and math.isfinite(twin_batch_ms):
-            calib = dataclasses.replace(
-                calib, replica_wake_s=max(real_batch_ms - twin_batch_ms, 0.0) / 1e3)
-        log(f"  batch latency at {calib_qps:g} q/s: real {real_batch_ms:.3f} ms, twin "
-            f"{twin_batch_ms:.3f} ms -> container wake-up {calib.replica_wake_s * 1e3:.3f} ms")
+        # the containers' wake-up: the batch latency the server's engine saw over the
+        # twin's, run by run
+        calib = fit_container_wake(cpu_runs, twin, calib, seed)
+        log(f"  container wake-up {calib.replica_wake_s * 1e3:.3f} ms x (1 - exp(-idle / "
+            f"{calib.replica_cold_after_s * 1e3:g} ms)) per batch")
         sim1 = sim_deployment(dep, workload.app, profs, input_bytes=workload.input_bytes,
                               calibration=calib)
         # the fixed overhead: what the calibrated simulator still misses at low load
@@ -959,7 +999,8 @@ def describe(c: Calibration) -> str:
             f"{c.query_cpu_s * 1e6:.1f} us/query + {c.batch_cpu_s * 1e6:.1f} us/batch + wake-up "
             f"{c.wake_s * 1e6:.0f} us (cools in {c.cold_after_s * 1e3:g} ms), {pauses}; outside "
             f"the loop {c.overhead_s * 1e3:.3f} ms/query; container wake-up "
-            f"{c.replica_wake_s * 1e3:.3f} ms; in-situ batch latency at "
+            f"{c.replica_wake_s * 1e3:.3f} ms (cools in {c.replica_cold_after_s * 1e3:g} ms); "
+            f"in-situ batch latency at "
             f"low load +{c.batch_extra_s * 1e3:.3f} ms (x{c.slowdown:.2f}) over the profile")
 
 

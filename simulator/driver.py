@@ -264,6 +264,7 @@ class Simulation:
         self.loop_busy_s = 0.0
         self.loop_wake_s = 0.0  # the part of it spent waking up
         self.pauses: list[tuple[float, float]] = []  # (start, duration) of each pause
+        self.replica_wake_s = 0.0  # what the containers' wake-ups added (ModelDeployment)
         placement = dep.placement()
         self._reps: dict[ReplicaId, _Rep] = {}
         for mi, m in enumerate(dep.models):
@@ -687,7 +688,9 @@ class Simulation:
             # a container that slept pays a wake-up (ModelDeployment.wake_s)
             idle = arrive - rep.idle_since
             if idle > 0:
-                service += rep.wake_s * -math.expm1(-idle / rep.cold_after_s)
+                w = rep.wake_s * -math.expm1(-idle / rep.cold_after_s)
+                self.replica_wake_s += w
+                service += w
         if rep.stragglers:
             for f in rep.stragglers:
                 if f.from_s <= now < f.until_s:

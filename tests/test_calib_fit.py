@@ -14,6 +14,7 @@ import pytest
 from real.validation import (
     Calibration,
     CpuRun,
+    fit_container_wake,
     fit_cpu,
     fit_frontend,
     fit_pauses,
@@ -38,7 +39,10 @@ def test_fit_cpu_splits_queries_and_batches() -> None:
 
 
 def _twin(c: Calibration) -> Deployment:
-    return dataclasses.replace(Deployment.single("prototype-noop"), frontend_cpu=frontend_cpu(c))
+    dep = Deployment.single("prototype-noop")
+    m = dataclasses.replace(dep.models[0], wake_s=c.replica_wake_s,
+                            cold_after_s=c.replica_cold_after_s)
+    return dataclasses.replace(dep, models=(m,), frontend_cpu=frontend_cpu(c))
 
 
 def test_fit_frontend_recovers_a_known_loop() -> None:
@@ -59,6 +63,25 @@ def test_fit_frontend_recovers_a_known_loop() -> None:
     assert fit.batch_cpu_s == pytest.approx(200e-6, rel=0.15)
     assert fit.wake_s == pytest.approx(300e-6, rel=0.1)
     assert fit.cold_after_s == 1e-3
+
+
+def test_fit_container_wake_recovers_a_known_wake_up() -> None:
+    """Runs made by the twin with containers that pay 500 us after sleeping (cooling in
+    2 ms), their batch latency taken from the engine's metrics: the fit finds both."""
+    from real.validation import _batch_mean_ms
+
+    truth = Calibration(query_cpu_s=30e-6, batch_cpu_s=100e-6, replica_wake_s=500e-6,
+                        replica_cold_after_s=2e-3)
+    runs = []
+    for k, rate in enumerate((50, 300, 1000, 3000, 8000)):
+        tr = Workload(Poisson(rate), n_queries=max(int(rate * 0.5), 100)).generate(k)
+        res = Simulation(_twin(truth), tr, seed=0).run()
+        runs.append(CpuRun(tr, float(len(tr)), float(len(res.batches)), 0.0,
+                           batch_ms=_batch_mean_ms(res.metrics)))
+    start = dataclasses.replace(truth, replica_wake_s=0.0)
+    fit = fit_container_wake(runs, _twin, start)
+    assert fit.replica_wake_s == pytest.approx(500e-6, rel=0.1)
+    assert fit.replica_cold_after_s == 2e-3
 
 
 def _paused_run(rate: float, pauses: list[tuple[float, float]], base: float = 1e-3,
