@@ -71,3 +71,26 @@ def test_fidelity_goal_rows() -> None:
     assert np.isclose(cal.loc[0.3, "err_p99"], 1.3 * 1.05 - 1)
     assert cal.loc[0.9, "goal_met"]  # p99 is not judged above 60% load
     assert "| m | aimd | 30% |" in markdown(goals)
+
+
+def test_fidelity_noise_floor_and_report_only(tmp_path: Path) -> None:
+    """A row misses the goal but is "within noise" when the real server's second run was
+    further from the first; ``--report-only`` rebuilds the report from the CSV (and says
+    so in one line when there is none)."""
+    from real.calib_fidelity import main as fidelity_main
+
+    rows = []
+    for mode, thr, p50, p99 in (("real", 100, 1.0, 1.0), ("real again", 100, 1.0, 1.5),
+                                ("sim+frontend", 100, 1.05, 1.365)):
+        rows.append({"model": "m", "batching": "aimd", "level": 0.3, "mode": mode,
+                     "throughput_qps": thr, "p50_ms": p50, "p99_ms": p99, "load_avg": 1.0})
+    table = pd.DataFrame(rows)
+    goals = goal_rows(table).set_index("mode")
+    assert not goals.loc["sim+frontend", "goal_met"]
+    assert goals.loc["sim+frontend", "within_noise"]  # +36.5% p99 < the floor's +50%
+    assert goals.loc["real again", "within_noise"]
+    table.to_csv(tmp_path / "fidelity.csv", index=False)
+    assert fidelity_main(["--out", str(tmp_path), "--report-only"]) == 0
+    assert "| m | aimd | 30% |" in (tmp_path / "fidelity.md").read_text()
+    assert (tmp_path / "fidelity.png").exists()
+    assert fidelity_main(["--out", str(tmp_path / "none"), "--report-only"]) == 2
