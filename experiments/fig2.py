@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from simulator.prototype import PROTOTYPE_FITS
+
 from . import _sim
 from .framework import Claim, Results
 from .plotting import grid, save, style_axis
@@ -28,16 +30,6 @@ from .plotting import grid, save, style_axis
 NAME = "fig2"
 TITLE = "Batch latency vs batch size per model (profiles)"
 KEYS = ("profile", "batch_size")
-
-# The paper's three fits per model (clipper-facts.md), alpha us/item and beta us.
-PAPER_FITS: dict[str, tuple[tuple[float, float], ...]] = {
-    "noop": ((19.0, 813), (11.6, 3560), (16.2, 820)),
-    "logistic-regression": ((23.8, 783), (11.7, 4336), (12.2, 3173)),
-    "linear-svm": ((12.5, 3671), (12.7, 3496), (26.0, 2569)),
-    "spark-svm": ((34.2, 1088), (31.3, 1883), (31.3, 1431)),
-    "random-forest": ((32.0, 7663), (22.3, 11234), (20.2, 11069)),
-    "kernel-svm": ((1787, 20253), (4792, 6286), (5062, 5889)),
-}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,7 +114,7 @@ def claims(results: Results, cfg: Config) -> list[Claim]:
     t = results.table
     out: list[Claim] = []
     fits = t.drop_duplicates("profile")
-    for model, paper in PAPER_FITS.items():
+    for model, paper in PROTOTYPE_FITS.items():  # the paper's three fits per model
         alphas = "/".join(f"{a:g}" for a, _ in paper)
         betas = "/".join(f"{b / 1e3:.2f}" for _, b in paper)
         ours = []

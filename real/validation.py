@@ -285,25 +285,25 @@ def in_situ(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str
             "batches": count("clipperlab_batch_size")}
 
 
-def _slowdown(seen: Mapping[str, float], profiles: Mapping[str, LatencyProfile]) -> float:
-    """In-situ mean batch latency over the profile's mean at the in-situ mean batch size
-    (one model: its profile; several: their average)."""
+def _profile_s(seen: Mapping[str, float], profiles: Mapping[str, LatencyProfile]) -> float:
+    """The profiles' mean batch latency at the in-situ mean batch size (one model: its
+    profile; several: their average; nan when the server saw no batch)."""
     b = seen.get("batch_size_mean", math.nan)
     if not math.isfinite(b) or not profiles:
         return math.nan
     size = max(int(round(b)), 1)
-    prof_ms = float(np.mean([p.mean_s(size) for p in profiles.values()])) * 1e3
-    return seen["batch_mean_ms"] / prof_ms if prof_ms > 0 else math.nan
+    return float(np.mean([p.mean_s(size) for p in profiles.values()]))
+
+
+def _slowdown(seen: Mapping[str, float], profiles: Mapping[str, LatencyProfile]) -> float:
+    """In-situ mean batch latency over the profile's mean at the in-situ mean batch size."""
+    prof_s = _profile_s(seen, profiles)
+    return seen["batch_mean_ms"] / 1e3 / prof_s if prof_s > 0 else math.nan
 
 
 def _batch_extra_s(seen: Mapping[str, float], profiles: Mapping[str, LatencyProfile]) -> float:
     """In-situ mean batch latency minus the profile's mean at that size (>= 0, seconds)."""
-    b = seen.get("batch_size_mean", math.nan)
-    if not math.isfinite(b) or not profiles:
-        return 0.0
-    size = max(int(round(b)), 1)
-    prof_s = float(np.mean([p.mean_s(size) for p in profiles.values()]))
-    extra = seen["batch_mean_ms"] / 1e3 - prof_s
+    extra = seen.get("batch_mean_ms", math.nan) / 1e3 - _profile_s(seen, profiles)
     return extra if math.isfinite(extra) and extra > 0 else 0.0
 
 
@@ -555,12 +555,12 @@ def fit_pauses(runs: Sequence[CpuRun], capacity_qps: float, min_rate_qps: float 
     return weight / total_s, tuple(sorted(durations))
 
 
-def pause_runs(runs: Sequence[CpuRun], capacity_qps: float, min_rate_qps: float = 400.0
-               ) -> list[CpuRun]:
-    """The runs ``fit_pauses`` learns from: ``min_rate_qps`` to 30% of capacity, with
-    latencies of at least 100 queries."""
+def pause_runs(runs: Sequence[CpuRun], capacity_qps: float, min_rate_qps: float = 400.0,
+               max_load: float = 0.3) -> list[CpuRun]:
+    """The runs pauses are learnt from: ``min_rate_qps`` to ``max_load`` of capacity,
+    with latencies of at least 100 queries."""
     return [r for r in runs if r.latency_s is not None
-            and min_rate_qps <= r.rate <= 0.3 * capacity_qps
+            and min_rate_qps <= r.rate <= max_load * capacity_qps
             and np.isfinite(r.latency_s).sum() >= 100]
 
 
@@ -588,8 +588,7 @@ def tune_pause_rate(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deploy
     r1 x u_k)`` by non-negative least squares."""
     from scipy.optimize import nnls
 
-    use = [r for r in runs if r.latency_s is not None and r.rate >= 400.0
-           and r.rate <= max_load * calib.capacity_qps and np.isfinite(r.latency_s).sum() >= 100]
+    use = pause_runs(runs, calib.capacity_qps, max_load=max_load)
     if not use or not calib.pauses_s or calib.pause_rate_hz <= 0:
         return calib
     ref = calib.pause_rate_hz
@@ -601,11 +600,8 @@ def tune_pause_rate(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deploy
         for rate in (0.0, ref):
             c = dataclasses.replace(calib, pause_rate_hz=rate, pause_rate_busy_hz=0.0)
             sim = Simulation(twin(c), r.trace, seed=seed)
-            res = sim.run()
-            q = res.queries
-            if c.overhead_s:
-                q = q.assign(latency_s=q["latency_s"] + c.overhead_s)
-            shares.append(late_share(q["latency_s"].to_numpy(), m))
+            # (a constant overhead would shift the median too: it cannot change the share)
+            shares.append(late_share(sim.run().queries["latency_s"].to_numpy(), m))
             if rate == 0.0:
                 span = float(r.trace.arrival_at[-1] - r.trace.arrival_at[0]) or 1.0
                 busy = min(sim.loop_busy_s / span, 1.0)

@@ -29,7 +29,7 @@ import json
 import math
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -104,21 +104,19 @@ class FrontendCPU:
         object.__setattr__(self, "pauses_s", tuple(float(x) for x in self.pauses_s))
         if any(not (math.isfinite(x) and x > 0) for x in self.pauses_s):
             raise SimConfigError("frontend_cpu.pauses_s: expected durations in seconds > 0")
-        for k in ("pause_rate_hz", "pause_rate_busy_hz", "timer_resolution_s"):
-            v = getattr(self, k)
+        for f in fields(self):
+            if f.name == "pauses_s":
+                continue
+            v = getattr(self, f.name)
+            what = "a number" if "rate" in f.name else "seconds"
             if isinstance(v, bool) or not isinstance(v, int | float) or not (
                     math.isfinite(v) and v >= 0):
-                raise SimConfigError(f"frontend_cpu.{k}: expected a number >= 0, got {v!r}")
-        if self.pause_rate_hz + self.pause_rate_busy_hz > 0 and not self.pauses_s:
-            raise SimConfigError("frontend_cpu: pause_rate_hz needs pauses_s (durations)")
-        if not (isinstance(self.cold_after_s, int | float) and self.cold_after_s > 0):
+                raise SimConfigError(f"frontend_cpu.{f.name}: expected {what} >= 0, got {v!r}")
+        if self.cold_after_s <= 0:
             raise SimConfigError(f"frontend_cpu.cold_after_s: expected seconds > 0, got "
                                  f"{self.cold_after_s!r}")
-        for k in ("query_s", "reply_s", "batch_send_s", "batch_done_s", "item_s", "wake_s"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not (
-                    math.isfinite(v) and v >= 0):
-                raise SimConfigError(f"frontend_cpu.{k}: expected seconds >= 0, got {v!r}")
+        if self.pause_rate_hz + self.pause_rate_busy_hz > 0 and not self.pauses_s:
+            raise SimConfigError("frontend_cpu: pause_rate_hz needs pauses_s (durations)")
 
     def capacity_qps(self, batch_size: float = 1.0) -> float:
         """Queries per second the loop can handle at a mean batch size (inf when free)."""
@@ -484,9 +482,7 @@ def _deployment_from_dict(data: Mapping[str, Any], file: str, base_dir: Path) ->
     fcpu = None
     if fc is not None:
         t = _table(fc, file, "frontend_cpu")
-        keys = {"query_s", "reply_s", "batch_send_s", "batch_done_s", "item_s", "wake_s",
-                "cold_after_s", "pause_rate_hz", "pauses_s", "pause_rate_busy_hz",
-                "timer_resolution_s"}
+        keys = {f.name for f in fields(FrontendCPU)}
         extra = sorted(set(t) - keys)
         if extra:
             raise _err(file, "frontend_cpu", f"unknown field(s) {extra}; expected some of "

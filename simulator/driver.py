@@ -97,7 +97,8 @@ class _Rep:
                  "wake", "inflight", "up", "idle_since", "wake_s", "cold_after_s")
 
     def __init__(self, rid: ReplicaId, model_idx: int, host: str, link: _LinkState,
-                 sampler: ProfileSampler, rng: np.random.Generator) -> None:
+                 sampler: ProfileSampler, rng: np.random.Generator, wake_s: float = 0.0,
+                 cold_after_s: float = 1e-3) -> None:
         self.rid = rid
         self.model_idx = model_idx
         self.host = host
@@ -110,8 +111,14 @@ class _Rep:
         self.inflight: list[Any] | None = None
         self.up = False
         self.idle_since = 0.0  # when its last batch finished (wake-up cost)
-        self.wake_s = 0.0
-        self.cold_after_s = 1e-3
+        self.wake_s = wake_s
+        self.cold_after_s = cold_after_s
+
+
+def _wake_cost(wake_s: float, idle_s: float, cold_after_s: float) -> float:
+    """What waking up costs after ``idle_s`` asleep: ``wake_s x (1 - exp(-idle /
+    cold_after_s))`` (``FrontendCPU.wake_s``, ``ModelDeployment.wake_s``)."""
+    return wake_s * -math.expm1(-idle_s / cold_after_s)
 
 
 @contextlib.contextmanager
@@ -272,9 +279,8 @@ class Simulation:
             for rid in m.replica_ids():
                 host = placement[rid]
                 rng = np.random.default_rng([seed, 202, crc, rid.ordinal])
-                r = self._reps[rid] = _Rep(rid, mi, host, links[host], m.profile.sampler(rng),
-                                           rng)
-                r.wake_s, r.cold_after_s = m.wake_s, m.cold_after_s
+                self._reps[rid] = _Rep(rid, mi, host, links[host], m.profile.sampler(rng), rng,
+                                       m.wake_s, m.cold_after_s)
         for f in dep.faults:
             if isinstance(f, Straggler):
                 sname, sord = parse_replica(f.replica)
@@ -507,12 +513,16 @@ class Simulation:
             out = eng.on_timer(t) if nd is not None and nd <= t else None
         else:
             t = self._loop_run(at, fc.batch_done_s + fc.item_s * len(sb.inputs))
-            out = eng.on_batch_done(
-                BatchDone(replica=sb.replica, batch_id=sb.batch_id,
-                          outputs=[self._outputs[rep.model_idx][q] for q in sb.inputs]), t)
+            out = eng.on_batch_done(self._batch_done(rep, sb), t)
         if out:
             self._carry_loop(out, fc)
         self._arm()
+
+    def _batch_done(self, rep: _Rep, sb: SendBatch) -> BatchDone:
+        """The engine event for a finished batch: the model's outputs for its inputs."""
+        outs = self._outputs[rep.model_idx]
+        return BatchDone(replica=sb.replica, batch_id=sb.batch_id,
+                         outputs=[outs[q] for q in sb.inputs])
 
     def _loop_at(self, now: float) -> float:
         """When the frontend's event loop takes an event that came at ``now`` (``now``
@@ -528,7 +538,7 @@ class Simulation:
         lf = self._loop_free
         if at > lf:
             if fc.wake_s:
-                w = fc.wake_s * -math.expm1(-(at - lf) / fc.cold_after_s)
+                w = _wake_cost(fc.wake_s, at - lf, fc.cold_after_s)
                 self.loop_wake_s += w
                 cost += w
             t = at + cost
@@ -688,7 +698,7 @@ class Simulation:
             # a container that slept pays a wake-up (ModelDeployment.wake_s)
             idle = arrive - rep.idle_since
             if idle > 0:
-                w = rep.wake_s * -math.expm1(-idle / rep.cold_after_s)
+                w = _wake_cost(rep.wake_s, idle, rep.cold_after_s)
                 self.replica_wake_s += w
                 service += w
         if rep.stragglers:
@@ -707,8 +717,6 @@ class Simulation:
         rep.wake.succeed((sb, done_at))  # type: ignore[union-attr]
 
     def _done(self, rep: _Rep, sb: SendBatch, now: float) -> None:
-        outs = self._outputs[rep.model_idx]
-        outputs = [outs[q] for q in sb.inputs]
         rep.idle_since = now
         row = rep.inflight
         if row is not None:
@@ -720,9 +728,7 @@ class Simulation:
         if self._fc is not None:
             self._inbox.append((now, rep, sb))  # the event loop handles it (_handle_inbox)
             return
-        out = self.engine.on_batch_done(
-            BatchDone(replica=sb.replica, batch_id=sb.batch_id, outputs=outputs), now
-        )
+        out = self.engine.on_batch_done(self._batch_done(rep, sb), now)
         if out:
             self._carry(out, now)
         self._arm()
