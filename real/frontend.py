@@ -96,6 +96,14 @@ class _ReplyCache:
         return b"%s%d\r\n\r\n%s" % (_OK_HEAD, len(body), body)
 
 
+def _uid(body: dict[str, Any]) -> Any:
+    """The request's user id (the selection context): an integer, a string or none."""
+    ctx = body.get("uid")
+    if ctx is not None and not isinstance(ctx, int | str):
+        raise BadInput(f"uid must be an integer or a string, got {type(ctx).__name__}")
+    return ctx
+
+
 def reply_body(r: Reply) -> dict[str, Any]:
     p = r.prediction
     d: dict[str, Any] = {"query_id": r.query_id, "output": p.output, "default": p.default}
@@ -180,9 +188,7 @@ class QueryFrontend:
             return self.bad(req, 404, f"application {app_name!r} does not exist")
         try:
             body = self.body_object(req)
-            ctx = body.get("uid")
-            if ctx is not None and not isinstance(ctx, int | str):
-                raise BadInput(f"uid must be an integer or a string, got {type(ctx).__name__}")
+            ctx = _uid(body)
             if "input" in body:
                 x = convert(app, body["input"], "input")
                 self._one(req, app_name, x, ctx)
@@ -265,7 +271,7 @@ class QueryFrontend:
                 label=body["label"],
                 input=x,
                 input_key=input_digest(x) if x is not None and self.cache else None,
-                context=body.get("uid"),
+                context=_uid(body),
                 query_id=qid,
             )
 

@@ -235,6 +235,8 @@ def test_metrics_in_prometheus_format(srv: Any) -> None:
         ("/nope/predict", b'{"input": [1.0]}', 404, "'nope' does not exist"),
         ("/nope/update", b'{"input": [1.0], "label": 1}', 404, "'nope' does not exist"),
         ("/echo/update", b'{"input": [1.0]}', 400, "'label'"),
+        ("/echo/predict", b'{"input": [1.0], "uid": [1]}', 400, "uid must be"),
+        ("/echo/update", b'{"input": [1.0], "label": 1, "uid": [1]}', 400, "uid must be"),
         ("/a/b/c", b"{}", 404, "no route"),
     ],
 )
