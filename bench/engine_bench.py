@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import (  # noqa: E402
+from clipperlab.engine import (  # noqa: E402
     Application,
     BatchDone,
     BatchingConfig,

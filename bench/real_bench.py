@@ -3,7 +3,7 @@
     python3 bench/real_bench.py [--duration-s 5] [--connections 32] [--json results.json]
 
 What it runs, each in its own process:
-1. a bare echo server: ``real.http.HttpProtocol`` (httptools on uvloop) answering every
+1. a bare echo server: ``clipperlab.real.http.HttpProtocol`` (httptools on uvloop) answering every
    request with its body, no JSON, no engine;
 2. ``clipperlab serve`` with one application ``bench`` (SLO 20 ms) and one no-op container
    with AIMD batching; the prediction cache is off (the paper salted its inputs so the cache
@@ -40,15 +40,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-CLI = [sys.executable, "-c", "import sys; from experiments.cli import main; sys.exit(main())"]
+CLI = [sys.executable, "-c", "import sys; from clipperlab.cli import main; sys.exit(main())"]
 BODY = b'{"input":[0.25,0.5,0.75,1.0]}'
 
 
 # ============================================================================ echo server
 def run_echo(port_file: str) -> None:
     import uvloop
-
-    from real.http import HttpProtocol, Request, response
+    from clipperlab.real.http import HttpProtocol, Request, response
 
     def handler(req: Request) -> bytes:
         return response(200, req.body)

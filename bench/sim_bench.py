@@ -39,9 +39,9 @@ import simpy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import BatchingConfig  # noqa: E402
-from simulator import Deployment, Simulation, load_profile  # noqa: E402
-from workloads import ConstantRate, Trace, Workload  # noqa: E402
+from clipperlab.engine import BatchingConfig  # noqa: E402
+from clipperlab.simulator import Deployment, Simulation, load_profile  # noqa: E402
+from clipperlab.workloads import ConstantRate, Trace, Workload  # noqa: E402
 
 PROFILE = "prototype-linear-svm"
 BOUND_S = 0.020

@@ -2,7 +2,7 @@
 
 Feed it events with ``now`` (seconds) and carry out the instructions it returns::
 
-    from engine import Application, BatchDone, Engine, ModelSpec, Query, ReplicaId
+    from clipperlab.engine import Application, BatchDone, Engine, ModelSpec, Query, ReplicaId
 
     eng = Engine(seed=0)
     eng.add_application(Application(name="digits", slo_s=0.020, default_output=-1))

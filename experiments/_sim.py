@@ -11,9 +11,8 @@ import dataclasses
 from typing import Any
 
 import numpy as np
-
-from engine import BatchingConfig
-from simulator import (
+from clipperlab.engine import BatchingConfig
+from clipperlab.simulator import (
     AccuracyOutputs,
     AppDeployment,
     Deployment,
@@ -27,7 +26,7 @@ from simulator import (
     list_profiles,
     load_profile,
 )
-from workloads import (
+from clipperlab.workloads import (
     ConstantRate,
     DigitsInputs,
     InputSource,

@@ -40,11 +40,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from engine import Application, BatchingConfig
-from simulator import Simulation
-from workloads import ConstantRate, FeedbackStream, Trace, Workload
-from workloads.zoo import cache_dir, load_zoo
+from clipperlab.engine import Application, BatchingConfig
+from clipperlab.simulator import Simulation
+from clipperlab.workloads import ConstantRate, FeedbackStream, Trace, Workload
+from clipperlab.workloads.zoo import cache_dir, load_zoo
 
 from ._sim import ramp_times
 from .framework import Claim, Results

@@ -1,7 +1,8 @@
 """Personalized model selection (paper figure 10): per-user selection state against one
 global state, error over the number of feedback items each user has given.
 
-Setup (``workloads.users``): ``n_users`` users in ``n_groups`` groups; group ``g`` sees the
+Setup (``clipperlab.workloads.users``): ``n_users`` users in ``n_groups`` groups; group ``g`` sees
+the
 digits through its own transformation (as they are, mirrored, inverted, rotated), and
 ``specialist-g`` (a logistic regression trained on group ``g``'s view) is accurate on its
 group only (about 95% there, 0-40% elsewhere).  One application links every specialist;
@@ -24,10 +25,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from engine import Application
-from simulator import Simulation
-from workloads.users import UserGroups
+from clipperlab.engine import Application
+from clipperlab.simulator import Simulation
+from clipperlab.workloads.users import UserGroups
 
 from .framework import Claim, Results
 from .plotting import grid, save, style_axis

@@ -1,7 +1,8 @@
 """Against a TensorFlow-Serving-style server and Ray Serve (paper figure 11): peak throughput
 and p99 latency of three torch models of increasing cost on this machine's CPU.
 
-Models (``real.calib_models``, nothing downloaded): a digits CNN on 1x8x8 inputs (trained
+Models (``clipperlab.calibration.torch_models``, nothing downloaded): a digits CNN on 1x8x8 inputs
+(trained
 on scikit-learn's digits for a few seconds), a CIFAR-sized CNN on 3x32x32, and a network
 of ResNet-18's shape at a quarter of its width on 3x224x224 (random weights), each saved as
 TorchScript and served by one single-threaded replica.  Systems:
@@ -17,7 +18,8 @@ TorchScript and served by one single-threaded replica.  Systems:
 Modes: ``sim`` runs the simulator with latency profiles measured over the container RPC
 by ``clipperlab profile`` at the start of the run; ``sim+frontend`` (when both modes run)
 adds the frontend as a FIFO link whose per-query time is the server process's CPU per
-query measured at the real run's peak (``real.validation``'s calibration); ``real`` runs
+query measured at the real run's peak (``clipperlab.calibration.validation``'s calibration);
+``real`` runs
 the real server (its own process) with the open-loop load generator (``clipperlab
 load``: Poisson arrivals, binary OIP requests, latency from the scheduled send time).
 
@@ -85,7 +87,7 @@ def default_config(quick: bool) -> Config:
 
 
 def check_config(cfg: Config) -> None:
-    from real.calib_models import TORCH_MODELS
+    from clipperlab.calibration.torch_models import TORCH_MODELS
 
     for m in cfg.models:
         if m not in TORCH_MODELS:
@@ -124,8 +126,8 @@ def _model_dict(model: str, path: Path, batching: dict[str, Any]) -> dict[str, A
 
 
 def _pool(model: str) -> np.ndarray:
-    from real.calib_models import TORCH_MODELS, digits_images
-    from workloads import SyntheticTensors
+    from clipperlab.calibration.torch_models import TORCH_MODELS, digits_images
+    from clipperlab.workloads import SyntheticTensors
 
     if model == "digits-cnn":
         return digits_images()[0]
@@ -134,8 +136,8 @@ def _pool(model: str) -> np.ndarray:
 
 
 def _workload(model: str, rate: float, n: int) -> Any:
-    from real.calib_models import TORCH_MODELS
-    from workloads import Poisson, SyntheticTensors, Workload
+    from clipperlab.calibration.torch_models import TORCH_MODELS
+    from clipperlab.workloads import Poisson, SyntheticTensors, Workload
 
     shape = TORCH_MODELS[model].input_shape
     return Workload(Poisson(rate), n_queries=n, app=model,
@@ -143,7 +145,7 @@ def _workload(model: str, rate: float, n: int) -> Any:
 
 
 def _input_bytes(model: str) -> int:
-    from real.calib_models import TORCH_MODELS
+    from clipperlab.calibration.torch_models import TORCH_MODELS
 
     return int(np.prod(TORCH_MODELS[model].input_shape)) * 4
 
@@ -205,9 +207,9 @@ def _sim_peak(cfg: Config, model: str, slo_ms: float, system: str, profile: Any,
               est: float, frontend_cost_s: float = 0.0
               ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The ramp in the simulator; with ``frontend_cost_s`` the frontend is a FIFO link of
-    that many seconds per input (``real.validation``'s calibration)."""
-    from engine import Application, BatchingConfig, ModelSpec
-    from simulator import (
+    that many seconds per input (``clipperlab.calibration.validation``'s calibration)."""
+    from clipperlab.engine import Application, BatchingConfig, ModelSpec
+    from clipperlab.simulator import (
         AppDeployment,
         ConstantOutputs,
         Deployment,
@@ -244,7 +246,7 @@ def _sim_peak(cfg: Config, model: str, slo_ms: float, system: str, profile: Any,
 
 def _real_step(url: str, model: str, pool: np.ndarray, slo_ms: float, cfg: Config,
                rate: float) -> dict[str, float]:
-    from real.loadgen import run_load
+    from clipperlab.calibration.loadgen import run_load
 
     n = max(int(rate * cfg.step_s), 10)
     tr = _workload(model, rate, n).generate(cfg.seed)
@@ -255,7 +257,7 @@ def _real_step(url: str, model: str, pool: np.ndarray, slo_ms: float, cfg: Confi
 
 def _real_clipperlab(cfg: Config, model: str, path: Path, slo_ms: float, system: str,
                      est: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from real.validation import RealDeployment, ServerProcess
+    from clipperlab.calibration.validation import RealDeployment, ServerProcess
 
     dep = RealDeployment(Path("fig11"), [_app_dict(model, slo_ms, system)],
                          [_model_dict(model, path, _batching(cfg, system))], 10_000)
@@ -287,7 +289,8 @@ def _real_ray(cfg: Config, model: str, path: Path, slo_ms: float, est: float,
     ready = tmp / f"ray-{model}.ready"
     log = open(tmp / f"ray-{model}.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "real.calib_ray", "--model", str(path), "--name", model,
+        [sys.executable, "-m", "clipperlab.calibration.rayserve",
+         "--model", str(path), "--name", model,
          "--port", str(port), "--max-batch-size", str(cfg.ray_max_batch_size),
          "--batch-wait-s", str(cfg.ray_wait_ms / 1e3), "--ready-file", str(ready)],
         stdout=log, stderr=log, start_new_session=True,
@@ -319,11 +322,11 @@ def _real_ray(cfg: Config, model: str, path: Path, slo_ms: float, est: float,
 
 def run(cfg: Config) -> Results:
     check_config(cfg)
-    from real.calib_models import TORCH_MODELS, save_torch
-    from real.calib_ray import available
-    from real.profiler import ProfileSpec, profile_model
-    from real.validation import capacity_estimate
-    from workloads import SyntheticTensors
+    from clipperlab.calibration.profiler import ProfileSpec, profile_model
+    from clipperlab.calibration.rayserve import available
+    from clipperlab.calibration.torch_models import TORCH_MODELS, save_torch
+    from clipperlab.calibration.validation import capacity_estimate
+    from clipperlab.workloads import SyntheticTensors
 
     rows: list[dict[str, Any]] = []
     steps_all: list[dict[str, Any]] = []

@@ -2,7 +2,7 @@
 profiles: the Clipper prototype's fits (``prototype-*``: p99 lines from
 clipper-facts.md with a lognormal shape around them) and the profiles measured on this
 machine (``measured-*``: in-process compute time of scikit-learn and torch models on one
-thread, ``python -m simulator.measure_profiles``).
+thread, ``python -m clipperlab.simulator.measure_profiles``).
 
 No simulation: for each profile and batch size the table gives the mean, p50 and p99
 latency the simulator would draw from, and the profile's p99 line ``alpha*b + beta``.  The
@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from simulator.prototype import PROTOTYPE_FITS
+from clipperlab.simulator.prototype import PROTOTYPE_FITS
 
 from . import _sim
 from .framework import Claim, Results

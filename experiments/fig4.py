@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from engine import BatchingConfig
+from clipperlab.engine import BatchingConfig
 
 from . import _sim
 from .framework import Claim, Results

@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-from engine import BatchingConfig
+from clipperlab.engine import BatchingConfig
 
 from . import _sim
 from .framework import Claim, Results

@@ -2,7 +2,7 @@
 their ensemble, and the error of confident answers (all or nearly all members agree)
 against unsure ones, as the confidence threshold moves.
 
-Setup: five different zoo models on ten digits (``workloads.zoo``: logistic regression,
+Setup: five different zoo models on ten digits (``clipperlab.workloads.zoo``: logistic regression,
 RBF SVM, random forest, k-nearest neighbours, a small torch CNN; held-out pool, no model
 saw its queries).  ``static:MODEL`` applications give each model alone; one Exp4
 application without feedback is the ensemble (equal weights: a majority vote), its
@@ -25,11 +25,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from engine import Application
-from simulator import Simulation
-from workloads import ConstantRate, Workload
-from workloads.zoo import load_zoo
+from clipperlab.engine import Application
+from clipperlab.simulator import Simulation
+from clipperlab.workloads import ConstantRate, Workload
+from clipperlab.workloads.zoo import load_zoo
 
 from .framework import Claim, Results
 from .plotting import grid, save, style_axis

@@ -4,13 +4,13 @@ paper: from about 5K to 10K) and then recover.  Cumulative error over the stream
 Exp4, epsilon-greedy, UCB1 and every static single-model choice, and the selection
 probability of each model over time.
 
-Setup: five zoo models on ten digits (``workloads.zoo``: RBF SVM, logistic regression,
+Setup: five zoo models on ten digits (``clipperlab.workloads.zoo``: RBF SVM, logistic regression,
 random forest, naive Bayes, decision tree; held-out accuracy 98%, 95%, 91%, 86%, 79%);
 each application links all five with one policy; the best (``rbf_svm``) answers a
 uniformly random wrong class during ``[fail_from, fail_to)`` (``simulator.Degrade`` at
 accuracy 0).  Policies: the engine's Clipper rules (``exp3``, ``exp4``, eta 0.01,
 ``epsilon_greedy``, ``ucb1``), ``static:MODEL`` for each model, and the discounted variants
-in ``engine.selection`` (``exp3_discounted``: eta 0.1, gamma 0.05, discount
+in ``clipperlab.engine.selection`` (``exp3_discounted``: eta 0.1, gamma 0.05, discount
 0.002; ``exp4_discounted``: Hedge, eta 0.1, discount 0.002), which forget old losses and so
 can move weight back after the recovery.
 
@@ -34,11 +34,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from engine import Application
-from simulator import Degrade, Simulation
-from workloads import ConstantRate, FeedbackStream, Workload
-from workloads.zoo import Switchable, load_zoo
+from clipperlab.engine import Application
+from clipperlab.simulator import Degrade, Simulation
+from clipperlab.workloads import ConstantRate, FeedbackStream, Workload
+from clipperlab.workloads.zoo import Switchable, load_zoo
 
 from .framework import Claim, Results
 from .plotting import grid, save, style_axis

@@ -31,9 +31,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from engine import Application, BatchingConfig, ModelSpec
-from workloads import ConstantRate, DigitsInputs, Workload
+from clipperlab.engine import Application, BatchingConfig, ModelSpec
+from clipperlab.workloads import ConstantRate, DigitsInputs, Workload
 
 from . import _sim
 from .framework import Claim, Results

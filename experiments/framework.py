@@ -55,16 +55,16 @@ __all__ = [
 
 # name -> module; the order is the README's.
 EXPERIMENTS: dict[str, str] = {
-    "fig2": "experiments.fig2",
-    "fig3": "experiments.fig3",
-    "fig4": "experiments.fig4",
-    "fig5": "experiments.fig5",
-    "fig9": "experiments.fig9",
-    "fig8": "experiments.fig8",
-    "fig6": "experiments.fig6",
-    "fig10": "experiments.fig10",
-    "cache": "experiments.cache",
-    "fig11": "experiments.fig11",
+    "fig2": "clipperlab.experiments.fig2",
+    "fig3": "clipperlab.experiments.fig3",
+    "fig4": "clipperlab.experiments.fig4",
+    "fig5": "clipperlab.experiments.fig5",
+    "fig9": "clipperlab.experiments.fig9",
+    "fig8": "clipperlab.experiments.fig8",
+    "fig6": "clipperlab.experiments.fig6",
+    "fig10": "clipperlab.experiments.fig10",
+    "cache": "clipperlab.experiments.cache",
+    "fig11": "clipperlab.experiments.fig11",
 }
 
 

@@ -3,7 +3,7 @@ simulated deployments, traces over the zoo's pool, and replaying a policy's stat
 
 Rules:
 - A zoo model is simulated with the latency profile closest to it (``PROFILE_OF``:
-  mostly those timed on this machine by ``simulator.measure_profiles``; models without
+  mostly those timed on this machine by ``clipperlab.simulator.measure_profiles``; models without
   their own profile borrow one of similar cost, named in the table) and
   answers with its recorded pool predictions (``ReplayOutputs`` of the zoo's ``.npy``).
 - Every model gets one replica on a host of its own (one core each, as in the paper).
@@ -20,10 +20,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from engine import Application, BatchingConfig, ModelSpec, make_policy
-from engine.selection import PolicyState
-from simulator import (
+from clipperlab.engine import Application, BatchingConfig, ModelSpec, make_policy
+from clipperlab.engine.selection import PolicyState
+from clipperlab.simulator import (
     AppDeployment,
     Deployment,
     Fault,
@@ -87,7 +86,7 @@ def check_mode(mode: str) -> None:
 
 def check_models(models: Sequence[str]) -> None:
     """Models must be zoo models, at least one, none twice."""
-    from workloads.zoo import ZOO_MODELS
+    from clipperlab.workloads.zoo import ZOO_MODELS
 
     bad = [m for m in models if m not in ZOO_MODELS]
     if bad or not models or len(set(models)) != len(models):

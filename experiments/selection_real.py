@@ -2,12 +2,13 @@
 real containers, queries over ``POST /{app}/predict`` and labels over ``POST /{app}/update``.
 
 Rules:
-- The server runs in this process (``real.server.ServerThread``) on 127.0.0.1 with
+- The server runs in this process (``clipperlab.real.server.ServerThread``) on 127.0.0.1 with
   ephemeral ports and a temporary store, removed afterwards; model containers are real
   processes started by its container manager.  Heartbeats every second: a loaded 2-core
   machine misses tighter ones and the server drops busy containers.
 - Zoo models deploy as what they are: scikit-learn estimators with ``deploy_sklearn``, the
-  torch CNN with ``deploy_torch`` (argmax output), a ``workloads.zoo.Switchable`` (a model
+  torch CNN with ``deploy_torch`` (argmax output), a ``clipperlab.workloads.zoo.Switchable`` (a
+  model
   that can be made to fail from outside, through a flag file) with ``deploy_python``.
 - ``stream`` sends one application's queries in order from one client connection; with
   ``feedback=True`` each answer's label follows at once with the answer's ``query_id``
@@ -28,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from real.client import AdminClient, QueryClient
-from real.config import load_config
-from real.server import ServerThread
-from workloads.zoo import Switchable, TorchPredictor
+from clipperlab.real.client import AdminClient, QueryClient
+from clipperlab.real.config import load_config
+from clipperlab.real.server import ServerThread
+from clipperlab.workloads.zoo import Switchable, TorchPredictor
 
 __all__ = ["Rig", "deploy", "real_server", "run_streams", "stream"]
 

@@ -4,7 +4,7 @@
 ``engine/``.  Map (one concept per module):
 
 - ``server``: ``Server`` wires everything on one uvloop event loop; ``ServerThread`` runs
-  it in a background thread (tests, notebooks).  ``cmd_serve``: ``clipperlab serve``.
+  it in a background thread (tests, notebooks); ``clipperlab serve`` runs it.
 - ``driver``: ``EngineDriver`` feeds the engine (``time.monotonic()``), arms its one timer,
   carries out ``SendBatch``/``Reply``/``FeedbackApplied``.
 - ``http``: the HTTP/1.1 protocol (httptools; keep-alive, pipelining, 413, fair parsing).
@@ -12,7 +12,9 @@
   ``inputs``: checks inputs against the application's type and shape.
 - ``admin``: the admin API; ``client``: ``AdminClient`` and ``QueryClient``.
 - ``protocol``: the container RPC's frames; ``rpc``: the frontend's end of it;
-  ``container`` and ``models``: the container's end (``clipperlab container``,
-  ``cmd_container``); ``manager``: starts, watches and restarts local containers.
+  ``container`` and ``models``: the container's end (``python -m clipperlab.real.container``,
+  or ``clipperlab container``); ``manager``: starts, watches and restarts local containers.
 - ``store``: SQLite persistence; ``config``: ``deploy.toml``; ``metrics``: Prometheus.
+
+Measuring the server and checking the simulator against it is ``clipperlab.calibration``.
 """

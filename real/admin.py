@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from engine import ConfigError, Conflict, EngineError, NotFound
+from clipperlab.engine import ConfigError, Conflict, EngineError, NotFound
 
 from .http import Request, error_response, json_response
 

@@ -2,7 +2,7 @@
 
 Deploy a model in a few lines::
 
-    from real.client import AdminClient, QueryClient
+    from clipperlab.real.client import AdminClient, QueryClient
     admin = AdminClient("127.0.0.1:1338")
     admin.add_app("digits", slo_ms=20, default_output=-1)
     admin.deploy_sklearn("svm", estimator, app="digits")   # saves it, starts a container

@@ -1,5 +1,9 @@
 """A model container: connects to a frontend, says hello, computes batches.
 
+Run one as ``python -m clipperlab.real.container --model KIND[:PATH] ...`` (what the
+container manager and the profiler start) or ``clipperlab container ...`` (the same
+arguments).
+
 Rules:
 - One process per replica, one batch at a time (the paper's containers); the model runs on
   the main thread and a heartbeat thread keeps the connection alive during long batches.
@@ -13,8 +17,12 @@ Rules:
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
+import os
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -23,14 +31,27 @@ from typing import Any
 import numpy as np
 
 from . import protocol as p
-from .models import load_model
+from .models import MODEL_KINDS, load_model
 
-__all__ = ["ContainerConfig", "ContainerRefused", "run_container"]
+__all__ = [
+    "ContainerConfig",
+    "ContainerError",
+    "ContainerRefused",
+    "add_arguments",
+    "config_from_args",
+    "main",
+    "run_container",
+]
 
 log = logging.getLogger("clipperlab.container")
 
 
-class ContainerRefused(Exception):
+class ContainerError(Exception):
+    """A container that cannot start: bad arguments, a model that does not load, or a
+    frontend that refused it (the message says which)."""
+
+
+class ContainerRefused(ContainerError):
     """The frontend refused the handshake (the message says why)."""
 
 
@@ -149,3 +170,91 @@ def _compute(payload: bytes, predict: Any) -> bytes:
     except Exception as e:  # noqa: BLE001 - a failing model answers ERROR and keeps serving
         log.exception("model failed on batch %d", bid)
         return p.encode_error(bid, f"{type(e).__name__}: {e}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The container's command-line arguments (``clipperlab container`` uses them too)."""
+    parser.add_argument(
+        "--model",
+        required=True,
+        help=f"KIND[:PATH], KIND one of {', '.join(MODEL_KINDS)}"
+        " (python:package.module:function also works)",
+    )
+    parser.add_argument("--name", help="model name (default: the KIND)")
+    parser.add_argument("--version", default="1", help="model version (default: 1)")
+    parser.add_argument("--input-type", default="doubles", help="input type (default: doubles)")
+    parser.add_argument(
+        "--frontend",
+        default="127.0.0.1:7000",
+        help="HOST:PORT of the RPC port (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--secret",
+        default=os.environ.get("CLIPPERLAB_RPC_SECRET", ""),
+        help="shared secret, if the frontend has one (default: $CLIPPERLAB_RPC_SECRET)",
+    )
+    parser.add_argument("--ordinal", type=int, default=None, help="replica number (optional)")
+    parser.add_argument("--options", default="{}", help="JSON options for the wrapper")
+    parser.add_argument(
+        "--reconnect-s",
+        type=float,
+        default=0.0,
+        help="keep retrying this long if disconnected, seconds (default: 0)",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> ContainerConfig:
+    """Check the arguments; raises ``ContainerError`` naming the bad one."""
+    kind, _, path = args.model.partition(":")
+    if kind not in MODEL_KINDS:
+        raise ContainerError(f"--model {args.model!r}: kind {kind!r} is not one of {MODEL_KINDS}")
+    host, _, port = args.frontend.rpartition(":")
+    if not host or not port.isdigit():
+        raise ContainerError(f"--frontend {args.frontend!r} must be HOST:PORT")
+    try:
+        options = json.loads(args.options)
+    except ValueError as e:
+        raise ContainerError(f"--options is not JSON: {e}") from None
+    return ContainerConfig(
+        name=args.name or kind,
+        version=args.version,
+        kind=kind,
+        path=path,
+        options=options,
+        input_type=args.input_type,
+        host=host,
+        port=int(port),
+        secret=args.secret,
+        ordinal=args.ordinal,
+        reconnect_s=args.reconnect_s,
+    )
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Configure logging, check the arguments, serve; every failure is a ``ContainerError``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s container %(message)s")
+    cfg = config_from_args(args)
+    try:
+        return run_container(cfg)
+    except ContainerRefused as e:
+        raise ContainerError(f"the frontend refused this container: {e}") from None
+    except (OSError, ValueError, ImportError) as e:
+        raise ContainerError(f"cannot load model {args.model!r}: {e}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The container process: one line on stderr and exit code 2 for a bad start."""
+    parser = argparse.ArgumentParser(prog="python -m clipperlab.real.container")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_from_args(args)
+    except KeyboardInterrupt:
+        return 130
+    except ContainerError as e:
+        print(f"container: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
-from engine import (
+from clipperlab.engine import (
     BatchDone,
     BatchFailed,
     Engine,

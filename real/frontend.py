@@ -7,7 +7,7 @@ Routes (port 1337 by default):
   ``{"batch_predictions": [...]}`` in input order.
 - ``POST /{app}/update`` with ``{"input": x, "label": y}`` or ``{"query_id": n, "label": y}``
   (optional ``"uid"``) -> ``{"feedback_id", "losses", "from_cache", "computed"}``.
-- ``/v2/...``: see ``real.oip``.  ``GET /metrics``: Prometheus text.
+- ``/v2/...``: see ``clipperlab.real.oip``.  ``GET /metrics``: Prometheus text.
 Errors: ``{"error": "..."}`` with 400 (bad JSON, input or field), 404 (unknown application
 or path), 405 (wrong method), 413 (body too large), 503 (overload: the engine refused the
 query; or the server is shutting down).  Every error is logged and the server keeps serving.
@@ -23,8 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-
-from engine import EngineError, Feedback, FeedbackApplied, NotFound, Reply, input_digest
+from clipperlab.engine import EngineError, Feedback, FeedbackApplied, NotFound, Reply, input_digest
 
 from .driver import EngineDriver
 from .http import Request, error_response, json_response, response

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine import ModelSpec, ReplicaId
+from clipperlab.engine import ModelSpec, ReplicaId
 
 __all__ = ["ContainerManager", "Managed"]
 
@@ -79,7 +79,7 @@ class ContainerManager:
         argv = [
             self.python,
             "-m",
-            "real.cmd_container",
+            "clipperlab.real.container",
             "--model",
             model,
             "--name",

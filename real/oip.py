@@ -22,8 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from engine import Application, Reply, input_digest
+from clipperlab.engine import Application, Reply, input_digest
 
 from .http import Request, error_response, json_response, response
 from .inputs import BadInput, check_array

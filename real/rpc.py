@@ -1,4 +1,4 @@
-"""The frontend's end of the container RPC (framing in ``real.protocol``).
+"""The frontend's end of the container RPC (framing in ``clipperlab.real.protocol``).
 
 Rules:
 - A container connects, sends ``HELLO``; the frontend checks, in order: the protocol
@@ -24,8 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-
-from engine import INPUT_TYPES, EngineError, ReplicaId
+from clipperlab.engine import INPUT_TYPES, EngineError, ReplicaId
 
 from . import protocol as p
 from .driver import EngineDriver

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from engine import Application, BatchingConfig, Engine, ModelSpec, ReplicaId
+from clipperlab.engine import Application, BatchingConfig, Engine, ModelSpec, ReplicaId
 
 from .admin import AdminApi
 from .config import ServerConfig

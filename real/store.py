@@ -19,7 +19,7 @@ from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
-from engine import Application, Engine, ModelSpec, PolicyState
+from clipperlab.engine import Application, Engine, ModelSpec, PolicyState
 
 __all__ = ["Store"]
 

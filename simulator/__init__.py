@@ -5,9 +5,9 @@ events with the simulated time and carries out its instructions.
 
 Public API::
 
-    from simulator import Deployment, Simulation, load_profile
-    from workloads import ConstantRate, DigitsInputs, Workload
-    from engine import BatchingConfig
+    from clipperlab.simulator import Deployment, Simulation, load_profile
+    from clipperlab.workloads import ConstantRate, DigitsInputs, Workload
+    from clipperlab.engine import BatchingConfig
 
     dep = Deployment.single("prototype-linear-svm", batching=BatchingConfig(policy="aimd"),
                             slo_s=0.020, replicas=1)
@@ -35,14 +35,14 @@ are positions in the merged, time-ordered trace.  A workload's ``app`` must be o
 deployment's applications (``Deployment.single`` names it ``"digits"`` by default, like
 ``Workload``).
 
-Latency profiles (``simulator.profiles``): ``LatencyProfile`` (per batch size latency
+Latency profiles (``clipperlab.simulator.profiles``): ``LatencyProfile`` (per batch size latency
 quantiles; ``sample``, ``sampler(rng)``, ``mean_s``, ``quantile_s``, ``line_s``,
 ``from_line``, ``from_samples``), ``load_profile(name_or_path)``, ``save_profile``,
 ``list_profiles()``.  Shipped: ``prototype-*`` (the paper prototype's six fits),
 ``synthetic-convnet-gpu`` (assumed, for replica scaling), ``measured-*`` (this machine,
-``python -m simulator.measure_profiles``).
+``python -m clipperlab.simulator.measure_profiles``).
 
-Deployments (``simulator.deployment``): ``Deployment(apps=[AppDeployment(Application,
+Deployments (``clipperlab.simulator.deployment``): ``Deployment(apps=[AppDeployment(Application,
 models)], models=[ModelDeployment(spec=ModelSpec, profile, replicas, hosts, kind, cpus,
 gpus, outputs)], hosts=[Host(name, cpus, gpus, link=Link(bandwidth_bps, latency_s))],
 frontend_link=Link|None, faults=[...], frontend_cpu=FrontendCPU(query_s, reply_s,
@@ -51,10 +51,10 @@ batch_send_s, batch_done_s, item_s)|None)`` (the frontend's event loop as a CPU)
 ``load_config(path) -> SimConfig(deployment, workload, seed)`` reads TOML/JSON (see
 ``examples/simulate.toml``).
 
-Faults (``simulator.faults``): ``Crash(replica, at_s, restart_after_s)``,
+Faults (``clipperlab.simulator.faults``): ``Crash(replica, at_s, restart_after_s)``,
 ``Straggler(replica, slowdown, extra_delay_s, probability, from_s, until_s)``,
 ``Degrade(model, from_query, to_query, accuracy)``.
-Outputs (``simulator.outputs``): ``AccuracyOutputs(accuracy)``, ``ReplayOutputs(source,
+Outputs (``clipperlab.simulator.outputs``): ``AccuracyOutputs(accuracy)``, ``ReplayOutputs(source,
 task)`` (recorded predictions of real models), ``ConstantOutputs(value)``.
 Errors: ``SimConfigError`` (``ProfileError`` for profiles) name the file, field and rule.
 Command line: ``clipperlab simulate --config FILE``.

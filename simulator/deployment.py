@@ -33,9 +33,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from engine import Application, BatchingConfig, ConfigError, ModelSpec, ReplicaId
-from workloads import Workload, WorkloadError
-from workloads.config import build_dataclass
+from clipperlab.engine import Application, BatchingConfig, ConfigError, ModelSpec, ReplicaId
+from clipperlab.workloads import Workload, WorkloadError
+from clipperlab.workloads.config import build_dataclass
 
 from .errors import ProfileError, SimConfigError
 from .faults import FAULT_KINDS, Crash, Degrade, Fault, Straggler, parse_replica

@@ -28,7 +28,7 @@ feeds the engine events with the simulated time and carries out the instructions
   were scheduled (batch completions, timers, faults); arrivals and feedback of that
   instant go after all of them, arrivals before feedback, each in trace order.
 - Raw timestamps are recorded in lists and turned into DataFrames after the run
-  (``SimResult``).  Model outputs are decided before the run (``simulator.outputs``).
+  (``SimResult``).  Model outputs are decided before the run (``clipperlab.simulator.outputs``).
 - Python's cyclic garbage collector is paused while the simulation runs and while the
   result tables are built (it is restored after; see ``_gc_paused``).
 
@@ -52,8 +52,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import simpy
-
-from engine import (
+from clipperlab.engine import (
     BatchDone,
     Engine,
     Feedback,
@@ -64,7 +63,7 @@ from engine import (
     Reply,
     SendBatch,
 )
-from workloads import Trace, Workload
+from clipperlab.workloads import Trace, Workload
 
 from . import records
 from .deployment import Deployment, FrontendCPU, Link, ModelDeployment

@@ -1,6 +1,6 @@
 """Measure batch-latency profiles of real models on this machine, in-process.
 
-    python -m simulator.measure_profiles [--out DIR] [--models noop,linear-svm,...]
+    python -m clipperlab.simulator.measure_profiles [--out DIR] [--models noop,linear-svm,...]
                                          [--budget-s 1.5] [--max-batch 1024]
 
 What it does, per model (scikit-learn no-op = ``DummyClassifier``, linear SVM =
@@ -176,7 +176,7 @@ def measure(name: str, *, budget_s: float = 1.5, max_batch: int = 1024,
         tags={
             "hardware": f"{_cpu_name()} ({platform.machine()}), 1 thread",
             "software": software,
-            "source": "measured in-process by python -m simulator.measure_profiles on "
+            "source": "measured in-process by python -m clipperlab.simulator.measure_profiles on "
             f"{_dt.date.today().isoformat()}; {sum(map(len, samples.values()))} samples",
             "model": name,
             "task": "digits, is it a 3? (64 float64 features)",
@@ -189,7 +189,7 @@ def measure(name: str, *, budget_s: float = 1.5, max_batch: int = 1024,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m simulator.measure_profiles",
+    p = argparse.ArgumentParser(prog="python -m clipperlab.simulator.measure_profiles",
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=PROFILE_DIR)

@@ -11,10 +11,11 @@ Rules:
 - ``ReplayOutputs(source, task)``: the predictions a real model made on the data set,
   indexed by the query's input index.  ``source`` is a profile name or path whose JSON
   holds ``predictions[task]`` (the measured profiles record out-of-fold predictions on the
-  digits tasks; see ``simulator.measure_profiles``), or a ``.json`` list / ``.npy`` / ``.csv``
+  digits tasks; see ``clipperlab.simulator.measure_profiles``), or a ``.json`` list / ``.npy`` /
+  ``.csv``
   file of one prediction per input.  ``source=None`` means the model's own profile.
 - ``ConstantOutputs(value)``: always ``value`` (e.g. a no-op model).
-- Accuracy degradation (``simulator.faults.Degrade``) replaces a model's outputs over a
+- Accuracy degradation (``clipperlab.simulator.faults.Degrade``) replaces a model's outputs over a
   window of query ids by an ``AccuracyOutputs`` draw at the degraded accuracy.
 """
 

@@ -79,7 +79,8 @@ class LatencyProfile:
     fit: tuple[float, float] | None = None  # (alpha_s per item, beta_s) at fit_quantile
     fit_quantile: float = 0.99
     description: str = ""
-    # Recorded outputs of the real model on a data set, per task name (simulator.outputs).
+    # Recorded outputs of the real model on a data set, per task name
+    # (clipperlab.simulator.outputs).
     predictions: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

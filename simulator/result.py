@@ -22,8 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from engine import Engine, FeedbackApplied, Metrics
+from clipperlab.engine import Engine, FeedbackApplied, Metrics
 
 __all__ = ["SimResult"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from engine import (
+from clipperlab.engine import (
     BatchDone,
     BatchFailed,
     Engine,

@@ -2,19 +2,20 @@
 
 One seeded spec object drives both the simulator and (later) the real load generator::
 
-    from workloads import ConstantRate, DigitsInputs, Workload
+    from clipperlab.workloads import ConstantRate, DigitsInputs, Workload
 
     w = Workload(ConstantRate(20_000), n_queries=100_000, inputs=DigitsInputs(binary=True))
     trace = w.generate(seed=1)          # numpy arrays: arrival_at, input_index, label, ...
     w.input_bytes                       # 512 (64 float64 features per digit)
 
-Arrival processes (``workloads.arrivals``): ``ConstantRate(qps)`` (the paper's),
+Arrival processes (``clipperlab.workloads.arrivals``): ``ConstantRate(qps)`` (the paper's),
 ``Poisson(qps)``, ``Gamma(qps, cv)``, ``MMPP(rates_qps, mean_dwell_s)`` (bursts),
 ``TraceReplay(csv_path, column, time_scale)``.
-Inputs (``workloads.inputs``): ``DigitsInputs(binary=True, positive_digit=3)`` (the paper's
+Inputs (``clipperlab.workloads.inputs``): ``DigitsInputs(binary=True, positive_digit=3)`` (the
+paper's
 "is it a 3?" on scikit-learn's bundled digits), ``SyntheticTensors(shape, dtype)``.
 Extras: ``FeedbackStream(fraction, delay_s)``, ``UserContexts(n_users, zipf_a)``.
-Config tables: ``Workload.from_dict`` / ``to_dict`` (keys in ``workloads.config``).
+Config tables: ``Workload.from_dict`` / ``to_dict`` (keys in ``clipperlab.workloads.config``).
 Every bad parameter raises ``WorkloadError`` naming the field and the rule.
 """
 

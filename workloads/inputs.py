@@ -93,7 +93,7 @@ class DigitsInputs(InputSource):
 
     @property
     def task(self) -> str:
-        """The name recorded predictions are filed under (see ``simulator.outputs``)."""
+        """The name recorded predictions are filed under (see ``clipperlab.simulator.outputs``)."""
         return f"digits-binary-{self.positive_digit}" if self.binary else "digits-10"
 
     def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:

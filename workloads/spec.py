@@ -194,7 +194,7 @@ class Workload:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "workload") -> Workload:
         """Build from a config table; errors name ``where`` and the field.  See
-        ``workloads.config`` for the accepted keys."""
+        ``clipperlab.workloads.config`` for the accepted keys."""
         from .config import workload_from_dict
 
         w: Workload = workload_from_dict(data, where)

@@ -8,7 +8,7 @@ Rules:
   binary task's label) whatever the transformation.
 - User ``u`` belongs to group ``u % n_groups``; each query of user ``u`` is a pool image
   drawn uniformly, seen through the user's group's transformation.
-- The input pool is the zoo's held-out pool (``workloads.zoo.split``) once per group:
+- The input pool is the zoo's held-out pool (``clipperlab.workloads.zoo.split``) once per group:
   row ``g * N + i`` is pool image ``i`` in group ``g``'s view; a trace's ``input_index``
   points there, so recorded predictions replay per row.
 - Specialists: ``specialist-g`` is the zoo's ``base_model`` (default a logistic
@@ -17,7 +17,7 @@ Rules:
   model that never saw one), so which model fits a user is learnable from feedback, and no
   single model fits everyone.
 - Predictions of every specialist on every pool row are recorded as ``.npy`` files in the
-  zoo's cache directory (``workloads.zoo.cache_dir``).
+  zoo's cache directory (``clipperlab.workloads.zoo.cache_dir``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,13 @@
+"""Calibration: measure the real system and check the simulated twin against it.
+
+It joins ``clipperlab.real`` (the server, its containers and client) to
+``clipperlab.simulator`` (the twin); neither of those imports it.  Map, one job a module:
+
+- ``profiler``: a real container's batch latency over the RPC -> a simulator profile.
+- ``loadgen``: an open-loop load generator without coordinated omission; raw per-query
+  tables (summaries come from ``clipperlab.simulator.result.summarise``).
+- ``validation``: the sim-vs-real procedure (``clipperlab validate``).
+- ``fidelity``: the fidelity table over several models and batchings.
+- ``torch_models``: the torch models of fig. 11 and the calibration runs, built offline.
+- ``rayserve``: Ray Serve serving the same models (fig. 11's peer).
+"""

@@ -1,0 +1,401 @@
+"""The profiler: a real container's batch latency over the container RPC, as a simulator
+latency profile.
+
+Theory of operation: the profiler plays the frontend's part of the RPC
+(``clipperlab.real.protocol``): it listens on a TCP port, starts ``clipperlab container`` for the
+model
+(or waits for one started by hand, e.g. on another host: "attach"), answers its ``HELLO``
+with ``WELCOME``, then sends ``BATCH`` frames one at a time and times each from the first
+byte written to the ``RESULT`` frame read.  So a profile holds what the frontend waits for
+per batch: encoding, loopback transfer, decoding, the model and the way back.  A simulated
+deployment of such a profile should therefore put its replicas behind a link of zero
+latency (``clipperlab.calibration.validation`` does), or the RPC is counted twice.
+
+Rules:
+- For each batch size (increasing), ``warmup`` batches are sent and dropped, then batches
+  are timed until ``repeats`` samples are taken or ``max_s_per_size`` seconds have passed,
+  whichever comes first, but never fewer than ``min_repeats`` (defaults: 5, 200, 4 s, 20;
+  200 samples put the p99 between the 2nd and 3rd largest sample, enough for a stable
+  p90 and a usable p99; the time cap keeps slow models at large sizes to minutes).
+- Batches go back to back by default (a busy replica: neither process sleeps between
+  batches).  ``gap_s`` > 0 idles that long before each timed batch, so the profile also
+  holds the cost of waking an idle container and frontend (a replica at low load; on the
+  2-core dev VM this added about 1-2 ms per batch).
+- Inputs come from a ``workloads`` input source (digits by default, or synthetic tensors
+  of a shape), cycled through the pool so no two consecutive batches are identical.
+- The profile (``simulator.LatencyProfile.from_samples``) is tagged with the CPU model
+  and cores, the Python/numpy/scikit-learn/torch versions, the date, the load average
+  before and after, and how it was measured; ``simulator.save_profile`` writes it.
+- A container that exits, refuses, or answers ``ERROR`` stops the run with a
+  ``ProfilerError`` that says why (its last log line included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from clipperlab.real import protocol as p
+from clipperlab.simulator import LatencyProfile
+from clipperlab.workloads import DigitsInputs, InputSource
+
+__all__ = [
+    "DEFAULT_BATCH_SIZES",
+    "ProfileSpec",
+    "ProfilerError",
+    "hardware_tag",
+    "profile_model",
+    "software_tag",
+]
+
+DEFAULT_BATCH_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+_DTYPE_OF_INPUT = {"doubles": "<f8", "floats": "<f4", "integers": "<i8"}
+
+
+class ProfilerError(Exception):
+    """The model could not be profiled; the message says why."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProfileSpec:
+    """What to profile and how (see the module rules for the defaults' reasons)."""
+
+    model: str  # KIND[:PATH], as ``clipperlab container --model``
+    name: str = ""
+    version: str = "1"
+    input_type: str = "doubles"
+    options: dict[str, Any] = field(default_factory=dict)
+    inputs: InputSource = field(default_factory=DigitsInputs)
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
+    warmup: int = 5
+    repeats: int = 200
+    min_repeats: int = 20
+    max_s_per_size: float = 4.0
+    gap_s: float = 0.0  # idle time before each timed batch (0: back to back)
+    profile_name: str = ""
+
+    def __post_init__(self) -> None:
+        kind = self.model.partition(":")[0]
+        from clipperlab.real.models import MODEL_KINDS
+
+        if kind not in MODEL_KINDS:
+            raise ProfilerError(f"model {self.model!r}: kind {kind!r} is not one of {MODEL_KINDS}")
+        if self.input_type not in _DTYPE_OF_INPUT:
+            raise ProfilerError(
+                f"input_type {self.input_type!r}: the profiler sends arrays; expected one of"
+                f" {sorted(_DTYPE_OF_INPUT)}"
+            )
+        if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
+            raise ProfilerError(f"batch sizes must be integers >= 1, got {list(self.batch_sizes)}")
+        if self.repeats < 1 or self.min_repeats < 1 or self.warmup < 0:
+            raise ProfilerError("repeats and min_repeats must be >= 1, warmup >= 0")
+
+    @property
+    def model_name(self) -> str:
+        return self.name or self.model.partition(":")[0]
+
+
+# --------------------------------------------------------------------------- tags
+
+
+def hardware_tag() -> str:
+    """``CPU model, N cores`` (from /proc/cpuinfo when there is one)."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu}, {n} cores"
+
+
+def software_tag() -> str:
+    parts = [f"python {platform.python_version()}", f"numpy {np.__version__}"]
+    for mod in ("sklearn", "torch"):
+        with contextlib.suppress(ImportError):
+            m = __import__(mod)
+            parts.append(f"{'scikit-learn' if mod == 'sklearn' else mod} {m.__version__}")
+    return ", ".join(parts)
+
+
+def _load() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "?"
+
+
+# --------------------------------------------------------------------------- RPC
+
+
+class _Rpc:
+    """The frontend's end of one container connection (blocking sockets)."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.dec = p.FrameDecoder()
+        self.frames: list[tuple[int, bytes]] = []
+
+    def frame(self) -> tuple[int, bytes]:
+        while not self.frames:
+            data = self.conn.recv(1 << 20)
+            if not data:
+                raise ProfilerError("the container closed the connection")
+            self.frames.extend(self.dec.feed(data))
+        return self.frames.pop(0)
+
+    def round_trip(self, frame: bytes, batch_id: int) -> tuple[float, Any]:
+        t0 = time.perf_counter()
+        self.conn.sendall(frame)
+        while True:
+            kind, payload = self.frame()
+            if kind == p.RESULT:
+                t1 = time.perf_counter()
+                bid, out = p.decode_batch(payload)
+                if bid != batch_id:
+                    raise ProfilerError(f"answer for batch {bid}, expected {batch_id}")
+                return t1 - t0, out
+            if kind == p.ERROR:
+                bid, msg = p.decode_error(payload)
+                raise ProfilerError(f"the model failed on a batch: {msg}")
+            if kind != p.HEARTBEAT:
+                raise ProfilerError(f"unexpected frame type {kind} from the container")
+
+
+def _accept(
+    srv: socket.socket, proc: subprocess.Popen[bytes] | None, log_path: str, timeout_s: float
+) -> socket.socket:
+    until = time.monotonic() + timeout_s
+    srv.settimeout(0.2)
+    while True:
+        try:
+            conn, _ = srv.accept()
+            conn.settimeout(None)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return conn
+        except TimeoutError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise ProfilerError(
+                f"the container exited with {proc.returncode} before connecting: "
+                f"{_last_line(log_path)}"
+            )
+        if time.monotonic() > until:
+            raise ProfilerError(f"no container connected within {timeout_s:.0f} s")
+
+
+def _last_line(path: str) -> str:
+    with contextlib.suppress(OSError):
+        with open(path, "rb") as f:
+            lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines()]
+        lines = [ln for ln in lines if ln]
+        if lines:
+            return lines[-1][:300]
+    return "(no output)"
+
+
+def _handshake(rpc: _Rpc, spec: ProfileSpec) -> dict[str, Any]:
+    kind, payload = rpc.frame()
+    if kind != p.HELLO:
+        raise ProfilerError(f"expected HELLO from the container, got frame type {kind}")
+    hello = p.decode_json(payload)
+    if hello.get("protocol") != p.PROTOCOL_VERSION:
+        msg = f"protocol {hello.get('protocol')!r} is not {p.PROTOCOL_VERSION}"
+        rpc.conn.sendall(p.encode_json(p.REFUSE, {"error": msg}))
+        raise ProfilerError(f"the container speaks {msg}")
+    rpc.conn.sendall(
+        p.encode_json(
+            p.WELCOME,
+            {"replica": f"{hello.get('model')}:{hello.get('version')}#0", "ordinal": 0,
+             "heartbeat_interval_s": 1.0},
+        )
+    )
+    return hello
+
+
+def _batches(spec: ProfileSpec, b: int, variants: int = 4) -> list[np.ndarray]:
+    x, _ = spec.inputs.load()
+    x = np.asarray(x).astype(_DTYPE_OF_INPUT[spec.input_type], copy=False)
+    out = []
+    for v in range(variants):
+        idx = (np.arange(b) + v * b) % x.shape[0]
+        out.append(np.ascontiguousarray(x[idx]))
+    return out
+
+
+def measure(
+    rpc: _Rpc, spec: ProfileSpec, log: Any = None
+) -> tuple[dict[int, list[float]], dict[str, str]]:
+    """Time batches over an established connection; returns samples per size and notes."""
+    samples: dict[int, list[float]] = {}
+    bid = 0
+    for b in sorted({int(s) for s in spec.batch_sizes}):
+        frames = []
+        for arr in _batches(spec, b):
+            bid += 1
+            frames.append((bid, arr))
+        for k in range(spec.warmup):
+            bid_k, arr = frames[k % len(frames)]
+            rpc.round_trip(p.encode_batch(p.BATCH, bid_k, arr), bid_k)
+        got: list[float] = []
+        start = time.perf_counter()
+        k = 0
+        while len(got) < spec.repeats:
+            if len(got) >= spec.min_repeats and time.perf_counter() - start > spec.max_s_per_size:
+                break
+            bid_k, arr = frames[k % len(frames)]
+            k += 1
+            frame = p.encode_batch(p.BATCH, bid_k, arr)
+            if spec.gap_s > 0:
+                time.sleep(spec.gap_s)
+            dt, out = rpc.round_trip(frame, bid_k)
+            if len(out) != b:
+                raise ProfilerError(f"the model answered {len(out)} outputs for a batch of {b}")
+            got.append(dt)
+        samples[b] = got
+        if log is not None:
+            a = np.asarray(got) * 1e3
+            log(
+                f"  batch {b:>5}: {len(got):>4} samples, p50 {np.percentile(a, 50):8.3f} ms,"
+                f" p99 {np.percentile(a, 99):8.3f} ms"
+            )
+    return samples, {}
+
+
+def profile_model(
+    spec: ProfileSpec,
+    *,
+    listen: str | None = None,
+    connect_timeout_s: float = 120.0,
+    log: Any = None,
+) -> LatencyProfile:
+    """Profile ``spec``'s model: start its container here, or with ``listen="HOST:PORT"``
+    wait for a container started elsewhere to connect there."""
+    host, port = "127.0.0.1", 0
+    if listen:
+        h, _, pt = listen.rpartition(":")
+        if not pt.isdigit():
+            raise ProfilerError(f"--listen {listen!r} must be HOST:PORT")
+        host, port = h or "0.0.0.0", int(pt)
+    try:
+        srv = socket.create_server((host, port))
+    except OSError as e:
+        raise ProfilerError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    load_before = _load()
+    proc: subprocess.Popen[bytes] | None = None
+    logf = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in the finally below
+        prefix="clipperlab-profile-", suffix=".log", delete=False
+    )
+    log_path = logf.name
+    try:
+        bound = srv.getsockname()[1]
+        if listen:
+            if log is not None:
+                log(f"waiting for a container to connect to {host}:{bound} ...")
+        else:
+            argv = [
+                sys.executable, "-m", "clipperlab.real.container",
+                "--model", spec.model,
+                "--name", spec.model_name,
+                "--version", spec.version,
+                "--input-type", spec.input_type,
+                "--frontend", f"127.0.0.1:{bound}",
+                "--options", json.dumps(spec.options),
+            ]
+            proc = subprocess.Popen(argv, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
+        conn = _accept(srv, proc, log_path, connect_timeout_s)
+        rpc = _Rpc(conn)
+        try:
+            hello = _handshake(rpc, spec)
+            samples, _ = measure(rpc, spec, log)
+        except (OSError, p.ProtocolError) as e:
+            raise ProfilerError(f"RPC with the container failed: {e}; {_last_line(log_path)}"
+                                ) from None
+        except ProfilerError as e:
+            raise ProfilerError(f"{e}; container log: {_last_line(log_path)}") from None
+        finally:
+            conn.close()
+    finally:
+        srv.close()
+        logf.close()
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        with contextlib.suppress(OSError):
+            os.unlink(log_path)
+    n = sum(len(v) for v in samples.values())
+    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    name = spec.profile_name or f"profiled-{spec.model_name}"
+    tags = {
+        "hardware": hardware_tag(),
+        "software": software_tag(),
+        "source": (
+            f"clipperlab profile over the container RPC ({'attached' if listen else 'started'}"
+            f" container, loopback); {n} samples"
+            + (f", {spec.gap_s * 1e3:g} ms idle before each" if spec.gap_s > 0 else
+               ", back to back")
+        ),
+        "date": date,
+        "model": f"{spec.model} ({hello.get('model')}:{hello.get('version')})",
+        "inputs": f"{type(spec.inputs).__name__}, {spec.inputs.input_bytes} bytes per input",
+        "load_average": f"{load_before} before, {_load()} after",
+    }
+    return LatencyProfile.from_samples(
+        name,
+        samples,
+        kind="gpu" if _uses_gpu(spec) else "cpu",
+        tags=tags,
+        description=(
+            f"{spec.model} batch latency: send BATCH to RESULT read, over the container RPC"
+        ),
+    )
+
+
+def _uses_gpu(spec: ProfileSpec) -> bool:
+    if not spec.model.startswith("torch"):
+        return False
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    """``"1,2,4"`` -> ``(1, 2, 4)``; ``ProfilerError`` naming the bad item."""
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item.isdigit() or int(item) < 1:
+            raise ProfilerError(f"--batch-sizes {text!r}: {item!r} is not an integer >= 1")
+        out.append(int(item))
+    return tuple(sorted(set(out)))
+
+
+def summary_rows(profile: LatencyProfile, sizes: Sequence[int] | None = None) -> list[str]:
+    """A printable table of a profile: batch size, p50, p99, mean (ms), items/s at p50."""
+    rows = [f"{'batch':>6} {'p50 ms':>9} {'p99 ms':>9} {'mean ms':>9} {'items/s':>10}"]
+    for b in sizes or profile.batch_sizes:
+        p50 = profile.quantile_s(b, 0.5)
+        rows.append(
+            f"{b:>6} {p50 * 1e3:>9.3f} {profile.quantile_s(b, 0.99) * 1e3:>9.3f}"
+            f" {profile.mean_s(b) * 1e3:>9.3f} {b / p50 if p50 > 0 else float('inf'):>10,.0f}"
+        )
+    return rows

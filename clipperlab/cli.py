@@ -1,0 +1,70 @@
+"""The ``clipperlab`` command.
+
+Each subcommand lives in its own module that defines ``add_arguments(parser)`` and
+``run(args) -> int``; this file only lists them, so the modules are imported only when
+their subcommand runs (``clipperlab --help`` stays fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from clipperlab import __version__
+from clipperlab.errors import CLIError
+
+# name -> one-line help; the command's module is ``clipperlab.commands.<name>``
+SUBCOMMANDS: dict[str, str] = {
+    "experiment": "run one of the paper's experiments",
+    "sweep": "run an experiment over a grid of parameters and seeds",
+    "simulate": "simulate a deployment described in a config file",
+    "serve": "run the serving system (query frontend, admin API, RPC)",
+    "container": "run a model container that connects to a frontend",
+    "profile": "measure a model's batch latency and write a profile",
+    "load": "drive a running server with an open-loop workload",
+    "validate": "compare the simulator with the real system",
+}
+
+
+def _command(name: str) -> Any:
+    return importlib.import_module(f"clipperlab.commands.{name}")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    parser = argparse.ArgumentParser(
+        prog="clipperlab",
+        description="Clipper-style prediction serving: simulate it, run it, measure it.",
+    )
+    parser.add_argument("--version", action="version", version=f"clipperlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = {}
+    for name, help_ in SUBCOMMANDS.items():
+        subparsers[name] = sub.add_parser(name, help=help_, description=help_)
+    return parser, subparsers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, subparsers = build_parser()
+    # Only the chosen subcommand's module is imported to add its arguments.
+    cmd = next((a for a in argv if not a.startswith("-")), None)
+    if cmd in subparsers:
+        mod = _command(cmd)
+        mod.add_arguments(subparsers[cmd])
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    mod = _command(args.command)
+    try:
+        return int(mod.run(args) or 0)
+    except CLIError as e:
+        print(f"clipperlab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"clipperlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+

@@ -1,0 +1,129 @@
+"""``clipperlab simulate --config FILE``: simulate a deployment described in a config file
+and print its metrics table.
+
+The config (TOML or JSON) holds the hosts, applications, models (profile, replicas,
+batching, outputs), the workload and faults; see ``examples/simulate.toml`` and
+``clipperlab.simulator.deployment``.  ``--queries``/``--qps``/``--seed`` override the file;
+``--out DIR`` writes the raw records (``queries.parquet``, ``batches.csv``) and the
+summary (``summary.csv``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipperlab.errors import CLIError
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, type=Path, help="deployment config (.toml/.json)")
+    p.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    p.add_argument("--queries", type=int, default=None, help="override workload.n_queries")
+    p.add_argument("--qps", type=float, default=None,
+                   help="override the arrival rate (constant, poisson, gamma)")
+    p.add_argument("--until-s", type=float, default=None, help="stop at this simulated time")
+    p.add_argument("--out", type=Path, default=None, help="write raw records and summary here")
+    p.add_argument("--log", action="store_true", help="keep the decision log (--out writes it)")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "-"
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
+
+
+def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    cells = [[_fmt(r.get(c, float("nan"))) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True))]
+    lines += ["  ".join(x.rjust(w) for x, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from clipperlab.simulator.deployment import load_config
+    from clipperlab.simulator.driver import Simulation
+    from clipperlab.simulator.errors import SimConfigError
+    from clipperlab.workloads import WorkloadError
+
+    try:
+        cfg = load_config(args.config)
+    except SimConfigError as e:
+        raise CLIError(str(e)) from None
+    wl = cfg.workload
+    if wl is None:
+        raise CLIError(f"{args.config}: workload: missing (a [workload] table is required)")
+    try:
+        if args.queries is not None:
+            wl = dataclasses.replace(wl, n_queries=args.queries, duration_s=None)
+        if args.qps is not None:
+            if not hasattr(wl.arrivals, "qps"):
+                raise CLIError(f"--qps: the {type(wl.arrivals).__name__} arrival process has "
+                               "no single rate")
+            wl = dataclasses.replace(
+                wl, arrivals=dataclasses.replace(wl.arrivals, qps=args.qps)  # type: ignore[call-arg]
+            )
+    except WorkloadError as e:
+        raise CLIError(f"{e}") from None
+    seed = cfg.seed if args.seed is None else args.seed
+    try:
+        sim = Simulation(cfg.deployment, wl, seed=seed, decision_log=args.log)
+        res = sim.run(until_s=args.until_s)
+    except (SimConfigError, WorkloadError) as e:
+        raise CLIError(f"{args.config}: {e}") from None
+
+    print(f"clipperlab simulate: {args.config} (seed {seed}): {len(res.queries):,} queries, "
+          f"{res.sim_s:.3f} simulated s in {res.wall_s:.2f} wall s "
+          f"({len(res.queries) / max(res.wall_s, 1e-9):,.0f} queries/s)\n")
+    summ = res.summary_table()
+    cols = ["app", "queries", "offered_qps", "throughput_qps", "mean_ms", "p50_ms", "p90_ms",
+            "p99_ms", "default_rate", "accuracy", "missing_share"]
+    print(_table(summ.to_dict("records"), [c for c in cols if c in summ.columns]))
+    b = res.batches
+    rows = []
+    for (model, replica), g in b.groupby(["model", "replica"], observed=True):
+        done = g[g["status"] == "done"]
+        lat = (done["done_at"] - done["sent_at"]).to_numpy()
+        rows.append({
+            "replica": f"{model}#{replica}",
+            "batches": len(done),
+            "mean_batch": float(done["size"].mean()) if len(done) else float("nan"),
+            "max_batch": int(done["size"].max()) if len(done) else 0,
+            "batch_p50_ms": float(np.percentile(lat, 50) * 1e3) if lat.size else float("nan"),
+            "batch_p99_ms": float(np.percentile(lat, 99) * 1e3) if lat.size else float("nan"),
+            "lost": int((g["status"] == "lost").sum()),
+            "items_per_s": float(done["size"].sum() / res.sim_s) if res.sim_s else float("nan"),
+        })
+    print()
+    print(_table(rows, ["replica", "batches", "mean_batch", "max_batch", "batch_p50_ms",
+                        "batch_p99_ms", "items_per_s", "lost"]))
+    reasons = res.queries["default_reason"].dropna().value_counts()
+    if len(reasons):
+        print("\ndefaults by reason: " + ", ".join(f"{k} {v:,}" for k, v in reasons.items()))
+    if res.crashes:
+        print("faults: " + ", ".join(f"{what} {rid} at {t:.3f}s" for t, rid, what in res.crashes))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        q = res.queries.copy()
+        q["output"] = q["output"].astype(str)
+        q.to_parquet(args.out / "queries.parquet", index=False)
+        b.to_csv(args.out / "batches.csv", index=False)
+        summ.to_csv(args.out / "summary.csv", index=False)
+        if res.log is not None:
+            with (args.out / "decisions.log").open("w") as f:
+                for entry in res.log:
+                    f.write(repr(entry) + "\n")
+        print(f"\nwrote {args.out}/queries.parquet, batches.csv, summary.csv")
+    return 0

@@ -1,0 +1,88 @@
+"""``clipperlab validate``: compare the simulator with the real system on one workload.
+
+Example (no model files needed)::
+
+    clipperlab validate --deployment examples/validate_noop.toml \\
+        --workload examples/workload_poisson.toml --out results/validation/noop
+
+Profiles the deployment's models, starts the real server, measures the frontend's overhead
+and the capacity, then runs the workload at each ``--levels`` fraction of capacity on the
+real server and in the simulator; prints the table (throughput, mean/p50/p90/p99, relative
+error) and writes ``validation.csv``, ``errors.csv``, ``validation.png``, ``summary.md`` and
+the measured profiles to ``--out``.  See ``clipperlab.calibration.validation`` for the procedure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+from clipperlab.calibration.loadgen import APIS, LoadError, load_workload_spec
+from clipperlab.calibration.profiler import ProfilerError, parse_batch_sizes
+from clipperlab.errors import CLIError
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--deployment", required=True, help="deploy.toml of the real server")
+    parser.add_argument("--workload", required=True, help="workload spec (TOML/JSON)")
+    parser.add_argument("--levels", default="0.3,0.6,0.9", help="fractions of capacity")
+    parser.add_argument("--duration-s", type=float, default=5.0, help="seconds per level")
+    parser.add_argument("--capacity", type=float, default=None,
+                        help="capacity in q/s (default: measured by a ramp)")
+    parser.add_argument("--batching", default="",
+                        help='JSON batching for every model, e.g. {"policy": "aimd"}')
+    parser.add_argument("--batch-sizes", default="1,2,4,8,16,32,64,128",
+                        help="batch sizes to profile")
+    parser.add_argument("--profile-repeats", type=int, default=100, help="timed batches/size")
+    parser.add_argument("--api", default="clipper", choices=APIS, help="query API")
+    parser.add_argument("--app", default="", help="application (default: the workload's)")
+    parser.add_argument("--connections", type=int, default=8, help="load connections")
+    parser.add_argument("--seed", type=int, default=0, help="workload seed")
+    parser.add_argument("--out", default="", help="directory for the outputs")
+
+
+
+
+def run(args: argparse.Namespace) -> int:
+    from clipperlab.calibration.validation import (
+        ValidationError,
+        format_table,
+        validate,
+        write_outputs,
+    )
+
+    try:
+        levels = tuple(float(x) for x in args.levels.split(","))
+    except ValueError:
+        raise CLIError(f"--levels {args.levels!r}: expected numbers like 0.3,0.6,0.9") from None
+    batching = None
+    if args.batching:
+        try:
+            batching = json.loads(args.batching)
+        except ValueError as e:
+            raise CLIError(f"--batching is not JSON: {e}") from None
+        if not isinstance(batching, dict):
+            raise CLIError(f"--batching must be a JSON object, got {args.batching!r}")
+    if args.duration_s <= 0:
+        raise CLIError(f"--duration-s must be > 0, got {args.duration_s}")
+    try:
+        wl = load_workload_spec(args.workload)
+        if args.app:
+            wl = dataclasses.replace(wl, app=args.app)
+        res = validate(
+            args.deployment, wl, levels=levels, duration_s=args.duration_s,
+            capacity_qps=args.capacity, batching=batching,
+            batch_sizes=parse_batch_sizes(args.batch_sizes),
+            profile_repeats=args.profile_repeats, api=args.api,
+            connections=args.connections, seed=args.seed,
+        )
+    except (ValidationError, LoadError, ProfilerError) as e:
+        raise CLIError(str(e)) from None
+    print(format_table(res))
+    if args.out:
+        files = write_outputs(res, args.out, f"{args.deployment} / {args.workload}")
+        print("wrote " + ", ".join(str(f) for f in files if f.suffix != ".json"))
+    return 0

@@ -1,0 +1,95 @@
+"""Figure 11 and the fidelity table in miniature: the models build and trace, fig11's
+simulated mode runs end to end on a measured profile, and the fidelity goal table reads a
+validation table (no timing assertions)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from clipperlab.calibration.fidelity import goal_rows, markdown
+from clipperlab.calibration.torch_models import TORCH_MODELS, build_torch, save_torch
+from clipperlab.experiments import fig11
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("name", ["digits-cnn", "cifar-cnn"])
+def test_models_trace_and_answer(name: str, tmp_path: Path) -> None:
+    """Each figure-11 model saves as TorchScript and answers a batch with 10+ classes."""
+    path = save_torch(name, tmp_path)
+    m = torch.jit.load(str(path))
+    with torch.no_grad():
+        y = m(torch.zeros((3, *TORCH_MODELS[name].input_shape)))
+    assert y.shape[0] == 3 and y.shape[1] >= 10
+
+
+def test_resnet_shape() -> None:
+    """The ResNet-18-shaped net maps 224x224x3 to 1,000 classes."""
+    net = build_torch("resnet18-w16")
+    with torch.no_grad():
+        assert net(torch.zeros((1, 3, 224, 224))).shape == (1, 1000)
+
+
+def test_fig11_sim_mode_runs(tmp_path: Path) -> None:
+    """fig11 in simulated mode: a profile measured over the RPC, a ramp per system, a
+    table row per (model, mode, system), a plot and claims."""
+    cfg = dataclasses.replace(
+        fig11.default_config(quick=True), batch_sizes=(1, 4), profile_repeats=5,
+        step_s=0.2, max_steps=3)
+    res = fig11.run(cfg)
+    t = res.table
+    assert set(t["system"]) == {"clipperlab-aimd", "clipperlab-tfserving"}
+    assert (t["mode"] == "sim").all() and (t["peak_qps"] > 0).all()
+    assert fig11.plot(res, tmp_path)[0].exists()
+    assert fig11.claims(res, cfg)
+
+
+def test_fig11_rejects_bad_config() -> None:
+    """An unknown model is a ValueError naming it."""
+    cfg = dataclasses.replace(fig11.default_config(quick=True), models=("vgg",))
+    with pytest.raises(ValueError, match="vgg"):
+        fig11.check_config(cfg)
+
+
+def test_fidelity_goal_rows() -> None:
+    """The goal: throughput and p50 within 10%, p99 within 20% up to 60% load."""
+    rows = []
+    for level, sim_p99 in ((0.3, 1.3), (0.9, 5.0)):
+        for mode, f in (("real", 1.0), ("sim", 0.5), ("sim+frontend", 1.05)):
+            rows.append({"model": "m", "batching": "aimd", "level": level, "mode": mode,
+                         "throughput_qps": 100 * f, "p50_ms": 1.0 * f,
+                         "p99_ms": sim_p99 * f if mode != "real" else 1.0,
+                         "load_avg": 1.0})
+    goals = goal_rows(pd.DataFrame(rows))
+    cal = goals[goals["mode"] == "sim+frontend"].set_index("level")
+    assert not cal.loc[0.3, "goal_met"]  # p99 +36.5% at 30% load
+    assert np.isclose(cal.loc[0.3, "err_p99"], 1.3 * 1.05 - 1)
+    assert cal.loc[0.9, "goal_met"]  # p99 is not judged above 60% load
+    assert "| m | aimd | 30% |" in markdown(goals)
+
+
+def test_fidelity_noise_floor_and_report_only(tmp_path: Path) -> None:
+    """A row misses the goal but is "within noise" when the real server's second run was
+    further from the first; ``--report-only`` rebuilds the report from the CSV (and says
+    so in one line when there is none)."""
+    from clipperlab.calibration.fidelity import main as fidelity_main
+
+    rows = []
+    for mode, thr, p50, p99 in (("real", 100, 1.0, 1.0), ("real again", 100, 1.0, 1.5),
+                                ("sim+frontend", 100, 1.05, 1.365)):
+        rows.append({"model": "m", "batching": "aimd", "level": 0.3, "mode": mode,
+                     "throughput_qps": thr, "p50_ms": p50, "p99_ms": p99, "load_avg": 1.0})
+    table = pd.DataFrame(rows)
+    goals = goal_rows(table).set_index("mode")
+    assert not goals.loc["sim+frontend", "goal_met"]
+    assert goals.loc["sim+frontend", "within_noise"]  # +36.5% p99 < the floor's +50%
+    assert goals.loc["real again", "within_noise"]
+    table.to_csv(tmp_path / "fidelity.csv", index=False)
+    assert fidelity_main(["--out", str(tmp_path), "--report-only"]) == 0
+    assert "| m | aimd | 30% |" in (tmp_path / "fidelity.md").read_text()
+    assert (tmp_path / "fidelity.png").exists()
+    assert fidelity_main(["--out", str(tmp_path / "none"), "--report-only"]) == 2

@@ -1,0 +1,200 @@
+"""The calibration tools on loopback, short runs, no timing assertions: ``profile`` writes
+a file the simulator loads, ``load`` sends every query of a workload's schedule and writes
+one CSV row per query, ``validate`` produces its table, and bad inputs are one-line errors
+with exit code 2."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from clipperlab.calibration.loadgen import load_workload_spec, run_load, summarise
+from clipperlab.calibration.profiler import ProfileSpec, profile_model
+from clipperlab.simulator import Deployment, Simulation, load_profile
+from clipperlab.workloads import ConstantRate, DigitsInputs, Poisson, Workload
+
+from clipperlab.cli import main
+
+NOOP_DEPLOY = """
+[[models]]
+name = "noop"
+kind = "noop"
+batching = { policy = "aimd" }
+
+[[applications]]
+name = "hello"
+slo_ms = 50
+default_output = -1
+models = ["noop"]
+"""
+
+WORKLOAD = """
+[workload]
+app = "hello"
+n_queries = 40
+arrivals = { kind = "poisson", qps = 200 }
+inputs = { kind = "digits" }
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from clipperlab.real.client import AdminClient
+    from clipperlab.real.config import load_config
+    from clipperlab.real.server import ServerThread
+
+    store = tmp_path_factory.mktemp("store")
+    cfg = load_config(None, query_port=0, admin_port=0, rpc_port=0, store=str(store),
+                      cache=False)
+    st = ServerThread(cfg).start()
+    admin = AdminClient(f"127.0.0.1:{st.ports['admin']}")
+    admin.add_app("hello", slo_ms=50, default_output=-1)
+    admin.add_model("noop", kind="noop", app="hello")
+    admin.wait_ready("hello", timeout_s=60)
+    yield st
+    st.stop()
+
+
+def test_profile_writes_a_file_the_simulator_runs(tmp_path: Path) -> None:
+    """The profiler times a real no-op container over the RPC; the saved file loads with
+    ``simulator.load_profile`` and drives a simulation unchanged."""
+    out = tmp_path / "noop.json"
+    rc = main(["profile", "--model", "noop", "--batch-sizes", "1,4", "--repeats", "5",
+               "--warmup", "1", "--out", str(out)])
+    assert rc == 0
+    prof = load_profile(out)
+    assert prof.batch_sizes == (1, 4)
+    for tag in ("hardware", "software", "date", "source"):
+        assert prof.tags[tag]
+    assert "numpy" in prof.tags["software"]
+    res = Simulation(Deployment.single(prof), Workload(ConstantRate(100), n_queries=50),
+                     seed=0).run()
+    assert len(res.queries) == 50
+
+
+def test_profile_spec_with_synthetic_inputs() -> None:
+    """Inputs of any shape go through the RPC as one array; the sample count per size is
+    bounded by ``repeats``."""
+    from clipperlab.workloads import SyntheticTensors
+
+    spec = ProfileSpec(model="noop", inputs=SyntheticTensors(shape=(3, 4, 4), dtype="float32",
+                                                             pool=8),
+                       input_type="floats", batch_sizes=(2,), repeats=3, warmup=0)
+    prof = profile_model(spec)
+    assert prof.batch_sizes == (2,)
+    assert "SyntheticTensors" in prof.tags["inputs"]
+
+
+def test_load_sends_the_schedule(server: Any, tmp_path: Path) -> None:
+    """Every query of the trace is sent once; arrival times are the workload's schedule
+    and latency is counted from them (reply - scheduled)."""
+    wl = Workload(Poisson(300), n_queries=60, app="hello", inputs=DigitsInputs())
+    trace = wl.generate(3)
+    pool = np.asarray(wl.inputs.load()[0])
+    url = f"http://127.0.0.1:{server.ports['query']}"
+    table = run_load(trace, pool, url, connections=3)
+    assert len(table) == 60
+    np.testing.assert_array_equal(table["arrival_at"].to_numpy(), trace.arrival_at)
+    assert (table["status"] == 200).all()
+    lat = table["latency_s"].to_numpy()
+    np.testing.assert_allclose(lat, table["reply_at"] - table["arrival_at"])
+    assert (table["sent_at"] >= table["arrival_at"] - 1e-9).all()
+    s = summarise(table)
+    assert s["queries"] == 60 and s["unanswered"] == 0
+
+
+def test_load_oip_api(server: Any) -> None:
+    """The OIP v2 path (binary tensor) answers every query too."""
+    wl = Workload(ConstantRate(200), n_queries=20, app="hello")
+    trace = wl.generate(0)
+    table = run_load(trace, np.asarray(wl.inputs.load()[0]),
+                     f"127.0.0.1:{server.ports['query']}", api="oip", connections=2)
+    assert (table["status"] == 200).all()
+    assert not table["default"].any()
+
+
+def test_load_cli_writes_csv_and_plot(server: Any, tmp_path: Path) -> None:
+    """``clipperlab load`` writes one CSV row per query, the histogram and the summary."""
+    spec = tmp_path / "w.toml"
+    spec.write_text(WORKLOAD)
+    out = tmp_path / "out"
+    rc = main(["load", "--workload", str(spec), "--target",
+               f"http://127.0.0.1:{server.ports['query']}", "--connections", "2",
+               "--out", str(out)])
+    assert rc == 0
+    with open(out / "load.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 40
+    assert {"arrival_at", "sent_at", "reply_at", "latency_s", "status", "default"} <= set(rows[0])
+    assert (out / "latency.png").stat().st_size > 0
+    assert "throughput_qps" in (out / "summary.txt").read_text()
+
+
+def test_workload_spec_is_the_simulators(tmp_path: Path) -> None:
+    """A ``[workload]`` table reads the same as in a simulator config."""
+    spec = tmp_path / "w.toml"
+    spec.write_text(WORKLOAD)
+    wl = load_workload_spec(str(spec))
+    assert wl.n_queries == 40 and wl.app == "hello"
+    assert np.array_equal(wl.generate(1).arrival_at, wl.generate(1).arrival_at)
+
+
+def test_validate_tiny(tmp_path: Path) -> None:
+    """``validate`` on a no-op deployment and a short workload: a table with the real run,
+    the plain and the calibrated simulation at each level, and its files."""
+    from clipperlab.calibration.validation import validate, write_outputs
+
+    dep = tmp_path / "deploy.toml"
+    dep.write_text(NOOP_DEPLOY)
+    wl = Workload(ConstantRate(100), n_queries=10, app="hello")
+    res = validate(dep, wl, levels=(0.5,), duration_s=0.5, capacity_qps=100.0,
+                   batch_sizes=(1, 2), profile_repeats=5, calib_qps=50.0, calib_s=0.4,
+                   connections=2, log=lambda s: None)
+    assert list(res.table["mode"]) == ["real", "real again", "sim", "sim+frontend",
+                                       "sim+in-situ"]
+    assert set(res.errors["mode"]) == {"real again", "sim", "sim+frontend", "sim+in-situ"}
+    assert res.calibration.capacity_qps == 100.0
+    files = write_outputs(res, tmp_path / "v")
+    assert (tmp_path / "v" / "validation.png") in files
+    assert "| 50% | real |" in (tmp_path / "v" / "summary.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["profile", "--model", "sklearn:/no/such.joblib"], "does not exist"),
+        (["profile", "--model", "noop", "--batch-sizes", "1,x"], "'x'"),
+        (["profile", "--model", "noop", "--inputs", "synthetic:3xA"], "shape"),
+        (["load", "--workload", "/no/such.toml", "--target", "127.0.0.1:9"], "cannot read"),
+        (["load", "--workload", "{bad}", "--target", "127.0.0.1:1"], "qps"),
+        (["load", "--workload", "{good}", "--target", "127.0.0.1:1"], "cannot connect"),
+        (["load", "--workload", "{good}", "--target", "ftp://x"], "http://HOST:PORT"),
+        (["validate", "--deployment", "/no/such.toml", "--workload", "{good}"], "does not"),
+        (["validate", "--deployment", "{deploy}", "--workload", "{good}", "--levels", "a"],
+         "--levels"),
+        (["validate", "--deployment", "{deploy}", "--workload", "{otherapp}"], "not deployed"),
+    ],
+)
+def test_bad_inputs_are_one_line_errors(
+    argv: list[str], words: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bad files, fields and targets: exit 2 and one line naming the problem."""
+    good = tmp_path / "good.toml"
+    good.write_text(WORKLOAD)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(WORKLOAD.replace("qps = 200", "qps = -5"))
+    other = tmp_path / "other.toml"
+    other.write_text(WORKLOAD.replace('app = "hello"', 'app = "nope"'))
+    deploy = tmp_path / "deploy.toml"
+    deploy.write_text(NOOP_DEPLOY)
+    subs = {"{good}": str(good), "{bad}": str(bad), "{deploy}": str(deploy),
+            "{otherapp}": str(other)}
+    argv = [subs.get(a, a) for a in argv]
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1, err
+    assert words in err
