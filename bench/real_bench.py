@@ -47,6 +47,7 @@ BODY = b'{"input":[0.25,0.5,0.75,1.0]}'
 # ============================================================================ echo server
 def run_echo(port_file: str) -> None:
     import uvloop
+
     from clipperlab.real.http import HttpProtocol, Request, response
 
     def handler(req: Request) -> bytes:

@@ -5,7 +5,7 @@ It joins ``clipperlab.real`` (the server, its containers and client) to
 
 - ``profiler``: a real container's batch latency over the RPC -> a simulator profile.
 - ``loadgen``: an open-loop load generator without coordinated omission; raw per-query
-  tables (summaries come from ``clipperlab.simulator.result.summarise``).
+  tables (summaries come from ``clipperlab.report.latency.summarise``).
 - ``validation``: the sim-vs-real procedure (``clipperlab validate``).
 - ``fidelity``: the fidelity table over several models and batchings.
 - ``torch_models``: the torch models of fig. 11 and the calibration runs, built offline.

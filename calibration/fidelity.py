@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from clipperlab.calibration.torch_models import save_sklearn
 from clipperlab.calibration.validation import format_table, validate, write_outputs
-from clipperlab.experiments.framework import markdown_table
+from clipperlab.report.tables import markdown_table
 from clipperlab.workloads import ConstantRate, DigitsInputs, Workload
 
 __all__ = ["BATCHINGS", "MODELS", "main"]

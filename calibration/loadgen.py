@@ -16,7 +16,7 @@ Rules:
   JSON-encoded).  Bodies are encoded once per distinct input before the run.
 - Outcomes per query: HTTP status (0: no answer before the end), ``default`` (the server
   answered its default), ``refused`` (HTTP 503, overload).  The raw table has the columns
-  of the simulator's per-query table that ``clipperlab.simulator.result.summarise`` reads
+  of the simulator's per-query table that ``clipperlab.report.latency.summarise`` reads
   (``arrival_at``, ``reply_at``, ``latency_s``, ``default``, ``refused``), so both modes
   are summarised by the same code.  Non-200/503 answers and no answer count as
   unanswered (``reply_at`` NaN).
@@ -35,6 +35,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
+
+from clipperlab.report.tables import text_table
 from clipperlab.workloads import Trace, Workload
 
 __all__ = [
@@ -281,9 +283,9 @@ def run_workload(
 
 
 def summarise(table: pd.DataFrame) -> dict[str, float]:
-    """The simulator's summary definitions (``clipperlab.simulator.result.summarise``) plus the
+    """The simulator's summary definitions (``clipperlab.report.latency.summarise``) plus the
     generator's own: ``errors`` (other statuses), ``max_lag_ms``."""
-    from clipperlab.simulator.result import summarise as sim_summarise
+    from clipperlab.report.latency import summarise as sim_summarise
 
     out = sim_summarise(table, pd.DataFrame())
     st = table["status"].to_numpy()
@@ -360,13 +362,6 @@ def plot_latency(tables: dict[str, pd.DataFrame], out_png: str, title: str = "")
 
 def format_summary(rows: dict[str, dict[str, float]]) -> str:
     """A plain-text table: one row per run (name -> summary dict)."""
-    cols = ("queries", "offered_qps", "throughput_qps", "mean_ms", "p50_ms", "p90_ms",
+    cols = ("run", "queries", "offered_qps", "throughput_qps", "mean_ms", "p50_ms", "p90_ms",
             "p99_ms", "default_rate", "refused_rate", "unanswered")
-    lines = [f"{'run':<12}" + "".join(f"{c:>15}" for c in cols)]
-    for name, s in rows.items():
-        cells = []
-        for c in cols:
-            v = s.get(c, float("nan"))
-            cells.append(f"{v:>15.4f}" if c.endswith("rate") else f"{v:>15,.2f}")
-        lines.append(f"{name:<12}" + "".join(cells))
-    return "\n".join(lines)
+    return text_table([{"run": name, **s} for name, s in rows.items()], cols)

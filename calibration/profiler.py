@@ -47,7 +47,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+
 from clipperlab.real import protocol as p
+from clipperlab.report.tables import text_table
 from clipperlab.simulator import LatencyProfile
 from clipperlab.workloads import DigitsInputs, InputSource
 
@@ -391,11 +393,12 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 
 def summary_rows(profile: LatencyProfile, sizes: Sequence[int] | None = None) -> list[str]:
     """A printable table of a profile: batch size, p50, p99, mean (ms), items/s at p50."""
-    rows = [f"{'batch':>6} {'p50 ms':>9} {'p99 ms':>9} {'mean ms':>9} {'items/s':>10}"]
+    rows = []
     for b in sizes or profile.batch_sizes:
         p50 = profile.quantile_s(b, 0.5)
-        rows.append(
-            f"{b:>6} {p50 * 1e3:>9.3f} {profile.quantile_s(b, 0.99) * 1e3:>9.3f}"
-            f" {profile.mean_s(b) * 1e3:>9.3f} {b / p50 if p50 > 0 else float('inf'):>10,.0f}"
-        )
-    return rows
+        rows.append({"batch": b, "p50_ms": p50 * 1e3, "p99_ms": profile.quantile_s(b, 0.99) * 1e3,
+                     "mean_ms": profile.mean_s(b) * 1e3,
+                     "items_per_s": b / p50 if p50 > 0 else float("inf")})
+    fmt3 = "{:.3f}"
+    return text_table(rows, formats={"p50_ms": fmt3, "p99_ms": fmt3, "mean_ms": fmt3,
+                                     "items_per_s": "{:,.0f}"}).splitlines()

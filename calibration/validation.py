@@ -42,7 +42,7 @@ Theory of operation (``validate``):
    ``sim+in-situ``, is a diagnostic, not a prediction: the calibrated twin with the
    profiles scaled by the batch latency the server saw *in that run* over the profile's.
 
-All latency statistics come from ``clipperlab.simulator.result.summarise`` for both modes.
+All latency statistics come from ``clipperlab.report.latency.summarise`` for both modes.
 """
 
 from __future__ import annotations
@@ -63,9 +63,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from clipperlab.calibration.loadgen import run_load, summarise
 from clipperlab.calibration.profiler import ProfileSpec, profile_model
 from clipperlab.engine import ModelSpec
+from clipperlab.report.latency import summarise as sim_summarise
 from clipperlab.simulator import (
     AppDeployment,
     ConstantOutputs,
@@ -78,7 +80,6 @@ from clipperlab.simulator import (
     Simulation,
     save_profile,
 )
-from clipperlab.simulator.result import summarise as sim_summarise
 from clipperlab.workloads import Trace, Workload
 
 __all__ = [
@@ -316,6 +317,7 @@ def _serve_main(models: list[dict[str, Any]], apps: list[dict[str, Any]], store:
     import logging
 
     import uvloop
+
     from clipperlab.real.config import ServerConfig
     from clipperlab.real.server import Server, tune_gc
 

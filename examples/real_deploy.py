@@ -4,9 +4,10 @@ clipperlab serve &            # query port 1337, admin port 1338
 python3 examples/real_deploy.py
 """
 
-from clipperlab.real.client import AdminClient, QueryClient
 from sklearn.datasets import load_digits
 from sklearn.svm import SVC
+
+from clipperlab.real.client import AdminClient, QueryClient
 
 x, y = load_digits(return_X_y=True)
 admin = AdminClient("127.0.0.1:1338")

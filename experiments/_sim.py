@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+
 from clipperlab.engine import BatchingConfig
 from clipperlab.simulator import (
     AccuracyOutputs,

@@ -40,7 +40,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from clipperlab.engine import Application, BatchingConfig
+from clipperlab.report.plots import grid, save, style_axis
 from clipperlab.simulator import Simulation
 from clipperlab.workloads import ConstantRate, FeedbackStream, Trace, Workload
 from clipperlab.workloads.zoo import cache_dir, load_zoo
@@ -48,7 +50,6 @@ from clipperlab.workloads.zoo import cache_dir, load_zoo
 from ._sim import ramp_times
 from .framework import Claim, Results
 from .measures import latency_stats
-from .plotting import grid, save, style_axis
 from .selection_common import check_mode, deployment
 
 NAME = "cache"

@@ -25,12 +25,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from clipperlab.engine import Application
+from clipperlab.report.plots import grid, save, style_axis
 from clipperlab.simulator import Simulation
 from clipperlab.workloads.users import UserGroups
 
 from .framework import Claim, Results
-from .plotting import grid, save, style_axis
 from .selection_common import check_mode, deployment, run_modes
 
 NAME = "fig10"

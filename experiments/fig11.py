@@ -393,7 +393,7 @@ def run(cfg: Config) -> Results:
 
 
 def plot(results: Results, out_dir: Path) -> list[Path]:
-    from .plotting import grid, save, style_axis
+    from clipperlab.report.plots import grid, save, style_axis
 
     t = results.table
     models = list(dict.fromkeys(t["model"]))

@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from clipperlab.report.plots import grid, save, style_axis
 from clipperlab.simulator.prototype import PROTOTYPE_FITS
 
 from . import _sim
 from .framework import Claim, Results
-from .plotting import grid, save, style_axis
 
 NAME = "fig2"
 TITLE = "Batch latency vs batch size per model (profiles)"

@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from clipperlab.engine import BatchingConfig
+from clipperlab.report.plots import grid, save, style_axis
 
 from . import _sim
 from .framework import Claim, Results
 from .measures import RAW, batch_stats, latency_stats, raw_batches, split_raw, window
 from .parallel import pmap
-from .plotting import grid, save, style_axis
 
 NAME = "fig4"
 TITLE = "Delayed batching: wait timeout vs batch size, latency, throughput"

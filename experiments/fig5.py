@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
 from clipperlab.engine import BatchingConfig
+from clipperlab.report.plots import COLORS, grid, save, style_axis
 
 from . import _sim
 from .framework import Claim, Results
 from .measures import RAW, batch_stats, latency_stats, raw_batches, split_raw, window
 from .parallel import pmap
-from .plotting import COLORS, grid, save, style_axis
 
 NAME = "fig5"
 TITLE = "Scaling GPU replicas over 1 vs 10 Gbps: throughput and latency"

@@ -34,13 +34,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from clipperlab.engine import Application
+from clipperlab.report.plots import grid, save, style_axis
 from clipperlab.simulator import Degrade, Simulation
 from clipperlab.workloads import ConstantRate, FeedbackStream, Workload
 from clipperlab.workloads.zoo import Switchable, load_zoo
 
 from .framework import Claim, Results
-from .plotting import grid, save, style_axis
 from .selection_common import (
     check_mode,
     check_models,

@@ -31,14 +31,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from clipperlab.engine import Application, BatchingConfig, ModelSpec
+from clipperlab.report.plots import COLORS, grid, save, style_axis
 from clipperlab.workloads import ConstantRate, DigitsInputs, Workload
 
 from . import _sim
 from .framework import Claim, Results
 from .measures import RAW, latency_stats, pct, raw_batches, split_raw, window
 from .parallel import pmap
-from .plotting import COLORS, grid, save, style_axis
 
 NAME = "fig9"
 TITLE = "Straggler mitigation: ensemble size vs latency, missing predictions, accuracy"

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-import math
 import platform
 import subprocess
 import time
@@ -34,20 +33,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import pandas as pd
+
+from clipperlab.report.tables import markdown_table
 
 from .config import config_to_dict, with_overrides
 
 __all__ = [
     "EXPERIMENTS",
     "Claim",
-    "ExperimentModule",
     "Results",
     "RunRecord",
     "load_experiment",
-    "markdown_table",
     "replot_experiment",
     "run_experiment",
     "write_outputs",
@@ -83,20 +82,6 @@ class Results:
     table: pd.DataFrame
     raw: dict[str, pd.DataFrame] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-
-
-class ExperimentModule(Protocol):
-    NAME: str
-    TITLE: str
-    Config: type
-
-    def default_config(self, quick: bool) -> Any: ...
-
-    def run(self, config: Any) -> Results: ...
-
-    def plot(self, results: Results, out_dir: Path) -> list[Path]: ...
-
-    def claims(self, results: Results, config: Any) -> list[Claim]: ...
 
 
 @dataclass
@@ -191,27 +176,6 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _fmt_cell(v: Any) -> str:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return ""
-        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
-            return f"{v:.3g}"
-        return f"{v:.4g}" if abs(v) < 100 else f"{v:,.0f}"
-    return str(v).replace("|", "\\|")
-
-
-def markdown_table(df: pd.DataFrame, max_rows: int = 200) -> str:
-    """A GitHub markdown table of ``df`` (numbers rounded for reading)."""
-    cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in df.head(max_rows).itertuples(index=False):
-        lines.append("| " + " | ".join(_fmt_cell(v) for v in row) + " |")
-    if len(df) > max_rows:
-        lines.append(f"\n({len(df) - max_rows} more rows in the CSV)")
-    return "\n".join(lines)
-
-
 def write_outputs(
     mod: ModuleType,
     config: Any,
@@ -300,7 +264,3 @@ def _cpu_count() -> int:
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
-
-def config_replace(config: Any, **changes: Any) -> Any:
-    """``dataclasses.replace`` for configs (re-exported for the figure modules)."""
-    return dataclasses.replace(config, **changes)

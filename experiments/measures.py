@@ -20,18 +20,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from clipperlab.report.latency import latency_ms, pct
+
 __all__ = ["RAW", "batch_stats", "latency_stats", "pct", "raw_batches", "split_raw", "window"]
 
 RAW = "_raw"  # key under which a point's row carries its raw batches to ``split_raw``
 _BATCH_COLS = ("model", "replica", "batch_id", "size", "padded_size", "reason", "sent_at",
                "start_at", "done_at", "status")
-
-
-def pct(values: np.ndarray, q: float) -> float:
-    """The ``q``-th percentile (0-100) of ``values``, NaN when empty."""
-    if len(values) == 0:
-        return math.nan
-    return float(np.percentile(values, q))
 
 
 def window(
@@ -66,11 +61,9 @@ def latency_stats(
         "offered_qps": n / span_s,
         "throughput_qps": len(answered) / span_s,
         "default_share": float(dflt.mean()) if n else math.nan,
-        "mean_ms": float(lat.mean() * 1e3) if n else math.nan,
-        "p50_ms": pct(lat, 50) * 1e3,
-        "p99_ms": pct(lat, 99) * 1e3,
-        "answered_mean_ms": float(answered.mean() * 1e3) if len(answered) else math.nan,
-        "answered_p99_ms": pct(answered, 99) * 1e3,
+        **{k: v for k, v in latency_ms(lat).items() if k in ("mean_ms", "p50_ms", "p99_ms")},
+        **{f"answered_{k}": v for k, v in latency_ms(answered).items()
+           if k in ("mean_ms", "p99_ms")},
     }
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from clipperlab.engine import Application, BatchingConfig, ModelSpec, make_policy
 from clipperlab.engine.selection import PolicyState
 from clipperlab.simulator import (

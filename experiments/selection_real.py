@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from clipperlab.real.client import AdminClient, QueryClient
 from clipperlab.real.config import load_config
 from clipperlab.real.server import ServerThread

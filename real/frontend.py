@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
 from clipperlab.engine import EngineError, Feedback, FeedbackApplied, NotFound, Reply, input_digest
 
 from .driver import EngineDriver

@@ -18,6 +18,7 @@ import binascii
 from typing import Any
 
 import numpy as np
+
 from clipperlab.engine import Application
 
 __all__ = ["DTYPES", "BadInput", "check_array", "convert"]

@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from clipperlab.engine import Counter, Engine
-from clipperlab.engine.metrics import METRIC_HELP
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -21,6 +19,9 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+
+from clipperlab.engine import Counter, Engine
+from clipperlab.engine.metrics import METRIC_HELP
 
 __all__ = ["EngineCollector", "metrics_text"]
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from clipperlab.engine import Application, Reply, input_digest
 
 from .http import Request, error_response, json_response, response

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
 from clipperlab.engine import INPUT_TYPES, EngineError, ReplicaId
 
 from . import protocol as p

@@ -20,9 +20,10 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
-import numpy as np
 import pandas as pd
+
 from clipperlab.engine import Engine, FeedbackApplied, Metrics
+from clipperlab.report.latency import summarise
 
 __all__ = ["SimResult"]
 
@@ -87,41 +88,3 @@ class SimResult:
         if len(rows) > 1:
             rows.append({"app": "all", **self.summary()})
         return pd.DataFrame(rows)
-
-
-def summarise(q: pd.DataFrame, batches: pd.DataFrame) -> dict[str, float]:
-    n = len(q)
-    out: dict[str, float] = {"queries": float(n)}
-    if n == 0:
-        return out
-    arr = q["arrival_at"].to_numpy()
-    rep = q["reply_at"].to_numpy()
-    answered = ~np.isnan(rep)
-    refused = q["refused"].to_numpy(dtype=bool)
-    default = q["default"].to_numpy(dtype=bool)
-    span_offered = float(arr.max() - arr.min()) if n > 1 else 0.0
-    out["offered_qps"] = (n - 1) / span_offered if span_offered > 0 else float("nan")
-    span = float(np.nanmax(rep) - arr.min()) if answered.any() else 0.0
-    good = answered & ~default
-    out["throughput_qps"] = float(good.sum()) / span if span > 0 else float("nan")
-    lat = q["latency_s"].to_numpy()[answered & ~refused]
-    if lat.size:
-        p50, p90, p99 = np.percentile(lat, [50, 90, 99])
-        out.update(mean_ms=float(lat.mean() * 1e3), p50_ms=float(p50 * 1e3),
-                   p90_ms=float(p90 * 1e3), p99_ms=float(p99 * 1e3),
-                   max_ms=float(lat.max() * 1e3))
-    out["default_rate"] = float(default.mean())
-    out["refused_rate"] = float(refused.mean())
-    out["unanswered"] = float((~answered).sum())
-    if "correct" in q:
-        out["accuracy"] = float(q["correct"].to_numpy(dtype=bool).mean())
-    if "n_selected" in q and q["n_selected"].sum() > 0:
-        out["missing_share"] = float(q["n_missing"].sum() / q["n_selected"].sum())
-    if len(batches):
-        ok = batches["status"] == "done"
-        sizes = batches.loc[ok, "size"]
-        out["batches"] = float(ok.sum())
-        out["mean_batch_size"] = float(sizes.mean()) if len(sizes) else float("nan")
-        if span > 0:
-            out["model_throughput_qps"] = float(sizes.sum()) / span
-    return out

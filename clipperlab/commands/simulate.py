@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from clipperlab.errors import CLIError
+from clipperlab.report.tables import text_table
 
 __all__ = ["add_arguments", "run"]
 
@@ -32,24 +31,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--until-s", type=float, default=None, help="stop at this simulated time")
     p.add_argument("--out", type=Path, default=None, help="write raw records and summary here")
     p.add_argument("--log", action="store_true", help="keep the decision log (--out writes it)")
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "-"
-        if abs(v) >= 1000:
-            return f"{v:,.0f}"
-        return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
-    return str(v)
-
-
-def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
-    cells = [[_fmt(r.get(c, float("nan"))) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True))]
-    lines += ["  ".join(x.rjust(w) for x, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     summ = res.summary_table()
     cols = ["app", "queries", "offered_qps", "throughput_qps", "mean_ms", "p50_ms", "p90_ms",
             "p99_ms", "default_rate", "accuracy", "missing_share"]
-    print(_table(summ.to_dict("records"), [c for c in cols if c in summ.columns]))
+    print(text_table(summ.to_dict("records"), [c for c in cols if c in summ.columns]))
     b = res.batches
     rows = []
     for (model, replica), g in b.groupby(["model", "replica"], observed=True):
@@ -107,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             "items_per_s": float(done["size"].sum() / res.sim_s) if res.sim_s else float("nan"),
         })
     print()
-    print(_table(rows, ["replica", "batches", "mean_batch", "max_batch", "batch_p50_ms",
+    print(text_table(rows, ["replica", "batches", "mean_batch", "max_batch", "batch_p50_ms",
                         "batch_p99_ms", "items_per_s", "lost"]))
     reasons = res.queries["default_reason"].dropna().value_counts()
     if len(reasons):

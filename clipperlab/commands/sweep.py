@@ -19,6 +19,7 @@ from clipperlab.errors import CLIError
 from clipperlab.experiments.config import parse_set_args
 from clipperlab.experiments.framework import EXPERIMENTS, load_experiment
 from clipperlab.experiments.sweep import ExecutorUnavailable, expand_grid, run_jobs, summarize
+from clipperlab.report.tables import text_table
 
 __all__ = ["add_arguments", "run"]
 
@@ -40,10 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="start from the quick config")
     parser.add_argument("--out", type=Path, default=None, help="output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _fmt(v: float) -> str:
-    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,8 +97,6 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "sweep.csv", index=False, float_format="%.6g")
     summary.to_csv(out / "summary.csv", index=False, float_format="%.6g")
-    with pd.option_context("display.width", 200, "display.max_columns", 30,
-                           "display.max_rows", 500, "display.float_format", _fmt):
-        print(summary.to_string(index=False))
+    print(text_table(summary))
     print(f"wrote {out / 'sweep.csv'} ({len(table)} rows) and {out / 'summary.csv'}")
     return 0

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
 from clipperlab.calibration.fidelity import goal_rows, markdown
 from clipperlab.calibration.torch_models import TORCH_MODELS, build_torch, save_torch
 from clipperlab.experiments import fig11

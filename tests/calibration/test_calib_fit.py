@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
+
 from clipperlab.calibration.validation import (
     Calibration,
     CpuRun,

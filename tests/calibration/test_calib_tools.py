@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from clipperlab.calibration.loadgen import load_workload_spec, run_load, summarise
 from clipperlab.calibration.profiler import ProfileSpec, profile_model
+from clipperlab.cli import main
 from clipperlab.simulator import Deployment, Simulation, load_profile
 from clipperlab.workloads import ConstantRate, DigitsInputs, Poisson, Workload
-
-from clipperlab.cli import main
 
 NOOP_DEPLOY = """
 [[models]]

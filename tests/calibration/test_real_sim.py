@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from clipperlab import simulator, workloads
 from clipperlab.engine import BatchingConfig
 from clipperlab.real.client import AdminClient
 from clipperlab.real.config import load_config
 from clipperlab.real.server import ServerThread
-
-from clipperlab import simulator, workloads
 
 BATCH_S = 0.05
 GAP_S = 0.25

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from clipperlab.cli import main
 from clipperlab.experiments.config import parse_set_args, parse_value, with_overrides
 from clipperlab.experiments.fig4 import Config as Fig4Config
 from clipperlab.experiments.framework import EXPERIMENTS, run_experiment
-
-from clipperlab.cli import main
 
 # Tiny overrides on top of each --quick config: a few seconds each on 2 cores.
 TINY: dict[str, dict[str, object]] = {

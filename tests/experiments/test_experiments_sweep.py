@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from clipperlab.experiments.config import parse_set_args
 from clipperlab.experiments.fig4 import Config as Fig4Config
 from clipperlab.experiments.sweep import Job, expand_grid, run_jobs, summarize

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from clipperlab.experiments.framework import EXPERIMENTS, run_experiment
 
 from clipperlab.cli import main
+from clipperlab.experiments.framework import EXPERIMENTS, run_experiment
 
 TINY: dict[str, dict[str, object]] = {
     "fig6": {"n_queries": 1500, "models": ("logreg", "rbf_svm", "knn"),

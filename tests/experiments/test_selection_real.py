@@ -4,6 +4,7 @@ traffic from a failing model to a good one (real server, real model containers).
 from __future__ import annotations
 
 import numpy as np
+
 from clipperlab.experiments.selection_real import deploy, real_server
 from clipperlab.workloads.zoo import Switchable, load_zoo
 

@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from clipperlab.real.client import AdminClient, QueryClient, ServerError
-from clipperlab.real.config import load_config
-from clipperlab.real.server import ServerThread
 from sklearn.datasets import load_digits
 from sklearn.dummy import DummyClassifier
 from sklearn.svm import SVC
+
+from clipperlab.real.client import AdminClient, QueryClient, ServerError
+from clipperlab.real.config import load_config
+from clipperlab.real.server import ServerThread
 
 
 @pytest.fixture(scope="module")

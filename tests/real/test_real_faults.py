@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from clipperlab.real import protocol as p
 from clipperlab.real.client import AdminClient, QueryClient, ServerError
 from clipperlab.real.config import load_config

@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+
 from clipperlab.workloads import ConstantRate, Workload, WorkloadError
 from clipperlab.workloads.users import UserGroups, transform
 from clipperlab.workloads.zoo import ZOO_MODELS, ZooInputs, load_zoo, split
