@@ -1,4 +1,5 @@
-"""Workloads from config tables (TOML/JSON) and back.
+"""Config tables (TOML/JSON) to dataclasses and back: the checks ``Workload.from_dict`` and
+``Workload.to_dict`` (in ``spec``) are built from.
 
 Accepted table (every key but ``arrivals`` and one of ``n_queries``/``duration_s`` is
 optional)::
@@ -29,9 +30,9 @@ from typing import Any
 
 from .errors import WorkloadError
 
-__all__ = ["build_dataclass", "workload_from_dict", "workload_to_dict"]
+__all__ = ["build_dataclass", "check_value", "kinded", "plain"]
 
-def _check_value(where: str, tp: Any, value: Any) -> Any:
+def check_value(where: str, tp: Any, value: Any) -> Any:
     """Coerce/validate ``value`` against a simple annotation; raise naming ``where``."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -41,7 +42,7 @@ def _check_value(where: str, tp: Any, value: Any) -> Any:
         last: WorkloadError | None = None
         for a in args:
             try:
-                return _check_value(where, a, value)
+                return check_value(where, a, value)
             except WorkloadError as e:
                 last = e
         assert last is not None
@@ -51,7 +52,7 @@ def _check_value(where: str, tp: Any, value: Any) -> Any:
             raise WorkloadError(f"{where} must be a list, got {value!r}")
         targs = typing.get_args(tp)
         inner = targs[0] if targs else Any
-        return tuple(_check_value(f"{where}[{i}]", inner, v) for i, v in enumerate(value))
+        return tuple(check_value(f"{where}[{i}]", inner, v) for i, v in enumerate(value))
     if tp is Any:
         return value
     if tp is bool:
@@ -91,14 +92,14 @@ def build_dataclass(cls: type, data: Mapping[str, Any], where: str, skip: tuple[
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise WorkloadError(f"{where}.{name}: missing (required)")
             continue
-        kw[name] = _check_value(f"{where}.{name}", hints[name], data[name])
+        kw[name] = check_value(f"{where}.{name}", hints[name], data[name])
     try:
         return cls(**kw)
     except WorkloadError as e:
         raise WorkloadError(f"{where}: {e}") from None
 
 
-def _kinded(data: Any, where: str, kinds: Mapping[str, type]) -> Any:
+def kinded(data: Any, where: str, kinds: Mapping[str, type]) -> Any:
     if not isinstance(data, Mapping):
         raise WorkloadError(f"{where} must be a table with a 'kind', got {data!r}")
     kind = data.get("kind")
@@ -108,66 +109,18 @@ def _kinded(data: Any, where: str, kinds: Mapping[str, type]) -> Any:
     return build_dataclass(kinds[kind], rest, where)
 
 
-def workload_from_dict(data: Mapping[str, Any], where: str = "workload") -> Any:
-    from .spec import ARRIVAL_KINDS, INPUT_KINDS, FeedbackStream, UserContexts, Workload
-
-    if not isinstance(data, Mapping):
-        raise WorkloadError(f"{where} must be a table, got {data!r}")
-    known = {f.name for f in dataclasses.fields(Workload)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise WorkloadError(f"{where}: unknown field(s) {unknown}; expected some of "
-                            f"{sorted(known)}")
-    if "arrivals" not in data:
-        raise WorkloadError(f"{where}.arrivals: missing (required), e.g. "
-                            "{ kind = \"constant\", qps = 20000 }")
-    kw: dict[str, Any] = {"arrivals": _kinded(data["arrivals"], f"{where}.arrivals",
-                                              ARRIVAL_KINDS)}
-    if "inputs" in data:
-        kw["inputs"] = _kinded(data["inputs"], f"{where}.inputs", INPUT_KINDS)
-    if data.get("feedback") is not None:
-        kw["feedback"] = build_dataclass(FeedbackStream, data["feedback"], f"{where}.feedback")
-    if data.get("contexts") is not None:
-        kw["contexts"] = build_dataclass(UserContexts, data["contexts"], f"{where}.contexts")
-    hints = typing.get_type_hints(Workload)
-    for name in ("n_queries", "duration_s", "app", "cacheable"):
-        if name in data:
-            kw[name] = _check_value(f"{where}.{name}", hints[name], data[name])
-    try:
-        return Workload(**kw)
-    except WorkloadError as e:
-        raise WorkloadError(f"{where}: {e}") from None
-
-
-def _kind_of(obj: Any, kinds: Mapping[str, type]) -> str:
+def kind_of(obj: Any, kinds: Mapping[str, type]) -> str:
+    """The config ``kind`` of ``obj`` in ``kinds`` (name -> class)."""
     for k, c in kinds.items():
         if type(obj) is c:
             return k
     raise WorkloadError(f"{obj!r} has no config kind")
 
 
-def workload_to_dict(w: Any) -> dict[str, Any]:
-    from .spec import ARRIVAL_KINDS, INPUT_KINDS
-
-    def plain(obj: Any, kinds: Mapping[str, type] | None = None) -> dict[str, Any]:
-        d = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-        d = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-        if kinds is not None:
-            d = {"kind": _kind_of(obj, kinds), **d}
-        return d
-
-    out: dict[str, Any] = {
-        "app": w.app,
-        "cacheable": w.cacheable,
-        "arrivals": plain(w.arrivals, ARRIVAL_KINDS),
-        "inputs": plain(w.inputs, INPUT_KINDS),
-    }
-    if w.n_queries is not None:
-        out["n_queries"] = w.n_queries
-    if w.duration_s is not None:
-        out["duration_s"] = w.duration_s
-    if w.feedback is not None:
-        out["feedback"] = plain(w.feedback)
-    if w.contexts is not None:
-        out["contexts"] = plain(w.contexts)
-    return out
+def plain(obj: Any, kinds: Mapping[str, type] | None = None) -> dict[str, Any]:
+    """A dataclass as a config table (tuples as lists; ``kind`` first when ``kinds``)."""
+    d = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    d = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+    if kinds is not None:
+        d = {"kind": kind_of(obj, kinds), **d}
+    return d

@@ -18,7 +18,9 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from .arrivals import MMPP, ArrivalProcess, ConstantRate, Gamma, Poisson, TraceReplay
+from .config import build_dataclass, check_value, kinded, plain
 from .errors import WorkloadError
 from .inputs import DigitsInputs, InputSource, SyntheticTensors
 
@@ -195,15 +198,52 @@ class Workload:
     def from_dict(cls, data: Mapping[str, Any], where: str = "workload") -> Workload:
         """Build from a config table; errors name ``where`` and the field.  See
         ``clipperlab.workloads.config`` for the accepted keys."""
-        from .config import workload_from_dict
-
-        w: Workload = workload_from_dict(data, where)
-        return w
+        if not isinstance(data, Mapping):
+            raise WorkloadError(f"{where} must be a table, got {data!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise WorkloadError(f"{where}: unknown field(s) {unknown}; expected some of "
+                                f"{sorted(known)}")
+        if "arrivals" not in data:
+            raise WorkloadError(f"{where}.arrivals: missing (required), e.g. "
+                                "{ kind = \"constant\", qps = 20000 }")
+        kw: dict[str, Any] = {"arrivals": kinded(data["arrivals"], f"{where}.arrivals",
+                                                 ARRIVAL_KINDS)}
+        if "inputs" in data:
+            kw["inputs"] = kinded(data["inputs"], f"{where}.inputs", INPUT_KINDS)
+        if data.get("feedback") is not None:
+            kw["feedback"] = build_dataclass(FeedbackStream, data["feedback"],
+                                             f"{where}.feedback")
+        if data.get("contexts") is not None:
+            kw["contexts"] = build_dataclass(UserContexts, data["contexts"],
+                                             f"{where}.contexts")
+        hints = typing.get_type_hints(cls)
+        for name in ("n_queries", "duration_s", "app", "cacheable"):
+            if name in data:
+                kw[name] = check_value(f"{where}.{name}", hints[name], data[name])
+        try:
+            return cls(**kw)
+        except WorkloadError as e:
+            raise WorkloadError(f"{where}: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        from .config import workload_to_dict
-
-        return workload_to_dict(self)
+        """The config table ``from_dict`` reads back."""
+        out: dict[str, Any] = {
+            "app": self.app,
+            "cacheable": self.cacheable,
+            "arrivals": plain(self.arrivals, ARRIVAL_KINDS),
+            "inputs": plain(self.inputs, INPUT_KINDS),
+        }
+        if self.n_queries is not None:
+            out["n_queries"] = self.n_queries
+        if self.duration_s is not None:
+            out["duration_s"] = self.duration_s
+        if self.feedback is not None:
+            out["feedback"] = plain(self.feedback)
+        if self.contexts is not None:
+            out["contexts"] = plain(self.contexts)
+        return out
 
 
 ARRIVAL_KINDS: dict[str, type[ArrivalProcess]] = {
