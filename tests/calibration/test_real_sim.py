@@ -15,8 +15,7 @@ import numpy as np
 from clipperlab import simulator, workloads
 from clipperlab.engine import BatchingConfig
 from clipperlab.real.client import AdminClient
-from clipperlab.real.config import load_config
-from clipperlab.real.server import ServerThread
+from tests.servers import start_server
 
 BATCH_S = 0.05
 GAP_S = 0.25
@@ -65,16 +64,7 @@ def test_real_and_simulated_batch_sizes_agree(tmp_path: Path) -> None:
     res = simulator.Simulation(dep, trace, seed=0, decision_log=True).run()
     sim_sizes = [e[4] for e in res.log if e[0] == "batch"]
     # --- real
-    cfg = load_config(
-        None,
-        query_port=0,
-        admin_port=0,
-        rpc_port=0,
-        store=str(tmp_path),
-        cache=False,
-        decision_log=True,
-    )
-    st = ServerThread(cfg).start()
+    st = start_server(tmp_path, cache=False, decision_log=True)
     try:
         a = AdminClient(f"127.0.0.1:{st.ports['admin']}")
         a.add_app("app", slo_ms=1000, default_output=-1)

@@ -22,23 +22,13 @@ from sklearn.dummy import DummyClassifier
 from sklearn.svm import SVC
 
 from clipperlab.real.client import AdminClient, QueryClient, ServerError
-from clipperlab.real.config import load_config
-from clipperlab.real.server import ServerThread
+from tests.servers import start_server
 
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Any:
     store = tmp_path_factory.mktemp("store")
-    cfg = load_config(
-        None,
-        query_port=0,
-        admin_port=0,
-        rpc_port=0,
-        store=str(store),
-        max_body_bytes=64 * 1024,
-        heartbeat_interval_s=0.2,
-    )
-    st = ServerThread(cfg).start()
+    st = start_server(store, max_body_bytes=64 * 1024)
     admin = AdminClient(f"127.0.0.1:{st.ports['admin']}")
     q = QueryClient(f"127.0.0.1:{st.ports['query']}")
     digits = load_digits()

@@ -19,8 +19,7 @@ import pytest
 
 from clipperlab.real import protocol as p
 from clipperlab.real.client import AdminClient, QueryClient, ServerError
-from clipperlab.real.config import load_config
-from clipperlab.real.server import ServerThread
+from tests.servers import hello, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 # the clipperlab command as this interpreter runs it
@@ -39,23 +38,10 @@ def _first_frame(s: socket.socket) -> tuple[int, bytes]:
             return frames[0]
 
 
-def _server(store: Path, **kw: Any) -> ServerThread:
-    cfg = load_config(
-        None,
-        query_port=0,
-        admin_port=0,
-        rpc_port=0,
-        store=str(store),
-        heartbeat_interval_s=0.2,
-        **kw,
-    )
-    return ServerThread(cfg).start()
-
-
 def test_container_killed_under_load(tmp_path: Path) -> None:
     """SIGKILL one of two replicas mid-load: every query is answered (by the other replica
     or with the flagged default), the container restarts and the server keeps serving."""
-    st = _server(tmp_path)
+    st = start_server(tmp_path)
     try:
         a = AdminClient(f"127.0.0.1:{st.ports['admin']}")
         a.add_app("app", slo_ms=1000, default_output=-1)
@@ -110,21 +96,13 @@ def test_container_killed_under_load(tmp_path: Path) -> None:
 def test_silent_container_is_dropped(tmp_path: Path) -> None:
     """A container that says hello and then stays silent is dropped after the missed
     heartbeats; its connection is closed by the frontend."""
-    st = _server(tmp_path, missed_heartbeats=3)
+    st = start_server(tmp_path, missed_heartbeats=3)
     try:
         a = AdminClient(f"127.0.0.1:{st.ports['admin']}")
         a.add_model("m", kind="noop", replicas=0)
         s = socket.create_connection(("127.0.0.1", st.ports["rpc"]))
         s.sendall(
-            p.encode_json(
-                p.HELLO,
-                {
-                    "protocol": p.PROTOCOL_VERSION,
-                    "model": "m",
-                    "version": "1",
-                    "input_type": "doubles",
-                },
-            )
+            hello(input_type="doubles")
         )
         s.settimeout(10)
         dec = p.FrameDecoder()
@@ -146,7 +124,7 @@ def test_silent_container_is_dropped(tmp_path: Path) -> None:
 
 def test_frontend_restart_finds_applications_again(tmp_path: Path) -> None:
     """Applications, models, versions, links, replicas and selection state survive."""
-    st = _server(tmp_path)
+    st = start_server(tmp_path)
     try:
         a = AdminClient(f"127.0.0.1:{st.ports['admin']}")
         a.add_app("app", slo_ms=2000, default_output=-1, policy="exp3", policy_params={"eta": 0.5})
@@ -164,7 +142,7 @@ def test_frontend_restart_finds_applications_again(tmp_path: Path) -> None:
         assert probs["m2"] > probs["m1"]
     finally:
         st.stop()
-    st = _server(tmp_path)
+    st = start_server(tmp_path)
     try:
         a = AdminClient(f"127.0.0.1:{st.ports['admin']}")
         assert a.get_all_apps() == ["app"]
@@ -183,7 +161,7 @@ def test_frontend_restart_finds_applications_again(tmp_path: Path) -> None:
 def test_rpc_secret_and_admin_token(tmp_path: Path) -> None:
     """With a secret, a container without it is refused (managed ones get it); with an
     admin token, requests without it get 401."""
-    st = _server(tmp_path, rpc_secret="s3cret", admin_token="tok")
+    st = start_server(tmp_path, rpc_secret="s3cret", admin_token="tok")
     try:
         port = st.ports["admin"]
         with pytest.raises(ServerError) as e:
@@ -196,15 +174,7 @@ def test_rpc_secret_and_admin_token(tmp_path: Path) -> None:
         for secret in ("", "wrong"):
             s = socket.create_connection(("127.0.0.1", st.ports["rpc"]))
             s.sendall(
-                p.encode_json(
-                    p.HELLO,
-                    {
-                        "protocol": p.PROTOCOL_VERSION,
-                        "model": "m",
-                        "version": "1",
-                        "secret": secret,
-                    },
-                )
+                hello(secret=secret)
             )
             kind, payload = _first_frame(s)
             s.close()
@@ -278,7 +248,7 @@ def test_serve_cli_bad_config(tmp_path: Path) -> None:
 
 def test_shutdown_answers_in_flight_queries(tmp_path: Path) -> None:
     """Stopping the server answers the query in flight before closing."""
-    st = _server(tmp_path)
+    st = start_server(tmp_path)
     a = AdminClient(f"127.0.0.1:{st.ports['admin']}")
     a.add_app("app", slo_ms=5000, default_output=-1)
     a.add_model("m", kind="noop", options={"delay_s": 0.5}, app="app")
