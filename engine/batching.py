@@ -13,6 +13,11 @@ Rules (Clipper, NSDI 2017, and its research prototype; see shared/reference):
 - Delayed batching (any policy): below the cap, hold the batch until the oldest queued
   query has waited ``wait_timeout_s`` (prototype default 1 ms), unless the latency model
   predicts that waiting longer would miss the head query's deadline ("deadline pressure").
+- Any other controller is a subclass of ``BatchController`` named by the config as
+  ``package.module:Class``, ``path/to/file.py:Class`` or an entry point of group
+  ``clipperlab.batching`` (``engine.plugins``); it implements ``cap`` and may override
+  ``decide``/``observe``; it is built as ``Class(config, latency_bound_s)`` and reads its
+  own parameters from ``config.params``.
 - ``lat`` is measured from when the batch's assembly started (the later of the replica
   becoming idle and the oldest query's arrival) until its results came back, so it includes
   the wait, as in the prototype.
@@ -26,6 +31,8 @@ from collections import deque
 from typing import NamedTuple
 
 from ._types import ReleaseReason
+from .errors import ConfigError
+from .plugins import ENTRY_POINT_GROUPS, resolve_class
 from .registry import BatchingConfig
 
 __all__ = [
@@ -38,6 +45,9 @@ __all__ = [
     "QuantileController",
     "QueueView",
     "Wait",
+    "builtin_controllers",
+    "check_controller",
+    "controller_class",
     "fit_linear_quantile",
     "make_controller",
 ]
@@ -296,17 +306,55 @@ class QuantileController(AIMDController):
         return d
 
 
-def make_controller(config: BatchingConfig, latency_bound_s: float) -> BatchController:
-    """The controller for ``config.policy``, bound to ``latency_bound_s``."""
+def builtin_controllers() -> dict[str, type[BatchController]]:
+    """The engine's own controllers by name (Clipper's and the peers' shapes)."""
     from .peers import BentoMLController, TFServingController, TritonController
 
-    classes: dict[str, type[BatchController]] = {
-        "none": NoBatchingController,
-        "fixed": FixedController,
-        "aimd": AIMDController,
-        "quantile": QuantileController,
-        "tfserving": TFServingController,
-        "triton": TritonController,
-        "bentoml": BentoMLController,
+    return {
+        cls.name: cls
+        for cls in (NoBatchingController, FixedController, AIMDController, QuantileController,
+                    TFServingController, TritonController, BentoMLController)
     }
-    return classes[config.policy](config, latency_bound_s)
+
+
+def controller_class(name: str) -> type[BatchController]:
+    """The controller class ``name`` stands for: a built-in name, ``package.module:Class``,
+    ``path/to/file.py:Class`` or an entry point of group ``clipperlab.batching``
+    (``engine.plugins``); a ``ConfigError`` naming the value and the rule otherwise."""
+    return resolve_class(name, BatchController, builtin_controllers(), "batching policy",
+                         ENTRY_POINT_GROUPS["batching"])
+
+
+def check_controller(config: BatchingConfig) -> None:
+    """Raise ``ConfigError`` unless ``config.policy`` names a controller that can be built
+    from ``config`` and whose ``cap`` is an integer >= 1 (checked once, when a config is
+    read, so that a bad custom controller fails there and not on the first query)."""
+    name = config.policy
+    builtins = builtin_controllers()
+    if name in builtins:
+        if config.params:
+            raise ConfigError(
+                f"batching params: expected none for the built-in policy {name!r} (params "
+                f"are for custom controllers), got {dict(config.params)!r}"
+            )
+        return
+    cls = controller_class(name)
+    try:
+        cap = cls(config, config.latency_bound_s or 1.0).cap
+    except ConfigError as e:
+        raise ConfigError(f"batching policy {name!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a user's class may fail in any way
+        raise ConfigError(
+            f"batching policy {name!r}: cannot be built from the config: "
+            f"{type(e).__name__}: {e} (a controller is built as Class(config: BatchingConfig, "
+            "latency_bound_s: float); its own parameters come in config.params)"
+        ) from None
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        raise ConfigError(
+            f"batching policy {name!r}: cap: expected an integer >= 1, got {cap!r}"
+        )
+
+
+def make_controller(config: BatchingConfig, latency_bound_s: float) -> BatchController:
+    """The controller for ``config.policy``, bound to ``latency_bound_s``."""
+    return controller_class(config.policy)(config, latency_bound_s)

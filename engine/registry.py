@@ -6,7 +6,10 @@ Rules:
 - A model has versions; exactly one is active.  New queries go to the active version;
   ``rollback`` makes the previously active version active again (or any named earlier one).
 - Everything here is plain data that round-trips through ``to_dict``/``from_dict`` so the
-  real server's store can persist it.
+  real server's store can persist it; ``from_dict`` reads the one config schema of
+  ``engine.schema`` (aliases included), which both drivers' config files use.
+- Policies are checked when a config is built: a batching policy or a selection policy
+  that names a class of one's own is imported then, and built once from the config.
 """
 
 from __future__ import annotations
@@ -17,12 +20,11 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .errors import ConfigError, Conflict, NotFound
+from .selection import make_policy
 
 __all__ = ["INPUT_TYPES", "Application", "BatchingConfig", "ModelSpec", "Registry"]
 
 INPUT_TYPES = ("integers", "floats", "doubles", "bytes", "strings")
-
-BATCHING_POLICIES = ("none", "fixed", "aimd", "quantile", "tfserving", "triton", "bentoml")
 
 
 def _require(ok: bool, message: str) -> None:
@@ -35,10 +37,13 @@ class BatchingConfig:
     """How each replica of a model forms batches.
 
     ``policy`` is one of ``none``, ``fixed``, ``aimd``, ``quantile`` (Clipper's), or the
-    peers' shapes ``tfserving``, ``triton``, ``bentoml``.  ``wait_timeout_s`` turns on
-    delayed batching for any policy: a batch below its cap is held until its oldest query
-    has waited that long.  ``latency_bound_s`` is the batch latency objective; by default
-    it is the smallest SLO of the applications the model is linked to.
+    peers' shapes ``tfserving``, ``triton``, ``bentoml``, or a controller of one's own:
+    ``package.module:Class``, ``path/to/file.py:Class`` or an entry point of group
+    ``clipperlab.batching`` (``engine.plugins``), with its parameters in ``params``.
+    ``wait_timeout_s`` turns on delayed batching for any policy: a batch below its cap is
+    held until its oldest query has waited that long.  ``latency_bound_s`` is the batch
+    latency objective; by default it is the smallest SLO of the applications the model is
+    linked to.
     """
 
     policy: str = "aimd"
@@ -75,12 +80,10 @@ class BatchingConfig:
     refit_interval_s: float = 5.0
     # Any policy: refuse queries beyond this many queued (None: unbounded).
     max_queue: int | None = None
+    # A custom controller's own parameters (built-in policies take none).
+    params: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
-        _require(
-            self.policy in BATCHING_POLICIES,
-            f"batching policy {self.policy!r} is unknown; expected one of {BATCHING_POLICIES}",
-        )
         _require(
             self.max_batch_size >= 1, f"max_batch_size must be >= 1, got {self.max_batch_size}"
         )
@@ -129,22 +132,21 @@ class BatchingConfig:
             self.max_enqueued_batches is None or self.max_enqueued_batches >= 1,
             "max_enqueued_batches must be >= 1",
         )
+        from .batching import check_controller  # batching imports this module
+
+        check_controller(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["params"] = dict(self.params)
+        return d
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BatchingConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        _require(
-            not unknown, f"unknown batching field(s) {sorted(unknown)}; known: {sorted(known)}"
-        )
-        kw = dict(data)
-        for name in ("allowed_batch_sizes", "preferred_batch_sizes"):
-            if name in kw:
-                kw[name] = tuple(kw[name])
-        return cls(**kw)
+        """From a table of this class's fields, each checked (``engine.schema``)."""
+        from .schema import parse_batching
+
+        return parse_batching(data)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -182,6 +184,7 @@ class Application:
             self.loss in ("zero_one", "absolute"),
             f"loss {self.loss!r} must be 'zero_one' or 'absolute'",
         )
+        make_policy(self.policy, self.policy_params)  # a bad name or parameters fail here
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -191,12 +194,14 @@ class Application:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Application:
-        kw = dict(data)
-        unknown = set(kw) - set(cls.__dataclass_fields__)
-        _require(not unknown, f"unknown application field(s) {sorted(unknown)}")
-        if kw.get("input_shape") is not None:
-            kw["input_shape"] = tuple(kw["input_shape"])
-        return cls(**kw)
+        """From a table of the config schema (``engine.schema``: ``slo_ms``, ``slo_s`` or
+        ``latency_slo_micros``...); linked ``models`` are not part of an application."""
+        from .schema import parse_application
+
+        entry = parse_application(data)
+        _require(not entry.models, f"models: expected none here (links are kept apart), "
+                                   f"got {list(entry.models)}")
+        return entry.app
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -232,10 +237,11 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
-        kw = dict(data)
-        if "batching" in kw and not isinstance(kw["batching"], BatchingConfig):
-            kw["batching"] = BatchingConfig.from_dict(kw["batching"])
-        return cls(**kw)
+        """From a table of the config schema (``engine.schema``: ``name`` or
+        ``model_name``...)."""
+        from .schema import parse_model
+
+        return parse_model(data).spec
 
 
 class Registry:

@@ -25,6 +25,10 @@ Rules (Clipper, NSDI 2017, sec. 5; constants from the C++ system unless stated):
   Clipper's importance-weighted Exp4 drives every member but the leader to the floor and
   then never leaves a failing leader; ``exp3_discounted``/``exp4_discounted`` name the
   variants that recover (fig. 8).
+- Any other policy is a subclass of ``SelectionPolicy`` named by the config as
+  ``package.module:Class``, ``path/to/file.py:Class`` or an entry point of group
+  ``clipperlab.selection`` (``engine.plugins``); it implements ``select`` and may override
+  ``combine``/``observe``/``probabilities``; it is built as ``Class(**policy_params)``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .errors import ConfigError
+from .plugins import ENTRY_POINT_GROUPS, resolve_class
 
 __all__ = [
     "ABSplit",
@@ -52,6 +57,7 @@ __all__ = [
     "UCB1",
     "loss",
     "make_policy",
+    "policy_class",
     "weighted_vote",
 ]
 
@@ -456,16 +462,26 @@ POLICIES: dict[str, type[SelectionPolicy]] = {
 }
 
 
+def policy_class(name: str) -> type[SelectionPolicy]:
+    """The policy class ``name`` stands for: a built-in name, ``package.module:Class``,
+    ``path/to/file.py:Class`` or an entry point of group ``clipperlab.selection``
+    (``engine.plugins``); a ``ConfigError`` naming the value and the rule otherwise."""
+    return resolve_class(name, SelectionPolicy, POLICIES, "selection policy",
+                         ENTRY_POINT_GROUPS["selection"])
+
+
 def make_policy(name: str, params: Mapping[str, Any] | None = None) -> SelectionPolicy:
-    """The policy called ``name`` with ``params``; a clear error for anything else."""
-    cls = POLICIES.get(name)
-    if cls is None:
-        raise ConfigError(
-            f"selection policy {name!r} is unknown; expected one of {sorted(POLICIES)}"
-        )
+    """The policy called ``name`` built with ``params``; a clear error for anything else."""
+    cls = policy_class(name)
+    kw = dict(params or {})
     try:
-        return cls(**dict(params or {}))
+        return cls(**kw)
+    except ConfigError:
+        raise
     except TypeError as e:
+        raise ConfigError(f"bad parameters {kw!r} for policy {name!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a user's class may fail in any way
         raise ConfigError(
-            f"bad parameters {dict(params or {})!r} for policy {name!r}: {e}"
+            f"selection policy {name!r}: cannot be built from policy_params {kw!r}: "
+            f"{type(e).__name__}: {e}"
         ) from None
