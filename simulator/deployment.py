@@ -21,6 +21,10 @@ Rules:
   replies, and saturates at ``1 / (query_s + reply_s + (batch_send_s + batch_done_s) /
   batch size)`` queries per second.  Without it the frontend costs nothing.
 - Config files are TOML or JSON; every error names the file, the field and the rule.
+  Applications and models are read by ``engine.schema``, the schema ``clipperlab serve``'s
+  ``deploy.toml`` shares (``[[applications]]`` or ``[[apps]]``, ``slo_ms`` / ``slo_s`` /
+  ``latency_slo_micros``, policies of one's own as ``module:Class`` or ``file.py:Class``,
+  a relative file taken from the config's folder); the rest is the simulator's.
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ from pathlib import Path
 from typing import Any
 
 from clipperlab.engine import Application, BatchingConfig, ConfigError, ModelSpec, ReplicaId
+from clipperlab.engine.schema import (
+    APP_TABLES,
+    application_tables,
+    parse_application,
+    parse_model,
+)
 from clipperlab.workloads import Workload, WorkloadError
 from clipperlab.workloads.config import build_dataclass
 
@@ -342,8 +352,8 @@ class SimConfig:
 
 # ---------------------------------------------------------------------- config files
 
-_TOP = {"seed", "cache_capacity_bytes", "frontend", "frontend_cpu", "hosts", "apps", "models",
-        "workload", "faults"}
+_TOP = {"seed", "cache_capacity_bytes", "frontend", "frontend_cpu", "hosts", *APP_TABLES,
+        "models", "workload", "faults"}
 
 
 def load_config(path: str | Path) -> SimConfig:
@@ -444,24 +454,15 @@ def _deployment_from_dict(data: Mapping[str, Any], file: str, base_dir: Path) ->
     for i, m in enumerate(_list_of_tables(data, "models", file)):
         models.append(_model(m, file, f"models[{i}]", base_dir))
     apps = []
-    for i, a in enumerate(_list_of_tables(data, "apps", file)):
-        where = f"apps[{i}]"
-        linked = a.get("models", [])
-        if not isinstance(linked, list) or not all(isinstance(x, str) for x in linked):
-            raise _err(file, f"{where}.models", f"expected a list of model names, got "
-                                                f"{linked!r}")
-        kw = {k: v for k, v in a.items() if k != "models"}
-        if "input_shape" in kw and isinstance(kw["input_shape"], list):
-            kw["input_shape"] = tuple(kw["input_shape"])
-        try:
-            app = Application.from_dict(kw)
-        except ConfigError as e:
-            raise _err(file, where, str(e)) from None
-        except TypeError as e:
-            raise _err(file, where, f"{e}") from None
-        apps.append(AppDeployment(app, tuple(linked)))
+    try:
+        key, tables = application_tables(data)
+        for i, t in enumerate(tables):
+            entry = parse_application(t, f"{key}[{i}]", base_dir)
+            apps.append(AppDeployment(entry.app, entry.models))
+    except ConfigError as e:
+        raise SimConfigError(f"{file}: {e}") from None
     if not apps:
-        raise _err(file, "apps", "expected at least one [[apps]] table")
+        raise _err(file, "applications", "expected at least one [[applications]] table")
     if not models:
         raise _err(file, "models", "expected at least one [[models]] table")
     faults: list[Fault] = []
@@ -502,40 +503,27 @@ def _deployment_from_dict(data: Mapping[str, Any], file: str, base_dir: Path) ->
         raise SimConfigError(f"{file}: {e}") from None
 
 
-_MODEL_KEYS = {"name", "version", "input_type", "profile", "replicas", "hosts", "kind", "cpus",
-               "gpus", "batching", "outputs", "metadata", "wake_s", "cold_after_s"}
+# the simulator's own fields of a [[models]] table (the shared ones: engine.schema)
+_SIM_MODEL_FIELDS = ("profile", "hosts", "kind", "cpus", "gpus", "outputs", "wake_s",
+                     "cold_after_s")
 
 
 def _model(m: Mapping[str, Any], file: str, where: str, base_dir: Path) -> ModelDeployment:
-    extra = sorted(set(m) - _MODEL_KEYS)
-    if extra:
-        raise _err(file, where, f"unknown field(s) {extra}; expected some of "
-                                f"{sorted(_MODEL_KEYS)}")
-    for k in ("name", "profile"):
-        if not isinstance(m.get(k), str) or not m.get(k):
-            raise _err(file, f"{where}.{k}", f"expected a non-empty string, got {m.get(k)!r}"
-                       + (" (a shipped profile name or a .json path)" if k == "profile" else ""))
-    prof_ref = m["profile"]
+    try:
+        spec, replicas, _ = parse_model(m, where, _SIM_MODEL_FIELDS, base_dir)
+    except ConfigError as e:
+        raise SimConfigError(f"{file}: {e}") from None
+    prof_ref = m.get("profile")
+    if not isinstance(prof_ref, str) or not prof_ref:
+        raise _err(file, f"{where}.profile", f"expected a non-empty string (a shipped profile "
+                                             f"name or a .json path), got {prof_ref!r}")
     if prof_ref.endswith(".json") and not Path(prof_ref).is_absolute():
         prof_ref = str(base_dir / prof_ref)
     try:
         profile = load_profile(prof_ref)
     except ProfileError as e:
         raise _err(file, f"{where}.profile", str(e)) from None
-    batching = m.get("batching", {})
-    try:
-        bc = BatchingConfig.from_dict(_table(batching, file, f"{where}.batching"))
-    except ConfigError as e:
-        raise _err(file, f"{where}.batching", str(e)) from None
-    except TypeError as e:
-        raise _err(file, f"{where}.batching", str(e)) from None
-    try:
-        spec = ModelSpec(name=m["name"], version=str(m.get("version", "1")),
-                         input_type=m.get("input_type", "doubles"), batching=bc,
-                         metadata=dict(m.get("metadata", {})))
-    except ConfigError as e:
-        raise _err(file, where, str(e)) from None
-    for k, lo in (("replicas", 0), ("cpus", 1), ("gpus", 1)):
+    for k, lo in (("cpus", 1), ("gpus", 1)):
         v = m.get(k, 1)
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise _err(file, f"{where}.{k}", f"expected an integer >= {lo}, got {v!r}")
@@ -563,7 +551,7 @@ def _model(m: Mapping[str, Any], file: str, where: str, base_dir: Path) -> Model
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
             raise _err(file, f"{where}.{k}", f"expected seconds, got {v!r}")
     try:
-        return ModelDeployment(spec=spec, profile=profile, replicas=m.get("replicas", 1),
+        return ModelDeployment(spec=spec, profile=profile, replicas=replicas,
                                hosts=tuple(hosts), kind=m.get("kind"), cpus=m.get("cpus", 1),
                                gpus=m.get("gpus", 1), outputs=outputs,
                                wake_s=float(m.get("wake_s", 0.0)),

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from clipperlab.simulator import SimConfigError, Simulation, config_from_dict, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,7 +53,7 @@ def write(tmp_path: Path, text: str, suffix: str = ".toml") -> Path:
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [
-        ('slo_s = 0.02', 'slo_s = 0', r"apps\[0\]: slo_s of application 'digits' must be"),
+        ('slo_s = 0.02', 'slo_s = 0', r"apps\[0\]\.slo_s: expected a finite number > 0, got 0"),
         ('qps = 1000', 'qps = -5', r"workload\.arrivals: Poisson\.qps must be a finite"),
         ('replicas = 2', 'replicas = 3', r"model 'svm': replicas: 3 cpu replicas of 1 cpus "
                                          r"each do not fit on hosts \['h'\]"),
