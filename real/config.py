@@ -7,22 +7,103 @@ Layout (every key optional; see ``examples/deploy.toml``)::
     [[models]]          # name, version, kind, path, replicas, input_type, [models.batching]
 
 Rules: unknown keys are errors naming the key and the section; applications and models
+follow the one schema both drivers share (``clipperlab.engine.schema``: ``[[apps]]``,
+``slo_s``, ``latency_slo_micros``, ``model_name``... are accepted; a policy may name a class
+of one's own as ``module:Class`` or ``file.py:Class``, a relative file taken from this
+file's folder) and are checked when the file is read, errors naming the file and the
+field; the server's own model fields are ``kind`` (Clipper: ``container_name``), ``path``
+(``model_data_path``), ``labels``, ``options`` and ``activate``.  Applications and models
 from the file are added only when the store does not have them yet (the store wins after
-a restart); the admin API listens beyond loopback only with ``admin_token`` set.
+a restart); the admin API listens beyond loopback only with ``admin_token`` set.  Errors
+are the engine's ``ConfigError`` (re-exported here).
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "ServerConfig", "load_config"]
+from clipperlab.engine import Application, ConfigError, ModelSpec
+from clipperlab.engine.schema import application_tables, parse_application, parse_model
+
+__all__ = ["ConfigError", "ServerConfig", "app_from_dict", "load_config", "model_from_dict"]
+
+# the server's own fields of a [[models]] table, canonical name first, then Clipper's
+_SERVER_MODEL_FIELDS = {"kind": ("kind", "container_name"), "path": ("path", "model_data_path"),
+                        "labels": ("labels",), "options": ("options",),
+                        "activate": ("activate",)}
 
 
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the key and the rule."""
+def app_from_dict(
+    d: Mapping[str, Any], where: str = "application", base_dir: Path | None = None
+) -> Application:
+    """An ``Application`` from a table of the shared schema (Clipper's ``add_app`` fields
+    or ours); linked ``models`` are read by the caller."""
+    return parse_application(d, where, base_dir).app
+
+
+def model_from_dict(
+    d: Mapping[str, Any], max_queue: int, where: str = "model", base_dir: Path | None = None
+) -> tuple[ModelSpec, int]:
+    """A ``ModelSpec`` and its replica count from a table of the shared schema plus the
+    server's own fields (Clipper's ``add_model`` fields or ours); the container kind and
+    path go into the spec's metadata, ``max_queue`` bounds a queue the model leaves open."""
+    from .models import MODEL_KINDS
+
+    spec, replicas, extra = parse_model(
+        d, where, [a for names in _SERVER_MODEL_FIELDS.values() for a in names], base_dir
+    )
+    given = {k: [a for a in names if a in extra] for k, names in _SERVER_MODEL_FIELDS.items()}
+    for names in given.values():
+        if len(names) > 1:
+            raise ConfigError(f"{where}: expected one of {', '.join(names)}, got both")
+    val = {k: extra[names[0]] for k, names in given.items() if names}
+    kind = val.get("kind", "noop")
+    if kind not in MODEL_KINDS:
+        raise ConfigError(f"{where}.{given['kind'][0]}: expected one of "
+                          f"{', '.join(MODEL_KINDS)}, got {kind!r}")
+    path = val.get("path", "")
+    if not isinstance(path, str):
+        raise ConfigError(f"{where}.{given['path'][0]}: expected a path, got {path!r}")
+    md: dict[str, Any] = {**spec.metadata, "kind": kind, "path": path}
+    if val.get("options"):
+        if not isinstance(val["options"], Mapping):
+            raise ConfigError(f"{where}.options: expected a table, got {val['options']!r}")
+        md["options"] = dict(val["options"])
+    if val.get("labels"):
+        if not isinstance(val["labels"], list):
+            raise ConfigError(f"{where}.labels: expected a list, got {val['labels']!r}")
+        md["labels"] = list(val["labels"])
+    batching = spec.batching
+    if batching.max_queue is None:
+        batching = replace(batching, max_queue=max_queue)
+    return replace(spec, batching=batching, metadata=md), replicas
+
+
+def _canonical_model(d: Mapping[str, Any], spec: ModelSpec) -> dict[str, Any]:
+    """The table with one spelling (``name``, ``version``, ``kind``, ``path``) and its
+    batching policy as read (a relative ``file.py:Class`` made absolute)."""
+    out = {k: v for k, v in d.items()
+           if k not in ("model_name", "model_version", "container_name", "model_data_path")}
+    out["name"], out["version"] = spec.name, spec.version
+    for alias, canon in (("container_name", "kind"), ("model_data_path", "path")):
+        if alias in d:
+            out[canon] = d[alias]
+    if "batching" in d:
+        out["batching"] = {**d["batching"], "policy": spec.batching.policy}
+    return out
+
+
+def _canonical_app(d: Mapping[str, Any], app: Application) -> dict[str, Any]:
+    out = {k: v for k, v in d.items() if k != "candidate_model_names"}
+    if "candidate_model_names" in d:
+        out["models"] = d["candidate_model_names"]
+    if "policy" in d:
+        out["policy"] = app.policy
+    return out
 
 
 @dataclass(slots=True, kw_only=True)
@@ -85,10 +166,11 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfi
             raise ConfigError(f"config file {str(path)!r} does not exist") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
-    unknown = set(data) - {"server", "applications", "models"}
+    unknown = set(data) - {"server", "applications", "apps", "models"}
     if unknown:
         raise ConfigError(
-            f"{path}: unknown section(s) {sorted(unknown)}; expected server, applications, models"
+            f"{path}: unknown section(s) {sorted(unknown)}; expected server, applications "
+            "(or apps), models"
         )
     server = data.get("server", {})
     bad = set(server) - _SERVER_KEYS
@@ -97,13 +179,19 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfi
     kw = dict(server)
     kw.update({k: v for k, v in overrides.items() if v is not None})
     cfg = ServerConfig(**kw)
-    cfg.applications = list(data.get("applications", []))
-    cfg.models = list(data.get("models", []))
-    for i, a in enumerate(cfg.applications):
-        if not isinstance(a, dict) or "name" not in a:
-            raise ConfigError(f"{path}: applications[{i}] needs a name")
-    for i, m in enumerate(cfg.models):
-        if not isinstance(m, dict) or "name" not in m:
-            raise ConfigError(f"{path}: models[{i}] needs a name")
     cfg.check()
+    base_dir = Path(path).resolve().parent if path is not None else None
+    try:
+        models = data.get("models", [])
+        if not isinstance(models, list):
+            raise ConfigError(f"models: expected a list of tables ([[models]]), got {models!r}")
+        for i, m in enumerate(models):
+            spec, _ = model_from_dict(m, cfg.max_queue, f"models[{i}]", base_dir)
+            cfg.models.append(_canonical_model(m, spec))
+        key, apps = application_tables(data)
+        for i, a in enumerate(apps):
+            app = app_from_dict(a, f"{key}[{i}]", base_dir)
+            cfg.applications.append(_canonical_app(a, app))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     return cfg
