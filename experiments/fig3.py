@@ -10,7 +10,9 @@ policy is the engine's: ``none``, ``aimd``, ``quantile`` (AIMD for
 ``bentoml``.  The peers have no adaptive cap, so each is given ``peer_max_batch_size``;
 0 (the default) means "tuned by hand for this model", which we take as the largest size
 whose profiled p99 fits the objective, what a careful operator of those servers would
-set after profiling.
+set after profiling.  ``policies`` also takes controllers of one's own, named
+``package.module:Class`` or ``path/to/file.py:Class`` (``--set
+policies=aimd+examples/custom_controller.py:PowerOfTwo``); they get AIMD's settings.
 
 What is measured, after a warm-up share of the run: the container's throughput (queries
 processed per second) and the p99 batch latency, as the paper's figure reports them; and,
@@ -29,18 +31,21 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from clipperlab.engine import BatchingConfig
+
+from clipperlab.engine import BatchingConfig, ConfigError
+from clipperlab.engine.batching import controller_class
+from clipperlab.report.plots import COLORS, grid, save, style_axis
 
 from . import _sim
 from .framework import Claim, Results
 from .measures import RAW, batch_stats, latency_stats, raw_batches, split_raw, window
 from .parallel import pmap
-from .plotting import COLORS, grid, save, style_axis
 
 NAME = "fig3"
 TITLE = "Batching strategies: peak throughput and p99 latency under overload"
 KEYS = ("model", "policy")
 POLICIES = ("none", "aimd", "quantile", "tfserving", "triton", "bentoml")
+PEERS = ("tfserving", "triton", "bentoml")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,9 +75,12 @@ def default_config(quick: bool) -> Config:
 
 
 def check_config(cfg: Config) -> None:
-    unknown = sorted(set(cfg.policies) - set(POLICIES))
-    if unknown:
-        raise ValueError(f"policies: {unknown} unknown; expected some of {POLICIES}")
+    for p in cfg.policies:
+        if p not in POLICIES:
+            try:
+                controller_class(p)  # a controller of one's own: module:Class, file.py:Class
+            except ConfigError as e:
+                raise ValueError(f"policies: {e}") from None
     if cfg.rate_qps <= 0 or cfg.slo_ms <= 0:
         raise ValueError("rate_qps and slo_ms must be > 0")
     if cfg.n_queries < 100:
@@ -100,7 +108,7 @@ def tuned_cap(prof: Any, slo_s: float) -> int:
 def batching_for(policy: str, cfg: Config, prof: Any) -> BatchingConfig:
     slo_s = cfg.slo_ms / 1e3
     mq = cfg.max_queue or None
-    if policy in ("none", "aimd"):
+    if policy in ("none", "aimd") or policy not in POLICIES:  # custom: it sets its own cap
         return BatchingConfig(policy=policy, max_queue=mq)
     if policy == "quantile":
         return BatchingConfig(policy="quantile", fit_after_batches=cfg.quantile_fit_after,
@@ -125,7 +133,7 @@ def _point(args: tuple[Config, str, str]) -> dict[str, Any]:
     return {
         "model": model,
         "policy": policy,
-        "cap": bc.max_batch_size if policy not in ("aimd", "quantile", "none") else np.nan,
+        "cap": bc.max_batch_size if policy in PEERS else np.nan,
         **latency_stats(arr, q["latency_s"].to_numpy(), q["default"].to_numpy(dtype=bool),
                         warmup_frac=cfg.warmup_frac),
         **batch_stats(b["sent_at"].to_numpy()[ok], b["done_at"].to_numpy()[ok],
@@ -155,12 +163,14 @@ def plot(results: Results, out_dir: Path) -> list[Path]:
     x = np.arange(len(models))
     w = 0.8 / max(1, len(policies))
     for ax, (col, title, ylabel, log) in zip(axes, panels, strict=True):
+        log = log and bool((t[col].to_numpy(dtype=float) > 0).any())  # log of all-zero fails
         for i, pol in enumerate(policies):
             g = t[t["policy"] == pol].set_index("model").reindex(models)
             vals = g[col].to_numpy(dtype=float)
             if log:
                 vals = np.where(vals > 0, vals, np.nan)
-            ax.bar(x + i * w, vals, w, color=COLORS.get(pol), label=pol)
+            label = pol.rpartition(":")[2]  # a custom controller by its class name
+            ax.bar(x + i * w, vals, w, color=COLORS.get(pol), label=label)
         ax.set_xticks(x + 0.4 - w / 2, models, rotation=20, fontsize=8)
         if log:
             ax.set_yscale("log")
