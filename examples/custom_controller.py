@@ -2,8 +2,10 @@
 
 Rules: the cap starts at 1; after a batch that filled the cap and took less than ``low``
 (default 0.5) of the latency bound, the cap doubles; after one that took the bound or
-more, it halves; otherwise it holds; never above ``max_batch_size``.  Delayed batching
-(``wait_timeout_s``) and deadline pressure come from ``BatchController``.
+more, it halves; otherwise it holds; never above ``max_batch_size`` (a power of two too).
+A batch below the cap is cut to the largest power of two the queue fills (the rest waits
+for the next one), so every batch has a size a GPU kernel may be tuned for.  Delayed
+batching (``wait_timeout_s``) and deadline pressure come from ``BatchController``.
 
 Run it beside Clipper's AIMD in the paper's figure 3 (from the repository root)::
 
@@ -19,7 +21,14 @@ With ``PYTHONPATH=examples`` the module name works too: ``custom_controller:Powe
 
 from __future__ import annotations
 
-from clipperlab.engine import BatchController, BatchingConfig, ConfigError
+from clipperlab.engine import (
+    BatchController,
+    BatchingConfig,
+    ConfigError,
+    Dispatch,
+    QueueView,
+    Wait,
+)
 
 
 class PowerOfTwo(BatchController):
@@ -36,6 +45,12 @@ class PowerOfTwo(BatchController):
     @property
     def cap(self) -> int:
         return self._cap
+
+    def decide(self, now: float, queue: QueueView) -> Dispatch | Wait:
+        d = super().decide(now, queue)
+        if isinstance(d, Dispatch) and d.size > 1:
+            return d._replace(size=1 << (d.size.bit_length() - 1))
+        return d
 
     def observe(self, size: int, latency_s: float, now: float) -> None:
         super().observe(size, latency_s, now)
