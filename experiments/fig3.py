@@ -229,6 +229,13 @@ def claims(results: Results, cfg: Config) -> list[Claim]:
                 "not reported",
                 ", ".join(f"{m} {_v(t, m, pol, 'throughput_qps'):,.0f}" for m in cfg.models),
             ))
+    for pol in (p for p in cfg.policies if p not in POLICIES):
+        out.append(Claim(
+            f"{pol.rpartition(':')[2]} (yours): container throughput (qps) / p99 batch (ms)",
+            "not in the paper",
+            ", ".join(f"{m} {_v(t, m, pol, 'processed_qps'):,.0f} / "
+                      f"{_v(t, m, pol, 'batch_p99_ms'):.1f}" for m in cfg.models),
+        ))
     if "quantile" in cfg.policies and "batches" in t:
         # Batches over the whole run, from those in the measured window (an estimate).
         slow = [m for m in cfg.models

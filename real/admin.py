@@ -4,7 +4,11 @@ Clipper-compatible (POST, JSON): ``add_app``, ``add_model``, ``add_model_links``
 ``set_model_version``, ``get_all_apps``, ``get_app``, ``get_all_models``, ``get_model``,
 ``ping`` (GET too).  Ours: ``remove_model_links``, ``rollback`` ``{model_name,
 model_version?}``, ``set_replicas`` ``{model_name, replicas}``, ``set_policy`` ``{app_name,
-policy, policy_params?}``, ``update_app`` ``{name, ...changes}``, ``inspect``, ``metrics``
+policy, policy_params?}`` (``policy``: a built-in name, ``package.module:Class``,
+``/path/to/file.py:Class`` or an entry point of group ``clipperlab.selection``; imported
+and checked on the server, a 400 naming the value when it is not a ``SelectionPolicy``
+that can be built from ``policy_params``), ``update_app`` ``{name, ...changes}`` (fields
+and aliases of the one config schema, ``clipperlab.engine.schema``), ``inspect``, ``metrics``
 (JSON; Prometheus text is at ``/metrics`` on the query port), ``upload_model?name=N&
 version=V&ext=E`` (raw body: the serialized model; returns the path to give ``add_model``).
 

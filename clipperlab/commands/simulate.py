@@ -34,14 +34,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clipperlab.engine import ConfigError  # the simulator's SimConfigError is one
     from clipperlab.simulator.deployment import load_config
     from clipperlab.simulator.driver import Simulation
-    from clipperlab.simulator.errors import SimConfigError
     from clipperlab.workloads import WorkloadError
 
     try:
         cfg = load_config(args.config)
-    except SimConfigError as e:
+    except ConfigError as e:
         raise CLIError(str(e)) from None
     wl = cfg.workload
     if wl is None:
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         sim = Simulation(cfg.deployment, wl, seed=seed, decision_log=args.log)
         res = sim.run(until_s=args.until_s)
-    except (SimConfigError, WorkloadError) as e:
+    except (ConfigError, WorkloadError) as e:
         raise CLIError(f"{args.config}: {e}") from None
 
     print(f"clipperlab simulate: {args.config} (seed {seed}): {len(res.queries):,} queries, "
