@@ -13,6 +13,9 @@ Rules (Clipper, NSDI 2017, and its research prototype; see shared/reference):
 - Delayed batching (any policy): below the cap, hold the batch until the oldest queued
   query has waited ``wait_timeout_s`` (prototype default 1 ms), unless the latency model
   predicts that waiting longer would miss the head query's deadline ("deadline pressure").
+- The interface (``BatchController``, ``Dispatch``, ``Wait``, ``QueueView``,
+  ``LatencyModel``) lives in ``_controller`` and is re-exported here; the peers' shapes
+  are in ``peers``; ``make_controller`` builds any of them by name.
 - Any other controller is a subclass of ``BatchController`` named by the config as
   ``package.module:Class``, ``path/to/file.py:Class`` or an entry point of group
   ``clipperlab.batching`` (``engine.plugins``); it implements ``cap`` and may override
@@ -26,14 +29,15 @@ Rules (Clipper, NSDI 2017, and its research prototype; see shared/reference):
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
-from collections import deque
-from typing import NamedTuple
+from typing import TYPE_CHECKING
 
-from ._types import ReleaseReason
+from ._controller import BatchController, Dispatch, LatencyModel, QueueView, Wait
 from .errors import ConfigError
+from .peers import BentoMLController, TFServingController, TritonController
 from .plugins import ENTRY_POINT_GROUPS, resolve_class
-from .registry import BatchingConfig
+
+if TYPE_CHECKING:  # the config's class; the registry checks configs with this module
+    from .registry import BatchingConfig
 
 __all__ = [
     "AIMDController",
@@ -51,81 +55,6 @@ __all__ = [
     "fit_linear_quantile",
     "make_controller",
 ]
-
-
-class Dispatch(NamedTuple):
-    """Decision: send ``size`` queries now; ``shed`` oldest queries are refused first;
-    ``padded_size`` is what the replica will compute (>= size)."""
-
-    size: int
-    reason: str
-    shed: int = 0
-    padded_size: int = 0
-
-
-class Wait(NamedTuple):
-    """Decision: ask again at ``until_at`` (or earlier, when a query arrives)."""
-
-    until_at: float
-
-
-class QueueView(NamedTuple):
-    """What a controller may know about its model's queue."""
-
-    size: int
-    oldest_arrival_at: float
-    newest_arrival_at: float
-    head_deadline: float
-
-
-class LatencyModel:
-    """Least-squares line ``latency = a*size + b`` over the last ``window`` batches,
-    kept with running sums so that an update costs O(1)."""
-
-    __slots__ = ("window", "_obs", "_n", "_sx", "_sy", "_sxx", "_sxy")
-
-    def __init__(self, window: int = 50) -> None:
-        self.window = window
-        self._obs: deque[tuple[int, float]] = deque()
-        self._n = 0
-        self._sx = self._sy = self._sxx = self._sxy = 0.0
-
-    def add(self, size: int, latency_s: float) -> None:
-        self._obs.append((size, latency_s))
-        self._n += 1
-        self._sx += size
-        self._sy += latency_s
-        self._sxx += size * size
-        self._sxy += size * latency_s
-        if self._n > self.window:
-            s, y = self._obs.popleft()
-            self._n -= 1
-            self._sx -= s
-            self._sy -= y
-            self._sxx -= s * s
-            self._sxy -= s * y
-
-    @property
-    def count(self) -> int:
-        return self._n
-
-    def coefficients(self) -> tuple[float, float] | None:
-        """``(a, b)`` in seconds per item and seconds, or None before any batch."""
-        n = self._n
-        if n == 0:
-            return None
-        mean_x = self._sx / n
-        mean_y = self._sy / n
-        var = self._sxx / n - mean_x * mean_x
-        if var <= 1e-12:  # one size only: attribute everything to the fixed cost
-            return 0.0, mean_y
-        a = (self._sxy / n - mean_x * mean_y) / var
-        a = max(a, 0.0)
-        return a, max(mean_y - a * mean_x, 0.0)
-
-    def predict_s(self, size: int) -> float | None:
-        c = self.coefficients()
-        return None if c is None else c[0] * size + c[1]
 
 
 def fit_linear_quantile(
@@ -149,55 +78,6 @@ def fit_linear_quantile(
     if not res.success:  # pragma: no cover - HiGHS solves this LP for any finite data
         return 0.0, float(np.quantile(y, q))
     return float(res.x[0]), float(res.x[1])
-
-
-class BatchController(ABC):
-    """Base class: delayed batching and deadline pressure around a policy's cap."""
-
-    name = "base"
-
-    def __init__(self, config: BatchingConfig, latency_bound_s: float) -> None:
-        self.config = config
-        self.latency_bound_s = latency_bound_s
-        self.wait_timeout_s = config.wait_timeout_s
-        self.latency = LatencyModel(config.history_batches)
-        self.batches = 0
-
-    @property
-    @abstractmethod
-    def cap(self) -> int:
-        """The largest batch this controller will send now."""
-
-    @property
-    def max_queue(self) -> int | None:
-        return self.config.max_queue
-
-    def decide(self, now: float, queue: QueueView) -> Dispatch | Wait:
-        cap = self.cap
-        n = queue.size
-        if n >= cap:
-            return Dispatch(cap, ReleaseReason.CAP_REACHED)
-        if self.wait_timeout_s > 0.0:
-            release_at = queue.oldest_arrival_at + self.wait_timeout_s
-            if now < release_at:
-                est = self.latency.predict_s(n)
-                if est is not None:
-                    pressure_at = queue.head_deadline - est
-                    if pressure_at <= now:
-                        return Dispatch(n, ReleaseReason.DEADLINE_PRESSURE)
-                    if pressure_at < release_at:
-                        return Wait(pressure_at)
-                return Wait(release_at)
-            return Dispatch(n, ReleaseReason.WAIT_TIMEOUT)
-        return Dispatch(n, ReleaseReason.REPLICA_IDLE)
-
-    def observe(self, size: int, latency_s: float, now: float) -> None:
-        """A batch of ``size`` took ``latency_s`` from assembly to results."""
-        self.batches += 1
-        self.latency.add(size, latency_s)
-
-    def describe(self) -> dict[str, float | int | str]:
-        return {"policy": self.name, "cap": self.cap, "batches": self.batches}
 
 
 class NoBatchingController(BatchController):
@@ -308,8 +188,6 @@ class QuantileController(AIMDController):
 
 def builtin_controllers() -> dict[str, type[BatchController]]:
     """The engine's own controllers by name (Clipper's and the peers' shapes)."""
-    from .peers import BentoMLController, TFServingController, TritonController
-
     return {
         cls.name: cls
         for cls in (NoBatchingController, FixedController, AIMDController, QuantileController,

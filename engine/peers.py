@@ -17,10 +17,13 @@ behind the same interface as Clipper's, so that experiments compare them on equa
 from __future__ import annotations
 
 import bisect
+from typing import TYPE_CHECKING
 
+from ._controller import BatchController, Dispatch, QueueView, Wait
 from ._types import ReleaseReason
-from .batching import BatchController, Dispatch, QueueView, Wait
-from .registry import BatchingConfig
+
+if TYPE_CHECKING:  # the config's class; the registry checks configs with these modules
+    from .registry import BatchingConfig
 
 __all__ = ["BentoMLController", "TFServingController", "TritonController"]
 

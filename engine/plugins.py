@@ -164,9 +164,9 @@ def _load_entry_point(
 def _check_class(name: str, obj: object, base: type[Any], what: str) -> type[Any]:
     if not isinstance(obj, type) or not issubclass(obj, base):
         got = f"the class {obj.__name__}" if isinstance(obj, type) else f"a {type(obj).__name__}"
+        package = base.__module__.rpartition(".")[0]  # clipperlab.engine exports it
         raise ConfigError(
-            f"{what} {name!r}: expected a subclass of {base.__module__}.{base.__qualname__}, "
-            f"got {got}"
+            f"{what} {name!r}: expected a subclass of {package}.{base.__qualname__}, got {got}"
         )
     missing = sorted(getattr(obj, "__abstractmethods__", ()))
     if inspect.isabstract(obj) or missing:

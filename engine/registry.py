@@ -6,8 +6,8 @@ Rules:
 - A model has versions; exactly one is active.  New queries go to the active version;
   ``rollback`` makes the previously active version active again (or any named earlier one).
 - Everything here is plain data that round-trips through ``to_dict``/``from_dict`` so the
-  real server's store can persist it; ``from_dict`` reads the one config schema of
-  ``engine.schema`` (aliases included), which both drivers' config files use.
+  real server's store can persist it.  Config files (both drivers', the admin API) are
+  read by ``engine.schema``, the one config schema, which builds these classes.
 - Policies are checked when a config is built: a batching policy or a selection policy
   that names a class of one's own is imported then, and built once from the config.
 """
@@ -143,10 +143,18 @@ class BatchingConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BatchingConfig:
-        """From a table of this class's fields, each checked (``engine.schema``)."""
-        from .schema import parse_batching
-
-        return parse_batching(data)
+        """From ``to_dict``'s fields (config files: ``engine.schema.parse_batching``, which
+        also checks each field's type)."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        _require(
+            not unknown, f"unknown batching field(s) {sorted(unknown)}; known: {sorted(known)}"
+        )
+        kw = dict(data)
+        for name in ("allowed_batch_sizes", "preferred_batch_sizes"):
+            if name in kw:
+                kw[name] = tuple(kw[name])
+        return cls(**kw)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,14 +202,14 @@ class Application:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Application:
-        """From a table of the config schema (``engine.schema``: ``slo_ms``, ``slo_s`` or
-        ``latency_slo_micros``...); linked ``models`` are not part of an application."""
-        from .schema import parse_application
-
-        entry = parse_application(data)
-        _require(not entry.models, f"models: expected none here (links are kept apart), "
-                                   f"got {list(entry.models)}")
-        return entry.app
+        """From ``to_dict``'s fields (config files: ``engine.schema.parse_application``,
+        which reads the aliases and the links)."""
+        kw = dict(data)
+        unknown = set(kw) - set(cls.__dataclass_fields__)
+        _require(not unknown, f"unknown application field(s) {sorted(unknown)}")
+        if kw.get("input_shape") is not None:
+            kw["input_shape"] = tuple(kw["input_shape"])
+        return cls(**kw)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -237,11 +245,11 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
-        """From a table of the config schema (``engine.schema``: ``name`` or
-        ``model_name``...)."""
-        from .schema import parse_model
-
-        return parse_model(data).spec
+        """From ``to_dict``'s fields (config files: ``engine.schema.parse_model``)."""
+        kw = dict(data)
+        if "batching" in kw and not isinstance(kw["batching"], BatchingConfig):
+            kw["batching"] = BatchingConfig.from_dict(kw["batching"])
+        return cls(**kw)
 
 
 class Registry:

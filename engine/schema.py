@@ -47,8 +47,8 @@ __all__ = [
 ]
 
 APP_TABLES = ("applications", "apps")
-# spelling -> seconds per unit
-SLO_FIELDS = {"slo_ms": 1e-3, "slo_s": 1.0, "latency_slo_micros": 1e-6}
+# spelling -> units per second (divided: 25000 us is exactly the double nearest 0.025 s)
+SLO_FIELDS = {"slo_ms": 1e3, "slo_s": 1.0, "latency_slo_micros": 1e6}
 _LINKS = ("models", "candidate_model_names")
 _APP_FIELDS = ("name", "default_output", "input_type", "input_shape", "policy",
                "policy_params", "confidence_threshold", "loss")
@@ -131,7 +131,7 @@ def _app_kwargs(
         v = d[slo]
         if not _is_number(v) or v <= 0:
             raise _bad(f"{where}.{slo}", "a finite number > 0", v)
-        kw["slo_s"] = float(v) * SLO_FIELDS[slo]
+        kw["slo_s"] = float(v) / SLO_FIELDS[slo]
     if "default_output" in d:
         kw["default_output"] = d["default_output"]
     if "input_type" in d:
