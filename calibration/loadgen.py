@@ -18,8 +18,9 @@ Rules:
   answered its default), ``refused`` (HTTP 503, overload).  The raw table has the columns
   of the simulator's per-query table that ``clipperlab.report.latency.summarise`` reads
   (``arrival_at``, ``reply_at``, ``latency_s``, ``default``, ``refused``), so both modes
-  are summarised by the same code.  Non-200/503 answers and no answer count as
-  unanswered (``reply_at`` NaN).
+  are summarised by the same code; it also reads the generator's own ``status`` and
+  ``lag_s`` (errors, lag).  The generator returns the raw table only, never a summary.
+  Non-200/503 answers and no answer count as unanswered (``reply_at`` NaN).
 - After the last query is sent, answers are awaited up to ``drain_s`` seconds.
 """
 
@@ -30,12 +31,14 @@ import json
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
 
+from clipperlab.report.latency import pct
 from clipperlab.report.tables import text_table
 from clipperlab.workloads import Trace, Workload
 
@@ -49,7 +52,6 @@ __all__ = [
     "request_bytes",
     "run_load",
     "run_workload",
-    "summarise",
 ]
 
 APIS = ("clipper", "oip")
@@ -282,27 +284,11 @@ def run_workload(
     return trace, run_load(trace, np.asarray(pool), target, **kw)
 
 
-def summarise(table: pd.DataFrame) -> dict[str, float]:
-    """The simulator's summary definitions (``clipperlab.report.latency.summarise``) plus the
-    generator's own: ``errors`` (other statuses), ``max_lag_ms``."""
-    from clipperlab.report.latency import summarise as sim_summarise
-
-    out = sim_summarise(table, pd.DataFrame())
-    st = table["status"].to_numpy()
-    out["errors"] = float(((st != 200) & (st != 503) & (st != 0)).sum())
-    lag = table["lag_s"].to_numpy()
-    if np.isfinite(lag).any():
-        out["mean_lag_ms"] = float(np.nanmean(lag) * 1e3)
-        out["max_lag_ms"] = float(np.nanmax(lag) * 1e3)
-    return out
-
-
 def load_workload_spec(path: str) -> Workload:
     """A workload from a TOML/JSON file: a ``[workload]`` table (as in a ``clipperlab
     simulate`` config, so one file can serve both) or the workload keys at the top level.
     A trace's ``csv_path`` is relative to the file.  Errors: ``LoadError`` naming the file."""
     import tomllib
-    from pathlib import Path
 
     from clipperlab.workloads import WorkloadError
 
@@ -333,12 +319,9 @@ def load_workload_spec(path: str) -> Workload:
 def plot_latency(tables: dict[str, pd.DataFrame], out_png: str, title: str = "") -> None:
     """Histogram of answered queries' latency (ms, log-spaced bins), one per table, with
     p50 and p99 marked."""
-    import matplotlib
+    from clipperlab.report.plots import grid, save, style_axis
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (ax,) = grid(1, width_in=7.0, height_in=4.0)
     lats = {k: t["latency_s"].to_numpy()[np.isfinite(t["latency_s"].to_numpy())] * 1e3
             for k, t in tables.items()}
     allv = np.concatenate([v for v in lats.values() if v.size] or [np.array([1.0])])
@@ -349,15 +332,12 @@ def plot_latency(tables: dict[str, pd.DataFrame], out_png: str, title: str = "")
             continue
         ax.hist(v, bins=bins, alpha=0.5, label=f"{k} (n={v.size})", color=color)
         for q, ls in ((50, "--"), (99, ":")):
-            ax.axvline(float(np.percentile(v, q)), color=color, ls=ls, lw=1)
+            ax.axvline(pct(v, q), color=color, ls=ls, lw=1)
     ax.set_xscale("log")
-    ax.set_xlabel("latency from scheduled send (ms); dashed p50, dotted p99")
-    ax.set_ylabel("queries")
-    ax.set_title(title or "latency")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
+    style_axis(ax, title=title or "latency",
+               xlabel="latency from scheduled send (ms); dashed p50, dotted p99",
+               ylabel="queries")
+    save(fig, Path(out_png), legend_axes=[ax])
 
 
 def format_summary(rows: dict[str, dict[str, float]]) -> str:

@@ -13,7 +13,12 @@ Rules:
   - latency over answered, non-refused queries (defaults included, as a client sees them);
   - ``default_rate``, ``refused_rate``, ``unanswered``; ``accuracy`` and
     ``missing_share`` when the table has them; batch counts, mean size and the models'
-    own throughput when batches are given.
+    own throughput when batches are given;
+  - the load generator's own, only when the table has its columns (the raw table of
+    ``clipperlab.calibration.loadgen.run_load``): with ``status``, ``errors`` (answers
+    with an HTTP status other than 200 or 503; 0, no answer, is not one); with
+    ``lag_s``, ``mean_lag_ms`` and ``max_lag_ms`` (how late the generator sent,
+    ``sent_at - arrival_at``) when any query was sent.
 """
 
 from __future__ import annotations
@@ -71,6 +76,14 @@ def summarise(q: pd.DataFrame, batches: pd.DataFrame | None = None) -> dict[str,
         out["accuracy"] = float(q["correct"].to_numpy(dtype=bool).mean())
     if "n_selected" in q and q["n_selected"].sum() > 0:
         out["missing_share"] = float(q["n_missing"].sum() / q["n_selected"].sum())
+    if "status" in q:
+        st = q["status"].to_numpy()
+        out["errors"] = float(((st != 200) & (st != 503) & (st != 0)).sum())
+    if "lag_s" in q:
+        lag = q["lag_s"].to_numpy(dtype=np.float64)
+        if np.isfinite(lag).any():
+            out["mean_lag_ms"] = float(np.nanmean(lag) * 1e3)
+            out["max_lag_ms"] = float(np.nanmax(lag) * 1e3)
     if batches is not None and len(batches):
         ok = batches["status"] == "done"
         sizes = batches.loc[ok, "size"]

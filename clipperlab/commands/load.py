@@ -27,9 +27,9 @@ from clipperlab.calibration.loadgen import (
     load_workload_spec,
     plot_latency,
     run_workload,
-    summarise,
 )
 from clipperlab.errors import CLIError
+from clipperlab.report.latency import summarise
 
 __all__ = ["add_arguments", "run"]
 
