@@ -6,7 +6,15 @@ It joins ``clipperlab.real`` (the server, its containers and client) to
 - ``profiler``: a real container's batch latency over the RPC -> a simulator profile.
 - ``loadgen``: an open-loop load generator without coordinated omission; raw per-query
   tables (summaries come from ``clipperlab.report.latency.summarise``).
-- ``validation``: the sim-vs-real procedure (``clipperlab validate``).
+- ``validation``: the sim-vs-real procedure (``clipperlab validate``), one function a
+  step; the jobs it drives each have a module:
+  - ``server``: the real deployment (``deploy.toml``) and the server in its own process;
+  - ``scrape``: what the server saw, from its ``/metrics``;
+  - ``runs``: one run on each side (re-timed trace, real run, twin replay);
+  - ``twin``: the simulated twin of a real deployment;
+  - ``fit``: the calibration (``Calibration``) and its fits from the real runs;
+  - ``outputs``: errors, tables (``clipperlab.report.tables``), the figure
+    (``clipperlab.report.plots``) and files.
 - ``fidelity``: the fidelity table over several models and batchings.
 - ``torch_models``: the torch models of fig. 11 and the calibration runs, built offline.
 - ``rayserve``: Ray Serve serving the same models (fig. 11's peer).

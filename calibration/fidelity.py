@@ -3,15 +3,14 @@
     python -m clipperlab.calibration.fidelity --out results/validation [--duration-s 4] [--quick]
 
 Models (``clipperlab.calibration.torch_models``; built in a temporary directory, nothing
-downloaded): the
-no-op container, a scikit-learn logistic regression (cheap) and a random forest of 50
-trees of depth 16 (expensive at small batches), all on digits "is it a 3?" with a 20 ms
-SLO.  Batching: AIMD, and AIMD with delayed batching (a 2 ms wait timeout).  Each pair runs
-``clipperlab.calibration.validation.validate`` at 30%, 60% and 90% of its measured capacity;
-outputs go to
-``OUT/<model>-<batching>/`` and the combined ``OUT/fidelity.csv``, ``OUT/fidelity.md`` (the
-README's table: errors of the calibrated simulator against the real run, and whether the
-issue's goal holds) and ``OUT/fidelity.png``.
+downloaded): the no-op container, a scikit-learn logistic regression (cheap) and a random
+forest of 50 trees of depth 16 (expensive at small batches), all on digits "is it a 3?"
+with a 20 ms SLO.  Batching: AIMD, and AIMD with delayed batching (a 2 ms wait timeout).
+Each pair runs ``clipperlab.calibration.validation.validate`` at 30%, 60% and 90% of its
+measured capacity; outputs go to ``OUT/<model>-<batching>/`` and the combined
+``OUT/fidelity.csv``, ``OUT/fidelity.md`` (the README's table: errors of the calibrated
+simulator against the real run, and whether the issue's goal holds) and
+``OUT/fidelity.png``.  Tables and the figure come from ``clipperlab.report``.
 """
 
 from __future__ import annotations
@@ -26,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from clipperlab.calibration.outputs import format_table, write_outputs
 from clipperlab.calibration.torch_models import save_sklearn
-from clipperlab.calibration.validation import format_table, validate, write_outputs
+from clipperlab.calibration.validation import validate
 from clipperlab.report.tables import markdown_table
 from clipperlab.workloads import ConstantRate, DigitsInputs, Workload
 
@@ -39,6 +39,10 @@ BATCHINGS: dict[str, dict[str, object]] = {
     "delayed": {"policy": "aimd", "wait_timeout_s": 0.002},
 }
 SLO_MS = 20.0
+# the goal table's columns (``markdown``), as the README shows them
+COLUMNS = ("model", "batching", "load", "real q/s", "real p50 / p99 ms", "sim q/s",
+           "sim p50 / p99 ms", "err q/s", "err p50", "err p99", "goal", "within noise",
+           "load avg")
 
 
 def deploy_toml(model: str, path: str, batching: dict[str, object]) -> str:
@@ -96,31 +100,30 @@ def goal_rows(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(goals: pd.DataFrame, mode: str = "sim+frontend") -> str:
+    """The goal table of one mode: the real run, the mode's, the errors and the verdicts."""
     g = goals[goals["mode"] == mode]
-    lines = ["| model | batching | load | real q/s | real p50 / p99 ms | sim q/s |"
-             " sim p50 / p99 ms | err q/s | err p50 | err p99 | goal | within noise |"
-             " load avg |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for _, r in g.iterrows():
-        lines.append(
-            f"| {r['model']} | {r['batching']} | {r['level']:.0%} | {r['real_qps']:,.0f} | "
-            f"{r['real_p50_ms']:.2f} / {r['real_p99_ms']:.1f} | {r['sim_qps']:,.0f} | "
-            f"{r['sim_p50_ms']:.2f} / {r['sim_p99_ms']:.1f} | {r['err_qps']:+.0%} | "
-            f"{r['err_p50']:+.0%} | {r['err_p99']:+.0%} | {'yes' if r['goal_met'] else 'no'} |"
-            f" {'yes' if r['within_noise'] else 'no'} | {r['load_avg']:.1f} |")
-    return "\n".join(lines)
+    rows = [{"model": r["model"], "batching": r["batching"], "load": r["level"],
+             "real q/s": r["real_qps"],
+             "real p50 / p99 ms": f"{r['real_p50_ms']:.2f} / {r['real_p99_ms']:.1f}",
+             "sim q/s": r["sim_qps"],
+             "sim p50 / p99 ms": f"{r['sim_p50_ms']:.2f} / {r['sim_p99_ms']:.1f}",
+             "err q/s": r["err_qps"], "err p50": r["err_p50"], "err p99": r["err_p99"],
+             "goal": bool(r["goal_met"]), "within noise": bool(r["within_noise"]),
+             "load avg": r["load_avg"]}
+            for _, r in g.iterrows()]
+    err = "{:+.0%}"
+    return markdown_table(rows, COLUMNS, formats={
+        "load": "{:.0%}", "real q/s": "{:,.0f}", "sim q/s": "{:,.0f}", "err q/s": err,
+        "err p50": err, "err p99": err, "load avg": "{:.1f}"})
 
 
 def plot(goals: pd.DataFrame, path: Path) -> Path:
     """Per row, the calibrated simulator's error (bars: green inside the goal's band,
     red outside, grey where the goal does not apply) and the real server's second run
     (black dots: the noise floor); errors beyond +-100% are drawn at the edge."""
-    import matplotlib
+    from clipperlab.report.plots import grid, save, style_axis
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.4), sharey=True)
+    fig, axes = grid(3, 3, width_in=14 / 3, height_in=4.4, sharey=True)
     g = goals[goals["mode"] == "sim+frontend"].reset_index(drop=True)
     again = goals[goals["mode"] == "real again"].reset_index(drop=True)
     labels = [f"{m} {b} {lv:.0%}" for m, b, lv in zip(g["model"], g["batching"], g["level"],
@@ -142,15 +145,12 @@ def plot(goals: pd.DataFrame, path: Path) -> Path:
         ax.set_xticks(x)
         ax.set_xticklabels(labels, rotation=90, fontsize=6)
         ax.set_ylim(-105, 105)
-        ax.set_title(f"{title}: band = goal")
-    axes[0].set_ylabel("error against the real run (%)")
-    axes[0].legend(fontsize=7, loc="lower left")
-    fig.suptitle("simulator fidelity: calibrated simulator (bars) and the real server's "
-                 "own repeat (dots) against the real run")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        style_axis(ax, title=f"{title}: band = goal",
+                   ylabel="error against the real run (%)" if ax is axes[0] else "")
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=7, loc="lower left")
+    return save(fig, path, suptitle="simulator fidelity: calibrated simulator (bars) and the "
+                "real server's own repeat (dots) against the real run")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -151,6 +151,11 @@ def _input_bytes(model: str) -> int:
 
 
 def _step_stats(table: pd.DataFrame, slo_s: float, duration_s: float) -> dict[str, float]:
+    """A ramp step: the good share and rate (answered, not a default, within the SLO), the
+    rate of non-default answers at any latency, and p50/p99 over every answered query
+    (refusals included)."""
+    from clipperlab.report.latency import pct
+
     lat = table["latency_s"].to_numpy()
     ok = np.isfinite(lat) & ~table["default"].to_numpy(dtype=bool) & ~table[
         "refused"].to_numpy(dtype=bool)
@@ -161,8 +166,8 @@ def _step_stats(table: pd.DataFrame, slo_s: float, duration_s: float) -> dict[st
         "good_share": float(good.sum()) / n if n else 0.0,
         "good_qps": float(good.sum()) / duration_s,
         "answered_qps": float(ok.sum()) / duration_s,
-        "p50_ms": float(np.percentile(answered, 50) * 1e3) if answered.size else math.nan,
-        "p99_ms": float(np.percentile(answered, 99) * 1e3) if answered.size else math.nan,
+        "p50_ms": pct(answered, 50) * 1e3,
+        "p99_ms": pct(answered, 99) * 1e3,
     }
 
 
@@ -257,7 +262,7 @@ def _real_step(url: str, model: str, pool: np.ndarray, slo_ms: float, cfg: Confi
 
 def _real_clipperlab(cfg: Config, model: str, path: Path, slo_ms: float, system: str,
                      est: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from clipperlab.calibration.validation import RealDeployment, ServerProcess
+    from clipperlab.calibration.server import RealDeployment, ServerProcess
 
     dep = RealDeployment(Path("fig11"), [_app_dict(model, slo_ms, system)],
                          [_model_dict(model, path, _batching(cfg, system))], 10_000)
@@ -325,7 +330,7 @@ def run(cfg: Config) -> Results:
     from clipperlab.calibration.profiler import ProfileSpec, profile_model
     from clipperlab.calibration.rayserve import available
     from clipperlab.calibration.torch_models import TORCH_MODELS, save_torch
-    from clipperlab.calibration.validation import capacity_estimate
+    from clipperlab.calibration.twin import capacity_estimate
     from clipperlab.workloads import SyntheticTensors
 
     rows: list[dict[str, Any]] = []

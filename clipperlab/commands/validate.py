@@ -9,7 +9,8 @@ Profiles the deployment's models, starts the real server, measures the frontend'
 and the capacity, then runs the workload at each ``--levels`` fraction of capacity on the
 real server and in the simulator; prints the table (throughput, mean/p50/p90/p99, relative
 error) and writes ``validation.csv``, ``errors.csv``, ``validation.png``, ``summary.md`` and
-the measured profiles to ``--out``.  See ``clipperlab.calibration.validation`` for the procedure.
+the measured profiles to ``--out``.  See ``clipperlab.calibration.validation`` for the
+procedure.
 """
 
 from __future__ import annotations
@@ -47,12 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clipperlab.calibration.validation import (
-        ValidationError,
-        format_table,
-        validate,
-        write_outputs,
-    )
+    from clipperlab.calibration.outputs import format_table, write_outputs
+    from clipperlab.calibration.validation import ValidationError, validate
 
     try:
         levels = tuple(float(x) for x in args.levels.split(","))

@@ -1,8 +1,7 @@
-"""The calibration's fits (``clipperlab.calibration.validation``) on data with known answers: the
-CPU split
-per query and per batch, the wake-up cost recovered from runs the simulator made with a
-known event loop, pauses found in latencies with known pauses, and the helpers that turn a
-load run into what the simulator replays."""
+"""The calibration's fits (``clipperlab.calibration.fit``) on data with known answers: the
+CPU split per query and per batch, the wake-up cost recovered from runs the simulator made
+with a known event loop, pauses found in latencies with known pauses, and the helpers that
+turn a load run into what the simulator replays (``clipperlab.calibration.runs``)."""
 
 from __future__ import annotations
 
@@ -12,18 +11,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipperlab.calibration.validation import (
+from clipperlab.calibration.fit import (
     Calibration,
     CpuRun,
+    batch_mean_ms,
     fit_container_wake,
     fit_cpu,
     fit_frontend,
     fit_pauses,
-    from_send,
-    frontend_cpu,
-    good_share,
-    sent_trace,
 )
+from clipperlab.calibration.runs import from_send, good_share, sent_trace
+from clipperlab.calibration.twin import frontend_cpu
 from clipperlab.simulator import Deployment, FrontendCPU, Simulation
 from clipperlab.workloads import ConstantRate, Poisson, Trace, Workload
 
@@ -69,8 +67,6 @@ def test_fit_frontend_recovers_a_known_loop() -> None:
 def test_fit_container_wake_recovers_a_known_wake_up() -> None:
     """Runs made by the twin with containers that pay 500 us after sleeping (cooling in
     2 ms), their batch latency taken from the engine's metrics: the fit finds both."""
-    from clipperlab.calibration.validation import _batch_mean_ms
-
     truth = Calibration(query_cpu_s=30e-6, batch_cpu_s=100e-6, replica_wake_s=500e-6,
                         replica_cold_after_s=2e-3)
     runs = []
@@ -78,7 +74,7 @@ def test_fit_container_wake_recovers_a_known_wake_up() -> None:
         tr = Workload(Poisson(rate), n_queries=max(int(rate * 0.5), 100)).generate(k)
         res = Simulation(_twin(truth), tr, seed=0).run()
         runs.append(CpuRun(tr, float(len(tr)), float(len(res.batches)), 0.0,
-                           batch_ms=_batch_mean_ms(res.metrics)))
+                           batch_ms=batch_mean_ms(res.metrics)))
     start = dataclasses.replace(truth, replica_wake_s=0.0)
     fit = fit_container_wake(runs, _twin, start)
     assert fit.replica_wake_s == pytest.approx(500e-6, rel=0.1)

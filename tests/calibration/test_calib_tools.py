@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from clipperlab.calibration.loadgen import load_workload_spec, run_load, summarise
+from clipperlab.calibration.loadgen import load_workload_spec, run_load
 from clipperlab.calibration.profiler import ProfileSpec, profile_model
 from clipperlab.cli import main
+from clipperlab.report.latency import summarise
 from clipperlab.simulator import Deployment, Simulation, load_profile
 from clipperlab.workloads import ConstantRate, DigitsInputs, Poisson, Workload
 
@@ -104,6 +105,7 @@ def test_load_sends_the_schedule(server: Any, tmp_path: Path) -> None:
     assert (table["sent_at"] >= table["arrival_at"] - 1e-9).all()
     s = summarise(table)
     assert s["queries"] == 60 and s["unanswered"] == 0
+    assert s["errors"] == 0 and s["max_lag_ms"] >= 0  # the generator's own, from its columns
 
 
 def test_load_oip_api(server: Any) -> None:
@@ -145,7 +147,8 @@ def test_workload_spec_is_the_simulators(tmp_path: Path) -> None:
 def test_validate_tiny(tmp_path: Path) -> None:
     """``validate`` on a no-op deployment and a short workload: a table with the real run,
     the plain and the calibrated simulation at each level, and its files."""
-    from clipperlab.calibration.validation import validate, write_outputs
+    from clipperlab.calibration.outputs import format_table, write_outputs
+    from clipperlab.calibration.validation import validate
 
     dep = tmp_path / "deploy.toml"
     dep.write_text(NOOP_DEPLOY)
@@ -160,6 +163,8 @@ def test_validate_tiny(tmp_path: Path) -> None:
     files = write_outputs(res, tmp_path / "v")
     assert (tmp_path / "v" / "validation.png") in files
     assert "| 50% | real |" in (tmp_path / "v" / "summary.md").read_text()
+    text = format_table(res)
+    assert "sim+frontend" in text and text.splitlines()[-1].startswith("calibration: ")
 
 
 @pytest.mark.parametrize(

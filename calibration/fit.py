@@ -1,0 +1,315 @@
+"""The fits: what the twin is told about the real server, from the server's own runs.
+
+Rules (each fit takes the runs of ``CpuRun``: a real run's achieved send times, the
+server's query and batch counts and CPU time, and each query's latency from its send):
+- ``fit_cpu``: server CPU = a x queries + b x batches, non-negative least squares, each
+  run weighted alike; with one batch size it is all per query.
+- ``fit_frontend``: the event loop's costs per query, per batch and per wake-up
+  (``wake_s x (1 - exp(-idle / cold_after_s))``), the cooling time from a grid
+  (``COLD_AFTER_GRID_S``), the wake-ups counted by replaying each run in the twin.
+- ``fit_pauses``: pauses from late queries at low load (``pause_runs``: 400 q/s to 30% of
+  capacity), a late query being later than the median by ``late_margin``;
+  ``tune_pause_rate`` sets their rate (a base plus a share of the loop's busy time) so
+  the twin is as late as the server up to 60% of capacity.
+- ``fit_container_wake``: the containers' wake-up from the engine's batch latency in the
+  server over the twin's.
+Every fit returns a new ``Calibration`` (or the one it was given when the runs say
+nothing); the twin comes in as a function ``Calibration -> Deployment``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from clipperlab.simulator import Deployment, Simulation
+from clipperlab.workloads import Trace
+
+__all__ = [
+    "COLD_AFTER_GRID_S",
+    "Calibration",
+    "CpuRun",
+    "batch_mean_ms",
+    "fit_container_wake",
+    "fit_cpu",
+    "fit_frontend",
+    "fit_pauses",
+    "late_margin",
+    "late_share",
+    "pause_runs",
+    "tune_pause_rate",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """What the twin is told about the real server (``clipperlab.calibration.validation``'s
+    steps 4-5)."""
+
+    overhead_s: float = 0.0
+    frontend_cost_s: float = 0.0  # server CPU per query at the last good ramp step
+    capacity_qps: float = math.nan
+    # the server's CPU fitted over the calibration and ramp runs: per query and per batch
+    # (non-negative least squares); the twin's event loop (FrontendCPU) uses these
+    query_cpu_s: float = 0.0
+    batch_cpu_s: float = 0.0
+    # what an event costs the loop on top when it finds it idle: wake_s x (1 -
+    # exp(-idle / cold_after_s)), fitted to the CPU per query at low rates
+    wake_s: float = 0.0
+    cold_after_s: float = 1e-3
+    # the server's pauses seen at low load (fit_pauses): Poisson rate, drawn durations
+    pause_rate_hz: float = 0.0
+    pauses_s: tuple[float, ...] = ()
+    pause_rate_busy_hz: float = 0.0  # more pauses when the loop is busy (tune_pause_rate)
+    timer_resolution_s: float = 1e-3  # uvloop rounds timer delays to the millisecond
+    # a container's wake-up, as wake_s x (1 - exp(-idle / cold_after_s)) on its batches:
+    # the in-situ batch latency over the twin's (fit_container_wake)
+    replica_wake_s: float = 0.0
+    replica_cold_after_s: float = 1e-3
+    # reported, not used by the twin: in-situ batch latency at low load minus the profile's
+    # (it includes waking idle processes and any delayed-batching wait) and their ratio
+    batch_extra_s: float = 0.0
+    slowdown: float = 1.0
+
+
+@dataclass(frozen=True)
+class CpuRun:
+    """One real run as the CPU fit sees it."""
+
+    trace: Trace  # with the arrival times the generator achieved
+    queries: float
+    batches: float
+    cpu_s: float  # the server's, idle CPU subtracted
+    latency_s: np.ndarray | None = None  # per query, from the send
+    batch_ms: float = math.nan  # the engine's mean batch latency in the server
+
+    @property
+    def rate(self) -> float:
+        span = float(self.trace.arrival_at[-1] - self.trace.arrival_at[0])
+        return len(self.trace) / span if span > 0 else math.inf
+
+
+def fit_cpu(points: Sequence[tuple[float, float, float]]) -> tuple[float, float]:
+    """Server CPU seconds = a x queries + b x batches over ``(queries, batches, cpu_s)``
+    runs, by non-negative least squares; ``(a, b)``.  With one usable run (or runs of one
+    batch size) it is all per query."""
+    from scipy.optimize import nnls
+
+    pts = [(q, b, c) for q, b, c in points if q > 0 and b > 0 and math.isfinite(c)]
+    if not pts:
+        return 0.0, 0.0
+    A = np.array([[q, b] for q, b, _ in pts], dtype=np.float64)
+    y = np.array([c for _, _, c in pts], dtype=np.float64)
+    # rows weighted by 1/queries: each run counts as much as the others
+    w = 1.0 / A[:, 0]
+    sizes = A[:, 0] / A[:, 1]
+    if len(pts) < 2 or sizes.max() < 1.5 * sizes.min():
+        return float(y.sum() / A[:, 0].sum()), 0.0
+    (a, b), _ = nnls(A * w[:, None], y * w)
+    return float(a), float(b)
+
+
+def fit_pauses(runs: Sequence[CpuRun], capacity_qps: float, min_rate_qps: float = 400.0,
+               min_pause_s: float = 1e-3, min_pauses: int = 5
+               ) -> tuple[float, tuple[float, ...]]:
+    """The server's pauses from runs at low load (``min_rate_qps`` to 30% of capacity),
+    where queueing cannot explain a late reply: a query later than the run's median by
+    more than ``max(min_pause_s, 4 x IQR)`` was held up by a pause; overlapping late
+    queries are one pause, lasting from the first one's send to the latest moment one of
+    them was held until (its reply less the median).  The rate counts each pause once,
+    weighted by ``1 / (1 - exp(-rate x duration))`` for the pauses no query fell into.
+    Returns ``(pause_rate_hz, durations)``."""
+    total_s = weight = 0.0
+    durations: list[float] = []
+    for r in pause_runs(runs, capacity_qps, min_rate_qps):
+        assert r.latency_s is not None
+        sent = np.asarray(r.trace.arrival_at, dtype=np.float64)
+        lat = np.asarray(r.latency_s, dtype=np.float64)
+        ok = np.isfinite(lat)
+        base = float(np.median(lat[ok]))
+        late = np.flatnonzero(ok & (lat > base + late_margin(lat, min_pause_s)))
+        total_s += float(sent[-1] - sent[0])
+        start, end = -math.inf, -math.inf
+        eps: list[float] = []
+        for i in late:
+            held = float(sent[i] + lat[i] - base)
+            if sent[i] < end:
+                end = max(end, held)
+                continue
+            if end > start:
+                eps.append(end - start)
+            start, end = float(sent[i]), held
+        if end > start:
+            eps.append(end - start)
+        for d in eps:
+            durations.append(d)
+            weight += 1.0 / -math.expm1(-r.rate * d)
+    if len(durations) < min_pauses or total_s <= 0:
+        return 0.0, ()  # too few to tell a pause from a one-off
+    return weight / total_s, tuple(sorted(durations))
+
+
+def pause_runs(runs: Sequence[CpuRun], capacity_qps: float, min_rate_qps: float = 400.0,
+               max_load: float = 0.3) -> list[CpuRun]:
+    """The runs pauses are learnt from: ``min_rate_qps`` to ``max_load`` of capacity,
+    with latencies of at least 100 queries."""
+    return [r for r in runs if r.latency_s is not None
+            and min_rate_qps <= r.rate <= max_load * capacity_qps
+            and np.isfinite(r.latency_s).sum() >= 100]
+
+
+def late_margin(lat: np.ndarray, min_pause_s: float = 1e-3) -> float:
+    """How much later than the median a query must be to count as held by a pause."""
+    ok = np.isfinite(lat)
+    q1, q3 = np.percentile(lat[ok], [25, 75])
+    return max(min_pause_s, 4.0 * float(q3 - q1))
+
+
+def late_share(lat: np.ndarray, margin: float) -> float:
+    ok = np.isfinite(lat)
+    return float((lat[ok] > np.median(lat[ok]) + margin).mean()) if ok.any() else 0.0
+
+
+def tune_pause_rate(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deployment],
+                    calib: Calibration, seed: int = 0, max_load: float = 0.6) -> Calibration:
+    """The pause rate, as ``pause_rate_hz + pause_rate_busy_hz x`` the loop's busy share,
+    such that the twin replaying the runs from 400 q/s to ``max_load`` of capacity has
+    as many late queries (by each run's margin, ``late_margin``) as the real server had:
+    a pause holds every query that reaches the loop during it, which the episode count
+    alone does not pin down, and a busier server is preempted more.  Per run ``k`` the
+    twin gives its late share without pauses ``q_k``, its busy share ``u_k``, and the
+    late share added per pause per second ``s_k``; then ``real_k - q_k = s_k x (r0 +
+    r1 x u_k)`` by non-negative least squares."""
+    from scipy.optimize import nnls
+
+    use = pause_runs(runs, calib.capacity_qps, max_load=max_load)
+    if not use or not calib.pauses_s or calib.pause_rate_hz <= 0:
+        return calib
+    ref = calib.pause_rate_hz
+    rows, target = [], []
+    for r in use:
+        lat = np.asarray(r.latency_s, dtype=np.float64)
+        m = late_margin(lat)
+        shares, busy = [], 0.0
+        for rate in (0.0, ref):
+            c = dataclasses.replace(calib, pause_rate_hz=rate, pause_rate_busy_hz=0.0)
+            sim = Simulation(twin(c), r.trace, seed=seed)
+            # (a constant overhead would shift the median too: it cannot change the share)
+            shares.append(late_share(sim.run().queries["latency_s"].to_numpy(), m))
+            if rate == 0.0:
+                span = float(r.trace.arrival_at[-1] - r.trace.arrival_at[0]) or 1.0
+                busy = min(sim.loop_busy_s / span, 1.0)
+        per = max(shares[1] - shares[0], 0.0) / ref
+        rows.append((per, per * busy))
+        target.append(late_share(lat, m) - shares[0])
+    A = np.asarray(rows, dtype=np.float64)
+    y = np.asarray(target, dtype=np.float64)
+    if not (A[:, 0] > 0).any():
+        return calib
+    (r0, r1), _ = nnls(A, y)
+    return dataclasses.replace(calib, pause_rate_hz=float(r0), pause_rate_busy_hz=float(r1))
+
+
+COLD_AFTER_GRID_S = (50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 20e-3)
+
+
+def fit_frontend(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deployment],
+                 calib: Calibration, seed: int = 0) -> Calibration:
+    """The event loop's costs from the server's CPU over ``runs`` (the calibration run
+    and the capacity ramp's runs that met the SLO).  Per run ``k``, CPU per query =
+    ``a + b x batches/queries + wake_s x u_k``, where ``u_k`` is the run's wake-ups per
+    query (``1 - exp(-idle / cold_after_s)`` summed over the loop's events), counted by
+    replaying the run in the twin with a negligible ``wake_s``:
+
+    1. a first ``a``, ``b`` (``fit_cpu``) from the runs at a quarter of the fastest run's
+       rate or more, where the loop rarely sleeps, to give the twin its dynamics;
+    2. for each ``cold_after_s`` on a grid, ``u_k`` from the twin, then ``a``, ``b`` and
+       ``wake_s`` together by non-negative least squares (each run weighted alike); the
+       grid point with the smallest residual wins."""
+    from scipy.optimize import nnls
+
+    # CPU time is read in clock ticks (10 ms): a short run can read 0, which says nothing
+    # about its cost per query and would divide by zero in the relative errors below.
+    runs = [r for r in runs if r.queries > 0 and math.isfinite(r.cpu_s) and r.cpu_s > 0]
+    if not runs:
+        return calib
+    rates = [r.rate for r in runs if math.isfinite(r.rate)]
+    top = max(rates) if rates else 0.0
+    warm = [r for r in runs if r.rate >= 0.25 * top]
+    if len({round(r.queries / max(r.batches, 1), 1) for r in warm}) < 2:
+        warm = list(runs)
+    a, b = fit_cpu([(r.queries, r.batches, r.cpu_s) for r in warm])
+    calib = dataclasses.replace(calib, query_cpu_s=a, batch_cpu_s=b, wake_s=0.0)
+    y = np.array([r.cpu_s / r.queries for r in runs], dtype=np.float64)
+    inv = np.array([r.batches / r.queries for r in runs], dtype=np.float64)
+    tiny = 1e-12
+    best: tuple[float, float, float, float, float] | None = None
+    for tau in COLD_AFTER_GRID_S:
+        dep = twin(dataclasses.replace(calib, wake_s=tiny, cold_after_s=tau))
+        u = np.empty(len(runs))
+        for k, r in enumerate(runs):
+            sim = Simulation(dep, r.trace, seed=seed)
+            sim.run()
+            u[k] = sim.loop_wake_s / tiny / max(len(r.trace), 1)
+        A = np.column_stack([np.ones(len(runs)), inv, u]) / y[:, None]  # relative errors
+        coef, _ = nnls(A, np.ones(len(runs)))
+        err = float(((A @ coef - 1.0) ** 2).sum())
+        if best is None or err < best[0]:
+            best = (err, float(coef[0]), float(coef[1]), float(coef[2]), tau)
+    if best is None:
+        return calib
+    _, a, b, w, tau = best
+    if a <= 0 and b <= 0:
+        return calib
+    return dataclasses.replace(calib, query_cpu_s=a, batch_cpu_s=b, wake_s=w,
+                               cold_after_s=tau)
+
+
+def batch_mean_ms(metrics: Any) -> float:
+    """Mean of the engine's batch latency histogram over all models (ms)."""
+    total = count = 0.0
+    for smp in metrics.samples():
+        if smp.name == "clipperlab_batch_latency_seconds":
+            total += smp.metric.sum
+            count += smp.metric.count
+    return total / count * 1e3 if count else math.nan
+
+
+def fit_container_wake(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deployment],
+                       calib: Calibration, seed: int = 0) -> Calibration:
+    """The containers' wake-up from the batch latency the server's engine saw in each run
+    (``batch_ms``) over the twin's replaying it: for each cooling time on the grid the
+    twin counts its wake-ups per batch (a negligible ``wake_s``), the least-squares
+    ``wake_s`` scales them to the difference, and the best grid point wins (none when
+    the twin is not faster than the server)."""
+    use = [r for r in runs if math.isfinite(r.batch_ms)]
+    if not use:
+        return calib
+    tiny = 1e-12
+    best: tuple[float, float, float] | None = None
+    for tau in COLD_AFTER_GRID_S:
+        c = dataclasses.replace(calib, replica_wake_s=tiny, replica_cold_after_s=tau)
+        dep = twin(c)
+        diff, units = [], []
+        for r in use:
+            sim = Simulation(dep, r.trace, seed=seed)
+            res = sim.run()
+            nb = max(len(res.batches), 1)
+            diff.append(r.batch_ms / 1e3 - batch_mean_ms(res.metrics) / 1e3)
+            units.append(sim.replica_wake_s / tiny / nb)
+        d = np.asarray(diff)
+        u = np.asarray(units)
+        if not (u > 0).any():
+            continue
+        w = max(float(u @ d / (u @ u)), 0.0)
+        err = float(((d - w * u) ** 2).sum())
+        if best is None or err < best[0]:
+            best = (err, w, tau)
+    if best is None:
+        return calib
+    return dataclasses.replace(calib, replica_wake_s=best[1], replica_cold_after_s=best[2])

@@ -1,0 +1,149 @@
+"""A validation's result and how it is shown: errors, tables, a figure and files.
+
+Rules:
+- ``ValidationResult.table`` has one row per (level, mode); ``relative_errors`` gives
+  ``(sim - real) / real`` of every metric in ``METRICS`` per level and mode other than
+  ``real`` (the real server's second run, ``real again``, included: the noise floor).
+- Tables come from ``clipperlab.report.tables`` (``format_table`` as plain text for a
+  terminal, ``markdown`` for ``summary.md``), the figure from ``clipperlab.report.plots``.
+- ``write_outputs`` writes ``validation.csv``, ``errors.csv``, ``profiles/*.json``,
+  ``validation.png`` and ``summary.md``; the CSV columns are the table's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clipperlab.calibration.fit import Calibration
+from clipperlab.report.tables import markdown_table, text_table
+from clipperlab.simulator import LatencyProfile, save_profile
+
+__all__ = [
+    "METRICS",
+    "ValidationResult",
+    "describe",
+    "format_table",
+    "markdown",
+    "plot",
+    "relative_errors",
+    "write_outputs",
+]
+
+METRICS = ("throughput_qps", "mean_ms", "p50_ms", "p90_ms", "p99_ms")
+# how each mode is drawn: colour, line style, marker
+MODE_STYLES = {"real": ("k", "-", "o"), "real again": ("0.6", "-", "o"),
+               "sim": ("C1", ":", "x"), "sim+frontend": ("C0", "--", "s"),
+               "sim+in-situ": ("C2", "-.", "^")}
+# column -> header in both tables; each metric's format (``_err``: its relative error)
+HEADERS = {"level": "load", "throughput_qps": "throughput q/s", "mean_ms": "mean ms",
+           "p50_ms": "p50 ms", "p90_ms": "p90 ms", "p99_ms": "p99 ms",
+           **{f"{m}_err": "err " + ("thr" if m == "throughput_qps" else m.removesuffix("_ms"))
+              for m in METRICS}}
+FORMATS = {"level": "{:.0%}", "throughput_qps": "{:,.0f}", **{m: "{:,.2f}" for m in METRICS[1:]}}
+
+
+@dataclass
+class ValidationResult:
+    table: pd.DataFrame  # one row per (level, mode)
+    errors: pd.DataFrame  # one row per (level, mode != real): relative errors
+    calibration: Calibration
+    profiles: dict[str, LatencyProfile]
+    notes: list[str] = field(default_factory=list)
+
+
+def relative_errors(table: pd.DataFrame) -> pd.DataFrame:
+    """(sim - real) / real per level, metric and simulated mode."""
+    out = []
+    for lv, g in table.groupby("level", sort=True):
+        real = g[g["mode"] == "real"].iloc[0]
+        for _, r in g[g["mode"] != "real"].iterrows():
+            row: dict[str, Any] = {"level": lv, "mode": r["mode"]}
+            for m in METRICS:
+                rv = float(real[m])
+                row[f"{m}_err"] = (float(r[m]) - rv) / rv if rv else math.nan
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def _rows(res: ValidationResult) -> pd.DataFrame:
+    """The table's metrics with each row's errors beside them (NaN for ``real``)."""
+    errs = [f"{m}_err" for m in METRICS]
+    t = res.table[["level", "mode", *METRICS]]
+    if not len(res.errors):
+        return t.assign(**dict.fromkeys(errs, math.nan))
+    return t.merge(res.errors[["level", "mode", *errs]], on=["level", "mode"], how="left")
+
+
+def format_table(res: ValidationResult) -> str:
+    """Plain text: per level and mode, the metrics and their errors; the calibration."""
+    formats = {**FORMATS, **{f"{m}_err": "{:+.1%}" for m in METRICS}}
+    rows = _rows(res).rename(columns=HEADERS)
+    return (text_table(rows, formats={HEADERS[c]: f for c, f in formats.items()})
+            + "\ncalibration: " + describe(res.calibration))
+
+
+def describe(c: Calibration) -> str:
+    """The calibration in one line."""
+    pauses = (f"pauses {c.pause_rate_hz:.1f}/s + {c.pause_rate_busy_hz:.1f}/s x busy share, "
+              f"median {np.median(c.pauses_s) * 1e3:.1f} ms" if c.pauses_s else "no pauses")
+    return (f"capacity {c.capacity_qps:,.0f} q/s; the frontend's loop: "
+            f"{c.query_cpu_s * 1e6:.1f} us/query + {c.batch_cpu_s * 1e6:.1f} us/batch + wake-up "
+            f"{c.wake_s * 1e6:.0f} us (cools in {c.cold_after_s * 1e3:g} ms), {pauses}; outside "
+            f"the loop {c.overhead_s * 1e3:.3f} ms/query; container wake-up "
+            f"{c.replica_wake_s * 1e3:.3f} ms (cools in {c.replica_cold_after_s * 1e3:g} ms); "
+            f"in-situ batch latency at "
+            f"low load +{c.batch_extra_s * 1e3:.3f} ms (x{c.slowdown:.2f}) over the profile")
+
+
+def markdown(res: ValidationResult, title: str = "") -> str:
+    """``summary.md``: the table (errors of throughput, p50 and p99), the calibration and
+    the notes."""
+    cols = ["level", "mode", *METRICS, "throughput_qps_err", "p50_ms_err", "p99_ms_err"]
+    formats = {**FORMATS, **{f"{m}_err": "{:+.0%}" for m in METRICS}}
+    return "\n".join([f"## {title}" if title else "## validation", "",
+                      markdown_table(_rows(res), cols, formats=formats, headers=HEADERS), "",
+                      "Calibration: " + describe(res.calibration) + ". " + " ".join(res.notes)])
+
+
+def plot(res: ValidationResult, path: Path, title: str = "") -> Path:
+    """Throughput and latency (p50 faint, p99) against the offered load, one line per
+    mode."""
+    from clipperlab.report.plots import grid, save, style_axis
+
+    fig, axes = grid(2, 2, width_in=5.0, height_in=4.0)
+    t = res.table
+    for mode, (color, ls, mk) in MODE_STYLES.items():
+        g = t[t["mode"] == mode]
+        if not len(g):
+            continue
+        axes[0].plot(g["offered_qps"], g["throughput_qps"], color=color, ls=ls, marker=mk,
+                     label=mode)
+        for m, alpha in (("p50_ms", 0.6), ("p99_ms", 1.0)):
+            axes[1].plot(g["offered_qps"], g[m], color=color, ls=ls, marker=mk, alpha=alpha,
+                         label=f"{mode} {m[:3]}")
+    style_axis(axes[0], xlabel="offered load (q/s)", ylabel="throughput (q/s)")
+    style_axis(axes[1], xlabel="offered load (q/s)", ylabel="latency (ms)")
+    axes[1].set_yscale("log")
+    return save(fig, path, suptitle=title or "real vs simulated", legend_axes=axes)
+
+
+def write_outputs(res: ValidationResult, out_dir: str | Path, title: str = "") -> list[Path]:
+    """``validation.csv``, ``errors.csv``, ``profiles/*.json``, ``validation.png`` and
+    ``summary.md`` (the table in markdown) under ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "validation.csv", out / "errors.csv"]
+    res.table.to_csv(files[0], index=False, float_format="%.6g")
+    res.errors.to_csv(files[1], index=False, float_format="%.4f")
+    for name, prof in res.profiles.items():
+        files.append(save_profile(prof, out / "profiles" / f"{name}.json"))
+    files.append(plot(res, out / "validation.png", title))
+    (out / "summary.md").write_text(markdown(res, title) + "\n")
+    files.append(out / "summary.md")
+    return files

@@ -1,0 +1,127 @@
+"""One run on each side: a workload re-timed to a rate, sent to the real server or replayed
+in the twin.
+
+Rules:
+- ``retime``: ``n = rate x duration`` queries of the workload, arrival times scaled so the
+  mean rate is the one asked for (any arrival process keeps its shape).
+- A real run (``real_run``) is one ``loadgen.run_load`` with the server's CPU time (less
+  its idle CPU over the run's wall time) and what it saw (``scrape.in_situ``) around it;
+  latency is measured from the schedule in the raw table, from the send after
+  ``from_send`` (the generator's own lateness, ``lag_s``, kept apart).
+- The twin replays the send times the generator achieved (``sent_trace``);
+  ``sim_run`` adds the calibration's constant overhead outside the loop to every answered
+  query.  Both sides are summarised by ``clipperlab.report.latency.summarise``.
+- ``good_share``: the share of queries answered with a prediction within the SLO of their
+  scheduled time, as the client saw it (the capacity ramp's test).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from clipperlab.calibration.fit import Calibration, CpuRun
+from clipperlab.calibration.loadgen import run_load
+from clipperlab.calibration.scrape import in_situ, scrape
+from clipperlab.calibration.server import ServerProcess
+from clipperlab.report.latency import summarise
+from clipperlab.simulator import Deployment, Simulation
+from clipperlab.workloads import Trace, Workload
+
+__all__ = [
+    "RealRun",
+    "from_send",
+    "good_share",
+    "real_run",
+    "retime",
+    "sent_trace",
+    "sim_run",
+]
+
+
+class RealRun(NamedTuple):
+    """One load run on the real server."""
+
+    trace: Trace  # as scheduled
+    table: pd.DataFrame  # the generator's raw per-query table
+    cpu_s_per_query: float  # the server's, idle CPU subtracted
+    seen: dict[str, float]  # what the server saw (``scrape.in_situ``)
+
+    def cpu_run(self) -> CpuRun:
+        """The run as the fits see it (achieved send times, latency from the send)."""
+        return CpuRun(sent_trace(self.trace, self.table), self.seen["queries"],
+                      self.seen["batches"], self.cpu_s_per_query * len(self.trace),
+                      from_send(self.table)["latency_s"].to_numpy(),
+                      self.seen.get("batch_mean_ms", math.nan))
+
+
+def retime(workload: Workload, rate_qps: float, duration_s: float, seed: int) -> Trace:
+    """The workload's trace with ``rate_qps x duration_s`` queries, its arrival times
+    scaled so the mean rate is ``rate_qps`` (the arrival process keeps its shape)."""
+    n = max(int(round(rate_qps * duration_s)), 2)
+    wl = dataclasses.replace(workload, n_queries=n, duration_s=None)
+    tr = wl.generate(seed)
+    mean = float(tr.arrival_at[-1]) / len(tr) if tr.arrival_at[-1] > 0 else 1.0 / rate_qps
+    scale = (1.0 / rate_qps) / mean
+    return dataclasses.replace(tr, arrival_at=tr.arrival_at * scale)
+
+
+def real_run(srv: ServerProcess, trace: Trace, pool: np.ndarray, api: str,
+             connections: int, idle_cpu: float = 0.0) -> RealRun:
+    """The load run, the server's CPU seconds per query (less its idle CPU rate over the
+    run's wall time) and what the server saw (``in_situ``)."""
+    m0 = scrape(srv.url)
+    c0, t0 = srv.cpu_s(), time.monotonic()
+    table = run_load(trace, pool, srv.url, api=api, connections=connections, drain_s=5.0)
+    cpu = srv.cpu_s() - c0 - idle_cpu * (time.monotonic() - t0)
+    seen = in_situ(m0, scrape(srv.url))
+    return RealRun(trace, table, max(cpu, 0.0) / max(len(trace), 1), seen)
+
+
+def sim_run(dep: Deployment, trace: Trace, seed: int, calib: Calibration | None = None
+            ) -> dict[str, float]:
+    """The twin's summary of ``trace`` (with the calibration's overhead when given)."""
+    res = Simulation(dep, trace, seed=seed).run()
+    q = res.queries
+    if calib is not None and calib.overhead_s:
+        # outside the loop (client, kernel): a constant per query, measured at low load
+        q = q.copy()
+        q["reply_at"] = q["reply_at"] + calib.overhead_s
+        q["latency_s"] = q["latency_s"] + calib.overhead_s
+    return summarise(q, res.batches)
+
+
+def from_send(table: pd.DataFrame) -> pd.DataFrame:
+    """A load run's table with every latency measured from the moment the generator sent
+    the query (``sent_at``) instead of its scheduled time: the server's share, without the
+    generator's own lateness (its millisecond timer; ``lag_s``)."""
+    t = table.copy()
+    sent = t["sent_at"].to_numpy()
+    ok = np.isfinite(sent)
+    t.loc[ok, "arrival_at"] = sent[ok]
+    t["latency_s"] = t["reply_at"] - t["arrival_at"]
+    return t
+
+
+def sent_trace(trace: Trace, table: pd.DataFrame) -> Trace:
+    """``trace`` with the arrival times the generator achieved (``sent_at``), so the
+    simulator sees the same arrivals the server saw (trace-driven validation)."""
+    sent = table["sent_at"].to_numpy(dtype=np.float64)
+    at = np.where(np.isfinite(sent), sent, trace.arrival_at)
+    return dataclasses.replace(trace, arrival_at=np.maximum.accumulate(at))
+
+
+def good_share(table: pd.DataFrame, slo_s: float) -> float:
+    """The share of a load run's queries answered with a prediction (not a default, not
+    refused) within ``slo_s`` of their scheduled time, as the client saw it."""
+    if not len(table):
+        return 0.0
+    st = table["status"].to_numpy()
+    lat = table["latency_s"].to_numpy()
+    ok = (st == 200) & ~table["default"].to_numpy() & (np.nan_to_num(lat, nan=np.inf) <= slo_s)
+    return float(ok.mean())

@@ -1,0 +1,83 @@
+"""What the real server saw, read from its ``/metrics`` (Prometheus text format).
+
+Rules:
+- ``scrape`` sums the ``_sum`` and ``_count`` of three histograms over their labels: the
+  query latency inside the server, the engine's batch latency and the batch size.  A
+  server that does not answer gives NaN for all of them, never an error.
+- ``in_situ`` is the difference of two scrapes: the means (and counts) over a run.
+- ``slowdown`` and ``batch_extra_s`` set the in-situ batch latency beside the latency
+  profile's at the in-situ mean batch size (one model: its profile; several: their
+  average): their ratio, and their difference (>= 0, seconds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import urllib.request
+from collections.abc import Mapping
+
+import numpy as np
+
+from clipperlab.simulator import LatencyProfile
+
+__all__ = ["batch_extra_s", "in_situ", "scrape", "slowdown"]
+
+HISTOGRAMS = ("clipperlab_query_latency_seconds", "clipperlab_batch_latency_seconds",
+              "clipperlab_batch_size")
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Sums and counts of the server's query latency, batch latency and batch size
+    histograms (``/metrics``), summed over labels."""
+    out = dict.fromkeys((f"{n}_{k}" for n in HISTOGRAMS for k in ("sum", "count")), 0.0)
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {k: math.nan for k in out}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in out:
+            with contextlib.suppress(ValueError, IndexError):
+                out[name] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def in_situ(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """What the server saw between two scrapes: mean query latency inside the server,
+    mean batch latency and mean batch size."""
+    def mean(n: str) -> float:
+        c = after[f"{n}_count"] - before[f"{n}_count"]
+        return (after[f"{n}_sum"] - before[f"{n}_sum"]) / c if c > 0 else math.nan
+
+    def count(n: str) -> float:
+        return after[f"{n}_count"] - before[f"{n}_count"]
+
+    return {"server_mean_ms": mean("clipperlab_query_latency_seconds") * 1e3,
+            "batch_mean_ms": mean("clipperlab_batch_latency_seconds") * 1e3,
+            "batch_size_mean": mean("clipperlab_batch_size"),
+            "queries": count("clipperlab_query_latency_seconds"),
+            "batches": count("clipperlab_batch_size")}
+
+
+def _profile_s(seen: Mapping[str, float], profiles: Mapping[str, LatencyProfile]) -> float:
+    """The profiles' mean batch latency at the in-situ mean batch size (one model: its
+    profile; several: their average; nan when the server saw no batch)."""
+    b = seen.get("batch_size_mean", math.nan)
+    if not math.isfinite(b) or not profiles:
+        return math.nan
+    size = max(int(round(b)), 1)
+    return float(np.mean([p.mean_s(size) for p in profiles.values()]))
+
+
+def slowdown(seen: Mapping[str, float], profiles: Mapping[str, LatencyProfile]) -> float:
+    """In-situ mean batch latency over the profile's mean at the in-situ mean batch size."""
+    prof_s = _profile_s(seen, profiles)
+    return seen["batch_mean_ms"] / 1e3 / prof_s if prof_s > 0 else math.nan
+
+
+def batch_extra_s(seen: Mapping[str, float], profiles: Mapping[str, LatencyProfile]) -> float:
+    """In-situ mean batch latency minus the profile's mean at that size (>= 0, seconds)."""
+    extra = seen.get("batch_mean_ms", math.nan) / 1e3 - _profile_s(seen, profiles)
+    return extra if math.isfinite(extra) and extra > 0 else 0.0

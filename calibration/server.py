@@ -1,0 +1,203 @@
+"""The real side of a validation: the deployment it serves and the server in its own process.
+
+Rules:
+- ``real_deployment`` reads a ``deploy.toml`` with ``clipperlab.real.config`` (its
+  ``[[models]]`` and ``[[applications]]``); model files are resolved against the file's
+  directory; errors are ``ValidationError`` naming the file.
+- ``model_specs`` turns one application and its linked models into engine objects with
+  ``clipperlab.real.server``'s own parsers, so the twin's batching settings are the
+  server's.
+- ``ServerProcess`` starts the server in a spawned process on ephemeral ports (its store in
+  a temporary directory), reads its CPU time from ``/proc`` and stops it on exit
+  (SIGTERM, then SIGKILL).  ``idle_cpu_rate`` is its CPU per second with no queries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import multiprocessing as mp
+import os
+import tempfile
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clipperlab.engine import Application, ModelSpec
+
+__all__ = [
+    "RealDeployment",
+    "ServerProcess",
+    "ValidationError",
+    "idle_cpu_rate",
+    "model_specs",
+    "real_deployment",
+]
+
+
+class ValidationError(Exception):
+    """The validation could not run; the message says why."""
+
+
+@dataclass(frozen=True)
+class RealDeployment:
+    path: Path
+    apps: list[dict[str, Any]]
+    models: list[dict[str, Any]]  # model paths made absolute
+    max_queue: int
+
+
+def real_deployment(
+    path: str | Path, batching: Mapping[str, Any] | None = None
+) -> RealDeployment:
+    """Read ``deploy.toml`` (``ValidationError`` naming the file on error); model files are
+    resolved against the file's directory; ``batching`` replaces every model's batching."""
+    from clipperlab.real.config import ConfigError, load_config
+
+    p = Path(path)
+    try:
+        cfg = load_config(p)
+    except ConfigError as e:
+        raise ValidationError(str(e)) from None
+    if not cfg.applications or not cfg.models:
+        raise ValidationError(f"{p}: needs at least one [[applications]] and one [[models]]")
+    models = []
+    for m in cfg.models:
+        d = dict(m)
+        mp_ = str(d.get("path", "") or "")
+        if mp_ and not Path(mp_).is_absolute() and d.get("kind") in ("sklearn", "torch"):
+            d["path"] = str((p.resolve().parent / mp_).resolve())
+            if not Path(d["path"]).exists():
+                raise ValidationError(f"{p}: model {d['name']!r}: file {mp_!r} does not exist")
+        if batching is not None:
+            d["batching"] = dict(batching)
+        models.append(d)
+    return RealDeployment(p, [dict(a) for a in cfg.applications], models, cfg.max_queue)
+
+
+def model_specs(
+    dep: RealDeployment, app_name: str
+) -> tuple[Application, list[tuple[ModelSpec, int, dict[str, Any]]]]:
+    """The application ``app_name`` and, per model linked to it, its spec, its replica
+    count and its ``[[models]]`` entry."""
+    from clipperlab.real.server import app_from_dict, model_from_dict
+
+    apps = {a["name"]: a for a in dep.apps}
+    if app_name not in apps:
+        raise ValidationError(
+            f"{dep.path}: the workload's app {app_name!r} is not deployed; deployed: {list(apps)}"
+        )
+    try:
+        app = app_from_dict(apps[app_name])
+        linked = list(apps[app_name].get("models") or [])
+        out = []
+        for d in dep.models:
+            if d["name"] in linked:
+                spec, n = model_from_dict(d, dep.max_queue)
+                out.append((spec, n, d))
+    except (ValueError, KeyError) as e:
+        raise ValidationError(f"{dep.path}: {e}") from None
+    if not out:
+        raise ValidationError(f"{dep.path}: application {app_name!r} links no deployed model")
+    return app, out
+
+
+def _serve_main(models: list[dict[str, Any]], apps: list[dict[str, Any]], store: str,
+                cache: bool, ports_file: str) -> None:
+    """Entry point of the server process (spawned)."""
+    import asyncio
+    import logging
+    import signal
+
+    import uvloop
+
+    from clipperlab.real.config import ServerConfig
+    from clipperlab.real.server import Server, tune_gc
+
+    logging.basicConfig(level=logging.WARNING)
+    cfg = ServerConfig(query_port=0, admin_port=0, rpc_port=0, store=store, cache=cache)
+    cfg.models = models
+    cfg.applications = apps
+
+    async def main() -> None:
+        server = Server(cfg)
+        ports = await server.start()
+        tune_gc()
+        Path(ports_file).write_text(json.dumps(ports))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await server.stop(grace_s=2.0)
+
+    uvloop.run(main())
+
+
+class ServerProcess:
+    """The real server in its own process, for one validation."""
+
+    def __init__(self, dep: RealDeployment, cache: bool) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="clipperlab-validate-")
+        ports_file = os.path.join(self.tmp.name, "ports.json")
+        ctx = mp.get_context("spawn")
+        self.proc = ctx.Process(
+            target=_serve_main,
+            args=(dep.models, dep.apps, os.path.join(self.tmp.name, "store"), cache, ports_file),
+            daemon=True,
+        )
+        self.proc.start()
+        until = time.monotonic() + 60
+        while not (os.path.exists(ports_file) and os.path.getsize(ports_file)):
+            if not self.proc.is_alive():
+                raise ValidationError(f"the server exited with {self.proc.exitcode} at start")
+            if time.monotonic() > until:
+                raise ValidationError("the server did not start within 60 s")
+            time.sleep(0.05)
+        time.sleep(0.05)
+        self.ports = json.loads(Path(ports_file).read_text())
+        self.url = f"http://127.0.0.1:{self.ports['query']}"
+
+    def wait_ready(self, app: str, timeout_s: float = 120.0) -> None:
+        until = time.monotonic() + timeout_s
+        while time.monotonic() < until:
+            with contextlib.suppress(OSError), urllib.request.urlopen(
+                f"{self.url}/v2/models/{app}/ready", timeout=2
+            ):
+                return
+            time.sleep(0.1)
+        raise ValidationError(f"application {app!r} was not ready within {timeout_s:.0f} s")
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds of the server process so far (not its containers)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return math.nan
+
+    def stop(self) -> None:
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(15)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+        self.tmp.cleanup()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def idle_cpu_rate(srv: ServerProcess, seconds: float = 1.0) -> float:
+    """The server's CPU seconds per second with no queries."""
+    c0, t0 = srv.cpu_s(), time.monotonic()
+    time.sleep(seconds)
+    return max(srv.cpu_s() - c0, 0.0) / (time.monotonic() - t0)

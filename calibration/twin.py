@@ -1,0 +1,102 @@
+"""The simulated twin of a real deployment.
+
+Rules:
+- The twin is built from the server's own objects (``server.model_specs``: the same
+  ``Application`` and ``ModelSpec``, so batching settings are identical), the measured
+  latency profiles and the same replica counts; one host with a CPU per replica behind a
+  zero-latency link (the RPC is already inside the profiles).
+- Calibrated (``fit.Calibration``): the frontend is one event loop (``FrontendCPU``) with
+  the fitted costs, half of each on the way in (query, batch send), half on the way out
+  (reply, batch result); the containers pay the fitted wake-up.
+- ``scale`` multiplies every latency of the profiles (the in-situ diagnostic).
+- ``capacity_estimate``: what the profiles alone allow, the first guess of a ramp.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+from clipperlab.calibration.fit import Calibration
+from clipperlab.calibration.server import RealDeployment, model_specs
+from clipperlab.simulator import (
+    AppDeployment,
+    ConstantOutputs,
+    Deployment,
+    FrontendCPU,
+    Host,
+    LatencyProfile,
+    Link,
+    ModelDeployment,
+)
+
+__all__ = ["capacity_estimate", "frontend_cpu", "scaled", "sim_deployment"]
+
+
+def sim_deployment(
+    dep: RealDeployment,
+    app_name: str,
+    profiles: Mapping[str, LatencyProfile],
+    *,
+    calibration: Calibration | None = None,
+    scale: float = 1.0,
+) -> Deployment:
+    """The simulated twin of ``dep``'s application ``app_name`` (calibrated when given)."""
+    app, models = model_specs(dep, app_name)
+    wake, cold = ((calibration.replica_wake_s, calibration.replica_cold_after_s)
+                  if calibration is not None else (0.0, 1e-3))
+    mds = [
+        ModelDeployment(spec=spec, profile=scaled(profiles[spec.name], scale), replicas=n,
+                        outputs=ConstantOutputs(0), wake_s=wake, cold_after_s=cold)
+        for spec, n, _ in models
+    ]
+    cpus = sum(n for _, n, _ in models) or 1
+    host = Host("local", cpus=cpus, link=Link(bandwidth_bps=1e15, latency_s=0.0))
+    fcpu = None
+    if calibration is not None and (calibration.query_cpu_s > 0 or
+                                    calibration.batch_cpu_s > 0):
+        fcpu = frontend_cpu(calibration)
+    return Deployment(
+        apps=(AppDeployment(app, tuple(s.name for s, _, _ in models)),),
+        models=tuple(mds),
+        hosts=(host,),
+        frontend_cpu=fcpu,
+    )
+
+
+def scaled(profile: LatencyProfile, factor: float) -> LatencyProfile:
+    """``profile`` with every latency (and its fitted line) multiplied by ``factor``."""
+    if factor == 1.0 or not math.isfinite(factor) or factor <= 0:
+        return profile
+    fit = profile.fit or (0.0, 0.0)
+    return dataclasses.replace(
+        profile,
+        latency_s=tuple(tuple(v * factor for v in row) for row in profile.latency_s),
+        fit=(fit[0] * factor, fit[1] * factor),
+        tags={**profile.tags, "scaled": f"x{factor:.3f} (in-situ slowdown)"},
+    )
+
+
+def frontend_cpu(calib: Calibration) -> FrontendCPU:
+    """The twin's event loop from the fitted CPU costs: half of each on the way in (query,
+    batch send), half on the way out (reply, batch result)."""
+    return FrontendCPU(query_s=calib.query_cpu_s / 2, reply_s=calib.query_cpu_s / 2,
+                       batch_send_s=calib.batch_cpu_s / 2, batch_done_s=calib.batch_cpu_s / 2,
+                       wake_s=calib.wake_s, cold_after_s=calib.cold_after_s,
+                       pause_rate_hz=calib.pause_rate_hz if calib.pauses_s else 0.0,
+                       pause_rate_busy_hz=calib.pause_rate_busy_hz if calib.pauses_s else 0.0,
+                       pauses_s=calib.pauses_s, timer_resolution_s=calib.timer_resolution_s)
+
+
+def capacity_estimate(profiles: Mapping[str, LatencyProfile], replicas: Mapping[str, int],
+                      max_batch: Mapping[str, int]) -> float:
+    """What the profiles alone allow: the slowest model's best items/s over its measured
+    batch sizes (up to its max batch size), times its replicas."""
+    caps = []
+    for name, prof in profiles.items():
+        best = max(
+            b / prof.mean_s(b) for b in prof.batch_sizes if b <= max_batch.get(name, 1 << 16)
+        ) if prof.batch_sizes else 1.0
+        caps.append(best * max(replicas.get(name, 1), 1))
+    return min(caps)
