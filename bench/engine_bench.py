@@ -59,9 +59,9 @@ def run(
     beta_s: float = 3.6e-3,
 ) -> dict[str, float]:
     eng = Engine(seed=0)
-    eng.add_application(Application(name="bench", slo_s=0.020, default_output=0))
-    eng.add_model(ModelSpec(name="m", batching=BatchingConfig(policy="aimd")))
-    eng.link("bench", ["m"])
+    eng.add_application(Application(name="bench", slo_s=0.020, default_output=0), now=0.0)
+    eng.add_model(ModelSpec(name="m", batching=BatchingConfig(policy="aimd")), now=0.0)
+    eng.link("bench", ["m"], now=0.0)
     for i in range(replicas):
         eng.on_replica_up(ReplicaId("m", "1", i), 0.0)
     gap = 1.0 / rate_qps

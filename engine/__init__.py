@@ -5,9 +5,9 @@ Feed it events with ``now`` (seconds) and carry out the instructions it returns:
     from clipperlab.engine import Application, BatchDone, Engine, ModelSpec, Query, ReplicaId
 
     eng = Engine(seed=0)
-    eng.add_application(Application(name="digits", slo_s=0.020, default_output=-1))
-    eng.add_model(ModelSpec(name="svm"))
-    eng.link("digits", ["svm"])
+    eng.add_application(Application(name="digits", slo_s=0.020, default_output=-1), now=0.0)
+    eng.add_model(ModelSpec(name="svm"), now=0.0)
+    eng.link("digits", ["svm"], now=0.0)
     eng.on_replica_up(ReplicaId("svm", "1", 0), now=0.0)
     [send] = eng.on_query(Query(query_id=1, app="digits", input=[0.0] * 64), now=0.001)
     [reply] = eng.on_batch_done(

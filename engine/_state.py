@@ -5,18 +5,24 @@ query or a feedback item waiting for model answers; a ``_Request`` is one predic
 from one model version, shared by coalesced waiters (a query for one model with an
 uncached input is its own request); a ``_Version`` holds a model version's queue, replicas
 and metrics; an ``_App`` an application's policy, per-context selection state and metrics.
+``_EngineFields`` names the engine's own fields, which the engine's parts (``_admin.py``,
+``_answers.py``, ``_batches.py``, ``core.py``) share.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Hashable
 from typing import Any
 
+import numpy as np
+
 from ._types import ModelId, ReplicaId
 from .batching import BatchController
+from .cache import PredictionCache
 from .metrics import BATCH_SIZE_BUCKETS, Counter, Metrics
-from .registry import Application, ModelSpec
+from .registry import Application, ModelSpec, Registry
 from .selection import PolicyState, SelectionPolicy, Static, make_policy
 
 
@@ -254,3 +260,32 @@ class _App:
                     new.loss_sums[i] = old.loss_sums[j]
             new.rounds = old.rounds
             self.states[ctx] = new
+
+
+class _EngineFields:
+    """The fields ``Engine.__init__`` sets, declared once for the engine's parts (mixins)."""
+
+    rng: np.random.Generator
+    registry: Registry
+    metrics: Metrics
+    cache: PredictionCache
+    log: list[tuple[Any, ...]] | None
+    remember_queries: int
+    feedback_timeout_s: float
+    _apps: dict[str, _App]
+    _versions: dict[ModelId, _Version]
+    _active: dict[str, _Version]  # model name -> its active version
+    _pending: dict[tuple[str, str, Hashable], _Request]  # (model, version, key): coalescing
+    _batches: dict[int, _Batch]  # in flight, by batch id
+    _deadlines: list[tuple[float, int, _Task]]  # heap: tasks with their own deadline
+    _fifos: dict[float, deque[_Task]]  # per SLO: tasks in deadline order without a heap
+    _due_at: float  # a lower bound on the next time something is due
+    _wakes: list[tuple[float, int, _Version]]  # heap: when a waiting controller wakes
+    _recent: dict[int, _Task]  # answered queries, for feedback naming a query id
+    _recent_limit: int
+    _seq: itertools.count[int]
+    _batch_ids: itertools.count[int]
+    _m_hits: Counter
+    _m_misses: Counter
+    _m_coalesced: Counter
+    _m_evictions: Counter

@@ -1,12 +1,15 @@
 """The engine driver of real mode: one engine, fed from the event loop.
 
 Rules (the driver translates; it never decides):
+- ``EngineDriver`` is a ``clipperlab.engine.driver.Driver``: the base carries out every
+  instruction (an unknown one raises ``TypeError``) and keeps the one timer slot.  This
+  module fills in the hooks and turns the server's inputs into engine events.
 - Time is ``time.monotonic()`` in seconds, the clock libuv and asyncio use.  ``loop.time()``
   is not used for ``now`` because uvloop rounds it to milliseconds, which would quantise
   every batch latency the batching controllers learn from.
-- After every engine call the driver arms one timer at ``engine.next_deadline()``
-  (``loop.call_later``); when it fires it calls ``on_timer``.  A timer that fires early
-  (libuv rounds delays to milliseconds) just finds nothing due and re-arms.
+- The timer is ``loop.call_later`` at ``engine.next_deadline()``, cancelled and re-armed
+  only when that deadline moves.  libuv rounds delays to milliseconds, so it may fire a
+  little early: the base then clamps ``now`` up to the deadline.
 - ``SendBatch`` goes to the replica's connection (``send_batch``); a replica with no
   connection (gone meanwhile) gets ``on_batch_failed``.  ``Reply`` completes the callback
   registered for its query id; ``FeedbackApplied`` the one for its feedback id.
@@ -21,7 +24,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Hashable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from clipperlab.engine import (
     BatchDone,
@@ -29,18 +32,19 @@ from clipperlab.engine import (
     Engine,
     Feedback,
     FeedbackApplied,
-    Instruction,
     Query,
     ReplicaId,
     Reply,
     SendBatch,
 )
+from clipperlab.engine.driver import Driver
 
 __all__ = ["EngineDriver", "ReplicaLink"]
 
 log = logging.getLogger("clipperlab.driver")
 
 _now = time.monotonic
+T = TypeVar("T")
 
 
 class ReplicaLink(Protocol):
@@ -49,24 +53,19 @@ class ReplicaLink(Protocol):
     def send_batch(self, batch_id: int, inputs: tuple[Any, ...]) -> None: ...
 
 
-class EngineDriver:
+class EngineDriver(Driver):
     """Feeds ``engine`` from the running event loop and carries out its instructions."""
 
     def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self.loop = loop
         self.links: dict[ReplicaId, ReplicaLink] = {}
         self._replies: dict[int, Callable[[Reply], None]] = {}
         self._feedback: dict[int, Callable[[FeedbackApplied], None]] = {}
         self._ids = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
-        self.on_instruction_error: Callable[[Exception], None] | None = None
 
     # -- inputs
-    def next_id(self) -> int:
-        return next(self._ids)
-
     def query(
         self,
         app: str,
@@ -77,99 +76,76 @@ class EngineDriver:
         context: Hashable | None = None,
         deadline: float | None = None,
     ) -> int:
+        """Submit a query; ``on_reply`` gets its ``Reply`` (maybe before this returns)."""
         qid = next(self._ids)
-        out = self.engine.on_query(Query(qid, app, input_, input_key, context, deadline), _now())
         self._replies[qid] = on_reply
-        if out:
-            self._carry(out)
-        self._arm()
+        try:
+            self.on_query(Query(qid, app, input_, input_key, context, deadline), _now())
+        except Exception:
+            self._replies.pop(qid, None)
+            raise
         return qid
 
     def feedback(self, fb: Feedback, on_done: Callable[[FeedbackApplied], None]) -> None:
         self._feedback[fb.feedback_id] = on_done
         try:
-            out = self.engine.on_feedback(fb, _now())
+            self.on_feedback(fb, _now())
         except Exception:
             self._feedback.pop(fb.feedback_id, None)
             raise
-        self._carry(out)
-        self._arm()
 
     def batch_done(self, replica: ReplicaId, batch_id: int, outputs: list[Any]) -> None:
-        out = self.engine.on_batch_done(
-            BatchDone(replica=replica, batch_id=batch_id, outputs=outputs), _now()
-        )
-        if out:
-            self._carry(out)
-        self._arm()
+        self.on_batch_done(BatchDone(replica=replica, batch_id=batch_id, outputs=outputs), _now())
 
     def batch_failed(self, replica: ReplicaId, batch_id: int, error: str) -> None:
-        out = self.engine.on_batch_failed(
-            BatchFailed(replica=replica, batch_id=batch_id, error=error), _now()
-        )
-        self._carry(out)
-        self._arm()
+        self.on_batch_failed(BatchFailed(replica=replica, batch_id=batch_id, error=error), _now())
 
     def replica_up(self, replica: ReplicaId, link: ReplicaLink) -> None:
         self.links[replica] = link
-        out = self.engine.on_replica_up(replica, _now())
-        self._carry(out)
-        self._arm()
+        self.on_replica_up(replica, _now())
 
     def replica_down(self, replica: ReplicaId) -> None:
         if self.links.pop(replica, None) is None:
             return
-        out = self.engine.on_replica_down(replica, _now())
-        self._carry(out)
-        self._arm()
+        self.on_replica_down(replica, _now())
 
-    def admin(self, fn: Callable[[], Any]) -> Any:
-        """Run an administrative engine call, then re-arm the timer."""
-        try:
-            return fn()
-        finally:
-            self._arm()
+    def admin(self, fn: Callable[[float], T], now: float | None = None) -> T:
+        """Run an administrative engine call as ``fn(now)`` (``now``: the clock), then
+        re-arm the timer."""
+        return super().admin(fn, _now() if now is None else now)
 
     @property
     def pending(self) -> int:
         return len(self._replies) + len(self._feedback)
 
-    # -- instructions
-    def _carry(self, out: list[Instruction]) -> None:
-        replies = self._replies
-        for ins in out:
-            if type(ins) is Reply:
-                cb = replies.pop(ins.query_id, None)
-                if cb is not None:
-                    cb(ins)
-            elif type(ins) is SendBatch:
-                link = self.links.get(ins.replica)
-                if link is None:
-                    self.loop.call_soon(
-                        self.batch_failed, ins.replica, ins.batch_id, "replica is not connected"
-                    )
-                else:
-                    link.send_batch(ins.batch_id, ins.inputs)
-            elif type(ins) is FeedbackApplied:
-                fcb = self._feedback.pop(ins.feedback_id, None)
-                if fcb is not None:
-                    fcb(ins)
+    # -- hooks
+    def reply(self, reply: Reply, now: float) -> None:
+        cb = self._replies.pop(reply.query_id, None)
+        if cb is not None:
+            cb(reply)
 
-    def _arm(self) -> None:
-        at = self.engine.next_deadline()
-        if at == self._timer_at:
-            return
+    def send_batch(self, batch: SendBatch, now: float) -> None:
+        link = self.links.get(batch.replica)
+        if link is None:
+            self.loop.call_soon(
+                self.batch_failed, batch.replica, batch.batch_id, "replica is not connected"
+            )
+        else:
+            link.send_batch(batch.batch_id, batch.inputs)
+
+    def feedback_applied(self, applied: FeedbackApplied, now: float) -> None:
+        cb = self._feedback.pop(applied.feedback_id, None)
+        if cb is not None:
+            cb(applied)
+
+    def arm_timer(self, at: float) -> None:
+        self._timer = self.loop.call_later(max(at - _now(), 0.0), self._fire)
+
+    def cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._timer_at = at
-        if at is not None:
-            self._timer = self.loop.call_later(max(at - _now(), 0.0), self._fire)
 
     def _fire(self) -> None:
         self._timer = None
-        self._timer_at = None
-        out = self.engine.on_timer(_now())
-        if out:
-            self._carry(out)
-        self._arm()
+        self.on_timer(_now())

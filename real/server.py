@@ -183,7 +183,9 @@ class Server:
             on_up=self._on_up,
             on_down=self._on_down,
         )
-        self.replicas_wanted = self.store.load_into(self.engine)
+        self.replicas_wanted = self.driver.admin(
+            lambda now: self.store.load_into(self.engine, now=now)
+        )
         text = metrics_text(self.engine, self._gauges)
         self.frontend = QueryFrontend(self.driver, cache=cfg.cache, metrics_text=text)
         self.admin = AdminApi(self, metrics_text=text)
@@ -317,19 +319,21 @@ class Server:
 
     def add_app(self, d: Mapping[str, Any]) -> Application:
         app = app_from_dict(d)
-        self.driver.admin(lambda: self.engine.add_application(app))
+        self.driver.admin(lambda now: self.engine.add_application(app, now=now))
         models = d.get("models") or d.get("candidate_model_names")
         if models:
-            self.driver.admin(lambda: self.engine.link(app.name, list(models)))
+            self.driver.admin(lambda now: self.engine.link(app.name, list(models), now=now))
         self._persist()
         return app
 
     def add_model(self, d: Mapping[str, Any]) -> ModelSpec:
         spec, n = model_from_dict(d, self.cfg.max_queue)
-        self.driver.admin(lambda: self.engine.add_model(spec))
+        self.driver.admin(lambda now: self.engine.add_model(spec, now=now))
         self.store.put_model(spec)
         if d.get("activate", True):
-            self.driver.admin(lambda: self.engine.set_model_version(spec.name, spec.version))
+            self.driver.admin(
+                lambda now: self.engine.set_model_version(spec.name, spec.version, now=now)
+            )
         if "replicas" in d or spec.name not in self.replicas_wanted:
             self.replicas_wanted[spec.name] = n
         self._persist()
@@ -337,22 +341,22 @@ class Server:
         return spec
 
     def link(self, app: str, models: list[str]) -> list[str]:
-        out: list[str] = self.driver.admin(lambda: self.engine.link(app, models))
+        out: list[str] = self.driver.admin(lambda now: self.engine.link(app, models, now=now))
         self._persist()
         return out
 
     def unlink(self, app: str, models: list[str]) -> list[str]:
-        out: list[str] = self.driver.admin(lambda: self.engine.unlink(app, models))
+        out: list[str] = self.driver.admin(lambda now: self.engine.unlink(app, models, now=now))
         self._persist()
         return out
 
     def set_version(self, name: str, version: str) -> None:
-        self.driver.admin(lambda: self.engine.set_model_version(name, version))
+        self.driver.admin(lambda now: self.engine.set_model_version(name, version, now=now))
         self._persist()
         self._apply_replicas(name, self.replicas_wanted.get(name, 1))
 
     def rollback(self, name: str, version: str | None = None) -> str:
-        v: str = self.driver.admin(lambda: self.engine.rollback(name, version))
+        v: str = self.driver.admin(lambda now: self.engine.rollback(name, version, now=now))
         self._persist()
         self._apply_replicas(name, self.replicas_wanted.get(name, 1))
         return v
@@ -373,7 +377,7 @@ class Server:
         if "input_shape" in changes and changes["input_shape"] is not None:
             changes["input_shape"] = tuple(changes["input_shape"])
         app: Application = self.driver.admin(
-            lambda: self.engine.update_application(name, **changes)
+            lambda now: self.engine.update_application(name, now=now, **changes)
         )
         self._persist()
         return app

@@ -94,19 +94,21 @@ class Store:
     def replicas(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT model, count FROM replicas").fetchall())
 
-    def load_into(self, engine: Engine) -> dict[str, int]:
+    def load_into(self, engine: Engine, *, now: float) -> dict[str, int]:
         """Rebuild ``engine``'s applications, models, versions, links and selection state.
         Returns the replicas wanted per model."""
         for (doc,) in self.db.execute("SELECT doc FROM apps ORDER BY rowid"):
-            engine.add_application(Application.from_dict(json.loads(doc)))
+            engine.add_application(Application.from_dict(json.loads(doc)), now=now)
         for (doc,) in self.db.execute("SELECT doc FROM models ORDER BY seq"):
-            engine.add_model(ModelSpec.from_dict(json.loads(doc)))
+            engine.add_model(ModelSpec.from_dict(json.loads(doc)), now=now)
         for model, versions in self.db.execute("SELECT model, versions FROM history"):
             for v in json.loads(versions)[1:]:
-                engine.set_model_version(model, v)
+                engine.set_model_version(model, v, now=now)
         for app, models in self.db.execute("SELECT app, models FROM links"):
-            engine.link(app, json.loads(models))
+            engine.link(app, json.loads(models), now=now)
         for app, ctx, state in self.db.execute("SELECT app, context, state FROM selection"):
             context: Hashable = _tuples(json.loads(ctx))
-            engine.load_selection_state(app, context, PolicyState.from_dict(json.loads(state)))
+            engine.load_selection_state(
+                app, context, PolicyState.from_dict(json.loads(state)), now=now
+            )
         return self.replicas()

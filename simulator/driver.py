@@ -203,11 +203,11 @@ class Simulation:
         eng = self.engine = Engine(rng=np.random.default_rng([seed, 101]),
                                    decision_log=self.decision_log, **opts)
         for m in dep.models:
-            eng.add_model(m.spec)
+            eng.add_model(m.spec, now=0.0)
         for a in dep.apps:
-            eng.add_application(a.app)
+            eng.add_application(a.app, now=0.0)
             if a.models:
-                eng.link(a.app.name, list(a.models))
+                eng.link(a.app.name, list(a.models), now=0.0)
 
         traces, order, src = _merge(self.traces)
         self._src = src

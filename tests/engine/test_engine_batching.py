@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+
 from clipperlab.engine import (
     AIMDController,
     Application,
@@ -21,7 +22,6 @@ from clipperlab.engine import (
     fit_linear_quantile,
     make_controller,
 )
-
 from tests.fake import FakeDriver
 
 BOUND = 0.020
@@ -150,11 +150,12 @@ def test_bentoml_sheds_oldest_when_bound_cannot_be_met() -> None:
 
 def test_engine_sheds_through_bentoml_with_refusal() -> None:
     eng = Engine()
-    eng.add_application(Application(name="a", slo_s=1.0, default_output=0))
+    eng.add_application(Application(name="a", slo_s=1.0, default_output=0), now=0.0)
     eng.add_model(
-        ModelSpec(name="m", batching=BatchingConfig(policy="bentoml", latency_bound_s=0.010))
+        ModelSpec(name="m", batching=BatchingConfig(policy="bentoml", latency_bound_s=0.010)),
+        now=0.0,
     )
-    eng.link("a", ["m"])
+    eng.link("a", ["m"], now=0.0)
     d = FakeDriver(eng)
     d.up("m")
     d.query(0, "a", 0)
@@ -174,9 +175,9 @@ def test_engine_sheds_through_bentoml_with_refusal() -> None:
 def test_batch_never_exceeds_cap_and_aimd_grows_under_load() -> None:
     """With a 1 ms + 10 us/item model and a steady queue, AIMD caps grow and batches obey them."""
     eng = Engine()
-    eng.add_application(Application(name="a", slo_s=0.020))
-    eng.add_model(ModelSpec(name="m", batching=BatchingConfig(policy="aimd")))
-    eng.link("a", ["m"])
+    eng.add_application(Application(name="a", slo_s=0.020), now=0.0)
+    eng.add_model(ModelSpec(name="m", batching=BatchingConfig(policy="aimd")), now=0.0)
+    eng.link("a", ["m"], now=0.0)
     d = FakeDriver(eng)
     rid = d.up("m")
     qid = 0
@@ -196,14 +197,15 @@ def test_batch_never_exceeds_cap_and_aimd_grows_under_load() -> None:
 def test_wait_timeout_batch_dispatched_by_timer() -> None:
     """A below-cap batch is released by the engine's timer at oldest arrival + wait."""
     eng = Engine(decision_log=True)
-    eng.add_application(Application(name="a", slo_s=0.050))
+    eng.add_application(Application(name="a", slo_s=0.050), now=0.0)
     eng.add_model(
         ModelSpec(
             name="m",
             batching=BatchingConfig(policy="fixed", max_batch_size=10, wait_timeout_s=0.003),
-        )
+        ),
+        now=0.0,
     )
-    eng.link("a", ["m"])
+    eng.link("a", ["m"], now=0.0)
     d = FakeDriver(eng)
     d.up("m")
     d.now = 0.001
@@ -245,13 +247,14 @@ def test_drop_hopeless_skips_requests_that_cannot_make_it() -> None:
     """With drop_hopeless, a queued request whose deadline is before now + the predicted
     batch latency is not computed; its query gets the default at once."""
     eng = Engine()
-    eng.add_application(Application(name="a", slo_s=0.030, default_output=-1))
+    eng.add_application(Application(name="a", slo_s=0.030, default_output=-1), now=0.0)
     eng.add_model(
         ModelSpec(
             name="m", batching=BatchingConfig(policy="fixed", max_batch_size=8, drop_hopeless=True)
-        )
+        ),
+        now=0.0,
     )
-    eng.link("a", ["m"])
+    eng.link("a", ["m"], now=0.0)
     d = FakeDriver(eng)
     d.up("m")
     d.query(0, "a", 0)

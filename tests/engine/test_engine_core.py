@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from clipperlab.engine import (
     Application,
     BatchingConfig,
@@ -14,7 +15,6 @@ from clipperlab.engine import (
     NotFound,
     ReleaseReason,
 )
-
 from tests.fake import FakeDriver
 
 
@@ -30,11 +30,13 @@ def make(
     eng.add_application(
         Application(
             name="a", slo_s=slo_s, default_output=-1, policy=policy, confidence_threshold=threshold
-        )
+        ),
+        now=0.0,
     )
     for m in models:
-        eng.add_model(ModelSpec(name=m, batching=batching or BatchingConfig(policy="aimd")))
-    eng.link("a", list(models))
+        batching_m = batching or BatchingConfig(policy="aimd")
+        eng.add_model(ModelSpec(name=m, batching=batching_m), now=0.0)
+    eng.link("a", list(models), now=0.0)
     return FakeDriver(eng)
 
 
@@ -149,7 +151,7 @@ def test_low_confidence_becomes_flagged_default() -> None:
 
 def test_no_model_linked_gives_default_at_once() -> None:
     eng = Engine()
-    eng.add_application(Application(name="empty", default_output=0))
+    eng.add_application(Application(name="empty", default_output=0), now=0.0)
     d = FakeDriver(eng)
     d.query(1, "empty")
     assert d.replies[1].prediction.default_reason == DefaultReason.NO_MODEL
@@ -192,22 +194,22 @@ def test_wrong_number_of_outputs_is_a_failed_batch() -> None:
 def test_new_version_and_rollback_route_queries() -> None:
     """Queries go to the active version; rollback returns to the previous one."""
     d = make()
-    d.eng.add_model(ModelSpec(name="m", version="2"))
+    d.eng.add_model(ModelSpec(name="m", version="2"), now=0.0)
     d.up("m", "1")
     d.up("m", "2")
     d.query(1, "a", 1)
     assert d.sent[-1].replica.version == "1"
     d.complete(d.sent[-1].batch_id)
-    d.eng.set_model_version("m", "2")
+    d.eng.set_model_version("m", "2", now=0.0)
     d.query(2, "a", 1)
     assert d.sent[-1].replica.version == "2"
     d.complete(d.sent[-1].batch_id)
-    assert d.eng.rollback("m") == "1"
+    assert d.eng.rollback("m", now=0.0) == "1"
     d.query(3, "a", 1)
     assert d.sent[-1].replica.version == "1"
     assert all(not d.replies[i].prediction.default for i in (1, 2))
     with pytest.raises(NotFound, match="no version '9'"):
-        d.eng.set_model_version("m", "9")
+        d.eng.set_model_version("m", "9", now=0.0)
 
 
 def test_bounded_queue_refuses_with_explanation() -> None:
@@ -222,17 +224,17 @@ def test_bounded_queue_refuses_with_explanation() -> None:
 
 def test_admin_errors_name_the_problem() -> None:
     eng = Engine()
-    eng.add_application(Application(name="a"))
+    eng.add_application(Application(name="a"), now=0.0)
     with pytest.raises(Conflict, match="'a' already exists"):
-        eng.add_application(Application(name="a"))
+        eng.add_application(Application(name="a"), now=0.0)
     with pytest.raises(NotFound, match="model 'nope'"):
-        eng.link("a", ["nope"])
+        eng.link("a", ["nope"], now=0.0)
     with pytest.raises(ConfigError, match="slo_s"):
         Application(name="b", slo_s=0)
     with pytest.raises(ConfigError, match="batching policy 'magic'"):
         BatchingConfig(policy="magic")
     with pytest.raises(ConfigError, match="selection policy 'best'"):
-        eng.add_application(Application(name="c", policy="best"))
+        eng.add_application(Application(name="c", policy="best"), now=0.0)
     with pytest.raises(NotFound, match="application 'zzz'"):
         FakeDriver(eng).query(1, "zzz")
 
@@ -241,7 +243,7 @@ def test_policy_switch_without_restart_keeps_weights() -> None:
     d = make(policy="exp3", models=("m1", "m2"))
     st = d.eng.selection_state("a")
     st.weights[0] = 0.25
-    d.eng.update_application("a", policy="exp4")
+    d.eng.update_application("a", policy="exp4", now=0.0)
     assert d.eng.selection_state("a").weights[0] == 0.25
     d.up("m1"), d.up("m2")
     d.query(1, "a", 0)

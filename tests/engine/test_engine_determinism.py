@@ -6,6 +6,7 @@ import heapq
 from typing import Any
 
 import numpy as np
+
 from clipperlab.engine import (
     Application,
     BatchDone,
@@ -26,13 +27,15 @@ def run_trace(seed: int, n: int = 400) -> list[tuple[Any, ...]]:
     eng.add_application(
         Application(
             name="a", slo_s=0.015, default_output=-1, policy="exp3", policy_params={"eta": 0.2}
-        )
+        ),
+        now=0.0,
     )
     for m in ("m1", "m2"):
         eng.add_model(
-            ModelSpec(name=m, batching=BatchingConfig(policy="aimd", wait_timeout_s=0.001))
+            ModelSpec(name=m, batching=BatchingConfig(policy="aimd", wait_timeout_s=0.001)),
+            now=0.0,
         )
-    eng.link("a", ["m1", "m2"])
+    eng.link("a", ["m1", "m2"], now=0.0)
     for m in ("m1", "m2"):
         for r in range(2):
             eng.on_replica_up(ReplicaId(m, "1", r), 0.0)

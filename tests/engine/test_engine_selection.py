@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from clipperlab.engine import (
     UCB1,
     ABSplit,
@@ -22,7 +23,6 @@ from clipperlab.engine import (
     loss,
     make_policy,
 )
-
 from tests.fake import FakeDriver
 
 
@@ -109,10 +109,12 @@ def test_state_round_trips_through_dict() -> None:
 
 def _ensemble_engine(policy: str = "exp4", **kw: object) -> FakeDriver:
     eng = Engine(seed=3)
-    eng.add_application(Application(name="a", policy=policy, default_output=-1, policy_params=kw))
+    eng.add_application(
+        Application(name="a", policy=policy, default_output=-1, policy_params=kw), now=0.0
+    )
     for m in ("good", "bad"):
-        eng.add_model(ModelSpec(name=m, batching=BatchingConfig(policy="none")))
-    eng.link("a", ["good", "bad"])
+        eng.add_model(ModelSpec(name=m, batching=BatchingConfig(policy="none")), now=0.0)
+    eng.link("a", ["good", "bad"], now=0.0)
     return FakeDriver(eng)
 
 

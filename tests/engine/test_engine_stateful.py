@@ -13,6 +13,15 @@ import math
 from typing import Any
 
 import hypothesis.strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
 from clipperlab.engine import (
     MISS,
     Application,
@@ -30,15 +39,6 @@ from clipperlab.engine import (
     SendBatch,
 )
 from clipperlab.engine.cache import output_size_bytes
-from hypothesis import HealthCheck, settings
-from hypothesis.stateful import (
-    RuleBasedStateMachine,
-    initialize,
-    invariant,
-    precondition,
-    rule,
-)
-
 from tests.fake import FakeDriver
 
 SLO_S = 0.010
@@ -79,11 +79,12 @@ class EngineMachine(RuleBasedStateMachine):
     def setup(self, batching: BatchingConfig, policy: str, cache: bool) -> None:
         self.eng = Engine(seed=0, cache_capacity_bytes=2_000 if cache else 0)
         self.eng.add_application(
-            Application(name="a", slo_s=SLO_S, default_output=-1, policy=policy)
+            Application(name="a", slo_s=SLO_S, default_output=-1, policy=policy),
+            now=0.0,
         )
         for m in MODELS:
-            self.eng.add_model(ModelSpec(name=m, batching=batching))
-        self.eng.link("a", list(MODELS))
+            self.eng.add_model(ModelSpec(name=m, batching=batching), now=0.0)
+        self.eng.link("a", list(MODELS), now=0.0)
         self.d = FakeDriver(self.eng)
         self.deadlines: dict[int, float] = {}
         self.inputs: dict[int, int] = {}

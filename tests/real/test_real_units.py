@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from clipperlab.engine import Application, Engine, ModelSpec, PolicyState
 from clipperlab.real import protocol as p
 from clipperlab.real.config import ConfigError, load_config
@@ -103,14 +104,14 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
 def test_store_round_trip(tmp_path: Path) -> None:
     """Everything the store keeps comes back into a fresh engine."""
     eng = Engine()
-    eng.add_application(Application(name="a", policy="exp3", default_output=-1))
-    eng.add_model(ModelSpec(name="m", metadata={"kind": "noop"}))
-    eng.add_model(ModelSpec(name="m", version="2"))
-    eng.add_model(ModelSpec(name="n"))
-    eng.set_model_version("m", "2")
-    eng.link("a", ["m", "n"])
+    eng.add_application(Application(name="a", policy="exp3", default_output=-1), now=0.0)
+    eng.add_model(ModelSpec(name="m", metadata={"kind": "noop"}), now=0.0)
+    eng.add_model(ModelSpec(name="m", version="2"), now=0.0)
+    eng.add_model(ModelSpec(name="n"), now=0.0)
+    eng.set_model_version("m", "2", now=0.0)
+    eng.link("a", ["m", "n"], now=0.0)
     st = PolicyState(["m", "n"], [0.25, 4.0])
-    eng.load_selection_state("a", ("user", 1), st)
+    eng.load_selection_state("a", ("user", 1), st, now=0.0)
     store = Store(tmp_path)
     reg = eng.registry
     for app in reg.apps.values():
@@ -124,7 +125,7 @@ def test_store_round_trip(tmp_path: Path) -> None:
     store.save_selection(eng)
     store.close()
     fresh = Engine()
-    wanted = Store(tmp_path).load_into(fresh)
+    wanted = Store(tmp_path).load_into(fresh, now=0.0)
     assert wanted == {"m": 3}
     assert fresh.registry.to_dict() == reg.to_dict()
     assert fresh.selection_state("a", ("user", 1)).weights == [0.25, 4.0]
@@ -157,7 +158,7 @@ def test_rpc_refuses_non_loopback_container_without_secret() -> None:
     from clipperlab.real.rpc import RpcServer
 
     eng = Engine()
-    eng.add_model(ModelSpec(name="m"))
+    eng.add_model(ModelSpec(name="m"), now=0.0)
     driver = MagicMock()
     driver.engine = eng
     hello = p.encode_json(p.HELLO, {"protocol": p.PROTOCOL_VERSION, "model": "m", "version": "1"})

@@ -159,10 +159,10 @@ def fake_driver_log(dep: Deployment, res: SimResult, seed: int) -> list[tuple]: 
     """
     eng = Engine(rng=np.random.default_rng([seed, 101]), decision_log=True)
     for m in dep.models:
-        eng.add_model(m.spec)
+        eng.add_model(m.spec, now=0.0)
     for a in dep.apps:
-        eng.add_application(a.app)
-        eng.link(a.app.name, list(a.models))
+        eng.add_application(a.app, now=0.0)
+        eng.link(a.app.name, list(a.models), now=0.0)
     q = res.queries
     arrivals = q["arrival_at"].tolist()
     labels = q["label"].tolist()

@@ -1,0 +1,276 @@
+"""Queues, batches and time: when a replica takes a batch, what a finished batch answers.
+
+Whenever a replica of a model version is idle and the version's queue (earliest deadline
+first) is not empty, the replica's batching controller decides: send a batch now
+(``SendBatch``, with the reason), shed requests it cannot serve, or wait until a time the
+engine reports through ``next_deadline()``.  Requests whose deadline passed in the queue
+are dropped (their queries are answered by the deadline timers).  A ``BatchDone`` fills
+the cache and hands each output to the tasks waiting for it; a ``BatchFailed`` counts the
+model as missing for them.  ``_fire`` handles everything due: task deadlines and
+controllers' wake-ups.  A part of ``Engine`` (``core.py``).
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from ._answers import _Answers
+from ._state import _Batch, _Replica, _Task, _Version, _Wanted
+from ._types import BatchDone, BatchFailed, Instruction, SendBatch
+from .batching import QueueView, Wait
+
+_INF = float("inf")
+
+
+class _Batches(_Answers):
+    """Batching, batch results and timers (a part of ``Engine``)."""
+
+    def _kick(self, ver: _Version, now: float, out: list[Instruction]) -> None:
+        """Let idle replicas of ``ver`` take batches while their controllers agree."""
+        queue = ver.queue
+        idle = ver.idle
+        while idle and queue:
+            head_deadline, _, head = queue[0]
+            if head_deadline <= now:
+                heapq.heappop(queue)
+                self._expire(head, now)
+                continue
+            rep = idle[0]
+            if ver.drop_hopeless:
+                est = rep.ctrl.latency.predict_s(min(len(queue), rep.ctrl.cap))
+                if est is not None and head_deadline < now + est:
+                    heapq.heappop(queue)
+                    self._drop_hopeless(head, now, out)
+                    continue
+            d = rep.ctrl.decide(
+                now, QueueView(len(queue), head.arrival_at, ver.newest_arrival_at, head_deadline)
+            )
+            if isinstance(d, Wait):
+                if ver.wake_at is None or d.until_at < ver.wake_at or ver.wake_at <= now:
+                    ver.wake_at = d.until_at
+                    heapq.heappush(self._wakes, (d.until_at, next(self._seq), ver))
+                    if d.until_at < self._due_at:
+                        self._due_at = d.until_at
+                return
+            if d.shed:
+                for _ in range(min(d.shed, len(queue))):
+                    self._shed(heapq.heappop(queue)[2], now, out)
+                continue
+            size = min(d.size, len(queue))
+            reqs: list[_Wanted] = []
+            heappop = heapq.heappop
+            for _ in range(size):
+                dl, _, req = heappop(queue)
+                if dl <= now:
+                    self._expire(req, now)
+                    if not queue:
+                        break
+                else:
+                    reqs.append(req)
+            if not reqs:
+                continue
+            idle.popleft()
+            ver.wake_at = None
+            assembly_at = max(rep.idle_since, head.arrival_at)
+            bid = next(self._batch_ids)
+            batch = _Batch(bid, rep, reqs, assembly_at)
+            rep.batch = batch
+            self._batches[bid] = batch
+            n = len(reqs)
+            c = ver.m_batches.get(d.reason)
+            if c is None:
+                c = ver.m_batches[d.reason] = self.metrics.counter(
+                    "clipperlab_batches_total",
+                    model=ver.mid.name,
+                    version=ver.mid.version,
+                    reason=d.reason,
+                )
+            c.value += 1
+            ver.m_batch_size.observe(n)
+            out.append(
+                SendBatch(
+                    replica=rep.id,
+                    batch_id=bid,
+                    inputs=tuple([r.input for r in reqs]),
+                    reason=d.reason,
+                    padded_size=max(d.padded_size, n),
+                )
+            )
+            if self.log is not None:
+                self.log.append(("batch", now, str(rep.id), bid, n, d.reason))
+
+    def _expire(self, req: _Wanted, now: float) -> None:
+        """A request reached its deadline in the queue; keep it only for live waiters
+        with a later deadline (coalesced requests)."""
+        live = [t.deadline for t in req.waiters if not t.done and t.deadline > now]
+        if live:
+            req.deadline = max(live)
+            heapq.heappush(req.version.queue, (req.deadline, req.seq, req))
+            return
+        # Every waiter's deadline has passed: the deadline timers answer them.
+        req.version.m_expired.value += 1
+        if req.key is not None:
+            self._pending.pop((req.version.mid.name, req.version.mid.version, req.key), None)
+
+    def _drop_hopeless(self, req: _Wanted, now: float, out: list[Instruction]) -> None:
+        """A request that cannot make its deadline even if sent now is not computed; its
+        waiters stop waiting for it (an ensemble answers with its other members)."""
+        ver = req.version
+        ver.m_hopeless.value += 1
+        if req.key is not None:
+            self._pending.pop((ver.mid.name, ver.mid.version, req.key), None)
+        for t in req.waiters:
+            if not t.done:
+                t.waiting -= 1
+                if t.waiting == 0:
+                    self._finish(t, now, out)
+
+    def _shed(self, req: _Wanted, now: float, out: list[Instruction]) -> None:
+        req.version.m_expired.value += 1
+        if req.key is not None:
+            self._pending.pop((req.version.mid.name, req.version.mid.version, req.key), None)
+        for t in req.waiters:
+            if not t.done:
+                if not t.feedback:
+                    self._refuse_shed(t, now, out, req.version.mid.name)
+                else:
+                    t.waiting -= 1
+                    if t.waiting == 0:
+                        self._finish(t, now, out)
+
+    def on_batch_done(self, done: BatchDone, now: float) -> list[Instruction]:
+        out: list[Instruction] = []
+        if now >= self._due_at:
+            self._fire(now, out)
+        batch = self._batches.pop(done.batch_id, None)
+        if batch is None:
+            return out  # the replica went down meanwhile; its requests were re-queued
+        outputs = done.outputs
+        if len(outputs) != len(batch.requests):
+            self._batches[done.batch_id] = batch
+            return out + self.on_batch_failed(
+                BatchFailed(
+                    replica=done.replica,
+                    batch_id=done.batch_id,
+                    error=f"{len(outputs)} outputs for a batch of {len(batch.requests)}",
+                ),
+                now,
+            )
+        rep = batch.replica
+        ver = self._versions[rep.id.model_id]
+        n = len(outputs)
+        latency = now - batch.assembly_at
+        rep.ctrl.observe(n, latency, now)
+        ver.m_batch_latency.observe(latency)
+        ver.m_predictions.value += n
+        name = ver.mid.name
+        version = ver.mid.version
+        cache = self.cache
+        pending = self._pending
+        for req, output in zip(batch.requests, outputs, strict=True):
+            if type(req) is _Task:  # a query that is its own request
+                if not req.done:
+                    req.answers[name] = output
+                    req.waiting -= 1
+                    if req.waiting == 0:
+                        self._finish(req, now, out)
+                continue
+            if req.key is not None:
+                ck = (name, version, req.key)
+                cache.put(ck, output)
+                pending.pop(ck, None)
+            for t in req.waiters:
+                if not t.done:
+                    t.answers[name] = output
+                    t.waiting -= 1
+                    if t.waiting == 0:
+                        self._finish(t, now, out)
+        self._idle(rep, ver, now, out)
+        return out
+
+    def on_batch_failed(self, failed: BatchFailed, now: float) -> list[Instruction]:
+        """The model could not compute the batch: its queries count it as missing."""
+        out: list[Instruction] = []
+        self._fire(now, out)
+        batch = self._batches.pop(failed.batch_id, None)
+        if batch is None:
+            return out
+        rep = batch.replica
+        ver = self._versions[rep.id.model_id]
+        ver.m_errors.value += 1
+        if self.log is not None:
+            self.log.append(("batch_failed", now, str(rep.id), failed.batch_id, failed.error))
+        for req in batch.requests:
+            if req.key is not None:
+                self._pending.pop((ver.mid.name, ver.mid.version, req.key), None)
+            for t in req.waiters:
+                if not t.done:
+                    t.failed += 1
+                    t.waiting -= 1
+                    if t.waiting == 0:
+                        self._finish(t, now, out)
+        self._idle(rep, ver, now, out)
+        return out
+
+    def _idle(self, rep: _Replica, ver: _Version, now: float, out: list[Instruction]) -> None:
+        rep.batch = None
+        if rep.id in ver.replicas:
+            rep.idle_since = now
+            ver.idle.append(rep)
+            if ver.queue:
+                self._kick(ver, now, out)
+
+    # ================================================================== time
+    def next_deadline(self) -> float | None:
+        """The absolute time at which ``on_timer`` must be called next (None: no timer).
+
+        O(1): it may be a little early (a query that has since been answered); calling
+        ``on_timer`` then is harmless and moves it on to the next live deadline.  After any
+        ``on_*(now)`` call it is later than ``now``: whatever was due has been handled."""
+        due = self._due_at
+        return None if due == _INF else due
+
+    def _recompute_due(self) -> float | None:
+        """The exact earliest live deadline or wake-up, dropping stale timer entries."""
+        best: float | None = None
+        dl = self._deadlines
+        while dl and dl[0][2].done:
+            heapq.heappop(dl)
+        if dl:
+            best = dl[0][0]
+        wk = self._wakes
+        while wk and wk[0][2].wake_at != wk[0][0]:
+            heapq.heappop(wk)
+        if wk and (best is None or wk[0][0] < best):
+            best = wk[0][0]
+        for fifo in self._fifos.values():
+            while fifo and fifo[0].done:
+                fifo.popleft()
+            if fifo and (best is None or fifo[0].deadline < best):
+                best = fifo[0].deadline
+        return best
+
+    def on_timer(self, now: float) -> list[Instruction]:
+        out: list[Instruction] = []
+        self._fire(now, out)
+        return out
+
+    def _fire(self, now: float, out: list[Instruction]) -> None:
+        dl = self._deadlines
+        while dl and dl[0][0] <= now:
+            task = heapq.heappop(dl)[2]
+            if not task.done:
+                self._finish(task, now, out)
+        for fifo in self._fifos.values():
+            while fifo and fifo[0].deadline <= now:
+                task = fifo.popleft()
+                if not task.done:
+                    self._finish(task, now, out)
+        wk = self._wakes
+        while wk and wk[0][0] <= now:
+            at, _, ver = heapq.heappop(wk)
+            if ver.wake_at == at:
+                ver.wake_at = None
+                self._kick(ver, now, out)
+        nxt = self._recompute_due()
+        self._due_at = _INF if nxt is None else nxt

@@ -1,0 +1,168 @@
+"""The one driver loop: feed the engine an event, carry out what it returns, re-arm.
+
+Theory of operation.  The engine is a state machine with no clock and no I/O; a *driver*
+owns the clock, the sockets or simulated containers, and one timer.  Every driver does the
+same three things after every engine call, and this base does them in one place (dask's
+``BaseWorker`` and aioquic's connection adapter are the models):
+
+1. **Carry out** each instruction, in the engine's order, through an exhaustive dispatch:
+   ``SendBatch`` -> ``send_batch``, ``Reply`` -> ``reply``, ``FeedbackApplied`` ->
+   ``feedback_applied``.  An instruction of any other type raises ``TypeError``: a new
+   instruction must be taught to every driver, not dropped by one of them.
+2. **Re-arm** the one timer slot: ask ``engine.next_deadline()`` and, only when it differs
+   from the time the slot holds, ``cancel_timer()`` the old one and ``arm_timer(at)`` the
+   new one.  The engine's deadline is a lower bound (it may be a little early), so a timer
+   that finds nothing due is harmless: ``on_timer`` moves the deadline on.
+3. When the timer fires, ``on_timer(now)`` empties the slot and calls ``engine.on_timer``.
+   A timer that fires *early* (event loops round delays to their resolution) has ``now``
+   clamped up to the time it was armed for, as aioquic does, so the engine sees its
+   deadline reached rather than a spurious wake-up.
+
+Subclasses implement the five hooks and translate their world's inputs into the ``on_*``
+calls (``on_query``, ``on_batch_done``, ``on_batch_failed``, ``on_feedback``,
+``on_replica_up``, ``on_replica_down``, ``on_timer``), each of which returns the
+instructions it carried out.  Administrative engine calls go through ``admin(fn, now)``
+(``fn`` gets ``now``) so the timer is re-armed after them too.  Hooks receive ``now``:
+the time of the engine call whose instructions they carry out.
+
+Pure like the rest of ``engine/``: no clock, no event loop; a driver brings those.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from ._types import (
+    BatchDone,
+    BatchFailed,
+    Feedback,
+    FeedbackApplied,
+    Instruction,
+    Query,
+    ReplicaId,
+    Reply,
+    SendBatch,
+)
+
+if TYPE_CHECKING:
+    from .core import Engine
+
+__all__ = ["HANDLED", "Driver"]
+
+T = TypeVar("T")
+
+HANDLED: tuple[type, ...] = (Reply, SendBatch, FeedbackApplied)
+"""The instruction types ``Driver.carry_out`` dispatches (every member of ``Instruction``)."""
+
+if set(HANDLED) != set(typing.get_args(Instruction)):  # pragma: no cover - a developer error
+    raise TypeError(
+        f"Driver.carry_out handles {sorted(t.__name__ for t in HANDLED)} but Instruction is "
+        f"{sorted(t.__name__ for t in typing.get_args(Instruction))}: teach the driver"
+    )
+
+
+class Driver:
+    """Base of every engine driver: one dispatch, one timer slot, hooks to fill in.
+
+    ``timer_at`` is the time the slot is armed for (``None``: no timer armed).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.timer_at: float | None = None
+
+    # ------------------------------------------------------------------ hooks
+    def send_batch(self, batch: SendBatch, now: float) -> None:
+        """Run ``batch`` on its replica; report back with ``on_batch_done``/``_failed``."""
+        raise NotImplementedError
+
+    def reply(self, reply: Reply, now: float) -> None:
+        """Answer the query ``reply.query_id``."""
+        raise NotImplementedError
+
+    def feedback_applied(self, applied: FeedbackApplied, now: float) -> None:
+        """Feedback ``applied.feedback_id`` has updated the selection state."""
+        raise NotImplementedError
+
+    def arm_timer(self, at: float) -> None:
+        """Call ``on_timer`` at absolute time ``at`` (the slot is empty or just cancelled)."""
+        raise NotImplementedError
+
+    def cancel_timer(self) -> None:
+        """Forget the timer armed for ``timer_at`` (it is about to be replaced or dropped)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the loop
+    def carry_out(self, instructions: list[Instruction], now: float) -> None:
+        """Carry out ``instructions`` in order; ``TypeError`` on an unknown one."""
+        # A `type(...) is` chain, Reply first (one per query): 0.66 us for six replies and a
+        # batch, against 0.92 us with a dict of bound methods keyed by type (measured).
+        reply = self.reply
+        for ins in instructions:
+            tp = type(ins)
+            if tp is Reply:
+                reply(ins, now)  # type: ignore[arg-type]
+            elif tp is SendBatch:
+                self.send_batch(ins, now)  # type: ignore[arg-type]
+            elif tp is FeedbackApplied:
+                self.feedback_applied(ins, now)  # type: ignore[arg-type]
+            else:
+                raise TypeError(
+                    f"{type(self).__name__} cannot carry out {ins!r}: not one of "
+                    f"{', '.join(t.__name__ for t in HANDLED)} (engine/_types.py)"
+                )
+
+    def rearm(self) -> None:
+        """Point the timer slot at ``engine.next_deadline()`` if it moved."""
+        at = self.engine.next_deadline()
+        if at != self.timer_at:
+            if self.timer_at is not None:
+                self.cancel_timer()
+            self.timer_at = at
+            if at is not None:
+                self.arm_timer(at)
+
+    def handle(self, instructions: list[Instruction], now: float) -> list[Instruction]:
+        """Carry out what an engine call at ``now`` returned, then re-arm; returns them."""
+        if instructions:
+            self.carry_out(instructions, now)
+        self.rearm()
+        return instructions
+
+    # ------------------------------------------------------------------ events in
+    def on_query(self, query: Query, now: float) -> list[Instruction]:
+        return self.handle(self.engine.on_query(query, now), now)
+
+    def on_batch_done(self, done: BatchDone, now: float) -> list[Instruction]:
+        return self.handle(self.engine.on_batch_done(done, now), now)
+
+    def on_batch_failed(self, failed: BatchFailed, now: float) -> list[Instruction]:
+        return self.handle(self.engine.on_batch_failed(failed, now), now)
+
+    def on_feedback(self, feedback: Feedback, now: float) -> list[Instruction]:
+        return self.handle(self.engine.on_feedback(feedback, now), now)
+
+    def on_replica_up(self, replica: ReplicaId, now: float) -> list[Instruction]:
+        return self.handle(self.engine.on_replica_up(replica, now), now)
+
+    def on_replica_down(self, replica: ReplicaId, now: float) -> list[Instruction]:
+        return self.handle(self.engine.on_replica_down(replica, now), now)
+
+    def on_timer(self, now: float) -> list[Instruction]:
+        """The armed timer fired at ``now``: the slot empties; ``now`` is clamped up to
+        the time it was armed for when it fired early."""
+        at = self.timer_at
+        self.timer_at = None
+        if at is not None and now < at:
+            now = at
+        return self.handle(self.engine.on_timer(now), now)
+
+    def admin(self, fn: Callable[[float], T], now: float) -> T:
+        """Run an administrative engine call as ``fn(now)``, then re-arm (a change of SLO
+        or of links can move the engine's deadline)."""
+        try:
+            return fn(now)
+        finally:
+            self.rearm()

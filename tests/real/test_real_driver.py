@@ -1,0 +1,67 @@
+"""The real server's engine driver on the driver base: unknown instructions raise, the
+loop timer is re-armed only when the engine's deadline moves, an early timer is clamped.
+No server and no running loop: the clock is patched, the timer fired by hand."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from clipperlab.engine import Application, Engine, ModelSpec, Reply
+from clipperlab.real import driver as real_driver
+from clipperlab.real.driver import EngineDriver
+
+
+@dataclass(frozen=True)
+class Bogus:
+    what: str = "?"
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    lp = asyncio.new_event_loop()
+    yield lp
+    lp.close()
+
+
+def _driver(loop: asyncio.AbstractEventLoop) -> EngineDriver:
+    eng = Engine()
+    d = EngineDriver(eng, loop)
+    d.admin(lambda now: eng.add_application(Application(name="a", slo_s=0.020), now=now))
+    d.admin(lambda now: eng.add_model(ModelSpec(name="m"), now=now))
+    d.admin(lambda now: eng.link("a", ["m"], now=now))
+    return d
+
+
+def test_unknown_instruction_raises(loop: asyncio.AbstractEventLoop) -> None:
+    """An instruction the driver does not know is a TypeError, no longer dropped."""
+    d = _driver(loop)
+    with pytest.raises(TypeError, match="EngineDriver cannot carry out .*Bogus"):
+        d.handle([Bogus()], 0.0)  # type: ignore[list-item]
+
+
+def test_timer_rearmed_only_when_deadline_moves_and_clamped_when_early(
+    loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two queries with the same next deadline share one loop timer; when it fires early
+    (libuv rounds to milliseconds) the engine sees the deadline, and the queries that
+    were due get their default replies."""
+    clock = [100.0]
+    monkeypatch.setattr(real_driver, "_now", lambda: clock[0])
+    d = _driver(loop)
+    got: list[Reply] = []
+    d.query("a", 1, got.append)  # no replica: waits for its deadline at 100.020
+    handle = d._timer
+    assert handle is not None and d.timer_at == pytest.approx(100.020)
+    clock[0] = 100.001
+    d.query("a", 2, got.append)
+    assert d._timer is handle  # the next deadline did not move: same timer
+    clock[0] = 100.0195  # the loop fires it half a millisecond early
+    d._fire()
+    assert [r.query_id for r in got] == [1]
+    assert got[0].prediction.default and got[0].latency_s == pytest.approx(0.020)
+    assert d.timer_at == pytest.approx(100.021) and d._timer is not handle
+    assert d.pending == 1
