@@ -1,13 +1,17 @@
-"""The simulator's raw records turned into DataFrames, after the run.
+"""The simulator's raw records, and the DataFrames built from them after the run.
 
-Rows are built column-wise (``map``/``itemgetter`` over the recorded ``Reply`` tuples, then
-numpy), about 0.6 CPU seconds per million queries.
+During the run the driver appends typed records: each ``Reply`` the engine returned with
+the time it left, a ``BatchRecord`` per batch sent (its ``done_at`` and ``status`` change
+when it finishes or is lost in a crash), a ``MemberRecord`` per finished batch when
+members are recorded.  Frames are built column-wise (``map``/``itemgetter``/``attrgetter``
+over the records, then numpy), about 0.6 CPU seconds per million queries.
 """
 
 from __future__ import annotations
 
-from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from operator import attrgetter, itemgetter
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -15,7 +19,34 @@ import pandas as pd
 if TYPE_CHECKING:
     from .driver import Simulation
 
-__all__ = ["batches_frame", "members_frame", "queries_frame"]
+__all__ = ["BatchRecord", "MemberRecord", "batches_frame", "members_frame", "queries_frame"]
+
+
+@dataclass(slots=True)
+class BatchRecord:
+    """One batch sent to a replica (a row of ``batches_frame``)."""
+
+    model_idx: int  # position of the model in ``Deployment.models``
+    replica: int  # the replica's ordinal
+    batch_id: int
+    size: int
+    padded_size: int
+    reason: str
+    sent_at: float
+    start_at: float  # when its inputs reached the replica
+    done_at: float  # when its outputs are back (NaN once lost)
+    status: str  # "sent", then "done" or "lost" (the replica crashed)
+
+
+class MemberRecord(NamedTuple):
+    """A finished batch's queries for one model (``record_members=True``)."""
+
+    query_ids: tuple[Any, ...]
+    model_idx: int
+    done_at: float
+
+
+_BATCH_COLUMNS = tuple(BatchRecord.__dataclass_fields__)
 
 
 def queries_frame(self: Simulation) -> pd.DataFrame:
@@ -103,21 +134,21 @@ def batches_frame(self: Simulation) -> pd.DataFrame:
     names = [m.name for m in self.deployment.models]
     versions = [m.spec.version for m in self.deployment.models]
     rows = self._b_rows
-    cols = list(zip(*rows, strict=True)) if rows else [()] * 10
-    mi = np.asarray(cols[0], dtype=np.int64)
+    col = {f: list(map(attrgetter(f), rows)) for f in _BATCH_COLUMNS}
+    mi = np.asarray(col["model_idx"], dtype=np.int64)
     df = pd.DataFrame({
         "model": pd.Categorical.from_codes(mi, categories=names) if len(set(names)) == len(
             names) else [names[k] for k in mi],
         "version": [versions[k] for k in mi],
-        "replica": np.asarray(cols[1], dtype=np.int64),
-        "batch_id": np.asarray(cols[2], dtype=np.int64),
-        "size": np.asarray(cols[3], dtype=np.int64),
-        "padded_size": np.asarray(cols[4], dtype=np.int64),
-        "reason": list(cols[5]),
-        "sent_at": np.asarray(cols[6], dtype=np.float64),
-        "start_at": np.asarray(cols[7], dtype=np.float64),
-        "done_at": np.asarray(cols[8], dtype=np.float64),
-        "status": list(cols[9]),
+        "replica": np.asarray(col["replica"], dtype=np.int64),
+        "batch_id": np.asarray(col["batch_id"], dtype=np.int64),
+        "size": np.asarray(col["size"], dtype=np.int64),
+        "padded_size": np.asarray(col["padded_size"], dtype=np.int64),
+        "reason": col["reason"],
+        "sent_at": np.asarray(col["sent_at"], dtype=np.float64),
+        "start_at": np.asarray(col["start_at"], dtype=np.float64),
+        "done_at": np.asarray(col["done_at"], dtype=np.float64),
+        "status": col["status"],
     })
     return df
 
@@ -127,11 +158,12 @@ def members_frame(self: Simulation) -> pd.DataFrame | None:
     if not self.record_members:
         return None
     names = [m.name for m in self.deployment.models]
-    qs = [np.asarray(ins, dtype=np.int64) for ins, _, _ in self._members]
+    members = self._members
+    qs = [np.asarray(r.query_ids, dtype=np.int64) for r in members]
     q = np.concatenate(qs) if qs else np.zeros(0, np.int64)
-    mi = np.concatenate([np.full(len(ins), k, np.int64) for ins, k, _ in self._members]) \
+    mi = np.concatenate([np.full(len(r.query_ids), r.model_idx, np.int64) for r in members]) \
         if qs else np.zeros(0, np.int64)
-    at = np.concatenate([np.full(len(ins), t) for ins, _, t in self._members]) \
+    at = np.concatenate([np.full(len(r.query_ids), r.done_at) for r in members]) \
         if qs else np.zeros(0)
     return pd.DataFrame({"query_id": q,
                          "model": pd.Categorical.from_codes(mi, categories=names),

@@ -7,17 +7,20 @@ import heapq
 
 import numpy as np
 import pytest
+
 from clipperlab.engine import (
     Application,
     BatchDone,
     BatchingConfig,
     Engine,
+    FeedbackApplied,
     ModelSpec,
     Query,
     ReplicaId,
     Reply,
     SendBatch,
 )
+from clipperlab.engine.driver import Driver
 from clipperlab.simulator import (
     AppDeployment,
     Deployment,
@@ -150,6 +153,32 @@ def test_record_members_for_ensembles() -> None:
 # --------------------------------------------------------------------------- fake driver
 
 
+class HandLoop(Driver):
+    """The engine's driver base run by hand: a batch finishes at the time ``done_at`` gives
+    for its id; replies are only counted; the timer is the base's slot, read by the loop."""
+
+    def __init__(self, engine: Engine, done_at: dict[int, float]) -> None:
+        super().__init__(engine)
+        self.done_at = done_at
+        self.inflight: list[tuple[float, int, SendBatch]] = []
+        self.replies = 0
+
+    def send_batch(self, batch: SendBatch, now: float) -> None:
+        heapq.heappush(self.inflight, (self.done_at[batch.batch_id], batch.batch_id, batch))
+
+    def reply(self, reply: Reply, now: float) -> None:
+        self.replies += 1
+
+    def feedback_applied(self, applied: FeedbackApplied, now: float) -> None:
+        raise AssertionError(f"no feedback in these traces: {applied}")
+
+    def arm_timer(self, at: float) -> None:
+        pass  # the loop reads timer_at
+
+    def cancel_timer(self) -> None:
+        pass
+
+
 def fake_driver_log(dep: Deployment, res: SimResult, seed: int) -> list[tuple]:  # type: ignore[type-arg]
     """Replay the simulator's arrivals and batch completion times through the engine by
     hand (a batch finishes when the simulator's did: same sends, same latencies).
@@ -167,36 +196,26 @@ def fake_driver_log(dep: Deployment, res: SimResult, seed: int) -> list[tuple]: 
     arrivals = q["arrival_at"].tolist()
     labels = q["label"].tolist()
     app = dep.apps[0].app.name
-    done_at = {int(r.batch_id): float(r.done_at) for r in res.batches.itertuples()}
-    inflight: list[tuple[float, int, SendBatch]] = []
-
-    def carry(out: list, now: float) -> None:  # type: ignore[type-arg]
-        for ins in out:
-            if isinstance(ins, SendBatch):
-                heapq.heappush(inflight, (done_at[ins.batch_id], ins.batch_id, ins))
-            else:
-                assert isinstance(ins, Reply)
-
+    d = HandLoop(eng, {int(r.batch_id): float(r.done_at) for r in res.batches.itertuples()})
     for m in dep.models:
         for rid in m.replica_ids():
-            carry(eng.on_replica_up(rid, 0.0), 0.0)
+            d.on_replica_up(rid, 0.0)
     i, n = 0, len(arrivals)
+    inflight = d.inflight
     while True:
         t_done = inflight[0][0] if inflight else np.inf
-        nd = eng.next_deadline()
-        t_timer = np.inf if nd is None else nd
+        t_timer = np.inf if d.timer_at is None else d.timer_at
         t_arr = arrivals[i] if i < n else np.inf
         if t_done == t_timer == t_arr == np.inf:
             break
         if t_done <= t_timer and t_done <= t_arr:
             at, _, sb = heapq.heappop(inflight)
             outs = [labels[k] for k in sb.inputs]
-            carry(eng.on_batch_done(BatchDone(replica=sb.replica, batch_id=sb.batch_id,
-                                              outputs=outs), at), at)
+            d.on_batch_done(BatchDone(replica=sb.replica, batch_id=sb.batch_id, outputs=outs), at)
         elif t_timer <= t_arr:
-            carry(eng.on_timer(t_timer), t_timer)
+            d.on_timer(t_timer)
         else:
-            carry(eng.on_query(Query(i, app, i), t_arr), t_arr)
+            d.on_query(Query(i, app, i), t_arr)
             i += 1
     assert eng.log is not None
     return eng.log
@@ -353,3 +372,25 @@ def test_pauses_hold_the_loop() -> None:
     assert again.pauses == sim.pauses
     with pytest.raises(SimConfigError, match="pauses_s"):
         FrontendCPU(pause_rate_hz=1.0)
+
+
+@pytest.mark.parametrize("event_loop", [False, True])
+def test_unknown_instruction_raises(event_loop: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The simulator carries out instructions through the driver base: one of an unknown
+    type stops the run with a TypeError naming it (with and without the event loop)."""
+    import dataclasses
+
+    from clipperlab.engine.core import Engine as CoreEngine
+    from clipperlab.simulator import FrontendCPU
+
+    @dataclasses.dataclass(frozen=True)
+    class Bogus:
+        what: str = "?"
+
+    monkeypatch.setattr(CoreEngine, "on_query", lambda self, q, now: [Bogus()])
+    dep = Deployment.single("prototype-noop")
+    if event_loop:
+        dep = dataclasses.replace(dep, frontend_cpu=FrontendCPU())
+    sim = Simulation(dep, Workload(ConstantRate(10), n_queries=3), seed=0)
+    with pytest.raises(TypeError, match="Simulation cannot carry out .*Bogus"):
+        sim.run()

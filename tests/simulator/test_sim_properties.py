@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from clipperlab.engine import Application, BatchingConfig, ModelSpec
 from clipperlab.simulator import (
     AppDeployment,
@@ -14,9 +17,6 @@ from clipperlab.simulator import (
     load_profile,
 )
 from clipperlab.workloads import DigitsInputs, Poisson, Workload
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from tests.simulator.test_sim_driver import fake_driver_log
 
 

@@ -1,0 +1,179 @@
+"""Simulated replicas: one SimPy process per replica incarnation, batches, crashes.
+
+On ``SendBatch`` the batch's whole timeline is computed at once: the inputs cross the
+host's link (FIFO, ``batch x input_bytes x 8 / bandwidth_bps`` plus the link latency; the
+frontend's NIC is shared when configured), the container computes for a draw from the
+latency profile at the padded size (a container that slept pays a wake-up; stragglers slow
+it down), and the outputs come back after the link latency.  The replica's process sleeps
+until then and reports the batch done.  The engine sends a replica one batch at a time.
+A crash ends the incarnation (its batch in flight is lost: recorded ``"lost"``); a restart
+starts a new process.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import simpy
+
+from clipperlab.engine import ReplicaId, SendBatch
+
+from ._frontend import _Frontend, _Inbound, _LinkState, _wake_cost
+from .faults import Crash, Straggler, parse_replica
+from .profiles import ProfileSampler
+from .records import BatchRecord, MemberRecord
+
+__all__ = ["_Rep", "_Replicas"]
+
+_OUTPUT_BYTES = 8  # per item on the way back
+
+
+class _Rep:
+    """One replica's driver-side state."""
+
+    __slots__ = ("rid", "model_idx", "host", "link", "sampler", "stragglers", "rng", "gen",
+                 "wake", "inflight", "up", "idle_since", "wake_s", "cold_after_s")
+
+    def __init__(self, rid: ReplicaId, model_idx: int, host: str, link: _LinkState,
+                 sampler: ProfileSampler, rng: np.random.Generator, wake_s: float = 0.0,
+                 cold_after_s: float = 1e-3) -> None:
+        self.rid = rid
+        self.model_idx = model_idx
+        self.host = host
+        self.link = link
+        self.sampler = sampler
+        self.stragglers: list[Straggler] = []
+        self.rng = rng
+        self.gen = 0
+        self.wake: simpy.Event | None = None
+        self.inflight: BatchRecord | None = None
+        self.up = False
+        self.idle_since = 0.0  # when its last batch finished (wake-up cost)
+        self.wake_s = wake_s
+        self.cold_after_s = cold_after_s
+
+
+class _Replicas(_Frontend):
+    """Replica processes, batch timelines and crash faults (a part of ``Simulation``)."""
+
+    def _start_replica(self, rep: _Rep, now: float) -> None:
+        now = self._loop_at(now)
+        rep.gen += 1
+        rep.up = True
+        rep.wake = self.env.event()
+        self.env.process(self._replica(rep, rep.gen))
+        self.on_replica_up(rep.rid, now)
+
+    def _replica(self, rep: _Rep, gen: int) -> Any:
+        env = self.env
+        while True:
+            ev = rep.wake
+            sb, done_at = yield ev
+            if rep.gen != gen:
+                return
+            rep.wake = env.event()
+            yield env.timeout(done_at - env.now)
+            if rep.gen != gen:
+                return
+            self._done(rep, sb, env.now)
+
+    def _fault_proc(self) -> Any:
+        env = self.env
+        plan: list[tuple[float, int, Crash, bool]] = []
+        for k, f in enumerate(self.deployment.faults):
+            if isinstance(f, Crash):
+                plan.append((f.at_s, k, f, False))
+                if f.restart_after_s is not None:
+                    plan.append((f.at_s + f.restart_after_s, k, f, True))
+        plan.sort(key=lambda p: (p[0], p[1], p[3]))
+        for at, _, f, restart in plan:
+            if at > env.now:
+                yield env.timeout(at - env.now)
+            name, o = parse_replica(f.replica)
+            rid = ReplicaId(name, self.deployment.model(name).spec.version, o)
+            rep = self._reps[rid]
+            now = env.now
+            if restart:
+                if not rep.up:
+                    self.crashes.append((now, str(rid), "restart"))
+                    self._start_replica(rep, now)
+            elif rep.up:
+                self.crashes.append((now, str(rid), "crash"))
+                rep.up = False
+                rep.gen += 1
+                if rep.inflight is not None:
+                    rep.inflight.status = "lost"
+                    rep.inflight.done_at = math.nan
+                    rep.inflight = None
+                self.on_replica_down(rid, self._loop_at(now))
+            self._ensure_timer()
+
+    def send_batch(self, sb: SendBatch, now: float) -> None:
+        """Start ``sb`` on its replica at ``now`` (when the frontend's loop has paid for
+        sending it): its timeline, its record, its replica's wake-up."""
+        fc = self._fc
+        if fc is not None:
+            cost = fc.batch_send_s + fc.item_s * len(sb.inputs)
+            now = self._loop_free = self._loop_free + cost
+        rep = self._reps[sb.replica]
+        inputs = sb.inputs
+        n = len(inputs)
+        padded = sb.padded_size if sb.padded_size > n else n
+        if self._uniform_bytes is not None:
+            nbytes = n * self._uniform_bytes
+        else:
+            rb = self._row_bytes
+            nbytes = sum(rb[q] for q in inputs)  # type: ignore[index]
+        link = rep.link
+        fe = self._fe
+        start = now if now > link.free_at else link.free_at
+        bw = link.bandwidth_bps
+        if fe is not None:
+            if fe.free_at > start:
+                start = fe.free_at
+            if fe.bandwidth_bps < bw:
+                bw = fe.bandwidth_bps
+        xfer = nbytes * 8.0 / bw
+        link.free_at = start + xfer
+        if fe is not None:
+            fe.free_at = start + xfer
+        lat = link.latency_s + (fe.latency_s if fe is not None else 0.0)
+        arrive = start + xfer + lat
+        service = rep.sampler(padded)
+        if rep.wake_s:
+            # a container that slept pays a wake-up (ModelDeployment.wake_s)
+            idle = arrive - rep.idle_since
+            if idle > 0:
+                w = _wake_cost(rep.wake_s, idle, rep.cold_after_s)
+                self.replica_wake_s += w
+                service += w
+        if rep.stragglers:
+            for f in rep.stragglers:
+                if f.from_s <= now < f.until_s:
+                    service *= f.slowdown
+                    if f.extra_delay_s > 0 and (
+                        f.probability >= 1.0 or rep.rng.random() < f.probability
+                    ):
+                        service += rep.rng.exponential(f.extra_delay_s)
+        done_at = arrive + service + lat + n * _OUTPUT_BYTES * 8.0 / bw
+        row = BatchRecord(rep.model_idx, sb.replica.ordinal, sb.batch_id, n, padded, sb.reason,
+                          now, arrive, done_at, "sent")
+        self._b_rows.append(row)
+        rep.inflight = row
+        rep.wake.succeed((sb, done_at))  # type: ignore[union-attr]
+
+    def _done(self, rep: _Rep, sb: SendBatch, now: float) -> None:
+        rep.idle_since = now
+        row = rep.inflight
+        if row is not None:
+            row.done_at = now  # SimPy's clock (done_at up to rounding)
+            row.status = "done"
+        rep.inflight = None
+        if self.record_members:
+            self._members.append(MemberRecord(sb.inputs, rep.model_idx, now))
+        if self._fc is not None:
+            self._inbox.append(_Inbound(now, rep, sb))  # the event loop handles it
+            return
+        self.handle(self.engine.on_batch_done(self._batch_done(rep, sb), now), now)
