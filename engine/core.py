@@ -20,7 +20,9 @@ Invariants (checked by the property tests): every admitted query gets exactly on
 the query's deadline; the cache never exceeds its byte budget.
 
 Drivers call ``on_*`` with the current time and then arm one timer at
-``next_deadline()``; when it fires they call ``on_timer(now)``.
+``next_deadline()``; when it fires they call ``on_timer(now)`` (``driver.py`` does this
+once for every driver).  The engine's parts: ``core.py`` (replicas, queries, feedback),
+``_admin.py``, ``_batches.py``, ``_answers.py``, ``_state.py``.
 """
 
 from __future__ import annotations
