@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from clipperlab.engine.selection import make_policy
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from clipperlab.engine.selection import make_policy
 
 POLICIES: list[tuple[str, dict[str, Any]]] = [
     ("exp3", {}),
