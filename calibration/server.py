@@ -84,7 +84,7 @@ def model_specs(
 ) -> tuple[Application, list[tuple[ModelSpec, int, dict[str, Any]]]]:
     """The application ``app_name`` and, per model linked to it, its spec, its replica
     count and its ``[[models]]`` entry."""
-    from clipperlab.real.server import app_from_dict, model_from_dict
+    from clipperlab.real.config import app_from_dict, model_from_dict
 
     apps = {a["name"]: a for a in dep.apps}
     if app_name not in apps:

@@ -17,13 +17,13 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
-from clipperlab.engine import Application, BatchingConfig, Engine, ModelSpec, ReplicaId
+from clipperlab.engine import Application, Engine, ModelSpec, ReplicaId
+from clipperlab.engine.schema import application_changes
 
 from .admin import AdminApi
-from .config import ServerConfig
+from .config import ServerConfig, app_from_dict, model_from_dict
 from .driver import EngineDriver
 from .frontend import QueryFrontend
 from .http import HttpProtocol
@@ -32,109 +32,9 @@ from .metrics import metrics_text
 from .rpc import RpcServer
 from .store import Store
 
-__all__ = ["Server", "ServerThread", "app_from_dict", "model_from_dict", "tune_gc"]
+__all__ = ["Server", "ServerThread", "tune_gc"]
 
 log = logging.getLogger("clipperlab.server")
-
-
-def _pick(d: Mapping[str, Any], *names: str, default: Any = None) -> Any:
-    for n in names:
-        if n in d:
-            return d[n]
-    return default
-
-
-def app_from_dict(d: Mapping[str, Any]) -> Application:
-    """An ``Application`` from Clipper's ``add_app`` fields or ours (slo_ms, slo_s)."""
-    known = {
-        "name",
-        "input_type",
-        "default_output",
-        "latency_slo_micros",
-        "slo_ms",
-        "slo_s",
-        "policy",
-        "policy_params",
-        "confidence_threshold",
-        "input_shape",
-        "loss",
-        "models",
-        "candidate_model_names",
-    }
-    unknown = set(d) - known
-    if unknown:
-        raise ValueError(f"unknown application field(s) {sorted(unknown)}; known: {sorted(known)}")
-    if "latency_slo_micros" in d:
-        slo_s = float(d["latency_slo_micros"]) / 1e6
-    elif "slo_ms" in d:
-        slo_s = float(d["slo_ms"]) / 1e3
-    else:
-        slo_s = float(d.get("slo_s", 0.020))
-    shape = d.get("input_shape")
-    return Application(
-        name=str(d["name"]),
-        slo_s=slo_s,
-        default_output=d.get("default_output"),
-        input_type=str(d.get("input_type", "doubles")),
-        input_shape=tuple(shape) if shape is not None else None,
-        policy=str(d.get("policy", "static")),
-        policy_params=dict(d.get("policy_params") or {}),
-        confidence_threshold=float(d.get("confidence_threshold", 0.0)),
-        loss=str(d.get("loss", "zero_one")),
-    )
-
-
-def model_from_dict(d: Mapping[str, Any], max_queue: int) -> tuple[ModelSpec, int]:
-    """A ``ModelSpec`` and its replica count from Clipper's ``add_model`` fields or ours."""
-    known = {
-        "model_name",
-        "name",
-        "model_version",
-        "version",
-        "input_type",
-        "container_name",
-        "kind",
-        "model_data_path",
-        "path",
-        "labels",
-        "batching",
-        "replicas",
-        "options",
-        "activate",
-    }
-    unknown = set(d) - known
-    if unknown:
-        raise ValueError(f"unknown model field(s) {sorted(unknown)}; known: {sorted(known)}")
-    name = _pick(d, "model_name", "name")
-    if not name:
-        raise ValueError("a model needs model_name")
-    kind = str(_pick(d, "kind", "container_name", default="noop"))
-    from .models import MODEL_KINDS
-
-    if kind not in MODEL_KINDS:
-        raise ValueError(f"model kind {kind!r} is unknown; expected one of {MODEL_KINDS}")
-    batching = BatchingConfig.from_dict(d.get("batching") or {})
-    if batching.max_queue is None:
-        batching = replace(batching, max_queue=max_queue)
-    replicas = int(d.get("replicas", 1))
-    if replicas < 0:
-        raise ValueError(f"replicas must be >= 0, got {replicas}")
-    md: dict[str, Any] = {
-        "kind": kind,
-        "path": str(_pick(d, "path", "model_data_path", default="")),
-    }
-    if d.get("options"):
-        md["options"] = dict(d["options"])
-    if d.get("labels"):
-        md["labels"] = list(d["labels"])
-    spec = ModelSpec(
-        name=str(name),
-        version=str(_pick(d, "model_version", "version", default="1")),
-        input_type=str(d.get("input_type", "doubles")),
-        batching=batching,
-        metadata=md,
-    )
-    return spec, replicas
 
 
 def tune_gc() -> None:
@@ -370,12 +270,7 @@ class Server:
         self._apply_replicas(name, count)
 
     def update_app(self, name: str, changes: dict[str, Any]) -> Application:
-        if "latency_slo_micros" in changes:
-            changes["slo_s"] = float(changes.pop("latency_slo_micros")) / 1e6
-        if "slo_ms" in changes:
-            changes["slo_s"] = float(changes.pop("slo_ms")) / 1e3
-        if "input_shape" in changes and changes["input_shape"] is not None:
-            changes["input_shape"] = tuple(changes["input_shape"])
+        changes = application_changes(changes, f"update_app {name!r}")
         app: Application = self.driver.admin(
             lambda now: self.engine.update_application(name, now=now, **changes)
         )
