@@ -13,110 +13,65 @@ Feed it events with ``now`` (seconds) and carry out the instructions it returns:
     [reply] = eng.on_batch_done(
         BatchDone(replica=send.replica, batch_id=send.batch_id, outputs=[3]), now=0.004)
     assert reply.prediction.output == 3
+
+This module exports the public API: what the README's examples and the drivers use, the
+driver base, the errors, and the interfaces a policy of one's own implements
+(``BatchController`` with ``Dispatch``/``Wait``/``QueueView``, ``SelectionPolicy`` with
+``PolicyState``).  The built-in controllers and policies, the cache and the reasons live in
+their modules (``clipperlab.engine.batching``, ``.selection``, ``.peers``, ``.cache``,
+``._types``); configs name them by string.
 """
 
 from ._types import (
     BatchDone,
     BatchFailed,
-    DefaultReason,
     Feedback,
     FeedbackApplied,
     Instruction,
-    ModelId,
     Prediction,
     Query,
-    ReleaseReason,
     ReplicaId,
     Reply,
     SendBatch,
 )
-from .batching import (
-    AIMDController,
-    BatchController,
-    Dispatch,
-    FixedController,
-    LatencyModel,
-    NoBatchingController,
-    QuantileController,
-    QueueView,
-    Wait,
-    fit_linear_quantile,
-    make_controller,
-)
-from .cache import MISS, PredictionCache
+from .batching import BatchController, Dispatch, QueueView, Wait
 from .core import Engine
 from .digest import input_digest
+from .driver import Driver
 from .errors import ConfigError, Conflict, EngineError, NotFound
-from .metrics import Counter, Histogram, Metrics
-from .peers import BentoMLController, TFServingController, TritonController
-from .registry import INPUT_TYPES, Application, BatchingConfig, ModelSpec, Registry
-from .selection import (
-    POLICIES,
-    UCB1,
-    ABSplit,
-    EpsilonGreedy,
-    Exp3,
-    Exp4,
-    PolicyState,
-    SelectionPolicy,
-    Static,
-    loss,
-    make_policy,
-)
+from .metrics import Counter, Metrics
+from .registry import INPUT_TYPES, Application, BatchingConfig, ModelSpec
+from .selection import PolicyState, SelectionPolicy, make_policy
 
 __all__ = [
-    "ABSplit",
-    "AIMDController",
     "Application",
     "BatchController",
     "BatchDone",
     "BatchFailed",
     "BatchingConfig",
-    "BentoMLController",
     "ConfigError",
     "Conflict",
     "Counter",
-    "DefaultReason",
     "Dispatch",
+    "Driver",
     "Engine",
     "EngineError",
-    "EpsilonGreedy",
-    "Exp3",
-    "Exp4",
     "Feedback",
     "FeedbackApplied",
-    "FixedController",
-    "Histogram",
     "INPUT_TYPES",
     "Instruction",
-    "LatencyModel",
-    "MISS",
     "Metrics",
-    "ModelId",
     "ModelSpec",
-    "NoBatchingController",
     "NotFound",
-    "POLICIES",
     "PolicyState",
     "Prediction",
-    "PredictionCache",
-    "QuantileController",
     "Query",
     "QueueView",
-    "Registry",
-    "ReleaseReason",
     "ReplicaId",
     "Reply",
     "SelectionPolicy",
     "SendBatch",
-    "Static",
-    "TFServingController",
-    "TritonController",
-    "UCB1",
     "Wait",
-    "fit_linear_quantile",
     "input_digest",
-    "loss",
-    "make_controller",
     "make_policy",
 ]

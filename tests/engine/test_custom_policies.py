@@ -19,9 +19,9 @@ from clipperlab.engine import (
     Query,
     ReplicaId,
     SendBatch,
-    make_controller,
     make_policy,
 )
+from clipperlab.engine.batching import make_controller
 from clipperlab.engine.schema import (
     application_changes,
     application_tables,

@@ -9,16 +9,18 @@ import numpy as np
 import pytest
 
 from clipperlab.engine import (
-    AIMDController,
     Application,
     BatchingConfig,
     Dispatch,
     Engine,
     ModelSpec,
-    QuantileController,
     QueueView,
-    ReleaseReason,
     Wait,
+)
+from clipperlab.engine._types import ReleaseReason
+from clipperlab.engine.batching import (
+    AIMDController,
+    QuantileController,
     fit_linear_quantile,
     make_controller,
 )

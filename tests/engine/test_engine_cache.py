@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clipperlab.engine import MISS, PredictionCache
-from clipperlab.engine.cache import ENTRY_OVERHEAD_BYTES, output_size_bytes
+from clipperlab.engine.cache import ENTRY_OVERHEAD_BYTES, MISS, PredictionCache, output_size_bytes
 
 
 def entry(n: int) -> bytes:

@@ -9,12 +9,11 @@ from clipperlab.engine import (
     BatchingConfig,
     ConfigError,
     Conflict,
-    DefaultReason,
     Engine,
     ModelSpec,
     NotFound,
-    ReleaseReason,
 )
+from clipperlab.engine._types import DefaultReason, ReleaseReason
 from tests.fake import FakeDriver
 
 

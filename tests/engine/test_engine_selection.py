@@ -8,21 +8,15 @@ import numpy as np
 import pytest
 
 from clipperlab.engine import (
-    UCB1,
-    ABSplit,
     Application,
     BatchingConfig,
     ConfigError,
     Engine,
-    EpsilonGreedy,
-    Exp3,
-    Exp4,
     ModelSpec,
     PolicyState,
-    Static,
-    loss,
     make_policy,
 )
+from clipperlab.engine.selection import UCB1, ABSplit, EpsilonGreedy, Exp3, Exp4, Static, loss
 from tests.fake import FakeDriver
 
 

@@ -23,22 +23,19 @@ from hypothesis.stateful import (
 )
 
 from clipperlab.engine import (
-    MISS,
     Application,
     BatchDone,
     BatchFailed,
     BatchingConfig,
     Engine,
-    Exp3,
-    Exp4,
     Instruction,
     ModelSpec,
-    PredictionCache,
     Query,
     ReplicaId,
     SendBatch,
 )
-from clipperlab.engine.cache import output_size_bytes
+from clipperlab.engine.cache import MISS, PredictionCache, output_size_bytes
+from clipperlab.engine.selection import Exp3, Exp4
 from tests.fake import FakeDriver
 
 SLO_S = 0.010
