@@ -3,6 +3,7 @@
 It joins ``clipperlab.real`` (the server, its containers and client) to
 ``clipperlab.simulator`` (the twin); neither of those imports it.  Map, one job a module:
 
+- ``errors``: ``CalibrationError``, the one to catch, and each tool's subclass.
 - ``profiler``: a real container's batch latency over the RPC -> a simulator profile.
 - ``loadgen``: an open-loop load generator without coordinated omission; raw per-query
   tables (summaries come from ``clipperlab.report.latency.summarise``).

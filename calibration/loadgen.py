@@ -42,6 +42,8 @@ from clipperlab.report.latency import pct
 from clipperlab.report.tables import text_table
 from clipperlab.workloads import Trace, Workload
 
+from .errors import LoadError
+
 __all__ = [
     "APIS",
     "LoadError",
@@ -58,8 +60,6 @@ APIS = ("clipper", "oip")
 _OIP_DT = {"f8": "FP64", "f4": "FP32", "i8": "INT64", "i4": "INT32", "u1": "UINT8"}
 
 
-class LoadError(Exception):
-    """The load could not be run (bad target, unreachable server); the message says why."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,8 @@ from clipperlab.report.tables import text_table
 from clipperlab.simulator import LatencyProfile
 from clipperlab.workloads import DigitsInputs, InputSource
 
+from .errors import ProfilerError
+
 __all__ = [
     "DEFAULT_BATCH_SIZES",
     "ProfileSpec",
@@ -66,8 +68,6 @@ DEFAULT_BATCH_SIZES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
 _DTYPE_OF_INPUT = {"doubles": "<f8", "floats": "<f4", "integers": "<i8"}
 
 
-class ProfilerError(Exception):
-    """The model could not be profiled; the message says why."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -29,6 +29,8 @@ from typing import Any
 
 from clipperlab.engine import Application, ModelSpec
 
+from .errors import ValidationError
+
 __all__ = [
     "RealDeployment",
     "ServerProcess",
@@ -39,8 +41,6 @@ __all__ = [
 ]
 
 
-class ValidationError(Exception):
-    """The validation could not run; the message says why."""
 
 
 @dataclass(frozen=True)

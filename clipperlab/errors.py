@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["CLIError"]
+import json
+from typing import Any
+
+__all__ = ["CLIError", "json_object"]
 
 
 class CLIError(Exception):
@@ -10,3 +13,14 @@ class CLIError(Exception):
 
     Commands translate the errors of the packages they drive (``ConfigError``,
     ``SimConfigError``, ``ContainerError``, ...) into this one."""
+
+
+def json_object(text: str, flag: str) -> dict[str, Any]:
+    """A command-line flag's JSON object, or a ``CLIError`` naming the flag."""
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise CLIError(f"{flag} is not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise CLIError(f"{flag} must be a JSON object, got {text!r}")
+    return value

@@ -16,7 +16,6 @@ The file is a ``simulator`` latency profile (``clipperlab-profile/1``): use it a
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from clipperlab.calibration.profiler import (
@@ -27,7 +26,7 @@ from clipperlab.calibration.profiler import (
     profile_model,
     summary_rows,
 )
-from clipperlab.errors import CLIError
+from clipperlab.errors import CLIError, json_object
 
 __all__ = ["add_arguments", "parse_inputs", "run"]
 
@@ -85,12 +84,7 @@ def parse_inputs(text: str, input_type: str = "doubles") -> object:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        options = json.loads(args.options)
-    except ValueError as e:
-        raise CLIError(f"--options is not JSON: {e}") from None
-    if not isinstance(options, dict):
-        raise CLIError(f"--options must be a JSON object, got {args.options!r}")
+    options = json_object(args.options, "--options")
     kind, _, path = args.model.partition(":")
     if kind in ("sklearn", "torch") and path and not Path(path).exists():
         raise CLIError(f"--model {args.model!r}: file {path!r} does not exist")

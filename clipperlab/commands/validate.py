@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 
-from clipperlab.calibration.loadgen import APIS, LoadError, load_workload_spec
-from clipperlab.calibration.profiler import ProfilerError, parse_batch_sizes
-from clipperlab.errors import CLIError
+from clipperlab.calibration.errors import CalibrationError
+from clipperlab.calibration.loadgen import APIS, load_workload_spec
+from clipperlab.calibration.profiler import parse_batch_sizes
+from clipperlab.errors import CLIError, json_object
 
 __all__ = ["add_arguments", "run"]
 
@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from clipperlab.calibration.outputs import format_table, write_outputs
-    from clipperlab.calibration.validation import ValidationError, validate
+    from clipperlab.calibration.validation import validate
 
     try:
         levels = tuple(float(x) for x in args.levels.split(","))
@@ -57,12 +57,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--levels {args.levels!r}: expected numbers like 0.3,0.6,0.9") from None
     batching = None
     if args.batching:
-        try:
-            batching = json.loads(args.batching)
-        except ValueError as e:
-            raise CLIError(f"--batching is not JSON: {e}") from None
-        if not isinstance(batching, dict):
-            raise CLIError(f"--batching must be a JSON object, got {args.batching!r}")
+        batching = json_object(args.batching, "--batching")
     if args.duration_s <= 0:
         raise CLIError(f"--duration-s must be > 0, got {args.duration_s}")
     try:
@@ -76,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             profile_repeats=args.profile_repeats, api=args.api,
             connections=args.connections, seed=args.seed,
         )
-    except (ValidationError, LoadError, ProfilerError) as e:
+    except CalibrationError as e:
         raise CLIError(str(e)) from None
     print(format_table(res))
     if args.out:
