@@ -32,11 +32,16 @@ from clipperlab.simulator import Simulation
 from clipperlab.workloads.users import UserGroups
 
 from .framework import Claim, Results
-from .selection_common import check_mode, deployment, run_modes
+from .selection_common import adaptive_params, check_mode, deployment, run_modes
 
 NAME = "fig10"
 TITLE = "Personalized selection: per-user state vs one global state"
 BINS = (0, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 10**9)
+
+
+# the adaptive policies, run with the engine's default parameters; a policy of one's own
+# (module:Class, file.py:Class) runs too
+ADAPTIVE = ("exp3", "exp4", "epsilon_greedy", "ucb1", "exp3_discounted", "exp4_discounted")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,11 +144,8 @@ def _real(cfg: Config) -> list[dict[str, Any]]:
 
 def run(cfg: Config) -> Results:
     check_mode(cfg.mode)
-    for p in cfg.policies:
-        if p not in ("exp3", "exp4", "epsilon_greedy", "ucb1", "exp3_discounted",
-                     "exp4_discounted"):
-            raise ValueError(f"policies: {p!r} is not an adaptive policy (exp3, exp4, "
-                             "epsilon_greedy, ucb1, exp3_discounted, exp4_discounted)")
+    for p in cfg.policies:  # each with the engine's defaults
+        adaptive_params(p, dict.fromkeys(ADAPTIVE, {}))
     if cfg.n_users < cfg.n_groups or cfg.real_users < cfg.n_groups:
         raise ValueError("n_users and real_users must be >= n_groups")
     return run_modes(cfg.mode, lambda raw: _sim(cfg, raw), lambda: _real(cfg))

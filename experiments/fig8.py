@@ -43,6 +43,7 @@ from clipperlab.workloads.zoo import Switchable, load_zoo
 
 from .framework import Claim, Results
 from .selection_common import (
+    adaptive_params,
     check_mode,
     check_models,
     cumulative_error,
@@ -99,8 +100,7 @@ def _check(cfg: Config) -> None:
     if not 0 <= cfg.fail_from < cfg.fail_to <= cfg.n_queries:
         raise ValueError("need 0 <= fail_from < fail_to <= n_queries")
     for p in cfg.policies:
-        if p not in ADAPTIVE:
-            raise ValueError(f"policies: {p!r} is not one of {tuple(ADAPTIVE)}")
+        adaptive_params(p, ADAPTIVE)
 
 
 def _all_policies(cfg: Config, scale: float = 1.0) -> list[tuple[str, str, dict[str, Any]]]:
@@ -115,7 +115,7 @@ def _all_policies(cfg: Config, scale: float = 1.0) -> list[tuple[str, str, dict[
             out["discount"] = min(out["discount"] * scale, 0.5)
         return out
 
-    out = [(p, p, scaled(ADAPTIVE[p])) for p in cfg.policies]
+    out = [(p, p, scaled(adaptive_params(p, ADAPTIVE))) for p in cfg.policies]
     out += [(f"static:{m}", "static", {"model": m}) for m in cfg.models]
     return out
 

@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from clipperlab.engine import Application, BatchingConfig, ModelSpec, make_policy
-from clipperlab.engine.selection import PolicyState
+from clipperlab.engine.plugins import is_reference
+from clipperlab.engine.selection import POLICIES, PolicyState, policy_class
 from clipperlab.simulator import (
     AppDeployment,
     Deployment,
@@ -36,6 +37,7 @@ from clipperlab.simulator import (
 from .framework import Results
 
 __all__ = [
+    "adaptive_params",
     "MODES",
     "PROFILE_OF",
     "check_mode",
@@ -83,6 +85,19 @@ def run_modes(
 def check_mode(mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def adaptive_params(policy: str, tuned: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The parameters an experiment runs ``policy`` with: its tuned ones when the
+    experiment has them, none for a selection policy of one's own (``module:Class``,
+    ``file.py:Class`` or an entry point, checked here: ``ConfigError`` names a bad one)."""
+    if policy in tuned:
+        return dict(tuned[policy])
+    if not is_reference(policy) and policy in POLICIES:
+        raise ValueError(f"policies: {policy!r} is not an adaptive policy; expected one of "
+                         f"{', '.join(tuned)} or a policy of one's own (module:Class)")
+    policy_class(policy)
+    return {}
 
 
 def check_models(models: Sequence[str]) -> None:

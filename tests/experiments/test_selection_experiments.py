@@ -84,3 +84,24 @@ def test_fig8_real_mode_tiny_run_writes_real_rows(tmp_path: Path) -> None:
     assert {"cum_error", "window_error", "p_rbf_svm"} <= set(t.columns)
     assert (tmp_path / "fig8-real.png").exists()
     assert t[t["policy"] == "static:rbf_svm"]["window_error"].max() > 0.5  # the failure
+
+
+SOFTMAX = f"{Path(__file__).resolve().parents[2] / 'examples' / 'custom_policy.py'}:Softmax"
+
+
+@pytest.mark.parametrize("name", ["fig8", "fig10"])
+def test_selection_experiments_run_a_policy_of_ones_own(name: str, tmp_path: Path) -> None:
+    """fig8 and fig10 take a selection policy by ``file.py:Class`` beside the built-ins."""
+    over = dict(TINY[name], policies=("exp4", SOFTMAX))
+    t = run_experiment(name, quick=True, out_dir=tmp_path, overrides=over).results.table
+    assert SOFTMAX in set(t["policy"])
+
+
+@pytest.mark.parametrize("name", ["fig8", "fig10"])
+@pytest.mark.parametrize(("policy", "needle"), [("static", "not an adaptive policy"),
+                                                 ("nosuch:X", "no module")])
+def test_selection_experiments_refuse_a_bad_policy(name: str, policy: str, needle: str,
+                                                   tmp_path: Path) -> None:
+    over = dict(TINY[name], policies=(policy,))
+    with pytest.raises(ValueError, match=needle):
+        run_experiment(name, quick=True, out_dir=tmp_path, overrides=over)
