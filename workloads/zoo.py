@@ -273,7 +273,10 @@ def load_zoo(task: str = "digits-10", seed: int = 0, train_size: int = 500,
             with open(m_path, "rb") as f:
                 fitted[m] = pickle.load(f)  # noqa: S301 - our own cache
             preds[m] = np.load(p_path)
-        except (OSError, ValueError, EOFError, pickle.UnpicklingError, AttributeError):
+        # a cache from another version (e.g. classes pickled under names that have moved)
+        # is trained again
+        except (OSError, ValueError, EOFError, pickle.UnpicklingError, AttributeError,
+                ImportError):
             fitted[m] = train(m, x[tr], y[tr], k, seed)
             preds[m] = predict(fitted[m], x[pool])
             tmp = d / f".{m}.{os.getpid()}.tmp"

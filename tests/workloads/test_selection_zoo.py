@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,3 +88,23 @@ def test_transforms_and_bad_values() -> None:
         UserGroups(n_groups=1)
     with pytest.raises(WorkloadError, match="unknown"):
         load_zoo("digits-10", 0, 500, ("gpt",))
+
+
+def test_a_cache_from_another_layout_is_trained_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pickled model whose classes no longer import (the packages were renamed) is
+    trained again instead of failing."""
+    monkeypatch.setenv("CLIPPERLAB_CACHE", str(tmp_path))
+    load_zoo.cache_clear()  # this process's memo, not the files
+    first = load_zoo(models=("logreg",))
+    pkl = next(tmp_path.rglob("logreg.pkl"))
+    # a pickle of a class in a module that does not exist
+    pkl.write_bytes(b"cworkloads.gone\nLogisticRegression\n.")
+    with pytest.raises(ImportError):
+        pickle.loads(pkl.read_bytes())
+    load_zoo.cache_clear()
+    again = load_zoo(models=("logreg",))
+    load_zoo.cache_clear()
+    assert np.array_equal(again.predictions["logreg"], first.predictions["logreg"])
+    assert pickle.loads(pkl.read_bytes()) is not None
