@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from clipperlab.engine import Application, BatchingConfig
+from clipperlab.report.latency import latency_ms
 from clipperlab.report.plots import grid, save, style_axis
 from clipperlab.simulator import Simulation
 from clipperlab.workloads import ConstantRate, FeedbackStream, Trace, Workload
@@ -179,9 +180,8 @@ def _sim_feedback(cfg: Config, raw: list[pd.DataFrame]) -> list[dict[str, Any]]:
                      "throughput_qps": s["throughput_qps"], "mean_ms": s["mean_ms"],
                      "p99_ms": s["p99_ms"], "default_rate": s["default_share"],
                      "feedback_per_s": len(fb) / span if span else np.nan,
-                     "feedback_mean_ms": float(lat.mean() * 1e3) if len(fb) else np.nan,
-                     "feedback_p99_ms": float(np.percentile(lat, 99) * 1e3) if len(fb)
-                     else np.nan,
+                     "feedback_mean_ms": latency_ms(lat)["mean_ms"],
+                     "feedback_p99_ms": latency_ms(lat)["p99_ms"],
                      "from_cache_share": float(np.mean([f.from_cache / max(1, f.from_cache +
                                                         f.computed) for _, f in fb]))})
     return rows
@@ -221,8 +221,9 @@ def _drive(rig: Any, idx: np.ndarray, pool_x: np.ndarray, threads: int) -> dict[
         t.join()
     wall = time.perf_counter() - t0
     lat = np.array(lats)
-    return {"throughput_qps": ok[0] / wall, "mean_ms": float(lat.mean() * 1e3),
-            "p99_ms": float(np.percentile(lat, 99) * 1e3),
+    summary = latency_ms(lat)
+    return {"throughput_qps": ok[0] / wall, "mean_ms": summary["mean_ms"],
+            "p99_ms": summary["p99_ms"],
             "default_rate": 1 - ok[0] / lat.size}
 
 
@@ -278,8 +279,8 @@ def _real(cfg: Config) -> list[dict[str, Any]]:
         lat = np.array(lat_l)
         rows.append({"mode": "real", "part": "feedback", "skew": cfg.feedback_skew,
                      "cache": "on" if on else "off", "feedback_per_s": lat.size / wall,
-                     "feedback_mean_ms": float(lat.mean() * 1e3),
-                     "feedback_p99_ms": float(np.percentile(lat, 99) * 1e3),
+                     "feedback_mean_ms": latency_ms(lat)["mean_ms"],
+                     "feedback_p99_ms": latency_ms(lat)["p99_ms"],
                      "from_cache_share": from_cache / max(1, from_cache + computed)})
     return rows
 

@@ -14,9 +14,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-import numpy as np
-
 from clipperlab.errors import CLIError
+from clipperlab.report.latency import pct
 from clipperlab.report.tables import text_table
 
 __all__ = ["add_arguments", "run"]
@@ -82,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
             "batches": len(done),
             "mean_batch": float(done["size"].mean()) if len(done) else float("nan"),
             "max_batch": int(done["size"].max()) if len(done) else 0,
-            "batch_p50_ms": float(np.percentile(lat, 50) * 1e3) if lat.size else float("nan"),
-            "batch_p99_ms": float(np.percentile(lat, 99) * 1e3) if lat.size else float("nan"),
+            "batch_p50_ms": pct(lat, 50) * 1e3,
+            "batch_p99_ms": pct(lat, 99) * 1e3,
             "lost": int((g["status"] == "lost").sum()),
             "items_per_s": float(done["size"].sum() / res.sim_s) if res.sim_s else float("nan"),
         })
