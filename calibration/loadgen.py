@@ -288,8 +288,8 @@ def load_workload_spec(path: str) -> Workload:
     """A workload from a TOML/JSON file: a ``[workload]`` table (as in a ``clipperlab
     simulate`` config, so one file can serve both) or the workload keys at the top level.
     A trace's ``csv_path`` is relative to the file.  Errors: ``LoadError`` naming the file."""
-    import tomllib
-
+    from clipperlab.engine import ConfigError
+    from clipperlab.engine.schema import parse_document
     from clipperlab.workloads import WorkloadError
 
     p = Path(path)
@@ -298,10 +298,9 @@ def load_workload_spec(path: str) -> Workload:
     except OSError as e:
         raise LoadError(f"workload spec {path!r}: cannot read it ({e.strerror})") from None
     try:
-        data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as e:
-        raise LoadError(f"workload spec {path!r}: not valid {p.suffix[1:] or 'TOML'}: {e}"
-                        ) from None
+        data = parse_document(text, f"workload spec {path!r}")
+    except ConfigError as e:
+        raise LoadError(str(e)) from None
     w = data.get("workload", data)
     if not isinstance(w, dict):
         raise LoadError(f"{path}: workload must be a table")

@@ -24,7 +24,9 @@ Rules:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import tomllib
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -43,6 +45,7 @@ __all__ = [
     "application_tables",
     "parse_application",
     "parse_batching",
+    "parse_document",
     "parse_model",
 ]
 
@@ -96,6 +99,25 @@ def _one_of(d: Mapping[str, Any], names: tuple[str, ...], where: str) -> str | N
     if len(given) > 1:
         raise ConfigError(f"{where}: expected one of {', '.join(given)}, got both")
     return given[0] if given else None
+
+
+def parse_document(text: str, name: str) -> dict[str, Any]:
+    """A config file's text as a table: JSON when ``name`` ends in ``.json``, else TOML.
+    The driver reads the file; errors name it: ``NAME: not valid JSON (line L: ...)``,
+    ``NAME: not valid TOML (...)``, ``NAME: expected a table at the top``."""
+    if name.endswith(".json"):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{name}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    else:
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{name}: not valid TOML ({e})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{name}: expected a table at the top, got {type(doc).__name__}")
+    return doc
 
 
 def application_tables(doc: Mapping[str, Any]) -> tuple[str, list[Mapping[str, Any]]]:

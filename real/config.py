@@ -20,14 +20,18 @@ are the engine's ``ConfigError`` (re-exported here).
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from clipperlab.engine import Application, ConfigError, ModelSpec
-from clipperlab.engine.schema import application_tables, parse_application, parse_model
+from clipperlab.engine.schema import (
+    application_tables,
+    parse_application,
+    parse_document,
+    parse_model,
+)
 
 __all__ = ["ConfigError", "ServerConfig", "app_from_dict", "load_config", "model_from_dict"]
 
@@ -160,12 +164,13 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfi
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
+            text = Path(path).read_text()
         except FileNotFoundError:
             raise ConfigError(f"config file {str(path)!r} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+        except OSError as e:
+            raise ConfigError(f"config file {str(path)!r}: cannot read it ({e.strerror})"
+                              ) from None
+        data = parse_document(text, f"config file {str(path)!r}")
     unknown = set(data) - {"server", "applications", "apps", "models"}
     if unknown:
         raise ConfigError(

@@ -29,9 +29,7 @@ Rules:
 
 from __future__ import annotations
 
-import json
 import math
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -42,6 +40,7 @@ from clipperlab.engine.schema import (
     APP_TABLES,
     application_tables,
     parse_application,
+    parse_document,
     parse_model,
 )
 from clipperlab.workloads import Workload, WorkloadError
@@ -364,11 +363,9 @@ def load_config(path: str | Path) -> SimConfig:
     except OSError as e:
         raise SimConfigError(f"{p}: cannot read the config ({e.strerror})") from None
     try:
-        data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
-    except json.JSONDecodeError as e:
-        raise SimConfigError(f"{p}: not valid JSON (line {e.lineno}: {e.msg})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SimConfigError(f"{p}: not valid TOML ({e})") from None
+        data = parse_document(text, str(p))
+    except ConfigError as e:
+        raise SimConfigError(str(e)) from None
     return config_from_dict(data, str(p), p.resolve().parent)
 
 
