@@ -6,7 +6,9 @@ first) is not empty, the replica's batching controller decides: send a batch now
 engine reports through ``next_deadline()``.  Requests whose deadline passed in the queue
 are dropped (their queries are answered by the deadline timers).  A ``BatchDone`` fills
 the cache and hands each output to the tasks waiting for it; a ``BatchFailed`` counts the
-model as missing for them.  ``_fire`` handles everything due: task deadlines and
+model as missing for them.  Either is taken only from the replica the batch was sent to:
+one that names another replica is ignored and counted
+(``clipperlab_batch_results_ignored_total``).  ``_fire`` handles everything due: task deadlines and
 controllers' wake-ups.  A part of ``Engine`` (``core.py``).
 """
 
@@ -16,7 +18,7 @@ import heapq
 
 from ._answers import _Answers
 from ._state import _Batch, _Replica, _Task, _Version, _Wanted
-from ._types import BatchDone, BatchFailed, Instruction, SendBatch
+from ._types import BatchDone, BatchFailed, Instruction, ReplicaId, SendBatch
 from .batching import QueueView, Wait
 
 _INF = float("inf")
@@ -142,12 +144,14 @@ class _Batches(_Answers):
         out: list[Instruction] = []
         if now >= self._due_at:
             self._fire(now, out)
-        batch = self._batches.pop(done.batch_id, None)
+        batch = self._batches.get(done.batch_id)
         if batch is None:
             return out  # the replica went down meanwhile; its requests were re-queued
+        if batch.replica.id != done.replica:
+            self._foreign_result(done.replica, now)
+            return out
         outputs = done.outputs
         if len(outputs) != len(batch.requests):
-            self._batches[done.batch_id] = batch
             return out + self.on_batch_failed(
                 BatchFailed(
                     replica=done.replica,
@@ -156,6 +160,7 @@ class _Batches(_Answers):
                 ),
                 now,
             )
+        del self._batches[done.batch_id]
         rep = batch.replica
         ver = self._versions[rep.id.model_id]
         n = len(outputs)
@@ -192,9 +197,13 @@ class _Batches(_Answers):
         """The model could not compute the batch: its queries count it as missing."""
         out: list[Instruction] = []
         self._fire(now, out)
-        batch = self._batches.pop(failed.batch_id, None)
+        batch = self._batches.get(failed.batch_id)
         if batch is None:
             return out
+        if batch.replica.id != failed.replica:
+            self._foreign_result(failed.replica, now)
+            return out
+        del self._batches[failed.batch_id]
         rep = batch.replica
         ver = self._versions[rep.id.model_id]
         ver.m_errors.value += 1
@@ -211,6 +220,13 @@ class _Batches(_Answers):
                         self._finish(t, now, out)
         self._idle(rep, ver, now, out)
         return out
+
+    def _foreign_result(self, replica: ReplicaId, now: float) -> None:
+        """A result or failure for a batch that was sent to another replica: ignored (it
+        cannot answer, fail or free anything) and counted."""
+        self.metrics.counter("clipperlab_batch_results_ignored_total").value += 1
+        if self.log is not None:
+            self.log.append(("foreign_result", now, str(replica)))
 
     def _idle(self, rep: _Replica, ver: _Version, now: float, out: list[Instruction]) -> None:
         rep.batch = None

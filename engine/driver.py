@@ -8,7 +8,10 @@ same three things after every engine call, and this base does them in one place 
 1. **Carry out** each instruction, in the engine's order, through an exhaustive dispatch:
    ``SendBatch`` -> ``send_batch``, ``Reply`` -> ``reply``, ``FeedbackApplied`` ->
    ``feedback_applied``.  An instruction of any other type raises ``TypeError``: a new
-   instruction must be taught to every driver, not dropped by one of them.
+   instruction must be taught to every driver, not dropped by one of them.  A
+   ``send_batch`` that raises fails that batch (``engine.on_batch_failed``, after the rest
+   of the list) instead of stopping the list: a batch that cannot be sent must not leave
+   its replica busy for ever nor its queries unanswered.
 2. **Re-arm** the one timer slot: ask ``engine.next_deadline()`` and, only when it differs
    from the time the slot holds, ``cancel_timer()`` the old one and ``arm_timer(at)`` the
    new one.  The engine's deadline is a lower bound (it may be a little early), so a timer
@@ -96,16 +99,41 @@ class Driver:
 
     # ------------------------------------------------------------------ the loop
     def carry_out(self, instructions: list[Instruction], now: float) -> None:
-        """Carry out ``instructions`` in order; ``TypeError`` on an unknown one."""
+        """Carry out ``instructions`` in order; ``TypeError`` on an unknown one.
+
+        A ``send_batch`` that raises does not stop the list: that batch becomes
+        ``engine.on_batch_failed`` (its queries get the model-error default and its replica
+        is free again) once the rest is carried out, and what that returns is carried out
+        in turn."""
+        failed = self._carry_out(instructions, now)
+        while failed:  # each failure answers queries, so this ends when the queue is empty
+            more: list[BatchFailed] = []
+            for f in failed:
+                more += self._carry_out(self.engine.on_batch_failed(f, now), now)
+            failed = more
+
+    def _carry_out(self, instructions: list[Instruction], now: float) -> list[BatchFailed]:
         # A `type(...) is` chain, Reply first (one per query): 0.66 us for six replies and a
         # batch, against 0.92 us with a dict of bound methods keyed by type (measured).
         reply = self.reply
+        failed: list[BatchFailed] = []
         for ins in instructions:
             tp = type(ins)
             if tp is Reply:
                 reply(ins, now)  # type: ignore[arg-type]
             elif tp is SendBatch:
-                self.send_batch(ins, now)  # type: ignore[arg-type]
+                try:
+                    self.send_batch(ins, now)  # type: ignore[arg-type]
+                except NotImplementedError:
+                    raise  # a driver without the hook is a developer's error, not a failure
+                except Exception as e:  # noqa: BLE001 - a batch that cannot be sent fails
+                    failed.append(
+                        BatchFailed(
+                            replica=ins.replica,  # type: ignore[union-attr]
+                            batch_id=ins.batch_id,  # type: ignore[union-attr]
+                            error=f"could not send the batch: {type(e).__name__}: {e}",
+                        )
+                    )
             elif tp is FeedbackApplied:
                 self.feedback_applied(ins, now)  # type: ignore[arg-type]
             else:
@@ -113,6 +141,7 @@ class Driver:
                     f"{type(self).__name__} cannot carry out {ins!r}: not one of "
                     f"{', '.join(t.__name__ for t in HANDLED)} (engine/_types.py)"
                 )
+        return failed
 
     def rearm(self) -> None:
         """Point the timer slot at ``engine.next_deadline()`` if it moved."""
@@ -125,10 +154,13 @@ class Driver:
                 self.arm_timer(at)
 
     def handle(self, instructions: list[Instruction], now: float) -> list[Instruction]:
-        """Carry out what an engine call at ``now`` returned, then re-arm; returns them."""
-        if instructions:
-            self.carry_out(instructions, now)
-        self.rearm()
+        """Carry out what an engine call at ``now`` returned, then re-arm (even when a hook
+        raised); returns them."""
+        try:
+            if instructions:
+                self.carry_out(instructions, now)
+        finally:
+            self.rearm()
         return instructions
 
     # ------------------------------------------------------------------ events in

@@ -57,6 +57,8 @@ METRIC_HELP: dict[str, str] = {
     "clipperlab_batch_latency_seconds": "Batch latency from assembly start to results",
     "clipperlab_model_predictions_total": "Predictions computed by models",
     "clipperlab_model_errors_total": "Batches a model failed to compute",
+    "clipperlab_batch_results_ignored_total": "Batch results or failures from a replica the "
+    "batch was not sent to (ignored)",
     "clipperlab_queue_expired_total": "Model requests dropped from a queue after their deadline",
     "clipperlab_queue_hopeless_total": "Model requests dropped because they could not make "
     "their deadline (drop_hopeless)",
