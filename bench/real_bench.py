@@ -1,24 +1,38 @@
-"""Real-mode benchmark: the whole path against a bare echo server on the same HTTP library.
+"""Real-mode benchmark: the whole path, beside bare echo servers measured in the same run.
 
-    python3 bench/real_bench.py [--duration-s 5] [--connections 32] [--json results.json]
+    python3 bench/real_bench.py [--duration-s 5] [--connections 32] [--only rest,oip,hit]
+                                [--json results.json]
 
 What it runs, each in its own process:
-1. a bare echo server: ``clipperlab.real.http.HttpProtocol`` (httptools on uvloop) answering every
-   request with its body, no JSON, no engine;
-2. ``clipperlab serve`` with one application ``bench`` (SLO 20 ms) and one no-op container
-   with AIMD batching; the prediction cache is off (the paper salted its inputs so the cache
-   never hit), so every query takes HTTP -> JSON -> engine -> RPC -> container -> reply;
+1. baselines: a bare echo server on our own HTTP stack (``clipperlab.real.http.HttpProtocol``,
+   httptools on uvloop) and, when aiohttp is installed, a bare aiohttp + uvloop echo; both
+   answer every request with its body (no JSON, no engine);
+2. ``clipperlab serve`` with one application ``bench`` (objective 20 ms) and one no-op
+   container with AIMD batching, queried three ways:
+   - ``rest``: Clipper's ``POST /bench/predict`` with the prediction cache off (the paper
+     salted its inputs so the cache never hit): HTTP -> JSON -> engine -> RPC -> container;
+   - ``oip``: the same through the Open Inference Protocol v2 (``/v2/models/bench/infer``,
+     a JSON FP64 tensor of shape [1, 4]), cache off;
+   - ``hit``: Clipper's API with the cache on and the same input every time (cache hits);
 3. an open-loop load generator (uvloop, ``--connections`` keep-alive connections, requests
    pipelined, responses parsed with httptools).  Each request's latency is counted from the
    time the schedule says it should have been sent, so a lagging generator cannot hide
    queueing (no coordinated omission).
 
-For each server the offered load ramps up (x1.3 from 4,000/s) until fewer than 95% of the
-offered queries get a successful reply (HTTP 200, and for clipperlab not a default) inside
-the measurement window; *saturation throughput* is the best successful rate seen.  Then the
-load is set to half of that and p50/p99 latency are measured.  The table ends with the ratio
-clipperlab / echo.  The issue's goal on the 2-core dev machine: >= 10,000 queries/s end to
-end and >= 0.4x the echo server.  Timings vary with the machine's other load.
+For each target the offered load ramps up (x``--step`` from ``--start-rate``) until fewer than
+``--good-share`` of the offered queries get a successful reply (HTTP 200 and not a default);
+*saturation* is the best successful rate seen.  Then latency is measured at half of it
+(p50/p99), and at concurrency 1 (one connection, one request at a time: p50).
+
+CPU: around every run the benchmark reads the user + system time of the frontend process and
+of its container processes from ``/proc`` and the server's query and batch counters from
+``/metrics``; a non-negative least-squares fit over all runs of a target splits the CPU into
+*per query* and *per batch* (``cpu = a x queries + b x batches``), for the frontend and the
+container separately.  The machine's load before the run is printed with the table; other
+jobs skew every figure.  Goals (issue "Lean real path", 2-core machine): REST saturation
+>= 0.4x our echo server; frontend <= 15 us per query and <= 60 us per batch; container
+<= 40 us per batch; OIP within 1.25x of REST per query; a cache hit <= half the CPU of a
+miss; c=1 p50 within 1.5x of the aiohttp echo.
 """
 
 from __future__ import annotations
@@ -31,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -41,10 +56,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 CLI = [sys.executable, "-c", "import sys; from clipperlab.cli import main; sys.exit(main())"]
-BODY = b'{"input":[0.25,0.5,0.75,1.0]}'
+REST_BODY = b'{"input":[0.25,0.5,0.75,1.0]}'
+OIP_BODY = (
+    b'{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP64","data":[0.25,0.5,0.75,1.0]}]}'
+)
+# What a default looks like in each API's 200 reply (the no-op model answers 0, never true).
+DEFAULT_MARKS = {"rest": b'"default":true', "oip": b"true", "echo": b"\xff\xfe"}  # echo: none
+TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
-# ============================================================================ echo server
+# ============================================================================ echo servers
 def run_echo(port_file: str) -> None:
     import uvloop
 
@@ -62,16 +83,40 @@ def run_echo(port_file: str) -> None:
     uvloop.run(main())
 
 
+def run_aiohttp_echo(port_file: str) -> None:
+    import uvloop
+    from aiohttp import web
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(body=await request.read(), content_type="application/json")
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", echo)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+        await site.start()
+        server = site._server
+        assert server is not None and server.sockets  # type: ignore[attr-defined]
+        Path(port_file).write_text(str(server.sockets[0].getsockname()[1]))  # type: ignore[attr-defined]
+        await asyncio.Event().wait()
+
+    uvloop.run(main())
+
+
 # ============================================================================ load generator
 class _Conn(asyncio.Protocol):
-    def __init__(self, stats: dict[str, Any]) -> None:
+    def __init__(self, stats: dict[str, Any], default_mark: bytes) -> None:
         import httptools
 
         self.stats = stats
+        self.mark = default_mark
         self.sent_at: deque[float] = deque()
         self.parser = httptools.HttpResponseParser(self)
         self.transport: Any = None
         self.default = False
+        self.done: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -83,7 +128,7 @@ class _Conn(asyncio.Protocol):
         self.default = False
 
     def on_body(self, body: bytes) -> None:
-        if b'"default":true' in body:
+        if self.mark in body:
             self.default = True
 
     def on_message_complete(self) -> None:
@@ -91,7 +136,7 @@ class _Conn(asyncio.Protocol):
         t0 = self.sent_at.popleft()
         now = time.monotonic()
         code = self.parser.get_status_code()
-        if now >= st["measure_from"] and now < st["measure_until"]:
+        if st["measure_from"] <= now < st["measure_until"]:
             if code == 200 and not self.default:
                 st["ok"] += 1
                 st["lat"].append(now - t0)
@@ -100,68 +145,76 @@ class _Conn(asyncio.Protocol):
             else:
                 st["errors"] += 1
         st["outstanding"] -= 1
+        st["completed"] += 1
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stats["lost"] += 1
 
 
-def run_load(
-    port: int, path: str, rate: float, duration_s: float, warmup_s: float, conns: int
-) -> dict[str, Any]:
+def _request(path: str, body: bytes) -> bytes:
+    return (
+        b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
+    )
+
+
+def _new_stats() -> dict[str, Any]:
+    return {"ok": 0, "defaults": 0, "errors": 0, "lost": 0, "skipped": 0, "outstanding": 0,
+            "completed": 0, "lat": [], "measure_from": 0.0, "measure_until": 0.0}
+
+
+def _summary(stats: dict[str, Any], rate: float, duration_s: float) -> dict[str, Any]:
+    lat = np.array(stats["lat"]) * 1e3
+    return {
+        "offered_qps": rate,
+        "ok_qps": stats["ok"] / duration_s,
+        "defaults_qps": stats["defaults"] / duration_s,
+        "errors": stats["errors"],
+        "skipped": stats["skipped"],
+        "completed": stats["completed"],
+        "p50_ms": float(np.percentile(lat, 50)) if lat.size else float("nan"),
+        "p99_ms": float(np.percentile(lat, 99)) if lat.size else float("nan"),
+    }
+
+
+def run_load(port: int, path: str, body: bytes, mark: bytes, rate: float, duration_s: float,
+             warmup_s: float, conns: int) -> dict[str, Any]:
+    """Open loop at ``rate`` queries/s over ``conns`` connections."""
     import uvloop
 
-    request = (
-        b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(BODY), BODY)
-    )
+    request = _request(path, body)
     max_outstanding = 50_000
 
     async def main() -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        stats: dict[str, Any] = {
-            "ok": 0,
-            "defaults": 0,
-            "errors": 0,
-            "lost": 0,
-            "skipped": 0,
-            "outstanding": 0,
-            "lat": [],
-            "measure_from": 0.0,
-            "measure_until": 0.0,
-        }
+        stats = _new_stats()
         cs: list[_Conn] = []
         for _ in range(conns):
-            _, c = await loop.create_connection(lambda: _Conn(stats), "127.0.0.1", port)
+            _, c = await loop.create_connection(lambda: _Conn(stats, mark), "127.0.0.1", port)
             cs.append(c)
         start = time.monotonic()
         stats["measure_from"] = start + warmup_s
-        stats["measure_until"] = start + warmup_s + duration_s
-        end = stats["measure_until"]
+        stats["measure_until"] = end = start + warmup_s + duration_s
         sent = 0
         i = 0
-        while True:
-            now = time.monotonic()
-            if now >= end:
-                break
+        while (now := time.monotonic()) < end:
             due = int((now - start) * rate)
-            n = due - sent
-            if n > 0:
-                per: dict[int, int] = {}
-                for k in range(n):
-                    intended = start + (sent + k) / rate
-                    if stats["outstanding"] >= max_outstanding:
-                        stats["skipped"] += 1
-                        continue
-                    c = cs[i % conns]
-                    i += 1
-                    c.sent_at.append(intended)
-                    stats["outstanding"] += 1
-                    per[id(c)] = per.get(id(c), 0) + 1
-                for c in cs:
-                    m = per.get(id(c))
-                    if m:
-                        c.transport.write(request * m)
-                sent = due
+            per: dict[int, int] = {}
+            for k in range(due - sent):
+                if stats["outstanding"] >= max_outstanding:
+                    stats["skipped"] += 1
+                    continue
+                c = cs[i % conns]
+                i += 1
+                c.sent_at.append(start + (sent + k) / rate)
+                stats["outstanding"] += 1
+                per[id(c)] = per.get(id(c), 0) + 1
+            for c in cs:
+                if m := per.get(id(c)):
+                    c.transport.write(request * m)
+            sent = max(sent, due)
             await asyncio.sleep(0.001)  # uvloop timers have 1 ms resolution; 0.5 ms would spin
         # Let the last responses arrive (they fall outside the window and are not counted).
         until = time.monotonic() + 2.0
@@ -169,45 +222,152 @@ def run_load(
             await asyncio.sleep(0.01)
         for c in cs:
             c.transport.close()
-        lat = np.array(stats["lat"]) * 1e3
-        return {
-            "offered_qps": rate,
-            "ok_qps": stats["ok"] / duration_s,
-            "defaults_qps": stats["defaults"] / duration_s,
-            "errors": stats["errors"],
-            "skipped": stats["skipped"],
-            "p50_ms": float(np.percentile(lat, 50)) if lat.size else float("nan"),
-            "p99_ms": float(np.percentile(lat, 99)) if lat.size else float("nan"),
-        }
+        return _summary(stats, rate, duration_s)
 
     return uvloop.run(main())
 
 
-def load_subprocess(port: int, path: str, rate: float, a: argparse.Namespace) -> dict[str, Any]:
-    out = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--role",
-            "load",
-            "--port",
-            str(port),
-            "--path",
-            path,
-            "--rate",
-            str(rate),
-            "--duration-s",
-            str(a.duration_s),
-            "--warmup-s",
-            str(a.warmup_s),
-            "--connections",
-            str(a.connections),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+def run_closed(port: int, path: str, body: bytes, mark: bytes, duration_s: float,
+               warmup_s: float) -> dict[str, Any]:
+    """One connection, one request at a time (concurrency 1)."""
+    import uvloop
+
+    request = _request(path, body)
+
+    async def main() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        stats = _new_stats()
+        _, c = await loop.create_connection(lambda: _Conn(stats, mark), "127.0.0.1", port)
+        start = time.monotonic()
+        stats["measure_from"] = start + warmup_s
+        stats["measure_until"] = end = start + warmup_s + duration_s
+        while time.monotonic() < end:
+            c.done = loop.create_future()
+            c.sent_at.append(time.monotonic())
+            stats["outstanding"] += 1
+            c.transport.write(request)
+            await c.done
+        c.transport.close()
+        return _summary(stats, stats["ok"] / duration_s, duration_s)
+
+    return uvloop.run(main())
+
+
+# ============================================================================ measuring
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) * TICK_S
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def _counters(port: int) -> dict[str, float]:
+    """Sum of each ``clipperlab_*_total`` counter over its labels, from ``/metrics``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("clipperlab_") and "_total" in line:
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+class Target:
+    """A server to measure: its port, process ids and what a request looks like."""
+
+    def __init__(self, name: str, port: int, path: str, body: bytes, mark: bytes,
+                 pid: int | None = None, engine: bool = True) -> None:
+        self.name, self.port, self.path, self.body, self.mark = name, port, path, body, mark
+        self.pid, self.engine = pid, engine
+        self.samples: list[dict[str, float]] = []  # per run: cpu and counter deltas
+
+    def _snapshot(self) -> dict[str, float]:
+        s: dict[str, float] = {}
+        if self.pid is not None:
+            s["frontend_cpu_s"] = _cpu_s(self.pid)
+            s["container_cpu_s"] = sum(_cpu_s(c) for c in _children(self.pid))
+        if self.engine:
+            c = _counters(self.port)
+            s["queries"] = c.get("clipperlab_queries_total", 0.0)
+            s["batches"] = c.get("clipperlab_batches_total", 0.0)
+        return s
+
+    def run(self, argv: list[str]) -> dict[str, Any]:
+        before = self._snapshot()
+        out = subprocess.run([sys.executable, __file__, *argv, "--port", str(self.port),
+                              "--path", self.path, "--body", self.body.decode(),
+                              "--mark", self.mark.decode("latin-1")],
+                             capture_output=True, text=True, check=True)
+        after = self._snapshot()
+        r = dict(json.loads(out.stdout.strip().splitlines()[-1]))
+        sample = {k: after[k] - before[k] for k in before}
+        if not self.engine:  # no counters: every response is one query, no batches
+            sample.update(queries=float(r["completed"]), batches=0.0)
+        self.samples.append(sample)
+        return r
+
+    def cpu_split(self) -> dict[str, float]:
+        """Per-query and per-batch CPU (us) of the frontend and container: a non-negative
+        least-squares fit over this target's runs; per query only when there are no
+        batches (cache hits, echo)."""
+        from scipy.optimize import nnls
+
+        rows = [s for s in self.samples if s.get("queries", 0) > 0]
+        out: dict[str, float] = {}
+        if self.pid is None or not rows:
+            return out
+        q = np.array([s["queries"] for s in rows])
+        b = np.array([s["batches"] for s in rows])
+        for who in ("frontend", "container"):
+            cpu = np.array([s[f"{who}_cpu_s"] for s in rows])
+            out[f"{who}_us_per_query_all"] = float(cpu.sum() / q.sum() * 1e6)
+            if b.sum() > 0 and len(rows) >= 2:
+                (a, c), _ = nnls(np.column_stack([q, b]), cpu)
+                out[f"{who}_us_per_query"] = float(a * 1e6)
+                out[f"{who}_us_per_batch"] = float(c * 1e6)
+        out["queries_per_batch"] = float(q.sum() / b.sum()) if b.sum() else float("inf")
+        return out
+
+
+def measure(t: Target, a: argparse.Namespace) -> dict[str, Any]:
+    """Ramp the offered load by ``--step`` until fewer than ``--good-share`` of the offered
+    queries succeed within the window; the saturation throughput is the best successful
+    rate seen.  Then latency at half of it, and at concurrency 1."""
+    common = ["--duration-s", str(a.duration_s), "--warmup-s", str(a.warmup_s)]
+    steps = []
+    rate = a.start_rate
+    best: dict[str, Any] | None = None
+    while rate <= a.max_rate:
+        r = t.run(["--role", "load", "--rate", str(rate), "--connections", str(a.connections),
+                   *common])
+        steps.append(r)
+        print(f"  {t.name:<8} offered {rate:>9,.0f}/s -> ok {r['ok_qps']:>9,.0f}/s"
+              f" (defaults {r['defaults_qps']:,.0f}/s, errors {r['errors']})", flush=True)
+        if best is None or r["ok_qps"] > best["ok_qps"]:
+            best = r
+        if r["ok_qps"] < a.good_share * rate:
+            break
+        rate *= a.step
+    assert best is not None
+    half = t.run(["--role", "load", "--rate", str(max(best["ok_qps"] / 2, 100.0)),
+                  "--connections", str(a.connections), *common])
+    c1 = t.run(["--role", "closed", *common])
+    return {"saturation": best, "half": half, "c1": c1, "ramp": steps, "cpu": t.cpu_split()}
 
 
 # ============================================================================ orchestration
@@ -222,52 +382,23 @@ def _wait_file(p: Path, proc: subprocess.Popen[Any], timeout_s: float = 60.0) ->
     raise TimeoutError(f"{p} never appeared")
 
 
-def measure(port: int, path: str, a: argparse.Namespace) -> dict[str, Any]:
-    """Ramp the offered load by ``--step`` until fewer than ``--good-share`` of the offered
-    queries get a successful reply within the window; the saturation throughput is the
-    best successful rate seen.  Then measure latency at half of it."""
-    steps = []
-    rate = a.start_rate
-    best: dict[str, Any] | None = None
-    while rate <= a.max_rate:
-        r = load_subprocess(port, path, rate, a)
-        steps.append(r)
-        print(
-            f"  offered {rate:>9,.0f}/s -> ok {r['ok_qps']:>9,.0f}/s"
-            f" (defaults {r['defaults_qps']:,.0f}/s, errors {r['errors']})",
-            flush=True,
-        )
-        if best is None or r["ok_qps"] > best["ok_qps"]:
-            best = r
-        if r["ok_qps"] < a.good_share * rate:
-            break
-        rate *= a.step
-    assert best is not None
-    half = load_subprocess(port, path, max(best["ok_qps"] / 2, 100.0), a)
-    return {"saturation": best, "half": half, "ramp": steps}
+def _start_echo(role: str, tmp: Path) -> tuple[subprocess.Popen[Any], int]:
+    pf = tmp / f"{role}.port"
+    proc = subprocess.Popen([sys.executable, __file__, "--role", role, "--port-file", str(pf)])
+    return proc, int(_wait_file(pf, proc))
 
 
-def bench_echo(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    pf = tmp / "echo.port"
-    proc = subprocess.Popen([sys.executable, __file__, "--role", "echo", "--port-file", str(pf)])
-    try:
-        port = int(_wait_file(pf, proc))
-        return measure(port, "/echo", a)
-    finally:
-        proc.terminate()
-        proc.wait()
-
-
-def bench_clipperlab(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    cfg = tmp / "bench.toml"
-    cfg.write_text(
-        f"""
+def _start_server(tmp: Path, a: argparse.Namespace, cache: bool) -> tuple[subprocess.Popen[Any],
+                                                                        int]:
+    tag = "cache" if cache else "nocache"
+    cfg = tmp / f"bench-{tag}.toml"
+    cfg.write_text(f"""
 [server]
 query_port = 0
 admin_port = 0
 rpc_port = 0
-store = "{tmp / "store"}"
-cache = false
+store = "{tmp / f"store-{tag}"}"
+cache = {"true" if cache else "false"}
 
 [[models]]
 name = "noop"
@@ -280,41 +411,31 @@ name = "bench"
 slo_ms = {a.slo_ms}
 default_output = -1
 models = ["noop"]
-"""
-    )
-    pf = tmp / "serve.ports"
-    proc = subprocess.Popen(
-        [
-            *CLI,
-            "serve",
-            "--config",
-            str(cfg),
-            "--ports-file",
-            str(pf),
-            "--log-level",
-            "WARNING",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-    )
+""")
+    pf = tmp / f"serve-{tag}.ports"
+    proc = subprocess.Popen([*CLI, "serve", "--config", str(cfg), "--ports-file", str(pf),
+                             "--log-level", "WARNING"], cwd=ROOT, stdout=subprocess.DEVNULL)
+    port = int(json.loads(_wait_file(pf, proc))["ports"]["query"])
+    until = time.monotonic() + 60
+    while time.monotonic() < until:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/bench/ready",
+                                        timeout=5) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return proc, port
+
+
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    proc.terminate()
     try:
-        port = int(json.loads(_wait_file(pf, proc))["ports"]["query"])
-        import http.client
-
-        until = time.monotonic() + 60
-        while time.monotonic() < until:
-            c = http.client.HTTPConnection("127.0.0.1", port)
-            c.request("GET", "/v2/models/bench/ready")
-            if c.getresponse().status == 200:
-                break
-            time.sleep(0.1)
-        return measure(port, "/bench/predict", a)
-    finally:
-        proc.terminate()
         proc.wait(timeout=30)
-
-
-_CPU_AT_START: list[int] = []
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _cpu_stat() -> list[int]:
@@ -322,80 +443,120 @@ def _cpu_stat() -> list[int]:
         return [int(v) for v in f.readline().split()[1:]]
 
 
-def _cpu_busy_share() -> float:
-    """Share of all CPUs' time that was not idle since ``_CPU_AT_START`` was taken."""
-    now = _cpu_stat()
-    d = [b - a for a, b in zip(_CPU_AT_START, now, strict=True)]
-    idle = d[3] + d[4]
-    return 1.0 - idle / max(sum(d[:8]), 1)
+def background_busy_share(window_s: float = 2.0) -> float:
+    """Share of all CPUs' time that was not idle over ``window_s`` before the run."""
+    a = _cpu_stat()
+    time.sleep(window_s)
+    d = [y - x for x, y in zip(a, _cpu_stat(), strict=True)]
+    return 1.0 - (d[3] + d[4]) / max(sum(d[:8]), 1)
+
+
+def _print_table(results: dict[str, Any]) -> None:
+    cols = (f"{'target':<13} {'sat. q/s':>9} {'x echo':>7} {'p50/p99 half ms':>16} "
+            f"{'c=1 p50':>8} {'fe us/q':>8} {'fe us/b':>8} {'ct us/b':>8} {'fe us/q all':>11}")
+    print(cols)
+    echo = results.get("echo", {}).get("saturation", {}).get("ok_qps")
+    for name, r in results["targets"].items():
+        s, h, c1, cpu = r["saturation"], r["half"], r["c1"], r["cpu"]
+        ratio = s["ok_qps"] / echo if echo else float("nan")
+
+        def us(k: str, cpu: dict[str, float] = cpu) -> str:
+            return f"{cpu[k]:>8.1f}" if k in cpu else f"{'-':>8}"
+
+        print(f"{name:<13} {s['ok_qps']:>9,.0f} {ratio:>7.2f} "
+              f"{h['p50_ms']:>7.2f}/{h['p99_ms']:<8.2f} {c1['p50_ms']:>8.3f} "
+              f"{us('frontend_us_per_query')} {us('frontend_us_per_batch')} "
+              f"{us('container_us_per_batch')} {cpu.get('frontend_us_per_query_all', 0):>11.1f}")
+    print("(sat.: successful replies/s at saturation, defaults excluded; x echo: against our "
+          "echo server in this run; half: open loop at half of saturation; c=1: one request "
+          "at a time; fe/ct: frontend/container CPU from /proc, split per query and per batch "
+          "by a least-squares fit over the runs; 'all': frontend CPU / queries, unsplit)")
+    print(f"(other jobs kept {results['background_cpu_busy_share']:.0%} of the CPUs busy "
+          f"before the run; load average {results['loadavg']})")
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--role", choices=("main", "echo", "load"), default="main")
-    ap.add_argument("--port", type=int)
-    ap.add_argument("--port-file")
-    ap.add_argument("--path", default="/echo")
-    ap.add_argument("--rate", type=float, default=1000.0)
-    ap.add_argument("--duration-s", type=float, default=5.0)
-    ap.add_argument("--warmup-s", type=float, default=1.0)
-    ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--replicas", type=int, default=1, help="no-op replicas (default 1)")
-    ap.add_argument("--slo-ms", type=float, default=20.0, help="the application's SLO")
-    ap.add_argument("--start-rate", type=float, default=4000.0, help="first offered load")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--role", choices=("main", "echo", "aiohttp", "load", "closed"),
+                    default="main", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--port-file", help=argparse.SUPPRESS)
+    ap.add_argument("--path", default="/echo", help=argparse.SUPPRESS)
+    ap.add_argument("--body", default=REST_BODY.decode(), help=argparse.SUPPRESS)
+    ap.add_argument("--mark", default=DEFAULT_MARKS["echo"].decode("latin-1"),
+                    help=argparse.SUPPRESS)
+    ap.add_argument("--rate", type=float, default=1000.0, help=argparse.SUPPRESS)
+    ap.add_argument("--duration-s", type=float, default=5.0, help="measured seconds per run")
+    ap.add_argument("--warmup-s", type=float, default=1.0, help="unmeasured seconds first")
+    ap.add_argument("--connections", type=int, default=32, help="open-loop connections")
+    ap.add_argument("--replicas", type=int, default=1, help="no-op replicas")
+    ap.add_argument("--slo-ms", type=float, default=20.0, help="the application's objective (ms)")
+    ap.add_argument("--start-rate", type=float, default=4000.0, help="first offered load (q/s)")
     ap.add_argument("--step", type=float, default=1.3, help="ramp factor between runs")
-    ap.add_argument("--max-rate", type=float, default=200_000.0, help="stop the ramp here")
-    ap.add_argument(
-        "--good-share",
-        type=float,
-        default=0.95,
-        help="a run passes when this share of the offered load succeeds",
-    )
-    ap.add_argument("--json", help="also write the results here")
-    ap.add_argument("--only", choices=("echo", "clipperlab"), help="run one server only")
+    ap.add_argument("--max-rate", type=float, default=300_000.0, help="end of the ramp (q/s)")
+    ap.add_argument("--good-share", type=float, default=0.95,
+                    help="a run passes when this share of the offered load succeeds")
+    ap.add_argument("--only", default="echo,aiohttp,rest,oip,hit",
+                    help="comma-separated targets: echo, aiohttp, rest, oip, hit")
+    ap.add_argument("--json", help="also write the results here (JSON)")
     a = ap.parse_args()
-    if a.role == "echo":
-        run_echo(a.port_file)
+    mark = a.mark.encode("latin-1")
+    if a.role in ("echo", "aiohttp"):
+        (run_echo if a.role == "echo" else run_aiohttp_echo)(a.port_file)
         return 0
     if a.role == "load":
-        r = run_load(a.port, a.path, a.rate, a.duration_s, a.warmup_s, a.connections)
-        print(json.dumps(r))
+        print(json.dumps(run_load(a.port, a.path, a.body.encode(), mark, a.rate, a.duration_s,
+                                  a.warmup_s, a.connections)))
         return 0
-    results: dict[str, Any] = {"cpus": os.cpu_count()}
-    # Other jobs on the machine skew every figure: measure how busy it is before we start.
-    _CPU_AT_START[:] = _cpu_stat()
-    time.sleep(2.0)
-    background = _cpu_busy_share()
-    results["background_cpu_busy_share"] = background
-    print(f"before the run the machine's CPUs were {background:.0%} busy with other jobs")
+    if a.role == "closed":
+        print(json.dumps(run_closed(a.port, a.path, a.body.encode(), mark, a.duration_s,
+                                    a.warmup_s)))
+        return 0
+    only = set(a.only.split(","))
+    bad = only - {"echo", "aiohttp", "rest", "oip", "hit"}
+    if bad:
+        ap.error(f"--only: unknown target(s) {sorted(bad)}")
+    results: dict[str, Any] = {"cpus": os.cpu_count(), "targets": {}}
+    results["background_cpu_busy_share"] = background_busy_share()
+    results["loadavg"] = Path("/proc/loadavg").read_text().split()[0]
+    print(f"before the run the machine's CPUs were {results['background_cpu_busy_share']:.0%} "
+          f"busy with other jobs (load average {results['loadavg']})", flush=True)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        if a.only in (None, "echo"):
-            results["echo"] = bench_echo(a, tmp)
-        if a.only in (None, "clipperlab"):
-            results["clipperlab"] = bench_clipperlab(a, tmp)
-    print(
-        f"{'server':<12} {'saturation q/s':>15} {'(answered)':>11} {'half-load q/s':>14}"
-        f" {'p50 ms':>8} {'p99 ms':>8}"
-    )
-    for name in ("echo", "clipperlab"):
-        if name in results:
-            s, h = results[name]["saturation"], results[name]["half"]
-            answered = s["ok_qps"] + s["defaults_qps"]
-            print(
-                f"{name:<12} {s['ok_qps']:>15,.0f} {answered:>11,.0f} {h['ok_qps']:>14,.0f} "
-                f"{h['p50_ms']:>8.2f} {h['p99_ms']:>8.2f}"
-            )
-    print(
-        "(saturation: successful replies/s, defaults excluded; answered: HTTP 200 incl."
-        f" defaults; other jobs kept {background:.0%} of the CPUs busy before the run)"
-    )
-    if "echo" in results and "clipperlab" in results:
-        ratio = (
-            results["clipperlab"]["saturation"]["ok_qps"] / results["echo"]["saturation"]["ok_qps"]
-        )
-        results["ratio"] = ratio
-        print(f"ratio clipperlab / echo (saturation): {ratio:.2f}")
+        for role in ("echo", "aiohttp"):
+            if role not in only:
+                continue
+            if role == "aiohttp":
+                try:
+                    import aiohttp  # noqa: F401
+                except ImportError:
+                    print("aiohttp is not installed: no aiohttp echo baseline")
+                    continue
+            proc, port = _start_echo(role, tmp)
+            try:
+                t = Target(role, port, "/echo", REST_BODY, DEFAULT_MARKS["echo"], proc.pid,
+                           engine=False)
+                results[role] = measure(t, a)
+            finally:
+                _stop(proc)
+        for cache, names in ((False, ("rest", "oip")), (True, ("hit",))):
+            names = tuple(n for n in names if n in only)
+            if not names:
+                continue
+            proc, port = _start_server(tmp, a, cache)
+            try:
+                for n in names:
+                    path, body = (("/v2/models/bench/infer", OIP_BODY) if n == "oip"
+                                  else ("/bench/predict", REST_BODY))
+                    mk = DEFAULT_MARKS["oip" if n == "oip" else "rest"]
+                    results["targets"][n] = measure(Target(n, port, path, body, mk, proc.pid), a)
+            finally:
+                _stop(proc)
+    for role in ("echo", "aiohttp"):
+        if role in results:
+            results["targets"] = {role: results[role], **results["targets"]}
+    _print_table(results)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
     return 0
