@@ -16,6 +16,9 @@ Rules:
   table of ``BatchingConfig`` fields), ``metadata``, ``replicas`` (default 1); every other
   field must be one the driver names (a profile for the simulator, a container kind and
   path for the server), and the driver checks it.
+- Application and model names follow one rule, ``NAME_RULE``: an ASCII letter or digit,
+  then up to 127 letters, digits, ``.``, ``_`` or ``-`` (a name is a URL path segment, a
+  file name in the store and a label in the metrics, so it needs no escaping anywhere).
 - Every error is a ``ConfigError`` that reads ``FIELD: expected WHAT, got VALUE`` with
   ``FIELD`` the path from the table (``applications[0].slo_ms``); drivers put the file in
   front.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tomllib
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -38,11 +42,13 @@ from .selection import policy_class
 
 __all__ = [
     "APP_TABLES",
+    "NAME_RULE",
     "AppEntry",
     "ModelEntry",
     "SLO_FIELDS",
     "application_changes",
     "application_tables",
+    "check_name",
     "parse_application",
     "parse_batching",
     "parse_document",
@@ -56,6 +62,8 @@ _LINKS = ("models", "candidate_model_names")
 _APP_FIELDS = ("name", "default_output", "input_type", "input_shape", "policy",
                "policy_params", "confidence_threshold", "loss")
 _MODEL_FIELDS = {"name": ("name", "model_name"), "version": ("version", "model_version")}
+NAME_RULE = "[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+_NAME = re.compile(NAME_RULE)
 
 
 class AppEntry(NamedTuple):
@@ -80,6 +88,13 @@ def _bad(field: str, expected: str, got: Any) -> ConfigError:
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_name(v: Any, field: str) -> str:
+    """``v`` when it is a name by ``NAME_RULE``, else a ``ConfigError`` naming the rule."""
+    if not isinstance(v, str) or _NAME.fullmatch(v) is None:
+        raise _bad(field, f"a name matching {NAME_RULE}", v)
+    return v
 
 
 def _table(v: Any, field: str) -> Mapping[str, Any]:
@@ -144,10 +159,7 @@ def _app_kwargs(
         )
     kw: dict[str, Any] = {}
     if not partial or "name" in d:
-        name = d.get("name")
-        if not isinstance(name, str) or not name or "/" in name:
-            raise _bad(f"{where}.name", "a non-empty string without '/'", name)
-        kw["name"] = name
+        kw["name"] = check_name(d.get("name"), f"{where}.name")
     slo = _one_of(d, tuple(SLO_FIELDS), where)
     if slo is not None:
         v = d[slo]
@@ -282,9 +294,7 @@ def parse_model(
         raise ConfigError(f"{where}: unknown field(s) {unknown}; expected some of "
                           f"{sorted(own | set(driver_fields))}")
     key = _one_of(d, _MODEL_FIELDS["name"], where) or "name"
-    name = d.get(key)
-    if not isinstance(name, str) or not name or ":" in name or "/" in name:
-        raise _bad(f"{where}.{key}", "a non-empty string without ':' or '/'", name)
+    name = check_name(d.get(key), f"{where}.{key}")
     vkey = _one_of(d, _MODEL_FIELDS["version"], where) or "version"
     version = d.get(vkey, "1")
     if isinstance(version, bool) or not isinstance(version, str | int) or version == "":

@@ -205,7 +205,7 @@ def test_application_links_and_model_aliases() -> None:
         ({"name": "a", "slo_ms": -1}, r"apps\[0\]\.slo_ms: expected a finite number > 0, got -1"),
         ({"name": "a", "slo_ms": "20"}, r"apps\[0\]\.slo_ms: expected a finite number > 0, "
                                         r"got '20'"),
-        ({"slo_ms": 20}, r"apps\[0\]\.name: expected a non-empty string without '/', got None"),
+        ({"slo_ms": 20}, r"apps\[0\]\.name: expected a name matching \[A-Za-z0-9\].*, got None"),
         ({"name": "a", "input_type": "pixels"}, r"apps\[0\]\.input_type: expected one of "
                                                 r"integers, .*, got 'pixels'"),
         ({"name": "a", "models": "m"}, r"apps\[0\]\.models: expected a list of model names, "
