@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["CLIError", "json_object"]
+__all__ = ["CLIError", "RunFailed", "json_object"]
 
 
 class CLIError(Exception):
@@ -13,6 +13,12 @@ class CLIError(Exception):
 
     Commands translate the errors of the packages they drive (``ConfigError``,
     ``SimConfigError``, ``ContainerError``, ...) into this one."""
+
+
+class RunFailed(CLIError):
+    """The arguments were fine but the run failed (a sweep job raised, a worker died):
+    printed as ``failed:`` and the message (which may carry the failing job's traceback),
+    exit code 1."""
 
 
 def json_object(text: str, flag: str) -> dict[str, Any]:

@@ -403,30 +403,43 @@ def plot(results: Results, out_dir: Path) -> list[Path]:
     t = results.table
     models = list(dict.fromkeys(t["model"]))
     fig, axes = grid(2 * len(models), len(models), width_in=4.2, height_in=3.2)
-    series = [(s, m) for s in SYSTEMS for m in (*MODES, "sim+frontend")
-              if ((t["system"] == s) & (t["mode"] == m)).any()]
     colors = {"clipperlab-aimd": "#1f77b4", "clipperlab-tfserving": "#2ca02c",
               "rayserve": "#d62728"}
+    # Points, not bars: a bar's length means nothing on the log axis of p99.  One column per
+    # system; the mode is the marker (filled: the real server), a line joins a system's modes.
+    markers = {"real": ("o", True), "sim": ("s", False), "sim+frontend": ("^", False)}
+    systems = [s for s in SYSTEMS if (t["system"] == s).any()]
+    modes = [m for m in markers if (t["mode"] == m).any()]
+    short = {"clipperlab-aimd": "AIMD", "clipperlab-tfserving": "TF-Serving", "rayserve": "Ray"}
     for i, model in enumerate(models):
         g = t[t["model"] == model]
         for row, (col, ylabel) in enumerate((("peak_qps", "peak throughput (q/s)"),
                                              ("p99_ms", "p99 at peak (ms)"))):
             ax = axes[row * len(models) + i]
-            for k, (s, m) in enumerate(series):
-                v = g[(g["system"] == s) & (g["mode"] == m)][col]
-                if len(v):
-                    ax.bar(k, float(v.iloc[0]), color=colors[s],
-                           alpha=1.0 if m == "real" else 0.45,
-                           hatch={"real": "", "sim": "//", "sim+frontend": ".."}[m],
-                           label=f"{s} ({m})")
-            ax.set_xticks(range(len(series)))
-            short = {"clipperlab-aimd": "AIMD", "clipperlab-tfserving": "TFS", "rayserve": "Ray"}
-            ax.set_xticklabels([f"{short[s]}\n{m.replace('frontend', 'fe')}"
-                                for s, m in series], fontsize=7)
+            for k, s in enumerate(systems):
+                xs, ys = [], []
+                for j, m in enumerate(modes):
+                    v = g[(g["system"] == s) & (g["mode"] == m)][col]
+                    if not len(v):
+                        continue
+                    x = k + (j - (len(modes) - 1) / 2) * 0.18
+                    mk, filled = markers[m]
+                    ax.plot(x, float(v.iloc[0]), ls="none", marker=mk, ms=7, color=colors[s],
+                            mfc=colors[s] if filled else "white", mew=1.5,
+                            label=f"{short.get(s, s)}, {m}")
+                    xs.append(x)
+                    ys.append(float(v.iloc[0]))
+                ax.plot(xs, ys, color=colors[s], lw=0.8, alpha=0.6)
+            ax.set_xticks(range(len(systems)))
+            ax.set_xticklabels([short.get(s, s) for s in systems], fontsize=8)
+            ax.set_xlim(-0.6, len(systems) - 0.4)
             if col == "p99_ms":
                 ax.set_yscale("log")
+            else:
+                ax.set_ylim(bottom=0)
             style_axis(ax, title=model if row == 0 else "", ylabel=ylabel)
-    return [save(fig, out_dir / "fig11.png", suptitle=TITLE, legend_axes=axes[:1])]
+    return [save(fig, out_dir / "fig11.png", suptitle=TITLE, legend_axes=axes,
+                 legend_title="colour: system; marker: where it ran (filled: the real server)")]
 
 
 def claims(results: Results, cfg: Config) -> list[Claim]:

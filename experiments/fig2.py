@@ -107,7 +107,7 @@ def plot(results: Results, out_dir: Path) -> list[Path]:
         style_axis(ax, title=model, xlabel="batch size", ylabel="latency (ms)")
     return [save(fig, out_dir / "fig2.png",
                  suptitle="Batch latency vs batch size: prototype fits and this machine",
-                 legend_axes=axes[:1])]
+                 legend_axes=axes)]
 
 
 def claims(results: Results, cfg: Config) -> list[Claim]:

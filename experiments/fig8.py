@@ -227,7 +227,16 @@ _STYLE = {"exp3": ("#1f77b4", "-"), "exp4": ("#d62728", "-"),
           "epsilon_greedy": ("#2ca02c", "-"), "ucb1": ("#9467bd", "-")}
 
 
-_STATIC_COLORS = ("#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+# One colour per model (tab10's second half, apart from the policies' colours): the model's
+# line in the probability panels and its static policy's dotted line in the error panels.
+_MODEL_COLORS = ("#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+# Policies that pick one model per step (probability 0 or 1) are drawn as the share of
+# picks over this many points (``every`` queries each): the raw 0/1 line fills its panel.
+ROLLING_POINTS = 10
+
+
+def _model_color(models: list[str], model: str) -> str:
+    return _MODEL_COLORS[models.index(model) % len(_MODEL_COLORS)] if model in models else "#999999"
 
 
 def plot(results: Results, out_dir: Path) -> list[Path]:
@@ -240,20 +249,29 @@ def plot(results: Results, out_dir: Path) -> list[Path]:
         span = tm[tm["phase"] == "during"]["queries"]
         lo = int(span.min()) - int(tm["queries"].min()) if len(span) else None
         hi = int(span.max()) if len(span) else None
-        statics = [p for p in tm["policy"].unique() if str(p).startswith("static")]
         for pol, g in tm.groupby("policy", sort=False):
-            c, ls = _STYLE.get(str(pol), (_STATIC_COLORS[statics.index(pol) % 5]
-                                          if pol in statics else "#999999", ":"))
-            lw = 1.0 if str(pol).startswith("static") else 1.8
+            static = str(pol).startswith("static")
+            if static:
+                c, ls = _model_color(models, str(pol).partition(":")[2]), ":"
+            else:
+                c, ls = _STYLE.get(str(pol), ("#999999", "-"))
+            lw = 1.0 if static else 1.6
             axes[0].plot(g["queries"], g["cum_error"], color=c, ls=ls, lw=lw, label=str(pol))
-            axes[1].plot(g["queries"], g["window_error"], color=c, ls=ls, lw=lw, label=str(pol))
+            axes[1].plot(g["queries"], g["window_error"], color=c, ls=ls, lw=lw * 0.7,
+                         label=str(pol))
         for i, pol in enumerate(adaptive):
             ax = axes[2 + i]
             g = tm[tm["policy"] == pol]
+            probs = g[[f"p_{m}" for m in models]]
+            picks = bool(((probs == 0) | (probs == 1)).all().all())
+            if picks:
+                probs = probs.rolling(ROLLING_POINTS, min_periods=1).mean()
             for m in models:
-                ax.plot(g["queries"], g[f"p_{m}"], label=m)
-            style_axis(ax, title=f"{pol}: selection probability", xlabel="queries",
-                       ylabel="probability")
+                ax.plot(g["queries"], probs[f"p_{m}"], color=_model_color(models, m), lw=1.0,
+                        label=m)
+            what = (f"share of picks (mean of {ROLLING_POINTS} points)" if picks
+                    else "selection probability")
+            style_axis(ax, title=f"{pol}: {what}", xlabel="queries", ylabel="probability")
             ax.set_ylim(-0.02, 1.02)
         for ax in axes[:2 + len(adaptive)]:
             if lo is not None and hi is not None:
@@ -264,7 +282,9 @@ def plot(results: Results, out_dir: Path) -> list[Path]:
         name = "fig8.png" if mode == "sim" else f"fig8-{mode}.png"
         files.append(save(fig, out_dir / name,
                           suptitle=f"Model failure ({mode}): the best model fails in the shaded "
-                          "window", legend_axes=[axes[0], axes[2]]))
+                          "window", legend_axes=[axes[0]],
+                          legend_title="error panels: one line per policy; probability panels: "
+                          "one line per model, in its static policy's colour"))
     return files
 
 
