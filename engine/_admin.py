@@ -28,7 +28,7 @@ class _Admin(_EngineFields):
 
     def add_application(self, app: Application, *, now: float) -> None:
         self.registry.add_application(app)
-        a = self._apps[app.name] = _App(app, self.metrics)
+        a = self._apps[app.name] = _App(app, self.metrics, self.max_user_states)
         a.fifo = self._fifos.setdefault(app.slo_s, deque())
 
     def update_application(self, name: str, *, now: float, **changes: Any) -> Application:
@@ -93,7 +93,8 @@ class _Admin(_EngineFields):
         self, app: str, context: Hashable | None, state: PolicyState, *, now: float
     ) -> None:
         a = self._app(app)
-        a.states[context] = state
+        a.put_state(context, state)  # bounded like any user's state
+        a.dirty.add(context)
         if state.models != a.models:
             a.relink(a.models)
 

@@ -5,12 +5,16 @@ arrived (straggler mitigation), or refused (overload, shed).  With nothing, or w
 confidence under the application's threshold, the answer is the application's default,
 flagged and explained (``DefaultReason``).  A feedback task finishes by updating the
 selection state (``FeedbackApplied``).  A part of ``Engine`` (``core.py``).
+
+Answered queries are remembered (for feedback naming their ``query_id``) without their
+inputs, at most ``remember_queries`` of them and ``remember_bytes`` of their outputs
+(``nbytes`` of arrays, ``len`` of bytes and strings), the oldest forgotten first.
 """
 
 from __future__ import annotations
 
-import itertools
 from bisect import bisect_left
+from typing import Any
 
 from ._state import _App, _EngineFields, _FeedbackTask, _Task
 from ._types import DefaultReason, FeedbackApplied, Instruction, Prediction, Reply
@@ -36,10 +40,13 @@ class _Answers(_EngineFields):
                 Prediction, (answers[selected[0]], 1.0, False, None, None, selected, ())
             )
         elif not answers:
+            expl = None
             if not selected:
                 reason = DefaultReason.NO_MODEL
             elif task.failed == len(selected):
                 reason = DefaultReason.MODEL_ERROR
+            elif task.shed is not None:
+                reason, expl = task.shed
             else:
                 reason = DefaultReason.DEADLINE
             self._count_default(app, reason)
@@ -50,7 +57,7 @@ class _Answers(_EngineFields):
                 0.0,
                 True,
                 reason,
-                DefaultReason.EXPLANATIONS[reason],
+                DefaultReason.EXPLANATIONS[reason] if expl is None else expl,
                 (),
                 selected,
             )
@@ -76,16 +83,40 @@ class _Answers(_EngineFields):
         h.count += 1
         out.append(_tuple_new(Reply, (task.id, pred, latency, False)))
         if self.remember_queries:
-            recent = self._recent
-            recent[task.id] = task
-            if len(recent) > self._recent_limit:
-                # drop the oldest quarter at once: O(1) per query, amortised
-                for k in list(itertools.islice(recent, len(recent) - self.remember_queries)):
-                    del recent[k]
+            self._remember(task, answers)
         if self.log is not None:
             self.log.append(
                 ("reply", now, task.id, pred.output, pred.default, pred.default_reason, pred.models)
             )
+
+    def _remember(self, task: _Task, answers: dict[str, Any]) -> None:
+        """Keep ``task`` for feedback naming its id: its answers, never its input."""
+        task.input = None
+        size = 0
+        for v in answers.values():
+            size += _size_bytes(v)
+        recent = self._recent
+        order = self._recent_order
+        qid = task.id
+        if qid in recent:  # a driver reusing ids: the newer query is the one remembered
+            self._forget(qid)
+        recent[qid] = task
+        order.append((qid, size))
+        self._recent_bytes += size
+        limit = self.remember_bytes
+        while len(order) > self.remember_queries or self._recent_bytes > limit:
+            old, n = order.popleft()
+            self._recent_bytes -= n
+            recent.pop(old, None)
+
+    def _forget(self, qid: int) -> None:
+        del self._recent[qid]
+        order = self._recent_order
+        for i, (q, n) in enumerate(order):
+            if q == qid:
+                del order[i]
+                self._recent_bytes -= n
+                return
 
     def _count_default(self, app: _App, reason: str) -> None:
         self.metrics.counter(
@@ -123,6 +154,7 @@ class _Answers(_EngineFields):
         losses = {m: loss(o, task.label, kind) for m, o in task.answers.items()}
         if losses:
             app.policy.observe(task.state, losses)
+            app.dirty.add(task.context)
         app.m_feedback.value += 1
         out.append(
             FeedbackApplied(
@@ -134,3 +166,15 @@ class _Answers(_EngineFields):
         )
         if self.log is not None:
             self.log.append(("feedback", now, task.id, tuple(sorted(losses.items()))))
+
+
+def _size_bytes(v: Any) -> int:
+    """What keeping ``v`` costs, roughly: an array's ``nbytes``, a string's length, else 8."""
+    n = getattr(v, "nbytes", None)
+    if n is not None:
+        return int(n)
+    if isinstance(v, str | bytes | bytearray):
+        return len(v)
+    if isinstance(v, list | tuple):
+        return sum(_size_bytes(x) for x in v) + 8 * len(v)
+    return 8

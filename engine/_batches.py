@@ -18,7 +18,7 @@ import heapq
 
 from ._answers import _Answers
 from ._state import _Batch, _Replica, _Task, _Version, _Wanted
-from ._types import BatchDone, BatchFailed, Instruction, ReplicaId, SendBatch
+from ._types import BatchDone, BatchFailed, DefaultReason, Instruction, ReplicaId, SendBatch
 from .batching import QueueView, Wait
 
 _INF = float("inf")
@@ -42,7 +42,7 @@ class _Batches(_Answers):
                 est = rep.ctrl.latency.predict_s(min(len(queue), rep.ctrl.cap))
                 if est is not None and head_deadline < now + est:
                     heapq.heappop(queue)
-                    self._drop_hopeless(head, now, out)
+                    self._drop_hopeless(head, now, out, est)
                     continue
             d = rep.ctrl.decide(
                 now, QueueView(len(queue), head.arrival_at, ver.newest_arrival_at, head_deadline)
@@ -114,15 +114,22 @@ class _Batches(_Answers):
         if req.key is not None:
             self._pending.pop((req.version.mid.name, req.version.mid.version, req.key), None)
 
-    def _drop_hopeless(self, req: _Wanted, now: float, out: list[Instruction]) -> None:
+    def _drop_hopeless(
+        self, req: _Wanted, now: float, out: list[Instruction], est_s: float
+    ) -> None:
         """A request that cannot make its deadline even if sent now is not computed; its
-        waiters stop waiting for it (an ensemble answers with its other members)."""
+        waiters stop waiting for it (an ensemble answers with its other members, a query
+        left with nothing gets the ``shed_hopeless`` default, explained)."""
         ver = req.version
         ver.m_hopeless.value += 1
         if req.key is not None:
             self._pending.pop((ver.mid.name, ver.mid.version, req.key), None)
+        why = DefaultReason.EXPLANATIONS[DefaultReason.HOPELESS].format(
+            model=ver.mid.name, batch_ms=est_s * 1e3, left_ms=(req.deadline - now) * 1e3
+        )
         for t in req.waiters:
             if not t.done:
+                t.shed = (DefaultReason.HOPELESS, why)
                 t.waiting -= 1
                 if t.waiting == 0:
                     self._finish(t, now, out)

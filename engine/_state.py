@@ -7,12 +7,20 @@ uncached input is its own request); a ``_Version`` holds a model version's queue
 and metrics; an ``_App`` an application's policy, per-context selection state and metrics.
 ``_EngineFields`` names the engine's own fields, which the engine's parts (``_admin.py``,
 ``_answers.py``, ``_batches.py``, ``core.py``) share.
+
+Per-user selection state is bounded: an application holds at most ``max_user_states``
+contexts besides its shared state (``context=None``), least recently used first out (an
+``OrderedDict`` in recency order).  While it is full, a user without a state of its own
+(new, or evicted earlier) starts from a copy of the shared state when there is one, else
+from the policy's fresh state; below the cap nothing changes.  What changed since the
+store last saved (``dirty``, ``evicted``, or ``rewrite`` for everything) is kept beside
+the states, bounded the same way, so a save writes only that.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Hashable
 from typing import Any
 
@@ -37,6 +45,7 @@ class _Task:
         "version",
         "seq",
         "id",
+        "shed",
         "app",
         "state",
         "selected",
@@ -79,6 +88,8 @@ class _Task:
         self.arrival_at = arrival_at
         self.done = False
         self.context = context
+        # (reason, explanation) when a model shed it (admission control, drop_hopeless)
+        self.shed: tuple[str, str] | None = None
 
 
 class _FeedbackTask(_Task):
@@ -169,7 +180,9 @@ class _Version:
         "m_errors",
         "limit",
         "drop_hopeless",
+        "admission",
         "m_hopeless",
+        "m_admission",
     )
 
     def __init__(self, spec: ModelSpec, metrics: Metrics) -> None:
@@ -182,11 +195,13 @@ class _Version:
         self.newest_arrival_at = 0.0
         self.limit: int | None = spec.batching.max_queue
         self.drop_hopeless = spec.batching.drop_hopeless
+        self.admission = spec.batching.admission_control
         lab = {"model": spec.name, "version": spec.version}
         self.m_predictions = metrics.counter("clipperlab_model_predictions_total", **lab)
         self.m_errors = metrics.counter("clipperlab_model_errors_total", **lab)
         self.m_expired = metrics.counter("clipperlab_queue_expired_total", **lab)
         self.m_hopeless = metrics.counter("clipperlab_queue_hopeless_total", **lab)
+        self.m_admission = metrics.counter("clipperlab_admission_refused_total", **lab)
         self.m_batch_size = metrics.histogram(
             "clipperlab_batch_size",
             bounds=BATCH_SIZE_BUCKETS,
@@ -213,12 +228,22 @@ class _App:
         "fifo",
         "refused",
         "fixed",
+        "max_users",
+        "dirty",
+        "evicted",
+        "rewrite",
+        "m_user_evictions",
     )
 
-    def __init__(self, spec: Application, metrics: Metrics) -> None:
+    def __init__(self, spec: Application, metrics: Metrics, max_users: int = 10_000) -> None:
         self.spec = spec
         self.policy: SelectionPolicy = make_policy(spec.policy, spec.policy_params)
-        self.states: dict[Hashable | None, PolicyState] = {}
+        # recency order (least recently used first); None, the shared state, is never evicted
+        self.states: OrderedDict[Hashable | None, PolicyState] = OrderedDict()
+        self.max_users = max_users
+        self.dirty: set[Hashable | None] = set()  # observed since the last save
+        self.evicted: set[Hashable | None] = set()  # evicted since the last save
+        self.rewrite = False  # the store must replace every row of this application
         self.models: tuple[str, ...] = ()
         # Queries that use the application's SLO have deadlines in arrival order, so a
         # FIFO (shared by every application with the same SLO) replaces a heap.
@@ -231,12 +256,65 @@ class _App:
         self.m_latency = metrics.histogram("clipperlab_query_latency_seconds", app=spec.name)
         self.m_feedback = metrics.counter("clipperlab_feedback_total", **lab)
         self.m_missing = metrics.counter("clipperlab_missing_predictions_total", **lab)
+        self.m_user_evictions = metrics.counter("clipperlab_user_state_evictions_total", **lab)
 
     def state(self, context: Hashable | None) -> PolicyState:
-        s = self.states.get(context)
-        if s is None:
-            s = self.states[context] = self.policy.new_state(self.models)
+        """The state of ``context``, made (and the least recent user evicted) if needed."""
+        states = self.states
+        s = states.get(context)
+        if s is not None:
+            if context is not None:
+                states.move_to_end(context)
+            return s
+        shared = states.get(None) if context is not None else None
+        if self._full() and shared is not None:
+            s = PolicyState.from_dict(shared.to_dict())
+        else:
+            s = self.policy.new_state(self.models)
+        self.put_state(context, s)
         return s
+
+    def _full(self) -> bool:
+        return len(self.states) - (None in self.states) >= self.max_users
+
+    def put_state(self, context: Hashable | None, state: PolicyState) -> None:
+        """Hold ``state`` for ``context`` as its most recent user, evicting beyond the cap."""
+        states = self.states
+        if context is not None and context not in states:
+            while self._full():
+                self._evict_oldest()
+        states[context] = state
+        states.move_to_end(context)
+
+    def _evict_oldest(self) -> None:
+        states = self.states
+        ctx = next(iter(states))
+        if ctx is None:  # the shared state stays; look past it
+            states.move_to_end(None)
+            ctx = next(iter(states))
+        del states[ctx]
+        self.m_user_evictions.value += 1
+        self.dirty.discard(ctx)
+        if not self.rewrite:
+            self.evicted.add(ctx)
+            if len(self.evicted) > self.max_users:  # cheaper to rewrite than to list
+                self.rewrite = True
+                self.evicted.clear()
+
+    def take_changes(self) -> tuple[dict[Hashable | None, PolicyState], list[Any], bool]:
+        """What changed since the last call: (changed states, evicted contexts, rewrite);
+        with rewrite, every held state is "changed" and the evicted list is empty."""
+        if self.rewrite:
+            changed = dict(self.states)
+            removed: list[Any] = []
+        else:
+            changed = {c: self.states[c] for c in self.dirty if c in self.states}
+            removed = list(self.evicted)
+        rewrite = self.rewrite
+        self.dirty = set()
+        self.evicted = set()
+        self.rewrite = False
+        return changed, removed, rewrite
 
     def set_policy(self, policy: SelectionPolicy) -> None:
         self.policy = policy
@@ -260,6 +338,8 @@ class _App:
                     new.loss_sums[i] = old.loss_sums[j]
             new.rounds = old.rounds
             self.states[ctx] = new
+        self.rewrite = True
+        self.evicted.clear()
 
 
 class _EngineFields:
@@ -271,6 +351,8 @@ class _EngineFields:
     cache: PredictionCache
     log: list[tuple[Any, ...]] | None
     remember_queries: int
+    remember_bytes: int
+    max_user_states: int
     feedback_timeout_s: float
     _apps: dict[str, _App]
     _versions: dict[ModelId, _Version]
@@ -282,7 +364,8 @@ class _EngineFields:
     _due_at: float  # a lower bound on the next time something is due
     _wakes: list[tuple[float, int, _Version]]  # heap: when a waiting controller wakes
     _recent: dict[int, _Task]  # answered queries, for feedback naming a query id
-    _recent_limit: int
+    _recent_order: deque[tuple[int, int]]  # (query id, bytes kept) oldest first
+    _recent_bytes: int
     _seq: itertools.count[int]
     _batch_ids: itertools.count[int]
     _m_hits: Counter

@@ -80,6 +80,8 @@ class DefaultReason:
     MODEL_ERROR = "model_error"
     OVERLOADED = "overloaded"
     SHED = "shed"
+    PREDICTED_LATE = "shed_predicted_late"
+    HOPELESS = "shed_hopeless"
 
     EXPLANATIONS = {
         DEADLINE: "Failed to retrieve a prediction response within the specified latency SLO",
@@ -89,6 +91,10 @@ class DefaultReason:
         MODEL_ERROR: "Every selected model failed to produce a prediction",
         OVERLOADED: "Queue of model {model} is full ({limit} queued); query refused",
         SHED: "Shed by the batching policy of model {model}: it could not meet the latency bound",
+        PREDICTED_LATE: "shed: predicted wait {wait_ms:.1f} ms plus batch latency {batch_ms:.1f}"
+        " ms at model {model} exceeds the {left_ms:.1f} ms left of the objective",
+        HOPELESS: "shed: model {model} could not answer in time (predicted batch latency"
+        " {batch_ms:.1f} ms, {left_ms:.1f} ms left of the objective)",
     }
 
 

@@ -19,6 +19,19 @@ Invariants (checked by the property tests): every admitted query gets exactly on
 ``Reply``; no batch exceeds its controller's cap; a non-default reply is never sent after
 the query's deadline; the cache never exceeds its byte budget.
 
+Overload (Clipper answers late queries with the default; we also refuse what cannot be
+on time): a model version with ``admission_control`` predicts, before queueing a
+request, when it would be answered (the queue ahead over its replicas' throughput, plus
+its own batch, from the controllers' latency lines); a request predicted past its
+deadline is not queued and its query is answered at once with the
+``shed_predicted_late`` default, explained.  ``drop_hopeless`` does the same check again
+when a batch is formed (``shed_hopeless``).  Both are counted by reason in
+``clipperlab_defaults_total``.
+
+Bounded memory: per-user selection state holds at most ``max_user_states`` users per
+application (least recently used evicted, ``_state.py``); answered queries kept for
+feedback at most ``remember_queries`` and ``remember_bytes`` (``_answers.py``).
+
 Drivers call ``on_*`` with the current time and then arm one timer at
 ``next_deadline()``; when it fires they call ``on_timer(now)`` (``driver.py`` does this
 once for every driver).  The engine's parts: ``core.py`` (replicas, queries, feedback),
@@ -29,6 +42,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections import deque
 from collections.abc import Hashable
 from typing import Any
 
@@ -60,8 +74,10 @@ class Engine(_Admin, _Batches):
 
     ``rng`` drives every random choice (selection sampling); ``decision_log=True`` records
     each batch, reply and feedback as a tuple in ``self.log`` for replay comparisons.
-    ``remember_queries`` bounds how many answered queries are kept so that feedback naming
-    a ``query_id`` can be joined with what that query was answered with.
+    ``remember_queries`` and ``remember_bytes`` bound how many answered queries (and how
+    many bytes of their outputs) are kept so that feedback naming a ``query_id`` can be
+    joined with what that query was answered with; ``max_user_states`` bounds the
+    per-user selection states of each application.
     """
 
     def __init__(
@@ -72,14 +88,26 @@ class Engine(_Admin, _Batches):
         cache_capacity_bytes: int = 32 << 20,
         decision_log: bool = False,
         remember_queries: int = 100_000,
+        remember_bytes: int = 64 << 20,
+        max_user_states: int = 10_000,
         feedback_timeout_s: float = 10.0,
     ) -> None:
+        for name, v in (
+            ("remember_queries", remember_queries),
+            ("remember_bytes", remember_bytes),
+        ):
+            if v < 0:
+                raise ConfigError(f"{name} must be >= 0, got {v}")
+        if max_user_states < 1:
+            raise ConfigError(f"max_user_states must be >= 1, got {max_user_states}")
         self.rng = rng if rng is not None else np.random.default_rng(seed)
         self.registry = Registry()
         self.metrics = Metrics()
         self.cache = PredictionCache(cache_capacity_bytes)
         self.log = [] if decision_log else None
         self.remember_queries = remember_queries
+        self.remember_bytes = remember_bytes
+        self.max_user_states = max_user_states
         self.feedback_timeout_s = feedback_timeout_s
         self._apps = {}
         self._versions = {}
@@ -92,7 +120,8 @@ class Engine(_Admin, _Batches):
         self._due_at = _INF
         self._wakes = []
         self._recent = {}
-        self._recent_limit = remember_queries + max(remember_queries // 4, 1)
+        self._recent_order = deque()
+        self._recent_bytes = 0
         self._seq = itertools.count()
         self._batch_ids = itertools.count(1)
         m = self.metrics
@@ -145,9 +174,12 @@ class Engine(_Admin, _Batches):
         if now >= self._due_at:  # after the check: an error must not swallow due replies
             self._fire(now, out)
         app.m_queries.value += 1
-        state = app.states.get(context)
+        states = app.states
+        state = states.get(context)
         if state is None:
             state = app.state(context)
+        elif context is not None:
+            states.move_to_end(context)  # recency, for the per-application cap
         selected = app.fixed
         if selected is None:
             selected = app.policy.select(state, self.rng)
@@ -161,6 +193,9 @@ class Engine(_Admin, _Batches):
             limit = ver.limit
             if limit is not None and len(ver.queue) >= limit:
                 self._refuse(task, now, out, DefaultReason.OVERLOADED, ver.mid.name, limit)
+                return out
+            if ver.admission and self._predicted_late(task, ver, now):
+                self._finish(task, now, out)
                 return out
             seq = next(self._seq)
             task.input = input_
@@ -225,6 +260,9 @@ class Engine(_Admin, _Batches):
                 return
         elif input_ is None and task.feedback:
             raise ConfigError("feedback needs an input (or a query_id the engine remembers)")
+        if ver.admission and not task.feedback and self._predicted_late(task, ver, now):
+            task.waiting -= 1
+            return
         seq = next(self._seq)
         req = _Request(ver, key, input_, task.deadline, now, task, seq)
         if key is not None:
@@ -233,6 +271,55 @@ class Engine(_Admin, _Batches):
         ver.newest_arrival_at = now
         if ver.idle:
             self._kick(ver, now, out)
+
+    def _predicted_late(self, task: _Task, ver: _Version, now: float) -> bool:
+        """Admission control: would a request of ``task`` queued at ``ver`` now miss the
+        task's deadline?  Then it is marked shed (with the numbers) and counted.
+
+        Predicted wait: until the first replica is free (its batch in flight, from when it
+        was assembled, by the controller's latency line), then the queue ahead at the
+        replicas' combined throughput (cap / latency of a full batch each); then its own
+        batch of ``min(queue + 1, cap)``.  No estimate yet (no batch observed, no replica):
+        admitted."""
+        reps = ver.replicas
+        if not reps:
+            return False
+        n = len(ver.queue)
+        rate = 0.0
+        free_in = _INF
+        ctrl = None
+        for rep in reps.values():
+            ctrl = rep.ctrl
+            model = ctrl.latency
+            cap = ctrl.cap
+            full_s = model.predict_s(cap)
+            if full_s is None:
+                return False
+            rate += cap / full_s if full_s > 0.0 else _INF
+            batch = rep.batch
+            if batch is None:
+                free_in = 0.0
+            elif free_in > 0.0:
+                busy_s = model.predict_s(len(batch.requests)) or 0.0
+                left = batch.assembly_at + busy_s - now
+                free_in = min(free_in, left if left > 0.0 else 0.0)
+        assert ctrl is not None
+        wait_s = free_in + (n / rate if rate < _INF else 0.0)
+        own_s = ctrl.latency.predict_s(min(n + 1, ctrl.cap)) or 0.0
+        if now + wait_s + own_s <= task.deadline:
+            return False
+        ver.m_admission.value += 1
+        reason = DefaultReason.PREDICTED_LATE
+        task.shed = (
+            reason,
+            DefaultReason.EXPLANATIONS[reason].format(
+                wait_ms=wait_s * 1e3,
+                batch_ms=own_s * 1e3,
+                model=ver.mid.name,
+                left_ms=(task.deadline - now) * 1e3,
+            ),
+        )
+        return True
 
     # ================================================================== feedback
     def on_feedback(self, feedback: Feedback, now: float) -> list[Instruction]:

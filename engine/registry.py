@@ -69,6 +69,12 @@ class BatchingConfig:
     # queries get the deadline default.  Off by default, as in Clipper, which drops only
     # requests whose deadline has already passed.
     drop_hopeless: bool = False
+    # Any policy: admission control by predicted wait.  A query whose predicted queueing
+    # wait (the queue ahead over the replicas' throughput, from their controllers' latency
+    # lines) plus its own batch's latency already passes its deadline is answered at once
+    # with the ``shed_predicted_late`` default, explained, and never queued.  Off by
+    # default (the paper's figures); real mode turns it on (``server.admission_control``).
+    admission_control: bool = False
     # TF-Serving: pad to allowed sizes; bound the queue to max_enqueued_batches batches.
     allowed_batch_sizes: tuple[int, ...] = ()
     max_enqueued_batches: int | None = None
