@@ -5,8 +5,10 @@ Rules:
   quantile ``levels`` (0 = fastest seen, 1 = slowest seen), or raw samples (turned into a
   fine quantile grid on load).  Tags say where the numbers come from (``hardware``,
   ``software``, ``source``); ``kind`` is the container kind, ``cpu`` or ``gpu``.
-- Sampling draws ``u ~ U(0,1)`` and returns the inverse CDF at ``u``: the right tail comes
-  from the data (the 0.99, 0.999 and max levels), not from a parametric guess.  Between
+- Sampling draws ``u ~ U(0,1)`` and returns the inverse CDF at ``u``, linear between the
+  stored levels and exact at every one of them (no coarser table: a level of 0.99999
+  keeps its value): the right tail comes from the data (the 0.99, 0.999 and max levels),
+  not from a parametric guess.  Between
   measured sizes the inverse CDFs of the two neighbours are interpolated linearly in the
   batch size (at the same ``u``).  Outside the measured range the nearest measured
   distribution is scaled by the ratio of the fitted line ``alpha*b + beta`` (at quantile
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -52,7 +55,6 @@ SAMPLE_LEVELS: tuple[float, ...] = tuple(
 LINE_LEVELS: tuple[float, ...] = (
     0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0
 )
-_TABLE_POINTS = 1025  # inverse-CDF table resolution per batch size (u step 1/1024)
 
 
 def _lognormal_sigma(p99_over_mean: float) -> float:
@@ -205,8 +207,10 @@ class LatencyProfile:
         return float(self.inverse_cdf(batch_size, q))
 
     def mean_s(self, batch_size: int) -> float:
-        u = (np.arange(_TABLE_POINTS) + 0.5) / _TABLE_POINTS
-        return float(np.mean(self.inverse_cdf(batch_size, u)))
+        """The mean latency (s): exact for the inverse CDF linear between the levels."""
+        lv = np.asarray(self.levels, dtype=np.float64)
+        v = self.inverse_cdf(batch_size, lv)
+        return float(np.sum(np.diff(lv) * (v[1:] + v[:-1])) / 2)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> float:
         """One latency draw (seconds) for a batch of ``batch_size``."""
@@ -244,24 +248,33 @@ class LatencyProfile:
 
 
 class ProfileSampler:
-    """Draws latencies fast: one inverse-CDF table (1,025 points, linear in between) per
-    batch size seen, uniforms pre-drawn 8,192 at a time from the injected generator."""
+    """Draws latencies fast and exactly: per batch size seen, the inverse CDF at the
+    profile's own stored levels (one row, built once: interpolation in the batch size and
+    extrapolation are linear at a fixed ``u``, so the row is exact), and each draw is that
+    row interpolated linearly at ``u`` (``bisect`` on the levels).  A draw equals
+    ``profile.inverse_cdf(b, u)``: levels finer than any table (0.999, 0.9999, 0.99999)
+    keep their values.  Uniforms are pre-drawn 8,192 at a time from the injected
+    generator, one stream for every size."""
 
-    __slots__ = ("profile", "rng", "_tables", "_u", "_pos")
+    __slots__ = ("profile", "rng", "_levels", "_rows", "_u", "_pos")
 
     def __init__(self, profile: LatencyProfile, rng: np.random.Generator) -> None:
         self.profile = profile
         self.rng = rng
-        self._tables: dict[int, list[float]] = {}
+        self._levels: list[float] = [float(x) for x in profile.levels]
+        # batch size -> (value at each level, slope of each segment)
+        self._rows: dict[int, tuple[list[float], list[float]]] = {}
         self._u: list[float] = []
         self._pos = 0
 
-    def table(self, batch_size: int) -> list[float]:
-        t = self._tables.get(batch_size)
-        if t is None:
-            u = np.linspace(0.0, 1.0, _TABLE_POINTS)
-            t = self._tables[batch_size] = self.profile.inverse_cdf(batch_size, u).tolist()
-        return t
+    def row(self, batch_size: int) -> tuple[list[float], list[float]]:
+        """The inverse CDF of ``batch_size`` at the stored levels, and each segment's slope."""
+        r = self._rows.get(batch_size)
+        if r is None:
+            lv = np.asarray(self._levels)
+            v = self.profile.inverse_cdf(batch_size, lv)
+            r = self._rows[batch_size] = (v.tolist(), (np.diff(v) / np.diff(lv)).tolist())
+        return r
 
     def uniform(self) -> float:
         pos = self._pos
@@ -272,15 +285,13 @@ class ProfileSampler:
         return self._u[pos]
 
     def __call__(self, batch_size: int) -> float:
-        t = self._tables.get(batch_size)
-        if t is None:
-            t = self.table(batch_size)
-        x = self.uniform() * (_TABLE_POINTS - 1)
-        i = int(x)
-        if i >= _TABLE_POINTS - 1:
-            return t[-1]
-        lo = t[i]
-        return lo + (x - i) * (t[i + 1] - lo)
+        r = self._rows.get(batch_size)
+        if r is None:
+            r = self.row(batch_size)
+        u = self.uniform()
+        lv = self._levels
+        i = bisect_right(lv, u) - 1  # u in [0, 1): a segment [lv[i], lv[i + 1])
+        return r[0][i] + (u - lv[i]) * r[1][i]
 
 
 # ---------------------------------------------------------------------- validation
