@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from clipperlab.calibration.intervals import Interval, bootstrap_fit
 from clipperlab.simulator import Deployment, Simulation
 from clipperlab.workloads import Trace
 
@@ -38,9 +39,13 @@ __all__ = [
     "fit_container_wake",
     "fit_cpu",
     "fit_frontend",
+    "fit_frontend_rows",
     "fit_pauses",
+    "frontend_intervals",
     "late_margin",
     "late_share",
+    "pause_rate_intervals",
+    "pause_rate_rows",
     "pause_runs",
     "tune_pause_rate",
 ]
@@ -185,13 +190,26 @@ def tune_pause_rate(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deploy
     twin gives its late share without pauses ``q_k``, its busy share ``u_k``, and the
     late share added per pause per second ``s_k``; then ``real_k - q_k = s_k x (r0 +
     r1 x u_k)`` by non-negative least squares."""
-    from scipy.optimize import nnls
+    rows = pause_rate_rows(runs, twin, calib, seed, max_load)
+    if rows is None:
+        return calib
+    r0, r1 = _solve_pause_rate(rows)
+    return dataclasses.replace(calib, pause_rate_hz=r0, pause_rate_busy_hz=r1)
 
+
+PauseRow = tuple[float, float, float]  # (s_k, s_k x u_k, real_k - q_k) of one run
+
+
+def pause_rate_rows(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deployment],
+                    calib: Calibration, seed: int = 0, max_load: float = 0.6
+                    ) -> list[PauseRow] | None:
+    """``tune_pause_rate``'s equations, one per run (``None`` when the runs say nothing):
+    the twin replays each run without pauses and with ``calib``'s rate."""
     use = pause_runs(runs, calib.capacity_qps, max_load=max_load)
     if not use or not calib.pauses_s or calib.pause_rate_hz <= 0:
-        return calib
+        return None
     ref = calib.pause_rate_hz
-    rows, target = [], []
+    rows: list[PauseRow] = []
     for r in use:
         lat = np.asarray(r.latency_s, dtype=np.float64)
         m = late_margin(lat)
@@ -205,14 +223,26 @@ def tune_pause_rate(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deploy
                 span = float(r.trace.arrival_at[-1] - r.trace.arrival_at[0]) or 1.0
                 busy = min(sim.loop_busy_s / span, 1.0)
         per = max(shares[1] - shares[0], 0.0) / ref
-        rows.append((per, per * busy))
-        target.append(late_share(lat, m) - shares[0])
-    A = np.asarray(rows, dtype=np.float64)
-    y = np.asarray(target, dtype=np.float64)
-    if not (A[:, 0] > 0).any():
-        return calib
-    (r0, r1), _ = nnls(A, y)
-    return dataclasses.replace(calib, pause_rate_hz=float(r0), pause_rate_busy_hz=float(r1))
+        rows.append((per, per * busy, late_share(lat, m) - shares[0]))
+    if not any(row[0] > 0 for row in rows):
+        return None
+    return rows
+
+
+def _solve_pause_rate(rows: Sequence[PauseRow]) -> tuple[float, float]:
+    """``(r0, r1)`` by non-negative least squares over ``pause_rate_rows``' equations."""
+    from scipy.optimize import nnls
+
+    a = np.asarray([(p, pb) for p, pb, _ in rows], dtype=np.float64)
+    y = np.asarray([t for _, _, t in rows], dtype=np.float64)
+    (r0, r1), _ = nnls(a, y)
+    return float(r0), float(r1)
+
+
+def pause_rate_intervals(rows: Sequence[PauseRow], seed: int = 0) -> tuple[Interval, Interval]:
+    """The pause rates' (base, per busy share; Hz) bootstrap intervals over the runs."""
+    base, busy = bootstrap_fit(list(rows), _solve_pause_rate, seed=seed)
+    return base, busy
 
 
 COLD_AFTER_GRID_S = (50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 20e-3)
@@ -231,13 +261,22 @@ def fit_frontend(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deploymen
     2. for each ``cold_after_s`` on a grid, ``u_k`` from the twin, then ``a``, ``b`` and
        ``wake_s`` together by non-negative least squares (each run weighted alike); the
        grid point with the smallest residual wins."""
-    from scipy.optimize import nnls
+    return fit_frontend_rows(runs, twin, calib, seed)[0]
 
+
+FrontendRow = tuple[float, float, float]  # (CPU s per query, batches per query, u_k)
+
+
+def fit_frontend_rows(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deployment],
+                      calib: Calibration, seed: int = 0
+                      ) -> tuple[Calibration, list[FrontendRow]]:
+    """``fit_frontend`` and the equations of its winning grid point, one per run (empty
+    when the runs say nothing), for ``frontend_intervals``."""
     # CPU time is read in clock ticks (10 ms): a short run can read 0, which says nothing
     # about its cost per query and would divide by zero in the relative errors below.
     runs = [r for r in runs if r.queries > 0 and math.isfinite(r.cpu_s) and r.cpu_s > 0]
     if not runs:
-        return calib
+        return calib, []
     rates = [r.rate for r in runs if math.isfinite(r.rate)]
     top = max(rates) if rates else 0.0
     warm = [r for r in runs if r.rate >= 0.25 * top]
@@ -245,29 +284,49 @@ def fit_frontend(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deploymen
         warm = list(runs)
     a, b = fit_cpu([(r.queries, r.batches, r.cpu_s) for r in warm])
     calib = dataclasses.replace(calib, query_cpu_s=a, batch_cpu_s=b, wake_s=0.0)
-    y = np.array([r.cpu_s / r.queries for r in runs], dtype=np.float64)
-    inv = np.array([r.batches / r.queries for r in runs], dtype=np.float64)
+    y = [r.cpu_s / r.queries for r in runs]
+    inv = [r.batches / r.queries for r in runs]
     tiny = 1e-12
-    best: tuple[float, float, float, float, float] | None = None
+    best: tuple[float, tuple[float, float, float], float, list[FrontendRow]] | None = None
     for tau in COLD_AFTER_GRID_S:
         dep = twin(dataclasses.replace(calib, wake_s=tiny, cold_after_s=tau))
-        u = np.empty(len(runs))
-        for k, r in enumerate(runs):
+        u = []
+        for r in runs:
             sim = Simulation(dep, r.trace, seed=seed)
             sim.run()
-            u[k] = sim.loop_wake_s / tiny / max(len(r.trace), 1)
-        A = np.column_stack([np.ones(len(runs)), inv, u]) / y[:, None]  # relative errors
-        coef, _ = nnls(A, np.ones(len(runs)))
-        err = float(((A @ coef - 1.0) ** 2).sum())
+            u.append(sim.loop_wake_s / tiny / max(len(r.trace), 1))
+        rows = list(zip(y, inv, u, strict=True))
+        coef, err = _solve_frontend(rows)
         if best is None or err < best[0]:
-            best = (err, float(coef[0]), float(coef[1]), float(coef[2]), tau)
+            best = (err, coef, tau, rows)
     if best is None:
-        return calib
-    _, a, b, w, tau = best
+        return calib, []
+    _, (a, b, w), tau, rows = best
     if a <= 0 and b <= 0:
-        return calib
+        return calib, []
     return dataclasses.replace(calib, query_cpu_s=a, batch_cpu_s=b, wake_s=w,
-                               cold_after_s=tau)
+                               cold_after_s=tau), rows
+
+
+def _solve_frontend(rows: Sequence[FrontendRow]) -> tuple[tuple[float, float, float], float]:
+    """``(a, b, wake_s)`` by non-negative least squares on the relative errors of the CPU
+    per query, and the squared residual."""
+    from scipy.optimize import nnls
+
+    m = np.asarray(rows, dtype=np.float64)
+    y = m[:, 0]
+    A = np.column_stack([np.ones(len(m)), m[:, 1], m[:, 2]]) / y[:, None]  # relative errors
+    coef, _ = nnls(A, np.ones(len(m)))
+    err = float(((A @ coef - 1.0) ** 2).sum())
+    return (float(coef[0]), float(coef[1]), float(coef[2])), err
+
+
+def frontend_intervals(rows: Sequence[FrontendRow], seed: int = 0
+                       ) -> tuple[Interval, Interval, Interval]:
+    """Bootstrap intervals over the runs of the loop's CPU per query, per batch and per
+    wake-up (seconds), at the fitted cooling time (``fit_frontend_rows``' equations)."""
+    q, b, w = bootstrap_fit(list(rows), lambda rs: _solve_frontend(rs)[0], seed=seed)
+    return q, b, w
 
 
 def batch_mean_ms(metrics: Any) -> float:

@@ -7,7 +7,10 @@ Rules:
 - Tables come from ``clipperlab.report.tables`` (``format_table`` as plain text for a
   terminal, ``markdown`` for ``summary.md``), the figure from ``clipperlab.report.plots``.
 - ``write_outputs`` writes ``validation.csv``, ``errors.csv``, ``profiles/*.json``,
-  ``validation.png`` and ``summary.md``; the CSV columns are the table's.
+  ``validation.png`` and ``summary.md``; the CSV columns are the table's (with the load
+  each level ran under: ``load_avg``, ``other_cpu_share``).  ``summary.md`` and the text
+  table also give the capacity, measured (with its interval over the ramps) and predicted
+  by the calibrated twin, the fitted numbers as ``value [lo, hi]``, and the load.
 """
 
 from __future__ import annotations
@@ -21,13 +24,17 @@ import numpy as np
 import pandas as pd
 
 from clipperlab.calibration.fit import Calibration
+from clipperlab.calibration.intervals import Interval
+from clipperlab.calibration.quiet import LoadSample
 from clipperlab.report.tables import markdown_table, text_table
 from clipperlab.simulator import LatencyProfile, save_profile
 
 __all__ = [
     "METRICS",
     "ValidationResult",
+    "capacity_line",
     "describe",
+    "describe_intervals",
     "format_table",
     "markdown",
     "plot",
@@ -55,6 +62,17 @@ class ValidationResult:
     calibration: Calibration
     profiles: dict[str, LatencyProfile]
     notes: list[str] = field(default_factory=list)
+    # fitted numbers with their bootstrap intervals, the unit in the name
+    # (capacity_qps, query_cpu_us, batch_cpu_us, wake_us, pause_rate_hz, pause_rate_busy_hz)
+    intervals: dict[str, Interval] = field(default_factory=dict)
+    predicted_capacity_qps: float = math.nan  # the calibrated twin's (``capacity``)
+    load: LoadSample | None = None  # the machine before the runs (``quiet``)
+
+    @property
+    def capacity_error(self) -> float:
+        """(predicted - measured) / measured capacity."""
+        m = self.calibration.capacity_qps
+        return (self.predicted_capacity_qps - m) / m if m else math.nan
 
 
 def relative_errors(table: pd.DataFrame) -> pd.DataFrame:
@@ -81,11 +99,29 @@ def _rows(res: ValidationResult) -> pd.DataFrame:
 
 
 def format_table(res: ValidationResult) -> str:
-    """Plain text: per level and mode, the metrics and their errors; the calibration."""
+    """Plain text: per level and mode, the metrics and their errors; the capacity, measured
+    and predicted; the calibration and its intervals."""
     formats = {**FORMATS, **{f"{m}_err": "{:+.1%}" for m in METRICS}}
     rows = _rows(res).rename(columns=HEADERS)
     return (text_table(rows, formats={HEADERS[c]: f for c, f in formats.items()})
+            + "\n" + capacity_line(res)
+            + ("\nintervals: " + describe_intervals(res.intervals) if res.intervals else "")
             + "\ncalibration: " + describe(res.calibration))
+
+
+def capacity_line(res: ValidationResult) -> str:
+    """``capacity: measured 1,234 [1,100, 1,300] q/s, predicted 1,200 q/s (-3%)``."""
+    iv = res.intervals.get("capacity_qps")
+    measured = (iv.format("{:,.0f}") if iv is not None
+                else f"{res.calibration.capacity_qps:,.0f}")
+    return (f"capacity: measured {measured} q/s, predicted by the calibrated twin "
+            f"{res.predicted_capacity_qps:,.0f} q/s ({res.capacity_error:+.0%})")
+
+
+def describe_intervals(intervals: dict[str, Interval]) -> str:
+    """Each fitted number as ``name value [lo, hi]`` (90%, bootstrap over the runs)."""
+    return ", ".join(f"{k} {v.format('{:,.3g}')}" for k, v in intervals.items()) + (
+        " (90% bootstrap intervals over the runs or ramps)")
 
 
 def describe(c: Calibration) -> str:
@@ -106,8 +142,14 @@ def markdown(res: ValidationResult, title: str = "") -> str:
     the notes."""
     cols = ["level", "mode", *METRICS, "throughput_qps_err", "p50_ms_err", "p99_ms_err"]
     formats = {**FORMATS, **{f"{m}_err": "{:+.0%}" for m in METRICS}}
+    load = (f"Measured under: {res.load.describe()} before the runs."
+            if res.load is not None else "Measured under: load not sampled (--busy off).")
     return "\n".join([f"## {title}" if title else "## validation", "",
                       markdown_table(_rows(res), cols, formats=formats, headers=HEADERS), "",
+                      "C" + capacity_line(res)[1:] + ".", "",
+                      *(["Intervals: " + describe_intervals(res.intervals) + ".", ""]
+                        if res.intervals else []),
+                      load, "",
                       "Calibration: " + describe(res.calibration) + ". " + " ".join(res.notes)])
 
 

@@ -64,17 +64,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from clipperlab.calibration.capacity import twin_capacity
 from clipperlab.calibration.fit import (
     Calibration,
     CpuRun,
     fit_container_wake,
-    fit_frontend,
+    fit_frontend_rows,
     fit_pauses,
-    tune_pause_rate,
+    frontend_intervals,
+    pause_rate_intervals,
+    pause_rate_rows,
 )
+from clipperlab.calibration.intervals import Interval, bootstrap
 from clipperlab.calibration.loadgen import run_load
 from clipperlab.calibration.outputs import METRICS, ValidationResult, relative_errors
 from clipperlab.calibration.profiler import ProfileSpec, profile_model
+from clipperlab.calibration.quiet import BUSY_POLICIES, guard
 from clipperlab.calibration.runs import (
     RealRun,
     from_send,
@@ -103,6 +108,9 @@ __all__ = ["ValidationError", "ValidationResult", "validate"]
 
 Log = Callable[[str], None]
 GOOD_SHARE = 0.95  # of queries within the SLO for a ramp step to pass
+LEVEL_S = 10.0  # seconds per level run (4 s moved p99 by a median of 19-30% run to run)
+REPEATS = 3  # runs per level and mode (medians), and capacity ramps (median)
+SETTLE_S = 90.0  # with --busy refuse: how long to wait for a busy machine to quiet down
 
 
 def validate(
@@ -110,7 +118,9 @@ def validate(
     workload: Workload,
     *,
     levels: Sequence[float] = (0.3, 0.6, 0.9),
-    duration_s: float = 5.0,
+    duration_s: float = LEVEL_S,
+    repeats: int = REPEATS,
+    busy: str = "warn",
     capacity_qps: float | None = None,
     batching: Mapping[str, Any] | None = None,
     batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128),
@@ -130,27 +140,52 @@ def validate(
     """Run the comparison described in the module docstring, step by step."""
     if not levels or any(not 0 < lv <= 2 for lv in levels):
         raise ValidationError(f"levels must be fractions of capacity in (0, 2], got {levels}")
+    if repeats < 1:
+        raise ValidationError(f"repeats must be an integer >= 1, got {repeats}")
+    if not duration_s > 0:
+        raise ValidationError(f"the level's duration must be > 0 s, got {duration_s}")
+    if busy not in BUSY_POLICIES:
+        raise ValidationError(f"busy policy {busy!r}: expected one of {BUSY_POLICIES}")
     dep = real_deployment(deployment, batching)
     app, models = model_specs(dep, workload.app)
+    load0 = guard(busy, what=f"validating {dep.path}", log=log,
+                  settle_s=SETTLE_S if busy == "refuse" else 0.0)
     profs = profile(models, workload, profiles or {}, batch_sizes, profile_repeats,
                     profile_max_s, log)
     setup = Setup(dep, app, [spec for spec, _, _ in models], {s.name: n for s, n, _ in models},
-                  workload, profs, seed, log)
-    load0 = os.getloadavg()[0]
+                  workload, profs, seed, log, busy, repeats)
+    la0 = os.getloadavg()[0]
     with ServerProcess(dep, cache=workload.cacheable) as srv:
         srv.wait_ready(workload.app)
         log(f"server up at {srv.url}; calibration at {calib_qps:g} q/s ...")
         bench = warm_up(srv, setup, api, connections, calib_qps)
         low = calibrate_at_low_load(bench, setup, calib_qps, calib_s)
         cost_s = low.cpu_s_per_query
+        caps: list[float] = []
         if capacity_qps is None:
-            capacity_qps, cost_s = ramp_to_capacity(bench, setup, low.cpu_s_per_query,
-                                                    ramp_start_qps, ramp_s, ramp_step)
-        calib = calibrate_twin(bench.kept, setup, low, float(capacity_qps), cost_s, calib_qps)
+            for k in range(repeats):
+                cap_k, cost_s = ramp_to_capacity(bench, setup, low.cpu_s_per_query,
+                                                 ramp_start_qps, ramp_s, ramp_step, k)
+                caps.append(cap_k)
+            capacity_qps = float(np.median(caps))
+        else:
+            caps = [float(capacity_qps)]
+        calib, intervals = calibrate_twin(bench.kept, setup, low, float(capacity_qps), cost_s,
+                                          calib_qps)
+        intervals["capacity_qps"] = bootstrap(caps, seed=seed)
         rows = run_levels(bench, setup, calib, levels, float(capacity_qps), duration_s)
-    notes = [f"load average {load0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end "
-             f"({os.cpu_count()} CPUs)"]
-    return compare(rows, calib, profs, notes)
+    predicted = predict_capacity(setup, calib, float(capacity_qps))
+    log(f"capacity: measured {intervals['capacity_qps'].format('{:,.0f}')} q/s (median of "
+        f"{len(caps)}), predicted by the twin {predicted:,.0f} q/s")
+    notes = [f"load average {la0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end "
+             f"({os.cpu_count()} CPUs)"
+             + (f"; before the runs: {load0.describe()}" if load0 is not None else "")
+             + f"; {repeats} run(s) per level and mode, {duration_s:g} s each, medians"]
+    res = compare(rows, calib, profs, notes)
+    res.intervals = intervals
+    res.predicted_capacity_qps = predicted
+    res.load = load0
+    return res
 
 
 @dataclass(frozen=True)
@@ -166,6 +201,8 @@ class Setup:
     profiles: dict[str, LatencyProfile]
     seed: int
     log: Log
+    busy: str = "warn"  # the guard's policy before each level (``quiet.guard``)
+    repeats: int = 1
 
     def twin(self, calib: Calibration | None = None, scale: float = 1.0) -> Deployment:
         return sim_deployment(self.dep, self.workload.app, self.profiles, calibration=calib,
@@ -243,20 +280,23 @@ def calibrate_at_low_load(bench: Bench, setup: Setup, calib_qps: float,
 
 
 def ramp_to_capacity(bench: Bench, setup: Setup, cost_s: float, start_qps: float,
-                     step_s: float, step: float) -> tuple[float, float]:
+                     step_s: float, step: float, repeat: int = 0) -> tuple[float, float]:
     """Step 4, second part: the offered load ramps (x``step`` per ``step_s`` step) until
     fewer than 95% of the queries get a prediction within the SLO (a failing step runs
     twice before it counts), with one more step between the last good and the first bad
     rate; the steps that pass are kept for the fits.  Returns the capacity (the best
-    good throughput seen) and the server's CPU per query at the last good step."""
+    good throughput seen) and the server's CPU per query at the last good step.  Ramp
+    ``repeat`` (0, 1, ...) sends its own trace (seeded by it); ``validate`` takes the
+    median of ``repeats`` ramps."""
     est = capacity_estimate(setup.profiles, setup.replicas,
                             {s.name: s.batching.max_batch_size for s in setup.models})
     rate = min(start_qps, 0.3 * est)
     best = 0.0
-    setup.log(f"capacity ramp (profiles alone allow {est:,.0f} q/s) ...")
+    setup.log(f"capacity ramp {repeat + 1}/{setup.repeats} (profiles alone allow "
+              f"{est:,.0f} q/s) ...")
     last_good, first_bad = 0.0, 0.0
     while rate < 50 * est:
-        tr = retime(setup.workload, rate, step_s, setup.seed + 2)
+        tr = retime(setup.workload, rate, step_s, setup.seed + 2 + 1000 * repeat)
         r = bench.run(tr, keep=False)
         good = good_share(r.table, setup.app.slo_s)
         if good < GOOD_SHARE and last_good and not first_bad:
@@ -288,21 +328,36 @@ def ramp_to_capacity(bench: Bench, setup: Setup, cost_s: float, start_qps: float
 
 
 def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: RealRun, capacity_qps: float,
-                   cost_s: float, calib_qps: float) -> Calibration:
+                   cost_s: float, calib_qps: float) -> tuple[Calibration, dict[str, Interval]]:
     """Step 5: the twin's calibration from the kept runs (never from the levels): the
     event loop's CPU, the pauses, the containers' wake-up, then the fixed overhead outside
-    the loop (the real p50 at ``calib_qps`` minus the calibrated twin's)."""
+    the loop (the real p50 at ``calib_qps`` minus the calibrated twin's).  With it, the
+    bootstrap intervals over the runs of the loop's costs (us) and the pause rates (Hz)."""
     linked = {s.name: setup.profiles[s.name] for s in setup.models}
     slow = slowdown(low.seen, linked)
     extra_s = batch_extra_s(low.seen, linked)
     calib = Calibration(frontend_cost_s=cost_s, capacity_qps=capacity_qps,
                         batch_extra_s=extra_s,
                         slowdown=slow if math.isfinite(slow) and slow > 1.0 else 1.0)
-    calib = fit_frontend(runs, setup.twin, calib, setup.seed)
+    calib, cpu_rows = fit_frontend_rows(runs, setup.twin, calib, setup.seed)
+    intervals: dict[str, Interval] = {}
+    if cpu_rows:
+        q, b, w = frontend_intervals(cpu_rows, setup.seed)
+        intervals.update(query_cpu_us=q.scaled(1e6), batch_cpu_us=b.scaled(1e6),
+                         wake_us=w.scaled(1e6))
     rate_hz, pauses = fit_pauses(runs, capacity_qps)
     calib = dataclasses.replace(calib, pause_rate_hz=rate_hz, pauses_s=pauses)
-    calib = tune_pause_rate(runs, setup.twin, calib, setup.seed)
+    # tune_pause_rate, keeping its equations for the intervals
+    pause_rows = pause_rate_rows(runs, setup.twin, calib, setup.seed)
+    if pause_rows is not None:
+        base, per_busy = pause_rate_intervals(pause_rows, setup.seed)
+        calib = dataclasses.replace(calib, pause_rate_hz=base.value,
+                                    pause_rate_busy_hz=per_busy.value)
+        intervals.update(pause_rate_hz=base, pause_rate_busy_hz=per_busy)
     _log_loop(setup.log, calib, runs, low, rate_hz, slow, extra_s, calib_qps)
+    if intervals:
+        setup.log("  intervals (90%, bootstrap over the runs): " + ", ".join(
+            f"{k} {v}" for k, v in intervals.items()))
     # the containers' wake-up: the batch latency the server's engine saw over the
     # twin's, run by run
     calib = fit_container_wake(runs, setup.twin, calib, setup.seed)
@@ -317,7 +372,18 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: RealRun, capacity_
               f" -> fixed overhead {overhead_s * 1e3:.3f} ms/query")
     setup.log(f"capacity {capacity_qps:,.0f} q/s; the event loop's own limit "
               f"{frontend_cpu(calib).capacity_qps(1.0):,.0f} q/s at batch size 1")
-    return calib
+    return calib, intervals
+
+
+def predict_capacity(setup: Setup, calib: Calibration, measured_qps: float) -> float:
+    """Step 6b: the calibrated twin's capacity for the workload and the SLO
+    (``capacity.twin_capacity``), searched from what the profiles alone allow down; the
+    measured capacity is not told to it."""
+    est = capacity_estimate(setup.profiles, setup.replicas,
+                            {s.name: s.batching.max_batch_size for s in setup.models})
+    hi = est if math.isfinite(est) and est > 0 else 4 * measured_qps
+    return twin_capacity(setup.twin(calib), setup.workload, setup.app.slo_s, lo_qps=hi / 8,
+                         hi_qps=hi, overhead_s=calib.overhead_s, seed=setup.seed)
 
 
 def _log_loop(log: Log, calib: Calibration, runs: Sequence[CpuRun], low: RealRun,
@@ -345,35 +411,70 @@ def _log_loop(log: Log, calib: Calibration, runs: Sequence[CpuRun], low: RealRun
 
 def run_levels(bench: Bench, setup: Setup, calib: Calibration, levels: Sequence[float],
                capacity_qps: float, duration_s: float) -> list[dict[str, Any]]:
-    """Step 6: each level's trace on the real server twice, then its achieved send
-    times in the plain and the calibrated twin and the in-situ diagnostic; one row per
+    """Step 6: for each level, the machine sampled (``quiet.guard``: others' CPU share
+    only, the load average holds our own server), then the level's trace on the real
+    server ``2 x repeats`` times, alternating ``real`` and ``real again``; each real run's
+    achieved send times in the plain and the calibrated twin, the first one's in the
+    in-situ diagnostic; each metric the median over its mode's runs.  One row per
     (level, mode)."""
     plain, calibrated = setup.twin(), setup.twin(calib)
     rows: list[dict[str, Any]] = []
     for lv in levels:
         rate = lv * capacity_qps
+        sample = guard(setup.busy, max_loadavg_per_core=None, what=f"the {lv:.0%} level",
+                       log=setup.log, settle_s=SETTLE_S if setup.busy == "refuse" else 0.0)
         tr = retime(setup.workload, rate, duration_s, setup.seed + 3)
-        r = bench.run(tr, keep=False)
-        s_sched = summarise(r.table)
-        s_real = summarise(from_send(r.table))
-        # the same trace once more: how far the real server is from itself
-        s_again = summarise(from_send(bench.run(tr, keep=False).table))
-        tr_sent = sent_trace(tr, r.table)
-        s_sim = sim_run(plain, tr_sent, setup.seed)
-        s_cal = sim_run(calibrated, tr_sent, setup.seed, calib)
-        # diagnostic, not a prediction: the calibrated twin told this run's slowdown
-        k = slowdown(r.seen, setup.profiles)
-        s_ins = sim_run(setup.twin(calib, scale=k if math.isfinite(k) else 1.0), tr_sent,
-                        setup.seed, calib)
+        runs: list[RealRun] = []
+        again: list[RealRun] = []
+        for _ in range(setup.repeats):
+            runs.append(bench.run(tr, keep=False))
+            # the same trace once more: how far the real server is from itself
+            again.append(bench.run(tr, keep=False))
+        sims, cals = [], []
+        for k, r in enumerate(runs):
+            tr_sent = sent_trace(tr, r.table)
+            sims.append(sim_run(plain, tr_sent, setup.seed + k))
+            cals.append(sim_run(calibrated, tr_sent, setup.seed + k, calib))
+        # diagnostic, not a prediction: the calibrated twin told the first run's slowdown
+        k0 = slowdown(runs[0].seen, setup.profiles)
+        s_ins = sim_run(setup.twin(calib, scale=k0 if math.isfinite(k0) else 1.0),
+                        sent_trace(tr, runs[0].table), setup.seed, calib)
+        r = median_run(runs)
+        s_real = median_summary([summarise(from_send(x.table)) for x in runs])
+        s_sched = median_summary([summarise(x.table) for x in runs])
+        s_again = median_summary([summarise(from_send(x.table)) for x in again])
+        s_cal = median_summary(cals)
         la = os.getloadavg()[0]
-        for mode, s in (("real", s_real), ("real again", s_again), ("sim", s_sim),
-                        ("sim+frontend", s_cal), ("sim+in-situ", s_ins)):
-            rows.append(_row(lv, rate, mode, s, r, s_sched, k, la))
+        other = sample.other_cpu_share if sample is not None else math.nan
+        for mode, s in (("real", s_real), ("real again", s_again),
+                        ("sim", median_summary(sims)), ("sim+frontend", s_cal),
+                        ("sim+in-situ", s_ins)):
+            rows.append({**_row(lv, rate, mode, s, r, s_sched, k0, la),
+                         "other_cpu_share": other, "repeats": setup.repeats})
         setup.log(f"  level {lv:.0%} ({rate:,.0f} q/s): real p50/p99 "
                   f"{s_real.get('p50_ms', math.nan):.2f}/{s_real.get('p99_ms', math.nan):.2f}"
                   f" ms, sim+frontend {s_cal.get('p50_ms', math.nan):.2f}/"
-                  f"{s_cal.get('p99_ms', math.nan):.2f} ms (load avg {la:.2f})")
+                  f"{s_cal.get('p99_ms', math.nan):.2f} ms (medians of {setup.repeats}; load "
+                  f"avg {la:.2f}, others {other:.0%} of the CPU before)")
     return rows
+
+
+def median_summary(summaries: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Each key's median over ``summaries`` (NaN where none has a finite value)."""
+    keys = dict.fromkeys(k for s in summaries for k in s)
+    out = {}
+    for k in keys:
+        vals = np.asarray([s.get(k, math.nan) for s in summaries], dtype=np.float64)
+        vals = vals[np.isfinite(vals)]
+        out[k] = float(np.median(vals)) if vals.size else math.nan
+    return out
+
+
+def median_run(runs: Sequence[RealRun]) -> RealRun:
+    """The first run with the median CPU per query and the medians of what the server
+    saw (the ``real`` row's server columns)."""
+    cpu = float(np.median([r.cpu_s_per_query for r in runs]))
+    return runs[0]._replace(cpu_s_per_query=cpu, seen=median_summary([r.seen for r in runs]))
 
 
 def _row(level: float, rate: float, mode: str, s: Mapping[str, float], r: RealRun,
