@@ -43,8 +43,8 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Hashable
-from typing import Any
+from collections.abc import Hashable, Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -64,9 +64,19 @@ from .errors import ConfigError, Conflict, NotFound
 from .metrics import Metrics
 from .registry import Registry
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "SelectionChanges"]
 
 _INF = float("inf")
+
+
+class SelectionChanges(NamedTuple):
+    """What changed in one application's selection state since the last save: states to
+    write (``PolicyState.to_dict`` documents, copied), contexts evicted, and whether every
+    stored row of the application must go first (then ``changed`` holds every state)."""
+
+    changed: dict[Hashable | None, dict[str, Any]]
+    removed: list[Hashable | None]
+    rewrite: bool
 
 
 class Engine(_Admin, _Batches):
@@ -320,6 +330,26 @@ class Engine(_Admin, _Batches):
             ),
         )
         return True
+
+    # ================================================================== saving
+    def take_selection_changes(self) -> dict[str, SelectionChanges]:
+        """Selection state changed since the last call, per application, as plain data
+        that another thread may serialize while the engine goes on (O(changed states))."""
+        out = {}
+        for name, app in self._apps.items():
+            changed, removed, rewrite = app.take_changes()
+            if changed or removed or rewrite:
+                docs = {ctx: st.to_dict() for ctx, st in changed.items()}
+                out[name] = SelectionChanges(docs, removed, rewrite)
+        return out
+
+    def selection_unsaved(self, changes: Mapping[str, SelectionChanges]) -> None:
+        """A save of ``changes`` failed: the next one rewrites those applications."""
+        for name in changes:
+            app = self._apps.get(name)
+            if app is not None:
+                app.rewrite = True
+                app.evicted.clear()
 
     # ================================================================== feedback
     def on_feedback(self, feedback: Feedback, now: float) -> list[Instruction]:

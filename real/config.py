@@ -132,6 +132,12 @@ class ServerConfig:
     seed: int = 0
     decision_log: bool = False
     remember_queries: int = 20_000
+    # bounded state (engine/_state.py, engine/_answers.py): see README "Overload and memory"
+    remember_bytes: int = 64 << 20
+    max_user_states: int = 10_000
+    # overload (engine/core.py): models' defaults unless [models.batching] says otherwise
+    admission_control: bool = True
+    drop_hopeless: bool = True
     tune_gc: bool = True
     manage_containers: bool = True
     container_log_dir: str = ""
@@ -154,6 +160,21 @@ class ServerConfig:
             raise ConfigError(f"server.max_queue = {self.max_queue} must be >= 1")
         if self.heartbeat_interval_s <= 0 or self.missed_heartbeats < 1:
             raise ConfigError("server.heartbeat_interval_s must be > 0, missed_heartbeats >= 1")
+        self._check_bounded_state()
+
+    def _check_bounded_state(self) -> None:
+        for name, low in (("remember_queries", 0), ("remember_bytes", 0),
+                          ("max_user_states", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"server.{name} = {v!r} must be an integer >= {low}")
+        for name in ("admission_control", "drop_hopeless"):
+            v = getattr(self, name)
+            if not isinstance(v, bool):
+                raise ConfigError(f"server.{name} = {v!r} must be true or false")
+        v = self.save_state_every_s
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 1e9:
+            raise ConfigError(f"server.save_state_every_s = {v!r} must be seconds > 0")
 
 
 _SERVER_KEYS = {f.name for f in fields(ServerConfig)} - {"applications", "models"}

@@ -6,17 +6,30 @@ Theory of operation: one ``Engine`` lives on the uvloop event loop, fed by an
 methods, which apply them to the engine, write them to the store and tell the container
 manager how many processes each model wants.  ``stop`` stops accepting, answers what is in
 flight, saves selection state, then stops the containers.
+
+Saving: each administrative change writes its own rows (``Store.put_*``), never the whole
+registry.  Selection state is saved every ``save_state_every_s`` and at ``stop``: what
+changed is taken on the loop (``Engine.take_selection_changes``, O(changed states)) and
+written by one saver thread, so the loop never waits for SQLite and two saves never run
+at once; a failed save is logged and its applications are rewritten by the next one.
+
+Overload: models take the server's ``admission_control`` and ``drop_hopeless`` (both on
+by default) unless their ``[models.batching]`` table says otherwise, so a query that
+cannot be answered within its objective gets the explained default at once
+(``shed_predicted_late``) instead of waiting in a queue that only serves late queries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from clipperlab.engine import Application, Engine, ModelSpec, ReplicaId
@@ -60,6 +73,8 @@ class Server:
             cache_capacity_bytes=cfg.cache_capacity_bytes,
             decision_log=cfg.decision_log,
             remember_queries=cfg.remember_queries,
+            remember_bytes=cfg.remember_bytes,
+            max_user_states=cfg.max_user_states,
         )
         self.store = Store(cfg.store)
         self.ports: dict[str, int] = {}
@@ -67,6 +82,8 @@ class Server:
         self._servers: list[asyncio.AbstractServer] = []
         self._conns: set[HttpProtocol] = set()
         self._save_task: asyncio.Task[None] | None = None
+        self._saver = ThreadPoolExecutor(1, thread_name_prefix="clipperlab-save")
+        self._save_lock = asyncio.Lock()
         self.manager: ContainerManager | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -129,7 +146,7 @@ class Server:
         cfg = self.cfg
         for m in cfg.models:
             d = dict(m)
-            spec, n = model_from_dict(d, cfg.max_queue)
+            spec, n = self._model_from_dict(d)
             versions = self.engine.registry.models.get(spec.name, {})
             if spec.version not in versions:
                 self.add_model(d)
@@ -142,9 +159,25 @@ class Server:
         while True:
             await asyncio.sleep(self.cfg.save_state_every_s)
             try:
-                self.store.save_selection(self.engine)
+                await self.save_state()
             except Exception:  # noqa: BLE001 - a failed save is logged, serving goes on
                 log.exception("saving selection state failed")
+
+    async def save_state(self) -> int:
+        """Save the selection state that changed: taken on the loop, written by the saver
+        thread; one save at a time.  Returns the number of states written."""
+        async with self._save_lock:
+            changes = self.engine.take_selection_changes()
+            if not changes:
+                return 0
+            try:
+                n: int = await asyncio.get_running_loop().run_in_executor(
+                    self._saver, self.store.write_selection, changes
+                )
+            except BaseException:
+                self.engine.selection_unsaved(changes)
+                raise
+            return n
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop accepting, answer what is in flight, save state, stop containers."""
@@ -159,8 +192,9 @@ class Server:
         if self._save_task is not None:
             self._save_task.cancel()
         try:
-            self.store.save_selection(self.engine)
+            await self.save_state()
         finally:
+            self._saver.shutdown(wait=True)
             if self.manager is not None:
                 await self.manager.stop_all()
             self.rpc.close()
@@ -206,16 +240,21 @@ class Server:
         }
 
     # ------------------------------------------------------------------ administration
-    def _persist(self) -> None:
-        reg = self.engine.registry
-        for app in reg.apps.values():
-            self.store.put_app(app)
-        for name, links in reg.links.items():
-            self.store.put_links(name, links)
-        for name, hist in reg.history.items():
-            self.store.put_history(name, hist)
-        for name, n in self.replicas_wanted.items():
-            self.store.put_replicas(name, n)
+    def _model_from_dict(self, d: Mapping[str, Any]) -> tuple[ModelSpec, int]:
+        """A model of the admin API or deploy.toml, with the server's overload defaults
+        for what its batching table leaves unsaid."""
+        spec, n = model_from_dict(d, self.cfg.max_queue)
+        said = d.get("batching") or {}
+        unsaid = {
+            k: getattr(self.cfg, k)
+            for k in ("admission_control", "drop_hopeless")
+            if k not in said
+        }
+        if unsaid:
+            spec = dataclasses.replace(
+                spec, batching=dataclasses.replace(spec.batching, **unsaid)
+            )
+        return spec, n
 
     def add_app(self, d: Mapping[str, Any]) -> Application:
         app = app_from_dict(d)
@@ -223,11 +262,12 @@ class Server:
         models = d.get("models") or d.get("candidate_model_names")
         if models:
             self.driver.admin(lambda now: self.engine.link(app.name, list(models), now=now))
-        self._persist()
+        self.store.put_app(app)
+        self.store.put_links(app.name, self.engine.registry.links[app.name])
         return app
 
     def add_model(self, d: Mapping[str, Any]) -> ModelSpec:
-        spec, n = model_from_dict(d, self.cfg.max_queue)
+        spec, n = self._model_from_dict(d)
         self.driver.admin(lambda now: self.engine.add_model(spec, now=now))
         self.store.put_model(spec)
         if d.get("activate", True):
@@ -236,28 +276,29 @@ class Server:
             )
         if "replicas" in d or spec.name not in self.replicas_wanted:
             self.replicas_wanted[spec.name] = n
-        self._persist()
+        self.store.put_history(spec.name, self.engine.registry.history[spec.name])
+        self.store.put_replicas(spec.name, self.replicas_wanted[spec.name])
         self._apply_replicas(spec.name, self.replicas_wanted[spec.name])
         return spec
 
     def link(self, app: str, models: list[str]) -> list[str]:
         out: list[str] = self.driver.admin(lambda now: self.engine.link(app, models, now=now))
-        self._persist()
+        self.store.put_links(app, out)
         return out
 
     def unlink(self, app: str, models: list[str]) -> list[str]:
         out: list[str] = self.driver.admin(lambda now: self.engine.unlink(app, models, now=now))
-        self._persist()
+        self.store.put_links(app, out)
         return out
 
     def set_version(self, name: str, version: str) -> None:
         self.driver.admin(lambda now: self.engine.set_model_version(name, version, now=now))
-        self._persist()
+        self.store.put_history(name, self.engine.registry.history[name])
         self._apply_replicas(name, self.replicas_wanted.get(name, 1))
 
     def rollback(self, name: str, version: str | None = None) -> str:
         v: str = self.driver.admin(lambda now: self.engine.rollback(name, version, now=now))
-        self._persist()
+        self.store.put_history(name, self.engine.registry.history[name])
         self._apply_replicas(name, self.replicas_wanted.get(name, 1))
         return v
 
@@ -266,7 +307,7 @@ class Server:
         if count < 0:
             raise ValueError(f"replicas must be >= 0, got {count}")
         self.replicas_wanted[name] = count
-        self._persist()
+        self.store.put_replicas(name, count)
         self._apply_replicas(name, count)
 
     def update_app(self, name: str, changes: dict[str, Any]) -> Application:
@@ -274,7 +315,7 @@ class Server:
         app: Application = self.driver.admin(
             lambda now: self.engine.update_application(name, now=now, **changes)
         )
-        self._persist()
+        self.store.put_app(app)
         return app
 
     def inspect(self) -> dict[str, Any]:

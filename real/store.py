@@ -5,8 +5,16 @@ Rules:
   model versions (with their metadata: kind, path of the stored model file), links (in
   order), the version history of each model (the last entry is the active version),
   replicas wanted per model, and selection state per (application, context).
-- Writes happen on every administrative change (few and small); selection state is saved
-  periodically and on shutdown by the server.
+- Writes happen on every administrative change, and write only what changed: one upsert
+  per application, model version, link list, history or replica count touched, so the
+  400th ``add_app`` costs what the first did.
+- Selection state is saved periodically and on shutdown by the server: the engine hands
+  over what changed since the last save (``Engine.take_selection_changes``: states
+  observed, users evicted, or every held state of an application after a relink) and
+  ``write_selection`` upserts and deletes just that, in one transaction.  The rows kept
+  are the states the engine holds, bounded like them (``max_user_states`` per
+  application).  ``write_selection`` may run in another thread (the server's saver): it
+  uses a connection of its own.
 - Contexts are stored as JSON; lists come back as tuples so they stay hashable.
 - Model files live beside the database in ``models/``.
 """
@@ -15,11 +23,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Hashable
+import threading
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
 from clipperlab.engine import Application, Engine, ModelSpec, PolicyState
+from clipperlab.engine.core import SelectionChanges
 
 __all__ = ["Store"]
 
@@ -48,11 +58,22 @@ class Store:
         self.models_dir = self.dir / "models"
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "clipperlab.db"
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db = self._connect()
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(_SCHEMA)
+        self._local = threading.local()  # the selection writer's connection, per thread
+        self._writers: list[sqlite3.Connection] = []
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                             timeout=30.0)
+        db.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
+        return db
 
     def close(self) -> None:
+        for db in self._writers:
+            db.close()
+        self._writers.clear()
         self.db.close()
 
     # -- writes
@@ -80,14 +101,34 @@ class Store:
         self.db.execute("INSERT OR REPLACE INTO replicas VALUES (?, ?)", (model, count))
 
     def save_selection(self, engine: Engine) -> int:
-        """Save every application's selection state; returns the number of states."""
-        rows = []
-        for app in engine.apps():
-            for ctx, state in engine.selection_states(app).items():
-                rows.append((app, json.dumps(ctx), json.dumps(state.to_dict())))
-        with self.db:
-            self.db.execute("BEGIN")
-            self.db.executemany("INSERT OR REPLACE INTO selection VALUES (?, ?, ?)", rows)
+        """Save what changed in ``engine``'s selection state, here and now (the server
+        takes the changes on its loop and writes them in its saver thread instead)."""
+        return self.write_selection(engine.take_selection_changes())
+
+    def write_selection(self, changes: Mapping[str, SelectionChanges]) -> int:
+        """Upsert the changed states, delete the evicted ones (every row of an application
+        to rewrite), in one transaction; returns the number of states written."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect()
+            self._writers.append(db)
+        rows: list[tuple[str, str, str]] = []
+        gone: list[tuple[str, str]] = []
+        rewrite: list[tuple[str]] = []
+        for app, ch in changes.items():
+            if ch.rewrite:
+                rewrite.append((app,))
+            gone.extend((app, json.dumps(ctx)) for ctx in ch.removed)
+            rows.extend(
+                (app, json.dumps(ctx), json.dumps(doc)) for ctx, doc in ch.changed.items()
+            )
+        if not (rows or gone or rewrite):
+            return 0
+        with db:
+            db.execute("BEGIN")
+            db.executemany("DELETE FROM selection WHERE app = ?", rewrite)
+            db.executemany("DELETE FROM selection WHERE app = ? AND context = ?", gone)
+            db.executemany("INSERT OR REPLACE INTO selection VALUES (?, ?, ?)", rows)
         return len(rows)
 
     # -- reads
