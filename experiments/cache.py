@@ -49,8 +49,10 @@ from clipperlab.workloads import ConstantRate, FeedbackStream, Trace, Workload
 from clipperlab.workloads.zoo import cache_dir, load_zoo
 
 from ._sim import ramp_times
+from .config import knob
 from .framework import Claim, Results
 from .measures import latency_stats
+from .progress import track
 from .selection_common import check_mode, deployment
 
 NAME = "cache"
@@ -60,23 +62,31 @@ PROFILES = {"random_forest": "prototype-random-forest", "logreg": "prototype-log
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
-    seed: int = 0
-    mode: str = "sim"
-    skews: tuple[float, ...] = (0.0, 0.6, 0.9, 1.1, 1.3, 1.6)
-    universe: int = 1_000_000
-    n_queries: int = 150_000
-    rate_qps: float = 30_000.0
-    slo_ms: float = 20.0
-    max_queue: int = 200
-    ramp_s: float = 1.0
-    warmup_s: float = 1.5
-    feedback_rate_qps: float = 3_000.0
-    feedback_queries: int = 30_000
-    feedback_skew: float = 1.1
-    feedback_delay_ms: float = 50.0
-    real_queries: int = 1_500
-    real_updates: int = 400
-    real_threads: int = 4
+    seed: int = knob(0, "random seed of the workload and the simulation (>= 0)")
+    mode: str = knob("sim", "where to run: sim (simulator), real (real server, loopback), both")
+    skews: tuple[float, ...] = knob(
+        (0.0, 0.6, 0.9, 1.1, 1.3, 1.6), "Zipf skews of input popularity to run, joined with "
+        "'+' (0: uniform)"
+    )
+    universe: int = knob(1_000_000, "distinct inputs the queries draw from")
+    n_queries: int = knob(150_000, "queries per simulated run")
+    rate_qps: float = knob(
+        30_000.0, "offered load of the hit-rate runs, above what the model alone serves "
+        "(queries/s)"
+    )
+    slo_ms: float = knob(20.0, "latency objective of the application (ms)")
+    max_queue: int = knob(200, "queued queries beyond which new ones are refused at once")
+    ramp_s: float = knob(1.0, "the offered load ramps up from 0 over this long (s)")
+    warmup_s: float = knob(1.5, "first seconds left out of the measures (s)")
+    feedback_rate_qps: float = knob(3_000.0, "offered load of the feedback runs (queries/s)")
+    feedback_queries: int = knob(
+        30_000, "queries of the feedback runs, each followed by its label"
+    )
+    feedback_skew: float = knob(1.1, "Zipf skew of the feedback runs' inputs")
+    feedback_delay_ms: float = knob(50.0, "delay from an answer to its label's feedback (ms)")
+    real_queries: int = knob(1_500, "queries per skew in real mode")
+    real_updates: int = knob(400, "feedback updates per server in real mode")
+    real_threads: int = knob(4, "client threads sending the real-mode stream")
 
 
 def default_config(quick: bool) -> Config:
@@ -145,7 +155,7 @@ def _sim_hits(cfg: Config, raw: list[pd.DataFrame]) -> list[dict[str, Any]]:
                      batching=batching, profile_of=PROFILES)
     rows = []
     points = [(s, True) for s in cfg.skews] + [(cfg.skews[-1], False)]
-    for skew, on in points:
+    for skew, on in track(points, desc=f"{NAME} sim", unit="run"):
         tr = _trace(cfg, cfg.n_queries, cfg.rate_qps, skew, cacheable=on, feedback=None)
         res = Simulation(dep, tr, seed=cfg.seed).run()
         raw.append(res.batches.assign(skew=skew, cache=on))
@@ -234,7 +244,7 @@ def _real(cfg: Config) -> list[dict[str, Any]]:
     n_pool = zoo.pool_y.size
     rows: list[dict[str, Any]] = []
     points = [(s, True) for s in cfg.skews] + [(cfg.skews[-1], False)]
-    for skew, on in points:
+    for skew, on in track(points, desc=f"{NAME} sim", unit="run"):
         idx = zipf_indices(cfg.real_queries, cfg.universe, skew,
                            np.random.default_rng([cfg.seed, 77]))
         with real_server(cache=on, seed=cfg.seed) as rig:

@@ -31,7 +31,9 @@ from clipperlab.report.plots import grid, save, style_axis
 from clipperlab.simulator import Simulation
 from clipperlab.workloads.users import UserGroups
 
+from .config import knob
 from .framework import Claim, Results
+from .progress import track
 from .selection_common import adaptive_params, check_mode, deployment, run_modes
 
 NAME = "fig10"
@@ -46,17 +48,21 @@ ADAPTIVE = ("exp3", "exp4", "epsilon_greedy", "ucb1", "exp3_discounted", "exp4_d
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
-    seed: int = 0
-    mode: str = "sim"
-    n_groups: int = 4
-    n_users: int = 40
-    policies: tuple[str, ...] = ("exp4", "exp3")
-    n_queries: int = 20_000
-    rate_qps: float = 250.0
-    slo_ms: float = 100.0
-    feedback_delay_ms: float = 0.5
-    real_queries: int = 1_600
-    real_users: int = 8
+    seed: int = knob(0, "random seed of the workload and the simulation (>= 0)")
+    mode: str = knob("sim", "where to run: sim (simulator), real (real server, loopback), both")
+    n_groups: int = knob(
+        4, "user groups, each with its own view of the digits and its specialist model"
+    )
+    n_users: int = knob(40, "users in the simulated stream")
+    policies: tuple[str, ...] = knob(
+        ("exp4", "exp3"), "selection policies to compare, joined with '+' (exp4, exp3, ...)"
+    )
+    n_queries: int = knob(20_000, "queries per simulated run")
+    rate_qps: float = knob(250.0, "offered load, constant arrivals (queries/s)")
+    slo_ms: float = knob(100.0, "latency objective of the application (ms)")
+    feedback_delay_ms: float = knob(0.5, "delay from an answer to its label's feedback (ms)")
+    real_queries: int = knob(1_600, "queries per application in real mode")
+    real_users: int = knob(8, "users in real mode")
 
 
 def default_config(quick: bool) -> Config:
@@ -92,21 +98,21 @@ def _sim(cfg: Config, raw: list[pd.DataFrame]) -> list[dict[str, Any]]:
     paths = ug.prediction_paths()
     t = np.arange(cfg.n_queries) / cfg.rate_qps
     rows: list[dict[str, Any]] = []
-    for policy in cfg.policies:
-        for state in ("personal", "global"):
-            trace = ug.trace(t, seed=cfg.seed, feedback_delay_s=cfg.feedback_delay_ms / 1e3,
-                             personal=state == "personal")
-            app = Application(name="digits", slo_s=cfg.slo_ms / 1e3, default_output=-1,
-                              policy=policy)
-            dep = deployment([app], {"digits": ug.model_names}, paths,
-                             profile_of={m: "measured-logistic-regression"
-                                         for m in ug.model_names})
-            res = Simulation(dep, trace, seed=cfg.seed).run()
-            raw.append(res.batches.assign(policy=policy, state=state))
-            users = np.random.default_rng([cfg.seed, 1013]).integers(0, cfg.n_users,
-                                                                     cfg.n_queries)
-            correct = res.queries["correct"].to_numpy(dtype=bool)
-            rows += _binned("sim", policy, state, correct, _ranks(users))
+    runs = [(p, s) for p in cfg.policies for s in ("personal", "global")]
+    for policy, state in track(runs, desc=f"{NAME} sim", unit="run"):
+        trace = ug.trace(t, seed=cfg.seed, feedback_delay_s=cfg.feedback_delay_ms / 1e3,
+                         personal=state == "personal")
+        app = Application(name="digits", slo_s=cfg.slo_ms / 1e3, default_output=-1,
+                          policy=policy)
+        dep = deployment([app], {"digits": ug.model_names}, paths,
+                         profile_of={m: "measured-logistic-regression"
+                                     for m in ug.model_names})
+        res = Simulation(dep, trace, seed=cfg.seed).run()
+        raw.append(res.batches.assign(policy=policy, state=state))
+        users = np.random.default_rng([cfg.seed, 1013]).integers(0, cfg.n_users,
+                                                                 cfg.n_queries)
+        correct = res.queries["correct"].to_numpy(dtype=bool)
+        rows += _binned("sim", policy, state, correct, _ranks(users))
     return rows
 
 

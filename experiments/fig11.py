@@ -49,7 +49,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .config import knob
 from .framework import Claim, Results
+from .progress import track
 
 NAME = "fig11"
 TITLE = "clipperlab vs a TF-Serving-style configuration and Ray Serve: peak throughput, p99"
@@ -59,24 +61,35 @@ MODES = ("sim", "real")
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
-    seed: int = 0
-    models: tuple[str, ...] = ("digits-cnn", "cifar-cnn", "resnet18-w16")
-    slo_ms: tuple[float, ...] = (20.0, 50.0, 500.0)
-    systems: tuple[str, ...] = SYSTEMS
-    modes: tuple[str, ...] = MODES
-    tfs_max_batch_size: int = 32
-    tfs_timeout_ms: float = 2.0
-    ray_max_batch_size: int = 32
-    ray_wait_ms: float = 2.0
-    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
-    profile_repeats: int = 60
-    profile_max_s: float = 1.0
-    step_s: float = 2.0
-    ramp_step: float = 1.5
-    start_qps: float = 50.0
-    max_steps: int = 14
-    good_share: float = 0.95
-    connections: int = 8
+    seed: int = knob(0, "random seed of the workload and the simulation (>= 0)")
+    models: tuple[str, ...] = knob(
+        ("digits-cnn", "cifar-cnn", "resnet18-w16"), "torch models "
+        "(calibration.torch_models), joined with '+'"
+    )
+    slo_ms: tuple[float, ...] = knob(
+        (20.0, 50.0, 500.0), "latency objective per model, joined with '+', one per model (ms)"
+    )
+    systems: tuple[str, ...] = knob(
+        SYSTEMS, "systems to compare: clipperlab-aimd, clipperlab-tfserving, rayserve"
+    )
+    modes: tuple[str, ...] = knob(MODES, "where to run: sim and/or real, joined with '+'")
+    tfs_max_batch_size: int = knob(32, "clipperlab-tfserving's static batch size (queries)")
+    tfs_timeout_ms: float = knob(2.0, "clipperlab-tfserving's batch timeout (ms)")
+    ray_max_batch_size: int = knob(32, "Ray Serve's @serve.batch max_batch_size (queries)")
+    ray_wait_ms: float = knob(2.0, "Ray Serve's batch_wait_timeout (ms)")
+    batch_sizes: tuple[int, ...] = knob(
+        (1, 2, 4, 8, 16, 32, 64), "batch sizes profiled for the simulator, joined with '+'"
+    )
+    profile_repeats: int = knob(60, "batches timed per batch size when profiling")
+    profile_max_s: float = knob(1.0, "profiling time per batch size at most (s)")
+    step_s: float = knob(2.0, "duration of each load step of the ramp (s)")
+    ramp_step: float = knob(1.5, "factor between successive offered loads of the ramp")
+    start_qps: float = knob(50.0, "offered load of the first step (queries/s)")
+    max_steps: int = knob(14, "load steps at most per run")
+    good_share: float = knob(
+        0.95, "share of queries answered within the objective for a step to pass (0-1)"
+    )
+    connections: int = knob(8, "keep-alive connections of the load generator")
 
 
 def default_config(quick: bool) -> Config:
@@ -344,7 +357,8 @@ def run(cfg: Config) -> Results:
     notes.append(f"load average at the start: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
     with tempfile.TemporaryDirectory(prefix="clipperlab-fig11-") as d:
         tmp = Path(d)
-        for model, slo_ms in zip(cfg.models, cfg.slo_ms, strict=True):
+        pairs = list(zip(cfg.models, cfg.slo_ms, strict=True))
+        for model, slo_ms in track(pairs, desc=NAME, unit="model"):
             path = save_torch(model, tmp, cfg.seed)
             shape = TORCH_MODELS[model].input_shape
             prof = profile_model(ProfileSpec(

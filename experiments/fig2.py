@@ -25,6 +25,7 @@ from clipperlab.report.plots import grid, save, style_axis
 from clipperlab.simulator.prototype import PROTOTYPE_FITS
 
 from . import _sim
+from .config import knob
 from .framework import Claim, Results
 
 NAME = "fig2"
@@ -34,10 +35,15 @@ KEYS = ("profile", "batch_size")
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
-    seed: int = 0
-    profiles: tuple[str, ...] = ()
-    sources: tuple[str, ...] = ("prototype", "measured", "synthetic")
-    max_batch: int = 1024
+    seed: int = knob(0, "random seed of the workload and the simulation (>= 0)")
+    profiles: tuple[str, ...] = knob(
+        (), "profiles to tabulate by name (empty: every shipped profile of the sources)"
+    )
+    sources: tuple[str, ...] = knob(
+        ("prototype", "measured", "synthetic"), "profile sources to include when profiles "
+        "is empty: prototype, measured, synthetic"
+    )
+    max_batch: int = knob(1024, "largest batch size tabulated (batch sizes: powers of 2 up to it)")
 
 
 def default_config(quick: bool) -> Config:

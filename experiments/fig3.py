@@ -37,6 +37,7 @@ from clipperlab.engine.batching import controller_class
 from clipperlab.report.plots import COLORS, grid, save, style_axis
 
 from . import _sim
+from .config import knob
 from .framework import Claim, Results
 from .measures import RAW, batch_stats, latency_stats, raw_batches, split_raw, window
 from .parallel import pmap
@@ -50,19 +51,40 @@ PEERS = ("tfserving", "triton", "bentoml")
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
-    seed: int = 0
-    models: tuple[str, ...] = _sim.PAPER_MODELS
-    source: str = "prototype"
-    policies: tuple[str, ...] = POLICIES
-    rate_qps: float = 100_000.0
-    n_queries: int = 1_000_000
-    slo_ms: float = 20.0
-    quantile_fit_after: int = 500
-    peer_max_batch_size: int = 0
-    peer_wait_ms: float = 0.0
-    max_queue: int = 0
-    warmup_frac: float = 0.5
-    jobs: int = 0
+    seed: int = knob(0, "random seed of the workload and the simulation (>= 0)")
+    models: tuple[str, ...] = knob(
+        _sim.PAPER_MODELS, "models (prototype profile names without the prefix), joined with '+'"
+    )
+    source: str = knob(
+        "prototype", "which shipped profiles: prototype (the paper's fits) or measured "
+        "(this machine)"
+    )
+    policies: tuple[str, ...] = knob(
+        POLICIES, "batching policies: none, aimd, quantile, tfserving, triton, bentoml, or "
+        "package.module:Class / path.py:Class"
+    )
+    rate_qps: float = knob(
+        100_000.0, "offered load, constant arrivals far above capacity (queries/s)"
+    )
+    n_queries: int = knob(1_000_000, "queries per simulated run")
+    slo_ms: float = knob(20.0, "latency objective of the application (ms)")
+    quantile_fit_after: int = knob(
+        500, "batches run with AIMD before quantile regression fits its line"
+    )
+    peer_max_batch_size: int = knob(
+        0, "batch cap of the tfserving/triton/bentoml peers (0: the largest size whose "
+        "profiled p99 fits the objective)"
+    )
+    peer_wait_ms: float = knob(0.0, "batching wait timeout of the peers (ms)")
+    max_queue: int = knob(
+        0, "queued queries per model beyond which new ones are refused at once (0: unbounded)"
+    )
+    warmup_frac: float = knob(
+        0.5, "share of the run left out of the measures as warm-up (0 to <1)"
+    )
+    jobs: int = knob(
+        0, "simulations run at once on processes (0: one per CPU; 1: in this process)"
+    )
 
 
 def default_config(quick: bool) -> Config:
@@ -145,7 +167,7 @@ def _point(args: tuple[Config, str, str]) -> dict[str, Any]:
 def run(cfg: Config) -> Results:
     check_config(cfg)
     points = [(cfg, m, p) for m in cfg.models for p in cfg.policies]
-    table, raw = split_raw(pmap(_point, points, cfg.jobs))
+    table, raw = split_raw(pmap(_point, points, cfg.jobs, desc=NAME))
     return Results(table=table, raw={"batches": raw} if raw is not None else {})
 
 

@@ -20,6 +20,7 @@ from clipperlab.engine import BatchingConfig
 from clipperlab.report.plots import grid, save, style_axis
 
 from . import _sim
+from .config import knob
 from .framework import Claim, Results
 from .measures import RAW, batch_stats, latency_stats, raw_batches, split_raw, window
 from .parallel import pmap
@@ -31,16 +32,29 @@ KEYS = ("model", "wait_ms")
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
-    seed: int = 0
-    models: tuple[str, ...] = ("linear-svm", "spark-svm")
-    source: str = "prototype"
-    wait_ms: tuple[float, ...] = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
-    rate_qps: float = 20_000.0
-    n_queries: int = 200_000
-    slo_ms: float = 20.0
-    policy: str = "aimd"
-    warmup_frac: float = 0.2
-    jobs: int = 0
+    seed: int = knob(0, "random seed of the workload and the simulation (>= 0)")
+    models: tuple[str, ...] = knob(
+        ("linear-svm", "spark-svm"), "models (prototype profile names without the prefix), "
+        "joined with '+'"
+    )
+    source: str = knob(
+        "prototype", "which shipped profiles: prototype (the paper's fits) or measured "
+        "(this machine)"
+    )
+    wait_ms: tuple[float, ...] = knob(
+        (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10), "delayed-batching wait timeouts to run, joined "
+        "with '+' (ms)"
+    )
+    rate_qps: float = knob(20_000.0, "offered load, constant arrivals (queries/s)")
+    n_queries: int = knob(200_000, "queries per simulated run")
+    slo_ms: float = knob(20.0, "latency objective of the application (ms)")
+    policy: str = knob("aimd", "batching policy under the wait timeout (aimd, quantile, ...)")
+    warmup_frac: float = knob(
+        0.2, "share of the run left out of the measures as warm-up (0 to <1)"
+    )
+    jobs: int = knob(
+        0, "simulations run at once on processes (0: one per CPU; 1: in this process)"
+    )
 
 
 def default_config(quick: bool) -> Config:
@@ -91,7 +105,7 @@ def _point(args: tuple[Config, str, float]) -> dict[str, Any]:
 def run(cfg: Config) -> Results:
     check_config(cfg)
     points = [(cfg, m, float(w)) for m in cfg.models for w in cfg.wait_ms]
-    table, raw = split_raw(pmap(_point, points, cfg.jobs))
+    table, raw = split_raw(pmap(_point, points, cfg.jobs, desc=NAME))
     return Results(table=table, raw={"batches": raw} if raw is not None else {})
 
 

@@ -26,6 +26,7 @@ from clipperlab.engine import BatchingConfig
 from clipperlab.report.plots import COLORS, grid, save, style_axis
 
 from . import _sim
+from .config import knob
 from .framework import Claim, Results
 from .measures import RAW, batch_stats, latency_stats, raw_batches, split_raw, window
 from .parallel import pmap
@@ -39,17 +40,29 @@ INPUT_SHAPE = (784,)  # MNIST as doubles: 6,272 bytes a query
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
-    seed: int = 0
-    replicas: tuple[int, ...] = (1, 2, 3, 4)
-    network_gbps: tuple[float, ...] = (1.0, 10.0)
-    batch_size: int = 512
-    profile: str = "synthetic-convnet-gpu"
-    slo_ms: float = 100.0
-    overload_qps: float = 150_000.0
-    latency_load: float = 0.8
-    n_queries: int = 400_000
-    warmup_frac: float = 0.3
-    jobs: int = 0
+    seed: int = knob(0, "random seed of the workload and the simulation (>= 0)")
+    replicas: tuple[int, ...] = knob((1, 2, 3, 4), "replica counts to run, joined with '+'")
+    network_gbps: tuple[float, ...] = knob(
+        (1.0, 10.0), "link bandwidths to run, joined with '+' (Gbit/s)"
+    )
+    batch_size: int = knob(512, "static batch size of every replica (queries)")
+    profile: str = knob(
+        "synthetic-convnet-gpu", "latency profile of the replicas (a shipped profile name)"
+    )
+    slo_ms: float = knob(100.0, "latency objective of the application (ms)")
+    overload_qps: float = knob(
+        150_000.0, "offered load of the throughput run, above capacity (queries/s)"
+    )
+    latency_load: float = knob(
+        0.8, "load of the latency run, as a share of the measured peak (0-1)"
+    )
+    n_queries: int = knob(400_000, "queries per simulated run")
+    warmup_frac: float = knob(
+        0.3, "share of the run left out of the measures as warm-up (0 to <1)"
+    )
+    jobs: int = knob(
+        0, "simulations run at once on processes (0: one per CPU; 1: in this process)"
+    )
 
 
 def default_config(quick: bool) -> Config:
@@ -121,7 +134,7 @@ def _point(args: tuple[Config, int, float]) -> dict[str, Any]:
 def run(cfg: Config) -> Results:
     check_config(cfg)
     points = [(cfg, r, g) for g in cfg.network_gbps for r in cfg.replicas]
-    table, raw = split_raw(pmap(_point, points, cfg.jobs))
+    table, raw = split_raw(pmap(_point, points, cfg.jobs, desc=NAME))
     return Results(table=table, raw={"batches": raw} if raw is not None else {})
 
 

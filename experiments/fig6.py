@@ -32,6 +32,7 @@ from clipperlab.simulator import Simulation
 from clipperlab.workloads import ConstantRate, Workload
 from clipperlab.workloads.zoo import load_zoo
 
+from .config import knob
 from .framework import Claim, Results
 from .selection_common import check_mode, check_models, deployment, run_modes
 
@@ -41,15 +42,20 @@ TITLE = "Ensembles and confidence: single models vs the ensemble, confident vs u
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
-    seed: int = 0
-    mode: str = "sim"
-    task: str = "digits-10"
-    models: tuple[str, ...] = ("logreg", "rbf_svm", "random_forest", "knn", "torch_cnn")
-    thresholds: tuple[float, ...] = (0.4, 0.6, 0.8, 1.0)
-    n_queries: int = 20_000
-    rate_qps: float = 250.0
-    slo_ms: float = 100.0
-    real_queries: int = 1_000
+    seed: int = knob(0, "random seed of the workload and the simulation (>= 0)")
+    mode: str = knob("sim", "where to run: sim (simulator), real (real server, loopback), both")
+    task: str = knob("digits-10", "data set: digits-10 or digits-binary-3")
+    models: tuple[str, ...] = knob(
+        ("logreg", "rbf_svm", "random_forest", "knn", "torch_cnn"), "zoo models of the "
+        "ensemble, joined with '+'"
+    )
+    thresholds: tuple[float, ...] = knob(
+        (0.4, 0.6, 0.8, 1.0), "confidence thresholds, joined with '+' (share of members, 0-1)"
+    )
+    n_queries: int = knob(20_000, "queries per simulated run")
+    rate_qps: float = knob(250.0, "offered load, constant arrivals (queries/s)")
+    slo_ms: float = knob(100.0, "latency objective of the application (ms)")
+    real_queries: int = knob(1_000, "queries per application in real mode")
 
 
 def default_config(quick: bool) -> Config:

@@ -41,7 +41,9 @@ from clipperlab.simulator import Degrade, Simulation
 from clipperlab.workloads import ConstantRate, FeedbackStream, Workload
 from clipperlab.workloads.zoo import Switchable, load_zoo
 
+from .config import knob
 from .framework import Claim, Results
+from .progress import track
 from .selection_common import (
     adaptive_params,
     check_mode,
@@ -67,22 +69,30 @@ ADAPTIVE: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
-    seed: int = 0
-    mode: str = "sim"
-    models: tuple[str, ...] = ("rbf_svm", "logreg", "random_forest", "naive_bayes",
-                               "decision_tree")
-    failing: str = "rbf_svm"
-    policies: tuple[str, ...] = tuple(ADAPTIVE)
-    n_queries: int = 20_000
-    fail_from: int = 5_000
-    fail_to: int = 10_000
-    fail_accuracy: float = 0.0
-    rate_qps: float = 250.0
-    slo_ms: float = 100.0
-    feedback_delay_ms: float = 20.0
-    real_queries: int = 2_000
-    real_compress: bool = True
-    every: int = 100
+    seed: int = knob(0, "random seed of the workload and the simulation (>= 0)")
+    mode: str = knob("sim", "where to run: sim (simulator), real (real server, loopback), both")
+    models: tuple[str, ...] = knob(
+        ("rbf_svm", "logreg", "random_forest", "naive_bayes", "decision_tree"), "zoo models "
+        "linked to each application, joined with '+'"
+    )
+    failing: str = knob("rbf_svm", "the model whose outputs fail during the window")
+    policies: tuple[str, ...] = knob(
+        tuple(ADAPTIVE), "adaptive selection policies, joined with '+' (static:MODEL runs "
+        "are added)"
+    )
+    n_queries: int = knob(20_000, "queries per simulated run")
+    fail_from: int = knob(5_000, "first query of the failure window (query index, sim)")
+    fail_to: int = knob(10_000, "query after the failure window (query index, sim)")
+    fail_accuracy: float = knob(0.0, "accuracy of the failing model during the window (0-1)")
+    rate_qps: float = knob(250.0, "offered load, constant arrivals (queries/s)")
+    slo_ms: float = knob(100.0, "latency objective of the application (ms)")
+    feedback_delay_ms: float = knob(20.0, "delay from an answer to its label's feedback (ms)")
+    real_queries: int = knob(2_000, "queries per application in real mode")
+    real_compress: bool = knob(
+        True, "real mode: scale learning rates and discounts by n_queries / real_queries "
+        "(true/false)"
+    )
+    every: int = knob(100, "queries per point of the curves")
 
 
 def default_config(quick: bool) -> Config:
@@ -150,7 +160,8 @@ def _sim(cfg: Config, raw: list[pd.DataFrame]) -> list[dict[str, Any]]:
     wl = Workload(ConstantRate(cfg.rate_qps), n_queries=cfg.n_queries, inputs=zoo.inputs(),
                   feedback=FeedbackStream(1.0, cfg.feedback_delay_ms / 1e3))
     rows: list[dict[str, Any]] = []
-    for label, policy, params in _all_policies(cfg):
+    policies = list(_all_policies(cfg))
+    for label, policy, params in track(policies, desc=f"{NAME} sim", unit="policy"):
         app = Application(name="digits", slo_s=cfg.slo_ms / 1e3, default_output=-1,
                           policy=policy, policy_params=params)
         dep = deployment([app], {"digits": cfg.models}, paths,

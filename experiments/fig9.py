@@ -37,6 +37,7 @@ from clipperlab.report.plots import COLORS, grid, save, style_axis
 from clipperlab.workloads import ConstantRate, DigitsInputs, Workload
 
 from . import _sim
+from .config import knob
 from .framework import Claim, Results
 from .measures import RAW, latency_stats, pct, raw_batches, split_raw, window
 from .parallel import pmap
@@ -49,20 +50,32 @@ MODES = ("deadline", "wait for all")
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
-    seed: int = 0
-    sizes: tuple[int, ...] = (1, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20)
-    profile: str = "prototype-random-forest"
-    rate_qps: float = 15_000.0
-    n_queries: int = 100_000
-    slo_ms: float = 20.0
-    wait_ms: float = 4.0
-    wait_all_slo_s: float = 10.0
-    outputs: str = "accuracy"
-    member_accuracy: float = 0.9
-    ramp_s: float = 1.5
-    warmup_s: float = 2.5
-    warmup_frac: float = 0.0
-    jobs: int = 0
+    seed: int = knob(0, "random seed of the workload and the simulation (>= 0)")
+    sizes: tuple[int, ...] = knob(
+        (1, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20), "ensemble sizes to run, joined with '+' (members)"
+    )
+    profile: str = knob(
+        "prototype-random-forest", "latency profile of every member (a shipped profile name)"
+    )
+    rate_qps: float = knob(15_000.0, "offered load, constant arrivals (queries/s)")
+    n_queries: int = knob(100_000, "queries per simulated run")
+    slo_ms: float = knob(20.0, "latency objective of the application (ms)")
+    wait_ms: float = knob(4.0, "batching wait timeout of each member (ms)")
+    wait_all_slo_s: float = knob(
+        10.0, "objective of the wait-for-all run, long enough to wait for every member (s)"
+    )
+    outputs: str = knob(
+        "accuracy", "member outputs: accuracy (independent, member_accuracy) or replay (recorded)"
+    )
+    member_accuracy: float = knob(0.9, "chance each member is right, with outputs=accuracy (0-1)")
+    ramp_s: float = knob(1.5, "the offered load ramps up from 0 over this long (s)")
+    warmup_s: float = knob(2.5, "first seconds left out of the measures (s)")
+    warmup_frac: float = knob(
+        0.0, "share of the queries left out of the measures, after warmup_s (0 to <1)"
+    )
+    jobs: int = knob(
+        0, "simulations run at once on processes (0: one per CPU; 1: in this process)"
+    )
 
 
 def default_config(quick: bool) -> Config:
@@ -148,7 +161,7 @@ def run(cfg: Config) -> Results:
     check_config(cfg)
     # Largest ensembles first: they take longest, so the pool stays busy.
     points = [(cfg, n, mode) for n in sorted(cfg.sizes, reverse=True) for mode in MODES]
-    t, raw = split_raw(pmap(_point, points, cfg.jobs))
+    t, raw = split_raw(pmap(_point, points, cfg.jobs, desc=NAME))
     t = t.sort_values(["ensemble_size", "mode"], kind="stable").reset_index(drop=True)
     return Results(table=t, raw={"batches": raw} if raw is not None else {})
 

@@ -18,6 +18,14 @@ A figure module (``experiments/fig4.py``...) defines:
         NAME*.png       figures (committed)
         summary.md      claims, figure, table, config, how it was run (committed)
         raw/            raw tables as Parquet (git-ignored: ``results/*/raw/``)
+
+Quick runs (``quick=True``, ``--quick``) are previews, never results:
+- they go to ``results/quick/NAME/`` (git-ignored), never to the full run's folder, and a
+  quick run refuses any folder that holds a full run (``FullRunInTheWay``);
+- every file they write says so: a ``run`` column (``quick``) first in ``NAME.csv``,
+  ``clipperlab_run: quick`` in each Parquet file's metadata (``DataFrame.attrs``), a red
+  stamp on each PNG (and its ``Description`` field), a banner at the top of
+  ``summary.md``, and ``"run": "quick"`` in ``config.json`` (full runs: ``"full"``).
 """
 
 from __future__ import annotations
@@ -37,15 +45,21 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
+from clipperlab.report.plots import stamped
 from clipperlab.report.tables import markdown_table
 
 from .config import config_to_dict, with_overrides
 
 __all__ = [
     "EXPERIMENTS",
+    "QUICK_ROOT",
+    "RESULTS_ROOT",
     "Claim",
+    "FullRunInTheWay",
     "Results",
     "RunRecord",
+    "default_out_dir",
+    "holds_full_run",
     "load_experiment",
     "replot_experiment",
     "run_experiment",
@@ -65,6 +79,37 @@ EXPERIMENTS: dict[str, str] = {
     "cache": "clipperlab.experiments.cache",
     "fig11": "clipperlab.experiments.fig11",
 }
+
+
+# Where runs go, relative to the working directory (the CLI runs from the project root).
+RESULTS_ROOT = Path("results")
+QUICK_ROOT = RESULTS_ROOT / "quick"
+
+
+def quick_mark(name: str) -> str:
+    """The words every quick-run file carries."""
+    return (f"QUICK RUN (--quick): smaller settings than the full run; a preview, not the "
+            f"paper's numbers (full run: {RESULTS_ROOT / name}/)")
+
+
+class FullRunInTheWay(ValueError):
+    """A quick run was pointed at a folder that holds a full run."""
+
+
+def default_out_dir(name: str, quick: bool) -> Path:
+    """``results/NAME`` for a full run, ``results/quick/NAME`` for a quick one."""
+    return (QUICK_ROOT if quick else RESULTS_ROOT) / name
+
+
+def holds_full_run(out_dir: Path, name: str) -> bool:
+    """Whether ``out_dir`` holds a run of ``name`` that is not marked quick."""
+    cfg = out_dir / "config.json"
+    if cfg.exists():
+        try:
+            return bool(json.loads(cfg.read_text()).get("run") != "quick")
+        except (ValueError, AttributeError):
+            return True  # unreadable: assume it matters
+    return (out_dir / f"{name}.csv").exists() or (out_dir / "summary.md").exists()
 
 
 class Claim(NamedTuple):
@@ -123,41 +168,54 @@ def run_experiment(
     overrides: Mapping[str, Any] | None = None,
     command: str = "",
 ) -> RunRecord:
-    """Run experiment ``name`` and write ``out_dir`` (default ``results/NAME``)."""
+    """Run experiment ``name`` and write ``out_dir`` (default ``default_out_dir``).
+
+    A quick run refuses a folder holding a full run (``FullRunInTheWay``) before it starts.
+    """
     mod = load_experiment(name)
     cfg = make_config(mod, quick=quick, seed=seed, overrides=overrides)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(name, quick)
+    if quick and holds_full_run(out, name):
+        raise FullRunInTheWay(
+            f"{out}/ holds a full run of {name}; a quick run never replaces it "
+            f"(quick runs go to {default_out_dir(name, True)}/ unless --out names a folder "
+            "without a full run)"
+        )
     commit = _git_commit()  # the code that ran, not what was committed meanwhile
     t0 = time.perf_counter()
     results: Results = mod.run(cfg)
     wall_s = time.perf_counter() - t0
-    out = Path(out_dir) if out_dir is not None else Path("results") / name
     files = write_outputs(mod, cfg, results, out, wall_s=wall_s, quick=quick, command=command,
                           commit=commit)
     return RunRecord(name, cfg, results, wall_s, out, files)
 
 
-def replot_experiment(name: str, out_dir: Path | None = None) -> RunRecord:
+def replot_experiment(name: str, out_dir: Path | None = None, *, quick: bool = False) -> RunRecord:
     """Redraw the figures and ``summary.md`` of a finished run from its ``NAME.csv`` and
-    ``config.json`` (no simulation; raw tables are left as they are)."""
+    ``config.json`` (no simulation; raw tables are left as they are).  The folder is
+    ``out_dir``, or ``default_out_dir(name, quick)``; a quick run's marks are kept."""
     mod = load_experiment(name)
-    out = Path(out_dir) if out_dir is not None else Path("results") / name
+    out = Path(out_dir) if out_dir is not None else default_out_dir(name, quick)
     csv_path, cfg_path = out / f"{name}.csv", out / "config.json"
     for p in (csv_path, cfg_path):
         if not p.exists():
             raise FileNotFoundError(f"{p} does not exist; run the experiment first")
     data = json.loads(cfg_path.read_text())
+    was_quick = data.get("run") == "quick"
     kw = {}
     for f in dataclasses.fields(mod.Config):
         if f.name in data:
             v = data[f.name]
             kw[f.name] = tuple(v) if isinstance(v, list) else v
     cfg = mod.Config(**kw)
-    results = Results(table=pd.read_csv(csv_path))
+    table = pd.read_csv(csv_path)
+    results = Results(table=table.drop(columns="run") if "run" in table.columns else table)
     old = (out / "summary.md").read_text() if (out / "summary.md").exists() else ""
     run_line = next((ln for ln in old.splitlines() if ln.startswith("Run: ")), "")
-    figures = list(mod.plot(results, out))
+    with stamped(quick_mark(name) if was_quick else ""):
+        figures = list(mod.plot(results, out))
     claims = list(mod.claims(results, cfg))
-    text = _summary_text(mod, cfg, results, claims, figures, out, 0.0, False, "")
+    text = _summary_text(mod, cfg, results, claims, figures, out, 0.0, was_quick, "")
     if run_line:  # keep how and when the numbers were made
         text = "\n".join(run_line if ln.startswith("Run: ") else ln for ln in text.splitlines())
         text += "\n"
@@ -190,18 +248,27 @@ def write_outputs(
     """Write the table, raw tables, figures and ``summary.md``; return the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     name: str = mod.NAME
+    mark = quick_mark(name) if quick else ""
     files: list[Path] = []
     csv_path = out_dir / f"{name}.csv"
-    results.table.to_csv(csv_path, index=False, float_format="%.6g")
+    table = results.table
+    if quick:
+        table = table.copy()
+        table.insert(0, "run", "quick")
+    table.to_csv(csv_path, index=False, float_format="%.6g")
     files.append(csv_path)
     if results.raw:
         raw_dir = out_dir / "raw"
         raw_dir.mkdir(exist_ok=True)
         for key, df in results.raw.items():
             p = raw_dir / f"{key}.parquet"
+            if quick:
+                df = df.copy()
+                df.attrs["clipperlab_run"] = "quick"
             df.to_parquet(p, index=False)
             files.append(p)
-    figures = list(mod.plot(results, out_dir))
+    with stamped(mark):
+        figures = list(mod.plot(results, out_dir))
     files.extend(figures)
     claims: list[Claim] = list(mod.claims(results, config))
     summary = out_dir / "summary.md"
@@ -210,7 +277,8 @@ def write_outputs(
                       commit)
     )
     files.append(summary)
-    (out_dir / "config.json").write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
+    stored = {"run": "quick" if quick else "full", **config_to_dict(config)}
+    (out_dir / "config.json").write_text(json.dumps(stored, indent=2) + "\n")
     files.append(out_dir / "config.json")
     return files
 
@@ -229,6 +297,8 @@ def _summary_text(
 ) -> str:
     doc = (mod.__doc__ or "").strip()
     lines = [f"# {mod.NAME}: {mod.TITLE}", ""]
+    if quick:
+        lines += [f"> **{quick_mark(mod.NAME)}**", ""]
     if doc:
         lines += [doc, ""]
     mode = "quick" if quick else "full"

@@ -4,7 +4,8 @@ Rules: ``pmap(fn, items, jobs)`` returns ``[fn(x) for x in items]`` in order.  `
 runs in this process; more uses a pool of forked processes (spawned where there is no
 fork; ``fn`` must be a module-level function, items picklable); 0 means one per CPU.
 Every simulation is seeded by its item, so the results do not depend on ``jobs``.
-Sweeps set ``jobs`` to 1 inside each job: the sweep is already parallel.
+Sweeps set ``jobs`` to 1 inside each job: the sweep is already parallel.  With progress
+bars on (``progress.bars``), a bar counts finished items.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import TypeVar
+
+from .progress import track
 
 __all__ = ["cpu_count", "pmap"]
 
@@ -32,12 +35,17 @@ def cpu_count() -> int:
     return os.cpu_count() or 1
 
 
-def pmap(fn: Callable[[T], R], items: Sequence[T], jobs: int = 1) -> list[R]:
+def pmap(
+    fn: Callable[[T], R], items: Sequence[T], jobs: int = 1, *, desc: str = "points"
+) -> list[R]:
     """``[fn(x) for x in items]``, on ``jobs`` processes (0: one per CPU)."""
     n = cpu_count() if jobs == 0 else jobs
     n = min(n, len(items))
     if n <= 1:
-        return [fn(x) for x in items]
+        return [fn(x) for x in track(items, desc=desc)]
     ctx = multiprocessing.get_context(_start_method())
     with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
-        return list(pool.map(fn, items))
+        futures = [pool.submit(fn, x) for x in items]
+        for _ in track(as_completed(futures), desc=desc, total=len(futures)):
+            pass
+        return [f.result() for f in futures]

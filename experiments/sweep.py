@@ -10,6 +10,14 @@ Rules:
   the platform can, else spawned; a pool of one runs in-process); ``ray`` sends the same
   job function to a Ray cluster (``ray.init(address)``; a local one when no address is
   given), ``jobs`` tasks at a time.  Results come back in job order whatever the executor.
+- Ray workers run this process's code, not whatever they have installed: the Ray job
+  ships the installed ``clipperlab`` package (``ray_runtime_env``: ``py_modules``, the
+  editable link tree or the wheel's folder; no results, no ``.git``), so a cluster needs
+  the same Python and dependencies but not the same commit.  Workers' output reaches the
+  driver (``log_to_driver``).  (Ray takes a job's code only at ``ray.init``: when the
+  caller has already connected, its own runtime environment applies.)
+- A job that raises stops the sweep with ``JobFailed``: the job (index, overrides, seed)
+  and the worker's traceback, whatever the executor.
 - The summary averages the metric columns over seeds for each grid point and each row key
   of the experiment (``KEYS`` in its module), with ``n`` the number of seeds averaged.
 """
@@ -19,9 +27,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import multiprocessing
+import sys
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -32,8 +43,10 @@ from .parallel import _start_method
 __all__ = [
     "ExecutorUnavailable",
     "Job",
+    "JobFailed",
     "expand_grid",
     "run_job",
+    "ray_runtime_env",
     "run_jobs",
     "summarize",
 ]
@@ -43,6 +56,18 @@ JobFn = Callable[["Job"], pd.DataFrame]
 
 class ExecutorUnavailable(RuntimeError):
     """The asked-for executor cannot run here (e.g. ``ray`` is not installed)."""
+
+
+class JobFailed(RuntimeError):
+    """A job raised: the message names the job and carries the worker's traceback."""
+
+    def __init__(self, job: Job, where: str, details: str) -> None:
+        self.job = job
+        overrides = ", ".join(f"{k}={_cell(v)}" for k, v in job.overrides) or "no overrides"
+        super().__init__(
+            f"job {job.index} of {job.experiment} ({overrides}, seed {job.seed}) failed on "
+            f"{where}:\n{details.rstrip()}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +130,22 @@ def _run_local(
             yield job.index, fn(job)
         return
     ctx = multiprocessing.get_context(_start_method())
+    by_index = {j.index: j for j in jobs}
     with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
         pending: dict[Future[pd.DataFrame], int] = {pool.submit(fn, j): j.index for j in jobs}
         try:
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    yield pending.pop(fut), fut.result()
+                    index = pending.pop(fut)
+                    try:
+                        table = fut.result()
+                    except Exception as e:
+                        # The worker's traceback is the cause (_RemoteTraceback).
+                        details = "".join(traceback.format_exception(e))
+                        raise JobFailed(by_index[index], "a local worker process",
+                                        details) from None
+                    yield index, table
         except BaseException:
             for fut in pending:
                 fut.cancel()
@@ -126,6 +160,15 @@ def ray_available() -> bool:
     return True
 
 
+def ray_runtime_env() -> dict[str, Any]:
+    """What every Ray task runs with: this process's ``clipperlab`` package folder (the
+    install's, holding ``experiments``, ``engine``...) shipped as ``py_modules``."""
+    from clipperlab import experiments
+
+    package = Path(experiments.__file__).parent.parent  # no resolve(): keep the link tree
+    return {"py_modules": [str(package)], "excludes": ["__pycache__/", "*.pyc", "raw/"]}
+
+
 def _run_ray(
     jobs: Sequence[Job], n_workers: int, fn: JobFn, address: str | None
 ) -> Iterator[tuple[int, pd.DataFrame]]:
@@ -138,7 +181,8 @@ def _run_ray(
         ) from None
     started = False
     if not ray.is_initialized():
-        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
+                              "runtime_env": ray_runtime_env()}
         if address:
             kw["address"] = address
         else:
@@ -148,14 +192,22 @@ def _run_ray(
     try:
         remote = ray.remote(num_cpus=1)(fn)
         queue = list(jobs)
-        in_flight: dict[Any, int] = {}
+        in_flight: dict[Any, Job] = {}
         while queue or in_flight:
             while queue and len(in_flight) < max(1, n_workers):
                 job = queue.pop(0)
-                in_flight[remote.remote(job)] = job.index
+                in_flight[remote.remote(job)] = job
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             for ref in ready:
-                yield in_flight.pop(ref), ray.get(ref)
+                job = in_flight.pop(ref)
+                try:
+                    table = ray.get(ref)
+                except ray.exceptions.RayError as e:
+                    # RayTaskError's text is the task's traceback on the worker.
+                    for other in in_flight:
+                        ray.cancel(other)
+                    raise JobFailed(job, "Ray", str(e)) from None
+                yield job.index, table
     finally:
         if started:
             ray.shutdown()
@@ -182,7 +234,8 @@ def run_jobs(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(jobs), desc=f"sweep ({executor})", unit="job")
+        bar = tqdm(total=len(jobs), desc=f"sweep ({executor})", unit="job", file=sys.stderr,
+                   disable=None)  # off where stderr is not a terminal
     try:
         for index, table in it:
             out[index] = table

@@ -3,7 +3,10 @@
 Runs experiment NAME at every point of the grid given by the ``--set`` lists, ``K`` seeds
 each, ``J`` jobs at a time, with a progress bar; prints one tidy table (metrics averaged
 over seeds, ``n`` seeds per row) and writes every job's rows to ``OUT/sweep.csv`` and the
-averaged table to ``OUT/summary.csv`` (default ``OUT``: ``results/NAME/raw/sweep``).
+averaged table to ``OUT/summary.csv`` (default ``OUT``: ``results/NAME/raw/sweep``, or
+``results/quick/NAME/raw/sweep`` with ``--quick``).  A job that fails stops the sweep with
+its traceback (exit code 1).  With ``--executor ray`` every task runs this checkout's code
+(shipped by Ray, see ``experiments.sweep``); workers need the same dependencies only.
 """
 
 from __future__ import annotations
@@ -15,10 +18,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from clipperlab.errors import CLIError
+from clipperlab.errors import CLIError, RunFailed
 from clipperlab.experiments.config import parse_set_args
-from clipperlab.experiments.framework import EXPERIMENTS, load_experiment
-from clipperlab.experiments.sweep import ExecutorUnavailable, expand_grid, run_jobs, summarize
+from clipperlab.experiments.framework import EXPERIMENTS, default_out_dir, load_experiment
+from clipperlab.experiments.sweep import (
+    ExecutorUnavailable,
+    JobFailed,
+    expand_grid,
+    run_jobs,
+    summarize,
+)
 from clipperlab.report.tables import text_table
 
 __all__ = ["add_arguments", "run"]
@@ -28,19 +37,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", nargs="?", metavar="NAME", help=f"one of {', '.join(EXPERIMENTS)}")
     parser.add_argument(
         "--set", dest="sets", action="append", default=[], metavar="KEY=V1,V2",
-        help="a config key and its values (tuples: items joined with '+'); repeatable",
+        help="a config key and its values (tuples: items joined with '+'; keys with types "
+        "and defaults: clipperlab experiment NAME --help); repeatable (default: none)",
     )
-    parser.add_argument("--seeds", type=int, default=1, help="seeds per grid point (default 1)")
-    parser.add_argument("--first-seed", type=int, default=0, help="first seed (default 0)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="seeds per grid point, >= 1 (default 1)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="first seed, >= 0 (default 0)")
     parser.add_argument(
         "--jobs", "-j", type=int, default=None,
-        help="jobs at a time (default: the number of CPUs)",
+        help="jobs at a time, >= 1 (default: the number of CPUs)",
     )
-    parser.add_argument("--executor", default="local", help="local (processes) or ray")
-    parser.add_argument("--ray-address", default=None, help="Ray cluster address (default: local)")
-    parser.add_argument("--quick", action="store_true", help="start from the quick config")
-    parser.add_argument("--out", type=Path, default=None, help="output folder")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--executor", default="local",
+        help="local (processes on this machine) or ray (tasks on a Ray cluster, this "
+        "checkout's code shipped to its workers) (default local)",
+    )
+    parser.add_argument(
+        "--ray-address", default=None,
+        help="Ray cluster address, e.g. ray://HOST:10001 or auto (default: start a local Ray)",
+    )
+    parser.add_argument("--quick", action="store_true",
+                        help="start from the quick config (default: the full one)")
+    parser.add_argument(
+        "--out", type=Path, default=None,
+        help="output folder (default results/NAME/raw/sweep, with --quick "
+        "results/quick/NAME/raw/sweep)",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true",
+        help="no progress bar (default: a bar on stderr when it is a terminal)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,9 +118,13 @@ def run(args: argparse.Namespace) -> int:
         )
     except ExecutorUnavailable as e:
         raise CLIError(str(e)) from None
+    except JobFailed as e:
+        raise RunFailed(str(e)) from None
     table = pd.concat(tables, ignore_index=True)
     summary = summarize(table, list(grid), list(getattr(mod, "KEYS", ())))
-    out = args.out if args.out is not None else Path("results") / args.name / "raw" / "sweep"
+    out = args.out if args.out is not None else (
+        default_out_dir(args.name, args.quick) / "raw" / "sweep"
+    )
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "sweep.csv", index=False, float_format="%.6g")
     summary.to_csv(out / "summary.csv", index=False, float_format="%.6g")

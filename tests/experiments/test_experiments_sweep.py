@@ -105,3 +105,43 @@ def test_ray_executor_runs_a_small_grid() -> None:
     assert [list(t["profiles"].unique()) for t in tables] == [
         ["prototype-noop"], ["prototype-linear-svm"]
     ]
+
+
+def test_ray_workers_run_this_checkouts_code_and_failures_carry_the_traceback() -> None:
+    """--executor ray ships the installed clipperlab package to the workers (they import it
+    from Ray's package, not from their own install), and a job that raises stops the sweep
+    with the job and the worker's traceback (skipped without ray)."""
+    pytest.importorskip("ray")
+    from clipperlab.experiments.sweep import JobFailed
+
+    def where(job: Job) -> pd.DataFrame:  # nested: Ray pickles it by value
+        import clipperlab.experiments as pkg
+
+        if job.index == 1:
+            raise ValueError(f"no such point {dict(job.overrides)['point']}")
+        return pd.DataFrame({"file": [pkg.__file__]})
+
+    ok = run_jobs([Job(0, "fig2", (("point", 0),), seed=0)], n_workers=1, executor="ray",
+                  progress=False, fn=where)
+    import clipperlab.experiments as here
+
+    shipped = ok[0]["file"].iloc[0]
+    assert shipped != here.__file__ and "_ray_pkg_" in shipped
+    with pytest.raises(JobFailed) as info:
+        run_jobs([Job(1, "fig2", (("point", 7),), seed=3)], n_workers=1, executor="ray",
+                 progress=False, fn=where)
+    text = str(info.value)
+    assert "job 1 of fig2 (point=7, seed 3) failed on Ray" in text
+    assert "ValueError: no such point 7" in text and "in where" in text
+
+
+def test_a_failing_local_job_carries_its_traceback() -> None:
+    """The local executor reports the failing job and the worker's traceback too."""
+    from clipperlab.experiments.sweep import JobFailed
+
+    jobs = [Job(i, "none", (("folder", "/nonexistent-clipperlab"),), seed=0) for i in range(2)]
+    with pytest.raises(JobFailed) as info:
+        run_jobs(jobs, n_workers=2, progress=False, fn=rendezvous_job)
+    text = str(info.value)
+    assert "failed on a local worker process" in text
+    assert "FileNotFoundError" in text and "rendezvous_job" in text
