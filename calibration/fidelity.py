@@ -1,16 +1,22 @@
 """The fidelity table: ``clipperlab validate`` over models x batching, into one table.
 
-    python -m clipperlab.calibration.fidelity --out results/validation [--duration-s 4] [--quick]
+    python -m clipperlab.calibration.fidelity --out results/validation [--level-s 10]
+        [--repeats 3] [--busy warn|refuse|off] [--quick]
 
 Models (``clipperlab.calibration.torch_models``; built in a temporary directory, nothing
 downloaded): the no-op container, a scikit-learn logistic regression (cheap) and a random
 forest of 50 trees of depth 16 (expensive at small batches), all on digits "is it a 3?"
 with a 20 ms SLO.  Batching: AIMD, and AIMD with delayed batching (a 2 ms wait timeout).
 Each pair runs ``clipperlab.calibration.validation.validate`` at 30%, 60% and 90% of its
-measured capacity; outputs go to ``OUT/<model>-<batching>/`` and the combined
-``OUT/fidelity.csv``, ``OUT/fidelity.md`` (the README's table: errors of the calibrated
-simulator against the real run, and whether the issue's goal holds) and
-``OUT/fidelity.png``.  Tables and the figure come from ``clipperlab.report``.
+measured capacity (``--repeats`` runs of ``--level-s`` seconds per level and side,
+medians; the machine sampled before each measurement, ``--busy``); outputs go to
+``OUT/<model>-<batching>/`` and the combined ``OUT/fidelity.csv`` (with the load each
+level ran under, the predicted capacity ``sim_capacity_qps`` and each fitted number's
+interval as ``<name>_lo``/``<name>_hi``), ``OUT/fidelity_capacity.csv`` (capacity
+measured against predicted), ``OUT/fidelity.md`` (the README's tables: errors of the
+calibrated simulator against the real run, whether the issue's goals hold, the
+capacities, the calibration with intervals) and ``OUT/fidelity.png``.  Tables and the
+figure come from ``clipperlab.report``.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ import numpy as np
 import pandas as pd
 
 from clipperlab.calibration.outputs import format_table, write_outputs
+from clipperlab.calibration.quiet import BUSY_POLICIES
 from clipperlab.calibration.torch_models import save_sklearn
-from clipperlab.calibration.validation import validate
+from clipperlab.calibration.validation import LEVEL_S, REPEATS, validate
 from clipperlab.report.tables import markdown_table
 from clipperlab.workloads import ConstantRate, DigitsInputs, Workload
 
@@ -42,7 +49,14 @@ SLO_MS = 20.0
 # the goal table's columns (``markdown``), as the README shows them
 COLUMNS = ("model", "batching", "load", "real q/s", "real p50 / p99 ms", "sim q/s",
            "sim p50 / p99 ms", "err q/s", "err p50", "err p99", "goal", "within noise",
-           "load avg")
+           "load avg", "others' CPU")
+# the capacity table's columns (``capacity_markdown``)
+CAPACITY_COLUMNS = ("model", "batching", "measured q/s [90% interval]", "ramps",
+                    "predicted q/s", "err", "within 10%")
+CAPACITY_GOAL = 0.10
+# fitted numbers shown as value [lo, hi] in the calibration table (``cal_table``)
+INTERVAL_COLUMNS = ("capacity_qps", "query_cpu_us", "batch_cpu_us", "wake_us",
+                    "pause_rate_hz", "pause_rate_busy_hz")
 
 
 def deploy_toml(model: str, path: str, batching: dict[str, object]) -> str:
@@ -95,7 +109,8 @@ def goal_rows(table: pd.DataFrame) -> pd.DataFrame:
                          "err_qps": e["throughput_qps"], "err_p50": e["p50_ms"],
                          "err_p99": e["p99_ms"], "goal_met": bool(ok),
                          "within_noise": bool(holds(e, widened)),
-                         "load_avg": real["load_avg"]})
+                         "load_avg": real["load_avg"],
+                         "other_cpu_share": real.get("other_cpu_share", math.nan)})
     return pd.DataFrame(rows)
 
 
@@ -109,12 +124,65 @@ def markdown(goals: pd.DataFrame, mode: str = "sim+frontend") -> str:
              "sim p50 / p99 ms": f"{r['sim_p50_ms']:.2f} / {r['sim_p99_ms']:.1f}",
              "err q/s": r["err_qps"], "err p50": r["err_p50"], "err p99": r["err_p99"],
              "goal": bool(r["goal_met"]), "within noise": bool(r["within_noise"]),
-             "load avg": r["load_avg"]}
+             "load avg": r["load_avg"], "others' CPU": r.get("other_cpu_share", math.nan)}
             for _, r in g.iterrows()]
     err = "{:+.0%}"
     return markdown_table(rows, COLUMNS, formats={
         "load": "{:.0%}", "real q/s": "{:,.0f}", "sim q/s": "{:,.0f}", "err q/s": err,
-        "err p50": err, "err p99": err, "load avg": "{:.1f}"})
+        "err p50": err, "err p99": err, "load avg": "{:.1f}", "others' CPU": "{:.0%}"})
+
+
+def capacity_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, batching): the measured capacity (the median of the ramps, its
+    interval when the table has one), the calibrated twin's prediction
+    (``sim_capacity_qps``), the error (predicted - measured) / measured and whether it
+    is within the issue's 10%."""
+    rows = []
+    if "capacity_qps" not in table.columns:
+        return pd.DataFrame(rows)
+    for (model, batching), g in table.groupby(["model", "batching"], sort=False):
+        r = g.iloc[0]
+        measured = float(r["capacity_qps"])
+        predicted = float(r.get("sim_capacity_qps", math.nan))
+        err = (predicted - measured) / measured if measured else math.nan
+        rows.append({"model": model, "batching": batching, "capacity_qps": measured,
+                     "capacity_qps_lo": float(r.get("capacity_qps_lo", measured)),
+                     "capacity_qps_hi": float(r.get("capacity_qps_hi", measured)),
+                     "ramps": int(r["repeats"]) if pd.notna(r.get("repeats")) else 1,
+                     "sim_capacity_qps": predicted, "err_capacity": err,
+                     "capacity_goal_met": bool(abs(err) <= CAPACITY_GOAL)})
+    return pd.DataFrame(rows)
+
+
+def capacity_markdown(caps: pd.DataFrame) -> str:
+    """The capacity table: measured [interval], ramps, predicted, error, verdict."""
+    rows = [{"model": r["model"], "batching": r["batching"],
+             "measured q/s [90% interval]": f"{r['capacity_qps']:,.0f} "
+                                            f"[{r['capacity_qps_lo']:,.0f}, "
+                                            f"{r['capacity_qps_hi']:,.0f}]",
+             "ramps": r["ramps"], "predicted q/s": r["sim_capacity_qps"],
+             "err": r["err_capacity"], "within 10%": bool(r["capacity_goal_met"])}
+            for _, r in caps.iterrows()]
+    return markdown_table(rows, CAPACITY_COLUMNS,
+                          formats={"predicted q/s": "{:,.0f}", "err": "{:+.0%}"})
+
+
+def cal_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The calibration per (model, batching), each fitted number with an interval in the
+    table as ``value [lo, hi]``."""
+    cols = [c for c in ("capacity_qps", "sim_capacity_qps", "overhead_ms", "query_cpu_us",
+                        "batch_cpu_us", "wake_us", "cold_after_ms", "pause_rate_hz",
+                        "pause_rate_busy_hz", "pause_median_ms", "container_wake_us",
+                        "start_load_avg", "start_other_cpu_share")
+            if c in table.columns]
+    extra = [f"{c}_{e}" for c in INTERVAL_COLUMNS for e in ("lo", "hi")
+             if f"{c}_{e}" in table.columns]
+    cal = table.groupby(["model", "batching"], sort=False)[cols + extra].first().reset_index()
+    for c in INTERVAL_COLUMNS:
+        if c in cal.columns and f"{c}_lo" in cal.columns:
+            cal[c] = [f"{v:.3g} [{lo:.3g}, {hi:.3g}]" for v, lo, hi in
+                      zip(cal[c], cal[f"{c}_lo"], cal[f"{c}_hi"], strict=True)]
+    return cal.drop(columns=extra)
 
 
 def plot(goals: pd.DataFrame, path: Path) -> Path:
@@ -156,7 +224,14 @@ def plot(goals: pd.DataFrame, path: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="results/validation")
-    ap.add_argument("--duration-s", type=float, default=4.0, help="seconds per load level")
+    ap.add_argument("--level-s", "--duration-s", dest="level_s", type=float, default=LEVEL_S,
+                    help="seconds per run of a load level (default %(default)s s)")
+    ap.add_argument("--repeats", type=int, default=REPEATS,
+                    help="runs per level on each side and capacity ramps, medians "
+                         "(default %(default)s)")
+    ap.add_argument("--busy", choices=BUSY_POLICIES, default="warn",
+                    help="when the machine is busy before a measurement: warn and record it, "
+                         "refuse (wait up to 90 s, then stop), or off (default %(default)s)")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--batchings", default=",".join(BATCHINGS))
     ap.add_argument("--quick", action="store_true", help="tiny run (a smoke test)")
@@ -189,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
                 if a.quick:
                     kw = {"batch_sizes": (1, 8), "profile_repeats": 10, "calib_s": 1.0,
                           "ramp_s": 0.5, "capacity_qps": 200.0}
-                res = validate(dep, wl, duration_s=0.5 if a.quick else a.duration_s,
+                res = validate(dep, wl, duration_s=0.5 if a.quick else a.level_s,
+                               repeats=1 if a.quick else a.repeats, busy=a.busy,
                                log=lambda s: print(s, flush=True), **kw)  # type: ignore[arg-type]
                 print(format_table(res), flush=True)
                 sub = out / f"{model}-{bname}"
@@ -212,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
                 t["pause_rate_busy_hz"] = c.pause_rate_busy_hz if c.pauses_s else 0.0
                 t["container_wake_us"] = c.replica_wake_s * 1e6
                 t["pause_median_ms"] = float(np.median(c.pauses_s)) * 1e3 if c.pauses_s else 0.0
+                t["sim_capacity_qps"] = res.predicted_capacity_qps
+                for name, iv in res.intervals.items():
+                    t[f"{name}_lo"], t[f"{name}_hi"] = iv.lo, iv.hi
+                if res.load is not None:
+                    t["start_load_avg"] = res.load.loadavg_1m
+                    t["start_other_cpu_share"] = res.load.other_cpu_share
                 tables.append(t)
                 pd.concat(tables).to_csv(out / "fidelity.csv", index=False, float_format="%.6g")
     report(pd.concat(tables, ignore_index=True), out)
@@ -223,11 +305,9 @@ def report(table: pd.DataFrame, out: Path) -> None:
     goals = goal_rows(table)
     goals.to_csv(out / "fidelity_goals.csv", index=False, float_format="%.4f")
     plot(goals, out / "fidelity.png")
-    cols = [c for c in ("capacity_qps", "overhead_ms", "query_cpu_us", "batch_cpu_us",
-                        "wake_us", "cold_after_ms", "pause_rate_hz", "pause_rate_busy_hz",
-                        "pause_median_ms", "container_wake_us")
-            if c in table.columns]
-    cal = table.groupby(["model", "batching"], sort=False)[cols].first().reset_index()
+    caps = capacity_rows(table)
+    caps.to_csv(out / "fidelity_capacity.csv", index=False, float_format="%.4f")
+    cal = cal_table(table)
     text = ["# Simulator fidelity", "",
             "Latency is measured from the moment the load generator sent each query, and the"
             " simulator replays those send times (the generator's own lateness, its"
@@ -244,7 +324,14 @@ def report(table: pd.DataFrame, out: Path) -> None:
             "Diagnostic: the calibrated simulator told each run's in-situ slowdown (CPU"
             " contention measured by the server; not a prediction):", "",
             markdown(goals, "sim+in-situ"), "",
-            "Calibration per run:", "", markdown_table(cal), ""]
+            "Capacity (the highest rate at which 95% of the queries get a prediction within"
+            " the SLO): measured on the real server (the median of the ramps, with a 90%"
+            " bootstrap interval over them) against the calibrated simulator's prediction"
+            " (the same objective searched in the twin; the measured capacity is not told"
+            " to it).  The issue's goal: within 10%.", "",
+            capacity_markdown(caps) if len(caps) else "(no capacities in the table)", "",
+            "Calibration per run (fitted numbers as value [90% bootstrap interval over the"
+            " runs]; the load each run started under):", "", markdown_table(cal), ""]
     (out / "fidelity.md").write_text("\n".join(text))
     print("\n".join(text))
 

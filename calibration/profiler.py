@@ -23,9 +23,16 @@ Rules:
   2-core dev VM this added about 1-2 ms per batch).
 - Inputs come from a ``workloads`` input source (digits by default, or synthetic tensors
   of a shape), cycled through the pool so no two consecutive batches are identical.
+- ``rounds`` > 1 passes over the sizes that many times (each pass as above), so a busy
+  spell of the machine hits one round of each size rather than all of one; per size the
+  round whose p99 is the median of the rounds' is kept (``median_round``).
+- Before measuring, ``quiet.guard`` samples the machine (``busy``: warn, refuse or
+  off); after the timing it is sampled again (this process and its container left out).
 - The profile (``simulator.LatencyProfile.from_samples``) is tagged with the CPU model
-  and cores, the Python/numpy/scikit-learn/torch versions, the date, the load average
-  before and after, and how it was measured; ``simulator.save_profile`` writes it.
+  and cores, the Python/numpy/scikit-learn/torch versions, the date, how it was
+  measured and the load it was measured under (``load_average`` before and after,
+  ``machine_load``: the samples, ``busy``: ``no`` or ``yes: `` and why, ``rounds``; tags
+  are strings, as the loader wants); ``simulator.save_profile`` writes it.
 - A container that exits, refuses, or answers ``ERROR`` stops the run with a
   ``ProfilerError`` that says why (its last log line included).
 """
@@ -34,6 +41,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import math
 import os
 import platform
 import socket
@@ -41,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -54,12 +63,15 @@ from clipperlab.simulator import LatencyProfile
 from clipperlab.workloads import DigitsInputs, InputSource
 
 from .errors import ProfilerError
+from .quiet import BUSY_POLICIES, MAX_LOADAVG_PER_CORE, LoadSample, guard, machine_load
 
 __all__ = [
     "DEFAULT_BATCH_SIZES",
     "ProfileSpec",
     "ProfilerError",
     "hardware_tag",
+    "load_tags",
+    "median_round",
     "profile_model",
     "software_tag",
 ]
@@ -84,9 +96,11 @@ class ProfileSpec:
     warmup: int = 5
     repeats: int = 200
     min_repeats: int = 20
-    max_s_per_size: float = 4.0
+    max_s_per_size: float = 4.0  # per batch size and round
     gap_s: float = 0.0  # idle time before each timed batch (0: back to back)
     profile_name: str = ""
+    rounds: int = 1  # passes over the sizes; per size the round with the median p99 is kept
+    busy: str = "warn"  # the guard's policy before measuring (``quiet.guard``)
 
     def __post_init__(self) -> None:
         kind = self.model.partition(":")[0]
@@ -103,6 +117,13 @@ class ProfileSpec:
             raise ProfilerError(f"batch sizes must be integers >= 1, got {list(self.batch_sizes)}")
         if self.repeats < 1 or self.min_repeats < 1 or self.warmup < 0:
             raise ProfilerError("repeats and min_repeats must be >= 1, warmup >= 0")
+        if self.rounds < 1:
+            raise ProfilerError(f"rounds must be an integer >= 1, got {self.rounds}")
+        if not self.max_s_per_size > 0:
+            raise ProfilerError(f"the time per batch size must be > 0 s, got "
+                                f"{self.max_s_per_size}")
+        if self.busy not in BUSY_POLICIES:
+            raise ProfilerError(f"busy policy {self.busy!r}: expected one of {BUSY_POLICIES}")
 
     @property
     def model_name(self) -> str:
@@ -131,6 +152,33 @@ def software_tag() -> str:
             m = __import__(mod)
             parts.append(f"{'scikit-learn' if mod == 'sklearn' else mod} {m.__version__}")
     return ", ".join(parts)
+
+
+def load_tags(before: LoadSample | None, after: LoadSample | None, rounds: int = 1,
+              log: Any = None) -> dict[str, str]:
+    """The profile's record of the load it was measured under (tags are strings):
+    ``machine_load`` (before and after), ``busy`` (``no``, or ``yes: ...`` with the reasons;
+    a busy machine after the timing is logged as a warning here, before it by the guard),
+    ``rounds``."""
+    if before is None and after is None:
+        return {"machine_load": "not sampled (--busy off)", "rounds": str(rounds)}
+    parts, reasons = [], []
+    for when, s in (("before", before), ("after", after)):
+        if s is not None:
+            parts.append(f"{when}: {s.describe()}")
+            # after the timing the load average holds our own container's work
+            reasons += [f"{when}: {r}" for r in s.busy_reasons(
+                max_loadavg_per_core=MAX_LOADAVG_PER_CORE if when == "before" else None)]
+    if any(r.startswith("after") for r in reasons):
+        msg = ("warning: the machine was busy while profiling (" + "; ".join(reasons)
+               + "); the profile's tail holds other processes' time slices")
+        if log is not None:
+            log(msg)
+        else:
+            logging.getLogger(__name__).warning(msg)
+    return {"machine_load": "; ".join(parts),
+            "busy": "yes: " + "; ".join(reasons) if reasons else "no",
+            "rounds": str(rounds)}
 
 
 def _load() -> str:
@@ -238,41 +286,71 @@ def _batches(spec: ProfileSpec, b: int, variants: int = 4) -> list[np.ndarray]:
     return out
 
 
+def median_round(rounds: Sequence[Sequence[float]]) -> list[float]:
+    """Of several rounds of samples of one batch size, the round whose p99 is the median
+    of the rounds' (the lower one of the middle two for an even count): one round that a
+    busy spell of the machine stretched does not move the profile."""
+    if not rounds:
+        raise ProfilerError("no rounds to choose from")
+    p99 = [float(np.percentile(np.asarray(r, dtype=np.float64), 99)) if len(r) else math.inf
+           for r in rounds]
+    order = sorted(range(len(rounds)), key=lambda k: p99[k])
+    return list(rounds[order[(len(rounds) - 1) // 2]])
+
+
+def _measure_size(rpc: _Rpc, spec: ProfileSpec, b: int, frames: list[tuple[int, np.ndarray]]
+                  ) -> list[float]:
+    """One round of one batch size: the warm-up, then the timed batches."""
+    for k in range(spec.warmup):
+        bid_k, arr = frames[k % len(frames)]
+        rpc.round_trip(p.encode_batch(p.BATCH, bid_k, arr), bid_k)
+    got: list[float] = []
+    start = time.perf_counter()
+    k = 0
+    while len(got) < spec.repeats:
+        if len(got) >= spec.min_repeats and time.perf_counter() - start > spec.max_s_per_size:
+            break
+        bid_k, arr = frames[k % len(frames)]
+        k += 1
+        frame = p.encode_batch(p.BATCH, bid_k, arr)
+        if spec.gap_s > 0:
+            time.sleep(spec.gap_s)
+        dt, out = rpc.round_trip(frame, bid_k)
+        if len(out) != b:
+            raise ProfilerError(f"the model answered {len(out)} outputs for a batch of {b}")
+        got.append(dt)
+    return got
+
+
 def measure(
     rpc: _Rpc, spec: ProfileSpec, log: Any = None
 ) -> tuple[dict[int, list[float]], dict[str, str]]:
-    """Time batches over an established connection; returns samples per size and notes."""
-    samples: dict[int, list[float]] = {}
+    """Time batches over an established connection, ``spec.rounds`` passes over the sizes
+    (so a busy spell hits one round of each, not all of one size); per size the median
+    round (``median_round``) is kept.  Returns samples per size and notes."""
+    sizes = sorted({int(s) for s in spec.batch_sizes})
+    frames: dict[int, list[tuple[int, np.ndarray]]] = {}
     bid = 0
-    for b in sorted({int(s) for s in spec.batch_sizes}):
-        frames = []
+    for b in sizes:
+        frames[b] = []
         for arr in _batches(spec, b):
             bid += 1
-            frames.append((bid, arr))
-        for k in range(spec.warmup):
-            bid_k, arr = frames[k % len(frames)]
-            rpc.round_trip(p.encode_batch(p.BATCH, bid_k, arr), bid_k)
-        got: list[float] = []
-        start = time.perf_counter()
-        k = 0
-        while len(got) < spec.repeats:
-            if len(got) >= spec.min_repeats and time.perf_counter() - start > spec.max_s_per_size:
-                break
-            bid_k, arr = frames[k % len(frames)]
-            k += 1
-            frame = p.encode_batch(p.BATCH, bid_k, arr)
-            if spec.gap_s > 0:
-                time.sleep(spec.gap_s)
-            dt, out = rpc.round_trip(frame, bid_k)
-            if len(out) != b:
-                raise ProfilerError(f"the model answered {len(out)} outputs for a batch of {b}")
-            got.append(dt)
-        samples[b] = got
-        if log is not None:
-            a = np.asarray(got) * 1e3
+            frames[b].append((bid, arr))
+    rounds: dict[int, list[list[float]]] = {b: [] for b in sizes}
+    for _ in range(spec.rounds):
+        for b in sizes:
+            rounds[b].append(_measure_size(rpc, spec, b, frames[b]))
+    samples = {b: median_round(rounds[b]) for b in sizes}
+    if log is not None:
+        for b in sizes:
+            a = np.asarray(samples[b]) * 1e3
+            spread = ""
+            if spec.rounds > 1:
+                p99s = [np.percentile(np.asarray(r) * 1e3, 99) for r in rounds[b]]
+                spread = f" (rounds' p99 {min(p99s):.3f}-{max(p99s):.3f} ms)"
             log(
-                f"  batch {b:>5}: {len(got):>4} samples, p50 {np.percentile(a, 50):8.3f} ms,"
-                f" p99 {np.percentile(a, 99):8.3f} ms"
+                f"  batch {b:>5}: {len(a):>4} samples, p50 {np.percentile(a, 50):8.3f} ms,"
+                f" p99 {np.percentile(a, 99):8.3f} ms{spread}"
             )
     return samples, {}
 
@@ -283,9 +361,13 @@ def profile_model(
     listen: str | None = None,
     connect_timeout_s: float = 120.0,
     log: Any = None,
+    sample: Callable[[], LoadSample] = machine_load,
 ) -> LatencyProfile:
     """Profile ``spec``'s model: start its container here, or with ``listen="HOST:PORT"``
-    wait for a container started elsewhere to connect there."""
+    wait for a container started elsewhere to connect there.  The machine is sampled
+    before (``quiet.guard`` with ``spec.busy``) and after the timing (``sample``, this
+    process and its container left out), and the profile's tags say the load."""
+    before = guard(spec.busy, what=f"profiling {spec.model}", log=log, sample=sample)
     host, port = "127.0.0.1", 0
     if listen:
         h, _, pt = listen.rpartition(":")
@@ -323,6 +405,7 @@ def profile_model(
         try:
             hello = _handshake(rpc, spec)
             samples, _ = measure(rpc, spec, log)
+            after = sample() if spec.busy != "off" else None
         except (OSError, p.ProtocolError) as e:
             raise ProfilerError(f"RPC with the container failed: {e}; {_last_line(log_path)}"
                                 ) from None
@@ -357,6 +440,7 @@ def profile_model(
         "model": f"{spec.model} ({hello.get('model')}:{hello.get('version')})",
         "inputs": f"{type(spec.inputs).__name__}, {spec.inputs.input_bytes} bytes per input",
         "load_average": f"{load_before} before, {_load()} after",
+        **load_tags(before, after, spec.rounds, log),
     }
     return LatencyProfile.from_samples(
         name,

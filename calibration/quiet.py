@@ -41,6 +41,8 @@ from .errors import CalibrationError
 
 __all__ = [
     "BUSY_POLICIES",
+    "MAX_LOADAVG_PER_CORE",
+    "MAX_OTHER_CPU_SHARE",
     "BusyMachineError",
     "LoadSample",
     "guard",

@@ -7,6 +7,10 @@ from ``/metrics``), ``runs`` (one run on each side), ``twin`` (the simulated dep
 
 Theory of operation (``validate``, one function per step):
 
+0. The machine is sampled (``quiet.guard`` with ``busy``: warn, refuse or off): the
+   1-minute load average and the CPU share of other processes; the sample goes into the
+   result (``summary.md``) and, per level, into the table (``other_cpu_share``,
+   ``load_avg``).
 1. ``profile``: read the real deployment (``deploy.toml``: ``[[models]]``,
    ``[[applications]]``) and profile every model linked to the workload's application
    with ``clipperlab.calibration.profiler`` (its own container, over the RPC).
@@ -20,7 +24,9 @@ Theory of operation (``validate``, one function per step):
    capacity is given: the offered load ramps (x``ramp_step`` per ``ramp_s`` step) until
    fewer than 95% of the queries get a prediction within the SLO as the client saw it (a
    failing step runs twice before it counts), with one more step between the last good
-   and the first bad rate; capacity is the best good throughput seen.  Every run records
+   and the first bad rate; capacity is the best good throughput seen.  The ramp runs
+   ``repeats`` times (its own trace each): the capacity is their median, with a
+   bootstrap interval over them.  Every run records
    the server process's CPU time (less its idle CPU), its query and batch counts, the
    send times the generator achieved and the latency of each query from its send.
 5. ``calibrate_twin`` from those runs (the runs that met the SLO), never from the levels
@@ -35,18 +41,24 @@ Theory of operation (``validate``, one function per step):
    - ``overhead_s``: the real p50 minus the calibrated twin's at ``calib_qps``, what
      happens outside the loop (client, kernel), added to every answered query.
    The server's in-situ batch latency over the profile's (``batch_extra_s``,
-   ``slowdown``) is reported beside them.
-6. ``run_levels``: for each level (fraction of capacity) the workload's trace is
-   re-timed to that rate (``n = rate x duration_s`` queries, arrival times scaled, so any
-   arrival process keeps its shape) and run twice on the real server (``real``, ``real
-   again``: the noise floor), then, with the send times the generator achieved in the
-   first run, in the plain simulator (``sim``) and in the calibrated twin
-   (``sim+frontend``).  Latency is measured from the send on both sides (the generator's
-   own lag is kept apart).
+   ``slowdown``) is reported beside them.  The loop's costs and the pause rates get
+   90% bootstrap intervals over the runs (``intervals``: the equations of the fit
+   resampled, the cooling time held at its fitted value).
+6. ``run_levels``: for each level (fraction of capacity; the machine sampled first, its
+   other processes' CPU share only: the load average now holds our own server) the
+   workload's trace is re-timed to that rate (``n = rate x duration_s`` queries, arrival
+   times scaled, so any arrival process keeps its shape) and run ``2 x repeats`` times on
+   the real server, alternately ``real`` and ``real again`` (the noise floor), then,
+   with the send times the generator achieved in each ``real`` run, in the plain
+   simulator (``sim``) and in the calibrated twin (``sim+frontend``); every metric of a
+   mode is the median over its runs.  Latency is measured from the send on both sides
+   (the generator's own lag is kept apart).  ``predict_capacity``: the calibrated
+   twin's capacity for the workload and SLO (``capacity.twin_capacity``), beside the
+   measured one.
 7. ``compare``: relative errors (sim - real) / real of throughput, mean, p50, p90, p99.
    A fifth mode, ``sim+in-situ``, is a diagnostic, not a prediction: the calibrated twin
-   with the profiles scaled by the batch latency the server saw *in that run* over the
-   profile's.
+   with the profiles scaled by the batch latency the server saw *in the first run* over
+   the profile's.
 
 All latency statistics come from ``clipperlab.report.latency.summarise`` for both modes.
 """
@@ -151,7 +163,7 @@ def validate(
     load0 = guard(busy, what=f"validating {dep.path}", log=log,
                   settle_s=SETTLE_S if busy == "refuse" else 0.0)
     profs = profile(models, workload, profiles or {}, batch_sizes, profile_repeats,
-                    profile_max_s, log)
+                    profile_max_s, log, busy)
     setup = Setup(dep, app, [spec for spec, _, _ in models], {s.name: n for s, n, _ in models},
                   workload, profs, seed, log, busy, repeats)
     la0 = os.getloadavg()[0]
@@ -237,7 +249,7 @@ class Bench:
 
 def profile(models: Sequence[tuple[ModelSpec, int, dict[str, Any]]], workload: Workload,
             given: Mapping[str, LatencyProfile], batch_sizes: Sequence[int], repeats: int,
-            max_s: float, log: Log) -> dict[str, LatencyProfile]:
+            max_s: float, log: Log, busy: str = "warn") -> dict[str, LatencyProfile]:
     """Step 1: every linked model without a given profile, profiled in its own container
     over the RPC (``clipperlab.calibration.profiler``)."""
     profs = dict(given)
@@ -251,7 +263,7 @@ def profile(models: Sequence[tuple[ModelSpec, int, dict[str, Any]]], workload: W
             model=f"{kind}:{path}" if path else kind, name=spec.name,
             input_type=spec.input_type, options=dict(d.get("options") or {}),
             inputs=workload.inputs, batch_sizes=tuple(batch_sizes), repeats=repeats,
-            max_s_per_size=max_s, profile_name=f"profiled-{spec.name}",
+            max_s_per_size=max_s, profile_name=f"profiled-{spec.name}", busy=busy,
         )
         profs[spec.name] = profile_model(ps, log=log)
     return profs

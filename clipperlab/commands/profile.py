@@ -10,7 +10,10 @@ Examples::
         # then on the other host: clipperlab container --model sklearn:... --frontend HOST:7100
 
 The file is a ``simulator`` latency profile (``clipperlab-profile/1``): use it as
-``profile = "FILE.json"`` in a ``clipperlab simulate`` config.
+``profile = "FILE.json"`` in a ``clipperlab simulate`` config.  The machine is sampled
+before and after (``--busy``: warn, refuse or off); the profile's tags record the load
+(``machine_load``, ``busy``).  ``--rounds`` passes over the sizes keep, per size, the
+round with the median p99.
 """
 
 from __future__ import annotations
@@ -18,13 +21,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from clipperlab.calibration.errors import CalibrationError
 from clipperlab.calibration.profiler import (
     DEFAULT_BATCH_SIZES,
-    ProfilerError,
     ProfileSpec,
     parse_batch_sizes,
     profile_model,
     summary_rows,
+)
+from clipperlab.calibration.quiet import (
+    BUSY_POLICIES,
+    MAX_LOADAVG_PER_CORE,
+    MAX_OTHER_CPU_SHARE,
 )
 from clipperlab.errors import CLIError, json_object
 
@@ -46,11 +54,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="digits (64 features) or synthetic:SHAPE[:DTYPE], e.g. synthetic:3x224x224:float32",
     )
     parser.add_argument("--options", default="{}", help="JSON options for the model wrapper")
-    parser.add_argument("--repeats", type=int, default=200, help="timed batches per size")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed batches per size")
+    parser.add_argument("--repeats", type=int, default=200,
+                        help="timed batches per size and round (default %(default)s)")
+    parser.add_argument("--warmup", type=int, default=5,
+                        help="untimed batches per size and round (default %(default)s)")
     parser.add_argument(
-        "--max-seconds", type=float, default=4.0, help="time cap per batch size (s)"
+        "--level-s", "--max-seconds", dest="level_s", type=float, default=4.0,
+        help="time cap per batch size and round, in seconds (default %(default)s s)"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=3,
+        help="passes over the batch sizes; per size the round with the median p99 is kept "
+             "(default %(default)s)")
+    parser.add_argument(
+        "--busy", choices=BUSY_POLICIES, default="warn",
+        help=f"before measuring, when other processes take over {MAX_OTHER_CPU_SHARE * 100:g}%% "
+             f"of the CPU or the 1-minute load average is over {MAX_LOADAVG_PER_CORE:g} per "
+             "core: warn (and tag the profile busy), refuse, or off (default %(default)s)")
     parser.add_argument(
         "--gap-ms", type=float, default=0.0,
         help="idle time before each timed batch (default 0: back to back)",
@@ -102,14 +122,16 @@ def run(args: argparse.Namespace) -> int:
             batch_sizes=parse_batch_sizes(args.batch_sizes),
             warmup=args.warmup,
             repeats=args.repeats,
-            max_s_per_size=args.max_seconds,
+            max_s_per_size=args.level_s,
             gap_s=args.gap_ms / 1e3,
             profile_name=args.profile_name,
+            rounds=args.rounds,
+            busy=args.busy,
         )
         print(f"profiling {args.model} over the container RPC ...", flush=True)
         prof = profile_model(spec, listen=args.listen or None,
                              log=lambda s: print(s, flush=True))
-    except ProfilerError as e:
+    except CalibrationError as e:  # ProfilerError, or BusyMachineError with --busy refuse
         raise CLIError(str(e)) from None
     print("\n".join(summary_rows(prof)))
     print(f"fit (p99 line): alpha {prof.fit[0] * 1e3:.4f} ms/item, beta {prof.fit[1] * 1e3:.4f} ms"
@@ -118,5 +140,6 @@ def run(args: argparse.Namespace) -> int:
         from clipperlab.simulator import save_profile
 
         path_out = save_profile(prof, args.out)
-        print(f"wrote {path_out} ({prof.tags.get('hardware')}; {prof.tags.get('software')})")
+        print(f"wrote {path_out} ({prof.tags.get('hardware')}; {prof.tags.get('software')}; "
+              f"busy: {prof.tags.get('busy', '?')})")
     return 0

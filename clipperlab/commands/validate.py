@@ -5,12 +5,15 @@ Example (no model files needed)::
     clipperlab validate --deployment examples/validate_noop.toml \\
         --workload examples/workload_poisson.toml --out results/validation/noop
 
-Profiles the deployment's models, starts the real server, measures the frontend's overhead
-and the capacity, then runs the workload at each ``--levels`` fraction of capacity on the
-real server and in the simulator; prints the table (throughput, mean/p50/p90/p99, relative
-error) and writes ``validation.csv``, ``errors.csv``, ``validation.png``, ``summary.md`` and
-the measured profiles to ``--out``.  See ``clipperlab.calibration.validation`` for the
-procedure.
+Samples the machine first (``--busy``: warn, refuse or off when other processes are
+busy), profiles the deployment's models, starts the real server, measures the frontend's
+overhead and the capacity (``--repeats`` ramps, their median), then runs the workload at
+each ``--levels`` fraction of capacity for ``--level-s`` seconds, ``--repeats`` times on
+the real server and in the simulator (medians); prints the table (throughput,
+mean/p50/p90/p99, relative error), the capacity measured and predicted by the twin, the
+fitted numbers as ``value [lo, hi]``, and writes ``validation.csv``, ``errors.csv``,
+``validation.png``, ``summary.md`` and the measured profiles to ``--out``.  See
+``clipperlab.calibration.validation`` for the procedure.
 """
 
 from __future__ import annotations
@@ -21,6 +24,12 @@ import dataclasses
 from clipperlab.calibration.errors import CalibrationError
 from clipperlab.calibration.loadgen import APIS, load_workload_spec
 from clipperlab.calibration.profiler import parse_batch_sizes
+from clipperlab.calibration.quiet import (
+    BUSY_POLICIES,
+    MAX_LOADAVG_PER_CORE,
+    MAX_OTHER_CPU_SHARE,
+)
+from clipperlab.calibration.validation import LEVEL_S, REPEATS
 from clipperlab.errors import CLIError, json_object
 
 __all__ = ["add_arguments", "run"]
@@ -30,7 +39,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deployment", required=True, help="deploy.toml of the real server")
     parser.add_argument("--workload", required=True, help="workload spec (TOML/JSON)")
     parser.add_argument("--levels", default="0.3,0.6,0.9", help="fractions of capacity")
-    parser.add_argument("--duration-s", type=float, default=5.0, help="seconds per level")
+    parser.add_argument("--level-s", "--duration-s", dest="level_s", type=float,
+                        default=LEVEL_S, help="seconds per run of a level (default %(default)s s)")
+    parser.add_argument("--repeats", type=int, default=REPEATS,
+                        help="runs per level on each side and capacity ramps; each number is "
+                             "their median (default %(default)s)")
+    parser.add_argument("--busy", choices=BUSY_POLICIES, default="warn",
+                        help="before each measurement, when other processes take over "
+                             f"{MAX_OTHER_CPU_SHARE * 100:g}%% of the CPU or the 1-minute load "
+                             f"average is over {MAX_LOADAVG_PER_CORE:g} per core: warn and "
+                             "record it, refuse (wait up to 90 s, then stop), or off "
+                             "(default %(default)s)")
     parser.add_argument("--capacity", type=float, default=None,
                         help="capacity in q/s (default: measured by a ramp)")
     parser.add_argument("--batching", default="",
@@ -58,14 +77,17 @@ def run(args: argparse.Namespace) -> int:
     batching = None
     if args.batching:
         batching = json_object(args.batching, "--batching")
-    if args.duration_s <= 0:
-        raise CLIError(f"--duration-s must be > 0, got {args.duration_s}")
+    if not args.level_s > 0:
+        raise CLIError(f"--level-s must be > 0 seconds, got {args.level_s}")
+    if args.repeats < 1:
+        raise CLIError(f"--repeats must be an integer >= 1, got {args.repeats}")
     try:
         wl = load_workload_spec(args.workload)
         if args.app:
             wl = dataclasses.replace(wl, app=args.app)
         res = validate(
-            args.deployment, wl, levels=levels, duration_s=args.duration_s,
+            args.deployment, wl, levels=levels, duration_s=args.level_s,
+            repeats=args.repeats, busy=args.busy,
             capacity_qps=args.capacity, batching=batching,
             batch_sizes=parse_batch_sizes(args.batch_sizes),
             profile_repeats=args.profile_repeats, api=args.api,
