@@ -1,0 +1,144 @@
+"""The busy-machine guard (``clipperlab.calibration.quiet``) on a fake ``/proc``: the load
+it reads, and what each policy does with a busy or a quiet sample."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from clipperlab.calibration.errors import CalibrationError
+from clipperlab.calibration.quiet import BusyMachineError, LoadSample, guard, machine_load
+
+
+def _stat_line(user: int, idle: int, steal: int = 0) -> str:
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    return f"cpu  {user} 0 0 {idle} 0 0 0 {steal} 0 0\ncpu0 0 0 0 0 0 0 0 0 0 0\n" \
+           "cpu1 0 0 0 0 0 0 0 0 0 0\n"
+
+
+def _pid_stat(pid: int, ppid: int, ticks: int) -> str:
+    # pid (comm) state ppid ... utime (14th field) stime (15th)
+    rest = ["S", str(ppid)] + ["0"] * 9 + [str(ticks), "0"] + ["0"] * 30
+    return f"{pid} (py thon) " + " ".join(rest) + "\n"
+
+
+class FakeProc:
+    """A ``/proc`` with two CPUs, us (pid 100), our child (101) and a stranger (200);
+    ``sleep`` moves it from the first snapshot to the second."""
+
+    def __init__(self, root: Path, loadavg: float, machine_busy: int, ours: int,
+                 child: int, steal: int = 0, window_ticks: int = 200) -> None:
+        self.root = root
+        self.second = (machine_busy, ours, child, steal, window_ticks)
+        (root / "loadavg").write_text(f"{loadavg:.2f} 1.00 1.00 2/300 4242\n")
+        self._write(1000, 5000, 0, 50, 10, 500)
+
+    def _write(self, user: int, idle: int, steal: int, ours: int, child: int,
+               other: int) -> None:
+        (self.root / "stat").write_text(_stat_line(user, idle, steal))
+        for pid, ppid, ticks in ((100, 1, ours), (101, 100, child), (200, 1, other)):
+            d = self.root / str(pid)
+            d.mkdir(exist_ok=True)
+            (d / "stat").write_text(_pid_stat(pid, ppid, ticks))
+
+    def sleep(self, _s: float) -> None:
+        busy, ours, child, steal, window = self.second
+        self._write(1000 + busy - steal, 5000 + window - busy, steal, 50 + ours, 10 + child,
+                    500 + busy - steal - ours - child)
+
+    def sample(self) -> LoadSample:
+        self._write(1000, 5000, 0, 50, 10, 500)  # each sample starts from the first snapshot
+        return machine_load(0.5, own_pids=[100], proc=self.root, sleep=self.sleep)
+
+
+def test_machine_load_counts_others_not_our_tree(tmp_path: Path) -> None:
+    """Over a 200-tick window the machine was busy 120 ticks, 30 of them ours and 20 our
+    child's: the others took 70 / 200 = 35%; the load average is read as is."""
+    fake = FakeProc(tmp_path, loadavg=1.5, machine_busy=120, ours=30, child=20)
+    s = fake.sample()
+    assert s.other_cpu_share == pytest.approx(0.35)
+    assert s.loadavg_1m == 1.5 and s.cpus == 2 and s.loadavg_per_core == 0.75
+
+
+def test_steal_counts_as_others(tmp_path: Path) -> None:
+    """The hypervisor's steal is time another guest had our core: it counts as others'."""
+    fake = FakeProc(tmp_path, loadavg=0.1, machine_busy=60, ours=0, child=0, steal=60)
+    assert fake.sample().other_cpu_share == pytest.approx(0.30)
+
+
+def test_refuse_raises_naming_the_load(tmp_path: Path) -> None:
+    """A busy machine and ``refuse``: a ``CalibrationError`` subclass whose message gives
+    the measured share and the limit."""
+    fake = FakeProc(tmp_path, loadavg=0.2, machine_busy=120, ours=30, child=20)
+    with pytest.raises(BusyMachineError) as e:
+        guard("refuse", sample=fake.sample, what="profiling noop")
+    assert isinstance(e.value, CalibrationError)
+    msg = str(e.value)
+    assert "profiling noop" in msg and "35%" in msg and "limit 20%" in msg
+
+
+def test_refuse_names_a_high_load_average(tmp_path: Path) -> None:
+    """Quiet now, but the last minute's load average is 2.5 per core: refused, and said."""
+    fake = FakeProc(tmp_path, loadavg=5.0, machine_busy=10, ours=0, child=0)
+    with pytest.raises(BusyMachineError, match=r"load average 5\.00 on 2 CPUs"):
+        guard("refuse", sample=fake.sample)
+    # the check can be turned off (while our own server runs)
+    assert guard("refuse", sample=fake.sample, max_loadavg_per_core=None) is not None
+
+
+def test_refuse_waits_for_the_machine_to_settle() -> None:
+    """With ``settle_s``, refuse re-samples until the machine is quiet, then goes on."""
+    busy = LoadSample(loadavg_1m=0.1, cpus=2, other_cpu_share=0.9, window_s=0.5)
+    quiet = LoadSample(loadavg_1m=0.1, cpus=2, other_cpu_share=0.01, window_s=0.5)
+    seq = iter([busy, busy, quiet])
+    slept: list[float] = []
+    got = guard("refuse", sample=lambda: next(seq), settle_s=60, sleep=slept.append)
+    assert got == quiet and slept == [5.0, 5.0]
+    # and gives up after settle_s
+    with pytest.raises(BusyMachineError, match="after waiting 10 s"):
+        guard("refuse", sample=lambda: busy, settle_s=10, sleep=lambda s: None)
+
+
+def test_warn_logs_and_returns_the_sample(tmp_path: Path,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    """``warn`` logs one warning naming the load and returns the sample to record."""
+    fake = FakeProc(tmp_path, loadavg=0.2, machine_busy=120, ours=30, child=20)
+    with caplog.at_level(logging.WARNING, logger="clipperlab.calibration.quiet"):
+        s = guard("warn", sample=fake.sample)
+    assert s is not None and s.other_cpu_share == pytest.approx(0.35)
+    assert len(caplog.records) == 1 and "35%" in caplog.records[0].getMessage()
+    seen: list[str] = []
+    guard("warn", sample=lambda: s, log=seen.append)  # or to the caller's log
+    assert len(seen) == 1 and "35%" in seen[0]
+
+
+def test_quiet_machine_passes_silently(tmp_path: Path,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A quiet machine: no warning under any policy, and the sample comes back."""
+    fake = FakeProc(tmp_path, loadavg=0.3, machine_busy=20, ours=10, child=0)
+    with caplog.at_level(logging.WARNING):
+        for policy in ("warn", "refuse"):
+            s = guard(policy, sample=fake.sample)
+            assert s is not None and s.other_cpu_share == pytest.approx(0.05)
+    assert not caplog.records
+
+
+def test_off_does_nothing() -> None:
+    """``off`` does not even sample."""
+    def boom() -> LoadSample:
+        raise AssertionError("sampled")
+
+    assert guard("off", sample=boom) is None
+
+
+def test_unknown_policy_is_an_error() -> None:
+    with pytest.raises(CalibrationError, match="'loud'"):
+        guard("loud")
+
+
+def test_the_real_proc_reads() -> None:
+    """On this machine (Linux) the sample is well formed; its values are not asserted."""
+    s = machine_load(0.05)
+    assert 0.0 <= s.other_cpu_share <= 1.0 and s.cpus >= 1 and s.loadavg_1m >= 0

@@ -1,0 +1,182 @@
+"""Calibration that holds still: medians over repeats, bootstrap intervals on fitted
+numbers, the capacity the twin predicts beside the measured one, and the load a profile
+records (``clipperlab.calibration``: ``intervals``, ``capacity``, ``validation``,
+``profiler``, ``fidelity``)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clipperlab.calibration.capacity import CapacityPoint, capacity_search, sim_good_share
+from clipperlab.calibration.fidelity import capacity_markdown, capacity_rows
+from clipperlab.calibration.fit import frontend_intervals
+from clipperlab.calibration.intervals import Interval, bootstrap, bootstrap_fit
+from clipperlab.calibration.profiler import ProfileSpec, median_round, profile_model
+from clipperlab.calibration.quiet import BusyMachineError, LoadSample
+from clipperlab.calibration.validation import median_summary
+from clipperlab.simulator import load_profile, save_profile
+
+BUSY = LoadSample(loadavg_1m=4.9, cpus=2, other_cpu_share=0.6, window_s=0.5)
+QUIET = LoadSample(loadavg_1m=0.1, cpus=2, other_cpu_share=0.01, window_s=0.5)
+
+
+# --------------------------------------------------------------------------- medians
+
+
+def test_median_summary_takes_each_metric_over_the_repeats() -> None:
+    """Per metric the median of the runs (one run's stretched p99 does not move it); a
+    metric none of them has finite is NaN."""
+    runs = [{"p50_ms": 1.0, "p99_ms": 5.0, "x": math.nan},
+            {"p50_ms": 1.2, "p99_ms": 40.0, "x": math.nan},
+            {"p50_ms": 1.1, "p99_ms": 6.0}]
+    m = median_summary(runs)
+    assert m["p50_ms"] == pytest.approx(1.1) and m["p99_ms"] == 6.0
+    assert math.isnan(m["x"])
+
+
+def test_median_round_keeps_the_middle_p99() -> None:
+    """Of three rounds of one batch size, the one whose p99 is the median is kept whole:
+    a round a busy spell stretched (p99 9 ms) is not."""
+    quiet = [1e-3] * 99 + [2e-3]
+    busy = [1e-3] * 90 + [9e-3] * 10
+    middle = [1e-3] * 98 + [4e-3] * 2
+    assert median_round([busy, quiet, middle]) == middle
+    assert median_round([quiet]) == quiet
+    # an even count: the lower of the middle two
+    assert median_round([busy, middle, quiet, busy]) == middle
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+def test_bootstrap_contains_the_estimate_and_narrows_with_data() -> None:
+    """The median's interval holds the median, and 1,000 draws from the same spread give
+    a much narrower one than 10."""
+    rng = np.random.default_rng(1)
+    small = rng.normal(100, 10, 10)
+    large = rng.normal(100, 10, 1000)
+    a, b = bootstrap(small), bootstrap(large)
+    for iv, data in ((a, small), (b, large)):
+        assert iv.lo <= iv.value <= iv.hi
+        assert iv.value == pytest.approx(float(np.median(data)))
+    assert (b.hi - b.lo) < 0.6 * (a.hi - a.lo)
+    assert a.n == 10 and b.n == 1000
+
+
+def test_one_row_has_no_spread() -> None:
+    """One ramp: the interval is the value itself, and says it came from one."""
+    assert bootstrap([1234.0]) == Interval(1234.0, 1234.0, 1234.0, 1)
+    assert str(Interval(1.0, 0.5, 2.0, 3)) == "1 [0.5, 2]"
+
+
+def test_frontend_cost_intervals_hold_the_fit_and_narrow() -> None:
+    """Runs whose CPU per query is 30 us + 200 us x batches/query + 300 us x wake-ups,
+    with 5% noise: the fitted costs lie in their intervals, the truth is near, and 40
+    runs give narrower intervals than 6."""
+    rng = np.random.default_rng(0)
+
+    def rows(n: int) -> list[tuple[float, float, float]]:
+        out = []
+        for _ in range(n):
+            inv, u = rng.uniform(0.05, 1.0), rng.uniform(0.0, 0.8)
+            y = (30e-6 + 200e-6 * inv + 300e-6 * u) * rng.normal(1, 0.05)
+            out.append((y, inv, u))
+        return out
+
+    few, many = frontend_intervals(rows(6)), frontend_intervals(rows(40))
+    for ivs in (few, many):
+        for iv in ivs:
+            assert iv.lo <= iv.value <= iv.hi
+    q, b, w = many
+    assert q.value == pytest.approx(30e-6, rel=0.5) and b.value == pytest.approx(200e-6, rel=0.2)
+    assert w.value == pytest.approx(300e-6, rel=0.2)
+    for f, m in zip(few, many, strict=True):
+        assert m.hi - m.lo < f.hi - f.lo
+
+
+def test_bootstrap_fit_widens_to_hold_a_bounded_estimate() -> None:
+    """A non-negative fit at its bound (most resamples above it) still has it inside."""
+    data = [0.0] * 3 + [1.0] * 17
+
+    def fit(rows: list[float]) -> list[float]:
+        return [max(float(np.mean(rows)) - 0.85, 0.0)]
+
+    (iv,) = bootstrap_fit(data, fit, seed=3)
+    assert iv.lo <= iv.value <= iv.hi
+
+
+# --------------------------------------------------------------------------- capacity
+
+
+def test_capacity_search_finds_a_fake_twins_capacity() -> None:
+    """A fake twin that meets the objective up to 1,234 q/s (giving 97% of the rate as good
+    throughput): found within the search's 2%, from brackets on either side of it."""
+    probes: list[float] = []
+
+    def holds(rate: float) -> CapacityPoint:
+        probes.append(rate)
+        return CapacityPoint(rate <= 1234.0, 0.97 * rate)
+
+    for lo, hi in ((100.0, 5000.0), (2000.0, 4000.0), (10.0, 200.0)):
+        probes.clear()
+        got = capacity_search(holds, lo, hi)
+        assert 0.97 * 1234 / 1.02 <= got <= 0.97 * 1234
+        assert len(probes) < 40
+    assert math.isnan(capacity_search(lambda r: CapacityPoint(False, 0.0), 1.0, 2.0))
+
+
+def test_sim_good_share_counts_defaults_refusals_and_the_overhead() -> None:
+    q = pd.DataFrame({"latency_s": [0.005, 0.019, 0.010, np.nan, 0.001],
+                      "default": [False, False, True, False, False],
+                      "refused": [False, False, False, True, False]})
+    assert sim_good_share(q, 0.020) == pytest.approx(3 / 5)
+    assert sim_good_share(q, 0.020, overhead_s=0.002) == pytest.approx(2 / 5)
+
+
+def test_capacity_columns_from_a_fake_twin() -> None:
+    """The fidelity table's capacity rows: the measured capacity with its interval, the
+    prediction (here a fake twin's), the error and the 10% verdict per pair."""
+    def fake(measured: float, predicted: float, model: str) -> dict[str, object]:
+        return {"model": model, "batching": "aimd", "level": 0.3, "mode": "real",
+                "capacity_qps": measured, "capacity_qps_lo": measured * 0.9,
+                "capacity_qps_hi": measured * 1.1, "sim_capacity_qps": predicted,
+                "repeats": 3}
+
+    table = pd.DataFrame([fake(1000.0, 1050.0, "a"), fake(2000.0, 1500.0, "b")])
+    caps = capacity_rows(table).set_index("model")
+    assert caps.loc["a", "err_capacity"] == pytest.approx(0.05)
+    assert caps.loc["a", "capacity_goal_met"] and not caps.loc["b", "capacity_goal_met"]
+    assert caps.loc["b", "err_capacity"] == pytest.approx(-0.25)
+    text = capacity_markdown(capacity_rows(table))
+    assert "| a | aimd | 1,000 [900, 1,100] | 3 | 1,050 | +5% | yes |" in text
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+def test_profile_records_the_load_it_was_measured_under(tmp_path: Path) -> None:
+    """A profile measured on a busy machine (``warn``) says so in its tags, and the file
+    keeps it through the simulator's loader; a quiet one says ``busy: no``."""
+    spec = ProfileSpec(model="noop", batch_sizes=(1,), repeats=5, min_repeats=1, warmup=1,
+                       rounds=3)
+    warned: list[str] = []
+    prof = profile_model(spec, sample=lambda: BUSY, log=warned.append)
+    assert prof.tags["busy"].startswith("yes: before: other processes took 60%")
+    assert BUSY.describe() in prof.tags["machine_load"]
+    assert prof.tags["rounds"] == "3"
+    assert any("busy" in w for w in warned)
+    back = load_profile(save_profile(prof, tmp_path / "p.json"))
+    assert back.tags["machine_load"] == prof.tags["machine_load"]
+    calm = profile_model(spec, sample=lambda: QUIET, log=lambda s: None)
+    assert calm.tags["busy"] == "no" and QUIET.describe() in calm.tags["machine_load"]
+
+
+def test_profile_refuses_a_busy_machine_before_starting() -> None:
+    spec = ProfileSpec(model="noop", batch_sizes=(1,), repeats=5, busy="refuse")
+    with pytest.raises(BusyMachineError, match="60%"):
+        profile_model(spec, sample=lambda: BUSY)
