@@ -123,6 +123,17 @@ class ServerConfig:
     store: str = "clipperlab-store"
     max_body_bytes: int = 16 << 20
     admin_max_body_bytes: int = 1 << 30
+    # what one client may send (real/http.py, real/frontend.py): see README "Limits"
+    max_batch_items: int = 1000
+    max_nesting: int = 32
+    max_url_bytes: int = 8 << 10
+    max_header_bytes: int = 64 << 10
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 60.0
+    max_connections: int = 900
+    # browsers and the admin API (real/admin.py): Origins and Host names let in
+    admin_allowed_origins: list[str] = field(default_factory=list)
+    admin_allowed_hosts: list[str] = field(default_factory=list)
     heartbeat_interval_s: float = 0.5
     missed_heartbeats: int = 4
     max_queue: int = 10_000
@@ -156,11 +167,27 @@ class ServerConfig:
             )
         if self.max_body_bytes < 1024:
             raise ConfigError(f"server.max_body_bytes = {self.max_body_bytes} must be >= 1024")
+        self._check_http_limits()
         if self.max_queue < 1:
             raise ConfigError(f"server.max_queue = {self.max_queue} must be >= 1")
         if self.heartbeat_interval_s <= 0 or self.missed_heartbeats < 1:
             raise ConfigError("server.heartbeat_interval_s must be > 0, missed_heartbeats >= 1")
         self._check_bounded_state()
+
+    def _check_http_limits(self) -> None:
+        for name, low in (("max_batch_items", 1), ("max_nesting", 2), ("max_connections", 1),
+                          ("max_url_bytes", 256), ("max_header_bytes", 8192)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"server.{name} = {v!r} must be an integer >= {low}")
+        for name in ("header_timeout_s", "idle_timeout_s"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 1e9:
+                raise ConfigError(f"server.{name} = {v!r} must be a number of seconds > 0")
+        for name in ("admin_allowed_origins", "admin_allowed_hosts"):
+            v = getattr(self, name)
+            if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+                raise ConfigError(f"server.{name} = {v!r} must be a list of strings")
 
     def _check_bounded_state(self) -> None:
         for name, low in (("remember_queries", 0), ("remember_bytes", 0),

@@ -8,62 +8,35 @@ Routes (port 1337 by default):
 - ``POST /{app}/update`` with ``{"input": x, "label": y}`` or ``{"query_id": n, "label": y}``
   (optional ``"uid"``) -> ``{"feedback_id", "losses", "from_cache", "computed"}``.
 - ``/v2/...``: see ``clipperlab.real.oip``.  ``GET /metrics``: Prometheus text.
+Limits: an ``input_batch`` of more than ``max_batch_items`` inputs gets 413; a body whose
+JSON nests deeper than ``max_nesting`` gets 400 (both name the setting and are counted in
+``refused``).  Bodies are parsed by orjson: ``NaN``/``Infinity`` (not JSON) are refused;
+in answers, a NaN or infinite number (a model's output, say) is written ``null``.
 Errors: ``{"error": "..."}`` with 400 (bad JSON, input or field), 404 (unknown application
-or path), 405 (wrong method), 413 (body too large), 503 (overload: the engine refused the
-query; or the server is shutting down).  Every error is logged and the server keeps serving.
+or path), 405 (wrong method), 413 (body or batch too large), 503 (overload: the engine
+refused the query; or the server is shutting down), 500 (an answer that cannot be encoded,
+e.g. an integer beyond 64 bits from a model; logged and counted as ``handler_error``).
+Every error is logged and the server keeps serving.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import json.scanner
 import logging
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
+import orjson
 
 from clipperlab.engine import EngineError, Feedback, FeedbackApplied, NotFound, Reply, input_digest
 
 from .driver import EngineDriver
-from .http import Request, error_response, json_response, response
-from .inputs import BadInput, convert
+from .http import Request, dumps, error_response, json_response, response
+from .inputs import BadInput, TooDeep, check_nesting, convert
 
 __all__ = ["QueryFrontend", "reply_body"]
 
 log = logging.getLogger("clipperlab.frontend")
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, bytes):
-        return base64.b64encode(x).decode()
-    if isinstance(x, tuple | set):
-        return list(x)
-    raise TypeError(f"{type(x).__name__} is not JSON serialisable")
-
-
-_dumps = json.JSONEncoder(separators=(",", ":"), default=_json_default).encode
-_loads = json.JSONDecoder().decode
-_scan: Any = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
-
-
-def _parse_json(text: str) -> Any:
-    """``json.loads`` without its two whitespace regex matches on the common path (a body
-    that starts with ``{`` and has nothing after the value); anything else takes the
-    standard path, which also produces the standard error messages."""
-    if text[:1] == "{":
-        try:
-            obj, end = _scan(text, 0)
-        except (StopIteration, ValueError):
-            return _loads(text)
-        if end == len(text) or not text[end:].strip():
-            return obj
-    return _loads(text)
 
 
 _OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
@@ -87,7 +60,7 @@ class _ReplyCache:
         if tail is None:
             d = reply_body(r)
             del d["query_id"]
-            tail = _dumps(d).encode()[1:]
+            tail = dumps(d)[1:]
             if p is not None:
                 if len(self.tails) >= self.limit:
                     self.tails.clear()
@@ -125,11 +98,17 @@ class QueryFrontend:
         *,
         cache: bool = True,
         metrics_text: Callable[[], bytes] | None = None,
+        max_batch_items: int = 1000,
+        max_nesting: int = 32,
+        refused: Counter[str] | None = None,
     ) -> None:
         self.driver = driver
         self.engine = driver.engine
         self.cache = cache
         self.metrics_text = metrics_text
+        self.max_batch_items = max_batch_items
+        self.max_nesting = max_nesting
+        self.refused: Counter[str] = refused if refused is not None else Counter()
         self.accepting = True
         self.errors = 0
         self._feedback_ids = 0
@@ -172,14 +151,40 @@ class QueryFrontend:
             return json_response(200, {"status": "ok"})
         return self.bad(req, 404, f"no route {req.method} {path}; try POST /{{app}}/predict or /v2")
 
-    def body_object(self, req: Request) -> dict[str, Any]:
+    def parse_json(self, data: bytes | memoryview, what: str = "request body") -> Any:
+        """``data`` as JSON nested at most ``max_nesting`` deep, or ``BadInput``."""
         try:
-            body = _parse_json(req.body.decode())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise BadInput(f"request body is not valid JSON: {e}") from None
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError as e:
+            raise BadInput(f"{what} is not valid JSON: {e}") from None
+        try:
+            check_nesting(doc, self.max_nesting, data, what)
+        except TooDeep:
+            self.refused["nesting_too_deep"] += 1
+            raise
+        return doc
+
+    def body_object(self, req: Request) -> dict[str, Any]:
+        body = self.parse_json(req.body)
         if not isinstance(body, dict):
             raise BadInput(f"request body must be a JSON object, got {type(body).__name__}")
         return body
+
+    def check_batch(self, n: int, what: str) -> None:
+        """413 (``BadInput`` with ``status``) when ``n`` queries exceed ``max_batch_items``."""
+        if n > self.max_batch_items:
+            self.refused["batch_too_large"] += 1
+            raise BadInput(
+                f"{what} has {n} items; the limit is max_batch_items = {self.max_batch_items}",
+                status=413,
+            )
+
+    def encode_failed(self, req: Request, e: Exception) -> None:
+        """The last resort for an answer that cannot be encoded: 500, logged, counted."""
+        log.error("cannot encode the answer to %s %s: %s", req.method, req.path, e)
+        self.refused["handler_error"] += 1
+        self.errors += 1
+        req.respond(error_response(500, f"internal error: the answer cannot be encoded: {e}"))
 
     # -- Clipper API
     def predict(self, req: Request, app_name: str) -> bytes | None:
@@ -199,11 +204,12 @@ class QueryFrontend:
                     raise BadInput("input_batch must be a list of inputs")
                 if not batch:
                     raise BadInput("input_batch is empty")
+                self.check_batch(len(batch), "input_batch")
                 xs = [convert(app, v, f"input_batch[{i}]") for i, v in enumerate(batch)]
                 return self._many(req, app_name, xs, ctx)
             raise BadInput("request body needs 'input' or 'input_batch'")
         except BadInput as e:
-            return self.bad(req, 400, str(e))
+            return self.bad(req, e.status, str(e))
         except NotFound as e:
             return self.bad(req, 404, str(e))
         except EngineError as e:
@@ -221,7 +227,12 @@ class QueryFrontend:
                     )
                 )
             else:
-                req.respond(encode(r))
+                try:
+                    data = encode(r)
+                except TypeError as e:  # orjson: an integer beyond 64 bits, an odd type
+                    self.encode_failed(req, e)
+                    return
+                req.respond(data)
 
         key = input_digest(x) if self.cache else None
         self.driver.query(app, x, done, input_key=key, context=ctx)
@@ -240,8 +251,13 @@ class QueryFrontend:
                 if left[0] == 0:
                     if refused:
                         req.respond(error_response(503, refused[0]))
-                    else:
-                        req.respond(json_response(200, {"batch_predictions": results}))
+                        return
+                    try:
+                        data = json_response(200, {"batch_predictions": results})
+                    except TypeError as e:  # orjson: an integer beyond 64 bits, an odd type
+                        self.encode_failed(req, e)
+                        return
+                    req.respond(data)
 
             return done
 
@@ -276,22 +292,23 @@ class QueryFrontend:
             )
 
             def done(f: FeedbackApplied) -> None:
-                req.respond(
-                    json_response(
-                        200,
-                        {
-                            "feedback_id": f.feedback_id,
-                            "losses": f.losses,
-                            "from_cache": f.from_cache,
-                            "computed": f.computed,
-                        },
-                    )
-                )
+                doc = {
+                    "feedback_id": f.feedback_id,
+                    "losses": f.losses,
+                    "from_cache": f.from_cache,
+                    "computed": f.computed,
+                }
+                try:
+                    data = json_response(200, doc)
+                except TypeError as e:  # orjson: an integer beyond 64 bits, an odd type
+                    self.encode_failed(req, e)
+                    return
+                req.respond(data)
 
             self.driver.feedback(fb, done)
             return None
         except BadInput as e:
-            return self.bad(req, 400, str(e))
+            return self.bad(req, e.status, str(e))
         except NotFound as e:
             return self.bad(req, 404, str(e))
         except EngineError as e:

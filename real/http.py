@@ -8,7 +8,24 @@ Rules:
   written strictly in that order, whatever order the handlers finish in.
 - Bodies are read by ``Content-Length`` (chunked bodies are accepted too, the parser
   de-chunks them); a body over ``max_body_bytes`` gets ``413`` and the connection closes.
+- Limits (``HttpLimits``), each answered once with a JSON ``error`` naming the setting,
+  then the connection closes: a URL over ``max_url_bytes`` gets ``414``; a head (request
+  line and headers) over ``max_url_bytes + max_header_bytes`` gets ``431`` (counted per
+  parsed slice, so at most one 4 KiB slice is read past it); a request whose headers have
+  not all arrived ``header_timeout_s`` after its first byte gets ``408``.  A keep-alive
+  connection idle for ``idle_timeout_s`` is closed without an answer.
+- ``Connections`` holds every connection of a server: at most ``max_connections`` are
+  open; a new one beyond that closes the connection idle the longest, or, when none is
+  idle, is answered ``503`` and closed.  Each refusal is counted by reason
+  (``Connections.refused``, exported as ``clipperlab_real_http_refused_total``).
 - Unparseable requests get ``400`` with a JSON ``error`` and the connection closes.
+- ``CONNECT`` gets ``501``; a request asking for ``Upgrade`` is answered as if it had not
+  (RFC 9110 lets a server ignore it), and either way the connection closes after that one
+  answer (what follows on the socket is not HTTP/1.1).
+- ``HEAD`` gets the headers the same ``GET`` would get, without the body.
+- The path a handler sees is percent-decoded (UTF-8), so ``/my%2Dapp`` is ``/my-app``.
+- A handler that raises gets its request answered ``500`` with a JSON ``error``; it is
+  logged and counted (reason ``handler_error``), and the connection keeps serving.
 - A handler gets a ``Request`` and returns the response bytes at once, or ``None`` and
   calls ``request.respond(bytes)`` later (after an engine reply, say).  A response for a
   client that went away is dropped.
@@ -19,16 +36,31 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import json
+import base64
 import logging
+import resource
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import httptools
+import numpy as np
+import orjson
 
-__all__ = ["HttpProtocol", "Request", "error_response", "json_response", "response"]
+__all__ = [
+    "Connections",
+    "HttpLimits",
+    "HttpProtocol",
+    "Request",
+    "dumps",
+    "error_response",
+    "fd_headroom",
+    "json_response",
+    "response",
+]
 
 log = logging.getLogger("clipperlab.http")
 
@@ -39,9 +71,12 @@ _REASONS = {
     403: b"Forbidden",
     404: b"Not Found",
     405: b"Method Not Allowed",
+    408: b"Request Timeout",
     409: b"Conflict",
     413: b"Payload Too Large",
+    414: b"URI Too Long",
     415: b"Unsupported Media Type",
+    431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     501: b"Not Implemented",
     503: b"Service Unavailable",
@@ -73,12 +108,46 @@ def response(
     )
 
 
+def _default(x: Any) -> Any:
+    """What orjson does not encode itself: arrays it cannot take (object dtype, not
+    contiguous), bytes (base64), sets."""
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, bytes):
+        return base64.b64encode(x).decode()
+    if isinstance(x, set | frozenset):
+        return list(x)
+    raise TypeError(f"{type(x).__name__} is not JSON serialisable")
+
+
+_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON.  NaN and +-Infinity (not JSON) are written ``null``; integers beyond
+    64 bits raise ``TypeError``."""
+    return orjson.dumps(obj, default=_default, option=_OPTS)
+
+
 def json_response(status: int, obj: Any) -> bytes:
-    return response(status, json.dumps(obj, separators=(",", ":")).encode())
+    return response(status, dumps(obj))
 
 
 def error_response(status: int, message: str) -> bytes:
     return json_response(status, {"error": message})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpLimits:
+    """What one connection may send (see the module's rules for the answers)."""
+
+    max_body_bytes: int = 16 << 20
+    max_url_bytes: int = 8 << 10
+    max_header_bytes: int = 64 << 10
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 60.0
 
 
 class Request:
@@ -119,6 +188,9 @@ _KEEP = frozenset(
         b"x-clipperlab-token",
         b"inference-header-content-length",
         b"expect",
+        b"host",
+        b"origin",
+        b"sec-fetch-site",
     )
 )
 
@@ -130,12 +202,24 @@ class HttpProtocol(asyncio.Protocol):
         self,
         handler: Handler,
         *,
-        max_body_bytes: int = 16 << 20,
+        max_body_bytes: int | None = None,
+        limits: HttpLimits | None = None,
+        connections: Connections | None = None,
         max_pipelined: int = 4096,
         on_close: Callable[[HttpProtocol], None] | None = None,
     ) -> None:
         self.handler = handler
-        self.max_body_bytes = max_body_bytes
+        limits = limits or HttpLimits()
+        if max_body_bytes is not None:
+            limits = HttpLimits(
+                max_body_bytes=max_body_bytes,
+                max_url_bytes=limits.max_url_bytes,
+                max_header_bytes=limits.max_header_bytes,
+                header_timeout_s=limits.header_timeout_s,
+                idle_timeout_s=limits.idle_timeout_s,
+            )
+        self.limits = limits
+        self.max_body_bytes = limits.max_body_bytes
         self.max_pipelined = max_pipelined
         self.on_close = on_close
         self.parser = httptools.HttpRequestParser(self)
@@ -156,12 +240,22 @@ class HttpProtocol(asyncio.Protocol):
         self._backlog: deque[bytes] = deque()
         self._loop = asyncio.get_running_loop()
         self._sched = _scheduler(self._loop)
+        self._conns = connections if connections is not None else Connections()
+        # Head accounting: bytes fed since the current request began (0: between requests,
+        # -1: headers complete), and when it began (the connections' coarse clock).
+        self._head_bytes = 0
+        self._in_message = False
+        self._head_at = 0.0
+        self._active_at = 0.0
+        self._head_seqs: set[int] = set()
 
     # -- asyncio
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._active_at = self._conns.now
+        self._conns.admit(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._seq > self._next_write:
@@ -171,12 +265,14 @@ class HttpProtocol(asyncio.Protocol):
                 self._seq - self._next_write,
             )
         self.transport = None
+        self._conns.remove(self)
         if self.on_close is not None:
             self.on_close(self)
 
     def data_received(self, data: bytes) -> None:
         if self._failed:
             return
+        self._active_at = self._conns.now
         sched = self._sched
         if (
             len(data) <= _SLICE_BYTES
@@ -211,10 +307,26 @@ class HttpProtocol(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(501, "protocol upgrades are not supported")
+            # CONNECT or Upgrade: that request was answered (on_message_complete); what
+            # follows is not HTTP/1.1, so read no more and close after the answers.
+            self._failed = True
+            self._close_after = self._seq - 1
+            self._backlog.clear()
+            self._close_if_done()
+            return
         except httptools.HttpParserError as e:
             if not self._failed:
-                self._fail(400, f"malformed HTTP request: {e}")
+                self._fail(400, f"malformed HTTP request: {e}", "malformed")
+            return
+        if self._in_message and self._head_bytes >= 0:
+            # Still inside a request's head after this slice (slices are <= 4 KiB).
+            self._head_bytes += len(data)
+            if self._head_bytes - len(self._url) > self.limits.max_header_bytes:
+                self._fail(
+                    431,
+                    f"request headers exceed max_header_bytes = {self.limits.max_header_bytes}",
+                    "headers_too_large",
+                )
 
     def _set_reading(self) -> None:
         t = self.transport
@@ -234,9 +346,17 @@ class HttpProtocol(asyncio.Protocol):
         self._headers = {}
         self._body = []
         self._body_len = 0
+        self._in_message = True
+        self._head_bytes = 0
+        self._head_at = self._conns.now
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > self.limits.max_url_bytes:
+            self._fail(
+                414, f"URL exceeds max_url_bytes = {self.limits.max_url_bytes}", "url_too_long"
+            )
+            raise httptools.HttpParserError("URL too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
@@ -244,6 +364,7 @@ class HttpProtocol(asyncio.Protocol):
             self._headers[name] = value
 
     def on_headers_complete(self) -> None:
+        self._head_bytes = -1
         # curl sends "Expect: 100-continue" with bodies over 1 KiB and waits a second for
         # the interim answer; give it at once (nothing else is outstanding then).
         if (
@@ -256,31 +377,38 @@ class HttpProtocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._body_len += len(body)
         if self._body_len > self.max_body_bytes:
-            self._fail(413, f"request body exceeds the limit of {self.max_body_bytes} bytes")
+            self._fail(
+                413,
+                f"request body exceeds the limit of {self.max_body_bytes} bytes",
+                "body_too_large",
+            )
             raise httptools.HttpParserError("body too large")
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._in_message = False
         url = self._url.decode("latin-1")
         path, _, query = url.partition("?")
+        if "%" in path:
+            path = unquote(path, errors="replace")
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         seq = self._seq
         self._seq += 1
         if not self.parser.should_keep_alive():
             self._close_after = seq
-        req = Request(
-            self.parser.get_method().decode("latin-1"),
-            path,
-            query,
-            self._headers,
-            body,
-            self,
-            seq,
-        )
+        method = self.parser.get_method().decode("latin-1")
+        if method == "HEAD":
+            self._head_seqs.add(seq)
+        elif method == "CONNECT":
+            self._conns.refused["upgrade"] += 1
+            self.complete(seq, error_response(501, "CONNECT is not supported"))
+            return
+        req = Request(method, path, query, self._headers, body, self, seq)
         try:
             data = self.handler(req)
         except Exception as e:  # noqa: BLE001 - a handler bug must not kill the server
             log.exception("handler failed on %s %s", req.method, path)
+            self._conns.refused["handler_error"] += 1
             data = error_response(500, f"internal error: {type(e).__name__}: {e}")
         if data is not None:
             self.complete(seq, data)
@@ -292,6 +420,9 @@ class HttpProtocol(asyncio.Protocol):
         """Queue the response of request ``seq``; written in order, one write per loop turn."""
         if self.transport is None:
             return  # the client went away
+        if self._head_seqs and seq in self._head_seqs:
+            self._head_seqs.discard(seq)
+            data = data[: data.find(b"\r\n\r\n") + 4]
         if seq != self._next_write:
             self._ready[seq] = data
             return
@@ -315,15 +446,28 @@ class HttpProtocol(asyncio.Protocol):
         out = self._out
         t.write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
+        self._active_at = self._conns.now
         if self._close_after is not None and self._next_write > self._close_after:
             t.close()
             self.transport = None
         elif self._paused:
             self._set_reading()
 
-    def _fail(self, status: int, message: str) -> None:
+    def _close_if_done(self) -> None:
+        if (
+            self.transport is not None
+            and not self._out
+            and self._close_after is not None
+            and self._next_write > self._close_after
+        ):
+            self.transport.close()
+            self.transport = None
+
+    def _fail(self, status: int, message: str, reason: str) -> None:
         """Answer a request that could not be parsed, after those before it, then close."""
         self._failed = True
+        self._in_message = False
+        self._conns.refused[reason] += 1
         log.warning("HTTP %d from %s: %s", status, self.peer, message)
         seq = self._seq
         self._seq += 1
@@ -337,10 +481,117 @@ class HttpProtocol(asyncio.Protocol):
     def idle(self) -> bool:
         return self._next_write == self._seq
 
+    @property
+    def quiet(self) -> bool:
+        """Nothing to answer and no request begun: closing it loses nothing."""
+        return self._next_write == self._seq and not self._in_message and not self._backlog
+
+    def check_timers(self, now: float) -> None:
+        """Called by ``Connections`` about four times per timeout: enforce the timeouts."""
+        if self.transport is None or self._failed:
+            return
+        lim = self.limits
+        # Stamps are the coarse clock, up to one tick early: wait one tick more.
+        now -= self._conns.tick_s
+        if self._in_message and self._head_bytes >= 0:
+            if now - self._head_at > lim.header_timeout_s:
+                self._fail(
+                    408,
+                    f"request headers did not arrive within header_timeout_s ="
+                    f" {lim.header_timeout_s}",
+                    "header_timeout",
+                )
+        elif self.quiet and now - self._active_at > lim.idle_timeout_s:
+            self._conns.refused["idle_timeout"] += 1
+            self.close()
+
+    def refuse(self, status: int, message: str) -> None:
+        """Answer a connection that may not be served (before any request) and close it."""
+        t = self.transport
+        if t is not None:
+            data = error_response(status, message)
+            t.write(data.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+            t.close()
+            self.transport = None
+            self._failed = True
+
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
             self.transport = None
+
+
+class Connections:
+    """The HTTP connections of a server: a cap, the timeouts' clock and refusal counts.
+
+    At most ``max_connections`` are open at once.  One sweep, about four times per the
+    shortest timeout (at most once a second), advances the coarse clock ``now`` that the
+    connections stamp their activity with (no clock read per request) and lets each one
+    check its header and idle timeouts.
+    """
+
+    def __init__(self, max_connections: int = 900, *, tick_s: float = 1.0) -> None:
+        self.max_connections = max_connections
+        self.tick_s = tick_s
+        self.members: dict[HttpProtocol, None] = {}
+        self.refused: Counter[str] = Counter()
+        self.now = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def admit(self, proto: HttpProtocol) -> None:
+        if len(self.members) >= self.max_connections:
+            quiet = [p for p in self.members if p.quiet]
+            if quiet:
+                oldest = min(quiet, key=lambda p: p._active_at)
+                self.refused["idle_evicted"] += 1
+                oldest.close()
+                self.members.pop(oldest, None)
+            else:
+                self.refused["too_many_connections"] += 1
+                proto.refuse(
+                    503,
+                    f"the server has max_connections = {self.max_connections} open; retry later",
+                )
+                return
+        self.members[proto] = None
+        tick = min(proto.limits.header_timeout_s, proto.limits.idle_timeout_s) / 4
+        if tick < self.tick_s:
+            self.tick_s = max(tick, 0.01)
+        if self._timer is None:
+            self._arm(proto._loop)
+
+    def remove(self, proto: HttpProtocol) -> None:
+        self.members.pop(proto, None)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = loop.call_later(self.tick_s, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        self.now = time.monotonic()
+        for p in list(self.members):
+            p.check_timers(self.now)
+        if self.members and not loop.is_closed():
+            self._arm(loop)
+
+
+def fd_headroom(max_connections: int, reserve: int = 256) -> None:
+    """Raise the soft open-file limit to ``max_connections + reserve`` when the hard limit
+    allows, so the connection cap is what refuses clients, not ``accept()`` failing."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max_connections + reserve
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if new > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < want:
+            log.warning(
+                "the open-file limit (%d) is below max_connections + %d = %d: raise it"
+                " (ulimit -n) or lower max_connections",
+                new,
+                reserve,
+                want,
+            )
 
 
 class _Scheduler:

@@ -7,8 +7,10 @@ Rules (Clipper's input types):
 - ``strings``: a JSON string.  ``bytes``: a base64 string (JSON cannot carry raw bytes).
 - When the application declares ``input_shape``, the array must have exactly that shape
   (``-1`` matches any length in that dimension).
+- A parsed body nests at most ``max_nesting`` lists/objects deep (``check_nesting``, a
+  loop, not recursion, so no depth can exhaust the stack).
 Every refusal is a ``BadInput`` whose message names the field, the value's problem and the
-rule; the frontends answer it with HTTP 400.
+rule; the frontends answer it with its ``status`` (400 unless it says otherwise).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 
 from clipperlab.engine import Application
 
-__all__ = ["DTYPES", "BadInput", "check_array", "convert"]
+__all__ = ["DTYPES", "BadInput", "TooDeep", "check_array", "check_nesting", "convert"]
 
 DTYPES: dict[str, np.dtype[Any]] = {
     "doubles": np.dtype("<f8"),
@@ -31,7 +33,33 @@ DTYPES: dict[str, np.dtype[Any]] = {
 
 
 class BadInput(ValueError):
-    """An input that does not fit the application (HTTP 400)."""
+    """An input that does not fit the application (HTTP ``status``, 400 by default)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TooDeep(BadInput):
+    """A JSON document nested deeper than ``max_nesting``."""
+
+
+def check_nesting(doc: Any, limit: int, raw: bytes | memoryview = b"", what: str = "body") -> None:
+    """``TooDeep`` when ``doc`` (parsed JSON) nests lists/objects more than ``limit`` deep.
+    ``raw``, the text it was parsed from, is a shortcut: with no more brackets than
+    ``limit`` in it, nothing can nest deeper, and the walk is skipped."""
+    if raw:
+        b = bytes(raw) if isinstance(raw, memoryview) else raw
+        if b.count(b"[") + b.count(b"{") <= limit:
+            return
+    stack: list[tuple[Any, int]] = [(doc, 1)] if isinstance(doc, list | dict) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            raise TooDeep(f"{what} nests lists/objects deeper than max_nesting = {limit}")
+        for v in node.values() if isinstance(node, dict) else node:
+            if isinstance(v, list | dict):
+                stack.append((v, depth + 1))
 
 
 def convert(app: Application, value: Any, field: str = "input") -> Any:

@@ -3,12 +3,16 @@
 A custom collector copies the engine's counters and histograms at scrape time, so the
 query path pays nothing for Prometheus.  A few real-mode gauges are added under
 ``clipperlab_real_*`` (replicas connected, container restarts, HTTP errors answered,
-garbage RPC frames).
+garbage RPC frames), and the counter ``clipperlab_real_http_refused_total{reason}``: requests
+and connections refused by a limit (``body_too_large``, ``url_too_long``,
+``headers_too_large``, ``header_timeout``, ``idle_timeout``, ``too_many_connections``,
+``idle_evicted``, ``batch_too_large``, ``nesting_too_deep``, ``malformed``, ``upgrade``) or
+answered 500 (``handler_error``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -27,9 +31,15 @@ __all__ = ["EngineCollector", "metrics_text"]
 
 
 class EngineCollector(Collector):
-    def __init__(self, engine: Engine, gauges: Callable[[], dict[str, tuple[str, float]]]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        gauges: Callable[[], dict[str, tuple[str, float]]],
+        refused: Mapping[str, int] | None = None,
+    ) -> None:
         self.engine = engine
         self.gauges = gauges
+        self.refused = refused
 
     def collect(self) -> Iterator[Metric]:
         fams: dict[str, Any] = {}
@@ -59,11 +69,22 @@ class EngineCollector(Collector):
             g = GaugeMetricFamily(name, help_)
             g.add_metric([], value)
             yield g
+        if self.refused is not None:
+            c = CounterMetricFamily(
+                "clipperlab_real_http_refused",
+                "HTTP requests and connections refused by a limit, or answered 500, by reason",
+                labels=["reason"],
+            )
+            for reason, n in sorted(self.refused.items()):
+                c.add_metric([reason], float(n))
+            yield c
 
 
 def metrics_text(
-    engine: Engine, gauges: Callable[[], dict[str, tuple[str, float]]]
+    engine: Engine,
+    gauges: Callable[[], dict[str, tuple[str, float]]],
+    refused: Mapping[str, int] | None = None,
 ) -> Callable[[], bytes]:
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(EngineCollector(engine, gauges))
+    reg.register(EngineCollector(engine, gauges, refused))
     return lambda: generate_latest(reg)

@@ -11,21 +11,25 @@ Rules:
   (``Inference-Header-Content-Length``, ``binary_data_size``) is accepted.
 - The response has the output ``output`` (datatype from the values) and ``default`` (BOOL,
   one per row); ``outputs`` in the request may ask for a subset and for binary data.
-- Errors: ``{"error": msg}`` with 400, 404 (unknown model/version), 503 (overload).
+- Every field is checked for type and range before it is used (``parse_request``,
+  ``parse_tensor``, then the data per datatype: integers within the type's range, finite
+  numbers, booleans for BOOL), so bad input is a 400 naming the field, never a 500.
+- Errors: ``{"error": msg}`` with 400, 404 (unknown model/version), 413 (more rows than
+  ``max_batch_items``), 503 (overload), 500 (outputs that cannot be encoded; counted).
 """
 
 from __future__ import annotations
 
-import json
+import math
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from clipperlab.engine import Application, Reply, input_digest
 
-from .http import Request, error_response, json_response, response
+from .http import Request, dumps, error_response, json_response, response
 from .inputs import BadInput, check_array
 
 if TYPE_CHECKING:
@@ -67,6 +71,164 @@ def _datatype(values: list[Any]) -> str:
     if all(isinstance(v, int | float) and not isinstance(v, bool) for v in flat):
         return "FP64"
     return "BYTES"
+
+
+# numpy 1.x's most dimensions (NPY_MAXDIMS); a model input needs far fewer
+MAX_DIMS = 32
+
+
+class InferRequest(NamedTuple):
+    """An ``infer`` body whose fields have been checked (``parse_request``)."""
+
+    id: str | None
+    input: dict[str, Any]
+    wanted: list[tuple[str, bool]]
+
+
+class Tensor(NamedTuple):
+    """An input tensor whose fields have been checked (``parse_tensor``): ``size`` elements;
+    ``data`` is the flat list of JSON elements (``None`` with binary data of
+    ``binary_size`` bytes)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    size: int
+    data: list[Any] | None
+    binary_size: int | None
+
+
+def _kind(v: Any) -> str:
+    return "a boolean" if isinstance(v, bool) else type(v).__name__
+
+
+def _params(v: Any, where: str) -> dict[str, Any]:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise BadInput(f"{where}: parameters must be a JSON object, got {_kind(v)}")
+    return v
+
+
+def _flag(params: dict[str, Any], key: str, where: str) -> bool:
+    v = params.get(key, False)
+    if not isinstance(v, bool):
+        raise BadInput(f"{where}: parameters.{key} must be true or false, got {v!r}")
+    return v
+
+
+def parse_request(doc: Any, model: str) -> InferRequest:
+    """The top level of an ``infer`` body, each field's type checked before use."""
+    if not isinstance(doc, dict):
+        raise BadInput(f"inference request must be a JSON object, got {_kind(doc)}")
+    rid = doc.get("id")
+    if rid is not None and not isinstance(rid, str):
+        raise BadInput(f"inference request id must be a string, got {_kind(rid)}")
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise BadInput(f"inference request needs exactly one input tensor for {model!r}")
+    binary = _flag(_params(doc.get("parameters"), "request"), "binary_data_output", "request")
+    outs = doc.get("outputs")
+    if outs is None:
+        return InferRequest(rid, inputs[0], [("output", binary), ("default", binary)])
+    if not isinstance(outs, list):
+        raise BadInput(f"outputs must be a list, got {_kind(outs)}")
+    wanted = []
+    for i, o in enumerate(outs):
+        if not isinstance(o, dict) or o.get("name") not in ("output", "default"):
+            raise BadInput(f"requested output {o!r} is unknown; outputs are output, default")
+        where = f"outputs[{i}]"
+        wanted.append((o["name"], _flag(_params(o.get("parameters"), where), "binary_data", where)))
+    return InferRequest(rid, inputs[0], wanted)
+
+
+def parse_tensor(t: dict[str, Any], body_bytes: int, binary_bytes: int) -> Tensor:
+    """An input tensor's fields, checked: ``name`` a string; ``datatype`` one of the
+    protocol's; ``shape`` at most ``MAX_DIMS`` integers >= 0 (booleans are not integers)
+    whose product the body could hold; ``parameters`` an object whose
+    ``binary_data_size`` is an integer within the binary part; else ``data`` present and
+    nested no deeper than the shape."""
+    name = t.get("name", "input")
+    if not isinstance(name, str):
+        raise BadInput(f"input name must be a string, got {_kind(name)}")
+    dt = t.get("datatype")
+    if not isinstance(dt, str) or (dt not in NP_OF and dt != "BYTES"):
+        raise BadInput(
+            f"input {name!r}: datatype {dt!r} is unknown; expected one of"
+            f" {', '.join([*NP_OF, 'BYTES'])}"
+        )
+    shape = t.get("shape")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_DIMS
+        or not all(type(s) is int and s >= 0 for s in shape)
+    ):
+        raise BadInput(
+            f"input {name!r}: shape must be a list of at most {MAX_DIMS} integers >= 0,"
+            f" got {shape!r}"
+        )
+    count = math.prod(shape)
+    if count > body_bytes:
+        raise BadInput(
+            f"input {name!r}: shape {shape} holds {count} elements, more than the request's"
+            f" {body_bytes} bytes can carry"
+        )
+    where = f"input {name!r}"
+    size = _params(t.get("parameters"), where).get("binary_data_size")
+    if size is not None:
+        if type(size) is not int or not 0 <= size <= binary_bytes:
+            raise BadInput(
+                f"{where}: binary_data_size {size!r} must be an integer in [0, {binary_bytes}]"
+                " (the binary part of the body)"
+            )
+        return Tensor(name, dt, tuple(shape), count, None, size)
+    if "data" not in t:
+        raise BadInput(f"{where} has no data (and no parameters.binary_data_size)")
+    return Tensor(name, dt, tuple(shape), count, _flatten(t["data"], len(shape), where), None)
+
+
+def _flatten(data: Any, ndim: int, where: str) -> list[Any]:
+    """JSON ``data`` (flat, or nested as the shape) as a flat list of elements."""
+    flat = data if isinstance(data, list) else [data]
+    for _ in range(max(ndim, 1)):
+        lists = sum(1 for v in flat if isinstance(v, list))
+        if lists == 0:
+            break
+        if lists != len(flat):
+            raise BadInput(f"{where}: data mixes lists and elements at one level")
+        flat = [x for row in flat for x in row]
+    if any(isinstance(v, list | dict) for v in flat):
+        raise BadInput(f"{where}: data nests deeper than its shape, or holds objects")
+    return flat
+
+
+def _typed_array(data: list[Any] | None, dt: str, npdt: np.dtype[Any], where: str) -> Any:
+    """JSON elements as an array of ``dt``; each element's type and range checked first."""
+    assert data is not None
+    if dt == "BOOL":
+        bad = next((v for v in data if type(v) is not bool), None)
+        if bad is not None:
+            raise BadInput(f"input {where!r}: BOOL data must be true/false, got {bad!r}")
+    elif npdt.kind in "iu":
+        bad = next((v for v in data if type(v) is not int), None)
+        info = np.iinfo(npdt)
+        if bad is None and data and (min(data) < info.min or max(data) > info.max):
+            bad = min(data) if min(data) < info.min else max(data)
+        if bad is not None:
+            raise BadInput(
+                f"input {where!r}: {dt} data must be integers in [{info.min}, {info.max}],"
+                f" got {bad!r}"
+            )
+    else:
+        bad = next((v for v in data if type(v) is not int and type(v) is not float), None)
+        if bad is not None:
+            raise BadInput(f"input {where!r}: {dt} data must be numbers, got {bad!r}")
+        fi = np.finfo(npdt)
+        if data and (min(data) < fi.min or max(data) > fi.max):
+            raise BadInput(
+                f"input {where!r}: {dt} data must be numbers in [{fi.min}, {fi.max}]"
+            )
+    return np.asarray(data, dtype=npdt)
 
 
 class OipHandler:
@@ -111,7 +273,7 @@ class OipHandler:
             try:
                 return self.infer(req, app)
             except BadInput as e:
-                return fe.bad(req, 400, str(e))
+                return fe.bad(req, e.status, str(e))
         return fe.bad(req, 404, f"no route {req.method} {req.path}")
 
     def ready(self, app: Application) -> bool:
@@ -139,95 +301,77 @@ class OipHandler:
         body = req.body
         hlen = req.headers.get(b"inference-header-content-length")
         if hlen is not None:
-            try:
-                n = int(hlen)
-            except ValueError:
+            if not hlen.isdigit() or not 0 < int(hlen) <= len(body):
                 raise BadInput(
-                    f"Inference-Header-Content-Length {hlen!r} is not a number"
-                ) from None
-            if not 0 < n <= len(body):
-                raise BadInput(f"Inference-Header-Content-Length {n} exceeds the body")
+                    f"Inference-Header-Content-Length {hlen.decode('latin-1')!r} must be a"
+                    f" number of bytes in [1, {len(body)}] (the body's length)"
+                )
+            n = int(hlen)
             head, binary = body[:n], memoryview(body)[n:]
         else:
             head, binary = body, memoryview(b"")
-        try:
-            doc = json.loads(head)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise BadInput(f"request body is not valid JSON: {e}") from None
-        if not isinstance(doc, dict):
-            raise BadInput("inference request must be a JSON object")
-        inputs = doc.get("inputs")
-        if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-            raise BadInput(f"inference request needs exactly one input tensor for {app.name!r}")
-        rows = self.rows(app, inputs[0], binary)
-        wanted = self.wanted_outputs(doc)
-        rid = doc.get("id")
+        doc = self.fe.parse_json(head, "inference request")
+        r = parse_request(doc, app.name)
+        t = parse_tensor(r.input, len(body), len(binary))
+        rows = self.rows(app, t, binary)
         results: list[Reply | None] = [None] * len(rows)
         left = [len(rows)]
+        fe = self.fe
 
-        def finish() -> bytes:
-            refused = [r for r in results if r is not None and r.refused]
+        def finish() -> None:
+            refused = [x for x in results if x is not None and x.refused]
             if refused:
-                return error_response(503, refused[0].prediction.explanation or "overloaded")
-            return self.encode(app, rid, [r for r in results if r is not None], wanted)
+                req.respond(error_response(503, refused[0].prediction.explanation or "overloaded"))
+                return
+            try:
+                data = self.encode(app, r.id, [x for x in results if x is not None], r.wanted)
+            except (TypeError, ValueError, OverflowError) as e:  # outputs numpy cannot hold
+                fe.encode_failed(req, e)
+                return
+            req.respond(data)
 
         def make(i: int) -> Callable[[Reply], None]:
-            def done(r: Reply) -> None:
-                results[i] = r
+            def done(rep: Reply) -> None:
+                results[i] = rep
                 left[0] -= 1
                 if left[0] == 0:
-                    req.respond(finish())
+                    finish()
 
             return done
 
         for i, x in enumerate(rows):
-            key = input_digest(x) if self.fe.cache else None
-            self.fe.driver.query(app.name, x, make(i), input_key=key)
+            key = input_digest(x) if fe.cache else None
+            fe.driver.query(app.name, x, make(i), input_key=key)
         return None
 
-    def rows(self, app: Application, t: dict[str, Any], binary: memoryview) -> list[Any]:
-        name = t.get("name", "input")
-        shape = t.get("shape")
-        dt = t.get("datatype")
-        if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
-            raise BadInput(f"input {name!r}: shape must be a list of non-negative integers")
-        if dt not in NP_OF and dt != "BYTES":
-            raise BadInput(f"input {name!r}: datatype {dt!r} is unknown")
-        count = int(np.prod(shape)) if shape else 1
-        params = t.get("parameters") or {}
-        size = params.get("binary_data_size") if isinstance(params, dict) else None
-        if size is not None:
-            if not isinstance(size, int) or size > len(binary):
-                raise BadInput(f"input {name!r}: binary_data_size {size!r} exceeds the body")
-            raw = binary[:size]
-        elif "data" not in t:
-            raise BadInput(f"input {name!r} has no data")
+    def rows(self, app: Application, t: Tensor, binary: memoryview) -> list[Any]:
+        """The queries a checked tensor holds, each checked against the application."""
+        name, dt, shape, count = t.name, t.datatype, t.shape, t.size
+        n_rows = count if dt == "BYTES" else (shape[0] if len(shape) >= 2 else 1)
+        self.fe.check_batch(n_rows, f"input {name!r}")
+        if count == 0:
+            raise BadInput(f"input {name!r} is an empty batch")
         if dt == "BYTES":
             if app.input_type not in ("strings", "bytes"):
                 raise BadInput(
                     f"input {name!r} is BYTES; application {app.name!r} takes {app.input_type}"
                 )
-            if size is not None:
-                items = _split_bytes(raw)
-            else:
-                data = t["data"]
-                items = list(np.asarray(data, dtype=object).reshape(-1)) if data else []
+            items = (
+                _split_bytes(binary[: t.binary_size]) if t.data is None else t.data
+            )
             if len(items) != count:
-                raise BadInput(f"input {name!r}: {len(items)} elements for shape {shape}")
-            if not items:
-                raise BadInput(f"input {name!r} is an empty batch")
+                raise BadInput(f"input {name!r}: {len(items)} elements for shape {list(shape)}")
             out: list[Any] = []
-            v: Any
             for v in items:
                 if app.input_type == "strings":
                     if isinstance(v, bytes):
                         v = v.decode(errors="replace")
                     if not isinstance(v, str):
-                        raise BadInput(f"input {name!r} must hold strings")
+                        raise BadInput(f"input {name!r} must hold strings, got {_kind(v)}")
                 else:
                     v = v.encode() if isinstance(v, str) else v
                     if not isinstance(v, bytes):
-                        raise BadInput(f"input {name!r} must hold bytes")
+                        raise BadInput(f"input {name!r} must hold bytes, got {_kind(v)}")
                 out.append(v)
             return out
         if app.input_type in ("strings", "bytes"):
@@ -236,36 +380,23 @@ class OipHandler:
                 f" {app.input_type} (send BYTES)"
             )
         npdt = np.dtype(NP_OF[dt])
-        try:
-            if size is not None:
-                a = np.frombuffer(raw, dtype=npdt)
-            else:
-                a = np.asarray(t["data"], dtype=npdt).reshape(-1)
-        except (ValueError, TypeError) as e:
-            raise BadInput(f"input {name!r}: data does not fit datatype {dt}: {e}") from None
-        if a.size != count:
-            raise BadInput(f"input {name!r}: {a.size} elements for shape {shape}")
-        a = np.reshape(a, tuple(shape))
-        if count == 0:
-            raise BadInput(f"input {name!r} is an empty batch")
+        if t.binary_size is not None:
+            if t.binary_size != count * npdt.itemsize:
+                raise BadInput(
+                    f"input {name!r}: binary_data_size {t.binary_size} is not"
+                    f" {count} elements x {npdt.itemsize} bytes ({dt}, shape {list(shape)})"
+                )
+            a = np.frombuffer(binary[: t.binary_size], dtype=npdt)
+        else:
+            a = _typed_array(t.data, dt, npdt, name)
+            if a.size != count:
+                raise BadInput(f"input {name!r}: {a.size} elements for shape {list(shape)}")
+        if npdt.kind == "f" and not np.isfinite(a).all():
+            raise BadInput(f"input {name!r} holds NaN or infinity; numbers must be finite")
+        a = a.reshape(shape)
         if a.ndim >= 2:
-            n_rows = len(a)
-            return [check_array(app, a[i], f"input {name!r}[{i}]") for i in range(n_rows)]
+            return [check_array(app, a[i], f"input {name!r}[{i}]") for i in range(len(a))]
         return [check_array(app, a, f"input {name!r}")]
-
-    def wanted_outputs(self, doc: dict[str, Any]) -> list[tuple[str, bool]]:
-        outs = doc.get("outputs")
-        if outs is None:
-            binary = bool((doc.get("parameters") or {}).get("binary_data_output", False))
-            return [("output", binary), ("default", binary)]
-        if not isinstance(outs, list):
-            raise BadInput("outputs must be a list")
-        wanted = []
-        for o in outs:
-            if not isinstance(o, dict) or o.get("name") not in ("output", "default"):
-                raise BadInput(f"requested output {o!r} is unknown; outputs are output, default")
-            wanted.append((o["name"], bool((o.get("parameters") or {}).get("binary_data"))))
-        return wanted
 
     def encode(
         self, app: Application, rid: Any, replies: list[Reply], wanted: list[tuple[str, bool]]
@@ -299,12 +430,12 @@ class OipHandler:
                     else arr.reshape(-1).tolist()
                 )
                 if dt == "BYTES":
-                    o["data"] = [v if isinstance(v, str) else json.dumps(v) for v in o["data"]]
+                    o["data"] = [v if isinstance(v, str) else dumps(v).decode() for v in o["data"]]
             outputs.append(o)
         doc: dict[str, Any] = {"model_name": app.name, "model_version": "1", "outputs": outputs}
         if rid is not None:
             doc["id"] = rid
-        head = json.dumps(doc, separators=(",", ":")).encode()
+        head = dumps(doc)
         if not blobs:
             return response(200, head)
         return response(
@@ -332,6 +463,6 @@ def _split_bytes(raw: memoryview) -> list[bytes]:
 def _join_bytes(items: Any) -> bytes:
     parts = []
     for v in items:
-        b = v if isinstance(v, bytes) else (v if isinstance(v, str) else json.dumps(v)).encode()
+        b = v if isinstance(v, bytes) else v.encode() if isinstance(v, str) else dumps(v)
         parts.append(struct.pack("<I", len(b)) + b)
     return b"".join(parts)

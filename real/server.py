@@ -39,7 +39,7 @@ from .admin import AdminApi
 from .config import ServerConfig, app_from_dict, model_from_dict
 from .driver import EngineDriver
 from .frontend import QueryFrontend
-from .http import HttpProtocol
+from .http import Connections, HttpLimits, HttpProtocol, fd_headroom
 from .manager import ContainerManager
 from .metrics import metrics_text
 from .rpc import RpcServer
@@ -103,8 +103,13 @@ class Server:
         self.replicas_wanted = self.driver.admin(
             lambda now: self.store.load_into(self.engine, now=now)
         )
-        text = metrics_text(self.engine, self._gauges)
-        self.frontend = QueryFrontend(self.driver, cache=cfg.cache, metrics_text=text)
+        self.http_conns = Connections(cfg.max_connections)
+        fd_headroom(cfg.max_connections)
+        text = metrics_text(self.engine, self._gauges, refused=self.http_conns.refused)
+        self.frontend = QueryFrontend(
+            self.driver, cache=cfg.cache, metrics_text=text, max_batch_items=cfg.max_batch_items,
+            max_nesting=cfg.max_nesting, refused=self.http_conns.refused,
+        )
         self.admin = AdminApi(self, metrics_text=text)
         rpc_srv = await loop.create_server(self.rpc.protocol, cfg.rpc_host, cfg.rpc_port)
         self.rpc.start()
@@ -138,7 +143,12 @@ class Server:
         return dict(self.ports)
 
     def _http(self, handler: Any, max_body: int) -> HttpProtocol:
-        proto = HttpProtocol(handler, max_body_bytes=max_body, on_close=self._conns.discard)
+        c = self.cfg
+        limits = HttpLimits(max_body_bytes=max_body, max_url_bytes=c.max_url_bytes,
+                            max_header_bytes=c.max_header_bytes,
+                            header_timeout_s=c.header_timeout_s, idle_timeout_s=c.idle_timeout_s)
+        proto = HttpProtocol(handler, limits=limits, connections=self.http_conns,
+                             on_close=self._conns.discard)
         self._conns.add(proto)
         return proto
 

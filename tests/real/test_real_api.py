@@ -377,7 +377,8 @@ def test_container_that_cannot_load_says_why(srv: Any) -> None:
     """A model file that does not exist: the container exits, is retried with back-off,
     and ``inspect`` shows its last error."""
     a = srv.admin
-    a.add_model("broken", kind="sklearn", path="/nonexistent/model.joblib")
+    missing = str(srv.st.server.store.models_dir / "nonexistent" / "model.joblib")
+    a.add_model("broken", kind="sklearn", path=missing)
     deadline = time.monotonic() + 30
     err = ""
     while time.monotonic() < deadline and not err:
@@ -385,7 +386,7 @@ def test_container_that_cannot_load_says_why(srv: Any) -> None:
             if c["replica"].startswith("broken:") and c["last_error"]:
                 err = c["last_error"]
         time.sleep(0.1)
-    assert "/nonexistent/model.joblib" in err
+    assert "nonexistent/model.joblib" in err
     a.set_replicas("broken", 0)
 
 
