@@ -211,14 +211,18 @@ def plot(goals: pd.DataFrame, path: Path) -> Path:
         ax.axhspan(-lim * 100, lim * 100, color="0.92", zorder=0)
         ax.axhline(0, color="k", lw=0.5)
         ax.set_xticks(x)
-        ax.set_xticklabels(labels, rotation=90, fontsize=6)
+        ax.set_xticklabels(labels, rotation=90, fontsize=8)
         ax.set_ylim(-105, 105)
         style_axis(ax, title=f"{title}: band = goal",
                    ylabel="error against the real run (%)" if ax is axes[0] else "")
-    if axes[0].get_legend_handles_labels()[0]:
-        axes[0].legend(fontsize=7, loc="lower left")
+    from matplotlib.patches import Patch  # what the colours mean, in the legend
+
+    colours = [(Patch(color=c), what) for c, what in (
+        ("C2", "simulator inside the goal's band"), ("C3", "simulator outside the band"),
+        ("0.75", "goal does not apply"), ("0.92", "the goal's band"))]
     return save(fig, path, suptitle="simulator fidelity: calibrated simulator (bars) and the "
-                "real server's own repeat (dots) against the real run")
+                "real server's own repeat (dots) against the real run", legend_axes=axes[:1],
+                legend_extra=colours)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -332,9 +332,8 @@ def plot(results: Results, out_dir: Path) -> list[Path]:
     style_axis(axes[3], title="feedback: mean time to apply", ylabel="ms")
     axes[3].set_xticks([0.2, 1.2], ["cache on", "cache off"])
     axes[0].set_yscale("log")
-    axes[3].legend(fontsize=7)
     return [save(fig, out_dir / "cache.png", suptitle="Prediction cache: Zipf-popular inputs; "
-                 "feedback joined with cached predictions", legend_axes=axes[:1])]
+                 "feedback joined with cached predictions", legend_axes=axes)]
 
 
 def _ratio(a: float, b: float) -> str:

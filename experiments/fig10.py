@@ -171,9 +171,8 @@ def plot(results: Results, out_dir: Path) -> list[Path]:
         style_axis(ax, title=f"{mode}: error by feedback per user",
                    xlabel="feedback items from this user so far (bin middle)",
                    ylabel="% wrong")
-        ax.legend(fontsize=7)
     return [save(fig, out_dir / "fig10.png", suptitle="Personalized selection: one state per "
-                 "user vs one global state")]
+                 "user vs one global state", legend_axes=axes)]
 
 
 def claims(results: Results, cfg: Config) -> list[Claim]:

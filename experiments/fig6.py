@@ -186,10 +186,8 @@ def plot(results: Results, out_dir: Path) -> list[Path]:
                xlabel="confidence threshold (share of members agreeing)", ylabel="% wrong")
     style_axis(axes[2], title="threshold: share answered confidently, its error",
                xlabel="confidence threshold", ylabel="%")
-    for ax in axes[1:]:
-        ax.legend(fontsize=7)
     return [save(fig, out_dir / "fig6.png", suptitle="Ensembles and confidence (digits, "
-                 "5 models)", legend_axes=axes[:1])]
+                 "5 models)", legend_axes=axes)]
 
 
 def claims(results: Results, cfg: Config) -> list[Claim]:

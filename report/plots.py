@@ -121,12 +121,16 @@ def _plain_log_labels(ax: Any) -> None:
         )
 
 
-def _figure_legend(fig: Any, legend_axes: Sequence[Any], title: str) -> Any:
+def _figure_legend(
+    fig: Any, legend_axes: Sequence[Any], title: str, extra: Sequence[tuple[Any, str]]
+) -> Any:
     entries: dict[str, Any] = {}
     for ax in legend_axes:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             if label and not label.startswith("_"):
                 entries.setdefault(label, handle)
+    for handle, label in extra:
+        entries.setdefault(label, handle)
     if not entries:
         return None
     longest = max(len(label) for label in entries)
@@ -140,15 +144,17 @@ def _figure_legend(fig: Any, legend_axes: Sequence[Any], title: str) -> Any:
 
 def save(
     fig: Any, path: Path, *, suptitle: str = "", legend_axes: Sequence[Any] = (),
-    legend_title: str = "",
+    legend_title: str = "", legend_extra: Sequence[tuple[Any, str]] = (),
 ) -> Path:
-    """Save ``fig`` as PNG at ``path`` and close it (see the module's rules)."""
+    """Save ``fig`` as PNG at ``path`` and close it (see the module's rules).
+    ``legend_extra``: (handle, label) pairs for things no axis draws with a label (what a
+    bar's colour means: ``matplotlib.patches.Patch(color=...)``)."""
     for ax in fig.axes:
         _plain_log_labels(ax)
     if suptitle:
         fig.suptitle(suptitle, fontsize=11)
     fig.tight_layout()
-    _figure_legend(fig, legend_axes, legend_title)
+    _figure_legend(fig, legend_axes, legend_title, legend_extra)
     stamp = _STAMP.get()
     metadata: dict[str, str] = {}
     if stamp:
