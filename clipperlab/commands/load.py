@@ -35,17 +35,23 @@ __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workload", required=True, help="workload spec (TOML/JSON)")
-    parser.add_argument("--target", required=True, help="query frontend, http://HOST:PORT")
-    parser.add_argument("--api", default="clipper", choices=APIS, help="query API")
+    parser.add_argument("--workload", required=True, help="workload spec, TOML or JSON (required)")
+    parser.add_argument("--target", required=True,
+                        help="query frontend, http://HOST:PORT (required)")
+    parser.add_argument("--api", default="clipper", choices=APIS,
+                        help="query API (default clipper)")
     parser.add_argument("--app", default="", help="application (default: the workload's)")
-    parser.add_argument("--connections", type=int, default=8, help="keep-alive connections")
-    parser.add_argument("--seed", type=int, default=0, help="workload seed")
-    parser.add_argument("--drain-s", type=float, default=5.0, help="wait for answers after")
+    parser.add_argument("--connections", type=int, default=8,
+                        help="keep-alive connections (default 8)")
+    parser.add_argument("--seed", type=int, default=0, help="workload seed, >= 0 (default 0)")
+    parser.add_argument("--drain-s", type=float, default=5.0,
+                        help="seconds to wait for answers after the last send (default 5)")
     parser.add_argument(
-        "--simulate", default="", help="also run the workload in this simulator config"
+        "--simulate", default="",
+        help="also run the workload in this simulator config, TOML or JSON (default: not)"
     )
-    parser.add_argument("--out", default="", help="directory for load.csv, latency.png")
+    parser.add_argument("--out", default="",
+                        help="folder for load.csv and latency.png (default: print only)")
 
 
 

@@ -22,14 +22,22 @@ __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, type=Path, help="deployment config (.toml/.json)")
-    p.add_argument("--seed", type=int, default=None, help="override the config's seed")
-    p.add_argument("--queries", type=int, default=None, help="override workload.n_queries")
+    p.add_argument("--config", required=True, type=Path,
+                   help="deployment config, TOML or JSON (required)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed, >= 0 (default: the config's)")
+    p.add_argument("--queries", type=int, default=None,
+                   help="queries to send (default: the config's workload.n_queries)")
     p.add_argument("--qps", type=float, default=None,
-                   help="override the arrival rate (constant, poisson, gamma)")
-    p.add_argument("--until-s", type=float, default=None, help="stop at this simulated time")
-    p.add_argument("--out", type=Path, default=None, help="write raw records and summary here")
-    p.add_argument("--log", action="store_true", help="keep the decision log (--out writes it)")
+                   help="arrival rate in queries/s for constant, poisson and gamma "
+                   "arrivals (default: the config's)")
+    p.add_argument("--until-s", type=float, default=None,
+                   help="stop at this simulated time, seconds (default: when every query is "
+                   "answered)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for the raw records and the summary (default: print only)")
+    p.add_argument("--log", action="store_true",
+                   help="keep the engine's decision log; --out writes it (default: off)")
 
 
 def run(args: argparse.Namespace) -> int:
