@@ -223,11 +223,9 @@ def _typed_array(data: list[Any] | None, dt: str, npdt: np.dtype[Any], where: st
         bad = next((v for v in data if type(v) is not int and type(v) is not float), None)
         if bad is not None:
             raise BadInput(f"input {where!r}: {dt} data must be numbers, got {bad!r}")
-        fi = np.finfo(npdt)
-        if data and (min(data) < fi.min or max(data) > fi.max):
-            raise BadInput(
-                f"input {where!r}: {dt} data must be numbers in [{fi.min}, {fi.max}]"
-            )
+        lo, hi = float(np.finfo(npdt).min), float(np.finfo(npdt).max)
+        if data and (min(data) < lo or max(data) > hi):
+            raise BadInput(f"input {where!r}: {dt} data must be numbers in [{lo:g}, {hi:g}]")
     return np.asarray(data, dtype=npdt)
 
 
