@@ -286,9 +286,10 @@ def _values(kind: int, body: bytes) -> bytes:
 
 
 def _array(a: np.ndarray[Any, Any]) -> bytes:
-    dt = a.dtype.str.encode()
-    return (bytes((p.K_ARRAY, len(dt))) + dt + bytes((a.ndim,))
-            + struct.pack(f"<{a.ndim}Q", *a.shape) + a.tobytes())
+    dt: bytes = a.dtype.str.encode()
+    head: bytes = bytes((p.K_ARRAY, len(dt))) + dt + bytes((a.ndim,))
+    data: bytes = a.tobytes()
+    return head + struct.pack(f"<{a.ndim}Q", *a.shape) + data
 
 
 def _json_values(values: list[Any]) -> bytes:
