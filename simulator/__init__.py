@@ -46,7 +46,11 @@ Deployments (``clipperlab.simulator.deployment``): ``Deployment(apps=[AppDeploym
 models)], models=[ModelDeployment(spec=ModelSpec, profile, replicas, hosts, kind, cpus,
 gpus, outputs)], hosts=[Host(name, cpus, gpus, link=Link(bandwidth_bps, latency_s))],
 frontend_link=Link|None, faults=[...], frontend_cpu=FrontendCPU(query_s, reply_s,
-batch_send_s, batch_done_s, item_s)|None)`` (the frontend's event loop as a CPU);
+batch_send_s, batch_done_s, item_s)|None, host_cpu=HostCPU(cpus, frontend_host,
+loadgen_host, loadgen_cpu_per_query_s)|None)`` (the frontend's event loop as a CPU; the
+hosts' cores shared by the loop, the containers and the generator, processor sharing,
+off by default; a model's CPU per batch: ``ModelDeployment(cpu_per_batch_s,
+cpu_per_item_s)``; after a run ``Simulation.cpu_busy_s`` gives each process's CPU time);
 ``Deployment.single(...)`` for one model;
 ``load_config(path) -> SimConfig(deployment, workload, seed)`` reads TOML/JSON (see
 ``examples/simulate.toml``).
@@ -65,6 +69,7 @@ from .deployment import (
     Deployment,
     FrontendCPU,
     Host,
+    HostCPU,
     Link,
     ModelDeployment,
     SimConfig,
@@ -88,6 +93,7 @@ __all__ = [
     "Fault",
     "FrontendCPU",
     "Host",
+    "HostCPU",
     "LatencyProfile",
     "Link",
     "ModelDeployment",

@@ -35,6 +35,7 @@ from .records import BatchRecord, MemberRecord
 if TYPE_CHECKING:
     from clipperlab.engine import FeedbackApplied
 
+    from ._cpu import HostCpuState
     from ._replicas import _Rep
 
 __all__ = ["_Frontend", "_LinkState", "_wake_cost"]
@@ -95,6 +96,7 @@ class _Frontend(Driver):
     _fb_applied: list[tuple[float, FeedbackApplied]]
     _members: list[MemberRecord]
     crashes: list[tuple[float, str, str]]
+    _cpus: dict[str, HostCpuState] | None  # per host, with a host CPU model (_hostcpu.py)
 
     # ------------------------------------------------------------------ the timer
     def arm_timer(self, at: float) -> None:
@@ -212,12 +214,20 @@ class _Frontend(Driver):
                 return
             yield env.timeout(t - env.now)
             if fc.pause_rate_busy_hz > 0:
-                busy = self.loop_busy_s
+                busy = self._loop_busy()
                 u = min(max((busy - busy_prev) / (t - t_prev), 0.0), 1.0) if t > t_prev else 0.0
                 t_prev, busy_prev = t, busy
                 if rng.random() * top > fc.pause_rate_hz + fc.pause_rate_busy_hz * u:
                     continue
             d = float(durations[rng.integers(durations.size)])
-            lf = self._loop_free
-            self._loop_free = (t if t > lf else lf) + d
+            self._pause_loop(t, d)
             self.pauses.append((t, d))
+
+    def _pause_loop(self, start: float, duration_s: float) -> None:
+        """The loop loses the CPU from ``start`` for ``duration_s``."""
+        lf = self._loop_free
+        self._loop_free = (start if start > lf else lf) + duration_s
+
+    def _loop_busy(self) -> float:
+        """CPU seconds the loop has spent so far."""
+        return self.loop_busy_s

@@ -34,7 +34,8 @@ class _Rep:
     """One replica's driver-side state."""
 
     __slots__ = ("rid", "model_idx", "host", "link", "sampler", "stragglers", "rng", "gen",
-                 "wake", "inflight", "up", "idle_since", "wake_s", "cold_after_s")
+                 "wake", "inflight", "up", "idle_since", "wake_s", "cold_after_s",
+                 "service_s", "cpu")
 
     def __init__(self, rid: ReplicaId, model_idx: int, host: str, link: _LinkState,
                  sampler: ProfileSampler, rng: np.random.Generator, wake_s: float = 0.0,
@@ -53,6 +54,8 @@ class _Rep:
         self.idle_since = 0.0  # when its last batch finished (wake-up cost)
         self.wake_s = wake_s
         self.cold_after_s = cold_after_s
+        self.service_s = 0.0  # its last batch's time in the container (the host CPU model)
+        self.cpu: Any = None  # its process on its host's CPU (the host CPU model)
 
 
 class _Replicas(_Frontend):
@@ -107,6 +110,8 @@ class _Replicas(_Frontend):
                     rep.inflight.status = "lost"
                     rep.inflight.done_at = math.nan
                     rep.inflight = None
+                if self._cpus is not None:  # the host CPU model: its CPU job is dropped
+                    self._cpus[rep.host].cancel(rep.cpu, now)
                 self.on_replica_down(rid, self._loop_at(now))
             self._ensure_timer()
 
@@ -158,6 +163,7 @@ class _Replicas(_Frontend):
                     ):
                         service += rep.rng.exponential(f.extra_delay_s)
         done_at = arrive + service + lat + n * _OUTPUT_BYTES * 8.0 / bw
+        rep.service_s = service
         row = BatchRecord(rep.model_idx, sb.replica.ordinal, sb.batch_id, n, padded, sb.reason,
                           now, arrive, done_at, "sent")
         self._b_rows.append(row)

@@ -20,6 +20,15 @@ Rules:
   event when the loop has finished with it, so a busy frontend delays queries, batches and
   replies, and saturates at ``1 / (query_s + reply_s + (batch_send_s + batch_done_s) /
   batch size)`` queries per second.  Without it the frontend costs nothing.
+- ``host_cpu`` (optional, ``HostCPU``; off by default) shares each host's cores among its
+  processes by processor sharing (``_cpu.py``): the frontend's event loop (on
+  ``frontend_host``; its events cost what ``frontend_cpu`` says), every replica's
+  container (a batch needs ``cpu_per_batch_s + cpu_per_item_s x padded size`` CPU
+  seconds, by default its whole profile draw for a cpu container and none for a gpu one;
+  the rest of the draw is wall time off the CPU) and the load generator
+  (``loadgen_cpu_per_query_s`` per query; a query reaches the frontend when the
+  generator has sent it, and its latency counts from when it was due).  Under load they
+  queue for the cores.  Without it nothing shares a CPU and every path is as before.
 - Config files are TOML or JSON; every error names the file, the field and the rule.
   Applications and models are read by ``engine.schema``, the schema ``clipperlab serve``'s
   ``deploy.toml`` shares (``[[applications]]`` or ``[[apps]]``, ``slo_ms`` / ``slo_s`` /
@@ -56,6 +65,7 @@ __all__ = [
     "Deployment",
     "FrontendCPU",
     "Host",
+    "HostCPU",
     "Link",
     "ModelDeployment",
     "SimConfig",
@@ -135,6 +145,43 @@ class FrontendCPU:
 
 
 @dataclass(frozen=True, slots=True)
+class HostCPU:
+    """The host CPU model (off unless a deployment has one; see the module's rules).
+
+    ``cpus``: cores every host's processes share (``None``: each ``Host``'s own ``cpus``,
+    which is also what placement counts; give it to run more processes than cores, e.g.
+    a frontend, a generator and two replicas on a 2-core machine).  ``frontend_host``:
+    the host the frontend's event loop runs on (``None``: the first host).
+    ``loadgen_host``: where the load generator runs (``None``: the frontend's host).
+    ``loadgen_cpu_per_query_s``: CPU seconds the generator spends per query (sending it
+    and reading its reply); 0 leaves the generator out.  Per model, ``ModelDeployment``'s
+    ``cpu_per_batch_s`` and ``cpu_per_item_s`` give a container's CPU per batch."""
+
+    cpus: int | None = None
+    frontend_host: str | None = None
+    loadgen_host: str | None = None
+    loadgen_cpu_per_query_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        c = self.cpus
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
+            raise SimConfigError(f"host_cpu.cpus: expected an integer >= 1 (cores), got {c!r}")
+        for k in ("frontend_host", "loadgen_host"):
+            v = getattr(self, k)
+            if v is not None and (not isinstance(v, str) or not v):
+                raise SimConfigError(f"host_cpu.{k}: expected a host name, got {v!r}")
+        q = self.loadgen_cpu_per_query_s
+        if isinstance(q, bool) or not isinstance(q, int | float) or not (
+                math.isfinite(q) and q >= 0):
+            raise SimConfigError(f"host_cpu.loadgen_cpu_per_query_s: expected seconds >= 0, "
+                                 f"got {q!r}")
+
+    def cores(self, host: Host) -> int:
+        """The cores ``host``'s processes share (at least one)."""
+        return max(self.cpus if self.cpus is not None else host.cpus, 1)
+
+
+@dataclass(frozen=True, slots=True)
 class Host:
     """A machine with ``cpus`` cores and ``gpus`` devices, linked to the frontend."""
 
@@ -167,9 +214,18 @@ class ModelDeployment:
     # longer than its profile (a profile is timed back to back, on a warm container)
     wake_s: float = 0.0
     cold_after_s: float = 1e-3
+    # CPU seconds per batch under the host CPU model (HostCPU): cpu_per_batch_s +
+    # cpu_per_item_s x padded size; both None: the whole draw (cpu kind) or none (gpu kind)
+    cpu_per_batch_s: float | None = None
+    cpu_per_item_s: float | None = None
 
     def __post_init__(self) -> None:
         n = self.spec.name
+        for k in ("cpu_per_batch_s", "cpu_per_item_s"):
+            v = getattr(self, k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)
+                                  or not (math.isfinite(v) and v >= 0)):
+                raise SimConfigError(f"model {n!r}: {k}: expected seconds >= 0, got {v!r}")
         if not (self.wake_s >= 0 and self.cold_after_s > 0):
             raise SimConfigError(f"model {n!r}: wake_s must be >= 0 and cold_after_s > 0")
         if not isinstance(self.replicas, int) or self.replicas < 0:
@@ -194,6 +250,13 @@ class ModelDeployment:
     def container_kind(self) -> str:
         return self.kind if self.kind is not None else self.profile.kind
 
+    def cpu_demand_s(self, padded_size: int, draw_s: float) -> float:
+        """CPU seconds a batch of ``padded_size`` whose profile draw is ``draw_s`` needs
+        under the host CPU model (the rest of the draw is off the CPU)."""
+        if self.cpu_per_batch_s is None and self.cpu_per_item_s is None:
+            return draw_s if self.container_kind == "cpu" else 0.0
+        return (self.cpu_per_batch_s or 0.0) + (self.cpu_per_item_s or 0.0) * padded_size
+
     def replica_ids(self) -> list[ReplicaId]:
         return [ReplicaId(self.spec.name, self.spec.version, i) for i in range(self.replicas)]
 
@@ -217,6 +280,7 @@ class Deployment:
     faults: tuple[Fault, ...] = ()
     cache_capacity_bytes: int = 32 << 20
     frontend_cpu: FrontendCPU | None = None
+    host_cpu: HostCPU | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "apps", tuple(self.apps))
@@ -242,6 +306,12 @@ class Deployment:
                         f"deployed: {names}"
                     )
         self.placement()  # validates capacity
+        hc = self.host_cpu
+        if hc is not None:
+            for k in ("frontend_host", "loadgen_host"):
+                h = getattr(hc, k)
+                if h is not None and h not in hnames:
+                    raise SimConfigError(f"host_cpu.{k}: {h!r} is not a host; hosts: {hnames}")
         for f in self.faults:
             if isinstance(f, Crash | Straggler):
                 model, ordinal = parse_replica(f.replica)
@@ -351,8 +421,8 @@ class SimConfig:
 
 # ---------------------------------------------------------------------- config files
 
-_TOP = {"seed", "cache_capacity_bytes", "frontend", "frontend_cpu", "hosts", *APP_TABLES,
-        "models", "workload", "faults"}
+_TOP = {"seed", "cache_capacity_bytes", "frontend", "frontend_cpu", "host_cpu", "hosts",
+        *APP_TABLES, "models", "workload", "faults"}
 
 
 def load_config(path: str | Path) -> SimConfig:
@@ -489,20 +559,32 @@ def _deployment_from_dict(data: Mapping[str, Any], file: str, base_dir: Path) ->
             fcpu = FrontendCPU(**{k: t[k] for k in keys if k in t})
         except SimConfigError as e:
             raise _err(file, "frontend_cpu", str(e)) from None
+    hcpu = None
+    if data.get("host_cpu") is not None:
+        t = _table(data["host_cpu"], file, "host_cpu")
+        keys = {f.name for f in fields(HostCPU)}
+        extra = sorted(set(t) - keys)
+        if extra:
+            raise _err(file, "host_cpu", f"unknown field(s) {extra}; expected some of "
+                                         f"{sorted(keys)}")
+        try:
+            hcpu = HostCPU(**{k: t[k] for k in keys if k in t})
+        except SimConfigError as e:
+            raise SimConfigError(f"{file}: {e}") from None
     cap = data.get("cache_capacity_bytes", 32 << 20)
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
         raise _err(file, "cache_capacity_bytes", f"expected an integer >= 0, got {cap!r}")
     try:
         return Deployment(apps=tuple(apps), models=tuple(models), hosts=tuple(hosts),
                           frontend_link=front, faults=tuple(faults), cache_capacity_bytes=cap,
-                          frontend_cpu=fcpu)
+                          frontend_cpu=fcpu, host_cpu=hcpu)
     except SimConfigError as e:
         raise SimConfigError(f"{file}: {e}") from None
 
 
 # the simulator's own fields of a [[models]] table (the shared ones: engine.schema)
 _SIM_MODEL_FIELDS = ("profile", "hosts", "kind", "cpus", "gpus", "outputs", "wake_s",
-                     "cold_after_s")
+                     "cold_after_s", "cpu_per_batch_s", "cpu_per_item_s")
 
 
 def _model(m: Mapping[str, Any], file: str, where: str, base_dir: Path) -> ModelDeployment:
@@ -547,11 +629,22 @@ def _model(m: Mapping[str, Any], file: str, where: str, base_dir: Path) -> Model
         v = m.get(k, 0.0 if k == "wake_s" else 1e-3)
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
             raise _err(file, f"{where}.{k}", f"expected seconds, got {v!r}")
+    for k in ("cpu_per_batch_s", "cpu_per_item_s"):
+        v = m.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)
+                              or not (math.isfinite(v) and v >= 0)):
+            raise _err(file, f"{where}.{k}", f"expected CPU seconds >= 0, got {v!r}")
     try:
         return ModelDeployment(spec=spec, profile=profile, replicas=replicas,
                                hosts=tuple(hosts), kind=m.get("kind"), cpus=m.get("cpus", 1),
                                gpus=m.get("gpus", 1), outputs=outputs,
                                wake_s=float(m.get("wake_s", 0.0)),
-                               cold_after_s=float(m.get("cold_after_s", 1e-3)))
+                               cold_after_s=float(m.get("cold_after_s", 1e-3)),
+                               cpu_per_batch_s=_opt_float(m.get("cpu_per_batch_s")),
+                               cpu_per_item_s=_opt_float(m.get("cpu_per_item_s")))
     except SimConfigError as e:
         raise _err(file, where, str(e)) from None
+
+
+def _opt_float(v: Any) -> float | None:
+    return None if v is None else float(v)

@@ -17,6 +17,10 @@ feeds the engine events with the simulated time and carries out the instructions
   and each reply and batch send the engine returns costs the loop time: the reply leaves
   (is recorded) when the loop is done with it.  Engine time is the loop's time, so it
   never goes backwards.  The engine's timer is a SimPy timeout (``_frontend.py``).
+- With ``Deployment.host_cpu`` each host's cores are shared by its processes (the
+  frontend's loop, the containers, the load generator) by processor sharing; that mode's
+  hooks and its arrival feeder live in ``_hostcpu.py`` and are installed on the instance
+  only then, so a run without it takes exactly the paths above.
 - Same-time order is deterministic: SimPy runs events of one instant in the order they
   were scheduled (batch completions, timers, faults); arrivals and feedback of that
   instant go after all of them, arrivals before feedback, each in trace order.
@@ -57,7 +61,8 @@ from clipperlab.workloads import Trace, Workload
 
 from . import records
 from ._frontend import _LinkState
-from ._replicas import _Rep, _Replicas
+from ._hostcpu import _HostCpuDriver
+from ._replicas import _Rep
 from ._trace import merge, model_outputs
 from .deployment import Deployment
 from .errors import SimConfigError
@@ -92,7 +97,7 @@ def _paused(fn: Callable[[], T]) -> Callable[[], T]:
     return call
 
 
-class Simulation(_Replicas):
+class Simulation(_HostCpuDriver):
     """Run ``deployment`` under ``workload`` (a ``Workload``, a generated ``Trace``, or a
     list of them, one per application) with ``seed``.
 
@@ -237,6 +242,10 @@ class Simulation(_Replicas):
         self._members = []
         self._timers = []
         self.crashes = []
+        self._cpus = None
+        self.cpu_busy_s = {}
+        if dep.host_cpu is not None:
+            self._hc_setup(dep.host_cpu)
 
     # ------------------------------------------------------------------ run
     def run(self, until_s: float | None = None) -> SimResult:
@@ -267,15 +276,18 @@ class Simulation(_Replicas):
             self._start_replica(rep, 0.0)
         if self.deployment.faults:
             env.process(self._fault_proc())
-        fc = self._fc
+        hc = self._cpus is not None
+        fc = self._fcost if hc else self._fc
         if fc is not None and fc.pause_rate_hz + fc.pause_rate_busy_hz > 0 and self.n:
             env.process(self._pause_proc(fc))
         self._ensure_timer()
-        env.process(self._frontend())
+        env.process(self._hc_frontend() if hc else self._frontend())
         if until_s is None:
             env.run()
         else:
             env.run(until=until_s)
+        if hc:
+            self._hc_finish()
 
     # ------------------------------------------------------------------ processes
     def _frontend(self) -> Any:

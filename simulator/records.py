@@ -68,10 +68,11 @@ def queries_frame(self: Simulation) -> pd.DataFrame:
         preds = list(map(itemgetter(1), reps))
         qid = np.fromiter(map(itemgetter(0), reps), dtype=np.int64, count=m)
         reply_at[qid] = np.asarray(self._r_at, dtype=np.float64)
-        if self._fc is None:
+        if self._fc is None and self._cpus is None:
             latency[qid] = np.fromiter(map(itemgetter(2), reps), dtype=np.float64, count=m)
         else:
-            # the engine saw the query after the frontend's loop did: latency from arrival
+            # the engine saw the query after the frontend's loop (and with a host CPU model,
+            # the generator) did: latency from arrival
             latency[qid] = reply_at[qid] - self.arrival_at[qid]
         refused[qid] = np.fromiter(map(itemgetter(3), reps), dtype=bool, count=m)
         default[qid] = np.fromiter(map(itemgetter(2), preds), dtype=bool, count=m)

@@ -1,0 +1,325 @@
+"""The simulation with a host CPU model (``Deployment.host_cpu``): every process on a host
+shares its cores (``_cpu.py``), and the frontend's event loop is one of those processes.
+
+Rules:
+- The frontend's loop is a FIFO process on ``frontend_host``: each arrival, feedback,
+  batch result and timer is a job (costs from ``frontend_cpu``, none without it) and
+  reaches the engine when the job is done; the replies and batch sends the engine returns
+  are jobs run next, before the events waiting behind (one handler's work, as in the
+  real server's loop), and a reply leaves / a batch starts when its job is done.
+  ``frontend_cpu``'s pauses hold the loop (it is not runnable), its wake-up cost is paid
+  by a job that finds the loop idle, and timers keep its resolution.
+- A replica's batch crosses the link as without the model, then its container (a process
+  on its host) runs a CPU job of ``ModelDeployment.cpu_demand_s`` under processor
+  sharing, then the rest of its profile draw off the CPU, then the way back.  A crash
+  drops the container's CPU job.
+- With ``loadgen_cpu_per_query_s`` the generator is a process (on ``loadgen_host``): each
+  query is a job and reaches the frontend when it is done; its latency still counts from
+  when it was due (no coordinated omission).
+- Replicas coming up or down reach the engine at once (not through the loop).
+
+Theory of operation.  Nothing here runs on the default path: ``_hc_setup`` installs this
+module's hooks on the instance (``carry_out``, ``reply``, ``send_batch``,
+``feedback_applied``, ``_done``, ``_fire``, ``_replica``, ``_schedule_timer``, the pause
+hooks) only when the deployment has a host CPU model, so a deployment without one runs the
+exact code it ran before (no check per query).  Arrivals are fed by one SimPy process in
+time order, as the default path feeds them: all arrivals before the next SimPy event in a
+loop, each a job submitted at its arrival time (a host's state moves forward lazily to
+any time before its next SimPy event).
+"""
+
+from __future__ import annotations
+
+import heapq
+from functools import partial
+from typing import Any
+
+import numpy as np
+import simpy
+
+from clipperlab.engine import (
+    Feedback,
+    FeedbackApplied,
+    Instruction,
+    Query,
+    Reply,
+    SendBatch,
+)
+from clipperlab.engine.driver import Driver
+
+from ._cpu import CpuProc, Done, HostCpuState
+from ._replicas import _Rep, _Replicas
+from .deployment import FrontendCPU, HostCPU
+from .records import MemberRecord
+
+__all__ = ["_HostCpuDriver"]
+
+_INF = float("inf")
+
+
+class _HostCpuDriver(_Replicas):
+    """The host CPU model's parts of ``Simulation`` (installed by ``_hc_setup``)."""
+
+    _cpus: dict[str, HostCpuState] | None
+    _fcost: FrontendCPU | None
+    _fhost: HostCpuState
+    _fproc: CpuProc
+    _ghost: HostCpuState | None
+    _gproc: CpuProc | None
+    _gcost_s: float
+    _burst: list[tuple[float, Done]] | None
+    _demand_of: list[Any]  # per model: its ModelDeployment.cpu_demand_s
+
+    # ------------------------------------------------------------------ set-up
+    def _hc_setup(self, hc: HostCPU) -> None:
+        dep = self.deployment
+        env = self.env
+        fc = self._fcost = dep.frontend_cpu
+        self._fc = None  # the default path's eager loop stays off; costs come from _fcost
+        cpus = self._cpus = {h.name: HostCpuState(env, h.name, hc.cores(h)) for h in dep.hosts}
+        fh = hc.frontend_host or dep.hosts[0].name
+        self._fhost = cpus[fh]
+        self._fproc = cpus[fh].proc("frontend", fc.wake_s if fc else 0.0,
+                                    fc.cold_after_s if fc else 1e-3)
+        self._gcost_s = float(hc.loadgen_cpu_per_query_s)
+        if self._gcost_s > 0:
+            gh = cpus[hc.loadgen_host or fh]
+            self._ghost, self._gproc = gh, gh.proc("loadgen")
+        else:
+            self._ghost = self._gproc = None
+        for rep in self._reps.values():
+            rep.cpu = cpus[rep.host].proc(str(rep.rid))
+        self._demand_of = [m.cpu_demand_s for m in dep.models]
+        self._burst = None
+        # the hooks (see the module's theory of operation)
+        self.carry_out = self._hc_carry_out  # type: ignore[method-assign]
+        self.reply = self._hc_reply  # type: ignore[method-assign]
+        self.send_batch = self._hc_send_batch  # type: ignore[method-assign]
+        self.feedback_applied = self._hc_feedback_applied  # type: ignore[method-assign]
+        self._done = self._hc_done  # type: ignore[method-assign]
+        self._fire = self._hc_fire  # type: ignore[method-assign]
+        self._replica = self._hc_replica  # type: ignore[method-assign]
+        self._schedule_timer = self._hc_schedule_timer  # type: ignore[method-assign]
+        self._pause_loop = self._hc_pause_loop  # type: ignore[method-assign]
+        self._loop_busy = self._hc_loop_busy  # type: ignore[method-assign]
+
+    def _hc_finish(self) -> None:
+        """After the run: the loop's CPU time and every process's, by name."""
+        assert self._cpus is not None
+        self.loop_busy_s = self._fproc.busy_s
+        self.cpu_busy_s = {f"{h.name}/{p.name}": p.busy_s for h in self._cpus.values()
+                           for p in h.procs}
+
+    # ------------------------------------------------------------------ the loop's jobs
+    def _loop_job(self, cost_s: float, now: float, done: Done) -> None:
+        self._fhost.submit(self._fproc, cost_s, now, done)
+
+    def _hc_carry_out(self, instructions: list[Instruction], now: float) -> None:
+        burst: list[tuple[float, Done]] = []
+        self._burst = burst
+        try:
+            Driver.carry_out(self, instructions, now)
+        finally:
+            self._burst = None
+        self._fhost.submit_next(self._fproc, burst, now)
+
+    def _hc_reply(self, reply: Reply, now: float) -> None:
+        fc = self._fcost
+        self._add_job(fc.reply_s if fc else 0.0, partial(self._reply_at, reply), now)
+
+    def _reply_at(self, reply: Reply, now: float) -> None:
+        self._r_at.append(now)
+        self._r_reply.append(reply)
+
+    def _hc_feedback_applied(self, applied: FeedbackApplied, now: float) -> None:
+        fc = self._fcost
+        self._add_job(fc.reply_s if fc else 0.0,
+                      partial(self._fb_applied_at, applied), now)
+
+    def _fb_applied_at(self, applied: FeedbackApplied, now: float) -> None:
+        self._fb_applied.append((now, applied))
+
+    def _hc_send_batch(self, sb: SendBatch, now: float) -> None:
+        fc = self._fcost
+        cost = fc.batch_send_s + fc.item_s * len(sb.inputs) if fc else 0.0
+        # the batch's timeline starts when the loop has sent it: the default path's
+        # send_batch (the eager loop is off) at that time
+        self._add_job(cost, partial(_Replicas.send_batch, self, sb), now)
+
+    def _add_job(self, cost_s: float, done: Done, now: float) -> None:
+        burst = self._burst
+        if burst is not None:
+            burst.append((cost_s, done))
+        else:
+            self._loop_job(cost_s, now, done)
+
+    def _hc_done(self, rep: _Rep, sb: SendBatch, now: float) -> None:
+        """A batch is back at the frontend: the loop handles its result."""
+        rep.idle_since = now
+        row = rep.inflight
+        if row is not None:
+            row.done_at = now
+            row.status = "done"
+        rep.inflight = None
+        if self.record_members:
+            self._members.append(MemberRecord(sb.inputs, rep.model_idx, now))
+        fc = self._fcost
+        cost = fc.batch_done_s + fc.item_s * len(sb.inputs) if fc else 0.0
+        self._loop_job(cost, now, partial(self._batch_result, rep, sb))
+
+    def _batch_result(self, rep: _Rep, sb: SendBatch, now: float) -> None:
+        self.handle(self.engine.on_batch_done(self._batch_done(rep, sb), now), now)
+
+    # ------------------------------------------------------------------ the timer
+    def _hc_schedule_timer(self, at: float) -> None:
+        heapq.heappush(self._timers, at)
+        env = self.env
+        fire = at
+        fc = self._fcost
+        if fc is not None and fc.timer_resolution_s > 0:
+            res = fc.timer_resolution_s
+            now = env.now
+            late = now + round((at - now) / res) * res
+            if late > fire:
+                fire = late
+        ev = env.timeout(fire - env.now if fire > env.now else 0.0, value=at)
+        ev.callbacks.append(self._fire)
+
+    def _hc_fire(self, ev: simpy.Event) -> None:
+        at: float = ev.value  # type: ignore[assignment]
+        timers = self._timers
+        while timers and timers[0] <= at:
+            heapq.heappop(timers)
+        now = self.env.now
+        self._loop_job(0.0, now if now > at else at, self._timer_at_loop)
+
+    def _timer_at_loop(self, now: float) -> None:
+        self._timer_due(now)
+
+    # ------------------------------------------------------------------ pauses
+    def _hc_pause_loop(self, start: float, duration_s: float) -> None:
+        self._fhost.hold(self._fproc, start + duration_s, start)
+
+    def _hc_loop_busy(self) -> float:
+        return self._fproc.busy_s
+
+    # ------------------------------------------------------------------ replicas
+    def _hc_replica(self, rep: _Rep, gen: int) -> Any:
+        """One replica incarnation: per batch, wait for the inputs, run the container's
+        CPU job on its host, then the rest of the draw and the way back."""
+        env = self.env
+        host = self._cpus[rep.host]  # type: ignore[index]
+        demand_of = self._demand_of[rep.model_idx]
+        while True:
+            sb, done_at = yield rep.wake
+            if rep.gen != gen:
+                return
+            rep.wake = env.event()
+            row = rep.inflight
+            assert row is not None
+            arrive = row.start_at
+            service = rep.service_s
+            back_s = max(done_at - arrive - service, 0.0)  # the link back
+            demand = demand_of(row.padded_size, service)
+            if arrive > env.now:
+                yield env.timeout(arrive - env.now)
+                if rep.gen != gen:
+                    return
+            ran = env.event()
+            host.submit(rep.cpu, demand, env.now, ran.succeed)
+            yield ran
+            if rep.gen != gen:
+                return
+            off_cpu = service - demand if service > demand else 0.0
+            yield env.timeout(off_cpu + back_s)
+            if rep.gen != gen:
+                return
+            self._done(rep, sb, env.now)
+
+    # ------------------------------------------------------------------ arrivals
+    def _hc_frontend(self) -> Any:
+        """Feed arrivals and feedback in time order, each a job at its time (see the
+        module's theory of operation)."""
+        env = self.env
+        peek = env.peek
+        arrivals = self.arrival_at.tolist()
+        n = len(arrivals)
+        fb_at = self.fb_at.tolist()
+        m = len(fb_at)
+        make_query = self._query_maker()
+        fc = self._fcost
+        q_cost = fc.query_s if fc else 0.0
+        gproc, ghost, gcost = self._gproc, self._ghost, self._gcost_s
+        i = j = 0
+        nxt_a = arrivals[0] if n else _INF
+        nxt_f = fb_at[0] if m else _INF
+        while i < n or j < m:
+            t = nxt_a if nxt_a <= nxt_f else nxt_f
+            if t >= peek():
+                yield env.timeout(t - env.now)
+                while peek() <= t:
+                    yield env.timeout(0)
+                continue
+            if nxt_a <= nxt_f:
+                job = partial(self._query_at, make_query(i))
+                if gproc is not None:
+                    assert ghost is not None
+                    ghost.submit(gproc, gcost, t, partial(self._loop_job, q_cost, done=job))
+                else:
+                    self._loop_job(q_cost, t, job)
+                i += 1
+                nxt_a = arrivals[i] if i < n else _INF
+            else:
+                self._loop_job(q_cost, t, partial(self._feedback_at, self._feedback(j)))
+                j += 1
+                nxt_f = fb_at[j] if j < m else _INF
+
+    def _query_at(self, q: Query, now: float) -> None:
+        self.handle(self.engine.on_query(q, now), now)
+
+    def _feedback_at(self, fb: Feedback, now: float) -> None:
+        self.handle(self.engine.on_feedback(fb, now), now)
+
+    def _query_maker(self) -> Any:
+        """``i -> Query`` for this run's trace (application, cache key, user context)."""
+        src = self._src
+        apps = self.app_names
+        app_of = [apps[j] for j in src.tolist()]
+        cache_rows = [t.cacheable for t in self.traces]
+        cacheable = np.asarray(cache_rows)[src].tolist() if any(cache_rows) else None
+        in_idx = self.input_index.tolist()
+        ctx = None if self.context is None else [None if c < 0 else c
+                                                 for c in self.context.tolist()]
+
+        def make(i: int) -> Query:
+            key = ("input", in_idx[i]) if cacheable is not None and cacheable[i] else None
+            return Query(i, app_of[i], i, key, ctx[i] if ctx is not None else None)
+
+        self._cacheable_rows = cacheable
+        self._ctx_rows = ctx
+        self._app_rows = app_of
+        return make
+
+    def _feedback(self, j: int) -> Feedback:
+        q = int(self.fb_query[j])
+        cacheable = self._cacheable_rows
+        key = ("input", int(self.input_index[q])) if (
+            cacheable is not None and cacheable[q]) else None
+        ctx = self._ctx_rows
+        return Feedback(feedback_id=j, app=self._app_rows[q], label=int(self.labels[q]),
+                        input=q, input_key=key, context=ctx[q] if ctx is not None else None,
+                        query_id=q)
+
+    # attributes the driver sets up (declared for the type checker)
+    _src: np.ndarray
+    app_names: list[str]
+    traces: list[Any]
+    input_index: np.ndarray
+    context: np.ndarray | None
+    fb_at: np.ndarray
+    fb_query: np.ndarray
+    labels: np.ndarray
+    cpu_busy_s: dict[str, float]
+    _cacheable_rows: list[bool] | None
+    _ctx_rows: list[Any] | None
+    _app_rows: list[str]

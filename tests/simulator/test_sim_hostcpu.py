@@ -1,0 +1,338 @@
+"""The host CPU model (issue 13, item 1): processor sharing against its closed forms, the
+simulation with it (M/G/1, contention, crashes), its config, and the default path
+unchanged without it."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import simpy
+
+from clipperlab.engine import Application, BatchingConfig, ModelSpec
+from clipperlab.simulator import (
+    AppDeployment,
+    Crash,
+    Deployment,
+    FrontendCPU,
+    Host,
+    HostCPU,
+    LatencyProfile,
+    Link,
+    ModelDeployment,
+    SimConfigError,
+    Simulation,
+    config_from_dict,
+    load_config,
+)
+from clipperlab.simulator._cpu import HostCpuState
+from clipperlab.workloads import Poisson, Workload
+
+FAST = Link(bandwidth_bps=1e18, latency_s=0.0)
+
+
+def run_jobs(cores: int, jobs: list[tuple[float, str, float]],
+             holds: tuple[tuple[str, float, float], ...] = ()) -> dict[str, list[float]]:
+    """Submit ``(at, process, demand)`` jobs to one host; the finish times per process."""
+    env = simpy.Environment()
+    host = HostCpuState(env, "h", cores)
+    procs = {name: host.proc(name) for _, name, _ in jobs}
+    out: dict[str, list[float]] = {name: [] for name in procs}
+
+    def feed() -> object:
+        for at, name, d in sorted(jobs):
+            yield env.timeout(at - env.now)
+            host.submit(procs[name], d, env.now, out[name].append)
+
+    def hold() -> object:
+        for name, start, end in holds:
+            yield env.timeout(start - env.now)
+            host.hold(procs[name], end, env.now)
+
+    env.process(feed())
+    env.process(hold())
+    env.run()
+    return out
+
+
+@pytest.mark.parametrize(
+    ("cores", "jobs", "expect"),
+    [
+        # two jobs of 1 s and 2 s on one core: half a core each until 2 s, then alone
+        (1, [(0, "a", 1.0), (0, "b", 2.0)], {"a": [2.0], "b": [3.0]}),
+        # on two cores each has its own
+        (2, [(0, "a", 1.0), (0, "b", 2.0)], {"a": [1.0], "b": [2.0]}),
+        # three processes on two cores: two thirds of a core each
+        (2, [(0, "a", 1.0), (0, "b", 1.0), (0, "c", 1.0)], {"a": [1.5], "b": [1.5], "c": [1.5]}),
+        # b joins at 1 s: a has 1 s left, both run at half speed, both end at 3 s
+        (1, [(0, "a", 2.0), (1, "b", 1.0)], {"a": [3.0], "b": [3.0]}),
+        # one process runs its jobs one after another (FIFO)
+        (4, [(0, "a", 1.0), (0.5, "a", 1.0)], {"a": [1.0, 2.0]}),
+        # a job of no demand on an idle process is done at once
+        (1, [(0, "a", 1.0), (0.25, "b", 0.0)], {"a": [1.0], "b": [0.25]}),
+    ],
+)
+def test_processor_sharing_finish_times(cores: int, jobs: list[tuple[float, str, float]],
+                                        expect: dict[str, list[float]]) -> None:
+    """Jobs finish when processor sharing says they do."""
+    got = run_jobs(cores, jobs)
+    assert got.keys() == expect.keys()
+    for k, v in expect.items():
+        assert got[k] == pytest.approx(v, abs=1e-12)
+
+
+def test_a_held_process_resumes_where_it_was() -> None:
+    """A hold stops a job (and frees the core for the other process) and resumes it."""
+    got = run_jobs(1, [(0, "a", 1.0), (0, "b", 1.0)], holds=(("a", 0.5, 1.5),))
+    # 0-0.5: both at half speed (a 0.25, b 0.25); 0.5-1.25: b alone finishes; a resumes
+    # at 1.5 with 0.75 left
+    assert got["b"] == pytest.approx([1.25])
+    assert got["a"] == pytest.approx([2.25])
+
+
+def test_mg1_ps_mean_sojourn() -> None:
+    """Poisson arrivals, each job its own process on one core (processor sharing between
+    jobs): the mean sojourn is ``E[S] / (1 - rho)`` whatever the service distribution
+    (M/G/1-PS is insensitive), here with lognormal demands at 60% load."""
+    rng = np.random.default_rng(0)
+    n, rho, es = 60_000, 0.6, 1e-3
+    demand = rng.lognormal(np.log(es) - 0.5, 1.0, n)
+    arrive = np.cumsum(rng.exponential(es / rho, n))
+    env = simpy.Environment()
+    host = HostCpuState(env, "h", 1)
+    sojourn = np.full(n, np.nan)
+
+    def feed() -> object:
+        for k in range(n):
+            yield env.timeout(arrive[k] - env.now)
+            host.submit(host.proc(str(k)), float(demand[k]), env.now,
+                        lambda t, k=k: sojourn.__setitem__(k, t - arrive[k]))
+
+    env.process(feed())
+    env.run()
+    assert not np.isnan(sojourn).any()
+    assert sojourn.mean() == pytest.approx(es / (1 - rho), rel=0.05)
+
+
+def one_replica(cores: int | None, profile: LatencyProfile, **hc: object) -> Deployment:
+    dep = Deployment.single(profile, batching=BatchingConfig(policy="none"), slo_s=100.0,
+                            link=FAST)
+    return dataclasses.replace(dep, host_cpu=HostCPU(cpus=cores, **hc))  # type: ignore[arg-type]
+
+
+def test_mg1_through_the_simulation() -> None:
+    """One CPU-bound replica alone on its core, batches of one, Poisson arrivals: the
+    queue in front of it is M/G/1 (Pollaczek-Khinchine mean), the CPU model adding
+    nothing when nothing competes."""
+    prof = LatencyProfile(name="u", batch_sizes=(1,), levels=(0.0, 1.0),
+                          latency_s=((1e-3, 3e-3),))
+    es, es2 = 2e-3, (1e-6 + 3e-6 + 9e-6) / 3  # uniform on [1, 3] ms
+    lam = 0.5 / es
+    res = Simulation(one_replica(1, prof), Workload(Poisson(lam), n_queries=80_000),
+                     seed=2).run()
+    mean = float(res.queries["latency_s"].mean())
+    assert mean == pytest.approx(es + lam * es2 / (2 * (1 - lam * es)), rel=0.03)
+
+
+def two_models(cores: int | None, with_b: bool = True) -> tuple[Deployment, list[Workload]]:
+    """Models ``a`` and ``b`` (each one replica, 2 ms a batch, batches of one) on one
+    host, each with its own application and a Poisson load of 40%."""
+    prof = LatencyProfile(name="c", batch_sizes=(1,), levels=(0.0, 1.0),
+                          latency_s=((2e-3, 2e-3),))
+    names = ("a", "b") if with_b else ("a",)
+    models = tuple(ModelDeployment(spec=ModelSpec(name=m, batching=BatchingConfig(policy="none")),
+                                   profile=prof, hosts=("h",)) for m in names)
+    apps = tuple(AppDeployment(Application(name=m, slo_s=10.0, default_output=-1), (m,))
+                 for m in names)
+    dep = Deployment(apps=apps, models=models, hosts=(Host("h", cpus=2, link=FAST),),
+                     host_cpu=HostCPU(cpus=cores) if cores else None)
+    wls = [Workload(Poisson(200.0), n_queries=8000, app=m) for m in names]
+    return dep, wls
+
+
+def p99_of_a(dep: Deployment, wls: list[Workload]) -> float:
+    q = Simulation(dep, wls, seed=4).run().queries
+    return float(np.quantile(q.loc[q["app"] == "a", "latency_s"], 0.99))
+
+
+def test_contention_raises_the_tail_on_one_core_not_on_two() -> None:
+    """A second busy container on the same single core stretches the first one's batches
+    (p99 up by more than half); with two cores it does not (p99 as when alone)."""
+    alone = p99_of_a(*two_models(1, with_b=False))
+    shared = p99_of_a(*two_models(1))
+    two = p99_of_a(*two_models(2))
+    assert shared > 1.5 * alone
+    assert two == pytest.approx(alone, rel=1e-9)
+    no_model = p99_of_a(*two_models(None))
+    assert no_model == pytest.approx(alone, rel=1e-9)
+
+
+def test_loadgen_and_frontend_share_the_core() -> None:
+    """The generator's CPU per query and the frontend's loop take the core from the
+    container: the tail grows with the generator's cost, and every process's CPU time
+    is counted."""
+    prof = LatencyProfile(name="c", batch_sizes=(1,), levels=(0.0, 1.0),
+                          latency_s=((1e-3, 1e-3),))
+    fc = FrontendCPU(query_s=50e-6, reply_s=50e-6, batch_send_s=20e-6, batch_done_s=20e-6)
+    p99 = []
+    for cost in (0.0, 300e-6):
+        dep = dataclasses.replace(one_replica(1, prof, loadgen_cpu_per_query_s=cost),
+                                  frontend_cpu=fc)
+        sim = Simulation(dep, Workload(Poisson(400.0), n_queries=6000), seed=3)
+        q = sim.run().queries
+        p99.append(float(np.quantile(q["latency_s"], 0.99)))
+        busy = sim.cpu_busy_s
+        assert busy["h0/frontend"] == pytest.approx(6000 * (50e-6 * 2 + 40e-6), rel=1e-6)
+        assert busy["h0/m:1#0"] == pytest.approx(6000 * 1e-3, rel=1e-6)
+        assert busy.get("h0/loadgen", 0.0) == pytest.approx(6000 * cost, rel=1e-6)
+        assert sim.loop_busy_s == busy["h0/frontend"]
+    assert p99[1] > p99[0] + 300e-6
+
+
+def test_gpu_container_uses_only_its_cpu_part() -> None:
+    """A gpu container needs only ``cpu_per_batch_s + cpu_per_item_s x size`` of the
+    CPU: a busy neighbour stretches that part, not the whole batch."""
+    prof = LatencyProfile(name="g", batch_sizes=(1,), levels=(0.0, 1.0),
+                          latency_s=((4e-3, 4e-3),), kind="gpu")
+    md = ModelDeployment(spec=ModelSpec(name="g", batching=BatchingConfig(policy="none")),
+                         profile=prof, cpu_per_batch_s=0.5e-3, cpu_per_item_s=0.5e-3)
+    assert md.cpu_demand_s(1, 4e-3) == pytest.approx(1e-3)
+    app = AppDeployment(Application(name="digits", slo_s=10.0, default_output=-1), ("g",))
+    dep = Deployment(apps=(app,), models=(md,), hosts=(Host("h", cpus=1, gpus=1, link=FAST),),
+                     host_cpu=HostCPU(cpus=1, loadgen_cpu_per_query_s=20e-3))
+    # one query every 50 ms: the generator's 20 ms job runs alone, then the frontend's
+    # (free) loop and the batch: no overlap, latency 20 ms (generator) + 4 ms
+    q = Simulation(dep, Workload(Poisson(1.0), n_queries=50), seed=0).run().queries
+    assert q["latency_s"].min() == pytest.approx(24e-3, rel=1e-6)
+
+
+def test_a_crash_drops_the_containers_cpu_job() -> None:
+    """A replica that crashes mid-batch leaves the CPU: the run ends, every query is
+    answered, and the lost batch's CPU time is not counted in full."""
+    dep = dataclasses.replace(
+        Deployment.single("prototype-linear-svm", batching=BatchingConfig(policy="aimd"),
+                          slo_s=0.02, replicas=2,
+                          faults=[Crash("m#0", at_s=0.2, restart_after_s=0.1)]),
+        host_cpu=HostCPU(cpus=1))
+    sim = Simulation(dep, Workload(Poisson(3000.0), n_queries=3000), seed=1)
+    res = sim.run()
+    assert res.queries["reply_at"].notna().all()
+    b = res.batches
+    assert (b["status"] == "lost").sum() == 1
+    assert [c[2] for c in res.crashes] == ["crash", "restart"]
+
+
+# --------------------------------------------------------------------------- config
+
+CONFIG = """
+seed = 1
+[[hosts]]
+name = "front"
+cpus = 1
+[[hosts]]
+name = "box"
+cpus = 2
+[host_cpu]
+cpus = 2
+frontend_host = "front"
+loadgen_host = "box"
+loadgen_cpu_per_query_s = 20e-6
+[frontend_cpu]
+query_s = 10e-6
+[[apps]]
+name = "digits"
+slo_s = 0.02
+default_output = -1
+models = ["svm"]
+[[models]]
+name = "svm"
+profile = "prototype-linear-svm"
+replicas = 2
+hosts = ["box"]
+cpu_per_batch_s = 1e-3
+cpu_per_item_s = 2e-6
+[workload]
+n_queries = 500
+arrivals = { kind = "poisson", qps = 1000 }
+"""
+
+
+def test_config_reads_host_cpu(tmp_path: Path) -> None:
+    """``[host_cpu]`` and a model's ``cpu_per_batch_s`` / ``cpu_per_item_s`` are read
+    and the deployment runs with them."""
+    f = tmp_path / "c.toml"
+    f.write_text(CONFIG)
+    cfg = load_config(f)
+    hc = cfg.deployment.host_cpu
+    assert hc == HostCPU(cpus=2, frontend_host="front", loadgen_host="box",
+                         loadgen_cpu_per_query_s=20e-6)
+    m = cfg.deployment.models[0]
+    assert (m.cpu_per_batch_s, m.cpu_per_item_s) == (1e-3, 2e-6)
+    assert m.cpu_demand_s(10, 0.5) == pytest.approx(1e-3 + 20e-6)
+    assert cfg.workload is not None
+    sim = Simulation(cfg.deployment, cfg.workload, seed=cfg.seed)
+    assert sim.run().queries["reply_at"].notna().all()
+    assert set(sim.cpu_busy_s) == {"front/frontend", "box/loadgen", "box/svm:1#0",
+                                   "box/svm:1#1"}
+    plain = config_from_dict({k: v for k, v in _toml(CONFIG).items() if k != "host_cpu"})
+    assert plain.deployment.host_cpu is None
+
+
+def _toml(text: str) -> dict[str, object]:
+    import tomllib
+
+    return tomllib.loads(text)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("cpus = 2\nfrontend_host", "cpus = 0\nfrontend_host",
+         r"host_cpu\.cpus: expected an integer >= 1 \(cores\), got 0"),
+        ('frontend_host = "front"', 'frontend_host = "nope"',
+         r"host_cpu\.frontend_host: 'nope' is not a host"),
+        ("loadgen_cpu_per_query_s = 20e-6", "loadgen_cpu_per_query_s = -1",
+         r"host_cpu\.loadgen_cpu_per_query_s: expected seconds >= 0, got -1"),
+        ("loadgen_cpu_per_query_s = 20e-6", "steal_s = 1",
+         r"host_cpu: unknown field\(s\) \['steal_s'\]"),
+        ("cpu_per_item_s = 2e-6", "cpu_per_item_s = -2e-6",
+         r"models\[0\]\.cpu_per_item_s: expected CPU seconds >= 0, got -2e-06"),
+    ],
+)
+def test_config_errors_name_the_field(tmp_path: Path, old: str, new: str, message: str) -> None:
+    """A bad ``[host_cpu]`` or CPU field names the file, the field and the rule."""
+    assert old in CONFIG
+    f = tmp_path / "c.toml"
+    f.write_text(CONFIG.replace(old, new))
+    with pytest.raises(SimConfigError, match=message) as e:
+        load_config(f)
+    assert str(f) in str(e.value)
+
+
+# --------------------------------------------------------------------------- default off
+
+def _digest(dep: Deployment) -> str:
+    res = Simulation(dep, Workload(Poisson(3000.0), n_queries=3000), seed=5).run()
+    q, b = res.queries, res.batches
+    h = hashlib.sha256()
+    for a in (q["reply_at"].to_numpy(), q["default"].to_numpy(), b["done_at"].to_numpy(),
+              b["size"].to_numpy()):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def test_without_host_cpu_runs_are_bit_identical_to_before() -> None:
+    """Without ``host_cpu`` a seeded run is bit for bit what it was before the model was
+    added (digests recorded then; with and without the frontend's eager loop).  If the
+    engine's decisions change on purpose, record the new digests."""
+    base = Deployment.single("prototype-linear-svm", batching=BatchingConfig(policy="aimd"),
+                             slo_s=0.02, replicas=2,
+                             faults=[Crash("m#1", at_s=0.3, restart_after_s=0.2)])
+    fc = dataclasses.replace(base, frontend_cpu=FrontendCPU(
+        query_s=20e-6, reply_s=10e-6, batch_send_s=30e-6, batch_done_s=30e-6, item_s=1e-6,
+        wake_s=5e-6, pause_rate_hz=50, pauses_s=(1e-3, 3e-3), timer_resolution_s=1e-3))
+    assert base.host_cpu is None
+    assert (_digest(base), _digest(fc)) == ("25b84e7ddf1583aa", "7041a700ce0d64fe")
