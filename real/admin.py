@@ -170,7 +170,7 @@ class AdminApi:
         except orjson.JSONDecodeError as e:
             raise _Bad(400, f"request body is not valid JSON: {e}") from None
         try:
-            check_nesting(body, self.max_nesting, req.body, "request body")
+            check_nesting(req.body, self.max_nesting, "request body")
         except BadInput as e:
             raise _Bad(400, str(e)) from None
         if not isinstance(body, dict):

@@ -158,7 +158,7 @@ class QueryFrontend:
         except orjson.JSONDecodeError as e:
             raise BadInput(f"{what} is not valid JSON: {e}") from None
         try:
-            check_nesting(doc, self.max_nesting, data, what)
+            check_nesting(data, self.max_nesting, what)
         except TooDeep:
             self.refused["nesting_too_deep"] += 1
             raise

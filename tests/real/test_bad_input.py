@@ -11,11 +11,15 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from clipperlab.engine import Prediction, Reply
 from clipperlab.real.client import AdminClient, ServerError
 from clipperlab.real.frontend import _ReplyCache
+from clipperlab.real.inputs import json_depth
 from tests.real.rawhttp import answers, exchange, request
 from tests.servers import start_server
 
@@ -58,6 +62,31 @@ def test_deep_nesting_is_400_naming_max_nesting(srv: Any, path: str, body: bytes
     """100,000 nested lists: a 400 naming ``max_nesting``, not a RecursionError's 500."""
     status, error = post(srv.q, path, body)
     assert status == 400 and "max_nesting" in error
+
+
+def depth(v: Any) -> int:
+    """The reference: how deep lists and dicts nest, by recursion."""
+    if isinstance(v, list):
+        return 1 + max((depth(x) for x in v), default=0)
+    if isinstance(v, dict):
+        return 1 + max((depth(x) for x in v.values()), default=0)
+    return 0
+
+
+TRICKY = st.text(alphabet='[]{}"\\ab\n\u00e9', max_size=8)
+DOCS = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TRICKY,
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(TRICKY, kids, max_size=4),
+    max_leaves=30,
+)
+
+
+@given(DOCS)
+def test_json_depth_matches_the_structure(doc: Any) -> None:
+    """The nesting check reads the text as the parser does: brackets, quotes and
+    backslashes inside strings never count."""
+    assert json_depth(json.dumps(doc).encode()) == depth(doc)
+    assert json_depth(orjson.dumps(doc)) == depth(doc)
 
 
 def infer(srv: Any, tensor: dict[str, Any], app: str = "app", **top: Any) -> tuple[int, str]:
