@@ -75,7 +75,8 @@ def depth(v: Any) -> int:
 
 TRICKY = st.text(alphabet='[]{}"\\ab\n\u00e9', max_size=8)
 DOCS = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TRICKY,
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False)
+    | TRICKY,
     lambda kids: st.lists(kids, max_size=4) | st.dictionaries(TRICKY, kids, max_size=4),
     max_leaves=30,
 )
