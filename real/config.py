@@ -20,6 +20,7 @@ are the engine's ``ConfigError`` (re-exported here).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -120,6 +121,15 @@ class ServerConfig:
     rpc_host: str = "127.0.0.1"
     rpc_port: int = 7000
     rpc_secret: str = ""
+    # the container RPC (real/rpc.py): see README "Container RPC"
+    rpc_secret_file: str = ""
+    rpc_hello_timeout_s: float = 5.0
+    rpc_max_hello_frame_bytes: int = 64 << 10
+    rpc_max_frame_bytes: int = 256 << 20
+    rpc_tls_cert: str = ""
+    rpc_tls_key: str = ""
+    rpc_tls_ca: str = ""
+    rpc_tls_server_name: str = ""
     store: str = "clipperlab-store"
     max_body_bytes: int = 16 << 20
     admin_max_body_bytes: int = 1 << 30
@@ -173,6 +183,46 @@ class ServerConfig:
         if self.heartbeat_interval_s <= 0 or self.missed_heartbeats < 1:
             raise ConfigError("server.heartbeat_interval_s must be > 0, missed_heartbeats >= 1")
         self._check_bounded_state()
+        self._check_rpc()
+
+    def _check_rpc(self) -> None:
+        v = self.rpc_hello_timeout_s
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 3600:
+            raise ConfigError(f"server.rpc_hello_timeout_s = {v!r} must be seconds in (0, 3600]")
+        hi = self.rpc_max_frame_bytes
+        if isinstance(hi, bool) or not isinstance(hi, int) or not 1 << 16 <= hi < 1 << 32:
+            raise ConfigError(f"server.rpc_max_frame_bytes = {hi!r} must be an integer in"
+                              f" [{1 << 16}, {(1 << 32) - 1}] (the frame length is 32 bits)")
+        lo = self.rpc_max_hello_frame_bytes
+        if isinstance(lo, bool) or not isinstance(lo, int) or not 1024 <= lo <= hi:
+            raise ConfigError(f"server.rpc_max_hello_frame_bytes = {lo!r} must be an integer"
+                              f" in [1024, rpc_max_frame_bytes = {hi}]")
+        if self.rpc_secret and self.rpc_secret_file:
+            raise ConfigError("server.rpc_secret and server.rpc_secret_file are both set;"
+                              " set one (a file keeps the secret out of deploy.toml)")
+        self.resolved_rpc_secret()
+        if bool(self.rpc_tls_cert) != bool(self.rpc_tls_key):
+            raise ConfigError("server.rpc_tls_cert and server.rpc_tls_key go together;"
+                              f" got cert {self.rpc_tls_cert!r}, key {self.rpc_tls_key!r}")
+        for name in ("rpc_tls_cert", "rpc_tls_key", "rpc_tls_ca"):
+            f = getattr(self, name)
+            if f and not Path(f).is_file():
+                raise ConfigError(f"server.{name} = {f!r} is not a readable file")
+
+    def resolved_rpc_secret(self) -> str:
+        """The container RPC's shared secret: ``rpc_secret_file``'s content (trailing
+        whitespace dropped), else ``rpc_secret``, else ``$CLIPPERLAB_RPC_SECRET``, else
+        none (only loopback containers may connect)."""
+        if self.rpc_secret_file:
+            try:
+                text = Path(self.rpc_secret_file).read_text().rstrip()
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError(f"server.rpc_secret_file = {self.rpc_secret_file!r}:"
+                                  f" cannot read it ({e})") from None
+            if not text:
+                raise ConfigError(f"server.rpc_secret_file = {self.rpc_secret_file!r} is empty")
+            return text
+        return self.rpc_secret or os.environ.get("CLIPPERLAB_RPC_SECRET", "")
 
     def _check_http_limits(self) -> None:
         for name, low in (("max_batch_items", 1), ("max_nesting", 2), ("max_connections", 1),

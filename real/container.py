@@ -8,7 +8,14 @@ Rules:
 - One process per replica, one batch at a time (the paper's containers); the model runs on
   the main thread and a heartbeat thread keeps the connection alive during long batches.
 - The container connects to the frontend (not the other way round), so it can run on
-  another host: ``--frontend HOST:PORT``; a shared secret is sent when given.
+  another host: ``--frontend HOST:PORT``.  The shared secret (``--secret-file PATH`` or
+  ``$CLIPPERLAB_RPC_SECRET``; ``--secret S`` still works but shows in ``ps``) is never
+  sent: when the frontend answers HELLO with a CHALLENGE, the container answers a PROOF
+  (``protocol.proof_of``).  ``--tls-ca FILE`` speaks TLS and checks the frontend's
+  certificate against that CA (and ``--tls-server-name``, default the frontend's host).
+- One socket, one lock: the main thread receives (in slices of half a heartbeat
+  interval) and sends results, the heartbeat thread sends beats, each holding the lock,
+  so a TLS connection is never used by two threads at once.
 - A model that raises answers ``ERROR`` for that batch and keeps serving; outputs that do
   not match the batch length are reported the same way.
 - When the frontend goes away the container exits, unless ``reconnect_s`` > 0: then it
@@ -22,6 +29,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -68,15 +76,27 @@ class ContainerConfig:
     secret: str = ""
     ordinal: int | None = None
     reconnect_s: float = 0.0
+    tls_ca: str = ""
+    tls_server_name: str = ""
 
 
 def run_container(cfg: ContainerConfig) -> int:
     """Serve until the frontend goes away (and does not come back within reconnect_s)."""
     predict = load_model(cfg.kind, cfg.path, cfg.options)
+    tls = None
+    if cfg.tls_ca:
+        tls = ssl.create_default_context(cafile=cfg.tls_ca)
+        tls.minimum_version = ssl.TLSVersion.TLSv1_2
     give_up_at = None
     while True:
         try:
             sock = socket.create_connection((cfg.host, cfg.port), timeout=5.0)
+            if tls is not None:
+                try:
+                    sock = tls.wrap_socket(sock, server_hostname=cfg.tls_server_name or cfg.host)
+                except ssl.SSLCertVerificationError as e:
+                    sock.close()
+                    raise ContainerRefused(f"the frontend's TLS certificate: {e}") from None
         except OSError as e:
             if give_up_at is None:
                 give_up_at = time.monotonic() + cfg.reconnect_s
@@ -106,53 +126,93 @@ def _recv_frames(sock: socket.socket, dec: p.FrameDecoder) -> list[tuple[int, by
     return dec.feed(data)
 
 
-def _serve(sock: socket.socket, cfg: ContainerConfig, predict: Any) -> None:
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def _handshake_frame(
+    sock: socket.socket, dec: p.FrameDecoder, frames: list[tuple[int, bytes]]
+) -> tuple[int, bytes]:
+    """The next frame during the handshake (REFUSE raises ``ContainerRefused``)."""
+    while not frames:
+        frames += _recv_frames(sock, dec)
+    kind, payload = frames.pop(0)
+    if kind == p.REFUSE:
+        raise ContainerRefused(str(p.decode_json(payload).get("error", "refused")))
+    return kind, payload
+
+
+def _handshake(
+    sock: socket.socket, cfg: ContainerConfig, dec: p.FrameDecoder
+) -> tuple[dict[str, Any], list[tuple[int, bytes]]]:
+    """HELLO, then PROOF when challenged; the WELCOME and the frames read after it."""
     hello = {
         "protocol": p.PROTOCOL_VERSION,
         "model": cfg.name,
         "version": cfg.version,
         "input_type": cfg.input_type,
-        "secret": cfg.secret,
         "ordinal": cfg.ordinal,
     }
-    sock.sendall(p.encode_json(p.HELLO, hello))
-    dec = p.FrameDecoder()
+    hello_payload = json.dumps(hello).encode()
+    sock.sendall(p.encode_frame(p.HELLO, hello_payload))
     frames: list[tuple[int, bytes]] = []
-    while not frames:
-        frames = _recv_frames(sock, dec)
-    kind, payload = frames.pop(0)
-    if kind == p.REFUSE:
-        raise ContainerRefused(p.decode_json(payload).get("error", "refused"))
+    kind, payload = _handshake_frame(sock, dec, frames)
+    if kind == p.CHALLENGE:
+        if not cfg.secret:
+            raise ContainerRefused(
+                "the frontend asks for the shared secret; give --secret-file PATH or set"
+                " CLIPPERLAB_RPC_SECRET"
+            )
+        nonce = p.decode_json(payload).get("nonce")
+        try:
+            nonce_bytes = bytes.fromhex(str(nonce))
+        except ValueError:
+            raise p.ProtocolError(f"CHALLENGE nonce {nonce!r} is not hex") from None
+        proof = p.proof_of(cfg.secret, nonce_bytes, hello_payload)
+        sock.sendall(p.encode_json(p.PROOF, {"proof": proof}))
+        kind, payload = _handshake_frame(sock, dec, frames)
     if kind != p.WELCOME:
         raise p.ProtocolError(f"expected WELCOME, got frame type {kind}")
-    welcome = p.decode_json(payload)
+    return p.decode_json(payload), frames
+
+
+def _serve(sock: socket.socket, cfg: ContainerConfig, predict: Any) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    dec = p.FrameDecoder()
+    welcome, frames = _handshake(sock, cfg, dec)
     interval_s = float(welcome.get("heartbeat_interval_s", 0.5))
+    dec.max_frame_bytes = int(welcome.get("max_frame_bytes", p.MAX_FRAME_BYTES))
     log.info("connected as replica %s", welcome.get("replica"))
-    sock.settimeout(None)
+    recv_slice_s = max(interval_s / 2, 0.001)
     lock = threading.Lock()
     stop = threading.Event()
+
+    def send(data: bytes) -> None:
+        with lock:  # a send waits for the peer as long as it takes, not one slice
+            sock.settimeout(None)
+            try:
+                sock.sendall(data)
+            finally:
+                sock.settimeout(recv_slice_s)
 
     def beat() -> None:
         frame = p.encode_frame(p.HEARTBEAT)
         while not stop.wait(interval_s):
             try:
-                with lock:
-                    sock.sendall(frame)
+                send(frame)
             except OSError:
                 return
 
+    sock.settimeout(recv_slice_s)
     threading.Thread(target=beat, daemon=True, name="heartbeat").start()
     try:
         while True:
             for kind, payload in frames:
                 if kind == p.BATCH:
-                    reply = _compute(payload, predict)
-                    with lock:
-                        sock.sendall(reply)
+                    send(_compute(payload, predict))
                 elif kind != p.HEARTBEAT:
                     raise p.ProtocolError(f"unexpected frame type {kind} from the frontend")
-            frames = _recv_frames(sock, dec)
+            with lock:  # released at least every interval_s / 2 for the heartbeat thread
+                try:
+                    frames = _recv_frames(sock, dec)
+                except TimeoutError:
+                    frames = []
     finally:
         stop.set()
 
@@ -189,9 +249,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="HOST:PORT of the RPC port (default: %(default)s)",
     )
     parser.add_argument(
+        "--secret-file",
+        default="",
+        help="file holding the shared secret, if the frontend has one"
+        " (default: $CLIPPERLAB_RPC_SECRET)",
+    )
+    parser.add_argument(
         "--secret",
-        default=os.environ.get("CLIPPERLAB_RPC_SECRET", ""),
-        help="shared secret, if the frontend has one (default: $CLIPPERLAB_RPC_SECRET)",
+        default="",
+        help="the shared secret itself (discouraged: every user sees it in ps;"
+        " use --secret-file or $CLIPPERLAB_RPC_SECRET)",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        default="",
+        help="CA certificate file: connect over TLS and check the frontend against it",
+    )
+    parser.add_argument(
+        "--tls-server-name",
+        default="",
+        help="name the frontend's certificate must carry (default: the --frontend host)",
     )
     parser.add_argument("--ordinal", type=int, default=None, help="replica number (optional)")
     parser.add_argument("--options", default="{}", help="JSON options for the wrapper")
@@ -215,6 +292,8 @@ def config_from_args(args: argparse.Namespace) -> ContainerConfig:
         options = json.loads(args.options)
     except ValueError as e:
         raise ContainerError(f"--options is not JSON: {e}") from None
+    if args.tls_ca and not os.path.isfile(args.tls_ca):
+        raise ContainerError(f"--tls-ca {args.tls_ca!r} is not a readable file")
     return ContainerConfig(
         name=args.name or kind,
         version=args.version,
@@ -224,10 +303,36 @@ def config_from_args(args: argparse.Namespace) -> ContainerConfig:
         input_type=args.input_type,
         host=host,
         port=int(port),
-        secret=args.secret,
+        secret=_secret(args),
         ordinal=args.ordinal,
         reconnect_s=args.reconnect_s,
+        tls_ca=args.tls_ca,
+        tls_server_name=args.tls_server_name,
     )
+
+
+def _secret(args: argparse.Namespace) -> str:
+    """The shared secret: ``--secret-file``, else ``--secret`` (with a warning), else
+    ``$CLIPPERLAB_RPC_SECRET``, else none."""
+    if args.secret_file and args.secret:
+        raise ContainerError("--secret-file and --secret are both given; give one")
+    if args.secret_file:
+        try:
+            with open(args.secret_file) as f:
+                text = f.read().rstrip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ContainerError(f"--secret-file {args.secret_file!r}: cannot read it ({e})"
+                                 ) from None
+        if not text:
+            raise ContainerError(f"--secret-file {args.secret_file!r} is empty")
+        return text
+    if args.secret:
+        log.warning(
+            "--secret shows the shared secret to every user of this host (ps);"
+            " use --secret-file or CLIPPERLAB_RPC_SECRET"
+        )
+        return str(args.secret)
+    return os.environ.get("CLIPPERLAB_RPC_SECRET", "")
 
 
 def run_from_args(args: argparse.Namespace) -> int:

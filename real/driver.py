@@ -11,8 +11,12 @@ Rules (the driver translates; it never decides):
   only when that deadline moves.  libuv rounds delays to milliseconds, so it may fire a
   little early: the base then clamps ``now`` up to the deadline.
 - ``SendBatch`` goes to the replica's connection (``send_batch``); a replica with no
-  connection (gone meanwhile) gets ``on_batch_failed``.  ``Reply`` completes the callback
-  registered for its query id; ``FeedbackApplied`` the one for its feedback id.
+  connection (gone meanwhile) gets ``on_batch_failed``, and so does a batch whose
+  connection raises while encoding or writing it (the base does that).  ``Reply``
+  completes the callback registered for its query id; ``FeedbackApplied`` the one for its
+  feedback id.  A callback that raises is logged and counted (``reply_errors``): it never
+  stops the other instructions nor reaches the container connection that delivered the
+  result.
 - Engine errors (``NotFound``, ``ConfigError``...) from ``on_query``/``on_feedback`` propagate
   to the caller, which turns them into HTTP 4xx.
 """
@@ -64,6 +68,7 @@ class EngineDriver(Driver):
         self._feedback: dict[int, Callable[[FeedbackApplied], None]] = {}
         self._ids = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
+        self.reply_errors = 0
 
     # -- inputs
     def query(
@@ -122,7 +127,11 @@ class EngineDriver(Driver):
     def reply(self, reply: Reply, now: float) -> None:
         cb = self._replies.pop(reply.query_id, None)
         if cb is not None:
-            cb(reply)
+            try:
+                cb(reply)
+            except Exception:  # noqa: BLE001 - one reply must not stop the others
+                self.reply_errors += 1
+                log.exception("answering query %d failed", reply.query_id)
 
     def send_batch(self, batch: SendBatch, now: float) -> None:
         link = self.links.get(batch.replica)

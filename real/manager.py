@@ -10,6 +10,9 @@ Rules:
 - When the active version changes, the new version's processes start at once and the old
   version's stop once one new replica has said hello (or at once when none are wanted).
 - ``stop_all`` sends SIGTERM, waits up to ``grace_s``, then SIGKILL.
+- The shared secret reaches a container through its environment
+  (``CLIPPERLAB_RPC_SECRET``), never its command line (which ``ps`` shows to every user);
+  with TLS on the RPC port the container is told which CA to trust (``--tls-ca``).
 """
 
 from __future__ import annotations
@@ -59,12 +62,16 @@ class ContainerManager:
         rpc_port: int,
         *,
         secret: str = "",
+        tls_ca: str = "",
+        tls_server_name: str = "",
         log_dir: str | None = None,
         python: str = sys.executable,
     ) -> None:
         self.rpc_host = "127.0.0.1" if rpc_host in ("0.0.0.0", "", "::") else rpc_host
         self.rpc_port = rpc_port
         self.secret = secret
+        self.tls_ca = tls_ca
+        self.tls_server_name = tls_server_name
         self.log_dir = log_dir
         self.python = python
         self.procs: dict[ReplicaId, Managed] = {}
@@ -93,6 +100,10 @@ class ContainerManager:
             "--ordinal",
             str(ordinal),
         ]
+        if self.tls_ca:
+            argv += ["--tls-ca", self.tls_ca]
+            if self.tls_server_name:
+                argv += ["--tls-server-name", self.tls_server_name]
         if md.get("options"):
             import json
 

@@ -2,43 +2,66 @@
 
 Rules:
 - A frame is ``u32 length (little-endian) | u8 type | payload``; ``length`` counts the type
-  byte and the payload.  A frame longer than ``MAX_FRAME_BYTES`` (256 MiB) or of an unknown
-  type is a protocol error: the receiver drops that connection and nothing else.
-- The container speaks first: ``HELLO`` (JSON: protocol version, model name and version,
-  input type, optional shared secret, replica ordinal).  The frontend answers ``WELCOME``
-  (JSON, with the heartbeat interval) or ``REFUSE`` (JSON ``{"error": ...}``) and closes.
-- Either side sends ``HEARTBEAT`` (empty) every ``heartbeat_interval_s``; the frontend marks
-  a container dead after ``missed_heartbeats`` intervals of silence.
+  byte and the payload.  A frame longer than the receiver's limit or of an unknown type is
+  a protocol error: the receiver drops that connection and nothing else.  Until
+  ``WELCOME`` the frontend's limit is small (``MAX_HELLO_FRAME_BYTES``, 64 KiB, the
+  setting ``rpc_max_hello_frame_bytes``), after it ``MAX_FRAME_BYTES`` (256 MiB,
+  ``rpc_max_frame_bytes``, announced in ``WELCOME`` as ``max_frame_bytes``).
+- The container speaks first: ``HELLO`` (JSON: ``protocol``, ``model``, ``version``, and
+  optionally ``input_type`` and ``ordinal``; ``parse_hello`` checks each field's type and
+  range, and refuses unknown ones).  The shared secret never travels: a frontend with a
+  secret answers ``CHALLENGE`` (JSON ``{"nonce": hex}``, 32 random bytes) and the
+  container ``PROOF`` (JSON ``{"proof": hex}``, ``proof_of``: HMAC-SHA256 keyed by the
+  secret over a label, the nonce and the HELLO payload as sent).  The frontend then
+  answers ``WELCOME`` (JSON, with the heartbeat interval) or ``REFUSE`` (JSON
+  ``{"error": ...}``) and closes.
+- Either side sends ``HEARTBEAT`` (empty) every ``heartbeat_interval_s`` once welcomed;
+  the frontend marks a container dead after ``missed_heartbeats`` intervals of silence.
 - ``BATCH`` (frontend -> container): ``u64 batch_id`` then the inputs.  ``RESULT``
   (container -> frontend): ``u64 batch_id`` then the outputs.  ``ERROR``: ``u64 batch_id``
   then a UTF-8 message.
 - Values (inputs or outputs) are encoded as one of: a raw numpy array (``K_ARRAY``: dtype
-  string, shape, C-order bytes; the first dimension is the batch), a list of byte strings
-  (``K_BYTES``), a list of str (``K_STR``), or a JSON list (``K_JSON``, only for outputs that
-  are none of these, such as dicts).  Nothing is JSON per item on the array path.
+  string, shape, C-order bytes; the first dimension is the batch; booleans, integers,
+  floats and strings only: numpy kinds ``b i u f S U``), a list of byte strings
+  (``K_BYTES``), a list of str (``K_STR``), or a JSON list (``K_JSON``, for outputs that
+  are none of these, such as dicts; integers within 64 bits, no NaN/Infinity constants,
+  nested at most ``MAX_VALUE_DEPTH`` deep).  Nothing is JSON per item on the array path.
+  What these rules refuse is a ``ValueError`` when encoding and a ``ProtocolError`` when
+  decoding: a reply can always carry what was decoded.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from clipperlab.engine import INPUT_TYPES
+
 __all__ = [
     "BATCH",
+    "CHALLENGE",
     "ERROR",
     "HEARTBEAT",
     "HELLO",
     "MAX_FRAME_BYTES",
+    "MAX_HELLO_FRAME_BYTES",
+    "MAX_VALUE_DEPTH",
+    "PROOF",
     "PROTOCOL_VERSION",
     "REFUSE",
     "RESULT",
     "WELCOME",
     "FrameDecoder",
+    "Hello",
+    "HelloError",
     "ProtocolError",
+    "batch_id_of",
     "decode_batch",
     "decode_error",
     "decode_json",
@@ -48,10 +71,16 @@ __all__ = [
     "encode_frame",
     "encode_json",
     "encode_values",
+    "parse_hello",
+    "proof_of",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the secret is proved (CHALLENGE/PROOF), never sent
 MAX_FRAME_BYTES = 256 << 20
+MAX_HELLO_FRAME_BYTES = 64 << 10
+MAX_VALUE_DEPTH = 64  # JSON outputs nested deeper than this are refused (numpy's own limit)
+MAX_NAME_CHARS = 256  # model names and versions in HELLO
+MAX_ORDINAL = 2**31 - 1
 
 HELLO = 1
 WELCOME = 2
@@ -60,7 +89,12 @@ HEARTBEAT = 4
 BATCH = 5
 RESULT = 6
 ERROR = 7
-_TYPES = frozenset((HELLO, WELCOME, REFUSE, HEARTBEAT, BATCH, RESULT, ERROR))
+CHALLENGE = 8
+PROOF = 9
+_TYPES = frozenset((HELLO, WELCOME, REFUSE, HEARTBEAT, BATCH, RESULT, ERROR, CHALLENGE, PROOF))
+_ARRAY_KINDS = "biufSU"  # numpy kinds a reply can carry (no complex, dates, objects, voids)
+_PROOF_LABEL = b"clipperlab-rpc-2 proof\0"
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # int64 to uint64: what JSON encoders carry
 
 K_ARRAY = 0
 K_BYTES = 1
@@ -74,6 +108,81 @@ _U32 = struct.Struct("<I")
 
 class ProtocolError(Exception):
     """A frame that breaks the rules above; the connection that sent it is dropped."""
+
+
+class HelloError(ValueError):
+    """A HELLO that breaks the rules; the message names the field (answered with REFUSE)."""
+
+
+class Hello(NamedTuple):
+    """A checked HELLO."""
+
+    model: str
+    version: str
+    input_type: str | None
+    ordinal: int | None
+
+
+_HELLO_FIELDS = ("protocol", "model", "version", "input_type", "ordinal")
+
+
+def parse_hello(payload: bytes) -> Hello:
+    """Check a HELLO payload field by field; ``HelloError`` names the first bad one."""
+    try:
+        h = decode_json(payload)
+    except ProtocolError as e:
+        raise HelloError(f"HELLO: {e}") from None
+    ver = h.get("protocol")
+    if type(ver) is not int or ver != PROTOCOL_VERSION:
+        raise HelloError(
+            f"protocol version {ver!r} is not supported; this frontend speaks {PROTOCOL_VERSION}"
+        )
+    if "secret" in h:
+        raise HelloError(
+            "HELLO field 'secret': the shared secret is never sent; protocol "
+            f"{PROTOCOL_VERSION} proves it (CHALLENGE/PROOF)"
+        )
+    unknown = sorted(set(h) - set(_HELLO_FIELDS))
+    if unknown:
+        raise HelloError(
+            f"HELLO field(s) {[k[:64] for k in unknown[:8]]} are unknown; expected"
+            f" {list(_HELLO_FIELDS)}"
+        )
+    names = []
+    for f in ("model", "version"):
+        v = h.get(f)
+        if not isinstance(v, str) or not 0 < len(v) <= MAX_NAME_CHARS or not v.isprintable():
+            raise HelloError(
+                f"HELLO field {f!r} must be a printable string of 1 to {MAX_NAME_CHARS}"
+                f" characters, got {_short(v)}"
+            )
+        names.append(v)
+    itype = h.get("input_type")
+    if itype is not None and (not isinstance(itype, str) or itype not in INPUT_TYPES):
+        raise HelloError(
+            f"HELLO field 'input_type' must be one of {list(INPUT_TYPES)}, got {_short(itype)}"
+        )
+    ordinal = h.get("ordinal")
+    if ordinal is not None and (type(ordinal) is not int or not 0 <= ordinal <= MAX_ORDINAL):
+        raise HelloError(
+            f"HELLO field 'ordinal' must be an integer in [0, {MAX_ORDINAL}] or null,"
+            f" got {_short(ordinal)}"
+        )
+    return Hello(names[0], names[1], itype, ordinal)
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return f"{type(v).__name__} {r if len(r) <= 60 else r[:57] + '...'}"
+
+
+def proof_of(secret: str, nonce: bytes, hello_payload: bytes) -> str:
+    """The container's answer to a CHALLENGE: HMAC-SHA256 keyed by ``secret`` over a
+    label, the frontend's nonce and the HELLO payload the container sent (hex)."""
+    mac = hmac.new(secret.encode(), _PROOF_LABEL, hashlib.sha256)
+    mac.update(nonce)
+    mac.update(hello_payload)
+    return mac.hexdigest()
 
 
 def encode_frame(kind: int, payload: bytes = b"") -> bytes:
@@ -133,7 +242,12 @@ def encode_values(values: Any) -> bytes:
     if isinstance(values, np.ndarray):
         a = np.ascontiguousarray(values)
         if a.dtype.hasobject:
-            return encode_values(a.tolist())
+            return _encode_json(a.tolist())
+        if a.dtype.kind not in _ARRAY_KINDS:
+            raise ValueError(
+                f"values of dtype {a.dtype} cannot be sent: the RPC carries booleans,"
+                " integers, floats, strings and bytes"
+            )
         dt = a.dtype.str.encode()
         head = bytes((K_ARRAY, len(dt))) + dt + bytes((a.ndim,))
         head += struct.pack(f"<{a.ndim}Q", *a.shape)
@@ -148,13 +262,27 @@ def encode_values(values: Any) -> bytes:
     if seq and all(isinstance(v, str) for v in seq):
         return _encode_str(seq)
     if seq and all(isinstance(v, bool | int | float | np.number) for v in seq):
-        return encode_values(np.asarray(seq))
+        a = np.asarray(seq)
+        if a.dtype.hasobject:  # integers beyond 64 bits
+            raise ValueError("values hold integers beyond 64 bits, which cannot be sent")
+        return encode_values(a)
     if seq and all(isinstance(v, np.ndarray) for v in seq):
         try:
             return encode_values(np.stack(seq))
-        except ValueError:
-            pass  # ragged: fall through to JSON
-    return bytes((K_JSON,)) + json.dumps(_jsonable(seq)).encode()
+        except (ValueError, IndexError):
+            pass  # ragged, or one dimension too many for numpy: fall through to JSON
+    return _encode_json(seq)
+
+
+def _encode_json(seq: list[Any]) -> bytes:
+    """A JSON list; ``ValueError`` for what JSON cannot carry (complex, dates, NaN...)."""
+    try:
+        jv = _jsonable(seq)
+        text = json.dumps(jv, allow_nan=False)
+        _check_json(jv, MAX_VALUE_DEPTH + 1)
+    except (TypeError, ValueError, RecursionError, ProtocolError) as e:
+        raise ValueError(f"values cannot be sent as JSON: {e}") from None
+    return bytes((K_JSON,)) + text.encode()
 
 
 def _encode_str(seq: Sequence[str]) -> bytes:
@@ -168,8 +296,12 @@ def _encode_str(seq: Sequence[str]) -> bytes:
 
 def _jsonable(x: Any) -> Any:
     if isinstance(x, np.ndarray):
-        return x.tolist()
+        if x.dtype.kind not in _ARRAY_KINDS and not x.dtype.hasobject:
+            raise ValueError(f"values of dtype {x.dtype} cannot be sent")
+        return _jsonable(x.tolist()) if x.dtype.hasobject else x.tolist()
     if isinstance(x, np.generic):
+        if x.dtype.kind not in _ARRAY_KINDS:
+            raise ValueError(f"values of dtype {x.dtype} cannot be sent")
         return x.item()
     if isinstance(x, list | tuple):
         return [_jsonable(v) for v in x]
@@ -187,6 +319,8 @@ def decode_values(buf: bytes | memoryview, pos: int = 0) -> Any:
         if kind == K_ARRAY:
             ld = mv[pos]
             dt = np.dtype(bytes(mv[pos + 1 : pos + 1 + ld]).decode())
+            if dt.kind not in _ARRAY_KINDS or dt.itemsize == 0:
+                raise ProtocolError(f"array dtype {dt} is not one the RPC carries")
             pos += 1 + ld
             ndim = mv[pos]
             pos += 1
@@ -213,15 +347,33 @@ def decode_values(buf: bytes | memoryview, pos: int = 0) -> Any:
                 out.append(b.decode() if kind == K_STR else b)
             return out
         if kind == K_JSON:
-            v = json.loads(bytes(mv[pos:]))
+            v = json.loads(bytes(mv[pos:]), parse_constant=_no_constant)
             if not isinstance(v, list):
                 raise ProtocolError("JSON values must be a list")
+            _check_json(v, MAX_VALUE_DEPTH + 1)
             return v
     except ProtocolError:
         raise
+    except RecursionError:
+        raise ProtocolError(f"JSON values nested deeper than {MAX_VALUE_DEPTH}") from None
     except (struct.error, ValueError, TypeError, IndexError, UnicodeDecodeError) as e:
         raise ProtocolError(f"bad values encoding: {e}") from None
     raise ProtocolError(f"unknown value kind {kind}")
+
+
+def _no_constant(name: str) -> Any:
+    raise ProtocolError(f"JSON values hold {name}, which JSON replies cannot carry")
+
+
+def _check_json(v: Any, left: int) -> None:
+    """Depth at most ``left``, integers within 64 bits (what JSON replies can carry)."""
+    if left == 0:
+        raise ProtocolError(f"JSON values nested deeper than {MAX_VALUE_DEPTH}")
+    for x in v.values() if isinstance(v, dict) else v:
+        if isinstance(x, list | dict):
+            _check_json(x, left - 1)
+        elif type(x) is int and not _INT_MIN <= x <= _INT_MAX:
+            raise ProtocolError(f"JSON values hold the integer {x}, beyond 64 bits")
 
 
 def encode_batch(kind: int, batch_id: int, values: Any) -> bytes:
@@ -229,11 +381,17 @@ def encode_batch(kind: int, batch_id: int, values: Any) -> bytes:
     return encode_frame(kind, _U64.pack(batch_id) + encode_values(values))
 
 
+def batch_id_of(payload: bytes) -> int:
+    """The batch id of a ``BATCH``/``RESULT``/``ERROR`` payload (``ProtocolError`` if short)."""
+    if len(payload) < 8:
+        raise ProtocolError(f"batch frame of {len(payload)} bytes is too short")
+    return int(_U64.unpack_from(payload, 0)[0])
+
+
 def decode_batch(payload: bytes) -> tuple[int, Any]:
     if len(payload) < 9:
         raise ProtocolError(f"batch frame of {len(payload)} bytes is too short")
-    (bid,) = _U64.unpack_from(payload, 0)
-    return bid, decode_values(payload, 8)
+    return batch_id_of(payload), decode_values(payload, 8)
 
 
 def encode_error(batch_id: int, message: str) -> bytes:

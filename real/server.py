@@ -92,13 +92,8 @@ class Server:
         cfg = self.cfg
         self.loop = loop
         self.driver = EngineDriver(self.engine, loop)
-        self.rpc = RpcServer(
-            self.driver,
-            secret=cfg.rpc_secret,
-            heartbeat_interval_s=cfg.heartbeat_interval_s,
-            missed_heartbeats=cfg.missed_heartbeats,
-            on_up=self._on_up,
-            on_down=self._on_down,
+        self.rpc = RpcServer.from_config(
+            self.driver, cfg, on_up=self._on_up, on_down=self._on_down
         )
         self.replicas_wanted = self.driver.admin(
             lambda now: self.store.load_into(self.engine, now=now)
@@ -111,7 +106,9 @@ class Server:
             max_nesting=cfg.max_nesting, refused=self.http_conns.refused,
         )
         self.admin = AdminApi(self, metrics_text=text)
-        rpc_srv = await loop.create_server(self.rpc.protocol, cfg.rpc_host, cfg.rpc_port)
+        rpc_srv = await loop.create_server(
+            self.rpc.protocol, cfg.rpc_host, cfg.rpc_port, **self.rpc.listen_kwargs()
+        )
         self.rpc.start()
         self.ports["rpc"] = rpc_srv.sockets[0].getsockname()[1]
         q_srv = await loop.create_server(
@@ -132,7 +129,9 @@ class Server:
             self.manager = ContainerManager(
                 cfg.rpc_host,
                 self.ports["rpc"],
-                secret=cfg.rpc_secret,
+                secret=self.rpc.secret,
+                tls_ca=cfg.rpc_tls_ca or cfg.rpc_tls_cert,
+                tls_server_name=cfg.rpc_tls_server_name,
                 log_dir=cfg.container_log_dir or str(self.store.dir / "logs"),
             )
         self._deploy_config()
@@ -246,6 +245,14 @@ class Server:
             "clipperlab_real_rpc_garbage_frames": (
                 "RPC connections dropped for bad frames",
                 float(self.rpc.garbage_frames),
+            ),
+            "clipperlab_real_rpc_refused": (
+                "RPC connections refused (bad or late HELLO, wrong secret, unknown model)",
+                float(self.rpc.refused),
+            ),
+            "clipperlab_real_rpc_bad_results": (
+                "RPC results whose outputs were refused (their batch failed)",
+                float(self.rpc.bad_results),
             ),
         }
 

@@ -152,7 +152,7 @@ class _FakeTransport:
 
 def test_rpc_refuses_non_loopback_container_without_secret() -> None:
     """Without a shared secret only loopback peers may connect; with one, anyone who
-    presents it."""
+    proves it (a PROOF answering the CHALLENGE)."""
     from unittest.mock import MagicMock
 
     from clipperlab.real.rpc import RpcServer
@@ -162,16 +162,24 @@ def test_rpc_refuses_non_loopback_container_without_secret() -> None:
     driver = MagicMock()
     driver.engine = eng
     hello = p.encode_json(p.HELLO, {"protocol": p.PROTOCOL_VERSION, "model": "m", "version": "1"})
-    for secret, peer, want in [
-        ("", "10.0.0.5", "need a shared secret"),
-        ("", "127.0.0.1", None),
-        ("s", "10.0.0.5", "wrong or missing shared secret"),
+    for secret, peer, proved, want in [
+        ("", "10.0.0.5", "", "need a shared secret"),
+        ("", "127.0.0.1", "", None),
+        ("s", "10.0.0.5", "wrong", "wrong shared secret"),
+        ("s", "10.0.0.5", "s", None),
     ]:
         srv = RpcServer(driver, secret=secret)
         conn = srv.protocol()
         t = _FakeTransport((peer, 4000))
         conn.connection_made(t)  # type: ignore[arg-type]
         conn.data_received(hello)
+        if secret:  # challenged: answer with the proof of the secret ``proved``
+            [(kind, payload)] = p.FrameDecoder().feed(t.written)
+            assert kind == p.CHALLENGE
+            nonce = bytes.fromhex(p.decode_json(payload)["nonce"])
+            t.written = b""
+            proof = p.proof_of(proved, nonce, hello[5:])
+            conn.data_received(p.encode_json(p.PROOF, {"proof": proof}))
         [(kind, payload)] = p.FrameDecoder().feed(t.written)
         if want is None:
             assert kind == p.WELCOME and not t.closed
