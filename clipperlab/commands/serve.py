@@ -27,6 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin-port", type=int, help="admin port (default 1338; 0 = any)")
     parser.add_argument("--rpc-port", type=int, help="container RPC port (default 7000; 0 = any)")
     parser.add_argument("--store", help="store directory (default ./clipperlab-store)")
+    parser.add_argument(
+        "--rpc-secret-file",
+        help="file holding the containers' shared secret (default: server.rpc_secret_file,"
+        " else $CLIPPERLAB_RPC_SECRET; none: loopback containers only)",
+    )
+    parser.add_argument("--rpc-tls-cert", help="TLS certificate file for the RPC port (PEM)")
+    parser.add_argument("--rpc-tls-key", help="TLS private key file for the RPC port (PEM)")
     parser.add_argument("--ports-file", help="write the bound ports here as JSON")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
@@ -69,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
             admin_port=args.admin_port,
             rpc_port=args.rpc_port,
             store=args.store,
+            rpc_secret_file=args.rpc_secret_file,
+            rpc_tls_cert=args.rpc_tls_cert,
+            rpc_tls_key=args.rpc_tls_key,
         )
     except (ConfigError, TypeError) as e:
         raise CLIError(str(e)) from None
