@@ -55,6 +55,12 @@ cpu_per_item_s)``; after a run ``Simulation.cpu_busy_s`` gives each process's CP
 ``load_config(path) -> SimConfig(deployment, workload, seed)`` reads TOML/JSON (see
 ``examples/simulate.toml``).
 
+Capacity (``clipperlab.simulator.capacity``): ``capacity(deployment, workload, slo_s=None,
+attainment=0.99, seeds=(0, 1, 2), start_qps=None, rel_tol=0.02) -> CapacityResult(qps,
+failed_qps, slo_s, attainment, seeds, steps)``: the highest rate (the workload's shape,
+its rate scaled) at which at least ``attainment`` of the queries are answered in time and
+not by default, by doubling then bisection over simulated runs.
+
 Faults (``clipperlab.simulator.faults``): ``Crash(replica, at_s, restart_after_s)``,
 ``Straggler(replica, slowdown, extra_delay_s, probability, from_s, until_s)``,
 ``Degrade(model, from_query, to_query, accuracy)``.
@@ -64,6 +70,7 @@ Errors: ``SimConfigError`` (``ProfileError`` for profiles) name the file, field 
 Command line: ``clipperlab simulate --config FILE``.
 """
 
+from .capacity import CapacityResult, capacity
 from .deployment import (
     AppDeployment,
     Deployment,
@@ -86,6 +93,7 @@ from .result import SimResult
 __all__ = [
     "AccuracyOutputs",
     "AppDeployment",
+    "CapacityResult",
     "ConstantOutputs",
     "Crash",
     "Degrade",
@@ -106,6 +114,7 @@ __all__ = [
     "SimResult",
     "Simulation",
     "Straggler",
+    "capacity",
     "config_from_dict",
     "list_profiles",
     "load_config",
