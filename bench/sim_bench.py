@@ -12,6 +12,8 @@ figure 4 load).  Measured in the same run, on the same pre-generated trace:
   10 Gbps transfer, and applies the same AIMD rule (+2 / hold in the last 10% / x0.9);
 - ``bare SimPy, batched arrivals``: the same, with arrivals fed the way the driver feeds
   them (all arrivals before the next SimPy event in one loop, no event per arrival);
+- ``simulator, host CPU model`` (last): the same run with ``HostCPU(cpus=1)`` and small
+  frontend loop costs (what the CPU model costs: a job per event on the loop);
 - ``engine alone``: ``bench/engine_bench.py``'s loop (no SimPy, no profile noise or
   network, so its batches differ) at the same load, with the garbage collector paused as
   the simulator pauses it.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import io
 import math
 import pstats
@@ -40,7 +43,13 @@ import simpy
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clipperlab.engine import BatchingConfig  # noqa: E402
-from clipperlab.simulator import Deployment, Simulation, load_profile  # noqa: E402
+from clipperlab.simulator import (  # noqa: E402
+    Deployment,
+    FrontendCPU,
+    HostCPU,
+    Simulation,
+    load_profile,
+)
 from clipperlab.workloads import ConstantRate, Trace, Workload  # noqa: E402
 
 PROFILE = "prototype-linear-svm"
@@ -48,6 +57,8 @@ BOUND_S = 0.020
 INPUT_BYTES = 512
 BANDWIDTH_BPS = 10e9
 LINK_S = 50e-6
+# the host CPU model's row: the frontend's loop and the container share one core
+FRONTEND_CPU = FrontendCPU(query_s=2e-6, reply_s=1e-6, batch_send_s=10e-6, batch_done_s=10e-6)
 
 
 def aimd(cap: int, size: int, lat_s: float) -> int:
@@ -165,9 +176,11 @@ def bare_batched_arrivals(trace: Trace, seed: int) -> dict[str, float]:
     return _timed_run(env, [source(), replica()], trace, done, state)
 
 
-def simulator_run(trace: Trace, seed: int) -> dict[str, float]:
+def simulator_run(trace: Trace, seed: int, host_cpu: HostCPU | None = None) -> dict[str, float]:
     dep = Deployment.single(PROFILE, app=trace.app, slo_s=BOUND_S,
                             batching=BatchingConfig(policy="aimd"))
+    if host_cpu is not None:
+        dep = dataclasses.replace(dep, host_cpu=host_cpu, frontend_cpu=FRONTEND_CPU)
     sim = Simulation(dep, trace, seed=seed)
     t0, c0 = time.perf_counter(), time.process_time()
     res = sim.run()
@@ -212,6 +225,8 @@ def main() -> None:
         ("bare SimPy, event per arrival", lambda: bare_event_per_arrival(trace, args.seed)),
         ("bare SimPy, batched arrivals", lambda: bare_batched_arrivals(trace, args.seed)),
         ("engine alone, no SimPy (engine_bench, gc off)", lambda: engine_alone(n, args.qps)),
+        ("simulator, host CPU model (1 core)",
+         lambda: simulator_run(trace, args.seed, HostCPU(cpus=1))),
     ]
     best: dict[str, dict[str, float]] = {}
     for _ in range(args.repeat):  # interleaved, so that load from elsewhere hits all alike
