@@ -211,7 +211,11 @@ class HostCpuState:
             if tok != p.token:
                 heapq.heappop(heap)
                 continue
-            if fv > self.v + _REL_EPS * (1.0 + self.v):
+            # done when v has reached its finish, or when what is left is too little to
+            # move the clock (what _reschedule would schedule is now): never a loop of
+            # zero-length timeouts
+            if fv > self.v + _REL_EPS * (1.0 + self.v) and (
+                    self.t + (fv - self.v) / self._rate() > now):
                 break
             heapq.heappop(heap)
             self._finish(p, now)
