@@ -20,13 +20,9 @@ a shell line that sends the same bytes (to a server deployed the same way).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -41,7 +37,7 @@ from tqdm import tqdm  # noqa: E402
 from clipperlab.real.client import AdminClient  # noqa: E402
 from clipperlab.report.tables import text_table  # noqa: E402
 from tests.real import strategies as s  # noqa: E402
-from tests.real.oracle import FuzzEnv, Verdict, deploy, rss_bytes  # noqa: E402
+from tests.real.oracle import FuzzEnv, Verdict, deploy, rss_bytes, start_serve, stop_serve  # noqa: E402,E501
 from tests.servers import hello  # noqa: E402
 
 Case = s.HttpCase | s.RpcCase | s.OddOutputCase
@@ -70,40 +66,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.cases < 1 or args.health_every < 1 or args.timeout_s <= 0:
         ap.error("--cases and --health-every must be >= 1 and --timeout-s > 0")
     return args
-
-
-def start_server(store: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
-    """``clipperlab serve`` on ephemeral ports; returns the process and its ports."""
-    ports_file = store / "ports.json"
-    ports_file.unlink(missing_ok=True)
-    log = open(log_path, "ab")  # noqa: SIM115 - the server writes it until it stops
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "clipperlab", "serve", "--query-port", "0", "--admin-port", "0",
-         "--rpc-port", "0", "--store", str(store), "--ports-file", str(ports_file),
-         "--log-level", "WARNING"],
-        stdout=log, stderr=log, start_new_session=True,
-    )
-    log.close()
-    until = time.monotonic() + 60
-    while not ports_file.exists() or not ports_file.read_text().strip():
-        if proc.poll() is not None:
-            raise SystemExit(f"fuzz.py: the server exited with {proc.returncode}; see {log_path}")
-        if time.monotonic() > until:
-            proc.kill()
-            raise SystemExit(f"fuzz.py: the server did not start in 60 s; see {log_path}")
-        time.sleep(0.05)
-    ports: dict[str, int] = json.loads(ports_file.read_text())["ports"]
-    return proc, ports
-
-
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def fuzz(env: FuzzEnv, proc: subprocess.Popen[bytes], args: argparse.Namespace
@@ -159,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="clipperlab-fuzz-")
         store = Path(tmp.name)
     log_path = Path(args.server_log) if args.server_log else store / "server.log"
-    proc, ports = start_server(store, log_path)
+    proc, ports = start_serve(store, log_path)
     died = ""
     try:
         admin = AdminClient(f"127.0.0.1:{ports['admin']}")
@@ -177,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         env.rss_peak = max(env.rss_peak, rss_end)
         env.close()
     finally:
-        stop_server(proc)
+        stop_serve(proc)
         if tmp is not None and not args.server_log:
             log_copy = Path(tempfile.gettempdir()) / "clipperlab-fuzz-server.log"
             log_copy.write_bytes(log_path.read_bytes() if log_path.exists() else b"")

@@ -18,6 +18,8 @@ Promises checked on every case (a broken one is a *violation*, a line of text):
   JSON (no ``NaN``/``Infinity`` literals); a ``HEAD`` answer has no body.
 - RPC port: the server answers a stranger with ``REFUSE`` (a JSON ``error``), ``WELCOME``,
   ``HEARTBEAT`` or nothing, and never sends a malformed frame.
+When the server runs in its own process (``start_serve``), a case after which it is gone
+breaks the promise that matters most (``server died``).
 Promises checked between batches of cases (``FuzzEnv.check_health``): a fresh query to
 the health application gets a real prediction (``default: false``) and every replica the
 deployment started is still connected.  At the end (``FuzzEnv.check_idle``): no replica
@@ -32,12 +34,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httptools
@@ -59,7 +65,7 @@ from .strategies import (
 )
 
 __all__ = ["FakeContainer", "FuzzEnv", "Verdict", "deploy", "judge_http", "rss_bytes",
-           "send_http", "send_rpc"]
+           "send_http", "send_rpc", "start_serve", "stop_serve"]
 
 
 @dataclass(slots=True)
@@ -427,17 +433,53 @@ def rss_bytes(pid: int | None = None) -> int:
     raise RuntimeError("no VmRSS in /proc status")
 
 
+def start_serve(store: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+    """``clipperlab serve`` on ephemeral ports; returns the process and its ports."""
+    ports_file = store / "ports.json"
+    ports_file.unlink(missing_ok=True)
+    log = open(log_path, "ab")  # noqa: SIM115 - the server writes it until it stops
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clipperlab", "serve", "--query-port", "0", "--admin-port", "0",
+         "--rpc-port", "0", "--store", str(store), "--ports-file", str(ports_file),
+         "--log-level", "WARNING"],
+        stdout=log, stderr=log, start_new_session=True,
+    )
+    log.close()
+    until = time.monotonic() + 60
+    while not ports_file.exists() or not ports_file.read_text().strip():
+        if proc.poll() is not None:
+            raise SystemExit(f"oracle: the server exited with {proc.returncode}; see {log_path}")
+        if time.monotonic() > until:
+            proc.kill()
+            raise SystemExit(f"oracle: the server did not start in 60 s; see {log_path}")
+        time.sleep(0.05)
+    ports: dict[str, int] = json.loads(ports_file.read_text())["ports"]
+    return proc, ports
+
+
+def stop_serve(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 class FuzzEnv:
     """Sends cases to a server deployed by ``deploy`` and keeps the tallies."""
 
     def __init__(self, ports: dict[str, int], *, host: str = "127.0.0.1",
                  hello: Callable[..., bytes], rss_pid: int | None = None,
+                 proc: subprocess.Popen[bytes] | None = None,
                  health_every: int = 200, timeout_s: float = 10.0) -> None:
         self.host = host
         self.ports = ports
         self.admin = AdminClient(f"{host}:{ports['admin']}")
         self.fake = FakeContainer(host, ports["rpc"], hello).start()
         self.rss_pid = rss_pid
+        self.proc = proc
         self.health_every = health_every
         self.timeout_s = timeout_s
         self.cases = 0
@@ -473,7 +515,9 @@ class FuzzEnv:
                 self.fake.mode = "ok"
             v = judge_http(http, answers, ended, model_errors=odd)
         self.cases += 1
-        if self.cases % self.health_every == 0:
+        if self.proc is not None and self.proc.poll() is not None:
+            v.violations.append(f"server died: exit status {self.proc.returncode}")
+        elif self.cases % self.health_every == 0:
             v.violations += self.check_health()
         return v
 

@@ -46,6 +46,7 @@ __all__ = [
     "APP",
     "MODEL",
     "ODD_APP",
+    "DEEP_BODIES",
     "ODD_KINDS",
     "ODD_MODEL",
     "STR_APP",
@@ -56,6 +57,7 @@ __all__ = [
     "admin_cases",
     "all_cases",
     "clipper_cases",
+    "deep_body",
     "http_request",
     "odd_output_cases",
     "oip_cases",
@@ -214,6 +216,16 @@ def http_request(
 # --------------------------------------------------------------------------- JSON
 
 
+def deep_body(depth: int, kind: str) -> bytes:
+    """``{"input": ...}`` nested ``depth`` lists (``kind="list"``) or objects deep."""
+    o, c = ("[", "]") if kind == "list" else ('{"a":', "}")
+    return ('{"input":' + o * depth + "1" + c * depth + "}").encode()
+
+
+# bodies nested past what a C parser's stack survives (orjson 3.8.3: objects at 100,000)
+DEEP_BODIES = ((100_000, "dict"), (1_000_000, "list"))
+
+
 class _Raw(str):
     """A JSON fragment written as is (``NaN``, ``1e999``, a 400-digit integer)."""
 
@@ -259,9 +271,10 @@ def _dump(v: Any) -> str:
 
 @st.composite
 def _nested(draw: st.DrawFn) -> Any:
-    """A value nested 2..100,000 levels deep (``[[[...[1.0]...]]]``, dicts, or both),
-    as JSON text: Python's own recursion would stop a deep one here."""
-    depth = draw(st.sampled_from([2, 32, 63, 64, 65, 100, 1000, 5000, 100_000]))
+    """A value nested 2..5,000 levels deep (``[[[...[1.0]...]]]``, dicts, or both), as
+    JSON text: Python's own recursion would stop a deep one here.  Deeper ones are
+    ``DEEP_BODIES`` (a parser that crashes on them takes the server down with it)."""
+    depth = draw(st.sampled_from([2, 32, 63, 64, 65, 100, 1000, 5000]))
     kind = draw(st.sampled_from(["list", "list", "dict", "mixed"]))
     pairs = [("[", "]") if kind == "list" or (kind == "mixed" and i % 2) else ('{"a":', "}")
              for i in range(depth)]
@@ -601,13 +614,15 @@ def raw_http_cases(draw: st.DrawFn) -> HttpCase:
         n = draw(st.integers(1, max(1, len(body))))
         chunks = [body[j:j + n] for j in range(0, len(body), n)]
         enc = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
-        if draw(st.integers(0, 3)) == 0:
+        broken = draw(st.integers(0, 3)) == 0
+        if broken:  # a bad chunk size, or one announcing more than is sent: the client
+            # stops sending (the server may answer 4xx or wait for the rest, then close)
             enc = draw(st.sampled_from([b"zz\r\n", b"5\r\nab\r\n0\r\n\r\n",
                                         b"ffffffffffffffff\r\n"]))
         raw = (b"POST /%s/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
                b"Content-Type: application/json\r\nConnection: close\r\n\r\n" % APP.encode()
                ) + enc
-        return HttpCase(route, "query", raw, 1, 1)
+        return HttpCase(route, "query", raw, 0 if broken else 1, 1, half_close=broken)
     if kind == "upgrade":
         proto = draw(st.sampled_from([b"websocket", b"h2c", b"foo"]))
         raw = (b"GET /%s/predict HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: %s\r\n"
