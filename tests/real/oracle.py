@@ -83,6 +83,7 @@ class Verdict:
     statuses: list[int] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     unanswered: bool = False
+    label: str = ""  # the status for summaries when it is not an HTTP one (RPC cases)
 
     @property
     def kinds(self) -> list[str]:
@@ -92,6 +93,8 @@ class Verdict:
     @property
     def status(self) -> str:
         """A summary key: the final status, ``none`` or ``timeout``."""
+        if self.label:
+            return self.label
         if self.unanswered:
             return "timeout"
         return str(self.statuses[-1]) if self.statuses else "none"
@@ -281,6 +284,9 @@ def send_rpc(case: RpcCase, host: str, port: int, *, timeout_s: float = 5.0) -> 
                 v.violations.append(f"rpc: REFUSE without an 'error': {payload[:120]!r}")
         elif kind not in (p.WELCOME, p.HEARTBEAT, p.BATCH):
             v.violations.append(f"rpc: the server sent frame type {kind} to a container")
+    kinds = set(v.statuses)
+    v.label = ("rpc:refuse" if p.REFUSE in kinds else "rpc:welcome" if p.WELCOME in kinds
+               else "rpc:open" if -1 in kinds else "rpc:closed")
     return v
 
 
