@@ -28,6 +28,7 @@ import argparse
 import json
 import logging
 import os
+import select
 import socket
 import ssl
 import sys
@@ -120,7 +121,9 @@ def run_container(cfg: ContainerConfig) -> int:
 
 
 def _recv_frames(sock: socket.socket, dec: p.FrameDecoder) -> list[tuple[int, bytes]]:
-    data = sock.recv(1 << 20)
+    # 64 KiB: recv(1 MiB) maps and unmaps its buffer on every call (23 us against 3.5 us,
+    # 52% of a no-op container's samples); a bigger frame just takes more calls.
+    data = sock.recv(1 << 16)
     if not data:
         raise OSError("frontend closed the connection")
     return dec.feed(data)
@@ -179,19 +182,16 @@ def _serve(sock: socket.socket, cfg: ContainerConfig, predict: Any) -> None:
     interval_s = float(welcome.get("heartbeat_interval_s", 0.5))
     dec.max_frame_bytes = int(welcome.get("max_frame_bytes", p.MAX_FRAME_BYTES))
     log.info("connected as replica %s", welcome.get("replica"))
-    recv_slice_s = max(interval_s / 2, 0.001)
-    lock = threading.Lock()
+    lock = threading.Lock()  # one sender at a time (results, heartbeats)
     stop = threading.Event()
+    tls = isinstance(sock, ssl.SSLSocket)
+    sock.settimeout(None)
 
     def send(data: bytes) -> None:
-        with lock:  # a send waits for the peer as long as it takes, not one slice
-            sock.settimeout(None)
-            try:
-                sock.sendall(data)
-            finally:
-                sock.settimeout(recv_slice_s)
+        with lock:
+            sock.sendall(data)
 
-    def beat() -> None:
+    def beat() -> None:  # keeps the connection alive during long batches too
         frame = p.encode_frame(p.HEARTBEAT)
         while not stop.wait(interval_s):
             try:
@@ -199,7 +199,18 @@ def _serve(sock: socket.socket, cfg: ContainerConfig, predict: Any) -> None:
             except OSError:
                 return
 
-    sock.settimeout(recv_slice_s)
+    def receive() -> list[tuple[int, bytes]]:
+        if not tls:  # a plain socket may send on one thread while it receives on another
+            return _recv_frames(sock, dec)
+        # An SSL socket is used by one thread at a time: wait for data outside the lock
+        # (the heartbeat thread sends meanwhile), then read under it.
+        if not sock.pending() and not poller.poll(max(interval_s / 2, 0.001) * 1e3):
+            return []
+        with lock:
+            return _recv_frames(sock, dec)
+
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
     threading.Thread(target=beat, daemon=True, name="heartbeat").start()
     try:
         while True:
@@ -208,11 +219,7 @@ def _serve(sock: socket.socket, cfg: ContainerConfig, predict: Any) -> None:
                     send(_compute(payload, predict))
                 elif kind != p.HEARTBEAT:
                     raise p.ProtocolError(f"unexpected frame type {kind} from the frontend")
-            with lock:  # released at least every interval_s / 2 for the heartbeat thread
-                try:
-                    frames = _recv_frames(sock, dec)
-                except TimeoutError:
-                    frames = []
+            frames = receive()
     finally:
         stop.set()
 

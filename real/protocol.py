@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import struct
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -248,10 +249,12 @@ def encode_values(values: Any) -> bytes:
                 f"values of dtype {a.dtype} cannot be sent: the RPC carries booleans,"
                 " integers, floats, strings and bytes"
             )
-        dt = a.dtype.str.encode()
-        head = bytes((K_ARRAY, len(dt))) + dt + bytes((a.ndim,))
-        head += struct.pack(f"<{a.ndim}Q", *a.shape)
-        return head + a.tobytes()
+        head = _ARRAY_HEADS.get((a.dtype.str, a.ndim))
+        if head is None:
+            dt = a.dtype.str.encode()
+            head = _ARRAY_HEADS[(a.dtype.str, a.ndim)] = (
+                bytes((K_ARRAY, len(dt))) + dt + bytes((a.ndim,)))
+        return b"".join((head, _shape_struct(a.ndim).pack(*a.shape), a.tobytes()))
     seq = list(values)
     if seq and all(isinstance(v, bytes | bytearray | memoryview) for v in seq):
         parts = [bytes((K_BYTES,)), _U32.pack(len(seq))]
@@ -318,21 +321,19 @@ def decode_values(buf: bytes | memoryview, pos: int = 0) -> Any:
         pos += 1
         if kind == K_ARRAY:
             ld = mv[pos]
-            dt = np.dtype(bytes(mv[pos + 1 : pos + 1 + ld]).decode())
-            if dt.kind not in _ARRAY_KINDS or dt.itemsize == 0:
-                raise ProtocolError(f"array dtype {dt} is not one the RPC carries")
+            dt = _dtype_of(bytes(mv[pos + 1 : pos + 1 + ld]))
             pos += 1 + ld
             ndim = mv[pos]
             pos += 1
-            shape = struct.unpack_from(f"<{ndim}Q", mv, pos)
+            shape = _shape_struct(ndim).unpack_from(mv, pos)
             pos += 8 * ndim
-            count = int(np.prod(shape)) if ndim else 1
+            count = math.prod(shape)  # np.prod of a 2-tuple: 7.7 us; math.prod: 0.17 us
             if len(mv) - pos != count * dt.itemsize:
                 raise ProtocolError(
                     f"array of shape {shape} and dtype {dt} needs {count * dt.itemsize} bytes,"
                     f" got {len(mv) - pos}"
                 )
-            return np.frombuffer(mv[pos:], dtype=dt).reshape(shape)
+            return np.frombuffer(buf, dtype=dt, count=count, offset=pos).reshape(shape)
         if kind in (K_BYTES, K_STR):
             (n,) = _U32.unpack_from(mv, pos)
             pos += 4
@@ -359,6 +360,33 @@ def decode_values(buf: bytes | memoryview, pos: int = 0) -> Any:
     except (struct.error, ValueError, TypeError, IndexError, UnicodeDecodeError) as e:
         raise ProtocolError(f"bad values encoding: {e}") from None
     raise ProtocolError(f"unknown value kind {kind}")
+
+
+# Caches for the array path, which every batch takes twice (inputs out, outputs back):
+# building a dtype from its string costs ~3 us and a shape's struct format ~1 us a time.
+_ARRAY_HEADS: dict[tuple[str, int], bytes] = {}
+_DTYPES: dict[bytes, np.dtype[Any]] = {}
+_SHAPES: dict[int, struct.Struct] = {}
+
+
+def _shape_struct(ndim: int) -> struct.Struct:
+    st = _SHAPES.get(ndim)
+    if st is None:
+        st = _SHAPES[ndim] = struct.Struct(f"<{ndim}Q")
+    return st
+
+
+def _dtype_of(raw: bytes) -> np.dtype[Any]:
+    """The dtype a value header names, checked against what the RPC carries."""
+    dt = _DTYPES.get(raw)
+    if dt is not None:
+        return dt
+    dt = np.dtype(raw.decode())
+    if dt.kind not in _ARRAY_KINDS or dt.itemsize == 0:
+        raise ProtocolError(f"array dtype {dt} is not one the RPC carries")
+    if len(_DTYPES) < 256:  # only valid dtypes are kept, and few of them exist
+        _DTYPES[raw] = dt
+    return dt
 
 
 def _no_constant(name: str) -> Any:
