@@ -402,7 +402,10 @@ class ContainerConnection(asyncio.Protocol):
         """One array for a batch of equal-shaped numeric inputs, else the list of inputs."""
         if self.dtype is not None:
             try:
-                return np.stack(inputs) if len(inputs) > 1 else np.asarray(inputs[0])[None]
+                # np.array of equal-shaped arrays: 4 us for 8 rows, np.stack 16 us
+                a = np.array(inputs) if len(inputs) > 1 else np.asarray(inputs[0])[None]
+                if a.dtype.kind in "biuf":
+                    return a
             except (ValueError, IndexError):
                 pass  # ragged, or one dimension too many for one array: as a list
         return list(inputs)
