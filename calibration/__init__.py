@@ -4,6 +4,10 @@ It joins ``clipperlab.real`` (the server, its containers and client) to
 ``clipperlab.simulator`` (the twin); neither of those imports it.  Map, one job a module:
 
 - ``errors``: ``CalibrationError``, the one to catch, and each tool's subclass.
+- ``quiet``: the machine's load before a measurement (``machine_load``) and the guard
+  that warns, refuses or stays off when it is busy (``guard``); results record it.
+- ``intervals``: bootstrap intervals over the runs or repeats a fitted number came from.
+- ``capacity``: the twin's predicted capacity (the highest rate meeting the objective).
 - ``profiler``: a real container's batch latency over the RPC -> a simulator profile.
 - ``loadgen``: an open-loop load generator without coordinated omission; raw per-query
   tables (summaries come from ``clipperlab.report.latency.summarise``).

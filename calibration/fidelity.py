@@ -137,7 +137,7 @@ def capacity_rows(table: pd.DataFrame) -> pd.DataFrame:
     interval when the table has one), the calibrated twin's prediction
     (``sim_capacity_qps``), the error (predicted - measured) / measured and whether it
     is within the issue's 10%."""
-    rows = []
+    rows: list[dict[str, object]] = []
     if "capacity_qps" not in table.columns:
         return pd.DataFrame(rows)
     for (model, batching), g in table.groupby(["model", "batching"], sort=False):
