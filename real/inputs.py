@@ -54,9 +54,11 @@ class TooDeep(BadInput):
 
 
 def check_nesting(raw: bytes | memoryview, limit: int, what: str = "body") -> None:
-    """``TooDeep`` when the JSON text ``raw`` (already parsed, so valid) nests lists and
-    objects more than ``limit`` deep.  A text with no more brackets than ``limit`` cannot;
-    any other is scanned (``json_depth``: no recursion)."""
+    """``TooDeep`` when the JSON text ``raw`` nests lists and objects more than ``limit``
+    deep; run it before parsing (orjson 3.8 overflows the C stack on 100,000 nested
+    objects).  A text with no more brackets than ``limit`` cannot; any other is scanned
+    (``json_depth``: no recursion).  On invalid JSON the scan reads the valid prefix as a
+    parser does, and a parser stops at the first error, so it never goes deeper."""
     b = bytes(raw) if isinstance(raw, memoryview) else raw
     if b.count(b"[") + b.count(b"{") <= limit:
         return
@@ -65,7 +67,7 @@ def check_nesting(raw: bytes | memoryview, limit: int, what: str = "body") -> No
 
 
 def json_depth(raw: bytes) -> int:
-    """How deep lists and objects nest in the valid JSON text ``raw``.  Escapes go first
+    """How deep lists and objects nest in the JSON text ``raw``.  Escapes go first
     (so every quote left opens or closes a string), then everything but brackets and
     quotes (one C pass), then what lies inside strings; the brackets left are counted.
     Measured on a 100 x 64 ``input_batch`` (32 KB): 0.1 ms, about a fifth of parsing it."""

@@ -183,3 +183,11 @@ def test_the_client_still_speaks_to_it(srv: Any) -> None:
     a.add_app("ok", slo_ms=50, default_output=0)
     assert "ok" in a.get_all_apps()
     assert a.get_app("ok")["name"] == "ok" and "registry" in a.inspect()
+
+
+def test_deep_admin_bodies_are_400_and_the_server_lives(srv: Any) -> None:
+    """100,000 nested objects (past the JSON parser's C stack) are refused unparsed."""
+    deep = b'{"name": "x", "d": ' + b'{"a":' * 100_000 + b"1" + b"}" * 100_000 + b"}"
+    status, error = call(srv.port, "POST", "/admin/add_app", deep, JSON)
+    assert status == 400 and "max_nesting" in error
+    assert srv.admin.ping()
