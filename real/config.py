@@ -139,6 +139,7 @@ class ServerConfig:
     max_url_bytes: int = 8 << 10
     max_header_bytes: int = 64 << 10
     header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
     idle_timeout_s: float = 60.0
     max_connections: int = 900
     # browsers and the admin API (real/admin.py): Origins and Host names let in
@@ -230,7 +231,7 @@ class ServerConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ConfigError(f"server.{name} = {v!r} must be an integer >= {low}")
-        for name in ("header_timeout_s", "idle_timeout_s"):
+        for name in ("header_timeout_s", "body_timeout_s", "idle_timeout_s"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 1e9:
                 raise ConfigError(f"server.{name} = {v!r} must be a number of seconds > 0")

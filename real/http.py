@@ -12,7 +12,9 @@ Rules:
   then the connection closes: a URL over ``max_url_bytes`` gets ``414``; a head (request
   line and headers) over ``max_url_bytes + max_header_bytes`` gets ``431`` (counted per
   parsed slice, so at most one 4 KiB slice is read past it); a request whose headers have
-  not all arrived ``header_timeout_s`` after its first byte gets ``408``.  A keep-alive
+  not all arrived ``header_timeout_s`` after its first byte gets ``408``, and so does one
+  whose body stalls (no byte) for ``body_timeout_s``.  A ``Content-Length`` over
+  ``max_body_bytes`` gets ``413`` at once, before any body is read.  A keep-alive
   connection idle for ``idle_timeout_s`` is closed without an answer.
 - ``Connections`` holds every connection of a server: at most ``max_connections`` are
   open; a new one beyond that closes the connection idle the longest, or, when none is
@@ -147,6 +149,7 @@ class HttpLimits:
     max_url_bytes: int = 8 << 10
     max_header_bytes: int = 64 << 10
     header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
     idle_timeout_s: float = 60.0
 
 
@@ -191,6 +194,7 @@ _KEEP = frozenset(
         b"host",
         b"origin",
         b"sec-fetch-site",
+        b"content-length",
     )
 )
 
@@ -216,6 +220,7 @@ class HttpProtocol(asyncio.Protocol):
                 max_url_bytes=limits.max_url_bytes,
                 max_header_bytes=limits.max_header_bytes,
                 header_timeout_s=limits.header_timeout_s,
+                body_timeout_s=limits.body_timeout_s,
                 idle_timeout_s=limits.idle_timeout_s,
             )
         self.limits = limits
@@ -365,6 +370,14 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._head_bytes = -1
+        length = self._headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            self._fail(
+                413,
+                f"Content-Length {int(length)} exceeds the limit of {self.max_body_bytes} bytes",
+                "body_too_large",
+            )
+            raise httptools.HttpParserError("body too large")
         # curl sends "Expect: 100-continue" with bodies over 1 KiB and waits a second for
         # the interim answer; give it at once (nothing else is outstanding then).
         if (
@@ -501,6 +514,13 @@ class HttpProtocol(asyncio.Protocol):
                     f" {lim.header_timeout_s}",
                     "header_timeout",
                 )
+        elif self._in_message and not self._paused:
+            if now - self._active_at > lim.body_timeout_s:
+                self._fail(
+                    408,
+                    f"the request body stalled for body_timeout_s = {lim.body_timeout_s}",
+                    "body_timeout",
+                )
         elif self.quiet and now - self._active_at > lim.idle_timeout_s:
             self._conns.refused["idle_timeout"] += 1
             self.close()
@@ -554,7 +574,8 @@ class Connections:
                 )
                 return
         self.members[proto] = None
-        tick = min(proto.limits.header_timeout_s, proto.limits.idle_timeout_s) / 4
+        lim = proto.limits
+        tick = min(lim.header_timeout_s, lim.body_timeout_s, lim.idle_timeout_s) / 4
         if tick < self.tick_s:
             self.tick_s = max(tick, 0.01)
         if self._timer is None:

@@ -145,7 +145,8 @@ class Server:
         c = self.cfg
         limits = HttpLimits(max_body_bytes=max_body, max_url_bytes=c.max_url_bytes,
                             max_header_bytes=c.max_header_bytes,
-                            header_timeout_s=c.header_timeout_s, idle_timeout_s=c.idle_timeout_s)
+                            header_timeout_s=c.header_timeout_s, body_timeout_s=c.body_timeout_s,
+                            idle_timeout_s=c.idle_timeout_s)
         proto = HttpProtocol(handler, limits=limits, connections=self.http_conns,
                              on_close=self._conns.discard)
         self._conns.add(proto)

@@ -20,6 +20,7 @@ from tests.real.rawhttp import answers, exchange, request
 from tests.servers import start_server
 
 HEADER_TIMEOUT_S = 0.5
+BODY_TIMEOUT_S = 0.5
 IDLE_TIMEOUT_S = 0.5
 MAX_CONNECTIONS = 6
 
@@ -32,7 +33,9 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Any:
         max_nesting=8,
         max_url_bytes=1024,
         max_header_bytes=16 * 1024,
+        max_body_bytes=64 * 1024,
         header_timeout_s=HEADER_TIMEOUT_S,
+        body_timeout_s=BODY_TIMEOUT_S,
         idle_timeout_s=IDLE_TIMEOUT_S,
         max_connections=MAX_CONNECTIONS,
     )
@@ -133,6 +136,34 @@ def test_slow_headers_get_408_then_close(srv: Any) -> None:
     assert [a.status for a in got] == [408]
     assert "header_timeout_s" in json.loads(got[0].body)["error"]
     assert refused(srv).get("header_timeout", 0) >= 1
+
+
+def test_announced_body_over_the_limit_is_413_before_it_is_sent(srv: Any) -> None:
+    """A ``Content-Length`` over ``max_body_bytes`` is answered at once (the client has
+    sent no body and keeps the connection open)."""
+    with socket.create_connection(("127.0.0.1", srv.q), timeout=10) as s:
+        s.sendall(b"POST /app/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000000\r\n\r\n")
+        raw = b""
+        while chunk := s.recv(4096):
+            raw += chunk
+    got = answers(raw)
+    assert [a.status for a in got] == [413]
+    assert "10000000000" in json.loads(got[0].body)["error"]
+
+
+def test_stalled_body_gets_408(srv: Any) -> None:
+    """A body that stops arriving for ``body_timeout_s`` (a chunk announced, never sent)
+    is answered 408 and the connection closed."""
+    with socket.create_connection(("127.0.0.1", srv.q), timeout=10 * BODY_TIMEOUT_S + 5) as s:
+        s.sendall(b"POST /app/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                  b"\r\nffffffffffffffff\r\n")
+        raw = b""
+        while chunk := s.recv(4096):
+            raw += chunk
+    got = answers(raw)
+    assert [a.status for a in got] == [408]
+    assert "body_timeout_s" in json.loads(got[0].body)["error"]
+    assert refused(srv).get("body_timeout", 0) >= 1
 
 
 def test_idle_keep_alive_connection_is_closed(srv: Any) -> None:
@@ -246,6 +277,7 @@ def test_a_handler_that_raises_is_a_counted_500() -> None:
     ("setting", "value"),
     [("max_batch_items", 0), ("max_nesting", 1), ("max_url_bytes", 10),
      ("max_header_bytes", 100), ("header_timeout_s", 0), ("idle_timeout_s", -1),
+     ("body_timeout_s", "soon"),
      ("max_connections", 0), ("max_connections", "many")],
 )
 def test_limits_are_checked_settings(setting: str, value: Any) -> None:
@@ -259,4 +291,5 @@ def test_limits_have_defaults() -> None:
     assert cfg.max_batch_items == 1000 and cfg.max_nesting == 32
     assert cfg.max_url_bytes == 8 << 10 and cfg.max_header_bytes == 64 << 10
     assert cfg.header_timeout_s == 10.0 and cfg.idle_timeout_s == 60.0
+    assert cfg.body_timeout_s == 30.0
     assert cfg.max_connections == 900
