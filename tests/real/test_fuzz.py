@@ -113,9 +113,6 @@ def test_after_fuzzing_nothing_is_wedged_and_memory_is_bounded(env: FuzzEnv) -> 
     assert growth < RSS_GROWTH_LIMIT_BYTES, f"RSS grew by {growth >> 20} MiB"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 11 defect 9 (the orjson parse): orjson 3.8.3 overflows the C stack (SIGSEGV) on"
-    " 100,000 nested objects / 1,000,000 nested lists; check_nesting runs after the parse"))
 @pytest.mark.parametrize(("depth", "kind"), s.DEEP_BODIES)
 def test_nesting_past_the_parser_stack_gets_400(tmp_path: Path, depth: int, kind: str) -> None:
     """A body nested deeper than any C parser's stack is refused, and the server lives."""
