@@ -62,6 +62,10 @@ METRIC_HELP: dict[str, str] = {
     "clipperlab_queue_expired_total": "Model requests dropped from a queue after their deadline",
     "clipperlab_queue_hopeless_total": "Model requests dropped because they could not make "
     "their deadline (drop_hopeless)",
+    "clipperlab_admission_refused_total": "Queries answered at once with the default because "
+    "their predicted wait plus batch latency passed their deadline (admission_control)",
+    "clipperlab_user_state_evictions_total": "Per-user selection states evicted (least "
+    "recently used) to keep an application within max_user_states",
     "clipperlab_cache_hits_total": "Prediction cache hits",
     "clipperlab_cache_misses_total": "Prediction cache misses",
     "clipperlab_cache_coalesced_total": "Requests that joined an identical in-flight request",
