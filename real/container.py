@@ -184,7 +184,7 @@ def _serve(sock: socket.socket, cfg: ContainerConfig, predict: Any) -> None:
     log.info("connected as replica %s", welcome.get("replica"))
     lock = threading.Lock()  # one sender at a time (results, heartbeats)
     stop = threading.Event()
-    tls = isinstance(sock, ssl.SSLSocket)
+    tls = sock if isinstance(sock, ssl.SSLSocket) else None
     sock.settimeout(None)
 
     def send(data: bytes) -> None:
@@ -200,11 +200,11 @@ def _serve(sock: socket.socket, cfg: ContainerConfig, predict: Any) -> None:
                 return
 
     def receive() -> list[tuple[int, bytes]]:
-        if not tls:  # a plain socket may send on one thread while it receives on another
+        if tls is None:  # a plain socket may send on one thread while it receives on another
             return _recv_frames(sock, dec)
         # An SSL socket is used by one thread at a time: wait for data outside the lock
         # (the heartbeat thread sends meanwhile), then read under it.
-        if not sock.pending() and not poller.poll(max(interval_s / 2, 0.001) * 1e3):
+        if not tls.pending() and not poller.poll(max(interval_s / 2, 0.001) * 1e3):
             return []
         with lock:
             return _recv_frames(sock, dec)
