@@ -12,9 +12,12 @@ follow the one schema both drivers share (``clipperlab.engine.schema``: ``[[apps
 of one's own as ``module:Class`` or ``file.py:Class``, a relative file taken from this
 file's folder) and are checked when the file is read, errors naming the file and the
 field; the server's own model fields are ``kind`` (Clipper: ``container_name``), ``path``
-(``model_data_path``), ``labels``, ``options`` and ``activate``.  Applications and models
-from the file are added only when the store does not have them yet (the store wins after
-a restart); the admin API listens beyond loopback only with ``admin_token`` set.  Errors
+(``model_data_path``), ``labels``, ``options``, ``activate`` and ``resources`` (what a
+container placed by Ray asks for: ``num_cpus``, ``num_gpus``, ``memory`` and custom
+resources such as a host label, each a number >= 0; the local manager ignores it).
+Applications and models from the file are added only when the store does not have them
+yet (the store wins after a restart); the admin API listens beyond loopback only with
+``admin_token`` set.  Errors
 are the engine's ``ConfigError`` (re-exported here).
 """
 
@@ -39,7 +42,7 @@ __all__ = ["ConfigError", "ServerConfig", "app_from_dict", "load_config", "model
 # the server's own fields of a [[models]] table, canonical name first, then Clipper's
 _SERVER_MODEL_FIELDS = {"kind": ("kind", "container_name"), "path": ("path", "model_data_path"),
                         "labels": ("labels",), "options": ("options",),
-                        "activate": ("activate",)}
+                        "activate": ("activate",), "resources": ("resources",)}
 
 
 def app_from_dict(
@@ -82,10 +85,26 @@ def model_from_dict(
         if not isinstance(val["labels"], list):
             raise ConfigError(f"{where}.labels: expected a list, got {val['labels']!r}")
         md["labels"] = list(val["labels"])
+    if "resources" in val:
+        md["resources"] = _resources(val["resources"], f"{where}.resources")
     batching = spec.batching
     if batching.max_queue is None:
         batching = replace(batching, max_queue=max_queue)
     return replace(spec, batching=batching, metadata=md), replicas
+
+
+def _resources(res: Any, where: str) -> dict[str, float]:
+    """A ``[models.resources]`` table: resource names to amounts >= 0 (Ray's units)."""
+    if not isinstance(res, Mapping):
+        raise ConfigError(f"{where}: expected a table of resource amounts, got {res!r}")
+    out: dict[str, float] = {}
+    for k, v in res.items():
+        if not isinstance(k, str) or not k:
+            raise ConfigError(f"{where}: resource names are non-empty strings, got {k!r}")
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < 1e18:
+            raise ConfigError(f"{where}.{k} = {v!r} must be a number >= 0")
+        out[k] = v
+    return out
 
 
 def _canonical_model(d: Mapping[str, Any], spec: ModelSpec) -> dict[str, Any]:
@@ -131,6 +150,13 @@ class ServerConfig:
     rpc_tls_ca: str = ""
     rpc_tls_server_name: str = ""
     store: str = "clipperlab-store"
+    # several frontends on one Redis store (real/store_redis.py, real/sync.py): see README
+    # "Running on several machines"
+    store_dir: str = "clipperlab-store"
+    rpc_advertise: str = ""
+    frontend_ttl_s: float = 5.0
+    selection_sync: str = "merge"
+    selection_merge_every_s: float = 1.0
     max_body_bytes: int = 16 << 20
     admin_max_body_bytes: int = 1 << 30
     # what one client may send (real/http.py, real/frontend.py): see README "Limits"
@@ -162,6 +188,9 @@ class ServerConfig:
     drop_hopeless: bool = True
     tune_gc: bool = True
     manage_containers: bool = True
+    # who starts containers (real/manager.py): "local" processes, "ray" actors, or "none"
+    containers: str = "local"
+    ray_address: str = ""
     container_log_dir: str = ""
     applications: list[dict[str, Any]] = field(default_factory=list)
     models: list[dict[str, Any]] = field(default_factory=list)
@@ -183,8 +212,31 @@ class ServerConfig:
             raise ConfigError(f"server.max_queue = {self.max_queue} must be >= 1")
         if self.heartbeat_interval_s <= 0 or self.missed_heartbeats < 1:
             raise ConfigError("server.heartbeat_interval_s must be > 0, missed_heartbeats >= 1")
+        self._check_several_frontends()
         self._check_bounded_state()
         self._check_rpc()
+        if self.containers not in ("local", "ray", "none"):
+            raise ConfigError(f"server.containers = {self.containers!r} must be one of"
+                              " 'local', 'ray', 'none'")
+
+    def _check_several_frontends(self) -> None:
+        for name in ("frontend_ttl_s", "selection_merge_every_s"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 3600:
+                raise ConfigError(f"server.{name} = {v!r} must be seconds in (0, 3600]")
+        if self.selection_sync not in ("merge", "partition"):
+            raise ConfigError(f"server.selection_sync = {self.selection_sync!r} must be"
+                              " 'merge' or 'partition'")
+        host, _, port = self.rpc_advertise.rpartition(":")
+        if self.rpc_advertise and not (host and port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigError(f"server.rpc_advertise = {self.rpc_advertise!r} must be"
+                              " HOST:PORT (what containers on other hosts dial)")
+        if self.store.startswith(("redis://", "rediss://", "unix://")):
+            try:
+                import redis  # noqa: F401
+            except ImportError:
+                raise ConfigError(f"server.store = {self.store!r} needs the redis package:"
+                                  " pip install 'clipperlab[redis]'") from None
 
     def _check_rpc(self) -> None:
         v = self.rpc_hello_timeout_s

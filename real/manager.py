@@ -1,6 +1,16 @@
-"""The local container manager: starts, watches and restarts container processes.
+"""Who starts containers: the ``Launcher`` interface and the local container manager.
 
-Rules:
+The server asks a launcher for replicas and never starts a container itself:
+``set_replicas(spec, n)`` (want ``n`` replicas of the model's active version),
+``replica_up`` (a replica said hello: retire the previous version's), ``kill`` (a silent
+replica: restart it), ``describe``, ``restarts_total`` and ``stop_all``.  ``Launcher``
+keeps the bookkeeping both launchers share (which replicas are wanted, which versions are
+retiring); a launcher says only how one replica is started and stopped.  Two implement it:
+``ContainerManager`` here (local processes, ``[server] containers = "local"``, the
+default) and ``RayLauncher`` in ``ray_launcher.py`` (Ray actors placed by resources,
+``containers = "ray"``); ``containers = "none"`` starts nothing (containers by hand).
+
+Rules of the local manager:
 - For each model the store wants ``n`` replicas of its *active* version: processes
   ``clipperlab container`` with ordinals ``0..n-1`` connecting to this frontend.
 - A process that exits while wanted is restarted after a back-off that starts at 0.1 s and
@@ -24,12 +34,13 @@ import os
 import signal
 import sys
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from clipperlab.engine import ModelSpec, ReplicaId
 
-__all__ = ["ContainerManager", "Managed"]
+__all__ = ["ContainerManager", "Launcher", "Managed"]
 
 log = logging.getLogger("clipperlab.manager")
 
@@ -53,7 +64,73 @@ class Managed:
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
-class ContainerManager:
+K = TypeVar("K")
+
+
+class Launcher(ABC, Generic[K]):
+    """Keeps the wanted replicas of each model's active version running somewhere.
+
+    ``procs`` maps each wanted replica to what keeps it (``K``: a process, an actor);
+    subclasses say how one is started (``_start``) and stopped (``_stop``, which also
+    drops it from ``procs``).
+    """
+
+    def __init__(self) -> None:
+        self.procs: dict[ReplicaId, K] = {}
+        self.restarts_total = 0
+        self._retiring: dict[str, list[ReplicaId]] = {}
+
+    @abstractmethod
+    def _start(self, spec: ModelSpec, ordinal: int) -> K:
+        """Start keeping replica ``ordinal`` of ``spec`` (without waiting for it)."""
+
+    @abstractmethod
+    def _stop(self, rid: ReplicaId) -> None:
+        """Stop replica ``rid`` for good and forget it."""
+
+    @abstractmethod
+    def kill(self, rid: ReplicaId) -> None:
+        """Kill a replica (a silent container); it will be restarted."""
+
+    @abstractmethod
+    def describe(self) -> list[dict[str, Any]]:
+        """One row per wanted replica, for ``inspect``."""
+
+    @abstractmethod
+    async def stop_all(self, grace_s: float = 3.0) -> None:
+        """Stop every replica this launcher keeps."""
+
+    def set_replicas(self, spec: ModelSpec, count: int, active_up: bool = False) -> None:
+        """Want ``count`` replicas of ``spec`` (the model's active version).
+        ``active_up``: a replica of that version is connected already (retire the rest now)."""
+        retiring = self._retiring[spec.name] = [
+            r for r in self._retiring.get(spec.name, []) if r.version != spec.version
+        ]
+        for r in self.procs:
+            if r.model == spec.name and r.version != spec.version and r not in retiring:
+                retiring.append(r)
+        if count == 0 or active_up:
+            self._retire(spec.name)
+        for ordinal in range(count):
+            rid = ReplicaId(spec.name, spec.version, ordinal)
+            if rid not in self.procs:
+                self.procs[rid] = self._start(spec, ordinal)
+        for rid in list(self.procs):
+            if rid.model == spec.name and rid.version == spec.version and rid.ordinal >= count:
+                self._stop(rid)
+
+    def replica_up(self, rid: ReplicaId) -> None:
+        """A replica said hello: retire the previous version's replicas."""
+        if rid.model in self._retiring and rid in self.procs:
+            self._retire(rid.model)
+
+    def _retire(self, model: str) -> None:
+        for old in self._retiring.pop(model, []):
+            if old in self.procs:
+                self._stop(old)
+
+
+class ContainerManager(Launcher[Managed]):
     """Keeps the wanted container processes running."""
 
     def __init__(
@@ -67,6 +144,7 @@ class ContainerManager:
         log_dir: str | None = None,
         python: str = sys.executable,
     ) -> None:
+        super().__init__()
         self.rpc_host = "127.0.0.1" if rpc_host in ("0.0.0.0", "", "::") else rpc_host
         self.rpc_port = rpc_port
         self.secret = secret
@@ -74,9 +152,6 @@ class ContainerManager:
         self.tls_server_name = tls_server_name
         self.log_dir = log_dir
         self.python = python
-        self.procs: dict[ReplicaId, Managed] = {}
-        self.restarts_total = 0
-        self._retiring: dict[str, list[ReplicaId]] = {}
 
     def argv(self, spec: ModelSpec, ordinal: int) -> list[str]:
         md = spec.metadata
@@ -110,38 +185,10 @@ class ContainerManager:
             argv += ["--options", json.dumps(md["options"])]
         return argv
 
-    def set_replicas(self, spec: ModelSpec, count: int, active_up: bool = False) -> None:
-        """Want ``count`` replicas of ``spec`` (the model's active version).
-        ``active_up``: a replica of that version is connected already (retire the rest now)."""
-        retiring = self._retiring[spec.name] = [
-            r for r in self._retiring.get(spec.name, []) if r.version != spec.version
-        ]
-        for m in self.procs.values():
-            r = m.replica
-            if r.model == spec.name and r.version != spec.version and r not in retiring:
-                retiring.append(r)
-        if count == 0 or active_up:
-            self._retire(spec.name)
-        for ordinal in range(count):
-            rid = ReplicaId(spec.name, spec.version, ordinal)
-            old = self.procs.get(rid)
-            if old is None or not old.wanted:
-                m = self.procs[rid] = Managed(rid, self.argv(spec, ordinal))
-                m.task = asyncio.get_running_loop().create_task(self._keep(m))
-        for rid, m in list(self.procs.items()):
-            if rid.model == spec.name and rid.version == spec.version and rid.ordinal >= count:
-                self._stop(m)
-
-    def replica_up(self, rid: ReplicaId) -> None:
-        """A replica said hello: retire the previous version's processes."""
-        if rid.model in self._retiring and rid in self.procs:
-            self._retire(rid.model)
-
-    def _retire(self, model: str) -> None:
-        for old in self._retiring.pop(model, []):
-            m = self.procs.get(old)
-            if m is not None:
-                self._stop(m)
+    def _start(self, spec: ModelSpec, ordinal: int) -> Managed:
+        m = Managed(ReplicaId(spec.name, spec.version, ordinal), self.argv(spec, ordinal))
+        m.task = asyncio.get_running_loop().create_task(self._keep(m))
+        return m
 
     def kill(self, rid: ReplicaId) -> None:
         """Kill a replica's process (silent container); it will be restarted."""
@@ -215,9 +262,12 @@ class ContainerManager:
             m.restarts += 1
             self.restarts_total += 1
 
-    def _stop(self, m: Managed) -> None:
+    def _stop(self, rid: ReplicaId) -> None:
+        m = self.procs.pop(rid)
+        self._end(m)
+
+    def _end(self, m: Managed) -> None:
         m.wanted = False
-        self.procs.pop(m.replica, None)
         if m.proc is not None and m.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 m.proc.send_signal(signal.SIGTERM)
@@ -226,8 +276,9 @@ class ContainerManager:
 
     async def stop_all(self, grace_s: float = 3.0) -> None:
         ms = list(self.procs.values())
+        self.procs.clear()
         for m in ms:
-            self._stop(m)
+            self._end(m)
         procs = [m.proc for m in ms if m.proc is not None and m.proc.returncode is None]
         if procs:
             _, pending = await asyncio.wait(

@@ -40,7 +40,7 @@ from .config import ServerConfig, app_from_dict, model_from_dict
 from .driver import EngineDriver
 from .frontend import QueryFrontend
 from .http import Connections, HttpLimits, HttpProtocol, fd_headroom
-from .manager import ContainerManager
+from .manager import ContainerManager, Launcher
 from .metrics import metrics_text
 from .rpc import RpcServer
 from .store import Store
@@ -84,7 +84,7 @@ class Server:
         self._save_task: asyncio.Task[None] | None = None
         self._saver = ThreadPoolExecutor(1, thread_name_prefix="clipperlab-save")
         self._save_lock = asyncio.Lock()
-        self.manager: ContainerManager | None = None
+        self.manager: Launcher[Any] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> dict[str, int]:
@@ -125,21 +125,28 @@ class Server:
         self.ports["query"] = q_srv.sockets[0].getsockname()[1]
         self.ports["admin"] = a_srv.sockets[0].getsockname()[1]
         self._servers = [q_srv, a_srv, rpc_srv]
-        if cfg.manage_containers:
-            self.manager = ContainerManager(
-                cfg.rpc_host,
-                self.ports["rpc"],
-                secret=self.rpc.secret,
-                tls_ca=cfg.rpc_tls_ca or cfg.rpc_tls_cert,
-                tls_server_name=cfg.rpc_tls_server_name,
-                log_dir=cfg.container_log_dir or str(self.store.dir / "logs"),
-            )
+        self.manager = self._launcher()
         self._deploy_config()
         for name, n in self.replicas_wanted.items():
             self._apply_replicas(name, n)
         self._save_task = loop.create_task(self._save_periodically())
         log.info("serving: %s", self.ports)
         return dict(self.ports)
+
+    def _launcher(self) -> Launcher[Any] | None:
+        """Who starts containers: ``[server] containers`` (local processes, Ray actors,
+        or nobody; ``manage_containers = false`` is nobody too)."""
+        cfg = self.cfg
+        if not cfg.manage_containers or cfg.containers == "none":
+            return None
+        tls = {"secret": self.rpc.secret, "tls_ca": cfg.rpc_tls_ca or cfg.rpc_tls_cert,
+               "tls_server_name": cfg.rpc_tls_server_name}
+        if cfg.containers == "ray":
+            from .ray_launcher import RayLauncher
+
+            return RayLauncher(cfg.rpc_host, self.ports["rpc"], address=cfg.ray_address, **tls)
+        return ContainerManager(cfg.rpc_host, self.ports["rpc"], **tls,
+                                log_dir=cfg.container_log_dir or str(self.store.dir / "logs"))
 
     def _http(self, handler: Any, max_body: int) -> HttpProtocol:
         c = self.cfg
