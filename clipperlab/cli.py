@@ -36,6 +36,7 @@ SUBCOMMANDS: dict[str, str] = {
     "profile": "measure a model's batch latency and write a profile",
     "load": "drive a running server with an open-loop workload",
     "validate": "compare the simulator with the real system",
+    "plan": "size a deployment for a latency objective (and verify it)",
 }
 
 
