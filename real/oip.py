@@ -3,7 +3,9 @@
 Rules:
 - An OIP *model* is a clipperlab *application* (what clients query by name); its one
   version is ``"1"``.  ``/v2/models/{m}/ready`` is 200 when at least one replica of a
-  linked model is up, else 503.
+  linked model is up, else 503; ``/v2/health/ready`` is 200 when the server accepts
+  queries and every application with linked models is ready, else 503 (so a load balancer
+  keeps out a frontend that is stopping or could answer only defaults).
 - ``infer`` takes exactly one input tensor.  ``shape[0]`` is the batch dimension when the
   tensor has two or more dimensions, each row one query; a numeric tensor of one dimension
   is one query (a vector); each element of a BYTES tensor is one query (a str or bytes).
@@ -246,7 +248,8 @@ class OipHandler:
         if parts == ["v2", "health", "live"] and get:
             return json_response(200, {"live": True})
         if parts == ["v2", "health", "ready"] and get:
-            return json_response(200 if fe.accepting else 503, {"ready": fe.accepting})
+            ready = fe.accepting and self.server_ready()
+            return json_response(200 if ready else 503, {"ready": ready})
         if len(parts) < 3 or parts[1] != "models":
             return fe.bad(req, 404, f"no route {req.method} {req.path}")
         name = parts[2]
@@ -273,6 +276,12 @@ class OipHandler:
             except BadInput as e:
                 return fe.bad(req, e.status, str(e))
         return fe.bad(req, 404, f"no route {req.method} {req.path}")
+
+    def server_ready(self) -> bool:
+        """Every application with linked models has a replica of one of them connected
+        (what a load balancer asks before it sends queries here)."""
+        reg = self.engine.registry
+        return all(self.ready(app) for app in reg.apps.values() if reg.links.get(app.name))
 
     def ready(self, app: Application) -> bool:
         linked = self.engine.registry.links.get(app.name, [])
