@@ -1,13 +1,16 @@
-"""Simulated replicas: one SimPy process per replica incarnation, batches, crashes.
+"""Simulated replicas: one SimPy event per batch, batches, crashes.
 
 On ``SendBatch`` the batch's whole timeline is computed at once: the inputs cross the
 host's link (FIFO, ``batch x input_bytes x 8 / bandwidth_bps`` plus the link latency; the
 frontend's NIC is shared when configured), the container computes for a draw from the
 latency profile at the padded size (a container that slept pays a wake-up; stragglers slow
-it down), and the outputs come back after the link latency.  The replica's process sleeps
-until then and reports the batch done.  The engine sends a replica one batch at a time.
-A crash ends the incarnation (its batch in flight is lost: recorded ``"lost"``); a restart
-starts a new process.
+it down), and the outputs come back after the link latency.  One SimPy timeout at that
+time reports the batch done (no process per replica: a process cost a wake-up event and
+two generator resumes per batch).  The engine sends a replica one batch at a time.  A
+crash ends the replica's incarnation (``gen``): its batch in flight is lost (recorded
+``"lost"``) and its timeout, when it fires, finds a newer incarnation and does nothing.
+The host CPU model (``_hostcpu.py``) keeps one process per incarnation instead: its
+batches wait for a CPU between the link and the way back.
 """
 
 from __future__ import annotations
@@ -65,22 +68,21 @@ class _Replicas(_Frontend):
         now = self._loop_at(now)
         rep.gen += 1
         rep.up = True
-        rep.wake = self.env.event()
-        self.env.process(self._replica(rep, rep.gen))
+        if self._cpus is not None:  # the host CPU model: a process per incarnation
+            rep.wake = self.env.event()
+            self.env.process(self._replica(rep, rep.gen))
         self.on_replica_up(rep.rid, now)
 
     def _replica(self, rep: _Rep, gen: int) -> Any:
-        env = self.env
-        while True:
-            ev = rep.wake
-            sb, done_at = yield ev
-            if rep.gen != gen:
-                return
-            rep.wake = env.event()
-            yield env.timeout(done_at - env.now)
-            if rep.gen != gen:
-                return
-            self._done(rep, sb, env.now)
+        """A replica incarnation's process (the host CPU model installs its own)."""
+        raise NotImplementedError  # pragma: no cover - only the host CPU model has one
+
+    def _back(self, ev: simpy.Event) -> None:
+        """A batch's timeout fired: its outputs are back, unless its replica crashed (a
+        newer incarnation) meanwhile."""
+        rep, gen, sb = ev.value  # type: ignore[misc]
+        if rep.gen == gen:
+            self._done(rep, sb, self.env.now)
 
     def _fault_proc(self) -> Any:
         env = self.env
@@ -168,7 +170,12 @@ class _Replicas(_Frontend):
                           now, arrive, done_at, "sent")
         self._b_rows.append(row)
         rep.inflight = row
-        rep.wake.succeed((sb, done_at))  # type: ignore[union-attr]
+        if self._cpus is not None:  # the host CPU model's process takes it from here
+            rep.wake.succeed((sb, done_at))  # type: ignore[union-attr]
+            return
+        # scheduled from env.now as the replica's process did, so the same float time
+        env = self.env
+        env.timeout(done_at - env.now, (rep, rep.gen, sb)).callbacks.append(self._back)
 
     def _done(self, rep: _Rep, sb: SendBatch, now: float) -> None:
         rep.idle_since = now
