@@ -381,4 +381,5 @@ def _jsonable(spec: PlanSpec) -> dict[str, Any]:
         "replicas": [s.min_replicas, s.max_replicas],
         "hardware": {h: ref for h, _, ref in s.hardware},
         "batching": [dict(t) for _, t in s.batching]} for s in spec.spaces}}
-    return json.loads(json.dumps(doc))
+    out: dict[str, Any] = json.loads(json.dumps(doc))
+    return out

@@ -376,8 +376,8 @@ def _only(t: Mapping[str, Any], keys: Sequence[str], where: str) -> None:
 def scaled_workload(w: Mapping[str, Any], factor: float, base_dir: Path) -> dict[str, Any]:
     """A workload table with its arrival rate times ``factor`` (a trace: its times divided
     by it) and a relative trace path made absolute."""
-    w = copy.deepcopy(dict(w))
-    arr = dict(_tbl(w.get("arrivals"), "workload.arrivals"))
+    out: dict[str, Any] = copy.deepcopy(dict(w))
+    arr = dict(_tbl(out.get("arrivals"), "workload.arrivals"))
     if "qps" in arr:
         arr["qps"] = arr["qps"] * factor
     if "rates_qps" in arr and isinstance(arr["rates_qps"], list):
@@ -386,8 +386,8 @@ def scaled_workload(w: Mapping[str, Any], factor: float, base_dir: Path) -> dict
         arr["time_scale"] = float(arr.get("time_scale", 1.0)) / factor
         if isinstance(arr.get("csv_path"), str) and not Path(arr["csv_path"]).is_absolute():
             arr["csv_path"] = str(base_dir / arr["csv_path"])
-    w["arrivals"] = arr
-    return w
+    out["arrivals"] = arr
+    return out
 
 
 def plan_from_dict(data: Mapping[str, Any], file: str = "<plan>", base_dir: Path | None = None,
@@ -431,13 +431,13 @@ def plan_from_dict(data: Mapping[str, Any], file: str = "<plan>", base_dir: Path
     if len(set(apps_seen)) != len(apps_seen):
         raise PlanError(f"{file}: workloads: one workload per application, got {apps_seen}")
     ensembles = {}
-    for name, e in apps.items():
+    for name, entry in apps.items():
         if name not in apps_seen:
             continue
-        ens = bool(getattr(policy_class(e.app.policy), "ensemble", False))
-        ensembles[name] = tuple(e.models) if (ens or len(e.models) == 1) else ()
+        ens = bool(getattr(policy_class(entry.app.policy), "ensemble", False))
+        ensembles[name] = tuple(entry.models) if (ens or len(entry.models) == 1) else ()
     # objective
-    objectives = _objectives(data, file, {n: e.app.slo_s for n, e in apps.items()
+    objectives = _objectives(data, file, {n: a.app.slo_s for n, a in apps.items()
                                           if n in apps_seen})
     # costs
     costs = dict(DEFAULT_COSTS)

@@ -160,7 +160,7 @@ class ReplaySampler:
         the batch size and extrapolation are linear at a fixed ``u``)."""
         r = self._rows.get(batch_size)
         if r is not None:
-            return r
+            return np.asarray(r)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         sizes = self.sizes
@@ -176,10 +176,11 @@ class ReplaySampler:
             w = (batch_size - sizes[j - 1]) / (sizes[j] - sizes[j - 1])
             r = self.table[j - 1] + w * (self.table[j] - self.table[j - 1])
         self._rows[batch_size] = r
-        return r
+        return np.asarray(r)
 
     def inverse_cdf(self, batch_size: int, u: Any) -> np.ndarray:
-        return np.interp(np.asarray(u, dtype=np.float64), self.levels, self.row(batch_size))
+        return np.asarray(np.interp(np.asarray(u, dtype=np.float64), self.levels,
+                                    self.row(batch_size)))
 
     def draw(self, batch_size: int) -> float:
         return float(self.inverse_cdf(batch_size, self.rng.random()))
