@@ -7,7 +7,8 @@ It joins ``clipperlab.real`` (the server, its containers and client) to
 - ``quiet``: the machine's load before a measurement (``machine_load``) and the guard
   that warns, refuses or stays off when it is busy (``guard``); results record it.
 - ``intervals``: bootstrap intervals over the runs or repeats a fitted number came from.
-- ``capacity``: the twin's predicted capacity (the highest rate meeting the objective).
+- ``capacity``: the twin's predicted capacity (the highest rate meeting the objective),
+  through ``clipperlab.simulator.capacity``.
 - ``profiler``: a real container's batch latency over the RPC -> a simulator profile.
 - ``loadgen``: an open-loop load generator without coordinated omission; raw per-query
   tables (summaries come from ``clipperlab.report.latency.summarise``).

@@ -1,7 +1,7 @@
 """The fidelity table: ``clipperlab validate`` over models x batching, into one table.
 
     python -m clipperlab.calibration.fidelity --out results/validation [--level-s 10]
-        [--repeats 3] [--busy warn|refuse|off] [--quick]
+        [--repeats 3] [--busy warn|refuse|off] [--quick] [--no-host-cpu]
 
 Models (``clipperlab.calibration.torch_models``; built in a temporary directory, nothing
 downloaded): the no-op container, a scikit-learn logistic regression (cheap) and a random
@@ -9,14 +9,17 @@ forest of 50 trees of depth 16 (expensive at small batches), all on digits "is i
 with a 20 ms SLO.  Batching: AIMD, and AIMD with delayed batching (a 2 ms wait timeout).
 Each pair runs ``clipperlab.calibration.validation.validate`` at 30%, 60% and 90% of its
 measured capacity (``--repeats`` runs of ``--level-s`` seconds per level and side,
-medians; the machine sampled before each measurement, ``--busy``); outputs go to
+medians; the machine sampled before each measurement, ``--busy``; the prediction is the
+twin with the host CPU model, ``sim+host``, unless ``--no-host-cpu``: the twin without
+it, ``sim+frontend``, is beside it in every table either way); outputs go to
 ``OUT/<model>-<batching>/`` and the combined ``OUT/fidelity.csv`` (with the load each
-level ran under, the predicted capacity ``sim_capacity_qps`` and each fitted number's
-interval as ``<name>_lo``/``<name>_hi``), ``OUT/fidelity_capacity.csv`` (capacity
-measured against predicted), ``OUT/fidelity.md`` (the README's tables: errors of the
-calibrated simulator against the real run, whether the issue's goals hold, the
-capacities, the calibration with intervals) and ``OUT/fidelity.png``.  Tables and the
-figure come from ``clipperlab.report``.
+level ran under, the predicted capacity ``sim_capacity_qps``, the host CPU model's
+demands and each fitted number's interval as ``<name>_lo``/``<name>_hi``),
+``OUT/fidelity_capacity.csv`` (capacity measured against predicted), ``OUT/fidelity.md``
+(the README's tables: errors of the calibrated simulator against the real run, whether
+the issue's goals hold, the counts per mode, the capacities, the calibration with
+intervals) and ``OUT/fidelity.png``.  Tables and the figure come from
+``clipperlab.report``.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ CAPACITY_GOAL = 0.10
 # fitted numbers shown as value [lo, hi] in the calibration table (``cal_table``)
 INTERVAL_COLUMNS = ("capacity_qps", "query_cpu_us", "batch_cpu_us", "wake_us",
                     "pause_rate_hz", "pause_rate_busy_hz")
+SIM_MODES = ("sim+host", "sim+frontend")  # the calibrated twins, the prediction first
 
 
 def deploy_toml(model: str, path: str, batching: dict[str, object]) -> str:
@@ -96,7 +100,7 @@ def goal_rows(table: pd.DataFrame) -> pd.DataFrame:
 
         strict = {m: limits[m] for m in metrics}
         widened = {m: max(limits[m], abs(floor[m])) for m in metrics}
-        for mode in ("real again", "sim", "sim+frontend", "sim+in-situ"):
+        for mode in ("real again", "sim", "sim+frontend", "sim+host", "sim+in-situ"):
             if not (g["mode"] == mode).any():
                 continue
             s = g[g["mode"] == mode].iloc[0]
@@ -114,9 +118,37 @@ def goal_rows(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def markdown(goals: pd.DataFrame, mode: str = "sim+frontend") -> str:
-    """The goal table of one mode: the real run, the mode's, the errors and the verdicts."""
-    g = goals[goals["mode"] == mode]
+def prediction_mode(goals: pd.DataFrame) -> str:
+    """The prediction's mode: ``sim+host`` when the table has it, else ``sim+frontend``."""
+    modes = set(goals["mode"]) if len(goals) else set()
+    return next((m for m in SIM_MODES if m in modes), SIM_MODES[-1])
+
+
+def counts(goals: pd.DataFrame) -> str:
+    """Per mode the README's counts: rows with throughput and p50 within 10%, p99 within
+    20% up to 60% load, each with the median absolute error."""
+    rows = []
+    for mode in ("real again", *SIM_MODES, "sim"):
+        g = goals[goals["mode"] == mode]
+        if not len(g):
+            continue
+        low = g[g["level"] <= 0.6]
+
+        def within(col: str, lim: float, d: pd.DataFrame) -> str:
+            e = d[col].abs()
+            return f"{int((e <= lim).sum())}/{len(d)} ({e.median():.0%})"
+
+        rows.append({"mode": mode, "throughput within 10%": within("err_qps", 0.10, g),
+                     "p50 within 10% (median)": within("err_p50", 0.10, g),
+                     "p99 within 20% up to 60% (median)": within("err_p99", 0.20, low),
+                     "p99 median error, all loads": f"{g['err_p99'].abs().median():.0%}"})
+    return markdown_table(rows)
+
+
+def markdown(goals: pd.DataFrame, mode: str | None = None) -> str:
+    """The goal table of one mode (the prediction's by default): the real run, the
+    mode's, the errors and the verdicts."""
+    g = goals[goals["mode"] == (mode or prediction_mode(goals))]
     rows = [{"model": r["model"], "batching": r["batching"], "load": r["level"],
              "real q/s": r["real_qps"],
              "real p50 / p99 ms": f"{r['real_p50_ms']:.2f} / {r['real_p99_ms']:.1f}",
@@ -172,7 +204,9 @@ def cal_table(table: pd.DataFrame) -> pd.DataFrame:
     table as ``value [lo, hi]``."""
     cols = [c for c in ("capacity_qps", "sim_capacity_qps", "overhead_ms", "query_cpu_us",
                         "batch_cpu_us", "wake_us", "cold_after_ms", "pause_rate_hz",
-                        "pause_rate_busy_hz", "pause_median_ms", "container_wake_us",
+                        "pause_rate_busy_hz", "pause_median_ms", "plain_pause_rate_hz",
+                        "plain_pause_rate_busy_hz", "container_wake_us", "host_cpus",
+                        "container_cpu_us", "container_item_cpu_us", "loadgen_cpu_us",
                         "start_load_avg", "start_other_cpu_share")
             if c in table.columns]
     extra = [f"{c}_{e}" for c in INTERVAL_COLUMNS for e in ("lo", "hi")
@@ -192,7 +226,8 @@ def plot(goals: pd.DataFrame, path: Path) -> Path:
     from clipperlab.report.plots import grid, save, style_axis
 
     fig, axes = grid(3, 3, width_in=14 / 3, height_in=4.4, sharey=True)
-    g = goals[goals["mode"] == "sim+frontend"].reset_index(drop=True)
+    pred = prediction_mode(goals)
+    g = goals[goals["mode"] == pred].reset_index(drop=True)
     again = goals[goals["mode"] == "real again"].reset_index(drop=True)
     labels = [f"{m} {b} {lv:.0%}" for m, b, lv in zip(g["model"], g["batching"], g["level"],
                                                      strict=True)]
@@ -220,8 +255,9 @@ def plot(goals: pd.DataFrame, path: Path) -> Path:
     colours = [(Patch(color=c), what) for c, what in (
         ("C2", "simulator inside the goal's band"), ("C3", "simulator outside the band"),
         ("0.75", "goal does not apply"), ("0.92", "the goal's band"))]
-    return save(fig, path, suptitle="simulator fidelity: calibrated simulator (bars) and the "
-                "real server's own repeat (dots) against the real run", legend_axes=axes[:1],
+    return save(fig, path, suptitle=f"simulator fidelity: calibrated simulator ({pred}, bars) "
+                "and the real server's own repeat (dots) against the real run",
+                legend_axes=axes[:1],
                 legend_extra=colours)
 
 
@@ -239,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--batchings", default=",".join(BATCHINGS))
     ap.add_argument("--quick", action="store_true", help="tiny run (a smoke test)")
+    ap.add_argument("--host-cpu", action=argparse.BooleanOptionalAction, default=True,
+                    help="predict with the twin that shares the machine's cores (sim+host; "
+                         "the twin without it, sim+frontend, is in the tables either way)")
     ap.add_argument("--report-only", action="store_true",
                     help="no runs: rebuild fidelity.md/.png and the goal table from OUT/"
                          "fidelity.csv")
@@ -270,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                           "ramp_s": 0.5, "capacity_qps": 200.0}
                 res = validate(dep, wl, duration_s=0.5 if a.quick else a.level_s,
                                repeats=1 if a.quick else a.repeats, busy=a.busy,
+                               host_cpu=a.host_cpu,
                                log=lambda s: print(s, flush=True), **kw)  # type: ignore[arg-type]
                 print(format_table(res), flush=True)
                 sub = out / f"{model}-{bname}"
@@ -293,6 +333,15 @@ def main(argv: list[str] | None = None) -> int:
                 t["container_wake_us"] = c.replica_wake_s * 1e6
                 t["pause_median_ms"] = float(np.median(c.pauses_s)) * 1e3 if c.pauses_s else 0.0
                 t["sim_capacity_qps"] = res.predicted_capacity_qps
+                t["host_cpus"] = c.host_cpus
+                t["container_cpu_us"] = sum(b for _, b, _ in c.container_cpu) * 1e6
+                t["container_item_cpu_us"] = sum(i for _, _, i in c.container_cpu) * 1e6
+                t["loadgen_cpu_us"] = c.loadgen_cpu_per_query_s * 1e6
+                other = res.calibrations.get("sim+frontend")
+                if other is not None and other is not c:  # the pause term without the model
+                    t["plain_pause_rate_hz"] = other.pause_rate_hz if other.pauses_s else 0.0
+                    t["plain_pause_rate_busy_hz"] = (other.pause_rate_busy_hz
+                                                     if other.pauses_s else 0.0)
                 for name, iv in res.intervals.items():
                     t[f"{name}_lo"], t[f"{name}_hi"] = iv.lo, iv.hi
                 if res.load is not None:
@@ -312,6 +361,7 @@ def report(table: pd.DataFrame, out: Path) -> None:
     caps = capacity_rows(table)
     caps.to_csv(out / "fidelity_capacity.csv", index=False, float_format="%.4f")
     cal = cal_table(table)
+    pred = prediction_mode(goals)
     text = ["# Simulator fidelity", "",
             "Latency is measured from the moment the load generator sent each query, and the"
             " simulator replays those send times (the generator's own lateness, its"
@@ -319,8 +369,17 @@ def report(table: pd.DataFrame, out: Path) -> None:
             " `fidelity.csv`).", "",
             "Calibrated simulator (measured profiles + the frontend as one event loop with"
             " fitted CPU costs per query, per batch and per wake-up, pauses seen at low load,"
-            " and a cooling overhead outside the loop) against the real server:", "",
-            markdown(goals), "",
+            " and a cooling overhead outside the loop"
+            + ("; the host CPU model: the loop, the container and the load generator sharing"
+               " the machine's cores, their CPU demands fitted from /proc, the pauses fitted"
+               " on top of it" if pred == "sim+host" else "")
+            + f"; `{pred}`) against the real server:", "",
+            markdown(goals, pred), "",
+            "Counts per mode (\"median\": the median absolute error; p99's goal applies up"
+            " to 60% load):", "", counts(goals), "",
+            *(["The same calibration without the host CPU model (`sim+frontend`), over the"
+               " same real runs:", "", markdown(goals, "sim+frontend"), ""]
+              if pred == "sim+host" else []),
             "The noise floor: the same trace run a second time on the same real server,"
             " against the first run (no simulator can be closer to a run than the server is"
             " to itself):", "", markdown(goals, "real again"), "",

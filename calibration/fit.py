@@ -13,6 +13,16 @@ server's query and batch counts and CPU time, and each query's latency from its 
   the twin is as late as the server up to 60% of capacity.
 - ``fit_container_wake``: the containers' wake-up from the engine's batch latency in the
   server over the twin's.
+- The host CPU model (``Calibration.host_cpus`` > 0): ``fit_container_cpu``, each model's
+  container CPU = per batch x batches + per item x items over the runs (``/proc`` CPU
+  times of its processes, ``fit_cpu``'s least squares); ``fit_loadgen_cpu``, the load
+  generator's CPU per query (its process's CPU time = per query x queries + a constant
+  per run: encoding the bodies, connecting).  Both from the runs at a quarter of the
+  fastest run's rate or more (``warm_runs``): a process woken for every query pays a
+  wake-up (hundreds of us on a VM), which the twin's containers pay as ``wake_s`` and
+  its generator not at all.  The pause fits then run on a twin that
+  shares the host's cores among the loop, the containers and the generator, so the late
+  queries contention explains are not counted as pauses.
 Every fit returns a new ``Calibration`` (or the one it was given when the runs say
 nothing); the twin comes in as a function ``Calibration -> Deployment``.
 """
@@ -23,7 +33,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -34,14 +44,18 @@ from clipperlab.workloads import Trace
 __all__ = [
     "COLD_AFTER_GRID_S",
     "Calibration",
+    "ContainerCpu",
     "CpuRun",
     "batch_mean_ms",
+    "fit_container_cpu",
     "fit_container_wake",
     "fit_cpu",
     "fit_frontend",
     "fit_frontend_rows",
+    "fit_loadgen_cpu",
     "fit_pauses",
     "frontend_intervals",
+    "warm_runs",
     "late_margin",
     "late_share",
     "pause_rate_intervals",
@@ -80,6 +94,21 @@ class Calibration:
     # (it includes waking idle processes and any delayed-batching wait) and their ratio
     batch_extra_s: float = 0.0
     slowdown: float = 1.0
+    # the host CPU model (off when host_cpus is 0): the cores the twin's processes share,
+    # per model its container's CPU per batch and per item (fit_container_cpu; a model
+    # not listed: its whole profile draw is CPU), the generator's CPU per query
+    host_cpus: int = 0
+    container_cpu: tuple[tuple[str, float, float], ...] = ()  # (model, s/batch, s/item)
+    loadgen_cpu_per_query_s: float = 0.0
+
+
+class ContainerCpu(NamedTuple):
+    """One model's containers over a run: batches, items in them, CPU seconds."""
+
+    model: str
+    batches: float
+    items: float
+    cpu_s: float
 
 
 @dataclass(frozen=True)
@@ -92,6 +121,8 @@ class CpuRun:
     cpu_s: float  # the server's, idle CPU subtracted
     latency_s: np.ndarray | None = None  # per query, from the send
     batch_ms: float = math.nan  # the engine's mean batch latency in the server
+    containers: tuple[ContainerCpu, ...] = ()  # per model (idle CPU subtracted)
+    loadgen_cpu_s: float = math.nan  # the load generator's CPU seconds over the run
 
     @property
     def rate(self) -> float:
@@ -117,6 +148,52 @@ def fit_cpu(points: Sequence[tuple[float, float, float]]) -> tuple[float, float]
         return float(y.sum() / A[:, 0].sum()), 0.0
     (a, b), _ = nnls(A * w[:, None], y * w)
     return float(a), float(b)
+
+
+def fit_container_cpu(runs: Sequence[CpuRun]) -> tuple[tuple[str, float, float], ...]:
+    """Per model, its containers' CPU seconds per batch and per item over ``runs``
+    (``fit_cpu`` on items, batches and CPU seconds: with one batch size it is all per
+    item); a model whose runs read no CPU at all is left out (its profile draw stays)."""
+    points: dict[str, list[tuple[float, float, float]]] = {}
+    for r in warm_runs(runs):
+        for c in r.containers:
+            if c.batches > 0 and c.items > 0 and math.isfinite(c.cpu_s):
+                points.setdefault(c.model, []).append((c.items, c.batches, c.cpu_s))
+    out = []
+    for model, pts in sorted(points.items()):
+        if sum(p[2] for p in pts) <= 0:
+            continue  # CPU is read in 10 ms ticks: nothing read says nothing
+        per_item, per_batch = fit_cpu(pts)
+        out.append((model, per_batch, per_item))
+    return tuple(out)
+
+
+def warm_runs(runs: Sequence[CpuRun], share: float = 0.25) -> list[CpuRun]:
+    """The runs at ``share`` of the fastest run's rate or more (all of them when none has
+    a finite rate)."""
+    rates = [r.rate for r in runs if math.isfinite(r.rate)]
+    top = max(rates) if rates else 0.0
+    return [r for r in runs if r.rate >= share * top] if top > 0 else list(runs)
+
+
+def fit_loadgen_cpu(runs: Sequence[CpuRun]) -> float:
+    """The load generator's CPU seconds per query: its CPU over each run = ``a x
+    queries + c`` (``c``: what a run costs however long, encoding bodies and
+    connecting), by non-negative least squares with each run weighted alike; ``a``
+    alone with fewer than three runs of two sizes or more (0 when nothing was read)."""
+    from scipy.optimize import nnls
+
+    pts = [(float(len(r.trace)), r.loadgen_cpu_s) for r in warm_runs(runs)
+           if len(r.trace) > 0 and math.isfinite(r.loadgen_cpu_s)]
+    if not pts:
+        return 0.0
+    q = np.asarray([p[0] for p in pts])
+    y = np.asarray([p[1] for p in pts])
+    if len(pts) < 3 or q.max() < 1.5 * q.min():
+        return float(max(y.sum(), 0.0) / q.sum())
+    A = np.column_stack([q, np.ones_like(q)]) / q[:, None]
+    (a, _), _ = nnls(A, y / q)
+    return float(a)
 
 
 def fit_pauses(runs: Sequence[CpuRun], capacity_qps: float, min_rate_qps: float = 400.0,

@@ -46,6 +46,7 @@ METRICS = ("throughput_qps", "mean_ms", "p50_ms", "p90_ms", "p99_ms")
 # how each mode is drawn: colour, line style, marker
 MODE_STYLES = {"real": ("k", "-", "o"), "real again": ("0.6", "-", "o"),
                "sim": ("C1", ":", "x"), "sim+frontend": ("C0", "--", "s"),
+               "sim+host": ("C3", "--", "D"),
                "sim+in-situ": ("C2", "-.", "^")}
 # column -> header in both tables; each metric's format (``_err``: its relative error)
 HEADERS = {"level": "load", "throughput_qps": "throughput q/s", "mean_ms": "mean ms",
@@ -59,7 +60,7 @@ FORMATS = {"level": "{:.0%}", "throughput_qps": "{:,.0f}", **{m: "{:,.2f}" for m
 class ValidationResult:
     table: pd.DataFrame  # one row per (level, mode)
     errors: pd.DataFrame  # one row per (level, mode != real): relative errors
-    calibration: Calibration
+    calibration: Calibration  # the prediction's (with the host CPU model when asked)
     profiles: dict[str, LatencyProfile]
     notes: list[str] = field(default_factory=list)
     # fitted numbers with their bootstrap intervals, the unit in the name
@@ -67,6 +68,8 @@ class ValidationResult:
     intervals: dict[str, Interval] = field(default_factory=dict)
     predicted_capacity_qps: float = math.nan  # the calibrated twin's (``capacity``)
     load: LoadSample | None = None  # the machine before the runs (``quiet``)
+    # every calibrated twin's, by mode (sim+frontend; sim+host with the host CPU model)
+    calibrations: dict[str, Calibration] = field(default_factory=dict)
 
     @property
     def capacity_error(self) -> float:
@@ -128,7 +131,12 @@ def describe(c: Calibration) -> str:
     """The calibration in one line."""
     pauses = (f"pauses {c.pause_rate_hz:.1f}/s + {c.pause_rate_busy_hz:.1f}/s x busy share, "
               f"median {np.median(c.pauses_s) * 1e3:.1f} ms" if c.pauses_s else "no pauses")
-    return (f"capacity {c.capacity_qps:,.0f} q/s; the frontend's loop: "
+    host = ("no host CPU model" if c.host_cpus <= 0 else
+            f"the host CPU model: {c.host_cpus} cores shared with the containers ("
+            + (", ".join(f"{m} {b * 1e6:.0f} us/batch + {i * 1e6:.1f} us/item"
+                         for m, b, i in c.container_cpu) or "their profile draws")
+            + f") and the generator ({c.loadgen_cpu_per_query_s * 1e6:.0f} us/query)")
+    return (f"capacity {c.capacity_qps:,.0f} q/s; {host}; the frontend's loop: "
             f"{c.query_cpu_s * 1e6:.1f} us/query + {c.batch_cpu_s * 1e6:.1f} us/batch + wake-up "
             f"{c.wake_s * 1e6:.0f} us (cools in {c.cold_after_s * 1e3:g} ms), {pauses}; outside "
             f"the loop {c.overhead_s * 1e3:.3f} ms/query; container wake-up "
@@ -150,7 +158,9 @@ def markdown(res: ValidationResult, title: str = "") -> str:
                       *(["Intervals: " + describe_intervals(res.intervals) + ".", ""]
                         if res.intervals else []),
                       load, "",
-                      "Calibration: " + describe(res.calibration) + ". " + " ".join(res.notes)])
+                      "Calibration: " + describe(res.calibration) + ". " + " ".join(res.notes),
+                      *[f"\nThe other twin ({mode}): {describe(c)}."
+                        for mode, c in res.calibrations.items() if c is not res.calibration]])
 
 
 def plot(res: ValidationResult, path: Path, title: str = "") -> Path:

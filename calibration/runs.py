@@ -5,7 +5,11 @@ Rules:
 - ``retime``: ``n = rate x duration`` queries of the workload, arrival times scaled so the
   mean rate is the one asked for (any arrival process keeps its shape).
 - A real run (``real_run``) is one ``loadgen.run_load`` with the server's CPU time (less
-  its idle CPU over the run's wall time) and what it saw (``scrape.in_situ``) around it;
+  its idle CPU over the run's wall time), its containers' (per model, less their idle
+  CPU), the generator's own (this process's CPU time over the run, the generator runs in
+  it, less its idle rate: ``loadgen_idle_rate``, its millisecond timer ticking through a
+  run of two queries a second apart) and what the server saw (``scrape.in_situ``) around
+  it;
   latency is measured from the schedule in the raw table, from the send after
   ``from_send`` (the generator's own lateness, ``lag_s``, kept apart).
 - The twin replays the send times the generator achieved (``sent_trace``);
@@ -20,12 +24,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from clipperlab.calibration.fit import Calibration, CpuRun
+from clipperlab.calibration.fit import Calibration, ContainerCpu, CpuRun
 from clipperlab.calibration.loadgen import run_load
 from clipperlab.calibration.scrape import in_situ, scrape
 from clipperlab.calibration.server import ServerProcess
@@ -37,6 +42,7 @@ __all__ = [
     "RealRun",
     "from_send",
     "good_share",
+    "loadgen_idle_rate",
     "real_run",
     "retime",
     "sent_trace",
@@ -51,13 +57,23 @@ class RealRun(NamedTuple):
     table: pd.DataFrame  # the generator's raw per-query table
     cpu_s_per_query: float  # the server's, idle CPU subtracted
     seen: dict[str, float]  # what the server saw (``scrape.in_situ``)
+    # per model: its containers' CPU seconds over the run, idle CPU subtracted
+    container_cpu_s: Mapping[str, float] = {}
+    loadgen_cpu_s: float = math.nan  # the generator's CPU seconds over the run
 
     def cpu_run(self) -> CpuRun:
         """The run as the fits see it (achieved send times, latency from the send)."""
-        return CpuRun(sent_trace(self.trace, self.table), self.seen["queries"],
-                      self.seen["batches"], self.cpu_s_per_query * len(self.trace),
+        seen = self.seen
+        models = {k.split(":", 1)[1] for k in seen if k.startswith("batches:")}
+        return CpuRun(sent_trace(self.trace, self.table), seen["queries"],
+                      seen["batches"], self.cpu_s_per_query * len(self.trace),
                       from_send(self.table)["latency_s"].to_numpy(),
-                      self.seen.get("batch_mean_ms", math.nan))
+                      seen.get("batch_mean_ms", math.nan),
+                      containers=tuple(
+                          ContainerCpu(m, seen[f"batches:{m}"], seen.get(f"items:{m}", 0.0),
+                                       self.container_cpu_s[m])
+                          for m in sorted(models) if m in self.container_cpu_s),
+                      loadgen_cpu_s=self.loadgen_cpu_s)
 
 
 def retime(workload: Workload, rate_qps: float, duration_s: float, seed: int) -> Trace:
@@ -71,16 +87,36 @@ def retime(workload: Workload, rate_qps: float, duration_s: float, seed: int) ->
     return dataclasses.replace(tr, arrival_at=tr.arrival_at * scale)
 
 
+def loadgen_idle_rate(srv: ServerProcess, workload: Workload, pool: np.ndarray, api: str,
+                      connections: int, seconds: float = 1.0, seed: int = 0) -> float:
+    """The generator's CPU seconds per second when it has (almost) nothing to send: a run
+    of two queries ``seconds`` apart, its CPU time over its wall time."""
+    trace = retime(workload, 2.0 / seconds, seconds, seed)
+    g0, t0 = time.process_time(), time.monotonic()
+    run_load(trace, pool, srv.url, api=api, connections=connections, drain_s=1.0)
+    return max(time.process_time() - g0, 0.0) / (time.monotonic() - t0)
+
+
 def real_run(srv: ServerProcess, trace: Trace, pool: np.ndarray, api: str,
-             connections: int, idle_cpu: float = 0.0) -> RealRun:
+             connections: int, idle_cpu: float = 0.0,
+             idle_containers: Mapping[str, float] | None = None,
+             idle_loadgen: float = 0.0) -> RealRun:
     """The load run, the server's CPU seconds per query (less its idle CPU rate over the
-    run's wall time) and what the server saw (``in_situ``)."""
+    run's wall time), its containers' and the generator's CPU seconds, and what the
+    server saw (``in_situ``)."""
+    idle_c = idle_containers or {}
     m0 = scrape(srv.url)
-    c0, t0 = srv.cpu_s(), time.monotonic()
+    k0 = srv.container_cpu_s()
+    c0, t0, g0 = srv.cpu_s(), time.monotonic(), time.process_time()
     table = run_load(trace, pool, srv.url, api=api, connections=connections, drain_s=5.0)
-    cpu = srv.cpu_s() - c0 - idle_cpu * (time.monotonic() - t0)
+    g1, wall = time.process_time(), time.monotonic() - t0
+    cpu = srv.cpu_s() - c0 - idle_cpu * wall
+    k1 = srv.container_cpu_s()
     seen = in_situ(m0, scrape(srv.url))
-    return RealRun(trace, table, max(cpu, 0.0) / max(len(trace), 1), seen)
+    containers = {m: max(k1[m] - k0[m] - idle_c.get(m, 0.0) * wall, 0.0)
+                  for m in k1 if m in k0}  # a container that restarted says nothing
+    return RealRun(trace, table, max(cpu, 0.0) / max(len(trace), 1), seen, containers,
+                   max(g1 - g0 - idle_loadgen * wall, 0.0))
 
 
 def sim_run(dep: Deployment, trace: Trace, seed: int, calib: Calibration | None = None

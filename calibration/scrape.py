@@ -4,7 +4,9 @@ Rules:
 - ``scrape`` sums the ``_sum`` and ``_count`` of three histograms over their labels: the
   query latency inside the server, the engine's batch latency and the batch size.  A
   server that does not answer gives NaN for all of them, never an error.
-- ``in_situ`` is the difference of two scrapes: the means (and counts) over a run.
+- ``in_situ`` is the difference of two scrapes: the means (and counts) over a run, and
+  per model (the histograms' ``model`` label) its batches (``batches:<model>``) and the
+  queries in them (``items:<model>``): a container's CPU is fitted per batch and per item.
 - ``slowdown`` and ``batch_extra_s`` set the in-situ batch latency beside the latency
   profile's at the in-situ mean batch size (one model: its profile; several: their
   average): their ratio, and their difference (>= 0, seconds).
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import urllib.request
 from collections.abc import Mapping
 
@@ -25,11 +28,14 @@ __all__ = ["batch_extra_s", "in_situ", "scrape", "slowdown"]
 
 HISTOGRAMS = ("clipperlab_query_latency_seconds", "clipperlab_batch_latency_seconds",
               "clipperlab_batch_size")
+_MODEL = re.compile(r'model="([^"]*)"')
+_PER_MODEL = {"clipperlab_batch_size_count": "batches", "clipperlab_batch_size_sum": "items"}
 
 
 def scrape(url: str) -> dict[str, float]:
     """Sums and counts of the server's query latency, batch latency and batch size
-    histograms (``/metrics``), summed over labels."""
+    histograms (``/metrics``), summed over labels; the batch size's also per model
+    (``batches:<model>``, ``items:<model>``)."""
     out = dict.fromkeys((f"{n}_{k}" for n in HISTOGRAMS for k in ("sum", "count")), 0.0)
     try:
         with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
@@ -40,7 +46,12 @@ def scrape(url: str) -> dict[str, float]:
         name = line.split("{", 1)[0].split(" ", 1)[0]
         if name in out:
             with contextlib.suppress(ValueError, IndexError):
-                out[name] += float(line.rsplit(" ", 1)[1])
+                v = float(line.rsplit(" ", 1)[1])
+                out[name] += v
+                m = _MODEL.search(line) if name in _PER_MODEL else None
+                if m is not None:
+                    key = f"{_PER_MODEL[name]}:{m.group(1)}"
+                    out[key] = out.get(key, 0.0) + v
     return out
 
 
@@ -54,11 +65,13 @@ def in_situ(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str
     def count(n: str) -> float:
         return after[f"{n}_count"] - before[f"{n}_count"]
 
+    per_model = {k: after[k] - before.get(k, 0.0) for k in after
+                 if k.startswith(("batches:", "items:"))}
     return {"server_mean_ms": mean("clipperlab_query_latency_seconds") * 1e3,
             "batch_mean_ms": mean("clipperlab_batch_latency_seconds") * 1e3,
             "batch_size_mean": mean("clipperlab_batch_size"),
             "queries": count("clipperlab_query_latency_seconds"),
-            "batches": count("clipperlab_batch_size")}
+            "batches": count("clipperlab_batch_size"), **per_model}
 
 
 def _profile_s(seen: Mapping[str, float], profiles: Mapping[str, LatencyProfile]) -> float:

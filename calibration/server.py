@@ -10,6 +10,10 @@ Rules:
 - ``ServerProcess`` starts the server in a spawned process on ephemeral ports (its store in
   a temporary directory), reads its CPU time from ``/proc`` and stops it on exit
   (SIGTERM, then SIGKILL).  ``idle_cpu_rate`` is its CPU per second with no queries.
+- ``ServerProcess.container_cpu_s``: the CPU seconds of its containers so far, per model,
+  summed over the replicas: the server's child processes in ``/proc`` whose command line
+  names the model (``--name``); a container that restarted starts from zero again.
+  ``idle_container_cpu_rate`` is their CPU per second with no queries (heartbeats).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ __all__ = [
     "RealDeployment",
     "ServerProcess",
     "ValidationError",
+    "idle_container_cpu_rate",
     "idle_cpu_rate",
     "model_specs",
     "real_deployment",
@@ -173,12 +178,30 @@ class ServerProcess:
 
     def cpu_s(self) -> float:
         """User + system CPU seconds of the server process so far (not its containers)."""
-        try:
-            with open(f"/proc/{self.proc.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            return math.nan
+        return _proc_cpu_s(self.proc.pid) if self.proc.pid is not None else math.nan
+
+    def container_cpu_s(self) -> dict[str, float]:
+        """CPU seconds of the server's containers so far, per model (module rules)."""
+        out: dict[str, float] = {}
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                if ppid != self.proc.pid or self.proc.pid is None:
+                    continue
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    argv = f.read().decode(errors="replace").split("\0")
+            except (OSError, IndexError, ValueError):
+                continue  # gone, or not ours to read
+            if "--name" not in argv[:-1]:
+                continue
+            cpu = _proc_cpu_s(int(d))
+            if math.isfinite(cpu):
+                name = argv[argv.index("--name") + 1]
+                out[name] = out.get(name, 0.0) + cpu
+        return out
 
     def stop(self) -> None:
         if self.proc.is_alive():
@@ -194,6 +217,24 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (NaN when it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return math.nan
+
+
+def idle_container_cpu_rate(srv: ServerProcess, seconds: float = 1.0) -> dict[str, float]:
+    """The containers' CPU seconds per second with no queries, per model."""
+    c0, t0 = srv.container_cpu_s(), time.monotonic()
+    time.sleep(seconds)
+    c1, dt = srv.container_cpu_s(), time.monotonic() - t0
+    return {m: max(c1[m] - c0.get(m, 0.0), 0.0) / dt for m in c1}
 
 
 def idle_cpu_rate(srv: ServerProcess, seconds: float = 1.0) -> float:

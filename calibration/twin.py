@@ -8,6 +8,13 @@ Rules:
 - Calibrated (``fit.Calibration``): the frontend is one event loop (``FrontendCPU``) with
   the fitted costs, half of each on the way in (query, batch send), half on the way out
   (reply, batch result); the containers pay the fitted wake-up.
+- With ``Calibration.host_cpus`` > 0 the twin has the host CPU model
+  (``simulator.HostCPU``): the loop, every container and the load generator are
+  processes sharing that many cores by processor sharing; a container's batch needs its
+  fitted CPU per batch and per item (``Calibration.container_cpu``; a model without a fit
+  needs its whole profile draw), the rest of the draw is off the CPU; the generator
+  spends its fitted CPU per query before each query reaches the loop.  Without it
+  nothing shares a CPU.
 - ``scale`` multiplies every latency of the profiles (the in-situ diagnostic).
 - ``capacity_estimate``: what the profiles alone allow, the first guess of a ramp.
 """
@@ -26,6 +33,7 @@ from clipperlab.simulator import (
     Deployment,
     FrontendCPU,
     Host,
+    HostCPU,
     LatencyProfile,
     Link,
     ModelDeployment,
@@ -46,9 +54,17 @@ def sim_deployment(
     app, models = model_specs(dep, app_name)
     wake, cold = ((calibration.replica_wake_s, calibration.replica_cold_after_s)
                   if calibration is not None else (0.0, 1e-3))
+    hcpu = None
+    cpu: dict[str, tuple[float, float]] = {}
+    if calibration is not None and calibration.host_cpus > 0:
+        hcpu = HostCPU(cpus=calibration.host_cpus,
+                       loadgen_cpu_per_query_s=calibration.loadgen_cpu_per_query_s)
+        cpu = {m: (b, i) for m, b, i in calibration.container_cpu}
     mds = [
         ModelDeployment(spec=spec, profile=scaled(profiles[spec.name], scale), replicas=n,
-                        outputs=ConstantOutputs(0), wake_s=wake, cold_after_s=cold)
+                        outputs=ConstantOutputs(0), wake_s=wake, cold_after_s=cold,
+                        cpu_per_batch_s=cpu[spec.name][0] if spec.name in cpu else None,
+                        cpu_per_item_s=cpu[spec.name][1] if spec.name in cpu else None)
         for spec, n, _ in models
     ]
     cpus = sum(n for _, n, _ in models) or 1
@@ -62,6 +78,7 @@ def sim_deployment(
         models=tuple(mds),
         hosts=(host,),
         frontend_cpu=fcpu,
+        host_cpu=hcpu,
     )
 
 

@@ -27,12 +27,20 @@ Theory of operation (``validate``, one function per step):
    and the first bad rate; capacity is the best good throughput seen.  The ramp runs
    ``repeats`` times (its own trace each): the capacity is their median, with a
    bootstrap interval over them.  Every run records
-   the server process's CPU time (less its idle CPU), its query and batch counts, the
-   send times the generator achieved and the latency of each query from its send.
+   the server process's CPU time (less its idle CPU), its containers' CPU time per model
+   (less theirs), the generator's own CPU time, the server's query and batch counts (per
+   model too), the send times the generator achieved and the latency of each query from
+   its send.
 5. ``calibrate_twin`` from those runs (the runs that met the SLO), never from the levels
-   of step 6:
+   of step 6; two twins, ``sim+frontend`` and, with ``host_cpu`` (the default,
+   ``--host-cpu``), ``sim+host``, the prediction:
    - the frontend's event loop (``simulator.FrontendCPU``): CPU per query, per batch and
      per wake-up, fitted together (``fit_frontend``); uvloop's millisecond timers;
+   - ``sim+host`` only, the host CPU model (``simulator.HostCPU`` on ``os.cpu_count()``
+     cores): each container's CPU per batch and per item (``fit_container_cpu``), the
+     generator's CPU per query (``fit_loadgen_cpu``);
+   - per twin, what it still misses (``fit_unexplained``), so that contention the host
+     CPU model explains is not fitted as pauses:
    - pauses (``fit_pauses``, ``tune_pause_rate``): late queries in the low-load runs give
      the pause durations; the rate, as a base plus a share proportional to the loop's
      busy time, makes the twin as late as the server in the runs up to 60% of capacity;
@@ -50,15 +58,15 @@ Theory of operation (``validate``, one function per step):
    times scaled, so any arrival process keeps its shape) and run ``2 x repeats`` times on
    the real server, alternately ``real`` and ``real again`` (the noise floor), then,
    with the send times the generator achieved in each ``real`` run, in the plain
-   simulator (``sim``) and in the calibrated twin (``sim+frontend``); every metric of a
-   mode is the median over its runs.  Latency is measured from the send on both sides
-   (the generator's own lag is kept apart).  ``predict_capacity``: the calibrated
-   twin's capacity for the workload and SLO (``capacity.twin_capacity``), beside the
-   measured one.
+   simulator (``sim``) and in the calibrated twins (``sim+frontend``, ``sim+host``);
+   every metric of a mode is the median over its runs.  Latency is measured from the
+   send on both sides (the generator's own lag is kept apart).  ``predict_capacity``: the
+   prediction's capacity for the workload and SLO (``capacity.twin_capacity``, the
+   simulator's own search ``simulator.capacity``), beside the measured one.
 7. ``compare``: relative errors (sim - real) / real of throughput, mean, p50, p90, p99.
-   A fifth mode, ``sim+in-situ``, is a diagnostic, not a prediction: the calibrated twin
-   with the profiles scaled by the batch latency the server saw *in the first run* over
-   the profile's.
+   One more mode, ``sim+in-situ``, is a diagnostic, not a prediction: the prediction's
+   twin with the profiles scaled by the batch latency the server saw *in the first run*
+   over the profile's.
 
 All latency statistics come from ``clipperlab.report.latency.summarise`` for both modes.
 """
@@ -80,8 +88,10 @@ from clipperlab.calibration.capacity import twin_capacity
 from clipperlab.calibration.fit import (
     Calibration,
     CpuRun,
+    fit_container_cpu,
     fit_container_wake,
     fit_frontend_rows,
+    fit_loadgen_cpu,
     fit_pauses,
     frontend_intervals,
     pause_rate_intervals,
@@ -96,6 +106,7 @@ from clipperlab.calibration.runs import (
     RealRun,
     from_send,
     good_share,
+    loadgen_idle_rate,
     real_run,
     retime,
     sent_trace,
@@ -106,6 +117,7 @@ from clipperlab.calibration.server import (
     RealDeployment,
     ServerProcess,
     ValidationError,
+    idle_container_cpu_rate,
     idle_cpu_rate,
     model_specs,
     real_deployment,
@@ -147,6 +159,7 @@ def validate(
     api: str = "clipper",
     connections: int = 8,
     seed: int = 0,
+    host_cpu: bool = True,
     log: Log = print,
 ) -> ValidationResult:
     """Run the comparison described in the module docstring, step by step."""
@@ -182,10 +195,11 @@ def validate(
             capacity_qps = float(np.median(caps))
         else:
             caps = [float(capacity_qps)]
-        calib, intervals = calibrate_twin(bench.kept, setup, low, float(capacity_qps), cost_s,
-                                          calib_qps)
+        calibs, intervals = calibrate_twin(bench.kept, setup, low, float(capacity_qps),
+                                           cost_s, calib_qps, host_cpu)
+        calib = calibs[-1][1]  # the prediction: with the host CPU model when asked
         intervals["capacity_qps"] = bootstrap(caps, seed=seed)
-        rows = run_levels(bench, setup, calib, levels, float(capacity_qps), duration_s)
+        rows = run_levels(bench, setup, calibs, levels, float(capacity_qps), duration_s)
     predicted = predict_capacity(setup, calib, float(capacity_qps))
     log(f"capacity: measured {intervals['capacity_qps'].format('{:,.0f}')} q/s (median of "
         f"{len(caps)}), predicted by the twin {predicted:,.0f} q/s")
@@ -194,6 +208,7 @@ def validate(
              + (f"; before the runs: {load0.describe()}" if load0 is not None else "")
              + f"; {repeats} run(s) per level and mode, {duration_s:g} s each, medians"]
     res = compare(rows, calib, profs, notes)
+    res.calibrations = dict(calibs)
     res.intervals = intervals
     res.predicted_capacity_qps = predicted
     res.load = load0
@@ -230,10 +245,13 @@ class Bench:
     api: str
     connections: int
     idle_cpu: float = 0.0
+    idle_containers: dict[str, float] = field(default_factory=dict)  # CPU s/s per model
+    idle_loadgen: float = 0.0  # the generator's CPU s/s with nothing to send
     kept: list[CpuRun] = field(default_factory=list)
 
     def run(self, trace: Trace, keep: bool = True) -> RealRun:
-        r = real_run(self.srv, trace, self.pool, self.api, self.connections, self.idle_cpu)
+        r = real_run(self.srv, trace, self.pool, self.api, self.connections, self.idle_cpu,
+                     self.idle_containers, self.idle_loadgen)
         if keep:
             self.keep(r)
         return r
@@ -272,12 +290,15 @@ def profile(models: Sequence[tuple[ModelSpec, int, dict[str, Any]]], workload: W
 def warm_up(srv: ServerProcess, setup: Setup, api: str, connections: int,
             calib_qps: float) -> Bench:
     """Step 3: a second of load to let AIMD find its feet and the process warm its
-    caches, then the server's idle CPU rate (subtracted from every run's)."""
+    caches, then the server's, its containers' and the generator's idle CPU rates
+    (subtracted from every run's)."""
     wl = setup.workload
     pool = np.asarray(wl.inputs.load()[0])
     run_load(retime(wl, calib_qps, 1.0, setup.seed + 99), pool, srv.url, api=api,
              connections=connections)
-    return Bench(srv, pool, api, connections, idle_cpu_rate(srv))
+    return Bench(srv, pool, api, connections, idle_cpu_rate(srv),
+                 idle_container_cpu_rate(srv),
+                 loadgen_idle_rate(srv, wl, pool, api, connections, seed=setup.seed + 98))
 
 
 def calibrate_at_low_load(bench: Bench, setup: Setup, calib_qps: float,
@@ -340,11 +361,15 @@ def ramp_to_capacity(bench: Bench, setup: Setup, cost_s: float, start_qps: float
 
 
 def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: RealRun, capacity_qps: float,
-                   cost_s: float, calib_qps: float) -> tuple[Calibration, dict[str, Interval]]:
-    """Step 5: the twin's calibration from the kept runs (never from the levels): the
-    event loop's CPU, the pauses, the containers' wake-up, then the fixed overhead outside
-    the loop (the real p50 at ``calib_qps`` minus the calibrated twin's).  With it, the
-    bootstrap intervals over the runs of the loop's costs (us) and the pause rates (Hz)."""
+                   cost_s: float, calib_qps: float, host_cpu: bool = False
+                   ) -> tuple[list[tuple[str, Calibration]], dict[str, Interval]]:
+    """Step 5: the twin's calibrations from the kept runs (never from the levels), as
+    ``(mode, calibration)`` pairs, the prediction last: ``sim+frontend`` (no host CPU
+    model) and, with ``host_cpu``, ``sim+host``.  The event loop's CPU is fitted once
+    (on the twin without the host CPU model: the loop's CPU time does not depend on
+    it); the host CPU model's demands (containers, generator) come next; then, per twin,
+    what the twin still misses (``fit_unexplained``).  With them, the bootstrap intervals
+    over the runs of the loop's costs (us) and the prediction's pause rates (Hz)."""
     linked = {s.name: setup.profiles[s.name] for s in setup.models}
     slow = slowdown(low.seen, linked)
     extra_s = batch_extra_s(low.seen, linked)
@@ -357,8 +382,49 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: RealRun, capacity_
         q, b, w = frontend_intervals(cpu_rows, setup.seed)
         intervals.update(query_cpu_us=q.scaled(1e6), batch_cpu_us=b.scaled(1e6),
                          wake_us=w.scaled(1e6))
-    rate_hz, pauses = fit_pauses(runs, capacity_qps)
+    _log_loop(setup.log, calib, runs, low, slow, extra_s, calib_qps)
+    out = [("sim+frontend", calib)]
+    if host_cpu:
+        hc = host_cpu_demands(runs, calib)
+        setup.log(f"  the host CPU model: {hc.host_cpus} cores shared by the loop, the "
+                  "containers (" + (", ".join(
+                      f"{m} {b * 1e6:.0f} us/batch + {i * 1e6:.1f} us/item"
+                      for m, b, i in hc.container_cpu) or "their whole profile draw")
+                  + f") and the generator ({hc.loadgen_cpu_per_query_s * 1e6:.0f} us/query)")
+        out.append(("sim+host", hc))
+    for k, (mode, c) in enumerate(out):
+        c, pause_iv = fit_unexplained(runs, setup, low, c, calib_qps, mode)
+        out[k] = (mode, c)
+        if k == len(out) - 1:
+            intervals.update(pause_iv)
+    if intervals:
+        setup.log("  intervals (90%, bootstrap over the runs): " + ", ".join(
+            f"{k} {v}" for k, v in intervals.items()))
+    setup.log(f"capacity {capacity_qps:,.0f} q/s; the event loop's own limit "
+              f"{frontend_cpu(calib).capacity_qps(1.0):,.0f} q/s at batch size 1")
+    return out, intervals
+
+
+def host_cpu_demands(runs: Sequence[CpuRun], calib: Calibration) -> Calibration:
+    """``calib`` with the host CPU model on: this machine's cores
+    (``os.cpu_count()``), each container's CPU per batch and per item
+    (``fit_container_cpu``) and the generator's CPU per query (``fit_loadgen_cpu``)."""
+    return dataclasses.replace(calib, host_cpus=os.cpu_count() or 1,
+                               container_cpu=fit_container_cpu(runs),
+                               loadgen_cpu_per_query_s=fit_loadgen_cpu(runs))
+
+
+def fit_unexplained(runs: Sequence[CpuRun], setup: Setup, low: RealRun, calib: Calibration,
+                    calib_qps: float, mode: str = "sim+frontend"
+                    ) -> tuple[Calibration, dict[str, Interval]]:
+    """Step 5, per twin: what the twin (``calib``'s) still misses, fitted on it, so that
+    with the host CPU model on, the late queries contention explains are not pauses:
+    the pauses (``fit_pauses``, then ``tune_pause_rate``'s rates, with their intervals),
+    the containers' wake-up (``fit_container_wake``) and the fixed overhead outside the
+    loop (the real p50 at ``calib_qps`` minus the twin's)."""
+    rate_hz, pauses = fit_pauses(runs, calib.capacity_qps)
     calib = dataclasses.replace(calib, pause_rate_hz=rate_hz, pauses_s=pauses)
+    intervals: dict[str, Interval] = {}
     # tune_pause_rate, keeping its equations for the intervals
     pause_rows = pause_rate_rows(runs, setup.twin, calib, setup.seed)
     if pause_rows is not None:
@@ -366,47 +432,45 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: RealRun, capacity_
         calib = dataclasses.replace(calib, pause_rate_hz=base.value,
                                     pause_rate_busy_hz=per_busy.value)
         intervals.update(pause_rate_hz=base, pause_rate_busy_hz=per_busy)
-    _log_loop(setup.log, calib, runs, low, rate_hz, slow, extra_s, calib_qps)
-    if intervals:
-        setup.log("  intervals (90%, bootstrap over the runs): " + ", ".join(
-            f"{k} {v}" for k, v in intervals.items()))
+    if pauses:
+        setup.log(f"  {mode}: pauses at low load: {len(pauses)} seen ({rate_hz:.1f}/s), "
+                  f"median {np.median(pauses) * 1e3:.1f} ms, longest "
+                  f"{max(pauses) * 1e3:.1f} ms; {calib.pause_rate_hz:.1f}/s + "
+                  f"{calib.pause_rate_busy_hz:.1f}/s x the loop's busy share give the twin "
+                  "as many late queries")
     # the containers' wake-up: the batch latency the server's engine saw over the
     # twin's, run by run
     calib = fit_container_wake(runs, setup.twin, calib, setup.seed)
-    setup.log(f"  container wake-up {calib.replica_wake_s * 1e3:.3f} ms x (1 - exp(-idle / "
-              f"{calib.replica_cold_after_s * 1e3:g} ms)) per batch")
+    setup.log(f"  {mode}: container wake-up {calib.replica_wake_s * 1e3:.3f} ms x (1 - "
+              f"exp(-idle / {calib.replica_cold_after_s * 1e3:g} ms)) per batch")
     # the fixed overhead: what the calibrated simulator still misses at low load
     s_real = summarise(from_send(low.table))
     s_sim = sim_run(setup.twin(calib), sent_trace(low.trace, low.table), setup.seed)
     overhead_s = max((s_real.get("p50_ms", 0.0) - s_sim.get("p50_ms", 0.0)) / 1e3, 0.0)
     calib = dataclasses.replace(calib, overhead_s=overhead_s)
-    setup.log(f"  simulated p50 at {calib_qps:g} q/s {s_sim.get('p50_ms', math.nan):.3f} ms"
-              f" -> fixed overhead {overhead_s * 1e3:.3f} ms/query")
-    setup.log(f"capacity {capacity_qps:,.0f} q/s; the event loop's own limit "
-              f"{frontend_cpu(calib).capacity_qps(1.0):,.0f} q/s at batch size 1")
+    setup.log(f"  {mode}: simulated p50 at {calib_qps:g} q/s "
+              f"{s_sim.get('p50_ms', math.nan):.3f} ms -> fixed overhead "
+              f"{overhead_s * 1e3:.3f} ms/query")
     return calib, intervals
 
 
 def predict_capacity(setup: Setup, calib: Calibration, measured_qps: float) -> float:
     """Step 6b: the calibrated twin's capacity for the workload and the SLO
-    (``capacity.twin_capacity``), searched from what the profiles alone allow down; the
-    measured capacity is not told to it."""
-    est = capacity_estimate(setup.profiles, setup.replicas,
-                            {s.name: s.batching.max_batch_size for s in setup.models})
-    hi = est if math.isfinite(est) and est > 0 else 4 * measured_qps
-    return twin_capacity(setup.twin(calib), setup.workload, setup.app.slo_s, lo_qps=hi / 8,
-                         hi_qps=hi, overhead_s=calib.overhead_s, seed=setup.seed)
+    (``capacity.twin_capacity``, through ``clipperlab.simulator.capacity``), sized and
+    started from what the twin's parts allow (the profiles, the loop); the measured
+    capacity is not told to it (it sizes the search only when the parts set no bound)."""
+    max_batch = {s.name: s.batching.max_batch_size for s in setup.models}
+    est = min(capacity_estimate(setup.profiles, setup.replicas, max_batch),
+              frontend_cpu(calib).capacity_qps(float(max(max_batch.values()))))
+    if not (math.isfinite(est) and est > 0):
+        est = 4 * measured_qps
+    return twin_capacity(setup.twin(calib), setup.workload, setup.app.slo_s, est_qps=est,
+                         overhead_s=calib.overhead_s, seed=setup.seed)
 
 
 def _log_loop(log: Log, calib: Calibration, runs: Sequence[CpuRun], low: RealRun,
-              rate_hz: float, slow: float, extra_s: float, calib_qps: float) -> None:
+              slow: float, extra_s: float, calib_qps: float) -> None:
     """What the loop's fits found, and the server's batch latency at low load."""
-    pauses = calib.pauses_s
-    if pauses:
-        log(f"  pauses at low load: {len(pauses)} seen ({rate_hz:.1f}/s), median "
-            f"{np.median(pauses) * 1e3:.1f} ms, longest {max(pauses) * 1e3:.1f} ms; "
-            f"{calib.pause_rate_hz:.1f}/s + {calib.pause_rate_busy_hz:.1f}/s x the loop's "
-            f"busy share give the twin as many late queries")
     log("  runs for the CPU fit (q/s, batch size, server CPU us/query): " + ", ".join(
         f"{r.rate:,.0f} {r.queries / r.batches:.1f} {r.cpu_s / r.queries * 1e6:.0f}"
         for r in runs))
@@ -421,15 +485,19 @@ def _log_loop(log: Log, calib: Calibration, runs: Sequence[CpuRun], low: RealRun
         f"{seen['server_mean_ms']:.3f} ms")
 
 
-def run_levels(bench: Bench, setup: Setup, calib: Calibration, levels: Sequence[float],
-               capacity_qps: float, duration_s: float) -> list[dict[str, Any]]:
+def run_levels(bench: Bench, setup: Setup, calibs: Sequence[tuple[str, Calibration]],
+               levels: Sequence[float], capacity_qps: float, duration_s: float
+               ) -> list[dict[str, Any]]:
     """Step 6: for each level, the machine sampled (``quiet.guard``: others' CPU share
     only, the load average holds our own server), then the level's trace on the real
     server ``2 x repeats`` times, alternating ``real`` and ``real again``; each real run's
-    achieved send times in the plain and the calibrated twin, the first one's in the
-    in-situ diagnostic; each metric the median over its mode's runs.  One row per
-    (level, mode)."""
-    plain, calibrated = setup.twin(), setup.twin(calib)
+    achieved send times in the plain twin and in every calibrated one (``calibs``: mode
+    and calibration, the prediction last), the first run's in the in-situ diagnostic
+    (the prediction's calibration); each metric the median over its mode's runs.  One
+    row per (level, mode)."""
+    plain = setup.twin()
+    twins = [(mode, c, setup.twin(c)) for mode, c in calibs]
+    calib = calibs[-1][1]
     rows: list[dict[str, Any]] = []
     for lv in levels:
         rate = lv * capacity_qps
@@ -442,11 +510,13 @@ def run_levels(bench: Bench, setup: Setup, calib: Calibration, levels: Sequence[
             runs.append(bench.run(tr, keep=False))
             # the same trace once more: how far the real server is from itself
             again.append(bench.run(tr, keep=False))
-        sims, cals = [], []
+        sims: list[dict[str, float]] = []
+        cals: dict[str, list[dict[str, float]]] = {mode: [] for mode, _, _ in twins}
         for k, r in enumerate(runs):
             tr_sent = sent_trace(tr, r.table)
             sims.append(sim_run(plain, tr_sent, setup.seed + k))
-            cals.append(sim_run(calibrated, tr_sent, setup.seed + k, calib))
+            for mode, c, twin in twins:
+                cals[mode].append(sim_run(twin, tr_sent, setup.seed + k, c))
         # diagnostic, not a prediction: the calibrated twin told the first run's slowdown
         k0 = slowdown(runs[0].seen, setup.profiles)
         s_ins = sim_run(setup.twin(calib, scale=k0 if math.isfinite(k0) else 1.0),
@@ -455,17 +525,19 @@ def run_levels(bench: Bench, setup: Setup, calib: Calibration, levels: Sequence[
         s_real = median_summary([summarise(from_send(x.table)) for x in runs])
         s_sched = median_summary([summarise(x.table) for x in runs])
         s_again = median_summary([summarise(from_send(x.table)) for x in again])
-        s_cal = median_summary(cals)
+        s_cals = {mode: median_summary(v) for mode, v in cals.items()}
+        pred = twins[-1][0]
+        s_cal = s_cals[pred]
         la = os.getloadavg()[0]
         other = sample.other_cpu_share if sample is not None else math.nan
         for mode, s in (("real", s_real), ("real again", s_again),
-                        ("sim", median_summary(sims)), ("sim+frontend", s_cal),
+                        ("sim", median_summary(sims)), *s_cals.items(),
                         ("sim+in-situ", s_ins)):
             rows.append({**_row(lv, rate, mode, s, r, s_sched, k0, la),
                          "other_cpu_share": other, "repeats": setup.repeats})
         setup.log(f"  level {lv:.0%} ({rate:,.0f} q/s): real p50/p99 "
                   f"{s_real.get('p50_ms', math.nan):.2f}/{s_real.get('p99_ms', math.nan):.2f}"
-                  f" ms, sim+frontend {s_cal.get('p50_ms', math.nan):.2f}/"
+                  f" ms, {pred} {s_cal.get('p50_ms', math.nan):.2f}/"
                   f"{s_cal.get('p99_ms', math.nan):.2f} ms (medians of {setup.repeats}; load "
                   f"avg {la:.2f}, others {other:.0%} of the CPU before)")
     return rows

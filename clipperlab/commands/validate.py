@@ -9,7 +9,9 @@ Samples the machine first (``--busy``: warn, refuse or off when other processes 
 busy), profiles the deployment's models, starts the real server, measures the frontend's
 overhead and the capacity (``--repeats`` ramps, their median), then runs the workload at
 each ``--levels`` fraction of capacity for ``--level-s`` seconds, ``--repeats`` times on
-the real server and in the simulator (medians); prints the table (throughput,
+the real server and in the simulator (medians; with ``--host-cpu``, the default, the
+twin also shares the machine's cores among the loop, the containers and the generator:
+``sim+host``); prints the table (throughput,
 mean/p50/p90/p99, relative error), the capacity measured and predicted by the twin, the
 fitted numbers as ``value [lo, hi]``, and writes ``validation.csv``, ``errors.csv``,
 ``validation.png``, ``summary.md`` and the measured profiles to ``--out``.  See
@@ -61,6 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--app", default="", help="application (default: the workload's)")
     parser.add_argument("--connections", type=int, default=8, help="load connections")
     parser.add_argument("--seed", type=int, default=0, help="workload seed")
+    parser.add_argument("--host-cpu", action=argparse.BooleanOptionalAction, default=True,
+                        help="the twin shares this machine's cores among the server's loop, "
+                             "the containers and the load generator (their CPU fitted from "
+                             "/proc), and is fitted and predicts with it; the twin without it "
+                             "stays in the table as sim+frontend (default: on)")
     parser.add_argument("--out", default="", help="directory for the outputs")
 
 
@@ -91,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             capacity_qps=args.capacity, batching=batching,
             batch_sizes=parse_batch_sizes(args.batch_sizes),
             profile_repeats=args.profile_repeats, api=args.api,
-            connections=args.connections, seed=args.seed,
+            connections=args.connections, seed=args.seed, host_cpu=args.host_cpu,
         )
     except CalibrationError as e:
         raise CLIError(str(e)) from None

@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipperlab.calibration.capacity import CapacityPoint, capacity_search, sim_good_share
 from clipperlab.calibration.fidelity import capacity_markdown, capacity_rows
 from clipperlab.calibration.fit import frontend_intervals
 from clipperlab.calibration.intervals import Interval, bootstrap, bootstrap_fit
@@ -111,31 +110,6 @@ def test_bootstrap_fit_widens_to_hold_a_bounded_estimate() -> None:
 
 
 # --------------------------------------------------------------------------- capacity
-
-
-def test_capacity_search_finds_a_fake_twins_capacity() -> None:
-    """A fake twin that meets the objective up to 1,234 q/s (giving 97% of the rate as good
-    throughput): found within the search's 2%, from brackets on either side of it."""
-    probes: list[float] = []
-
-    def holds(rate: float) -> CapacityPoint:
-        probes.append(rate)
-        return CapacityPoint(rate <= 1234.0, 0.97 * rate)
-
-    for lo, hi in ((100.0, 5000.0), (2000.0, 4000.0), (10.0, 200.0)):
-        probes.clear()
-        got = capacity_search(holds, lo, hi)
-        assert 0.97 * 1234 / 1.02 <= got <= 0.97 * 1234
-        assert len(probes) < 40
-    assert math.isnan(capacity_search(lambda r: CapacityPoint(False, 0.0), 1.0, 2.0))
-
-
-def test_sim_good_share_counts_defaults_refusals_and_the_overhead() -> None:
-    q = pd.DataFrame({"latency_s": [0.005, 0.019, 0.010, np.nan, 0.001],
-                      "default": [False, False, True, False, False],
-                      "refused": [False, False, False, True, False]})
-    assert sim_good_share(q, 0.020) == pytest.approx(3 / 5)
-    assert sim_good_share(q, 0.020, overhead_s=0.002) == pytest.approx(2 / 5)
 
 
 def test_capacity_columns_from_a_fake_twin() -> None:

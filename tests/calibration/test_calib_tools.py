@@ -6,6 +6,7 @@ with exit code 2."""
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import Any
 
@@ -157,9 +158,16 @@ def test_validate_tiny(tmp_path: Path) -> None:
                    batch_sizes=(1, 2), profile_repeats=5, calib_qps=50.0, calib_s=0.4,
                    connections=2, log=lambda s: None)
     assert list(res.table["mode"]) == ["real", "real again", "sim", "sim+frontend",
-                                       "sim+in-situ"]
-    assert set(res.errors["mode"]) == {"real again", "sim", "sim+frontend", "sim+in-situ"}
+                                       "sim+host", "sim+in-situ"]
+    assert set(res.errors["mode"]) == {"real again", "sim", "sim+frontend", "sim+host",
+                                       "sim+in-situ"}
     assert res.calibration.capacity_qps == 100.0
+    # the prediction is the twin with the host CPU model (the default): this machine's
+    # cores, the generator's CPU per query read from its own process
+    assert res.calibration.host_cpus == os.cpu_count()
+    assert res.calibration.loadgen_cpu_per_query_s > 0
+    assert res.calibrations["sim+frontend"].host_cpus == 0
+    assert res.calibrations["sim+host"] is res.calibration
     files = write_outputs(res, tmp_path / "v")
     assert (tmp_path / "v" / "validation.png") in files
     assert "| 50% | real |" in (tmp_path / "v" / "summary.md").read_text()

@@ -1,0 +1,235 @@
+"""The twin with the host CPU model (issue 13, items 1 and 3, the calibration side): the
+demands it is built with, the fits that find them (containers' CPU per batch and per
+item, the load generator's per query), the pause term fitted on top of contention, the
+capacity through ``clipperlab.simulator.capacity``, and ``validate``'s flag."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from clipperlab.calibration.capacity import twin_capacity
+from clipperlab.calibration.errors import CalibrationError
+from clipperlab.calibration.fit import (
+    Calibration,
+    ContainerCpu,
+    CpuRun,
+    fit_container_cpu,
+    fit_loadgen_cpu,
+    fit_pauses,
+    tune_pause_rate,
+)
+from clipperlab.calibration.server import real_deployment
+from clipperlab.calibration.twin import frontend_cpu, sim_deployment
+from clipperlab.cli import main
+from clipperlab.commands import validate as validate_cmd
+from clipperlab.engine import BatchingConfig
+from clipperlab.simulator import (
+    Deployment,
+    FrontendCPU,
+    HostCPU,
+    LatencyProfile,
+    Simulation,
+    capacity,
+)
+from clipperlab.workloads import ConstantRate, Poisson, Trace, Workload
+
+NOOP_DEPLOY = """
+[[models]]
+name = "noop"
+kind = "noop"
+replicas = 1
+
+[[applications]]
+name = "hello"
+slo_ms = 20
+models = ["noop"]
+"""
+
+
+def _trace(rate: float, seconds: float, seed: int) -> Trace:
+    return Workload(Poisson(rate), n_queries=int(rate * seconds)).generate(seed)
+
+
+# --------------------------------------------------------------------------- the twin
+
+
+def test_twin_with_the_host_cpu_model_has_the_fitted_demands(tmp_path: Path) -> None:
+    """A calibration with the host CPU model gives a twin whose host shares its cores
+    (``host_cpus``) among the loop, the container (its fitted CPU per batch and per item)
+    and the generator (its CPU per query); without it nothing shares a CPU."""
+    path = tmp_path / "deploy.toml"
+    path.write_text(NOOP_DEPLOY)
+    dep = real_deployment(path)
+    prof = LatencyProfile.from_line("p", 10e-6, 100e-6)
+    calib = Calibration(query_cpu_s=40e-6, batch_cpu_s=80e-6, host_cpus=3,
+                        container_cpu=(("noop", 150e-6, 7e-6),),
+                        loadgen_cpu_per_query_s=25e-6)
+    twin = sim_deployment(dep, "hello", {"noop": prof}, calibration=calib)
+    assert twin.host_cpu == HostCPU(cpus=3, loadgen_cpu_per_query_s=25e-6)
+    (m,) = twin.models
+    assert (m.cpu_per_batch_s, m.cpu_per_item_s) == (150e-6, 7e-6)
+    assert m.cpu_demand_s(4, 1.0) == pytest.approx(150e-6 + 4 * 7e-6)
+    assert twin.frontend_cpu == frontend_cpu(calib)
+    plain = sim_deployment(dep, "hello", {"noop": prof},
+                           calibration=dataclasses.replace(calib, host_cpus=0))
+    assert plain.host_cpu is None and plain.models[0].cpu_per_batch_s is None
+    # a model the fit left out needs its whole profile draw (the simulator's default)
+    bare = sim_deployment(dep, "hello", {"noop": prof},
+                          calibration=dataclasses.replace(calib, container_cpu=()))
+    assert bare.host_cpu is not None and bare.models[0].cpu_demand_s(4, 0.3) == 0.3
+
+
+# --------------------------------------------------------------------------- the fits
+
+
+def test_fit_container_cpu_recovers_a_simulated_containers_demands() -> None:
+    """Runs of a twin whose container needs 300 us per batch + 20 us per item on a host
+    CPU model, the container's CPU time read from the simulated process (as ``/proc``
+    gives the real one): both recovered over runs of several batch sizes (AIMD); a run
+    far below the others' rates (its CPU inflated by wake-ups) does not count."""
+    base = Deployment.single(LatencyProfile.from_line("p", 30e-6, 400e-6),
+                             batching=BatchingConfig(policy="aimd"))
+    m = dataclasses.replace(base.models[0], cpu_per_batch_s=300e-6, cpu_per_item_s=20e-6)
+    dep = dataclasses.replace(base, models=(m,), host_cpu=HostCPU(cpus=2),
+                              frontend_cpu=FrontendCPU(query_s=10e-6))
+    runs = []
+    for k, rate in enumerate((1000, 3000, 6000, 9000)):
+        tr = _trace(rate, 0.5, k)
+        sim = Simulation(dep, tr, seed=k)
+        res = sim.run()
+        cpu = sum(v for name, v in sim.cpu_busy_s.items() if name.startswith("h0/m"))
+        b = float(len(res.batches))
+        runs.append(CpuRun(tr, float(len(tr)), b, 0.0,
+                           containers=(ContainerCpu("m", b, float(len(tr)), cpu),)))
+    sizes = [r.queries / r.batches for r in runs]
+    assert max(sizes) > 2 * min(sizes)  # the batch sizes differ: the split is identifiable
+    slow = _trace(20, 5.0, 9)
+    runs.append(CpuRun(slow, float(len(slow)), float(len(slow)), 0.0,
+                       containers=(ContainerCpu("m", len(slow), len(slow), 0.9 * len(slow)),)))
+    ((name, per_batch, per_item),) = fit_container_cpu(runs)
+    assert name == "m"
+    assert per_batch == pytest.approx(300e-6, rel=0.02)
+    assert per_item == pytest.approx(20e-6, rel=0.02)
+    # a model whose CPU read nothing (10 ms clock ticks) is left out
+    zero = [dataclasses.replace(r, containers=(r.containers[0]._replace(cpu_s=0.0),))
+            for r in runs]
+    assert fit_container_cpu(zero) == ()
+
+
+def test_fit_loadgen_cpu_separates_the_per_query_cost_from_a_runs_set_up() -> None:
+    """Generator CPU = 30 us x queries + 20 ms per run (bodies, connections): the per
+    query cost recovered; a run at a far lower rate (every query a wake-up) left out."""
+    runs = []
+    for k, rate in enumerate((1000, 2000, 4000, 8000)):
+        tr = _trace(rate, 1.0, k)
+        runs.append(CpuRun(tr, float(len(tr)), float(len(tr)), 0.0,
+                           loadgen_cpu_s=30e-6 * len(tr) + 0.020))
+    slow = _trace(50, 2.0, 7)
+    runs.append(CpuRun(slow, 100.0, 100.0, 0.0, loadgen_cpu_s=0.5))
+    assert fit_loadgen_cpu(runs) == pytest.approx(30e-6, rel=0.01)
+    assert fit_loadgen_cpu([]) == 0.0
+
+
+# --------------------------------------------------------------------------- pauses
+
+PAUSE_PROFILE = LatencyProfile.from_line("cpu-model", 0.0, 0.42e-3, p99_over_mean=1.05)
+
+
+def _pause_twin(c: Calibration) -> Deployment:
+    dep = Deployment.single(PAUSE_PROFILE, batching=BatchingConfig(policy="none"))
+    m = dep.models[0]
+    hc = None
+    if c.host_cpus:
+        hc = HostCPU(cpus=c.host_cpus, loadgen_cpu_per_query_s=c.loadgen_cpu_per_query_s)
+        cpu = {n: (b, i) for n, b, i in c.container_cpu}
+        if m.name in cpu:
+            m = dataclasses.replace(m, cpu_per_batch_s=cpu[m.name][0],
+                                    cpu_per_item_s=cpu[m.name][1])
+    return dataclasses.replace(dep, models=(m,), frontend_cpu=frontend_cpu(c), host_cpu=hc)
+
+
+def test_pauses_fitted_on_top_of_contention_are_smaller() -> None:
+    """The "real" runs come from a simulated host with contention and no pauses (one core
+    shared by the loop, the container and the generator).  Their late queries look like
+    pauses (``fit_pauses`` finds them); the twin without the host CPU model needs a pause
+    rate to be as late, the twin with it explains them by contention and needs (almost)
+    none."""
+    truth = Calibration(query_cpu_s=100e-6, batch_cpu_s=100e-6, host_cpus=1,
+                        loadgen_cpu_per_query_s=100e-6, capacity_qps=10_000.0)
+    runs = []
+    for k, rate in enumerate((500, 650, 800)):
+        tr = _trace(rate, 5.0, k)
+        lat = Simulation(_pause_twin(truth), tr, seed=k).run().queries["latency_s"]
+        runs.append(CpuRun(tr, float(len(tr)), float(len(tr)), 0.0, lat.to_numpy()))
+    rate_hz, pauses = fit_pauses(runs, truth.capacity_qps)
+    assert rate_hz > 0 and len(pauses) >= 5  # contention looks like pauses
+    seen = dataclasses.replace(truth, pause_rate_hz=rate_hz, pauses_s=pauses)
+
+    def pause_term(c: Calibration) -> float:
+        """Pauses per second at the loop's busy share over the runs, times their mean."""
+        f = tune_pause_rate(runs, _pause_twin, c)
+        busy = np.mean([r.queries * 200e-6 / (r.trace.arrival_at[-1]) for r in runs])
+        return (f.pause_rate_hz + f.pause_rate_busy_hz * busy) * float(np.mean(pauses))
+
+    plain = pause_term(dataclasses.replace(seen, host_cpus=0, loadgen_cpu_per_query_s=0.0))
+    host = pause_term(seen)
+    assert plain > 0
+    assert host < 0.25 * plain
+
+
+# --------------------------------------------------------------------------- capacity
+
+
+def test_twin_capacity_is_the_simulators_search_with_the_ramps_objective() -> None:
+    """The adapter asks ``simulator.capacity`` for 95% answered within the SLO less the
+    fixed overhead, and reports the good throughput there; an overhead past the SLO
+    leaves no capacity."""
+    dep = dataclasses.replace(Deployment.single("prototype-noop"),
+                              frontend_cpu=FrontendCPU(query_s=100e-6, reply_s=100e-6))
+    wl = Workload(ConstantRate(100), n_queries=100, app="digits")
+    got = twin_capacity(dep, wl, 0.020, est_qps=4000.0, overhead_s=0.0)
+    ref = capacity(dep, dataclasses.replace(wl, n_queries=8000), 0.020, 0.95, seeds=(0,),
+                   start_qps=2000.0)
+    assert got == pytest.approx(ref.qps * dict(ref.steps)[ref.qps])
+    assert 0.9 * 5000 / 1.1 < got <= 5000  # the loop's 200 us per query allows 5,000 q/s
+    tight = twin_capacity(dep, wl, 0.020, est_qps=4000.0, overhead_s=0.0195)
+    assert tight < got
+    assert twin_capacity(dep, wl, 0.020, est_qps=4000.0, overhead_s=0.025) == 0.0
+    with pytest.raises(ValueError, match="est_qps"):
+        twin_capacity(dep, wl, 0.020, est_qps=float("nan"))
+
+
+# --------------------------------------------------------------------------- the flag
+
+
+@pytest.mark.parametrize("argv, expected", [([], True), (["--host-cpu"], True),
+                                            (["--no-host-cpu"], False)])
+def test_validate_flag_reaches_validate(argv: list[str], expected: bool,
+                                        monkeypatch: pytest.MonkeyPatch,
+                                        tmp_path: Path) -> None:
+    """``clipperlab validate --host-cpu/--no-host-cpu`` (default on) is what ``validate``
+    is called with."""
+    seen: dict[str, Any] = {}
+
+    def fake(*args: Any, **kw: Any) -> Any:
+        seen.update(kw)
+        raise CalibrationError("stop here")
+
+    monkeypatch.setattr("clipperlab.calibration.validation.validate", fake)
+    wl = tmp_path / "w.toml"
+    wl.write_text('[workload]\napp = "hello"\nn_queries = 10\n'
+                  'arrivals = { kind = "constant", qps = 100 }\n')
+    dep = tmp_path / "deploy.toml"
+    dep.write_text(NOOP_DEPLOY)
+    rc = main(["validate", "--deployment", str(dep), "--workload", str(wl), *argv])
+    assert rc == 2 and seen["host_cpu"] is expected
+    parser = argparse.ArgumentParser()
+    validate_cmd.add_arguments(parser)
+    ns = parser.parse_args(["--deployment", "d", "--workload", "w", *argv])
+    assert ns.host_cpu is expected
