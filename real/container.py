@@ -20,6 +20,12 @@ Rules:
   not match the batch length are reported the same way.
 - When the frontend goes away the container exits, unless ``reconnect_s`` > 0: then it
   retries for that long (a frontend restart).
+- Several frontends (``--store redis://...`` instead of ``--frontend``): the container reads
+  the frontends registered in the store every second (``real/sync.py``), keeps one
+  connection to each (a thread apiece, as above), answers each batch on the connection it
+  came from, and runs the model for one batch at a time across them.  A frontend that goes
+  away takes only its connection; one that refuses the container is tried again 5 s later
+  (it may not have heard of the model yet).  It serves until stopped.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import ssl
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -79,11 +85,16 @@ class ContainerConfig:
     reconnect_s: float = 0.0
     tls_ca: str = ""
     tls_server_name: str = ""
+    store: str = ""  # redis://...: serve every frontend registered there
 
 
-def run_container(cfg: ContainerConfig) -> int:
-    """Serve until the frontend goes away (and does not come back within reconnect_s)."""
-    predict = load_model(cfg.kind, cfg.path, cfg.options)
+def run_container(cfg: ContainerConfig, predict: Any = None) -> int:
+    """Serve until the frontend goes away (and does not come back within reconnect_s);
+    with ``cfg.store``, serve every frontend registered there until stopped."""
+    if predict is None:
+        predict = load_model(cfg.kind, cfg.path, cfg.options)
+    if cfg.store:
+        return _follow_frontends(cfg, predict)
     tls = None
     if cfg.tls_ca:
         tls = ssl.create_default_context(cafile=cfg.tls_ca)
@@ -118,6 +129,60 @@ def run_container(cfg: ContainerConfig) -> int:
         if cfg.reconnect_s <= 0:
             return 0
         give_up_at = time.monotonic() + cfg.reconnect_s
+
+
+def _follow_frontends(cfg: ContainerConfig, predict: Any, every_s: float = 1.0) -> int:
+    """One connection per frontend registered in ``cfg.store``, following the list."""
+    from clipperlab.engine import ConfigError
+
+    from .store_redis import connect
+    from .sync import frontends
+
+    try:
+        r = connect(cfg.store)
+    except ConfigError as e:
+        raise ContainerError(f"--store: {e}") from None
+    lock = threading.Lock()
+
+    def one_at_a_time(inputs: Any) -> Any:
+        with lock:
+            return predict(inputs)
+
+    live: dict[str, threading.Thread] = {}
+    retry_at: dict[str, float] = {}
+
+    def serve(address: str) -> None:
+        host, _, port = address.rpartition(":")
+        one = replace(cfg, host=host, port=int(port), store="", reconnect_s=0.0)
+        try:
+            run_container(one, one_at_a_time)
+        except ContainerRefused as e:
+            log.warning("frontend %s refused this container: %s", address, e)
+            retry_at[address] = time.monotonic() + 5.0
+        except Exception:  # noqa: BLE001 - one frontend's trouble leaves the others served
+            log.exception("serving frontend %s failed", address)
+            retry_at[address] = time.monotonic() + 5.0
+
+    cut_off = False
+    while True:
+        try:
+            listed = set(frontends(r).values())
+            cut_off = False
+        except Exception as e:  # noqa: BLE001 - Redis away: keep serving who we serve
+            if not cut_off:
+                log.warning("cannot read the frontends from the store (%s); retrying", e)
+            cut_off, listed = True, set()
+        for address in sorted(listed):
+            t = live.get(address)
+            if (t is None or not t.is_alive()) and retry_at.get(address, 0.0) <= time.monotonic():
+                host, _, port = address.rpartition(":")
+                if not host or not port.isdigit():
+                    log.warning("ignoring frontend address %r (not HOST:PORT)", address)
+                    continue
+                live[address] = t = threading.Thread(
+                    target=serve, args=(address,), daemon=True, name=f"frontend {address}")
+                t.start()
+        time.sleep(every_s)
 
 
 def _recv_frames(sock: socket.socket, dec: p.FrameDecoder) -> list[tuple[int, bytes]]:
@@ -277,6 +342,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="",
         help="name the frontend's certificate must carry (default: the --frontend host)",
     )
+    parser.add_argument(
+        "--store",
+        default="",
+        help="redis://HOST:PORT/DB: serve every frontend registered in this store, following"
+        " the list as frontends come and go (instead of --frontend)",
+    )
     parser.add_argument("--ordinal", type=int, default=None, help="replica number (optional)")
     parser.add_argument("--options", default="{}", help="JSON options for the wrapper")
     parser.add_argument(
@@ -299,6 +370,8 @@ def config_from_args(args: argparse.Namespace) -> ContainerConfig:
         options = json.loads(args.options)
     except ValueError as e:
         raise ContainerError(f"--options is not JSON: {e}") from None
+    if args.store and not args.store.startswith(("redis://", "rediss://", "unix://")):
+        raise ContainerError(f"--store {args.store!r} must be a redis:// URL")
     if args.tls_ca and not os.path.isfile(args.tls_ca):
         raise ContainerError(f"--tls-ca {args.tls_ca!r} is not a readable file")
     return ContainerConfig(
@@ -315,6 +388,7 @@ def config_from_args(args: argparse.Namespace) -> ContainerConfig:
         reconnect_s=args.reconnect_s,
         tls_ca=args.tls_ca,
         tls_server_name=args.tls_server_name,
+        store=args.store,
     )
 
 

@@ -13,6 +13,14 @@ changed is taken on the loop (``Engine.take_selection_changes``, O(changed state
 written by one saver thread, so the loop never waits for SQLite and two saves never run
 at once; a failed save is logged and its applications are rewritten by the next one.
 
+Several frontends (``store = "redis://..."``): the store is shared, each frontend keeps
+its own engine.  ``real/sync.py`` registers this frontend's RPC address for containers to
+find and carries change notices: each administrative method writes the store, then
+publishes what it did (``_changed``); a notice from another frontend is applied on the
+loop by ``apply_change`` through the same method, which then neither writes nor publishes.
+Selection state is merged every ``selection_merge_every_s`` (``real/merge.py``) unless
+``selection_sync = "partition"``.
+
 Overload: models take the server's ``admission_control`` and ``drop_hopeless`` (both on
 by default) unless their ``[models.batching]`` table says otherwise, so a query that
 cannot be answered within its objective gets the explained default at once
@@ -26,13 +34,14 @@ import contextlib
 import dataclasses
 import gc
 import logging
+import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from clipperlab.engine import Application, Engine, ModelSpec, ReplicaId
+from clipperlab.engine import Application, Engine, EngineError, ModelSpec, ReplicaId
 from clipperlab.engine.schema import application_changes
 
 from .admin import AdminApi
@@ -41,9 +50,11 @@ from .driver import EngineDriver
 from .frontend import QueryFrontend
 from .http import Connections, HttpLimits, HttpProtocol, fd_headroom
 from .manager import ContainerManager, Launcher
+from .merge import SelectionMerger
 from .metrics import metrics_text
 from .rpc import RpcServer
-from .store import Store
+from .store import open_store
+from .sync import Sync
 
 __all__ = ["Server", "ServerThread", "tune_gc"]
 
@@ -76,7 +87,10 @@ class Server:
             remember_bytes=cfg.remember_bytes,
             max_user_states=cfg.max_user_states,
         )
-        self.store = Store(cfg.store)
+        self.store = open_store(cfg.store, cfg.store_dir)
+        self.sync: Sync | None = None  # several frontends on a shared store
+        self.merger: SelectionMerger | None = None
+        self._replaying = False  # applying another frontend's change: no write, no notice
         self.ports: dict[str, int] = {}
         self.replicas_wanted: dict[str, int] = {}
         self._servers: list[asyncio.AbstractServer] = []
@@ -125,6 +139,8 @@ class Server:
         self.ports["query"] = q_srv.sockets[0].getsockname()[1]
         self.ports["admin"] = a_srv.sockets[0].getsockname()[1]
         self._servers = [q_srv, a_srv, rpc_srv]
+        if self.store.shared:
+            self._start_sync(loop)
         self.manager = self._launcher()
         self._deploy_config()
         for name, n in self.replicas_wanted.items():
@@ -132,6 +148,23 @@ class Server:
         self._save_task = loop.create_task(self._save_periodically())
         log.info("serving: %s", self.ports)
         return dict(self.ports)
+
+    def _start_sync(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Subscribe to the other frontends' changes and register the RPC address."""
+        cfg = self.cfg
+        address = cfg.rpc_advertise
+        if not address:
+            host = cfg.rpc_host
+            if host in ("0.0.0.0", "::", ""):
+                host = socket.getfqdn()  # listening everywhere: the name others know us by
+            address = f"{host}:{self.ports['rpc']}"
+        self.sync = Sync(cfg.store, rpc_address=address, ttl_s=cfg.frontend_ttl_s,
+                         deliver=lambda msg: loop.call_soon_threadsafe(self.apply_change, msg))
+        if cfg.selection_sync == "merge":
+            self.merger = SelectionMerger()
+        self.sync.start()
+        log.info("frontend %s on the shared store %s; containers dial %s",
+                 self.sync.id, cfg.store, address)
 
     def _launcher(self) -> Launcher[Any] | None:
         """Who starts containers: ``[server] containers`` (local processes, Ray actors,
@@ -144,7 +177,8 @@ class Server:
         if cfg.containers == "ray":
             from .ray_launcher import RayLauncher
 
-            return RayLauncher(cfg.rpc_host, self.ports["rpc"], address=cfg.ray_address, **tls)
+            return RayLauncher(cfg.rpc_host, self.ports["rpc"], address=cfg.ray_address,
+                               store=cfg.store if self.store.shared else "", **tls)
         return ContainerManager(cfg.rpc_host, self.ports["rpc"], **tls,
                                 log_dir=cfg.container_log_dir or str(self.store.dir / "logs"))
 
@@ -173,8 +207,11 @@ class Server:
                 self.add_app(d)
 
     async def _save_periodically(self) -> None:
+        every_s = self.cfg.save_state_every_s
+        if self.merger is not None:
+            every_s = min(every_s, self.cfg.selection_merge_every_s)
         while True:
-            await asyncio.sleep(self.cfg.save_state_every_s)
+            await asyncio.sleep(every_s)
             try:
                 await self.save_state()
             except Exception:  # noqa: BLE001 - a failed save is logged, serving goes on
@@ -182,15 +219,25 @@ class Server:
 
     async def save_state(self) -> int:
         """Save the selection state that changed: taken on the loop, written by the saver
-        thread; one save at a time.  Returns the number of states written."""
+        thread; one save at a time.  Returns the number of states written.  Merging, the
+        changes' deltas are taken on the loop too and published by the saver after the
+        write."""
         async with self._save_lock:
             changes = self.engine.take_selection_changes()
             if not changes:
                 return 0
+            deltas: list[dict[str, Any]] = []
+            if self.merger is not None:
+                deltas = self.merger.local_deltas(self.engine, changes)
+
+            def write() -> int:
+                n = self.store.write_selection(changes)
+                if deltas and self.sync is not None:
+                    self.sync.publish("selection", {"deltas": deltas})
+                return n
+
             try:
-                n: int = await asyncio.get_running_loop().run_in_executor(
-                    self._saver, self.store.write_selection, changes
-                )
+                n: int = await asyncio.get_running_loop().run_in_executor(self._saver, write)
             except BaseException:
                 self.engine.selection_unsaved(changes)
                 raise
@@ -199,6 +246,8 @@ class Server:
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop accepting, answer what is in flight, save state, stop containers."""
         self.frontend.accepting = False
+        if self.sync is not None:
+            self.sync.deregister()  # containers stop dialing this frontend
         for s in self._servers[:2]:
             s.close()
         until = time.monotonic() + grace_s
@@ -218,6 +267,8 @@ class Server:
             self._servers[2].close()
             for c in list(self._conns):
                 c.close()
+            if self.sync is not None:
+                self.sync.close()
             self.store.close()
         log.info("stopped")
 
@@ -281,49 +332,99 @@ class Server:
             )
         return spec, n
 
+    def _changed(self, op: str, args: dict[str, Any], *writes: Callable[[], None]) -> None:
+        """An administrative change made here: write it to the store, then tell the other
+        frontends (``op`` and ``args`` call the same method there).  A change that came
+        from another frontend (``apply_change``) is in the store already: neither."""
+        if self._replaying:
+            return
+        for w in writes:
+            w()
+        if self.sync is not None:
+            self.sync.publish(op, args)
+
+    def apply_change(self, msg: Mapping[str, Any]) -> None:
+        """Apply another frontend's change notice (on the loop): the same method the admin
+        API calls, or the selection deltas; one this engine refuses is logged."""
+        op, a = msg["op"], msg["args"]
+        self._replaying = True
+        try:
+            if op == "add_app":
+                self.add_app(a["app"])
+            elif op == "add_model":
+                self.add_model(a["model"])
+            elif op == "link":
+                self.link(a["app"], a["models"])
+            elif op == "unlink":
+                self.unlink(a["app"], a["models"])
+            elif op == "set_version":
+                self.set_version(a["name"], a["version"])
+            elif op == "rollback":
+                self.rollback(a["name"], a["version"])
+            elif op == "set_replicas":
+                self.set_replicas(a["name"], a["count"])
+            elif op == "update_app":
+                self.update_app(a["name"], a["changes"])
+            elif op == "selection":
+                if self.merger is not None:
+                    merger, deltas = self.merger, a["deltas"]
+                    self.driver.admin(lambda now: merger.apply(self.engine, deltas, now=now))
+            else:
+                raise TypeError(f"unknown change {op!r}")
+        except (EngineError, ValueError, KeyError, TypeError) as e:
+            log.warning("change %s from frontend %s not applied: %s", op, msg.get("from"), e)
+        finally:
+            self._replaying = False
+
     def add_app(self, d: Mapping[str, Any]) -> Application:
         app = app_from_dict(d)
         self.driver.admin(lambda now: self.engine.add_application(app, now=now))
         models = d.get("models") or d.get("candidate_model_names")
         if models:
             self.driver.admin(lambda now: self.engine.link(app.name, list(models), now=now))
-        self.store.put_app(app)
-        self.store.put_links(app.name, self.engine.registry.links[app.name])
+        self._changed("add_app", {"app": dict(d)}, lambda: self.store.put_app(app),
+                      lambda: self.store.put_links(app.name, self.engine.registry.links[app.name]))
         return app
 
     def add_model(self, d: Mapping[str, Any]) -> ModelSpec:
         spec, n = self._model_from_dict(d)
         self.driver.admin(lambda now: self.engine.add_model(spec, now=now))
-        self.store.put_model(spec)
         if d.get("activate", True):
             self.driver.admin(
                 lambda now: self.engine.set_model_version(spec.name, spec.version, now=now)
             )
         if "replicas" in d or spec.name not in self.replicas_wanted:
             self.replicas_wanted[spec.name] = n
-        self.store.put_history(spec.name, self.engine.registry.history[spec.name])
-        self.store.put_replicas(spec.name, self.replicas_wanted[spec.name])
+        self._changed(
+            "add_model", {"model": dict(d)}, lambda: self.store.put_model(spec),
+            lambda: self.store.put_history(spec.name, self.engine.registry.history[spec.name]),
+            lambda: self.store.put_replicas(spec.name, self.replicas_wanted[spec.name]),
+        )
         self._apply_replicas(spec.name, self.replicas_wanted[spec.name])
         return spec
 
     def link(self, app: str, models: list[str]) -> list[str]:
         out: list[str] = self.driver.admin(lambda now: self.engine.link(app, models, now=now))
-        self.store.put_links(app, out)
+        self._changed("link", {"app": app, "models": list(models)},
+                      lambda: self.store.put_links(app, out))
         return out
 
     def unlink(self, app: str, models: list[str]) -> list[str]:
         out: list[str] = self.driver.admin(lambda now: self.engine.unlink(app, models, now=now))
-        self.store.put_links(app, out)
+        self._changed("unlink", {"app": app, "models": list(models)},
+                      lambda: self.store.put_links(app, out))
         return out
 
     def set_version(self, name: str, version: str) -> None:
         self.driver.admin(lambda now: self.engine.set_model_version(name, version, now=now))
-        self.store.put_history(name, self.engine.registry.history[name])
+        self._changed("set_version", {"name": name, "version": version},
+                      lambda: self.store.put_history(name, self.engine.registry.history[name]))
         self._apply_replicas(name, self.replicas_wanted.get(name, 1))
 
     def rollback(self, name: str, version: str | None = None) -> str:
         v: str = self.driver.admin(lambda now: self.engine.rollback(name, version, now=now))
-        self.store.put_history(name, self.engine.registry.history[name])
+        self._changed("rollback", {"name": name, "version": v},
+                      lambda: self.store.put_history(name, self.engine.registry.history[name]))
         self._apply_replicas(name, self.replicas_wanted.get(name, 1))
         return v
 
@@ -332,15 +433,18 @@ class Server:
         if count < 0:
             raise ValueError(f"replicas must be >= 0, got {count}")
         self.replicas_wanted[name] = count
-        self.store.put_replicas(name, count)
+        self._changed("set_replicas", {"name": name, "count": count},
+                      lambda: self.store.put_replicas(name, count))
         self._apply_replicas(name, count)
 
     def update_app(self, name: str, changes: dict[str, Any]) -> Application:
+        asked = dict(changes)
         changes = application_changes(changes, f"update_app {name!r}")
         app: Application = self.driver.admin(
             lambda now: self.engine.update_application(name, now=now, **changes)
         )
-        self.store.put_app(app)
+        self._changed("update_app", {"name": name, "changes": asked},
+                      lambda: self.store.put_app(app))
         return app
 
     def inspect(self) -> dict[str, Any]:
@@ -354,7 +458,8 @@ class Server:
             "models": {n: eng.describe_model(n) for n in eng.registry.models},
             "selection": {a: {"probabilities": eng.probabilities(a)} for a in eng.registry.apps},
             "ports": dict(self.ports),
-            "store": str(self.store.path),
+            "store": self.store.location,
+            "frontend": self.sync.id if self.sync is not None else None,
         }
 
 

@@ -87,6 +87,7 @@ class StoreBase(ABC):
     dir: Path  # local folder: model files (``models/``) and container logs
     models_dir: Path
     location: str  # what ``inspect`` and ``serve`` print: a file or a URL
+    shared = False  # several frontends may use it at once (and then tell each other)
 
     def _local_dirs(self, directory: str | Path) -> None:
         self.dir = Path(directory)

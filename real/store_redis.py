@@ -58,6 +58,8 @@ def connect(url: str, *, timeout_s: float = 5.0) -> Any:
 class RedisStore(StoreBase):
     """Redis-backed persistence of the engine's administrative state (shared)."""
 
+    shared = True
+
     def __init__(self, url: str, directory: str | Path = "clipperlab-store") -> None:
         self.url = url
         self.location = url

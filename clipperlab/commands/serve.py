@@ -26,7 +26,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--query-port", type=int, help="query port (default 1337; 0 = any)")
     parser.add_argument("--admin-port", type=int, help="admin port (default 1338; 0 = any)")
     parser.add_argument("--rpc-port", type=int, help="container RPC port (default 7000; 0 = any)")
-    parser.add_argument("--store", help="store directory (default ./clipperlab-store)")
+    parser.add_argument(
+        "--store",
+        help="store folder (default ./clipperlab-store), or redis://HOST:PORT/DB: a store"
+        " several frontends share",
+    )
+    parser.add_argument(
+        "--store-dir",
+        help="with a Redis store: the folder of model files and logs (a shared folder"
+        " when containers run on other hosts; default ./clipperlab-store)",
+    )
+    parser.add_argument(
+        "--rpc-advertise",
+        help="HOST:PORT containers on other hosts dial for this frontend (with a Redis"
+        " store; default the RPC host and port)",
+    )
     parser.add_argument(
         "--rpc-secret-file",
         help="file holding the containers' shared secret (default: server.rpc_secret_file,"
@@ -47,7 +61,7 @@ async def _serve(cfg: ServerConfig, ports_file: str | None) -> None:
     ports = await server.start()
     if cfg.tune_gc:
         tune_gc()  # the process is ours: keep full collections off the query path
-    line = json.dumps({"ports": ports, "store": str(server.store.path)})
+    line = json.dumps({"ports": ports, "store": server.store.location})
     print(line, flush=True)
     if ports_file:
         with open(ports_file, "w") as f:
@@ -76,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
             admin_port=args.admin_port,
             rpc_port=args.rpc_port,
             store=args.store,
+            store_dir=args.store_dir,
+            rpc_advertise=args.rpc_advertise,
             rpc_secret_file=args.rpc_secret_file,
             rpc_tls_cert=args.rpc_tls_cert,
             rpc_tls_key=args.rpc_tls_key,
