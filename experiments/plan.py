@@ -76,12 +76,18 @@ class PlanOutcome:
 
     @property
     def cheaper(self) -> Evaluation | None:
-        """The next-cheaper candidate: the dearest evaluated one below the recommendation
-        (ties: the higher share in time)."""
+        """The next-cheaper candidate: the recommendation with one replica fewer of one
+        model (the dearest such, ties to the higher share in time); when there is none,
+        the dearest evaluated candidate below the recommendation."""
         if self.best is None:
             return None
         below = [e for e in self.result.evaluations if e.rows and e.cost < self.best.cost]
-        return max(below, key=lambda e: (e.cost, e.min_attainment())) if below else None
+        best = self.best.candidate
+        same = [e for e in below if e.candidate.shape == best.shape and sum(
+            abs(a.replicas - b.replicas) for a, b in zip(e.candidate.choices, best.choices,
+                                                         strict=True)) == 1]
+        pool = same or below
+        return max(pool, key=lambda e: (e.cost, e.min_attainment())) if pool else None
 
 
 def quick_spec(spec: PlanSpec) -> PlanSpec:
