@@ -23,10 +23,14 @@ Rules:
   killed for good (``ray.kill`` without restart, its node gone) is created anew.  ``kill``
   (a silent container) asks Ray to restart the actor.
 - Actors are named ``clipperlab/<scope>/<model>/<version>/<ordinal>`` in the Ray namespace
-  ``clipperlab`` and detached (a frontend that dies does not take the containers with it);
-  the scope is this frontend's RPC address, so two frontends never share an actor whose
-  container connects to one of them.  ``set_replicas`` down and ``stop_all`` kill the
-  actors for good.
+  ``clipperlab`` and detached (a frontend that dies does not take the containers with it).
+  With a shared store (``store = "redis://..."``) the scope is the store: the container
+  serves every frontend registered there (``container.py``), and every frontend's launcher
+  finds the same actors by name (a second ``serve`` call waits for the first), so
+  frontends come and go without restarting containers, and ``stop_all`` leaves the actors
+  to the other frontends.  Alone (SQLite), the scope is this frontend's RPC address, and
+  ``stop_all`` kills its actors.  ``set_replicas`` down kills the extra actors for good
+  (every frontend hears of it through the store and does the same).
 """
 
 from __future__ import annotations
@@ -118,6 +122,7 @@ class RayLauncher(Launcher[RayReplica]):
         tls_ca: str = "",
         tls_server_name: str = "",
         address: str = "",
+        store: str = "",
     ) -> None:
         import ray
 
@@ -127,7 +132,8 @@ class RayLauncher(Launcher[RayReplica]):
         self.secret = secret
         self.tls_ca = tls_ca
         self.tls_server_name = tls_server_name
-        self.scope = f"{self.rpc_host}:{rpc_port}"
+        self.store = store
+        self.scope = store if store else f"{self.rpc_host}:{rpc_port}"
         if not ray.is_initialized():
             kw: dict[str, Any] = {"namespace": NAMESPACE, "include_dashboard": False,
                                   "log_to_driver": False}
@@ -151,6 +157,7 @@ class RayLauncher(Launcher[RayReplica]):
             ordinal=ordinal,
             tls_ca=self.tls_ca,
             tls_server_name=self.tls_server_name,
+            store=self.store,
         )
 
     def _start(self, spec: ModelSpec, ordinal: int) -> RayReplica:
@@ -254,6 +261,8 @@ class RayLauncher(Launcher[RayReplica]):
         rs = list(self.procs.values())
         self.procs.clear()
         for r in rs:
+            if self.store:  # the other frontends' containers too: leave them serving
+                r.actor = None
             self._end(r)
         tasks = [r.task for r in rs if r.task is not None]
         if tasks:
