@@ -15,13 +15,24 @@ controllers' wake-ups.  A part of ``Engine`` (``core.py``).
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left
 
 from ._answers import _Answers
 from ._state import _Batch, _Replica, _Task, _Version, _Wanted
-from ._types import BatchDone, BatchFailed, DefaultReason, Instruction, ReplicaId, SendBatch
+from ._types import (
+    BatchDone,
+    BatchFailed,
+    DefaultReason,
+    Instruction,
+    ReleaseReason,
+    ReplicaId,
+    send_batch_of,
+)
 from .batching import QueueView, Wait
 
 _INF = float("inf")
+_CAP_REACHED = ReleaseReason.CAP_REACHED
+_REPLICA_IDLE = ReleaseReason.REPLICA_IDLE
 
 
 class _Batches(_Answers):
@@ -38,27 +49,41 @@ class _Batches(_Answers):
                 self._expire(head, now)
                 continue
             rep = idle[0]
+            ctrl = rep.ctrl
             if ver.drop_hopeless:
-                est = rep.ctrl.latency.predict_s(min(len(queue), rep.ctrl.cap))
+                est = ctrl.latency.predict_s(min(len(queue), ctrl.cap))
                 if est is not None and head_deadline < now + est:
                     heapq.heappop(queue)
                     self._drop_hopeless(head, now, out, est)
                     continue
-            d = rep.ctrl.decide(
-                now, QueueView(len(queue), head.arrival_at, ver.newest_arrival_at, head_deadline)
-            )
-            if isinstance(d, Wait):
-                if ver.wake_at is None or d.until_at < ver.wake_at or ver.wake_at <= now:
-                    ver.wake_at = d.until_at
-                    heapq.heappush(self._wakes, (d.until_at, next(self._seq), ver))
-                    if d.until_at < self._due_at:
-                        self._due_at = d.until_at
-                return
-            if d.shed:
-                for _ in range(min(d.shed, len(queue))):
-                    self._shed(heapq.heappop(queue)[2], now, out)
-                continue
-            size = min(d.size, len(queue))
+            qlen = len(queue)
+            if rep.plain and (qlen >= ctrl.cap or not ctrl.wait_timeout_s > 0.0):
+                # BatchController.decide's two branches without a wait, inlined (no
+                # QueueView, no Dispatch: 0.65 us less per batch, measured)
+                cap = ctrl.cap
+                if qlen >= cap:
+                    size, reason = cap, _CAP_REACHED
+                else:
+                    size, reason = qlen, _REPLICA_IDLE
+                padded = 0
+            else:
+                d = ctrl.decide(
+                    now, QueueView(qlen, head.arrival_at, ver.newest_arrival_at, head_deadline)
+                )
+                if isinstance(d, Wait):
+                    if ver.wake_at is None or d.until_at < ver.wake_at or ver.wake_at <= now:
+                        ver.wake_at = d.until_at
+                        heapq.heappush(self._wakes, (d.until_at, next(self._seq), ver))
+                        if d.until_at < self._due_at:
+                            self._due_at = d.until_at
+                    return
+                if d.shed:
+                    for _ in range(min(d.shed, len(queue))):
+                        self._shed(heapq.heappop(queue)[2], now, out)
+                    continue
+                size, reason, padded = d.size, d.reason, d.padded_size
+            if size > qlen:
+                size = qlen
             reqs: list[_Wanted] = []
             heappop = heapq.heappop
             for _ in range(size):
@@ -73,33 +98,37 @@ class _Batches(_Answers):
                 continue
             idle.popleft()
             ver.wake_at = None
-            assembly_at = max(rep.idle_since, head.arrival_at)
+            ia, ha = rep.idle_since, head.arrival_at
+            assembly_at = ha if ha > ia else ia  # max(ia, ha), inlined
             bid = next(self._batch_ids)
-            batch = _Batch(bid, rep, reqs, assembly_at)
+            batch = _Batch(bid, rep, reqs, assembly_at, ver)
             rep.batch = batch
             self._batches[bid] = batch
             n = len(reqs)
-            c = ver.m_batches.get(d.reason)
+            c = ver.m_batches.get(reason)
             if c is None:
-                c = ver.m_batches[d.reason] = self.metrics.counter(
+                c = ver.m_batches[reason] = self.metrics.counter(
                     "clipperlab_batches_total",
                     model=ver.mid.name,
                     version=ver.mid.version,
-                    reason=d.reason,
+                    reason=reason,
                 )
             c.value += 1
-            ver.m_batch_size.observe(n)
+            h = ver.m_batch_size  # Histogram.observe, inlined as in _finish
+            h.counts[bisect_left(h.bounds, n)] += 1
+            h.sum += n
+            h.count += 1
             out.append(
-                SendBatch(
-                    replica=rep.id,
-                    batch_id=bid,
-                    inputs=tuple([r.input for r in reqs]),
-                    reason=d.reason,
-                    padded_size=max(d.padded_size, n),
+                send_batch_of(
+                    rep.id,
+                    bid,
+                    (reqs[0].input,) if n == 1 else tuple([r.input for r in reqs]),
+                    reason,
+                    padded if padded > n else n,
                 )
             )
             if self.log is not None:
-                self.log.append(("batch", now, str(rep.id), bid, n, d.reason))
+                self.log.append(("batch", now, str(rep.id), bid, n, reason))
 
     def _expire(self, req: _Wanted, now: float) -> None:
         """A request reached its deadline in the queue; keep it only for live waiters
@@ -169,11 +198,14 @@ class _Batches(_Answers):
             )
         del self._batches[done.batch_id]
         rep = batch.replica
-        ver = self._versions[rep.id.model_id]
+        ver = batch.version  # not _versions[rep.id.model_id]: a ModelId and a lookup less
         n = len(outputs)
         latency = now - batch.assembly_at
         rep.ctrl.observe(n, latency, now)
-        ver.m_batch_latency.observe(latency)
+        h = ver.m_batch_latency  # Histogram.observe, inlined as in _finish
+        h.counts[bisect_left(h.bounds, latency)] += 1
+        h.sum += latency
+        h.count += 1
         ver.m_predictions.value += n
         name = ver.mid.name
         version = ver.mid.version
@@ -212,7 +244,7 @@ class _Batches(_Answers):
             return out
         del self._batches[failed.batch_id]
         rep = batch.replica
-        ver = self._versions[rep.id.model_id]
+        ver = batch.version
         ver.m_errors.value += 1
         if self.log is not None:
             self.log.append(("batch_failed", now, str(rep.id), failed.batch_id, failed.error))

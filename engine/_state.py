@@ -142,25 +142,34 @@ _Wanted = _Request | _Task  # what a model queue holds
 
 
 class _Replica:
-    __slots__ = ("id", "ctrl", "batch", "idle_since")
+    __slots__ = ("id", "ctrl", "batch", "idle_since", "plain")
 
     def __init__(self, id_: ReplicaId, ctrl: BatchController, now: float) -> None:
         self.id = id_
         self.ctrl = ctrl
         self.batch: _Batch | None = None
         self.idle_since = now
+        # its controller decides as the base class does (the engine may skip building the
+        # QueueView and Dispatch when no wait applies: _Batches._kick)
+        self.plain = type(ctrl).decide is BatchController.decide
 
 
 class _Batch:
-    __slots__ = ("id", "replica", "requests", "assembly_at")
+    __slots__ = ("id", "replica", "requests", "assembly_at", "version")
 
     def __init__(
-        self, id_: int, replica: _Replica, requests: list[_Wanted], assembly_at: float
+        self,
+        id_: int,
+        replica: _Replica,
+        requests: list[_Wanted],
+        assembly_at: float,
+        version: _Version,
     ) -> None:
         self.id = id_
         self.replica = replica
         self.requests = requests
         self.assembly_at = assembly_at
+        self.version = version  # its replica's (what _versions[replica.id.model_id] holds)
 
 
 class _Version:

@@ -27,6 +27,7 @@ import numpy as np
 import simpy
 
 from clipperlab.engine import BatchDone, Reply, SendBatch
+from clipperlab.engine._types import batch_done_of
 from clipperlab.engine.driver import Driver
 
 from .deployment import Deployment, FrontendCPU, Link
@@ -170,8 +171,7 @@ class _Frontend(Driver):
     def _batch_done(self, rep: _Rep, sb: SendBatch) -> BatchDone:
         """The engine event for a finished batch: the model's outputs for its inputs."""
         outs = self._outputs[rep.model_idx]
-        return BatchDone(replica=sb.replica, batch_id=sb.batch_id,
-                         outputs=[outs[q] for q in sb.inputs])
+        return batch_done_of(sb.replica, sb.batch_id, list(map(outs.__getitem__, sb.inputs)))
 
     def _loop_at(self, now: float) -> float:
         """When the frontend's event loop takes an event that came at ``now`` (``now``
