@@ -137,6 +137,10 @@ class ServerConfig:
     admin_host: str = "127.0.0.1"
     admin_port: int = 1338
     admin_token: str = ""
+    # OIP v2 over gRPC (real/oip_grpc.py) on the query host: Triton's 8001 by default, 0 when
+    # query_port is 0 (ephemeral like it) unless set; grpc = false turns it off
+    grpc: bool = True
+    grpc_port: int | None = None
     rpc_host: str = "127.0.0.1"
     rpc_port: int = 7000
     rpc_secret: str = ""
@@ -196,7 +200,11 @@ class ServerConfig:
     models: list[dict[str, Any]] = field(default_factory=list)
 
     def check(self) -> None:
-        for name in ("query_port", "admin_port", "rpc_port"):
+        if self.grpc_port is None:
+            self.grpc_port = 8001 if self.query_port != 0 else 0
+        if not isinstance(self.grpc, bool):
+            raise ConfigError(f"server.grpc = {self.grpc!r} must be true or false")
+        for name in ("query_port", "admin_port", "rpc_port", "grpc_port"):
             v = getattr(self, name)
             if not isinstance(v, int) or not 0 <= v <= 65535:
                 raise ConfigError(f"server.{name} = {v!r} must be a port number in [0, 65535]")

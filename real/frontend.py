@@ -4,15 +4,18 @@ Routes (port 1337 by default):
 - ``POST /{app}/predict`` with ``{"input": x}`` or ``{"input_batch": [x, ...]}`` (optional
   ``"uid"`` selects per-user selection state) -> ``{"query_id", "output", "default",
   "default_explanation"?, "confidence", "models"}``; a batch answers
-  ``{"batch_predictions": [...]}`` in input order.
+  ``{"batch_predictions": [...]}`` in input order (a batch of one: that answer's fields
+  too, as Clipper answers it bare).
 - ``POST /{app}/update`` with ``{"input": x, "label": y}`` or ``{"query_id": n, "label": y}``
   (optional ``"uid"``) -> ``{"feedback_id", "losses", "from_cache", "computed"}``.
 - ``/v2/...``: see ``clipperlab.real.oip``.  ``GET /metrics``: Prometheus text.
+  ``GET /openapi.json``: this port's OpenAPI 3 document (``clipperlab.real.openapi``).
 Limits: an ``input_batch`` of more than ``max_batch_items`` inputs gets 413; a body whose
 JSON nests deeper than ``max_nesting`` gets 400 (both name the setting and are counted in
 ``refused``).  Bodies are parsed by orjson: ``NaN``/``Infinity`` (not JSON) are refused;
 in answers, a NaN or infinite number (a model's output, say) is written ``null``.
-Errors: ``{"error": "..."}`` with 400 (bad JSON, input or field), 404 (unknown application
+Errors: ``{"error": "..."}`` (on ``predict``/``update``: ``{"error", "cause"}``, Clipper's
+shape) with 400 (bad JSON, input or field), 404 (unknown application
 or path), 405 (wrong method), 413 (body or batch too large), 503 (overload: the engine
 refused the query; or the server is shutting down), 500 (an answer that cannot be encoded,
 e.g. an integer beyond 64 bits from a model; logged and counted as ``handler_error``).
@@ -33,6 +36,7 @@ from clipperlab.engine import EngineError, Feedback, FeedbackApplied, NotFound, 
 from .driver import EngineDriver
 from .http import Request, dumps, error_response, json_response, response
 from .inputs import BadInput, TooDeep, check_nesting, convert
+from .openapi import query_document
 
 __all__ = ["QueryFrontend", "reply_body"]
 
@@ -124,6 +128,13 @@ class QueryFrontend:
         log.warning("%s %s from %s -> %d: %s", req.method, req.path, req.peer, status, message)
         return error_response(status, message)
 
+    def clipper_bad(self, req: Request, status: int, message: str) -> bytes:
+        """An error of Clipper's routes: ``{"error", "cause"}`` as Clipper answers (its
+        ``error`` names a kind, ``cause`` says what; ours says what in both)."""
+        self.errors += 1
+        log.warning("%s %s from %s -> %d: %s", req.method, req.path, req.peer, status, message)
+        return json_response(status, {"error": message, "cause": message})
+
     # -- routing
     def __call__(self, req: Request) -> bytes | None:
         path = req.path
@@ -136,6 +147,10 @@ class QueryFrontend:
             if self.metrics_text is None:
                 return self.bad(req, 404, "metrics are not enabled")
             return response(200, self.metrics_text(), b"text/plain; version=0.0.4")
+        if path == "/openapi.json":
+            if req.method not in ("GET", "HEAD"):
+                return self.bad(req, 405, f"{path} takes GET, not {req.method}")
+            return json_response(200, query_document())
         parts = path.strip("/").split("/")
         if len(parts) == 2 and parts[1] in ("predict", "update"):
             if req.method != "POST":
@@ -191,7 +206,7 @@ class QueryFrontend:
     def predict(self, req: Request, app_name: str) -> bytes | None:
         app = self.engine.registry.apps.get(app_name)
         if app is None:
-            return self.bad(req, 404, f"application {app_name!r} does not exist")
+            return self.clipper_bad(req, 404, f"application {app_name!r} does not exist")
         try:
             body = self.body_object(req)
             ctx = _uid(body)
@@ -210,11 +225,11 @@ class QueryFrontend:
                 return self._many(req, app_name, xs, ctx)
             raise BadInput("request body needs 'input' or 'input_batch'")
         except BadInput as e:
-            return self.bad(req, e.status, str(e))
+            return self.clipper_bad(req, e.status, str(e))
         except NotFound as e:
-            return self.bad(req, 404, str(e))
+            return self.clipper_bad(req, 404, str(e))
         except EngineError as e:
-            return self.bad(req, 400, str(e))
+            return self.clipper_bad(req, 400, str(e))
 
     def _one(self, req: Request, app: str, x: Any, ctx: Any) -> None:
         """Submit one query; its reply (maybe at once: a cache hit, a refusal) responds."""
@@ -253,8 +268,11 @@ class QueryFrontend:
                     if refused:
                         req.respond(error_response(503, refused[0]))
                         return
+                    doc: dict[str, Any] = {"batch_predictions": results}
+                    if len(results) == 1 and results[0] is not None:
+                        doc = {**results[0], **doc}  # Clipper answers a batch of one bare
                     try:
-                        data = json_response(200, {"batch_predictions": results})
+                        data = json_response(200, doc)
                     except TypeError as e:  # orjson: an integer beyond 64 bits, an odd type
                         self.encode_failed(req, e)
                         return
@@ -270,7 +288,7 @@ class QueryFrontend:
     def update(self, req: Request, app_name: str) -> bytes | None:
         app = self.engine.registry.apps.get(app_name)
         if app is None:
-            return self.bad(req, 404, f"application {app_name!r} does not exist")
+            return self.clipper_bad(req, 404, f"application {app_name!r} does not exist")
         try:
             body = self.body_object(req)
             if "label" not in body:
@@ -309,8 +327,8 @@ class QueryFrontend:
             self.driver.feedback(fb, done)
             return None
         except BadInput as e:
-            return self.bad(req, e.status, str(e))
+            return self.clipper_bad(req, e.status, str(e))
         except NotFound as e:
-            return self.bad(req, 404, str(e))
+            return self.clipper_bad(req, 404, str(e))
         except EngineError as e:
-            return self.bad(req, 400, str(e))
+            return self.clipper_bad(req, 400, str(e))

@@ -241,15 +241,18 @@ class OipHandler:
         parts = req.path.strip("/").split("/")
         get = req.method in ("GET", "HEAD")
         if parts == ["v2"] and get:
-            return json_response(
-                200,
-                {"name": "clipperlab", "version": "0.1.0", "extensions": ["binary_tensor_data"]},
-            )
+            return json_response(200, server_metadata())
         if parts == ["v2", "health", "live"] and get:
             return json_response(200, {"live": True})
         if parts == ["v2", "health", "ready"] and get:
             ready = fe.accepting and self.server_ready()
             return json_response(200 if ready else 503, {"ready": ready})
+        if parts == ["v2", "repository", "index"] and req.method == "POST":
+            return json_response(200, self.repository_index())
+        if parts[:3] == ["v2", "repository", "models"] and len(parts) == 5:
+            return fe.bad(req, 501, REPOSITORY_CONTROL)
+        if parts == ["v2", "models", "stats"] and get:
+            return json_response(200, self.statistics(None))
         if len(parts) < 3 or parts[1] != "models":
             return fe.bad(req, 404, f"no route {req.method} {req.path}")
         name = parts[2]
@@ -266,6 +269,10 @@ class OipHandler:
         if rest == ["ready"] and get:
             ready = self.ready(app)
             return json_response(200 if ready else 503, {"name": name, "ready": ready})
+        if rest == ["config"] and get:
+            return json_response(200, self.model_config(app))
+        if rest == ["stats"] and get:
+            return json_response(200, self.statistics(app))
         if rest == ["infer"]:
             if req.method != "POST":
                 return fe.bad(req, 405, f"{req.path} takes POST, not {req.method}")
@@ -302,6 +309,74 @@ class OipHandler:
                 {"name": "default", "datatype": "BOOL", "shape": [-1]},
             ],
         }
+
+    def model_config(self, app: Application) -> dict[str, Any]:
+        """Triton's model configuration (its JSON form, which is also the protobuf's)."""
+        meta = self.metadata(app)
+
+        def tensors(ts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [{"name": t["name"], "data_type": _CONFIG_TYPE[t["datatype"]],
+                     "dims": t["shape"][1:] or [1]} for t in ts]
+
+        return {"name": app.name, "platform": "clipperlab", "backend": "clipperlab",
+                "max_batch_size": self.fe.max_batch_items,
+                "input": tensors(meta["inputs"]), "output": tensors(meta["outputs"])}
+
+    def statistics(self, app: Application | None) -> dict[str, Any]:
+        """Triton's inference statistics of one model (an application) or of all: queries
+        answered (``success``, with the summed time from arrival to reply)."""
+        apps = list(self.engine.registry.apps.values()) if app is None else [app]
+        m = self.engine.sync_metrics()
+        rows = []
+        for a in apps:
+            n = int(m.value("clipperlab_replies_total", app=a.name))
+            ns = 0
+            for s in m.samples():
+                if s.name == "clipperlab_query_latency_seconds" and s.labels == (("app", a.name),):
+                    ns = int(getattr(s.metric, "sum", 0.0) * 1e9)
+            zero = {"count": 0, "ns": 0}
+            rows.append({
+                "name": a.name, "version": "1", "last_inference": 0, "inference_count": n,
+                "execution_count": n,
+                "inference_stats": {"success": {"count": n, "ns": ns}, "fail": zero,
+                                    "queue": zero, "compute_input": zero,
+                                    "compute_infer": zero, "compute_output": zero},
+                "batch_stats": [],
+            })
+        return {"model_stats": rows}
+
+    def repository_index(self) -> list[dict[str, Any]]:
+        """Every model (application) with its state: ``READY`` when a replica of a linked
+        model is connected, else ``UNAVAILABLE`` with the reason."""
+        out = []
+        for a in self.engine.registry.apps.values():
+            ready = self.ready(a)
+            out.append({"name": a.name, "version": "1", "state": "READY" if ready else
+                        "UNAVAILABLE", "reason": "" if ready else "no replica of a linked"
+                        " model is connected"})
+        return out
+
+    def query_rows(
+        self, app: Application, rows: list[Any], done: Callable[[list[Reply]], None]
+    ) -> None:
+        """Submit each row as one query to the engine; ``done`` gets the replies in row
+        order once all have come (the gRPC path; ``infer`` inlines the same loop)."""
+        results: list[Reply | None] = [None] * len(rows)
+        left = [len(rows)]
+        fe = self.fe
+
+        def make(i: int) -> Callable[[Reply], None]:
+            def one(rep: Reply) -> None:
+                results[i] = rep
+                left[0] -= 1
+                if left[0] == 0:
+                    done([x for x in results if x is not None])
+
+            return one
+
+        for i, x in enumerate(rows):
+            key = input_digest(x) if fe.cache else None
+            fe.driver.query(app.name, x, make(i), input_key=key)
 
     # -- infer
     def infer(self, req: Request, app: Application) -> bytes | None:
@@ -408,23 +483,13 @@ class OipHandler:
     def encode(
         self, app: Application, rid: Any, replies: list[Reply], wanted: list[tuple[str, bool]]
     ) -> bytes:
-        values = {
-            "output": [r.prediction.output for r in replies],
-            "default": [r.prediction.default for r in replies],
-        }
         outputs = []
         blobs = []
-        for name, binary in wanted:
-            vals = values[name]
-            dt = _datatype(vals)
-            arr = np.asarray(vals, dtype=object if dt == "BYTES" else NP_OF[dt])
+        arrays = output_arrays(replies, [name for name, _ in wanted])
+        for (name, dt, arr), (_, binary) in zip(arrays, wanted, strict=True):
             o: dict[str, Any] = {"name": name, "datatype": dt, "shape": list(arr.shape)}
             if binary:
-                blob = (
-                    _join_bytes(arr.reshape(-1))
-                    if dt == "BYTES"
-                    else np.ascontiguousarray(arr).tobytes()
-                )
+                blob = tensor_bytes(dt, arr)
                 o["parameters"] = {"binary_data_size": len(blob)}
                 blobs.append(blob)
             else:
@@ -451,6 +516,46 @@ class OipHandler:
             b"application/octet-stream",
             b"Inference-Header-Content-Length: %d\r\n" % len(head),
         )
+
+
+def output_arrays(replies: list[Reply], names: list[str]) -> list[tuple[str, str, Any]]:
+    """The output tensors ``names`` (``output``, ``default``) of the replies, one row per
+    reply: ``(name, datatype, array)``; the datatype comes from the values."""
+    values = {
+        "output": [r.prediction.output for r in replies],
+        "default": [r.prediction.default for r in replies],
+    }
+    out = []
+    for name in names:
+        vals = values[name]
+        dt = _datatype(vals)
+        out.append((name, dt, np.asarray(vals, dtype=object if dt == "BYTES" else NP_OF[dt])))
+    return out
+
+
+def tensor_bytes(dt: str, arr: Any) -> bytes:
+    """A tensor as the protocol's binary data: little-endian elements in row-major order,
+    or for BYTES each element's length (4 bytes, little-endian) and then its bytes."""
+    if dt == "BYTES":
+        return _join_bytes(arr.reshape(-1))
+    return bytes(np.ascontiguousarray(arr).tobytes())
+
+
+def server_metadata() -> dict[str, Any]:
+    """What ``GET /v2`` and gRPC ``ServerMetadata`` answer."""
+    from clipperlab import __version__
+
+    return {"name": "clipperlab", "version": __version__,
+            "extensions": ["binary_tensor_data", "model_repository", "statistics",
+                           "model_configuration"]}
+
+
+# Triton's repository control (load and unload by name) has nothing to act on here
+REPOSITORY_CONTROL = (
+    "model load/unload is not supported: an OIP model is a clipperlab application, deployed"
+    " through the admin API (add_app, add_model, add_model_links on port 1338)"
+)
+_CONFIG_TYPE = {dt: "TYPE_STRING" if dt == "BYTES" else f"TYPE_{dt}" for dt in [*NP_OF, "BYTES"]}
 
 
 def _split_bytes(raw: memoryview) -> list[bytes]:

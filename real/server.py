@@ -99,6 +99,7 @@ class Server:
         self._saver = ThreadPoolExecutor(1, thread_name_prefix="clipperlab-save")
         self._save_lock = asyncio.Lock()
         self.manager: Launcher[Any] | None = None
+        self._grpc: Any = None  # grpc.aio.Server of real/oip_grpc.py, when grpc is on
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> dict[str, int]:
@@ -114,7 +115,8 @@ class Server:
         )
         self.http_conns = Connections(cfg.max_connections)
         fd_headroom(cfg.max_connections)
-        text = metrics_text(self.engine, self._gauges, refused=self.http_conns.refused)
+        text = metrics_text(self.engine, self._gauges, refused=self.http_conns.refused,
+                            counters=self._counters)
         self.frontend = QueryFrontend(
             self.driver, cache=cfg.cache, metrics_text=text, max_batch_items=cfg.max_batch_items,
             max_nesting=cfg.max_nesting, refused=self.http_conns.refused,
@@ -138,6 +140,12 @@ class Server:
         )
         self.ports["query"] = q_srv.sockets[0].getsockname()[1]
         self.ports["admin"] = a_srv.sockets[0].getsockname()[1]
+        if cfg.grpc:
+            from .oip_grpc import start_grpc
+
+            self._grpc, self.ports["grpc"] = await start_grpc(
+                self.frontend, cfg.host, cfg.grpc_port or 0, cfg.max_body_bytes
+            )
         self._servers = [q_srv, a_srv, rpc_srv]
         if self.store.shared:
             self._start_sync(loop)
@@ -255,6 +263,8 @@ class Server:
             await asyncio.sleep(0.01)
         # Let the last responses reach the sockets.
         await asyncio.sleep(0.01)
+        if self._grpc is not None:
+            await self._grpc.stop(0.5)
         if self._save_task is not None:
             self._save_task.cancel()
         try:
@@ -293,23 +303,28 @@ class Server:
                 "Container replicas connected",
                 float(len(self.driver.links)),
             ),
-            "clipperlab_real_container_restarts": (
+        }
+
+    def _counters(self) -> dict[str, tuple[str, float]]:
+        """Events counted since start (Prometheus counters: ``rate()`` works on them)."""
+        return {
+            "clipperlab_real_container_restarts_total": (
                 "Container processes restarted by the manager",
                 float(self.manager.restarts_total if self.manager else 0),
             ),
-            "clipperlab_real_http_errors": (
+            "clipperlab_real_http_errors_total": (
                 "HTTP 4xx/5xx answers on the query port",
                 float(self.frontend.errors),
             ),
-            "clipperlab_real_rpc_garbage_frames": (
+            "clipperlab_real_rpc_garbage_frames_total": (
                 "RPC connections dropped for bad frames",
                 float(self.rpc.garbage_frames),
             ),
-            "clipperlab_real_rpc_refused": (
+            "clipperlab_real_rpc_refused_total": (
                 "RPC connections refused (bad or late HELLO, wrong secret, unknown model)",
                 float(self.rpc.refused),
             ),
-            "clipperlab_real_rpc_bad_results": (
+            "clipperlab_real_rpc_bad_results_total": (
                 "RPC results whose outputs were refused (their batch failed)",
                 float(self.rpc.bad_results),
             ),

@@ -210,7 +210,7 @@ def test_results_for_batches_sent_elsewhere_are_not_taken(server: Any) -> None:
         assert stolen, "the forger never tried"
         assert outs == [7] * 5
         assert forger.closed.wait(5)
-        assert _metric(server, "clipperlab_real_rpc_garbage_frames") >= 1
+        assert _metric(server, "clipperlab_real_rpc_garbage_frames_total") >= 1
         assert not fc.closed.is_set()
     finally:
         fc.close()
@@ -328,7 +328,7 @@ def test_a_big_frame_before_hello_is_refused_at_its_header(server: Any) -> None:
     s.sendall(struct.pack("<IB", 256 << 20, p.HELLO) + b"x" * 1000)
     assert s.recv(100) == b""  # closed by the frontend
     s.close()
-    assert _metric(server, "clipperlab_real_rpc_garbage_frames") == 1
+    assert _metric(server, "clipperlab_real_rpc_garbage_frames_total") == 1
 
 
 def test_heartbeats_without_hello_are_not_kept(tmp_path: Path) -> None:
