@@ -187,3 +187,17 @@ def test_unplaceable_model_waits(cluster: dict[str, str], tmp_path: Path) -> Non
             a.set_replicas("tpu", -1)
     finally:
         st.stop()
+
+
+def test_containers_none_starts_nothing(tmp_path: Path) -> None:
+    """``containers = "none"``: no launcher; replicas wanted are only written down (the
+    containers are started by hand), and no Ray is needed."""
+    st = start_server(tmp_path, containers="none")
+    try:
+        a = AdminClient(f"127.0.0.1:{st.ports['admin']}")
+        a.add_model("m", kind="noop", replicas=2)
+        assert st.server.manager is None
+        assert a.inspect()["replicas_wanted"] == {"m": 2}
+        assert a.inspect()["containers"] == []
+    finally:
+        st.stop()

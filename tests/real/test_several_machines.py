@@ -18,6 +18,7 @@ import http.client
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -112,9 +113,10 @@ def cluster() -> Iterator[Any]:
         c.shutdown()
 
 
-def _connected(admin: str, model: str) -> int:
+def _connected(admin: str, model: str, n: int) -> bool:
+    """The frontend at ``admin`` has ``n`` replicas of ``model`` connected."""
     up = AdminClient(admin).inspect()["replicas_connected"]
-    return sum(1 for r in up if r.startswith(f"{model}:1#"))
+    return sum(1 for r in up if r.startswith(f"{model}:1#")) == n
 
 
 def _load(url: str, stop: threading.Event, out: list[Outcome], k: int) -> None:
@@ -146,7 +148,8 @@ def test_two_frontends_ray_containers_haproxy(cluster: Any, tmp_path: Path) -> N
         with serve_process(tmp_path / "a", server + DEPLOY, *store) as fa, \
                 serve_process(tmp_path / "b", server, *store) as fb:
             for f in (fa, fb):
-                _until(lambda f=f: _connected(f.admin, "m") == 2 and _connected(f.admin, "h"))
+                _until(partial(_connected, f.admin, "m", 2))
+                _until(partial(_connected, f.admin, "h", 1))
 
             # placed by resources: m on the gpu_host node, h on the head
             nodes = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}
@@ -204,7 +207,7 @@ def _story(fa: Any, fb: Any, lb: Any, out: list[Outcome]) -> float:
 
     _until(restarted)
     for f in (fa, fb):
-        _until(lambda f=f: _connected(f.admin, "m") == 2)
+        _until(partial(_connected, f.admin, "m", 2))
     _until(lambda: len(out) > n0 + 20)
 
     # frontend A killed: HAProxy takes it out, B keeps answering
