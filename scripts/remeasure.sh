@@ -10,7 +10,9 @@
 # up to SETTLE_S for the machine to quiet down (other processes under 20% of the CPU, the
 # 1-minute load average under 1 per core), then stops the script (exit 3) rather than
 # record a busy machine's time slices as the models' tail.  The validations themselves run
-# with --busy refuse, and record the load they ran under in fidelity.csv/.md.
+# with --busy refuse, and record the load they ran under in fidelity.csv/.md.  The fidelity
+# table predicts with the host CPU model (--host-cpu: sim+host; sim+frontend, without it,
+# is in the same tables over the same runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,12 +34,12 @@ if (( SMOKE )); then
   MEASURE=(--budget-s 0.05 --max-batch 4 --samples 20)
   MODELS=(noop)
   FIG2_ARGS=(--quick)
-  FIDELITY=(--quick --models noop --batchings aimd --busy warn)
+  FIDELITY=(--quick --models noop --batchings aimd --busy warn --host-cpu)
 else
   PROFILES=simulator/profiles; FIG2=results/fig2; VALID=results/validation
   MEASURE=()
   FIG2_ARGS=()
-  FIDELITY=(--level-s 10 --repeats 3 --busy refuse)
+  FIDELITY=(--level-s 10 --repeats 3 --busy refuse --host-cpu)
 fi
 
 # 1. the shipped in-process profiles, one model at a time, each behind the gate (each
