@@ -98,6 +98,9 @@ class _Frontend(Driver):
     _members: list[MemberRecord]
     crashes: list[tuple[float, str, str]]
     _cpus: dict[str, HostCpuState] | None  # per host, with a host CPU model (_hostcpu.py)
+    fe_index: int  # this frontend's position (Deployment.frontends)
+    _nfe: int  # how many frontends
+    _fes: list[Any]  # every frontend (this simulation first), sharing the containers
 
     # ------------------------------------------------------------------ the timer
     def arm_timer(self, at: float) -> None:

@@ -156,11 +156,10 @@ class _HostCpuDriver(_Replicas):
     def _hc_done(self, rep: _Rep, sb: SendBatch, now: float) -> None:
         """A batch is back at the frontend: the loop handles its result."""
         rep.idle_since = now
-        row = rep.inflight
+        row = rep.inflight.pop(self.fe_index, None)
         if row is not None:
             row.done_at = now
             row.status = "done"
-        rep.inflight = None
         if self.record_members:
             self._members.append(MemberRecord(sb.inputs, rep.model_idx, now))
         fc = self._fcost
@@ -215,7 +214,7 @@ class _HostCpuDriver(_Replicas):
             if rep.gen != gen:
                 return
             rep.wake = env.event()
-            row = rep.inflight
+            row = rep.inflight.get(self.fe_index)
             assert row is not None
             arrive = row.start_at
             service = rep.service_s

@@ -11,6 +11,12 @@ crash ends the replica's incarnation (``gen``): its batch in flight is lost (rec
 ``"lost"``) and its timeout, when it fires, finds a newer incarnation and does nothing.
 The host CPU model (``_hostcpu.py``) keeps one process per incarnation instead: its
 batches wait for a CPU between the link and the way back.
+
+Several frontends (``Deployment.frontends``): each frontend's engine sends a replica one
+batch at a time, so a container may hold one batch per frontend.  It computes them one at
+a time in the order they reached it (``free_at``: when it is done with what it has): a
+batch that finds it busy starts when it is free (and pays no wake-up).  Every engine
+learns of a crash and of a restart; a crash loses every batch the container holds.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ class _Rep:
 
     __slots__ = ("rid", "model_idx", "host", "link", "sampler", "stragglers", "rng", "gen",
                  "wake", "inflight", "up", "idle_since", "wake_s", "cold_after_s",
-                 "service_s", "cpu")
+                 "service_s", "cpu", "free_at")
 
     def __init__(self, rid: ReplicaId, model_idx: int, host: str, link: _LinkState,
                  sampler: ProfileSampler, rng: np.random.Generator, wake_s: float = 0.0,
@@ -52,7 +58,8 @@ class _Rep:
         self.rng = rng
         self.gen = 0
         self.wake: simpy.Event | None = None
-        self.inflight: BatchRecord | None = None
+        self.inflight: dict[int, BatchRecord] = {}  # by frontend: its batch in the container
+        self.free_at = 0.0  # when the container is done with the batches it holds
         self.up = False
         self.idle_since = 0.0  # when its last batch finished (wake-up cost)
         self.wake_s = wake_s
@@ -68,10 +75,12 @@ class _Replicas(_Frontend):
         now = self._loop_at(now)
         rep.gen += 1
         rep.up = True
+        rep.free_at = now
         if self._cpus is not None:  # the host CPU model: a process per incarnation
             rep.wake = self.env.event()
             self.env.process(self._replica(rep, rep.gen))
-        self.on_replica_up(rep.rid, now)
+        for fe in self._fes:
+            fe.on_replica_up(rep.rid, now)
 
     def _replica(self, rep: _Rep, gen: int) -> Any:
         """A replica incarnation's process (the host CPU model installs its own)."""
@@ -108,14 +117,16 @@ class _Replicas(_Frontend):
                 self.crashes.append((now, str(rid), "crash"))
                 rep.up = False
                 rep.gen += 1
-                if rep.inflight is not None:
-                    rep.inflight.status = "lost"
-                    rep.inflight.done_at = math.nan
-                    rep.inflight = None
+                for row in rep.inflight.values():
+                    row.status = "lost"
+                    row.done_at = math.nan
+                rep.inflight.clear()
                 if self._cpus is not None:  # the host CPU model: its CPU job is dropped
                     self._cpus[rep.host].cancel(rep.cpu, now)
-                self.on_replica_down(rid, self._loop_at(now))
-            self._ensure_timer()
+                for fe in self._fes:
+                    fe.on_replica_down(rid, fe._loop_at(now))
+            for fe in self._fes:
+                fe._ensure_timer()
 
     def send_batch(self, sb: SendBatch, now: float) -> None:
         """Start ``sb`` on its replica at ``now`` (when the frontend's loop has paid for
@@ -149,7 +160,10 @@ class _Replicas(_Frontend):
         lat = link.latency_s + (fe.latency_s if fe is not None else 0.0)
         arrive = start + xfer + lat
         service = rep.sampler(padded)
-        if rep.wake_s:
+        if self._nfe > 1 and rep.free_at > arrive:
+            # the container is busy with another frontend's batch: this one waits for it
+            arrive = rep.free_at
+        elif rep.wake_s:
             # a container that slept pays a wake-up (ModelDeployment.wake_s)
             idle = arrive - rep.idle_since
             if idle > 0:
@@ -164,12 +178,13 @@ class _Replicas(_Frontend):
                         f.probability >= 1.0 or rep.rng.random() < f.probability
                     ):
                         service += rep.rng.exponential(f.extra_delay_s)
+        rep.free_at = arrive + service
         done_at = arrive + service + lat + n * _OUTPUT_BYTES * 8.0 / bw
         rep.service_s = service
         row = BatchRecord(rep.model_idx, sb.replica.ordinal, sb.batch_id, n, padded, sb.reason,
-                          now, arrive, done_at, "sent")
+                          now, arrive, done_at, "sent", self.fe_index)
         self._b_rows.append(row)
-        rep.inflight = row
+        rep.inflight[self.fe_index] = row
         if self._cpus is not None:  # the host CPU model's process takes it from here
             rep.wake.succeed((sb, done_at))  # type: ignore[union-attr]
             return
@@ -179,11 +194,10 @@ class _Replicas(_Frontend):
 
     def _done(self, rep: _Rep, sb: SendBatch, now: float) -> None:
         rep.idle_since = now
-        row = rep.inflight
+        row = rep.inflight.pop(self.fe_index, None)
         if row is not None:
             row.done_at = now  # SimPy's clock (done_at up to rounding)
             row.status = "done"
-        rep.inflight = None
         if self.record_members:
             self._members.append(MemberRecord(sb.inputs, rep.model_idx, now))
         if self._fc is not None:

@@ -29,6 +29,17 @@ Rules:
   (``loadgen_cpu_per_query_s`` per query; a query reaches the frontend when the
   generator has sent it, and its latency counts from when it was due).  Under load they
   queue for the cores.  Without it nothing shares a CPU and every path is as before.
+- ``frontends`` (default 1): how many frontends serve the applications, as in real mode
+  behind a load balancer: each has its own engine (queues, batching controllers, cache,
+  selection state) and every frontend sends batches to every container.  A container
+  computes one batch at a time, first come first served over the frontends' batches (a
+  batch that reaches a busy container waits in its queue; the engine's batch latency
+  includes that wait).  ``balancer`` spreads the queries (and feedback) over the
+  frontends: ``round_robin`` (query ``i`` to frontend ``i mod frontends``) or
+  ``least_connections`` (the frontend with the fewest queries not yet answered; ties go
+  round robin).  Several frontends run without ``frontend_cpu`` and ``host_cpu`` (one
+  event loop per frontend is not modelled yet).  One frontend is exactly the
+  single-frontend simulator.
 - Config files are TOML or JSON; every error names the file, the field and the rule.
   Applications and models are read by ``engine.schema``, the schema ``clipperlab serve``'s
   ``deploy.toml`` shares (``[[applications]]`` or ``[[apps]]``, ``slo_ms`` / ``slo_s`` /
@@ -68,9 +79,13 @@ __all__ = [
     "HostCPU",
     "Link",
     "ModelDeployment",
+    "BALANCERS",
     "SimConfig",
     "load_config",
 ]
+
+BALANCERS = ("round_robin", "least_connections")
+"""How the load balancer in front of several frontends picks one (``Deployment.balancer``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,8 +296,21 @@ class Deployment:
     cache_capacity_bytes: int = 32 << 20
     frontend_cpu: FrontendCPU | None = None
     host_cpu: HostCPU | None = None
+    frontends: int = 1
+    balancer: str = "round_robin"
 
     def __post_init__(self) -> None:
+        fe = self.frontends
+        if isinstance(fe, bool) or not isinstance(fe, int) or fe < 1:
+            raise SimConfigError(f"frontends: expected an integer >= 1, got {fe!r}")
+        if self.balancer not in BALANCERS:
+            raise SimConfigError(f"balancer: expected one of {list(BALANCERS)}, got "
+                                 f"{self.balancer!r}")
+        if fe > 1 and (self.frontend_cpu is not None or self.host_cpu is not None):
+            raise SimConfigError(
+                f"frontends = {fe}: several frontends run without frontend_cpu and host_cpu "
+                "(one event loop per frontend is not modelled yet); drop those or use "
+                "frontends = 1")
         object.__setattr__(self, "apps", tuple(self.apps))
         object.__setattr__(self, "models", tuple(self.models))
         object.__setattr__(self, "faults", tuple(self.faults))
@@ -384,9 +412,12 @@ class Deployment:
         frontend_link: Link | None = None,
         faults: Sequence[Fault] = (),
         default_output: Any = -1,
+        frontends: int = 1,
+        balancer: str = "round_robin",
     ) -> Deployment:
         """One application with one model, ``replicas`` replicas each on its own host
-        (``h0``, ``h1``, ...) linked by ``link`` (10 Gbps by default)."""
+        (``h0``, ``h1``, ...) linked by ``link`` (10 Gbps by default), behind
+        ``frontends`` frontends."""
         prof = load_profile(profile) if isinstance(profile, str) else profile
         spec = ModelSpec(name=model, batching=batching or BatchingConfig())
         hosts = tuple(
@@ -400,6 +431,8 @@ class Deployment:
             hosts=hosts,
             frontend_link=frontend_link,
             faults=tuple(faults),
+            frontends=frontends,
+            balancer=balancer,
         )
 
     @classmethod
@@ -422,7 +455,7 @@ class SimConfig:
 # ---------------------------------------------------------------------- config files
 
 _TOP = {"seed", "cache_capacity_bytes", "frontend", "frontend_cpu", "host_cpu", "hosts",
-        *APP_TABLES, "models", "workload", "faults"}
+        *APP_TABLES, "models", "workload", "faults", "frontends", "balancer"}
 
 
 def load_config(path: str | Path) -> SimConfig:
@@ -574,10 +607,16 @@ def _deployment_from_dict(data: Mapping[str, Any], file: str, base_dir: Path) ->
     cap = data.get("cache_capacity_bytes", 32 << 20)
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
         raise _err(file, "cache_capacity_bytes", f"expected an integer >= 0, got {cap!r}")
+    nfe = data.get("frontends", 1)
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise _err(file, "frontends", f"expected an integer >= 1, got {nfe!r}")
+    bal = data.get("balancer", "round_robin")
+    if bal not in BALANCERS:
+        raise _err(file, "balancer", f"expected one of {list(BALANCERS)}, got {bal!r}")
     try:
         return Deployment(apps=tuple(apps), models=tuple(models), hosts=tuple(hosts),
                           frontend_link=front, faults=tuple(faults), cache_capacity_bytes=cap,
-                          frontend_cpu=fcpu, host_cpu=hcpu)
+                          frontend_cpu=fcpu, host_cpu=hcpu, frontends=nfe, balancer=bal)
     except SimConfigError as e:
         raise SimConfigError(f"{file}: {e}") from None
 

@@ -8,11 +8,19 @@ feeds the engine events with the simulated time and carries out the instructions
   event (``env.peek()``) and feeds every arrival (and feedback) before that time in a
   tight loop, calling ``engine.on_query(query, now=arrival_at)``; only when the next
   arrival is not before the next event does it yield a timeout to let SimPy catch up.
+  In the paper's setting (no feedback, one application, no users, no cache keys, no
+  frontend loop) there is no process: ``_feed_plain`` steps SimPy itself and moves its
+  clock as that timeout would have (the small-batch case: an engine round trip per query).
 - ``Simulation`` is a ``clipperlab.engine.driver.Driver``: the base carries out every
   instruction (``send_batch``, ``reply``, ``feedback_applied`` below; an unknown one raises
   ``TypeError``) and keeps the one timer slot after every engine call.
-- Each replica is one SimPy process (one per replica incarnation, never one per query);
-  ``SendBatch`` computes the batch's whole timeline at once (``_replicas.py``).
+- ``SendBatch`` computes the batch's whole timeline at once and schedules one SimPy
+  timeout for its end (``_replicas.py``; never an event per query).
+- With ``Deployment.frontends`` > 1 there are several frontends, each a ``Simulation``
+  part with its own engine and timer slot sharing the clock, the containers and the
+  records (``_peer``); one process feeds each arrival to the frontend the balancer picks
+  (``_balanced_frontends``); ``SimResult.engines`` holds every engine, its ``metrics`` and
+  ``log`` are all of them together.
 - With ``Deployment.frontend_cpu`` the frontend is one event loop (as in the real server),
   and each reply and batch send the engine returns costs the loop time: the reply leaves
   (is recorded) when the loop is done with it.  Engine time is the loop's time, so it
@@ -32,7 +40,7 @@ feeds the engine events with the simulated time and carries out the instructions
 
 Seeds: ``Simulation(seed=s)`` generates the trace with ``workload.generate(s)`` (the j-th of
 several workloads with ``s + 7919*j``) and derives independent generators for the engine
-(``[s, 101]``), each replica's latency draws (``[s, 202, crc(model), ordinal]``) and each
+(``[s, 101]``; frontend k > 0 of several ``[s, 101, k]``), each replica's latency draws (``[s, 202, crc(model), ordinal]``) and each
 model's outputs (``outputs.model_rng``).
 """
 from __future__ import annotations
@@ -41,19 +49,24 @@ import bisect
 import collections
 import contextlib
 import gc
+import heapq
 import time
+import types
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from operator import itemgetter
 from typing import Any, TypeVar
 
 import numpy as np
 import simpy
 
 from clipperlab.engine import (
+    Counter,
     Engine,
     Feedback,
     FeedbackApplied,
     Instruction,
+    Metrics,
     Query,
     ReplicaId,
     Reply,
@@ -97,6 +110,32 @@ def _paused(fn: Callable[[], T]) -> Callable[[], T]:
             return fn()
 
     return call
+
+
+def _merged_metrics(engines: list[Engine]) -> Metrics:
+    """Several frontends' metrics as one: counters and histogram buckets summed."""
+    out = Metrics()
+    for eng in engines:
+        for s in eng.sync_metrics().samples():
+            labels = dict(s.labels)
+            src = s.metric
+            if isinstance(src, Counter):
+                out.counter(s.name, **labels).value += src.value
+            else:
+                h = out.histogram(s.name, bounds=src.bounds, **labels)
+                h.counts = [a + b for a, b in zip(h.counts, src.counts, strict=True)]
+                h.sum += src.sum
+                h.count += src.count
+    return out
+
+
+def _merged_logs(engines: list[Engine]) -> list[tuple[Any, ...]] | None:
+    """Several frontends' decision logs as one, in time order (frontend order at a tie);
+    batch ids are each frontend's own."""
+    logs = [e.log for e in engines]
+    if any(log is None for log in logs):
+        return None
+    return list(heapq.merge(*logs, key=itemgetter(1)))  # type: ignore[arg-type]
 
 
 class Simulation(_HostCpuDriver):
@@ -149,15 +188,11 @@ class Simulation(_HostCpuDriver):
             # No feedback will name a query id: the engine need not remember answers.
             opts["remember_queries"] = 0
         opts.update(self.engine_options)
-        eng = Engine(rng=np.random.default_rng([seed, 101]), decision_log=self.decision_log,
-                     **opts)
-        super().__init__(eng)  # the Driver: one timer slot, empty
-        for m in dep.models:
-            eng.add_model(m.spec, now=0.0)
-        for a in dep.apps:
-            eng.add_application(a.app, now=0.0)
-            if a.models:
-                eng.link(a.app.name, list(a.models), now=0.0)
+        self._engine_opts = opts
+        super().__init__(self._new_engine(0))  # the Driver: one timer slot, empty
+        self.fe_index = 0
+        self._nfe = dep.frontends
+        self._fes = [self]
 
         traces = self.traces
         order, src = merge(traces)
@@ -251,6 +286,42 @@ class Simulation(_HostCpuDriver):
         self.cpu_busy_s = {}
         if dep.host_cpu is not None:
             self._hc_setup(dep.host_cpu)
+        self._fe_of = np.zeros(n, dtype=np.int64)  # the frontend each query went to
+        self._conns = [0] * self._nfe  # per frontend: queries sent to it, not yet answered
+        if self._nfe > 1:
+            self.reply = self._fe_reply  # type: ignore[method-assign]
+            self._fes += [self._peer(k) for k in range(1, self._nfe)]
+
+    def _new_engine(self, k: int) -> Engine:
+        """Frontend ``k``'s engine, with the deployment's models and applications; frontend
+        0's generator is ``[seed, 101]`` (the single frontend's), frontend k's
+        ``[seed, 101, k]``."""
+        dep = self.deployment
+        seq = [self.seed, 101] if k == 0 else [self.seed, 101, k]
+        eng = Engine(rng=np.random.default_rng(seq), decision_log=self.decision_log,
+                     **self._engine_opts)
+        for m in dep.models:
+            eng.add_model(m.spec, now=0.0)
+        for a in dep.apps:
+            eng.add_application(a.app, now=0.0)
+            if a.models:
+                eng.link(a.app.name, list(a.models), now=0.0)
+        return eng
+
+    def _peer(self, k: int) -> Simulation:
+        """Frontend ``k`` of several: this simulation's code and its shared parts (clock,
+        containers, links, records, outputs), with an engine, a timer slot and counters of
+        its own (``Deployment.frontends``)."""
+        peer = object.__new__(type(self))
+        peer.__dict__.update(self.__dict__)  # shares the lists, dicts and the environment
+        for name, v in self.__dict__.items():  # hooks installed on frontend 0: its own
+            if isinstance(v, types.MethodType) and v.__self__ is self:
+                setattr(peer, name, types.MethodType(v.__func__, peer))
+        Driver.__init__(peer, self._new_engine(k))
+        peer.fe_index = k
+        peer._timers = []
+        peer.replica_wake_s = 0.0
+        return peer
 
     # ------------------------------------------------------------------ run
     def run(self, until_s: float | None = None) -> SimResult:
@@ -260,13 +331,17 @@ class Simulation(_HostCpuDriver):
             self._run(until_s)
         wall = time.perf_counter() - t0
         eng = self.engine
+        engines = [fe.engine for fe in self._fes]
+        if len(engines) > 1:
+            self.replica_wake_s = sum(fe.replica_wake_s for fe in self._fes)
         return SimResult(
             build_queries=_paused(lambda: records.queries_frame(self)),
             build_batches=_paused(lambda: records.batches_frame(self)),
             build_members=_paused(lambda: records.members_frame(self)),
-            metrics=eng.sync_metrics(),
-            log=eng.log,
+            metrics=eng.sync_metrics() if len(engines) == 1 else _merged_metrics(engines),
+            log=eng.log if len(engines) == 1 else _merged_logs(engines),
             engine=eng,
+            engines=engines,
             sim_s=float(self.env.now),
             wall_s=wall,
             seed=self.seed,
@@ -285,8 +360,11 @@ class Simulation(_HostCpuDriver):
         fc = self._fcost if hc else self._fc
         if fc is not None and fc.pause_rate_hz + fc.pause_rate_busy_hz > 0 and self.n:
             env.process(self._pause_proc(fc))
-        self._ensure_timer()
-        if not hc and self._plain_arrivals():
+        for fe in self._fes:
+            fe._ensure_timer()
+        if self._nfe > 1:
+            env.process(self._balanced_frontends())
+        elif not hc and self._plain_arrivals():
             self._feed_plain(until_s)
         else:
             env.process(self._hc_frontend() if hc else self._frontend())
@@ -304,12 +382,71 @@ class Simulation(_HostCpuDriver):
                 and self.context is None and not any(t.cacheable for t in self.traces))
 
     # ------------------------------------------------------------------ arrivals
+    def _balanced_frontends(self) -> Any:
+        """Several frontends: feed arrivals and feedback in time order as ``_frontend``
+        does (all before the next SimPy event in a loop), each to the frontend the
+        balancer picks (``Deployment.balancer``), which handles it with its engine."""
+        env = self.env
+        peek = env.peek
+        fes = self._fes
+        nfe = len(fes)
+        arrivals = self.arrival_at.tolist()
+        n = len(arrivals)
+        fb_at = self.fb_at.tolist()
+        m = len(fb_at)
+        make_query = self._query_maker()
+        fe_of = self._fe_of
+        conns = self._conns
+        least = self.deployment.balancer == "least_connections"
+        turn = 0  # round robin: the next frontend; least connections: where ties start
+        i = j = 0
+        nxt_a = arrivals[0] if n else _INF
+        nxt_f = fb_at[0] if m else _INF
+        horizon = peek()
+        while i < n or j < m:
+            t = nxt_a if nxt_a <= nxt_f else nxt_f
+            if t >= horizon:
+                yield env.timeout(t - env.now)
+                while peek() <= t:
+                    yield env.timeout(0)
+                horizon = peek()
+                continue
+            k = turn
+            if least:
+                for d in range(1, nfe):
+                    c = (turn + d) % nfe
+                    if conns[c] < conns[k]:
+                        k = c
+            turn = (k + 1) % nfe
+            fe = fes[k]
+            if nxt_a <= nxt_f:
+                fe_of[i] = k
+                conns[k] += 1
+                out = fe.engine.on_query(make_query(i), t)
+                i += 1
+                nxt_a = arrivals[i] if i < n else _INF
+            else:
+                out = fe.engine.on_feedback(self._feedback(j), t)
+                j += 1
+                nxt_f = fb_at[j] if j < m else _INF
+            if fe.handle(out, t):
+                horizon = peek()
+            a = fe._ensure_timer()
+            if a < horizon:
+                horizon = a
+
+    def _fe_reply(self, reply: Reply, now: float) -> None:
+        """A reply of one of several frontends: recorded, and its connection closed."""
+        self._r_at.append(now)
+        self._r_reply.append(reply)
+        self._conns[self.fe_index] -= 1
+
     def _feed_plain(self, until_s: float | None) -> None:
         """Feed the arrivals (``_plain_arrivals``) by stepping SimPy here, with no event
         per arrival: every arrival before the next SimPy event goes to the engine in a
         loop; at an arrival not before it, SimPy processes every event up to the arrival's
         time and its clock moves to that time (the frontend process's timeout did that:
-        12.9 -> 9.0 us per query at batch size 1, measured).  The engine, and so every
+        24.4 -> 22.7 CPU us per query at batch size 1, measured).  The engine, and so every
         timeout scheduled from ``env.now``, sees the clock the process saw, so runs are
         bit for bit the same.  With ``until_s``, arrivals from ``until_s`` on are not fed
         (``run`` stops there)."""
@@ -359,7 +496,6 @@ class Simulation(_HostCpuDriver):
         eng = self.engine
         on_query = eng.on_query
         handle = self.handle
-        rearm = self.rearm
         ensure_timer = self._ensure_timer
         arrivals = self.arrival_at.tolist()
         n = len(arrivals)
@@ -383,30 +519,8 @@ class Simulation(_HostCpuDriver):
         i = j = 0
         horizon = peek()
         fc = self._fc
-        if m == 0 and single_app is not None and ctx is None and not cacheable_any and (
-                fc is None):
-            # The common case (the paper's setting), kept tight: no feedback, one
-            # application, no users, no cache keys.
-            new = tuple.__new__  # a Query without its Python-level __new__ (engine/_types.py)
-            timers = self._timers
-            while i < n:
-                t = arrivals[i]
-                if t >= horizon:
-                    yield env.timeout(t - env.now)
-                    while peek() <= t:
-                        yield env.timeout(0)
-                    horizon = peek()
-                    continue
-                out = on_query(new(Query, (i, single_app, i, None, None, None)), t)
-                i += 1
-                if out:
-                    handle(out, t)
-                    horizon = peek()
-                else:
-                    rearm()  # handle() without instructions: one call less per query
-                    if timers and timers[0] < horizon:  # the timer just armed
-                        horizon = timers[0]
-            return
+        # (the paper's setting, no feedback, one application, no users, no cache keys and
+        # no loop, is fed by _feed_plain instead)
         nxt_a = arrivals[0] if n else _INF
         nxt_f = fb_at[0] if m else _INF
         inbox = self._inbox

@@ -33,9 +33,10 @@ class BatchRecord:
     padded_size: int
     reason: str
     sent_at: float
-    start_at: float  # when its inputs reached the replica
+    start_at: float  # when the container started it (its inputs arrived; or it was free)
     done_at: float  # when its outputs are back (NaN once lost)
     status: str  # "sent", then "done" or "lost" (the replica crashed)
+    frontend: int = 0  # the frontend that sent it (Deployment.frontends)
 
 
 class MemberRecord(NamedTuple):
@@ -122,6 +123,8 @@ def queries_frame(self: Simulation) -> pd.DataFrame:
     }
     if self.context is not None:
         cols["context"] = self.context
+    if self.deployment.frontends > 1:
+        cols["frontend"] = np.asarray(self._fe_of, dtype=np.int64)
     if any(len(a.models) > 1 for a in self.deployment.apps):
         models = np.empty(n, dtype=object)
         if m:
@@ -151,6 +154,8 @@ def batches_frame(self: Simulation) -> pd.DataFrame:
         "done_at": np.asarray(col["done_at"], dtype=np.float64),
         "status": col["status"],
     })
+    if self.deployment.frontends > 1:  # batch ids are each frontend's own
+        df["frontend"] = np.asarray(col["frontend"], dtype=np.int64)
     return df
 
 

@@ -45,6 +45,7 @@ class SimResult:
         metrics: Metrics,
         log: list[tuple[Any, ...]] | None,
         engine: Engine,
+        engines: list[Engine] | None = None,
         sim_s: float,
         wall_s: float,
         seed: int,
@@ -57,6 +58,9 @@ class SimResult:
         self.metrics = metrics
         self.log = log
         self.engine = engine
+        # one engine per frontend (Deployment.frontends); ``engine`` is frontend 0's, and
+        # ``metrics`` and ``log`` are every frontend's together
+        self.engines = engines if engines is not None else [engine]
         self.sim_s = sim_s
         self.wall_s = wall_s
         self.seed = seed
