@@ -100,6 +100,9 @@ class Tensor(NamedTuple):
     binary_size: int | None
 
 
+_NP_DTYPES = {k: np.dtype(v) for k, v in NP_OF.items()}  # np.dtype(str): ~0.5 us a call
+
+
 def _kind(v: Any) -> str:
     return "a boolean" if isinstance(v, bool) else type(v).__name__
 
@@ -175,59 +178,84 @@ def parse_tensor(t: dict[str, Any], body_bytes: int, binary_bytes: int) -> Tenso
             f"input {name!r}: shape {shape} holds {count} elements, more than the request's"
             f" {body_bytes} bytes can carry"
         )
-    where = f"input {name!r}"
-    size = _params(t.get("parameters"), where).get("binary_data_size")
+    params = t.get("parameters")
+    size = None if params is None else _params(params, f"input {name!r}").get("binary_data_size")
     if size is not None:
+        where = f"input {name!r}"
         if type(size) is not int or not 0 <= size <= binary_bytes:
             raise BadInput(
                 f"{where}: binary_data_size {size!r} must be an integer in [0, {binary_bytes}]"
                 " (the binary part of the body)"
             )
         return Tensor(name, dt, tuple(shape), count, None, size)
-    if "data" not in t:
-        raise BadInput(f"{where} has no data (and no parameters.binary_data_size)")
-    return Tensor(name, dt, tuple(shape), count, _flatten(t["data"], len(shape), where), None)
+    data = t.get("data")
+    if data is None:
+        raise BadInput(f"input {name!r} has no data (and no parameters.binary_data_size)")
+    if type(data) is list and not _NESTED & set(map(type, data)):
+        flat = data  # already flat (JSON data may be flat whatever the shape)
+    else:
+        flat = _flatten(data, len(shape), f"input {name!r}")
+    return Tensor(name, dt, tuple(shape), count, flat, None)
 
 
 def _flatten(data: Any, ndim: int, where: str) -> list[Any]:
     """JSON ``data`` (flat, or nested as the shape) as a flat list of elements."""
     flat = data if isinstance(data, list) else [data]
     for _ in range(max(ndim, 1)):
-        lists = sum(1 for v in flat if isinstance(v, list))
-        if lists == 0:
+        types = set(map(type, flat))  # one pass in C; the common flat case stops here
+        if list not in types:
             break
-        if lists != len(flat):
+        if len(types) > 1:
             raise BadInput(f"{where}: data mixes lists and elements at one level")
         flat = [x for row in flat for x in row]
-    if any(isinstance(v, list | dict) for v in flat):
+    else:
+        types = set(map(type, flat))
+    if list in types or dict in types:
         raise BadInput(f"{where}: data nests deeper than its shape, or holds objects")
     return flat
 
 
+_NUMBERS = frozenset((int, float))
+_NESTED = frozenset((list, dict))
+
+
 def _typed_array(data: list[Any] | None, dt: str, npdt: np.dtype[Any], where: str) -> Any:
-    """JSON elements as an array of ``dt``; each element's type and range checked first."""
+    """JSON elements as an array of ``dt``; each element's type and range checked: the
+    types in one C-level pass (``set(map(type, ...))``, 0.1 us an element against 0.4 for
+    a generator), the integer range by numpy's own conversion (``OverflowError``)."""
     assert data is not None
+    types = set(map(type, data))
     if dt == "BOOL":
-        bad = next((v for v in data if type(v) is not bool), None)
-        if bad is not None:
+        if types - {bool}:
+            bad = next(v for v in data if type(v) is not bool)
             raise BadInput(f"input {where!r}: BOOL data must be true/false, got {bad!r}")
     elif npdt.kind in "iu":
-        bad = next((v for v in data if type(v) is not int), None)
         info = np.iinfo(npdt)
-        if bad is None and data and (min(data) < info.min or max(data) > info.max):
-            bad = min(data) if min(data) < info.min else max(data)
-        if bad is not None:
-            raise BadInput(
-                f"input {where!r}: {dt} data must be integers in [{info.min}, {info.max}],"
-                f" got {bad!r}"
-            )
+        bad: Any = None
+        if types - {int}:
+            bad = next(v for v in data if type(v) is not int)
+        else:
+            try:
+                return np.asarray(data, dtype=npdt)
+            except OverflowError:
+                bad = min(data) if min(data) < info.min else max(data)
+        raise BadInput(
+            f"input {where!r}: {dt} data must be integers in [{info.min}, {info.max}],"
+            f" got {bad!r}"
+        )
     else:
-        bad = next((v for v in data if type(v) is not int and type(v) is not float), None)
-        if bad is not None:
+        if not types <= _NUMBERS:
+            bad = next(v for v in data if type(v) is not int and type(v) is not float)
             raise BadInput(f"input {where!r}: {dt} data must be numbers, got {bad!r}")
-        lo, hi = float(np.finfo(npdt).min), float(np.finfo(npdt).max)
-        if data and (min(data) < lo or max(data) > hi):
-            raise BadInput(f"input {where!r}: {dt} data must be numbers in [{lo:g}, {hi:g}]")
+        if npdt.itemsize < 8 and data:
+            lo, hi = float(np.finfo(npdt).min), float(np.finfo(npdt).max)
+            if min(data) < lo or max(data) > hi:
+                raise BadInput(
+                    f"input {where!r}: {dt} data must be numbers in [{lo:g}, {hi:g}]")
+        try:
+            return np.asarray(data, dtype=npdt)
+        except OverflowError:  # an integer beyond what a float holds
+            raise BadInput(f"input {where!r}: {dt} data must be finite numbers") from None
     return np.asarray(data, dtype=npdt)
 
 
@@ -235,9 +263,19 @@ class OipHandler:
     def __init__(self, fe: QueryFrontend) -> None:
         self.fe = fe
         self.engine = fe.engine
+        self._tails: dict[Any, bytes] = {}  # encoded single replies, less the id
+        self._infer_paths: dict[str, str] = {}  # path -> model (application) name
 
     def handle(self, req: Request) -> bytes | None:
         fe = self.fe
+        name = self._infer_paths.get(req.path)
+        if name is not None and req.method == "POST" and fe.accepting:
+            app = self.engine.registry.apps.get(name)  # the common case: POST .../infer
+            if app is not None:
+                try:
+                    return self.infer(req, app)
+                except BadInput as e:
+                    return fe.bad(req, e.status, str(e))
         parts = req.path.strip("/").split("/")
         get = req.method in ("GET", "HEAD")
         if parts == ["v2"] and get:
@@ -274,6 +312,9 @@ class OipHandler:
         if rest == ["stats"] and get:
             return json_response(200, self.statistics(app))
         if rest == ["infer"]:
+            if len(self._infer_paths) >= 10_000:
+                self._infer_paths.clear()
+            self._infer_paths[req.path] = name
             if req.method != "POST":
                 return fe.bad(req, 405, f"{req.path} takes POST, not {req.method}")
             if not fe.accepting:
@@ -396,9 +437,25 @@ class OipHandler:
         r = parse_request(doc, app.name)
         t = parse_tensor(r.input, len(body), len(binary))
         rows = self.rows(app, t, binary)
+        fe = self.fe
+        if len(rows) == 1:  # the common case: one query, one callback, no bookkeeping
+            x = rows[0]
+
+            def one(rep: Reply) -> None:
+                if rep.refused:
+                    req.respond(error_response(503, rep.prediction.explanation or "overloaded"))
+                    return
+                try:
+                    data = self.encode(app, r.id, [rep], r.wanted)
+                except (TypeError, ValueError, OverflowError) as e:
+                    fe.encode_failed(req, e)
+                    return
+                req.respond(data)
+
+            fe.driver.query(app.name, x, one, input_key=input_digest(x) if fe.cache else None)
+            return None
         results: list[Reply | None] = [None] * len(rows)
         left = [len(rows)]
-        fe = self.fe
 
         def finish() -> None:
             refused = [x for x in results if x is not None and x.refused]
@@ -461,7 +518,7 @@ class OipHandler:
                 f"input {name!r} is {dt}; application {app.name!r} takes"
                 f" {app.input_type} (send BYTES)"
             )
-        npdt = np.dtype(NP_OF[dt])
+        npdt = _NP_DTYPES[dt]
         if t.binary_size is not None:
             if t.binary_size != count * npdt.itemsize:
                 raise BadInput(
@@ -469,20 +526,57 @@ class OipHandler:
                     f" {count} elements x {npdt.itemsize} bytes ({dt}, shape {list(shape)})"
                 )
             a = np.frombuffer(binary[: t.binary_size], dtype=npdt)
+            # Only raw bytes can hold NaN or infinity: JSON cannot carry them (orjson refuses
+            # both, and numbers beyond a double) and _typed_array range-checks floats.
+            if npdt.kind == "f" and not np.isfinite(a).all():
+                raise BadInput(f"input {name!r} holds NaN or infinity; numbers must be finite")
         else:
             a = _typed_array(t.data, dt, npdt, name)
             if a.size != count:
                 raise BadInput(f"input {name!r}: {a.size} elements for shape {list(shape)}")
-        if npdt.kind == "f" and not np.isfinite(a).all():
-            raise BadInput(f"input {name!r} holds NaN or infinity; numbers must be finite")
+        if len(shape) < 2:
+            return [check_array(app, a.reshape(shape), f"input {name!r}")]
+        if shape[0] == 1:  # one row: no per-row indexing
+            return [check_array(app, a.reshape(shape[1:]), f"input {name!r}[0]")]
         a = a.reshape(shape)
-        if a.ndim >= 2:
-            return [check_array(app, a[i], f"input {name!r}[{i}]") for i in range(len(a))]
-        return [check_array(app, a, f"input {name!r}")]
+        return [check_array(app, a[i], f"input {name!r}[{i}]") for i in range(len(a))]
 
     def encode(
         self, app: Application, rid: Any, replies: list[Reply], wanted: list[tuple[str, bool]]
     ) -> bytes:
+        if len(replies) == 1 and not any(b for _, b in wanted):
+            # One JSON reply: its body less the id depends only on the application, the
+            # prediction and the outputs asked for; most answers are one of a few labels.
+            p = replies[0].prediction
+            try:
+                # type too: 1, 1.0 and True are equal keys but encode differently
+                key: Any = (app.name, type(p.output), p.output, p.default, tuple(wanted))
+                tail = self._tails.get(key)
+            except TypeError:  # an unhashable output: encode it every time
+                key, tail = None, None
+            if tail is None:
+                tail = dumps(self._document(app, None, replies, wanted)[0])[1:]
+                if key is not None:
+                    if len(self._tails) >= 4096:
+                        self._tails.clear()
+                    self._tails[key] = tail
+            head = b"{" + tail if rid is None else b'{"id":%s,%s' % (dumps(rid), tail)
+            return response(200, head)
+        doc, blobs = self._document(app, rid, replies, wanted)
+        head = dumps(doc)
+        if not blobs:
+            return response(200, head)
+        return response(
+            200,
+            head + b"".join(blobs),
+            b"application/octet-stream",
+            b"Inference-Header-Content-Length: %d\r\n" % len(head),
+        )
+
+    def _document(
+        self, app: Application, rid: Any, replies: list[Reply], wanted: list[tuple[str, bool]]
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        """The response document for ``replies`` and the binary outputs that follow it."""
         outputs = []
         blobs = []
         arrays = output_arrays(replies, [name for name, _ in wanted])
@@ -507,15 +601,7 @@ class OipHandler:
         doc: dict[str, Any] = {"model_name": app.name, "model_version": "1", "outputs": outputs}
         if rid is not None:
             doc["id"] = rid
-        head = dumps(doc)
-        if not blobs:
-            return response(200, head)
-        return response(
-            200,
-            head + b"".join(blobs),
-            b"application/octet-stream",
-            b"Inference-Header-Content-Length: %d\r\n" % len(head),
-        )
+        return doc, blobs
 
 
 def output_arrays(replies: list[Reply], names: list[str]) -> list[tuple[str, str, Any]]:

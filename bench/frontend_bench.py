@@ -1,0 +1,180 @@
+"""The frontend's own CPU per query, without sockets: HTTP in, JSON, engine, RPC frames, reply.
+
+    python3 bench/frontend_bench.py [--queries 60000] [--concurrency 32] [--api rest|oip|hit]
+
+Everything of one real-mode frontend runs in this process on a uvloop loop: the HTTP
+protocol (``HttpProtocol``) with fake transports, Clipper's REST or the OIP handler, the
+engine and its driver, and a container connection (``ContainerConnection``) whose
+transport answers each BATCH frame with a RESULT frame on the next loop turn (the no-op
+model's outputs, encoded by the real protocol code).  Each round feeds one request on each
+of ``--concurrency`` connections and lets the loop run until they are answered, so
+batches form as they do under that many concurrent clients.  CPU time (``process_time``)
+over the measured rounds gives microseconds per query; the same run with one request per
+round gives a batch-of-one figure, and a least-squares split of the two gives per query
+and per batch.  No syscalls are made, so the figures are the Python work that
+``bench/real_bench.py``'s /proc numbers contain beside the kernel's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+REST = b'{"input":[0.25,0.5,0.75,1.0]}'
+OIP = b'{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP64","data":[0.25,0.5,0.75,1.0]}]}'
+
+
+class _Sink(asyncio.Transport):
+    """A transport that keeps nothing: counts writes and answered responses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+        self.responses = 0
+
+    def write(self, data: Any) -> None:
+        self.writes += 1
+        self.responses += bytes(data).count(b"HTTP/1.1 ")
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class _Container(asyncio.Transport):
+    """The container's end: each BATCH frame is answered with RESULT on the next turn."""
+
+    def __init__(self, conn: Any, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self.conn = conn
+        self.loop = loop
+        self.batches = 0
+
+    def write(self, data: Any) -> None:
+        from clipperlab.real import protocol as p
+
+        frames = p.FrameDecoder().feed(bytes(data))
+        for kind, payload in frames:
+            assert kind == p.BATCH
+            bid, inputs = p.decode_batch(payload)
+            out = p.encode_batch(p.RESULT, bid, np.zeros(len(inputs), dtype=np.int64))
+            self.batches += 1
+            self.loop.call_soon(self.conn.data_received, out)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 2) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+async def _run(api: str, queries: int, concurrency: int) -> dict[str, float]:
+    from clipperlab.engine import Application, Engine, ModelSpec, ReplicaId
+    from clipperlab.engine.registry import BatchingConfig
+    from clipperlab.real.driver import EngineDriver
+    from clipperlab.real.frontend import QueryFrontend
+    from clipperlab.real.http import HttpProtocol
+    from clipperlab.real.rpc import ContainerConnection, RpcServer
+
+    loop = asyncio.get_running_loop()
+    engine = Engine(seed=0)
+    driver = EngineDriver(engine, loop)
+    now = time.monotonic()
+    engine.add_model(ModelSpec(name="noop", version="1", input_type="doubles",
+                               batching=BatchingConfig(policy="aimd")), now=now)
+    engine.add_application(Application(name="bench", slo_s=0.02, default_output=-1,
+                               input_type="doubles"), now=now)
+    engine.link("bench", ["noop"], now=now)
+    rpc = RpcServer(driver)
+    conn = ContainerConnection(rpc)
+    conn.transport = _Container(conn, loop)
+    conn.welcomed = True
+    rid = ReplicaId("noop", "1", 0)
+    conn.replica = rid
+    conn.dtype = np.dtype(np.float64)
+    conn.decoder.max_frame_bytes = 1 << 28
+    driver.replica_up(rid, conn)
+    frontend = QueryFrontend(driver, cache=(api == "hit"))
+    path, body = ("/v2/models/bench/infer", OIP) if api == "oip" else ("/bench/predict", REST)
+    request = (b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body))
+    protos = []
+    sinks = []
+    for _ in range(concurrency):
+        proto = HttpProtocol(frontend)
+        sink = _Sink()
+        proto.connection_made(sink)
+        protos.append(proto)
+        sinks.append(sink)
+
+    async def rounds(n: int) -> None:
+        for _ in range(n):
+            want = sum(s.responses for s in sinks) + concurrency
+            for proto in protos:
+                proto.data_received(request)
+            while sum(s.responses for s in sinks) < want:
+                await asyncio.sleep(0)
+
+    await rounds(max(200 // concurrency, 20))  # warm up: AIMD finds its batch size
+    b0 = conn.transport.batches  # type: ignore[attr-defined]
+    q0 = sum(s.responses for s in sinks)
+    t0 = time.process_time()
+    await rounds(queries // concurrency)
+    cpu = time.process_time() - t0
+    q = sum(s.responses for s in sinks) - q0
+    b = conn.transport.batches - b0  # type: ignore[attr-defined]
+    defaults = engine.metrics.counter_total("clipperlab_defaults_total") if hasattr(
+        engine.metrics, "counter_total") else float("nan")
+    return {"queries": q, "batches": b, "cpu_s": cpu, "us_per_query": cpu / q * 1e6,
+            "queries_per_batch": q / max(b, 1), "defaults": defaults}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--queries", type=int, default=60_000, help="measured queries per run")
+    ap.add_argument("--concurrency", type=int, default=32, help="requests in flight per round")
+    ap.add_argument("--api", default="rest,oip,hit", help="comma-separated: rest, oip, hit")
+    a = ap.parse_args()
+    import uvloop
+
+    print(f"{'api':<5} {'conc.':>5} {'q/batch':>8} {'us/query':>9} {'split: us/q':>12} "
+          f"{'us/batch':>9}")
+    for api in a.api.split(","):
+        one = uvloop.run(_run(api, max(a.queries // 4, 2000), 1))
+        many = uvloop.run(_run(api, a.queries, a.concurrency))
+        # cpu = x * queries + y * batches over the two runs
+        m = np.array([[one["queries"], one["batches"]], [many["queries"], many["batches"]]])
+        x, y = np.linalg.lstsq(m, np.array([one["cpu_s"], many["cpu_s"]]), rcond=None)[0]
+        for conc, r in ((1, one), (a.concurrency, many)):
+            print(f"{api:<5} {conc:>5} {r['queries_per_batch']:>8.1f} {r['us_per_query']:>9.1f} "
+                  f"{x * 1e6 if conc > 1 else float('nan'):>12.1f} "
+                  f"{y * 1e6 if conc > 1 else float('nan'):>9.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

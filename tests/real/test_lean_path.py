@@ -1,0 +1,128 @@
+"""The lean query path's shortcuts answer exactly what the long way would."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from clipperlab.engine import Application, Reply
+from clipperlab.engine._types import Prediction
+from clipperlab.real import oip
+from clipperlab.real.frontend import _ReplyCache, reply_body
+from clipperlab.real.inputs import BadInput
+
+APP = Application(name="bench", slo_s=0.02, default_output=-1, input_type="doubles")
+
+
+def _reply(qid: int, output: Any, default: bool = False) -> Reply:
+    return Reply(qid, Prediction(output=output, confidence=1.0, default=default,
+                                 models=("m",)), 0.001)
+
+
+def _body(http: bytes) -> Any:
+    return orjson.loads(http.split(b"\r\n\r\n", 1)[1])
+
+
+def test_rest_reply_cache_tells_1_from_1_0_and_true() -> None:
+    """1, 1.0 and True are equal dict keys; the cached encoding must not mix them up."""
+    cache = _ReplyCache()
+    for qid, out in enumerate([1, 1.0, True, 1, True, 1.0]):
+        got = _body(cache.encode(_reply(qid, out)))
+        want = orjson.loads(orjson.dumps(reply_body(_reply(qid, out))))
+        assert got == want and type(got["output"]) is type(out), (out, got)
+
+
+class _Fe:
+    def check_batch(self, n: int, what: str) -> None:
+        pass
+
+
+def _handler() -> oip.OipHandler:
+    h = oip.OipHandler.__new__(oip.OipHandler)
+    h.fe = _Fe()  # type: ignore[assignment]
+    h._tails = {}
+    h._infer_paths = {}
+    return h
+
+
+@pytest.mark.parametrize("rid", [None, "req-7", 12])
+def test_oip_single_reply_shortcut_matches_the_full_encoding(rid: Any) -> None:
+    """A one-row JSON reply comes from a cache of encoded tails; it equals the document
+    built the long way, for each output type, with and without a request id."""
+    h = _handler()
+    wanted = [("output", False), ("default", False)]
+    for out, default in [(0, False), (1, False), (1.0, False), (True, False), ("cat", False),
+                         (-1, True), (1, False), (True, False), ([1, 2], False)]:
+        rep = _reply(3, out, default)
+        got = _body(h.encode(APP, rid, [rep], wanted))
+        doc, blobs = h._document(APP, rid, [rep], wanted)
+        assert not blobs
+        assert got == orjson.loads(orjson.dumps(doc)), (out, got)
+        if not isinstance(out, list):
+            assert type(got["outputs"][0]["data"][0]) is type(out)
+
+
+def test_oip_typed_array_checks_every_element() -> None:
+    """Types in one pass, integer ranges by numpy's conversion: each refusal names it."""
+    f8, u1, f4 = np.dtype("<f8"), np.dtype("<u1"), np.dtype("<f4")
+    assert oip._typed_array([1, 2.5], "FP64", f8, "x").tolist() == [1.0, 2.5]
+    with pytest.raises(BadInput, match="numbers"):
+        oip._typed_array([1.0, True], "FP64", f8, "x")
+    with pytest.raises(BadInput, match="numbers"):
+        oip._typed_array([1.0, "2"], "FP64", f8, "x")
+    with pytest.raises(BadInput, match=r"\[0, 255\], got 256"):
+        oip._typed_array([1, 256], "UINT8", u1, "x")
+    with pytest.raises(BadInput, match=r"got -1"):
+        oip._typed_array([-1, 3], "UINT8", u1, "x")
+    with pytest.raises(BadInput, match="FP32 data must be numbers in"):
+        oip._typed_array([1e300], "FP32", f4, "x")
+    with pytest.raises(BadInput, match="finite"):
+        oip._typed_array([10**400], "FP64", f8, "x")
+
+
+def test_oip_rows_one_row_and_many() -> None:
+    """The one-row shortcut gives what indexing the reshaped tensor gives."""
+    h = _handler()
+    for shape, data in [([1, 4], [1.0, 2.0, 3.0, 4.0]), ([4], [1.0, 2.0, 3.0, 4.0]),
+                        ([2, 2], [[1.0, 2.0], [3.0, 4.0]])]:
+        body = orjson.dumps({"inputs": [{"name": "x", "shape": shape, "datatype": "FP64",
+                                         "data": data}]})
+        r = oip.parse_request(orjson.loads(body), "bench")
+        t = oip.parse_tensor(r.input, len(body), 0)
+        rows = h.rows(APP, t, memoryview(b""))
+        want = np.asarray(data, dtype=np.float64).reshape(shape)
+        want_rows = [want] if len(shape) < 2 else [want[i] for i in range(shape[0])]
+        assert [x.tolist() for x in rows] == [w.tolist() for w in want_rows]
+
+
+def test_request_memo_answers_repeats_and_follows_application_changes(tmp_path: Any) -> None:
+    """With the cache on, a body seen before skips parsing (a cache hit, the same answer);
+    a changed application (a new input shape) is checked again, not served from the memo;
+    another user's identical input keeps its own uid."""
+    from clipperlab.real.client import AdminClient, QueryClient, ServerError
+    from tests.servers import start_server
+
+    st = start_server(tmp_path / "store", cache=True)
+    try:
+        admin = AdminClient(f"127.0.0.1:{st.ports['admin']}")
+        q = QueryClient(f"127.0.0.1:{st.ports['query']}")
+        admin.add_app("memo", slo_ms=2000, default_output=-1)
+        admin.add_model("noop", kind="noop", app="memo")
+        admin.wait_ready("memo", timeout_s=60)
+        first = q.predict("memo", [1.0, 2.0, 3.0, 4.0])
+        again = q.predict("memo", [1.0, 2.0, 3.0, 4.0])
+        assert first["output"] == again["output"] == 0 and not again["default"]
+        assert again["query_id"] != first["query_id"]
+        hits = [ln for ln in q.metrics().splitlines()
+                if ln.startswith("clipperlab_cache_hits_total")]
+        assert hits and float(hits[0].rsplit(" ", 1)[1]) >= 1
+        admin.post("/admin/update_app", {"name": "memo", "input_shape": [3]})
+        with pytest.raises(ServerError) as e:
+            q.predict("memo", [1.0, 2.0, 3.0, 4.0])
+        assert e.value.status == 400 and "shape" in str(e.value)
+        assert q.predict("memo", [1.0, 2.0, 3.0], uid=7)["default"] is False
+    finally:
+        st.stop()
