@@ -3,22 +3,33 @@
 Theory of operation:
 - A candidate is simulated once per seed (``simulate_seed``: the plan's workloads
   generated with that seed, every application at once, so applications share the
-  frontend as they do on the server).  Seeds are common to every candidate (0, 1, ...):
-  two candidates see the same arrivals, so their difference is the deployment's.
+  frontend as they do on the server).  An answer exactly at the deadline counts as in
+  time (``DEADLINE_TOLERANCE_S`` absorbs the rounding of ``reply_at - arrival_at``): an
+  ensemble's answer without its stragglers comes then (``plan_space``'s rules).
+  Seeds are common to every candidate (0, 1, ...): two candidates see the same
+  arrivals, so their difference is the deployment's.
 - Per application and seed, the share answered in time (``simulator.capacity``'s
   ``attained_share`` at the objective's latency less the margin).  After each round of
   seeds (as many as the executor runs at once) a candidate is *clearly in* when, for
   every application, the 95% Student-t interval of the per-seed shares lies above the
   target, *clearly out* when one application's lies below it (or when every seed so far
-  misses the target by more than ``early_gap``); otherwise it gets more seeds, up to
+  misses the target by more than ``early_gap``); an application with a
+  ``max_missing_share`` is in only when every seed keeps to it and out when every seed
+  exceeds it; otherwise it gets more seeds, up to
   ``PlanSpec.seeds``, after which the pooled share decides and the candidate is marked
   borderline.
 - Within a shape (a hardware kind and a batching option per model) attainment is taken
   to be monotone in each model's replicas (more replicas never hurt): every count below
-  one that failed fails, every count above one that held holds.  One model: bisection
+  one that failed fails, every count above one that held holds.  (Not always true: the
+  engine's admission control can shed more with more replicas of a noisy profile, see
+  ``examples/plan/b-ensemble.toml``; the plan's table shows it.)  One model: bisection
   between the throughput bound and the space's maximum.  Several models: from the bounds,
-  add a replica to the busiest model of a failing candidate until it holds, then try one
-  fewer of each model in turn.  A shape whose bound already costs more than the cheapest
+  add a replica to the busiest model of a failing candidate until it holds (or costs
+  more than the cheapest candidate found to hold: pruned), then descend
+  greedily: try one replica fewer of each model, the dearest replica first (the cost
+  table), take the first removal that still holds, and repeat until no single removal
+  does (a local minimum; under monotonicity one pass would do, the repeat guards against
+  noise).  A shape whose bound already costs more than the cheapest
   candidate found so far is skipped (pruned), as is one the bound puts out of the space.
 - Jobs go through ``experiments.sweep.run_jobs`` (local processes or Ray, in job order),
   so the answer does not depend on the executor.
@@ -47,6 +58,7 @@ from .sweep import Job, run_jobs
 __all__ = ["Evaluation", "Search", "SearchResult", "simulate_seed"]
 
 BURST_WINDOW_S = 0.25
+DEADLINE_TOLERANCE_S = 1e-9  # float rounding of an answer exactly at the deadline
 
 
 # ------------------------------------------------------------------------- one run
@@ -86,7 +98,7 @@ def simulate_seed(spec: PlanSpec, cand: Candidate, seed: int) -> pd.DataFrame:
     for app, o in objs.items():
         qa = q[q["app"] == app]
         within = spec.within_eff_s(o)
-        share = attained_share(qa, within)
+        share = attained_share(qa, within + DEADLINE_TOLERANCE_S)
         s = summarise(qa)
         lat = qa["latency_s"].to_numpy(float)
         miss = ~((lat <= within) & ~qa["default"].to_numpy(bool))
@@ -177,20 +189,24 @@ def decide(ev: Evaluation, spec: PlanSpec, final: bool) -> None:
     more seeds will come."""
     per = ev.per_app()
     targets = {o.app: o.attainment for o in spec.objectives}
+    limits = {o.app: o.max_missing_share for o in spec.objectives}
     ins, outs = [], []
     t = ev.table
     for r in per.itertuples():
-        a = targets[str(r.app)]
+        a, lim = targets[str(r.app)], limits[str(r.app)]
         seeds_x = t.loc[t["app"] == r.app, "attainment"].to_numpy(float)
+        miss_x = np.nan_to_num(t.loc[t["app"] == r.app, "missing_share"].to_numpy(float))
         far = bool(np.all(seeds_x < a - spec.early_gap))
-        ins.append(r.seeds > 1 and r.ci_lo >= a)
-        outs.append(far or (r.seeds > 1 and r.ci_hi < a))
+        ins.append(r.seeds > 1 and r.ci_lo >= a and bool(np.all(miss_x <= lim)))
+        outs.append(far or (r.seeds > 1 and r.ci_hi < a) or bool(np.all(miss_x > lim)))
     if any(outs):
         ev.meets, ev.clear = False, True
     elif all(ins):
         ev.meets, ev.clear = True, True
     elif final:
-        ev.meets = bool(all(r.attainment >= targets[str(r.app)] for r in per.itertuples()))
+        ev.meets = bool(all(r.attainment >= targets[str(r.app)]
+                            and np.nan_to_num(r.missing_share) <= limits[str(r.app)]
+                            for r in per.itertuples()))
         ev.clear = False
     ev.reason = explain(ev, spec)
 
@@ -200,12 +216,17 @@ def explain(ev: Evaluation, spec: PlanSpec) -> str:
     likeliest cause."""
     per = ev.per_app()
     targets = {o.app: o.attainment for o in spec.objectives}
+    limits = {o.app: o.max_missing_share for o in spec.objectives}
     parts = []
     util = ev.utilisation()
     for r in per.itertuples():
         text = f"{r.app}: {r.attainment:.1%} in time (target {targets[str(r.app)]:.1%})"
         if r.attainment < targets[str(r.app)]:
             text += "; " + _cause(r, util)
+        lim = limits[str(r.app)]
+        if lim < 1.0:
+            text += (f"; {np.nan_to_num(r.missing_share):.1%} of the members' answers "
+                     f"missing (at most {lim:.1%})")
         parts.append(text)
     if ev.meets is not None and not ev.clear:
         parts.append("borderline: the seeds' interval straddles the target")
@@ -352,13 +373,27 @@ class Search:
                 return
             m = max(room, key=lambda k: util.get(k, 0.0))
             r[m] += 1
-        for m in list(r):
-            while r[m] > lb[m]:
+            nxt = shape.with_replicas(r)
+            if self.best is not None and self.spec.cost(nxt) > self.best.cost:
+                self.prune(nxt, f"it costs {self.spec.cost(nxt):g} > {self.best.cost:g}, "
+                                "the cheapest candidate found to hold")
+                return
+        self._descend(shape, r, lb)
+
+    def _descend(self, shape: Candidate, r: dict[str, int], lb: dict[str, int]) -> None:
+        """Greedy descent from ``r`` (which holds) to a local minimum (module's theory)."""
+        hw = {c.model: c.hardware for c in shape.choices}
+        order = sorted(r, key=lambda m: -self.spec.costs[hw[m]])  # dearest replica first
+        while True:
+            for m in order:
+                if r[m] <= lb[m]:
+                    continue
                 trial = {**r, m: r[m] - 1}
                 if self.evaluate(shape.with_replicas(trial)).meets:
                     r = trial
-                else:
                     break
+            else:
+                return
 
     def _cheaper_neighbours(self, cand: Candidate) -> None:
         """One fewer replica of each model of the recommendation: what ``--verify`` runs
@@ -374,7 +409,8 @@ def _jsonable(spec: PlanSpec) -> dict[str, Any]:
     doc["workloads"] = [dict(w) for w in spec.workloads]  # already at the planned rate
     doc["plan"] = {"seeds": spec.seeds, "peak_factor": 1.0, "early_gap": spec.early_gap}
     doc["objective"] = {"attainment": 0.5, "apps": {
-        o.app: {"attainment": o.attainment, "within_ms": o.within_s * 1e3}
+        o.app: {"attainment": o.attainment, "within_ms": o.within_s * 1e3,
+                "max_missing_share": o.max_missing_share}
         for o in spec.objectives}}
     doc["costs"] = dict(spec.costs)
     doc["search"] = {"models": {s.name: {

@@ -15,7 +15,8 @@ tables::
     [objective]            # required: the share answered in time (not a default)
     attainment = 0.99      # required, no default; or p99_ms = 50 (= attainment 0.99
     within_ms = 50         #   within 50 ms); within_ms: default each application's SLO
-    [objective.apps.NAME]  # per application: attainment, within_ms, p99_ms
+    [objective.apps.NAME]  # per application: attainment, within_ms, p99_ms,
+                           #   max_missing_share (ensembles, default 1: no limit)
 
     [costs]                # cost per replica by hardware kind (default cpu = 1, gpu = 4)
     gpu = 4.0
@@ -37,6 +38,16 @@ Rules:
   answered, not by default, within ``within_ms - margin``; ``p99_ms = X`` is the same as
   ``attainment = 0.99, within_ms = X`` (a default counts as late, as in the p99 a client
   sees).
+- An ensemble application (a policy that asks several models, e.g. Exp4) answers at its
+  deadline with the members that arrived (straggler mitigation): such a reply is not a
+  default, and it is in time when the deadline is.  So the planner sets an ensemble
+  application's deadline (its ``slo_ms``, in the simulated candidate and in
+  ``deploy.toml``) to the objective's latency less the margin when the application's own
+  is later (``PlanSpec.app_tables``); otherwise every answer without a straggler would
+  count as late and the plan would size every member for its own tail.  What a reply
+  without a member costs (accuracy) is bounded, if the plan wants, by
+  ``max_missing_share``: the share of the members' answers that may be missing
+  (``n_missing / n_selected`` over the application's queries; default 1, no limit).
 - The margin (milliseconds, ``margin_ms``) is what the simulator has been measured to
   miss: by default (``"fidelity"``) the median, over the rows of
   ``results/validation/fidelity_goals.csv`` at the lowest load level measured (30% of
@@ -49,7 +60,12 @@ Rules:
   per second: the best ``b / mean latency(b)`` over the batch sizes ``b`` the batching cap
   allows whose fastest latency is within the objective.  A model gets each query of an
   ensemble application linked to it, and of an application that links it alone; the
-  replicas it needs are at least ``attainment x load / ceiling`` (rounded up).  An
+  replicas it needs are at least ``share x load / ceiling`` (rounded up), where ``share``
+  is the share of those queries it must answer in time: ``attainment`` for an
+  application that links it alone; for a member of an ensemble of ``K`` models, at least
+  ``1 - K x max_missing_share`` (the missing answers, at most ``max_missing_share x K x
+  queries``, could all be its own), 0 without a limit (straggler mitigation answers
+  without it).  An
   application whose every configuration is slower than its objective at batch size 1 is
   a one-line error, before any simulation.
 - Errors are ``PlanError``: one line, the file and the field.
@@ -70,6 +86,7 @@ import pandas as pd
 
 from clipperlab.engine import ConfigError
 from clipperlab.engine.schema import (
+    SLO_FIELDS,
     application_tables,
     parse_application,
     parse_batching,
@@ -122,6 +139,7 @@ class Objective:
     app: str
     attainment: float
     within_s: float
+    max_missing_share: float = 1.0  # ensembles: the members' answers that may be missing
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +207,7 @@ class PlanSpec:
     margin_s: float = 0.0
     margin_source: str = ""
     ensembles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # app -> models
+    slos: Mapping[str, float] = field(default_factory=dict)  # app -> its own deadline (s)
 
     # -------------------------------------------------------------------- derived
     def space(self, model: str) -> ModelSpace:
@@ -224,10 +243,32 @@ class PlanSpec:
             out[wl.app] = (t.size - 1) / float(t[-1] - t[0]) if t.size > 1 else 0.0
         return out
 
+    def app_key(self) -> str:
+        return "applications" if "applications" in self.doc else "apps"
+
+    def app_tables(self) -> list[dict[str, Any]]:
+        """The application tables as the candidates run them: an ensemble's deadline at
+        its objective's latency less the margin when its own is later (module rules)."""
+        objs = {o.app: o for o in self.objectives}
+        out = []
+        for t in self.doc[self.app_key()]:
+            t = dict(t)
+            name = str(t.get("name"))
+            if name in objs and len(self.ensembles.get(name, ())) > 1:
+                eff_s = self.within_eff_s(objs[name])
+                if self.slos[name] > eff_s:
+                    for k in SLO_FIELDS:
+                        t.pop(k, None)
+                    t["slo_ms"] = eff_s * 1e3
+            out.append(t)
+        return out
+
     def sim_doc(self, cand: Candidate) -> dict[str, Any]:
         """The simulator config (``clipperlab simulate``'s format, workloads left out) of
-        ``cand``: each model's profile, batching and replicas set."""
+        ``cand``: each model's profile, batching and replicas set, the applications'
+        deadlines as ``app_tables`` says."""
         doc = copy.deepcopy(dict(self.doc))
+        doc[self.app_key()] = self.app_tables()
         by_name = {c.model: c for c in cand.choices}
         for m in doc["models"]:
             c = by_name[m["name"]]
@@ -253,45 +294,50 @@ class PlanSpec:
         why: dict[str, str] = {}
         for c in shape.choices:
             s = self.space(c.model)
-            load, att, within = loads.get(c.model, (0.0, 1.0, math.inf))
+            load, share, within = loads.get(c.model, (0.0, 1.0, math.inf))
             cap = int(self.batching(c.model, c.batching).get("max_batch_size", 1 << 16))
             if self.batching(c.model, c.batching).get("policy") == "none":
                 cap = 1
             ceil = ceiling_qps(self.profile(c.model, c.hardware), cap, within)
             need = s.min_replicas
             if load > 0:
-                need = (max(need, math.ceil(att * load / ceil - 1e-9)) if ceil > 0
-                        else s.max_replicas + 1)
+                need = (max(need, math.ceil(share * load / ceil - 1e-9)) if ceil > 0
+                        else s.max_replicas + 1 if share > 0 else need)
             lb[c.model] = need
             why[c.model] = (f"a replica of {c.model} ({c.hardware}, {c.batching}) answers "
                             f"at most {ceil:,.0f} q/s in time; the planned load is "
-                            f"{load:,.0f} q/s")
+                            f"{load:,.0f} q/s, of which it must answer at least "
+                            f"{share:.0%}")
         return lb, why
 
     def model_loads(self) -> dict[str, tuple[float, float, float]]:
-        """model -> (planned q/s it must serve, the strictest attainment, the tightest
-        effective latency) over the applications that send it every query."""
+        """model -> (planned q/s it gets, the largest share of it it must answer in time,
+        the tightest effective latency) over the applications that send it every query
+        (module rules, "Bounds")."""
         qps = self.planned_qps()
         objs = {o.app: o for o in self.objectives}
         out: dict[str, tuple[float, float, float]] = {}
         for app, models in self.ensembles.items():
             o = objs[app]
             for m in models:
-                load, att, within = out.get(m, (0.0, 0.0, math.inf))
-                out[m] = (load + qps.get(app, 0.0), max(att, o.attainment),
+                load, share, within = out.get(m, (0.0, 0.0, math.inf))
+                need = (o.attainment if len(models) == 1
+                        else max(0.0, 1.0 - len(models) * o.max_missing_share))
+                out[m] = (load + qps.get(app, 0.0), max(share, need),
                           min(within, self.within_eff_s(o)))
         return out
 
 
 def batching_label(t: Mapping[str, Any]) -> str:
-    """A short name for a batching table: ``aimd``, ``fixed<=8``, ``aimd+wait2ms``."""
+    """A short name for a batching table: ``aimd``, ``fixed<=8``, ``aimd+wait2ms``; the
+    overload settings only where they differ from the server's defaults."""
     s = str(t.get("policy", "aimd"))
     if "max_batch_size" in t:
         s += f"<={int(t['max_batch_size'])}"
     if t.get("wait_timeout_s"):
         s += f"+wait{float(t['wait_timeout_s']) * 1e3:g}ms"
-    rest = sorted(k for k in t if k not in ("policy", "max_batch_size", "wait_timeout_s",
-                                            *_SERVER_OVERLOAD))
+    rest = sorted(k for k in t if k not in ("policy", "max_batch_size", "wait_timeout_s")
+                  and not (k in _SERVER_OVERLOAD and t[k] == _SERVER_OVERLOAD[k]))
     if rest:
         s += "(" + ",".join(f"{k}={t[k]}" for k in rest) + ")"
     return s
@@ -468,7 +514,8 @@ def plan_from_dict(data: Mapping[str, Any], file: str = "<plan>", base_dir: Path
     spec = PlanSpec(path=file, base_dir=base, doc=doc, workloads=wls,
                     objectives=objectives, costs=costs, spaces=spaces, seeds=seeds,
                     peak_factor=peak, early_gap=gap, margin_s=margin_ms / 1e3,
-                    margin_source=source, ensembles=ensembles)
+                    margin_source=source, ensembles=ensembles,
+                    slos={n: a.app.slo_s for n, a in apps.items()})
     for o in objectives:
         if spec.within_eff_s(o) <= 0:
             raise PlanError(f"{file}: objective: {o.app}: within {o.within_s * 1e3:g} ms "
@@ -485,7 +532,8 @@ def _objectives(data: Mapping[str, Any], file: str,
         raise PlanError(f"{file}: objective: missing; e.g. [objective] attainment = 0.99 "
                         "(the share of queries answered in time; there is no default)")
     top = _tbl(data["objective"], f"{file}: objective")
-    _only(top, ("attainment", "within_ms", "p99_ms", "apps"), f"{file}: objective")
+    _only(top, ("attainment", "within_ms", "p99_ms", "max_missing_share", "apps"),
+          f"{file}: objective")
     per_app = _tbl(top.get("apps", {}), f"{file}: objective.apps")
     for a in per_app:
         if a not in slos:
@@ -496,12 +544,15 @@ def _objectives(data: Mapping[str, Any], file: str,
         t = {**{k: v for k, v in top.items() if k != "apps"},
              **_tbl(per_app.get(app, {}), f"{file}: objective.apps.{app}")}
         where = f"{file}: objective" + (f".apps.{app}" if app in per_app else "")
-        _only(t, ("attainment", "within_ms", "p99_ms"), where)
+        _only(t, ("attainment", "within_ms", "p99_ms", "max_missing_share"), where)
+        missing = (_num(t["max_missing_share"], f"{where}.max_missing_share", 0.0, 1.0,
+                        lo_open=False) if "max_missing_share" in t else 1.0)
         if "p99_ms" in t:
             if "attainment" in t or "within_ms" in t:
                 raise PlanError(f"{where}: p99_ms is attainment 0.99 within it; give p99_ms "
                                 "or attainment (with within_ms), not both")
-            out.append(Objective(app, 0.99, _num(t["p99_ms"], f"{where}.p99_ms") / 1e3))
+            out.append(Objective(app, 0.99, _num(t["p99_ms"], f"{where}.p99_ms") / 1e3,
+                                 missing))
             continue
         if "attainment" not in t:
             raise PlanError(f"{where}.attainment: missing; the share of queries answered in "
@@ -509,7 +560,7 @@ def _objectives(data: Mapping[str, Any], file: str,
         att = _num(t["attainment"], f"{where}.attainment", 0.0, 1.0)
         within = (_num(t["within_ms"], f"{where}.within_ms") / 1e3 if "within_ms" in t
                   else slo_s)
-        out.append(Objective(app, att, within))
+        out.append(Objective(app, att, within, missing))
     return tuple(out)
 
 

@@ -1,15 +1,16 @@
 """A plan's deployments as files, and ``--verify``: run them on the real server.
 
 Rules:
-- ``write_deploy`` writes a candidate as ``STEM.toml`` (``clipperlab serve --config``
-  runs it as is: ``replay`` containers, the batching tables the planner simulated with
-  the overload settings spelled out, ``[server] cache = false`` as the plan simulated no
-  cache) and ``STEM-sim.toml`` (its simulated twin: the plan file's simulator tables with
-  the candidate's profiles, batching and replicas, and the planned workloads).  Each model
-  replays its profile (``replay/<model>-<hardware>.json``, written by
-  ``clipperlab.calibration.replay``; the profile's recorded predictions when it has them
-  for the workload's task, else 0).  Paths in ``STEM.toml`` are relative to the folder
-  ``clipperlab plan`` ran in (the project root).
+- ``write_deploy`` writes a candidate as ``STEM.toml`` (``clipperlab serve --config`` runs
+  it as is: ``replay`` containers, the batching tables the planner simulated with the
+  overload settings spelled out, ``[server] cache = false`` as the plan simulated no
+  cache, an ensemble's deadline as ``PlanSpec.app_tables`` sets it) and ``STEM-sim.toml``
+  (its simulated twin: the plan file's simulator tables with the candidate's profiles,
+  batching and replicas, and the planned workloads). Each model replays its profile
+  (``replay/<model>-<hardware>.json``, written by ``clipperlab.calibration.replay``; the
+  profile's recorded predictions when it has them for the workload's task, else 0). Paths
+  in ``STEM.toml`` are relative to the folder ``clipperlab plan`` ran in (the project
+  root).
 - ``verify`` runs the recommendation and the next-cheaper candidate, one after the other,
   each in a fresh server process (``calibration.server.ServerProcess``: ephemeral ports),
   waits until every replica is connected, then sends the plan's workloads (seed 0, every
@@ -116,9 +117,7 @@ def write_deploy(spec: PlanSpec, cand: Candidate, out: Path, stem: str) -> list[
         models.append({"name": c.model, "kind": "replay", "path": str(rp),
                        "replicas": c.replicas,
                        "batching": dict(spec.batching(c.model, c.batching))})
-    key = "applications" if "applications" in spec.doc else "apps"
-    doc = {"server": {"cache": False}, "models": models,
-           key: [dict(a) for a in spec.doc[key]]}
+    doc = {"server": {"cache": False}, "models": models, spec.app_key(): spec.app_tables()}
     header = (f"clipperlab serve --config {out / (stem + '.toml')}   (from the project root)\n"
               f"{'The plan' if stem == 'deploy' else 'The next-cheaper candidate'} for "
               f"{spec.path}: {cand.label()} (cost {spec.cost(cand):g}).\n"
