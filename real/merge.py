@@ -38,7 +38,7 @@ from clipperlab.engine import Engine, EngineError, PolicyState
 from clipperlab.engine.core import SelectionChanges
 from clipperlab.engine.selection import make_policy
 
-from .store import context_from_json
+from .store_base import context_from_json
 
 __all__ = ["SelectionMerger", "add_delta", "state_delta"]
 

@@ -26,7 +26,7 @@ from typing import Any
 from clipperlab.engine import Application, ConfigError, ModelSpec
 from clipperlab.engine.core import SelectionChanges
 
-from .store import StoreBase, selection_rows
+from .store_base import StoreBase, selection_rows
 
 __all__ = ["PREFIX", "RedisStore", "connect"]
 
