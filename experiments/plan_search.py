@@ -24,7 +24,8 @@ Theory of operation:
   engine's admission control can shed more with more replicas of a noisy profile, see
   ``examples/plan/b-ensemble.toml``; the plan's table shows it.)  One model: bisection
   between the throughput bound and the space's maximum.  Several models: from the bounds,
-  add a replica to the busiest model of a failing candidate until it holds (or costs
+  add a replica to the busiest model of a failing candidate (among the models
+  of the applications that miss) until it holds (or costs
   more than the cheapest candidate found to hold: pruned), then descend
   greedily: try one replica fewer of each model, the dearest replica first (the cost
   table), take the first removal that still holds, and repeat until no single removal
@@ -371,6 +372,8 @@ class Search:
             room = [m for m in r if r[m] < self.spec.space(m).max_replicas]
             if not room:
                 return
+            short = self._models_of_failing(ev)
+            room = [m for m in room if m in short] or room
             m = max(room, key=lambda k: util.get(k, 0.0))
             r[m] += 1
             nxt = shape.with_replicas(r)
@@ -379,6 +382,19 @@ class Search:
                                 "the cheapest candidate found to hold")
                 return
         self._descend(shape, r, lb)
+
+    def _models_of_failing(self, ev: Evaluation) -> set[str]:
+        """The models linked to an application that misses its objective."""
+        objs = {o.app: o for o in self.spec.objectives}
+        links = {str(t.get("name")): [str(m) for m in t.get("models", [])]
+                 for t in self.spec.doc[self.spec.app_key()]}
+        out: set[str] = set()
+        for r in ev.per_app().itertuples():
+            o = objs[str(r.app)]
+            if (r.attainment < o.attainment
+                    or np.nan_to_num(r.missing_share) > o.max_missing_share):
+                out.update(links.get(str(r.app), []))
+        return out
 
     def _descend(self, shape: Candidate, r: dict[str, int], lb: dict[str, int]) -> None:
         """Greedy descent from ``r`` (which holds) to a local minimum (module's theory)."""
