@@ -227,8 +227,8 @@ def _typed_array(data: list[Any] | None, dt: str, npdt: np.dtype[Any], where: st
     types = set(map(type, data))
     if dt == "BOOL":
         if types - {bool}:
-            bad = next(v for v in data if type(v) is not bool)
-            raise BadInput(f"input {where!r}: BOOL data must be true/false, got {bad!r}")
+            odd = next(v for v in data if type(v) is not bool)
+            raise BadInput(f"input {where!r}: BOOL data must be true/false, got {odd!r}")
     elif npdt.kind in "iu":
         info = np.iinfo(npdt)
         bad: Any = None
@@ -627,11 +627,19 @@ def tensor_bytes(dt: str, arr: Any) -> bytes:
     return bytes(np.ascontiguousarray(arr).tobytes())
 
 
+def _version() -> str:
+    """The installed distribution's version (the CLI package is not imported from here)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("clipperlab")
+    except PackageNotFoundError:  # pragma: no cover - an uninstalled checkout
+        return "0+unknown"
+
+
 def server_metadata() -> dict[str, Any]:
     """What ``GET /v2`` and gRPC ``ServerMetadata`` answer."""
-    from clipperlab import __version__
-
-    return {"name": "clipperlab", "version": __version__,
+    return {"name": "clipperlab", "version": _version(),
             "extensions": ["binary_tensor_data", "model_repository", "statistics",
                            "model_configuration"]}
 
