@@ -17,13 +17,15 @@ Public API::
                       # mean_batch_size, accuracy, missing_share, ...
     res.queries       # DataFrame: query_id, app, arrival_at, reply_at, latency_s, default,
                       # default_reason, refused, output, label, correct, n_missing,
-                      # n_selected, input_index[, context][, models]
+                      # n_selected, input_index[, context][, models][, frontend]
     res.batches       # DataFrame: model, version, replica, batch_id, size, padded_size,
-                      # reason, sent_at, start_at (inputs arrived at the replica), done_at,
+                      # reason, sent_at, start_at (the container started it), done_at,
                       # status ("done", "lost" to a crash, "sent" if the run was cut short)
+                      # [, frontend: with Deployment(frontends=N > 1)]
     res.members       # with record_members=True: query_id, model, done_at per member
     res.metrics       # the engine's Metrics; res.log: the decision log (decision_log=True)
     res.engine        # the engine after the run (describe_model, probabilities, ...)
+    res.engines       # one per frontend (Deployment.frontends; metrics and log: all)
     res.crashes       # [(time, "model:version#k", "crash"|"restart")]
     res.feedback      # [(time, FeedbackApplied)] for a workload with a feedback stream
     res.sim_s, res.wall_s
