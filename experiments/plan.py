@@ -154,8 +154,8 @@ def _ray_init(workers: int, address: str | None) -> None:
                               "runtime_env": ray_runtime_env()}
         if address:
             kw["address"] = address
-        else:
-            kw["num_cpus"] = max(1, workers)
+        else:  # "local": a fresh instance, never another process's cluster found running
+            kw.update(address="local", num_cpus=max(1, workers))
         ray.init(**kw)
         _RAY_STARTED = True
 
