@@ -242,10 +242,11 @@ def _cause(r: Any, util: dict[str, float]) -> str:
             and r.burst_query_share < 0.5):
         return (f"queueing in bursts ({r.burst_miss_share:.0%} of misses in the busiest "
                 f"{r.burst_query_share:.0%} of the time)")
+    if r.default_rate > 0.005:  # before stragglers: a default lacks its one model too
+        return (f"defaults ({r.default_rate:.1%} of queries: shed by admission control or "
+                "past the deadline)")
     if r.missing_share > 0.01:
         return f"stragglers ({r.missing_share:.1%} of answers lack a member)"
-    if r.default_rate > 0.005:
-        return f"deadline defaults ({r.default_rate:.1%})"
     return f"tail latency (p99 {r.p99_ms:.1f} ms)" + (
         f", {busiest} busy {util[busiest]:.0%}" if busiest else "")
 
