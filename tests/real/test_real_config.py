@@ -95,10 +95,11 @@ container_name = "noop"
     text = text.replace('candidate_model_names = ["noop"]',
                         'candidate_model_names = ["other", "noop"]')
     cfg = load_config(write(tmp_path, text), query_port=0, admin_port=0, rpc_port=0,
-                      store=str(tmp_path / "store"), heartbeat_interval_s=0.2)
+                      store=str(tmp_path / "store"), heartbeat_interval_s=0.2,
+                      admin_token="t")  # a module:Class policy imports code: token
     st = ServerThread(cfg).start()
     try:
-        admin = AdminClient(f"127.0.0.1:{st.ports['admin']}")
+        admin = AdminClient(f"127.0.0.1:{st.ports['admin']}", token="t")
         q = QueryClient(f"127.0.0.1:{st.ports['query']}")
         admin.wait_ready("hello", timeout_s=60)
         r = q.predict("hello", [1.0])
