@@ -2,8 +2,9 @@
 
 Clipper's (POST, JSON; the paths and fields of ``clipper_admin`` and Clipper's management
 frontend): ``add_app``, ``delete_app`` (501: not supported yet), ``add_model`` (with
-``batch_size``: -1 adaptive, N a cap, policy ``fixed``, and the version not activated; a ``container_name`` that is not one
-of our kinds is a docker image, kept as metadata, never run here: no replicas),
+``batch_size``: -1 adaptive, N a cap, policy ``fixed``, and the version not activated; a
+``container_name`` that is not one of our kinds is a docker image, kept as metadata, never
+run here: no replicas),
 ``delete_versioned_model`` (the version stops serving: the active one's replicas go to 0;
 it stays listed, as in Clipper), ``add_model_links``, ``delete_model_links``,
 ``set_model_version``, ``get_all_applications``, ``get_application`` (``{}`` when unknown),
@@ -484,9 +485,10 @@ class AdminApi:
 def _clipper_model(body: dict[str, Any]) -> dict[str, Any]:
     """``add_model`` as ``clipper_admin.register_model`` sends it, in our fields: with
     ``batch_size`` the version is not activated (Clipper's ``set_model_version`` does that;
-    a model's first version is active anyway), ``batch_size`` (-1: adaptive, the default AIMD; N >= 1: batches of at most N, policy
-    ``fixed``) and a ``container_name`` that is a docker image (kept as metadata; the model
-    is ``noop`` with no replicas started here, its containers connect by hand)."""
+    a model's first version is active anyway); ``batch_size`` -1 is adaptive (the default
+    AIMD), N >= 1 batches of at most N (policy ``fixed``); a ``container_name`` that is a
+    docker image is kept as metadata, and the model is ``noop`` with no replicas started
+    here (its containers connect by hand)."""
     from .models import MODEL_KINDS
 
     out = dict(body)
