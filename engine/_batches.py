@@ -50,7 +50,10 @@ class _Batches(_Answers):
                 continue
             rep = idle[0]
             ctrl = rep.ctrl
-            if ver.drop_hopeless:
+            if ver.drop_hopeless and len(queue) > 1:
+                # Alone in the queue with a replica idle, a hopeless request delays no one:
+                # it is served, and its batch corrects an estimate that may be stale (one
+                # slow batch would otherwise have every later request dropped for good).
                 est = ctrl.latency.predict_s(min(len(queue), ctrl.cap))
                 if est is not None and head_deadline < now + est:
                     heapq.heappop(queue)

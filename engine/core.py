@@ -289,8 +289,8 @@ class Engine(_Admin, _Batches):
         Predicted wait: until the first replica is free (its batch in flight, from when it
         was assembled, by the controller's latency line), then the queue ahead at the
         replicas' combined throughput (cap / latency of a full batch each); then its own
-        batch of ``min(queue + 1, cap)``.  No estimate yet (no batch observed, no replica):
-        admitted."""
+        batch of ``min(queue + 1, cap)``.  No estimate yet (no batch observed, no replica),
+        or an idle replica with an empty queue: admitted."""
         reps = ver.replicas
         if not reps:
             return False
@@ -314,6 +314,12 @@ class Engine(_Admin, _Batches):
                 left = batch.assembly_at + busy_s - now
                 free_in = min(free_in, left if left > 0.0 else 0.0)
         assert ctrl is not None
+        if free_in == 0.0 and n == 0:
+            # An idle replica and nobody waiting: serving this query delays no one, and
+            # refusing it would leave the latency estimate as it is for good (one slow
+            # batch, a cold start, would shed every later query).  It goes through and
+            # its batch corrects the estimate.
+            return False
         wait_s = free_in + (n / rate if rate < _INF else 0.0)
         own_s = ctrl.latency.predict_s(min(n + 1, ctrl.cap)) or 0.0
         if now + wait_s + own_s <= task.deadline:

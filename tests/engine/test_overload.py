@@ -129,3 +129,29 @@ def test_defaults_are_unchanged_for_the_simulator_and_the_figures() -> None:
     """Admission control and drop_hopeless are off unless asked for (real mode asks)."""
     cfg = BatchingConfig()
     assert not cfg.admission_control and not cfg.drop_hopeless
+
+
+def test_one_slow_batch_does_not_shed_every_later_query() -> None:
+    """A cold start: the first batch takes 10x the objective, so the latency estimate says
+    every later query would be late.  An idle replica with an empty queue still takes the
+    next query, whose quick batch corrects the estimate: later queries get predictions."""
+    eng = Engine()
+    eng.add_application(Application(name="a", slo_s=SLO_S, default_output=-1), now=0.0)
+    eng.add_model(ModelSpec(name="m", batching=BatchingConfig(policy="none", **REAL_DEFAULT)),
+                  now=0.0)
+    eng.link("a", ["m"], now=0.0)
+    d = FakeDriver(eng)
+    d.up("m")
+    d.query(0, "a", 0)
+    (bid,) = d.open
+    d.advance(0.2)  # a 200 ms first batch against a 20 ms objective
+    d.complete(bid, lambda x: 1)
+    served = 0
+    for q in range(1, 41):  # one query every 50 ms, each batch 2 ms
+        d.advance(0.2 + 0.05 * q)
+        d.query(q, "a", q)
+        for b in list(d.open):
+            d.advance(d.now + 0.002)
+            d.complete(b, lambda x: 1)
+        served += not d.replies[q].prediction.default
+    assert served == 40
