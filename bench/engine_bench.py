@@ -9,6 +9,10 @@ Wall-clock time of the whole loop is what is measured.  The default load is the 
 Beside it: the same loop with a minimal hand-written batcher that makes the same batches.
 
     python bench/engine_bench.py [--queries 1000000] [--rate 20000] [--replicas 1] [--no-profile]
+                                 [--alpha-s 12.5e-6] [--beta-s 3.6e-3]
+
+The small-batch case (issue 14: an engine round trip per query, as ``sim_bench.py``'s
+small-batch rows): ``--rate 500 --alpha-s 0 --beta-s 1e-3``.
 """
 
 from __future__ import annotations
@@ -201,9 +205,14 @@ def main() -> None:
     )
     p.add_argument("--replicas", type=int, default=1, help="replicas of the model (default 1)")
     p.add_argument("--no-profile", action="store_true", help="skip the cProfile of a 200K run")
+    p.add_argument("--alpha-s", type=float, default=12.5e-6,
+                   help="batch latency per item, virtual seconds (default: the linear SVM's)")
+    p.add_argument("--beta-s", type=float, default=3.6e-3,
+                   help="batch latency per batch, virtual seconds (default: the linear SVM's)")
     args = p.parse_args()
-    r = run(args.queries, args.rate, args.replicas)
-    b = run_bare(args.queries, args.rate, args.replicas)
+    line = {"alpha_s": args.alpha_s, "beta_s": args.beta_s}
+    r = run(args.queries, args.rate, args.replicas, **line)
+    b = run_bare(args.queries, args.rate, args.replicas, **line)
     # The real server runs with a frozen heap and a gen-0 threshold of 5000 (real/server.py);
     # the same setting here shows what the engine costs inside the server.
     g = gc.get_threshold()
@@ -211,7 +220,7 @@ def main() -> None:
     gc.freeze()
     gc.set_threshold(max(g[0], 5000), g[1], 100)
     try:
-        rs = run(args.queries, args.rate, args.replicas)
+        rs = run(args.queries, args.rate, args.replicas, **line)
     finally:
         gc.set_threshold(*g)
         gc.unfreeze()
@@ -219,7 +228,7 @@ def main() -> None:
     gc.collect()
     gc.disable()
     try:
-        rp = run(args.queries, args.rate, args.replicas)
+        rp = run(args.queries, args.rate, args.replicas, **line)
     finally:
         gc.enable()
     print(
@@ -243,7 +252,7 @@ def main() -> None:
     if not args.no_profile:
         pr = cProfile.Profile()
         pr.enable()
-        run(200_000, args.rate, args.replicas)
+        run(200_000, args.rate, args.replicas, **line)
         pr.disable()
         s = io.StringIO()
         pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(15)
