@@ -40,8 +40,8 @@ feeds the engine events with the simulated time and carries out the instructions
 
 Seeds: ``Simulation(seed=s)`` generates the trace with ``workload.generate(s)`` (the j-th of
 several workloads with ``s + 7919*j``) and derives independent generators for the engine
-(``[s, 101]``; frontend k > 0 of several ``[s, 101, k]``), each replica's latency draws (``[s, 202, crc(model), ordinal]``) and each
-model's outputs (``outputs.model_rng``).
+(``[s, 101]``; frontend k > 0 of several ``[s, 101, k]``), each replica's latency draws
+(``[s, 202, crc(model), ordinal]``) and each model's outputs (``outputs.model_rng``).
 """
 from __future__ import annotations
 
