@@ -16,9 +16,12 @@ Rules:
   waits until every replica is connected, then sends the plan's workloads (seed 0, every
   application at once, one load generator thread each: ``calibration.loadgen``) and
   measures per application the share answered in time (not by default) within the
-  objective's latency, p50 and p99.  The prediction beside it is the simulator's on the
-  same traces (seed 0) at the same latency.  The machine's load is sampled before each
-  run (``calibration.quiet.machine_load``).
+  objective's latency, p50 and p99, and the share of the members' answers missing (the
+  server's ``clipperlab_missing_predictions_total`` over queries x members). The
+  prediction beside it is the simulator's on the same traces (seed 0) at the same latency.
+  The machine's load is sampled before each run (``calibration.quiet.machine_load``).
+- A deployment meets an objective on the real server when its measured share in time
+  reaches the target and its measured missing share keeps to ``max_missing_share``.
 - The plan holds when the recommendation meets every objective on the real server and
   the next-cheaper one misses one, or meets it only inside the margin (its share within
   the objective's latency less the margin is below the target).
@@ -167,6 +170,12 @@ class VerifyResult:
                      ("measured share within objective - margin", "real_share_margin")):
             show[a] = [f"{x:.2%}" for x in show[b]]
         show["meets (measured)"] = show["real_meets"]
+        if (show["max_missing_share"] < 1).any():
+            show["members' answers missing: predicted / measured (at most)"] = [
+                f"{a:.1%} / {b:.1%} ({c:.0%})" for a, b, c in
+                zip(show["pred_missing_share"], show["real_missing_share"],
+                    show["max_missing_share"], strict=True)]
+            cols.insert(-1, "members' answers missing: predicted / measured (at most)")
         return "\n".join([
             f"# Verification: {Path(spec.path).name}", "",
             f"The recommended deployment and the next-cheaper one on the real server "
@@ -194,8 +203,19 @@ def _wait_replicas(url: str, n: int, timeout_s: float = 120.0) -> None:
     raise ValidationError(f"the replicas did not all connect within {timeout_s:.0f} s")
 
 
+def _missing_counts(url: str) -> dict[str, float]:
+    """Per application, the server's ``clipperlab_missing_predictions_total``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {s.labels.get("app", ""): float(s.value)
+            for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == "clipperlab_missing_predictions_total"}
+
+
 def _run_real(spec: PlanSpec, cand: Candidate, deploy: Path,
-              traces: list[Any]) -> dict[str, pd.DataFrame]:
+              traces: list[Any]) -> tuple[dict[str, pd.DataFrame], dict[str, float]]:
     from clipperlab.calibration.loadgen import run_load
     from clipperlab.calibration.server import ServerProcess, real_deployment
 
@@ -224,7 +244,8 @@ def _run_real(spec: PlanSpec, cand: Candidate, deploy: Path,
             t.join()
         if errors:
             raise errors[0]
-    return out
+        missing = _missing_counts(srv.url)
+    return out, missing
 
 
 def verify(spec: PlanSpec, best: Candidate, cheaper: Candidate | None, out: Path
@@ -248,12 +269,14 @@ def verify(spec: PlanSpec, best: Candidate, cheaper: Candidate | None, out: Path
                      f"others' CPU {s.other_cpu_share:.0%}")
         pred = Simulation(spec.deployment(cand), traces if len(traces) > 1 else traces[0],
                           seed=VERIFY_SEED).run().queries
-        real = _run_real(spec, cand, deploy, traces)
+        real, missing = _run_real(spec, cand, deploy, traces)
         for o in spec.objectives:
             pq = pred[pred["app"] == o.app]
             rq = real[o.app]
             ps, rs = summarise(pq), summarise(rq)
             real_share = attained_share(rq, o.within_s)
+            members = len(spec.ensembles.get(o.app) or ()) or 1
+            real_missing = missing.get(o.app, 0.0) / max(len(rq) * members, 1)
             rows.append({
                 "deployment": label, "candidate": cand.label(), "cost": spec.cost(cand),
                 "app": o.app, "target": o.attainment, "within_ms": o.within_s * 1e3,
@@ -262,7 +285,11 @@ def verify(spec: PlanSpec, best: Candidate, cheaper: Candidate | None, out: Path
                 "pred_p50_ms": ps["p50_ms"], "pred_p99_ms": ps["p99_ms"],
                 "real_p50_ms": rs["p50_ms"], "real_p99_ms": rs["p99_ms"],
                 "real_default_rate": rs.get("default_rate", math.nan),
-                "real_meets": real_share >= o.attainment,
+                "max_missing_share": o.max_missing_share,
+                "pred_missing_share": ps.get("missing_share", 0.0),
+                "real_missing_share": real_missing,
+                "real_meets": (real_share >= o.attainment
+                               and real_missing <= o.max_missing_share),
             })
     t = pd.DataFrame(rows)
     holds, why = _judge(t)

@@ -41,6 +41,7 @@ def test_verify_runs_both_deployments_and_reports_them(tmp_path: Path) -> None:
                 "real_p99_ms"):
         assert res.rows[col].between(0, 1e6).all(), col  # measured and predicted, finite
     assert (res.rows["real_share"] > 0).all()  # queries were answered
+    assert res.rows["real_missing_share"].between(0, 1).all()  # from the server's metrics
     assert isinstance(res.holds, bool) and res.why
     md = (out / "verify.md").read_text()
     assert "predicted share" in md and "measured share" in md and "Machine load" in md
