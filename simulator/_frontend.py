@@ -206,7 +206,8 @@ class _Frontend(Driver):
         since the previous candidate (thinning); each pause holds the loop for a duration
         drawn from ``pauses_s``."""
         env = self.env
-        rng = np.random.default_rng([self.seed, 303])
+        k = self.fe_index
+        rng = np.random.default_rng([self.seed, 303] if k == 0 else [self.seed, 303, k])
         durations = np.asarray(fc.pauses_s, dtype=np.float64)
         end = float(self.arrival_at[-1])
         top = fc.pause_rate_hz + fc.pause_rate_busy_hz

@@ -37,9 +37,10 @@ Rules:
   includes that wait).  ``balancer`` spreads the queries (and feedback) over the
   frontends: ``round_robin`` (query ``i`` to frontend ``i mod frontends``) or
   ``least_connections`` (the frontend with the fewest queries not yet answered; ties go
-  round robin).  Several frontends run without ``frontend_cpu`` and ``host_cpu`` (one
-  event loop per frontend is not modelled yet).  One frontend is exactly the
-  single-frontend simulator.
+  round robin).  With ``frontend_cpu`` each frontend is its own event loop with those
+  costs (and its own pauses).  Several frontends run without ``host_cpu`` (frontends on
+  hosts' CPUs are not modelled yet).  One frontend is exactly the single-frontend
+  simulator.
 - Config files are TOML or JSON; every error names the file, the field and the rule.
   Applications and models are read by ``engine.schema``, the schema ``clipperlab serve``'s
   ``deploy.toml`` shares (``[[applications]]`` or ``[[apps]]``, ``slo_ms`` / ``slo_s`` /
@@ -306,11 +307,10 @@ class Deployment:
         if self.balancer not in BALANCERS:
             raise SimConfigError(f"balancer: expected one of {list(BALANCERS)}, got "
                                  f"{self.balancer!r}")
-        if fe > 1 and (self.frontend_cpu is not None or self.host_cpu is not None):
+        if fe > 1 and self.host_cpu is not None:
             raise SimConfigError(
-                f"frontends = {fe}: several frontends run without frontend_cpu and host_cpu "
-                "(one event loop per frontend is not modelled yet); drop those or use "
-                "frontends = 1")
+                f"frontends = {fe}: several frontends run without host_cpu (frontends on "
+                "hosts' CPUs are not modelled yet); drop [host_cpu] or use frontends = 1")
         object.__setattr__(self, "apps", tuple(self.apps))
         object.__setattr__(self, "models", tuple(self.models))
         object.__setattr__(self, "faults", tuple(self.faults))

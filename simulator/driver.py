@@ -79,7 +79,7 @@ from ._frontend import _LinkState
 from ._hostcpu import _HostCpuDriver
 from ._replicas import _Rep
 from ._trace import merge, model_outputs
-from .deployment import Deployment
+from .deployment import Deployment, FrontendCPU
 from .errors import SimConfigError
 from .faults import Straggler, parse_replica
 from .result import SimResult
@@ -321,6 +321,10 @@ class Simulation(_HostCpuDriver):
         peer.fe_index = k
         peer._timers = []
         peer.replica_wake_s = 0.0
+        peer._inbox = collections.deque()  # its own event loop (frontend_cpu)
+        peer._loop_free = 0.0
+        peer.loop_busy_s = peer.loop_wake_s = 0.0
+        peer.pauses = []
         return peer
 
     # ------------------------------------------------------------------ run
@@ -359,7 +363,8 @@ class Simulation(_HostCpuDriver):
         hc = self._cpus is not None
         fc = self._fcost if hc else self._fc
         if fc is not None and fc.pause_rate_hz + fc.pause_rate_busy_hz > 0 and self.n:
-            env.process(self._pause_proc(fc))
+            for fe in self._fes:  # each frontend's loop loses its CPU on its own
+                env.process(fe._pause_proc(fc))
         for fe in self._fes:
             fe._ensure_timer()
         if self._nfe > 1:
@@ -383,9 +388,12 @@ class Simulation(_HostCpuDriver):
 
     # ------------------------------------------------------------------ arrivals
     def _balanced_frontends(self) -> Any:
-        """Several frontends: feed arrivals and feedback in time order as ``_frontend``
-        does (all before the next SimPy event in a loop), each to the frontend the
-        balancer picks (``Deployment.balancer``), which handles it with its engine."""
+        """Several frontends: arrivals and feedback in time order, each given, when it
+        comes, to the frontend the balancer picks (``Deployment.balancer``).  Without
+        ``frontend_cpu`` that frontend's engine takes it at once (all before the next SimPy
+        event in a loop, as ``_frontend`` feeds one frontend); with it, each frontend's
+        event loop takes what it was given in order when it is free, its internal events
+        (batch results, timers) first, as one frontend's loop does."""
         env = self.env
         peek = env.peek
         fes = self._fes
@@ -398,45 +406,107 @@ class Simulation(_HostCpuDriver):
         fe_of = self._fe_of
         conns = self._conns
         least = self.deployment.balancer == "least_connections"
+        fc = self._fc
+        # per frontend, what it was given and its loop has not taken: (feedback?, index, at)
+        given: list[collections.deque[tuple[bool, int, float]]] = [
+            collections.deque() for _ in fes]
         turn = 0  # round robin: the next frontend; least connections: where ties start
         i = j = 0
         nxt_a = arrivals[0] if n else _INF
         nxt_f = fb_at[0] if m else _INF
         horizon = peek()
-        while i < n or j < m:
-            t = nxt_a if nxt_a <= nxt_f else nxt_f
+        while i < n or j < m or any(given):
+            if fc is not None and self._handle_inboxes(fc):
+                horizon = peek()
+                continue
+            came = nxt_a if nxt_a <= nxt_f else nxt_f  # the next to give out
+            k_take, t_take = -1, _INF  # the loop that takes a request first, and when
+            if fc is not None:
+                for k, g in enumerate(given):
+                    if g:
+                        tk = g[0][2]
+                        lf = fes[k]._loop_free
+                        if lf > tk:
+                            tk = lf
+                        if tk < t_take:
+                            k_take, t_take = k, tk
+            t = came if came <= t_take else t_take
             if t >= horizon:
+                if fc is not None and horizon < t:
+                    t = horizon  # wake for the event: it may be a result for a loop
                 yield env.timeout(t - env.now)
                 while peek() <= t:
                     yield env.timeout(0)
                 horizon = peek()
                 continue
-            k = turn
-            if least:
-                for d in range(1, nfe):
-                    c = (turn + d) % nfe
-                    if conns[c] < conns[k]:
-                        k = c
-            turn = (k + 1) % nfe
+            if came <= t_take:  # the balancer gives out the next request
+                k = turn
+                if least:
+                    for d in range(1, nfe):
+                        c = (turn + d) % nfe
+                        if conns[c] < conns[k]:
+                            k = c
+                turn = (k + 1) % nfe
+                if nxt_a <= nxt_f:
+                    item = (False, i, came)
+                    fe_of[i] = k
+                    conns[k] += 1
+                    i += 1
+                    nxt_a = arrivals[i] if i < n else _INF
+                else:
+                    item = (True, j, came)
+                    j += 1
+                    nxt_f = fb_at[j] if j < m else _INF
+                if fc is not None:
+                    given[k].append(item)
+                    continue
+            else:  # frontend k_take's loop takes what it was given first
+                k = k_take
+                item = given[k].popleft()
             fe = fes[k]
-            if nxt_a <= nxt_f:
-                fe_of[i] = k
-                conns[k] += 1
-                out = fe.engine.on_query(make_query(i), t)
-                i += 1
-                nxt_a = arrivals[i] if i < n else _INF
+            is_fb, idx, at = item
+            if fc is not None:
+                at = fe._loop_run(at, fc.query_s)
+            if is_fb:
+                out = fe.engine.on_feedback(self._feedback(idx), at)
             else:
-                out = fe.engine.on_feedback(self._feedback(j), t)
-                j += 1
-                nxt_f = fb_at[j] if j < m else _INF
-            if fe.handle(out, t):
+                out = fe.engine.on_query(make_query(idx), at)
+            if fe.handle(out, at):
                 horizon = peek()
             a = fe._ensure_timer()
-            if a < horizon:
+            if a < horizon and (fc is None or a > env.now):
                 horizon = a
+        if fc is None:
+            return
+        # inputs are done; the loops still handle batch results and timers until idle
+        while True:
+            if self._handle_inboxes(fc):
+                continue
+            nxt = peek()
+            if nxt == _INF:
+                return
+            yield env.timeout(nxt - env.now)
+            while peek() <= nxt:
+                yield env.timeout(0)
+
+    def _handle_inboxes(self, fc: FrontendCPU) -> bool:
+        """Several frontends' loops: the one whose oldest internal event came first (the
+        lowest frontend at a tie) handles it; False when every inbox is empty."""
+        first = None
+        for fe in self._fes:
+            if fe._inbox and (first is None or fe._inbox[0].at < first._inbox[0].at):
+                first = fe
+        if first is None:
+            return False
+        first._handle_inbox(fc)
+        return True
 
     def _fe_reply(self, reply: Reply, now: float) -> None:
-        """A reply of one of several frontends: recorded, and its connection closed."""
+        """A reply of one of several frontends: recorded (when its loop has written it,
+        with ``frontend_cpu``), and its connection closed."""
+        fc = self._fc
+        if fc is not None:
+            now = self._loop_free = self._loop_free + fc.reply_s
         self._r_at.append(now)
         self._r_reply.append(reply)
         self._conns[self.fe_index] -= 1
