@@ -37,7 +37,8 @@ def ensemble_plan(profiles: dict[str, str], **objective: Any) -> dict[str, Any]:
         "applications": [{"name": "e", "slo_ms": 50, "policy": "exp4",
                           "models": ["fast", "slow"]}],
         "models": [{"name": m, "profile": p} for m, p in profiles.items()],
-        "search": {"models": {m: {"replicas": [1, 6], "batching": [BATCH_OF_ONE]} for m in profiles}},
+        "search": {"models": {m: {"replicas": [1, 6], "batching": [BATCH_OF_ONE]}
+                              for m in profiles}},
         "workload": {"app": "e", "n_queries": 3000, "arrivals": {"kind": "poisson",
                                                                "qps": LAM}},
     }
@@ -74,3 +75,30 @@ def test_a_missing_share_limit_sizes_the_straggler(profiles: dict[str, str],
     two = Search(spec).evaluate(res.best.candidate.with_replicas({"fast": 1, "slow": 2}))
     assert two.meets is False and two.per_app().iloc[0]["missing_share"] > 0.2
     assert "missing" in two.reason
+
+
+def test_the_descent_removes_the_dearest_replicas_first() -> None:
+    """From 3 GPU (cost 4) + 3 CPU (cost 1) replicas, with "x + y >= 4" holding, the
+    descent takes GPU replicas away first, to x=1, y=3 (cost 7), where no single removal
+    holds; taking CPU replicas first would stop at x=3, y=1 (cost 13)."""
+    from types import SimpleNamespace
+
+    from clipperlab.experiments.plan_search import Evaluation
+    from clipperlab.experiments.plan_space import Candidate, Choice
+
+    costs = {"gpu": 4.0, "cpu": 1.0}
+    shape = Candidate((Choice("y", "cpu", "aimd", 1), Choice("x", "gpu", "aimd", 1)))
+    seen: list[dict[str, int]] = []
+
+    class Oracle(Search):
+        def evaluate(self, cand: Candidate) -> Evaluation:
+            r = cand.replicas()
+            seen.append(r)
+            ev = Evaluation(cand, sum(costs[c.hardware] * c.replicas for c in cand.choices))
+            ev.meets = r["x"] + r["y"] >= 4
+            return ev
+
+    s = Oracle.__new__(Oracle)
+    s.spec = SimpleNamespace(costs=costs)  # type: ignore[assignment]
+    s._descend(shape, {"y": 3, "x": 3}, {"y": 1, "x": 1})  # the cheap model listed first
+    assert seen == [{"x": 2, "y": 3}, {"x": 1, "y": 3}, {"x": 1, "y": 2}]
