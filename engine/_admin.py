@@ -31,6 +31,22 @@ class _Admin(_EngineFields):
         a = self._apps[app.name] = _App(app, self.metrics, self.max_user_states)
         a.fifo = self._fifos.setdefault(app.slo_s, deque())
 
+    def remove_application(self, name: str, *, now: float) -> None:
+        """Remove application ``name`` (Clipper's ``delete_application``): later queries and
+        feedback naming it get ``NotFound``, as for a name never added; its links and
+        selection state go; its models, their versions and replicas stay.
+
+        Nothing admitted is lost: each query or feedback item already queued or in flight
+        holds its application and is finished as before, by its models' answers or at its
+        deadline with the explained default (deadline, model error...); no reply is made
+        here.  Its metrics stay (counters only grow); a new application of the same name
+        starts with fresh selection state."""
+        a = self._app(name)
+        self.registry.remove_application(name)
+        del self._apps[name]
+        a.m_replies.value = float(a.m_latency.count + a.refused)
+        self._refresh_bounds()  # its SLO no longer bounds its former models' batches
+
     def update_application(self, name: str, *, now: float, **changes: Any) -> Application:
         """Change an application's settings (SLO, policy, threshold...) without a restart.
         Selection state is kept when the policy changes (weights carry over)."""

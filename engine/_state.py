@@ -4,9 +4,10 @@ Plain slotted classes, private to the engine (``core.py`` drives them).  A ``_Ta
 query or a feedback item waiting for model answers; a ``_Request`` is one prediction wanted
 from one model version, shared by coalesced waiters (a query for one model with an
 uncached input is its own request); a ``_Version`` holds a model version's queue, replicas
-and metrics; an ``_App`` an application's policy, per-context selection state and metrics.
-``_EngineFields`` names the engine's own fields, which the engine's parts (``_admin.py``,
-``_answers.py``, ``_batches.py``, ``core.py``) share.
+and metrics; an ``_App`` an application's policy, per-context selection state and metrics
+(a task holds its ``_App``, so an application removed while the task waits is still
+answered through it).  ``_EngineFields`` names the engine's own fields, which the
+engine's parts (``_admin.py``, ``_answers.py``, ``_batches.py``, ``core.py``) share.
 
 Per-user selection state is bounded: an application holds at most ``max_user_states``
 contexts besides its shared state (``context=None``), least recently used first out (an

@@ -280,6 +280,12 @@ class Registry:
         self.apps[name] = app
         return app
 
+    def remove_application(self, name: str) -> None:
+        """Forget application ``name`` and its links; its models stay (as in Clipper)."""
+        self.app(name)
+        del self.apps[name]
+        del self.links[name]
+
     def app(self, name: str) -> Application:
         try:
             return self.apps[name]
