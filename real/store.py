@@ -13,7 +13,8 @@ Rules:
   replicas wanted per model, and selection state per (application, context).
 - Writes happen on every administrative change, and write only what changed: one upsert
   per application, model version, link list, history or replica count touched, so the
-  400th ``add_app`` costs what the first did.
+  400th ``add_app`` costs what the first did.  Deleting an application (``delete_app``)
+  deletes its row, its links and its selection state in one transaction; models stay.
 - Selection state is saved periodically and on shutdown by the server: the engine hands
   over what changed since the last save (``Engine.take_selection_changes``: states
   observed, users evicted, or every held state of an application after a relink) and
@@ -97,6 +98,14 @@ class SQLiteStore(StoreBase):
         self.db.execute(
             "INSERT OR REPLACE INTO apps VALUES (?, ?)", (app.name, json.dumps(app.to_dict()))
         )
+
+    def delete_app(self, name: str) -> None:
+        """In one transaction."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute("DELETE FROM apps WHERE name = ?", (name,))
+            self.db.execute("DELETE FROM links WHERE app = ?", (name,))
+            self.db.execute("DELETE FROM selection WHERE app = ?", (name,))
 
     def put_model(self, spec: ModelSpec) -> None:
         (seq,) = self.db.execute("SELECT COUNT(*) FROM models").fetchone()

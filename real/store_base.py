@@ -64,6 +64,11 @@ class StoreBase(ABC):
     def put_app(self, app: Application) -> None: ...
 
     @abstractmethod
+    def delete_app(self, name: str) -> None:
+        """Delete application ``name``'s rows (the application, its links, its selection
+        state) at once; its models' rows stay.  Deleting a name not stored does nothing."""
+
+    @abstractmethod
     def put_model(self, spec: ModelSpec) -> None: ...
 
     @abstractmethod
@@ -107,7 +112,10 @@ class StoreBase(ABC):
 
     def load_into(self, engine: Engine, *, now: float) -> dict[str, int]:
         """Rebuild ``engine``'s applications, models, versions, links and selection state.
-        Returns the replicas wanted per model."""
+        Returns the replicas wanted per model.  Links and selection rows of an application
+        the engine does not hold (neither stored nor already added) are skipped: a save of
+        selection state that raced the application's deletion (another frontend's) must
+        not stop a restart."""
         for doc in self._app_docs():
             engine.add_application(Application.from_dict(json.loads(doc)), now=now)
         for doc in self._model_docs():
@@ -115,9 +123,13 @@ class StoreBase(ABC):
         for model, versions in self._histories():
             for v in json.loads(versions)[1:]:
                 engine.set_model_version(model, v, now=now)
+        apps = engine.registry.apps
         for app, models in self._links():
-            engine.link(app, json.loads(models), now=now)
+            if app in apps:
+                engine.link(app, json.loads(models), now=now)
         for app, ctx, state in self._selection_rows():
+            if app not in apps:
+                continue
             engine.load_selection_state(
                 app, context_from_json(ctx), PolicyState.from_dict(json.loads(state)), now=now
             )

@@ -76,6 +76,14 @@ class RedisStore(StoreBase):
     def put_app(self, app: Application) -> None:
         self.r.hset(PREFIX + "apps", app.name, json.dumps([self._seq(), app.to_dict()]))
 
+    def delete_app(self, name: str) -> None:
+        """In one ``MULTI``/``EXEC``."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hdel(PREFIX + "apps", name)
+        pipe.hdel(PREFIX + "links", name)
+        pipe.delete(_selection_key(name))
+        pipe.execute()
+
     def put_model(self, spec: ModelSpec) -> None:
         key = json.dumps([spec.name, spec.version])
         self.r.hset(PREFIX + "models", key, json.dumps([self._seq(), spec.to_dict()]))

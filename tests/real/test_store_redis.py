@@ -102,6 +102,39 @@ def test_a_replaced_document_is_the_new_one(new_store: StoreFactory) -> None:
     assert fresh.registry.links["a"] == []
 
 
+def test_a_deleted_application_does_not_come_back(new_store: StoreFactory) -> None:
+    """delete_app deletes the application, its links and its selection state; its model
+    and the other application stay, and a restart does not bring it back.  A selection
+    row written after the deletion (a save that raced it) is skipped on load."""
+    store = new_store()
+    store.put_app(Application(name="a", policy="exp3"))
+    store.put_app(Application(name="b"))
+    store.put_model(ModelSpec(name="m"))
+    store.put_history("m", ["1"])
+    store.put_links("a", ["m"])
+    store.put_links("b", ["m"])
+    eng = Engine()
+    store.load_into(eng, now=0.0)
+    eng.load_selection_state("a", "u", PolicyState(["m"], [3.0]), now=0.0)
+    eng.load_selection_state("b", "u", PolicyState(["m"], [2.0]), now=0.0)
+    assert store.save_selection(eng) == 2
+    eng.load_selection_state("a", "v", PolicyState(["m"], [4.0]), now=0.0)
+    late = eng.take_selection_changes()
+    store.delete_app("a")
+    store.delete_app("never-stored")
+    assert {app for app, _, _ in store._selection_rows()} == {"b"}
+    store.close()
+    fresh = Engine()
+    new_store().load_into(fresh, now=0.0)
+    assert list(fresh.registry.apps) == ["b"] and "a" not in fresh.registry.links
+    assert fresh.registry.links["b"] == ["m"] and list(fresh.registry.models) == ["m"]
+    new_store().write_selection(late)  # a's state written after its deletion
+    again = Engine()
+    new_store().load_into(again, now=0.0)
+    assert list(again.registry.apps) == ["b"]
+    assert again.selection_state("b", "u").weights == [2.0]
+
+
 def _learning(cap: int) -> FakeDriver:
     eng = Engine(max_user_states=cap)
     eng.add_application(Application(name="a", policy="exp3", slo_s=1.0), now=0.0)
