@@ -1,7 +1,8 @@
 """The admin API (port 1338): Clipper's management paths under ``/admin/`` plus ours.
 
 Clipper's (POST, JSON; the paths and fields of ``clipper_admin`` and Clipper's management
-frontend): ``add_app``, ``delete_app`` (501: not supported yet), ``add_model`` (with
+frontend): ``add_app``, ``delete_app`` ``{name}`` (the application, its links and
+selection state go, its models stay; its queries in flight are answered), ``add_model`` (with
 ``batch_size``: -1 adaptive, N a cap, policy ``fixed``, and the version not activated; a
 ``container_name`` that is not one of our kinds is a docker image, kept as metadata, never
 run here: no replicas),
@@ -15,7 +16,8 @@ it stays listed, as in Clipper), ``add_model_links``, ``delete_model_links``,
 connected: ``name:version:replica_id``, or rows), ``get_container``, ``get_state``,
 ``ping`` (GET too).  Success answers are JSON objects (Clipper answers text such as
 ``Success!``; ``clipper_admin`` reads only the status of a write).  Ours:
-``get_all_apps``/``get_app`` (404 when unknown), ``remove_model_links``, ``rollback``
+``get_all_apps``/``get_app`` (404 when unknown), ``remove_model_links``, ``remove_app``
+and ``delete_application`` (``delete_app``), ``rollback``
 ``{model_name, model_version?}``, ``set_replicas`` ``{model_name, replicas}``,
 ``set_policy`` ``{app_name, policy, policy_params?}`` (``policy``: a built-in name,
 ``package.module:Class``, ``/path/to/file.py:Class`` or an entry point of group
@@ -49,7 +51,7 @@ Rules, in the order they are applied:
   ``batching.policy``) is then a built-in name or an installed entry point: a
   ``module:Class`` or ``file.py:Class`` imports code, 403.
 - Errors are ``{"error": msg}`` with 400 (bad field), 403, 404 (unknown app/model/version),
-  405, 409 (already exists / nothing to roll back), 415, 501 (``delete_app``).
+  405, 409 (already exists / nothing to roll back), 415.
 """
 
 from __future__ import annotations
@@ -412,17 +414,20 @@ class AdminApi:
         return {"model_name": name, "model_version": version, "replicas_stopped": stopped}
 
     def op_delete_app(self, body: dict[str, Any]) -> Any:
-        """Clipper's ``delete_app``: not supported yet (501): the engine and the store
-        cannot remove an application; unlink its models to stop it answering."""
+        """Clipper's ``delete_app`` ``{name}``: the application goes (404 when unknown),
+        with its links and selection state, here, in the store and on the other frontends;
+        its models stay.  Its queries already admitted are still answered; later ones get
+        404 as for an unknown application."""
         name = str(_need(body, "name"))
-        self.server.engine.registry.app(name)
-        raise _Bad(
-            501,
-            f"delete_app {name!r}: removing an application is not supported yet; unlink its"
-            " models (delete_model_links) to make it answer its default output",
-        )
+        self.server.remove_app(name)
+        return {"name": name, "deleted": True}
 
     def op_delete_application(self, body: dict[str, Any]) -> Any:
+        """The same as ``delete_app``."""
+        return self.op_delete_app(body)
+
+    def op_remove_app(self, body: dict[str, Any]) -> Any:
+        """Ours (as ``remove_model_links`` beside ``delete_model_links``): ``delete_app``."""
         return self.op_delete_app(body)
 
     # -- ours

@@ -238,6 +238,11 @@ class AdminClient(_Http):
         path = self.upload(name, str(version), pickle.dumps(fn), "pkl")
         return self.add_model(name, str(version), kind="python", path=path, app=app, **kw)
 
+    def delete_app(self, name: str) -> None:
+        """Delete application ``name`` (Clipper's ``delete_app``): its links and selection
+        state go, its models stay; its queries in flight are still answered."""
+        self.post("/admin/delete_app", {"name": name})
+
     def link(self, app: str, models: list[str]) -> Any:
         return self.post("/admin/add_model_links", {"app_name": app, "model_names": models})
 

@@ -9,7 +9,7 @@ schemathesis can fuzz a live server with them.
 
 Rules: every status a route answers is documented with its media type (errors are
 ``{"error": msg}``, Clipper's query routes add ``cause``); 501 (a Triton call with nothing
-to act on, ``delete_app``) and 503 (readiness, overload) are the only 5xx documented.
+to act on) and 503 (readiness, overload) are the only 5xx documented.
 """
 
 from __future__ import annotations
@@ -208,6 +208,9 @@ def _ok(schema: dict[str, Any], what: str = "OK") -> dict[str, Any]:
     return {"description": what, **_json(schema)}
 
 
+_DELETED = _obj({"name": _S, "deleted": _B}, ("name", "deleted"))
+
+
 # op -> (summary, request body, 200 answer or None for any JSON, more error statuses)
 _ADMIN_OPS: dict[str, tuple[str, dict[str, Any], dict[str, Any] | None, tuple[int, ...]]] = {
     "ping": ("Health", _obj({}), _ok(_S), ()),
@@ -215,10 +218,13 @@ _ADMIN_OPS: dict[str, tuple[str, dict[str, Any], dict[str, Any] | None, tuple[in
                 _obj({"name": _NAME, "input_type": _S, "default_output": _ANY,
                       "latency_slo_micros": _I, "slo_ms": {"type": "number"}, "policy": _S,
                       "candidate_model_names": _LIST}, ("name",)), None, (403, 409)),
-    "delete_app": ("Clipper's delete_app: not supported yet", _obj({"name": _NAME}, ("name",)),
-                   None, (501,)),
-    "delete_application": ("The same as delete_app", _obj({"name": _NAME}, ("name",)), None,
-                           (501,)),
+    "delete_app": ("Delete an application with its links and selection state (its models"
+                   " stay; its queries in flight are answered)",
+                   _obj({"name": _NAME}, ("name",)), _ok(_DELETED), ()),
+    "delete_application": ("The same as delete_app", _obj({"name": _NAME}, ("name",)),
+                           _ok(_DELETED), ()),
+    "remove_app": ("The same as delete_app", _obj({"name": _NAME}, ("name",)), _ok(_DELETED),
+                   ()),
     "add_model": ("Register a model version (Clipper's fields with batch_size, or ours)",
                   _obj({"model_name": _NAME, "model_version": _S, "labels": _LIST,
                         "input_type": _S, "container_name": _S, "model_data_path": _S,

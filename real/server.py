@@ -380,6 +380,8 @@ class Server:
                 self.set_replicas(a["name"], a["count"])
             elif op == "update_app":
                 self.update_app(a["name"], a["changes"])
+            elif op == "remove_app":
+                self.remove_app(a["name"])
             elif op == "selection":
                 if self.merger is not None:
                     merger, deltas = self.merger, a["deltas"]
@@ -461,6 +463,14 @@ class Server:
         self._changed("update_app", {"name": name, "changes": asked},
                       lambda: self.store.put_app(app))
         return app
+
+    def remove_app(self, name: str) -> None:
+        """Remove an application (its queries already admitted are still answered; see
+        ``Engine.remove_application``).  The store's rows are deleted by the saver thread,
+        after any save in flight, so that save cannot write the state back."""
+        self.driver.admin(lambda now: self.engine.remove_application(name, now=now))
+        self._changed("remove_app", {"name": name},
+                      lambda: self._saver.submit(self.store.delete_app, name).result())
 
     def inspect(self) -> dict[str, Any]:
         eng = self.engine

@@ -5,11 +5,11 @@ says that it changed.  A frontend that changes something through its admin API (
 ``deploy.toml``) writes the store first, then publishes one notice on the channel
 ``clipperlab:changes``: ``{"from": frontend id, "op": name, "args": {...}}``, where ``op``
 names the server method that made the change (``add_app``, ``add_model``, ``link``,
-``unlink``, ``set_version``, ``rollback``, ``set_replicas``, ``update_app``) or is
-``selection`` (deltas of the selection state, ``real/merge.py``).  Every frontend
-subscribes in a thread of its own (``clipperlab-sync``), skips its own notices and hands
-the others to its event loop (``deliver``), where the server applies each through the
-method that made it, without writing it again or publishing it again.
+``unlink``, ``set_version``, ``rollback``, ``set_replicas``, ``update_app``,
+``remove_app``) or is ``selection`` (deltas of the selection state, ``real/merge.py``).
+Every frontend subscribes in a thread of its own (``clipperlab-sync``), skips its own
+notices and hands the others to its event loop (``deliver``), where the server applies each
+through the method that made it, without writing it again or publishing it again.
 
 Rules:
 - Notices are fire-and-forget (Redis pub/sub keeps nothing): a frontend cut off from Redis

@@ -218,14 +218,23 @@ def test_containers_and_delete(server: Any) -> None:
         c.unregister_versioned_model("m", "5")
 
 
-@pytest.mark.xfail(strict=True, reason="the engine and the store cannot remove an"
-                   " application yet: delete_app answers 501")
 def test_unregister_application(server: Any) -> None:
-    """unregister_application removes the application."""
+    """unregister_application removes the application: it is no longer listed, queries
+    naming it get 404, its model stays, and the name can be registered again."""
     c = _admin(server)
     c.register_application("gone", "doubles", "0", 100000)
+    c.register_model("gm", "1", "doubles")
+    c.link_model_to_app("gone", "gm")
     c.unregister_application("gone")
-    assert c.get_app_info("gone") is None
+    assert c.get_app_info("gone") is None and "gone" not in c.get_all_apps()
+    assert c.get_model_info("gm", "1") is not None
+    url = f"http://127.0.0.1:{server.ports['query']}/gone/predict"
+    r = requests.post(url, headers=HEADERS, data=json.dumps({"input": [1.0]}), timeout=10)
+    assert r.status_code == 404
+    with pytest.raises(ClipperException, match="404"):
+        c.unregister_application("gone")
+    c.register_application("gone", "doubles", "1", 100000)
+    assert c.get_linked_models("gone") == []
 
 
 def test_query_frontend_shapes(server: Any) -> None:

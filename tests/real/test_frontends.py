@@ -82,9 +82,9 @@ def query(st: ServerThread) -> QueryClient:
 def test_a_change_through_one_frontend_reaches_the_other(
     redis_srv: RedisServer, tmp_path: Path
 ) -> None:
-    """Applications, models, versions, links, replicas and updates made through A's admin
-    API appear in B's engine, without B writing them again; a third frontend started later
-    loads them from the store."""
+    """Applications, models, versions, links, replicas, updates and deletions made through
+    A's admin API appear in B's engine, without B writing them again; a third frontend
+    started later loads them from the store."""
     a, b = frontend(redis_srv, tmp_path), frontend(redis_srv, tmp_path)
     try:
         ca = admin(a)
@@ -109,6 +109,11 @@ def test_a_change_through_one_frontend_reaches_the_other(
         assert b.server.replicas_wanted == {"m": 0, "n": 3}
         assert a.server.sync is not None and b.server.sync is not None
         assert b.server.sync.received >= 9 and a.server.sync.received == 0
+        ca.add_app("tmp", models=["m"])
+        eventually(lambda: "tmp" in reg.apps, "B has A's new application")
+        ca.delete_app("tmp")
+        eventually(lambda: "tmp" not in reg.apps, "B deletes what A deleted")
+        assert "tmp" not in reg.links and reg.apps_of_model("m") == ["app"]
         c = frontend(redis_srv, tmp_path)
         try:
             assert c.server.engine.registry.to_dict() == a.server.engine.registry.to_dict()
