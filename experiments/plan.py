@@ -303,6 +303,9 @@ def markdown(outcome: PlanOutcome) -> str:
               f"(the workloads x {spec.peak_factor:g}).",
               f"- Margin: {spec.margin_s * 1e3:.2f} ms off each objective's latency "
               f"({spec.margin_source}).",
+              *([f"- Missing answers margin: the search plans for each ensemble's "
+                 f"max_missing_share less {spec.missing_margin:.1%}."]
+                if spec.missing_margin else []),
               f"- Costs per replica: {', '.join(f'{k} {v:g}' for k, v in spec.costs.items())}.",
               f"- Search: {len(res.evaluations)} candidates simulated ({res.runs} runs of "
               f"up to {spec.seeds} seeds each), {len(res.pruned)} pruned by bounds, in "

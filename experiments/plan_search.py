@@ -14,8 +14,8 @@ Theory of operation:
   every application, the 95% Student-t interval of the per-seed shares lies above the
   target, *clearly out* when one application's lies below it (or when every seed so far
   misses the target by more than ``early_gap``); an application with a
-  ``max_missing_share`` is in only when every seed keeps to it and out when every seed
-  exceeds it; otherwise it gets more seeds, up to
+  ``max_missing_share`` is in only when every seed keeps to it (less ``missing_margin``)
+  and out when every seed exceeds it; otherwise it gets more seeds, up to
   ``PlanSpec.seeds``, after which the pooled share decides and the candidate is marked
   borderline.
 - Within a shape (a hardware kind and a batching option per model) attainment is taken
@@ -190,7 +190,7 @@ def decide(ev: Evaluation, spec: PlanSpec, final: bool) -> None:
     more seeds will come."""
     per = ev.per_app()
     targets = {o.app: o.attainment for o in spec.objectives}
-    limits = {o.app: o.max_missing_share for o in spec.objectives}
+    limits = {o.app: spec.missing_limit(o) for o in spec.objectives}
     ins, outs = [], []
     t = ev.table
     for r in per.itertuples():
@@ -217,7 +217,7 @@ def explain(ev: Evaluation, spec: PlanSpec) -> str:
     likeliest cause."""
     per = ev.per_app()
     targets = {o.app: o.attainment for o in spec.objectives}
-    limits = {o.app: o.max_missing_share for o in spec.objectives}
+    limits = {o.app: spec.missing_limit(o) for o in spec.objectives}
     parts = []
     util = ev.utilisation()
     for r in per.itertuples():
@@ -227,7 +227,9 @@ def explain(ev: Evaluation, spec: PlanSpec) -> str:
         lim = limits[str(r.app)]
         if lim < 1.0:
             text += (f"; {np.nan_to_num(r.missing_share):.1%} of the members' answers "
-                     f"missing (at most {lim:.1%})")
+                     f"missing (at most {lim:.1%}"
+                     + (f" with the {spec.missing_margin:.1%} margin" if spec.missing_margin
+                        else "") + ")")
         parts.append(text)
     if ev.meets is not None and not ev.clear:
         parts.append("borderline: the seeds' interval straddles the target")
@@ -393,7 +395,7 @@ class Search:
         for r in ev.per_app().itertuples():
             o = objs[str(r.app)]
             if (r.attainment < o.attainment
-                    or np.nan_to_num(r.missing_share) > o.max_missing_share):
+                    or np.nan_to_num(r.missing_share) > self.spec.missing_limit(o)):
                 out.update(links.get(str(r.app), []))
         return out
 
@@ -424,7 +426,8 @@ def _jsonable(spec: PlanSpec) -> dict[str, Any]:
     """The plan's document as the workers rebuild it (the original tables)."""
     doc = dict(spec.doc)
     doc["workloads"] = [dict(w) for w in spec.workloads]  # already at the planned rate
-    doc["plan"] = {"seeds": spec.seeds, "peak_factor": 1.0, "early_gap": spec.early_gap}
+    doc["plan"] = {"seeds": spec.seeds, "peak_factor": 1.0, "early_gap": spec.early_gap,
+                   "missing_margin": spec.missing_margin}
     doc["objective"] = {"attainment": 0.5, "apps": {
         o.app: {"attainment": o.attainment, "within_ms": o.within_s * 1e3,
                 "max_missing_share": o.max_missing_share}

@@ -11,6 +11,7 @@ tables::
     peak_factor = 2.0      # plan for the workloads' rates x this (default 1)
     margin_ms = "fidelity" # or milliseconds (default "fidelity", see below)
     early_gap = 0.05       # one seed this far below the target: clearly out (default)
+    missing_margin = 0.0   # plan for max_missing_share less this (default 0)
 
     [objective]            # required: the share answered in time (not a default)
     attainment = 0.99      # required, no default; or p99_ms = 50 (= attainment 0.99
@@ -47,7 +48,9 @@ Rules:
   count as late and the plan would size every member for its own tail.  What a reply
   without a member costs (accuracy) is bounded, if the plan wants, by
   ``max_missing_share``: the share of the members' answers that may be missing
-  (``n_missing / n_selected`` over the application's queries; default 1, no limit).
+  (``n_missing / n_selected`` over the application's queries; default 1, no limit).  The
+  search plans for ``max_missing_share - missing_margin`` (``[plan]``, default 0): the
+  margin for how many more answers the real server misses than the simulator.
 - The margin (milliseconds, ``margin_ms``) is what the simulator has been measured to
   miss: by default (``"fidelity"``) the median, over the rows of
   ``results/validation/fidelity_goals.csv`` at the lowest load level measured (30% of
@@ -206,6 +209,7 @@ class PlanSpec:
     early_gap: float = 0.05
     margin_s: float = 0.0
     margin_source: str = ""
+    missing_margin: float = 0.0
     ensembles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # app -> models
     slos: Mapping[str, float] = field(default_factory=dict)  # app -> its own deadline (s)
 
@@ -287,6 +291,12 @@ class PlanSpec:
     def within_eff_s(self, obj: Objective) -> float:
         return obj.within_s - self.margin_s
 
+    def missing_limit(self, obj: Objective) -> float:
+        """The missing share the search plans for: the objective's less the margin."""
+        if obj.max_missing_share >= 1.0:
+            return 1.0
+        return max(0.0, obj.max_missing_share - self.missing_margin)
+
     def lower_bounds(self, shape: Candidate) -> tuple[dict[str, int], dict[str, str]]:
         """Each model's fewest replicas by the throughput bound, and why (module rules)."""
         loads = self.model_loads()
@@ -322,7 +332,7 @@ class PlanSpec:
             for m in models:
                 load, share, within = out.get(m, (0.0, 0.0, math.inf))
                 need = (o.attainment if len(models) == 1
-                        else max(0.0, 1.0 - len(models) * o.max_missing_share))
+                        else max(0.0, 1.0 - len(models) * self.missing_limit(o)))
                 out[m] = (load + qps.get(app, 0.0), max(share, need),
                           min(within, self.within_eff_s(o)))
         return out
@@ -441,12 +451,15 @@ def plan_from_dict(data: Mapping[str, Any], file: str = "<plan>", base_dir: Path
                    fidelity: Path = FIDELITY_GOALS) -> PlanSpec:
     base = base_dir or Path.cwd()
     plan = _tbl(data.get("plan", {}), f"{file}: plan")
-    _only(plan, ("seeds", "peak_factor", "margin_ms", "early_gap"), f"{file}: plan")
+    _only(plan, ("seeds", "peak_factor", "margin_ms", "early_gap", "missing_margin"),
+          f"{file}: plan")
     seeds = plan.get("seeds", 5)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= 100:
         raise PlanError(f"{file}: plan.seeds: expected an integer in [1, 100], got {seeds!r}")
     peak = _num(plan.get("peak_factor", 1.0), f"{file}: plan.peak_factor")
     gap = _num(plan.get("early_gap", 0.05), f"{file}: plan.early_gap", 0.0, 1.0)
+    missing_margin = _num(plan.get("missing_margin", 0.0), f"{file}: plan.missing_margin",
+                          0.0, 1.0, lo_open=False)
     doc = {k: v for k, v in data.items() if k not in _PLAN_TABLES}
     # workloads
     if "workload" in data and "workloads" in data:
@@ -514,7 +527,8 @@ def plan_from_dict(data: Mapping[str, Any], file: str = "<plan>", base_dir: Path
     spec = PlanSpec(path=file, base_dir=base, doc=doc, workloads=wls,
                     objectives=objectives, costs=costs, spaces=spaces, seeds=seeds,
                     peak_factor=peak, early_gap=gap, margin_s=margin_ms / 1e3,
-                    margin_source=source, ensembles=ensembles,
+                    margin_source=source, missing_margin=missing_margin,
+                    ensembles=ensembles,
                     slos={n: a.app.slo_s for n, a in apps.items()})
     for o in objectives:
         if spec.within_eff_s(o) <= 0:

@@ -75,6 +75,11 @@ def test_a_missing_share_limit_sizes_the_straggler(profiles: dict[str, str],
     two = Search(spec).evaluate(res.best.candidate.with_replicas({"fast": 1, "slow": 2}))
     assert two.meets is False and two.per_app().iloc[0]["missing_share"] > 0.2
     assert "missing" in two.reason
+    # a margin of 10 points plans for 10%: 1 - 2 x 0.1 = 80% of 400 q/s, 4 replicas
+    doc = ensemble_plan(profiles, max_missing_share=0.2)
+    doc["plan"]["missing_margin"] = 0.1
+    spec = plan_from_dict(doc, "t", tmp_path)
+    assert spec.lower_bounds(spec.shapes()[0])[0] == {"fast": 1, "slow": 4}
 
 
 def test_the_descent_removes_the_dearest_replicas_first() -> None:
