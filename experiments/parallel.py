@@ -1,8 +1,9 @@
 """Running an experiment's independent simulations on several processes.
 
 Rules: ``pmap(fn, items, jobs)`` returns ``[fn(x) for x in items]`` in order.  ``jobs`` 1
-runs in this process; more uses a pool of forked processes (spawned where there is no
-fork; ``fn`` must be a module-level function, items picklable); 0 means one per CPU.
+runs in this process; more uses a pool of forked processes (from a fork server when this
+process runs other threads, spawned where there is no fork; ``fn`` must be a module-level
+function, items picklable); 0 means one per CPU.
 Every simulation is seeded by its item, so the results do not depend on ``jobs``.
 Sweeps set ``jobs`` to 1 inside each job: the sweep is already parallel.  With progress
 bars on (``progress.bars``), a bar counts finished items.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import TypeVar
@@ -24,9 +26,24 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+def _threads() -> int:
+    """Threads of this process, native ones too (Ray's and gRPC's are not Python's)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
 def _start_method() -> str:
-    """``fork`` where there is one (fast, and works from any ``__main__``), else spawn."""
-    return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    """``fork`` where there is one and this process runs one thread (fast, and works from
+    any ``__main__``).  With other threads running (a Ray driver, a gRPC server), a forked
+    copy can die in their fork handlers or on a lock held at the fork (the suite saw
+    ``BrokenProcessPool``): then ``forkserver`` (children forked from a clean,
+    single-threaded server; ``fn`` must be importable), else ``spawn``."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and _threads() <= 1:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
 
 
 def cpu_count() -> int:
