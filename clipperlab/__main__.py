@@ -6,4 +6,5 @@ import sys
 
 from clipperlab.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a fork server or spawn imports it as __mp_main__
+    sys.exit(main())
