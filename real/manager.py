@@ -75,10 +75,17 @@ class Launcher(ABC, Generic[K]):
     drops it from ``procs``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rpc_host: str = "127.0.0.1", rpc_port: int = 0, *, secret: str = "",
+                 tls_ca: str = "", tls_server_name: str = "") -> None:
         self.procs: dict[ReplicaId, K] = {}
         self.restarts_total = 0
         self._retiring: dict[str, list[ReplicaId]] = {}
+        # Where containers dial: a wildcard listen address is dialled on loopback.
+        self.rpc_host = "127.0.0.1" if rpc_host in ("0.0.0.0", "", "::") else rpc_host
+        self.rpc_port = rpc_port
+        self.secret = secret
+        self.tls_ca = tls_ca
+        self.tls_server_name = tls_server_name
 
     @abstractmethod
     def _start(self, spec: ModelSpec, ordinal: int) -> K:
@@ -144,12 +151,8 @@ class ContainerManager(Launcher[Managed]):
         log_dir: str | None = None,
         python: str = sys.executable,
     ) -> None:
-        super().__init__()
-        self.rpc_host = "127.0.0.1" if rpc_host in ("0.0.0.0", "", "::") else rpc_host
-        self.rpc_port = rpc_port
-        self.secret = secret
-        self.tls_ca = tls_ca
-        self.tls_server_name = tls_server_name
+        super().__init__(rpc_host, rpc_port, secret=secret, tls_ca=tls_ca,
+                         tls_server_name=tls_server_name)
         self.log_dir = log_dir
         self.python = python
 

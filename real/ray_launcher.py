@@ -126,12 +126,8 @@ class RayLauncher(Launcher[RayReplica]):
     ) -> None:
         import ray
 
-        super().__init__()
-        self.rpc_host = "127.0.0.1" if rpc_host in ("0.0.0.0", "", "::") else rpc_host
-        self.rpc_port = rpc_port
-        self.secret = secret
-        self.tls_ca = tls_ca
-        self.tls_server_name = tls_server_name
+        super().__init__(rpc_host, rpc_port, secret=secret, tls_ca=tls_ca,
+                         tls_server_name=tls_server_name)
         self.store = store
         self.scope = store if store else f"{self.rpc_host}:{rpc_port}"
         if not ray.is_initialized():
