@@ -54,6 +54,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -383,8 +384,12 @@ def start_peer(t: Target, tmp: Path, a: argparse.Namespace,
                 "--port", str(port)]
     elif t.key == "ray":
         (d / "app.py").write_text(RAY_APP)
+        # Ray's own files, its sockets too: a short path (107 bytes at most), removed with
+        # the tree (stop_tree), as the agents write their logs until they are gone
+        ray_tmp = tempfile.mkdtemp(prefix="ray-")
+        (d / "scratch").write_text(ray_tmp)
         argv = [py, str(d / "app.py"), str(port), str(a.max_batch), str(a.batch_wait_ms / 1e3),
-                str(d / "ray")]  # Ray's own files, sockets too: a short path
+                ray_tmp]
     else:
         raise ValueError(f"start_peer: {t.key!r} is not a peer (one of mlserver, bentoml, ray)")
     log = open(d / "server.log", "wb")  # noqa: SIM115 - the child keeps it open
@@ -468,6 +473,8 @@ def measure_target(t: Target, tmp: Path, a: argparse.Namespace, venvs: Path = VE
             print("".join(log.read_text(errors="replace").splitlines(True)[-15:]), flush=True)
     finally:
         stop_tree(proc)
+        if (tmp / t.key / "scratch").exists():
+            shutil.rmtree((tmp / t.key / "scratch").read_text(), ignore_errors=True)
     return res
 
 
