@@ -56,6 +56,7 @@ from ._types import (
     Feedback,
     Instruction,
     Query,
+    ReleaseReason,
     ReplicaId,
 )
 from .batching import make_controller
@@ -67,6 +68,8 @@ from .registry import Registry
 __all__ = ["Engine", "SelectionChanges"]
 
 _INF = float("inf")
+_CAP_REACHED = ReleaseReason.CAP_REACHED
+_REPLICA_IDLE = ReleaseReason.REPLICA_IDLE
 # Admission control admits a query when its predicted wait and batch latency, times this,
 # fit before its deadline.  The engine's latency line is a mean over batch latencies, which
 # leave out the frontend's own path (HTTP in, reply out) and the spread around the line:
@@ -217,10 +220,27 @@ class Engine(_Admin, _Batches):
             task.input = input_
             task.version = ver
             task.seq = seq
-            heapq.heappush(ver.queue, (deadline, seq, task))
             ver.newest_arrival_at = now
-            if ver.idle:
-                self._kick(ver, now, out)
+            idle = ver.idle
+            if idle and not ver.queue and deadline > now and idle[0].plain:
+                # A replica idle and nobody queued: unless it would wait, the batch is this
+                # query alone, as _kick decides (BatchController.decide with a queue of
+                # one), without the trip through the queue (the small-batch case, issue 14;
+                # with on_batch_done's one-task path: 9.3 -> 7.9 us per query, measured)
+                rep = idle[0]
+                ctrl = rep.ctrl
+                cap = ctrl.cap
+                if cap <= 1 or not ctrl.wait_timeout_s > 0.0:
+                    idle.popleft()
+                    reason = _CAP_REACHED if cap <= 1 else _REPLICA_IDLE
+                    self._send(ver, rep, [task], now, reason, 0, now, out)
+                else:
+                    heapq.heappush(ver.queue, (deadline, seq, task))
+                    self._kick(ver, now, out)
+            else:
+                heapq.heappush(ver.queue, (deadline, seq, task))
+                if idle:
+                    self._kick(ver, now, out)
         elif not selected:
             self._finish(task, now, out)
             return out

@@ -4,13 +4,14 @@ On ``SendBatch`` the batch's whole timeline is computed at once: the inputs cros
 host's link (FIFO, ``batch x input_bytes x 8 / bandwidth_bps`` plus the link latency; the
 frontend's NIC is shared when configured), the container computes for a draw from the
 latency profile at the padded size (a container that slept pays a wake-up; stragglers slow
-it down), and the outputs come back after the link latency.  One SimPy timeout at that
-time reports the batch done (no process per replica: a process cost a wake-up event and
-two generator resumes per batch).  The engine sends a replica one batch at a time.  A
-crash ends the replica's incarnation (``gen``): its batch in flight is lost (recorded
-``"lost"``) and its timeout, when it fires, finds a newer incarnation and does nothing.
-The host CPU model (``_hostcpu.py``) keeps one process per incarnation instead: its
-batches wait for a CPU between the link and the way back.
+it down), and the outputs come back after the link latency. One SimPy timeout at that time
+(an entry on the driver's own heap when it runs without SimPy) reports the batch done (no
+process per replica: a process cost a wake-up event and two generator resumes per batch).
+The engine sends a replica one batch at a time. A crash ends the replica's incarnation
+(``gen``): its batch in flight is lost (recorded ``"lost"``) and its timeout, when it
+fires, finds a newer incarnation and does nothing. The host CPU model (``_hostcpu.py``)
+keeps one process per incarnation instead: its batches wait for a CPU between the link and
+the way back.
 
 Several frontends (``Deployment.frontends``): each frontend's engine sends a replica one
 batch at a time, so a container may hold one batch per frontend.  It computes them one at
@@ -21,6 +22,8 @@ learns of a crash and of a restart; a crash loses every batch the container hold
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 from typing import Any
 
@@ -70,6 +73,10 @@ class _Rep:
 
 class _Replicas(_Frontend):
     """Replica processes, batch timelines and crash faults (a part of ``Simulation``)."""
+
+    # the driver's own heap of events, when it runs without SimPy's (driver.py)
+    _events: list[tuple[float, int, _Rep | None, Any]] | None
+    _eids: itertools.count[int]
 
     def _start_replica(self, rep: _Rep, now: float) -> None:
         now = self._loop_at(now)
@@ -190,6 +197,11 @@ class _Replicas(_Frontend):
             return
         # scheduled from env.now as the replica's process did, so the same float time
         env = self.env
+        events = self._events
+        if events is not None:  # the driver's own heap (driver.py: _run_events)
+            t = env._now
+            heapq.heappush(events, (t + (done_at - t), next(self._eids), rep, sb))
+            return
         env.timeout(done_at - env.now, (rep, rep.gen, sb)).callbacks.append(self._back)
 
     def _done(self, rep: _Rep, sb: SendBatch, now: float) -> None:
