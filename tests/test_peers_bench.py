@@ -142,7 +142,7 @@ def test_the_tree_holds_grandchildren_and_stop_tree_ends_them() -> None:
             "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)']); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     try:
-        for _ in range(200):
+        for _ in range(600):  # until the grandchild has started (30 s at most)
             if len(pb.tree(proc.pid)) == 2:
                 break
             time.sleep(0.05)
