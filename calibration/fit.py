@@ -6,7 +6,9 @@ server's query and batch counts and CPU time, and each query's latency from its 
   run weighted alike; with one batch size it is all per query.
 - ``fit_frontend``: the event loop's costs per query, per batch and per wake-up
   (``wake_s x (1 - exp(-idle / cold_after_s))``), the cooling time from a grid
-  (``COLD_AFTER_GRID_S``), the wake-ups counted by replaying each run in the twin.
+  (``COLD_AFTER_GRID_S``), the wake-ups counted by replaying each run in the twin; each
+  run's error weighted by the loop's busy share in it (the runs near capacity decide the
+  cost per query, which sets the capacity).
 - ``fit_pauses``: pauses from late queries at low load (``pause_runs``: 400 q/s to 30% of
   capacity), a late query being later than the median by ``late_margin``;
   ``tune_pause_rate`` sets their rate (a base plus a share of the loop's busy time) so
@@ -331,7 +333,13 @@ def fit_frontend(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deploymen
     and the capacity ramp's runs that met the SLO).  Per run ``k``, CPU per query =
     ``a + b x batches/queries + wake_s x u_k``, where ``u_k`` is the run's wake-ups per
     query (``1 - exp(-idle / cold_after_s)`` summed over the loop's events), counted by
-    replaying the run in the twin with a negligible ``wake_s``:
+    replaying the run in the twin with a negligible ``wake_s``.  Each run's relative
+    error is weighted by the loop's busy share in it (its CPU seconds per second over the
+    busiest run's): the ramp's steps are spaced x1.4, so most are at a few percent of
+    capacity, and unweighted they fitted the wake-up and let the cost per query come out
+    low where it matters, near capacity (no-op, AIMD: 29 us/query fitted, 47-53 us/query
+    measured in the server at 15,000-25,000 q/s and batch sizes 6-50, so the twin's loop
+    saturated at 32,000 q/s and the server's at 20,000):
 
     1. a first ``a``, ``b`` (``fit_cpu``) from the runs at a quarter of the fastest run's
        rate or more, where the loop rarely sleeps, to give the twin its dynamics;
@@ -341,14 +349,16 @@ def fit_frontend(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deploymen
     return fit_frontend_rows(runs, twin, calib, seed)[0]
 
 
-FrontendRow = tuple[float, float, float]  # (CPU s per query, batches per query, u_k)
+# (CPU s per query, batches per query, u_k, the run's weight: its loop busy share)
+FrontendRow = tuple[float, float, float, float]
 
 
 def fit_frontend_rows(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deployment],
-                      calib: Calibration, seed: int = 0
+                      calib: Calibration, seed: int = 0, weighted: bool = True
                       ) -> tuple[Calibration, list[FrontendRow]]:
     """``fit_frontend`` and the equations of its winning grid point, one per run (empty
-    when the runs say nothing), for ``frontend_intervals``."""
+    when the runs say nothing), for ``frontend_intervals``; ``weighted=False``: every
+    run's relative error counts alike (the fit before the busy-share weights)."""
     # CPU time is read in clock ticks (10 ms): a short run can read 0, which says nothing
     # about its cost per query and would divide by zero in the relative errors below.
     runs = [r for r in runs if r.queries > 0 and math.isfinite(r.cpu_s) and r.cpu_s > 0]
@@ -363,6 +373,12 @@ def fit_frontend_rows(runs: Sequence[CpuRun], twin: Callable[[Calibration], Depl
     calib = dataclasses.replace(calib, query_cpu_s=a, batch_cpu_s=b, wake_s=0.0)
     y = [r.cpu_s / r.queries for r in runs]
     inv = [r.batches / r.queries for r in runs]
+    # each run weighted by the loop's busy share in it (CPU s per s): the fit's error is
+    # then the error in the loop's utilisation, what sets its queueing and its capacity
+    busy = [yk * (r.rate if math.isfinite(r.rate) else 0.0) for yk, r in zip(y, runs,
+                                                                           strict=True)]
+    top_busy = max(busy) if busy and max(busy) > 0 else 1.0
+    weight = [b / top_busy if weighted else 1.0 for b in busy]
     tiny = 1e-12
     best: tuple[float, tuple[float, float, float], float, list[FrontendRow]] | None = None
     for tau in COLD_AFTER_GRID_S:
@@ -372,7 +388,7 @@ def fit_frontend_rows(runs: Sequence[CpuRun], twin: Callable[[Calibration], Depl
             sim = Simulation(dep, r.trace, seed=seed)
             sim.run()
             u.append(sim.loop_wake_s / tiny / max(len(r.trace), 1))
-        rows = list(zip(y, inv, u, strict=True))
+        rows = list(zip(y, inv, u, weight, strict=True))
         coef, err = _solve_frontend(rows)
         if best is None or err < best[0]:
             best = (err, coef, tau, rows)
@@ -387,14 +403,15 @@ def fit_frontend_rows(runs: Sequence[CpuRun], twin: Callable[[Calibration], Depl
 
 def _solve_frontend(rows: Sequence[FrontendRow]) -> tuple[tuple[float, float, float], float]:
     """``(a, b, wake_s)`` by non-negative least squares on the relative errors of the CPU
-    per query, and the squared residual."""
+    per query, each times its run's weight, and the squared residual."""
     from scipy.optimize import nnls
 
     m = np.asarray(rows, dtype=np.float64)
-    y = m[:, 0]
-    A = np.column_stack([np.ones(len(m)), m[:, 1], m[:, 2]]) / y[:, None]  # relative errors
-    coef, _ = nnls(A, np.ones(len(m)))
-    err = float(((A @ coef - 1.0) ** 2).sum())
+    y, w = m[:, 0], m[:, 3]
+    # relative errors, weighted
+    A = np.column_stack([np.ones(len(m)), m[:, 1], m[:, 2]]) / y[:, None] * w[:, None]
+    coef, _ = nnls(A, w)
+    err = float(((A @ coef - w) ** 2).sum())
     return (float(coef[0]), float(coef[1]), float(coef[2])), err
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clipperlab.calibration.fit import Calibration
+from clipperlab.calibration.fit import Calibration, CpuRun
 from clipperlab.calibration.intervals import Interval
 from clipperlab.calibration.quiet import LoadSample
 from clipperlab.report.tables import markdown_table, text_table
@@ -70,6 +70,12 @@ class ValidationResult:
     load: LoadSample | None = None  # the machine before the runs (``quiet``)
     # every calibrated twin's, by mode (sim+frontend; sim+host with the host CPU model)
     calibrations: dict[str, Calibration] = field(default_factory=dict)
+    # what the calibration was fitted on (``resimulate.save_runs`` stores it): the kept
+    # runs, the low-load run and what the server saw in it, its rate
+    runs: list[CpuRun] = field(default_factory=list)
+    low_run: CpuRun | None = None
+    low_seen: dict[str, float] = field(default_factory=dict)
+    calib_qps: float = math.nan
 
     @property
     def capacity_error(self) -> float:

@@ -84,7 +84,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clipperlab.calibration.capacity import twin_capacity
+from clipperlab.calibration.capacity import (
+    GOOD_SHARE,
+    RAMP_S,
+    RAMP_START_QPS,
+    RAMP_STEP,
+    ramp,
+    ramp_trace_seed,
+    twin_capacity,
+)
 from clipperlab.calibration.fit import (
     Calibration,
     CpuRun,
@@ -124,14 +132,13 @@ from clipperlab.calibration.server import (
 )
 from clipperlab.calibration.twin import capacity_estimate, frontend_cpu, sim_deployment
 from clipperlab.engine import Application, ModelSpec
-from clipperlab.report.latency import summarise
+from clipperlab.report.latency import pct, summarise
 from clipperlab.simulator import Deployment, LatencyProfile
 from clipperlab.workloads import Trace, Workload
 
 __all__ = ["ValidationError", "ValidationResult", "validate"]
 
 Log = Callable[[str], None]
-GOOD_SHARE = 0.95  # of queries within the SLO for a ramp step to pass
 LEVEL_S = 10.0  # seconds per level run (4 s moved p99 by a median of 19-30% run to run)
 REPEATS = 3  # runs per level and mode (medians), and capacity ramps (median)
 SETTLE_S = 90.0  # with --busy refuse: how long to wait for a busy machine to quiet down
@@ -153,9 +160,9 @@ def validate(
     profiles: Mapping[str, LatencyProfile] | None = None,
     calib_qps: float = 50.0,
     calib_s: float = 3.0,
-    ramp_s: float = 2.0,
-    ramp_step: float = 1.4,
-    ramp_start_qps: float = 100.0,
+    ramp_s: float = RAMP_S,
+    ramp_step: float = RAMP_STEP,
+    ramp_start_qps: float = RAMP_START_QPS,
     api: str = "clipper",
     connections: int = 8,
     seed: int = 0,
@@ -195,12 +202,14 @@ def validate(
             capacity_qps = float(np.median(caps))
         else:
             caps = [float(capacity_qps)]
-        calibs, intervals = calibrate_twin(bench.kept, setup, low, float(capacity_qps),
-                                           cost_s, calib_qps, host_cpu)
+        low_cpu = low.cpu_run()
+        calibs, intervals = calibrate_twin(bench.kept, setup, low_cpu, low.seen,
+                                           float(capacity_qps), cost_s, calib_qps, host_cpu)
         calib = calibs[-1][1]  # the prediction: with the host CPU model when asked
         intervals["capacity_qps"] = bootstrap(caps, seed=seed)
         rows = run_levels(bench, setup, calibs, levels, float(capacity_qps), duration_s)
-    predicted = predict_capacity(setup, calib, float(capacity_qps))
+    predicted = predict_capacity(setup, calib, float(capacity_qps), ramp_s, ramp_step,
+                                 ramp_start_qps)
     log(f"capacity: measured {intervals['capacity_qps'].format('{:,.0f}')} q/s (median of "
         f"{len(caps)}), predicted by the twin {predicted:,.0f} q/s")
     notes = [f"load average {la0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end "
@@ -212,6 +221,8 @@ def validate(
     res.intervals = intervals
     res.predicted_capacity_qps = predicted
     res.load = load0
+    res.runs, res.low_run, res.low_seen = list(bench.kept), low_cpu, dict(low.seen)
+    res.calib_qps = calib_qps
     return res
 
 
@@ -314,65 +325,56 @@ def calibrate_at_low_load(bench: Bench, setup: Setup, calib_qps: float,
 
 def ramp_to_capacity(bench: Bench, setup: Setup, cost_s: float, start_qps: float,
                      step_s: float, step: float, repeat: int = 0) -> tuple[float, float]:
-    """Step 4, second part: the offered load ramps (x``step`` per ``step_s`` step) until
-    fewer than 95% of the queries get a prediction within the SLO (a failing step runs
-    twice before it counts), with one more step between the last good and the first bad
-    rate; the steps that pass are kept for the fits.  Returns the capacity (the best
-    good throughput seen) and the server's CPU per query at the last good step.  Ramp
-    ``repeat`` (0, 1, ...) sends its own trace (seeded by it); ``validate`` takes the
-    median of ``repeats`` ramps."""
+    """Step 4, second part: ``capacity.ramp`` on the real server (the offered load grows
+    x``step`` per ``step_s`` step until fewer than 95% of the queries get a prediction
+    within the SLO; a failing step runs twice before it counts; one more step between
+    the last good and the first bad rate); the steps that pass are kept for the fits.
+    Returns the capacity (the best good throughput seen) and the server's CPU per query
+    at the last good step.  Ramp ``repeat`` (0, 1, ...) sends its own trace (seeded by
+    it); ``validate`` takes the median of ``repeats`` ramps.  The twin's prediction runs
+    the same procedure (``capacity.twin_capacity``)."""
     est = capacity_estimate(setup.profiles, setup.replicas,
                             {s.name: s.batching.max_batch_size for s in setup.models})
-    rate = min(start_qps, 0.3 * est)
-    best = 0.0
     setup.log(f"capacity ramp {repeat + 1}/{setup.repeats} (profiles alone allow "
               f"{est:,.0f} q/s) ...")
-    last_good, first_bad = 0.0, 0.0
-    while rate < 50 * est:
-        tr = retime(setup.workload, rate, step_s, setup.seed + 2 + 1000 * repeat)
+    cost = {"s": cost_s}
+
+    def probe(rate: float, attempt: int) -> tuple[float, float]:
+        tr = retime(setup.workload, rate, step_s, ramp_trace_seed(setup.seed, repeat))
         r = bench.run(tr, keep=False)
         good = good_share(r.table, setup.app.slo_s)
-        if good < GOOD_SHARE and last_good and not first_bad:
-            # confirm: one bad step can be noise (a pause of the machine)
-            r = bench.run(tr, keep=False)
-            good = good_share(r.table, setup.app.slo_s)
         s = summarise(r.table)
         if good >= GOOD_SHARE:
             # overloaded runs stay out: their CPU per query is not the loop's cost
             bench.keep(r)
+            cost["s"] = r.cpu_s_per_query
         setup.log(f"  offered {rate:>9,.0f} q/s -> good share {good:.3f}, throughput "
                   f"{s.get('throughput_qps', 0):,.0f} q/s, p99 "
                   f"{s.get('p99_ms', math.nan):.1f} ms, server CPU "
                   f"{r.cpu_s_per_query * 1e6:.0f} us/query at batch size "
-                  f"{r.seen.get('batch_size_mean', math.nan):.1f}")
-        if good < GOOD_SHARE:
-            if first_bad or not last_good:
-                break
-            # one more step between the last good and the first bad rate
-            first_bad, rate = rate, math.sqrt(last_good * rate)
-            continue
-        best = max(best, min(s.get("throughput_qps", 0.0), rate * good))
-        cost_s = r.cpu_s_per_query
-        last_good = rate
-        if first_bad:
-            break
-        rate *= step
-    return (best if best > 0 else rate), cost_s
+                  f"{r.seen.get('batch_size_mean', math.nan):.1f}"
+                  + (" (confirming)" if attempt else ""))
+        return good, float(s.get("throughput_qps", 0.0))
+
+    res = ramp(probe, min(start_qps, 0.3 * est), 50 * est, step=step, good=GOOD_SHARE)
+    return res.capacity_qps, cost["s"]
 
 
-def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: RealRun, capacity_qps: float,
-                   cost_s: float, calib_qps: float, host_cpu: bool = False
+def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
+                   low_seen: Mapping[str, float], capacity_qps: float, cost_s: float,
+                   calib_qps: float, host_cpu: bool = False
                    ) -> tuple[list[tuple[str, Calibration]], dict[str, Interval]]:
     """Step 5: the twin's calibrations from the kept runs (never from the levels), as
     ``(mode, calibration)`` pairs, the prediction last: ``sim+frontend`` (no host CPU
     model) and, with ``host_cpu``, ``sim+host``.  The event loop's CPU is fitted once
     (on the twin without the host CPU model: the loop's CPU time does not depend on
     it); the host CPU model's demands (containers, generator) come next; then, per twin,
-    what the twin still misses (``fit_unexplained``).  With them, the bootstrap intervals
+    what the twin still misses (``fit_unexplained``; ``low``: the run at ``calib_qps``,
+    ``low_seen``: what the server saw in it).  With them, the bootstrap intervals
     over the runs of the loop's costs (us) and the prediction's pause rates (Hz)."""
     linked = {s.name: setup.profiles[s.name] for s in setup.models}
-    slow = slowdown(low.seen, linked)
-    extra_s = batch_extra_s(low.seen, linked)
+    slow = slowdown(low_seen, linked)
+    extra_s = batch_extra_s(low_seen, linked)
     calib = Calibration(frontend_cost_s=cost_s, capacity_qps=capacity_qps,
                         batch_extra_s=extra_s,
                         slowdown=slow if math.isfinite(slow) and slow > 1.0 else 1.0)
@@ -382,7 +384,7 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: RealRun, capacity_
         q, b, w = frontend_intervals(cpu_rows, setup.seed)
         intervals.update(query_cpu_us=q.scaled(1e6), batch_cpu_us=b.scaled(1e6),
                          wake_us=w.scaled(1e6))
-    _log_loop(setup.log, calib, runs, low, slow, extra_s, calib_qps)
+    _log_loop(setup.log, calib, runs, low_seen, slow, extra_s, calib_qps)
     out = [("sim+frontend", calib)]
     if host_cpu:
         hc = host_cpu_demands(runs, calib)
@@ -414,7 +416,7 @@ def host_cpu_demands(runs: Sequence[CpuRun], calib: Calibration) -> Calibration:
                                loadgen_cpu_per_query_s=fit_loadgen_cpu(runs))
 
 
-def fit_unexplained(runs: Sequence[CpuRun], setup: Setup, low: RealRun, calib: Calibration,
+def fit_unexplained(runs: Sequence[CpuRun], setup: Setup, low: CpuRun, calib: Calibration,
                     calib_qps: float, mode: str = "sim+frontend"
                     ) -> tuple[Calibration, dict[str, Interval]]:
     """Step 5, per twin: what the twin (``calib``'s) still misses, fitted on it, so that
@@ -444,9 +446,12 @@ def fit_unexplained(runs: Sequence[CpuRun], setup: Setup, low: RealRun, calib: C
     setup.log(f"  {mode}: container wake-up {calib.replica_wake_s * 1e3:.3f} ms x (1 - "
               f"exp(-idle / {calib.replica_cold_after_s * 1e3:g} ms)) per batch")
     # the fixed overhead: what the calibrated simulator still misses at low load
-    s_real = summarise(from_send(low.table))
-    s_sim = sim_run(setup.twin(calib), sent_trace(low.trace, low.table), setup.seed)
-    overhead_s = max((s_real.get("p50_ms", 0.0) - s_sim.get("p50_ms", 0.0)) / 1e3, 0.0)
+    lat = np.asarray(low.latency_s if low.latency_s is not None else [], dtype=np.float64)
+    real_p50_ms = pct(lat[np.isfinite(lat)], 50) * 1e3
+    s_sim = sim_run(setup.twin(calib), low.trace, setup.seed)
+    overhead_s = max((real_p50_ms - s_sim.get("p50_ms", 0.0)) / 1e3, 0.0)
+    if not math.isfinite(overhead_s):
+        overhead_s = 0.0
     calib = dataclasses.replace(calib, overhead_s=overhead_s)
     setup.log(f"  {mode}: simulated p50 at {calib_qps:g} q/s "
               f"{s_sim.get('p50_ms', math.nan):.3f} ms -> fixed overhead "
@@ -454,22 +459,39 @@ def fit_unexplained(runs: Sequence[CpuRun], setup: Setup, low: RealRun, calib: C
     return calib, intervals
 
 
-def predict_capacity(setup: Setup, calib: Calibration, measured_qps: float) -> float:
+def predict_capacity(setup: Setup, calib: Calibration, measured_qps: float,
+                     ramp_s: float = RAMP_S, ramp_step: float = RAMP_STEP,
+                     start_qps: float = RAMP_START_QPS) -> float:
     """Step 6b: the calibrated twin's capacity for the workload and the SLO
-    (``capacity.twin_capacity``, through ``clipperlab.simulator.capacity``), sized and
-    started from what the twin's parts allow (the profiles, the loop); the measured
-    capacity is not told to it (it sizes the search only when the parts set no bound)."""
-    max_batch = {s.name: s.batching.max_batch_size for s in setup.models}
-    est = min(capacity_estimate(setup.profiles, setup.replicas, max_batch),
-              frontend_cpu(calib).capacity_qps(float(max(max_batch.values()))))
+    (``twin_prediction``), as the real ramps measured it."""
+    return twin_prediction(setup.twin(calib), setup.profiles, setup.replicas,
+                           {s.name: s.batching.max_batch_size for s in setup.models}, calib,
+                           setup.workload, setup.app.slo_s, measured_qps, seed=setup.seed,
+                           repeats=setup.repeats, ramp_s=ramp_s, ramp_step=ramp_step,
+                           start_qps=start_qps)
+
+
+def twin_prediction(twin: Deployment, profiles: Mapping[str, LatencyProfile],
+                    replicas: Mapping[str, int], max_batch: Mapping[str, int],
+                    calib: Calibration, workload: Workload, slo_s: float,
+                    measured_qps: float, *, seed: int = 0, repeats: int = 1,
+                    ramp_s: float = RAMP_S, ramp_step: float = RAMP_STEP,
+                    start_qps: float = RAMP_START_QPS) -> float:
+    """The twin's capacity: the real ramp's procedure on the twin (``capacity.twin_capacity``:
+    the same start, steps, step length, confirmation and median over ``repeats`` ramps),
+    sized from what the profiles allow, as the real ramp is; the measured capacity is
+    not told to it (it sizes the ramp only when the profiles set no bound)."""
+    est = capacity_estimate(profiles, replicas, max_batch)
     if not (math.isfinite(est) and est > 0):
         est = 4 * measured_qps
-    return twin_capacity(setup.twin(calib), setup.workload, setup.app.slo_s, est_qps=est,
-                         overhead_s=calib.overhead_s, seed=setup.seed)
+    return twin_capacity(twin, workload, slo_s, est_qps=est, start_qps=start_qps,
+                         step_s=ramp_s, step=ramp_step, overhead_s=calib.overhead_s,
+                         seed=seed, repeats=repeats)
 
 
-def _log_loop(log: Log, calib: Calibration, runs: Sequence[CpuRun], low: RealRun,
-              slow: float, extra_s: float, calib_qps: float) -> None:
+def _log_loop(log: Log, calib: Calibration, runs: Sequence[CpuRun],
+              seen: Mapping[str, float], slow: float, extra_s: float,
+              calib_qps: float) -> None:
     """What the loop's fits found, and the server's batch latency at low load."""
     log("  runs for the CPU fit (q/s, batch size, server CPU us/query): " + ", ".join(
         f"{r.rate:,.0f} {r.queries / r.batches:.1f} {r.cpu_s / r.queries * 1e6:.0f}"
@@ -478,7 +500,6 @@ def _log_loop(log: Log, calib: Calibration, runs: Sequence[CpuRun], low: RealRun
         f"per query + {calib.batch_cpu_s * 1e6:.1f} us per batch + a wake-up "
         f"{calib.wake_s * 1e6:.1f} us x (1 - exp(-idle / "
         f"{calib.cold_after_s * 1e3:g} ms)) per event")
-    seen = low.seen
     log(f"  in the server at {calib_qps:g} q/s: batch latency {seen['batch_mean_ms']:.3f}"
         f" ms at mean size {seen['batch_size_mean']:.2f} (profile x{slow:.2f}, "
         f"+{extra_s * 1e3:.3f} ms per batch); query latency inside the server "

@@ -1,7 +1,7 @@
 """The twin with the host CPU model (issue 13, items 1 and 3, the calibration side): the
 demands it is built with, the fits that find them (containers' CPU per batch and per
 item, the load generator's per query), the pause term fitted on top of contention, the
-capacity through ``clipperlab.simulator.capacity``, and ``validate``'s flag."""
+capacity (in ``test_calib_resim``), and ``validate``'s flag."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from clipperlab.calibration.capacity import twin_capacity
 from clipperlab.calibration.errors import CalibrationError
 from clipperlab.calibration.fit import (
     Calibration,
@@ -35,9 +34,8 @@ from clipperlab.simulator import (
     HostCPU,
     LatencyProfile,
     Simulation,
-    capacity,
 )
-from clipperlab.workloads import ConstantRate, Poisson, Trace, Workload
+from clipperlab.workloads import Poisson, Trace, Workload
 
 NOOP_DEPLOY = """
 [[models]]
@@ -181,28 +179,6 @@ def test_pauses_fitted_on_top_of_contention_are_smaller() -> None:
     host = pause_term(seen)
     assert plain > 0
     assert host < 0.25 * plain
-
-
-# --------------------------------------------------------------------------- capacity
-
-
-def test_twin_capacity_is_the_simulators_search_with_the_ramps_objective() -> None:
-    """The adapter asks ``simulator.capacity`` for 95% answered within the SLO less the
-    fixed overhead, and reports the good throughput there; an overhead past the SLO
-    leaves no capacity."""
-    dep = dataclasses.replace(Deployment.single("prototype-noop"),
-                              frontend_cpu=FrontendCPU(query_s=100e-6, reply_s=100e-6))
-    wl = Workload(ConstantRate(100), n_queries=100, app="digits")
-    got = twin_capacity(dep, wl, 0.020, est_qps=4000.0, overhead_s=0.0)
-    ref = capacity(dep, dataclasses.replace(wl, n_queries=8000), 0.020, 0.95, seeds=(0,),
-                   start_qps=2000.0)
-    assert got == pytest.approx(ref.qps * dict(ref.steps)[ref.qps])
-    assert 0.9 * 5000 / 1.1 < got <= 5000  # the loop's 200 us per query allows 5,000 q/s
-    tight = twin_capacity(dep, wl, 0.020, est_qps=4000.0, overhead_s=0.0195)
-    assert tight < got
-    assert twin_capacity(dep, wl, 0.020, est_qps=4000.0, overhead_s=0.025) == 0.0
-    with pytest.raises(ValueError, match="est_qps"):
-        twin_capacity(dep, wl, 0.020, est_qps=float("nan"))
 
 
 # --------------------------------------------------------------------------- the flag

@@ -79,12 +79,12 @@ def test_frontend_cost_intervals_hold_the_fit_and_narrow() -> None:
     runs give narrower intervals than 6."""
     rng = np.random.default_rng(0)
 
-    def rows(n: int) -> list[tuple[float, float, float]]:
+    def rows(n: int) -> list[tuple[float, float, float, float]]:
         out = []
         for _ in range(n):
             inv, u = rng.uniform(0.05, 1.0), rng.uniform(0.0, 0.8)
             y = (30e-6 + 200e-6 * inv + 300e-6 * u) * rng.normal(1, 0.05)
-            out.append((y, inv, u))
+            out.append((y, inv, u, 1.0))
         return out
 
     few, many = frontend_intervals(rows(6)), frontend_intervals(rows(40))

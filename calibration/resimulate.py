@@ -1,0 +1,268 @@
+"""Re-simulate a fidelity run: the simulator's side again over a run's stored real side.
+
+    python -m clipperlab.calibration.fidelity --resimulate --out COPY_OF_A_RUN
+
+Rules:
+- Nothing real is measured.  For each ``OUT/<model>-<batching>/`` of ``OUT/fidelity.csv``
+  the twin is rebuilt from what the run stored: its ``deploy.toml`` (a model file it
+  names need not exist: the twin reads the batching and the links only), its
+  ``profiles/*.json`` and its calibration: ``calibration.json`` (every twin's
+  ``Calibration``, written by runs since it existed) or, for older runs, the prediction's
+  (``sim+host``; ``sim+frontend`` without the host CPU model) rebuilt from
+  ``fidelity.csv``'s columns and ``summary.md``'s line (the containers' cooling time);
+  such a run stored the pauses' median only, so its twin draws every pause at the median
+  (``Resimulated.notes`` says so).
+- Per level, the level's trace (``runs.retime``, the seed ``validate`` used) is replayed
+  ``repeats`` times (seeds as ``validate``'s) in every rebuilt twin and each metric is the
+  median; the stored run had the send times the generator achieved, which are not stored:
+  the trace as scheduled stands in (the generator's lag, ``mean_lag_ms``, is a fraction of
+  a millisecond, near constant).  The rows of the other modes (``real``, ``real again``,
+  ``sim``, ``sim+in-situ`` and a twin that could not be rebuilt) stay as stored.
+- The capacity prediction is made again (``validation.twin_prediction``, the ramp's
+  procedure, ``repeats`` ramps); the measured capacity stays.
+- ``resimulate`` returns the new table; ``fidelity --resimulate`` writes it over
+  ``OUT/fidelity.csv`` and rebuilds the tables (``fidelity.report``): run it on a copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clipperlab.calibration.errors import CalibrationError
+from clipperlab.calibration.fit import Calibration, ContainerCpu, CpuRun
+from clipperlab.calibration.runs import retime, sim_run
+from clipperlab.calibration.server import model_specs, real_deployment
+from clipperlab.calibration.twin import sim_deployment
+from clipperlab.calibration.validation import median_summary, twin_prediction
+from clipperlab.simulator import load_profile
+from clipperlab.workloads import Workload
+
+__all__ = ["CALIBRATION_FILE", "RUNS_FILE", "Resimulated", "calibration_from_json",
+           "calibration_to_json", "load_runs", "resimulate", "save_runs",
+           "stored_calibrations"]
+
+Log = Callable[[str], None]
+CALIBRATION_FILE = "calibration.json"
+RUNS_FILE = "runs.npz"
+TWIN_MODES = ("sim+frontend", "sim+host")
+
+
+def calibration_to_json(calibs: Mapping[str, Calibration]) -> str:
+    """Every twin's calibration, by mode, as JSON (``calibration.json``)."""
+    return json.dumps({mode: dataclasses.asdict(c) for mode, c in calibs.items()}, indent=1)
+
+
+def calibration_from_json(text: str) -> dict[str, Calibration]:
+    """``calibration_to_json``'s inverse (tuples restored)."""
+    out = {}
+    for mode, d in json.loads(text).items():
+        d["pauses_s"] = tuple(d.get("pauses_s") or ())
+        d["container_cpu"] = tuple(tuple(x) for x in d.get("container_cpu") or ())
+        out[mode] = Calibration(**d)
+    return out
+
+
+def save_runs(path: Path, runs: Sequence[CpuRun], low: CpuRun | None,
+              low_seen: Mapping[str, float], calib_qps: float) -> Path:
+    """What the calibration was fitted on, in one ``.npz``: per run its achieved send
+    times and latencies from the send, and a JSON of its counts and CPU times; the
+    low-load run (``low``) and what the server saw in it (``low_seen``)."""
+    arrays: dict[str, np.ndarray] = {}
+    meta: dict[str, Any] = {"calib_qps": calib_qps, "low_seen": dict(low_seen), "runs": []}
+    for k, r in enumerate([*runs, *([low] if low is not None else [])]):
+        arrays[f"arrival_at_{k}"] = np.asarray(r.trace.arrival_at, dtype=np.float64)
+        arrays[f"latency_s_{k}"] = np.asarray(
+            r.latency_s if r.latency_s is not None else np.full(len(r.trace), np.nan),
+            dtype=np.float64)
+        meta["runs"].append({"queries": r.queries, "batches": r.batches, "cpu_s": r.cpu_s,
+                             "batch_ms": r.batch_ms, "loadgen_cpu_s": r.loadgen_cpu_s,
+                             "containers": [list(c) for c in r.containers]})
+    meta["low"] = low is not None
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez_compressed(path, allow_pickle=False, **arrays)
+    return path
+
+
+def load_runs(path: Path, workload: Workload
+              ) -> tuple[list[CpuRun], CpuRun | None, dict[str, float], float]:
+    """``save_runs``' inverse: ``(runs, low, low_seen, calib_qps)``; each run's trace is
+    ``workload``'s with the stored send times (the twin needs no more of it)."""
+    with np.load(path) as z:
+        meta = json.loads(bytes(z["meta"]).decode())
+        out = []
+        for k, m in enumerate(meta["runs"]):
+            at = z[f"arrival_at_{k}"]
+            base = dataclasses.replace(workload, n_queries=len(at), duration_s=None).generate(0)
+            out.append(CpuRun(dataclasses.replace(base, arrival_at=at), m["queries"],
+                              m["batches"], m["cpu_s"], z[f"latency_s_{k}"], m["batch_ms"],
+                              tuple(ContainerCpu(*c) for c in m["containers"]),
+                              m["loadgen_cpu_s"]))
+    low = out.pop() if meta["low"] else None
+    return out, low, dict(meta["low_seen"]), float(meta["calib_qps"])
+
+
+def _num(row: Mapping[str, Any], col: str, default: float = 0.0) -> float:
+    v = row.get(col, default)
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return default
+    return f if math.isfinite(f) else default
+
+
+def stored_calibrations(row: Mapping[str, Any], summary: str) -> dict[str, Calibration]:
+    """The prediction's calibration of an older run from its ``fidelity.csv`` row and its
+    ``summary.md`` (module rules): ``{"sim+host": ...}`` when the run had the host CPU
+    model, else ``{"sim+frontend": ...}``."""
+    cold = re.search(r"container wake-up [\d.]+ ms \(cools in ([\d.]+) ms\)", summary)
+    median_s = _num(row, "pause_median_ms") / 1e3
+    host = int(_num(row, "host_cpus"))
+    c = Calibration(
+        overhead_s=_num(row, "overhead_ms") / 1e3,
+        frontend_cost_s=_num(row, "frontend_cost_us") / 1e6,
+        capacity_qps=_num(row, "capacity_qps", math.nan),
+        query_cpu_s=_num(row, "query_cpu_us") / 1e6,
+        batch_cpu_s=_num(row, "batch_cpu_us") / 1e6,
+        wake_s=_num(row, "wake_us") / 1e6,
+        cold_after_s=_num(row, "cold_after_ms", 1.0) / 1e3,
+        pause_rate_hz=_num(row, "pause_rate_hz"),
+        pause_rate_busy_hz=_num(row, "pause_rate_busy_hz"),
+        pauses_s=(median_s,) if median_s > 0 else (),
+        replica_wake_s=_num(row, "container_wake_us") / 1e6,
+        replica_cold_after_s=float(cold.group(1)) / 1e3 if cold else 1e-3,
+        host_cpus=host,
+        container_cpu=((str(row["model"]), _num(row, "container_cpu_us") / 1e6,
+                        _num(row, "container_item_cpu_us") / 1e6),) if host else (),
+        loadgen_cpu_per_query_s=_num(row, "loadgen_cpu_us") / 1e6 if host else 0.0,
+    )
+    return {"sim+host" if host else "sim+frontend": c}
+
+
+@dataclass
+class Resimulated:
+    """The new table (``fidelity.csv``'s shape) and what the re-simulation could not
+    redo as the run did."""
+
+    table: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+def _level_s(summary: str, default: float) -> float:
+    m = re.search(r"run\(s\) per level and mode, ([\d.]+) s each", summary)
+    return float(m.group(1)) if m else default
+
+
+def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: int = 0,
+               refit: bool = True,
+               adjust: Callable[[Calibration], Calibration] | None = None,
+               log: Log = print) -> Resimulated:
+    """The simulator's side of the fidelity run in ``out`` again (module rules); with
+    ``refit`` the calibration is fitted again where the run stored what it was fitted on
+    (``runs.npz``); ``adjust``, when given, is applied to every calibration (a model
+    change that needs no re-measurement)."""
+    csv = out / "fidelity.csv"
+    if not csv.exists():
+        raise CalibrationError(f"{csv} does not exist: --resimulate needs a fidelity run's "
+                               "OUT folder")
+    table = pd.read_csv(csv)
+    notes: list[str] = []
+    parts = []
+    for (model, batching), g in table.groupby(["model", "batching"], sort=False):
+        folder = out / f"{model}-{batching}"
+        g = g.copy()
+        summary = (folder / "summary.md").read_text() if (folder / "summary.md").exists() \
+            else ""
+        profiles = {p.stem: load_profile(p) for p in sorted((folder / "profiles").glob("*.json"))}
+        cal_file = folder / CALIBRATION_FILE
+        if cal_file.exists():
+            calibs = calibration_from_json(cal_file.read_text())
+        else:
+            calibs = stored_calibrations(g.iloc[0].to_dict(), summary)
+            notes.append(f"{model}-{batching}: calibration rebuilt from fidelity.csv "
+                         f"({', '.join(calibs)} only; pauses drawn at their median)")
+        reps = int(_num(g.iloc[0].to_dict(), "repeats", 1.0)) or 1
+        ls = _level_s(summary, level_s)
+        with tempfile.TemporaryDirectory(prefix="clipperlab-resim-") as d:
+            dep = _deployment(folder / "deploy.toml", Path(d))
+        app, specs = model_specs(dep, workload.app)
+        if refit and (folder / RUNS_FILE).exists():
+            calibs = _refit(folder / RUNS_FILE, dep, app, specs, workload, profiles, calibs,
+                            seed, reps, log)
+            notes.append(f"{model}-{batching}: calibration fitted again on {RUNS_FILE}")
+        if adjust is not None:
+            calibs = {m: adjust(c) for m, c in calibs.items()}
+        for mode, calib in calibs.items():
+            twin = sim_deployment(dep, workload.app, profiles, calibration=calib)
+            for lv, rows in g[g["mode"] == "real"].groupby("level", sort=False):
+                rate = float(rows.iloc[0]["offered_qps"])
+                tr = retime(workload, rate, ls, seed + 3)
+                s = median_summary([sim_run(twin, tr, seed + k, calib) for k in range(reps)])
+                sel = (g["level"] == lv) & (g["mode"] == mode)
+                for col in ("throughput_qps", "mean_ms", "p50_ms", "p90_ms", "p99_ms",
+                            "default_rate"):
+                    g.loc[sel, col] = s.get(col, math.nan)
+                g.loc[sel, "batch_size_mean"] = s.get("mean_batch_size", math.nan)
+                log(f"  {model}-{batching} {float(lv):.0%} {mode}: p50/p99 "
+                    f"{s.get('p50_ms', math.nan):.2f}/{s.get('p99_ms', math.nan):.2f} ms")
+        pred_mode = next(m for m in reversed(TWIN_MODES) if m in calibs)
+        calib = calibs[pred_mode]
+        twin = sim_deployment(dep, workload.app, profiles, calibration=calib)
+        measured = float(g.iloc[0]["capacity_qps"])
+        cap = twin_prediction(twin, profiles, {s.name: n for s, n, _ in specs},
+                              {s.name: s.batching.max_batch_size for s, _, _ in specs},
+                              calib, workload, app.slo_s, measured, seed=seed, repeats=reps)
+        g["sim_capacity_qps"] = cap
+        for col, v in (("query_cpu_us", calib.query_cpu_s * 1e6),
+                       ("batch_cpu_us", calib.batch_cpu_s * 1e6)):
+            if col in g.columns:
+                g[col] = v
+        log(f"{model}-{batching}: capacity measured {measured:,.0f} q/s, predicted "
+            f"{cap:,.0f} q/s ({(cap - measured) / measured:+.0%})")
+        parts.append(g)
+    return Resimulated(pd.concat(parts, ignore_index=True), notes)
+
+
+def _deployment(toml: Path, tmp: Path) -> Any:
+    """The run's deployment with a stand-in for every model file it names (the twin does
+    not load models)."""
+    if not toml.exists():
+        raise CalibrationError(f"{toml} does not exist: a fidelity run stores one per setting")
+    text = toml.read_text()
+    for name in re.findall(r'path\s*=\s*"([^"]+)"', text):
+        f = tmp / Path(name).name
+        f.touch()
+        text = text.replace(f'"{name}"', f'"{f.name}"')
+    dst = tmp / "deploy.toml"
+    dst.write_text(text)
+    return real_deployment(dst)
+
+
+
+def _refit(path: Path, dep: Any, app: Any, specs: Any, workload: Workload,
+           profiles: dict[str, Any], stored: Mapping[str, Calibration], seed: int,
+           repeats: int, log: Log) -> dict[str, Calibration]:
+    """Every twin's calibration fitted again on the stored runs (``validation``'s step 5,
+    ``calibrate_twin``), the measured capacity and the ramp's CPU per query as stored."""
+    from clipperlab.calibration.validation import Setup, calibrate_twin
+
+    runs, low, low_seen, calib_qps = load_runs(path, workload)
+    if low is None:
+        raise CalibrationError(f"{path}: no low-load run stored: nothing to refit on")
+    ref = next(iter(stored.values()))
+    setup = Setup(dep, app, [s for s, _, _ in specs], {s.name: n for s, n, _ in specs},
+                  workload, dict(profiles), seed, log, "off", repeats)
+    calibs, _ = calibrate_twin(runs, setup, low, low_seen, ref.capacity_qps,
+                               ref.frontend_cost_s, calib_qps,
+                               host_cpu=any(c.host_cpus > 0 for c in stored.values()))
+    return dict(calibs)

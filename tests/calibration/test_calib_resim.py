@@ -1,0 +1,234 @@
+"""Issue 13's capacity and tail, the calibration side: one ramp procedure for the server and
+the twin, the twin's profiles without the profiler's spikes, the loop's costs fitted where
+the loop is busy, and ``fidelity --resimulate`` over a run's stored real side."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clipperlab.calibration.capacity import ramp, ramp_probe_twin, twin_capacity
+from clipperlab.calibration.errors import CalibrationError
+from clipperlab.calibration.fidelity import main as fidelity_main
+from clipperlab.calibration.fit import (
+    Calibration,
+    ContainerCpu,
+    CpuRun,
+    frontend_intervals,
+)
+from clipperlab.calibration.resimulate import (
+    calibration_from_json,
+    calibration_to_json,
+    load_runs,
+    resimulate,
+    save_runs,
+    stored_calibrations,
+)
+from clipperlab.calibration.twin import despiked
+from clipperlab.simulator import Deployment, FrontendCPU, LatencyProfile, save_profile
+from clipperlab.workloads import ConstantRate, Workload
+
+# --------------------------------------------------------------------------- the ramp
+
+
+def test_ramp_reports_the_best_passing_step_of_its_grid() -> None:
+    """An objective that holds up to 700 q/s, ramped from 100 q/s x2: 100, 200, 400 pass,
+    800 fails twice, the midpoint sqrt(400 x 800) passes: the capacity is that midpoint
+    (not 700: the ramp's resolution), and a failing step is confirmed before it counts."""
+    calls: list[tuple[float, int]] = []
+
+    def probe(rate: float, attempt: int) -> tuple[float, float]:
+        calls.append((rate, attempt))
+        return (1.0 if rate <= 700 else 0.5), rate
+
+    res = ramp(probe, 100.0, 1e6, step=2.0)
+    mid = math.sqrt(400 * 800)
+    assert res.capacity_qps == pytest.approx(mid)
+    assert res.last_good_qps == pytest.approx(mid)
+    assert calls == [(100, 0), (200, 0), (400, 0), (800, 0), (800, 1), (mid, 0)]
+
+
+def test_ramp_takes_a_confirmed_pass_and_the_good_throughput() -> None:
+    """A step that fails once and passes on its re-run counts as passing; the capacity is
+    the good throughput (rate x good share, or the throughput when lower)."""
+    def probe(rate: float, attempt: int) -> tuple[float, float]:
+        if rate == 400 and attempt == 0:
+            return 0.5, rate
+        return (0.96 if rate <= 400 else 0.0), 0.9 * rate
+
+    res = ramp(probe, 100.0, 1e6, step=2.0)
+    assert res.capacity_qps == pytest.approx(0.9 * 400)
+    with pytest.raises(ValueError, match="start_qps"):
+        ramp(probe, 0.0, 1e6)
+    with pytest.raises(ValueError, match="step"):
+        ramp(probe, 100.0, 1e6, step=1.0)
+
+
+def test_twin_capacity_runs_the_ramp_on_a_loop_with_a_known_limit() -> None:
+    """A loop of 200 us per query saturates at 5,000 q/s; constant-rate arrivals do not
+    queue below it: the twin's ramp (100 q/s x1.4) passes 4,050 and the midpoint towards
+    5,670, and that midpoint is the capacity (the same number the ramp over the twin's
+    probe gives); an overhead past the SLO leaves none."""
+    dep = dataclasses.replace(Deployment.single("prototype-noop"),
+                              frontend_cpu=FrontendCPU(query_s=100e-6, reply_s=100e-6))
+    wl = Workload(ConstantRate(100), n_queries=100, app="digits")
+    got = twin_capacity(dep, wl, 0.020, est_qps=4000.0)
+    ref = ramp(ramp_probe_twin(dep, wl, 0.020), 100.0, 50 * 4000.0)
+    assert got == pytest.approx(ref.capacity_qps)
+    top = 100 * 1.4 ** 11  # 4,050: the last grid step under 5,000
+    assert got == pytest.approx(math.sqrt(top * top * 1.4), rel=0.01)
+    assert twin_capacity(dep, wl, 0.020, est_qps=4000.0, overhead_s=0.025) == 0.0
+    with pytest.raises(ValueError, match="est_qps"):
+        twin_capacity(dep, wl, 0.020, est_qps=float("nan"))
+    with pytest.raises(ValueError, match="repeats"):
+        twin_capacity(dep, wl, 0.020, est_qps=4000.0, repeats=0)
+
+
+# --------------------------------------------------------------------------- despiked
+
+
+def test_despiked_cuts_a_profilers_stray_sample_at_the_pause_margin() -> None:
+    """Batch size 8 of 100 samples near 3.8 ms and one of 58 ms (the profiler paused):
+    the twin's profile cuts it at the median + 1 ms (the IQR is tiny); the other batch
+    size, without a spike, is unchanged, and a profile without spikes is returned as is."""
+    rng = np.random.default_rng(0)
+    ok = list(3.8e-3 + rng.uniform(0, 0.1e-3, 100))
+    spiky = [*ok[:99], 58e-3]
+    prof = LatencyProfile.from_samples("forest", {1: ok, 8: spiky})
+    d = despiked(prof)
+    med = float(np.median(spiky))
+    assert max(d.latency_s[1]) <= med + 1e-3 + 0.1e-3
+    assert max(d.latency_s[1]) >= med + 1e-3 - 0.1e-3
+    assert d.latency_s[0] == prof.latency_s[0]
+    assert "despiked" in d.tags
+    clean = LatencyProfile.from_samples("forest", {1: ok})
+    assert despiked(clean) is clean
+
+
+# --------------------------------------------------------------------------- the fit
+
+
+def test_busy_share_weights_fit_the_busy_runs_best() -> None:
+    """Runs from 0.5% to 100% of the loop's capacity (batches growing, wake-ups fading
+    with the load), the idle ones costing 80 us per query more than the model can say:
+    weighted by the busy share (the default), the fit misses the busiest run's CPU per
+    query by half as much as with every run alike."""
+    rows_w, rows_1 = [], []
+    for share in (0.005, 0.007, 0.01, 0.014, 0.02, 0.028, 0.04, 0.055, 0.077, 0.11, 0.15,
+                  0.21, 0.3, 0.42, 0.59, 0.83, 1.0):
+        inv, u = 1 / (1 + 40 * share ** 2), math.exp(-20 * share)
+        y = 47e-6 + 70e-6 * inv + 200e-6 * u + (80e-6 if share < 0.25 else 0.0)
+        rows_w.append((y, inv, u, share * y))
+        rows_1.append((y, inv, u, 1.0))
+    top = max(r[3] for r in rows_w)
+    rows_w = [(y, i, u, w / top) for y, i, u, w in rows_w]
+
+    def miss(rows: list[tuple[float, float, float, float]]) -> float:
+        a, b, w = (iv.value for iv in frontend_intervals(rows))
+        y, inv, u, _ = rows[-1]
+        return abs(a + b * inv + w * u - y) / y
+
+    assert miss(rows_w) < 0.6 * miss(rows_1)
+
+
+# --------------------------------------------------------------------------- stored runs
+
+
+def test_calibration_and_runs_round_trip(tmp_path: Path) -> None:
+    """``calibration.json`` and ``runs.npz`` give back what was stored."""
+    c = Calibration(query_cpu_s=30e-6, capacity_qps=900.0, pauses_s=(1e-3, 2e-3), host_cpus=2,
+                    container_cpu=(("noop", 50e-6, 1e-6),), loadgen_cpu_per_query_s=6e-6)
+    assert calibration_from_json(calibration_to_json({"sim+host": c})) == {"sim+host": c}
+    wl = Workload(ConstantRate(200), n_queries=50, app="digits")
+    tr = wl.generate(0)
+    run = CpuRun(tr, 50.0, 20.0, 0.01, np.full(50, 1e-3), 0.3,
+                 (ContainerCpu("noop", 20.0, 50.0, 0.002),), 0.004)
+    path = save_runs(tmp_path / "runs.npz", [run, run], run, {"batches": 20.0}, 50.0)
+    runs, low, seen, qps = load_runs(path, wl)
+    assert len(runs) == 2 and low is not None and seen == {"batches": 20.0} and qps == 50.0
+    for r in (*runs, low):
+        assert np.array_equal(r.trace.arrival_at, tr.arrival_at)
+        assert np.array_equal(np.asarray(r.latency_s), np.full(50, 1e-3))
+        assert (r.queries, r.batches, r.cpu_s, r.batch_ms, r.loadgen_cpu_s) == (
+            50.0, 20.0, 0.01, 0.3, 0.004)
+        assert r.containers == (ContainerCpu("noop", 20.0, 50.0, 0.002),)
+
+
+def _stored_run(out: Path, *, with_json: bool) -> None:
+    """A fidelity run's folder at a low rate: one setting, real rows, stored twin."""
+    sub = out / "noop-aimd"
+    (sub / "profiles").mkdir(parents=True)
+    save_profile(LatencyProfile.from_samples("noop", {1: [50e-6] * 20, 8: [60e-6] * 20}),
+                 sub / "profiles" / "noop.json")
+    (sub / "deploy.toml").write_text(
+        '[[models]]\nname = "noop"\nkind = "noop"\npath = ""\nreplicas = 1\n'
+        'batching = { policy = "aimd" }\n\n[[applications]]\nname = "digits"\n'
+        'slo_ms = 20\ndefault_output = -1\nmodels = ["noop"]\n')
+    (sub / "summary.md").write_text("2 run(s) per level and mode, 0.5 s each, medians; "
+                                    "container wake-up 0.100 ms (cools in 10 ms)")
+    calib = Calibration(overhead_s=0.2e-3, capacity_qps=1000.0, query_cpu_s=40e-6,
+                        batch_cpu_s=100e-6, host_cpus=2,
+                        container_cpu=(("noop", 40e-6, 0.0),),
+                        loadgen_cpu_per_query_s=10e-6)
+    if with_json:
+        (sub / "calibration.json").write_text(calibration_to_json({"sim+host": calib}))
+    rows = []
+    for lv in (0.3, 0.6):
+        for mode in ("real", "real again", "sim", "sim+frontend", "sim+host"):
+            rows.append({"model": "noop", "batching": "aimd", "level": lv,
+                         "offered_qps": 1000.0 * lv, "mode": mode, "throughput_qps": -1.0,
+                         "mean_ms": -1.0, "p50_ms": -1.0, "p90_ms": -1.0, "p99_ms": -1.0,
+                         "default_rate": 0.0, "batch_size_mean": -1.0, "load_avg": 0.5,
+                         "other_cpu_share": 0.0, "repeats": 2, "capacity_qps": 1000.0,
+                         "sim_capacity_qps": -1.0, "overhead_ms": 0.2,
+                         "query_cpu_us": 40.0, "batch_cpu_us": 100.0, "wake_us": 0.0,
+                         "cold_after_ms": 1.0, "host_cpus": 2, "container_cpu_us": 40.0,
+                         "container_item_cpu_us": 0.0, "loadgen_cpu_us": 10.0,
+                         "container_wake_us": 100.0, "pause_median_ms": 0.0})
+    pd.DataFrame(rows).to_csv(out / "fidelity.csv", index=False)
+
+
+@pytest.mark.parametrize("with_json", [True, False])
+def test_resimulate_redoes_the_twins_rows_and_the_prediction_only(
+        tmp_path: Path, with_json: bool) -> None:
+    """Over a stored run (with ``calibration.json``, or an older run's columns): the
+    prediction's rows are simulated again, the real rows and the other modes stay as
+    stored, the capacity prediction is made again and the measured one kept; older
+    runs' calibration comes from the columns (the containers' cooling time from
+    ``summary.md``)."""
+    _stored_run(tmp_path, with_json=with_json)
+    wl = Workload(ConstantRate(100), n_queries=100, app="digits")
+    res = resimulate(tmp_path, wl, log=lambda s: None)
+    t = res.table
+    host = t[t["mode"] == "sim+host"]
+    assert (host["p50_ms"] > 0).all() and (host["throughput_qps"] > 0).all()
+    assert host["throughput_qps"].to_numpy() == pytest.approx([300.0, 600.0], rel=0.1)
+    others = t[t["mode"] != "sim+host"]
+    assert (others["p50_ms"] == -1.0).all()
+    assert (t["capacity_qps"] == 1000.0).all()
+    assert (t["sim_capacity_qps"] > 0).all()
+    assert bool(res.notes) is not with_json
+    if not with_json:
+        c = stored_calibrations(t.iloc[0].to_dict(), "container wake-up 0.100 ms "
+                                "(cools in 10 ms)")["sim+host"]
+        assert c.replica_cold_after_s == pytest.approx(10e-3)
+        assert c.container_cpu == (("noop", pytest.approx(40e-6), 0.0),)
+
+
+def test_fidelity_resimulate_rewrites_the_tables(tmp_path: Path) -> None:
+    """``fidelity --resimulate --out OUT`` rewrites ``fidelity.csv`` and rebuilds the
+    tables; an OUT without a run is an error that names the file."""
+    _stored_run(tmp_path, with_json=True)
+    assert fidelity_main(["--resimulate", "--out", str(tmp_path)]) == 0
+    t = pd.read_csv(tmp_path / "fidelity.csv")
+    assert (t[t["mode"] == "sim+host"]["p50_ms"] > 0).all()
+    assert (tmp_path / "fidelity.md").exists()
+    assert (tmp_path / "fidelity_capacity.csv").exists()
+    with pytest.raises(CalibrationError, match="fidelity.csv"):
+        resimulate(tmp_path / "none", Workload(ConstantRate(1), n_queries=2, app="digits"))
+
