@@ -258,3 +258,69 @@ def test_oip_one_row_takes_the_common_bodies() -> None:
     ints = Application(name="i", slo_s=0.02, default_output=-1, input_type="integers")
     x = oip.one_row({"inputs": [{"shape": [1, 2], "datatype": "INT64", "data": [1, -2]}]}, ints)
     assert x is not None and x.dtype == np.int64 and x.tolist() == [1, -2]
+
+
+class _Transport:
+    """Records what a connection writes."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_answers_go_out_in_order_one_write_per_connection_per_turn() -> None:
+    """Answers given later (a batch's replies, in any order) go out on the next loop turn
+    in request order, one write per connection; an answer given while its request is
+    parsed (a cache hit) is written before ``data_received`` returns."""
+    import asyncio
+
+    from clipperlab.real.http import HttpProtocol, Request, response
+
+    async def main() -> None:
+        held: list[Request] = []
+
+        def handler(req: Request) -> bytes | None:
+            if req.path == "/now":
+                return response(200, b'"now"')
+            held.append(req)
+            return None
+
+        conns = [(HttpProtocol(handler), _Transport()) for _ in range(3)]
+        for proto, t in conns:
+            proto.connection_made(t)  # type: ignore[arg-type]
+            proto.data_received(b"".join(
+                b"POST /p%d HTTP/1.1\r\nContent-Length: 0\r\n\r\n" % i for i in range(3)))
+        proto, t = conns[0]
+        proto.data_received(b"GET /now HTTP/1.1\r\n\r\n")
+        assert t.writes == []  # the held answers come first
+        for req in reversed(held):
+            req.respond(response(200, req.path.encode()))
+        assert all(t.writes == [] for _, t in conns)
+        await asyncio.sleep(0)
+        for i, (_, t) in enumerate(conns):
+            assert len(t.writes) == 1, (i, t.writes)
+            bodies = [part.rsplit(b"\r\n\r\n", 1)[-1] for part in
+                      t.writes[0].split(b"HTTP/1.1 200 OK")[1:]]
+            assert bodies == [b"/p0", b"/p1", b"/p2"] + ([b'"now"'] if i == 0 else [])
+        proto, t = conns[1]
+        proto.data_received(b"GET /now HTTP/1.1\r\n\r\n")
+        assert len(t.writes) == 2 and t.writes[1].endswith(b'"now"')
+
+    asyncio.run(main())
