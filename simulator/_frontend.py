@@ -174,7 +174,9 @@ class _Frontend(Driver):
     def _batch_done(self, rep: _Rep, sb: SendBatch) -> BatchDone:
         """The engine event for a finished batch: the model's outputs for its inputs."""
         outs = self._outputs[rep.model_idx]
-        return batch_done_of(sb.replica, sb.batch_id, list(map(outs.__getitem__, sb.inputs)))
+        inputs = sb.inputs
+        return batch_done_of(sb.replica, sb.batch_id, [outs[inputs[0]]] if len(inputs) == 1
+                             else list(map(outs.__getitem__, inputs)))
 
     def _loop_at(self, now: float) -> float:
         """When the frontend's event loop takes an event that came at ``now`` (``now``

@@ -288,7 +288,13 @@ class ProfileSampler:
         r = self._rows.get(batch_size)
         if r is None:
             r = self.row(batch_size)
-        u = self.uniform()
+        pos = self._pos  # self.uniform(), inlined: a call per batch less
+        us = self._u
+        if pos >= len(us):
+            us = self._u = self.rng.random(8192).tolist()
+            pos = 0
+        self._pos = pos + 1
+        u = us[pos]
         lv = self._levels
         i = bisect_right(lv, u) - 1  # u in [0, 1): a segment [lv[i], lv[i + 1])
         return r[0][i] + (u - lv[i]) * r[1][i]

@@ -23,7 +23,7 @@ from clipperlab.engine.batching import (
     Wait,
 )
 from clipperlab.simulator import Deployment, LatencyProfile, Simulation
-from clipperlab.workloads import Poisson, Workload
+from clipperlab.workloads import ConstantRate, Poisson, Workload
 
 
 class _Deciding(BatchController):
@@ -109,3 +109,87 @@ def test_batch_done_of_is_the_dataclass(batch_id: int, outputs: list[int]) -> No
     assert (fast, repr(fast)) == (ref, repr(ref))
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.outputs = []  # type: ignore[misc]
+
+
+class StepAIMD(AIMDController):
+    """AIMD through its own ``aimd_step`` (so ``observe`` cannot inline it)."""
+
+    def aimd_step(self, cap: int, size: int, latency_s: float) -> int:
+        return super().aimd_step(cap, size, latency_s)
+
+
+class _Counting(BatchController):
+    """A mixin between AIMD and the base that sees every observation."""
+
+    def observe(self, size: int, latency_s: float, now: float) -> None:
+        self.seen = getattr(self, "seen", 0) + 1
+        super().observe(size, latency_s, now)
+
+
+class CountingAIMD(AIMDController, _Counting):
+    pass
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    step_from=st.sampled_from(["sent", "cap"]),
+    inc=st.integers(1, 4),
+    backoff=st.sampled_from([0.5, 0.9]),
+    band=st.sampled_from([0.0, 0.1, 0.3]),
+    top=st.integers(1, 40),
+    obs=st.lists(st.tuples(st.integers(1, 40), st.floats(0.0, 0.05)), max_size=40),
+)
+def test_inlined_aimd_observe_is_the_plain_one(step_from: str, inc: int, backoff: float,
+                                               band: float, top: int,
+                                               obs: list[tuple[int, float]]) -> None:
+    """AIMD's ``observe`` with the base's observe and ``aimd_step`` inlined gives the caps
+    and latency line of the calls it stands for; a subclass that overrides ``aimd_step``
+    or a mixin that overrides ``observe`` is still called."""
+    cfg = BatchingConfig(policy="aimd", aimd_step_from=step_from, additive_increase=inc,
+                         backoff=backoff, hold_band=band, max_batch_size=top)
+    fast, slow, mixed = (AIMDController(cfg, 0.02), StepAIMD(cfg, 0.02),
+                         CountingAIMD(cfg, 0.02))
+    assert (fast._flat, slow._flat, mixed._flat) == (True, False, False)
+    for k, (size, lat) in enumerate(obs):
+        for c in (fast, slow, mixed):
+            c.observe(size, lat, float(k))
+        assert fast.cap == slow.cap == mixed.cap
+        assert fast.latency.coefficients() == slow.latency.coefficients()
+    assert fast.batches == slow.batches == mixed.batches == len(obs)
+    assert getattr(mixed, "seen", 0) == len(obs)
+
+
+def _run(own: bool, wl: Workload, bc: BatchingConfig, profile: LatencyProfile | str,
+         until_s: float | None, seed: int) -> tuple[Simulation, object]:
+    dep = Deployment.single(profile, batching=bc, slo_s=0.010)
+    sim = Simulation(dep, wl, seed=seed, decision_log=True)
+    sim.own_events = own
+    return sim, sim.run(until_s)
+
+
+@settings(max_examples=16, deadline=None)
+@given(
+    qps=st.sampled_from([300.0, 900.0, 5000.0, 30000.0]),
+    constant=st.booleans(),
+    policy=st.sampled_from(["aimd", "none", "fixed"]),
+    wait_ms=st.sampled_from([0.0, 1.0]),
+    until_s=st.sampled_from([None, 0.2]),
+    seed=st.integers(0, 50),
+)
+def test_own_event_heap_runs_as_simpy(qps: float, constant: bool, policy: str,
+                                      wait_ms: float, until_s: float | None,
+                                      seed: int) -> None:
+    """A run on the driver's own heap of events (no faults, one frontend, plain arrivals)
+    gives the queries, batches, decision log and final clock of the same run on SimPy's
+    event queue, bit for bit (batch completions and timers at the same instant included)."""
+    # constant arrivals put deadlines (arrival + SLO) on later arrivals' instants: ties
+    wl = Workload(ConstantRate(qps) if constant else Poisson(qps), n_queries=400)
+    bc = BatchingConfig(policy=policy, wait_timeout_s=wait_ms / 1e3, max_batch_size=8)
+    prof = LatencyProfile.from_line("one-ms", 1e-4, 1e-3, p99_over_mean=1.5)
+    sim_f, fast = _run(True, wl, bc, prof, until_s, seed)
+    sim_s, slow = _run(False, wl, bc, prof, until_s, seed)
+    assert sim_f._events is not None and sim_s._events is None
+    assert fast.log == slow.log  # type: ignore[attr-defined]
+    assert fast.sim_s == slow.sim_s  # type: ignore[attr-defined]
+    assert fast.queries.equals(slow.queries)  # type: ignore[attr-defined]
+    assert fast.batches.equals(slow.batches)  # type: ignore[attr-defined]
