@@ -17,9 +17,11 @@ Feed it events with ``now`` (seconds) and carry out the instructions it returns:
 This module exports the public API: what the README's examples and the drivers use, the
 driver base, the errors, and the interfaces a policy of one's own implements
 (``BatchController`` with ``Dispatch``/``Wait``/``QueueView``, ``SelectionPolicy`` with
-``PolicyState``).  The built-in controllers and policies, the cache and the reasons live in
-their modules (``clipperlab.engine.batching``, ``.selection``, ``.peers``, ``.cache``,
-``._types``); configs name them by string.
+``PolicyState``), and for drivers' hot paths the positional builders ``batch_done_of`` and
+``send_batch_of`` (``BatchDone``/``SendBatch`` without keyword parsing).  The built-in
+controllers and policies, the cache and the reasons live in their modules
+(``clipperlab.engine.batching``, ``.selection``, ``.peers``, ``.cache``, ``._types``);
+configs name them by string.
 """
 
 from ._types import (
@@ -33,6 +35,8 @@ from ._types import (
     ReplicaId,
     Reply,
     SendBatch,
+    batch_done_of,
+    send_batch_of,
 )
 from .batching import BatchController, Dispatch, QueueView, Wait
 from .core import Engine
@@ -72,6 +76,8 @@ __all__ = [
     "SelectionPolicy",
     "SendBatch",
     "Wait",
+    "batch_done_of",
     "input_digest",
     "make_policy",
+    "send_batch_of",
 ]

@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import simpy
 
-from clipperlab.engine import BatchDone, Reply, SendBatch
-from clipperlab.engine._types import batch_done_of
+from clipperlab.engine import BatchDone, Reply, SendBatch, batch_done_of
 from clipperlab.engine.driver import Driver
 
 from .deployment import Deployment, FrontendCPU, Link

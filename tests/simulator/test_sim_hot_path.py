@@ -10,8 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clipperlab.engine import BatchDone, BatchingConfig, ReplicaId, SendBatch
-from clipperlab.engine._types import batch_done_of, send_batch_of
+from clipperlab.engine import (
+    BatchDone,
+    BatchingConfig,
+    ReplicaId,
+    SendBatch,
+    batch_done_of,
+    send_batch_of,
+)
 from clipperlab.engine.batching import (
     AIMDController,
     BatchController,
