@@ -4,8 +4,10 @@ One application, one model with the Clipper prototype's linear-SVM profile, one 
 AIMD batching (20 ms bound), open-loop constant load of 20K qps, 1M queries (the paper's
 figure 4 load).  Measured in the same run, on the same pre-generated trace:
 
-- ``simulator``: ``simulator.Simulation(...).run()`` (engine + SimPy driver; setup of
-  outputs and replicas included, building the result DataFrames reported apart);
+- ``simulator``: ``simulator.Simulation(...).run()`` (engine + driver; setup of outputs
+  and replicas included, building the result DataFrames reported apart).  Without faults
+  the driver keeps its batch completions and timers on its own heap rather than SimPy's
+  queue (``simulator/driver.py``, ``_run_events``; the same results);
 - ``bare SimPy, event per arrival``: the textbook SimPy program without the engine: an
   arrival process that yields one timeout per query into a FIFO, one replica process that
   takes ``min(cap, queued)`` queries, sleeps for a draw of the same profile plus the same
@@ -286,7 +288,7 @@ def main() -> None:
     if n > 0:
         trace = Workload(ConstantRate(args.qps), n_queries=n, app="bench").generate(args.seed)
         loops: list[tuple[str, Any]] = [
-            ("simulator (engine + SimPy driver)", lambda: simulator_run(trace, args.seed)),
+            ("simulator (engine + driver)", lambda: simulator_run(trace, args.seed)),
             ("bare SimPy, event per arrival", lambda: bare_event_per_arrival(trace, args.seed)),
             ("bare SimPy, batched arrivals", lambda: bare_batched_arrivals(trace, args.seed)),
             ("engine alone, no SimPy (engine_bench, gc off)",
@@ -303,7 +305,7 @@ def main() -> None:
         small = Workload(ConstantRate(SMALL_QPS), n_queries=k, app="bench").generate(args.seed)
         sp = SMALL_PROFILE
         small_loops: list[tuple[str, Any]] = [
-            ("simulator (engine + SimPy driver)",
+            ("simulator (engine + driver)",
              lambda: simulator_run(small, args.seed, profile=sp)),
             ("bare SimPy, event per arrival",
              lambda: bare_event_per_arrival(small, args.seed, sp)),

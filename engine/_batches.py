@@ -10,6 +10,11 @@ model as missing for them.  Either is taken only from the replica the batch was 
 one that names another replica is ignored and counted
 (``clipperlab_batch_results_ignored_total``).  ``_fire`` handles everything due: task deadlines and
 controllers' wake-ups.  A part of ``Engine`` (``core.py``).
+
+Small batches (issue 14): a query that finds a replica idle and its queue empty is sent
+alone by ``on_query`` without entering the queue when the controller would send it
+(``_send``: the decision ``_kick`` takes for a queue of one), and a one-query result is
+answered without the general loop; both take the general path's decisions, bit for bit.
 """
 
 from __future__ import annotations
