@@ -7,8 +7,10 @@ Rules:
 - Pipelining-safe: every request of a connection gets a sequence number and responses are
   written strictly in that order, whatever order the handlers finish in.
 - One write per connection per loop turn: answers given while a read is parsed (cache
-  hits) go out before ``data_received`` returns; answers given later (a batch's replies)
-  go out on the next turn, every connection answered meanwhile from one loop callback.
+  hits) go out before ``data_received`` returns, without a loop callback; answers given
+  later (a batch's replies) go out on the next turn.  (One callback flushing every
+  connection answered in a turn measured slower than uvloop's own handles: 5.3 against
+  4.8 us a request.)
 - Bodies are read by ``Content-Length`` (chunked bodies are accepted too, the parser
   de-chunks them); a body over ``max_body_bytes`` gets ``413`` and the connection closes.
 - Limits (``HttpLimits``), each answered once with a JSON ``error`` naming the setting,
@@ -473,7 +475,7 @@ class HttpProtocol(asyncio.Protocol):
         self._next_write = nxt
         if not self._flush_soon:
             self._flush_soon = True
-            self._sched.flush_soon(self)
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_soon = False
@@ -655,19 +657,6 @@ class _Scheduler:
         self.scheduled = False
         self.inline_bytes = 0
         self._reset_scheduled = False
-        self._to_flush: list[HttpProtocol] = []
-
-    def flush_soon(self, proto: HttpProtocol) -> None:
-        """Write ``proto``'s answers later in this loop turn, with every other connection
-        answered meanwhile (one callback for a batch's replies, not one per connection)."""
-        if not self._to_flush:
-            self.loop.call_soon(self._flush_all)
-        self._to_flush.append(proto)
-
-    def _flush_all(self) -> None:
-        protos, self._to_flush = self._to_flush, []
-        for proto in protos:
-            proto._flush()
 
     def note_inline(self, n: int) -> None:
         self.inline_bytes += n
