@@ -72,6 +72,8 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 import real_bench  # noqa: E402  (bench/ is not a package: its sibling, by path)
 
+sys.path.remove(str(BENCH))  # bench/'s other modules stay out of an importer's path
+
 VENVS = ROOT / ".venv-peers"
 NO_MARK = real_bench.DEFAULT_MARKS["echo"]  # bytes no reply contains: peers have no default
 REST_BODY = real_bench.REST_BODY
