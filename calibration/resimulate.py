@@ -20,9 +20,11 @@ Rules:
   (``anchor_loop_cost``), what today's busy-share weights do in the fit itself.
 - Per level, the level's trace (``runs.retime``, the seed ``validate`` used) is replayed
   ``repeats`` times (seeds as ``validate``'s) in every rebuilt twin and each metric is the
-  median; the stored run had the send times the generator achieved, which are not stored:
-  the trace as scheduled stands in (the generator's lag, ``mean_lag_ms``, is a fraction of
-  a millisecond, near constant).  The rows of the other modes (``real``, ``real again``,
+  median; the stored run had the send times the generator achieved, which older runs did
+  not store: the trace as the generator sends it stands in (``ticked``: each query sent
+  at the generator's next millisecond tick, as ``loadgen`` writes every query due when
+  its 1 ms timer fires; the queries of a tick arrive together, which a smooth schedule
+  would not queue like).  The rows of the other modes (``real``, ``real again``,
   ``sim``, ``sim+in-situ`` and a twin that could not be rebuilt) stay as stored.
 - The capacity prediction is made again (``validation.twin_prediction``, the ramp's
   procedure, ``repeats`` ramps); the measured capacity stays.
@@ -58,7 +60,7 @@ from clipperlab.workloads import Trace, Workload
 
 __all__ = ["CALIBRATION_FILE", "RUNS_FILE", "Resimulated", "anchor_loop_cost",
            "calibration_from_json", "calibration_to_json", "load_runs", "resimulate",
-           "save_runs", "stored_calibrations"]
+           "save_runs", "stored_calibrations", "ticked"]
 
 Log = Callable[[str], None]
 CALIBRATION_FILE = "calibration.json"
@@ -225,7 +227,7 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
             twin = sim_deployment(dep, workload.app, profiles, calibration=calib)
             for lv, rows in g[g["mode"] == "real"].groupby("level", sort=False):
                 rate = float(rows.iloc[0]["offered_qps"])
-                tr = retime(workload, rate, ls, seed + 3)
+                tr = ticked(retime(workload, rate, ls, seed + 3))
                 s = median_summary([sim_run(twin, tr, seed + k, calib) for k in range(reps)])
                 sel = (g["level"] == lv) & (g["mode"] == mode)
                 for col in ("throughput_qps", "mean_ms", "p50_ms", "p90_ms", "p99_ms",
@@ -250,6 +252,13 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
             f"{cap:,.0f} q/s ({(cap - measured) / measured:+.0%})")
         parts.append(g)
     return Resimulated(pd.concat(parts, ignore_index=True), notes)
+
+
+def ticked(trace: Trace, tick_s: float = 1e-3) -> Trace:
+    """``trace`` as the load generator sends it: every arrival moved to the next multiple
+    of ``tick_s`` (its timer's resolution) at or after it."""
+    at = np.ceil(np.asarray(trace.arrival_at, dtype=np.float64) / tick_s - 1e-9) * tick_s
+    return dataclasses.replace(trace, arrival_at=at)
 
 
 def anchor_loop_cost(calib: Calibration, twin: Callable[[Calibration], Deployment],
