@@ -29,6 +29,7 @@ from clipperlab.calibration.resimulate import (
     resimulate,
     save_runs,
     stored_calibrations,
+    ticked,
 )
 from clipperlab.calibration.twin import despiked, frontend_cpu
 from clipperlab.simulator import (
@@ -260,3 +261,12 @@ def test_anchor_loop_cost_makes_the_twin_spend_the_measured_cpu_per_query() -> N
     assert c.batch_cpu_s == c0.batch_cpu_s and c.query_cpu_s > c0.query_cpu_s
     assert anchor_loop_cost(c0, twin, tr, 1e-6).query_cpu_s == 0.0
     assert anchor_loop_cost(c0, twin, tr, math.nan) is c0
+
+
+def test_ticked_sends_each_query_at_the_generators_next_millisecond() -> None:
+    """Arrivals 0.3 ms apart come out on whole milliseconds, each at the first tick at or
+    after it: four queries share the 2 ms tick (1.2, 1.5, 1.8 -> 2 ms; 2.1 -> 3 ms)."""
+    wl = Workload(ConstantRate(1), n_queries=8, app="digits")
+    tr = dataclasses.replace(wl.generate(0), arrival_at=np.arange(8) * 0.3e-3)
+    got = ticked(tr).arrival_at * 1e3
+    assert got == pytest.approx([0, 1, 1, 1, 2, 2, 2, 3])
