@@ -135,7 +135,8 @@ def parse_request(doc: Any, model: str) -> InferRequest:
     binary = _flag(_params(doc.get("parameters"), "request"), "binary_data_output", "request")
     outs = doc.get("outputs")
     if outs is None:
-        return InferRequest(rid, inputs[0], [("output", binary), ("default", binary)])
+        return InferRequest(rid, inputs[0], [("output", True), ("default", True)] if binary
+                            else _WANT_ALL)
     if not isinstance(outs, list):
         raise BadInput(f"outputs must be a list, got {_kind(outs)}")
     wanted = []
@@ -602,13 +603,14 @@ class OipHandler:
     def encode(
         self, app: Application, rid: Any, replies: list[Reply], wanted: list[tuple[str, bool]]
     ) -> bytes:
-        if len(replies) == 1 and not any(b for _, b in wanted):
+        if len(replies) == 1 and (wanted is _WANT_ALL or not any(b for _, b in wanted)):
             # One JSON reply: its body less the id depends only on the application, the
             # prediction and the outputs asked for; most answers are one of a few labels.
             p = replies[0].prediction
             try:
                 # type too: 1, 1.0 and True are equal keys but encode differently
-                key: Any = (app.name, type(p.output), p.output, p.default, tuple(wanted))
+                key: Any = (app.name, type(p.output), p.output, p.default,
+                            None if wanted is _WANT_ALL else tuple(wanted))
                 tail = self._tails.get(key)
             except TypeError:  # an unhashable output: encode it every time
                 key, tail = None, None
