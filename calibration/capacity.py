@@ -21,8 +21,8 @@ same quantity with the same resolution.  Rules of ``ramp``:
 ``twin_capacity``: the ramp on the twin (``ramp_probe_twin``: the twin replays the step's
 trace, the generator's CPU included when the twin has the host CPU model, latency from
 the scheduled arrival plus the calibration's constant overhead outside the loop; a
-confirming re-run draws with the next seed); the prediction is the median over
-``repeats`` ramps, as the measured capacity is.
+confirming re-run draws with the next seed, each ramp its own); the prediction is the
+median over ``repeats`` ramps, as the measured capacity is.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def ramp_probe_twin(twin: Deployment, workload: Workload, slo_s: float, *,
 
     def probe(rate: float, attempt: int) -> tuple[float, float]:
         tr = retime(workload, rate, step_s, ramp_trace_seed(seed, repeat))
-        q = Simulation(twin, tr, seed=seed + attempt).run().queries
+        q = Simulation(twin, tr, seed=ramp_trace_seed(seed, repeat) + attempt).run().queries
         if overhead_s:
             q = q.copy()
             q["reply_at"] = q["reply_at"] + overhead_s

@@ -13,19 +13,8 @@ Rules:
   such a run stored the pauses' median only, so its twin draws every pause at the median
   (``Resimulated.notes`` says so).
 - Refit: where the run stored what it was fitted on (``runs.npz``) the twins are fitted
-  again (``validation.calibrate_twin``, today's fits).  An older run stored no runs, only
-  its fitted numbers and one measurement near capacity, the server's CPU per query at the
-  ramp's last good step (``frontend_cost_us``): its loop's cost per query is moved so the
-  twin replaying a ramp step at the measured capacity spends that CPU per query
-  (``anchor_loop_cost``), what today's busy-share weights do in the fit itself.
-- Per level, the level's trace (``runs.retime``, the seed ``validate`` used) is replayed
-  ``repeats`` times (seeds as ``validate``'s) in every rebuilt twin and each metric is the
-  median; the stored run had the send times the generator achieved, which older runs did
-  not store: the trace as the generator sends it stands in (``ticked``: each query sent
-  at the generator's next millisecond tick, as ``loadgen`` writes every query due when
-  its 1 ms timer fires; the queries of a tick arrive together, which a smooth schedule
-  would not queue like).  The rows of the other modes (``real``, ``real again``,
-  ``sim``, ``sim+in-situ`` and a twin that could not be rebuilt) stay as stored.
+  again (``validation.calibrate_twin``, today's fits); an older run's fitted numbers are
+  used as they are.
 - The capacity prediction is made again (``validation.twin_prediction``, the ramp's
   procedure, ``repeats`` ramps); the measured capacity stays.
 - ``resimulate`` returns the new table; ``fidelity --resimulate`` writes it over
@@ -41,26 +30,24 @@ import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from clipperlab.calibration.capacity import RAMP_S, ramp_trace_seed
 from clipperlab.calibration.errors import CalibrationError
 from clipperlab.calibration.fit import Calibration, ContainerCpu, CpuRun
 from clipperlab.calibration.runs import retime, sim_run
 from clipperlab.calibration.server import model_specs, real_deployment
 from clipperlab.calibration.twin import sim_deployment
 from clipperlab.calibration.validation import median_summary, twin_prediction
-from clipperlab.simulator import Deployment, Simulation, load_profile
+from clipperlab.simulator import load_profile
 from clipperlab.workloads import Trace, Workload
 
-__all__ = ["CALIBRATION_FILE", "RUNS_FILE", "Resimulated", "anchor_loop_cost",
-           "calibration_from_json", "calibration_to_json", "load_runs", "resimulate",
-           "save_runs", "stored_calibrations", "ticked"]
+__all__ = ["CALIBRATION_FILE", "RUNS_FILE", "Resimulated", "calibration_from_json",
+           "calibration_to_json", "load_runs", "resimulate", "save_runs",
+           "stored_calibrations", "ticked"]
 
 Log = Callable[[str], None]
 CALIBRATION_FILE = "calibration.json"
@@ -210,17 +197,6 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
             calibs = _refit(folder / RUNS_FILE, dep, app, specs, workload, profiles, calibs,
                             seed, reps, log)
             notes.append(f"{model}-{batching}: calibration fitted again on {RUNS_FILE}")
-        elif refit:
-            before = {m: c.query_cpu_s for m, c in calibs.items()}
-            twin_of = partial(_twin, dep, workload.app, profiles)
-            calibs = {m: anchor_loop_cost(
-                c, twin_of, retime(workload, c.capacity_qps, RAMP_S, ramp_trace_seed(seed, 0)),
-                c.frontend_cost_s, seed) for m, c in calibs.items()}
-            if any(c.query_cpu_s != before[m] for m, c in calibs.items()):
-                notes.append(f"{model}-{batching}: the loop's cost per query anchored at "
-                             "the ramp's last good step: " + ", ".join(
-                                 f"{m} {before[m] * 1e6:.1f} -> {c.query_cpu_s * 1e6:.1f} us"
-                                 for m, c in calibs.items()))
         if adjust is not None:
             calibs = {m: adjust(c) for m, c in calibs.items()}
         for mode, calib in calibs.items():
@@ -259,27 +235,6 @@ def ticked(trace: Trace, tick_s: float = 1e-3) -> Trace:
     of ``tick_s`` (its timer's resolution) at or after it."""
     at = np.ceil(np.asarray(trace.arrival_at, dtype=np.float64) / tick_s - 1e-9) * tick_s
     return dataclasses.replace(trace, arrival_at=at)
-
-
-def anchor_loop_cost(calib: Calibration, twin: Callable[[Calibration], Deployment],
-                     trace: Trace, cpu_s_per_query: float, seed: int = 0,
-                     rounds: int = 3) -> Calibration:
-    """``calib`` with its loop's cost per query moved (never below 0) so that the twin
-    replaying ``trace`` spends ``cpu_s_per_query`` of loop CPU per query, as the server
-    did; a few rounds, as the twin's batch sizes follow its loop."""
-    if not (math.isfinite(cpu_s_per_query) and cpu_s_per_query > 0 and len(trace)):
-        return calib
-    for _ in range(rounds):
-        sim = Simulation(twin(calib), trace, seed=seed)
-        sim.run()
-        got = sim.loop_busy_s / len(trace)
-        calib = dataclasses.replace(
-            calib, query_cpu_s=max(calib.query_cpu_s + cpu_s_per_query - got, 0.0))
-    return calib
-
-
-def _twin(dep: Any, app: str, profiles: Mapping[str, Any], calib: Calibration) -> Deployment:
-    return sim_deployment(dep, app, profiles, calibration=calib)
 
 
 def _deployment(toml: Path, tmp: Path) -> Any:

@@ -22,7 +22,6 @@ from clipperlab.calibration.fit import (
     frontend_intervals,
 )
 from clipperlab.calibration.resimulate import (
-    anchor_loop_cost,
     calibration_from_json,
     calibration_to_json,
     load_runs,
@@ -31,12 +30,11 @@ from clipperlab.calibration.resimulate import (
     stored_calibrations,
     ticked,
 )
-from clipperlab.calibration.twin import despiked, frontend_cpu
+from clipperlab.calibration.twin import despiked
 from clipperlab.simulator import (
     Deployment,
     FrontendCPU,
     LatencyProfile,
-    Simulation,
     save_profile,
 )
 from clipperlab.workloads import ConstantRate, Workload
@@ -240,27 +238,6 @@ def test_fidelity_resimulate_rewrites_the_tables(tmp_path: Path) -> None:
     with pytest.raises(CalibrationError, match="fidelity.csv"):
         resimulate(tmp_path / "none", Workload(ConstantRate(1), n_queries=2, app="digits"))
 
-
-
-def test_anchor_loop_cost_makes_the_twin_spend_the_measured_cpu_per_query() -> None:
-    """A twin's loop of 30 us per query + 100 us per batch (130 us at batch size 1), told
-    the server spent 200 us per query at this rate: the cost per query moves until the
-    twin spends 200 us (its batch sizes follow); a measured cost below what the batches
-    alone take leaves 0."""
-    base = Deployment.single("prototype-noop")
-
-    def twin(c: Calibration) -> Deployment:
-        return dataclasses.replace(base, frontend_cpu=frontend_cpu(c))
-
-    tr = Workload(ConstantRate(2000), n_queries=2000, app="digits").generate(0)
-    c0 = Calibration(query_cpu_s=30e-6, batch_cpu_s=100e-6)
-    c = anchor_loop_cost(c0, twin, tr, 200e-6)
-    sim = Simulation(twin(c), tr, seed=0)
-    sim.run()
-    assert sim.loop_busy_s / len(tr) == pytest.approx(200e-6, rel=0.02)
-    assert c.batch_cpu_s == c0.batch_cpu_s and c.query_cpu_s > c0.query_cpu_s
-    assert anchor_loop_cost(c0, twin, tr, 1e-6).query_cpu_s == 0.0
-    assert anchor_loop_cost(c0, twin, tr, math.nan) is c0
 
 
 def test_ticked_sends_each_query_at_the_generators_next_millisecond() -> None:
