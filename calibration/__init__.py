@@ -7,8 +7,8 @@ It joins ``clipperlab.real`` (the server, its containers and client) to
 - ``quiet``: the machine's load before a measurement (``machine_load``) and the guard
   that warns, refuses or stays off when it is busy (``guard``); results record it.
 - ``intervals``: bootstrap intervals over the runs or repeats a fitted number came from.
-- ``capacity``: the twin's predicted capacity (the highest rate meeting the objective),
-  through ``clipperlab.simulator.capacity``.
+- ``capacity``: the capacity ramp (``ramp``), one procedure for the real server and the
+  twin (the twin's run of it is the predicted capacity).
 - ``profiler``: a real container's batch latency over the RPC -> a simulator profile.
 - ``loadgen``: an open-loop load generator without coordinated omission; raw per-query
   tables (summaries come from ``clipperlab.report.latency.summarise``).
@@ -22,6 +22,8 @@ It joins ``clipperlab.real`` (the server, its containers and client) to
   - ``outputs``: errors, tables (``clipperlab.report.tables``), the figure
     (``clipperlab.report.plots``) and files.
 - ``fidelity``: the fidelity table over several models and batchings.
+- ``resimulate``: a fidelity run's simulator side again over its stored real side
+  (``fidelity --resimulate``).
 - ``torch_models``: the torch models of fig. 11 and the calibration runs, built offline.
 - ``rayserve``: Ray Serve serving the same models (fig. 11's peer).
 """

@@ -336,10 +336,10 @@ def fit_frontend(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deploymen
     replaying the run in the twin with a negligible ``wake_s``.  Each run's relative
     error is weighted by the loop's busy share in it (its CPU seconds per second over the
     busiest run's): the ramp's steps are spaced x1.4, so most are at a few percent of
-    capacity, and unweighted they fitted the wake-up and let the cost per query come out
-    low where it matters, near capacity (no-op, AIMD: 29 us/query fitted, 47-53 us/query
-    measured in the server at 15,000-25,000 q/s and batch sizes 6-50, so the twin's loop
-    saturated at 32,000 q/s and the server's at 20,000):
+    capacity, and unweighted they set the costs where they matter least (no-op, AIMD:
+    29 us/query + 134 us/batch fitted, 32 us/query at batch size 40, while the server
+    spent 49-53 us/query at 20,000-25,000 q/s and batch sizes 39-52; on one later run
+    the weights moved the fit from 38.9 + 125 to 43.8 + 89 us):
 
     1. a first ``a``, ``b`` (``fit_cpu``) from the runs at a quarter of the fastest run's
        rate or more, where the loop rarely sleeps, to give the twin its dynamics;

@@ -21,7 +21,8 @@ Theory of operation (``validate``, one function per step):
 3. ``warm_up``: the real server in its own process (cache off unless the workload is
    cacheable, as the paper salted its inputs), ready, warmed, its idle CPU measured.
 4. ``calibrate_at_low_load`` (``calib_qps``); then ``ramp_to_capacity`` unless the
-   capacity is given: the offered load ramps (x``ramp_step`` per ``ramp_s`` step) until
+   capacity is given (``capacity.ramp``, the procedure the twin's prediction runs too):
+   the offered load ramps (x``ramp_step`` per ``ramp_s`` step) until
    fewer than 95% of the queries get a prediction within the SLO as the client saw it (a
    failing step runs twice before it counts), with one more step between the last good
    and the first bad rate; capacity is the best good throughput seen.  The ramp runs
@@ -61,8 +62,12 @@ Theory of operation (``validate``, one function per step):
    simulator (``sim``) and in the calibrated twins (``sim+frontend``, ``sim+host``);
    every metric of a mode is the median over its runs.  Latency is measured from the
    send on both sides (the generator's own lag is kept apart).  ``predict_capacity``: the
-   prediction's capacity for the workload and SLO (``capacity.twin_capacity``, the
-   simulator's own search ``simulator.capacity``), beside the measured one.
+   prediction's capacity for the workload and SLO, the real ramp's own procedure run on
+   the twin (``capacity.ramp`` through ``capacity.twin_capacity``: same steps, same
+   confirmation, median of ``repeats`` ramps), beside the measured one.
+8. What the calibration was fitted on is kept in the result (``runs``, ``low_run``,
+   ``low_seen``, ``calib_qps``) so a run can be re-simulated and refitted later
+   (``clipperlab.calibration.resimulate``).
 7. ``compare``: relative errors (sim - real) / real of throughput, mean, p50, p90, p99.
    One more mode, ``sim+in-situ``, is a diagnostic, not a prediction: the prediction's
    twin with the profiles scaled by the batch latency the server saw *in the first run*
