@@ -648,8 +648,7 @@ class Simulation(_HostCpuDriver):
                         ev = pop(events)
                         env._now = ev[0]
                         event(ev)
-                horizon = events[0][0] if events else _INF
-                continue
+                horizon = events[0][0] if events else _INF  # now later than t
             out = on_query(new(Query, (i, app, i, None, None, None)), t)
             i += 1
             if out:
