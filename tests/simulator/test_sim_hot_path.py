@@ -23,6 +23,7 @@ from clipperlab.engine.batching import (
     BatchController,
     Dispatch,
     FixedController,
+    LatencyModel,
     NoBatchingController,
     QuantileController,
     QueueView,
@@ -199,3 +200,40 @@ def test_own_event_heap_runs_as_simpy(qps: float, constant: bool, policy: str,
     assert fast.sim_s == slow.sim_s  # type: ignore[attr-defined]
     assert fast.queries.equals(slow.queries)  # type: ignore[attr-defined]
     assert fast.batches.equals(slow.batches)  # type: ignore[attr-defined]
+
+
+class _RefLine:
+    """``LatencyModel.add`` as it was written before its sums moved to locals."""
+
+    def __init__(self, window: int) -> None:
+        self.window, self.obs, self.n = window, [], 0
+        self.sx = self.sy = self.sxx = self.sxy = 0.0
+
+    def add(self, size: int, lat: float) -> None:
+        self.obs.append((size, lat))
+        self.n += 1
+        self.sx += size
+        self.sy += lat
+        self.sxx += size * size
+        self.sxy += size * lat
+        if self.n > self.window:
+            s, y = self.obs.pop(0)
+            self.n -= 1
+            self.sx -= s
+            self.sy -= y
+            self.sxx -= s * s
+            self.sxy -= s * y
+
+
+@given(window=st.integers(0, 6),
+       obs=st.lists(st.tuples(st.integers(1, 64), st.floats(0.0, 1.0)), max_size=30))
+def test_latency_line_sums_are_the_running_sums(window: int,
+                                                obs: list[tuple[int, float]]) -> None:
+    """The latency line keeps the same running sums, bit for bit, as adding then
+    dropping the oldest beyond the window (deadline pressure and admission read them)."""
+    line, ref = LatencyModel(window), _RefLine(window)
+    for size, lat in obs:
+        line.add(size, lat)
+        ref.add(size, lat)
+        assert (line.count, line._sx, line._sy, line._sxx, line._sxy) == (
+            ref.n, ref.sx, ref.sy, ref.sxx, ref.sxy)
