@@ -16,6 +16,8 @@ Rules:
 - Every field is checked for type and range before it is used (``parse_request``,
   ``parse_tensor``, then the data per datatype: integers within the type's range, finite
   numbers, booleans for BOOL), so bad input is a 400 naming the field, never a 500.
+  ``one_row`` takes the most common body (one row of the application's own datatype) in
+  one step with the same checks and leaves every other body, and every error, to them.
 - Errors: ``{"error": msg}`` with 400, 404 (unknown model/version), 413 (more rows than
   ``max_batch_items``), 503 (overload), 500 (outputs that cannot be encoded; counted).
 """
