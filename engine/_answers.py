@@ -170,6 +170,9 @@ class _Answers(_EngineFields):
 
 def _size_bytes(v: Any) -> int:
     """What keeping ``v`` costs, roughly: an array's ``nbytes``, a string's length, else 8."""
+    t = type(v)
+    if t is float or t is int or t is bool:  # the common answer: no attribute lookup that fails
+        return 8
     n = getattr(v, "nbytes", None)
     if n is not None:
         return int(n)

@@ -35,6 +35,9 @@ MISS: Any = _Miss()
 
 def output_size_bytes(output: Any) -> int:
     """Bytes an output occupies: ``nbytes`` of arrays, length of bytes/str, else sizeof."""
+    t = type(output)
+    if t is float or t is int or t is bool:  # no ``nbytes`` to look for (a failing getattr)
+        return sys.getsizeof(output)
     nbytes = getattr(output, "nbytes", None)
     if isinstance(nbytes, int):
         return nbytes
