@@ -18,8 +18,10 @@ demands and each fitted number's interval as ``<name>_lo``/``<name>_hi``),
 ``OUT/fidelity_capacity.csv`` (capacity measured against predicted), ``OUT/fidelity.md``
 (the README's tables: errors of the calibrated simulator against the real run, whether
 the issue's goals hold, the counts per mode, the capacities, the calibration with
-intervals) and ``OUT/fidelity.png``.  Tables and the figure come from
-``clipperlab.report``.
+intervals) and ``OUT/fidelity.png``; per setting ``calibration.json`` and ``runs.npz``
+(what the calibration was fitted on), so that ``--resimulate`` can run the simulator's
+side again over OUT without the real server (``clipperlab.calibration.resimulate``).
+Tables and the figure come from ``clipperlab.report``.
 """
 
 from __future__ import annotations
@@ -418,8 +420,8 @@ def report(table: pd.DataFrame, out: Path) -> None:
             "Capacity (the highest rate at which 95% of the queries get a prediction within"
             " the SLO): measured on the real server (the median of the ramps, with a 90%"
             " bootstrap interval over them) against the calibrated simulator's prediction"
-            " (the same objective searched in the twin; the measured capacity is not told"
-            " to it).  The issue's goal: within 10%.", "",
+            " (the same ramp run on the twin, as many times: same steps, same confirmation;"
+            " the measured capacity is not told to it).  The issue's goal: within 10%.", "",
             capacity_markdown(caps) if len(caps) else "(no capacities in the table)", "",
             "Calibration per run (fitted numbers as value [90% bootstrap interval over the"
             " runs]; the load each run started under):", "", markdown_table(cal), ""]
