@@ -2,6 +2,7 @@
 
     python -m clipperlab.calibration.fidelity --out results/validation [--level-s 10]
         [--repeats 3] [--busy warn|refuse|off] [--quick] [--no-host-cpu]
+    python -m clipperlab.calibration.fidelity --out COPY_OF_A_RUN --resimulate [--no-refit]
 
 Models (``clipperlab.calibration.torch_models``; built in a temporary directory, nothing
 downloaded): the no-op container, a scikit-learn logistic regression (cheap) and a random
