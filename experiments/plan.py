@@ -142,7 +142,7 @@ _RAY_STARTED = False
 def _ray_init(workers: int, address: str | None) -> None:
     """One Ray session for the whole search (``run_jobs`` would start one per call)."""
     global _RAY_STARTED
-    from .sweep import ExecutorUnavailable, ray_runtime_env
+    from .sweep import ExecutorUnavailable, ray_address_kwargs, ray_runtime_env
 
     try:
         import ray
@@ -152,10 +152,7 @@ def _ray_init(workers: int, address: str | None) -> None:
     if not ray.is_initialized():
         kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
                               "runtime_env": ray_runtime_env()}
-        if address:
-            kw["address"] = address
-        else:  # "local": a fresh instance, never another process's cluster found running
-            kw.update(address="local", num_cpus=max(1, workers))
+        kw.update(ray_address_kwargs(address, workers))
         ray.init(**kw)
         _RAY_STARTED = True
 

@@ -46,6 +46,7 @@ __all__ = [
     "JobFailed",
     "expand_grid",
     "run_job",
+    "ray_address_kwargs",
     "ray_runtime_env",
     "run_jobs",
     "summarize",
@@ -160,6 +161,15 @@ def ray_available() -> bool:
     return True
 
 
+def ray_address_kwargs(address: str | None, n_workers: int) -> dict[str, Any]:
+    """``ray.init``'s address: the one given, else a fresh local instance of ``n_workers``
+    CPUs, never another process's cluster that happens to run on this machine (plain
+    ``ray.init()`` joins one, and then refuses ``num_cpus``)."""
+    if address:
+        return {"address": address}
+    return {"address": "local", "num_cpus": max(1, n_workers)}
+
+
 def ray_runtime_env() -> dict[str, Any]:
     """What every Ray task runs with: this process's ``clipperlab`` package folder (the
     install's, holding ``experiments``, ``engine``...) shipped as ``py_modules``."""
@@ -183,10 +193,7 @@ def _run_ray(
     if not ray.is_initialized():
         kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
                               "runtime_env": ray_runtime_env()}
-        if address:
-            kw["address"] = address
-        else:
-            kw["num_cpus"] = max(1, n_workers)
+        kw.update(ray_address_kwargs(address, n_workers))
         ray.init(**kw)
         started = True
     try:

@@ -145,3 +145,13 @@ def test_a_failing_local_job_carries_its_traceback() -> None:
     text = str(info.value)
     assert "failed on a local worker process" in text
     assert "FileNotFoundError" in text and "rendezvous_job" in text
+
+
+def test_ray_without_an_address_starts_its_own_instance_never_a_cluster_found_running() -> None:
+    """Plain ``ray.init(num_cpus=...)`` joins a cluster another process runs on this machine
+    and then refuses ``num_cpus``: the suite hit it while a benchmark ran Ray beside it."""
+    from clipperlab.experiments.sweep import ray_address_kwargs
+
+    assert ray_address_kwargs(None, 3) == {"address": "local", "num_cpus": 3}
+    assert ray_address_kwargs("", 0) == {"address": "local", "num_cpus": 1}
+    assert ray_address_kwargs("ray://head:10001", 3) == {"address": "ray://head:10001"}
