@@ -66,6 +66,15 @@ if set(HANDLED) != set(typing.get_args(Instruction)):  # pragma: no cover - a de
     )
 
 
+def _unsent(batch: SendBatch, e: Exception) -> BatchFailed:
+    """What a ``send_batch`` that raised ``e`` becomes: the batch failed."""
+    return BatchFailed(
+        replica=batch.replica,
+        batch_id=batch.batch_id,
+        error=f"could not send the batch: {type(e).__name__}: {e}",
+    )
+
+
 class Driver:
     """Base of every engine driver: one dispatch, one timer slot, hooks to fill in.
 
@@ -105,10 +114,24 @@ class Driver:
         ``engine.on_batch_failed`` (its queries get the model-error default and its replica
         is free again) once the rest is carried out, and what that returns is carried out
         in turn."""
-        if len(instructions) == 1 and type(instructions[0]) is Reply:
-            self.reply(instructions[0], now)  # the most common list: one reply (a call less)
-            return
-        failed = self._carry_out(instructions, now)
+        if len(instructions) == 1:  # the most common lists, a call less (issue 14)
+            ins = instructions[0]
+            tp = type(ins)
+            if tp is Reply:
+                self.reply(ins, now)  # type: ignore[arg-type]
+                return
+            if tp is SendBatch:  # _carry_out's branch for it, without the loop
+                try:
+                    self.send_batch(ins, now)  # type: ignore[arg-type]
+                    return
+                except NotImplementedError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - a batch that cannot be sent fails
+                    failed = [_unsent(ins, e)]  # type: ignore[arg-type]
+            else:
+                failed = self._carry_out(instructions, now)
+        else:
+            failed = self._carry_out(instructions, now)
         while failed:  # each failure answers queries, so this ends when the queue is empty
             more: list[BatchFailed] = []
             for f in failed:
@@ -130,13 +153,7 @@ class Driver:
                 except NotImplementedError:
                     raise  # a driver without the hook is a developer's error, not a failure
                 except Exception as e:  # noqa: BLE001 - a batch that cannot be sent fails
-                    failed.append(
-                        BatchFailed(
-                            replica=ins.replica,  # type: ignore[union-attr]
-                            batch_id=ins.batch_id,  # type: ignore[union-attr]
-                            error=f"could not send the batch: {type(e).__name__}: {e}",
-                        )
-                    )
+                    failed.append(_unsent(ins, e))  # type: ignore[arg-type]
             elif tp is FeedbackApplied:
                 self.feedback_applied(ins, now)  # type: ignore[arg-type]
             else:

@@ -74,6 +74,7 @@ from clipperlab.engine import (
     Query,
     ReplicaId,
     Reply,
+    batch_done_of,
 )
 from clipperlab.engine.driver import Driver
 from clipperlab.workloads import Trace, Workload
@@ -612,10 +613,15 @@ class Simulation(_HostCpuDriver):
         assert events is not None
         pop = heapq.heappop
         event = self._event
-        on_query = self.engine.on_query
-        handle = self.handle
+        eng = self.engine
+        on_query = eng.on_query
+        on_batch_done = eng.on_batch_done
+        carry_out = self.carry_out
         rearm = self.rearm
-        done = self._done
+        done_of = batch_done_of
+        outputs = self._outputs
+        fe_index = self.fe_index
+        members = self._members if self.record_members else None
         arrivals = self.arrival_at.tolist()
         n = len(arrivals) if until_s is None else bisect.bisect_left(arrivals, until_s)
         app = self.app_names[0]
@@ -631,8 +637,24 @@ class Simulation(_HostCpuDriver):
                     while events and events[0][0] <= t:
                         ev = pop(events)
                         at = env._now = ev[0]
-                        if ev[2] is not None:  # a batch is back (_event, inlined)
-                            done(ev[2], ev[3], at)
+                        rep = ev[2]
+                        if rep is not None:  # a batch is back: _event and _done, inlined
+                            sb = ev[3]
+                            rep.idle_since = at
+                            row = rep.inflight.pop(fe_index, None)
+                            if row is not None:
+                                row.done_at = at
+                                row.status = "done"
+                            inputs = sb.inputs
+                            if members is not None:
+                                members.append(records.MemberRecord(inputs, rep.model_idx, at))
+                            outs = outputs[rep.model_idx]
+                            out = on_batch_done(done_of(
+                                sb.replica, sb.batch_id, [outs[inputs[0]]] if len(inputs) == 1
+                                else list(map(outs.__getitem__, inputs))), at)
+                            if out:
+                                carry_out(out, at)
+                            rearm()
                         else:
                             event(ev)
                     env._now = t
@@ -652,7 +674,8 @@ class Simulation(_HostCpuDriver):
             out = on_query(new(Query, (i, app, i, None, None, None)), t)
             i += 1
             if out:
-                handle(out, t)
+                carry_out(out, t)  # handle(), inlined: a call less per query
+                rearm()
                 horizon = events[0][0] if events else _INF
             else:
                 rearm()  # handle() without instructions: one call less per query
