@@ -125,7 +125,8 @@ async def _run(api: str, queries: int, concurrency: int) -> dict[str, float]:
     engine.link("bench", ["noop"], now=now)
     rpc = RpcServer(driver)
     conn = ContainerConnection(rpc)
-    conn.transport = _Container(conn, loop)
+    conn.connection_made(_Container(conn, loop))
+    conn._cancel_deadline()  # welcomed by hand: no HELLO deadline
     conn.welcomed = True
     rid = ReplicaId("noop", "1", 0)
     conn.replica = rid

@@ -37,6 +37,7 @@ import hmac
 import json
 import math
 import struct
+import sys
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -66,11 +67,13 @@ __all__ = [
     "decode_batch",
     "decode_error",
     "decode_json",
+    "decode_list",
     "decode_values",
     "encode_batch",
     "encode_error",
     "encode_frame",
     "encode_json",
+    "encode_rows",
     "encode_values",
     "parse_hello",
     "proof_of",
@@ -320,7 +323,7 @@ def decode_values(buf: bytes | memoryview, pos: int = 0) -> Any:
         pos += 1
         if kind == K_ARRAY:
             ld = mv[pos]
-            dt = _dtype_of(bytes(mv[pos + 1 : pos + 1 + ld]))
+            dt = _dtype_of(bytes(buf[pos + 1 : pos + 1 + ld]))
             pos += 1 + ld
             ndim = mv[pos]
             pos += 1
@@ -332,7 +335,8 @@ def decode_values(buf: bytes | memoryview, pos: int = 0) -> Any:
                     f"array of shape {shape} and dtype {dt} needs {count * dt.itemsize} bytes,"
                     f" got {len(mv) - pos}"
                 )
-            return np.frombuffer(buf, dtype=dt, count=count, offset=pos).reshape(shape)
+            # a read-only view of the payload; np.frombuffer(...).reshape: 2.0 us, this 0.6
+            return np.ndarray(shape, dt, buf, pos)
         if kind in (K_BYTES, K_STR):
             (n,) = _U32.unpack_from(mv, pos)
             pos += 4
@@ -423,6 +427,79 @@ def encode_batch(kind: int, batch_id: int, values: Any) -> bytes:
         shape = _shape_struct(a.ndim).pack(*a.shape)
         return b"".join((_BATCH_HEAD.pack(size, kind, batch_id), head, shape, a.tobytes()))
     return encode_frame(kind, _U64.pack(batch_id) + encode_values(values))
+
+
+def encode_rows(kind: int, batch_id: int, rows: Sequence[Any]) -> bytes | None:
+    """The frame ``encode_batch`` writes for ``np.array(rows)`` when ``rows`` are numeric
+    arrays of one dtype and one shape, joined from the rows' bytes without stacking them
+    (1.6 us for 5 rows of 4 doubles against 2.8 us); ``None`` when they are not that."""
+    x0 = rows[0] if rows else None
+    if type(x0) is not np.ndarray:
+        return None
+    dt, shape = x0.dtype, x0.shape
+    for x in rows:
+        if type(x) is not np.ndarray or x.shape != shape or (x.dtype is not dt and x.dtype != dt):
+            return None
+    layout = _ROWS.get((dt, shape))
+    if layout is None:
+        if dt.kind not in "biuf":
+            return None
+        layout = _row_layout(x0)
+    head, dims, row_bytes = layout
+    n = len(rows)
+    return b"".join((
+        _BATCH_HEAD.pack(9 + len(head) + 8 + len(dims) + n * row_bytes, kind, batch_id),
+        head, _U64.pack(n), dims, *map(_tobytes, rows)))
+
+
+# (dtype, row shape) -> (the value's head up to its shape, the rows' dims, bytes per row)
+_ROWS: dict[tuple[np.dtype[Any], tuple[int, ...]], tuple[bytes, bytes, int]] = {}
+_tobytes = np.ndarray.tobytes
+
+
+def _row_layout(x0: np.ndarray[Any, Any]) -> tuple[bytes, bytes, int]:
+    head = _ARRAY_HEADS.get((x0.dtype.str, x0.ndim + 1))
+    if head is None:
+        head = _array_head(np.empty((0, *x0.shape), x0.dtype))
+    layout = (head, _shape_struct(x0.ndim).pack(*x0.shape), x0.nbytes)
+    if len(_ROWS) >= 256:
+        _ROWS.clear()
+    _ROWS[(x0.dtype, x0.shape)] = layout
+    return layout
+
+
+# Array dtypes that ``decode_list`` reads with ``memoryview.cast`` (native little-endian
+# formats only; anything else goes through numpy).
+_LIST_FORMATS: dict[bytes, tuple[str, int]] = (
+    {k.encode(): (v, struct.calcsize(v)) for k, v in (
+        ("<i8", "q"), ("<f8", "d"), ("<i4", "i"), ("<f4", "f"), ("|b1", "?"), ("<u8", "Q"),
+        ("<u4", "I"), ("<i2", "h"), ("<u2", "H"), ("|i1", "b"), ("|u1", "B"))}
+    if sys.byteorder == "little" else {}
+)
+
+
+def decode_list(buf: bytes, pos: int = 0) -> list[Any]:
+    """``decode_values`` as a list (an array's ``tolist()``).  A non-empty array of a
+    common dtype is read with ``memoryview.cast``, without numpy: 0.37 us for 5 int64
+    against 2.2 us; everything else, and every error, goes through ``decode_values``."""
+    try:
+        if buf[pos] == K_ARRAY:
+            ld = buf[pos + 1]
+            f = _LIST_FORMATS.get(buf[pos + 2 : pos + 2 + ld])
+            at = pos + 2 + ld
+            ndim = buf[at]
+            if f is not None and ndim:
+                shape = _shape_struct(ndim).unpack_from(buf, at + 1)
+                start = at + 1 + 8 * ndim
+                count = math.prod(shape)
+                if count and len(buf) - start == count * f[1]:
+                    view: Any = memoryview(buf)[start:]
+                    out: list[Any] = view.cast(f[0], shape).tolist()
+                    return out
+    except (IndexError, struct.error, TypeError, ValueError):
+        pass  # decode_values says what is wrong
+    v = decode_values(buf, pos)
+    return v.tolist() if isinstance(v, np.ndarray) else v  # type: ignore[no-any-return]
 
 
 def batch_id_of(payload: bytes) -> int:

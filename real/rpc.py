@@ -47,6 +47,7 @@ from clipperlab.engine import EngineError, ReplicaId
 
 from . import protocol as p
 from .driver import EngineDriver
+from .http import hold_writes, release_writes
 
 __all__ = ["ContainerConnection", "RpcServer"]
 
@@ -186,6 +187,7 @@ class ContainerConnection(asyncio.Protocol):
         self.dtype: np.dtype[Any] | None = None
         self.sent: set[int] = set()  # batch ids sent on this connection, not answered yet
         self._deadline: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -196,6 +198,7 @@ class ContainerConnection(asyncio.Protocol):
             loop = asyncio.get_running_loop()
         except RuntimeError:  # a connection driven by hand, without a loop (unit tests)
             return
+        self._loop = loop
         self._deadline = loop.call_later(self.server.hello_timeout_s, self._too_late)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -239,6 +242,9 @@ class ContainerConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_seen_at = time.monotonic()
+        loop = self._loop
+        if loop is not None:  # the replies this read gives are written when it is handled
+            hold_writes(loop)
         try:
             for kind, payload in self.decoder.feed(data):
                 if self.transport is None:
@@ -250,6 +256,9 @@ class ContainerConnection(asyncio.Protocol):
             self.drop()
         except Exception:  # noqa: BLE001 - a bug on our side must not drop a healthy container
             log.exception("handling a frame from container %s failed", self.replica or self.peer)
+        finally:
+            if loop is not None:
+                release_writes(loop)
 
     def _frame(self, kind: int, payload: bytes) -> None:
         if self.welcomed:
@@ -281,13 +290,12 @@ class ContainerConnection(asyncio.Protocol):
         assert rid is not None
         bid = self._answered(payload, "RESULT")
         try:
-            values = p.decode_values(payload, 8)
+            outputs = p.decode_list(payload, 8)
         except p.ProtocolError as e:
             self.server.bad_results += 1
             log.warning("replica %s answered batch %d with bad outputs: %s", rid, bid, e)
             self.server.driver.batch_failed(rid, bid, f"the model's outputs were refused: {e}")
             return
-        outputs = values.tolist() if isinstance(values, np.ndarray) else values
         self.server.driver.batch_done(rid, bid, outputs)
 
     def _error(self, payload: bytes) -> None:
@@ -389,7 +397,9 @@ class ContainerConnection(asyncio.Protocol):
         t = self.transport
         if t is None:
             return  # connection_lost will re-queue the batch via replica_down
-        frame = p.encode_batch(p.BATCH, batch_id, self._values(inputs))
+        frame = p.encode_rows(p.BATCH, batch_id, inputs) if self.dtype is not None else None
+        if frame is None:
+            frame = p.encode_batch(p.BATCH, batch_id, self._values(inputs))
         if len(frame) - 4 > self.server.max_frame_bytes:
             raise ValueError(
                 f"a batch of {len(inputs)} inputs is {len(frame) - 4} bytes, over the frame"

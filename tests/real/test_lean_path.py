@@ -324,3 +324,98 @@ def test_answers_go_out_in_order_one_write_per_connection_per_turn() -> None:
         assert len(t.writes) == 2 and t.writes[1].endswith(b'"now"')
 
     asyncio.run(main())
+
+
+def test_a_container_read_writes_its_replies_before_it_returns() -> None:
+    """The replies a RESULT frame gives are written while that read is handled (one
+    write per connection, no extra loop turn before the answer leaves)."""
+    import asyncio
+    import time
+
+    from clipperlab.engine import Engine, ModelSpec
+    from clipperlab.real import protocol as p
+    from clipperlab.real.driver import EngineDriver
+    from clipperlab.real.frontend import QueryFrontend
+    from clipperlab.real.http import HttpProtocol
+    from clipperlab.real.rpc import ContainerConnection, RpcServer
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        engine = Engine(seed=0)
+        now = time.monotonic()
+        engine.add_model(ModelSpec(name="m", version="1", input_type="doubles"), now=now)
+        engine.add_application(Application(name="a", slo_s=1.0, default_output=-1,
+                                           input_type="doubles"), now=now)
+        engine.link("a", ["m"], now=now)
+        driver = EngineDriver(engine, loop)
+        conn = ContainerConnection(RpcServer(driver))
+        rpc_t = _Transport()
+        conn.connection_made(rpc_t)  # type: ignore[arg-type]
+        hello = {"protocol": p.PROTOCOL_VERSION, "model": "m", "version": "1"}
+        conn.data_received(p.encode_json(p.HELLO, hello))
+        assert conn.welcomed
+        fe = QueryFrontend(driver, cache=False)
+        http = [(HttpProtocol(fe), _Transport()) for _ in range(2)]
+        body = b'{"input": [1.0, 2.0]}'
+        for proto, t in http:
+            proto.connection_made(t)  # type: ignore[arg-type]
+            proto.data_received(b"POST /a/predict HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s"
+                                % (len(body), body))
+        frames = p.FrameDecoder().feed(b"".join(rpc_t.writes[1:]))
+        assert [k for k, _ in frames] == [p.BATCH]
+        bid, inputs = p.decode_batch(frames[0][1])
+        assert inputs.tolist() == [[1.0, 2.0]]  # the first query; the second waits
+        conn.data_received(p.encode_batch(p.RESULT, bid, np.array([7])))
+        _, t0 = http[0]
+        assert len(t0.writes) == 1 and _body(t0.writes[0])["output"] == 7
+        frames = p.FrameDecoder().feed(rpc_t.writes[-1])
+        bid, _ = p.decode_batch(frames[0][1])
+        conn.data_received(p.encode_batch(p.RESULT, bid, np.array([8])))
+        _, t1 = http[1]
+        assert len(t1.writes) == 1 and _body(t1.writes[0])["output"] == 8
+        conn.connection_lost(None)
+
+    asyncio.run(main())
+
+
+_ROW_DTYPES = ["<f8", "<f4", "<i8", "<i4", "<u2", "|u1", "|b1"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(_ROW_DTYPES), st.lists(st.integers(0, 3), max_size=3),
+       st.integers(1, 6), st.integers(0, 2**32))
+def test_batch_frames_from_rows_match_the_stacked_array(
+        dtype: str, shape: list[int], n: int, seed: int) -> None:
+    """``encode_rows`` writes the frame ``encode_batch`` writes for the stacked rows, and
+    ``decode_list`` reads back what ``decode_values(...).tolist()`` reads, types included."""
+    from clipperlab.real import protocol as p
+
+    rng = np.random.default_rng(seed)
+    rows = tuple(np.asarray(rng.standard_normal(shape) * 1000).astype(dtype) for _ in range(n))
+    frame = p.encode_rows(p.BATCH, 5, rows)
+    assert frame == p.encode_batch(p.BATCH, 5, np.array(rows))
+    payload = frame[5:]
+    want = p.decode_values(payload, 8).tolist()
+    got = p.decode_list(payload, 8)
+    assert got == want or np.array_equal(np.array(got), np.array(want), equal_nan=True)
+    assert [type(x) for x in np.ravel(np.array(got, dtype=object))] == [
+        type(x) for x in np.ravel(np.array(want, dtype=object))]
+
+
+def test_rows_that_do_not_stack_take_the_long_way_and_bad_outputs_are_refused() -> None:
+    """Rows of different shapes or dtypes, or not arrays, get ``None`` from
+    ``encode_rows``; a RESULT whose size does not match its shape is a ``ProtocolError``
+    from ``decode_list`` as from ``decode_values``."""
+    from clipperlab.real import protocol as p
+
+    assert p.encode_rows(p.BATCH, 1, (np.zeros(2), np.zeros(3))) is None
+    assert p.encode_rows(p.BATCH, 1, (np.zeros(2), np.zeros(2, np.float32))) is None
+    assert p.encode_rows(p.BATCH, 1, (np.array(["a"]),)) is None
+    assert p.encode_rows(p.BATCH, 1, ("a", "b")) is None
+    assert p.encode_rows(p.BATCH, 1, ()) is None
+    good = p.encode_batch(p.RESULT, 1, np.arange(5))[5:]
+    for bad in (good[:-1], good + b"\0", good[:12], good[:8] + b"\x09"):
+        with pytest.raises(p.ProtocolError):
+            p.decode_list(bad, 8)
+    assert p.decode_list(p.encode_batch(p.RESULT, 1, ["x", "y"])[5:], 8) == ["x", "y"]
+    assert p.decode_list(p.encode_batch(p.RESULT, 1, np.zeros(0))[5:], 8) == []
