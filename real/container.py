@@ -185,10 +185,17 @@ def _follow_frontends(cfg: ContainerConfig, predict: Any, every_s: float = 1.0) 
         time.sleep(every_s)
 
 
-def _recv_frames(sock: socket.socket, dec: p.FrameDecoder) -> list[tuple[int, bytes]]:
+def _recv_frames(
+    sock: socket.socket, dec: p.FrameDecoder, into: memoryview | None = None
+) -> list[tuple[int, bytes]]:
+    """The frames completed by one receive, into the buffer ``into`` when given."""
     # 64 KiB: recv(1 MiB) maps and unmaps its buffer on every call (23 us against 3.5 us,
     # 52% of a no-op container's samples); a bigger frame just takes more calls.
-    data = sock.recv(1 << 16)
+    # recv_into a buffer kept for the connection: no allocation (1.9 us against 2.4 us).
+    if into is None:
+        data: bytes | memoryview = sock.recv(1 << 16)
+    else:
+        data = into[: sock.recv_into(into)]
     if not data:
         raise OSError("frontend closed the connection")
     return dec.feed(data)
@@ -264,15 +271,17 @@ def _serve(sock: socket.socket, cfg: ContainerConfig, predict: Any) -> None:
             except OSError:
                 return
 
+    into = memoryview(bytearray(1 << 16))
+
     def receive() -> list[tuple[int, bytes]]:
         if tls is None:  # a plain socket may send on one thread while it receives on another
-            return _recv_frames(sock, dec)
+            return _recv_frames(sock, dec, into)
         # An SSL socket is used by one thread at a time: wait for data outside the lock
         # (the heartbeat thread sends meanwhile), then read under it.
         if not tls.pending() and not poller.poll(max(interval_s / 2, 0.001) * 1e3):
             return []
         with lock:
-            return _recv_frames(sock, dec)
+            return _recv_frames(sock, dec, into)
 
     poller = select.poll()
     poller.register(sock, select.POLLIN)

@@ -217,7 +217,8 @@ class FrameDecoder:
         self._buf = bytearray()
         self.max_frame_bytes = max_frame_bytes
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+    def feed(self, data: bytes | memoryview) -> list[tuple[int, bytes]]:
+        """Complete frames so far; ``data`` may be a view of a buffer reused after this."""
         buf = self._buf
         buf += data
         out: list[tuple[int, bytes]] = []
