@@ -88,7 +88,8 @@ class EngineDriver(Driver):
         self._replies[qid] = on_reply
         try:
             q = _tuple_new(Query, (qid, app, input_, input_key, context, deadline))
-            self.on_query(q, _now())
+            now = _now()
+            self.handle(self.engine.on_query(q, now), now)  # Driver.on_query, a call less
         except Exception:
             self._replies.pop(qid, None)
             raise

@@ -185,7 +185,10 @@ class QueryFrontend:
         depth is checked on the text first: orjson 3.8 overflows the C stack (SIGSEGV)
         on 100,000 nested objects."""
         # few brackets cannot nest deep: check_nesting's own first test, without the call
-        if type(data) is not bytes or data.count(b"[") + data.count(b"{") > self.max_nesting:
+        if type(data) is not bytes or (
+            len(data) > self.max_nesting  # a shorter text cannot nest deeper
+            and data.count(b"[") + data.count(b"{") > self.max_nesting
+        ):
             try:
                 check_nesting(data, self.max_nesting, what)
             except TooDeep:

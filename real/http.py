@@ -207,6 +207,15 @@ _KEEP = frozenset(
     )
 )
 
+# Headers as clients commonly spell them -> the kept name, or b"" (skipped): most
+# headers need no lower() (on_header: 0.16 us against 0.27 us a header).
+_KEEP_SPELLED: dict[bytes, bytes] = {
+    **{k: k for k in _KEEP},
+    **{k.title(): k for k in _KEEP},
+    **{k: b"" for k in (b"User-Agent", b"Accept", b"Connection", b"Accept-Encoding",
+                        b"user-agent", b"accept", b"connection", b"accept-encoding")},
+}
+
 
 # Request targets seen lately -> (path, query): most requests name one of a few paths
 _TARGETS: dict[bytes, tuple[str, str]] = {}
@@ -393,9 +402,14 @@ class HttpProtocol(asyncio.Protocol):
             raise httptools.HttpParserError("URL too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if name in _KEEP:
-            self._headers[name] = value
+        key = _KEEP_SPELLED.get(name)
+        if key is None:
+            key = name.lower()
+            if key not in _KEEP:
+                return
+        elif not key:
+            return
+        self._headers[key] = value
 
     def on_headers_complete(self) -> None:
         self._head_bytes = -1
@@ -409,8 +423,10 @@ class HttpProtocol(asyncio.Protocol):
             raise httptools.HttpParserError("body too large")
         # curl sends "Expect: 100-continue" with bodies over 1 KiB and waits a second for
         # the interim answer; give it at once (nothing else is outstanding then).
+        expect = self._headers.get(b"expect")
         if (
-            self._headers.get(b"expect", b"").lower() == b"100-continue"
+            expect is not None
+            and expect.lower() == b"100-continue"
             and self._next_write == self._seq
             and self.transport is not None
         ):

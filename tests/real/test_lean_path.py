@@ -419,3 +419,31 @@ def test_rows_that_do_not_stack_take_the_long_way_and_bad_outputs_are_refused() 
             p.decode_list(bad, 8)
     assert p.decode_list(p.encode_batch(p.RESULT, 1, ["x", "y"])[5:], 8) == ["x", "y"]
     assert p.decode_list(p.encode_batch(p.RESULT, 1, np.zeros(0))[5:], 8) == []
+
+
+def test_kept_headers_are_found_however_they_are_spelled() -> None:
+    """The header shortcut (common spellings looked up, not lowered) keeps the same
+    headers, in lower case, as lowering every name would."""
+    import asyncio
+
+    from clipperlab.real.http import _KEEP, HttpProtocol, Request
+
+    async def main() -> None:
+        seen: list[Request] = []
+
+        def handler(req: Request) -> bytes | None:
+            seen.append(req)
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+        proto = HttpProtocol(handler)
+        proto.connection_made(_Transport())  # type: ignore[arg-type]
+        names = [b"Content-Type", b"AUTHORIZATION", b"User-Agent", b"user-agent",
+                 b"X-Clipperlab-Token", b"x-other", b"Accept", b"Origin", b"EXPECT", b"Host"]
+        head = b"".join(b"%s: v%d\r\n" % (n, i) for i, n in enumerate(names))
+        proto.data_received(b"POST /p HTTP/1.1\r\n%scontent-length: 2\r\n\r\n{}" % head)
+        [req] = seen
+        want = {n.lower() for n in names if n.lower() in _KEEP} | {b"content-length"}
+        assert set(req.headers) == want
+        assert req.headers[b"authorization"] == b"v1" and req.headers[b"content-length"] == b"2"
+
+    asyncio.run(main())
