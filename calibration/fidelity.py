@@ -28,6 +28,7 @@ Tables and the figure come from ``clipperlab.report``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -300,13 +301,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True,
                     help="with --resimulate: fit the twin again where OUT stored the runs "
                          "it was fitted on (runs.npz; default %(default)s)")
+    ap.add_argument("--slice-ms", type=float, default=None,
+                    help="with --resimulate: the host CPU model's time slice in ms (0: "
+                         "processor sharing; default: the kernel's, as a run fits it)")
     ap.add_argument("--report-only", action="store_true",
                     help="no runs: rebuild fidelity.md/.png and the goal table from OUT/"
                          "fidelity.csv")
     a = ap.parse_args(argv)
     out = Path(a.out)
+    if a.slice_ms is not None and not (a.resimulate and 0 <= a.slice_ms <= 1000):
+        print("error: --slice-ms: expected milliseconds in [0, 1000], with --resimulate",
+              file=sys.stderr)
+        return 2
     if a.resimulate:
+        sl = a.slice_ms
         rs = resimulate(out, workload(), level_s=a.level_s, refit=a.refit,
+                        adjust=None if sl is None else (
+                            lambda c: dataclasses.replace(c, slice_s=sl / 1e3)
+                            if c.host_cpus > 0 else c),
                         log=lambda s: print(s, flush=True))
         rs.table.to_csv(out / "fidelity.csv", index=False, float_format="%.6g")
         for note in rs.notes:

@@ -102,6 +102,8 @@ class Calibration:
     host_cpus: int = 0
     container_cpu: tuple[tuple[str, float, float], ...] = ()  # (model, s/batch, s/item)
     loadgen_cpu_per_query_s: float = 0.0
+    # the kernel's time slice (0: processor sharing; kernel_slice_s: Linux's)
+    slice_s: float = 0.0
 
 
 class ContainerCpu(NamedTuple):

@@ -22,6 +22,12 @@ Rules:
   the machine to quiet down, then raises ``BusyMachineError`` (a ``CalibrationError``)
   naming the load and the limit.  It returns the sample (``None`` when off) for the
   result to record.
+- ``kernel_slice_s()``: the time slice Linux hands a task when the cores are contended
+  (what the host CPU model's ``HostCPU.slice_s`` stands for): the scheduler's
+  ``base_slice_ns`` where debugfs shows it, else the kernel's own default, 0.75 ms x (1 +
+  log2 of the cores, at most 8), scaled as ``sysctl_sched_tunable_scaling`` does by
+  default (1.5 ms on 2 cores; before EEVDF, 6.6, the same number was CFS's minimum
+  granularity, the slice with more runnable tasks than its 6 ms period allows).
 - ``python -m clipperlab.calibration.quiet --busy refuse`` prints the sample and exits 3
   when the machine is busy (the gate of ``scripts/remeasure.sh``).
 """
@@ -147,6 +153,17 @@ def _tree_ticks(table: Mapping[int, tuple[int, int]], roots: Iterable[int]) -> i
         seen.add(pid)
         todo.extend(children.get(pid, ()))
     return sum(table[p][1] for p in seen)
+
+
+def kernel_slice_s(proc: Path = Path("/proc"),
+                   debugfs: Path = Path("/sys/kernel/debug/sched")) -> float:
+    """Linux's time slice on this machine, in seconds (see the module's rules)."""
+    try:
+        return int((debugfs / "base_slice_ns").read_text().strip()) / 1e9
+    except (OSError, ValueError):
+        pass
+    cpus = min(_cpus(proc), 8)
+    return 0.75e-3 * (1 + (cpus.bit_length() - 1))
 
 
 def _cpus(proc: Path) -> int:

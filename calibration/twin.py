@@ -68,7 +68,8 @@ def sim_deployment(
     cpu: dict[str, tuple[float, float]] = {}
     if calibration is not None and calibration.host_cpus > 0:
         hcpu = HostCPU(cpus=calibration.host_cpus,
-                       loadgen_cpu_per_query_s=calibration.loadgen_cpu_per_query_s)
+                       loadgen_cpu_per_query_s=calibration.loadgen_cpu_per_query_s,
+                       slice_s=calibration.slice_s)
         cpu = {m: (b, i) for m, b, i in calibration.container_cpu}
     mds = [
         ModelDeployment(spec=spec, profile=scaled(

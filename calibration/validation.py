@@ -114,7 +114,7 @@ from clipperlab.calibration.intervals import Interval, bootstrap
 from clipperlab.calibration.loadgen import run_load
 from clipperlab.calibration.outputs import METRICS, ValidationResult, relative_errors
 from clipperlab.calibration.profiler import ProfileSpec, profile_model
-from clipperlab.calibration.quiet import BUSY_POLICIES, guard
+from clipperlab.calibration.quiet import BUSY_POLICIES, guard, kernel_slice_s
 from clipperlab.calibration.runs import (
     RealRun,
     from_send,
@@ -415,10 +415,12 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
 def host_cpu_demands(runs: Sequence[CpuRun], calib: Calibration) -> Calibration:
     """``calib`` with the host CPU model on: this machine's cores
     (``os.cpu_count()``), each container's CPU per batch and per item
-    (``fit_container_cpu``) and the generator's CPU per query (``fit_loadgen_cpu``)."""
+    (``fit_container_cpu``), the generator's CPU per query (``fit_loadgen_cpu``) and the
+    kernel's time slice (``quiet.kernel_slice_s``: not fitted, the scheduler's own)."""
     return dataclasses.replace(calib, host_cpus=os.cpu_count() or 1,
                                container_cpu=fit_container_cpu(runs),
-                               loadgen_cpu_per_query_s=fit_loadgen_cpu(runs))
+                               loadgen_cpu_per_query_s=fit_loadgen_cpu(runs),
+                               slice_s=kernel_slice_s())
 
 
 def fit_unexplained(runs: Sequence[CpuRun], setup: Setup, low: CpuRun, calib: Calibration,

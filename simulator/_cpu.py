@@ -1,4 +1,5 @@
-"""Host CPUs: each host's cores shared by its processes, by processor sharing.
+"""Host CPUs: each host's cores shared by its processes, by processor sharing or in
+time slices.
 
 Rules (``Deployment.host_cpu``, ``HostCPU``):
 - A host has ``cores``; its processes (the frontend's event loop, each replica's container,
@@ -7,14 +8,13 @@ Rules (``Deployment.host_cpu``, ``HostCPU``):
   runnable processes on ``c`` cores each runs at rate ``min(1, c / n)`` (egalitarian
   processor sharing): alone or with a free core a job takes its demand in wall time;
   three busy processes on two cores each get two thirds of a core.
-- Why processor sharing and not CFS time slices: Linux's CFS gives runnable tasks equal
-  shares of the cores over its scheduling period (a few ms, ``sched_latency_ns``; 0.75 ms
-  minimum slices), and the jobs here are either short (the frontend's events, tens of
-  microseconds, well under a slice: they queue behind whatever runs) or long (a batch of
-  milliseconds, many slices: it gets its fair share).  Processor sharing is the limit of
-  CFS with small slices, it is exact for the long jobs and has closed forms to test
-  against (M/G/1-PS); what slices add for the short ones (waiting out a slice of another
-  task) is left to the frontend's fitted ``pauses_s``.
+- Why processor sharing by default: Linux gives runnable tasks equal shares of the cores
+  over a few milliseconds, and processor sharing is the limit of that with small slices:
+  exact for the long jobs (a batch of milliseconds, many slices), with closed forms to
+  test against (M/G/1-PS).  What slices add for the short jobs (the frontend's events,
+  tens of microseconds, waiting out another task's slice) is ``SlicedHostCpuState``
+  (``HostCPU.slice_s`` > 0; the calibration's twin uses the kernel's slice); without
+  it, that wait is left to the frontend's fitted ``pauses_s``.
 - A process can be *held* (``hold``: the frontend's pauses, time the host takes from it
   besides contention): it is not runnable until then, and its job resumes where it was.
   A process that had gone idle pays ``wake_s x (1 - exp(-idle / cold_after_s))`` of CPU
@@ -40,7 +40,7 @@ from collections.abc import Callable
 
 import simpy
 
-__all__ = ["CpuProc", "HostCpuState"]
+__all__ = ["CpuProc", "HostCpu", "HostCpuState", "SlicedHostCpuState", "SlicedProc"]
 
 Done = Callable[[float], object] | None
 _REL_EPS = 1e-12  # a job within this share of v of its finish is done (rounding)
@@ -243,3 +243,256 @@ class HostCpuState:
         if not p.running and (p.jobs or p.left_s is not None):
             self._start(p)
         self._reschedule()
+
+
+class SlicedHostCpuState:
+    """One host's cores handed out in time slices (``HostCPU.slice_s`` > 0), as the
+    kernel's scheduler does; the same calls as ``HostCpuState``.
+
+    Rules:
+    - A runnable process runs on a free core at full speed.  One that becomes runnable
+      (a job submitted to it while idle, a hold ending) when every core is taken waits
+      in one FIFO run queue: it gets a core when a running process blocks (its last job
+      done, a hold, a crash) or when a running process's slice ends while somebody
+      waits (that process goes to the back of the queue, what is left of its job kept).
+    - A process given a core starts a slice of ``slice_s``; running on with nobody
+      waiting, it starts a new slice every ``slice_s``, so one that comes to wait finds
+      the current slices part-used.  This is Linux's EEVDF with ``RUN_TO_PARITY`` (the
+      default since 6.6): a task woken while the cores are busy does not preempt, it
+      waits out the running task's slice (0.75 ms x (1 + log2 of the cores, at most 8)).
+      Slices going to zero give processor sharing (``HostCpuState``); with slices, a
+      short job (the frontend's event, tens of microseconds) that finds the cores taken
+      by longer ones waits up to a slice, and a loop that waits queues everything behind
+      it: the tail that processor sharing leaves to the fitted pauses.
+    - Holds, wake-up costs, ``submit_next``, ``cancel`` and the callbacks' order are as
+      in ``HostCpuState``.
+
+    Theory of operation: each process on a core has the wall time its current stretch
+    began (``run_since``), the demand left of its head job then (``left_s``) and its
+    slice's end (``slice_end``).  The host keeps a SimPy timeout at or before the next
+    change (a job's end, or a slice's end while somebody waits) and, when it fires,
+    finishes every due job and ends every due slice, in time order of the processes'
+    dispatch (a process's own done callback runs while it still holds its core)."""
+
+    __slots__ = ("env", "name", "cores", "slice_s", "running", "waiting", "timeouts",
+                 "procs", "seq")
+
+    def __init__(self, env: simpy.Environment, name: str, cores: int,
+                 slice_s: float) -> None:
+        if cores < 1:
+            raise ValueError(f"host {name!r}: cores must be >= 1, got {cores}")
+        if not (slice_s > 0.0 and math.isfinite(slice_s)):
+            raise ValueError(f"host {name!r}: slice_s must be > 0 seconds, got {slice_s}")
+        self.env = env
+        self.name = name
+        self.cores = cores
+        self.slice_s = slice_s
+        self.running: list[SlicedProc] = []
+        self.waiting: collections.deque[SlicedProc] = collections.deque()
+        self.timeouts: list[float] = []
+        self.procs: list[CpuProc] = []
+        self.seq = 0
+
+    def proc(self, name: str, wake_s: float = 0.0, cold_after_s: float = 1e-3) -> CpuProc:
+        p = SlicedProc(name, wake_s, cold_after_s)
+        self.procs.append(p)
+        return p
+
+    # ------------------------------------------------------------------ calls
+    def submit(self, p: CpuProc, demand_s: float, now: float, done: Done = None) -> None:
+        """As ``HostCpuState.submit``."""
+        assert isinstance(p, SlicedProc)
+        if not p.jobs and not p.running and not p.in_done and now >= p.held_until:
+            w = p.wake_s * -math.expm1(-(now - p.idle_since) / p.cold_after_s) if (
+                p.wake_s and now > p.idle_since) else 0.0
+            if demand_s + w <= 0.0:
+                if done is not None:
+                    done(now)
+                return
+            p.jobs.append((demand_s + w, done))
+            self._runnable(p, now)
+            self._reschedule(now)
+            return
+        p.jobs.append((demand_s, done))
+
+    def submit_next(self, p: CpuProc, jobs: list[tuple[float, Done]], now: float) -> None:
+        """As ``HostCpuState.submit_next``."""
+        if not jobs:
+            return
+        if not p.jobs and not p.running and not p.in_done:
+            for d, done in jobs:
+                self.submit(p, d, now, done)
+            return
+        at = 1 if p.running or p.left_s is not None else 0
+        for k, job in enumerate(jobs):
+            p.jobs.insert(at + k, job)
+
+    def cancel(self, p: CpuProc, now: float) -> None:
+        """As ``HostCpuState.cancel``."""
+        assert isinstance(p, SlicedProc)
+        self._off(p, now)
+        p.jobs.clear()
+        p.left_s = None
+        self._reschedule(now)
+
+    def hold(self, p: CpuProc, until: float, now: float) -> None:
+        """As ``HostCpuState.hold``."""
+        assert isinstance(p, SlicedProc)
+        if until <= p.held_until:
+            return
+        self._off(p, now)
+        p.held_until = until
+        self._reschedule(now)
+        ev = self.env.timeout(until - self.env.now if until > self.env.now else 0.0,
+                              value=(p, until))
+        ev.callbacks.append(self._unhold)
+
+    def busy_s(self) -> float:
+        return sum(p.busy_s for p in self.procs)
+
+    # ------------------------------------------------------------------ internals
+    def _runnable(self, p: SlicedProc, now: float) -> None:
+        """``p`` has work: a core if one is free, else the back of the run queue."""
+        if len(self.running) < self.cores:
+            self._dispatch(p, now)
+            return
+        if not self.waiting:  # slices run on unwatched until now: find where each is
+            s = self.slice_s
+            for r in self.running:
+                if r.slice_end <= now:
+                    r.slice_end += math.ceil((now - r.slice_end) / s) * s
+                    if r.slice_end <= now:
+                        r.slice_end += s
+        p.queued = True
+        self.waiting.append(p)
+
+    def _dispatch(self, p: SlicedProc, now: float) -> None:
+        if p.left_s is None:
+            p.left_s = p.jobs[0][0]
+        p.running = True
+        p.run_since = now
+        p.slice_end = now + self.slice_s
+        p.order = self.seq
+        self.seq += 1
+        self.running.append(p)
+
+    def _off(self, p: SlicedProc, now: float) -> None:
+        """Take ``p`` off its core or out of the run queue (what is left kept); a freed
+        core goes to the head of the queue."""
+        if p.running:
+            if p.left_s is not None:  # None: taken off in its own done callback
+                p.left_s = max(p.left_s - (now - p.run_since), 0.0)
+            p.running = False
+            self.running.remove(p)
+            if self.waiting:
+                self._dispatch(self._next_waiting(), now)
+        elif p.queued:
+            p.queued = False
+            self.waiting.remove(p)
+
+    def _next_waiting(self) -> SlicedProc:
+        q = self.waiting.popleft()
+        q.queued = False
+        return q
+
+    def _due(self, now: float) -> float:
+        """The next change: a job's end, or a slice's end while somebody waits."""
+        at = _INF
+        waiting = bool(self.waiting)
+        for p in self.running:
+            end = p.run_since + (p.left_s or 0.0)
+            if end < at:
+                at = end
+            if waiting and p.slice_end < at:
+                at = p.slice_end
+        return at
+
+    def _reschedule(self, now: float) -> None:
+        at = self._due(now)
+        if at == _INF:
+            return
+        timeouts = self.timeouts
+        if timeouts and timeouts[0] <= at:
+            return
+        heapq.heappush(timeouts, at)
+        env = self.env
+        ev = env.timeout(at - env.now if at > env.now else 0.0, value=at)
+        ev.callbacks.append(self._fire)
+
+    def _fire(self, ev: simpy.Event) -> None:
+        at: float = ev.value  # type: ignore[assignment]
+        timeouts = self.timeouts
+        while timeouts and timeouts[0] <= at:
+            heapq.heappop(timeouts)
+        now = self.env.now
+        eps = _REL_EPS * (1.0 + now)
+        progressed = True
+        while progressed:
+            progressed = False
+            for p in sorted(self.running, key=_by_order):
+                if not p.running:
+                    continue
+                if p.run_since + (p.left_s or 0.0) <= now + eps:
+                    self._finish(p, now)
+                    progressed = True
+                elif self.waiting and p.slice_end <= now + eps:
+                    self._off(p, now)  # preempted: the head of the queue takes the core
+                    p.queued = True
+                    self.waiting.append(p)
+                    progressed = True
+        self._reschedule(now)
+
+    def _finish(self, p: SlicedProc, now: float) -> None:
+        """``p``'s head job is done at ``now``: count it, call back, go on or block."""
+        d, done = p.jobs.popleft()
+        p.busy_s += d
+        p.left_s = None
+        if done is not None:
+            p.in_done = True
+            done(now)
+            p.in_done = False
+        if not p.running:  # held or cancelled by its own callback: already off
+            if not p.jobs:
+                p.idle_since = now
+            return
+        if p.jobs and now >= p.held_until:
+            p.left_s = p.jobs[0][0]
+            p.run_since = now
+            return
+        p.running = False
+        self.running.remove(p)
+        if not p.jobs:
+            p.idle_since = now
+        if self.waiting:
+            self._dispatch(self._next_waiting(), now)
+
+    def _unhold(self, ev: simpy.Event) -> None:
+        p, until = ev.value  # type: ignore[misc]
+        if until < p.held_until:
+            return
+        now = self.env.now
+        if not p.running and not p.queued and (p.jobs or p.left_s is not None):
+            self._runnable(p, now)
+        self._reschedule(now)
+
+
+class SlicedProc(CpuProc):
+    """A process on a ``SlicedHostCpuState`` host."""
+
+    __slots__ = ("run_since", "slice_end", "order", "queued")
+
+    def __init__(self, name: str, wake_s: float = 0.0, cold_after_s: float = 1e-3) -> None:
+        super().__init__(name, wake_s, cold_after_s)
+        self.run_since = 0.0
+        self.slice_end = 0.0
+        self.order = 0
+        self.queued = False
+
+
+def _by_order(p: SlicedProc) -> int:
+    return p.order
+
+
+_INF = math.inf
+
+HostCpu = HostCpuState | SlicedHostCpuState  # a host of either discipline

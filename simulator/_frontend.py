@@ -35,7 +35,7 @@ from .records import BatchRecord, MemberRecord
 if TYPE_CHECKING:
     from clipperlab.engine import FeedbackApplied
 
-    from ._cpu import HostCpuState
+    from ._cpu import HostCpu
     from ._replicas import _Rep
 
 __all__ = ["_Frontend", "_LinkState", "_wake_cost"]
@@ -52,13 +52,25 @@ class _LinkState:
         self.free_at = 0.0
 
 
+def libuv_fire_at(now: float, at: float, res: float) -> float:
+    """When a timer armed at ``now`` for ``at`` fires on uvloop (timer resolution
+    ``res``): uvloop rounds the delay to whole milliseconds and libuv counts it from its
+    loop clock, which is ``now`` cut down to the millisecond, so the timer fires up to a
+    millisecond early (or late); never before ``now``.  The real driver then clamps the
+    engine's time up to the deadline (``engine.driver.Driver.on_timer``): a delayed batch
+    leaves early."""
+    fire = math.floor(now / res) * res + round((at - now) / res) * res
+    return fire if fire > now else now
+
+
 class _Inbound(NamedTuple):
     """An internal event waiting for the frontend's loop: a batch result (``rep`` and
-    ``batch`` set) or a timer (both None)."""
+    ``batch`` set) or a timer (both None; ``deadline``: the time it was armed for)."""
 
     at: float
     rep: _Rep | None
     batch: SendBatch | None
+    deadline: float = math.inf
 
 
 def _wake_cost(wake_s: float, idle_s: float, cold_after_s: float) -> float:
@@ -96,7 +108,7 @@ class _Frontend(Driver):
     _fb_applied: list[tuple[float, FeedbackApplied]]
     _members: list[MemberRecord]
     crashes: list[tuple[float, str, str]]
-    _cpus: dict[str, HostCpuState] | None  # per host, with a host CPU model (_hostcpu.py)
+    _cpus: dict[str, HostCpu] | None  # per host, with a host CPU model (_hostcpu.py)
     fe_index: int  # this frontend's position (Deployment.frontends)
     _nfe: int  # how many frontends
     _fes: list[Any]  # every frontend (this simulation first), sharing the containers
@@ -130,13 +142,8 @@ class _Frontend(Driver):
         fire = at
         fc = self._fc
         if fc is not None and fc.timer_resolution_s > 0:
-            # the loop's timers take delays rounded to its resolution; one that comes
-            # early finds nothing due and re-arms (so it is never early)
             now = env.now if env.now > self._loop_free else self._loop_free
-            res = fc.timer_resolution_s
-            late = now + round((at - now) / res) * res
-            if late > fire:
-                fire = late
+            fire = libuv_fire_at(now, at, fc.timer_resolution_s)
         ev = env.timeout(fire - env.now if fire > env.now else 0.0, value=at)
         ev.callbacks.append(self._fire)
 
@@ -146,25 +153,32 @@ class _Frontend(Driver):
         while timers and timers[0] <= at:
             heapq.heappop(timers)
         if self._fc is not None:
-            now = self.env.now
-            self._inbox.append(_Inbound(now if now > at else at, None, None))
+            self._inbox.append(_Inbound(self.env.now, None, None, at))
             return
         self._timer_due(at)
 
-    def _timer_due(self, now: float) -> None:
-        """A timeout fired and the engine sees it at ``now``: ``on_timer`` when its
-        deadline is reached, else (a replaced timer) make sure the slot's is pending."""
+    def _timer_due(self, now: float, deadline: float = math.inf) -> None:
+        """A timeout armed for ``deadline`` fired and the loop runs it at ``now``:
+        ``on_timer`` when the engine's deadline is reached, or when it is ``deadline``
+        and the timer came early (the engine then sees its deadline, as the real
+        driver's clamp makes it), else (a replaced timer) make sure the slot's is
+        pending."""
         nd = self.engine.next_deadline()
         if nd is not None and nd <= now:
             self.on_timer(now)
+        elif nd is not None and nd == deadline:
+            # early: the engine acts at its deadline, what it returns is carried out now
+            # (the real driver's instructions take effect when it runs them)
+            self.timer_at = None
+            self.handle(self.engine.on_timer(nd), now)
         self._ensure_timer()
 
     # ------------------------------------------------------------------ the event loop
     def _handle_inbox(self, fc: FrontendCPU) -> None:
         """The event loop handles the oldest internal event (a batch result or a timer)."""
-        at, rep, sb = self._inbox.popleft()
+        at, rep, sb, deadline = self._inbox.popleft()
         if rep is None or sb is None:  # a timer
-            self._timer_due(self._loop_run(at, 0.0))
+            self._timer_due(self._loop_run(at, 0.0), deadline)
             return
         t = self._loop_run(at, fc.batch_done_s + fc.item_s * len(sb.inputs))
         self.on_batch_done(self._batch_done(rep, sb), t)

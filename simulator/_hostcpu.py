@@ -47,7 +47,8 @@ from clipperlab.engine import (
 )
 from clipperlab.engine.driver import Driver
 
-from ._cpu import CpuProc, Done, HostCpuState
+from ._cpu import CpuProc, Done, HostCpu, HostCpuState, SlicedHostCpuState
+from ._frontend import libuv_fire_at
 from ._replicas import _Rep, _Replicas
 from .deployment import FrontendCPU, HostCPU
 from .records import MemberRecord
@@ -60,11 +61,11 @@ _INF = float("inf")
 class _HostCpuDriver(_Replicas):
     """The host CPU model's parts of ``Simulation`` (installed by ``_hc_setup``)."""
 
-    _cpus: dict[str, HostCpuState] | None
+    _cpus: dict[str, HostCpu] | None
     _fcost: FrontendCPU | None
-    _fhost: HostCpuState
+    _fhost: HostCpu
     _fproc: CpuProc
-    _ghost: HostCpuState | None
+    _ghost: HostCpu | None
     _gproc: CpuProc | None
     _gcost_s: float
     _burst: list[tuple[float, Done]] | None
@@ -76,7 +77,11 @@ class _HostCpuDriver(_Replicas):
         env = self.env
         fc = self._fcost = dep.frontend_cpu
         self._fc = None  # the default path's eager loop stays off; costs come from _fcost
-        cpus = self._cpus = {h.name: HostCpuState(env, h.name, hc.cores(h)) for h in dep.hosts}
+        cpus: dict[str, HostCpu] = {
+            h.name: (SlicedHostCpuState(env, h.name, hc.cores(h), hc.slice_s)
+                     if hc.slice_s > 0 else HostCpuState(env, h.name, hc.cores(h)))
+            for h in dep.hosts}
+        self._cpus = cpus
         fh = hc.frontend_host or dep.hosts[0].name
         self._fhost = cpus[fh]
         self._fproc = cpus[fh].proc("frontend", fc.wake_s if fc else 0.0,
@@ -176,11 +181,7 @@ class _HostCpuDriver(_Replicas):
         fire = at
         fc = self._fcost
         if fc is not None and fc.timer_resolution_s > 0:
-            res = fc.timer_resolution_s
-            now = env.now
-            late = now + round((at - now) / res) * res
-            if late > fire:
-                fire = late
+            fire = libuv_fire_at(env.now, at, fc.timer_resolution_s)
         ev = env.timeout(fire - env.now if fire > env.now else 0.0, value=at)
         ev.callbacks.append(self._fire)
 
@@ -189,11 +190,10 @@ class _HostCpuDriver(_Replicas):
         timers = self._timers
         while timers and timers[0] <= at:
             heapq.heappop(timers)
-        now = self.env.now
-        self._loop_job(0.0, now if now > at else at, self._timer_at_loop)
+        self._loop_job(0.0, self.env.now, partial(self._timer_at_loop, at))
 
-    def _timer_at_loop(self, now: float) -> None:
-        self._timer_due(now)
+    def _timer_at_loop(self, deadline: float, now: float) -> None:
+        self._timer_due(now, deadline)
 
     # ------------------------------------------------------------------ pauses
     def _hc_pause_loop(self, start: float, duration_s: float) -> None:

@@ -119,8 +119,10 @@ class FrontendCPU:
     hypervisor): pauses start as a Poisson process and last a duration drawn from
     ``pauses_s``; everything waiting for the loop waits them out; with
     ``pause_rate_busy_hz`` the rate grows by that much times the loop's busy share (a busy
-    process is preempted more).  ``timer_resolution_s``: timers take their delay rounded
-    to it (uvloop: the nearest millisecond) and are never early.  ``clipperlab validate``
+    process is preempted more).  ``timer_resolution_s``: timers fire as uvloop's do, their
+    delay rounded to it (the nearest millisecond) and counted from the loop's clock cut
+    down to it: up to that much early or late; an early one makes the engine act at its
+    deadline, as the real driver does.  ``clipperlab validate``
     measures them on the real server."""
 
     query_s: float = 0.0
@@ -171,12 +173,17 @@ class HostCPU:
     ``loadgen_host``: where the load generator runs (``None``: the frontend's host).
     ``loadgen_cpu_per_query_s``: CPU seconds the generator spends per query (sending it
     and reading its reply); 0 leaves the generator out.  Per model, ``ModelDeployment``'s
-    ``cpu_per_batch_s`` and ``cpu_per_item_s`` give a container's CPU per batch."""
+    ``cpu_per_batch_s`` and ``cpu_per_item_s`` give a container's CPU per batch.
+    ``slice_s``: 0 (the default) shares the cores by processor sharing; above 0 they are
+    handed out in time slices of that length, as the kernel does (a process woken while
+    every core is taken waits out a running one's slice; ``kernel_slice_s`` gives
+    Linux's)."""
 
     cpus: int | None = None
     frontend_host: str | None = None
     loadgen_host: str | None = None
     loadgen_cpu_per_query_s: float = 0.0
+    slice_s: float = 0.0
 
     def __post_init__(self) -> None:
         c = self.cpus
@@ -191,6 +198,11 @@ class HostCPU:
                 math.isfinite(q) and q >= 0):
             raise SimConfigError(f"host_cpu.loadgen_cpu_per_query_s: expected seconds >= 0, "
                                  f"got {q!r}")
+        sl = self.slice_s
+        if isinstance(sl, bool) or not isinstance(sl, int | float) or not (
+                math.isfinite(sl) and 0 <= sl <= 1.0):
+            raise SimConfigError(f"host_cpu.slice_s: expected seconds in [0, 1] (0: "
+                                 f"processor sharing), got {sl!r}")
 
     def cores(self, host: Host) -> int:
         """The cores ``host``'s processes share (at least one)."""

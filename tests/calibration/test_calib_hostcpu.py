@@ -67,9 +67,9 @@ def test_twin_with_the_host_cpu_model_has_the_fitted_demands(tmp_path: Path) -> 
     prof = LatencyProfile.from_line("p", 10e-6, 100e-6)
     calib = Calibration(query_cpu_s=40e-6, batch_cpu_s=80e-6, host_cpus=3,
                         container_cpu=(("noop", 150e-6, 7e-6),),
-                        loadgen_cpu_per_query_s=25e-6)
+                        loadgen_cpu_per_query_s=25e-6, slice_s=1.5e-3)
     twin = sim_deployment(dep, "hello", {"noop": prof}, calibration=calib)
-    assert twin.host_cpu == HostCPU(cpus=3, loadgen_cpu_per_query_s=25e-6)
+    assert twin.host_cpu == HostCPU(cpus=3, loadgen_cpu_per_query_s=25e-6, slice_s=1.5e-3)
     (m,) = twin.models
     assert (m.cpu_per_batch_s, m.cpu_per_item_s) == (150e-6, 7e-6)
     assert m.cpu_demand_s(4, 1.0) == pytest.approx(150e-6 + 4 * 7e-6)

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from clipperlab.calibration.errors import CalibrationError
-from clipperlab.calibration.quiet import BusyMachineError, LoadSample, guard, machine_load
+from clipperlab.calibration.quiet import (
+    BusyMachineError,
+    LoadSample,
+    guard,
+    kernel_slice_s,
+    machine_load,
+)
 
 
 def _stat_line(user: int, idle: int, steal: int = 0) -> str:
@@ -142,3 +148,20 @@ def test_the_real_proc_reads() -> None:
     """On this machine (Linux) the sample is well formed; its values are not asserted."""
     s = machine_load(0.05)
     assert 0.0 <= s.other_cpu_share <= 1.0 and s.cpus >= 1 and s.loadavg_1m >= 0
+
+
+@pytest.mark.parametrize(("cpus", "slice_ms"), [(1, 0.75), (2, 1.5), (4, 2.25), (8, 3.0),
+                                                (64, 3.0)])
+def test_kernel_slice_is_the_kernels_default_for_the_cores(tmp_path: Path, cpus: int,
+                                                           slice_ms: float) -> None:
+    """Without debugfs the slice is Linux's default: 0.75 ms x (1 + log2 of the cores,
+    at most 8)."""
+    (tmp_path / "stat").write_text("cpu  0 0 0 0 0 0 0 0 0 0\n" + "".join(
+        f"cpu{k} 0 0 0 0 0 0 0 0 0 0\n" for k in range(cpus)))
+    assert kernel_slice_s(tmp_path, tmp_path / "no-debugfs") == pytest.approx(slice_ms / 1e3)
+
+
+def test_kernel_slice_reads_debugfs_when_it_can(tmp_path: Path) -> None:
+    """Where the scheduler's ``base_slice_ns`` is readable, that is the slice."""
+    (tmp_path / "base_slice_ns").write_text("3000000\n")
+    assert kernel_slice_s(Path("/proc"), tmp_path) == pytest.approx(3e-3)

@@ -28,17 +28,21 @@ from clipperlab.simulator import (
     config_from_dict,
     load_config,
 )
-from clipperlab.simulator._cpu import HostCpuState
+from clipperlab.simulator._cpu import HostCpuState, SlicedHostCpuState
 from clipperlab.workloads import Poisson, Workload
 
 FAST = Link(bandwidth_bps=1e18, latency_s=0.0)
 
 
 def run_jobs(cores: int, jobs: list[tuple[float, str, float]],
-             holds: tuple[tuple[str, float, float], ...] = ()) -> dict[str, list[float]]:
-    """Submit ``(at, process, demand)`` jobs to one host; the finish times per process."""
+             holds: tuple[tuple[str, float, float], ...] = (),
+             slice_s: float = 0.0) -> dict[str, list[float]]:
+    """Submit ``(at, process, demand)`` jobs to one host; the finish times per process
+    (processor sharing, or time slices of ``slice_s``)."""
     env = simpy.Environment()
-    host = HostCpuState(env, "h", cores)
+    host: HostCpuState | SlicedHostCpuState = (
+        SlicedHostCpuState(env, "h", cores, slice_s) if slice_s > 0
+        else HostCpuState(env, "h", cores))
     procs = {name: host.proc(name) for _, name, _ in jobs}
     out: dict[str, list[float]] = {name: [] for name in procs}
 
@@ -91,6 +95,82 @@ def test_a_held_process_resumes_where_it_was() -> None:
     # at 1.5 with 0.75 left
     assert got["b"] == pytest.approx([1.25])
     assert got["a"] == pytest.approx([2.25])
+
+
+@pytest.mark.parametrize(
+    ("cores", "slice_s", "jobs", "expect"),
+    [
+        # round robin on one core: a's tenth slice ends at 1.9 s, then b runs alone
+        (1, 0.1, [(0, "a", 1.0), (0, "b", 2.0)], {"a": [1.9], "b": [3.0]}),
+        # a short job woken while the core is taken waits out the running slice: a has
+        # run alone since 0, its slices renewing every 1 s, so b waits until 1 s
+        (1, 1.0, [(0, "a", 10.0), (0.25, "b", 0.01)], {"a": [10.01], "b": [1.01]}),
+        # the same with 0.1 s slices: b waits until a's slice ends at 0.3 s
+        (1, 0.1, [(0, "a", 10.0), (0.25, "b", 0.01)], {"a": [10.01], "b": [0.31]}),
+        # a free core: no wait
+        (2, 1.0, [(0, "a", 10.0), (0.25, "b", 0.01)], {"a": [10.0], "b": [0.26]}),
+        # two cores taken: c waits for the first slice to end (a's at 1 s, b's at 1.5 s)
+        # and takes a's core; a gets it back when c blocks
+        (2, 1.0, [(0, "a", 10.0), (0.5, "b", 10.0), (0.6, "c", 0.01)],
+         {"a": [10.01], "b": [10.5], "c": [1.01]}),
+        # a process that blocks gives its core to the head of the queue at once
+        (1, 1.0, [(0, "a", 0.2), (0.1, "b", 0.3)], {"a": [0.2], "b": [0.5]}),
+        # one process runs its jobs one after another, within its slice
+        (1, 1.0, [(0, "a", 0.2), (0.1, "a", 0.3), (0.15, "b", 0.1)],
+         {"a": [0.2, 0.5], "b": [0.6]}),
+    ],
+)
+def test_time_slice_finish_times(cores: int, slice_s: float,
+                                 jobs: list[tuple[float, str, float]],
+                                 expect: dict[str, list[float]]) -> None:
+    """Jobs finish when round robin with ``slice_s`` slices says they do."""
+    got = run_jobs(cores, jobs, slice_s=slice_s)
+    assert got.keys() == expect.keys()
+    for k, v in expect.items():
+        assert got[k] == pytest.approx(v, abs=1e-9)
+
+
+def test_time_slice_hold_frees_the_core() -> None:
+    """A held process gives its core to the one waiting and resumes with what it had
+    left when the hold ends (and the core is free)."""
+    got = run_jobs(1, [(0, "a", 1.0), (0.1, "b", 0.5)], holds=(("a", 0.2, 0.4),),
+                   slice_s=10.0)
+    # a runs 0-0.2 (0.8 left); b takes the core at 0.2 and keeps it (a's hold ends at
+    # 0.4 but b's slice runs to 10.2): b done at 0.7, a at 1.5
+    assert got["b"] == pytest.approx([0.7])
+    assert got["a"] == pytest.approx([1.5])
+
+
+def test_time_slices_approach_processor_sharing() -> None:
+    """Slices short against the jobs give processor sharing's sojourns (the limit the
+    default model is); slices long against them give the waits processor sharing has
+    not: with demands this variable, first come first served's longer mean sojourn."""
+    rng = np.random.default_rng(1)
+    n, rho, es = 3000, 0.6, 1e-3
+    demand = rng.lognormal(np.log(es) - 1.125, 1.5, n)
+    arrive = np.cumsum(rng.exponential(es / rho, n))
+
+    def mean_sojourn(slice_s: float) -> float:
+        env = simpy.Environment()
+        host: HostCpuState | SlicedHostCpuState = (
+            SlicedHostCpuState(env, "h", 1, slice_s) if slice_s > 0
+            else HostCpuState(env, "h", 1))
+        sojourn = np.full(n, np.nan)
+
+        def feed() -> object:
+            for k in range(n):
+                yield env.timeout(arrive[k] - env.now)
+                host.submit(host.proc(str(k)), float(demand[k]), env.now,
+                            lambda t, k=k: sojourn.__setitem__(k, t - arrive[k]))
+
+        env.process(feed())
+        env.run()
+        assert not np.isnan(sojourn).any()
+        return float(sojourn.mean())
+
+    ps = mean_sojourn(0.0)
+    assert mean_sojourn(es / 50) == pytest.approx(ps, rel=0.03)
+    assert mean_sojourn(es * 1000) > 1.5 * ps
 
 
 def test_mg1_ps_mean_sojourn() -> None:
@@ -296,6 +376,9 @@ def _toml(text: str) -> dict[str, object]:
          r"host_cpu\.frontend_host: 'nope' is not a host"),
         ("loadgen_cpu_per_query_s = 20e-6", "loadgen_cpu_per_query_s = -1",
          r"host_cpu\.loadgen_cpu_per_query_s: expected seconds >= 0, got -1"),
+        ("loadgen_cpu_per_query_s = 20e-6", "slice_s = -1e-3",
+         r"host_cpu\.slice_s: expected seconds in \[0, 1\] \(0: processor sharing\), "
+         r"got -0\.001"),
         ("loadgen_cpu_per_query_s = 20e-6", "steal_s = 1",
          r"host_cpu: unknown field\(s\) \['steal_s'\]"),
         ("cpu_per_item_s = 2e-6", "cpu_per_item_s = -2e-6",
@@ -327,7 +410,8 @@ def _digest(dep: Deployment) -> str:
 def test_without_host_cpu_runs_are_bit_identical_to_before() -> None:
     """Without ``host_cpu`` a seeded run is bit for bit what it was before the model was
     added (digests recorded then; with and without the frontend's eager loop).  If the
-    engine's decisions change on purpose, record the new digests."""
+    engine's decisions change on purpose, record the new digests (the second changed
+    when the loop's timers came to fire as uvloop's do, up to a millisecond early)."""
     base = Deployment.single("prototype-linear-svm", batching=BatchingConfig(policy="aimd"),
                              slo_s=0.02, replicas=2,
                              faults=[Crash("m#1", at_s=0.3, restart_after_s=0.2)])
@@ -335,4 +419,4 @@ def test_without_host_cpu_runs_are_bit_identical_to_before() -> None:
         query_s=20e-6, reply_s=10e-6, batch_send_s=30e-6, batch_done_s=30e-6, item_s=1e-6,
         wake_s=5e-6, pause_rate_hz=50, pauses_s=(1e-3, 3e-3), timer_resolution_s=1e-3))
     assert base.host_cpu is None
-    assert (_digest(base), _digest(fc)) == ("25b84e7ddf1583aa", "7041a700ce0d64fe")
+    assert (_digest(base), _digest(fc)) == ("25b84e7ddf1583aa", "aeb044d28304aea1")
