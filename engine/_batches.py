@@ -20,7 +20,6 @@ answered without the general loop; both take the general path's decisions, bit f
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_left
 
 from ._answers import _Answers
 from ._state import _Batch, _Replica, _Task, _Version, _Wanted
@@ -34,8 +33,10 @@ from ._types import (
     send_batch_of,
 )
 from .batching import QueueView, Wait
+from .metrics import Histogram
 
 _INF = float("inf")
+_FOLD_AT = Histogram.FOLD_AT
 _CAP_REACHED = ReleaseReason.CAP_REACHED
 _REPLICA_IDLE = ReleaseReason.REPLICA_IDLE
 
@@ -137,9 +138,10 @@ class _Batches(_Answers):
             )
         c.value += 1
         h = ver.m_batch_size  # Histogram.observe, inlined as in _finish
-        h.counts[bisect_left(h.bounds, n)] += 1
-        h.sum += n
-        h.count += 1
+        p = h.pending
+        p.append(n)
+        if len(p) >= _FOLD_AT:
+            h.fold()
         out.append(
             send_batch_of(
                 rep.id,
@@ -225,9 +227,10 @@ class _Batches(_Answers):
         latency = now - batch.assembly_at
         rep.ctrl.observe(n, latency, now)
         h = ver.m_batch_latency  # Histogram.observe, inlined as in _finish
-        h.counts[bisect_left(h.bounds, latency)] += 1
-        h.sum += latency
-        h.count += 1
+        p = h.pending
+        p.append(latency)
+        if len(p) >= _FOLD_AT:
+            h.fold()
         ver.m_predictions.value += n
         name = ver.mid.name
         version = ver.mid.version

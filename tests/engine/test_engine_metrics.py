@@ -1,0 +1,62 @@
+"""Histograms fold their pending observations in on read: the buckets, sum and count are
+those of observing each value at once, bit for bit, whenever they are read."""
+
+from __future__ import annotations
+
+import bisect
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from clipperlab.engine.metrics import LATENCY_BUCKETS_S, Histogram
+
+
+class _Eager:
+    """A histogram that observes each value at once (the rule before folding)."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS_S) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, v: float) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS_S, v)] += 1
+        self.sum += v
+        self.count += 1
+
+
+values = st.floats(0.0, 10.0) | st.integers(0, 64)
+
+
+@given(chunks=st.lists(st.lists(values, max_size=700), max_size=4),
+       appended=st.booleans())
+def test_folded_histogram_is_the_eager_one(chunks: list[list[float]], appended: bool) -> None:
+    """Observed (or appended to ``pending`` as the engine's hot paths do), then read
+    between chunks: the same counts, sum and count as observing each at once, and never
+    more than ``FOLD_AT`` observations pending."""
+    h, ref = Histogram(LATENCY_BUCKETS_S), _Eager()
+    for chunk in chunks:
+        for v in chunk:
+            if appended:
+                h.pending.append(v)
+                if len(h.pending) >= Histogram.FOLD_AT:
+                    h.fold()
+            else:
+                h.observe(v)
+            ref.observe(v)
+            assert len(h.pending) < Histogram.FOLD_AT
+        assert (h.counts, h.sum, h.count) == (ref.counts, ref.sum, ref.count)
+        assert h.cumulative()[-1] == (float("inf"), ref.count)
+
+
+def test_setting_folds_first() -> None:
+    """Assigning the sum, count or buckets (merging frontends' metrics) keeps what was
+    pending: it is folded before the new value is set, not added after it."""
+    h = Histogram(LATENCY_BUCKETS_S)
+    h.observe(0.5)
+    h.sum += 1.0
+    h.count += 1
+    assert (h.sum, h.count, h.pending) == (1.5, 2, [])
+    h.observe(0.5)
+    h.counts = [0] * len(h.counts)
+    assert (h.counts, h.sum, h.count) == ([0] * len(h.counts), 2.0, 3)
