@@ -237,3 +237,27 @@ def test_latency_line_sums_are_the_running_sums(window: int,
         ref.add(size, lat)
         assert (line.count, line._sx, line._sy, line._sxx, line._sxy) == (
             ref.n, ref.sx, ref.sy, ref.sxx, ref.sxy)
+
+
+@settings(max_examples=30, deadline=None)
+@given(window=st.integers(0, 60),
+       obs=st.lists(st.tuples(st.integers(1, 64), st.floats(0.0, 1.0)), max_size=700),
+       reads=st.sets(st.integers(0, 700), max_size=5))
+def test_latency_line_folded_late_is_the_running_line(window: int,
+                                                      obs: list[tuple[int, float]],
+                                                      reads: set[int]) -> None:
+    """Batches pending in the line (read rarely, past ``FOLD_AT``) give the sums, count
+    and coefficients of adding each at once, bit for bit, whenever the line is read."""
+    line, ref, every = LatencyModel(window), _RefLine(window), LatencyModel(window)
+    for k, (size, lat) in enumerate(obs):
+        line.add(size, lat)
+        ref.add(size, lat)
+        every.add(size, lat)
+        every.coefficients()  # folded at once
+        assert len(line._pending) < LatencyModel.FOLD_AT
+        if k in reads:
+            assert line.coefficients() == every.coefficients()
+    assert (line.count, line._sx, line._sy, line._sxx, line._sxy) == (
+        ref.n, ref.sx, ref.sy, ref.sxx, ref.sxy)
+    assert line.coefficients() == every.coefficients()
+    assert line.predict_s(3) == every.predict_s(3)
