@@ -104,7 +104,9 @@ class EngineDriver(Driver):
             raise
 
     def batch_done(self, replica: ReplicaId, batch_id: int, outputs: list[Any]) -> None:
-        self.on_batch_done(BatchDone(replica=replica, batch_id=batch_id, outputs=outputs), _now())
+        now = _now()
+        done = BatchDone(replica=replica, batch_id=batch_id, outputs=outputs)
+        self.handle(self.engine.on_batch_done(done, now), now)  # Driver.on_batch_done
 
     def batch_failed(self, replica: ReplicaId, batch_id: int, error: str) -> None:
         self.on_batch_failed(BatchFailed(replica=replica, batch_id=batch_id, error=error), _now())
