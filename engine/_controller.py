@@ -57,7 +57,8 @@ class QueueView(NamedTuple):
 
 class LatencyModel:
     """Least-squares line ``latency = a*size + b`` over the last ``window`` batches,
-    kept with running sums so that an update costs O(1)."""
+    kept with running sums so that an update costs O(1) (batches are folded into the sums
+    when the line is read; see ``FOLD_AT``)."""
 
     __slots__ = ("window", "_obs", "_n", "_sx", "_sy", "_sxx", "_sxy", "_pending")
 
