@@ -23,6 +23,8 @@ Rules:
   connection.
 - A batch whose inputs cannot be encoded, or whose frame would pass the limit, raises from
   ``send_batch``: the driver base fails that batch and frees the replica.
+- The HTTP answers a read gives (a RESULT's replies) are written when that read is
+  handled, one write per HTTP connection (``http.hold_writes``/``release_writes``).
 - Heartbeats both ways every ``heartbeat_interval_s`` once welcomed; ``missed_heartbeats``
   intervals of silence from a container mark it dead.
 - TLS (``ssl_context``, from ``rpc_tls_cert``/``rpc_tls_key``) protects connections from
