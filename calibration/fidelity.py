@@ -380,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
                 t["container_cpu_us"] = sum(b for _, b, _ in c.container_cpu) * 1e6
                 t["container_item_cpu_us"] = sum(i for _, _, i in c.container_cpu) * 1e6
                 t["loadgen_cpu_us"] = c.loadgen_cpu_per_query_s * 1e6
+                t["loadgen_wake_us"] = c.loadgen_wake_s * 1e6
+                t["slice_ms"] = c.slice_s * 1e3
                 other = res.calibrations.get("sim+frontend")
                 if other is not None and other is not c:  # the pause term without the model
                     t["plain_pause_rate_hz"] = other.pause_rate_hz if other.pauses_s else 0.0

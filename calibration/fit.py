@@ -17,12 +17,13 @@ server's query and batch counts and CPU time, and each query's latency from its 
   server over the twin's.
 - The host CPU model (``Calibration.host_cpus`` > 0): ``fit_container_cpu``, each model's
   container CPU = per batch x batches + per item x items over the runs (``/proc`` CPU
-  times of its processes, ``fit_cpu``'s least squares); ``fit_loadgen_cpu``, the load
-  generator's CPU per query (its process's CPU time = per query x queries + a constant
-  per run: encoding the bodies, connecting).  Both from the runs at a quarter of the
-  fastest run's rate or more (``warm_runs``): a process woken for every query pays a
-  wake-up (hundreds of us on a VM), which the twin's containers pay as ``wake_s`` and
-  its generator not at all.  The pause fits then run on a twin that
+  times of its processes, ``fit_cpu``'s least squares), from the runs at a quarter of
+  the fastest run's rate or more (``warm_runs``: a container woken for every batch pays
+  a wake-up, hundreds of us on a VM, which the twin's containers pay as ``wake_s``);
+  ``fit_loadgen``, the load generator's CPU per query and per wake-up (its process's
+  CPU time = per query x queries + per wake-up x its ticks with sends + a constant per
+  run: encoding the bodies, connecting), over every run.  The pause fits then run on a
+  twin that
   shares the host's cores among the loop, the containers and the generator, so the late
   queries contention explains are not counted as pauses.
 Every fit returns a new ``Calibration`` (or the one it was given when the runs say
@@ -54,6 +55,8 @@ __all__ = [
     "fit_cpu",
     "fit_frontend",
     "fit_frontend_rows",
+    "LoadgenCpu",
+    "fit_loadgen",
     "fit_loadgen_cpu",
     "fit_pauses",
     "frontend_intervals",
@@ -64,6 +67,7 @@ __all__ = [
     "pause_rate_rows",
     "pause_runs",
     "tune_pause_rate",
+    "send_ticks",
 ]
 
 
@@ -102,6 +106,7 @@ class Calibration:
     host_cpus: int = 0
     container_cpu: tuple[tuple[str, float, float], ...] = ()  # (model, s/batch, s/item)
     loadgen_cpu_per_query_s: float = 0.0
+    loadgen_wake_s: float = 0.0  # the generator's CPU per wake-up (fit_loadgen)
     # the kernel's time slice (0: processor sharing; kernel_slice_s: Linux's)
     slice_s: float = 0.0
 
@@ -181,23 +186,50 @@ def warm_runs(runs: Sequence[CpuRun], share: float = 0.25) -> list[CpuRun]:
 
 
 def fit_loadgen_cpu(runs: Sequence[CpuRun]) -> float:
-    """The load generator's CPU seconds per query: its CPU over each run = ``a x
-    queries + c`` (``c``: what a run costs however long, encoding bodies and
-    connecting), by non-negative least squares with each run weighted alike; ``a``
-    alone with fewer than three runs of two sizes or more (0 when nothing was read)."""
+    """The load generator's CPU seconds per query (``fit_loadgen``'s first number)."""
+    return fit_loadgen(runs).per_query_s
+
+
+class LoadgenCpu(NamedTuple):
+    """The generator's CPU: per query (sending it, reading its answer) and per wake-up
+    (its millisecond timer's tick with sends, on a virtual machine the dearer part)."""
+
+    per_query_s: float
+    per_wake_s: float
+
+
+def send_ticks(arrival_at: np.ndarray, tick_s: float = 1e-3) -> int:
+    """The generator's wake-ups with sends in a run: the distinct ``tick_s`` its send
+    times fall in (it wakes at most once a millisecond and sends what is due)."""
+    at = np.asarray(arrival_at, dtype=np.float64)
+    at = at[np.isfinite(at)]
+    return int(np.unique(np.floor(at / tick_s)).size) if at.size else 0
+
+
+def fit_loadgen(runs: Sequence[CpuRun]) -> LoadgenCpu:
+    """The generator's CPU over each run = ``a x queries + w x wake-ups + c`` (wake-ups:
+    ``send_ticks``; ``c``: what a run costs however long, encoding bodies and
+    connecting), by non-negative least squares on the relative error, over every run of
+    100 queries or more: the wake-ups are what the slow runs tell apart (on the quiet
+    runs of 2026-12-01: 99-121 us per wake-up and 3-8 us per query in all six
+    settings, against 8-34 us per query when the wake-ups are left out).  With fewer
+    than four runs, or runs that do not tell queries and wake-ups apart, ``a`` alone
+    (the CPU over the queries) and no wake-up cost; zeros when nothing was read."""
     from scipy.optimize import nnls
 
-    pts = [(float(len(r.trace)), r.loadgen_cpu_s) for r in warm_runs(runs)
-           if len(r.trace) > 0 and math.isfinite(r.loadgen_cpu_s)]
+    pts = [(float(len(r.trace)), float(send_ticks(r.trace.arrival_at)), r.loadgen_cpu_s)
+           for r in runs if len(r.trace) > 0 and math.isfinite(r.loadgen_cpu_s)
+           and r.loadgen_cpu_s > 0]
     if not pts:
-        return 0.0
-    q = np.asarray([p[0] for p in pts])
-    y = np.asarray([p[1] for p in pts])
-    if len(pts) < 3 or q.max() < 1.5 * q.min():
-        return float(max(y.sum(), 0.0) / q.sum())
-    A = np.column_stack([q, np.ones_like(q)]) / q[:, None]
-    (a, _), _ = nnls(A, y / q)
-    return float(a)
+        return LoadgenCpu(0.0, 0.0)
+    q, t, y = (np.asarray(c) for c in zip(*pts, strict=True))
+    big = q >= 100
+    q, t, y = (q[big], t[big], y[big]) if big.sum() >= 4 else (q, t, y)
+    if len(q) < 4 or q.max() < 1.5 * q.min() or np.ptp(q / t) < 0.5:
+        return LoadgenCpu(float(max(y.sum(), 0.0) / q.sum()), 0.0)
+    A = np.column_stack([q, t, np.ones_like(q)]) / y[:, None]
+    (a, w, _), _ = nnls(A, np.ones_like(y))
+    return LoadgenCpu(float(a), float(w))
 
 
 def fit_pauses(runs: Sequence[CpuRun], capacity_qps: float, min_rate_qps: float = 400.0,

@@ -141,7 +141,9 @@ def describe(c: Calibration) -> str:
             f"the host CPU model: {c.host_cpus} cores shared with the containers ("
             + (", ".join(f"{m} {b * 1e6:.0f} us/batch + {i * 1e6:.1f} us/item"
                          for m, b, i in c.container_cpu) or "their profile draws")
-            + f") and the generator ({c.loadgen_cpu_per_query_s * 1e6:.0f} us/query)")
+            + f") and the generator ({c.loadgen_cpu_per_query_s * 1e6:.1f} us/query + "
+              f"{c.loadgen_wake_s * 1e6:.0f} us/wake-up), time slices of "
+              f"{c.slice_s * 1e3:g} ms")
     return (f"capacity {c.capacity_qps:,.0f} q/s; {host}; the frontend's loop: "
             f"{c.query_cpu_s * 1e6:.1f} us/query + {c.batch_cpu_s * 1e6:.1f} us/batch + wake-up "
             f"{c.wake_s * 1e6:.0f} us (cools in {c.cold_after_s * 1e3:g} ms), {pauses}; outside "

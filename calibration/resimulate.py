@@ -142,6 +142,8 @@ def stored_calibrations(row: Mapping[str, Any], summary: str) -> dict[str, Calib
         container_cpu=((str(row["model"]), _num(row, "container_cpu_us") / 1e6,
                         _num(row, "container_item_cpu_us") / 1e6),) if host else (),
         loadgen_cpu_per_query_s=_num(row, "loadgen_cpu_us") / 1e6 if host else 0.0,
+        loadgen_wake_s=_num(row, "loadgen_wake_us") / 1e6 if host else 0.0,
+        slice_s=_num(row, "slice_ms") / 1e3 if host else 0.0,
     )
     return {"sim+host" if host else "sim+frontend": c}
 
@@ -221,8 +223,11 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
                               calib, workload, app.slo_s, measured, seed=seed, repeats=reps)
         g["sim_capacity_qps"] = cap
         for col, v in (("query_cpu_us", calib.query_cpu_s * 1e6),
-                       ("batch_cpu_us", calib.batch_cpu_s * 1e6)):
-            if col in g.columns:
+                       ("batch_cpu_us", calib.batch_cpu_s * 1e6),
+                       ("loadgen_cpu_us", calib.loadgen_cpu_per_query_s * 1e6),
+                       ("loadgen_wake_us", calib.loadgen_wake_s * 1e6),
+                       ("slice_ms", calib.slice_s * 1e3)):
+            if col in g.columns or calib.host_cpus > 0:
                 g[col] = v
         log(f"{model}-{batching}: capacity measured {measured:,.0f} q/s, predicted "
             f"{cap:,.0f} q/s ({(cap - measured) / measured:+.0%})")

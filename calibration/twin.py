@@ -69,6 +69,7 @@ def sim_deployment(
     if calibration is not None and calibration.host_cpus > 0:
         hcpu = HostCPU(cpus=calibration.host_cpus,
                        loadgen_cpu_per_query_s=calibration.loadgen_cpu_per_query_s,
+                       loadgen_wake_s=calibration.loadgen_wake_s,
                        slice_s=calibration.slice_s)
         cpu = {m: (b, i) for m, b, i in calibration.container_cpu}
     mds = [

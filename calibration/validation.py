@@ -104,7 +104,7 @@ from clipperlab.calibration.fit import (
     fit_container_cpu,
     fit_container_wake,
     fit_frontend_rows,
-    fit_loadgen_cpu,
+    fit_loadgen,
     fit_pauses,
     frontend_intervals,
     pause_rate_intervals,
@@ -397,7 +397,9 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
                   "containers (" + (", ".join(
                       f"{m} {b * 1e6:.0f} us/batch + {i * 1e6:.1f} us/item"
                       for m, b, i in hc.container_cpu) or "their whole profile draw")
-                  + f") and the generator ({hc.loadgen_cpu_per_query_s * 1e6:.0f} us/query)")
+                  + f") and the generator ({hc.loadgen_cpu_per_query_s * 1e6:.1f} us/query + "
+                    f"{hc.loadgen_wake_s * 1e6:.0f} us/wake-up); time slices of "
+                    f"{hc.slice_s * 1e3:g} ms")
         out.append(("sim+host", hc))
     for k, (mode, c) in enumerate(out):
         c, pause_iv = fit_unexplained(runs, setup, low, c, calib_qps, mode)
@@ -415,11 +417,14 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
 def host_cpu_demands(runs: Sequence[CpuRun], calib: Calibration) -> Calibration:
     """``calib`` with the host CPU model on: this machine's cores
     (``os.cpu_count()``), each container's CPU per batch and per item
-    (``fit_container_cpu``), the generator's CPU per query (``fit_loadgen_cpu``) and the
+    (``fit_container_cpu``), the generator's CPU per query and per wake-up
+    (``fit_loadgen``) and the
     kernel's time slice (``quiet.kernel_slice_s``: not fitted, the scheduler's own)."""
+    gen = fit_loadgen(runs)
     return dataclasses.replace(calib, host_cpus=os.cpu_count() or 1,
                                container_cpu=fit_container_cpu(runs),
-                               loadgen_cpu_per_query_s=fit_loadgen_cpu(runs),
+                               loadgen_cpu_per_query_s=gen.per_query_s,
+                               loadgen_wake_s=gen.per_wake_s,
                                slice_s=kernel_slice_s())
 
 

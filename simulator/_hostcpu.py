@@ -15,7 +15,8 @@ Rules:
   drops the container's CPU job.
 - With ``loadgen_cpu_per_query_s`` the generator is a process (on ``loadgen_host``): each
   query is a job and reaches the frontend when it is done; its latency still counts from
-  when it was due (no coordinated omission).
+  when it was due (no coordinated omission).  With ``loadgen_wake_s`` each distinct send
+  time (a tick of its timer) is a wake-up: a job of that cost after the tick's sends.
 - Replicas coming up or down reach the engine at once (not through the loop).
 
 Theory of operation.  Nothing here runs on the default path: ``_hc_setup`` installs this
@@ -68,6 +69,7 @@ class _HostCpuDriver(_Replicas):
     _ghost: HostCpu | None
     _gproc: CpuProc | None
     _gcost_s: float
+    _gwake_s: float
     _burst: list[tuple[float, Done]] | None
     _demand_of: list[Any]  # per model: its ModelDeployment.cpu_demand_s
 
@@ -87,7 +89,8 @@ class _HostCpuDriver(_Replicas):
         self._fproc = cpus[fh].proc("frontend", fc.wake_s if fc else 0.0,
                                     fc.cold_after_s if fc else 1e-3)
         self._gcost_s = float(hc.loadgen_cpu_per_query_s)
-        if self._gcost_s > 0:
+        self._gwake_s = float(hc.loadgen_wake_s)
+        if self._gcost_s > 0 or self._gwake_s > 0:
             gh = cpus[hc.loadgen_host or fh]
             self._ghost, self._gproc = gh, gh.proc("loadgen")
         else:
@@ -248,7 +251,7 @@ class _HostCpuDriver(_Replicas):
         make_query = self._query_maker()
         fc = self._fcost
         q_cost = fc.query_s if fc else 0.0
-        gproc, ghost, gcost = self._gproc, self._ghost, self._gcost_s
+        gproc, ghost, gcost, gwake = self._gproc, self._ghost, self._gcost_s, self._gwake_s
         i = j = 0
         nxt_a = arrivals[0] if n else _INF
         nxt_f = fb_at[0] if m else _INF
@@ -268,6 +271,9 @@ class _HostCpuDriver(_Replicas):
                     self._loop_job(q_cost, t, job)
                 i += 1
                 nxt_a = arrivals[i] if i < n else _INF
+                if gwake > 0 and nxt_a != t:  # the tick's last send: its wake-up's CPU
+                    assert ghost is not None and gproc is not None
+                    ghost.submit(gproc, gwake, t)
             else:
                 self._loop_job(q_cost, t, partial(self._feedback_at, self._feedback(j)))
                 j += 1

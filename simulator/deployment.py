@@ -172,7 +172,11 @@ class HostCPU:
     the host the frontend's event loop runs on (``None``: the first host).
     ``loadgen_host``: where the load generator runs (``None``: the frontend's host).
     ``loadgen_cpu_per_query_s``: CPU seconds the generator spends per query (sending it
-    and reading its reply); 0 leaves the generator out.  Per model, ``ModelDeployment``'s
+    and reading its reply); 0 leaves the generator out.  ``loadgen_wake_s``: CPU seconds
+    it spends each time it wakes to send (its timer's tick: on a virtual machine a wake-up
+    costs a hundred microseconds or more), run after that tick's sends (the generator
+    stamps a query's send time after waking, so the wake-up delays no query; it takes a
+    core from the others).  Per model, ``ModelDeployment``'s
     ``cpu_per_batch_s`` and ``cpu_per_item_s`` give a container's CPU per batch.
     ``slice_s``: 0 (the default) shares the cores by processor sharing; above 0 they are
     handed out in time slices of that length, as the kernel does (a process woken while
@@ -183,6 +187,7 @@ class HostCPU:
     frontend_host: str | None = None
     loadgen_host: str | None = None
     loadgen_cpu_per_query_s: float = 0.0
+    loadgen_wake_s: float = 0.0
     slice_s: float = 0.0
 
     def __post_init__(self) -> None:
@@ -198,6 +203,10 @@ class HostCPU:
                 math.isfinite(q) and q >= 0):
             raise SimConfigError(f"host_cpu.loadgen_cpu_per_query_s: expected seconds >= 0, "
                                  f"got {q!r}")
+        w = self.loadgen_wake_s
+        if isinstance(w, bool) or not isinstance(w, int | float) or not (
+                math.isfinite(w) and w >= 0):
+            raise SimConfigError(f"host_cpu.loadgen_wake_s: expected seconds >= 0, got {w!r}")
         sl = self.slice_s
         if isinstance(sl, bool) or not isinstance(sl, int | float) or not (
                 math.isfinite(sl) and 0 <= sl <= 1.0):

@@ -19,8 +19,10 @@ from clipperlab.calibration.fit import (
     ContainerCpu,
     CpuRun,
     fit_container_cpu,
+    fit_loadgen,
     fit_loadgen_cpu,
     fit_pauses,
+    send_ticks,
     tune_pause_rate,
 )
 from clipperlab.calibration.server import real_deployment
@@ -120,18 +122,30 @@ def test_fit_container_cpu_recovers_a_simulated_containers_demands() -> None:
     assert fit_container_cpu(zero) == ()
 
 
-def test_fit_loadgen_cpu_separates_the_per_query_cost_from_a_runs_set_up() -> None:
-    """Generator CPU = 30 us x queries + 20 ms per run (bodies, connections): the per
-    query cost recovered; a run at a far lower rate (every query a wake-up) left out."""
+def test_fit_loadgen_separates_queries_wake_ups_and_a_runs_set_up() -> None:
+    """Generator CPU = 30 us x queries + 110 us x wake-ups (distinct milliseconds with
+    sends) + 20 ms per run (bodies, connections), over runs from 50 to 8,000 q/s: the
+    per-query and per-wake-up costs recovered."""
     runs = []
-    for k, rate in enumerate((1000, 2000, 4000, 8000)):
-        tr = _trace(rate, 1.0, k)
-        runs.append(CpuRun(tr, float(len(tr)), float(len(tr)), 0.0,
-                           loadgen_cpu_s=30e-6 * len(tr) + 0.020))
-    slow = _trace(50, 2.0, 7)
-    runs.append(CpuRun(slow, 100.0, 100.0, 0.0, loadgen_cpu_s=0.5))
-    assert fit_loadgen_cpu(runs) == pytest.approx(30e-6, rel=0.01)
-    assert fit_loadgen_cpu([]) == 0.0
+    for k, (rate, secs) in enumerate(((50, 2.0), (300, 1.0), (1000, 1.0), (2000, 1.0),
+                                      (4000, 1.0), (8000, 1.0))):
+        tr = _trace(rate, secs, k)
+        cpu = 30e-6 * len(tr) + 110e-6 * send_ticks(tr.arrival_at) + 0.020
+        runs.append(CpuRun(tr, float(len(tr)), float(len(tr)), 0.0, loadgen_cpu_s=cpu))
+    assert send_ticks(runs[-1].trace.arrival_at) < len(runs[-1].trace)  # 8/ms share ticks
+    got = fit_loadgen(runs)
+    assert got.per_query_s == pytest.approx(30e-6, rel=0.02)
+    assert got.per_wake_s == pytest.approx(110e-6, rel=0.02)
+    assert fit_loadgen_cpu(runs) == got.per_query_s
+    assert fit_loadgen([]) == (0.0, 0.0)
+    # too few runs to tell the two apart: the CPU over the queries, no wake-up cost
+    few = fit_loadgen(runs[3:5])
+    assert few.per_wake_s == 0.0 and few.per_query_s > 30e-6
+
+
+def test_send_ticks_counts_the_milliseconds_with_sends() -> None:
+    assert send_ticks(np.array([0.0001, 0.0009, 0.0012, 0.0051, 0.00511, np.nan])) == 3
+    assert send_ticks(np.array([])) == 0
 
 
 # --------------------------------------------------------------------------- pauses

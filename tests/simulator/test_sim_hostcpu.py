@@ -272,6 +272,25 @@ def test_loadgen_and_frontend_share_the_core() -> None:
     assert p99[1] > p99[0] + 300e-6
 
 
+def test_the_generators_wake_ups_take_cpu_but_delay_no_query() -> None:
+    """Each distinct send time costs the generator ``loadgen_wake_s`` after its sends:
+    counted in its CPU time; with a core to spare no query is later for it, on one core
+    shared with a CPU-bound container the wake-ups take turns with the batches."""
+    prof = LatencyProfile(name="c", batch_sizes=(1,), levels=(0.0, 1.0),
+                          latency_s=((1e-3, 1e-3),))
+    tr = Workload(Poisson(400.0), n_queries=3000).generate(3)
+    ticks = len(np.unique(tr.arrival_at))
+    lat = {}
+    for cores, wake in ((2, 0.0), (2, 200e-6), (1, 0.0), (1, 200e-6)):
+        dep = one_replica(cores, prof, loadgen_cpu_per_query_s=10e-6, loadgen_wake_s=wake)
+        sim = Simulation(dep, tr, seed=3)
+        lat[cores, wake] = sim.run().queries["latency_s"].to_numpy()
+        assert sim.cpu_busy_s["h0/loadgen"] == pytest.approx(3000 * 10e-6 + ticks * wake,
+                                                             rel=1e-6)
+    np.testing.assert_allclose(lat[2, 200e-6], lat[2, 0.0], rtol=0, atol=1e-12)
+    assert lat[1, 200e-6].mean() > lat[1, 0.0].mean() + 20e-6
+
+
 def test_gpu_container_uses_only_its_cpu_part() -> None:
     """A gpu container needs only ``cpu_per_batch_s + cpu_per_item_s x size`` of the
     CPU: a busy neighbour stretches that part, not the whole batch."""
@@ -376,6 +395,8 @@ def _toml(text: str) -> dict[str, object]:
          r"host_cpu\.frontend_host: 'nope' is not a host"),
         ("loadgen_cpu_per_query_s = 20e-6", "loadgen_cpu_per_query_s = -1",
          r"host_cpu\.loadgen_cpu_per_query_s: expected seconds >= 0, got -1"),
+        ("loadgen_cpu_per_query_s = 20e-6", "loadgen_wake_s = -1",
+         r"host_cpu\.loadgen_wake_s: expected seconds >= 0, got -1"),
         ("loadgen_cpu_per_query_s = 20e-6", "slice_s = -1e-3",
          r"host_cpu\.slice_s: expected seconds in \[0, 1\] \(0: processor sharing\), "
          r"got -0\.001"),
