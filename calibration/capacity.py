@@ -19,8 +19,9 @@ same quantity with the same resolution.  Rules of ``ramp``:
   the prediction runs the ramp and not the bisection.
 
 ``twin_capacity``: the ramp on the twin (``ramp_probe_twin``: the twin replays the step's
-trace, the generator's CPU included when the twin has the host CPU model, latency from
-the scheduled arrival plus the calibration's constant overhead outside the loop; a
+trace as the generator sends it, at its millisecond ticks (``runs.ticked``), the
+generator's CPU included when the twin has the host CPU model, latency from the
+scheduled arrival plus the calibration's constant overhead outside the loop; a
 confirming re-run draws with the next seed, each ramp its own); the prediction is the
 median over ``repeats`` ramps, as the measured capacity is.
 """
@@ -98,10 +99,10 @@ def ramp_probe_twin(twin: Deployment, workload: Workload, slo_s: float, *,
                     step_s: float = RAMP_S, overhead_s: float = 0.0, seed: int = 0,
                     repeat: int = 0) -> Probe:
     """The twin as the ramp's probe (module rules)."""
-    from clipperlab.calibration.runs import retime
+    from clipperlab.calibration.runs import retime, ticked
 
     def probe(rate: float, attempt: int) -> tuple[float, float]:
-        tr = retime(workload, rate, step_s, ramp_trace_seed(seed, repeat))
+        tr = ticked(retime(workload, rate, step_s, ramp_trace_seed(seed, repeat)))
         q = Simulation(twin, tr, seed=ramp_trace_seed(seed, repeat) + attempt).run().queries
         if overhead_s:
             q = q.copy()

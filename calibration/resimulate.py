@@ -38,12 +38,12 @@ import pandas as pd
 
 from clipperlab.calibration.errors import CalibrationError
 from clipperlab.calibration.fit import Calibration, ContainerCpu, CpuRun
-from clipperlab.calibration.runs import retime, sim_run
+from clipperlab.calibration.runs import retime, sim_run, ticked
 from clipperlab.calibration.server import model_specs, real_deployment
 from clipperlab.calibration.twin import sim_deployment
 from clipperlab.calibration.validation import median_summary, twin_prediction
 from clipperlab.simulator import load_profile
-from clipperlab.workloads import Trace, Workload
+from clipperlab.workloads import Workload
 
 __all__ = ["CALIBRATION_FILE", "RUNS_FILE", "Resimulated", "calibration_from_json",
            "calibration_to_json", "load_runs", "resimulate", "save_runs",
@@ -233,13 +233,6 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
             f"{cap:,.0f} q/s ({(cap - measured) / measured:+.0%})")
         parts.append(g)
     return Resimulated(pd.concat(parts, ignore_index=True), notes)
-
-
-def ticked(trace: Trace, tick_s: float = 1e-3) -> Trace:
-    """``trace`` as the load generator sends it: every arrival moved to the next multiple
-    of ``tick_s`` (its timer's resolution) at or after it."""
-    at = np.ceil(np.asarray(trace.arrival_at, dtype=np.float64) / tick_s - 1e-9) * tick_s
-    return dataclasses.replace(trace, arrival_at=at)
 
 
 def _deployment(toml: Path, tmp: Path) -> Any:

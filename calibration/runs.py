@@ -47,6 +47,7 @@ __all__ = [
     "retime",
     "sent_trace",
     "sim_run",
+    "ticked",
 ]
 
 
@@ -85,6 +86,13 @@ def retime(workload: Workload, rate_qps: float, duration_s: float, seed: int) ->
     mean = float(tr.arrival_at[-1]) / len(tr) if tr.arrival_at[-1] > 0 else 1.0 / rate_qps
     scale = (1.0 / rate_qps) / mean
     return dataclasses.replace(tr, arrival_at=tr.arrival_at * scale)
+
+
+def ticked(trace: Trace, tick_s: float = 1e-3) -> Trace:
+    """``trace`` as the load generator sends it: every arrival moved to the next multiple
+    of ``tick_s`` (its timer's resolution) at or after it."""
+    at = np.ceil(np.asarray(trace.arrival_at, dtype=np.float64) / tick_s - 1e-9) * tick_s
+    return dataclasses.replace(trace, arrival_at=at)
 
 
 def loadgen_idle_rate(srv: ServerProcess, workload: Workload, pool: np.ndarray, api: str,

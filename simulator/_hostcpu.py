@@ -16,7 +16,8 @@ Rules:
 - With ``loadgen_cpu_per_query_s`` the generator is a process (on ``loadgen_host``): each
   query is a job and reaches the frontend when it is done; its latency still counts from
   when it was due (no coordinated omission).  With ``loadgen_wake_s`` each distinct send
-  time (a tick of its timer) is a wake-up: a job of that cost after the tick's sends.
+  time (a tick of its timer) that finds the generator with nothing to do is a wake-up: a
+  job of that cost after the tick's sends (a busy generator does not sleep).
 - Replicas coming up or down reach the engine at once (not through the loop).
 
 Theory of operation.  Nothing here runs on the default path: ``_hc_setup`` installs this
@@ -253,6 +254,7 @@ class _HostCpuDriver(_Replicas):
         q_cost = fc.query_s if fc else 0.0
         gproc, ghost, gcost, gwake = self._gproc, self._ghost, self._gcost_s, self._gwake_s
         i = j = 0
+        last_t, woke = -_INF, False
         nxt_a = arrivals[0] if n else _INF
         nxt_f = fb_at[0] if m else _INF
         while i < n or j < m:
@@ -266,13 +268,17 @@ class _HostCpuDriver(_Replicas):
                 job = partial(self._query_at, make_query(i))
                 if gproc is not None:
                     assert ghost is not None
+                    if gwake > 0 and t != last_t:  # a new tick: did it wake the generator?
+                        last_t = t
+                        woke = not gproc.jobs and not gproc.running and t >= gproc.held_until
                     ghost.submit(gproc, gcost, t, partial(self._loop_job, q_cost, done=job))
                 else:
                     self._loop_job(q_cost, t, job)
                 i += 1
                 nxt_a = arrivals[i] if i < n else _INF
-                if gwake > 0 and nxt_a != t:  # the tick's last send: its wake-up's CPU
+                if woke and nxt_a != t:  # the tick's last send: its wake-up's CPU
                     assert ghost is not None and gproc is not None
+                    woke = False
                     ghost.submit(gproc, gwake, t)
             else:
                 self._loop_job(q_cost, t, partial(self._feedback_at, self._feedback(j)))

@@ -173,8 +173,9 @@ class HostCPU:
     ``loadgen_host``: where the load generator runs (``None``: the frontend's host).
     ``loadgen_cpu_per_query_s``: CPU seconds the generator spends per query (sending it
     and reading its reply); 0 leaves the generator out.  ``loadgen_wake_s``: CPU seconds
-    it spends each time it wakes to send (its timer's tick: on a virtual machine a wake-up
-    costs a hundred microseconds or more), run after that tick's sends (the generator
+    it spends each time it wakes to send (a distinct send time that finds it idle: its
+    timer's tick; on a virtual machine a wake-up costs a hundred microseconds or more),
+    run after that tick's sends (the generator
     stamps a query's send time after waking, so the wake-up delays no query; it takes a
     core from the others).  Per model, ``ModelDeployment``'s
     ``cpu_per_batch_s`` and ``cpu_per_item_s`` give a container's CPU per batch.
