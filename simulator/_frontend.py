@@ -53,13 +53,20 @@ class _LinkState:
 
 
 def libuv_fire_at(now: float, at: float, res: float) -> float:
-    """When a timer armed at ``now`` for ``at`` fires on uvloop (timer resolution
-    ``res``): uvloop rounds the delay to whole milliseconds and libuv counts it from its
-    loop clock, which is ``now`` cut down to the millisecond, so the timer fires up to a
-    millisecond early (or late); never before ``now``.  The real driver then clamps the
-    engine's time up to the deadline (``engine.driver.Driver.on_timer``): a delayed batch
-    leaves early."""
+    """The earliest a timer armed at ``now`` for ``at`` can fire on uvloop (timer
+    resolution ``res``): uvloop rounds the delay to whole milliseconds and libuv counts it
+    from its loop clock, ``now`` cut down to the millisecond, so a loop that wakes for
+    another event once that clock has passed runs the timer up to a millisecond early;
+    never before ``now``.  The real driver then clamps the engine's time up to the
+    deadline (``engine.driver.Driver.on_timer``): a delayed batch leaves early."""
     fire = math.floor(now / res) * res + round((at - now) / res) * res
+    return fire if fire > now else now
+
+
+def libuv_poll_at(now: float, at: float, res: float) -> float:
+    """When that timer fires on a loop that sleeps until it: ``epoll_wait`` sleeps the
+    rounded delay from the real time (on time, or up to half a millisecond either way)."""
+    fire = now + round((at - now) / res) * res
     return fire if fire > now else now
 
 
@@ -94,6 +101,7 @@ class _Frontend(Driver):
     _loop_free: float  # when the frontend's event loop is next idle (frontend_cpu)
     _inbox: collections.deque[_Inbound]
     _timers: list[float]  # heap: times of the pending SimPy timeouts
+    _early: list[tuple[float, float]]  # heap: (earliest fire, deadline) of armed timers
     _outputs: list[list[Any]]  # per model, its output for every query
     _reps: dict[Any, _Rep]
     _uniform_bytes: int | None
@@ -143,7 +151,10 @@ class _Frontend(Driver):
         fc = self._fc
         if fc is not None and fc.timer_resolution_s > 0:
             now = env.now if env.now > self._loop_free else self._loop_free
-            fire = libuv_fire_at(now, at, fc.timer_resolution_s)
+            fire = libuv_poll_at(now, at, fc.timer_resolution_s)
+            early = libuv_fire_at(now, at, fc.timer_resolution_s)
+            if early < fire:  # the loop busy then runs it early (_loop_run)
+                heapq.heappush(self._early, (early, at))
         ev = env.timeout(fire - env.now if fire > env.now else 0.0, value=at)
         ev.callbacks.append(self._fire)
 
@@ -213,6 +224,10 @@ class _Frontend(Driver):
             t = lf + cost
         self._loop_free = t
         self.loop_busy_s += cost
+        early = self._early
+        if early and early[0][0] <= t:  # awake past a timer's due time: it runs next
+            while early and early[0][0] <= t:
+                self._inbox.append(_Inbound(t, None, None, heapq.heappop(early)[1]))
         return t
 
     def _pause_proc(self, fc: FrontendCPU) -> Any:

@@ -50,7 +50,7 @@ from clipperlab.engine import (
 from clipperlab.engine.driver import Driver
 
 from ._cpu import CpuProc, Done, HostCpu, HostCpuState, SlicedHostCpuState
-from ._frontend import libuv_fire_at
+from ._frontend import libuv_fire_at, libuv_poll_at
 from ._replicas import _Rep, _Replicas
 from .deployment import FrontendCPU, HostCPU
 from .records import MemberRecord
@@ -177,6 +177,8 @@ class _HostCpuDriver(_Replicas):
 
     def _batch_result(self, rep: _Rep, sb: SendBatch, now: float) -> None:
         self.handle(self.engine.on_batch_done(self._batch_done(rep, sb), now), now)
+        if self._early:
+            self._wake_timers(now)
 
     # ------------------------------------------------------------------ the timer
     def _hc_schedule_timer(self, at: float) -> None:
@@ -185,7 +187,10 @@ class _HostCpuDriver(_Replicas):
         fire = at
         fc = self._fcost
         if fc is not None and fc.timer_resolution_s > 0:
-            fire = libuv_fire_at(env.now, at, fc.timer_resolution_s)
+            fire = libuv_poll_at(env.now, at, fc.timer_resolution_s)
+            early = libuv_fire_at(env.now, at, fc.timer_resolution_s)
+            if early < fire:  # the loop busy then runs it early (_wake_timers)
+                heapq.heappush(self._early, (early, at))
         ev = env.timeout(fire - env.now if fire > env.now else 0.0, value=at)
         ev.callbacks.append(self._fire)
 
@@ -287,9 +292,20 @@ class _HostCpuDriver(_Replicas):
 
     def _query_at(self, q: Query, now: float) -> None:
         self.handle(self.engine.on_query(q, now), now)
+        if self._early:
+            self._wake_timers(now)
 
     def _feedback_at(self, fb: Feedback, now: float) -> None:
         self.handle(self.engine.on_feedback(fb, now), now)
+        if self._early:
+            self._wake_timers(now)
+
+    def _wake_timers(self, now: float) -> None:
+        """The loop, awake at ``now`` for an event, runs the timers whose due time its
+        millisecond clock has passed (``libuv_fire_at``), early."""
+        early = self._early
+        while early and early[0][0] <= now:
+            self._timer_due(now, heapq.heappop(early)[1])
 
     def _query_maker(self) -> Any:
         """``i -> Query`` for this run's trace (application, cache key, user context)."""

@@ -120,9 +120,10 @@ class FrontendCPU:
     ``pauses_s``; everything waiting for the loop waits them out; with
     ``pause_rate_busy_hz`` the rate grows by that much times the loop's busy share (a busy
     process is preempted more).  ``timer_resolution_s``: timers fire as uvloop's do, their
-    delay rounded to it (the nearest millisecond) and counted from the loop's clock cut
-    down to it: up to that much early or late; an early one makes the engine act at its
-    deadline, as the real driver does.  ``clipperlab validate``
+    delay rounded to it (the nearest millisecond): a loop that sleeps until one sleeps
+    the rounded delay, and a loop awake for another event runs it once its clock, cut
+    down to the millisecond, has passed the due time (up to that much early); an early
+    one makes the engine act at its deadline, as the real driver does.  ``clipperlab validate``
     measures them on the real server."""
 
     query_s: float = 0.0

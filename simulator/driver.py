@@ -290,6 +290,7 @@ class Simulation(_HostCpuDriver):
         self._fb_applied = []
         self._members = []
         self._timers = []
+        self._early = []
         self.crashes = []
         self._cpus = None
         self.cpu_busy_s = {}
@@ -336,6 +337,7 @@ class Simulation(_HostCpuDriver):
         Driver.__init__(peer, self._new_engine(k))
         peer.fe_index = k
         peer._timers = []
+        peer._early = []
         peer.replica_wake_s = 0.0
         peer._inbox = collections.deque()  # its own event loop (frontend_cpu)
         peer._loop_free = 0.0
