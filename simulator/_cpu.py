@@ -67,7 +67,34 @@ class CpuProc:
         self.cold_after_s = cold_after_s
 
 
-class HostCpuState:
+class _Host:
+    """What both disciplines share: ``submit_next`` and ``busy_s`` over their ``submit``
+    and ``procs``."""
+
+    __slots__ = ()
+    procs: list[CpuProc]
+
+    def submit(self, p: CpuProc, demand_s: float, now: float, done: Done = None) -> None:
+        raise NotImplementedError
+
+    def submit_next(self, p: CpuProc, jobs: list[tuple[float, Done]], now: float) -> None:
+        """Queue ``jobs`` (in order) ahead of ``p``'s waiting jobs, behind the one it is
+        running: work an event's handler creates runs before the next event."""
+        if not jobs:
+            return
+        if not p.jobs and not p.running and not p.in_done:
+            for d, done in jobs:
+                self.submit(p, d, now, done)
+            return
+        at = 1 if p.running or p.left_s is not None else 0
+        for k, job in enumerate(jobs):
+            p.jobs.insert(at + k, job)
+
+    def busy_s(self) -> float:
+        return sum(p.busy_s for p in self.procs)
+
+
+class HostCpuState(_Host):
     """One host's cores and the processes sharing them (see the module's rules)."""
 
     __slots__ = ("env", "name", "cores", "v", "t", "n_run", "heap", "seq", "timeouts",
@@ -109,19 +136,6 @@ class HostCpuState:
             return
         p.jobs.append((demand_s, done))
 
-    def submit_next(self, p: CpuProc, jobs: list[tuple[float, Done]], now: float) -> None:
-        """Queue ``jobs`` (in order) ahead of ``p``'s waiting jobs, behind the one it is
-        running: work an event's handler creates runs before the next event."""
-        if not jobs:
-            return
-        if not p.jobs and not p.running and not p.in_done:
-            for d, done in jobs:
-                self.submit(p, d, now, done)
-            return
-        at = 1 if p.running or p.left_s is not None else 0
-        for k, job in enumerate(jobs):
-            p.jobs.insert(at + k, job)
-
     def cancel(self, p: CpuProc, now: float) -> None:
         """Drop ``p``'s jobs (a crashed container): none of their callbacks is called."""
         self._advance(now)
@@ -144,9 +158,6 @@ class HostCpuState:
         ev = self.env.timeout(until - self.env.now if until > self.env.now else 0.0,
                               value=(p, until))
         ev.callbacks.append(self._unhold)
-
-    def busy_s(self) -> float:
-        return sum(p.busy_s for p in self.procs)
 
     # ------------------------------------------------------------------ internals
     def _rate(self) -> float:
@@ -245,7 +256,7 @@ class HostCpuState:
         self._reschedule()
 
 
-class SlicedHostCpuState:
+class SlicedHostCpuState(_Host):
     """One host's cores handed out in time slices (``HostCPU.slice_s`` > 0), as the
     kernel's scheduler does; the same calls as ``HostCpuState``.
 
@@ -315,18 +326,6 @@ class SlicedHostCpuState:
             return
         p.jobs.append((demand_s, done))
 
-    def submit_next(self, p: CpuProc, jobs: list[tuple[float, Done]], now: float) -> None:
-        """As ``HostCpuState.submit_next``."""
-        if not jobs:
-            return
-        if not p.jobs and not p.running and not p.in_done:
-            for d, done in jobs:
-                self.submit(p, d, now, done)
-            return
-        at = 1 if p.running or p.left_s is not None else 0
-        for k, job in enumerate(jobs):
-            p.jobs.insert(at + k, job)
-
     def cancel(self, p: CpuProc, now: float) -> None:
         """As ``HostCpuState.cancel``."""
         assert isinstance(p, SlicedProc)
@@ -346,9 +345,6 @@ class SlicedHostCpuState:
         ev = self.env.timeout(until - self.env.now if until > self.env.now else 0.0,
                               value=(p, until))
         ev.callbacks.append(self._unhold)
-
-    def busy_s(self) -> float:
-        return sum(p.busy_s for p in self.procs)
 
     # ------------------------------------------------------------------ internals
     def _runnable(self, p: SlicedProc, now: float) -> None:

@@ -150,27 +150,30 @@ def test_time_slices_approach_processor_sharing() -> None:
     demand = rng.lognormal(np.log(es) - 1.125, 1.5, n)
     arrive = np.cumsum(rng.exponential(es / rho, n))
 
-    def mean_sojourn(slice_s: float) -> float:
-        env = simpy.Environment()
-        host: HostCpuState | SlicedHostCpuState = (
-            SlicedHostCpuState(env, "h", 1, slice_s) if slice_s > 0
-            else HostCpuState(env, "h", 1))
-        sojourn = np.full(n, np.nan)
+    ps = sojourns(arrive, demand).mean()
+    assert sojourns(arrive, demand, es / 50).mean() == pytest.approx(ps, rel=0.03)
+    assert sojourns(arrive, demand, es * 1000).mean() > 1.5 * ps
 
-        def feed() -> object:
-            for k in range(n):
-                yield env.timeout(arrive[k] - env.now)
-                host.submit(host.proc(str(k)), float(demand[k]), env.now,
-                            lambda t, k=k: sojourn.__setitem__(k, t - arrive[k]))
 
-        env.process(feed())
-        env.run()
-        assert not np.isnan(sojourn).any()
-        return float(sojourn.mean())
+def sojourns(arrive: np.ndarray, demand: np.ndarray, slice_s: float = 0.0) -> np.ndarray:
+    """Each job its own process on one core (processor sharing, or slices of
+    ``slice_s``): every job's time from arrival to done."""
+    n = len(arrive)
+    env = simpy.Environment()
+    host: HostCpuState | SlicedHostCpuState = (
+        SlicedHostCpuState(env, "h", 1, slice_s) if slice_s > 0 else HostCpuState(env, "h", 1))
+    out = np.full(n, np.nan)
 
-    ps = mean_sojourn(0.0)
-    assert mean_sojourn(es / 50) == pytest.approx(ps, rel=0.03)
-    assert mean_sojourn(es * 1000) > 1.5 * ps
+    def feed() -> object:
+        for k in range(n):
+            yield env.timeout(arrive[k] - env.now)
+            host.submit(host.proc(str(k)), float(demand[k]), env.now,
+                        lambda t, k=k: out.__setitem__(k, t - arrive[k]))
+
+    env.process(feed())
+    env.run()
+    assert not np.isnan(out).any()
+    return out
 
 
 def test_mg1_ps_mean_sojourn() -> None:
@@ -181,20 +184,7 @@ def test_mg1_ps_mean_sojourn() -> None:
     n, rho, es = 60_000, 0.6, 1e-3
     demand = rng.lognormal(np.log(es) - 0.5, 1.0, n)
     arrive = np.cumsum(rng.exponential(es / rho, n))
-    env = simpy.Environment()
-    host = HostCpuState(env, "h", 1)
-    sojourn = np.full(n, np.nan)
-
-    def feed() -> object:
-        for k in range(n):
-            yield env.timeout(arrive[k] - env.now)
-            host.submit(host.proc(str(k)), float(demand[k]), env.now,
-                        lambda t, k=k: sojourn.__setitem__(k, t - arrive[k]))
-
-    env.process(feed())
-    env.run()
-    assert not np.isnan(sojourn).any()
-    assert sojourn.mean() == pytest.approx(es / (1 - rho), rel=0.05)
+    assert sojourns(arrive, demand).mean() == pytest.approx(es / (1 - rho), rel=0.05)
 
 
 def one_replica(cores: int | None, profile: LatencyProfile, **hc: object) -> Deployment:
