@@ -73,9 +73,32 @@ class _Host:
 
     __slots__ = ()
     procs: list[CpuProc]
+    env: simpy.Environment
+    timeouts: list[float]  # heap: pending SimPy timeouts
 
     def submit(self, p: CpuProc, demand_s: float, now: float, done: Done = None) -> None:
         raise NotImplementedError
+
+    def _fire(self, ev: simpy.Event) -> None:
+        raise NotImplementedError
+
+    def _arm(self, at: float) -> None:
+        """A SimPy timeout at ``at`` calling ``_fire``, unless an earlier one is pending
+        (it looks again when it fires)."""
+        timeouts = self.timeouts
+        if timeouts and timeouts[0] <= at:
+            return
+        heapq.heappush(timeouts, at)
+        env = self.env
+        ev = env.timeout(at - env.now if at > env.now else 0.0, value=at)
+        ev.callbacks.append(self._fire)
+
+    def _fired(self, ev: simpy.Event) -> None:
+        """The timeout ``ev`` fired: it and every earlier one are no longer pending."""
+        at: float = ev.value  # type: ignore[assignment]
+        timeouts = self.timeouts
+        while timeouts and timeouts[0] <= at:
+            heapq.heappop(timeouts)
 
     def submit_next(self, p: CpuProc, jobs: list[tuple[float, Done]], now: float) -> None:
         """Queue ``jobs`` (in order) ahead of ``p``'s waiting jobs, behind the one it is
@@ -201,19 +224,10 @@ class HostCpuState(_Host):
             return
         dt = (heap[0][0] - self.v) / self._rate()
         at = self.t + (dt if dt > 0.0 else 0.0)
-        timeouts = self.timeouts
-        if timeouts and timeouts[0] <= at:
-            return  # an earlier timeout is pending: it looks again when it fires
-        heapq.heappush(timeouts, at)
-        env = self.env
-        ev = env.timeout(at - env.now if at > env.now else 0.0, value=at)
-        ev.callbacks.append(self._fire)
+        self._arm(at)
 
     def _fire(self, ev: simpy.Event) -> None:
-        at: float = ev.value  # type: ignore[assignment]
-        timeouts = self.timeouts
-        while timeouts and timeouts[0] <= at:
-            heapq.heappop(timeouts)
+        self._fired(ev)
         now = self.env.now
         self._advance(now)
         heap = self.heap
@@ -405,21 +419,11 @@ class SlicedHostCpuState(_Host):
 
     def _reschedule(self, now: float) -> None:
         at = self._due(now)
-        if at == _INF:
-            return
-        timeouts = self.timeouts
-        if timeouts and timeouts[0] <= at:
-            return
-        heapq.heappush(timeouts, at)
-        env = self.env
-        ev = env.timeout(at - env.now if at > env.now else 0.0, value=at)
-        ev.callbacks.append(self._fire)
+        if at != _INF:
+            self._arm(at)
 
     def _fire(self, ev: simpy.Event) -> None:
-        at: float = ev.value  # type: ignore[assignment]
-        timeouts = self.timeouts
-        while timeouts and timeouts[0] <= at:
-            heapq.heappop(timeouts)
+        self._fired(ev)
         now = self.env.now
         eps = _REL_EPS * (1.0 + now)
         progressed = True
