@@ -132,6 +132,9 @@ class CpuRun:
     batch_ms: float = math.nan  # the engine's mean batch latency in the server
     containers: tuple[ContainerCpu, ...] = ()  # per model (idle CPU subtracted)
     loadgen_cpu_s: float = math.nan  # the load generator's CPU seconds over the run
+    # a capacity ramp's step that missed the SLO: its CPU counts (the loop's and the
+    # containers' costs at the large batches only overload reaches), its latencies do not
+    overloaded: bool = False
 
     @property
     def rate(self) -> float:

@@ -73,7 +73,8 @@ def calibration_from_json(text: str) -> dict[str, Calibration]:
 def save_runs(path: Path, runs: Sequence[CpuRun], low: CpuRun | None,
               low_seen: Mapping[str, float], calib_qps: float) -> Path:
     """What the calibration was fitted on, in one ``.npz``: per run its achieved send
-    times and latencies from the send, and a JSON of its counts and CPU times; the
+    times and latencies from the send, and a JSON of its counts, CPU times and whether
+    it was an overloaded ramp step (older files: none was); the
     low-load run (``low``) and what the server saw in it (``low_seen``)."""
     arrays: dict[str, np.ndarray] = {}
     meta: dict[str, Any] = {"calib_qps": calib_qps, "low_seen": dict(low_seen), "runs": []}
@@ -84,7 +85,8 @@ def save_runs(path: Path, runs: Sequence[CpuRun], low: CpuRun | None,
             dtype=np.float64)
         meta["runs"].append({"queries": r.queries, "batches": r.batches, "cpu_s": r.cpu_s,
                              "batch_ms": r.batch_ms, "loadgen_cpu_s": r.loadgen_cpu_s,
-                             "containers": [list(c) for c in r.containers]})
+                             "containers": [list(c) for c in r.containers],
+                             "overloaded": r.overloaded})
     meta["low"] = low is not None
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     np.savez_compressed(path, allow_pickle=False, **arrays)
@@ -104,7 +106,7 @@ def load_runs(path: Path, workload: Workload
             out.append(CpuRun(dataclasses.replace(base, arrival_at=at), m["queries"],
                               m["batches"], m["cpu_s"], z[f"latency_s_{k}"], m["batch_ms"],
                               tuple(ContainerCpu(*c) for c in m["containers"]),
-                              m["loadgen_cpu_s"]))
+                              m["loadgen_cpu_s"], bool(m.get("overloaded", False))))
     low = out.pop() if meta["low"] else None
     return out, low, dict(meta["low_seen"]), float(meta["calib_qps"])
 

@@ -62,8 +62,9 @@ class RealRun(NamedTuple):
     container_cpu_s: Mapping[str, float] = {}
     loadgen_cpu_s: float = math.nan  # the generator's CPU seconds over the run
 
-    def cpu_run(self) -> CpuRun:
-        """The run as the fits see it (achieved send times, latency from the send)."""
+    def cpu_run(self, overloaded: bool = False) -> CpuRun:
+        """The run as the fits see it (achieved send times, latency from the send);
+        ``overloaded``: a ramp step that missed the SLO (``CpuRun.overloaded``)."""
         seen = self.seen
         models = {k.split(":", 1)[1] for k in seen if k.startswith("batches:")}
         return CpuRun(sent_trace(self.trace, self.table), seen["queries"],
@@ -74,7 +75,7 @@ class RealRun(NamedTuple):
                           ContainerCpu(m, seen[f"batches:{m}"], seen.get(f"items:{m}", 0.0),
                                        self.container_cpu_s[m])
                           for m in sorted(models) if m in self.container_cpu_s),
-                      loadgen_cpu_s=self.loadgen_cpu_s)
+                      loadgen_cpu_s=self.loadgen_cpu_s, overloaded=overloaded)
 
 
 def retime(workload: Workload, rate_qps: float, duration_s: float, seed: int) -> Trace:

@@ -32,9 +32,12 @@ Theory of operation (``validate``, one function per step):
    (less theirs), the generator's own CPU time, the server's query and batch counts (per
    model too), the send times the generator achieved and the latency of each query from
    its send.
-5. ``calibrate_twin`` from those runs (the runs that met the SLO), never from the levels
-   of step 6; two twins, ``sim+frontend`` and, with ``host_cpu`` (the default,
-   ``--host-cpu``), ``sim+host``, the prediction:
+5. ``calibrate_twin`` from those runs (the runs that met the SLO; the ramp's steps that
+   missed it count for the loop's and the containers' CPU only: their large batches
+   pin the cost per query that sets the capacity, which the small batches of the steps
+   below it leave to extrapolation), never from the levels of step 6; two twins,
+   ``sim+frontend`` and, with ``host_cpu`` (the default, ``--host-cpu``), ``sim+host``,
+   the prediction:
    - the frontend's event loop (``simulator.FrontendCPU``): CPU per query, per batch and
      per wake-up, fitted together (``fit_frontend``); uvloop's millisecond timers;
    - ``sim+host`` only, the host CPU model (``simulator.HostCPU`` on ``os.cpu_count()``
@@ -272,10 +275,11 @@ class Bench:
             self.keep(r)
         return r
 
-    def keep(self, r: RealRun) -> None:
-        """Keep ``r`` for the fits when the server saw its queries and batches."""
+    def keep(self, r: RealRun, overloaded: bool = False) -> None:
+        """Keep ``r`` for the fits when the server saw its queries and batches
+        (``overloaded``: a ramp step that missed the SLO, ``CpuRun.overloaded``)."""
         if r.seen.get("queries", 0.0) > 0 and r.seen.get("batches", 0.0) > 0:
-            self.kept.append(r.cpu_run())
+            self.kept.append(r.cpu_run(overloaded))
 
 
 # --------------------------------------------------------------------------- the steps
@@ -333,7 +337,8 @@ def ramp_to_capacity(bench: Bench, setup: Setup, cost_s: float, start_qps: float
     """Step 4, second part: ``capacity.ramp`` on the real server (the offered load grows
     x``step`` per ``step_s`` step until fewer than 95% of the queries get a prediction
     within the SLO; a failing step runs twice before it counts; one more step between
-    the last good and the first bad rate); the steps that pass are kept for the fits.
+    the last good and the first bad rate); the steps that pass are kept for the fits,
+    the steps that fail for the CPU fits only (``CpuRun.overloaded``).
     Returns the capacity (the best good throughput seen) and the server's CPU per query
     at the last good step.  Ramp ``repeat`` (0, 1, ...) sends its own trace (seeded by
     it); ``validate`` takes the median of ``repeats`` ramps.  The twin's prediction runs
@@ -350,9 +355,12 @@ def ramp_to_capacity(bench: Bench, setup: Setup, cost_s: float, start_qps: float
         good = good_share(r.table, setup.app.slo_s)
         s = summarise(r.table)
         if good >= GOOD_SHARE:
-            # overloaded runs stay out: their CPU per query is not the loop's cost
             bench.keep(r)
             cost["s"] = r.cpu_s_per_query
+        else:
+            # the loop's and the containers' CPU at the batch sizes only overload
+            # reaches; its latencies say nothing the fits of the SLO's range may use
+            bench.keep(r, overloaded=True)
         setup.log(f"  offered {rate:>9,.0f} q/s -> good share {good:.3f}, throughput "
                   f"{s.get('throughput_qps', 0):,.0f} q/s, p99 "
                   f"{s.get('p99_ms', math.nan):.1f} ms, server CPU "
@@ -369,7 +377,9 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
                    low_seen: Mapping[str, float], capacity_qps: float, cost_s: float,
                    calib_qps: float, host_cpu: bool = False
                    ) -> tuple[list[tuple[str, Calibration]], dict[str, Interval]]:
-    """Step 5: the twin's calibrations from the kept runs (never from the levels), as
+    """Step 5: the twin's calibrations from the kept runs (never from the levels; the
+    overloaded ones, ``CpuRun.overloaded``, for the loop's and the containers' CPU
+    only), as
     ``(mode, calibration)`` pairs, the prediction last: ``sim+frontend`` (no host CPU
     model) and, with ``host_cpu``, ``sim+host``.  The event loop's CPU is fitted once
     (on the twin without the host CPU model: the loop's CPU time does not depend on
@@ -377,6 +387,7 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
     what the twin still misses (``fit_unexplained``; ``low``: the run at ``calib_qps``,
     ``low_seen``: what the server saw in it).  With them, the bootstrap intervals
     over the runs of the loop's costs (us) and the prediction's pause rates (Hz)."""
+    good = [r for r in runs if not r.overloaded]
     linked = {s.name: setup.profiles[s.name] for s in setup.models}
     slow = slowdown(low_seen, linked)
     extra_s = batch_extra_s(low_seen, linked)
@@ -392,7 +403,7 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
     _log_loop(setup.log, calib, runs, low_seen, slow, extra_s, calib_qps)
     out = [("sim+frontend", calib)]
     if host_cpu:
-        hc = host_cpu_demands(runs, calib)
+        hc = host_cpu_demands(runs, calib, good)
         setup.log(f"  the host CPU model: {hc.host_cpus} cores shared by the loop, the "
                   "containers (" + (", ".join(
                       f"{m} {b * 1e6:.0f} us/batch + {i * 1e6:.1f} us/item"
@@ -402,7 +413,7 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
                     f"{hc.slice_s * 1e3:g} ms")
         out.append(("sim+host", hc))
     for k, (mode, c) in enumerate(out):
-        c, pause_iv = fit_unexplained(runs, setup, low, c, calib_qps, mode)
+        c, pause_iv = fit_unexplained(good, setup, low, c, calib_qps, mode)
         out[k] = (mode, c)
         if k == len(out) - 1:
             intervals.update(pause_iv)
@@ -414,13 +425,14 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
     return out, intervals
 
 
-def host_cpu_demands(runs: Sequence[CpuRun], calib: Calibration) -> Calibration:
+def host_cpu_demands(runs: Sequence[CpuRun], calib: Calibration,
+                     good: Sequence[CpuRun] | None = None) -> Calibration:
     """``calib`` with the host CPU model on: this machine's cores
     (``os.cpu_count()``), each container's CPU per batch and per item
-    (``fit_container_cpu``), the generator's CPU per query and per wake-up
-    (``fit_loadgen``) and the
+    (``fit_container_cpu`` over ``runs``), the generator's CPU per query and per wake-up
+    (``fit_loadgen`` over ``good``, the runs that met the SLO; default ``runs``) and the
     kernel's time slice (``quiet.kernel_slice_s``: not fitted, the scheduler's own)."""
-    gen = fit_loadgen(runs)
+    gen = fit_loadgen(runs if good is None else good)
     return dataclasses.replace(calib, host_cpus=os.cpu_count() or 1,
                                container_cpu=fit_container_cpu(runs),
                                loadgen_cpu_per_query_s=gen.per_query_s,
@@ -505,9 +517,10 @@ def _log_loop(log: Log, calib: Calibration, runs: Sequence[CpuRun],
               seen: Mapping[str, float], slow: float, extra_s: float,
               calib_qps: float) -> None:
     """What the loop's fits found, and the server's batch latency at low load."""
-    log("  runs for the CPU fit (q/s, batch size, server CPU us/query): " + ", ".join(
-        f"{r.rate:,.0f} {r.queries / r.batches:.1f} {r.cpu_s / r.queries * 1e6:.0f}"
-        for r in runs))
+    log("  runs for the CPU fit (q/s, batch size, server CPU us/query; * overloaded): "
+        + ", ".join(f"{r.rate:,.0f} {r.queries / r.batches:.1f} "
+                    f"{r.cpu_s / r.queries * 1e6:.0f}{'*' if r.overloaded else ''}"
+                    for r in runs))
     log(f"  the server's CPU over {len(runs)} runs: {calib.query_cpu_s * 1e6:.1f} us "
         f"per query + {calib.batch_cpu_s * 1e6:.1f} us per batch + a wake-up "
         f"{calib.wake_s * 1e6:.1f} us x (1 - exp(-idle / "

@@ -154,9 +154,11 @@ def test_calibration_and_runs_round_trip(tmp_path: Path) -> None:
     tr = wl.generate(0)
     run = CpuRun(tr, 50.0, 20.0, 0.01, np.full(50, 1e-3), 0.3,
                  (ContainerCpu("noop", 20.0, 50.0, 0.002),), 0.004)
-    path = save_runs(tmp_path / "runs.npz", [run, run], run, {"batches": 20.0}, 50.0)
+    over = dataclasses.replace(run, overloaded=True)
+    path = save_runs(tmp_path / "runs.npz", [run, over], run, {"batches": 20.0}, 50.0)
     runs, low, seen, qps = load_runs(path, wl)
     assert len(runs) == 2 and low is not None and seen == {"batches": 20.0} and qps == 50.0
+    assert [r.overloaded for r in (*runs, low)] == [False, True, False]
     for r in (*runs, low):
         assert np.array_equal(r.trace.arrival_at, tr.arrival_at)
         assert np.array_equal(np.asarray(r.latency_s), np.full(50, 1e-3))
@@ -247,3 +249,49 @@ def test_ticked_sends_each_query_at_the_generators_next_millisecond() -> None:
     tr = dataclasses.replace(wl.generate(0), arrival_at=np.arange(8) * 0.3e-3)
     got = ticked(tr).arrival_at * 1e3
     assert got == pytest.approx([0, 1, 1, 1, 2, 2, 2, 3])
+
+
+def test_overloaded_ramp_steps_count_for_the_cpu_fits_only(tmp_path: Path) -> None:
+    """A capacity ramp's step that missed the SLO (``CpuRun.overloaded``) pins the loop's
+    cost per query at the large batches only overload reaches (here 80 us per query at
+    batch 50, against 40 us + 100 us per batch below it), and the containers' CPU; it
+    says nothing about pauses, the generator or the fixed overhead (its queries were all
+    late): those come out the same as without it."""
+    from clipperlab.calibration.server import model_specs, real_deployment
+    from clipperlab.calibration.validation import Setup, calibrate_twin
+    from clipperlab.simulator import load_profile
+
+    _stored_run(tmp_path, with_json=True)
+    sub = tmp_path / "noop-aimd"
+    dep = real_deployment(sub / "deploy.toml")
+    wl = Workload(ConstantRate(100), n_queries=100, app="digits")
+    app, specs = model_specs(dep, "digits")
+    setup = Setup(dep, app, [s for s, _, _ in specs], {s.name: n for s, n, _ in specs}, wl,
+                  {"noop": load_profile(sub / "profiles" / "noop.json")}, 0, lambda m: None,
+                  "off", 1)
+
+    def run(rate: float, batch: float, q_us: float, late_s: float,
+            overloaded: bool = False, gen_us: float = 8.0) -> CpuRun:
+        n = int(rate)  # one second
+        tr = dataclasses.replace(wl, arrivals=ConstantRate(rate), n_queries=n).generate(0)
+        b = n / batch
+        lat = np.full(n, late_s)
+        lat[::7] += 2e-3  # a few late queries: pauses to fit
+        return CpuRun(tr, float(n), b, n * q_us * 1e-6 + b * 100e-6, lat, 0.1,
+                      (ContainerCpu("noop", b, float(n), b * 40e-6 + n * 0.5e-6),),
+                      n * gen_us * 1e-6, overloaded)
+
+    good = [run(r, 1 + r / 400, 40.0, 0.6e-3) for r in (100, 200, 400, 800)]
+    low, seen = good[0], {"batch_mean_ms": 0.1, "batch_size_mean": 1.25, "batches": 80.0,
+                          "server_mean_ms": 0.2, "queries": 100.0}
+    # the generator fell behind too: its CPU per query there is not its cost
+    over = run(3000, 50, 80.0, 0.5, overloaded=True, gen_us=30.0)
+    without, _ = calibrate_twin(good, setup, low, seen, 1000.0, 40e-6, 100.0, host_cpu=True)
+    with_it, _ = calibrate_twin([*good, over], setup, low, seen, 1000.0, 40e-6, 100.0,
+                                host_cpu=True)
+    (_, a), (_, b) = without[-1], with_it[-1]
+    assert b.query_cpu_s > a.query_cpu_s * 1.3  # the large batches' cost is in the loop
+    assert b.container_cpu != a.container_cpu
+    for f in ("pause_rate_hz", "pause_rate_busy_hz", "pauses_s", "loadgen_cpu_per_query_s",
+              "loadgen_wake_s"):
+        assert getattr(b, f) == getattr(a, f), f
