@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import logging
 import socket
 import threading
@@ -48,6 +47,7 @@ from .admin import AdminApi
 from .config import ServerConfig, app_from_dict, model_from_dict
 from .driver import EngineDriver
 from .frontend import QueryFrontend
+from .gctune import tune_gc
 from .http import Connections, HttpLimits, HttpProtocol, fd_headroom
 from .manager import ContainerManager, Launcher
 from .merge import SelectionMerger
@@ -59,21 +59,6 @@ from .sync import Sync
 __all__ = ["Server", "ServerThread", "tune_gc"]
 
 log = logging.getLogger("clipperlab.server")
-
-
-def tune_gc() -> None:
-    """Keep the collector's full passes off the query path.
-
-    Measured: with numpy, scikit-learn and the engine's remembered queries on the heap, one
-    generation-2 collection paused the event loop for ~50 ms at 4,000 queries/s, which
-    turned a whole batch of queries into deadline defaults.  Objects alive at start are
-    frozen (never scanned again) and full collections are made 10x rarer; reference
-    counting frees almost everything on the query path anyway.
-    """
-    gc.collect()
-    gc.freeze()
-    g0, g1, _ = gc.get_threshold()
-    gc.set_threshold(max(g0, 5000), g1, 100)
 
 
 class Server:
