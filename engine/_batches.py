@@ -13,8 +13,10 @@ controllers' wake-ups.  A part of ``Engine`` (``core.py``).
 
 Small batches (issue 14): a query that finds a replica idle and its queue empty is sent
 alone by ``on_query`` without entering the queue when the controller would send it
-(``_send``: the decision ``_kick`` takes for a queue of one), and a one-query result is
-answered without the general loop; both take the general path's decisions, bit for bit.
+(``_send``: the decision ``_kick`` takes for a queue of one, inlined there), and a
+one-query result is answered without the general loop (and, for a query of one model when
+nothing is remembered or logged, without ``_finish``); both take the general path's
+decisions, bit for bit (tests/simulator/test_sim_hot_path.py pits them against it).
 """
 
 from __future__ import annotations
@@ -28,17 +30,20 @@ from ._types import (
     BatchFailed,
     DefaultReason,
     Instruction,
+    Prediction,
     ReleaseReason,
     ReplicaId,
+    Reply,
     send_batch_of,
 )
 from .batching import QueueView, Wait
-from .metrics import Histogram
+from .metrics import Counter, Histogram
 
 _INF = float("inf")
 _FOLD_AT = Histogram.FOLD_AT
 _CAP_REACHED = ReleaseReason.CAP_REACHED
 _REPLICA_IDLE = ReleaseReason.REPLICA_IDLE
+_tuple_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__
 
 
 class _Batches(_Answers):
@@ -130,12 +135,7 @@ class _Batches(_Answers):
         n = len(reqs)
         c = ver.m_batches.get(reason)
         if c is None:
-            c = ver.m_batches[reason] = self.metrics.counter(
-                "clipperlab_batches_total",
-                model=ver.mid.name,
-                version=ver.mid.version,
-                reason=reason,
-            )
+            c = self._batch_counter(ver, reason)
         c.value += 1
         h = ver.m_batch_size  # Histogram.observe, inlined as in _finish
         p = h.pending
@@ -153,6 +153,16 @@ class _Batches(_Answers):
         )
         if self.log is not None:
             self.log.append(("batch", now, str(rep.id), bid, n, reason))
+
+    def _batch_counter(self, ver: _Version, reason: str) -> Counter:
+        """``ver``'s counter of batches sent for ``reason`` (made on first use)."""
+        c = ver.m_batches[reason] = self.metrics.counter(
+            "clipperlab_batches_total",
+            model=ver.mid.name,
+            version=ver.mid.version,
+            reason=reason,
+        )
+        return c
 
     def _expire(self, req: _Wanted, now: float) -> None:
         """A request reached its deadline in the queue; keep it only for live waiters
@@ -241,11 +251,32 @@ class _Batches(_Answers):
             # per query through the engine alone, measured)
             task = requests[0]
             if not task.done:
-                task.answers[name] = outputs[0]
+                output = outputs[0]
+                task.answers[name] = output
                 task.waiting -= 1
                 if task.waiting == 0:
-                    self._finish(task, now, out)
-            self._idle(rep, ver, now, out)
+                    if (len(task.selected) == 1 and not self.remember_queries
+                            and self.log is None):
+                        # _finish of a query answered by its one model, inlined (nothing
+                        # to remember, no log): with _idle inlined, 0.4 us per query less, measured
+                        task.done = True
+                        latency = now - task.arrival_at
+                        h = task.app.m_latency
+                        p = h.pending
+                        p.append(latency)
+                        if len(p) >= _FOLD_AT:
+                            h.fold()
+                        out.append(_tuple_new(Reply, (task.id, _tuple_new(
+                            Prediction, (output, 1.0, False, None, None, task.selected, ())),
+                            latency, False)))
+                    else:
+                        self._finish(task, now, out)
+            rep.batch = None  # _idle, inlined
+            if rep.id in ver.replicas:
+                rep.idle_since = now
+                ver.idle.append(rep)
+                if ver.queue:
+                    self._kick(ver, now, out)
             return out
         cache = self.cache
         pending = self._pending

@@ -36,6 +36,8 @@ from .errors import ConfigError
 from .peers import BentoMLController, TFServingController, TritonController
 from .plugins import ENTRY_POINT_GROUPS, resolve_class
 
+_LINE_FOLD_AT = LatencyModel.FOLD_AT
+
 if TYPE_CHECKING:  # the config's class; the registry checks configs with this module
     from .registry import BatchingConfig
 
@@ -112,7 +114,9 @@ class AIMDController(BatchController):
         after = mro[mro.index(AIMDController) + 1 :]
         nxt = next(c for c in after if "observe" in c.__dict__)
         self._flat = (
-            nxt is BatchController and type(self).aimd_step is AIMDController.aimd_step
+            nxt is BatchController
+            and type(self).aimd_step is AIMDController.aimd_step
+            and type(self.latency) is LatencyModel
         )
 
     @property
@@ -125,7 +129,10 @@ class AIMDController(BatchController):
             self._cap = self.aimd_step(self._cap, size, latency_s)
             return
         self.batches += 1  # BatchController.observe
-        self.latency.add(size, latency_s)
+        p = self.latency._pending  # LatencyModel.add, inlined (a call less per batch)
+        p.append((size, latency_s))
+        if len(p) >= _LINE_FOLD_AT:
+            self.latency._fold()
         bound = self.latency_bound_s  # aimd_step
         cfg = self.config
         if latency_s < bound - cfg.hold_band * bound:

@@ -50,7 +50,7 @@ import numpy as np
 
 from ._admin import _Admin
 from ._batches import _Batches
-from ._state import _FeedbackTask, _Replica, _Request, _Task, _Version
+from ._state import _Batch, _FeedbackTask, _Replica, _Request, _Task, _Version
 from ._types import (
     DefaultReason,
     Feedback,
@@ -58,11 +58,12 @@ from ._types import (
     Query,
     ReleaseReason,
     ReplicaId,
+    send_batch_of,
 )
 from .batching import make_controller
 from .cache import MISS, PredictionCache
 from .errors import ConfigError, Conflict, NotFound
-from .metrics import Metrics
+from .metrics import Histogram, Metrics
 from .registry import Registry
 
 __all__ = ["Engine", "SelectionChanges"]
@@ -70,6 +71,7 @@ __all__ = ["Engine", "SelectionChanges"]
 _INF = float("inf")
 _CAP_REACHED = ReleaseReason.CAP_REACHED
 _REPLICA_IDLE = ReleaseReason.REPLICA_IDLE
+_FOLD_AT = Histogram.FOLD_AT
 # Admission control admits a query when its predicted wait and batch latency, times this,
 # fit before its deadline.  The engine's latency line is a mean over batch latencies, which
 # leave out the frontend's own path (HTTP in, reply out) and the spread around the line:
@@ -233,7 +235,25 @@ class Engine(_Admin, _Batches):
                 if cap <= 1 or not ctrl.wait_timeout_s > 0.0:
                     idle.popleft()
                     reason = _CAP_REACHED if cap <= 1 else _REPLICA_IDLE
-                    self._send(ver, rep, [task], now, reason, 0, now, out)
+                    # self._send(ver, rep, [task], now, reason, 0, now, out), inlined for
+                    # a batch of one (0.3 us per query less, measured)
+                    ver.wake_at = None
+                    ia = rep.idle_since
+                    bid = next(self._batch_ids)
+                    batch = _Batch(bid, rep, [task], now if now > ia else ia, ver)
+                    rep.batch = batch
+                    self._batches[bid] = batch
+                    c = ver.m_batches.get(reason)
+                    if c is None:
+                        c = self._batch_counter(ver, reason)
+                    c.value += 1
+                    p = ver.m_batch_size.pending  # Histogram.observe, inlined
+                    p.append(1)
+                    if len(p) >= _FOLD_AT:
+                        ver.m_batch_size.fold()
+                    out.append(send_batch_of(rep.id, bid, (input_,), reason, 1))
+                    if self.log is not None:
+                        self.log.append(("batch", now, str(rep.id), bid, 1, reason))
                 else:
                     heapq.heappush(ver.queue, (deadline, seq, task))
                     self._kick(ver, now, out)

@@ -132,6 +132,16 @@ class Driver:
                 failed = self._carry_out(instructions, now)
         else:
             failed = self._carry_out(instructions, now)
+        if failed:
+            self._fail(failed, now)
+
+    def send_failed(self, batch: SendBatch, e: Exception, now: float) -> None:
+        """``send_batch(batch, now)`` raised ``e``: the batch fails, as in ``carry_out``
+        (for a driver that calls ``send_batch`` itself on its hot path)."""
+        self._fail([_unsent(batch, e)], now)
+
+    def _fail(self, failed: list[BatchFailed], now: float) -> None:
+        """Tell the engine of batches that could not be sent; carry out what it returns."""
         while failed:  # each failure answers queries, so this ends when the queue is empty
             more: list[BatchFailed] = []
             for f in failed:

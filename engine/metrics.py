@@ -3,7 +3,8 @@
 The simulator and the real server export the same names: the real server copies them into
 Prometheus collectors, the simulator prints them as a table.  Histograms use fixed bucket
 bounds (cumulative on export, as Prometheus expects) plus a sum and a count; an
-observation is appended and folded in (one bisect and two additions) when they are read.
+observation is appended and folded in (one bisect and two additions) when they are read;
+many pending are folded in numpy, with the same bisection and the same additions in order.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 __all__ = [
     "BATCH_SIZE_BUCKETS",
@@ -20,6 +23,9 @@ __all__ = [
     "Histogram",
     "Metrics",
 ]
+
+# Histogram.fold: from this many pending values numpy folds them (below, a loop is quicker)
+_NUMPY_FOLD_FROM = 64
 
 LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.0001,
@@ -116,13 +122,31 @@ class Histogram:
         p = self.pending
         if not p:
             return
-        counts = self._counts
-        bounds = self.bounds
-        total = self._sum
-        for v in p:
-            counts[bisect.bisect_left(bounds, v)] += 1
-            total += v
-        self._sum = total
+        if len(p) < _NUMPY_FOLD_FROM:
+            counts = self._counts
+            bounds = self.bounds
+            total = self._sum
+            for v in p:
+                counts[bisect.bisect_left(bounds, v)] += 1
+                total += v
+            self._sum = total
+        else:
+            # the loop above in numpy, the same numbers: searchsorted(side="left") is
+            # bisect_left (a NaN, never less than a bound, goes to the first bucket as
+            # bisect puts it), and add.accumulate adds one value at a time in order, as
+            # the loop does (np.sum would add pairwise); 0.3 us per query less in the
+            # small-batch run (three histograms, measured)
+            a = np.array(p, dtype=np.float64)
+            at = np.searchsorted(self.bounds, a, side="left")
+            nan = np.isnan(a)
+            if nan.any():
+                at[nan] = 0
+            counts = self._counts
+            per = np.bincount(at, minlength=len(counts))
+            for k in np.flatnonzero(per).tolist():
+                counts[k] += int(per[k])
+            a = np.concatenate(((self._sum,), a))
+            self._sum = float(np.add.accumulate(a)[-1])
         self._count += len(p)
         p.clear()
 

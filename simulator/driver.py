@@ -74,6 +74,7 @@ from clipperlab.engine import (
     Query,
     ReplicaId,
     Reply,
+    SendBatch,
     batch_done_of,
 )
 from clipperlab.engine.driver import Driver
@@ -618,9 +619,18 @@ class Simulation(_HostCpuDriver):
         eng = self.engine
         on_query = eng.on_query
         on_batch_done = eng.on_batch_done
+        next_deadline = eng.next_deadline
         carry_out = self.carry_out
+        send_batch = self.send_batch
         rearm = self.rearm
         done_of = batch_done_of
+        # The commonest lists, one SendBatch after a query and one Reply after a batch,
+        # carried out here as carry_out would (its dispatch and a call less each), and the
+        # timer slot re-armed only when the deadline moved (rearm's test, a call less):
+        # 14.7 -> 14.4 CPU us per query in the small-batch run (measured)
+        r_at = self._r_at
+        r_reply = self._r_reply
+        plain_reply = type(self).reply is Simulation.reply and "reply" not in self.__dict__
         outputs = self._outputs
         fe_index = self.fe_index
         members = self._members if self.record_members else None
@@ -655,8 +665,13 @@ class Simulation(_HostCpuDriver):
                                 sb.replica, sb.batch_id, [outs[inputs[0]]] if len(inputs) == 1
                                 else list(map(outs.__getitem__, inputs))), at)
                             if out:
-                                carry_out(out, at)
-                            rearm()
+                                if plain_reply and len(out) == 1 and type(out[0]) is Reply:
+                                    r_at.append(at)  # self.reply, inlined
+                                    r_reply.append(out[0])
+                                else:
+                                    carry_out(out, at)
+                            if next_deadline() != self.timer_at:
+                                rearm()
                         else:
                             event(ev)
                     env._now = t
@@ -676,13 +691,24 @@ class Simulation(_HostCpuDriver):
             out = on_query(new(Query, (i, app, i, None, None, None)), t)
             i += 1
             if out:
-                carry_out(out, t)  # handle(), inlined: a call less per query
-                rearm()
+                ins = out[0]
+                if len(out) == 1 and type(ins) is SendBatch:  # carry_out's branch for it
+                    try:
+                        send_batch(ins, t)
+                    except NotImplementedError:
+                        raise
+                    except Exception as e:  # noqa: BLE001 - a batch that cannot be sent fails
+                        self.send_failed(ins, e, t)
+                else:
+                    carry_out(out, t)  # handle(), inlined: a call less per query
+                if next_deadline() != self.timer_at:
+                    rearm()
                 horizon = events[0][0] if events else _INF
             else:
-                rearm()  # handle() without instructions: one call less per query
-                if timers and timers[0] < horizon:  # the timer just armed
-                    horizon = timers[0]
+                if next_deadline() != self.timer_at:
+                    rearm()  # handle() without instructions: one call less per query
+                    if timers and timers[0] < horizon:  # the timer just armed
+                        horizon = timers[0]
         while events and (until_s is None or events[0][0] < until_s):
             ev = pop(events)
             env._now = ev[0]

@@ -261,3 +261,51 @@ def test_latency_line_folded_late_is_the_running_line(window: int,
         ref.n, ref.sx, ref.sy, ref.sxx, ref.sxy)
     assert line.coefficients() == every.coefficients()
     assert line.predict_s(3) == every.predict_s(3)
+
+
+def _metric_values(res: object) -> list[tuple[object, ...]]:
+    out: list[tuple[object, ...]] = []
+    for s in res.metrics.samples():  # type: ignore[attr-defined]
+        m = s.metric
+        if hasattr(m, "counts"):
+            out.append((s.name, s.labels, tuple(m.counts), repr(m.sum), m.count))
+        else:
+            out.append((s.name, s.labels, m.value))
+    return out
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    policy=st.sampled_from(["aimd", "none", "fixed"]),
+    qps=st.sampled_from([300.0, 900.0, 5000.0]),
+    replicas=st.integers(1, 2),
+    slo_ms=st.sampled_from([2.0, 10.0]),
+    seed=st.integers(0, 50),
+)
+def test_fused_small_batch_paths_are_the_general_ones(policy: str, qps: float,
+                                                      replicas: int, slo_ms: float,
+                                                      seed: int) -> None:
+    """The small-batch fast paths (the engine's direct send and one-query answer, the
+    driver's own dispatch of one SendBatch or one Reply) give the queries, batches and
+    metrics (histogram sums bit for bit) of the general paths, which a run takes when a
+    controller overrides ``decide``, the engine remembers queries (every answer goes
+    through ``_finish``) and the driver runs on SimPy's queue (``Driver.carry_out``)."""
+    prof = LatencyProfile.from_line("one-ms", 1e-4, 1e-3, p99_over_mean=1.5)
+    wl = Workload(Poisson(qps), n_queries=1500)
+    ress, sims = [], []
+    for general in (False, True):
+        name = f"{__name__}:{OVERRIDDEN[policy].__name__}" if general else policy
+        bc = BatchingConfig(policy=name, max_batch_size=8)
+        dep = Deployment.single(prof, batching=bc, slo_s=slo_ms / 1e3, replicas=replicas)
+        sim = Simulation(dep, wl, seed=seed,
+                         engine_options={"remember_queries": 10} if general else None)
+        sim.own_events = not general
+        ress.append(sim.run())
+        sims.append(sim)
+    fast, slow = ress
+    assert sims[0]._r_reply == sims[1]._r_reply  # every Reply, field by field
+    assert sims[0]._r_at == sims[1]._r_at
+    assert fast.queries.equals(slow.queries)  # type: ignore[attr-defined]
+    assert fast.batches.equals(slow.batches)  # type: ignore[attr-defined]
+    assert _metric_values(fast) == _metric_values(slow)
+    assert fast.sim_s == slow.sim_s  # type: ignore[attr-defined]
