@@ -11,7 +11,9 @@ same three things after every engine call, and this base does them in one place 
    instruction must be taught to every driver, not dropped by one of them.  A
    ``send_batch`` that raises fails that batch (``engine.on_batch_failed``, after the rest
    of the list) instead of stopping the list: a batch that cannot be sent must not leave
-   its replica busy for ever nor its queries unanswered.
+   its replica busy for ever nor its queries unanswered.  A driver that calls
+   ``send_batch`` itself on a hot path hands such an error to ``send_failed``, which
+   does the same.
 2. **Re-arm** the one timer slot: ask ``engine.next_deadline()`` and, only when it differs
    from the time the slot holds, ``cancel_timer()`` the old one and ``arm_timer(at)`` the
    new one.  The engine's deadline is a lower bound (it may be a little early), so a timer
