@@ -109,6 +109,31 @@ def test_load_sends_the_schedule(server: Any, tmp_path: Path) -> None:
     assert s["errors"] == 0 and s["max_lag_ms"] >= 0  # the generator's own, from its columns
 
 
+def test_load_pauses_the_collector_while_it_runs(server: Any,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The generator's event loop runs with the cyclic collector off (a pass over the
+    process's heap would stall the sends and the reading of replies, counted as the
+    server's latency); the collector is on again after."""
+    import gc
+
+    import uvloop
+
+    during: list[bool] = []
+    loop_run = uvloop.run
+
+    def run(main: Any, **kw: Any) -> Any:
+        during.append(gc.isenabled())
+        return loop_run(main, **kw)
+
+    monkeypatch.setattr(uvloop, "run", run)
+    wl = Workload(ConstantRate(400), n_queries=40, app="hello")
+    table = run_load(wl.generate(0), np.asarray(wl.inputs.load()[0]),
+                     f"127.0.0.1:{server.ports['query']}", connections=2)
+    assert (table["status"] == 200).all()
+    assert during == [False]
+    assert gc.isenabled()
+
+
 def test_load_oip_api(server: Any) -> None:
     """The OIP v2 path (binary tensor) answers every query too."""
     wl = Workload(ConstantRate(200), n_queries=20, app="hello")
