@@ -72,9 +72,17 @@ def load_model(kind: str, path: str = "", options: dict[str, Any] | None = None)
 def _noop(delay_s: float, per_item_s: float, output: Any) -> Predict:
     if isinstance(output, int) and not isinstance(output, bool):
         value = np.int64(output)
+        made: dict[int, Any] = {}
 
         def make(n: int) -> Any:
-            return np.full(n, value, dtype=np.int64)
+            # one read-only array per batch size: np.full costs 2.2 us for 8, a lookup 0.05
+            a = made.get(n)
+            if a is None:
+                a = np.full(n, value, dtype=np.int64)
+                a.flags.writeable = False
+                if len(made) < 4096:
+                    made[n] = a
+            return a
     else:
 
         def make(n: int) -> Any:

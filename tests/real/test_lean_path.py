@@ -447,3 +447,72 @@ def test_kept_headers_are_found_however_they_are_spelled() -> None:
         assert req.headers[b"authorization"] == b"v1" and req.headers[b"content-length"] == b"2"
 
     asyncio.run(main())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([*_ROW_DTYPES, ">f8", ">i4"]), st.lists(st.integers(0, 3), max_size=3),
+       st.sampled_from(["c", "f", "step"]), st.integers(0, 2**32))
+def test_array_frames_take_the_kept_layouts_and_say_the_same(
+        dtype: str, shape: list[int], order: str, seed: int) -> None:
+    """``encode_batch`` of any numeric array (C order, Fortran order, a strided view)
+    writes the frame its C-ordered copy gets the long way (``encode_values``), and
+    ``decode_values`` reads it back the same the first time (full checks) and the next
+    (the kept layout); every truncation or extension of the payload is a ``ProtocolError``
+    both times."""
+    from clipperlab.real import protocol as p
+
+    rng = np.random.default_rng(seed)
+    a = np.asarray(rng.standard_normal([*shape, 2]) * 100).astype(dtype)
+    a = np.asfortranarray(a) if order == "f" else a[..., ::2] if order == "step" else a
+    frame = p.encode_batch(p.RESULT, 9, a)
+    long_way = p.encode_frame(p.RESULT, (9).to_bytes(8, "little")
+                              + p.encode_values(np.ascontiguousarray(a)))
+    assert frame == long_way
+    payload = frame[5:]
+    for _ in range(2):
+        got = p.decode_values(payload, 8)
+        assert got.dtype == a.dtype and got.shape == a.shape
+        assert np.array_equal(got, a, equal_nan=True)
+    for bad in (payload[:-1], payload + b"\0", payload[:10], payload[:8] + b"\0\x09"):
+        for _ in range(2):
+            with pytest.raises(p.ProtocolError):
+                p.decode_values(bad, 8)
+
+
+def test_frames_split_in_two_anywhere_decode_the_same() -> None:
+    """A read that ends inside a frame keeps only that frame's bytes, from a ``bytes`` or
+    a view of a reused buffer; the frames come out whole and in order however two reads
+    split them."""
+    from clipperlab.real import protocol as p
+
+    data = (p.encode_batch(p.BATCH, 1, np.arange(6.0).reshape(3, 2))
+            + p.encode_frame(p.HEARTBEAT) + p.encode_batch(p.RESULT, 2, np.arange(3)))
+    for cut in range(len(data) + 1):
+        for view in (False, True):
+            dec = p.FrameDecoder()
+            into = bytearray(len(data))
+            frames = []
+            for part in (data[:cut], data[cut:]):
+                if view:
+                    into[:len(part)] = part
+                    frames += dec.feed(memoryview(into)[:len(part)])
+                    into[:] = b"\xee" * len(into)  # the buffer is reused after the read
+                else:
+                    frames += dec.feed(part)
+            assert [k for k, _ in frames] == [p.BATCH, p.HEARTBEAT, p.RESULT], cut
+            assert p.decode_batch(frames[0][1])[1].tolist() == [[0, 1], [2, 3], [4, 5]]
+            assert p.decode_list(frames[2][1], 8) == [0, 1, 2]
+
+
+def test_noop_model_answers_its_output_for_each_input() -> None:
+    """The no-op model's kept arrays: one output per input, the configured value, and
+    read-only (a caller cannot change what the next batch gets)."""
+    from clipperlab.real.models import load_model
+
+    predict = load_model("noop", options={"output": 3})
+    for n in (1, 5, 1, 5):
+        out = predict(np.zeros((n, 4)))
+        assert out.tolist() == [3] * n and out.dtype == np.int64
+        with pytest.raises(ValueError):
+            out[0] = 4
+    assert load_model("noop", options={"output": "x"})(np.zeros((2, 1))) == ["x", "x"]
