@@ -138,11 +138,12 @@ class Histogram:
             # small-batch run (three histograms, measured)
             a = np.array(p, dtype=np.float64)
             at = np.searchsorted(self.bounds, a, side="left")
-            nan = np.isnan(a)
-            if nan.any():
-                at[nan] = 0
             counts = self._counts
             per = np.bincount(at, minlength=len(counts))
+            if per[-1]:  # searchsorted puts a NaN above every bound; bisect, in the first
+                nan = int(np.count_nonzero(np.isnan(a)))
+                per[-1] -= nan
+                per[0] += nan
             for k in np.flatnonzero(per).tolist():
                 counts[k] += int(per[k])
             a = np.concatenate(((self._sum,), a))

@@ -75,7 +75,6 @@ from clipperlab.engine import (
     ReplicaId,
     Reply,
     SendBatch,
-    batch_done_of,
 )
 from clipperlab.engine.driver import Driver
 from clipperlab.workloads import Trace, Workload
@@ -618,12 +617,11 @@ class Simulation(_HostCpuDriver):
         event = self._event
         eng = self.engine
         on_query = eng.on_query
-        on_batch_done = eng.on_batch_done
+        on_outputs = eng.on_outputs  # on_batch_done without building a BatchDone
         next_deadline = eng.next_deadline
         carry_out = self.carry_out
         send_batch = self.send_batch
         rearm = self.rearm
-        done_of = batch_done_of
         # The commonest lists, one SendBatch after a query and one Reply after a batch,
         # carried out here as carry_out would (its dispatch and a call less each), and the
         # timer slot re-armed only when the deadline moved (rearm's test, a call less):
@@ -661,9 +659,9 @@ class Simulation(_HostCpuDriver):
                             if members is not None:
                                 members.append(records.MemberRecord(inputs, rep.model_idx, at))
                             outs = outputs[rep.model_idx]
-                            out = on_batch_done(done_of(
+                            out = on_outputs(
                                 sb.replica, sb.batch_id, [outs[inputs[0]]] if len(inputs) == 1
-                                else list(map(outs.__getitem__, inputs))), at)
+                                else list(map(outs.__getitem__, inputs)), at)
                             if out:
                                 if plain_reply and len(out) == 1 and type(out[0]) is Reply:
                                     r_at.append(at)  # self.reply, inlined

@@ -76,3 +76,26 @@ def test_mg1_mean_matches_pollaczek_khinchine() -> None:
         means.append(float(q["latency_s"].mean()))
     expect = es + lam * es2 / (2 * (1 - lam * es))
     assert np.mean(means) == pytest.approx(expect, rel=0.03)
+
+
+def test_block_draws_are_the_one_at_a_time_draws() -> None:
+    """Draws read from a block computed in numpy (one size throughout a block) are the
+    one-at-a-time draws bit for bit, with sizes changing and ``uniform()`` drawn between
+    them, across several blocks of the stream."""
+    from bisect import bisect_right
+
+    p = heavy()
+    s = p.sampler(np.random.default_rng(11))
+    ref_rng = np.random.default_rng(11)
+    ref_u: list[float] = []
+    plan = [1] * 9000 + [3, 1, 8, 8, 1] * 500 + [4] * 9000 + [None, 4] * 3000
+    for b in plan:
+        if not ref_u:
+            ref_u = ref_rng.random(8192).tolist()[::-1]
+        u = ref_u.pop()
+        if b is None:
+            assert s.uniform() == u
+            continue
+        v, sl = s.row(b)
+        i = bisect_right(s._levels, u) - 1
+        assert s(b) == v[i] + (u - s._levels[i]) * sl[i]
