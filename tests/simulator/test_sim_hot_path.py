@@ -309,3 +309,24 @@ def test_fused_small_batch_paths_are_the_general_ones(policy: str, qps: float,
     assert fast.batches.equals(slow.batches)  # type: ignore[attr-defined]
     assert _metric_values(fast) == _metric_values(slow)
     assert fast.sim_s == slow.sim_s  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("window", [0, 1, 7, 50, 255, 256, 257, 600])
+def test_latency_line_numpy_fold_is_the_loop(window: int) -> None:
+    """Many batches folded at once (numpy) give the count, sums, window and line of
+    folding each as it comes (the loop), bit for bit, as the window fills and slides."""
+    import numpy as np
+
+    rng = np.random.default_rng(window)
+    bulk, each = LatencyModel(window), LatencyModel(window)
+    for chunk in (40, 300, 1, 33, 700, 256):
+        for _ in range(chunk):
+            size, lat = int(rng.integers(1, 65)), float(rng.lognormal(-6, 1))
+            bulk._pending.append((size, lat))
+            each.add(size, lat)
+            each._fold()  # one pending: the loop
+        bulk._fold()
+        assert (bulk.count, bulk._sx, bulk._sy, bulk._sxx, bulk._sxy) == (
+            each.count, each._sx, each._sy, each._sxx, each._sxy)
+        assert list(bulk._obs) == list(each._obs)
+        assert bulk.coefficients() == each.coefficients()
