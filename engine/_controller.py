@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import deque
+from itertools import chain
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -134,8 +135,11 @@ class LatencyModel:
         n0 = self._n  # == len(obs)
         m = len(p)
         grow = min(m, max(window - n0, 0))
-        new = np.array(p, dtype=np.float64).reshape(m, 2)
-        both = np.concatenate((np.array(obs, dtype=np.float64).reshape(n0, 2), new))
+        # (fromiter over the flattened pairs: a third of np.array over the tuples, measured)
+        new = np.fromiter(chain.from_iterable(p), np.float64, 2 * m).reshape(m, 2)
+        both = np.concatenate(
+            (np.fromiter(chain.from_iterable(obs), np.float64, 2 * n0).reshape(n0, 2), new)
+        )
         gone = both[n0 + grow - window : n0 + m - window]  # what each later batch evicts
         x, y = new[:, 0], new[:, 1]
         gx, gy = gone[:, 0], gone[:, 1]

@@ -136,7 +136,7 @@ class Histogram:
             # bisect puts it), and add.accumulate adds one value at a time in order, as
             # the loop does (np.sum would add pairwise); 0.3 us per query less in the
             # small-batch run (three histograms, measured)
-            a = np.array(p, dtype=np.float64)
+            a = np.fromiter(p, np.float64, len(p))  # (ints too: half of np.array's time)
             at = np.searchsorted(self.bounds, a, side="left")
             counts = self._counts
             per = np.bincount(at, minlength=len(counts))
