@@ -60,26 +60,31 @@ class _ReplyCache:
     prediction itself: most answers are one of a few class labels from the same models."""
 
     def __init__(self, limit: int = 4096) -> None:
-        self.tails: dict[Any, bytes] = {}
+        # prediction -> (its output's type, the tail, the body's length less the id's digits)
+        self.tails: dict[Any, tuple[type, bytes, int]] = {}
         self.limit = limit
 
     def encode(self, r: Reply) -> bytes:
-        p: Any = (type(r.prediction.output), r.prediction)  # 1, 1.0, True: equal, not alike
+        p: Any = r.prediction
+        # Keyed by the prediction alone, its output's type checked (1, 1.0 and True are
+        # equal, not alike), and joined, not formatted: 0.6 us a reply against 1.2 us
         try:
-            tail = self.tails.get(p)
+            kept = self.tails.get(p)
         except TypeError:  # an unhashable output (a list): encode it every time
-            tail = None
+            kept = None
             p = None
-        if tail is None:
+        if kept is None or kept[0] is not type(r.prediction.output):
             d = reply_body(r)
             del d["query_id"]
             tail = dumps(d)[1:]
+            kept = (type(r.prediction.output), tail, len(tail) + 13)  # 13: {"query_id":,
             if p is not None:
                 if len(self.tails) >= self.limit:
                     self.tails.clear()
-                self.tails[p] = tail
-        body = b'{"query_id":%d,%s' % (r.query_id, tail)
-        return b"%s%d\r\n\r\n%s" % (_OK_HEAD, len(body), body)
+                self.tails[p] = kept
+        qid = str(r.query_id).encode()
+        return b"".join((_OK_HEAD, b"%d" % (kept[2] + len(qid)), b'\r\n\r\n{"query_id":', qid,
+                         b",", kept[1]))
 
 
 def _uid(body: dict[str, Any]) -> Any:

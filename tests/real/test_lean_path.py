@@ -37,6 +37,18 @@ def test_rest_reply_cache_tells_1_from_1_0_and_true() -> None:
         assert got == want and type(got["output"]) is type(out), (out, got)
 
 
+def test_rest_reply_cache_writes_the_long_ways_bytes() -> None:
+    """A cached reply is byte for byte the plain encoding (``json_response``), its
+    Content-Length right whatever the query id's digits, cached or not (a list output)."""
+    from clipperlab.real.http import json_response
+
+    cache = _ReplyCache()
+    for qid in (0, 9, 10, 99, 100, 12345, 10**12, 2**63 - 1):
+        for out in (0, 1.5, "cat", [1, 2], True):
+            r = _reply(qid, out)
+            assert cache.encode(r) == json_response(200, reply_body(r)), (qid, out)
+
+
 class _Fe:
     def check_batch(self, n: int, what: str) -> None:
         pass
