@@ -50,8 +50,9 @@ Theory of operation (``validate``, one function per step):
      busy time, makes the twin as late as the server in the runs up to 60% of capacity;
    - the containers' wake-up: the batch latency the engine saw at ``calib_qps`` (idle
      containers) over the twin's (``ModelDeployment.wake_s``);
-   - ``overhead_s``: the real p50 minus the calibrated twin's at ``calib_qps``, what
-     happens outside the loop (client, kernel), added to every answered query.
+   - ``overhead_s``: the real p50 less the calibrated twin's, the median over the runs
+     up to 60% of capacity (``fit_overhead``), what happens outside the loop (client,
+     kernel), added to every answered query.
    The server's in-situ batch latency over the profile's (``batch_extra_s``,
    ``slowdown``) is reported beside them.  The loop's costs and the pause rates get
    90% bootstrap intervals over the runs (``intervals``: the equations of the fit
@@ -108,6 +109,7 @@ from clipperlab.calibration.fit import (
     fit_container_wake,
     fit_frontend_rows,
     fit_loadgen,
+    fit_overhead,
     fit_pauses,
     frontend_intervals,
     pause_rate_intervals,
@@ -447,7 +449,8 @@ def fit_unexplained(runs: Sequence[CpuRun], setup: Setup, low: CpuRun, calib: Ca
     with the host CPU model on, the late queries contention explains are not pauses:
     the pauses (``fit_pauses``, then ``tune_pause_rate``'s rates, with their intervals),
     the containers' wake-up (``fit_container_wake``) and the fixed overhead outside the
-    loop (the real p50 at ``calib_qps`` minus the twin's)."""
+    loop (``fit_overhead``: the median over the runs up to 60% of capacity of the real
+    p50 less the twin's; one run at ``calib_qps`` was too few queries to say it)."""
     rate_hz, pauses = fit_pauses(runs, calib.capacity_qps)
     calib = dataclasses.replace(calib, pause_rate_hz=rate_hz, pauses_s=pauses)
     intervals: dict[str, Interval] = {}
@@ -469,17 +472,16 @@ def fit_unexplained(runs: Sequence[CpuRun], setup: Setup, low: CpuRun, calib: Ca
     calib = fit_container_wake(runs, setup.twin, calib, setup.seed)
     setup.log(f"  {mode}: container wake-up {calib.replica_wake_s * 1e3:.3f} ms x (1 - "
               f"exp(-idle / {calib.replica_cold_after_s * 1e3:g} ms)) per batch")
-    # the fixed overhead: what the calibrated simulator still misses at low load
+    # the fixed overhead: what the calibrated twin still misses at p50 (client, kernel)
+    overhead_s = fit_overhead(runs, setup.twin, calib, setup.seed)
+    calib = dataclasses.replace(calib, overhead_s=overhead_s)
     lat = np.asarray(low.latency_s if low.latency_s is not None else [], dtype=np.float64)
     real_p50_ms = pct(lat[np.isfinite(lat)], 50) * 1e3
-    s_sim = sim_run(setup.twin(calib), low.trace, setup.seed)
-    overhead_s = max((real_p50_ms - s_sim.get("p50_ms", 0.0)) / 1e3, 0.0)
-    if not math.isfinite(overhead_s):
-        overhead_s = 0.0
-    calib = dataclasses.replace(calib, overhead_s=overhead_s)
-    setup.log(f"  {mode}: simulated p50 at {calib_qps:g} q/s "
-              f"{s_sim.get('p50_ms', math.nan):.3f} ms -> fixed overhead "
-              f"{overhead_s * 1e3:.3f} ms/query")
+    s_sim = sim_run(setup.twin(calib), low.trace, setup.seed, calib)
+    setup.log(f"  {mode}: fixed overhead {overhead_s * 1e3:.3f} ms/query (the median "
+              f"gap at p50 over the runs up to 60% of capacity); at {calib_qps:g} q/s "
+              f"the server's p50 {real_p50_ms:.3f} ms, the twin's "
+              f"{s_sim.get('p50_ms', math.nan):.3f} ms")
     return calib, intervals
 
 

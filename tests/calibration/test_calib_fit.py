@@ -18,6 +18,7 @@ from clipperlab.calibration.fit import (
     fit_container_wake,
     fit_cpu,
     fit_frontend,
+    fit_overhead,
     fit_pauses,
 )
 from clipperlab.calibration.runs import from_send, good_share, sent_trace
@@ -79,6 +80,27 @@ def test_fit_container_wake_recovers_a_known_wake_up() -> None:
     fit = fit_container_wake(runs, _twin, start)
     assert fit.replica_wake_s == pytest.approx(500e-6, rel=0.1)
     assert fit.replica_cold_after_s == 2e-3
+
+
+def test_fit_overhead_is_the_median_gap_up_to_60_percent_load() -> None:
+    """Runs whose latencies are the twin's own plus 0.3 ms, except the slowest run (which
+    a lone low-load run would have taken: +1.2 ms) and runs above 60% of capacity (+5
+    ms, queueing the twin must explain itself): the overhead is 0.3 ms.  A server faster
+    than the twin says no overhead, never a negative one."""
+    truth = Calibration(query_cpu_s=30e-6, batch_cpu_s=100e-6, capacity_qps=10_000.0)
+
+    def run(rate: float, extra_s: float, k: int) -> CpuRun:
+        tr = Workload(Poisson(rate), n_queries=max(int(rate * 0.5), 150)).generate(k)
+        lat = Simulation(_twin(truth), tr, seed=0).run().queries["latency_s"].to_numpy()
+        return CpuRun(tr, float(len(tr)), float(len(tr)), 0.0, lat + extra_s)
+
+    runs = [run(50, 1.2e-3, 0), *(run(r, 0.3e-3, k) for k, r in
+                                  enumerate((300, 1000, 3000, 5000), 1)),
+            run(8000, 5e-3, 6), run(9500, 5e-3, 7)]
+    assert fit_overhead(runs, _twin, truth) == pytest.approx(0.3e-3, rel=0.02)
+    faster = [run(r, -0.2e-3, k) for k, r in enumerate((300, 1000, 3000))]
+    assert fit_overhead(faster, _twin, truth) == 0.0
+    assert fit_overhead([], _twin, truth) == 0.0
 
 
 def _paused_run(rate: float, pauses: list[tuple[float, float]], base: float = 1e-3,
