@@ -6,6 +6,7 @@ list of bytes/str) into a list or array of outputs, one per input.  Kinds:
 - ``noop``: answers ``output`` (default ``0``) for every input, after sleeping
   ``delay_s + per_item_s * batch size`` (default 0): the paper's no-op container, and a
   deterministic model with a known latency line for comparisons with the simulator.
+  An integer ``output`` comes as a read-only int64 array, one kept per batch size.
 - ``python``: a callable taking the batch, named ``package.module:function`` or stored as a
   pickle file (the function must be importable by reference in the container).
 - ``sklearn``: an estimator saved with ``joblib``/``pickle``; calls ``predict``.
