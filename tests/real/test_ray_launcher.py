@@ -67,9 +67,22 @@ def _launcher(st: ServerThread) -> RayLauncher:
 
 
 def _where(st: ServerThread, rid: ReplicaId) -> dict[str, Any]:
-    actor = _until(lambda: _launcher(st).actor(rid))
-    out: dict[str, Any] = ray.get(actor.where.remote(), timeout=60)
-    return out
+    """Where the replica's actor runs, once it answers: an actor Ray is restarting is
+    nowhere yet (on a loaded machine a restart takes seconds, and the launcher may have
+    counted it and the frontend still list the replica meanwhile)."""
+
+    def ask() -> dict[str, Any] | None:
+        actor = _launcher(st).actor(rid)
+        if actor is None:
+            return None
+        try:
+            out: dict[str, Any] = ray.get(actor.where.remote(), timeout=60)
+        except ray.exceptions.ActorUnavailableError:
+            return None
+        return out
+
+    where: dict[str, Any] = _until(ask)
+    return where
 
 
 def _up(st: ServerThread) -> set[ReplicaId]:
