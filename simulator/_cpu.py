@@ -40,10 +40,18 @@ from collections.abc import Callable
 
 import simpy
 
-__all__ = ["CpuProc", "HostCpu", "HostCpuState", "SlicedHostCpuState", "SlicedProc"]
+__all__ = ["CpuProc", "HostCpu", "HostCpuState", "SlicedHostCpuState", "SlicedProc",
+           "drop_due"]
 
 Done = Callable[[float], object] | None
 _REL_EPS = 1e-12  # a job within this share of v of its finish is done (rounding)
+
+
+def drop_due(heap: list[float], at: float) -> None:
+    """Pop from the min-heap of pending timeout times every one at or before ``at``: the
+    timeout for ``at`` fired, so it and every earlier one are no longer pending."""
+    while heap and heap[0] <= at:
+        heapq.heappop(heap)
 
 
 class CpuProc:
@@ -96,9 +104,7 @@ class _Host:
     def _fired(self, ev: simpy.Event) -> None:
         """The timeout ``ev`` fired: it and every earlier one are no longer pending."""
         at: float = ev.value  # type: ignore[assignment]
-        timeouts = self.timeouts
-        while timeouts and timeouts[0] <= at:
-            heapq.heappop(timeouts)
+        drop_due(self.timeouts, at)
 
     def submit_next(self, p: CpuProc, jobs: list[tuple[float, Done]], now: float) -> None:
         """Queue ``jobs`` (in order) ahead of ``p``'s waiting jobs, behind the one it is

@@ -29,6 +29,7 @@ import simpy
 from clipperlab.engine import BatchDone, Reply, SendBatch, batch_done_of
 from clipperlab.engine.driver import Driver
 
+from ._cpu import drop_due
 from .deployment import Deployment, FrontendCPU, Link
 from .records import BatchRecord, MemberRecord
 
@@ -160,9 +161,7 @@ class _Frontend(Driver):
 
     def _fire(self, ev: simpy.Event) -> None:
         at: float = ev.value  # type: ignore[assignment]
-        timers = self._timers
-        while timers and timers[0] <= at:
-            heapq.heappop(timers)
+        drop_due(self._timers, at)
         if self._fc is not None:
             self._inbox.append(_Inbound(self.env.now, None, None, at))
             return

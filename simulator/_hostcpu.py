@@ -49,7 +49,14 @@ from clipperlab.engine import (
 )
 from clipperlab.engine.driver import Driver
 
-from ._cpu import CpuProc, Done, HostCpu, HostCpuState, SlicedHostCpuState
+from ._cpu import (
+    CpuProc,
+    Done,
+    HostCpu,
+    HostCpuState,
+    SlicedHostCpuState,
+    drop_due,
+)
 from ._frontend import libuv_fire_at, libuv_poll_at
 from ._replicas import _Rep, _Replicas
 from .deployment import FrontendCPU, HostCPU
@@ -196,9 +203,7 @@ class _HostCpuDriver(_Replicas):
 
     def _hc_fire(self, ev: simpy.Event) -> None:
         at: float = ev.value  # type: ignore[assignment]
-        timers = self._timers
-        while timers and timers[0] <= at:
-            heapq.heappop(timers)
+        drop_due(self._timers, at)
         self._loop_job(0.0, self.env.now, partial(self._timer_at_loop, at))
 
     def _timer_at_loop(self, deadline: float, now: float) -> None:
