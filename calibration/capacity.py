@@ -8,15 +8,20 @@ same quantity with the same resolution.  Rules of ``ramp``:
   of the workload's trace re-timed to that rate, seeded per ramp ``repeat``).  A step
   passes when at least ``good`` (0.95) of its queries got a prediction (not a default,
   not refused) within the SLO of their *scheduled* time, as the client saw it.
-- The first failing step is run a second time before it counts (a pause of the machine
-  can fail one step); after a confirmed failure one more step runs at the geometric mean
-  of the last good and the first bad rate; the ramp stops at the second failure (or
-  ``max_qps``).
+- A failing step is run a second time before it counts, once any step has passed (a
+  pause of the machine can fail one step).  After the first confirmed failure the ramp
+  bisects (geometric means) between the last good and the first bad rate until they are
+  within ``resolution`` (x1.1: the answer's grid is 10% wide, where the growth steps'
+  x1.4 left 18-40% between what two ramps could report).
 - The capacity is the best good throughput of the passing steps: ``min(throughput, rate x
-  good share)``.  With ``step`` 1.4 that is up to ~18% (the midpoint step's
-  ``sqrt(1.4)``) below the rate at which the objective stops holding: a bisection to 2%
-  (``clipperlab.simulator.capacity``) answers a different, higher number, which is why
-  the prediction runs the ramp and not the bisection.
+  good share)``, up to ``resolution`` below the rate at which the objective stops holding
+  (``clipperlab.simulator.capacity``'s bisection to 2% answers a higher number: the
+  prediction runs this ramp, as the measurement does).
+- Repeated ramps (``repeats``; the measured capacity and the prediction are both the
+  median) start the second and later ramps at ``restart`` (0.5) of the first one's
+  capacity (``ramp_start``): the steps far below capacity are known by then, and the time
+  goes to the steps that decide.  The real ramp's first run from ``start_qps`` also feeds
+  the CPU fits at every load.
 
 ``twin_capacity``: the ramp on the twin (``ramp_probe_twin``: the twin replays the step's
 trace as the generator sends it, at its millisecond ticks (``runs.ticked``), the
@@ -39,13 +44,17 @@ from clipperlab.simulator import Deployment, Simulation
 from clipperlab.simulator.capacity import attained_share
 from clipperlab.workloads import Workload
 
-__all__ = ["GOOD_SHARE", "RAMP_S", "RAMP_START_QPS", "RAMP_STEP", "RampResult", "ramp",
-           "ramp_probe_twin", "ramp_trace_seed", "twin_capacity"]
+__all__ = ["GOOD_SHARE", "RAMPS", "RAMP_RESOLUTION", "RAMP_RESTART", "RAMP_S",
+           "RAMP_START_QPS", "RAMP_STEP", "RampResult", "ramp", "ramp_probe_twin",
+           "ramp_start", "ramp_trace_seed", "twin_capacity"]
 
 GOOD_SHARE = 0.95
 RAMP_S = 2.0  # seconds per step
 RAMP_STEP = 1.4  # rate growth per step
 RAMP_START_QPS = 100.0
+RAMP_RESOLUTION = 1.1  # bisect until first bad / last good <= this
+RAMP_RESTART = 0.5  # later ramps start at this share of the first ramp's capacity
+RAMPS = 3  # ramps per measurement (median)
 
 # probe(rate, attempt) -> (good share, throughput q/s); attempt 1 is a confirming re-run
 Probe = Callable[[float, int], tuple[float, float]]
@@ -63,31 +72,46 @@ class RampResult:
 
 
 def ramp(probe: Probe, start_qps: float, max_qps: float, *, step: float = RAMP_STEP,
-         good: float = GOOD_SHARE) -> RampResult:
+         good: float = GOOD_SHARE, resolution: float = RAMP_RESOLUTION) -> RampResult:
     """The ramp of the module's rules over ``probe``."""
     if not (math.isfinite(start_qps) and start_qps > 0):
         raise ValueError(f"start_qps: expected a rate > 0 q/s, got {start_qps!r}")
     if not step > 1:
         raise ValueError(f"step: expected a growth factor > 1, got {step!r}")
+    if not (math.isfinite(resolution) and resolution > 1):
+        raise ValueError(f"resolution: expected a ratio > 1, got {resolution!r}")
     rate, best = float(start_qps), 0.0
     last_good = first_bad = 0.0
     steps: list[tuple[float, float, float]] = []
     while rate < max_qps:
         share, thr = probe(rate, 0)
-        if share < good and last_good and not first_bad:
+        if share < good and last_good:
             share, thr = probe(rate, 1)  # confirm: one bad step can be noise
         steps.append((rate, share, thr))
         if share < good:
-            if first_bad or not last_good:
-                break
-            first_bad, rate = rate, math.sqrt(last_good * rate)
-            continue
-        best = max(best, min(thr, rate * share))
-        last_good = rate
-        if first_bad:
+            if not last_good:
+                break  # the first rate already fails: nothing to bisect
+            first_bad = rate
+        else:
+            best = max(best, min(thr, rate * share))
+            last_good = rate
+            if not first_bad:
+                rate *= step
+                continue
+        if first_bad <= last_good * resolution:
             break
-        rate *= step
+        rate = math.sqrt(last_good * first_bad)
     return RampResult(best if best > 0 else rate, last_good, tuple(steps))
+
+
+def ramp_start(start_qps: float, first: RampResult | None,
+               restart: float = RAMP_RESTART) -> float:
+    """Where a ramp starts: ``start_qps`` for the first (``first`` is None) or when the
+    first found nothing; later ones at ``restart`` x the first's capacity when that is
+    higher (``restart`` 0: every ramp from ``start_qps``)."""
+    if first is None or not first.last_good_qps or restart <= 0:
+        return start_qps
+    return max(start_qps, restart * first.capacity_qps)
 
 
 def ramp_trace_seed(seed: int, repeat: int) -> int:
@@ -116,18 +140,26 @@ def ramp_probe_twin(twin: Deployment, workload: Workload, slo_s: float, *,
 def twin_capacity(twin: Deployment, workload: Workload, slo_s: float, *, est_qps: float,
                   start_qps: float = RAMP_START_QPS, step_s: float = RAMP_S,
                   step: float = RAMP_STEP, overhead_s: float = 0.0,
-                  good: float = GOOD_SHARE, seed: int = 0, repeats: int = 1) -> float:
+                  good: float = GOOD_SHARE, seed: int = 0, repeats: int = 1,
+                  resolution: float = RAMP_RESOLUTION, restart: float = RAMP_RESTART) -> float:
     """The twin's predicted capacity (good q/s) for ``workload`` under ``slo_s``: the
     median over ``repeats`` ramps (module rules) from ``min(start_qps, 0.3 x est_qps)``
-    up to ``50 x est_qps``; 0 when the overhead alone is over the SLO."""
+    (later ramps: ``ramp_start``) up to ``50 x est_qps``; 0 when the overhead alone is
+    over the SLO."""
     if not (math.isfinite(est_qps) and est_qps > 0):
         raise ValueError(f"est_qps: expected a rate > 0 q/s, got {est_qps!r}")
     if repeats < 1:
         raise ValueError(f"repeats: expected an integer >= 1, got {repeats!r}")
     if slo_s - overhead_s <= 0:
         return 0.0
-    caps = [ramp(ramp_probe_twin(twin, workload, slo_s, step_s=step_s, overhead_s=overhead_s,
-                                 seed=seed, repeat=k),
-                 min(start_qps, 0.3 * est_qps), 50 * est_qps, step=step, good=good
-                 ).capacity_qps for k in range(repeats)]
+    start0 = min(start_qps, 0.3 * est_qps)
+    first: RampResult | None = None
+    caps = []
+    for k in range(repeats):
+        res = ramp(ramp_probe_twin(twin, workload, slo_s, step_s=step_s,
+                                   overhead_s=overhead_s, seed=seed, repeat=k),
+                   ramp_start(start0, first, restart), 50 * est_qps, step=step, good=good,
+                   resolution=resolution)
+        first = first or res
+        caps.append(res.capacity_qps)
     return float(np.median(caps))

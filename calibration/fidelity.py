@@ -1,7 +1,8 @@
 """The fidelity table: ``clipperlab validate`` over models x batching, into one table.
 
     python -m clipperlab.calibration.fidelity --out results/validation [--level-s 10]
-        [--repeats 3] [--busy warn|refuse|off] [--quick] [--no-host-cpu]
+        [--repeats 3] [--ramps 3] [--ramp-resolution 1.1] [--busy warn|refuse|off]
+        [--quick] [--no-host-cpu]
     python -m clipperlab.calibration.fidelity --out COPY_OF_A_RUN --resimulate [--no-refit]
 
 Models (``clipperlab.calibration.torch_models``; built in a temporary directory, nothing
@@ -9,7 +10,9 @@ downloaded): the no-op container, a scikit-learn logistic regression (cheap) and
 forest of 50 trees of depth 16 (expensive at small batches), all on digits "is it a 3?"
 with a 20 ms SLO.  Batching: AIMD, and AIMD with delayed batching (a 2 ms wait timeout).
 Each pair runs ``clipperlab.calibration.validation.validate`` at 30%, 60% and 90% of its
-measured capacity (``--repeats`` runs of ``--level-s`` seconds per level and side,
+measured capacity (the median of ``--ramps`` capacity ramps, ``capacity.ramp``'s rules,
+each ramp's answer in ``ramp_capacities_qps``; ``--repeats`` runs of ``--level-s``
+seconds per level and side,
 medians; the machine sampled before each measurement, ``--busy``; the prediction is the
 twin with the host CPU model, ``sim+host``, unless ``--no-host-cpu``: the twin without
 it, ``sim+frontend``, is beside it in every table either way); outputs go to
@@ -38,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from clipperlab.calibration.capacity import RAMP_RESOLUTION, RAMPS
 from clipperlab.calibration.outputs import format_table, write_outputs
 from clipperlab.calibration.quiet import BUSY_POLICIES
 from clipperlab.calibration.resimulate import (
@@ -196,10 +200,20 @@ def capacity_rows(table: pd.DataFrame) -> pd.DataFrame:
         rows.append({"model": model, "batching": batching, "capacity_qps": measured,
                      "capacity_qps_lo": float(r.get("capacity_qps_lo", measured)),
                      "capacity_qps_hi": float(r.get("capacity_qps_hi", measured)),
-                     "ramps": int(r["repeats"]) if pd.notna(r.get("repeats")) else 1,
+                     "ramps": _ramps(r),
                      "sim_capacity_qps": predicted, "err_capacity": err,
                      "capacity_goal_met": bool(abs(err) <= CAPACITY_GOAL)})
     return pd.DataFrame(rows)
+
+
+def _ramps(row: pd.Series) -> int:
+    """How many ramps measured a row's capacity (runs before ``ramps`` had one per
+    level repeat)."""
+    for col in ("ramps", "repeats"):
+        v = row.get(col)
+        if v is not None and pd.notna(v):
+            return int(v)
+    return 1
 
 
 def capacity_markdown(caps: pd.DataFrame) -> str:
@@ -283,8 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--level-s", "--duration-s", dest="level_s", type=float, default=LEVEL_S,
                     help="seconds per run of a load level (default %(default)s s)")
     ap.add_argument("--repeats", type=int, default=REPEATS,
-                    help="runs per level on each side and capacity ramps, medians "
-                         "(default %(default)s)")
+                    help="runs per level on each side, medians (default %(default)s)")
+    ap.add_argument("--ramps", type=int, default=RAMPS,
+                    help="capacity ramps per setting, median (default %(default)s)")
+    ap.add_argument("--ramp-resolution", type=float, default=RAMP_RESOLUTION,
+                    help="the capacity ramp bisects until first bad / last good rate is at "
+                         "most this ratio (default %(default)s)")
     ap.add_argument("--busy", choices=BUSY_POLICIES, default="warn",
                     help="when the machine is busy before a measurement: warn and record it, "
                          "refuse (wait up to 90 s, then stop), or off (default %(default)s)")
@@ -312,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.slice_ms is not None and not (a.resimulate and 0 <= a.slice_ms <= 1000):
         print("error: --slice-ms: expected milliseconds in [0, 1000], with --resimulate",
               file=sys.stderr)
+        return 2
+    if a.ramps < 1 or not a.ramp_resolution > 1:
+        print(f"error: --ramps {a.ramps} / --ramp-resolution {a.ramp_resolution}: expected "
+              "at least 1 ramp and a ratio > 1", file=sys.stderr)
         return 2
     if a.resimulate:
         sl = a.slice_ms
@@ -350,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                           "ramp_s": 0.5, "capacity_qps": 200.0}
                 res = validate(dep, wl, duration_s=0.5 if a.quick else a.level_s,
                                repeats=1 if a.quick else a.repeats, busy=a.busy,
+                               ramps=a.ramps, ramp_resolution=a.ramp_resolution,
                                host_cpu=a.host_cpu,
                                log=lambda s: print(s, flush=True), **kw)  # type: ignore[arg-type]
                 print(format_table(res), flush=True)
@@ -376,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                 t["container_wake_us"] = c.replica_wake_s * 1e6
                 t["pause_median_ms"] = float(np.median(c.pauses_s)) * 1e3 if c.pauses_s else 0.0
                 t["sim_capacity_qps"] = res.predicted_capacity_qps
+                t["ramp_capacities_qps"] = ";".join(f"{x:.0f}" for x in res.ramp_capacities)
                 t["host_cpus"] = c.host_cpus
                 t["container_cpu_us"] = sum(b for _, b, _ in c.container_cpu) * 1e6
                 t["container_item_cpu_us"] = sum(i for _, _, i in c.container_cpu) * 1e6

@@ -76,6 +76,7 @@ class ValidationResult:
     low_run: CpuRun | None = None
     low_seen: dict[str, float] = field(default_factory=dict)
     calib_qps: float = math.nan
+    ramp_capacities: list[float] = field(default_factory=list)  # each ramp's, in order
 
     @property
     def capacity_error(self) -> float:

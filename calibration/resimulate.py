@@ -16,7 +16,9 @@ Rules:
   again (``validation.calibrate_twin``, today's fits); an older run's fitted numbers are
   used as they are.
 - The capacity prediction is made again (``validation.twin_prediction``, the ramp's
-  procedure, ``repeats`` ramps); the measured capacity stays.
+  procedure with the run's stored ``ramps``, ``ramp_resolution`` and ``ramp_restart``;
+  a run from before they were stored ramped ``repeats`` times from the start with one
+  bisection step, ``LEGACY_RESOLUTION``); the measured capacity stays.
 - ``resimulate`` returns the new table; ``fidelity --resimulate`` writes it over
   ``OUT/fidelity.csv`` and rebuilds the tables (``fidelity.report``): run it on a copy.
 """
@@ -53,6 +55,9 @@ Log = Callable[[str], None]
 CALIBRATION_FILE = "calibration.json"
 RUNS_FILE = "runs.npz"
 TWIN_MODES = ("sim+frontend", "sim+host")
+# runs before ``ramp_resolution`` was stored: one step between the last good and the
+# first bad rate of the x1.4 grid (ratio 1.18), every ramp from the start
+LEGACY_RESOLUTION = 1.2
 
 
 def calibration_to_json(calibs: Mapping[str, Calibration]) -> str:
@@ -220,9 +225,13 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
         calib = calibs[pred_mode]
         twin = sim_deployment(dep, workload.app, profiles, calibration=calib)
         measured = float(g.iloc[0]["capacity_qps"])
+        row0 = g.iloc[0].to_dict()
         cap = twin_prediction(twin, profiles, {s.name: n for s, n, _ in specs},
                               {s.name: s.batching.max_batch_size for s, _, _ in specs},
-                              calib, workload, app.slo_s, measured, seed=seed, repeats=reps)
+                              calib, workload, app.slo_s, measured, seed=seed,
+                              repeats=int(_num(row0, "ramps", reps)) or reps,
+                              resolution=_num(row0, "ramp_resolution", LEGACY_RESOLUTION),
+                              restart=_num(row0, "ramp_restart", 0.0))
         g["sim_capacity_qps"] = cap
         for col, v in (("query_cpu_us", calib.query_cpu_s * 1e6),
                        ("batch_cpu_us", calib.batch_cpu_s * 1e6),

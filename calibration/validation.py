@@ -24,9 +24,10 @@ Theory of operation (``validate``, one function per step):
    capacity is given (``capacity.ramp``, the procedure the twin's prediction runs too):
    the offered load ramps (x``ramp_step`` per ``ramp_s`` step) until
    fewer than 95% of the queries get a prediction within the SLO as the client saw it (a
-   failing step runs twice before it counts), with one more step between the last good
-   and the first bad rate; capacity is the best good throughput seen.  The ramp runs
-   ``repeats`` times (its own trace each): the capacity is their median, with a
+   failing step runs twice before it counts), then bisects between the last good and the
+   first bad rate to within ``ramp_resolution``; capacity is the best good throughput
+   seen.  The ramp runs ``ramps`` times (its own trace each; the later ones start at
+   ``ramp_restart`` of the first one's capacity): the capacity is their median, with a
    bootstrap interval over them.  Every run records
    the server process's CPU time (less its idle CPU), its containers' CPU time per model
    (less theirs), the generator's own CPU time, the server's query and batch counts (per
@@ -95,10 +96,15 @@ import pandas as pd
 
 from clipperlab.calibration.capacity import (
     GOOD_SHARE,
+    RAMP_RESOLUTION,
+    RAMP_RESTART,
     RAMP_S,
     RAMP_START_QPS,
     RAMP_STEP,
+    RAMPS,
+    RampResult,
     ramp,
+    ramp_start,
     ramp_trace_seed,
     twin_capacity,
 )
@@ -173,6 +179,9 @@ def validate(
     ramp_s: float = RAMP_S,
     ramp_step: float = RAMP_STEP,
     ramp_start_qps: float = RAMP_START_QPS,
+    ramps: int = RAMPS,
+    ramp_resolution: float = RAMP_RESOLUTION,
+    ramp_restart: float = RAMP_RESTART,
     api: str = "clipper",
     connections: int = 8,
     seed: int = 0,
@@ -184,6 +193,13 @@ def validate(
         raise ValidationError(f"levels must be fractions of capacity in (0, 2], got {levels}")
     if repeats < 1:
         raise ValidationError(f"repeats must be an integer >= 1, got {repeats}")
+    if ramps < 1:
+        raise ValidationError(f"ramps must be an integer >= 1, got {ramps}")
+    if not (math.isfinite(ramp_resolution) and ramp_resolution > 1):
+        raise ValidationError(f"ramp_resolution must be a ratio > 1, got {ramp_resolution}")
+    if not 0 <= ramp_restart < 1:
+        raise ValidationError(f"ramp_restart must be a share of capacity in [0, 1), got "
+                              f"{ramp_restart}")
     if not duration_s > 0:
         raise ValidationError(f"the level's duration must be > 0 s, got {duration_s}")
     if busy not in BUSY_POLICIES:
@@ -195,7 +211,8 @@ def validate(
     profs = profile(models, workload, profiles or {}, batch_sizes, profile_repeats,
                     profile_max_s, log, busy)
     setup = Setup(dep, app, [spec for spec, _, _ in models], {s.name: n for s, n, _ in models},
-                  workload, profs, seed, log, busy, repeats)
+                  workload, profs, seed, log, busy, repeats, ramps, ramp_resolution,
+                  ramp_restart)
     la0 = os.getloadavg()[0]
     with ServerProcess(dep, cache=workload.cacheable) as srv:
         srv.wait_ready(workload.app)
@@ -205,10 +222,12 @@ def validate(
         cost_s = low.cpu_s_per_query
         caps: list[float] = []
         if capacity_qps is None:
-            for k in range(repeats):
-                cap_k, cost_s = ramp_to_capacity(bench, setup, low.cpu_s_per_query,
-                                                 ramp_start_qps, ramp_s, ramp_step, k)
-                caps.append(cap_k)
+            first: RampResult | None = None
+            for k in range(ramps):
+                res_k, cost_s = ramp_to_capacity(bench, setup, low.cpu_s_per_query,
+                                                 ramp_start_qps, ramp_s, ramp_step, k, first)
+                first = first or res_k
+                caps.append(res_k.capacity_qps)
             capacity_qps = float(np.median(caps))
         else:
             caps = [float(capacity_qps)]
@@ -233,6 +252,7 @@ def validate(
     res.load = load0
     res.runs, res.low_run, res.low_seen = list(bench.kept), low_cpu, dict(low.seen)
     res.calib_qps = calib_qps
+    res.ramp_capacities = list(caps)
     return res
 
 
@@ -251,6 +271,9 @@ class Setup:
     log: Log
     busy: str = "warn"  # the guard's policy before each level (``quiet.guard``)
     repeats: int = 1
+    ramps: int = 1  # capacity ramps, median (``capacity.ramp``'s rules)
+    ramp_resolution: float = RAMP_RESOLUTION
+    ramp_restart: float = RAMP_RESTART
 
     def twin(self, calib: Calibration | None = None, scale: float = 1.0) -> Deployment:
         return sim_deployment(self.dep, self.workload.app, self.profiles, calibration=calib,
@@ -335,19 +358,21 @@ def calibrate_at_low_load(bench: Bench, setup: Setup, calib_qps: float,
 
 
 def ramp_to_capacity(bench: Bench, setup: Setup, cost_s: float, start_qps: float,
-                     step_s: float, step: float, repeat: int = 0) -> tuple[float, float]:
+                     step_s: float, step: float, repeat: int = 0,
+                     first: RampResult | None = None) -> tuple[RampResult, float]:
     """Step 4, second part: ``capacity.ramp`` on the real server (the offered load grows
     x``step`` per ``step_s`` step until fewer than 95% of the queries get a prediction
-    within the SLO; a failing step runs twice before it counts; one more step between
+    within the SLO; a failing step runs twice before it counts; then bisection between
     the last good and the first bad rate); the steps that pass are kept for the fits,
     the steps that fail for the CPU fits only (``CpuRun.overloaded``).
-    Returns the capacity (the best good throughput seen) and the server's CPU per query
-    at the last good step.  Ramp ``repeat`` (0, 1, ...) sends its own trace (seeded by
-    it); ``validate`` takes the median of ``repeats`` ramps.  The twin's prediction runs
+    Returns the ramp (its capacity: the best good throughput seen) and the server's CPU
+    per query at the last good step.  Ramp ``repeat`` (0, 1, ...) sends its own trace
+    (seeded by it) and starts where ``capacity.ramp_start`` says after ``first``;
+    ``validate`` takes the median of ``ramps`` ramps.  The twin's prediction runs
     the same procedure (``capacity.twin_capacity``)."""
     est = capacity_estimate(setup.profiles, setup.replicas,
                             {s.name: s.batching.max_batch_size for s in setup.models})
-    setup.log(f"capacity ramp {repeat + 1}/{setup.repeats} (profiles alone allow "
+    setup.log(f"capacity ramp {repeat + 1}/{setup.ramps} (profiles alone allow "
               f"{est:,.0f} q/s) ...")
     cost = {"s": cost_s}
 
@@ -371,8 +396,10 @@ def ramp_to_capacity(bench: Bench, setup: Setup, cost_s: float, start_qps: float
                   + (" (confirming)" if attempt else ""))
         return good, float(s.get("throughput_qps", 0.0))
 
-    res = ramp(probe, min(start_qps, 0.3 * est), 50 * est, step=step, good=GOOD_SHARE)
-    return res.capacity_qps, cost["s"]
+    start = ramp_start(min(start_qps, 0.3 * est), first, setup.ramp_restart)
+    res = ramp(probe, start, 50 * est, step=step, good=GOOD_SHARE,
+               resolution=setup.ramp_resolution)
+    return res, cost["s"]
 
 
 def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
@@ -493,8 +520,9 @@ def predict_capacity(setup: Setup, calib: Calibration, measured_qps: float,
     return twin_prediction(setup.twin(calib), setup.profiles, setup.replicas,
                            {s.name: s.batching.max_batch_size for s in setup.models}, calib,
                            setup.workload, setup.app.slo_s, measured_qps, seed=setup.seed,
-                           repeats=setup.repeats, ramp_s=ramp_s, ramp_step=ramp_step,
-                           start_qps=start_qps)
+                           repeats=setup.ramps, ramp_s=ramp_s, ramp_step=ramp_step,
+                           start_qps=start_qps, resolution=setup.ramp_resolution,
+                           restart=setup.ramp_restart)
 
 
 def twin_prediction(twin: Deployment, profiles: Mapping[str, LatencyProfile],
@@ -502,9 +530,12 @@ def twin_prediction(twin: Deployment, profiles: Mapping[str, LatencyProfile],
                     calib: Calibration, workload: Workload, slo_s: float,
                     measured_qps: float, *, seed: int = 0, repeats: int = 1,
                     ramp_s: float = RAMP_S, ramp_step: float = RAMP_STEP,
-                    start_qps: float = RAMP_START_QPS) -> float:
+                    start_qps: float = RAMP_START_QPS,
+                    resolution: float = RAMP_RESOLUTION,
+                    restart: float = RAMP_RESTART) -> float:
     """The twin's capacity: the real ramp's procedure on the twin (``capacity.twin_capacity``:
-    the same start, steps, step length, confirmation and median over ``repeats`` ramps),
+    the same start, steps, step length, confirmation, bisection, restarts and median over
+    ``repeats`` ramps),
     sized from what the profiles allow, as the real ramp is; the measured capacity is
     not told to it (it sizes the ramp only when the profiles set no bound)."""
     est = capacity_estimate(profiles, replicas, max_batch)
@@ -512,7 +543,7 @@ def twin_prediction(twin: Deployment, profiles: Mapping[str, LatencyProfile],
         est = 4 * measured_qps
     return twin_capacity(twin, workload, slo_s, est_qps=est, start_qps=start_qps,
                          step_s=ramp_s, step=ramp_step, overhead_s=calib.overhead_s,
-                         seed=seed, repeats=repeats)
+                         seed=seed, repeats=repeats, resolution=resolution, restart=restart)
 
 
 def _log_loop(log: Log, calib: Calibration, runs: Sequence[CpuRun],
@@ -582,7 +613,9 @@ def run_levels(bench: Bench, setup: Setup, calibs: Sequence[tuple[str, Calibrati
                         ("sim", median_summary(sims)), *s_cals.items(),
                         ("sim+in-situ", s_ins)):
             rows.append({**_row(lv, rate, mode, s, r, s_sched, k0, la),
-                         "other_cpu_share": other, "repeats": setup.repeats})
+                         "other_cpu_share": other, "repeats": setup.repeats,
+                         "ramps": setup.ramps, "ramp_resolution": setup.ramp_resolution,
+                         "ramp_restart": setup.ramp_restart})
         setup.log(f"  level {lv:.0%} ({rate:,.0f} q/s): real p50/p99 "
                   f"{s_real.get('p50_ms', math.nan):.2f}/{s_real.get('p99_ms', math.nan):.2f}"
                   f" ms, {pred} {s_cal.get('p50_ms', math.nan):.2f}/"

@@ -7,7 +7,8 @@ Example (no model files needed)::
 
 Samples the machine first (``--busy``: warn, refuse or off when other processes are
 busy), profiles the deployment's models, starts the real server, measures the frontend's
-overhead and the capacity (``--repeats`` ramps, their median), then runs the workload at
+overhead and the capacity (``--ramps`` ramps bisecting to ``--ramp-resolution``, their
+median), then runs the workload at
 each ``--levels`` fraction of capacity for ``--level-s`` seconds, ``--repeats`` times on
 the real server and in the simulator (medians; with ``--host-cpu``, the default, the
 twin also shares the machine's cores among the loop, the containers and the generator:
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from clipperlab.calibration.capacity import RAMP_RESOLUTION, RAMPS
 from clipperlab.calibration.errors import CalibrationError
 from clipperlab.calibration.loadgen import APIS, load_workload_spec
 from clipperlab.calibration.profiler import parse_batch_sizes
@@ -44,8 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--level-s", "--duration-s", dest="level_s", type=float,
                         default=LEVEL_S, help="seconds per run of a level (default %(default)s s)")
     parser.add_argument("--repeats", type=int, default=REPEATS,
-                        help="runs per level on each side and capacity ramps; each number is "
-                             "their median (default %(default)s)")
+                        help="runs per level on each side; each number is their median "
+                             "(default %(default)s)")
+    parser.add_argument("--ramps", type=int, default=RAMPS,
+                        help="capacity ramps, median (default %(default)s)")
+    parser.add_argument("--ramp-resolution", type=float, default=RAMP_RESOLUTION,
+                        help="the capacity ramp bisects until first bad / last good rate is "
+                             "at most this ratio (default %(default)s)")
     parser.add_argument("--busy", choices=BUSY_POLICIES, default="warn",
                         help="before each measurement, when other processes take over "
                              f"{MAX_OTHER_CPU_SHARE * 100:g}%% of the CPU or the 1-minute load "
@@ -88,14 +95,18 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--level-s must be > 0 seconds, got {args.level_s}")
     if args.repeats < 1:
         raise CLIError(f"--repeats must be an integer >= 1, got {args.repeats}")
+    if args.ramps < 1:
+        raise CLIError(f"--ramps must be an integer >= 1, got {args.ramps}")
+    if not args.ramp_resolution > 1:
+        raise CLIError(f"--ramp-resolution must be a ratio > 1, got {args.ramp_resolution}")
     try:
         wl = load_workload_spec(args.workload)
         if args.app:
             wl = dataclasses.replace(wl, app=args.app)
         res = validate(
             args.deployment, wl, levels=levels, duration_s=args.level_s,
-            repeats=args.repeats, busy=args.busy,
-            capacity_qps=args.capacity, batching=batching,
+            repeats=args.repeats, busy=args.busy, ramps=args.ramps,
+            ramp_resolution=args.ramp_resolution, capacity_qps=args.capacity, batching=batching,
             batch_sizes=parse_batch_sizes(args.batch_sizes),
             profile_repeats=args.profile_repeats, api=args.api,
             connections=args.connections, seed=args.seed, host_cpu=args.host_cpu,

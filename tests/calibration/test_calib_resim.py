@@ -12,7 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipperlab.calibration.capacity import ramp, ramp_probe_twin, twin_capacity
+from clipperlab.calibration.capacity import (
+    RampResult,
+    ramp,
+    ramp_probe_twin,
+    ramp_start,
+    twin_capacity,
+)
 from clipperlab.calibration.errors import CalibrationError
 from clipperlab.calibration.fidelity import main as fidelity_main
 from clipperlab.calibration.fit import (
@@ -42,10 +48,12 @@ from clipperlab.workloads import ConstantRate, Workload
 # --------------------------------------------------------------------------- the ramp
 
 
-def test_ramp_reports_the_best_passing_step_of_its_grid() -> None:
+def test_ramp_bisects_to_its_resolution_and_confirms_every_failure() -> None:
     """An objective that holds up to 700 q/s, ramped from 100 q/s x2: 100, 200, 400 pass,
-    800 fails twice, the midpoint sqrt(400 x 800) passes: the capacity is that midpoint
-    (not 700: the ramp's resolution), and a failing step is confirmed before it counts."""
+    800 fails twice; bisection: 566 passes, 673 passes, 734 fails twice, and 734/673 is
+    within x1.1: the capacity is 673 (within the resolution below 700).  With a
+    resolution of 1.5 the ramp stops after the first midpoint (566), as the ramp of
+    earlier runs did."""
     calls: list[tuple[float, int]] = []
 
     def probe(rate: float, attempt: int) -> tuple[float, float]:
@@ -53,10 +61,32 @@ def test_ramp_reports_the_best_passing_step_of_its_grid() -> None:
         return (1.0 if rate <= 700 else 0.5), rate
 
     res = ramp(probe, 100.0, 1e6, step=2.0)
-    mid = math.sqrt(400 * 800)
-    assert res.capacity_qps == pytest.approx(mid)
-    assert res.last_good_qps == pytest.approx(mid)
-    assert calls == [(100, 0), (200, 0), (400, 0), (800, 0), (800, 1), (mid, 0)]
+    m1 = math.sqrt(400 * 800)
+    m2 = math.sqrt(m1 * 800)
+    m3 = math.sqrt(m2 * 800)
+    assert res.capacity_qps == pytest.approx(m2)
+    assert res.last_good_qps == pytest.approx(m2)
+    assert 700 / 1.1 <= res.capacity_qps <= 700
+    assert calls == [(100, 0), (200, 0), (400, 0), (800, 0), (800, 1), (m1, 0), (m2, 0),
+                     (m3, 0), (m3, 1)]
+    calls.clear()
+    coarse = ramp(probe, 100.0, 1e6, step=2.0, resolution=1.5)
+    assert coarse.capacity_qps == pytest.approx(m1)
+    assert calls[-1] == (m1, 0)
+    with pytest.raises(ValueError, match="resolution"):
+        ramp(probe, 100.0, 1e6, resolution=1.0)
+
+
+def test_ramp_start_restarts_later_ramps_below_the_first_capacity() -> None:
+    """The first ramp starts at the start rate; later ones at half the first one's
+    capacity when that is higher; a first ramp that found nothing, or restart 0, leaves
+    every ramp at the start."""
+    found = RampResult(8000.0, 8000.0, ())
+    assert ramp_start(100.0, None) == 100.0
+    assert ramp_start(100.0, found) == pytest.approx(4000.0)
+    assert ramp_start(100.0, found, restart=0.0) == 100.0
+    assert ramp_start(100.0, RampResult(100.0, 0.0, ())) == 100.0
+    assert ramp_start(6000.0, found) == 6000.0
 
 
 def test_ramp_takes_a_confirmed_pass_and_the_good_throughput() -> None:
@@ -77,9 +107,12 @@ def test_ramp_takes_a_confirmed_pass_and_the_good_throughput() -> None:
 
 def test_twin_capacity_runs_the_ramp_on_a_loop_with_a_known_limit() -> None:
     """A loop of 200 us per query saturates at 5,000 q/s; constant-rate arrivals do not
-    queue below it: the twin's ramp (100 q/s x1.4) passes 4,050 and the midpoint towards
-    5,670, and that midpoint is the capacity (the same number the ramp over the twin's
-    probe gives); an overhead past the SLO leaves none."""
+    queue below it: the twin's ramp (100 q/s x1.4) passes 4,050, fails 5,670, bisects
+    to 4,792 (passes) and 5,213 (fails): 4,792 is the capacity, within 10% below the
+    limit (the same number the ramp over the twin's probe gives).  Three ramps: the
+    later two start at half the first one's answer (their own grid) and also land within
+    10% below the limit; an overhead past
+    the SLO leaves none."""
     dep = dataclasses.replace(Deployment.single("prototype-noop"),
                               frontend_cpu=FrontendCPU(query_s=100e-6, reply_s=100e-6))
     wl = Workload(ConstantRate(100), n_queries=100, app="digits")
@@ -88,6 +121,9 @@ def test_twin_capacity_runs_the_ramp_on_a_loop_with_a_known_limit() -> None:
     assert got == pytest.approx(ref.capacity_qps)
     top = 100 * 1.4 ** 11  # 4,050: the last grid step under 5,000
     assert got == pytest.approx(math.sqrt(top * top * 1.4), rel=0.01)
+    assert 5000 / 1.1 <= got < 5000
+    three = twin_capacity(dep, wl, 0.020, est_qps=4000.0, repeats=3)
+    assert 5000 / 1.1 <= three < 5000
     assert twin_capacity(dep, wl, 0.020, est_qps=4000.0, overhead_s=0.025) == 0.0
     with pytest.raises(ValueError, match="est_qps"):
         twin_capacity(dep, wl, 0.020, est_qps=float("nan"))

@@ -214,6 +214,10 @@ def test_validate_tiny(tmp_path: Path) -> None:
         (["validate", "--deployment", "{deploy}", "--workload", "{good}", "--levels", "a"],
          "--levels"),
         (["validate", "--deployment", "{deploy}", "--workload", "{otherapp}"], "not deployed"),
+        (["validate", "--deployment", "{deploy}", "--workload", "{good}", "--ramps", "0"],
+         "--ramps"),
+        (["validate", "--deployment", "{deploy}", "--workload", "{good}",
+          "--ramp-resolution", "1"], "--ramp-resolution"),
     ],
 )
 def test_bad_inputs_are_one_line_errors(
