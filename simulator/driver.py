@@ -308,6 +308,7 @@ class Simulation(_HostCpuDriver):
             self._events = []
             self._eids = itertools.count()
             self._schedule_timer = self._event_timer  # type: ignore[method-assign]
+            self.send_batch = self._send_own  # type: ignore[method-assign]
 
     def _new_engine(self, k: int) -> Engine:
         """Frontend ``k``'s engine, with the deployment's models and applications; frontend
@@ -587,14 +588,17 @@ class Simulation(_HostCpuDriver):
         heapq.heappush(self._timers, at)
         now = self.env._now
         delay = at - now if at > now else 0.0
-        heapq.heappush(self._events, (now + delay, next(self._eids), None, at))  # type: ignore[arg-type]
+        heapq.heappush(self._events, (now + delay, next(self._eids), None, at, None))  # type: ignore[arg-type]
 
-    def _event(self, ev: tuple[float, int, _Rep | None, Any]) -> None:
+    def _event(self, ev: tuple[float, int, _Rep | None, Any, records.BatchRecord | None]) -> None:
         """Carry out one event of the heap (popped; the clock is at its time): a batch
-        is back (``_Replicas._back``: no crash can have made it stale in this mode) or the
-        timer fired (``_Frontend._fire`` without ``frontend_cpu``)."""
-        at, _, rep, x = ev
+        is back (``_Replicas._back``: no crash can have made it stale in this mode; its
+        record rides in the entry, ``_send_own``) or the timer fired (``_Frontend._fire``
+        without ``frontend_cpu``)."""
+        at, _, rep, x, row = ev
         if rep is not None:
+            row.done_at = at  # type: ignore[union-attr]
+            row.status = "done"  # type: ignore[union-attr]
             self._done(rep, x, at)
             return
         timers = self._timers
@@ -605,11 +609,14 @@ class Simulation(_HostCpuDriver):
     def _run_events(self, until_s: float | None) -> None:
         """``_feed_plain`` and ``env.run`` over the driver's own heap of events instead of
         SimPy's: each batch completion and timer is a ``(time, eid, replica or None,
-        batch or timer time)`` entry, timed as a SimPy timeout would be (``now + delay``)
-        and taken in the same order (time, then scheduling order), so runs are bit for bit
-        the same; SimPy's clock (``env.now``) is kept moving for the code that reads it.
+        batch or timer time, record or None)`` entry, timed as a SimPy timeout would be
+        (``now + delay``) and taken in the same order (time, then scheduling order), so
+        runs are bit for bit the same; SimPy's clock (``env.now``) is kept moving for the
+        code that reads it.
         SimPy's timeouts, steps and peeks cost 4 CPU us per query at batch size 1 (25.0 ->
-        21.2 us, measured with ``bench/sim_bench.py``'s small-batch run)."""
+        21.2 us, measured with ``bench/sim_bench.py``'s small-batch run).  A batch's entry
+        also carries its record (``_send_own``); a timer's is ``(time, eid, None, timer
+        time, None)``."""
         env = self.env
         events = self._events
         assert events is not None
@@ -619,18 +626,21 @@ class Simulation(_HostCpuDriver):
         on_query = eng.on_query
         on_outputs = eng.on_outputs  # on_batch_done without building a BatchDone
         next_deadline = eng.next_deadline
+        on_timer = eng.on_timer
+        schedule_timer = self._event_timer
         carry_out = self.carry_out
         send_batch = self.send_batch
         rearm = self.rearm
         # The commonest lists, one SendBatch after a query and one Reply after a batch,
         # carried out here as carry_out would (its dispatch and a call less each), and the
         # timer slot re-armed only when the deadline moved (rearm's test, a call less):
-        # 14.7 -> 14.4 CPU us per query in the small-batch run (measured)
+        # 14.7 -> 14.4 CPU us per query in the small-batch run (measured); the engine's
+        # timer (one about every 10 queries there: its deadline is a lower bound) handled
+        # here too, and _send_own for send_batch: 11.5 -> 11.15 us (measured)
         r_at = self._r_at
         r_reply = self._r_reply
         plain_reply = type(self).reply is Simulation.reply and "reply" not in self.__dict__
         outputs = self._outputs
-        fe_index = self.fe_index
         members = self._members if self.record_members else None
         arrivals = self.arrival_at.tolist()
         n = len(arrivals) if until_s is None else bisect.bisect_left(arrivals, until_s)
@@ -651,10 +661,9 @@ class Simulation(_HostCpuDriver):
                         if rep is not None:  # a batch is back: _event and _done, inlined
                             sb = ev[3]
                             rep.idle_since = at
-                            row = rep.inflight.pop(fe_index, None)
-                            if row is not None:
-                                row.done_at = at
-                                row.status = "done"
+                            row = ev[4]  # (_send_own)
+                            row.done_at = at  # type: ignore[union-attr]
+                            row.status = "done"  # type: ignore[union-attr]
                             inputs = sb.inputs
                             if members is not None:
                                 members.append(records.MemberRecord(inputs, rep.model_idx, at))
@@ -670,11 +679,26 @@ class Simulation(_HostCpuDriver):
                                     carry_out(out, at)
                             if next_deadline() != self.timer_at:
                                 rearm()
-                        else:
-                            event(ev)
+                        else:  # the engine's timer: _event, _timer_due, on_timer, inlined
+                            while timers and timers[0] <= at:  # (drop_due)
+                                pop(timers)
+                            nd = next_deadline()
+                            if nd is not None and nd <= at:  # (Driver.on_timer)
+                                ta = self.timer_at
+                                self.timer_at = None
+                                now = ta if ta is not None and at < ta else at
+                                out = on_timer(now)
+                                try:
+                                    if out:
+                                        carry_out(out, now)
+                                finally:
+                                    rearm()
+                            ta = self.timer_at  # (_ensure_timer)
+                            if ta is not None and (not timers or ta < timers[0]):
+                                schedule_timer(ta)
                     env._now = t
                 else:  # the frontend process's own timeout (rounding), as _feed_plain
-                    heapq.heappush(events, (now + (t - now), next(self._eids), None, None))
+                    heapq.heappush(events, (now + (t - now), next(self._eids), None, None, None))
                     while True:
                         ev = pop(events)
                         env._now = ev[0]
