@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from clipperlab.engine import Application, Reply
 from clipperlab.engine._types import Prediction
 from clipperlab.real import oip
-from clipperlab.real.frontend import _ReplyCache, reply_body
+from clipperlab.real.frontend import QueryFrontend, _ReplyCache, reply_body
 from clipperlab.real.inputs import BadInput
 
 APP = Application(name="bench", slo_s=0.02, default_output=-1, input_type="doubles")
@@ -50,6 +51,10 @@ def test_rest_reply_cache_writes_the_long_ways_bytes() -> None:
 
 
 class _Fe:
+    max_nesting = 32
+    refused: Counter[str] = Counter()
+    parse_json = QueryFrontend.parse_json
+
     def check_batch(self, n: int, what: str) -> None:
         pass
 
@@ -58,6 +63,7 @@ def _handler() -> oip.OipHandler:
     h = oip.OipHandler.__new__(oip.OipHandler)
     h.fe = _Fe()  # type: ignore[assignment]
     h._tails = {}
+    h._templates = {}
     h._infer_paths = {}
     return h
 
@@ -270,6 +276,82 @@ def test_oip_one_row_takes_the_common_bodies() -> None:
     ints = Application(name="i", slo_s=0.02, default_output=-1, input_type="integers")
     x = oip.one_row({"inputs": [{"shape": [1, 2], "datatype": "INT64", "data": [1, -2]}]}, ints)
     assert x is not None and x.dtype == np.int64 and x.tolist() == [1, -2]
+
+
+def _decoded(h: oip.OipHandler, body: bytes, app: Application) -> Any:
+    """What ``decode`` gives for ``body``: the request's id and outputs and each row's
+    values, dtype and shape, or the ``BadInput`` message."""
+    try:
+        r, rows = h.decode(body, None, app)
+    except BadInput as e:
+        return str(e)
+    return r.id, r.wanted, [(x.tolist(), x.dtype, x.shape) for x in rows]
+
+
+# Bodies the short way takes, so that a handler keeps them as templates
+_LEARNED = [
+    b'{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP64","data":[1,2.5,3,4]}]}',
+    b'{"id":"q7","inputs":[{"shape":[4],"datatype":"FP64","data":[1.0,2.0,3.0,4.0]}]}',
+    b'{"inputs":[{"data":[1.0,2.0,3.0,4.0],"shape":[1,4],"datatype":"FP64"}]}',
+    b'{ "inputs" : [ { "name" : "x" , "shape" : [ 1 , 4 ] , "datatype" : "FP64" ,'
+    b' "data":[ 1 , 2 , 3 , 4 ] } ] }',
+    # "data" twice (the last one counts), and spelled with an escape: never templates
+    b'{"inputs":[{"data":[1,2,3,4],"shape":[1,4],"datatype":"FP64","data":[1,2,3,4]}]}',
+    b'{"inputs":[{"d\\u0061ta":[1,2,3,4],"shape":[1,4],"datatype":"FP64","data":[1,2,3,4]}]}',
+    b'{"inputs":[{"data":[1,2,3,4],"shape":[1,4],"datatype":"FP64","d\\u0061ta":[1,2,3,4]}]}',
+    b'{"inputs":[{"name":"x","shape":[2],"datatype":"INT64","data":[1,-2]}]}',
+]
+_MIDDLES = st.one_of(
+    st.lists(st.one_of(st.floats(-1e300, 1e300), st.integers(-(2**70), 2**70)),
+             min_size=1, max_size=5).map(lambda v: ",".join(map(repr, v)).encode()),
+    st.lists(_ELEMENTS, max_size=5).map(lambda v: orjson.dumps(v)[1:-1]),
+    st.sampled_from([b"", b"1,2,3,4", b" 1 , 2 , 3 , 4 ", b"1,2,3", b"1,2,3,4,5", b"NaN,1,2,3",
+                     b"1e999,1,2,3", b"1,,2,3", b"1,2,3,4],[5", b"[1,2,3,4", b'1,2,3,"4"',
+                     b"true,1,2,3", b"1,2,3,4]}]}", b"1,2,3,null", b"-0,0.0,1E2,2",
+                     b"9223372036854775808,1,2,3", b"1,2"]),
+)
+
+
+@given(st.sampled_from(_LEARNED), _MIDDLES, st.sampled_from(["doubles", "integers"]),
+       st.sampled_from([None, (4,), (2, 2), (-1,)]))
+@settings(max_examples=600, deadline=None)
+def test_oip_templated_bodies_decode_as_the_long_way(
+    learned: bytes, middle: bytes, input_type: str, input_shape: Any,
+) -> None:
+    """A body that differs from one seen before only inside its data list is decoded from
+    the kept template: to the same request, rows (values, dtype, shape), or error as a
+    handler that has seen nothing gives, whatever the list holds."""
+    app = Application(name="a", slo_s=0.02, default_output=-1, input_type=input_type,
+                      input_shape=input_shape)
+    seasoned = _handler()
+    first = _decoded(seasoned, learned, app)
+    assert first == _decoded(_handler(), learned, app)
+    i = learned.find(b'"data":[') + 8
+    j = learned.find(b"]", i)
+    body = learned[:i] + middle + learned[j:]
+    assert _decoded(seasoned, body, app) == _decoded(_handler(), body, app)
+
+
+def test_oip_templates_take_the_common_bodies_and_follow_the_application() -> None:
+    """The benches' body is kept after one query and then decoded from its template; an
+    application replaced under the same name is not served from the old one's template."""
+    app = Application(name="a", slo_s=0.02, default_output=-1, input_type="doubles")
+    h = _handler()
+    h.decode(_LEARNED[0], None, app)
+    assert len(h._templates) == 1
+    again = _LEARNED[0].replace(b"2.5", b"7.25")
+    assert h._templated(again, app) is not None
+    r, rows = h.decode(again, None, app)
+    assert rows[0].tolist() == [1.0, 7.25, 3.0, 4.0] and r.id is None
+    shaped = Application(name="a", slo_s=0.02, default_output=-1, input_type="doubles",
+                         input_shape=(3,))
+    assert h._templated(again, shaped) is None
+    with pytest.raises(BadInput, match="shape"):
+        h.decode(again, None, shaped)
+    for dup in _LEARNED[4:7]:
+        h2 = _handler()
+        h2.decode(dup, None, app)
+        assert not h2._templates, dup
 
 
 class _Transport:
