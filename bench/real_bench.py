@@ -32,7 +32,12 @@ container separately.  The machine's load before the run is printed with the tab
 jobs skew every figure.  Goals (issue "Lean real path", 2-core machine): REST saturation
 >= 0.4x our echo server; frontend <= 15 us per query and <= 60 us per batch; container
 <= 40 us per batch; OIP within 1.25x of REST per query; a cache hit <= half the CPU of a
-miss; c=1 p50 within 1.5x of the aiohttp echo.
+miss; c=1 p50 within 1.5x of the aiohttp echo.  CPU per query falls as load rises (more
+requests per read, write and wakeup), and each target's ramp ends at its own saturation,
+so 'all' compares targets at different loads; one more run per target at ``--equal-rate``
+(kept out of the fit; by default half of REST's saturation, for rest, oip and hit) gives
+each one's frontend CPU per query at the same offered load, and the OIP and cache-hit
+ratios against REST from it.
 """
 
 from __future__ import annotations
@@ -344,7 +349,7 @@ class Target:
         return out
 
 
-def measure(t: Target, a: argparse.Namespace) -> dict[str, Any]:
+def measure(t: Target, a: argparse.Namespace, equal_rate: float = 0.0) -> dict[str, Any]:
     """Ramp the offered load by ``--step`` until fewer than ``--good-share`` of the offered
     queries succeed within the window; the saturation throughput is the best successful
     rate seen.  Then latency at half of it, and at concurrency 1."""
@@ -367,7 +372,19 @@ def measure(t: Target, a: argparse.Namespace) -> dict[str, Any]:
     half = t.run(["--role", "load", "--rate", str(max(best["ok_qps"] / 2, 100.0)),
                   "--connections", str(a.connections), *common])
     c1 = t.run(["--role", "closed", *common])
-    return {"saturation": best, "half": half, "c1": c1, "ramp": steps, "cpu": t.cpu_split()}
+    out = {"saturation": best, "half": half, "c1": c1, "ramp": steps, "cpu": t.cpu_split()}
+    if t.name == "rest" and a.equal_rate == 0:
+        equal_rate = max(best["ok_qps"] / 2, 100.0)  # auto: REST's half load
+    if equal_rate > 0:  # kept out of the fit: one more point at a load all targets carry
+        r = t.run(["--role", "load", "--rate", str(equal_rate), "--connections",
+                   str(a.connections), *common])
+        s = t.samples.pop()
+        q, b = s["queries"], s["batches"]
+        out["equal"] = {**r, "rate": equal_rate,
+                        "frontend_us_per_query": s["frontend_cpu_s"] / max(q, 1) * 1e6,
+                        "container_us_per_query": s["container_cpu_s"] / max(q, 1) * 1e6,
+                        "queries_per_batch": q / b if b else float("inf")}
+    return out
 
 
 # ============================================================================ orchestration
@@ -471,6 +488,17 @@ def _print_table(results: dict[str, Any]) -> None:
           "echo server in this run; half: open loop at half of saturation; c=1: one request "
           "at a time; fe/ct: frontend/container CPU from /proc, split per query and per batch "
           "by a least-squares fit over the runs; 'all': frontend CPU / queries, unsplit)")
+    equal = {n: r["equal"] for n, r in results["targets"].items() if "equal" in r}
+    if equal:
+        rest = equal.get("rest", {}).get("frontend_us_per_query")
+        parts = []
+        for n, e in equal.items():
+            us = e["frontend_us_per_query"]
+            vs = f" = {us / rest:.2f}x rest" if rest and n != "rest" else ""
+            parts.append(f"{n} {us:.1f}{vs} (ok {e['ok_qps']:,.0f}/s)")
+        rate = next(iter(equal.values()))["rate"]
+        print(f"frontend CPU us/query at equal load ({rate:,.0f} q/s offered, unsplit): "
+              + ", ".join(parts))
     print(f"(other jobs kept {results['background_cpu_busy_share']:.0%} of the CPUs busy "
           f"before the run; load average {results['loadavg']})")
 
@@ -497,6 +525,9 @@ def main() -> int:
     ap.add_argument("--max-rate", type=float, default=300_000.0, help="end of the ramp (q/s)")
     ap.add_argument("--good-share", type=float, default=0.95,
                     help="a run passes when this share of the offered load succeeds")
+    ap.add_argument("--equal-rate", type=float, default=0.0,
+                    help="one more run per target at this offered load (q/s), for CPU per "
+                    "query at equal load; 0: half of REST's saturation, for rest, oip and hit")
     ap.add_argument("--only", default="echo,aiohttp,rest,oip,hit",
                     help="comma-separated targets: echo, aiohttp, rest, oip, hit")
     ap.add_argument("--json", help="also write the results here (JSON)")
@@ -537,7 +568,7 @@ def main() -> int:
             try:
                 t = Target(role, port, "/echo", REST_BODY, DEFAULT_MARKS["echo"], proc.pid,
                            engine=False)
-                results[role] = measure(t, a)
+                results[role] = measure(t, a, a.equal_rate)
             finally:
                 _stop(proc)
         for cache, names in ((False, ("rest", "oip")), (True, ("hit",))):
@@ -550,7 +581,10 @@ def main() -> int:
                     path, body = (("/v2/models/bench/infer", OIP_BODY) if n == "oip"
                                   else ("/bench/predict", REST_BODY))
                     mk = DEFAULT_MARKS["oip" if n == "oip" else "rest"]
-                    results["targets"][n] = measure(Target(n, port, path, body, mk, proc.pid), a)
+                    equal = a.equal_rate or results["targets"].get("rest", {}).get(
+                        "equal", {}).get("rate", 0.0)
+                    results["targets"][n] = measure(Target(n, port, path, body, mk, proc.pid), a,
+                                                    equal)
             finally:
                 _stop(proc)
     for role in ("echo", "aiohttp"):
