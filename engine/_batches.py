@@ -229,22 +229,23 @@ class _Batches(_Answers):
         batch = self._batches.get(batch_id)
         if batch is None:
             return out  # the replica went down meanwhile; its requests were re-queued
-        if batch.replica.id != replica:
+        rid = batch.replica.id
+        if rid is not replica and rid != replica:  # (the same object, as a rule: no compare)
             self._foreign_result(replica, now)
             return out
-        if len(outputs) != len(batch.requests):
+        n = len(outputs)
+        if n != len(batch.requests):
             return out + self.on_batch_failed(
                 BatchFailed(
                     replica=replica,
                     batch_id=batch_id,
-                    error=f"{len(outputs)} outputs for a batch of {len(batch.requests)}",
+                    error=f"{n} outputs for a batch of {len(batch.requests)}",
                 ),
                 now,
             )
         del self._batches[batch_id]
         rep = batch.replica
         ver = batch.version  # not _versions[rep.id.model_id] (a ModelId built: 1.1 us, measured)
-        n = len(outputs)
         latency = now - batch.assembly_at
         rep.ctrl.observe(n, latency, now)
         h = ver.m_batch_latency  # Histogram.observe, inlined as in _finish
@@ -254,7 +255,6 @@ class _Batches(_Answers):
             h.fold()
         ver.m_predictions.value += n
         name = ver.mid.name
-        version = ver.mid.version
         requests = batch.requests
         if n == 1 and type(requests[0]) is _Task:
             # a batch of one query that is its own request (the small-batch case): the
@@ -263,32 +263,35 @@ class _Batches(_Answers):
             task = requests[0]
             if not task.done:
                 output = outputs[0]
-                task.answers[name] = output
-                task.waiting -= 1
-                if task.waiting == 0:
-                    if (len(task.selected) == 1 and not self.remember_queries
-                            and self.log is None):
-                        # _finish of a query answered by its one model, inlined (nothing
-                        # to remember, no log): with _idle inlined, 0.4 us per query less, measured
-                        task.done = True
-                        latency = now - task.arrival_at
-                        h = task.app.m_latency
-                        p = h.pending
-                        p.append(latency)
-                        if len(p) >= _FOLD_AT:
-                            h.fold()
-                        out.append(_tuple_new(Reply, (task.id, _tuple_new(
-                            Prediction, (output, 1.0, False, None, None, task.selected, ())),
-                            latency, False)))
-                    else:
+                waiting = task.waiting - 1
+                task.waiting = waiting
+                if waiting == 0 and (len(task.selected) == 1 and not self.remember_queries
+                                     and self.log is None):
+                    # _finish of a query answered by its one model, inlined (nothing to
+                    # remember, no log; nothing reads its answers after): with _idle
+                    # inlined, 0.4 us per query less, measured
+                    task.done = True
+                    latency = now - task.arrival_at
+                    h = task.app.m_latency
+                    p = h.pending
+                    p.append(latency)
+                    if len(p) >= _FOLD_AT:
+                        h.fold()
+                    out.append(_tuple_new(Reply, (task.id, _tuple_new(
+                        Prediction, (output, 1.0, False, None, None, task.selected, ())),
+                        latency, False)))
+                else:
+                    task.answers[name] = output
+                    if waiting == 0:
                         self._finish(task, now, out)
             rep.batch = None  # _idle, inlined
-            if rep.id in ver.replicas:
+            if rep.up:
                 rep.idle_since = now
                 ver.idle.append(rep)
                 if ver.queue:
                     self._kick(ver, now, out)
             return out
+        version = ver.mid.version
         cache = self.cache
         pending = self._pending
         for req, output in zip(requests, outputs, strict=True):
@@ -349,7 +352,7 @@ class _Batches(_Answers):
 
     def _idle(self, rep: _Replica, ver: _Version, now: float, out: list[Instruction]) -> None:
         rep.batch = None
-        if rep.id in ver.replicas:
+        if rep.up:
             rep.idle_since = now
             ver.idle.append(rep)
             if ver.queue:

@@ -143,13 +143,16 @@ _Wanted = _Request | _Task  # what a model queue holds
 
 
 class _Replica:
-    __slots__ = ("id", "ctrl", "batch", "idle_since", "plain")
+    __slots__ = ("id", "ctrl", "batch", "idle_since", "plain", "up")
 
     def __init__(self, id_: ReplicaId, ctrl: BatchController, now: float) -> None:
         self.id = id_
         self.ctrl = ctrl
         self.batch: _Batch | None = None
         self.idle_since = now
+        # in its version's replicas (on_replica_down clears it): `rep.id in ver.replicas`
+        # without hashing the id, once per batch
+        self.up = True
         # its controller decides as the base class does (the engine may skip building the
         # QueueView and Dispatch when no wait applies: _Batches._kick)
         self.plain = type(ctrl).decide is BatchController.decide

@@ -210,37 +210,46 @@ class FeedbackApplied:
 Instruction = SendBatch | Reply | FeedbackApplied
 
 
-# Positional builders for the per-batch dataclasses, setting their slots directly (no
-# keyword parsing, no frozen __setattr__ detour): SendBatch 1.18 -> 0.48 us, BatchDone
-# 1.04 -> 0.35 us (measured on CPython 3.11).  For the hot path of the engine and drivers.
+# Positional builders for the per-batch dataclasses.  Each fills a plain slotted twin of
+# the frozen class (the same slots in the same order, so the same layout) with ordinary
+# attribute stores, then gives the object the frozen class: no keyword parsing, no frozen
+# __setattr__ detour, no call per slot.  SendBatch 1.18 -> 0.48 us with a slot setter
+# call per field, 0.48 -> 0.26 us this way (measured on CPython 3.11).  For the hot
+# paths of the engine and drivers.
 _new = object.__new__
 if hasattr(SendBatch, "__post_init__") or hasattr(BatchDone, "__post_init__"):  # pragma: no cover
     raise TypeError("send_batch_of/batch_done_of skip __post_init__: build with keywords")
-_sb_set = [SendBatch.__dict__[f].__set__ for f in SendBatch.__slots__]
-_bd_set = [BatchDone.__dict__[f].__set__ for f in BatchDone.__slots__]
+
+
+class _SendBatchSlots:
+    __slots__ = SendBatch.__slots__
+
+
+class _BatchDoneSlots:
+    __slots__ = BatchDone.__slots__
 
 
 def send_batch_of(
     replica: ReplicaId, batch_id: int, inputs: tuple[Any, ...], reason: str, padded_size: int
 ) -> SendBatch:
     """``SendBatch(replica=..., batch_id=..., inputs=..., reason=..., padded_size=...)``."""
-    o = _new(SendBatch)
-    s0, s1, s2, s3, s4 = _sb_set
-    s0(o, replica)
-    s1(o, batch_id)
-    s2(o, inputs)
-    s3(o, reason)
-    s4(o, padded_size)
-    return o
+    o = _new(_SendBatchSlots)
+    o.replica = replica  # type: ignore[attr-defined]
+    o.batch_id = batch_id  # type: ignore[attr-defined]
+    o.inputs = inputs  # type: ignore[attr-defined]
+    o.reason = reason  # type: ignore[attr-defined]
+    o.padded_size = padded_size  # type: ignore[attr-defined]
+    o.__class__ = SendBatch  # type: ignore[assignment]
+    return o  # type: ignore[return-value]
 
 
 def batch_done_of(
     replica: ReplicaId, batch_id: int, outputs: tuple[Any, ...] | list[Any]
 ) -> BatchDone:
     """``BatchDone(replica=..., batch_id=..., outputs=...)``."""
-    o = _new(BatchDone)
-    s0, s1, s2 = _bd_set
-    s0(o, replica)
-    s1(o, batch_id)
-    s2(o, outputs)
-    return o
+    o = _new(_BatchDoneSlots)
+    o.replica = replica  # type: ignore[attr-defined]
+    o.batch_id = batch_id  # type: ignore[attr-defined]
+    o.outputs = outputs  # type: ignore[attr-defined]
+    o.__class__ = BatchDone  # type: ignore[assignment]
+    return o  # type: ignore[return-value]

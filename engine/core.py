@@ -175,6 +175,7 @@ class Engine(_Admin, _Batches):
         self._fire(now, out)  # after the check: an error must not swallow due replies
         ver = self._versions[replica.model_id]
         del ver.replicas[replica]
+        rep.up = False
         if rep in ver.idle:
             ver.idle.remove(rep)
         if rep.batch is not None:
@@ -186,7 +187,14 @@ class Engine(_Admin, _Batches):
         return out
 
     # ================================================================== queries
-    def on_query(self, query: Query, now: float) -> list[Instruction]:
+    def on_query(
+        self,
+        query: Query | tuple[int, str, Any, Hashable | None, Hashable | None, float | None],
+        now: float,
+    ) -> list[Instruction]:
+        """Admit ``query`` at ``now``.  A plain tuple of ``Query``'s fields in their order
+        does as well (the engine only unpacks it): a driver's hot path need not build the
+        NamedTuple (0.2 us per query, measured in the small-batch simulation)."""
         qid, app_name, input_, key, context, qdeadline = query
         app = self._apps.get(app_name)
         if app is None:

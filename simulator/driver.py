@@ -645,7 +645,6 @@ class Simulation(_HostCpuDriver):
         arrivals = self.arrival_at.tolist()
         n = len(arrivals) if until_s is None else bisect.bisect_left(arrivals, until_s)
         app = self.app_names[0]
-        new = tuple.__new__  # a Query without its Python-level __new__ (engine/_types.py)
         timers = self._timers
         i = 0
         horizon = events[0][0] if events else _INF
@@ -710,7 +709,7 @@ class Simulation(_HostCpuDriver):
                         env._now = ev[0]
                         event(ev)
                 horizon = events[0][0] if events else _INF  # now later than t
-            out = on_query(new(Query, (i, app, i, None, None, None)), t)
+            out = on_query((i, app, i, None, None, None), t)  # Query's fields (on_query)
             i += 1
             if out:
                 ins = out[0]
