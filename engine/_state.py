@@ -374,7 +374,7 @@ class _EngineFields:
     _batches: dict[int, _Batch]  # in flight, by batch id
     _deadlines: list[tuple[float, int, _Task]]  # heap: tasks with their own deadline
     _fifos: dict[float, deque[_Task]]  # per SLO: tasks in deadline order without a heap
-    _due_at: float  # a lower bound on the next time something is due
+    due_at: float  # next_deadline() as a float (inf: none); drivers read it, never write
     _wakes: list[tuple[float, int, _Version]]  # heap: when a waiting controller wakes
     _recent: dict[int, _Task]  # answered queries, for feedback naming a query id
     _recent_order: deque[tuple[int, int]]  # (query id, bytes kept) oldest first

@@ -137,8 +137,9 @@ class Engine(_Admin, _Batches):
         self._batches = {}
         self._deadlines = []
         self._fifos = {}
-        # A lower bound on the next time something is due; _fire recomputes it.
-        self._due_at = _INF
+        # A lower bound on the next time something is due (next_deadline, as a float;
+        # read-only outside the engine); _fire recomputes it.
+        self.due_at = _INF
         self._wakes = []
         self._recent = {}
         self._recent_order = deque()
@@ -200,7 +201,7 @@ class Engine(_Admin, _Batches):
         if app is None:
             raise NotFound(f"application {app_name!r} does not exist")
         out: list[Instruction] = []
-        if now >= self._due_at:  # after the check: an error must not swallow due replies
+        if now >= self.due_at:  # after the check: an error must not swallow due replies
             self._fire(now, out)
         app.m_queries.value += 1
         states = app.states
@@ -289,8 +290,8 @@ class Engine(_Admin, _Batches):
                 app.fifo.append(task)
             else:
                 heapq.heappush(self._deadlines, (deadline, next(self._seq), task))
-            if deadline < self._due_at:
-                self._due_at = deadline
+            if deadline < self.due_at:
+                self.due_at = deadline
         return out
 
     def _want(
@@ -467,6 +468,6 @@ class Engine(_Admin, _Batches):
                 self._finish(task, now, out)
         else:
             heapq.heappush(self._deadlines, (task.deadline, next(self._seq), task))
-            if task.deadline < self._due_at:
-                self._due_at = task.deadline
+            if task.deadline < self.due_at:
+                self.due_at = task.deadline
         return out

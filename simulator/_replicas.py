@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -250,6 +251,57 @@ class _Replicas(_Frontend):
         t = self.env._now  # scheduled from env.now as a SimPy timeout: the same float time
         heapq.heappush(self._events,  # type: ignore[arg-type]
                        (t + (done_at - t), next(self._eids), rep, sb, row))
+
+    def _own_sender(self) -> Callable[[SendBatch, float], None]:
+        """The ``send_batch`` of a run on the driver's own heap: ``_send_own``, or, without
+        a frontend link and with one input size (the common case), the same steps as a
+        closure over the run's parts (no ``self.`` look-ups, no frontend-link branches):
+        0.2 CPU us per batch less in the small-batch run (measured)."""
+        if self._fe is not None or self._uniform_bytes is None:
+            return self._send_own
+        reps = self._reps
+        ub = self._uniform_bytes
+        b_rows = self._b_rows
+        events = self._events
+        assert events is not None
+        eids = self._eids
+        env = self.env
+        push = heapq.heappush
+        out_bits = _OUTPUT_BYTES * 8.0
+
+        def send(sb: SendBatch, now: float) -> None:
+            rep = reps[sb.replica]
+            inputs = sb.inputs
+            n = len(inputs)
+            padded = sb.padded_size
+            if padded < n:
+                padded = n
+            link = rep.link
+            start = link.free_at
+            if now > start:
+                start = now
+            bw = link.bandwidth_bps
+            xfer = n * ub * 8.0 / bw
+            link.free_at = start + xfer
+            lat = link.latency_s  # (+ 0.0 without a frontend link: the same sums)
+            arrive = start + xfer + lat
+            service = rep.sampler(padded)
+            if rep.wake_s:
+                idle = arrive - rep.idle_since
+                if idle > 0:
+                    w = _wake_cost(rep.wake_s, idle, rep.cold_after_s)
+                    self.replica_wake_s += w
+                    service += w
+            rep.free_at = arrive + service
+            done_at = arrive + service + lat + n * out_bits / bw
+            rep.service_s = service
+            row = BatchRecord(rep.model_idx, sb.replica.ordinal, sb.batch_id, n, padded,
+                              sb.reason, now, arrive, done_at, "sent", 0)
+            b_rows.append(row)
+            t = env._now  # scheduled from env.now as a SimPy timeout: the same float time
+            push(events, (t + (done_at - t), next(eids), rep, sb, row))
+
+        return send
 
     def _done(self, rep: _Rep, sb: SendBatch, now: float) -> None:
         rep.idle_since = now

@@ -29,8 +29,8 @@ from clipperlab.engine.batching import (
     QueueView,
     Wait,
 )
-from clipperlab.simulator import Deployment, LatencyProfile, Simulation
-from clipperlab.workloads import ConstantRate, Poisson, Workload
+from clipperlab.simulator import Deployment, LatencyProfile, Link, Simulation
+from clipperlab.workloads import ConstantRate, Poisson, SyntheticTensors, Workload
 
 
 class _Deciding(BatchController):
@@ -200,6 +200,40 @@ def test_own_event_heap_runs_as_simpy(qps: float, constant: bool, policy: str,
     assert fast.sim_s == slow.sim_s  # type: ignore[attr-defined]
     assert fast.queries.equals(slow.queries)  # type: ignore[attr-defined]
     assert fast.batches.equals(slow.batches)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("variant", ["plain", "frontend_link", "two_input_sizes", "wake"])
+def test_own_heap_senders_run_as_simpy(variant: str) -> None:
+    """Each sender of a run on the driver's own heap (the closure without a frontend link
+    and with one input size, ``_send_own`` otherwise; a container's wake-up in both) gives
+    the queries, batches and clock of ``send_batch`` on SimPy's queue, bit for bit."""
+    prof = LatencyProfile.from_line("one-ms", 1e-4, 1e-3, p99_over_mean=1.5)
+    bc = BatchingConfig(policy="aimd", max_batch_size=8)
+    wl: list[Workload] = [Workload(Poisson(3000.0), n_queries=600)]
+    if variant == "two_input_sizes":
+        wl.append(Workload(Poisson(1000.0), n_queries=200,
+                           inputs=SyntheticTensors(shape=(100,), pool=8)))
+    dep = Deployment.single(prof, batching=bc, slo_s=0.010, replicas=2, frontend_link=(
+        Link(bandwidth_bps=1e8, latency_s=20e-6) if variant == "frontend_link" else None))
+    if variant == "wake":
+        dep = dataclasses.replace(dep, models=(
+            dataclasses.replace(dep.models[0], wake_s=3e-4, cold_after_s=2e-3),))
+    runs, sims = [], []
+    for own in (True, False):
+        sim = Simulation(dep, wl, seed=3, decision_log=True)
+        sim.own_events = own
+        runs.append(sim.run())
+        sims.append(sim)
+    fast, slow = runs
+    closure = variant in ("plain", "wake")
+    assert sims[0]._events is not None
+    assert (getattr(sims[0].send_batch, "__func__", None) is None) == closure
+    assert fast.log == slow.log  # type: ignore[attr-defined]
+    assert fast.sim_s == slow.sim_s  # type: ignore[attr-defined]
+    assert fast.queries.equals(slow.queries)  # type: ignore[attr-defined]
+    assert fast.batches.equals(slow.batches)  # type: ignore[attr-defined]
+    assert sims[0].replica_wake_s == sims[1].replica_wake_s
+    assert (sims[0].replica_wake_s > 0) == (variant == "wake")
 
 
 class _RefLine:
