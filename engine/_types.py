@@ -223,10 +223,18 @@ if hasattr(SendBatch, "__post_init__") or hasattr(BatchDone, "__post_init__"):  
 
 class _SendBatchSlots:
     __slots__ = SendBatch.__slots__
+    replica: ReplicaId
+    batch_id: int
+    inputs: tuple[Any, ...]
+    reason: str
+    padded_size: int
 
 
 class _BatchDoneSlots:
     __slots__ = BatchDone.__slots__
+    replica: ReplicaId
+    batch_id: int
+    outputs: tuple[Any, ...] | list[Any]
 
 
 def send_batch_of(
@@ -234,11 +242,11 @@ def send_batch_of(
 ) -> SendBatch:
     """``SendBatch(replica=..., batch_id=..., inputs=..., reason=..., padded_size=...)``."""
     o = _new(_SendBatchSlots)
-    o.replica = replica  # type: ignore[attr-defined]
-    o.batch_id = batch_id  # type: ignore[attr-defined]
-    o.inputs = inputs  # type: ignore[attr-defined]
-    o.reason = reason  # type: ignore[attr-defined]
-    o.padded_size = padded_size  # type: ignore[attr-defined]
+    o.replica = replica
+    o.batch_id = batch_id
+    o.inputs = inputs
+    o.reason = reason
+    o.padded_size = padded_size
     o.__class__ = SendBatch  # type: ignore[assignment]
     return o  # type: ignore[return-value]
 
@@ -248,8 +256,8 @@ def batch_done_of(
 ) -> BatchDone:
     """``BatchDone(replica=..., batch_id=..., outputs=...)``."""
     o = _new(_BatchDoneSlots)
-    o.replica = replica  # type: ignore[attr-defined]
-    o.batch_id = batch_id  # type: ignore[attr-defined]
-    o.outputs = outputs  # type: ignore[attr-defined]
+    o.replica = replica
+    o.batch_id = batch_id
+    o.outputs = outputs
     o.__class__ = BatchDone  # type: ignore[assignment]
     return o  # type: ignore[return-value]
