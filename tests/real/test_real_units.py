@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -83,6 +84,18 @@ def test_convert_inputs() -> None:
     assert convert(b, "AAE=") == b"\x00\x01"
     with pytest.raises(BadInput, match="base64"):
         convert(b, "***")
+
+
+@pytest.mark.parametrize("input_type", ["doubles", "floats", "integers"])
+@pytest.mark.parametrize("value", [[True, 1.5], [1, False], [1.0, True, 2.0],
+                                   [[1.0, 2.0], [True, 3.0]], [[1, 2], [3, False]],
+                                   [[[1, 2]], [[3, True]]]])
+def test_convert_refuses_booleans_among_numbers(input_type: str, value: Any) -> None:
+    """JSON true/false are not numbers beside numbers either (numpy would read them as
+    1 and 0 and the query would run on a number the client never sent)."""
+    app = Application(name="a", input_type=input_type)
+    with pytest.raises(BadInput, match="holds booleans; application 'a' takes"):
+        convert(app, value)
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:
