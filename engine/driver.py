@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["HANDLED", "Driver"]
 
 T = TypeVar("T")
+_INF = float("inf")
 
 HANDLED: tuple[type, ...] = (Reply, SendBatch, FeedbackApplied)
 """The instruction types ``Driver.carry_out`` dispatches (every member of ``Instruction``)."""
@@ -177,7 +178,8 @@ class Driver:
 
     def rearm(self) -> None:
         """Point the timer slot at ``engine.next_deadline()`` if it moved."""
-        at = self.engine.next_deadline()
+        due = self.engine.due_at  # next_deadline() without the call (after every event)
+        at = None if due == _INF else due
         if at != self.timer_at:
             if self.timer_at is not None:
                 self.cancel_timer()
