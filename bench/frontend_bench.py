@@ -1,6 +1,7 @@
 """The frontend's own CPU per query, without sockets: HTTP in, JSON, engine, RPC frames, reply.
 
-    python3 bench/frontend_bench.py [--queries 60000] [--concurrency 32] [--api rest|oip|hit]
+    python3 bench/frontend_bench.py [--queries 60000] [--concurrency 32]
+                                    [--api rest,oip,hit,oiphit]
 
 Everything of one real-mode frontend runs in this process on a uvloop loop: the HTTP
 protocol (``HttpProtocol``) with fake transports, Clipper's REST or the OIP handler, the
@@ -136,8 +137,9 @@ async def _run(api: str, queries: int, concurrency: int) -> dict[str, float]:
     conn.dtype = np.dtype(np.float64)
     conn.decoder.max_frame_bytes = 1 << 28
     driver.replica_up(rid, conn)
-    frontend = QueryFrontend(driver, cache=(api == "hit"))
-    path, body = ("/v2/models/bench/infer", OIP) if api == "oip" else ("/bench/predict", REST)
+    frontend = QueryFrontend(driver, cache=api in ("hit", "oiphit"))
+    path, body = (("/v2/models/bench/infer", OIP) if api in ("oip", "oiphit")
+                  else ("/bench/predict", REST))
     request = (b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body))
     protos = []
@@ -177,7 +179,8 @@ def main() -> int:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--queries", type=int, default=60_000, help="measured queries per run")
     ap.add_argument("--concurrency", type=int, default=32, help="requests in flight per round")
-    ap.add_argument("--api", default="rest,oip,hit", help="comma-separated: rest, oip, hit")
+    ap.add_argument("--api", default="rest,oip,hit",
+                    help="comma-separated: rest, oip, hit (REST cache hits), oiphit")
     a = ap.parse_args()
     import uvloop
 

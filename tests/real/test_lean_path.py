@@ -64,6 +64,7 @@ def _handler() -> oip.OipHandler:
     h.fe = _Fe()  # type: ignore[assignment]
     h._tails = {}
     h._templates = {}
+    h._memo = None
     h._infer_paths = {}
     return h
 
@@ -144,6 +145,54 @@ def test_request_memo_answers_repeats_and_follows_application_changes(tmp_path: 
             q.predict("memo", [1.0, 2.0, 3.0, 4.0])
         assert e.value.status == 400 and "shape" in str(e.value)
         assert q.predict("memo", [1.0, 2.0, 3.0], uid=7)["default"] is False
+    finally:
+        st.stop()
+
+
+def _hits(q: Any) -> float:
+    lines = [ln for ln in q.metrics().splitlines()
+             if ln.startswith("clipperlab_cache_hits_total")]
+    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+
+def test_oip_request_memo_answers_repeats_and_follows_application_changes(
+    tmp_path: Any,
+) -> None:
+    """OIP with the cache on: a body seen before is answered from the memo (a cache hit,
+    the same answer, its own request id); a changed application is checked again; the
+    same bytes with binary data (Inference-Header-Content-Length) are not the same body."""
+    from clipperlab.real.client import AdminClient, QueryClient, ServerError
+    from tests.servers import start_server
+
+    st = start_server(tmp_path / "store", cache=True)
+    try:
+        admin = AdminClient(f"127.0.0.1:{st.ports['admin']}")
+        q = QueryClient(f"127.0.0.1:{st.ports['query']}")
+        admin.add_app("memo", slo_ms=2000, default_output=-1)
+        admin.add_model("noop", kind="noop", app="memo")
+        admin.wait_ready("memo", timeout_s=60)
+        path = "/v2/models/memo/infer"
+        body = orjson.dumps({"id": "r1", "inputs": [
+            {"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [1.0, 2.0, 3.0, 4.0]}]})
+        first = q.request("POST", path, body)
+        before = _hits(q)
+        again = q.request("POST", path, body)
+        assert first == again and again["id"] == "r1"
+        assert again["outputs"][0]["data"] == [0] and again["outputs"][1]["data"] == [False]
+        assert _hits(q) == before + 1
+        http = (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Inference-Header-Content-Length: 5\r\nContent-Length: %d\r\n\r\n%s"
+                % (path.encode(), len(body), body))
+        import socket
+
+        with socket.create_connection(("127.0.0.1", st.ports["query"]), timeout=30) as sock:
+            sock.sendall(http)
+            head = sock.recv(65536)
+        assert head.startswith(b"HTTP/1.1 400"), head[:200]
+        admin.post("/admin/update_app", {"name": "memo", "input_shape": [3]})
+        with pytest.raises(ServerError) as e:
+            q.request("POST", path, body)
+        assert e.value.status == 400 and "shape" in str(e.value)
     finally:
         st.stop()
 
