@@ -21,6 +21,8 @@ Rules:
   A body it took is kept as a template (its bytes before and after the data list, when
   that split is certain); a later body with the same bytes around another list is decoded
   by parsing that list alone, with ``one_row``'s checks, and anything else goes as above.
+  With the cache on, a one-row body without binary data seen before (the same bytes, the
+  same application) is not decoded again: its query and digest are kept (``_memo``).
 - Errors: ``{"error": msg}`` with 400, 404 (unknown model/version), 413 (more rows than
   ``max_batch_items``), 503 (overload), 500 (outputs that cannot be encoded; counted).
 """
