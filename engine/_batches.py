@@ -15,8 +15,10 @@ Small batches (issue 14): a query that finds a replica idle and its queue empty 
 alone by ``on_query`` without entering the queue when the controller would send it
 (``_send``: the decision ``_kick`` takes for a queue of one, inlined there), and a
 one-query result is answered without the general loop (and, for a query of one model when
-nothing is remembered or logged, without ``_finish``); both take the general path's
-decisions, bit for bit (tests/simulator/test_sim_hot_path.py pits them against it).
+nothing is remembered or logged, without ``_finish``; its ``Prediction``, for an int
+output, is one object per output and application, shared by those replies); both take the
+general path's decisions, bit for bit (tests/simulator/test_sim_hot_path.py pits them
+against it).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ _FOLD_AT = Histogram.FOLD_AT
 _CAP_REACHED = ReleaseReason.CAP_REACHED
 _REPLICA_IDLE = ReleaseReason.REPLICA_IDLE
 _tuple_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__
+# distinct int outputs per application whose one-model Prediction is shared (on_outputs)
+_SHARED_PREDICTIONS = 1024
 
 
 class _Batches(_Answers):
@@ -272,14 +276,27 @@ class _Batches(_Answers):
                     # inlined, 0.4 us per query less, measured
                     task.done = True
                     latency = now - task.arrival_at
-                    h = task.app.m_latency
+                    app = task.app
+                    h = app.m_latency
                     p = h.pending
                     p.append(latency)
                     if len(p) >= _FOLD_AT:
                         h.fold()
-                    out.append(_tuple_new(Reply, (task.id, _tuple_new(
-                        Prediction, (output, 1.0, False, None, None, task.selected, ())),
-                        latency, False)))
+                    selected = task.selected
+                    if type(output) is int:
+                        # (a class label, as a rule) one Prediction shared by every such
+                        # answer: 0.15 us and 112 bytes per query less (measured)
+                        shared = app.shared
+                        pred = shared.get(output)
+                        if pred is None or pred[5] is not selected:
+                            pred = _tuple_new(
+                                Prediction, (output, 1.0, False, None, None, selected, ()))
+                            if len(shared) < _SHARED_PREDICTIONS or output in shared:
+                                shared[output] = pred
+                    else:
+                        pred = _tuple_new(
+                            Prediction, (output, 1.0, False, None, None, selected, ()))
+                    out.append(_tuple_new(Reply, (task.id, pred, latency, False)))
                 else:
                     task.answers[name] = output
                     if waiting == 0:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ._types import ModelId, ReplicaId
+from ._types import ModelId, Prediction, ReplicaId
 from .batching import BatchController
 from .cache import PredictionCache
 from .metrics import BATCH_SIZE_BUCKETS, Counter, Metrics
@@ -246,6 +246,7 @@ class _App:
         "evicted",
         "rewrite",
         "m_user_evictions",
+        "shared",
     )
 
     def __init__(self, spec: Application, metrics: Metrics, max_users: int = 10_000) -> None:
@@ -270,6 +271,9 @@ class _App:
         self.m_feedback = metrics.counter("clipperlab_feedback_total", **lab)
         self.m_missing = metrics.counter("clipperlab_missing_predictions_total", **lab)
         self.m_user_evictions = metrics.counter("clipperlab_user_state_evictions_total", **lab)
+        # One-model answers with an int output, by output: equal Predictions are one
+        # object shared by the Replies (_Batches.on_outputs; at most _SHARED_PREDICTIONS there)
+        self.shared: dict[int, Prediction] = {}
 
     def state(self, context: Hashable | None) -> PolicyState:
         """The state of ``context``, made (and the least recent user evicted) if needed."""

@@ -657,14 +657,11 @@ class Simulation(_HostCpuDriver):
                 now = env._now
                 if now + (t - now) == t:  # as _feed_plain: every event up to t, then t
                     while events and events[0][0] <= t:
-                        ev = pop(events)
-                        at = env._now = ev[0]
-                        rep = ev[2]
+                        at, _, rep, sb, row = pop(events)
+                        env._now = at
                         if rep is not None:  # a batch is back: _event and _done, inlined
-                            sb = ev[3]
                             rep.idle_since = at
-                            row = ev[4]  # (_send_own)
-                            row.done_at = at  # type: ignore[union-attr]
+                            row.done_at = at  # type: ignore[union-attr]  # (_send_own)
                             row.status = "done"  # type: ignore[union-attr]
                             inputs = sb.inputs
                             if members is not None:

@@ -12,6 +12,7 @@ from clipperlab.engine import (
     Engine,
     ModelSpec,
     NotFound,
+    Prediction,
 )
 from clipperlab.engine._types import DefaultReason, ReleaseReason
 from tests.fake import FakeDriver
@@ -284,3 +285,34 @@ def test_next_deadline_is_always_after_now() -> None:
             d.complete(sb.batch_id)
             nd = d.eng.next_deadline()
             assert nd is None or nd > d.now
+
+
+def test_one_model_answers_share_a_prediction_per_int_output() -> None:
+    """Answers of one model with the same int output share one Prediction (the one-query
+    path), equal to the general path's; after a relink the answers name the new model;
+    other outputs get their own."""
+    eng = Engine(seed=1, remember_queries=0)
+    eng.add_application(Application(name="a", slo_s=0.020, default_output=-1), now=0.0)
+    for m in ("m", "n"):
+        eng.add_model(ModelSpec(name=m, batching=BatchingConfig(policy="aimd")), now=0.0)
+    eng.link("a", ["m"], now=0.0)
+    d = FakeDriver(eng)
+    d.up("m")
+    d.up("n")
+
+    def answer(qid: int, output: object) -> Prediction:
+        d.query(qid, "a", qid)
+        d.now += 0.001
+        d.complete(d.sent[-1].batch_id, lambda _: output)
+        return d.replies[qid].prediction
+
+    first, second, other = answer(1, 3), answer(2, 3), answer(3, 4)
+    assert first is second and first == Prediction(3, 1.0, False, None, None, ("m",), ())
+    assert other == Prediction(4, 1.0, False, None, None, ("m",), ())
+    listed = answer(4, [3])
+    assert listed == Prediction([3], 1.0, False, None, None, ("m",), ()) and listed is not first
+    eng.unlink("a", ["m"], now=d.now)
+    eng.link("a", ["n"], now=d.now)
+    after = answer(5, 3)
+    assert after.models == ("n",) and after.output == 3 and after is not first
+    assert answer(6, 3) is after
