@@ -14,7 +14,8 @@ same three things after every engine call, and this base does them in one place 
    its replica busy for ever nor its queries unanswered.  A driver that calls
    ``send_batch`` itself on a hot path hands such an error to ``send_failed``, which
    does the same.
-2. **Re-arm** the one timer slot: ask ``engine.next_deadline()`` and, only when it differs
+2. **Re-arm** the one timer slot: ask ``engine.next_deadline()`` (read as ``engine.due_at``,
+   the same time as a float, without a call) and, only when it differs
    from the time the slot holds, ``cancel_timer()`` the old one and ``arm_timer(at)`` the
    new one.  The engine's deadline is a lower bound (it may be a little early), so a timer
    that finds nothing due is harmless: ``on_timer`` moves the deadline on.
