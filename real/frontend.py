@@ -240,8 +240,10 @@ class QueryFrontend:
         try:
             body = self.body_object(req)
             ctx = _uid(body)
+            raw = req.body  # JSON booleans are spelled so (0.05 us against 0.3 for a look)
+            bools = b"true" in raw or b"false" in raw
             if "input" in body:
-                x = convert(app, body["input"], "input")
+                x = convert(app, body["input"], "input", maybe_bools=bools)
                 key = self._one(req, app_name, x, ctx)
                 if memo is not None and key is not None and len(req.body) <= 2048:
                     if isinstance(x, np.ndarray):
@@ -257,7 +259,8 @@ class QueryFrontend:
                 if not batch:
                     raise BadInput("input_batch is empty")
                 self.check_batch(len(batch), "input_batch")
-                xs = [convert(app, v, f"input_batch[{i}]") for i, v in enumerate(batch)]
+                xs = [convert(app, v, f"input_batch[{i}]", maybe_bools=bools)
+                      for i, v in enumerate(batch)]
                 return self._many(req, app_name, xs, ctx)
             raise BadInput("request body needs 'input' or 'input_batch'")
         except BadInput as e:

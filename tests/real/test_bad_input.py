@@ -70,6 +70,18 @@ def test_deep_nesting_is_400_naming_max_nesting(srv: Any, path: str, body: bytes
     assert status == 400 and "max_nesting" in error
 
 
+@pytest.mark.parametrize(("path", "body"), [
+    ("/app/predict", b'{"input": [true, 1.5]}'),
+    ("/app/predict", b'{"input": [1, false]}'),
+    ("/app/predict", b'{"input_batch": [[1.0, 2.0], [true, 1.0]]}'),
+    ("/app/update", b'{"input": [1.0, true], "label": 1}'),
+])
+def test_booleans_among_numbers_are_400(srv: Any, path: str, body: bytes) -> None:
+    """A JSON boolean beside numbers is refused by name, not read as 1 or 0."""
+    status, error = post(srv.q, path, body)
+    assert status == 400 and "holds booleans" in error, (status, error)
+
+
 def depth(v: Any) -> int:
     """The reference: how deep lists and dicts nest, by recursion."""
     if isinstance(v, list):
