@@ -240,8 +240,9 @@ class QueryFrontend:
         try:
             body = self.body_object(req)
             ctx = _uid(body)
-            raw = req.body  # JSON booleans are spelled so (0.05 us against 0.3 for a look)
-            bools = b"true" in raw or b"false" in raw
+            # true and false both hold an "e", which the keys here and most numbers do not:
+            # one memchr (0.02 us; b"true" in raw: 0.2-0.3 us, a look at each element: 0.3)
+            bools = 101 in req.body
             if "input" in body:
                 x = convert(app, body["input"], "input", maybe_bools=bools)
                 key = self._one(req, app_name, x, ctx)

@@ -90,8 +90,8 @@ _NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'[]{}"')
 def convert(app: Application, value: Any, field: str = "input", *,
             maybe_bools: bool = True) -> Any:
     """``value`` (parsed JSON) as the application's input type, or ``BadInput``.
-    ``maybe_bools=False`` says the JSON text held no ``true``/``false`` (a caller with the
-    text checks that in one C pass), so no element is looked at for booleans."""
+    ``maybe_bools=False`` says the JSON text cannot hold ``true``/``false`` (a caller with
+    the text checks that in one C pass), so no element is looked at for booleans."""
     t = app.input_type
     if t == "strings":
         if not isinstance(value, str):
