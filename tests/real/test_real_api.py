@@ -36,7 +36,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Any:
     svm = SVC(gamma=0.001).fit(x[:1000], y[:1000])
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(64, 10))
-    admin.add_app("echo", slo_ms=200, default_output=-1)
+    admin.add_app("echo", slo_ms=2000, default_output=-1)  # generous: a loaded CI host
     admin.add_model("noop", kind="noop", app="echo")
     admin.add_app("digits", slo_ms=2000, default_output=-1, input_shape=[64])
     admin.deploy_sklearn("svm", svm, app="digits")
