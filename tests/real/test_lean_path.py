@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -119,20 +121,32 @@ def test_oip_rows_one_row_and_many() -> None:
         assert [x.tolist() for x in rows] == [w.tolist() for w in want_rows]
 
 
+@contextmanager
+def _memo_server(tmp_path: Any) -> Iterator[tuple[Any, Any, dict[str, int]]]:
+    """A server with the cache on and an application ``memo`` on the no-op model, ready:
+    its admin and query clients and its ports; stopped on the way out."""
+    from clipperlab.real.client import AdminClient, QueryClient
+    from tests.servers import start_server
+
+    srv = start_server(tmp_path / "store", cache=True)
+    try:
+        admin = AdminClient(f"127.0.0.1:{srv.ports['admin']}")
+        q = QueryClient(f"127.0.0.1:{srv.ports['query']}")
+        admin.add_app("memo", slo_ms=2000, default_output=-1)
+        admin.add_model("noop", kind="noop", app="memo")
+        admin.wait_ready("memo", timeout_s=60)
+        yield admin, q, srv.ports
+    finally:
+        srv.stop()
+
+
 def test_request_memo_answers_repeats_and_follows_application_changes(tmp_path: Any) -> None:
     """With the cache on, a body seen before skips parsing (a cache hit, the same answer);
     a changed application (a new input shape) is checked again, not served from the memo;
     another user's identical input keeps its own uid."""
-    from clipperlab.real.client import AdminClient, QueryClient, ServerError
-    from tests.servers import start_server
+    from clipperlab.real.client import ServerError
 
-    st = start_server(tmp_path / "store", cache=True)
-    try:
-        admin = AdminClient(f"127.0.0.1:{st.ports['admin']}")
-        q = QueryClient(f"127.0.0.1:{st.ports['query']}")
-        admin.add_app("memo", slo_ms=2000, default_output=-1)
-        admin.add_model("noop", kind="noop", app="memo")
-        admin.wait_ready("memo", timeout_s=60)
+    with _memo_server(tmp_path) as (admin, q, ports):
         first = q.predict("memo", [1.0, 2.0, 3.0, 4.0])
         again = q.predict("memo", [1.0, 2.0, 3.0, 4.0])
         assert first["output"] == again["output"] == 0 and not again["default"]
@@ -145,8 +159,6 @@ def test_request_memo_answers_repeats_and_follows_application_changes(tmp_path: 
             q.predict("memo", [1.0, 2.0, 3.0, 4.0])
         assert e.value.status == 400 and "shape" in str(e.value)
         assert q.predict("memo", [1.0, 2.0, 3.0], uid=7)["default"] is False
-    finally:
-        st.stop()
 
 
 def _hits(q: Any) -> float:
@@ -161,16 +173,9 @@ def test_oip_request_memo_answers_repeats_and_follows_application_changes(
     """OIP with the cache on: a body seen before is answered from the memo (a cache hit,
     the same answer, its own request id); a changed application is checked again; the
     same bytes with binary data (Inference-Header-Content-Length) are not the same body."""
-    from clipperlab.real.client import AdminClient, QueryClient, ServerError
-    from tests.servers import start_server
+    from clipperlab.real.client import ServerError
 
-    st = start_server(tmp_path / "store", cache=True)
-    try:
-        admin = AdminClient(f"127.0.0.1:{st.ports['admin']}")
-        q = QueryClient(f"127.0.0.1:{st.ports['query']}")
-        admin.add_app("memo", slo_ms=2000, default_output=-1)
-        admin.add_model("noop", kind="noop", app="memo")
-        admin.wait_ready("memo", timeout_s=60)
+    with _memo_server(tmp_path) as (admin, q, ports):
         path = "/v2/models/memo/infer"
         body = orjson.dumps({"id": "r1", "inputs": [
             {"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [1.0, 2.0, 3.0, 4.0]}]})
@@ -185,7 +190,7 @@ def test_oip_request_memo_answers_repeats_and_follows_application_changes(
                 % (path.encode(), len(body), body))
         import socket
 
-        with socket.create_connection(("127.0.0.1", st.ports["query"]), timeout=30) as sock:
+        with socket.create_connection(("127.0.0.1", ports["query"]), timeout=30) as sock:
             sock.sendall(http)
             head = sock.recv(65536)
         assert head.startswith(b"HTTP/1.1 400"), head[:200]
@@ -193,8 +198,6 @@ def test_oip_request_memo_answers_repeats_and_follows_application_changes(
         with pytest.raises(ServerError) as e:
             q.request("POST", path, body)
         assert e.value.status == 400 and "shape" in str(e.value)
-    finally:
-        st.stop()
 
 
 def _long_way(doc: Any, app: Application) -> Any:
