@@ -15,6 +15,9 @@ Rules (``Deployment.host_cpu``, ``HostCPU``):
   tens of microseconds, waiting out another task's slice) is ``SlicedHostCpuState``
   (``HostCPU.slice_s`` > 0; the calibration's twin uses the kernel's slice); without
   it, that wait is left to the frontend's fitted ``pauses_s``.
+- A host has a speed factor (``set_factor``, 1 until set; ``HostCPU``'s two speeds): a
+  job's demand takes ``factor`` times as long while it runs, and a change of factor
+  applies from that moment to what is left of every running job.
 - A process can be *held* (``hold``: the frontend's pauses, time the host takes from it
   besides contention): it is not runnable until then, and its job resumes where it was.
   A process that had gone idle pays ``wake_s x (1 - exp(-idle / cold_after_s))`` of CPU
@@ -127,7 +130,7 @@ class HostCpuState(_Host):
     """One host's cores and the processes sharing them (see the module's rules)."""
 
     __slots__ = ("env", "name", "cores", "v", "t", "n_run", "heap", "seq", "timeouts",
-                 "procs")
+                 "procs", "factor")
 
     def __init__(self, env: simpy.Environment, name: str, cores: int) -> None:
         if cores < 1:
@@ -142,6 +145,7 @@ class HostCpuState(_Host):
         self.seq = 0
         self.timeouts: list[float] = []  # heap: pending SimPy timeouts
         self.procs: list[CpuProc] = []
+        self.factor = 1.0  # the host's speed: demands take this many times as long
 
     def proc(self, name: str, wake_s: float = 0.0, cold_after_s: float = 1e-3) -> CpuProc:
         p = CpuProc(name, wake_s, cold_after_s)
@@ -188,10 +192,16 @@ class HostCpuState(_Host):
                               value=(p, until))
         ev.callbacks.append(self._unhold)
 
+    def set_factor(self, factor: float, now: float) -> None:
+        """From ``now`` on, work takes ``factor`` times its demand (the host's speed)."""
+        self._advance(now)
+        self.factor = factor
+        self._reschedule()
+
     # ------------------------------------------------------------------ internals
     def _rate(self) -> float:
         n = self.n_run
-        return 1.0 if n <= self.cores else self.cores / n
+        return (1.0 if n <= self.cores else self.cores / n) / self.factor
 
     def _advance(self, now: float) -> None:
         if now > self.t:
@@ -306,7 +316,7 @@ class SlicedHostCpuState(_Host):
     dispatch (a process's own done callback runs while it still holds its core)."""
 
     __slots__ = ("env", "name", "cores", "slice_s", "running", "waiting", "timeouts",
-                 "procs", "seq")
+                 "procs", "seq", "factor")
 
     def __init__(self, env: simpy.Environment, name: str, cores: int,
                  slice_s: float) -> None:
@@ -323,6 +333,7 @@ class SlicedHostCpuState(_Host):
         self.timeouts: list[float] = []
         self.procs: list[CpuProc] = []
         self.seq = 0
+        self.factor = 1.0  # the host's speed: demands take this many times as long
 
     def proc(self, name: str, wake_s: float = 0.0, cold_after_s: float = 1e-3) -> CpuProc:
         p = SlicedProc(name, wake_s, cold_after_s)
@@ -366,6 +377,17 @@ class SlicedHostCpuState(_Host):
                               value=(p, until))
         ev.callbacks.append(self._unhold)
 
+    def set_factor(self, factor: float, now: float) -> None:
+        """As ``HostCpuState.set_factor``: what each running process has left is
+        counted up to ``now`` at the old speed; slices are wall time and do not move."""
+        old = self.factor
+        for p in self.running:
+            if p.left_s is not None:
+                p.left_s = max(p.left_s - (now - p.run_since) / old, 0.0)
+            p.run_since = now
+        self.factor = factor
+        self._reschedule(now)
+
     # ------------------------------------------------------------------ internals
     def _runnable(self, p: SlicedProc, now: float) -> None:
         """``p`` has work: a core if one is free, else the back of the run queue."""
@@ -397,7 +419,7 @@ class SlicedHostCpuState(_Host):
         core goes to the head of the queue."""
         if p.running:
             if p.left_s is not None:  # None: taken off in its own done callback
-                p.left_s = max(p.left_s - (now - p.run_since), 0.0)
+                p.left_s = max(p.left_s - (now - p.run_since) / self.factor, 0.0)
             p.running = False
             self.running.remove(p)
             if self.waiting:
@@ -415,8 +437,9 @@ class SlicedHostCpuState(_Host):
         """The next change: a job's end, or a slice's end while somebody waits."""
         at = _INF
         waiting = bool(self.waiting)
+        f = self.factor
         for p in self.running:
-            end = p.run_since + (p.left_s or 0.0)
+            end = p.run_since + (p.left_s or 0.0) * f
             if end < at:
                 at = end
             if waiting and p.slice_end < at:
@@ -432,13 +455,14 @@ class SlicedHostCpuState(_Host):
         self._fired(ev)
         now = self.env.now
         eps = _REL_EPS * (1.0 + now)
+        f = self.factor
         progressed = True
         while progressed:
             progressed = False
             for p in sorted(self.running, key=_by_order):
                 if not p.running:
                     continue
-                if p.run_since + (p.left_s or 0.0) <= now + eps:
+                if p.run_since + (p.left_s or 0.0) * f <= now + eps:
                     self._finish(p, now)
                     progressed = True
                 elif self.waiting and p.slice_end <= now + eps:

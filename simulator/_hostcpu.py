@@ -19,6 +19,12 @@ Rules:
   time (a tick of its timer) that finds the generator with nothing to do is a wake-up: a
   job of that cost after the tick's sends (a busy generator does not sleep).
 - Replicas coming up or down reach the engine at once (not through the loop).
+- With ``HostCPU.speed_swings`` each host switches between a fast and a slow speed
+  (``_speed_proc``): it starts slow with probability ``slow_share``, each period lasts an
+  exponential time (slow: mean ``slow_dwell_s``; fast: ``slow_dwell_s x (1 - share) /
+  share``), and the host's factor is ``1 / mean_factor`` when fast and ``slow_factor /
+  mean_factor`` when slow, until the last arrival.  Its draws come from their own
+  generator (``[seed, 404, host's index]``), so the other draws stay as they were.
 
 Theory of operation.  Nothing here runs on the default path: ``_hc_setup`` installs this
 module's hooks on the instance (``carry_out``, ``reply``, ``send_batch``,
@@ -208,6 +214,32 @@ class _HostCpuDriver(_Replicas):
 
     def _timer_at_loop(self, deadline: float, now: float) -> None:
         self._timer_due(now, deadline)
+
+    # ------------------------------------------------------------------ speed
+    def _speed_procs(self, hc: HostCPU) -> None:
+        """Start one ``_speed_proc`` per host (``HostCPU.speed_swings``)."""
+        assert self._cpus is not None
+        end = float(self.arrival_at[-1]) if len(self.arrival_at) else 0.0
+        for k, host in enumerate(self._cpus.values()):
+            rng = np.random.default_rng([self.seed, 404, k])
+            self.env.process(self._speed_proc(host, hc, rng, end))
+
+    def _speed_proc(self, host: HostCpu, hc: HostCPU, rng: np.random.Generator,
+                    end: float) -> Any:
+        """``host``'s speed until ``end`` (see the module's rules)."""
+        env = self.env
+        m = hc.mean_factor
+        share = hc.slow_share
+        dwell = {True: hc.slow_dwell_s, False: hc.slow_dwell_s * (1.0 - share) / share}
+        slow = bool(rng.random() < share)
+        t = 0.0
+        while t <= end:
+            host.set_factor((hc.slow_factor if slow else 1.0) / m, t)
+            t += float(rng.exponential(dwell[slow]))
+            slow = not slow
+            if t > end:
+                return
+            yield env.timeout(t - env.now)
 
     # ------------------------------------------------------------------ pauses
     def _hc_pause_loop(self, start: float, duration_s: float) -> None:

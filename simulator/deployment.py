@@ -183,7 +183,19 @@ class HostCPU:
     ``slice_s``: 0 (the default) shares the cores by processor sharing; above 0 they are
     handed out in time slices of that length, as the kernel does (a process woken while
     every core is taken waits out a running one's slice; ``kernel_slice_s`` gives
-    Linux's)."""
+    Linux's).
+
+    The host's speed (off by default): a virtual machine's cores can run at two speeds,
+    switching every few tens of milliseconds to seconds, as other tenants come and go on
+    the physical cores beneath them (measured here: the same Python loop took 1.0-1.15
+    or 1.85-2.3 us an iteration, nothing else running in the VM; ``quiet.speed_trace``).
+    ``slow_factor`` (>= 1): how much longer CPU work takes in the slow state;
+    ``slow_share`` (in [0, 1)): the share of the time a host is slow; ``slow_dwell_s``:
+    the mean length of a slow period (exponential; a fast period's mean follows from the
+    share).  Each host switches on its own.  The demands keep their meaning (CPU seconds
+    a job takes on average, as ``/proc`` measured them over a run): work runs
+    ``1 / mean_factor`` as long when fast and ``slow_factor / mean_factor`` when slow, so
+    the time-averaged speed is unchanged and only its swings are added."""
 
     cpus: int | None = None
     frontend_host: str | None = None
@@ -191,6 +203,9 @@ class HostCPU:
     loadgen_cpu_per_query_s: float = 0.0
     loadgen_wake_s: float = 0.0
     slice_s: float = 0.0
+    slow_factor: float = 1.0
+    slow_share: float = 0.0
+    slow_dwell_s: float = 0.1
 
     def __post_init__(self) -> None:
         c = self.cpus
@@ -214,6 +229,31 @@ class HostCPU:
                 math.isfinite(sl) and 0 <= sl <= 1.0):
             raise SimConfigError(f"host_cpu.slice_s: expected seconds in [0, 1] (0: "
                                  f"processor sharing), got {sl!r}")
+        f = self.slow_factor
+        if isinstance(f, bool) or not isinstance(f, int | float) or not (
+                math.isfinite(f) and f >= 1.0):
+            raise SimConfigError(f"host_cpu.slow_factor: expected a factor >= 1 (1: one "
+                                 f"speed), got {f!r}")
+        sh = self.slow_share
+        if isinstance(sh, bool) or not isinstance(sh, int | float) or not (0 <= sh < 1):
+            raise SimConfigError(f"host_cpu.slow_share: expected a share in [0, 1), "
+                                 f"got {sh!r}")
+        dw = self.slow_dwell_s
+        if isinstance(dw, bool) or not isinstance(dw, int | float) or not (
+                math.isfinite(dw) and dw > 0):
+            raise SimConfigError(f"host_cpu.slow_dwell_s: expected seconds > 0, got {dw!r}")
+
+    @property
+    def speed_swings(self) -> bool:
+        """Whether the hosts switch between two speeds (``slow_factor`` and ``slow_share``
+        both set)."""
+        return self.slow_factor > 1.0 and self.slow_share > 0.0
+
+    @property
+    def mean_factor(self) -> float:
+        """The time-averaged factor of the two speeds: ``1 + slow_share x (slow_factor -
+        1)``."""
+        return 1.0 + self.slow_share * (self.slow_factor - 1.0)
 
     def cores(self, host: Host) -> int:
         """The cores ``host``'s processes share (at least one)."""

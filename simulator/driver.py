@@ -384,6 +384,9 @@ class Simulation(_HostCpuDriver):
         if fc is not None and fc.pause_rate_hz + fc.pause_rate_busy_hz > 0 and self.n:
             for fe in self._fes:  # each frontend's loop loses its CPU on its own
                 env.process(fe._pause_proc(fc))
+        hcfg = self.deployment.host_cpu
+        if hc and hcfg is not None and hcfg.speed_swings and self.n:
+            self._speed_procs(hcfg)
         for fe in self._fes:
             fe._ensure_timer()
         if self._nfe > 1:

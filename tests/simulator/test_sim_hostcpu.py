@@ -9,6 +9,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import simpy
 
@@ -399,6 +400,12 @@ def _toml(text: str) -> dict[str, object]:
          r"host_cpu: unknown field\(s\) \['steal_s'\]"),
         ("cpu_per_item_s = 2e-6", "cpu_per_item_s = -2e-6",
          r"models\[0\]\.cpu_per_item_s: expected CPU seconds >= 0, got -2e-06"),
+        ("loadgen_cpu_per_query_s = 20e-6", "slow_factor = 0.5",
+         r"host_cpu\.slow_factor: expected a factor >= 1 \(1: one speed\), got 0\.5"),
+        ("loadgen_cpu_per_query_s = 20e-6", "slow_share = 1",
+         r"host_cpu\.slow_share: expected a share in \[0, 1\), got 1"),
+        ("loadgen_cpu_per_query_s = 20e-6", "slow_dwell_s = 0",
+         r"host_cpu\.slow_dwell_s: expected seconds > 0, got 0"),
     ],
 )
 def test_config_errors_name_the_field(tmp_path: Path, old: str, new: str, message: str) -> None:
@@ -437,3 +444,67 @@ def test_without_host_cpu_runs_are_bit_identical_to_before() -> None:
         wake_s=5e-6, pause_rate_hz=50, pauses_s=(1e-3, 3e-3), timer_resolution_s=1e-3))
     assert base.host_cpu is None
     assert (_digest(base), _digest(fc)) == ("25b84e7ddf1583aa", "f148c5f9442bf48a")
+
+
+# --------------------------------------------------------------------------- two speeds
+
+def _speed_jobs(sliced: bool, jobs: list[tuple[str, float]],
+                changes: list[tuple[float, float]]) -> dict[str, float]:
+    """Jobs ``(process, demand)`` submitted at 0 on one core; the host's factor set to
+    ``f`` at each ``(t, f)``; each job's finish time."""
+    env = simpy.Environment()
+    host: HostCpuState | SlicedHostCpuState = (
+        SlicedHostCpuState(env, "h", 1, 1e-3) if sliced else HostCpuState(env, "h", 1))
+    out: dict[str, float] = {}
+    for name, d in jobs:
+        host.submit(host.proc(name), d, 0.0, lambda t, name=name: out.__setitem__(name, t))
+
+    def speed() -> object:
+        for t, f in changes:
+            yield env.timeout(t - env.now)
+            host.set_factor(f, env.now)
+
+    env.process(speed())
+    env.run()
+    return out
+
+
+@pytest.mark.parametrize("sliced", [False, True])
+def test_a_change_of_speed_applies_to_what_is_left(sliced: bool) -> None:
+    """A 1 s job slowed to half speed at 0.5 s ends at 0.5 + 0.5 x 2 = 1.5 s; sped up to
+    twice the speed at 0.5 s, at 0.75 s.  Two 1 s jobs sharing one core at half speed
+    from the start end together at 4 s (processor sharing) or, in 1 ms slices, within a
+    slice of each other around 4 s."""
+    assert _speed_jobs(sliced, [("a", 1.0)], [(0.5, 2.0)]) == {"a": pytest.approx(1.5)}
+    assert _speed_jobs(sliced, [("a", 1.0)], [(0.5, 0.5)]) == {"a": pytest.approx(0.75)}
+    two = _speed_jobs(sliced, [("a", 1.0), ("b", 1.0)], [(0.0, 2.0)])
+    assert max(two.values()) == pytest.approx(4.0)
+    assert min(two.values()) == pytest.approx(4.0, abs=2e-3 if sliced else 1e-9)
+
+
+def _swings(load: float, **speed: object) -> pd.DataFrame:
+    """One CPU-bound replica (2 ms batches of one) at ``load`` of its capacity, the host
+    switching speeds as ``speed`` says."""
+    prof = LatencyProfile(name="c", batch_sizes=(1,), levels=(0.0, 1.0),
+                          latency_s=((2e-3, 2e-3),))
+    dep = one_replica(1, prof, **speed)
+    return Simulation(dep, Workload(Poisson(load / 2e-3), n_queries=40_000), seed=3).run(
+        ).queries
+
+
+def test_speed_swings_keep_the_mean_and_lengthen_the_tail() -> None:
+    """A host slow (2x) a third of the time in 50 ms periods: at 5% load a query's mean
+    latency stays the one speed's 2 ms (the demands are time-averaged; arrivals see time
+    averages), while at 70% load the slow periods, each one an overload, stretch the
+    p99 to more than twice the one speed's; every query is answered either way, the
+    draws repeat with the seed, and ``slow_factor = 1`` is the one speed bit for bit."""
+    swing = {"slow_factor": 2.0, "slow_share": 1 / 3, "slow_dwell_s": 0.05}
+    calm_low = _swings(0.05)
+    low = _swings(0.05, **swing)
+    assert low["latency_s"].mean() == pytest.approx(calm_low["latency_s"].mean(), rel=0.05)
+    calm, swung = _swings(0.7), _swings(0.7, **swing)
+    assert swung["reply_at"].notna().all() and calm["reply_at"].notna().all()
+    assert swung["latency_s"].quantile(0.99) > 2 * calm["latency_s"].quantile(0.99)
+    assert _swings(0.7, **swing)["reply_at"].equals(swung["reply_at"])
+    off = _swings(0.7, slow_factor=1.0, slow_share=0.5)
+    assert off["reply_at"].equals(calm["reply_at"])
