@@ -2,8 +2,9 @@
 
     python -m clipperlab.calibration.fidelity --out results/validation [--level-s 10]
         [--repeats 3] [--ramps 3] [--ramp-resolution 1.1] [--busy warn|refuse|off]
-        [--quick] [--no-host-cpu]
+        [--quick] [--no-host-cpu] [--no-speed]
     python -m clipperlab.calibration.fidelity --out COPY_OF_A_RUN --resimulate [--no-refit]
+        [--slow FACTOR,SHARE,DWELL_MS]
 
 Models (``clipperlab.calibration.torch_models``; built in a temporary directory, nothing
 downloaded): the no-op container, a scikit-learn logistic regression (cheap) and a random
@@ -15,7 +16,11 @@ each ramp's answer in ``ramp_capacities_qps``; ``--repeats`` runs of ``--level-s
 seconds per level and side,
 medians; the machine sampled before each measurement, ``--busy``; the prediction is the
 twin with the host CPU model, ``sim+host``, unless ``--no-host-cpu``: the twin without
-it, ``sim+frontend``, is beside it in every table either way); outputs go to
+it, ``sim+frontend``, is beside it in every table either way; with ``--speed``, the
+default, the machine's speed is probed while each setting runs and the prediction's host
+switches between the two speeds found, ``slow_factor``, ``slow_share`` and
+``slow_dwell_ms`` in the table, the speed during the levels beside it as
+``speed_levels_*``); outputs go to
 ``OUT/<model>-<batching>/`` and the combined ``OUT/fidelity.csv`` (with the load each
 level ran under, the predicted capacity ``sim_capacity_qps``, the host CPU model's
 demands and each fitted number's interval as ``<name>_lo``/``<name>_hi``),
@@ -43,7 +48,7 @@ import pandas as pd
 
 from clipperlab.calibration.capacity import RAMP_RESOLUTION, RAMPS
 from clipperlab.calibration.outputs import format_table, write_outputs
-from clipperlab.calibration.quiet import BUSY_POLICIES
+from clipperlab.calibration.quiet import BUSY_POLICIES, HostSpeed
 from clipperlab.calibration.resimulate import (
     CALIBRATION_FILE,
     RUNS_FILE,
@@ -322,6 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slice-ms", type=float, default=None,
                     help="with --resimulate: the host CPU model's time slice in ms (0: "
                          "processor sharing; default: the kernel's, as a run fits it)")
+    ap.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True,
+                    help="probe the machine's speed while each setting runs and give the "
+                         "host CPU model's twin its two speeds (default %(default)s)")
+    ap.add_argument("--slow", default=None, metavar="FACTOR,SHARE,DWELL_MS",
+                    help="with --resimulate: the two speeds to refit the twin with (e.g. "
+                         "1.85,0.4,100: slow x1.85, 40%% of the time, 100 ms periods on "
+                         "average; default: each run's own, none before the probe)")
     ap.add_argument("--report-only", action="store_true",
                     help="no runs: rebuild fidelity.md/.png and the goal table from OUT/"
                          "fidelity.csv")
@@ -331,6 +343,18 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --slice-ms: expected milliseconds in [0, 1000], with --resimulate",
               file=sys.stderr)
         return 2
+    slow = None
+    if a.slow is not None:
+        try:
+            f, sh, dw = (float(x) for x in a.slow.split(","))
+            if not (a.resimulate and f >= 1 and 0 <= sh < 1 and dw > 0):
+                raise ValueError
+        except ValueError:
+            print(f"error: --slow {a.slow!r}: expected FACTOR,SHARE,DWELL_MS (a factor >= 1, "
+                  "a share in [0, 1), milliseconds > 0), with --resimulate", file=sys.stderr)
+            return 2
+        slow = HostSpeed(fast_ns=math.nan, slow_factor=f, slow_share=sh,
+                         slow_dwell_s=dw / 1e3, probes=0, span_s=math.nan)
     if a.ramps < 1 or not a.ramp_resolution > 1:
         print(f"error: --ramps {a.ramps} / --ramp-resolution {a.ramp_resolution}: expected "
               "at least 1 ramp and a ratio > 1", file=sys.stderr)
@@ -341,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                         adjust=None if sl is None else (
                             lambda c: dataclasses.replace(c, slice_s=sl / 1e3)
                             if c.host_cpus > 0 else c),
-                        log=lambda s: print(s, flush=True))
+                        speed=slow, log=lambda s: print(s, flush=True))
         rs.table.to_csv(out / "fidelity.csv", index=False, float_format="%.6g")
         for note in rs.notes:
             print(f"note: {note}")
@@ -373,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
                 res = validate(dep, wl, duration_s=0.5 if a.quick else a.level_s,
                                repeats=1 if a.quick else a.repeats, busy=a.busy,
                                ramps=a.ramps, ramp_resolution=a.ramp_resolution,
-                               host_cpu=a.host_cpu,
+                               host_cpu=a.host_cpu, speed=a.speed,
                                log=lambda s: print(s, flush=True), **kw)  # type: ignore[arg-type]
                 print(format_table(res), flush=True)
                 sub = out / f"{model}-{bname}"
@@ -406,6 +430,15 @@ def main(argv: list[str] | None = None) -> int:
                 t["loadgen_cpu_us"] = c.loadgen_cpu_per_query_s * 1e6
                 t["loadgen_wake_us"] = c.loadgen_wake_s * 1e6
                 t["slice_ms"] = c.slice_s * 1e3
+                t["slow_factor"] = c.slow_factor
+                t["slow_share"] = c.slow_share
+                t["slow_dwell_ms"] = c.slow_dwell_s * 1e3
+                for when, sp in (("calib", res.speed_calib), ("levels", res.speed_levels)):
+                    if sp is not None:  # as measured, also where the twin kept one speed
+                        t[f"speed_{when}_fast_ns"] = sp.fast_ns
+                        t[f"speed_{when}_factor"] = sp.slow_factor
+                        t[f"speed_{when}_slow_share"] = sp.slow_share
+                        t[f"speed_{when}_dwell_ms"] = sp.slow_dwell_s * 1e3
                 other = res.calibrations.get("sim+frontend")
                 if other is not None and other is not c:  # the pause term without the model
                     t["plain_pause_rate_hz"] = other.pause_rate_hz if other.pauses_s else 0.0

@@ -25,7 +25,7 @@ import pandas as pd
 
 from clipperlab.calibration.fit import Calibration, CpuRun
 from clipperlab.calibration.intervals import Interval
-from clipperlab.calibration.quiet import LoadSample
+from clipperlab.calibration.quiet import HostSpeed, LoadSample
 from clipperlab.report.tables import markdown_table, text_table
 from clipperlab.simulator import LatencyProfile, save_profile
 
@@ -77,6 +77,10 @@ class ValidationResult:
     low_seen: dict[str, float] = field(default_factory=dict)
     calib_qps: float = math.nan
     ramp_capacities: list[float] = field(default_factory=list)  # each ramp's, in order
+    # the machine's two speeds (``quiet.fit_speed``) while the calibration's runs ran and
+    # while the levels ran; None when not probed
+    speed_calib: HostSpeed | None = None
+    speed_levels: HostSpeed | None = None
 
     @property
     def capacity_error(self) -> float:

@@ -30,6 +30,28 @@ Rules:
   granularity, the slice with more runnable tasks than its 6 ms period allows).
 - ``python -m clipperlab.calibration.quiet --busy refuse`` prints the sample and exits 3
   when the machine is busy (the gate of ``scripts/remeasure.sh``).
+
+The machine's speed.  A virtual machine's core is not always as fast: measured on this
+project's 2-core VM (Firecracker, KVM), the same Python loop took 1.0-1.15 us an
+iteration or 1.85-2.3 us, switching every few tens of milliseconds to seconds with the VM
+itself idle (1-4% busy, no steal): other tenants on the physical core.  Load average and
+CPU shares cannot see it; a loop timed in the thread's own CPU time can.
+- ``speed_probe_ns(n)``: nanoseconds of this thread's CPU time per iteration of a fixed
+  loop of Python work (objects, a dict, string formatting, a list: what a server's
+  request path does), over ``n`` iterations (``PROBE_ITERATIONS``: about half a
+  millisecond on the fast state).
+- ``SpeedMonitor``: a process (``--speed-trace FILE``) that takes one probe every
+  ``interval_s`` (``SPEED_INTERVAL_S``, 25 ms: about 2% of a core) while a measurement
+  runs, and ``trace()`` reads what it wrote: ``(monotonic time, ns)`` pairs.
+- ``fit_speed(t, ns)`` turns a trace into ``HostSpeed``: the fast level (the 10th
+  percentile), a probe slower than ``SLOW_THRESHOLD`` (1.4) times it is slow; the slow
+  factor is the median slow probe over the median fast one, the slow share the share of
+  slow probes, the mean slow period the slow probes' time over their runs (a run: slow
+  probes in a row).  Fewer than ``MIN_PROBES`` probes: ``None``.  A machine slow all
+  along shows one speed (its fast level is the slow one): factor 1, which is right for
+  the twin, whose demands were measured at that speed.
+- ``python -m clipperlab.calibration.quiet --speed SECONDS`` prints a fit over that many
+  seconds of probes.
 """
 
 from __future__ import annotations
@@ -37,11 +59,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 from .errors import CalibrationError
 
@@ -50,9 +75,13 @@ __all__ = [
     "MAX_LOADAVG_PER_CORE",
     "MAX_OTHER_CPU_SHARE",
     "BusyMachineError",
+    "HostSpeed",
     "LoadSample",
+    "SpeedMonitor",
+    "fit_speed",
     "guard",
     "machine_load",
+    "speed_probe_ns",
 ]
 
 BUSY_POLICIES = ("warn", "refuse", "off")
@@ -60,6 +89,10 @@ MAX_OTHER_CPU_SHARE = 0.2
 MAX_LOADAVG_PER_CORE = 1.0
 WINDOW_S = 0.5
 SETTLE_STEP_S = 5.0
+PROBE_ITERATIONS = 400
+SPEED_INTERVAL_S = 0.025
+SLOW_THRESHOLD = 1.4
+MIN_PROBES = 20
 _LOG = logging.getLogger(__name__)
 
 
@@ -200,6 +233,145 @@ def machine_load(window_s: float = WINDOW_S, *, own_pids: Iterable[int] | None =
     return LoadSample(loadavg_1m=loadavg, cpus=cpus, other_cpu_share=share, window_s=window_s)
 
 
+# --------------------------------------------------------------------------- speed
+
+
+class _Item:
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: int, b: float) -> None:
+        self.a = a
+        self.b = b
+
+
+def _probe_work(n: int) -> int:
+    d: dict[int, _Item] = {}
+    acc = 0
+    for i in range(n):
+        p = _Item(i, i * 0.5)
+        d[i & 63] = p
+        k = (i * 7) & 63
+        if k in d:
+            acc += d[k].a
+        acc += len(f"{i}:{p.b}")
+        acc += sum([i, i + 1, i + 2])
+    return acc
+
+
+def speed_probe_ns(n: int = PROBE_ITERATIONS) -> float:
+    """Nanoseconds of this thread's CPU time per iteration of the fixed loop."""
+    t0 = time.thread_time_ns()
+    _probe_work(n)
+    return (time.thread_time_ns() - t0) / n
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostSpeed:
+    """The machine's two speeds, fitted from a probe trace (``fit_speed``)."""
+
+    fast_ns: float  # a probe iteration on the fast state
+    slow_factor: float  # the slow state's probe over the fast one's (1: one speed)
+    slow_share: float  # of the probes
+    slow_dwell_s: float  # mean slow period (s); NaN without one
+    probes: int
+    span_s: float
+
+    def describe(self) -> str:
+        if self.slow_factor <= 1.0 or self.slow_share <= 0.0:
+            return (f"one speed ({self.fast_ns:.0f} ns a probe iteration; {self.probes} "
+                    f"probes over {self.span_s:.0f} s)")
+        return (f"slow {self.slow_share:.0%} of the time, by x{self.slow_factor:.2f} "
+                f"(fast: {self.fast_ns:.0f} ns a probe iteration), in periods of "
+                f"{self.slow_dwell_s * 1e3:.0f} ms on average ({self.probes} probes over "
+                f"{self.span_s:.0f} s)")
+
+
+def fit_speed(t: Sequence[float], ns: Sequence[float],
+              threshold: float = SLOW_THRESHOLD) -> HostSpeed | None:
+    """Two speeds from a probe trace (see the module's rules)."""
+    if len(ns) < MIN_PROBES or len(t) != len(ns):
+        return None
+    srt = sorted(ns)
+    fast_level = srt[len(srt) // 10]
+    slow = [v > threshold * fast_level for v in ns]
+    n_slow = sum(slow)
+    span = float(t[-1] - t[0])
+    step = span / (len(t) - 1) if len(t) > 1 else 0.0
+    if n_slow == 0 or n_slow == len(ns):
+        return HostSpeed(fast_ns=statistics.median(ns), slow_factor=1.0, slow_share=0.0,
+                         slow_dwell_s=float("nan"), probes=len(ns), span_s=span)
+    fast_med = statistics.median(v for v, s in zip(ns, slow, strict=True) if not s)
+    slow_med = statistics.median(v for v, s in zip(ns, slow, strict=True) if s)
+    runs = sum(1 for i, s in enumerate(slow) if s and (i == 0 or not slow[i - 1]))
+    return HostSpeed(fast_ns=fast_med, slow_factor=slow_med / fast_med,
+                     slow_share=n_slow / len(ns), slow_dwell_s=n_slow * step / runs,
+                     probes=len(ns), span_s=span)
+
+
+def _speed_trace(path: str, interval_s: float) -> None:
+    """The monitor's process: a probe every ``interval_s``, one line each, until killed."""
+    with open(path, "a", buffering=1) as f:
+        while True:
+            t = time.monotonic()
+            f.write(f"{t:.6f} {speed_probe_ns():.1f}\n")
+            time.sleep(max(interval_s - (time.monotonic() - t), 0.0))
+
+
+class SpeedMonitor:
+    """Probes the machine's speed in a process of its own while a measurement runs (see
+    the module's rules); ``fit(since)`` fits the probes taken since a ``time.monotonic``
+    moment, ``trace()`` returns them all."""
+
+    def __init__(self, path: str | Path, interval_s: float = SPEED_INTERVAL_S) -> None:
+        if not interval_s > 0:
+            raise CalibrationError(f"speed probe interval must be > 0 s, got {interval_s}")
+        self.path = Path(path)
+        self.interval_s = interval_s
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> SpeedMonitor:
+        self.path.write_text("")
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "clipperlab.calibration.quiet", "--speed-trace",
+             str(self.path), "--interval-ms", f"{self.interval_s * 1e3:g}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+    def trace(self, since: float = -float("inf")) -> tuple[list[float], list[float]]:
+        t: list[float] = []
+        ns: list[float] = []
+        try:
+            lines = self.path.read_text().splitlines()
+        except OSError:
+            return t, ns
+        for line in lines:
+            parts = line.split()
+            if len(parts) != 2:
+                continue  # a line being written
+            try:
+                a, b = float(parts[0]), float(parts[1])
+            except ValueError:
+                continue
+            if a >= since:
+                t.append(a)
+                ns.append(b)
+        return t, ns
+
+    def fit(self, since: float = -float("inf")) -> HostSpeed | None:
+        return fit_speed(*self.trace(since))
+
+
 # --------------------------------------------------------------------------- the guard
 
 
@@ -247,7 +419,20 @@ def main(argv: list[str] | None = None) -> int:
                          "%(default)s)")
     ap.add_argument("--settle-s", type=float, default=0.0,
                     help="with refuse: wait up to this many seconds for quiet (default 0)")
+    ap.add_argument("--speed", type=float, default=0.0, metavar="SECONDS",
+                    help="also probe the machine's speed for this many seconds and print "
+                         "its two speeds (default 0: no probe)")
+    ap.add_argument("--speed-trace", help=argparse.SUPPRESS)  # SpeedMonitor's process
+    ap.add_argument("--interval-ms", type=float, default=SPEED_INTERVAL_S * 1e3,
+                    help="milliseconds between speed probes (default %(default)s)")
     a = ap.parse_args(argv)
+    if not a.interval_ms > 0:
+        ap.error(f"--interval-ms must be > 0, got {a.interval_ms:g}")
+    if a.speed_trace:
+        _speed_trace(a.speed_trace, a.interval_ms / 1e3)
+        return 0
+    if a.speed < 0:
+        ap.error(f"--speed must be >= 0 seconds, got {a.speed:g}")
     try:
         s = guard(a.busy, max_other_cpu_share=a.max_other_cpu_share,
                   max_loadavg_per_core=a.max_loadavg_per_core, settle_s=a.settle_s,
@@ -256,6 +441,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 3
     print(s.describe() if s is not None else "not sampled (--busy off)")
+    if a.speed > 0:
+        t: list[float] = []
+        ns: list[float] = []
+        end = time.monotonic() + a.speed
+        while (now := time.monotonic()) < end:
+            t.append(now)
+            ns.append(speed_probe_ns())
+            time.sleep(max(a.interval_ms / 1e3 - (time.monotonic() - now), 0.0))
+        sp = fit_speed(t, ns)
+        print("speed: " + (sp.describe() if sp is not None else
+                           f"too few probes ({len(ns)}; at least {MIN_PROBES})"))
     return 0
 
 

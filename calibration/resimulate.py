@@ -40,6 +40,7 @@ import pandas as pd
 
 from clipperlab.calibration.errors import CalibrationError
 from clipperlab.calibration.fit import Calibration, ContainerCpu, CpuRun
+from clipperlab.calibration.quiet import HostSpeed
 from clipperlab.calibration.runs import retime, sim_run, ticked
 from clipperlab.calibration.server import model_specs, real_deployment
 from clipperlab.calibration.twin import sim_deployment
@@ -151,6 +152,9 @@ def stored_calibrations(row: Mapping[str, Any], summary: str) -> dict[str, Calib
         loadgen_cpu_per_query_s=_num(row, "loadgen_cpu_us") / 1e6 if host else 0.0,
         loadgen_wake_s=_num(row, "loadgen_wake_us") / 1e6 if host else 0.0,
         slice_s=_num(row, "slice_ms") / 1e3 if host else 0.0,
+        slow_factor=_num(row, "slow_factor", 1.0) if host else 1.0,
+        slow_share=_num(row, "slow_share") if host else 0.0,
+        slow_dwell_s=_num(row, "slow_dwell_ms", 100.0) / 1e3 if host else 0.1,
     )
     return {"sim+host" if host else "sim+frontend": c}
 
@@ -172,11 +176,15 @@ def _level_s(summary: str, default: float) -> float:
 def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: int = 0,
                refit: bool = True,
                adjust: Callable[[Calibration], Calibration] | None = None,
+               speed: HostSpeed | None = None,
                log: Log = print) -> Resimulated:
     """The simulator's side of the fidelity run in ``out`` again (module rules); with
     ``refit`` the calibration is fitted again where the run stored what it was fitted on
     (``runs.npz``); ``adjust``, when given, is applied to every calibration (a model
-    change that needs no re-measurement)."""
+    change that needs no re-measurement); ``speed``, when given, is the machine's two
+    speeds the host CPU model's twin is refitted with (instead of the run's own: a run
+    from before the speed probe has none), a setting without stored runs taking it
+    as it is."""
     csv = out / "fidelity.csv"
     if not csv.exists():
         raise CalibrationError(f"{csv} does not exist: --resimulate needs a fidelity run's "
@@ -204,8 +212,10 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
         app, specs = model_specs(dep, workload.app)
         if refit and (folder / RUNS_FILE).exists():
             calibs = _refit(folder / RUNS_FILE, dep, app, specs, workload, profiles, calibs,
-                            seed, reps, log)
+                            seed, reps, log, speed)
             notes.append(f"{model}-{batching}: calibration fitted again on {RUNS_FILE}")
+        elif speed is not None:
+            calibs = {m: with_speed(c, speed) for m, c in calibs.items()}
         if adjust is not None:
             calibs = {m: adjust(c) for m, c in calibs.items()}
         for mode, calib in calibs.items():
@@ -237,7 +247,10 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
                        ("batch_cpu_us", calib.batch_cpu_s * 1e6),
                        ("loadgen_cpu_us", calib.loadgen_cpu_per_query_s * 1e6),
                        ("loadgen_wake_us", calib.loadgen_wake_s * 1e6),
-                       ("slice_ms", calib.slice_s * 1e3)):
+                       ("slice_ms", calib.slice_s * 1e3),
+                       ("slow_factor", calib.slow_factor),
+                       ("slow_share", calib.slow_share),
+                       ("slow_dwell_ms", calib.slow_dwell_s * 1e3)):
             if col in g.columns or calib.host_cpus > 0:
                 g[col] = v
         log(f"{model}-{batching}: capacity measured {measured:,.0f} q/s, predicted "
@@ -262,11 +275,30 @@ def _deployment(toml: Path, tmp: Path) -> Any:
 
 
 
+def stored_speed(calibs: Mapping[str, Calibration]) -> HostSpeed | None:
+    """The two speeds a run's host CPU model twin was fitted with (None: one speed)."""
+    for c in calibs.values():
+        if c.host_cpus > 0 and c.slow_factor > 1.0 and c.slow_share > 0.0:
+            return HostSpeed(fast_ns=math.nan, slow_factor=c.slow_factor,
+                             slow_share=c.slow_share, slow_dwell_s=c.slow_dwell_s,
+                             probes=0, span_s=math.nan)
+    return None
+
+
+def with_speed(c: Calibration, speed: HostSpeed) -> Calibration:
+    """``c`` with ``speed``'s two speeds when it has the host CPU model (else as it is)."""
+    if c.host_cpus <= 0:
+        return c
+    return dataclasses.replace(c, slow_factor=speed.slow_factor, slow_share=speed.slow_share,
+                               slow_dwell_s=speed.slow_dwell_s)
+
+
 def _refit(path: Path, dep: Any, app: Any, specs: Any, workload: Workload,
            profiles: dict[str, Any], stored: Mapping[str, Calibration], seed: int,
-           repeats: int, log: Log) -> dict[str, Calibration]:
+           repeats: int, log: Log, speed: HostSpeed | None = None) -> dict[str, Calibration]:
     """Every twin's calibration fitted again on the stored runs (``validation``'s step 5,
-    ``calibrate_twin``), the measured capacity and the ramp's CPU per query as stored."""
+    ``calibrate_twin``), the measured capacity and the ramp's CPU per query as stored;
+    the two speeds ``speed``, else the run's own."""
     from clipperlab.calibration.validation import Setup, calibrate_twin
 
     runs, low, low_seen, calib_qps = load_runs(path, workload)
@@ -277,5 +309,6 @@ def _refit(path: Path, dep: Any, app: Any, specs: Any, workload: Workload,
                   workload, dict(profiles), seed, log, "off", repeats)
     calibs, _ = calibrate_twin(runs, setup, low, low_seen, ref.capacity_qps,
                                ref.frontend_cost_s, calib_qps,
-                               host_cpu=any(c.host_cpus > 0 for c in stored.values()))
+                               host_cpu=any(c.host_cpus > 0 for c in stored.values()),
+                               speed=speed if speed is not None else stored_speed(stored))
     return dict(calibs)

@@ -70,7 +70,10 @@ def sim_deployment(
         hcpu = HostCPU(cpus=calibration.host_cpus,
                        loadgen_cpu_per_query_s=calibration.loadgen_cpu_per_query_s,
                        loadgen_wake_s=calibration.loadgen_wake_s,
-                       slice_s=calibration.slice_s)
+                       slice_s=calibration.slice_s,
+                       slow_factor=calibration.slow_factor,
+                       slow_share=calibration.slow_share,
+                       slow_dwell_s=calibration.slow_dwell_s)
         cpu = {m: (b, i) for m, b, i in calibration.container_cpu}
     mds = [
         ModelDeployment(spec=spec, profile=scaled(

@@ -43,7 +43,11 @@ Theory of operation (``validate``, one function per step):
      per wake-up, fitted together (``fit_frontend``); uvloop's millisecond timers;
    - ``sim+host`` only, the host CPU model (``simulator.HostCPU`` on ``os.cpu_count()``
      cores): each container's CPU per batch and per item (``fit_container_cpu``), the
-     generator's CPU per query (``fit_loadgen_cpu``);
+     generator's CPU per query (``fit_loadgen_cpu``), and, with ``speed`` (the default),
+     the machine's two speeds while steps 3-4 ran (``quiet.SpeedMonitor`` probes it from
+     step 3 to the end; ``quiet.fit_speed``; ``HostCPU.slow_factor``, ``slow_share``,
+     ``slow_dwell_s``), so that the twin's host is slow when and as long as this one
+     was; the levels' own speed is recorded beside it (``res.speed_levels``);
    - per twin, what it still misses (``fit_unexplained``), so that contention the host
      CPU model explains is not fitted as pauses:
    - pauses (``fit_pauses``, ``tune_pause_rate``): late queries in the low-load runs give
@@ -83,9 +87,12 @@ All latency statistics come from ``clipperlab.report.latency.summarise`` for bot
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
+import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,7 +132,14 @@ from clipperlab.calibration.intervals import Interval, bootstrap
 from clipperlab.calibration.loadgen import run_load
 from clipperlab.calibration.outputs import METRICS, ValidationResult, relative_errors
 from clipperlab.calibration.profiler import ProfileSpec, profile_model
-from clipperlab.calibration.quiet import BUSY_POLICIES, guard, kernel_slice_s
+from clipperlab.calibration.quiet import (
+    BUSY_POLICIES,
+    HostSpeed,
+    LoadSample,
+    SpeedMonitor,
+    guard,
+    kernel_slice_s,
+)
 from clipperlab.calibration.runs import (
     RealRun,
     from_send,
@@ -186,6 +200,7 @@ def validate(
     connections: int = 8,
     seed: int = 0,
     host_cpu: bool = True,
+    speed: bool = True,
     log: Log = print,
 ) -> ValidationResult:
     """Run the comparison described in the module docstring, step by step."""
@@ -214,6 +229,25 @@ def validate(
                   workload, profs, seed, log, busy, repeats, ramps, ramp_resolution,
                   ramp_restart)
     la0 = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        mon = (stack.enter_context(SpeedMonitor(Path(tmp) / "speed.txt"))
+               if speed and host_cpu else None)
+        return _validate(dep, app, models, setup, workload, profs, load0, la0, mon,
+                         levels, duration_s, repeats, capacity_qps, calib_qps, calib_s,
+                         ramp_s, ramp_step, ramp_start_qps, ramps, api, connections, seed,
+                         host_cpu, log)
+
+
+def _validate(dep: RealDeployment, app: Application,
+              models: Sequence[tuple[ModelSpec, int, dict[str, Any]]], setup: Setup,
+              workload: Workload, profs: dict[str, LatencyProfile], load0: LoadSample | None,
+              la0: float, mon: SpeedMonitor | None, levels: Sequence[float],
+              duration_s: float, repeats: int, capacity_qps: float | None,
+              calib_qps: float, calib_s: float, ramp_s: float, ramp_step: float,
+              ramp_start_qps: float, ramps: int, api: str, connections: int, seed: int,
+              host_cpu: bool, log: Log) -> ValidationResult:
+    """``validate`` from step 3 on (``mon``: the speed monitor, running)."""
+    speed_calib = speed_levels = None
     with ServerProcess(dep, cache=workload.cacheable) as srv:
         srv.wait_ready(workload.app)
         log(f"server up at {srv.url}; calibration at {calib_qps:g} q/s ...")
@@ -232,11 +266,21 @@ def validate(
         else:
             caps = [float(capacity_qps)]
         low_cpu = low.cpu_run()
+        if mon is not None:
+            speed_calib = mon.fit()
+            log("  the machine's speed while calibrating: " + (
+                speed_calib.describe() if speed_calib is not None else "too few probes"))
         calibs, intervals = calibrate_twin(bench.kept, setup, low_cpu, low.seen,
-                                           float(capacity_qps), cost_s, calib_qps, host_cpu)
+                                           float(capacity_qps), cost_s, calib_qps, host_cpu,
+                                           speed_calib)
         calib = calibs[-1][1]  # the prediction: with the host CPU model when asked
         intervals["capacity_qps"] = bootstrap(caps, seed=seed)
+        levels_from = time.monotonic()
         rows = run_levels(bench, setup, calibs, levels, float(capacity_qps), duration_s)
+        if mon is not None:
+            speed_levels = mon.fit(levels_from)
+            log("  the machine's speed during the levels: " + (
+                speed_levels.describe() if speed_levels is not None else "too few probes"))
     predicted = predict_capacity(setup, calib, float(capacity_qps), ramp_s, ramp_step,
                                  ramp_start_qps)
     log(f"capacity: measured {intervals['capacity_qps'].format('{:,.0f}')} q/s (median of "
@@ -253,6 +297,7 @@ def validate(
     res.runs, res.low_run, res.low_seen = list(bench.kept), low_cpu, dict(low.seen)
     res.calib_qps = calib_qps
     res.ramp_capacities = list(caps)
+    res.speed_calib, res.speed_levels = speed_calib, speed_levels
     return res
 
 
@@ -404,7 +449,7 @@ def ramp_to_capacity(bench: Bench, setup: Setup, cost_s: float, start_qps: float
 
 def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
                    low_seen: Mapping[str, float], capacity_qps: float, cost_s: float,
-                   calib_qps: float, host_cpu: bool = False
+                   calib_qps: float, host_cpu: bool = False, speed: HostSpeed | None = None
                    ) -> tuple[list[tuple[str, Calibration]], dict[str, Interval]]:
     """Step 5: the twin's calibrations from the kept runs (never from the levels; the
     overloaded ones, ``CpuRun.overloaded``, for the loop's and the containers' CPU
@@ -432,14 +477,17 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
     _log_loop(setup.log, calib, runs, low_seen, slow, extra_s, calib_qps)
     out = [("sim+frontend", calib)]
     if host_cpu:
-        hc = host_cpu_demands(runs, calib, good)
+        hc = host_cpu_demands(runs, calib, good, speed)
         setup.log(f"  the host CPU model: {hc.host_cpus} cores shared by the loop, the "
                   "containers (" + (", ".join(
                       f"{m} {b * 1e6:.0f} us/batch + {i * 1e6:.1f} us/item"
                       for m, b, i in hc.container_cpu) or "their whole profile draw")
                   + f") and the generator ({hc.loadgen_cpu_per_query_s * 1e6:.1f} us/query + "
                     f"{hc.loadgen_wake_s * 1e6:.0f} us/wake-up); time slices of "
-                    f"{hc.slice_s * 1e3:g} ms")
+                    f"{hc.slice_s * 1e3:g} ms; " + (
+                        f"slow x{hc.slow_factor:.2f} {hc.slow_share:.0%} of the time in "
+                        f"{hc.slow_dwell_s * 1e3:.0f} ms periods" if hc.slow_share > 0
+                        else "one speed"))
         out.append(("sim+host", hc))
     for k, (mode, c) in enumerate(out):
         c, pause_iv = fit_unexplained(good, setup, low, c, calib_qps, mode)
@@ -455,18 +503,25 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
 
 
 def host_cpu_demands(runs: Sequence[CpuRun], calib: Calibration,
-                     good: Sequence[CpuRun] | None = None) -> Calibration:
+                     good: Sequence[CpuRun] | None = None,
+                     speed: HostSpeed | None = None) -> Calibration:
     """``calib`` with the host CPU model on: this machine's cores
     (``os.cpu_count()``), each container's CPU per batch and per item
     (``fit_container_cpu`` over ``runs``), the generator's CPU per query and per wake-up
-    (``fit_loadgen`` over ``good``, the runs that met the SLO; default ``runs``) and the
-    kernel's time slice (``quiet.kernel_slice_s``: not fitted, the scheduler's own)."""
+    (``fit_loadgen`` over ``good``, the runs that met the SLO; default ``runs``), the
+    kernel's time slice (``quiet.kernel_slice_s``: not fitted, the scheduler's own) and
+    the machine's two speeds when ``speed`` found two (``quiet.fit_speed``)."""
     gen = fit_loadgen(runs if good is None else good)
+    two = (speed is not None and speed.slow_factor > 1.0 and 0.0 < speed.slow_share < 1.0
+           and math.isfinite(speed.slow_dwell_s) and speed.slow_dwell_s > 0)
     return dataclasses.replace(calib, host_cpus=os.cpu_count() or 1,
                                container_cpu=fit_container_cpu(runs),
                                loadgen_cpu_per_query_s=gen.per_query_s,
                                loadgen_wake_s=gen.per_wake_s,
-                               slice_s=kernel_slice_s())
+                               slice_s=kernel_slice_s(),
+                               slow_factor=speed.slow_factor if two and speed else 1.0,
+                               slow_share=speed.slow_share if two and speed else 0.0,
+                               slow_dwell_s=speed.slow_dwell_s if two and speed else 0.1)
 
 
 def fit_unexplained(runs: Sequence[CpuRun], setup: Setup, low: CpuRun, calib: Calibration,

@@ -12,7 +12,9 @@ median), then runs the workload at
 each ``--levels`` fraction of capacity for ``--level-s`` seconds, ``--repeats`` times on
 the real server and in the simulator (medians; with ``--host-cpu``, the default, the
 twin also shares the machine's cores among the loop, the containers and the generator:
-``sim+host``); prints the table (throughput,
+``sim+host``; with ``--speed``, the default, a probe follows the machine's speed while the
+real runs go and the twin's host switches between the two speeds it found); prints the
+table (throughput,
 mean/p50/p90/p99, relative error), the capacity measured and predicted by the twin, the
 fitted numbers as ``value [lo, hi]``, and writes ``validation.csv``, ``errors.csv``,
 ``validation.png``, ``summary.md`` and the measured profiles to ``--out``.  See
@@ -75,6 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the containers and the load generator (their CPU fitted from "
                              "/proc), and is fitted and predicts with it; the twin without it "
                              "stays in the table as sim+frontend (default: on)")
+    parser.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True,
+                        help="probe this machine's speed (a fixed Python loop every 25 ms, "
+                             "about 2%% of a core) while the real runs go, and give the "
+                             "host CPU model's twin the two speeds found (a virtual "
+                             "machine's cores can run 2x slower for seconds; default: on)")
     parser.add_argument("--out", default="", help="directory for the outputs")
 
 
@@ -110,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
             batch_sizes=parse_batch_sizes(args.batch_sizes),
             profile_repeats=args.profile_repeats, api=args.api,
             connections=args.connections, seed=args.seed, host_cpu=args.host_cpu,
+            speed=args.speed,
         )
     except CalibrationError as e:
         raise CLIError(str(e)) from None

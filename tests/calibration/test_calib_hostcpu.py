@@ -83,6 +83,12 @@ def test_twin_with_the_host_cpu_model_has_the_fitted_demands(tmp_path: Path) -> 
     bare = sim_deployment(dep, "hello", {"noop": prof},
                           calibration=dataclasses.replace(calib, container_cpu=()))
     assert bare.host_cpu is not None and bare.models[0].cpu_demand_s(4, 0.3) == 0.3
+    # the machine's two speeds go to the twin's host
+    swung = sim_deployment(dep, "hello", {"noop": prof}, calibration=dataclasses.replace(
+        calib, slow_factor=1.8, slow_share=0.4, slow_dwell_s=0.12))
+    assert swung.host_cpu == HostCPU(cpus=3, loadgen_cpu_per_query_s=25e-6, slice_s=1.5e-3,
+                                     slow_factor=1.8, slow_share=0.4, slow_dwell_s=0.12)
+    assert swung.host_cpu.speed_swings and not twin.host_cpu.speed_swings
 
 
 # --------------------------------------------------------------------------- the fits
@@ -218,7 +224,10 @@ def test_validate_flag_reaches_validate(argv: list[str], expected: bool,
     dep = tmp_path / "deploy.toml"
     dep.write_text(NOOP_DEPLOY)
     rc = main(["validate", "--deployment", str(dep), "--workload", str(wl), *argv])
-    assert rc == 2 and seen["host_cpu"] is expected
+    assert rc == 2 and seen["host_cpu"] is expected and seen["speed"] is True
+    rc = main(["validate", "--deployment", str(dep), "--workload", str(wl), *argv,
+               "--no-speed"])
+    assert rc == 2 and seen["speed"] is False
     parser = argparse.ArgumentParser()
     validate_cmd.add_arguments(parser)
     ns = parser.parse_args(["--deployment", "d", "--workload", "w", *argv])

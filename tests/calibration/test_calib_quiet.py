@@ -4,17 +4,24 @@ it reads, and what each policy does with a busy or a quiet sample."""
 from __future__ import annotations
 
 import logging
+import math
+import time
 from pathlib import Path
 
 import pytest
 
 from clipperlab.calibration.errors import CalibrationError
 from clipperlab.calibration.quiet import (
+    MIN_PROBES,
     BusyMachineError,
     LoadSample,
+    SpeedMonitor,
+    fit_speed,
     guard,
     kernel_slice_s,
     machine_load,
+    main,
+    speed_probe_ns,
 )
 
 
@@ -165,3 +172,65 @@ def test_kernel_slice_reads_debugfs_when_it_can(tmp_path: Path) -> None:
     """Where the scheduler's ``base_slice_ns`` is readable, that is the slice."""
     (tmp_path / "base_slice_ns").write_text("3000000\n")
     assert kernel_slice_s(Path("/proc"), tmp_path) == pytest.approx(3e-3)
+
+
+# --------------------------------------------------------------------------- speed
+
+
+def test_fit_speed_finds_the_two_speeds_of_a_trace() -> None:
+    """Probes every 25 ms: 4 slow (1,850 ns, with a little noise) then 8 fast (1,000 ns),
+    over and over: slow a third of the time, by x1.85, in 100 ms periods."""
+    pattern = [1850.0] * 4 + [1000.0] * 8
+    ns = [v * (1 + 0.01 * ((i * 7) % 3 - 1)) for i, v in enumerate(pattern * 20)]
+    t = [0.025 * i for i in range(len(ns))]
+    sp = fit_speed(t, ns)
+    assert sp is not None
+    assert sp.slow_share == pytest.approx(1 / 3)
+    assert sp.slow_factor == pytest.approx(1.85, rel=0.02)
+    assert sp.fast_ns == pytest.approx(1000.0, rel=0.02)
+    assert sp.slow_dwell_s == pytest.approx(0.1, rel=0.01)
+    assert sp.probes == len(ns) and "slow 33% of the time, by x1.8" in sp.describe()
+
+
+def test_fit_speed_with_one_speed_or_too_few_probes() -> None:
+    """A machine at one speed all along (fast or slow) shows factor 1 and no slow share;
+    fewer than ``MIN_PROBES`` probes say nothing."""
+    flat = [2000.0 + (i % 5) for i in range(100)]
+    sp = fit_speed([0.025 * i for i in range(100)], flat)
+    assert sp is not None and (sp.slow_factor, sp.slow_share) == (1.0, 0.0)
+    assert math.isnan(sp.slow_dwell_s) and sp.describe().startswith("one speed")
+    short = MIN_PROBES - 1
+    assert fit_speed([0.025 * i for i in range(short)], flat[:short]) is None
+
+
+def test_speed_monitor_probes_in_its_own_process_until_stopped(tmp_path: Path) -> None:
+    """The monitor's process writes probes (positive nanoseconds, time in order) until the
+    block ends; then it is gone and the trace stops growing; ``fit(since)`` sees only the
+    probes after ``since``."""
+    path = tmp_path / "speed.txt"
+    with SpeedMonitor(path, interval_s=0.005) as mon:
+        until = time.monotonic() + 60
+        while len(mon.trace()[0]) < 2 * MIN_PROBES and time.monotonic() < until:
+            time.sleep(0.05)
+        t, ns = mon.trace()
+        assert len(t) >= 2 * MIN_PROBES
+        assert all(v > 0 for v in ns) and t == sorted(t)
+        assert mon.fit() is not None
+        assert len(mon.trace(since=t[MIN_PROBES])[0]) < len(mon.trace()[0])
+    n = len(mon.trace()[0])
+    time.sleep(0.1)
+    assert len(mon.trace()[0]) == n
+    with pytest.raises(CalibrationError, match="interval must be > 0 s, got 0"):
+        SpeedMonitor(path, interval_s=0)
+
+
+def test_speed_probe_and_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    """A probe takes this thread's CPU time (positive); ``--speed`` prints a fit or why
+    there is none; a bad interval is a usage error."""
+    assert speed_probe_ns(50) > 0
+    assert main(["--busy", "off", "--speed", "0.3", "--interval-ms", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "speed: " in out
+    with pytest.raises(SystemExit) as e:
+        main(["--busy", "off", "--interval-ms", "0"])
+    assert e.value.code == 2

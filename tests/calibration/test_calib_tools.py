@@ -193,6 +193,12 @@ def test_validate_tiny(tmp_path: Path) -> None:
     assert res.calibration.loadgen_cpu_per_query_s > 0
     assert res.calibrations["sim+frontend"].host_cpus == 0
     assert res.calibrations["sim+host"] is res.calibration
+    # the speed probe ran beside the runs (the default): fits for the calibration's runs
+    # and for the levels, and the twin's host got the calibration's when it saw two
+    assert res.speed_calib is not None and res.speed_levels is not None
+    assert res.speed_calib.probes >= 20 and res.speed_calib.fast_ns > 0
+    two = res.speed_calib.slow_factor > 1.0 and res.speed_calib.slow_share > 0.0
+    assert (res.calibration.slow_share > 0.0) is two
     files = write_outputs(res, tmp_path / "v")
     assert (tmp_path / "v" / "validation.png") in files
     assert "| 50% | real |" in (tmp_path / "v" / "summary.md").read_text()
