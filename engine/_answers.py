@@ -13,15 +13,20 @@ inputs, at most ``remember_queries`` of them and ``remember_bytes`` of their out
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any
 
 from ._state import _App, _EngineFields, _FeedbackTask, _Task
 from ._types import DefaultReason, FeedbackApplied, Instruction, Prediction, Reply
 from .metrics import Histogram
-from .selection import loss
+from .selection import PolicyState, loss
 
 _FOLD_AT = Histogram.FOLD_AT
 _tuple_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__
+_new = object.__new__
+# distinct int outputs per application whose one-model Prediction is shared (on_outputs,
+# _answer_hit)
+_SHARED_PREDICTIONS = 1024
 
 
 class _Answers(_EngineFields):
@@ -90,6 +95,54 @@ class _Answers(_EngineFields):
             self.log.append(
                 ("reply", now, task.id, pred.output, pred.default, pred.default_reason, pred.models)
             )
+
+    def _answer_hit(
+        self,
+        qid: int,
+        app: _App,
+        state: PolicyState,
+        selected: tuple[str, ...],
+        output: Any,
+        now: float,
+        context: Hashable | None,
+        out: list[Instruction],
+    ) -> None:
+        """``_finish`` of a query answered at once from the cache by its one model
+        (``Engine.on_query``'s hit path): the same Reply, latency observation, memory
+        and log, without the task that waited for nothing.  An int output's Prediction
+        is the application's shared one (as ``on_outputs`` shares it)."""
+        if type(output) is int:
+            shared = app.shared
+            pred = shared.get(output)
+            if pred is None or pred[5] is not selected:
+                pred = _tuple_new(Prediction, (output, 1.0, False, None, None, selected, ()))
+                if len(shared) < _SHARED_PREDICTIONS or output in shared:
+                    shared[output] = pred
+        else:
+            pred = _tuple_new(Prediction, (output, 1.0, False, None, None, selected, ()))
+        h = app.m_latency  # Histogram.observe, inlined; answered at once: latency 0
+        p = h.pending
+        p.append(0.0)
+        if len(p) >= _FOLD_AT:
+            h.fold()
+        out.append(_tuple_new(Reply, (qid, pred, 0.0, False)))
+        if self.remember_queries:
+            # what _remember keeps of a task (feedback reads app, context and answers)
+            task = _new(_Task)
+            task.id = qid
+            task.app = app
+            task.state = state
+            task.selected = selected
+            task.answers = answers = {selected[0]: output}
+            task.waiting = task.failed = 0
+            task.deadline = now + app.spec.slo_s
+            task.arrival_at = now
+            task.done = True
+            task.context = context
+            task.shed = None
+            self._remember(task, answers)
+        if self.log is not None:
+            self.log.append(("reply", now, qid, output, False, None, selected))
 
     def _remember(self, task: _Task, answers: dict[str, Any]) -> None:
         """Keep ``task`` for feedback naming its id: its answers, never its input."""

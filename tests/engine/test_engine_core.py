@@ -316,3 +316,48 @@ def test_one_model_answers_share_a_prediction_per_int_output() -> None:
     after = answer(5, 3)
     assert after.models == ("n",) and after.output == 3 and after is not first
     assert answer(6, 3) is after
+
+
+@pytest.mark.parametrize("output", [5, 2.5, "cat"])
+def test_cache_hit_path_answers_as_the_general_path(output: object) -> None:
+    """A one-model cache hit (on_query's own path, no task) and one through the general
+    path (a query with its own deadline) give equal replies, metrics, log entries and
+    memory for feedback; the hit marks the entry recently used."""
+    d = make()
+    d.up("m")
+    d.query(1, "a", "x", key="k")
+    d.complete(d.sent[0].batch_id, lambda x: output)
+    d.now = 0.1
+    d.query(2, "a", "x", key="k")  # the hit path
+    d.query(3, "a", "x", key="k", deadline=0.2)  # the general path
+    assert len(d.sent) == 1
+    r2, r3 = d.replies[2], d.replies[3]
+    assert r2.prediction == r3.prediction and r2.prediction.output == output
+    assert (r2.latency_s, r2.refused) == (r3.latency_s, r3.refused) == (0.0, False)
+    m = d.eng.metrics
+    assert m.value("clipperlab_cache_hits_total") == 2
+    assert m.value("clipperlab_cache_misses_total") == 1
+    assert d.eng.cache.hits == 2
+    log = [e for e in d.eng.log if e[0] == "reply"]
+    assert log[-2][2:] == (2, output, False, None, ("m",))
+    assert log[-1][2:] == (3, output, False, None, ("m",))
+    d.feedback_(10, "a", output, query_id=2)
+    d.feedback_(11, "a", output, query_id=3)
+    f10, f11 = d.feedback[10], d.feedback[11]
+    assert (f10.losses, f10.from_cache, f10.computed) == (f11.losses, 1, 0)
+
+
+def test_cache_hit_path_sets_the_clock_bit() -> None:
+    """A hit through on_query's own path gives its entry a second chance: the next
+    eviction takes the other entry."""
+    d = make(cache_capacity_bytes=2 * (28 + 64) + 10)  # two int entries
+    d.up("m")
+    for qid, k in ((1, "k1"), (2, "k2")):
+        d.query(qid, "a", k, key=k)
+        d.complete(d.sent[-1].batch_id, lambda x: 7)
+    d.query(3, "a", "k1", key="k1")  # hit: k1 referenced
+    assert len(d.sent) == 2
+    d.query(4, "a", "k3", key="k3")
+    d.complete(d.sent[-1].batch_id, lambda x: 7)  # room for k3: k2 goes, not k1
+    version = d.eng.registry.active["m"]
+    assert ("m", version, "k1") in d.eng.cache and ("m", version, "k2") not in d.eng.cache

@@ -52,6 +52,20 @@ def test_rest_reply_cache_writes_the_long_ways_bytes() -> None:
             assert cache.encode(r) == json_response(200, reply_body(r)), (qid, out)
 
 
+def test_rest_reply_cache_one_prediction_shared_by_many_replies() -> None:
+    """Replies sharing one Prediction object (the engine's int answers) are encoded from
+    the last one's tail: the long way's bytes whatever the id, and another prediction
+    in between is not mistaken for it."""
+    from clipperlab.real.http import json_response
+
+    cache = _ReplyCache()
+    shared, other = _reply(0, 3).prediction, _reply(0, 4).prediction
+    for qid in (1, 10, 99, 100, 7, 10**12):
+        for p in (shared, shared, other, shared):
+            r = Reply(query_id=qid, prediction=p, latency_s=0.0)
+            assert cache.encode(r) == json_response(200, reply_body(r)), (qid, p.output)
+
+
 class _Fe:
     max_nesting = 32
     refused: Counter[str] = Counter()

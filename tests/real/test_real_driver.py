@@ -65,3 +65,36 @@ def test_timer_rearmed_only_when_deadline_moves_and_clamped_when_early(
     assert got[0].prediction.default and got[0].latency_s == pytest.approx(0.020)
     assert d.timer_at == pytest.approx(100.021) and d._timer is not handle
     assert d.pending == 1
+
+
+class _Link:
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+
+    def send_batch(self, batch_id: int, inputs: tuple[object, ...]) -> None:
+        self.sent.append(batch_id)
+
+
+def test_an_answer_given_at_once_reaches_its_callback_and_a_raising_one_is_counted(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """A cache hit is answered before ``query`` returns, nothing stays pending; a callback
+    that raises on it is logged and counted, and the next query is served."""
+    from clipperlab.engine import ReplicaId
+
+    d = _driver(loop)
+    link = _Link()
+    d.replica_up(ReplicaId("m", d.engine.registry.active["m"], 0), link)
+    got: list[Reply] = []
+    d.query("a", 1, got.append, input_key="k")
+    d.batch_done(ReplicaId("m", d.engine.registry.active["m"], 0), link.sent[0], [9])
+    assert [r.prediction.output for r in got] == [9]
+
+    def boom(r: Reply) -> None:
+        raise RuntimeError("the client's handler failed")
+
+    qid = d.query("a", 1, boom, input_key="k")  # a hit: answered at once
+    assert d.reply_errors == 1 and d.pending == 0
+    d.query("a", 1, got.append, input_key="k")
+    assert [r.prediction.output for r in got] == [9, 9] and got[-1].query_id == qid + 1
+    assert len(link.sent) == 1 and d.pending == 0
