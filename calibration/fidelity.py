@@ -242,6 +242,8 @@ def cal_table(table: pd.DataFrame) -> pd.DataFrame:
                         "pause_rate_busy_hz", "pause_median_ms", "plain_pause_rate_hz",
                         "plain_pause_rate_busy_hz", "container_wake_us", "host_cpus",
                         "container_cpu_us", "container_item_cpu_us", "loadgen_cpu_us",
+                        "slow_factor", "slow_share", "slow_dwell_ms",
+                        "speed_levels_factor", "speed_levels_slow_share",
                         "start_load_avg", "start_other_cpu_share")
             if c in table.columns]
     extra = [f"{c}_{e}" for c in INTERVAL_COLUMNS for e in ("lo", "hi")
@@ -475,6 +477,11 @@ def report(table: pd.DataFrame, out: Path) -> None:
             + ("; the host CPU model: the loop, the container and the load generator sharing"
                " the machine's cores, their CPU demands fitted from /proc, the pauses fitted"
                " on top of it" if pred == "sim+host" else "")
+            + ("; the host switching between the two speeds the probe saw while the"
+               " calibration's runs ran (`slow_factor`, `slow_share`, `slow_dwell_ms`; the"
+               " levels' own as `speed_levels_*`)"
+               if pred == "sim+host" and "slow_share" in table.columns
+               and (table["slow_share"].fillna(0) > 0).any() else "")
             + f"; `{pred}`) against the real server:", "",
             markdown(goals, pred), "",
             "Counts per mode (\"median\": the median absolute error; p99's goal applies up"

@@ -277,6 +277,25 @@ def test_fidelity_resimulate_rewrites_the_tables(tmp_path: Path) -> None:
         resimulate(tmp_path / "none", Workload(ConstantRate(1), n_queries=2, app="digits"))
 
 
+def test_resimulate_with_two_speeds(tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """``--resimulate --slow FACTOR,SHARE,DWELL_MS`` gives the host CPU model's twin those
+    speeds (in ``fidelity.csv``'s ``slow_*`` columns; a run stored without them has one
+    speed); a bad triple, or one without --resimulate, is a one-line usage error."""
+    _stored_run(tmp_path, with_json=True)
+    assert fidelity_main(["--resimulate", "--out", str(tmp_path), "--slow", "1.8,0.3,120"]) == 0
+    t = pd.read_csv(tmp_path / "fidelity.csv")
+    assert (t["slow_factor"] == 1.8).all() and (t["slow_share"] == 0.3).all()
+    assert t["slow_dwell_ms"].to_numpy() == pytest.approx(120.0)
+    assert "two speeds the probe saw" in (tmp_path / "fidelity.md").read_text()
+    capsys.readouterr()
+    for argv in (["--resimulate", "--slow", "0.5,0.3,120"], ["--resimulate", "--slow", "2,1,5"],
+                 ["--resimulate", "--slow", "2,0.3"], ["--slow", "2,0.3,100"]):
+        assert fidelity_main(["--out", str(tmp_path), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --slow") and err.count("\n") == 1
+
+
 
 def test_ticked_sends_each_query_at_the_generators_next_millisecond() -> None:
     """Arrivals 0.3 ms apart come out on whole milliseconds, each at the first tick at or
