@@ -90,7 +90,10 @@ class _Answers(_EngineFields):
             h.fold()
         out.append(_tuple_new(Reply, (task.id, pred, latency, False)))
         if self.remember_queries:
-            self._remember(task, answers)
+            size = 0
+            for v in answers.values():
+                size += _size_bytes(v)
+            self._remember(task, size)
         if self.log is not None:
             self.log.append(
                 ("reply", now, task.id, pred.output, pred.default, pred.default_reason, pred.models)
@@ -127,29 +130,27 @@ class _Answers(_EngineFields):
             h.fold()
         out.append(_tuple_new(Reply, (qid, pred, 0.0, False)))
         if self.remember_queries:
-            # what _remember keeps of a task (feedback reads app, context and answers)
+            # the task _finish would remember (feedback reads app, context and answers)
             task = _new(_Task)
             task.id = qid
             task.app = app
             task.state = state
             task.selected = selected
-            task.answers = answers = {selected[0]: output}
+            task.answers = {selected[0]: output}
             task.waiting = task.failed = 0
             task.deadline = now + app.spec.slo_s
             task.arrival_at = now
             task.done = True
             task.context = context
             task.shed = None
-            self._remember(task, answers)
+            self._remember(task, _size_bytes(output))
         if self.log is not None:
             self.log.append(("reply", now, qid, output, False, None, selected))
 
-    def _remember(self, task: _Task, answers: dict[str, Any]) -> None:
-        """Keep ``task`` for feedback naming its id: its answers, never its input."""
+    def _remember(self, task: _Task, size: int) -> None:
+        """Keep ``task`` for feedback naming its id: its answers (``size`` bytes of them,
+        ``_size_bytes``), never its input."""
         task.input = None
-        size = 0
-        for v in answers.values():
-            size += _size_bytes(v)
         recent = self._recent
         order = self._recent_order
         qid = task.id

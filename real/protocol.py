@@ -557,7 +557,7 @@ def batch_id_of(payload: bytes) -> int:
 def decode_batch(payload: bytes) -> tuple[int, Any]:
     if len(payload) < 9:
         raise ProtocolError(f"batch frame of {len(payload)} bytes is too short")
-    return batch_id_of(payload), decode_values(payload, 8)
+    return _U64.unpack_from(payload, 0)[0], decode_values(payload, 8)
 
 
 def encode_error(batch_id: int, message: str) -> bytes:
