@@ -42,7 +42,8 @@ CPU shares cannot see it; a loop timed in the thread's own CPU time can.
   millisecond on the fast state).
 - ``SpeedMonitor``: a process (``--speed-trace FILE``) that takes one probe every
   ``interval_s`` (``SPEED_INTERVAL_S``, 25 ms: about 2% of a core) while a measurement
-  runs, and ``trace()`` reads what it wrote: ``(monotonic time, ns)`` pairs.
+  runs, and ``trace(since, until)`` reads what it wrote between two
+  ``time.monotonic`` moments: ``(time, ns)`` pairs; ``fit(since, until)`` fits them.
 - ``fit_speed(t, ns)`` turns a trace into ``HostSpeed``: the fast level (the 10th
   percentile), a probe slower than ``SLOW_THRESHOLD`` (1.4) times it is slow; the slow
   factor is the median slow probe over the median fast one, the slow share the share of
@@ -319,8 +320,8 @@ def _speed_trace(path: str, interval_s: float) -> None:
 
 class SpeedMonitor:
     """Probes the machine's speed in a process of its own while a measurement runs (see
-    the module's rules); ``fit(since)`` fits the probes taken since a ``time.monotonic``
-    moment, ``trace()`` returns them all."""
+    the module's rules); ``trace(since, until)`` returns the probes taken between two
+    ``time.monotonic`` moments (default: all), ``fit(since, until)`` fits them."""
 
     def __init__(self, path: str | Path, interval_s: float = SPEED_INTERVAL_S) -> None:
         if not interval_s > 0:
@@ -348,7 +349,8 @@ class SpeedMonitor:
                 self._proc.wait()
             self._proc = None
 
-    def trace(self, since: float = -float("inf")) -> tuple[list[float], list[float]]:
+    def trace(self, since: float = -float("inf"), until: float = float("inf")
+              ) -> tuple[list[float], list[float]]:
         t: list[float] = []
         ns: list[float] = []
         try:
@@ -363,13 +365,14 @@ class SpeedMonitor:
                 a, b = float(parts[0]), float(parts[1])
             except ValueError:
                 continue
-            if a >= since:
+            if since <= a <= until:
                 t.append(a)
                 ns.append(b)
         return t, ns
 
-    def fit(self, since: float = -float("inf")) -> HostSpeed | None:
-        return fit_speed(*self.trace(since))
+    def fit(self, since: float = -float("inf"), until: float = float("inf")
+            ) -> HostSpeed | None:
+        return fit_speed(*self.trace(since, until))
 
 
 # --------------------------------------------------------------------------- the guard

@@ -217,6 +217,7 @@ def test_speed_monitor_probes_in_its_own_process_until_stopped(tmp_path: Path) -
         assert all(v > 0 for v in ns) and t == sorted(t)
         assert mon.fit() is not None
         assert len(mon.trace(since=t[MIN_PROBES])[0]) < len(mon.trace()[0])
+        assert mon.trace(since=t[1], until=t[MIN_PROBES])[0] == t[1:MIN_PROBES + 1]
     n = len(mon.trace()[0])
     time.sleep(0.1)
     assert len(mon.trace()[0]) == n
