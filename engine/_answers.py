@@ -4,7 +4,10 @@ A task finishes once: when every selected model answered, at its deadline with w
 arrived (straggler mitigation), or refused (overload, shed).  With nothing, or with a
 confidence under the application's threshold, the answer is the application's default,
 flagged and explained (``DefaultReason``).  A feedback task finishes by updating the
-selection state (``FeedbackApplied``).  A part of ``Engine`` (``core.py``).
+selection state (``FeedbackApplied``).  A query of one model whose input is in the cache
+is answered by ``on_query`` at once, without a task (``_answer_hit``: the same reply,
+latency observation, memory and log entry as ``_finish``, its int outputs' Prediction the
+one ``on_outputs`` shares).  A part of ``Engine`` (``core.py``).
 
 Answered queries are remembered (for feedback naming their ``query_id``) without their
 inputs, at most ``remember_queries`` of them and ``remember_bytes`` of their outputs
