@@ -42,8 +42,9 @@ CPU shares cannot see it; a loop timed in the thread's own CPU time can.
   millisecond on the fast state).
 - ``SpeedMonitor``: a process (``--speed-trace FILE``) that takes one probe every
   ``interval_s`` (``SPEED_INTERVAL_S``, 25 ms: about 2% of a core) while a measurement
-  runs, and ``trace(since, until)`` reads what it wrote between two
-  ``time.monotonic`` moments: ``(time, ns)`` pairs; ``fit(since, until)`` fits them.
+  runs (it ends with the block, or by itself once its parent is gone), and
+  ``trace(since, until)`` reads what it wrote between two ``time.monotonic`` moments:
+  ``(time, ns)`` pairs; ``fit(since, until)`` fits them.
 - ``fit_speed(t, ns)`` turns a trace into ``HostSpeed``: the fast level (the 10th
   percentile), a probe slower than ``SLOW_THRESHOLD`` (1.4) times it is slow; the slow
   factor is the median slow probe over the median fast one, the slow share the share of
@@ -310,9 +311,11 @@ def fit_speed(t: Sequence[float], ns: Sequence[float],
 
 
 def _speed_trace(path: str, interval_s: float) -> None:
-    """The monitor's process: a probe every ``interval_s``, one line each, until killed."""
+    """The monitor's process: a probe every ``interval_s``, one line each, until killed
+    or its parent is gone."""
+    parent = os.getppid()
     with open(path, "a", buffering=1) as f:
-        while True:
+        while os.getppid() == parent:
             t = time.monotonic()
             f.write(f"{t:.6f} {speed_probe_ns():.1f}\n")
             time.sleep(max(interval_s - (time.monotonic() - t), 0.0))

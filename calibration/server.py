@@ -10,6 +10,8 @@ Rules:
 - ``ServerProcess`` starts the server in a spawned process on ephemeral ports (its store in
   a temporary directory), reads its CPU time from ``/proc`` and stops it on exit
   (SIGTERM, then SIGKILL).  ``idle_cpu_rate`` is its CPU per second with no queries.
+  The server process looks every ``PARENT_CHECK_S`` whether the process that started it
+  is still there and stops itself (containers and all) when it is not.
 - ``ServerProcess.container_cpu_s``: the CPU seconds of its containers so far, per model,
   summed over the replicas: the server's child processes in ``/proc`` whose command line
   names the model (``--name``); a container that restarted starts from zero again.
@@ -111,9 +113,14 @@ def model_specs(
     return app, out
 
 
+PARENT_CHECK_S = 1.0  # how often the server process looks whether its parent is alive
+
+
 def _serve_main(models: list[dict[str, Any]], apps: list[dict[str, Any]], store: str,
-                cache: bool, ports_file: str) -> None:
-    """Entry point of the server process (spawned)."""
+                cache: bool, ports_file: str, parent: int | None = None) -> None:
+    """Entry point of the server process (spawned).  It stops as on SIGTERM (containers
+    and all) when its parent ``parent`` is gone: a validation killed with SIGKILL leaves
+    no server behind restarting containers."""
     import asyncio
     import logging
     import signal
@@ -136,6 +143,15 @@ def _serve_main(models: list[dict[str, Any]], apps: list[dict[str, Any]], store:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+        def orphaned() -> None:
+            if os.getppid() != parent:
+                stop.set()
+            else:
+                loop.call_later(PARENT_CHECK_S, orphaned)
+
+        if parent is not None:
+            orphaned()
         await stop.wait()
         await server.stop(grace_s=2.0)
 
@@ -151,7 +167,8 @@ class ServerProcess:
         ctx = mp.get_context("spawn")
         self.proc = ctx.Process(
             target=_serve_main,
-            args=(dep.models, dep.apps, os.path.join(self.tmp.name, "store"), cache, ports_file),
+            args=(dep.models, dep.apps, os.path.join(self.tmp.name, "store"), cache, ports_file,
+                  os.getpid()),
             daemon=True,
         )
         self.proc.start()

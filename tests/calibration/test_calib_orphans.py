@@ -1,0 +1,90 @@
+"""Nothing a validation starts outlives it: killed with SIGKILL (no clean-up runs), its
+server process (with the server's containers) and its speed probe stop by themselves."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+NOOP_DEPLOY = """
+[[models]]
+name = "noop"
+kind = "noop"
+replicas = 1
+
+[[applications]]
+name = "hello"
+slo_ms = 100
+default_output = -1
+models = ["noop"]
+"""
+
+DRIVER = """
+import os, sys, time
+from pathlib import Path
+from clipperlab.calibration.quiet import SpeedMonitor
+from clipperlab.calibration.server import ServerProcess, real_deployment
+
+tmp = Path(sys.argv[1])
+with SpeedMonitor(tmp / "speed.txt") as mon, ServerProcess(
+        real_deployment(tmp / "deploy.toml"), cache=False) as srv:
+    srv.wait_ready("hello")
+    print(mon._proc.pid, srv.proc.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def test_a_killed_validation_leaves_nothing_running(tmp_path: Path) -> None:
+    """SIGKILL to a process holding a ``SpeedMonitor`` and a ``ServerProcess``: the probe,
+    the server and its container are all gone soon after (they poll for their parent)."""
+    (tmp_path / "deploy.toml").write_text(NOOP_DEPLOY)
+    drv = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path)],
+                           stdout=subprocess.PIPE, text=True)
+    watched: list[int] = []
+    try:
+        assert drv.stdout is not None
+        probe, server = (int(x) for x in drv.stdout.readline().split())
+        until = time.monotonic() + 60
+        while not _children(server) and time.monotonic() < until:
+            time.sleep(0.1)
+        containers = _children(server)
+        assert containers and _alive(probe) and _alive(server)
+        drv.send_signal(signal.SIGKILL)
+        drv.wait()
+        watched += [probe, server, *containers]
+        until = time.monotonic() + 60
+        while any(_alive(p) for p in watched) and time.monotonic() < until:
+            time.sleep(0.2)
+        assert not [p for p in watched if _alive(p)]
+    finally:
+        if drv.poll() is None:
+            drv.kill()
+            drv.wait()
+        for p in watched:  # what a failure left running
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
