@@ -117,6 +117,8 @@ class Calibration:
     slow_factor: float = 1.0
     slow_share: float = 0.0
     slow_dwell_s: float = 0.1
+    slow_dwells_s: tuple[float, ...] = ()  # the periods seen (HostCPU draws from them)
+    fast_dwells_s: tuple[float, ...] = ()
 
 
 class ContainerCpu(NamedTuple):

@@ -49,9 +49,11 @@ CPU shares cannot see it; a loop timed in the thread's own CPU time can.
   percentile), a probe slower than ``SLOW_THRESHOLD`` (1.4) times it is slow; the slow
   factor is the median slow probe over the median fast one, the slow share the share of
   slow probes, the mean slow period the slow probes' time over their runs (a run: slow
-  probes in a row).  Fewer than ``MIN_PROBES`` probes: ``None``.  A machine slow all
-  along shows one speed (its fast level is the slow one): factor 1, which is right for
-  the twin, whose demands were measured at that speed.
+  probes in a row), and every whole period of each speed (the runs' lengths, the two cut
+  by the trace's ends left out), which the twin draws its periods from.  Fewer than
+  ``MIN_PROBES`` probes: ``None``.  A machine slow all along shows one speed (its fast
+  level is the slow one): factor 1, which is right for the twin, whose demands were
+  measured at that speed.
 - ``python -m clipperlab.calibration.quiet --speed SECONDS`` prints a fit over that many
   seconds of probes.
 """
@@ -277,6 +279,10 @@ class HostSpeed:
     slow_dwell_s: float  # mean slow period (s); NaN without one
     probes: int
     span_s: float
+    # every whole period seen (s; the first and the last, cut by the trace's ends, left
+    # out when there are others): what the twin draws its periods from
+    slow_dwells_s: tuple[float, ...] = ()
+    fast_dwells_s: tuple[float, ...] = ()
 
     def describe(self) -> str:
         if self.slow_factor <= 1.0 or self.slow_share <= 0.0:
@@ -304,10 +310,19 @@ def fit_speed(t: Sequence[float], ns: Sequence[float],
                          slow_dwell_s=float("nan"), probes=len(ns), span_s=span)
     fast_med = statistics.median(v for v, s in zip(ns, slow, strict=True) if not s)
     slow_med = statistics.median(v for v, s in zip(ns, slow, strict=True) if s)
-    runs = sum(1 for i, s in enumerate(slow) if s and (i == 0 or not slow[i - 1]))
+    periods: list[tuple[bool, int]] = []  # (slow, probes in a row)
+    for s in slow:
+        if periods and periods[-1][0] == s:
+            periods[-1] = (s, periods[-1][1] + 1)
+        else:
+            periods.append((s, 1))
+    runs = sum(1 for s, _ in periods if s)
+    whole = periods[1:-1] if len(periods) > 4 else periods
     return HostSpeed(fast_ns=fast_med, slow_factor=slow_med / fast_med,
                      slow_share=n_slow / len(ns), slow_dwell_s=n_slow * step / runs,
-                     probes=len(ns), span_s=span)
+                     probes=len(ns), span_s=span,
+                     slow_dwells_s=tuple(k * step for s, k in whole if s),
+                     fast_dwells_s=tuple(k * step for s, k in whole if not s))
 
 
 def _speed_trace(path: str, interval_s: float) -> None:

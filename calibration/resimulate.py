@@ -72,6 +72,8 @@ def calibration_from_json(text: str) -> dict[str, Calibration]:
     for mode, d in json.loads(text).items():
         d["pauses_s"] = tuple(d.get("pauses_s") or ())
         d["container_cpu"] = tuple(tuple(x) for x in d.get("container_cpu") or ())
+        for k in ("slow_dwells_s", "fast_dwells_s"):
+            d[k] = tuple(d.get(k) or ())
         out[mode] = Calibration(**d)
     return out
 
@@ -281,7 +283,8 @@ def stored_speed(calibs: Mapping[str, Calibration]) -> HostSpeed | None:
         if c.host_cpus > 0 and c.slow_factor > 1.0 and c.slow_share > 0.0:
             return HostSpeed(fast_ns=math.nan, slow_factor=c.slow_factor,
                              slow_share=c.slow_share, slow_dwell_s=c.slow_dwell_s,
-                             probes=0, span_s=math.nan)
+                             probes=0, span_s=math.nan, slow_dwells_s=c.slow_dwells_s,
+                             fast_dwells_s=c.fast_dwells_s)
     return None
 
 
@@ -290,7 +293,9 @@ def with_speed(c: Calibration, speed: HostSpeed) -> Calibration:
     if c.host_cpus <= 0:
         return c
     return dataclasses.replace(c, slow_factor=speed.slow_factor, slow_share=speed.slow_share,
-                               slow_dwell_s=speed.slow_dwell_s)
+                               slow_dwell_s=speed.slow_dwell_s,
+                               slow_dwells_s=speed.slow_dwells_s,
+                               fast_dwells_s=speed.fast_dwells_s)
 
 
 def _refit(path: Path, dep: Any, app: Any, specs: Any, workload: Workload,

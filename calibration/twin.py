@@ -73,7 +73,9 @@ def sim_deployment(
                        slice_s=calibration.slice_s,
                        slow_factor=calibration.slow_factor,
                        slow_share=calibration.slow_share,
-                       slow_dwell_s=calibration.slow_dwell_s)
+                       slow_dwell_s=calibration.slow_dwell_s,
+                       slow_dwells_s=calibration.slow_dwells_s,
+                       fast_dwells_s=calibration.fast_dwells_s)
         cpu = {m: (b, i) for m, b, i in calibration.container_cpu}
     mds = [
         ModelDeployment(spec=spec, profile=scaled(

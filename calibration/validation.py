@@ -521,7 +521,11 @@ def host_cpu_demands(runs: Sequence[CpuRun], calib: Calibration,
                                slice_s=kernel_slice_s(),
                                slow_factor=speed.slow_factor if two and speed else 1.0,
                                slow_share=speed.slow_share if two and speed else 0.0,
-                               slow_dwell_s=speed.slow_dwell_s if two and speed else 0.1)
+                               slow_dwell_s=speed.slow_dwell_s if two and speed else 0.1,
+                               slow_dwells_s=speed.slow_dwells_s if two and speed and
+                               speed.fast_dwells_s else (),
+                               fast_dwells_s=speed.fast_dwells_s if two and speed and
+                               speed.slow_dwells_s else ())
 
 
 def fit_unexplained(runs: Sequence[CpuRun], setup: Setup, low: CpuRun, calib: Calibration,

@@ -23,8 +23,10 @@ Rules:
   (``_speed_proc``): it starts slow with probability ``slow_share``, each period lasts an
   exponential time (slow: mean ``slow_dwell_s``; fast: ``slow_dwell_s x (1 - share) /
   share``), and the host's factor is ``1 / mean_factor`` when fast and ``slow_factor /
-  mean_factor`` when slow, until the last arrival.  Its draws come from their own
-  generator (``[seed, 404, host's index]``), so the other draws stay as they were.
+  mean_factor`` when slow, until the last arrival; with measured periods
+  (``slow_dwells_s``, ``fast_dwells_s``) each period is drawn from them instead.  Its
+  draws come from their own generator (``[seed, 404, host's index]``), so the other
+  draws stay as they were.
 
 Theory of operation.  Nothing here runs on the default path: ``_hc_setup`` installs this
 module's hooks on the instance (``carry_out``, ``reply``, ``send_batch``,
@@ -229,13 +231,24 @@ class _HostCpuDriver(_Replicas):
         """``host``'s speed until ``end`` (see the module's rules)."""
         env = self.env
         m = hc.mean_factor
-        share = hc.slow_share
-        dwell = {True: hc.slow_dwell_s, False: hc.slow_dwell_s * (1.0 - share) / share}
+        share = hc.share
+        if hc.measured_dwells:
+            drawn = {True: np.asarray(hc.slow_dwells_s, dtype=np.float64),
+                     False: np.asarray(hc.fast_dwells_s, dtype=np.float64)}
+
+            def period(slow: bool) -> float:
+                d = drawn[slow]
+                return float(d[rng.integers(d.size)])
+        else:
+            mean = {True: hc.slow_dwell_s, False: hc.slow_dwell_s * (1.0 - share) / share}
+
+            def period(slow: bool) -> float:
+                return float(rng.exponential(mean[slow]))
         slow = bool(rng.random() < share)
         t = 0.0
         while t <= end:
             host.set_factor((hc.slow_factor if slow else 1.0) / m, t)
-            t += float(rng.exponential(dwell[slow]))
+            t += period(slow)
             slow = not slow
             if t > end:
                 return

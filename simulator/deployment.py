@@ -192,7 +192,12 @@ class HostCPU:
     ``slow_factor`` (>= 1): how much longer CPU work takes in the slow state;
     ``slow_share`` (in [0, 1)): the share of the time a host is slow; ``slow_dwell_s``:
     the mean length of a slow period (exponential; a fast period's mean follows from the
-    share).  Each host switches on its own.  The demands keep their meaning (CPU seconds
+    share).  ``slow_dwells_s`` and ``fast_dwells_s``, when given (both), are measured
+    periods each period is drawn from instead (a probe's trace: ``quiet.fit_speed``; on
+    this VM the slow periods are more spread out than exponential, a median of 50 ms and
+    a third of the slow time in periods over half a second); ``slow_share`` and
+    ``slow_dwell_s`` are then what they imply.  Each host switches on its own.  The
+    demands keep their meaning (CPU seconds
     a job takes on average, as ``/proc`` measured them over a run): work runs
     ``1 / mean_factor`` as long when fast and ``slow_factor / mean_factor`` when slow, so
     the time-averaged speed is unchanged and only its swings are added."""
@@ -206,6 +211,8 @@ class HostCPU:
     slow_factor: float = 1.0
     slow_share: float = 0.0
     slow_dwell_s: float = 0.1
+    slow_dwells_s: tuple[float, ...] = ()
+    fast_dwells_s: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         c = self.cpus
@@ -242,18 +249,44 @@ class HostCPU:
         if isinstance(dw, bool) or not isinstance(dw, int | float) or not (
                 math.isfinite(dw) and dw > 0):
             raise SimConfigError(f"host_cpu.slow_dwell_s: expected seconds > 0, got {dw!r}")
+        for k in ("slow_dwells_s", "fast_dwells_s"):
+            v = getattr(self, k)
+            if isinstance(v, list):
+                object.__setattr__(self, k, v := tuple(v))
+            if not isinstance(v, tuple) or not all(
+                    not isinstance(x, bool) and isinstance(x, int | float) and math.isfinite(x)
+                    and x > 0 for x in v):
+                raise SimConfigError(f"host_cpu.{k}: expected a list of seconds > 0, got "
+                                     f"{v!r}")
+        if bool(self.slow_dwells_s) != bool(self.fast_dwells_s):
+            raise SimConfigError("host_cpu.slow_dwells_s and fast_dwells_s: give both "
+                                 "(measured periods of each speed) or neither")
+
+    @property
+    def measured_dwells(self) -> bool:
+        return bool(self.slow_dwells_s) and bool(self.fast_dwells_s)
+
+    @property
+    def share(self) -> float:
+        """The share of the time slow: ``slow_share``, or what the measured periods
+        imply."""
+        if self.measured_dwells:
+            s = sum(self.slow_dwells_s) / len(self.slow_dwells_s)
+            f = sum(self.fast_dwells_s) / len(self.fast_dwells_s)
+            return s / (s + f)
+        return self.slow_share
 
     @property
     def speed_swings(self) -> bool:
-        """Whether the hosts switch between two speeds (``slow_factor`` and ``slow_share``
-        both set)."""
-        return self.slow_factor > 1.0 and self.slow_share > 0.0
+        """Whether the hosts switch between two speeds (``slow_factor`` and a slow share
+        or measured periods)."""
+        return self.slow_factor > 1.0 and (self.slow_share > 0.0 or self.measured_dwells)
 
     @property
     def mean_factor(self) -> float:
-        """The time-averaged factor of the two speeds: ``1 + slow_share x (slow_factor -
+        """The time-averaged factor of the two speeds: ``1 + share x (slow_factor -
         1)``."""
-        return 1.0 + self.slow_share * (self.slow_factor - 1.0)
+        return 1.0 + self.share * (self.slow_factor - 1.0)
 
     def cores(self, host: Host) -> int:
         """The cores ``host``'s processes share (at least one)."""

@@ -85,9 +85,11 @@ def test_twin_with_the_host_cpu_model_has_the_fitted_demands(tmp_path: Path) -> 
     assert bare.host_cpu is not None and bare.models[0].cpu_demand_s(4, 0.3) == 0.3
     # the machine's two speeds go to the twin's host
     swung = sim_deployment(dep, "hello", {"noop": prof}, calibration=dataclasses.replace(
-        calib, slow_factor=1.8, slow_share=0.4, slow_dwell_s=0.12))
+        calib, slow_factor=1.8, slow_share=0.4, slow_dwell_s=0.12,
+        slow_dwells_s=(0.05, 0.19), fast_dwells_s=(0.18,)))
     assert swung.host_cpu == HostCPU(cpus=3, loadgen_cpu_per_query_s=25e-6, slice_s=1.5e-3,
-                                     slow_factor=1.8, slow_share=0.4, slow_dwell_s=0.12)
+                                     slow_factor=1.8, slow_share=0.4, slow_dwell_s=0.12,
+                                     slow_dwells_s=(0.05, 0.19), fast_dwells_s=(0.18,))
     assert swung.host_cpu.speed_swings and not twin.host_cpu.speed_swings
 
 

@@ -189,6 +189,9 @@ def test_fit_speed_finds_the_two_speeds_of_a_trace() -> None:
     assert sp.slow_factor == pytest.approx(1.85, rel=0.02)
     assert sp.fast_ns == pytest.approx(1000.0, rel=0.02)
     assert sp.slow_dwell_s == pytest.approx(0.1, rel=0.01)
+    # the whole periods, the first (slow) and the last (fast) cut by the trace's ends
+    assert sp.slow_dwells_s == pytest.approx([0.1] * 19)
+    assert sp.fast_dwells_s == pytest.approx([0.2] * 19)
     assert sp.probes == len(ns) and "slow 33% of the time, by x1.8" in sp.describe()
 
 

@@ -184,7 +184,9 @@ def test_busy_share_weights_fit_the_busy_runs_best() -> None:
 def test_calibration_and_runs_round_trip(tmp_path: Path) -> None:
     """``calibration.json`` and ``runs.npz`` give back what was stored."""
     c = Calibration(query_cpu_s=30e-6, capacity_qps=900.0, pauses_s=(1e-3, 2e-3), host_cpus=2,
-                    container_cpu=(("noop", 50e-6, 1e-6),), loadgen_cpu_per_query_s=6e-6)
+                    container_cpu=(("noop", 50e-6, 1e-6),), loadgen_cpu_per_query_s=6e-6,
+                    slow_factor=1.8, slow_share=0.3, slow_dwells_s=(0.05, 0.4),
+                    fast_dwells_s=(0.1,))
     assert calibration_from_json(calibration_to_json({"sim+host": c})) == {"sim+host": c}
     wl = Workload(ConstantRate(200), n_queries=50, app="digits")
     tr = wl.generate(0)

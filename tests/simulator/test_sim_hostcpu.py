@@ -406,6 +406,10 @@ def _toml(text: str) -> dict[str, object]:
          r"host_cpu\.slow_share: expected a share in \[0, 1\), got 1"),
         ("loadgen_cpu_per_query_s = 20e-6", "slow_dwell_s = 0",
          r"host_cpu\.slow_dwell_s: expected seconds > 0, got 0"),
+        ("loadgen_cpu_per_query_s = 20e-6", "slow_dwells_s = [0.05, -1]\nfast_dwells_s = [1]",
+         r"host_cpu\.slow_dwells_s: expected a list of seconds > 0, got \(0\.05, -1\)"),
+        ("loadgen_cpu_per_query_s = 20e-6", "slow_dwells_s = [0.05]",
+         r"host_cpu\.slow_dwells_s and fast_dwells_s: give both"),
     ],
 )
 def test_config_errors_name_the_field(tmp_path: Path, old: str, new: str, message: str) -> None:
@@ -508,3 +512,40 @@ def test_speed_swings_keep_the_mean_and_lengthen_the_tail() -> None:
     assert _swings(0.7, **swing)["reply_at"].equals(swung["reply_at"])
     off = _swings(0.7, slow_factor=1.0, slow_share=0.5)
     assert off["reply_at"].equals(calm["reply_at"])
+
+
+def test_measured_periods_are_drawn_as_measured(tmp_path: Path) -> None:
+    """With ``slow_dwells_s`` / ``fast_dwells_s`` (read from TOML lists) each period is
+    one of the measured ones, speeds alternate, and the factors are 1/mean and
+    slow_factor/mean for the share the periods imply (here 0.2 s slow of every 0.6 s:
+    a third)."""
+    from clipperlab.simulator._hostcpu import _HostCpuDriver
+
+    f = tmp_path / "c.toml"
+    f.write_text(CONFIG.replace("loadgen_cpu_per_query_s = 20e-6",
+                                "slow_factor = 2.0\nslow_dwells_s = [0.1, 0.3]\n"
+                                "fast_dwells_s = [0.4]"))
+    hc = load_config(f).deployment.host_cpu
+    assert hc is not None and hc.slow_dwells_s == (0.1, 0.3) and hc.speed_swings
+    assert hc.share == pytest.approx(1 / 3) and hc.mean_factor == pytest.approx(4 / 3)
+
+    class Host:
+        def __init__(self) -> None:
+            self.calls: list[tuple[float, float]] = []
+
+        def set_factor(self, factor: float, now: float) -> None:
+            self.calls.append((now, factor))
+
+    fake = type("Fake", (), {"env": simpy.Environment()})()
+    host = Host()
+    fake.env.process(_HostCpuDriver._speed_proc(  # type: ignore[arg-type]
+        fake, host, hc, np.random.default_rng(1), 30.0))  # type: ignore[arg-type]
+    fake.env.run()
+    times = np.array([t for t, _ in host.calls])
+    factors = np.array([f for _, f in host.calls])
+    assert set(np.round(factors, 9)) == {round(0.75, 9), round(1.5, 9)}
+    assert (factors[1:] != factors[:-1]).all()  # the speeds alternate
+    lengths = np.diff(times)
+    slow_lengths = lengths[factors[:-1] > 1.0]
+    assert set(np.round(slow_lengths, 9)) == {0.1, 0.3}
+    assert set(np.round(lengths[factors[:-1] < 1.0], 9)) == {0.4}
