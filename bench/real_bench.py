@@ -28,16 +28,20 @@ CPU: around every run the benchmark reads the user + system time of the frontend
 of its container processes from ``/proc`` and the server's query and batch counters from
 ``/metrics``; a non-negative least-squares fit over all runs of a target splits the CPU into
 *per query* and *per batch* (``cpu = a x queries + b x batches``), for the frontend and the
-container separately.  The machine's load before the run is printed with the table; other
-jobs skew every figure.  Goals (issue "Lean real path", 2-core machine): REST saturation
->= 0.4x our echo server; frontend <= 15 us per query and <= 60 us per batch; container
-<= 40 us per batch; OIP within 1.25x of REST per query; a cache hit <= half the CPU of a
-miss; c=1 p50 within 1.5x of the aiohttp echo.  CPU per query falls as load rises (more
-requests per read, write and wakeup), and each target's ramp ends at its own saturation,
-so 'all' compares targets at different loads; one more run per target at ``--equal-rate``
-(kept out of the fit; by default half of REST's saturation, for rest, oip and hit) gives
-each one's frontend CPU per query at the same offered load, and the OIP and cache-hit
-ratios against REST from it.
+container separately. The machine's load before the run is printed with the table; other
+jobs skew every figure. So does the machine's own speed: on a virtual machine a core can run
+~2x slower for seconds at a time with nothing else running (other tenants), so a probe
+(``clipperlab.calibration.quiet.SpeedMonitor``, about 2% of a core) runs beside the bench
+and the table ends with the speed while each target ran: microseconds compare only between
+targets measured at like speeds. Goals (issue "Lean real path", 2-core machine): REST
+saturation >= 0.4x our echo server; frontend <= 15 us per query and <= 60 us per batch;
+container <= 40 us per batch; OIP within 1.25x of REST per query; a cache hit <= half the
+CPU of a miss; c=1 p50 within 1.5x of the aiohttp echo. CPU per query falls as load rises
+(more requests per read, write and wakeup), and each target's ramp ends at its own
+saturation, so 'all' compares targets at different loads; one more run per target at
+``--equal-rate`` (kept out of the fit; by default half of REST's saturation, for rest, oip
+and hit) gives each one's frontend CPU per query at the same offered load, and the OIP and
+cache-hit ratios against REST from it.
 """
 
 from __future__ import annotations
@@ -501,6 +505,12 @@ def _print_table(results: dict[str, Any]) -> None:
               + ", ".join(parts))
     print(f"(other jobs kept {results['background_cpu_busy_share']:.0%} of the CPUs busy "
           f"before the run; load average {results['loadavg']})")
+    speeds = {n: r["speed"] for n, r in results["targets"].items() if r.get("speed")}
+    if speeds:
+        print("the machine's speed while each target ran (quiet.SpeedMonitor: slow share, "
+              "x factor; absolute microseconds compare only at like speeds): " + ", ".join(
+                  f"{n} {sp['slow_share']:.0%} x{sp['slow_factor']:.2f} "
+                  f"(fast {sp['fast_ns']:.0f} ns)" for n, sp in speeds.items()))
 
 
 def main() -> int:
@@ -553,8 +563,17 @@ def main() -> int:
     results["loadavg"] = Path("/proc/loadavg").read_text().split()[0]
     print(f"before the run the machine's CPUs were {results['background_cpu_busy_share']:.0%} "
           f"busy with other jobs (load average {results['loadavg']})", flush=True)
-    with tempfile.TemporaryDirectory() as d:
+    from clipperlab.calibration.quiet import SpeedMonitor
+
+    with tempfile.TemporaryDirectory() as d, SpeedMonitor(Path(d) / "speed.txt") as mon:
         tmp = Path(d)
+
+        def speed(since: float) -> dict[str, float] | None:
+            sp = mon.fit(since)
+            return None if sp is None else {"fast_ns": sp.fast_ns, "slow_factor": sp.slow_factor,
+                                            "slow_share": sp.slow_share,
+                                            "slow_dwell_s": sp.slow_dwell_s}
+
         for role in ("echo", "aiohttp"):
             if role not in only:
                 continue
@@ -568,7 +587,9 @@ def main() -> int:
             try:
                 t = Target(role, port, "/echo", REST_BODY, DEFAULT_MARKS["echo"], proc.pid,
                            engine=False)
+                t0 = time.monotonic()
                 results[role] = measure(t, a, a.equal_rate)
+                results[role]["speed"] = speed(t0)
             finally:
                 _stop(proc)
         for cache, names in ((False, ("rest", "oip")), (True, ("hit",))):
@@ -583,8 +604,10 @@ def main() -> int:
                     mk = DEFAULT_MARKS["oip" if n == "oip" else "rest"]
                     equal = a.equal_rate or results["targets"].get("rest", {}).get(
                         "equal", {}).get("rate", 0.0)
+                    t0 = time.monotonic()
                     results["targets"][n] = measure(Target(n, port, path, body, mk, proc.pid), a,
                                                     equal)
+                    results["targets"][n]["speed"] = speed(t0)
             finally:
                 _stop(proc)
     for role in ("echo", "aiohttp"):
