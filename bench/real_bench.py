@@ -511,6 +511,18 @@ def _print_table(results: dict[str, Any]) -> None:
               "x factor; absolute microseconds compare only at like speeds): " + ", ".join(
                   f"{n} {sp['slow_share']:.0%} x{sp['slow_factor']:.2f} "
                   f"(fast {sp['fast_ns']:.0f} ns)" for n, sp in speeds.items()))
+        parts = []
+        for n, sp in speeds.items():
+            cpu = results["targets"][n].get("cpu", {})
+            m = 1.0 + sp["slow_share"] * (sp["slow_factor"] - 1.0)
+            got = [f"{label} {cpu[k] / m:.1f}" for label, k in (
+                ("fe us/q", "frontend_us_per_query"), ("fe us/b", "frontend_us_per_batch"),
+                ("ct us/b", "container_us_per_batch")) if k in cpu]
+            if got:
+                parts.append(f"{n} {', '.join(got)}")
+        if parts:
+            print("the CPU splits at the fast speed (each divided by its target's mean "
+                  "factor, 1 + slow share x (factor - 1)): " + "; ".join(parts))
 
 
 def main() -> int:
