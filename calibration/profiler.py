@@ -31,8 +31,11 @@ Rules:
 - The profile (``simulator.LatencyProfile.from_samples``) is tagged with the CPU model
   and cores, the Python/numpy/scikit-learn/torch versions, the date, how it was
   measured and the load it was measured under (``load_average`` before and after,
-  ``machine_load``: the samples, ``busy``: ``no`` or ``yes: `` and why, ``rounds``; tags
-  are strings, as the loader wants); ``simulator.save_profile`` writes it.
+  ``machine_load``: the samples, ``busy``: ``no`` or ``yes: `` and why, ``rounds``;
+  ``machine_speed``: the machine's two speeds over ``SPEED_S`` seconds of probes just
+  before and just after the timing, ``quiet.speed_sample``, none while it runs so the
+  probe cannot stretch a batch; tags are strings, as the loader wants);
+  ``simulator.save_profile`` writes it.
 - A container that exits, refuses, or answers ``ERROR`` stops the run with a
   ``ProfilerError`` that says why (its last log line included).
 """
@@ -63,7 +66,17 @@ from clipperlab.simulator import LatencyProfile
 from clipperlab.workloads import DigitsInputs, InputSource
 
 from .errors import ProfilerError
-from .quiet import BUSY_POLICIES, MAX_LOADAVG_PER_CORE, LoadSample, guard, machine_load
+from .quiet import (
+    BUSY_POLICIES,
+    MAX_LOADAVG_PER_CORE,
+    HostSpeed,
+    LoadSample,
+    guard,
+    machine_load,
+    speed_sample,
+)
+
+SPEED_S = 2.0  # seconds of speed probes before and after a profile's timing
 
 __all__ = [
     "DEFAULT_BATCH_SIZES",
@@ -368,6 +381,9 @@ def profile_model(
     before (``quiet.guard`` with ``spec.busy``) and after the timing (``sample``, this
     process and its container left out), and the profile's tags say the load."""
     before = guard(spec.busy, what=f"profiling {spec.model}", log=log, sample=sample)
+    speeds: list[HostSpeed | None] = []
+    if spec.busy != "off":
+        speeds.append(speed_sample(SPEED_S))
     host, port = "127.0.0.1", 0
     if listen:
         h, _, pt = listen.rpartition(":")
@@ -406,6 +422,8 @@ def profile_model(
             hello = _handshake(rpc, spec)
             samples, _ = measure(rpc, spec, log)
             after = sample() if spec.busy != "off" else None
+            if spec.busy != "off":
+                speeds.append(speed_sample(SPEED_S))
         except (OSError, p.ProtocolError) as e:
             raise ProfilerError(f"RPC with the container failed: {e}; {_last_line(log_path)}"
                                 ) from None
@@ -442,6 +460,10 @@ def profile_model(
         "load_average": f"{load_before} before, {_load()} after",
         **load_tags(before, after, spec.rounds, log),
     }
+    if speeds:
+        tags["machine_speed"] = "; ".join(
+            f"{when}: {sp.describe() if sp is not None else 'too few probes'}"
+            for when, sp in zip(("before", "after"), speeds, strict=False))
     return LatencyProfile.from_samples(
         name,
         samples,

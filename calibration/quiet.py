@@ -38,10 +38,12 @@ itself idle (1-4% busy, no steal): other tenants on the physical core.  Load ave
 CPU shares cannot see it; a loop timed in the thread's own CPU time can.
 - ``speed_probe_ns(n)``: nanoseconds of this thread's CPU time per iteration of a fixed
   loop of Python work (objects, a dict, string formatting, a list: what a server's
-  request path does), over ``n`` iterations (``PROBE_ITERATIONS``: about half a
-  millisecond on the fast state).
+  request path does), over ``n`` iterations (``PROBE_ITERATIONS``: about 0.3 ms on the
+  fast state, 0.5 ms on the slow one).
+- ``speed_sample(seconds)``: a fit over probes taken here, one every ``SPEED_INTERVAL_S``
+  for that long (what ``--speed`` and the profiler's tags use).
 - ``SpeedMonitor``: a process (``--speed-trace FILE``) that takes one probe every
-  ``interval_s`` (``SPEED_INTERVAL_S``, 25 ms: about 2% of a core) while a measurement
+  ``interval_s`` (``SPEED_INTERVAL_S``, 25 ms: 1-2% of a core) while a measurement
   runs (it ends with the block, or by itself once its parent is gone), and
   ``trace(since, until)`` reads what it wrote between two ``time.monotonic`` moments:
   ``(time, ns)`` pairs; ``fit(since, until)`` fits them.
@@ -86,6 +88,7 @@ __all__ = [
     "guard",
     "machine_load",
     "speed_probe_ns",
+    "speed_sample",
 ]
 
 BUSY_POLICIES = ("warn", "refuse", "off")
@@ -93,7 +96,7 @@ MAX_OTHER_CPU_SHARE = 0.2
 MAX_LOADAVG_PER_CORE = 1.0
 WINDOW_S = 0.5
 SETTLE_STEP_S = 5.0
-PROBE_ITERATIONS = 400
+PROBE_ITERATIONS = 200
 SPEED_INTERVAL_S = 0.025
 SLOW_THRESHOLD = 1.4
 MIN_PROBES = 20
@@ -325,6 +328,18 @@ def fit_speed(t: Sequence[float], ns: Sequence[float],
                      fast_dwells_s=tuple(k * step for s, k in whole if not s))
 
 
+def speed_sample(seconds: float, interval_s: float = SPEED_INTERVAL_S) -> HostSpeed | None:
+    """A fit over probes taken in this thread every ``interval_s`` for ``seconds``."""
+    t: list[float] = []
+    ns: list[float] = []
+    end = time.monotonic() + seconds
+    while (now := time.monotonic()) < end:
+        t.append(now)
+        ns.append(speed_probe_ns())
+        time.sleep(max(interval_s - (time.monotonic() - now), 0.0))
+    return fit_speed(t, ns)
+
+
 def _speed_trace(path: str, interval_s: float) -> None:
     """The monitor's process: a probe every ``interval_s``, one line each, until killed
     or its parent is gone."""
@@ -463,16 +478,9 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     print(s.describe() if s is not None else "not sampled (--busy off)")
     if a.speed > 0:
-        t: list[float] = []
-        ns: list[float] = []
-        end = time.monotonic() + a.speed
-        while (now := time.monotonic()) < end:
-            t.append(now)
-            ns.append(speed_probe_ns())
-            time.sleep(max(a.interval_ms / 1e3 - (time.monotonic() - now), 0.0))
-        sp = fit_speed(t, ns)
+        sp = speed_sample(a.speed, a.interval_ms / 1e3)
         print("speed: " + (sp.describe() if sp is not None else
-                           f"too few probes ({len(ns)}; at least {MIN_PROBES})"))
+                           f"too few probes (at least {MIN_PROBES})"))
     return 0
 
 

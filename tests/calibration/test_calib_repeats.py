@@ -146,6 +146,9 @@ def test_profile_records_the_load_it_was_measured_under(tmp_path: Path) -> None:
     assert any("busy" in w for w in warned)
     back = load_profile(save_profile(prof, tmp_path / "p.json"))
     assert back.tags["machine_load"] == prof.tags["machine_load"]
+    # the machine's speed just before and just after the timing (probes for 2 s each)
+    speed = back.tags["machine_speed"]
+    assert speed.startswith("before: ") and "; after: " in speed and "probe iteration" in speed
     calm = profile_model(spec, sample=lambda: QUIET, log=lambda s: None)
     assert calm.tags["busy"] == "no" and QUIET.describe() in calm.tags["machine_load"]
 
