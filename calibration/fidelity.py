@@ -336,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --resimulate: the two speeds to refit the twin with (e.g. "
                          "1.85,0.4,100: slow x1.85, 40%% of the time, 100 ms periods on "
                          "average; default: each run's own, none before the probe)")
+    ap.add_argument("--level-speed", action=argparse.BooleanOptionalAction, default=True,
+                    help="with --resimulate: run each level at the machine's speed its row "
+                         "records, as a live run does (default %(default)s)")
     ap.add_argument("--report-only", action="store_true",
                     help="no runs: rebuild fidelity.md/.png and the goal table from OUT/"
                          "fidelity.csv")
@@ -367,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
                         adjust=None if sl is None else (
                             lambda c: dataclasses.replace(c, slice_s=sl / 1e3)
                             if c.host_cpus > 0 else c),
-                        speed=slow, log=lambda s: print(s, flush=True))
+                        speed=slow, level_speed=a.level_speed,
+                        log=lambda s: print(s, flush=True))
         rs.table.to_csv(out / "fidelity.csv", index=False, float_format="%.6g")
         for note in rs.notes:
             print(f"note: {note}")

@@ -119,6 +119,9 @@ class Calibration:
     slow_dwell_s: float = 0.1
     slow_dwells_s: tuple[float, ...] = ()  # the periods seen (HostCPU draws from them)
     fast_dwells_s: tuple[float, ...] = ()
+    # the mean speed factor the CPU demands were fitted at, when the twin runs another
+    # stretch's speeds (a level's: ``twin.at_speed``); 0: the calibration's own
+    reference_factor: float = 0.0
 
 
 class ContainerCpu(NamedTuple):

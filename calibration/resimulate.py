@@ -43,7 +43,7 @@ from clipperlab.calibration.fit import Calibration, ContainerCpu, CpuRun
 from clipperlab.calibration.quiet import HostSpeed
 from clipperlab.calibration.runs import retime, sim_run, ticked
 from clipperlab.calibration.server import model_specs, real_deployment
-from clipperlab.calibration.twin import sim_deployment
+from clipperlab.calibration.twin import at_speed, sim_deployment
 from clipperlab.calibration.validation import median_summary, twin_prediction
 from clipperlab.simulator import load_profile
 from clipperlab.workloads import Workload
@@ -179,6 +179,7 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
                refit: bool = True,
                adjust: Callable[[Calibration], Calibration] | None = None,
                speed: HostSpeed | None = None,
+               level_speed: bool = True,
                log: Log = print) -> Resimulated:
     """The simulator's side of the fidelity run in ``out`` again (module rules); with
     ``refit`` the calibration is fitted again where the run stored what it was fitted on
@@ -186,7 +187,10 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
     change that needs no re-measurement); ``speed``, when given, is the machine's two
     speeds the host CPU model's twin is refitted with (instead of the run's own: a run
     from before the speed probe has none), a setting without stored runs taking it
-    as it is."""
+    as it is.  With ``level_speed`` (the default), a level whose row records the
+    machine's speed (``speed_level_*``, else the setting's levels' ``speed_levels_*``) is
+    run by the host CPU model's twin at that speed (``twin.at_speed``), as a live run
+    does."""
     csv = out / "fidelity.csv"
     if not csv.exists():
         raise CalibrationError(f"{csv} does not exist: --resimulate needs a fidelity run's "
@@ -220,11 +224,16 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
             calibs = {m: with_speed(c, speed) for m, c in calibs.items()}
         if adjust is not None:
             calibs = {m: adjust(c) for m, c in calibs.items()}
-        for mode, calib in calibs.items():
-            twin = sim_deployment(dep, workload.app, profiles, calibration=calib)
+        for mode, calib0 in calibs.items():
+            twin0 = sim_deployment(dep, workload.app, profiles, calibration=calib0)
             for lv, rows in g[g["mode"] == "real"].groupby("level", sort=False):
                 rate = float(rows.iloc[0]["offered_qps"])
                 tr = ticked(retime(workload, rate, ls, seed + 3))
+                calib, twin = calib0, twin0
+                lsp = _level_speed(rows.iloc[0].to_dict()) if level_speed else None
+                if lsp is not None and calib0.host_cpus > 0:
+                    calib = at_speed(calib0, *lsp)
+                    twin = sim_deployment(dep, workload.app, profiles, calibration=calib)
                 s = median_summary([sim_run(twin, tr, seed + k, calib) for k in range(reps)])
                 sel = (g["level"] == lv) & (g["mode"] == mode)
                 for col in ("throughput_qps", "mean_ms", "p50_ms", "p90_ms", "p99_ms",
@@ -275,6 +284,18 @@ def _deployment(toml: Path, tmp: Path) -> Any:
     dst.write_text(text)
     return real_deployment(dst)
 
+
+
+def _level_speed(row: Mapping[str, Any]) -> tuple[float, float, float] | None:
+    """A level row's recorded speed ``(factor, share, dwell_s)``: its own
+    (``speed_level_*``), else its setting's levels' (``speed_levels_*``)."""
+    for p in ("speed_level_", "speed_levels_"):
+        f = _num(row, f"{p}factor", math.nan)
+        sh = _num(row, f"{p}slow_share", math.nan)
+        dw = _num(row, f"{p}dwell_ms", math.nan)
+        if math.isfinite(f) and math.isfinite(sh):
+            return f, sh, dw / 1e3 if math.isfinite(dw) and dw > 0 else 0.1
+    return None
 
 
 def stored_speed(calibs: Mapping[str, Calibration]) -> HostSpeed | None:

@@ -49,7 +49,42 @@ from clipperlab.simulator import (
     ModelDeployment,
 )
 
-__all__ = ["capacity_estimate", "despiked", "frontend_cpu", "scaled", "sim_deployment"]
+__all__ = ["at_speed", "capacity_estimate", "despiked", "frontend_cpu", "mean_factor",
+           "scaled", "sim_deployment"]
+
+
+def mean_factor(c: Calibration) -> float:
+    """The time-averaged speed factor ``c``'s CPU demands were fitted at (1: one speed):
+    its ``reference_factor`` when set, else what its two speeds give."""
+    if c.reference_factor > 0:
+        return c.reference_factor
+    if c.slow_factor <= 1.0:
+        return 1.0
+    if c.slow_dwells_s and c.fast_dwells_s:
+        s = sum(c.slow_dwells_s) / len(c.slow_dwells_s)
+        f = sum(c.fast_dwells_s) / len(c.fast_dwells_s)
+        share = s / (s + f)
+    else:
+        share = c.slow_share
+    return 1.0 + share * (c.slow_factor - 1.0)
+
+
+def at_speed(c: Calibration, slow_factor: float, slow_share: float, slow_dwell_s: float,
+             slow_dwells_s: tuple[float, ...] = (),
+             fast_dwells_s: tuple[float, ...] = ()) -> Calibration:
+    """``c`` run at another stretch's speeds (a level's, as the probe saw them): its host
+    switches as those say, and its demands, fitted at ``c``'s own mean factor, are
+    scaled to them (``HostCPU.reference_factor``).  ``c`` as it is without the host CPU
+    model."""
+    if c.host_cpus <= 0:
+        return c
+    two = slow_factor > 1.0 and 0.0 < slow_share < 1.0 and slow_dwell_s > 0
+    return dataclasses.replace(
+        c, reference_factor=mean_factor(c),
+        slow_factor=slow_factor if two else 1.0, slow_share=slow_share if two else 0.0,
+        slow_dwell_s=slow_dwell_s if two else 0.1,
+        slow_dwells_s=slow_dwells_s if two and fast_dwells_s else (),
+        fast_dwells_s=fast_dwells_s if two and slow_dwells_s else ())
 
 
 def sim_deployment(
@@ -75,7 +110,8 @@ def sim_deployment(
                        slow_share=calibration.slow_share,
                        slow_dwell_s=calibration.slow_dwell_s,
                        slow_dwells_s=calibration.slow_dwells_s,
-                       fast_dwells_s=calibration.fast_dwells_s)
+                       fast_dwells_s=calibration.fast_dwells_s,
+                       reference_factor=calibration.reference_factor or None)
         cpu = {m: (b, i) for m, b, i in calibration.container_cpu}
     mds = [
         ModelDeployment(spec=spec, profile=scaled(

@@ -47,7 +47,8 @@ Theory of operation (``validate``, one function per step):
      the machine's two speeds while steps 3-4 ran (``quiet.SpeedMonitor`` probes it from
      step 3 to the end; ``quiet.fit_speed``; ``HostCPU.slow_factor``, ``slow_share``,
      ``slow_dwell_s``), so that the twin's host is slow when and as long as this one
-     was; the levels' own speed is recorded beside it (``res.speed_levels``);
+     was; the levels' own speed is recorded beside it (``res.speed_levels``), and each
+     level's twin runs at the speed the probe saw during that level's real runs (step 6);
    - per twin, what it still misses (``fit_unexplained``), so that contention the host
      CPU model explains is not fitted as pauses:
    - pauses (``fit_pauses``, ``tune_pause_rate``): late queries in the low-load runs give
@@ -160,7 +161,12 @@ from clipperlab.calibration.server import (
     model_specs,
     real_deployment,
 )
-from clipperlab.calibration.twin import capacity_estimate, frontend_cpu, sim_deployment
+from clipperlab.calibration.twin import (
+    at_speed,
+    capacity_estimate,
+    frontend_cpu,
+    sim_deployment,
+)
 from clipperlab.engine import Application, ModelSpec
 from clipperlab.report.latency import pct, summarise
 from clipperlab.simulator import Deployment, LatencyProfile
@@ -276,7 +282,8 @@ def _validate(dep: RealDeployment, app: Application,
         calib = calibs[-1][1]  # the prediction: with the host CPU model when asked
         intervals["capacity_qps"] = bootstrap(caps, seed=seed)
         levels_from = time.monotonic()
-        rows = run_levels(bench, setup, calibs, levels, float(capacity_qps), duration_s)
+        rows = run_levels(bench, setup, calibs, levels, float(capacity_qps), duration_s,
+                          mon)
         if mon is not None:
             speed_levels = mon.fit(levels_from)
             log("  the machine's speed during the levels: " + (
@@ -624,15 +631,19 @@ def _log_loop(log: Log, calib: Calibration, runs: Sequence[CpuRun],
 
 
 def run_levels(bench: Bench, setup: Setup, calibs: Sequence[tuple[str, Calibration]],
-               levels: Sequence[float], capacity_qps: float, duration_s: float
-               ) -> list[dict[str, Any]]:
+               levels: Sequence[float], capacity_qps: float, duration_s: float,
+               mon: SpeedMonitor | None = None) -> list[dict[str, Any]]:
     """Step 6: for each level, the machine sampled (``quiet.guard``: others' CPU share
     only, the load average holds our own server), then the level's trace on the real
     server ``2 x repeats`` times, alternating ``real`` and ``real again``; each real run's
     achieved send times in the plain twin and in every calibrated one (``calibs``: mode
     and calibration, the prediction last), the first run's in the in-situ diagnostic
     (the prediction's calibration); each metric the median over its mode's runs.  One
-    row per (level, mode)."""
+    row per (level, mode).  With ``mon`` (the speed probe), the level's rows record the
+    machine's speed while its real runs went (``speed_level_*``), and the host CPU
+    model's twin runs the level at that speed (``twin.at_speed``: the speed is a
+    condition of the level, like the send times the generator achieved, which the twins
+    replay too)."""
     plain = setup.twin()
     twins = [(mode, c, setup.twin(c)) for mode, c in calibs]
     calib = calibs[-1][1]
@@ -644,16 +655,31 @@ def run_levels(bench: Bench, setup: Setup, calibs: Sequence[tuple[str, Calibrati
         tr = retime(setup.workload, rate, duration_s, setup.seed + 3)
         runs: list[RealRun] = []
         again: list[RealRun] = []
+        t_level = time.monotonic()
         for _ in range(setup.repeats):
             runs.append(bench.run(tr, keep=False))
             # the same trace once more: how far the real server is from itself
             again.append(bench.run(tr, keep=False))
+        speed_cols: dict[str, float] = {}
+        level_twins = twins
+        sp = mon.fit(t_level) if mon is not None else None
+        if sp is not None:
+            speed_cols = {"speed_level_factor": sp.slow_factor,
+                          "speed_level_slow_share": sp.slow_share,
+                          "speed_level_dwell_ms": sp.slow_dwell_s * 1e3}
+            level_twins = []
+            for mode, c, twin in twins:
+                if c.host_cpus > 0:
+                    c = at_speed(c, sp.slow_factor, sp.slow_share, sp.slow_dwell_s,
+                                 sp.slow_dwells_s, sp.fast_dwells_s)
+                    twin = setup.twin(c)
+                level_twins.append((mode, c, twin))
         sims: list[dict[str, float]] = []
         cals: dict[str, list[dict[str, float]]] = {mode: [] for mode, _, _ in twins}
         for k, r in enumerate(runs):
             tr_sent = sent_trace(tr, r.table)
             sims.append(sim_run(plain, tr_sent, setup.seed + k))
-            for mode, c, twin in twins:
+            for mode, c, twin in level_twins:
                 cals[mode].append(sim_run(twin, tr_sent, setup.seed + k, c))
         # diagnostic, not a prediction: the calibrated twin told the first run's slowdown
         k0 = slowdown(runs[0].seen, setup.profiles)
@@ -674,7 +700,9 @@ def run_levels(bench: Bench, setup: Setup, calibs: Sequence[tuple[str, Calibrati
             rows.append({**_row(lv, rate, mode, s, r, s_sched, k0, la),
                          "other_cpu_share": other, "repeats": setup.repeats,
                          "ramps": setup.ramps, "ramp_resolution": setup.ramp_resolution,
-                         "ramp_restart": setup.ramp_restart})
+                         "ramp_restart": setup.ramp_restart, **speed_cols})
+        if sp is not None:
+            setup.log(f"  level {lv:.0%}: the machine {sp.describe()}")
         setup.log(f"  level {lv:.0%} ({rate:,.0f} q/s): real p50/p99 "
                   f"{s_real.get('p50_ms', math.nan):.2f}/{s_real.get('p99_ms', math.nan):.2f}"
                   f" ms, {pred} {s_cal.get('p50_ms', math.nan):.2f}/"

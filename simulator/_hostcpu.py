@@ -24,7 +24,8 @@ Rules:
   exponential time (slow: mean ``slow_dwell_s``; fast: ``slow_dwell_s x (1 - share) /
   share``), and the host's factor is ``1 / mean_factor`` when fast and ``slow_factor /
   mean_factor`` when slow, until the last arrival; with measured periods
-  (``slow_dwells_s``, ``fast_dwells_s``) each period is drawn from them instead.  Its
+  (``slow_dwells_s``, ``fast_dwells_s``) each period is drawn from them instead; with
+  ``reference_factor`` the factors are divided by it instead of ``mean_factor``.  Its
   draws come from their own generator (``[seed, 404, host's index]``), so the other
   draws stay as they were.
 
@@ -219,7 +220,8 @@ class _HostCpuDriver(_Replicas):
 
     # ------------------------------------------------------------------ speed
     def _speed_procs(self, hc: HostCPU) -> None:
-        """Start one ``_speed_proc`` per host (``HostCPU.speed_swings``)."""
+        """Start one ``_speed_proc`` per host (``HostCPU.speed_swings``, or one speed with
+        a ``reference_factor``)."""
         assert self._cpus is not None
         end = float(self.arrival_at[-1]) if len(self.arrival_at) else 0.0
         for k, host in enumerate(self._cpus.values()):
@@ -230,7 +232,10 @@ class _HostCpuDriver(_Replicas):
                     end: float) -> Any:
         """``host``'s speed until ``end`` (see the module's rules)."""
         env = self.env
-        m = hc.mean_factor
+        m = hc.reference
+        if not hc.speed_swings:  # one speed, measured against another time's
+            host.set_factor(1.0 / m, 0.0)
+            return
         share = hc.share
         if hc.measured_dwells:
             drawn = {True: np.asarray(hc.slow_dwells_s, dtype=np.float64),

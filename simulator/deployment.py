@@ -200,7 +200,11 @@ class HostCPU:
     demands keep their meaning (CPU seconds
     a job takes on average, as ``/proc`` measured them over a run): work runs
     ``1 / mean_factor`` as long when fast and ``slow_factor / mean_factor`` when slow, so
-    the time-averaged speed is unchanged and only its swings are added."""
+    the time-averaged speed is unchanged and only its swings are added.
+    ``reference_factor`` (default: this host's own ``mean_factor``): the mean factor the
+    demands were measured at, when that was another time's speed (a twin fitted while
+    the machine was slow 40% of the time, run for a stretch when it was slow 70% of the
+    time: work then takes ``factor / reference_factor`` of its demand, on average more)."""
 
     cpus: int | None = None
     frontend_host: str | None = None
@@ -213,6 +217,7 @@ class HostCPU:
     slow_dwell_s: float = 0.1
     slow_dwells_s: tuple[float, ...] = ()
     fast_dwells_s: tuple[float, ...] = ()
+    reference_factor: float | None = None
 
     def __post_init__(self) -> None:
         c = self.cpus
@@ -258,6 +263,11 @@ class HostCPU:
                     and x > 0 for x in v):
                 raise SimConfigError(f"host_cpu.{k}: expected a list of seconds > 0, got "
                                      f"{v!r}")
+        r = self.reference_factor
+        if r is not None and (isinstance(r, bool) or not isinstance(r, int | float) or not (
+                math.isfinite(r) and r >= 1.0)):
+            raise SimConfigError(f"host_cpu.reference_factor: expected a mean factor >= 1, "
+                                 f"got {r!r}")
         if bool(self.slow_dwells_s) != bool(self.fast_dwells_s):
             raise SimConfigError("host_cpu.slow_dwells_s and fast_dwells_s: give both "
                                  "(measured periods of each speed) or neither")
@@ -287,6 +297,11 @@ class HostCPU:
         """The time-averaged factor of the two speeds: ``1 + share x (slow_factor -
         1)``."""
         return 1.0 + self.share * (self.slow_factor - 1.0)
+
+    @property
+    def reference(self) -> float:
+        """What the factors are divided by: ``reference_factor``, else ``mean_factor``."""
+        return self.mean_factor if self.reference_factor is None else self.reference_factor
 
     def cores(self, host: Host) -> int:
         """The cores ``host``'s processes share (at least one)."""

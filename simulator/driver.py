@@ -385,7 +385,8 @@ class Simulation(_HostCpuDriver):
             for fe in self._fes:  # each frontend's loop loses its CPU on its own
                 env.process(fe._pause_proc(fc))
         hcfg = self.deployment.host_cpu
-        if hc and hcfg is not None and hcfg.speed_swings and self.n:
+        if hc and hcfg is not None and self.n and (
+                hcfg.speed_swings or hcfg.reference_factor is not None):
             self._speed_procs(hcfg)
         for fe in self._fes:
             fe._ensure_timer()

@@ -26,7 +26,7 @@ from clipperlab.calibration.fit import (
     tune_pause_rate,
 )
 from clipperlab.calibration.server import real_deployment
-from clipperlab.calibration.twin import frontend_cpu, sim_deployment
+from clipperlab.calibration.twin import at_speed, frontend_cpu, mean_factor, sim_deployment
 from clipperlab.cli import main
 from clipperlab.commands import validate as validate_cmd
 from clipperlab.engine import BatchingConfig
@@ -91,6 +91,20 @@ def test_twin_with_the_host_cpu_model_has_the_fitted_demands(tmp_path: Path) -> 
                                      slow_factor=1.8, slow_share=0.4, slow_dwell_s=0.12,
                                      slow_dwells_s=(0.05, 0.19), fast_dwells_s=(0.18,))
     assert swung.host_cpu.speed_swings and not twin.host_cpu.speed_swings
+    # the same calibration run at another stretch's speed: the twin's host switches as
+    # that stretch did, its demands scaled from the calibration's own mean factor
+    base = dataclasses.replace(calib, slow_factor=1.8, slow_share=0.5, slow_dwell_s=0.1)
+    assert mean_factor(base) == pytest.approx(1.4) and mean_factor(calib) == 1.0
+    lv = at_speed(base, 1.8, 0.75, 0.2)
+    assert (lv.slow_share, lv.slow_dwell_s, lv.reference_factor) == (0.75, 0.2, 1.4)
+    assert mean_factor(lv) == pytest.approx(1.4)
+    hc = sim_deployment(dep, "hello", {"noop": prof}, calibration=lv).host_cpu
+    assert hc is not None and hc.reference == pytest.approx(1.4)
+    assert hc.mean_factor == pytest.approx(1.6)  # slower on average than when fitted
+    flat = at_speed(base, 1.0, 0.0, float("nan"))
+    assert (flat.slow_factor, flat.slow_share, flat.reference_factor) == (1.0, 0.0, 1.4)
+    no_host = dataclasses.replace(calib, host_cpus=0)
+    assert at_speed(no_host, 1.8, 0.75, 0.2) is no_host
 
 
 # --------------------------------------------------------------------------- the fits

@@ -290,6 +290,19 @@ def test_resimulate_with_two_speeds(tmp_path: Path,
     assert (t["slow_factor"] == 1.8).all() and (t["slow_share"] == 0.3).all()
     assert t["slow_dwell_ms"].to_numpy() == pytest.approx(120.0)
     assert "two speeds the probe saw" in (tmp_path / "fidelity.md").read_text()
+    # a level recorded as slow 90% of the time by x2 runs slower than at the stored speed
+    t = pd.read_csv(tmp_path / "fidelity.csv")
+    t["speed_level_factor"], t["speed_level_slow_share"] = 2.0, 0.9
+    t["speed_level_dwell_ms"] = 200.0
+    t.to_csv(tmp_path / "fidelity.csv", index=False)
+    wl = Workload(ConstantRate(100), n_queries=100, app="digits")
+    at_level = resimulate(tmp_path, wl, log=lambda s: None).table
+    stored = resimulate(tmp_path, wl, level_speed=False, log=lambda s: None).table
+
+    def host_p50(x: pd.DataFrame) -> float:
+        return float(x.loc[x["mode"] == "sim+host", "p50_ms"].mean())
+
+    assert host_p50(at_level) > host_p50(stored)
     capsys.readouterr()
     for argv in (["--resimulate", "--slow", "0.5,0.3,120"], ["--resimulate", "--slow", "2,1,5"],
                  ["--resimulate", "--slow", "2,0.3"], ["--slow", "2,0.3,100"]):

@@ -199,6 +199,9 @@ def test_validate_tiny(tmp_path: Path) -> None:
     assert res.speed_calib.probes >= 20 and res.speed_calib.fast_ns > 0
     two = res.speed_calib.slow_factor > 1.0 and res.speed_calib.slow_share > 0.0
     assert (res.calibration.slow_share > 0.0) is two
+    # each level's rows record the machine's speed during its real runs
+    assert res.table["speed_level_factor"].notna().all()
+    assert res.table["speed_level_slow_share"].between(0, 1).all()
     files = write_outputs(res, tmp_path / "v")
     assert (tmp_path / "v" / "validation.png") in files
     assert "| 50% | real |" in (tmp_path / "v" / "summary.md").read_text()

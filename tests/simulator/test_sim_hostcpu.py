@@ -410,6 +410,8 @@ def _toml(text: str) -> dict[str, object]:
          r"host_cpu\.slow_dwells_s: expected a list of seconds > 0, got \(0\.05, -1\)"),
         ("loadgen_cpu_per_query_s = 20e-6", "slow_dwells_s = [0.05]",
          r"host_cpu\.slow_dwells_s and fast_dwells_s: give both"),
+        ("loadgen_cpu_per_query_s = 20e-6", "reference_factor = 0.9",
+         r"host_cpu\.reference_factor: expected a mean factor >= 1, got 0\.9"),
     ],
 )
 def test_config_errors_name_the_field(tmp_path: Path, old: str, new: str, message: str) -> None:
@@ -549,3 +551,13 @@ def test_measured_periods_are_drawn_as_measured(tmp_path: Path) -> None:
     slow_lengths = lengths[factors[:-1] > 1.0]
     assert set(np.round(slow_lengths, 9)) == {0.1, 0.3}
     assert set(np.round(lengths[factors[:-1] < 1.0], 9)) == {0.4}
+
+
+def test_a_reference_factor_scales_the_demands() -> None:
+    """Demands fitted at a mean factor of 2 (``reference_factor``) run at one speed twice
+    as fast: a lone 2 ms CPU-bound batch takes 1 ms; with the host's own speeds the
+    default reference is its own mean factor, so nothing moves at one speed."""
+    one = _swings(0.01)
+    half = _swings(0.01, reference_factor=2.0)
+    assert half["latency_s"].median() == pytest.approx(0.5 * one["latency_s"].median())
+    assert _swings(0.01, reference_factor=1.0)["reply_at"].equals(one["reply_at"])
