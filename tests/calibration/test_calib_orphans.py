@@ -10,18 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-NOOP_DEPLOY = """
-[[models]]
-name = "noop"
-kind = "noop"
-replicas = 1
-
-[[applications]]
-name = "hello"
-slo_ms = 100
-default_output = -1
-models = ["noop"]
-"""
+from tests.calibration.test_calib_hostcpu import NOOP_DEPLOY
 
 DRIVER = """
 import os, sys, time
