@@ -43,7 +43,7 @@ from clipperlab.calibration.fit import Calibration, ContainerCpu, CpuRun
 from clipperlab.calibration.quiet import HostSpeed
 from clipperlab.calibration.runs import retime, sim_run, ticked
 from clipperlab.calibration.server import model_specs, real_deployment
-from clipperlab.calibration.twin import at_speed, sim_deployment
+from clipperlab.calibration.twin import at_speed, sim_deployment, speed_fields
 from clipperlab.calibration.validation import median_summary, twin_prediction
 from clipperlab.simulator import load_profile
 from clipperlab.workloads import Workload
@@ -232,7 +232,7 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
                 calib, twin = calib0, twin0
                 lsp = _level_speed(rows.iloc[0].to_dict()) if level_speed else None
                 if lsp is not None and calib0.host_cpus > 0:
-                    calib = at_speed(calib0, *lsp)
+                    calib = at_speed(calib0, lsp)
                     twin = sim_deployment(dep, workload.app, profiles, calibration=calib)
                 s = median_summary([sim_run(twin, tr, seed + k, calib) for k in range(reps)])
                 sel = (g["level"] == lv) & (g["mode"] == mode)
@@ -286,15 +286,17 @@ def _deployment(toml: Path, tmp: Path) -> Any:
 
 
 
-def _level_speed(row: Mapping[str, Any]) -> tuple[float, float, float] | None:
-    """A level row's recorded speed ``(factor, share, dwell_s)``: its own
-    (``speed_level_*``), else its setting's levels' (``speed_levels_*``)."""
+def _level_speed(row: Mapping[str, Any]) -> HostSpeed | None:
+    """A level row's recorded speed: its own (``speed_level_*``), else its setting's
+    levels' (``speed_levels_*``)."""
     for p in ("speed_level_", "speed_levels_"):
         f = _num(row, f"{p}factor", math.nan)
         sh = _num(row, f"{p}slow_share", math.nan)
         dw = _num(row, f"{p}dwell_ms", math.nan)
         if math.isfinite(f) and math.isfinite(sh):
-            return f, sh, dw / 1e3 if math.isfinite(dw) and dw > 0 else 0.1
+            return HostSpeed(fast_ns=math.nan, slow_factor=f, slow_share=sh,
+                             slow_dwell_s=dw / 1e3 if math.isfinite(dw) and dw > 0 else 0.1,
+                             probes=0, span_s=math.nan)
     return None
 
 
@@ -311,12 +313,7 @@ def stored_speed(calibs: Mapping[str, Calibration]) -> HostSpeed | None:
 
 def with_speed(c: Calibration, speed: HostSpeed) -> Calibration:
     """``c`` with ``speed``'s two speeds when it has the host CPU model (else as it is)."""
-    if c.host_cpus <= 0:
-        return c
-    return dataclasses.replace(c, slow_factor=speed.slow_factor, slow_share=speed.slow_share,
-                               slow_dwell_s=speed.slow_dwell_s,
-                               slow_dwells_s=speed.slow_dwells_s,
-                               fast_dwells_s=speed.fast_dwells_s)
+    return dataclasses.replace(c, **speed_fields(speed)) if c.host_cpus > 0 else c
 
 
 def _refit(path: Path, dep: Any, app: Any, specs: Any, workload: Workload,

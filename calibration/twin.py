@@ -32,10 +32,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from clipperlab.calibration.fit import Calibration
+from clipperlab.calibration.quiet import HostSpeed
 from clipperlab.calibration.server import RealDeployment, model_specs
 from clipperlab.simulator import (
     AppDeployment,
@@ -50,41 +52,46 @@ from clipperlab.simulator import (
 )
 
 __all__ = ["at_speed", "capacity_estimate", "despiked", "frontend_cpu", "mean_factor",
-           "scaled", "sim_deployment"]
+           "scaled", "sim_deployment", "speed_fields"]
+
+
+def speed_fields(speed: HostSpeed | None) -> dict[str, Any]:
+    """A calibration's two-speed fields (``slow_*``) from a probe's fit: its speeds when it
+    found two, one speed otherwise (None, factor 1, no slow share or period)."""
+    two = (speed is not None and speed.slow_factor > 1.0 and 0.0 < speed.slow_share < 1.0
+           and math.isfinite(speed.slow_dwell_s) and speed.slow_dwell_s > 0)
+    if not two or speed is None:
+        return {"slow_factor": 1.0, "slow_share": 0.0, "slow_dwell_s": 0.1,
+                "slow_dwells_s": (), "fast_dwells_s": ()}
+    measured = bool(speed.slow_dwells_s) and bool(speed.fast_dwells_s)
+    return {"slow_factor": speed.slow_factor, "slow_share": speed.slow_share,
+            "slow_dwell_s": speed.slow_dwell_s,
+            "slow_dwells_s": speed.slow_dwells_s if measured else (),
+            "fast_dwells_s": speed.fast_dwells_s if measured else ()}
+
+
+def _host_speed(c: Calibration) -> HostCPU:
+    """The twin's ``HostCPU`` speed fields for ``c`` (cores and demands left out)."""
+    return HostCPU(slow_factor=c.slow_factor, slow_share=c.slow_share,
+                   slow_dwell_s=c.slow_dwell_s, slow_dwells_s=c.slow_dwells_s,
+                   fast_dwells_s=c.fast_dwells_s, reference_factor=c.reference_factor or None)
 
 
 def mean_factor(c: Calibration) -> float:
     """The time-averaged speed factor ``c``'s CPU demands were fitted at (1: one speed):
-    its ``reference_factor`` when set, else what its two speeds give."""
-    if c.reference_factor > 0:
-        return c.reference_factor
-    if c.slow_factor <= 1.0:
-        return 1.0
-    if c.slow_dwells_s and c.fast_dwells_s:
-        s = sum(c.slow_dwells_s) / len(c.slow_dwells_s)
-        f = sum(c.fast_dwells_s) / len(c.fast_dwells_s)
-        share = s / (s + f)
-    else:
-        share = c.slow_share
-    return 1.0 + share * (c.slow_factor - 1.0)
+    its ``reference_factor`` when set, else what its two speeds give
+    (``HostCPU.reference``)."""
+    return _host_speed(c).reference if c.slow_factor > 1.0 or c.reference_factor > 0 else 1.0
 
 
-def at_speed(c: Calibration, slow_factor: float, slow_share: float, slow_dwell_s: float,
-             slow_dwells_s: tuple[float, ...] = (),
-             fast_dwells_s: tuple[float, ...] = ()) -> Calibration:
+def at_speed(c: Calibration, speed: HostSpeed | None) -> Calibration:
     """``c`` run at another stretch's speeds (a level's, as the probe saw them): its host
     switches as those say, and its demands, fitted at ``c``'s own mean factor, are
     scaled to them (``HostCPU.reference_factor``).  ``c`` as it is without the host CPU
     model."""
     if c.host_cpus <= 0:
         return c
-    two = slow_factor > 1.0 and 0.0 < slow_share < 1.0 and slow_dwell_s > 0
-    return dataclasses.replace(
-        c, reference_factor=mean_factor(c),
-        slow_factor=slow_factor if two else 1.0, slow_share=slow_share if two else 0.0,
-        slow_dwell_s=slow_dwell_s if two else 0.1,
-        slow_dwells_s=slow_dwells_s if two and fast_dwells_s else (),
-        fast_dwells_s=fast_dwells_s if two and slow_dwells_s else ())
+    return dataclasses.replace(c, reference_factor=mean_factor(c), **speed_fields(speed))
 
 
 def sim_deployment(
@@ -102,16 +109,10 @@ def sim_deployment(
     hcpu = None
     cpu: dict[str, tuple[float, float]] = {}
     if calibration is not None and calibration.host_cpus > 0:
-        hcpu = HostCPU(cpus=calibration.host_cpus,
-                       loadgen_cpu_per_query_s=calibration.loadgen_cpu_per_query_s,
-                       loadgen_wake_s=calibration.loadgen_wake_s,
-                       slice_s=calibration.slice_s,
-                       slow_factor=calibration.slow_factor,
-                       slow_share=calibration.slow_share,
-                       slow_dwell_s=calibration.slow_dwell_s,
-                       slow_dwells_s=calibration.slow_dwells_s,
-                       fast_dwells_s=calibration.fast_dwells_s,
-                       reference_factor=calibration.reference_factor or None)
+        hcpu = dataclasses.replace(
+            _host_speed(calibration), cpus=calibration.host_cpus,
+            loadgen_cpu_per_query_s=calibration.loadgen_cpu_per_query_s,
+            loadgen_wake_s=calibration.loadgen_wake_s, slice_s=calibration.slice_s)
         cpu = {m: (b, i) for m, b, i in calibration.container_cpu}
     mds = [
         ModelDeployment(spec=spec, profile=scaled(

@@ -166,6 +166,7 @@ from clipperlab.calibration.twin import (
     capacity_estimate,
     frontend_cpu,
     sim_deployment,
+    speed_fields,
 )
 from clipperlab.engine import Application, ModelSpec
 from clipperlab.report.latency import pct, summarise
@@ -519,20 +520,11 @@ def host_cpu_demands(runs: Sequence[CpuRun], calib: Calibration,
     kernel's time slice (``quiet.kernel_slice_s``: not fitted, the scheduler's own) and
     the machine's two speeds when ``speed`` found two (``quiet.fit_speed``)."""
     gen = fit_loadgen(runs if good is None else good)
-    two = (speed is not None and speed.slow_factor > 1.0 and 0.0 < speed.slow_share < 1.0
-           and math.isfinite(speed.slow_dwell_s) and speed.slow_dwell_s > 0)
     return dataclasses.replace(calib, host_cpus=os.cpu_count() or 1,
                                container_cpu=fit_container_cpu(runs),
                                loadgen_cpu_per_query_s=gen.per_query_s,
                                loadgen_wake_s=gen.per_wake_s,
-                               slice_s=kernel_slice_s(),
-                               slow_factor=speed.slow_factor if two and speed else 1.0,
-                               slow_share=speed.slow_share if two and speed else 0.0,
-                               slow_dwell_s=speed.slow_dwell_s if two and speed else 0.1,
-                               slow_dwells_s=speed.slow_dwells_s if two and speed and
-                               speed.fast_dwells_s else (),
-                               fast_dwells_s=speed.fast_dwells_s if two and speed and
-                               speed.slow_dwells_s else ())
+                               slice_s=kernel_slice_s(), **speed_fields(speed))
 
 
 def fit_unexplained(runs: Sequence[CpuRun], setup: Setup, low: CpuRun, calib: Calibration,
@@ -670,8 +662,7 @@ def run_levels(bench: Bench, setup: Setup, calibs: Sequence[tuple[str, Calibrati
             level_twins = []
             for mode, c, twin in twins:
                 if c.host_cpus > 0:
-                    c = at_speed(c, sp.slow_factor, sp.slow_share, sp.slow_dwell_s,
-                                 sp.slow_dwells_s, sp.fast_dwells_s)
+                    c = at_speed(c, sp)
                     twin = setup.twin(c)
                 level_twins.append((mode, c, twin))
         sims: list[dict[str, float]] = []

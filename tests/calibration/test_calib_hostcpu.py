@@ -25,6 +25,7 @@ from clipperlab.calibration.fit import (
     send_ticks,
     tune_pause_rate,
 )
+from clipperlab.calibration.quiet import HostSpeed
 from clipperlab.calibration.server import real_deployment
 from clipperlab.calibration.twin import at_speed, frontend_cpu, mean_factor, sim_deployment
 from clipperlab.cli import main
@@ -57,6 +58,11 @@ def _trace(rate: float, seconds: float, seed: int) -> Trace:
 
 
 # --------------------------------------------------------------------------- the twin
+
+
+def _speed(factor: float, share: float, dwell_s: float) -> HostSpeed:
+    return HostSpeed(fast_ns=1000.0, slow_factor=factor, slow_share=share,
+                     slow_dwell_s=dwell_s, probes=100, span_s=2.5)
 
 
 def test_twin_with_the_host_cpu_model_has_the_fitted_demands(tmp_path: Path) -> None:
@@ -95,16 +101,16 @@ def test_twin_with_the_host_cpu_model_has_the_fitted_demands(tmp_path: Path) -> 
     # that stretch did, its demands scaled from the calibration's own mean factor
     base = dataclasses.replace(calib, slow_factor=1.8, slow_share=0.5, slow_dwell_s=0.1)
     assert mean_factor(base) == pytest.approx(1.4) and mean_factor(calib) == 1.0
-    lv = at_speed(base, 1.8, 0.75, 0.2)
+    lv = at_speed(base, _speed(1.8, 0.75, 0.2))
     assert (lv.slow_share, lv.slow_dwell_s, lv.reference_factor) == (0.75, 0.2, 1.4)
     assert mean_factor(lv) == pytest.approx(1.4)
     hc = sim_deployment(dep, "hello", {"noop": prof}, calibration=lv).host_cpu
     assert hc is not None and hc.reference == pytest.approx(1.4)
     assert hc.mean_factor == pytest.approx(1.6)  # slower on average than when fitted
-    flat = at_speed(base, 1.0, 0.0, float("nan"))
+    flat = at_speed(base, _speed(1.0, 0.0, float("nan")))
     assert (flat.slow_factor, flat.slow_share, flat.reference_factor) == (1.0, 0.0, 1.4)
     no_host = dataclasses.replace(calib, host_cpus=0)
-    assert at_speed(no_host, 1.8, 0.75, 0.2) is no_host
+    assert at_speed(no_host, _speed(1.8, 0.75, 0.2)) is no_host
 
 
 # --------------------------------------------------------------------------- the fits
