@@ -25,7 +25,9 @@ Rules:
   share``), and the host's factor is ``1 / mean_factor`` when fast and ``slow_factor /
   mean_factor`` when slow, until the last arrival; with measured periods
   (``slow_dwells_s``, ``fast_dwells_s``) each period is drawn from them instead; with
-  ``reference_factor`` the factors are divided by it instead of ``mean_factor``.  Its
+  ``reference_factor`` the factors are divided by it instead of ``mean_factor``.  With
+  ``HostCPU.speed_trace`` every host follows the recorded factors at their times instead
+  (divided the same way), nothing drawn.  Its
   draws come from their own generator (``[seed, 404, host's index]``), so the other
   draws stay as they were.
 
@@ -233,6 +235,12 @@ class _HostCpuDriver(_Replicas):
         """``host``'s speed until ``end`` (see the module's rules)."""
         env = self.env
         m = hc.reference
+        if hc.speed_trace:  # the speed as it was
+            for at, f in hc.speed_trace:
+                if at > env.now:
+                    yield env.timeout(at - env.now)
+                host.set_factor(f / m, env.now)
+            return
         if not hc.speed_swings:  # one speed, measured against another time's
             host.set_factor(1.0 / m, 0.0)
             return

@@ -204,7 +204,13 @@ class HostCPU:
     ``reference_factor`` (default: this host's own ``mean_factor``): the mean factor the
     demands were measured at, when that was another time's speed (a twin fitted while
     the machine was slow 40% of the time, run for a stretch when it was slow 70% of the
-    time: work then takes ``factor / reference_factor`` of its demand, on average more)."""
+    time: work then takes ``factor / reference_factor`` of its demand, on average more).
+    ``speed_trace`` (off when empty): the speed as it was, replayed instead of drawn:
+    ``(at_s, factor)`` pairs, times from the run's start in increasing order, each factor
+    (> 0; 1: the fast speed) holding until the next (a probe's trace of a real run:
+    ``quiet.SpeedMonitor.replay``); every host follows it, the factors divided by
+    ``reference_factor`` (default: the trace's own time-weighted mean factor up to its
+    last point), and ``slow_factor``, ``slow_share`` and the periods are not drawn."""
 
     cpus: int | None = None
     frontend_host: str | None = None
@@ -218,6 +224,7 @@ class HostCPU:
     slow_dwells_s: tuple[float, ...] = ()
     fast_dwells_s: tuple[float, ...] = ()
     reference_factor: float | None = None
+    speed_trace: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
         c = self.cpus
@@ -268,6 +275,17 @@ class HostCPU:
                 math.isfinite(r) and r >= 1.0)):
             raise SimConfigError(f"host_cpu.reference_factor: expected a mean factor >= 1, "
                                  f"got {r!r}")
+        tr = self.speed_trace
+        if isinstance(tr, list):
+            object.__setattr__(self, "speed_trace", tr := tuple(
+                tuple(x) if isinstance(x, list) else x for x in tr))
+        if not isinstance(tr, tuple) or not all(
+                isinstance(x, tuple) and len(x) == 2 and all(
+                    not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
+                    for v in x) and x[0] >= 0 and x[1] > 0 for x in tr) or any(
+                    a[0] >= b[0] for a, b in zip(tr, tr[1:], strict=False)):
+            raise SimConfigError(f"host_cpu.speed_trace: expected [at_s, factor] pairs, times "
+                                 f">= 0 increasing, factors > 0, got {tr!r}")
         if bool(self.slow_dwells_s) != bool(self.fast_dwells_s):
             raise SimConfigError("host_cpu.slow_dwells_s and fast_dwells_s: give both "
                                  "(measured periods of each speed) or neither")
@@ -295,7 +313,14 @@ class HostCPU:
     @property
     def mean_factor(self) -> float:
         """The time-averaged factor of the two speeds: ``1 + share x (slow_factor -
-        1)``."""
+        1)``; with a ``speed_trace``, its factors weighted by how long each held (up to its
+        last point; a one-point trace: its factor)."""
+        tr = self.speed_trace
+        if tr:
+            span = tr[-1][0] - tr[0][0]
+            if span <= 0:
+                return float(tr[-1][1])
+            return sum((b[0] - a[0]) * a[1] for a, b in zip(tr, tr[1:], strict=False)) / span
         return 1.0 + self.share * (self.slow_factor - 1.0)
 
     @property

@@ -386,7 +386,8 @@ class Simulation(_HostCpuDriver):
                 env.process(fe._pause_proc(fc))
         hcfg = self.deployment.host_cpu
         if hc and hcfg is not None and self.n and (
-                hcfg.speed_swings or hcfg.reference_factor is not None):
+                hcfg.speed_swings or hcfg.reference_factor is not None
+                or hcfg.speed_trace):
             self._speed_procs(hcfg)
         for fe in self._fes:
             fe._ensure_timer()

@@ -412,6 +412,10 @@ def _toml(text: str) -> dict[str, object]:
          r"host_cpu\.slow_dwells_s and fast_dwells_s: give both"),
         ("loadgen_cpu_per_query_s = 20e-6", "reference_factor = 0.9",
          r"host_cpu\.reference_factor: expected a mean factor >= 1, got 0\.9"),
+        ("loadgen_cpu_per_query_s = 20e-6", "speed_trace = [[0.0, 1.0], [0.0, 2.0]]",
+         r"host_cpu\.speed_trace: expected \[at_s, factor\] pairs, times >= 0 increasing"),
+        ("loadgen_cpu_per_query_s = 20e-6", "speed_trace = [[0.0, 0.0]]",
+         r"host_cpu\.speed_trace: expected .* factors > 0, got \(\(0\.0, 0\.0\),\)"),
     ],
 )
 def test_config_errors_name_the_field(tmp_path: Path, old: str, new: str, message: str) -> None:
@@ -561,3 +565,32 @@ def test_a_reference_factor_scales_the_demands() -> None:
     half = _swings(0.01, reference_factor=2.0)
     assert half["latency_s"].median() == pytest.approx(0.5 * one["latency_s"].median())
     assert _swings(0.01, reference_factor=1.0)["reply_at"].equals(one["reply_at"])
+
+
+def test_a_speed_trace_is_replayed_as_recorded(tmp_path: Path) -> None:
+    """``speed_trace`` (read from TOML pairs) sets the host's speed at the recorded times:
+    a lone 2 ms CPU-bound batch takes 2 ms before 1 s and 4 ms after, where the trace says
+    twice as slow (``reference_factor`` 1: the demands were measured at the fast speed);
+    without a reference the factors are divided by the trace's time-weighted mean (here
+    1.5 over 0-2 s), so the same batch takes 2/1.5 and 4/1.5 ms; a short slow stretch
+    changes a Poisson run's latencies and loses no query."""
+    f = tmp_path / "c.toml"
+    f.write_text(CONFIG.replace("loadgen_cpu_per_query_s = 20e-6",
+                                "speed_trace = [[0, 1.0], [1.0, 2.0], [2.0, 2.0]]"))
+    hc = load_config(f).deployment.host_cpu
+    assert hc is not None and hc.speed_trace == ((0, 1.0), (1.0, 2.0), (2.0, 2.0))
+    assert hc.mean_factor == pytest.approx(1.5)
+    one = _swings(0.01, speed_trace=((0.0, 1.0), (1.0, 2.0)), reference_factor=1.0)
+    before = one[one["arrival_at"] < 0.99]["latency_s"]
+    after = one[one["arrival_at"] > 1.0]["latency_s"]
+    assert before.median() == pytest.approx(2e-3) and after.median() == pytest.approx(4e-3)
+    own = _swings(0.01, speed_trace=((0.0, 1.0), (1.0, 2.0), (2.0, 2.0)))
+    assert own[own["arrival_at"] < 0.99]["latency_s"].median() == pytest.approx(2e-3 / 1.5)
+    assert own[own["arrival_at"] > 1.0]["latency_s"].median() == pytest.approx(4e-3 / 1.5)
+    prof = LatencyProfile(name="c", batch_sizes=(1,), levels=(0.0, 1.0),
+                          latency_s=((2e-3, 2e-3),))
+    dep = one_replica(1, prof, speed_trace=((0.0, 1.0), (0.5, 1.8), (0.7, 1.0)))
+    wl = Workload(Poisson(300.0), n_queries=600)
+    a = Simulation(dep, wl, seed=3).run().queries
+    c = Simulation(one_replica(1, prof), wl, seed=3).run().queries["latency_s"].to_numpy()
+    assert a["reply_at"].notna().all() and not np.array_equal(a["latency_s"].to_numpy(), c)
