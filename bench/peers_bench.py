@@ -180,13 +180,13 @@ def tree(pid: int) -> list[int]:
         if _start_time(p) is None:
             continue
         out.append(p)
-        todo += real_bench._children(p)
+        todo += real_bench.child_pids(p)
     return out
 
 
 def tree_cpu(pid: int) -> dict[int, float]:
     """User + system CPU seconds of each process in the tree."""
-    return {p: real_bench._cpu_s(p) for p in tree(pid)}
+    return {p: real_bench.process_cpu_s(p) for p in tree(pid)}
 
 
 def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
@@ -233,9 +233,9 @@ def run_closed_loop(port: int, path: str, body: bytes, mark: bytes, concurrency:
     sent when the reply arrives, until the window ends; then the last replies drain."""
     import uvloop
 
-    request = real_bench._request(path, body)
+    request = real_bench.request_bytes(path, body)
 
-    class Conn(real_bench._Conn):
+    class Conn(real_bench.LoadConn):
         def on_message_complete(self) -> None:
             super().on_message_complete()
             if time.monotonic() < self.stats["measure_until"] and not self.transport.is_closing():
@@ -248,7 +248,7 @@ def run_closed_loop(port: int, path: str, body: bytes, mark: bytes, concurrency:
 
     async def main() -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        stats = real_bench._new_stats()
+        stats = real_bench.new_stats()
         start = time.monotonic()
         stats["measure_from"] = start + warmup_s
         stats["measure_until"] = start + warmup_s + duration_s
@@ -264,7 +264,7 @@ def run_closed_loop(port: int, path: str, body: bytes, mark: bytes, concurrency:
             await asyncio.sleep(0.01)
         for c in conns:
             c.transport.close()
-        out = real_bench._summary(stats, 0.0, duration_s)
+        out = real_bench.summarize(stats, 0.0, duration_s)
         out.update(lost=stats["lost"], defaults=stats["defaults"])
         return out
 
@@ -455,7 +455,7 @@ def measure_target(t: Target, tmp: Path, a: argparse.Namespace, venvs: Path = VE
     if t.venv is None:
         ns = argparse.Namespace(replicas=1, slo_ms=a.slo_ms)
         (tmp / t.key).mkdir()  # its own: the helper's config, store and ports file
-        proc, port = real_bench._start_server(tmp / t.key, ns, cache=False)
+        proc, port = real_bench.start_server(tmp / t.key, ns, cache=False)
     else:
         proc, port = start_peer(t, tmp, a, venvs)
     try:

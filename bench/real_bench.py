@@ -115,7 +115,7 @@ def run_aiohttp_echo(port_file: str) -> None:
 
 
 # ============================================================================ load generator
-class _Conn(asyncio.Protocol):
+class LoadConn(asyncio.Protocol):
     def __init__(self, stats: dict[str, Any], default_mark: bytes) -> None:
         import httptools
 
@@ -162,19 +162,19 @@ class _Conn(asyncio.Protocol):
         self.stats["lost"] += 1
 
 
-def _request(path: str, body: bytes) -> bytes:
+def request_bytes(path: str, body: bytes) -> bytes:
     return (
         b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
     )
 
 
-def _new_stats() -> dict[str, Any]:
+def new_stats() -> dict[str, Any]:
     return {"ok": 0, "defaults": 0, "errors": 0, "lost": 0, "skipped": 0, "outstanding": 0,
             "completed": 0, "lat": [], "measure_from": 0.0, "measure_until": 0.0}
 
 
-def _summary(stats: dict[str, Any], rate: float, duration_s: float) -> dict[str, Any]:
+def summarize(stats: dict[str, Any], rate: float, duration_s: float) -> dict[str, Any]:
     lat = np.array(stats["lat"]) * 1e3
     return {
         "offered_qps": rate,
@@ -193,15 +193,15 @@ def run_load(port: int, path: str, body: bytes, mark: bytes, rate: float, durati
     """Open loop at ``rate`` queries/s over ``conns`` connections."""
     import uvloop
 
-    request = _request(path, body)
+    request = request_bytes(path, body)
     max_outstanding = 50_000
 
     async def main() -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        stats = _new_stats()
-        cs: list[_Conn] = []
+        stats = new_stats()
+        cs: list[LoadConn] = []
         for _ in range(conns):
-            _, c = await loop.create_connection(lambda: _Conn(stats, mark), "127.0.0.1", port)
+            _, c = await loop.create_connection(lambda: LoadConn(stats, mark), "127.0.0.1", port)
             cs.append(c)
         start = time.monotonic()
         stats["measure_from"] = start + warmup_s
@@ -231,7 +231,7 @@ def run_load(port: int, path: str, body: bytes, mark: bytes, rate: float, durati
             await asyncio.sleep(0.01)
         for c in cs:
             c.transport.close()
-        return _summary(stats, rate, duration_s)
+        return summarize(stats, rate, duration_s)
 
     return uvloop.run(main())
 
@@ -241,12 +241,12 @@ def run_closed(port: int, path: str, body: bytes, mark: bytes, duration_s: float
     """One connection, one request at a time (concurrency 1)."""
     import uvloop
 
-    request = _request(path, body)
+    request = request_bytes(path, body)
 
     async def main() -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        stats = _new_stats()
-        _, c = await loop.create_connection(lambda: _Conn(stats, mark), "127.0.0.1", port)
+        stats = new_stats()
+        _, c = await loop.create_connection(lambda: LoadConn(stats, mark), "127.0.0.1", port)
         start = time.monotonic()
         stats["measure_from"] = start + warmup_s
         stats["measure_until"] = end = start + warmup_s + duration_s
@@ -257,13 +257,13 @@ def run_closed(port: int, path: str, body: bytes, mark: bytes, duration_s: float
             c.transport.write(request)
             await c.done
         c.transport.close()
-        return _summary(stats, stats["ok"] / duration_s, duration_s)
+        return summarize(stats, stats["ok"] / duration_s, duration_s)
 
     return uvloop.run(main())
 
 
 # ============================================================================ measuring
-def _cpu_s(pid: int) -> float:
+def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds of one process (0 when it is gone)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -273,7 +273,7 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * TICK_S
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
     out: list[int] = []
     try:
         for task in os.listdir(f"/proc/{pid}/task"):
@@ -308,8 +308,8 @@ class Target:
     def _snapshot(self) -> dict[str, float]:
         s: dict[str, float] = {}
         if self.pid is not None:
-            s["frontend_cpu_s"] = _cpu_s(self.pid)
-            s["container_cpu_s"] = sum(_cpu_s(c) for c in _children(self.pid))
+            s["frontend_cpu_s"] = process_cpu_s(self.pid)
+            s["container_cpu_s"] = sum(process_cpu_s(c) for c in child_pids(self.pid))
         if self.engine:
             c = _counters(self.port)
             s["queries"] = c.get("clipperlab_queries_total", 0.0)
@@ -409,7 +409,7 @@ def _start_echo(role: str, tmp: Path) -> tuple[subprocess.Popen[Any], int]:
     return proc, int(_wait_file(pf, proc))
 
 
-def _start_server(tmp: Path, a: argparse.Namespace, cache: bool) -> tuple[subprocess.Popen[Any],
+def start_server(tmp: Path, a: argparse.Namespace, cache: bool) -> tuple[subprocess.Popen[Any],
                                                                         int]:
     tag = "cache" if cache else "nocache"
     cfg = tmp / f"bench-{tag}.toml"
@@ -608,7 +608,7 @@ def main() -> int:
             names = tuple(n for n in names if n in only)
             if not names:
                 continue
-            proc, port = _start_server(tmp, a, cache)
+            proc, port = start_server(tmp, a, cache)
             try:
                 for n in names:
                     path, body = (("/v2/models/bench/infer", OIP_BODY) if n == "oip"
