@@ -34,7 +34,7 @@ median over ``repeats`` ramps, as the measured capacity is.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,7 +46,7 @@ from clipperlab.workloads import Workload
 
 __all__ = ["GOOD_SHARE", "RAMPS", "RAMP_RESOLUTION", "RAMP_RESTART", "RAMP_S",
            "RAMP_START_QPS", "RAMP_STEP", "RampResult", "ramp", "ramp_probe_twin",
-           "ramp_start", "ramp_trace_seed", "twin_capacity"]
+           "ramp_start", "ramp_trace_seed", "twin_capacities", "twin_capacity"]
 
 GOOD_SHARE = 0.95
 RAMP_S = 2.0  # seconds per step
@@ -146,20 +146,36 @@ def twin_capacity(twin: Deployment, workload: Workload, slo_s: float, *, est_qps
     median over ``repeats`` ramps (module rules) from ``min(start_qps, 0.3 x est_qps)``
     (later ramps: ``ramp_start``) up to ``50 x est_qps``; 0 when the overhead alone is
     over the SLO."""
-    if not (math.isfinite(est_qps) and est_qps > 0):
-        raise ValueError(f"est_qps: expected a rate > 0 q/s, got {est_qps!r}")
     if repeats < 1:
         raise ValueError(f"repeats: expected an integer >= 1, got {repeats!r}")
+    return float(np.median(twin_capacities(
+        [twin] * repeats, workload, slo_s, est_qps=est_qps, start_qps=start_qps,
+        step_s=step_s, step=step, overhead_s=overhead_s, good=good, seed=seed,
+        resolution=resolution, restart=restart)))
+
+
+def twin_capacities(twins: Sequence[Deployment], workload: Workload, slo_s: float, *,
+                    est_qps: float, start_qps: float = RAMP_START_QPS,
+                    step_s: float = RAMP_S, step: float = RAMP_STEP,
+                    overhead_s: float = 0.0, good: float = GOOD_SHARE, seed: int = 0,
+                    resolution: float = RAMP_RESOLUTION,
+                    restart: float = RAMP_RESTART) -> list[float]:
+    """``twin_capacity``'s ramps, ramp ``k`` on ``twins[k]`` (a twin per ramp: each at
+    the machine's speed while the real ramp ``k`` went), each one's capacity."""
+    if not (math.isfinite(est_qps) and est_qps > 0):
+        raise ValueError(f"est_qps: expected a rate > 0 q/s, got {est_qps!r}")
+    if not twins:
+        raise ValueError("twins: expected one twin per ramp, got none")
     if slo_s - overhead_s <= 0:
-        return 0.0
+        return [0.0] * len(twins)
     start0 = min(start_qps, 0.3 * est_qps)
     first: RampResult | None = None
     caps = []
-    for k in range(repeats):
+    for k, twin in enumerate(twins):
         res = ramp(ramp_probe_twin(twin, workload, slo_s, step_s=step_s,
                                    overhead_s=overhead_s, seed=seed, repeat=k),
                    ramp_start(start0, first, restart), 50 * est_qps, step=step, good=good,
                    resolution=resolution)
         first = first or res
         caps.append(res.capacity_qps)
-    return float(np.median(caps))
+    return caps

@@ -332,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True,
                     help="probe the machine's speed while each setting runs and give the "
                          "host CPU model's twin its two speeds (default %(default)s)")
+    ap.add_argument("--replay-speed", action=argparse.BooleanOptionalAction, default=True,
+                    help="with --speed: probe each core on its own and replay, in the "
+                         "twin, the speed each level's real run went at, instead of "
+                         "drawing it from the level's two speeds (default %(default)s)")
     ap.add_argument("--slow", default=None, metavar="FACTOR,SHARE,DWELL_MS",
                     help="with --resimulate: the two speeds to refit the twin with (e.g. "
                          "1.85,0.4,100: slow x1.85, 40%% of the time, 100 ms periods on "
@@ -404,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                                repeats=1 if a.quick else a.repeats, busy=a.busy,
                                ramps=a.ramps, ramp_resolution=a.ramp_resolution,
                                host_cpu=a.host_cpu, speed=a.speed,
+                               replay_speed=a.replay_speed,
                                log=lambda s: print(s, flush=True), **kw)  # type: ignore[arg-type]
                 print(format_table(res), flush=True)
                 sub = out / f"{model}-{bname}"
@@ -430,6 +435,15 @@ def main(argv: list[str] | None = None) -> int:
                 t["pause_median_ms"] = float(np.median(c.pauses_s)) * 1e3 if c.pauses_s else 0.0
                 t["sim_capacity_qps"] = res.predicted_capacity_qps
                 t["ramp_capacities_qps"] = ";".join(f"{x:.0f}" for x in res.ramp_capacities)
+                t["sim_ramp_capacities_qps"] = ";".join(
+                    f"{x:.0f}" for x in res.sim_ramp_capacities)
+                if res.speed_ramps:  # the slow share and factor while each ramp went
+                    t["speed_ramps_slow_share"] = ";".join(
+                        f"{sp.slow_share:.3f}" if sp is not None else "nan"
+                        for sp in res.speed_ramps)
+                    t["speed_ramps_factor"] = ";".join(
+                        f"{sp.slow_factor:.3f}" if sp is not None else "nan"
+                        for sp in res.speed_ramps)
                 t["host_cpus"] = c.host_cpus
                 t["container_cpu_us"] = sum(b for _, b, _ in c.container_cpu) * 1e6
                 t["container_item_cpu_us"] = sum(i for _, _, i in c.container_cpu) * 1e6

@@ -122,6 +122,10 @@ class Calibration:
     # the mean speed factor the CPU demands were fitted at, when the twin runs another
     # stretch's speeds (a level's: ``twin.at_speed``); 0: the calibration's own
     reference_factor: float = 0.0
+    # the speed as a probe recorded it while one real run went, replayed instead of the
+    # two speeds (``twin.at_trace``; ``HostCPU.speed_trace``): (s from the run's start,
+    # factor over the fast speed) pairs; empty: the two speeds
+    speed_trace: tuple[tuple[float, float], ...] = ()
 
 
 class ContainerCpu(NamedTuple):

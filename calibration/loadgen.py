@@ -22,6 +22,8 @@ Rules:
   ``lag_s`` (errors, lag).  The generator returns the raw table only, never a summary.
   Non-200/503 answers and no answer count as unanswered (``reply_at`` NaN).
 - After the last query is sent, answers are awaited up to ``drain_s`` seconds.
+- The table's ``attrs["started_at"]`` is ``time.monotonic()`` at the schedule's zero, so a
+  run lines up with what other processes recorded meanwhile (the speed probe's trace).
 - The cyclic garbage collector is paused during the run (reference counting frees the
   per-query objects): a full pass over the calling process's heap would be a stall of
   the generator, counted as the server's latency.
@@ -271,7 +273,7 @@ def run_load(
     answered = (st.status == 200) | (st.status == 503)
     reply_at[~answered] = np.nan
     arrival = np.asarray(trace.arrival_at, dtype=np.float64)
-    return pd.DataFrame(
+    out = pd.DataFrame(
         {
             "query_id": np.arange(n, dtype=np.int64) + trace.query_offset,
             "app": name,
@@ -286,6 +288,8 @@ def run_load(
             "input_index": np.asarray(trace.input_index, dtype=np.int64),
         }
     )
+    out.attrs["started_at"] = start  # time.monotonic() at the schedule's zero
+    return out
 
 
 def run_workload(

@@ -77,6 +77,8 @@ class ValidationResult:
     low_seen: dict[str, float] = field(default_factory=dict)
     calib_qps: float = math.nan
     ramp_capacities: list[float] = field(default_factory=list)  # each ramp's, in order
+    sim_ramp_capacities: list[float] = field(default_factory=list)  # the twin's, likewise
+    speed_ramps: list[HostSpeed | None] = field(default_factory=list)  # while each went
     # the machine's two speeds (``quiet.fit_speed``) while the calibration's runs ran and
     # while the levels ran; None when not probed
     speed_calib: HostSpeed | None = None

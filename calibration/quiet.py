@@ -46,7 +46,16 @@ CPU shares cannot see it; a loop timed in the thread's own CPU time can.
   ``interval_s`` (``SPEED_INTERVAL_S``, 25 ms: 1-2% of a core) while a measurement
   runs (it ends with the block, or by itself once its parent is gone), and
   ``trace(since, until)`` reads what it wrote between two ``time.monotonic`` moments:
-  ``(time, ns)`` pairs; ``fit(since, until)`` fits them.
+  ``(time, ns)`` pairs; ``fit(since, until)`` fits them.  With ``cpus`` it runs one
+  such process pinned to each of those cores instead (``os.sched_setaffinity``): this
+  VM's two cores switch speed nearly independently (their slow states correlate at
+  0.26), so one floating probe sees one core at a time.  ``fit`` then fits each core
+  and pools them (``pool_speeds``: the mean share and factor, every core's periods);
+  ``replay(since, until)`` gives the speed as it was, for the twin to replay
+  (``HostCPU.speed_trace``): one point per probe interval from ``since``, each core's
+  latest probe as 1 (fast) or its slow factor, combined as the cores' total speed does
+  (the harmonic mean of the factors: two cores at x1 and x2 do the work of two at
+  x1.33).
 - ``fit_speed(t, ns)`` turns a trace into ``HostSpeed``: the fast level (the 10th
   percentile), a probe slower than ``SLOW_THRESHOLD`` (1.4) times it is slow; the slow
   factor is the median slow probe over the median fast one, the slow share the share of
@@ -85,6 +94,8 @@ __all__ = [
     "LoadSample",
     "SpeedMonitor",
     "fit_speed",
+    "pool_speeds",
+    "probe_cpus",
     "guard",
     "machine_load",
     "speed_probe_ns",
@@ -328,6 +339,38 @@ def fit_speed(t: Sequence[float], ns: Sequence[float],
                      fast_dwells_s=tuple(k * step for s, k in whole if not s))
 
 
+MAX_PROBE_CPUS = 8
+
+
+def probe_cpus(limit: int = MAX_PROBE_CPUS) -> tuple[int, ...]:
+    """The cores a ``SpeedMonitor`` probes one by one: those this process may run on,
+    the first ``limit`` (each probe is 1-2% of a core)."""
+    return tuple(sorted(os.sched_getaffinity(0)))[:limit]
+
+
+def pool_speeds(fits: Sequence[HostSpeed]) -> HostSpeed | None:
+    """Several cores' fits as one host's: the mean fast level, slow share and slow
+    factor (each core's factor weighted by its slow share), the slow periods' mean over
+    all of them and every core's periods (``SpeedMonitor`` with ``cpus``)."""
+    fits = [f for f in fits if f is not None]
+    if not fits:
+        return None
+    if len(fits) == 1:
+        return fits[0]
+    share = statistics.fmean(f.slow_share for f in fits)
+    slow = [f for f in fits if f.slow_share > 0 and f.slow_factor > 1.0]
+    factor = (sum(f.slow_factor * f.slow_share for f in slow) / sum(f.slow_share for f in slow)
+              if slow else 1.0)
+    sd = tuple(d for f in fits for d in f.slow_dwells_s)
+    fd = tuple(d for f in fits for d in f.fast_dwells_s)
+    dwell = (statistics.fmean(sd) if sd else statistics.fmean(
+        f.slow_dwell_s for f in slow) if slow else float("nan"))
+    return HostSpeed(fast_ns=statistics.fmean(f.fast_ns for f in fits), slow_factor=factor,
+                     slow_share=share, slow_dwell_s=dwell,
+                     probes=sum(f.probes for f in fits), span_s=max(f.span_s for f in fits),
+                     slow_dwells_s=sd, fast_dwells_s=fd)
+
+
 def speed_sample(seconds: float, interval_s: float = SPEED_INTERVAL_S) -> HostSpeed | None:
     """A fit over probes taken in this thread every ``interval_s`` for ``seconds``."""
     t: list[float] = []
@@ -340,10 +383,12 @@ def speed_sample(seconds: float, interval_s: float = SPEED_INTERVAL_S) -> HostSp
     return fit_speed(t, ns)
 
 
-def _speed_trace(path: str, interval_s: float) -> None:
+def _speed_trace(path: str, interval_s: float, cpu: int | None = None) -> None:
     """The monitor's process: a probe every ``interval_s``, one line each, until killed
-    or its parent is gone."""
+    or its parent is gone; pinned to core ``cpu`` when given."""
     parent = os.getppid()
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     with open(path, "a", buffering=1) as f:
         while os.getppid() == parent:
             t = time.monotonic()
@@ -354,40 +399,56 @@ def _speed_trace(path: str, interval_s: float) -> None:
 class SpeedMonitor:
     """Probes the machine's speed in a process of its own while a measurement runs (see
     the module's rules); ``trace(since, until)`` returns the probes taken between two
-    ``time.monotonic`` moments (default: all), ``fit(since, until)`` fits them."""
+    ``time.monotonic`` moments (default: all), ``fit(since, until)`` fits them; with
+    ``cpus``, one process pinned to each of those cores (``trace(..., cpu=k)``: core
+    ``k``'s probes; ``fit``: the cores pooled; ``replay``: the speed as it was)."""
 
-    def __init__(self, path: str | Path, interval_s: float = SPEED_INTERVAL_S) -> None:
+    def __init__(self, path: str | Path, interval_s: float = SPEED_INTERVAL_S,
+                 cpus: Iterable[int] | None = None) -> None:
         if not interval_s > 0:
             raise CalibrationError(f"speed probe interval must be > 0 s, got {interval_s}")
         self.path = Path(path)
         self.interval_s = interval_s
-        self._proc: subprocess.Popen[bytes] | None = None
+        self.cpus: tuple[int, ...] = tuple(cpus) if cpus is not None else ()
+        bad = [c for c in self.cpus if c not in os.sched_getaffinity(0)]
+        if bad:
+            raise CalibrationError(f"speed probe cores {bad}: not cores this process may "
+                                   f"use ({sorted(os.sched_getaffinity(0))})")
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def _file(self, cpu: int | None) -> Path:
+        return self.path if cpu is None else self.path.with_name(f"{self.path.name}.cpu{cpu}")
 
     def __enter__(self) -> SpeedMonitor:
-        self.path.write_text("")
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "clipperlab.calibration.quiet", "--speed-trace",
-             str(self.path), "--interval-ms", f"{self.interval_s * 1e3:g}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for cpu in self.cpus or (None,):
+            self._file(cpu).write_text("")
+            self._procs.append(subprocess.Popen(
+                [sys.executable, "-m", "clipperlab.calibration.quiet", "--speed-trace",
+                 str(self._file(cpu)), "--interval-ms", f"{self.interval_s * 1e3:g}",
+                 *(["--cpu", str(cpu)] if cpu is not None else [])],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
+        for p in self._procs:
+            p.terminate()
+        for p in self._procs:
             try:
-                self._proc.wait(timeout=10)
+                p.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            self._proc = None
+                p.kill()
+                p.wait()
+        self._procs = []
 
-    def trace(self, since: float = -float("inf"), until: float = float("inf")
-              ) -> tuple[list[float], list[float]]:
+    def trace(self, since: float = -float("inf"), until: float = float("inf"),
+              cpu: int | None = None) -> tuple[list[float], list[float]]:
         t: list[float] = []
         ns: list[float] = []
+        if cpu is None and self.cpus:
+            cpu = self.cpus[0]
         try:
-            lines = self.path.read_text().splitlines()
+            lines = self._file(cpu).read_text().splitlines()
         except OSError:
             return t, ns
         for line in lines:
@@ -405,7 +466,43 @@ class SpeedMonitor:
 
     def fit(self, since: float = -float("inf"), until: float = float("inf")
             ) -> HostSpeed | None:
+        if self.cpus:
+            return pool_speeds([f for c in self.cpus
+                                if (f := fit_speed(*self.trace(since, until, c))) is not None])
         return fit_speed(*self.trace(since, until))
+
+    def replay(self, since: float, until: float) -> tuple[tuple[float, float], ...]:
+        """The speed from ``since`` to ``until`` as ``(s from since, factor)`` pairs, one
+        per probe interval (see the module's rules): each core's latest probe at or before
+        the point, 1 when fast or its slow factor when slow (its levels fitted over all its
+        probes so far), the cores' factors combined by their harmonic mean.  Empty when a
+        core has too few probes to fit."""
+        levels: list[tuple[list[float], list[float], float, float]] = []
+        for c in self.cpus or (None,):
+            t_all, ns_all = self.trace(cpu=c)
+            fit = fit_speed(t_all, ns_all)
+            if fit is None:
+                return ()
+            srt = sorted(ns_all)
+            fast_level = srt[len(srt) // 10]
+            t, ns = self.trace(since - 2 * self.interval_s, until, c)
+            if not t:
+                return ()
+            levels.append((t, ns, SLOW_THRESHOLD * fast_level, fit.slow_factor))
+        out: list[tuple[float, float]] = []
+        idx = [0] * len(levels)
+        at = since
+        while at <= until:
+            rates = 0.0
+            for k, (t, ns, thr, factor) in enumerate(levels):
+                while idx[k] + 1 < len(t) and t[idx[k] + 1] <= at:
+                    idx[k] += 1
+                rates += 1.0 / (factor if ns[idx[k]] > thr else 1.0)
+            f = len(levels) / rates
+            if not out or out[-1][1] != f:
+                out.append((round(at - since, 6), f))
+            at += self.interval_s
+        return tuple(out)
 
 
 # --------------------------------------------------------------------------- the guard
@@ -459,13 +556,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="also probe the machine's speed for this many seconds and print "
                          "its two speeds (default 0: no probe)")
     ap.add_argument("--speed-trace", help=argparse.SUPPRESS)  # SpeedMonitor's process
+    ap.add_argument("--cpu", type=int, default=None, help=argparse.SUPPRESS)  # its core
     ap.add_argument("--interval-ms", type=float, default=SPEED_INTERVAL_S * 1e3,
                     help="milliseconds between speed probes (default %(default)s)")
     a = ap.parse_args(argv)
     if not a.interval_ms > 0:
         ap.error(f"--interval-ms must be > 0, got {a.interval_ms:g}")
     if a.speed_trace:
-        _speed_trace(a.speed_trace, a.interval_ms / 1e3)
+        _speed_trace(a.speed_trace, a.interval_ms / 1e3, a.cpu)
         return 0
     if a.speed < 0:
         ap.error(f"--speed must be >= 0 seconds, got {a.speed:g}")

@@ -74,6 +74,7 @@ def calibration_from_json(text: str) -> dict[str, Calibration]:
         d["container_cpu"] = tuple(tuple(x) for x in d.get("container_cpu") or ())
         for k in ("slow_dwells_s", "fast_dwells_s"):
             d[k] = tuple(d.get(k) or ())
+        d["speed_trace"] = tuple(tuple(x) for x in d.get("speed_trace") or ())
         out[mode] = Calibration(**d)
     return out
 

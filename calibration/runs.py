@@ -61,6 +61,9 @@ class RealRun(NamedTuple):
     # per model: its containers' CPU seconds over the run, idle CPU subtracted
     container_cpu_s: Mapping[str, float] = {}
     loadgen_cpu_s: float = math.nan  # the generator's CPU seconds over the run
+    # time.monotonic() at the schedule's zero and at the last reply (or the drain's end)
+    started_at: float = math.nan
+    ended_at: float = math.nan
 
     def cpu_run(self, overloaded: bool = False) -> CpuRun:
         """The run as the fits see it (achieved send times, latency from the send);
@@ -124,8 +127,9 @@ def real_run(srv: ServerProcess, trace: Trace, pool: np.ndarray, api: str,
     seen = in_situ(m0, scrape(srv.url))
     containers = {m: max(k1[m] - k0[m] - idle_c.get(m, 0.0) * wall, 0.0)
                   for m in k1 if m in k0}  # a container that restarted says nothing
+    start = float(table.attrs.get("started_at", t0))
     return RealRun(trace, table, max(cpu, 0.0) / max(len(trace), 1), seen, containers,
-                   max(g1 - g0 - idle_loadgen * wall, 0.0))
+                   max(g1 - g0 - idle_loadgen * wall, 0.0), start, t0 + wall)
 
 
 def sim_run(dep: Deployment, trace: Trace, seed: int, calib: Calibration | None = None

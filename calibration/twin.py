@@ -51,7 +51,7 @@ from clipperlab.simulator import (
     ModelDeployment,
 )
 
-__all__ = ["at_speed", "capacity_estimate", "despiked", "frontend_cpu", "mean_factor",
+__all__ = ["at_speed", "at_trace", "capacity_estimate", "despiked", "frontend_cpu", "mean_factor",
            "scaled", "sim_deployment", "speed_fields"]
 
 
@@ -74,7 +74,8 @@ def _host_speed(c: Calibration) -> HostCPU:
     """The twin's ``HostCPU`` speed fields for ``c`` (cores and demands left out)."""
     return HostCPU(slow_factor=c.slow_factor, slow_share=c.slow_share,
                    slow_dwell_s=c.slow_dwell_s, slow_dwells_s=c.slow_dwells_s,
-                   fast_dwells_s=c.fast_dwells_s, reference_factor=c.reference_factor or None)
+                   fast_dwells_s=c.fast_dwells_s, reference_factor=c.reference_factor or None,
+                   speed_trace=c.speed_trace)
 
 
 def mean_factor(c: Calibration) -> float:
@@ -92,6 +93,16 @@ def at_speed(c: Calibration, speed: HostSpeed | None) -> Calibration:
     if c.host_cpus <= 0:
         return c
     return dataclasses.replace(c, reference_factor=mean_factor(c), **speed_fields(speed))
+
+
+def at_trace(c: Calibration, trace: tuple[tuple[float, float], ...]) -> Calibration:
+    """``c`` run with the speed a probe recorded while one real run went
+    (``quiet.SpeedMonitor.replay``: ``(s from the run's start, factor)`` pairs), replayed
+    as it was (``HostCPU.speed_trace``), its demands, fitted at ``c``'s own mean factor,
+    scaled to it; ``c`` as it is without the host CPU model or without a trace."""
+    if c.host_cpus <= 0 or not trace:
+        return c
+    return dataclasses.replace(c, reference_factor=mean_factor(c), speed_trace=trace)
 
 
 def sim_deployment(

@@ -71,10 +71,16 @@ Theory of operation (``validate``, one function per step):
    with the send times the generator achieved in each ``real`` run, in the plain
    simulator (``sim``) and in the calibrated twins (``sim+frontend``, ``sim+host``);
    every metric of a mode is the median over its runs.  Latency is measured from the
-   send on both sides (the generator's own lag is kept apart).  ``predict_capacity``: the
+   send on both sides (the generator's own lag is kept apart).  With ``replay_speed``
+   (the default, with ``speed``) the probes run one per core, and ``sim+host`` replays
+   each real run at the speed they recorded while it went (``SpeedMonitor.replay``,
+   ``twin.at_trace``: the slow stretches where and as long as they were, as the send
+   times are replayed; the level's two speeds otherwise, ``twin.at_speed``; the rows
+   count the replayed runs in ``speed_replayed_runs``).  ``predict_capacities``: the
    prediction's capacity for the workload and SLO, the real ramp's own procedure run on
-   the twin (``capacity.ramp`` through ``capacity.twin_capacity``: same steps, same
-   confirmation, median of ``repeats`` ramps), beside the measured one.
+   the twin (``capacity.ramp`` through ``capacity.twin_capacities``: same steps, same
+   confirmation, median of ``repeats`` ramps), each twin ramp at the two speeds the probe
+   saw while the real ramp of the same number went, beside the measured one.
 8. What the calibration was fitted on is kept in the result (``runs``, ``low_run``,
    ``low_seen``, ``calib_qps``) so a run can be re-simulated and refitted later
    (``clipperlab.calibration.resimulate``).
@@ -114,7 +120,7 @@ from clipperlab.calibration.capacity import (
     ramp,
     ramp_start,
     ramp_trace_seed,
-    twin_capacity,
+    twin_capacities,
 )
 from clipperlab.calibration.fit import (
     Calibration,
@@ -140,6 +146,7 @@ from clipperlab.calibration.quiet import (
     SpeedMonitor,
     guard,
     kernel_slice_s,
+    probe_cpus,
 )
 from clipperlab.calibration.runs import (
     RealRun,
@@ -163,6 +170,7 @@ from clipperlab.calibration.server import (
 )
 from clipperlab.calibration.twin import (
     at_speed,
+    at_trace,
     capacity_estimate,
     frontend_cpu,
     sim_deployment,
@@ -208,6 +216,7 @@ def validate(
     seed: int = 0,
     host_cpu: bool = True,
     speed: bool = True,
+    replay_speed: bool = True,
     log: Log = print,
 ) -> ValidationResult:
     """Run the comparison described in the module docstring, step by step."""
@@ -234,10 +243,11 @@ def validate(
                     profile_max_s, log, busy)
     setup = Setup(dep, app, [spec for spec, _, _ in models], {s.name: n for s, n, _ in models},
                   workload, profs, seed, log, busy, repeats, ramps, ramp_resolution,
-                  ramp_restart)
+                  ramp_restart, replay_speed)
     la0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        mon = (stack.enter_context(SpeedMonitor(Path(tmp) / "speed.txt"))
+        mon = (stack.enter_context(SpeedMonitor(Path(tmp) / "speed.txt",
+                                                cpus=probe_cpus()))
                if speed and host_cpu else None)
         return _validate(dep, app, models, setup, workload, profs, load0, la0, mon,
                          levels, duration_s, repeats, capacity_qps, calib_qps, calib_s,
@@ -262,17 +272,21 @@ def _validate(dep: RealDeployment, app: Application,
         low = calibrate_at_low_load(bench, setup, calib_qps, calib_s)
         cost_s = low.cpu_s_per_query
         caps: list[float] = []
+        spans: list[tuple[float, float]] = []
         if capacity_qps is None:
             first: RampResult | None = None
             for k in range(ramps):
+                t0 = time.monotonic()
                 res_k, cost_s = ramp_to_capacity(bench, setup, low.cpu_s_per_query,
                                                  ramp_start_qps, ramp_s, ramp_step, k, first)
+                spans.append((t0, time.monotonic()))
                 first = first or res_k
                 caps.append(res_k.capacity_qps)
             capacity_qps = float(np.median(caps))
         else:
             caps = [float(capacity_qps)]
         low_cpu = low.cpu_run()
+        speed_ramps = [mon.fit(a, b) for a, b in spans] if mon is not None else []
         if mon is not None:
             speed_calib = mon.fit()
             log("  the machine's speed while calibrating: " + (
@@ -289,10 +303,14 @@ def _validate(dep: RealDeployment, app: Application,
             speed_levels = mon.fit(levels_from)
             log("  the machine's speed during the levels: " + (
                 speed_levels.describe() if speed_levels is not None else "too few probes"))
-    predicted = predict_capacity(setup, calib, float(capacity_qps), ramp_s, ramp_step,
-                                 ramp_start_qps)
+    sim_caps = predict_capacities(setup, calib, float(capacity_qps), ramp_s, ramp_step,
+                                  ramp_start_qps, speed_ramps)
+    predicted = float(np.median(sim_caps))
     log(f"capacity: measured {intervals['capacity_qps'].format('{:,.0f}')} q/s (median of "
-        f"{len(caps)}), predicted by the twin {predicted:,.0f} q/s")
+        f"{len(caps)}), predicted by the twin {predicted:,.0f} q/s"
+        + (" (each ramp at its own speed: measured " + ", ".join(f"{c:,.0f}" for c in caps)
+           + "; predicted " + ", ".join(f"{c:,.0f}" for c in sim_caps) + ")"
+           if len(sim_caps) > 1 else ""))
     notes = [f"load average {la0:.2f} at the start, {os.getloadavg()[0]:.2f} at the end "
              f"({os.cpu_count()} CPUs)"
              + (f"; before the runs: {load0.describe()}" if load0 is not None else "")
@@ -305,6 +323,8 @@ def _validate(dep: RealDeployment, app: Application,
     res.runs, res.low_run, res.low_seen = list(bench.kept), low_cpu, dict(low.seen)
     res.calib_qps = calib_qps
     res.ramp_capacities = list(caps)
+    res.sim_ramp_capacities = list(sim_caps)
+    res.speed_ramps = speed_ramps
     res.speed_calib, res.speed_levels = speed_calib, speed_levels
     return res
 
@@ -327,6 +347,9 @@ class Setup:
     ramps: int = 1  # capacity ramps, median (``capacity.ramp``'s rules)
     ramp_resolution: float = RAMP_RESOLUTION
     ramp_restart: float = RAMP_RESTART
+    # each level's real runs replayed in the twin at the speed the probe recorded while
+    # each went (``quiet.SpeedMonitor.replay``, ``twin.at_trace``), not its statistics
+    replay_speed: bool = True
 
     def twin(self, calib: Calibration | None = None, scale: float = 1.0) -> Deployment:
         return sim_deployment(self.dep, self.workload.app, self.profiles, calibration=calib,
@@ -575,12 +598,27 @@ def predict_capacity(setup: Setup, calib: Calibration, measured_qps: float,
                      start_qps: float = RAMP_START_QPS) -> float:
     """Step 6b: the calibrated twin's capacity for the workload and the SLO
     (``twin_prediction``), as the real ramps measured it."""
-    return twin_prediction(setup.twin(calib), setup.profiles, setup.replicas,
-                           {s.name: s.batching.max_batch_size for s in setup.models}, calib,
-                           setup.workload, setup.app.slo_s, measured_qps, seed=setup.seed,
-                           repeats=setup.ramps, ramp_s=ramp_s, ramp_step=ramp_step,
-                           start_qps=start_qps, resolution=setup.ramp_resolution,
-                           restart=setup.ramp_restart)
+    return float(np.median(predict_capacities(setup, calib, measured_qps, ramp_s, ramp_step,
+                                              start_qps)))
+
+
+def predict_capacities(setup: Setup, calib: Calibration, measured_qps: float,
+                       ramp_s: float = RAMP_S, ramp_step: float = RAMP_STEP,
+                       start_qps: float = RAMP_START_QPS,
+                       speeds: Sequence[HostSpeed | None] = ()) -> list[float]:
+    """``predict_capacity``'s ramps, each one's capacity; with ``speeds`` (one per ramp,
+    the probe's fit while the real ramp went) the twin with the host CPU model runs ramp
+    ``k`` at ramp ``k``'s speed (``twin.at_speed``), as each level runs at its own."""
+    twins: list[Deployment] = []
+    for k in range(setup.ramps):
+        sp = speeds[k] if k < len(speeds) else None
+        twins.append(setup.twin(at_speed(calib, sp)) if sp is not None and calib.host_cpus > 0
+                     else setup.twin(calib))
+    return twin_predictions(twins, setup.profiles, setup.replicas,
+                            {s.name: s.batching.max_batch_size for s in setup.models}, calib,
+                            setup.workload, setup.app.slo_s, measured_qps, seed=setup.seed,
+                            ramp_s=ramp_s, ramp_step=ramp_step, start_qps=start_qps,
+                            resolution=setup.ramp_resolution, restart=setup.ramp_restart)
 
 
 def twin_prediction(twin: Deployment, profiles: Mapping[str, LatencyProfile],
@@ -596,12 +634,27 @@ def twin_prediction(twin: Deployment, profiles: Mapping[str, LatencyProfile],
     ``repeats`` ramps),
     sized from what the profiles allow, as the real ramp is; the measured capacity is
     not told to it (it sizes the ramp only when the profiles set no bound)."""
+    return float(np.median(twin_predictions(
+        [twin] * repeats, profiles, replicas, max_batch, calib, workload, slo_s,
+        measured_qps, seed=seed, ramp_s=ramp_s, ramp_step=ramp_step, start_qps=start_qps,
+        resolution=resolution, restart=restart)))
+
+
+def twin_predictions(twins: Sequence[Deployment], profiles: Mapping[str, LatencyProfile],
+                     replicas: Mapping[str, int], max_batch: Mapping[str, int],
+                     calib: Calibration, workload: Workload, slo_s: float,
+                     measured_qps: float, *, seed: int = 0, ramp_s: float = RAMP_S,
+                     ramp_step: float = RAMP_STEP, start_qps: float = RAMP_START_QPS,
+                     resolution: float = RAMP_RESOLUTION,
+                     restart: float = RAMP_RESTART) -> list[float]:
+    """``twin_prediction``'s ramps, one per twin (``twins[k]`` runs ramp ``k``), each
+    one's capacity."""
     est = capacity_estimate(profiles, replicas, max_batch)
     if not (math.isfinite(est) and est > 0):
         est = 4 * measured_qps
-    return twin_capacity(twin, workload, slo_s, est_qps=est, start_qps=start_qps,
-                         step_s=ramp_s, step=ramp_step, overhead_s=calib.overhead_s,
-                         seed=seed, repeats=repeats, resolution=resolution, restart=restart)
+    return twin_capacities(twins, workload, slo_s, est_qps=est, start_qps=start_qps,
+                           step_s=ramp_s, step=ramp_step, overhead_s=calib.overhead_s,
+                           seed=seed, resolution=resolution, restart=restart)
 
 
 def _log_loop(log: Log, calib: Calibration, runs: Sequence[CpuRun],
@@ -667,11 +720,22 @@ def run_levels(bench: Bench, setup: Setup, calibs: Sequence[tuple[str, Calibrati
                 level_twins.append((mode, c, twin))
         sims: list[dict[str, float]] = []
         cals: dict[str, list[dict[str, float]]] = {mode: [] for mode, _, _ in twins}
+        replayed = 0
         for k, r in enumerate(runs):
             tr_sent = sent_trace(tr, r.table)
             sims.append(sim_run(plain, tr_sent, setup.seed + k))
-            for mode, c, twin in level_twins:
+            run_twins = level_twins
+            rec = (mon.replay(r.started_at, r.ended_at)
+                   if mon is not None and setup.replay_speed and math.isfinite(r.started_at)
+                   else ())
+            if rec:  # the speed as it was while this run went, replayed
+                replayed += 1
+                run_twins = [(mode, ct, setup.twin(ct)) if (ct := at_trace(c, rec)) is not c
+                             else (mode, c, twin) for mode, c, twin in twins]
+            for mode, c, twin in run_twins:
                 cals[mode].append(sim_run(twin, tr_sent, setup.seed + k, c))
+        if replayed:
+            speed_cols["speed_replayed_runs"] = replayed
         # diagnostic, not a prediction: the calibrated twin told the first run's slowdown
         k0 = slowdown(runs[0].seen, setup.profiles)
         s_ins = sim_run(setup.twin(calib, scale=k0 if math.isfinite(k0) else 1.0),

@@ -82,6 +82,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "about 2%% of a core) while the real runs go, and give the "
                              "host CPU model's twin the two speeds found (a virtual "
                              "machine's cores can run 2x slower for seconds; default: on)")
+    parser.add_argument("--replay-speed", action=argparse.BooleanOptionalAction, default=True,
+                        help="with --speed: probe each core on its own (one probe per core, "
+                             "at most 8) and run each level's twin at the speed the real "
+                             "run went at, replayed probe by probe, instead of drawn from "
+                             "the level's two speeds (default: on)")
     parser.add_argument("--out", default="", help="directory for the outputs")
 
 
@@ -117,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
             batch_sizes=parse_batch_sizes(args.batch_sizes),
             profile_repeats=args.profile_repeats, api=args.api,
             connections=args.connections, seed=args.seed, host_cpu=args.host_cpu,
-            speed=args.speed,
+            speed=args.speed, replay_speed=args.replay_speed,
         )
     except CalibrationError as e:
         raise CLIError(str(e)) from None

@@ -27,7 +27,13 @@ from clipperlab.calibration.fit import (
 )
 from clipperlab.calibration.quiet import HostSpeed
 from clipperlab.calibration.server import real_deployment
-from clipperlab.calibration.twin import at_speed, frontend_cpu, mean_factor, sim_deployment
+from clipperlab.calibration.twin import (
+    at_speed,
+    at_trace,
+    frontend_cpu,
+    mean_factor,
+    sim_deployment,
+)
 from clipperlab.cli import main
 from clipperlab.commands import validate as validate_cmd
 from clipperlab.engine import BatchingConfig
@@ -111,6 +117,14 @@ def test_twin_with_the_host_cpu_model_has_the_fitted_demands(tmp_path: Path) -> 
     assert (flat.slow_factor, flat.slow_share, flat.reference_factor) == (1.0, 0.0, 1.4)
     no_host = dataclasses.replace(calib, host_cpus=0)
     assert at_speed(no_host, _speed(1.8, 0.75, 0.2)) is no_host
+    # one real run's speed as the probe recorded it, replayed: the twin's host follows
+    # the trace, its demands scaled from the calibration's own mean factor
+    rec = ((0.0, 1.0), (0.3, 1.8), (0.5, 1.0))
+    run = at_trace(base, rec)
+    assert (run.speed_trace, run.reference_factor) == (rec, pytest.approx(1.4))
+    hr = sim_deployment(dep, "hello", {"noop": prof}, calibration=run).host_cpu
+    assert hr is not None and hr.speed_trace == rec and hr.reference == pytest.approx(1.4)
+    assert at_trace(base, ()) is base and at_trace(no_host, rec) is no_host
 
 
 # --------------------------------------------------------------------------- the fits

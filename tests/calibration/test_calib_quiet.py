@@ -21,6 +21,8 @@ from clipperlab.calibration.quiet import (
     kernel_slice_s,
     machine_load,
     main,
+    pool_speeds,
+    probe_cpus,
     speed_probe_ns,
 )
 
@@ -226,6 +228,59 @@ def test_speed_monitor_probes_in_its_own_process_until_stopped(tmp_path: Path) -
     assert len(mon.trace()[0]) == n
     with pytest.raises(CalibrationError, match="interval must be > 0 s, got 0"):
         SpeedMonitor(path, interval_s=0)
+
+
+def _pinned_traces(path: Path, per_cpu: dict[int, list[float]], step_s: float = 0.025,
+                   t0: float = 100.0) -> SpeedMonitor:
+    """A monitor over traces written by hand (no process): core ``k``'s probes every
+    ``step_s`` from ``t0``."""
+    mon = SpeedMonitor(path, interval_s=step_s, cpus=[0])
+    mon.cpus = tuple(per_cpu)  # the cores the files stand for (this machine may have one)
+    for cpu, ns in per_cpu.items():
+        path.with_name(f"{path.name}.cpu{cpu}").write_text(
+            "".join(f"{t0 + step_s * i:.6f} {v:.1f}\n" for i, v in enumerate(ns)))
+    return mon
+
+
+def test_replay_gives_the_speed_as_it_was_per_core_combined(tmp_path: Path) -> None:
+    """Two cores probed on their own: core 0 slow (x2) for the probes 40-59 of 100, core
+    1 fast all along but for the probes 50-69 (x2).  ``replay`` from probe 30 gives, per
+    interval, 1 while both are fast, 4/3 while one is slow (two cores at x1 and x2 do
+    the work of two at x4/3) and 2 while both are; a point only where the factor
+    changes; the pooled fit has the mean share and the factor, and every period."""
+    slow0 = [2000.0 if 40 <= i < 60 else 1000.0 for i in range(100)]
+    slow1 = [2000.0 if 50 <= i < 70 else 1000.0 for i in range(100)]
+    mon = _pinned_traces(tmp_path / "s.txt", {0: slow0, 1: slow1})
+    rec = mon.replay(100.0 + 0.025 * 30, 100.0 + 0.025 * 99)
+    assert [t for t, _ in rec] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+    assert [f for _, f in rec] == pytest.approx([1.0, 4 / 3, 2.0, 4 / 3, 1.0])
+    pooled = mon.fit()
+    assert pooled is not None and pooled.slow_share == pytest.approx(0.2)
+    assert pooled.slow_factor == pytest.approx(2.0) and pooled.probes == 200
+    assert sorted(pooled.slow_dwells_s) == pytest.approx([0.5, 0.5])
+    one = fit_speed([0.025 * i for i in range(100)], slow0)
+    assert pool_speeds([one]) is one and pool_speeds([]) is None  # type: ignore[list-item]
+    # a core with too few probes: nothing to replay
+    short = _pinned_traces(tmp_path / "t.txt", {0: slow0, 1: slow1[:MIN_PROBES - 1]})
+    assert short.replay(100.0, 101.0) == ()
+
+
+def test_pinned_monitor_probes_each_core(tmp_path: Path) -> None:
+    """With ``cpus`` the monitor runs one probe process per core, each writing its own
+    trace, all stopped with the block; a core this process may not use is an error."""
+    cpus = probe_cpus()
+    assert cpus and len(cpus) <= 8
+    with SpeedMonitor(tmp_path / "p.txt", interval_s=0.005, cpus=cpus) as mon:
+        until = time.monotonic() + 60
+        while (min(len(mon.trace(cpu=c)[0]) for c in cpus) < MIN_PROBES
+               and time.monotonic() < until):
+            time.sleep(0.05)
+        assert all(len(mon.trace(cpu=c)[0]) >= MIN_PROBES for c in cpus)
+        procs = list(mon._procs)
+        assert len(procs) == len(cpus)
+    assert all(p.poll() is not None for p in procs)
+    with pytest.raises(CalibrationError, match=r"speed probe cores \[9999\]"):
+        SpeedMonitor(tmp_path / "q.txt", cpus=[9999])
 
 
 def test_speed_probe_and_the_cli(capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,6 +17,7 @@ from clipperlab.calibration.capacity import (
     ramp,
     ramp_probe_twin,
     ramp_start,
+    twin_capacities,
     twin_capacity,
 )
 from clipperlab.calibration.errors import CalibrationError
@@ -129,6 +130,13 @@ def test_twin_capacity_runs_the_ramp_on_a_loop_with_a_known_limit() -> None:
         twin_capacity(dep, wl, 0.020, est_qps=float("nan"))
     with pytest.raises(ValueError, match="repeats"):
         twin_capacity(dep, wl, 0.020, est_qps=4000.0, repeats=0)
+    # a twin per ramp (each at its ramp's speed): a loop twice as slow (400 us a query)
+    # saturates at 2,500 q/s, and its ramp says so; the median of three is the middle one
+    slow = dataclasses.replace(dep, frontend_cpu=FrontendCPU(query_s=200e-6, reply_s=200e-6))
+    caps = twin_capacities([dep, slow, slow], wl, 0.020, est_qps=4000.0)
+    assert 5000 / 1.1 <= caps[0] < 5000 and all(2500 / 1.1 <= c < 2500 for c in caps[1:])
+    with pytest.raises(ValueError, match="one twin per ramp"):
+        twin_capacities([], wl, 0.020, est_qps=4000.0)
 
 
 # --------------------------------------------------------------------------- despiked
@@ -186,7 +194,7 @@ def test_calibration_and_runs_round_trip(tmp_path: Path) -> None:
     c = Calibration(query_cpu_s=30e-6, capacity_qps=900.0, pauses_s=(1e-3, 2e-3), host_cpus=2,
                     container_cpu=(("noop", 50e-6, 1e-6),), loadgen_cpu_per_query_s=6e-6,
                     slow_factor=1.8, slow_share=0.3, slow_dwells_s=(0.05, 0.4),
-                    fast_dwells_s=(0.1,))
+                    fast_dwells_s=(0.1,), speed_trace=((0.0, 1.0), (0.5, 1.8)))
     assert calibration_from_json(calibration_to_json({"sim+host": c})) == {"sim+host": c}
     wl = Workload(ConstantRate(200), n_queries=50, app="digits")
     tr = wl.generate(0)

@@ -202,6 +202,9 @@ def test_validate_tiny(tmp_path: Path) -> None:
     # each level's rows record the machine's speed during its real runs
     assert res.table["speed_level_factor"].notna().all()
     assert res.table["speed_level_slow_share"].between(0, 1).all()
+    # ... and the host CPU model's twin replayed each real run at the speed the probes
+    # (one per core) recorded while it went (the default, ``replay_speed``)
+    assert (res.table["speed_replayed_runs"] >= 1).all()
     files = write_outputs(res, tmp_path / "v")
     assert (tmp_path / "v" / "validation.png") in files
     assert "| 50% | real |" in (tmp_path / "v" / "summary.md").read_text()
