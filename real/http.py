@@ -98,8 +98,9 @@ JSON_TYPE = b"application/json"
 _SLICE_BYTES = 4 * 1024
 # The scheduler parses for at most this long before letting the event loop poll sockets.
 _BUDGET_S = 0.002
-# Small reads are parsed at once, up to this many bytes per event-loop iteration.
+# Small reads are parsed at once, up to this many bytes per millisecond (then they queue).
 _INLINE_BYTES = 16 * 1024
+_monotonic = time.monotonic
 
 
 def response(
@@ -318,11 +319,10 @@ class HttpProtocol(asyncio.Protocol):
             len(data) <= _SLICE_BYTES
             and not self._backlog
             and not sched.queue
-            and sched.inline_bytes < _INLINE_BYTES
+            and sched.take_inline(len(data))
         ):
             # A small read while nobody waits: parse it now (the common, light-load path);
             # answers made meanwhile (cache hits) go out in the write below, not a turn later.
-            sched.note_inline(len(data))
             flush_soon, self._flush_soon = self._flush_soon, True
             self._feed(data)
             self._flush_soon = flush_soon
@@ -679,20 +679,25 @@ class _Scheduler:
         self.queue: deque[HttpProtocol] = deque()
         self.members: set[HttpProtocol] = set()
         self.scheduled = False
-        self.inline_bytes = 0
-        self._reset_scheduled = False
+        self.inline_bytes = 0  # parsed inline since the millisecond ``inline_ms`` began
+        self.inline_ms = 0
         # Connections answered while writes are held (``hold_writes``), flushed at release.
         self.held: list[HttpProtocol] | None = None
 
-    def note_inline(self, n: int) -> None:
+    def take_inline(self, n: int) -> bool:
+        """Whether a read of ``n`` bytes may be parsed at once: at most ``_INLINE_BYTES``
+        begin being parsed inline per millisecond.  A clock read, not a loop callback per
+        iteration to reset the count: the callback cost every wake-up a second, empty
+        iteration of the loop (cache hits at 13K q/s, old and new server side by side:
+        34.2 against 36.7 us a query, median of 5 pairs, each pair lower)."""
+        ms = int(_monotonic() * 1000.0)
+        if ms != self.inline_ms:
+            self.inline_ms = ms
+            self.inline_bytes = 0
+        elif self.inline_bytes >= _INLINE_BYTES:
+            return False
         self.inline_bytes += n
-        if not self._reset_scheduled:
-            self._reset_scheduled = True
-            self.loop.call_soon(self._reset)
-
-    def _reset(self) -> None:
-        self._reset_scheduled = False
-        self.inline_bytes = 0
+        return True
 
     def add(self, proto: HttpProtocol) -> None:
         if proto not in self.members:

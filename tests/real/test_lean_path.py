@@ -486,6 +486,71 @@ def test_answers_go_out_in_order_one_write_per_connection_per_turn() -> None:
     asyncio.run(main())
 
 
+def test_a_small_read_answered_at_once_asks_the_loop_for_nothing() -> None:
+    """A small read parsed at once and answered at once (a cache hit) schedules no loop
+    callback: one per read cost every wake-up a second, empty loop iteration."""
+    import asyncio
+
+    from clipperlab.real.http import HttpProtocol, response
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        proto, t = HttpProtocol(lambda req: response(200, b'"now"')), _Transport()
+        proto.connection_made(t)  # type: ignore[arg-type]
+        calls: list[Any] = []
+        call_soon = loop.call_soon
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            calls.append(args[0])
+            return call_soon(*args, **kwargs)
+
+        loop.call_soon = counting  # type: ignore[method-assign]
+        try:
+            for _ in range(3):
+                proto.data_received(b"GET /now HTTP/1.1\r\n\r\n")
+        finally:
+            del loop.call_soon  # type: ignore[method-assign]
+        assert calls == [] and len(t.writes) == 3
+        proto.close()
+
+    asyncio.run(main())
+
+
+def test_small_reads_past_the_inline_budget_wait_their_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Within one millisecond at most ``_INLINE_BYTES`` of small reads are parsed at once;
+    the reads after them are parsed by the fair scheduler on a later loop turn (in order),
+    and the next millisecond parses at once again."""
+    import asyncio
+
+    from clipperlab.real import http
+
+    clock = [100.0]
+    monkeypatch.setattr(http, "_monotonic", lambda: clock[0])
+    req = b"GET /now HTTP/1.1\r\n\r\n"
+
+    async def main() -> None:
+        conns = [(http.HttpProtocol(lambda r: http.response(200, r.path.encode())),
+                  _Transport()) for _ in range(http._INLINE_BYTES // len(req) + 2)]
+        for proto, t in conns:
+            proto.connection_made(t)  # type: ignore[arg-type]
+            proto.data_received(req)
+        at_once = [bool(t.writes) for _, t in conns]
+        n = at_once.index(False)
+        assert n * len(req) >= http._INLINE_BYTES and not any(at_once[n:])
+        await asyncio.sleep(0)
+        assert all(len(t.writes) == 1 for _, t in conns)
+        clock[0] += 0.001
+        proto, t = conns[-1]
+        proto.data_received(req)
+        assert len(t.writes) == 2
+        for proto, _ in conns:
+            proto.close()
+
+    asyncio.run(main())
+
+
 def test_a_container_read_writes_its_replies_before_it_returns() -> None:
     """The replies a RESULT frame gives are written while that read is handled (one
     write per connection, no extra loop turn before the answer leaves)."""
