@@ -44,7 +44,7 @@ from clipperlab.calibration.quiet import HostSpeed
 from clipperlab.calibration.runs import retime, sim_run, ticked
 from clipperlab.calibration.server import model_specs, real_deployment
 from clipperlab.calibration.twin import at_speed, sim_deployment, speed_fields
-from clipperlab.calibration.validation import median_summary, twin_prediction
+from clipperlab.calibration.validation import median_summary, twin_predictions
 from clipperlab.simulator import load_profile
 from clipperlab.workloads import Workload
 
@@ -191,7 +191,10 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
     as it is.  With ``level_speed`` (the default), a level whose row records the
     machine's speed (``speed_level_*``, else the setting's levels' ``speed_levels_*``) is
     run by the host CPU model's twin at that speed (``twin.at_speed``), as a live run
-    does."""
+    does, and so is each capacity ramp whose speed the row records (``speed_ramps_*``).
+    (A live run's replay of each real run's recorded speed, ``--replay-speed``, needs
+    the probes' traces and the runs' send times, which are not stored: re-simulated,
+    those levels run at their two speeds.)"""
     csv = out / "fidelity.csv"
     if not csv.exists():
         raise CalibrationError(f"{csv} does not exist: --resimulate needs a fidelity run's "
@@ -248,13 +251,19 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
         twin = sim_deployment(dep, workload.app, profiles, calibration=calib)
         measured = float(g.iloc[0]["capacity_qps"])
         row0 = g.iloc[0].to_dict()
-        cap = twin_prediction(twin, profiles, {s.name: n for s, n, _ in specs},
-                              {s.name: s.batching.max_batch_size for s, _, _ in specs},
-                              calib, workload, app.slo_s, measured, seed=seed,
-                              repeats=int(_num(row0, "ramps", reps)) or reps,
-                              resolution=_num(row0, "ramp_resolution", LEGACY_RESOLUTION),
-                              restart=_num(row0, "ramp_restart", 0.0))
+        n_ramps = int(_num(row0, "ramps", reps)) or reps
+        sp_ramps = _ramp_speeds(row0, calib) if level_speed and calib.host_cpus > 0 else []
+        twins = ([sim_deployment(dep, workload.app, profiles,
+                                 calibration=at_speed(calib, sp) if sp is not None else calib)
+                  for sp in sp_ramps] if len(sp_ramps) == n_ramps else [twin] * n_ramps)
+        caps = twin_predictions(twins, profiles, {s.name: n for s, n, _ in specs},
+                                {s.name: s.batching.max_batch_size for s, _, _ in specs},
+                                calib, workload, app.slo_s, measured, seed=seed,
+                                resolution=_num(row0, "ramp_resolution", LEGACY_RESOLUTION),
+                                restart=_num(row0, "ramp_restart", 0.0))
+        cap = float(np.median(caps))
         g["sim_capacity_qps"] = cap
+        g["sim_ramp_capacities_qps"] = ";".join(f"{x:.0f}" for x in caps)
         for col, v in (("query_cpu_us", calib.query_cpu_s * 1e6),
                        ("batch_cpu_us", calib.batch_cpu_s * 1e6),
                        ("loadgen_cpu_us", calib.loadgen_cpu_per_query_s * 1e6),
@@ -299,6 +308,23 @@ def _level_speed(row: Mapping[str, Any]) -> HostSpeed | None:
                              slow_dwell_s=dw / 1e3 if math.isfinite(dw) and dw > 0 else 0.1,
                              probes=0, span_s=math.nan)
     return None
+
+
+def _ramp_speeds(row: Mapping[str, Any], calib: Calibration) -> list[HostSpeed | None]:
+    """The two speeds a row records for each capacity ramp (``speed_ramps_*``: the slow
+    share and factor while each went; their periods' mean is the calibration's), else
+    none."""
+    shares, factors = (str(row.get(f"speed_ramps_{k}", "") or "") for k in ("slow_share",
+                                                                          "factor"))
+    if not shares or shares == "nan" or not factors:
+        return []
+    out: list[HostSpeed | None] = []
+    for sh, f in zip(shares.split(";"), factors.split(";"), strict=False):
+        s, x = float(sh), float(f)
+        out.append(HostSpeed(fast_ns=math.nan, slow_factor=x, slow_share=s,
+                             slow_dwell_s=calib.slow_dwell_s, probes=0, span_s=math.nan)
+                   if math.isfinite(s) and math.isfinite(x) else None)
+    return out
 
 
 def stored_speed(calibs: Mapping[str, Calibration]) -> HostSpeed | None:

@@ -311,6 +311,15 @@ def test_resimulate_with_two_speeds(tmp_path: Path,
         return float(x.loc[x["mode"] == "sim+host", "p50_ms"].mean())
 
     assert host_p50(at_level) > host_p50(stored)
+    # capacity ramps recorded as slow 90% of the time by x2: each twin ramp at that speed
+    # finds less than at the stored speed
+    n = int(t["ramps"].iloc[0]) if "ramps" in t else int(t["repeats"].iloc[0])
+    t["speed_ramps_slow_share"], t["speed_ramps_factor"] = ";".join(["0.9"] * n), \
+        ";".join(["2.0"] * n)
+    t.to_csv(tmp_path / "fidelity.csv", index=False)
+    slow_ramps = resimulate(tmp_path, wl, log=lambda s: None).table
+    assert (slow_ramps["sim_capacity_qps"] < stored["sim_capacity_qps"]).all()
+    assert slow_ramps["sim_ramp_capacities_qps"].astype(str).str.count(";").eq(n - 1).all()
     capsys.readouterr()
     for argv in (["--resimulate", "--slow", "0.5,0.3,120"], ["--resimulate", "--slow", "2,1,5"],
                  ["--resimulate", "--slow", "2,0.3"], ["--slow", "2,0.3,100"]):
