@@ -453,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
                 t["slow_factor"] = c.slow_factor
                 t["slow_share"] = c.slow_share
                 t["slow_dwell_ms"] = c.slow_dwell_s * 1e3
+                # 1: the demands are the fast speed's (each run's CPU over its speed)
+                t["reference_factor"] = c.reference_factor
                 for when, sp in (("calib", res.speed_calib), ("levels", res.speed_levels)):
                     if sp is not None:  # as measured, also where the twin kept one speed
                         t[f"speed_{when}_fast_ns"] = sp.fast_ns

@@ -152,11 +152,28 @@ class CpuRun:
     # a capacity ramp's step that missed the SLO: its CPU counts (the loop's and the
     # containers' costs at the large batches only overload reaches), its latencies do not
     overloaded: bool = False
+    # the machine's mean speed factor while the run went (``quiet.SpeedMonitor``: 1 + slow
+    # share x (slow factor - 1)); NaN: not probed.  ``at_fast_speed`` divides the CPU
+    # times by it, so that runs at different speeds fit one demand (the fast speed's)
+    speed_factor: float = math.nan
 
     @property
     def rate(self) -> float:
         span = float(self.trace.arrival_at[-1] - self.trace.arrival_at[0])
         return len(self.trace) / span if span > 0 else math.inf
+
+
+def at_fast_speed(runs: Sequence[CpuRun]) -> list[CpuRun] | None:
+    """``runs`` with every CPU time (the server's, each container's, the generator's)
+    divided by the run's ``speed_factor``: what each would have taken at the fast speed;
+    ``None`` unless every run has one."""
+    if not runs or not all(math.isfinite(r.speed_factor) and r.speed_factor > 0
+                           for r in runs):
+        return None
+    return [dataclasses.replace(
+        r, cpu_s=r.cpu_s / r.speed_factor, loadgen_cpu_s=r.loadgen_cpu_s / r.speed_factor,
+        containers=tuple(c._replace(cpu_s=c.cpu_s / r.speed_factor) for c in r.containers))
+        for r in runs]
 
 
 def fit_cpu(points: Sequence[tuple[float, float, float]]) -> tuple[float, float]:

@@ -95,7 +95,7 @@ def save_runs(path: Path, runs: Sequence[CpuRun], low: CpuRun | None,
         meta["runs"].append({"queries": r.queries, "batches": r.batches, "cpu_s": r.cpu_s,
                              "batch_ms": r.batch_ms, "loadgen_cpu_s": r.loadgen_cpu_s,
                              "containers": [list(c) for c in r.containers],
-                             "overloaded": r.overloaded})
+                             "overloaded": r.overloaded, "speed_factor": r.speed_factor})
     meta["low"] = low is not None
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     np.savez_compressed(path, allow_pickle=False, **arrays)
@@ -115,7 +115,8 @@ def load_runs(path: Path, workload: Workload
             out.append(CpuRun(dataclasses.replace(base, arrival_at=at), m["queries"],
                               m["batches"], m["cpu_s"], z[f"latency_s_{k}"], m["batch_ms"],
                               tuple(ContainerCpu(*c) for c in m["containers"]),
-                              m["loadgen_cpu_s"], bool(m.get("overloaded", False))))
+                              m["loadgen_cpu_s"], bool(m.get("overloaded", False)),
+                              float(m.get("speed_factor", math.nan))))
     low = out.pop() if meta["low"] else None
     return out, low, dict(meta["low_seen"]), float(meta["calib_qps"])
 

@@ -65,9 +65,10 @@ class RealRun(NamedTuple):
     started_at: float = math.nan
     ended_at: float = math.nan
 
-    def cpu_run(self, overloaded: bool = False) -> CpuRun:
+    def cpu_run(self, overloaded: bool = False, speed_factor: float = math.nan) -> CpuRun:
         """The run as the fits see it (achieved send times, latency from the send);
-        ``overloaded``: a ramp step that missed the SLO (``CpuRun.overloaded``)."""
+        ``overloaded``: a ramp step that missed the SLO (``CpuRun.overloaded``);
+        ``speed_factor``: the machine's mean speed factor while it went."""
         seen = self.seen
         models = {k.split(":", 1)[1] for k in seen if k.startswith("batches:")}
         return CpuRun(sent_trace(self.trace, self.table), seen["queries"],
@@ -78,7 +79,8 @@ class RealRun(NamedTuple):
                           ContainerCpu(m, seen[f"batches:{m}"], seen.get(f"items:{m}", 0.0),
                                        self.container_cpu_s[m])
                           for m in sorted(models) if m in self.container_cpu_s),
-                      loadgen_cpu_s=self.loadgen_cpu_s, overloaded=overloaded)
+                      loadgen_cpu_s=self.loadgen_cpu_s, overloaded=overloaded,
+                      speed_factor=speed_factor)
 
 
 def retime(workload: Workload, rate_qps: float, duration_s: float, seed: int) -> Trace:

@@ -43,7 +43,11 @@ Theory of operation (``validate``, one function per step):
      per wake-up, fitted together (``fit_frontend``); uvloop's millisecond timers;
    - ``sim+host`` only, the host CPU model (``simulator.HostCPU`` on ``os.cpu_count()``
      cores): each container's CPU per batch and per item (``fit_container_cpu``), the
-     generator's CPU per query (``fit_loadgen_cpu``), and, with ``speed`` (the default),
+     generator's CPU per query (``fit_loadgen_cpu``); with the probe, every kept run's
+     CPU times are first divided by the machine's mean speed factor while it went
+     (``fit.at_fast_speed``; ``CpuRun.speed_factor``) and the loop refitted on them, so
+     the demands are the fast speed's (``reference_factor`` 1) and runs at different
+     speeds fit one demand instead of scattering around it; and, with ``speed`` (the default),
      the machine's two speeds while steps 3-4 ran (``quiet.SpeedMonitor`` probes it from
      step 3 to the end; ``quiet.fit_speed``; ``HostCPU.slow_factor``, ``slow_share``,
      ``slow_dwell_s``), so that the twin's host is slow when and as long as this one
@@ -125,6 +129,7 @@ from clipperlab.calibration.capacity import (
 from clipperlab.calibration.fit import (
     Calibration,
     CpuRun,
+    at_fast_speed,
     fit_container_cpu,
     fit_container_wake,
     fit_frontend_rows,
@@ -268,7 +273,7 @@ def _validate(dep: RealDeployment, app: Application,
     with ServerProcess(dep, cache=workload.cacheable) as srv:
         srv.wait_ready(workload.app)
         log(f"server up at {srv.url}; calibration at {calib_qps:g} q/s ...")
-        bench = warm_up(srv, setup, api, connections, calib_qps)
+        bench = warm_up(srv, setup, api, connections, calib_qps, mon)
         low = calibrate_at_low_load(bench, setup, calib_qps, calib_s)
         cost_s = low.cpu_s_per_query
         caps: list[float] = []
@@ -368,6 +373,7 @@ class Bench:
     idle_containers: dict[str, float] = field(default_factory=dict)  # CPU s/s per model
     idle_loadgen: float = 0.0  # the generator's CPU s/s with nothing to send
     kept: list[CpuRun] = field(default_factory=list)
+    mon: SpeedMonitor | None = None  # the speed probe: each kept run's mean speed factor
 
     def run(self, trace: Trace, keep: bool = True) -> RealRun:
         r = real_run(self.srv, trace, self.pool, self.api, self.connections, self.idle_cpu,
@@ -380,7 +386,10 @@ class Bench:
         """Keep ``r`` for the fits when the server saw its queries and batches
         (``overloaded``: a ramp step that missed the SLO, ``CpuRun.overloaded``)."""
         if r.seen.get("queries", 0.0) > 0 and r.seen.get("batches", 0.0) > 0:
-            self.kept.append(r.cpu_run(overloaded))
+            sp = (self.mon.fit(r.started_at, r.ended_at)
+                  if self.mon is not None and math.isfinite(r.started_at) else None)
+            f = 1.0 + sp.slow_share * (sp.slow_factor - 1.0) if sp is not None else math.nan
+            self.kept.append(r.cpu_run(overloaded, f))
 
 
 # --------------------------------------------------------------------------- the steps
@@ -409,7 +418,7 @@ def profile(models: Sequence[tuple[ModelSpec, int, dict[str, Any]]], workload: W
 
 
 def warm_up(srv: ServerProcess, setup: Setup, api: str, connections: int,
-            calib_qps: float) -> Bench:
+            calib_qps: float, mon: SpeedMonitor | None = None) -> Bench:
     """Step 3: a second of load to let AIMD find its feet and the process warm its
     caches, then the server's, its containers' and the generator's idle CPU rates
     (subtracted from every run's)."""
@@ -419,7 +428,8 @@ def warm_up(srv: ServerProcess, setup: Setup, api: str, connections: int,
              connections=connections)
     return Bench(srv, pool, api, connections, idle_cpu_rate(srv),
                  idle_container_cpu_rate(srv),
-                 loadgen_idle_rate(srv, wl, pool, api, connections, seed=setup.seed + 98))
+                 loadgen_idle_rate(srv, wl, pool, api, connections, seed=setup.seed + 98),
+                 mon=mon)
 
 
 def calibrate_at_low_load(bench: Bench, setup: Setup, calib_qps: float,
@@ -508,7 +518,23 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
     _log_loop(setup.log, calib, runs, low_seen, slow, extra_s, calib_qps)
     out = [("sim+frontend", calib)]
     if host_cpu:
-        hc = host_cpu_demands(runs, calib, good, speed)
+        fast = at_fast_speed(runs) if speed is not None else None
+        if fast is not None:
+            # every run's CPU at the fast speed (each divided by its own mean speed
+            # factor): one demand for runs that went at different speeds, which the
+            # host's speeds (drawn, or replayed) then stretch; the loop fitted again on them
+            hcal, _ = fit_frontend_rows(fast, setup.twin, dataclasses.replace(calib),
+                                        setup.seed)
+            hc = dataclasses.replace(
+                host_cpu_demands(fast, hcal, [r for r in fast if not r.overloaded], speed),
+                reference_factor=1.0)
+            setup.log(f"  at the fast speed (each run's CPU over its mean speed factor, "
+                      f"{min(r.speed_factor for r in runs):.2f}-"
+                      f"{max(r.speed_factor for r in runs):.2f}): the loop "
+                      f"{hc.query_cpu_s * 1e6:.1f} us per query + {hc.batch_cpu_s * 1e6:.1f} "
+                      f"us per batch + a wake-up {hc.wake_s * 1e6:.1f} us")
+        else:
+            hc = host_cpu_demands(runs, calib, good, speed)
         setup.log(f"  the host CPU model: {hc.host_cpus} cores shared by the loop, the "
                   "containers (" + (", ".join(
                       f"{m} {b * 1e6:.0f} us/batch + {i * 1e6:.1f} us/item"

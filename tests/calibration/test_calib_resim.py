@@ -382,3 +382,29 @@ def test_overloaded_ramp_steps_count_for_the_cpu_fits_only(tmp_path: Path) -> No
     for f in ("pause_rate_hz", "pause_rate_busy_hz", "pauses_s", "loadgen_cpu_per_query_s",
               "loadgen_wake_s"):
         assert getattr(b, f) == getattr(a, f), f
+    # the same runs gone at two speeds (every CPU time x1.8 in two of them), each run's
+    # mean speed factor recorded: over their factors they are one demand at the fast
+    # speed, the one fitted without the slowdown, which the host's speeds then stretch
+    # (reference factor 1); without the factors the fit is the mixture's
+    from clipperlab.calibration.quiet import HostSpeed
+
+    sp = HostSpeed(fast_ns=1000.0, slow_factor=1.8, slow_share=0.5, slow_dwell_s=0.1,
+                   probes=100, span_s=5.0)
+
+    def slowed(r: CpuRun, f: float) -> CpuRun:
+        return dataclasses.replace(
+            r, cpu_s=r.cpu_s * f, loadgen_cpu_s=r.loadgen_cpu_s * f, speed_factor=f,
+            containers=tuple(c._replace(cpu_s=c.cpu_s * f) for c in r.containers))
+
+    mixed = [slowed(r, f) for r, f in zip(good, (1.0, 1.8, 1.0, 1.8), strict=True)]
+    (_, c), = calibrate_twin(mixed, setup, mixed[0], seen, 1000.0, 40e-6, 100.0,
+                             host_cpu=True, speed=sp)[0][1:]
+    assert c.reference_factor == 1.0 and c.slow_factor == 1.8
+    assert c.query_cpu_s == pytest.approx(a.query_cpu_s, rel=0.02)
+    assert c.loadgen_cpu_per_query_s == pytest.approx(a.loadgen_cpu_per_query_s, rel=0.02)
+    assert c.container_cpu[0][1] == pytest.approx(a.container_cpu[0][1], rel=0.02)
+    unknown = [dataclasses.replace(r, speed_factor=math.nan) for r in mixed]
+    (_, u), = calibrate_twin(unknown, setup, unknown[0], seen, 1000.0, 40e-6, 100.0,
+                             host_cpu=True, speed=sp)[0][1:]
+    assert u.reference_factor == 0.0
+    assert u.loadgen_cpu_per_query_s > 1.2 * a.loadgen_cpu_per_query_s
