@@ -15,14 +15,14 @@ from tests.calibration.test_calib_hostcpu import NOOP_DEPLOY
 DRIVER = """
 import os, sys, time
 from pathlib import Path
-from clipperlab.calibration.quiet import SpeedMonitor
+from clipperlab.calibration.quiet import SpeedMonitor, probe_cpus
 from clipperlab.calibration.server import ServerProcess, real_deployment
 
 tmp = Path(sys.argv[1])
-with SpeedMonitor(tmp / "speed.txt") as mon, ServerProcess(
+with SpeedMonitor(tmp / "speed.txt", cpus=probe_cpus()) as mon, ServerProcess(
         real_deployment(tmp / "deploy.toml"), cache=False) as srv:
     srv.wait_ready("hello")
-    print(mon._proc.pid, srv.proc.pid, flush=True)
+    print(*(p.pid for p in mon._procs), srv.proc.pid, flush=True)
     time.sleep(600)
 """
 
@@ -49,23 +49,24 @@ def _children(pid: int) -> list[int]:
 
 
 def test_a_killed_validation_leaves_nothing_running(tmp_path: Path) -> None:
-    """SIGKILL to a process holding a ``SpeedMonitor`` and a ``ServerProcess``: the probe,
-    the server and its container are all gone soon after (they poll for their parent)."""
+    """SIGKILL to a process holding a ``SpeedMonitor`` (a probe pinned to each core) and a
+    ``ServerProcess``: the probes, the server and its container are all gone soon after
+    (they poll for their parent)."""
     (tmp_path / "deploy.toml").write_text(NOOP_DEPLOY)
     drv = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path)],
                            stdout=subprocess.PIPE, text=True)
     watched: list[int] = []
     try:
         assert drv.stdout is not None
-        probe, server = (int(x) for x in drv.stdout.readline().split())
+        *probes, server = (int(x) for x in drv.stdout.readline().split())
         until = time.monotonic() + 60
         while not _children(server) and time.monotonic() < until:
             time.sleep(0.1)
         containers = _children(server)
-        assert containers and _alive(probe) and _alive(server)
+        assert containers and probes and all(_alive(p) for p in [*probes, server])
         drv.send_signal(signal.SIGKILL)
         drv.wait()
-        watched += [probe, server, *containers]
+        watched += [*probes, server, *containers]
         until = time.monotonic() + 60
         while any(_alive(p) for p in watched) and time.monotonic() < until:
             time.sleep(0.2)
