@@ -55,7 +55,8 @@ CPU shares cannot see it; a loop timed in the thread's own CPU time can.
   (``HostCPU.speed_trace``): one point per probe interval from ``since``, each core's
   latest probe as 1 (fast) or its slow factor, combined as the cores' total speed does
   (the harmonic mean of the factors: two cores at x1 and x2 do the work of two at
-  x1.33).
+  x1.33); ``mean_factor(since, until)`` averages that over the stretch (a run's CPU
+  over it is what the run would have taken at the fast speed).
 - ``fit_speed(t, ns)`` turns a trace into ``HostSpeed``: the fast level (the 10th
   percentile), a probe slower than ``SLOW_THRESHOLD`` (1.4) times it is slow; the slow
   factor is the median slow probe over the median fast one, the slow share the share of
@@ -503,6 +504,18 @@ class SpeedMonitor:
                 out.append((round(at - since, 6), f))
             at += self.interval_s
         return tuple(out)
+
+    def mean_factor(self, since: float, until: float) -> float:
+        """The time-averaged factor of ``replay(since, until)`` (each core's levels from
+        all its probes, so a stretch that was slow all along reads slow); NaN when there
+        is nothing to replay."""
+        rec = self.replay(since, until)
+        if not rec:
+            return float("nan")
+        span = until - since
+        ends = [t for t, _ in rec[1:]] + [max(span, rec[-1][0])]
+        total = sum((b - a) * f for (a, f), b in zip(rec, ends, strict=True))
+        return total / span if span > 0 else rec[-1][1]
 
 
 # --------------------------------------------------------------------------- the guard

@@ -386,9 +386,8 @@ class Bench:
         """Keep ``r`` for the fits when the server saw its queries and batches
         (``overloaded``: a ramp step that missed the SLO, ``CpuRun.overloaded``)."""
         if r.seen.get("queries", 0.0) > 0 and r.seen.get("batches", 0.0) > 0:
-            sp = (self.mon.fit(r.started_at, r.ended_at)
-                  if self.mon is not None and math.isfinite(r.started_at) else None)
-            f = 1.0 + sp.slow_share * (sp.slow_factor - 1.0) if sp is not None else math.nan
+            f = (self.mon.mean_factor(r.started_at, r.ended_at)
+                 if self.mon is not None and math.isfinite(r.started_at) else math.nan)
             self.kept.append(r.cpu_run(overloaded, f))
 
 

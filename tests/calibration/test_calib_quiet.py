@@ -254,6 +254,11 @@ def test_replay_gives_the_speed_as_it_was_per_core_combined(tmp_path: Path) -> N
     rec = mon.replay(100.0 + 0.025 * 30, 100.0 + 0.025 * 99)
     assert [t for t, _ in rec] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
     assert [f for _, f in rec] == pytest.approx([1.0, 4 / 3, 2.0, 4 / 3, 1.0])
+    # over probes 30-99 (1.75 s): 1 for 0.25 s, 4/3 for 0.25, 2 for 0.25, 4/3 for 0.25, 1
+    assert mon.mean_factor(100.0 + 0.025 * 30, 100.0 + 0.025 * 100) == pytest.approx(
+        (0.25 * 1 + 0.25 * 4 / 3 + 0.25 * 2 + 0.25 * 4 / 3 + 0.75 * 1) / 1.75)
+    # a stretch slow all along reads slow: the levels come from all the core's probes
+    assert mon.mean_factor(100.0 + 0.025 * 52, 100.0 + 0.025 * 58) == pytest.approx(2.0)
     pooled = mon.fit()
     assert pooled is not None and pooled.slow_share == pytest.approx(0.2)
     assert pooled.slow_factor == pytest.approx(2.0) and pooled.probes == 200
