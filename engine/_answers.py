@@ -19,14 +19,13 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
-from ._state import _App, _EngineFields, _FeedbackTask, _Task
+from ._state import _App, _EngineFields, _FeedbackTask, _Remembered, _Task
 from ._types import DefaultReason, FeedbackApplied, Instruction, Prediction, Reply
 from .metrics import Histogram
-from .selection import PolicyState, loss
+from .selection import loss
 
 _FOLD_AT = Histogram.FOLD_AT
 _tuple_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__
-_new = object.__new__
 # distinct int outputs per application whose one-model Prediction is shared (on_outputs,
 # _answer_hit)
 _SHARED_PREDICTIONS = 1024
@@ -96,7 +95,8 @@ class _Answers(_EngineFields):
             size = 0
             for v in answers.values():
                 size += _size_bytes(v)
-            self._remember(task, size)
+            task.input = None  # a task still queued somewhere keeps no input alive
+            self._remember(task.id, _tuple_new(_Remembered, (app, task.context, answers)), size)
         if self.log is not None:
             self.log.append(
                 ("reply", now, task.id, pred.output, pred.default, pred.default_reason, pred.models)
@@ -106,7 +106,6 @@ class _Answers(_EngineFields):
         self,
         qid: int,
         app: _App,
-        state: PolicyState,
         selected: tuple[str, ...],
         output: Any,
         now: float,
@@ -133,33 +132,21 @@ class _Answers(_EngineFields):
             h.fold()
         out.append(_tuple_new(Reply, (qid, pred, 0.0, False)))
         if self.remember_queries:
-            # the task _finish would remember (feedback reads app, context and answers)
-            task = _new(_Task)
-            task.id = qid
-            task.app = app
-            task.state = state
-            task.selected = selected
-            task.answers = {selected[0]: output}
-            task.waiting = task.failed = 0
-            task.deadline = now + app.spec.slo_s
-            task.arrival_at = now
-            task.done = True
-            task.context = context
-            task.shed = None
-            self._remember(task, _size_bytes(output))
+            # what _finish would remember: a record, not a task (engine hit 2.34-2.49 against
+            # 2.42-2.60 us, interleaved; 3 fields kept per query instead of 15 slots)
+            self._remember(qid, _tuple_new(_Remembered, (app, context, {selected[0]: output})),
+                           _size_bytes(output))
         if self.log is not None:
             self.log.append(("reply", now, qid, output, False, None, selected))
 
-    def _remember(self, task: _Task, size: int) -> None:
-        """Keep ``task`` for feedback naming its id: its answers (``size`` bytes of them,
-        ``_size_bytes``), never its input."""
-        task.input = None
+    def _remember(self, qid: int, kept: _Remembered, size: int) -> None:
+        """Keep what feedback naming query ``qid`` needs: its application, context and
+        answers (``size`` bytes of them, ``_size_bytes``), never its input."""
         recent = self._recent
         order = self._recent_order
-        qid = task.id
         if qid in recent:  # a driver reusing ids: the newer query is the one remembered
             self._forget(qid)
-        recent[qid] = task
+        recent[qid] = kept
         order.append((qid, size))
         self._recent_bytes += size
         limit = self.remember_bytes

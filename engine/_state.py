@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict, deque
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -91,6 +91,15 @@ class _Task:
         self.context = context
         # (reason, explanation) when a model shed it (admission control, drop_hopeless)
         self.shed: tuple[str, str] | None = None
+
+
+class _Remembered(NamedTuple):
+    """What feedback naming an answered query's id reads of it (``_answers._remember``):
+    a record, not the task, so that a cache hit answered without a task builds none."""
+
+    app: _App
+    context: Hashable | None
+    answers: dict[str, Any]
 
 
 class _FeedbackTask(_Task):
@@ -380,7 +389,7 @@ class _EngineFields:
     _fifos: dict[float, deque[_Task]]  # per SLO: tasks in deadline order without a heap
     due_at: float  # next_deadline() as a float (inf: none); drivers read it, never write
     _wakes: list[tuple[float, int, _Version]]  # heap: when a waiting controller wakes
-    _recent: dict[int, _Task]  # answered queries, for feedback naming a query id
+    _recent: dict[int, _Remembered]  # answered queries, for feedback naming a query id
     _recent_order: deque[tuple[int, int]]  # (query id, bytes kept) oldest first
     _recent_bytes: int
     _seq: itertools.count[int]

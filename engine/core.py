@@ -229,7 +229,7 @@ class Engine(_Admin, _Batches):
                 v = self.cache.get(ck)
                 if v is not MISS:
                     self._m_hits.value += 1
-                    self._answer_hit(qid, app, state, selected, v, now, context, out)
+                    self._answer_hit(qid, app, selected, v, now, context, out)
                     return out
                 task = _Task(qid, app, state, selected, deadline, now, context)
                 self._want_missed(task, ver, input_, key, ck, now, out)
