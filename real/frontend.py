@@ -233,10 +233,14 @@ class QueryFrontend:
 
     def encode_failed(self, req: Request, e: Exception) -> None:
         """The last resort for an answer that cannot be encoded: 500, logged, counted."""
+        req.respond(self.failed_answer(req, e))
+
+    def failed_answer(self, req: Request, e: Exception) -> bytes:
+        """``encode_failed``'s answer, returned instead of sent."""
         log.error("cannot encode the answer to %s %s: %s", req.method, req.path, e)
         self.refused["handler_error"] += 1
         self.errors += 1
-        req.respond(error_response(500, f"internal error: the answer cannot be encoded: {e}"))
+        return error_response(500, f"internal error: the answer cannot be encoded: {e}")
 
     # -- Clipper API
     def predict(self, req: Request, app_name: str) -> bytes | None:
@@ -247,8 +251,7 @@ class QueryFrontend:
         if memo is not None:
             seen = memo.get((app_name, req.body))
             if seen is not None and seen[0] is app:  # the same application, not a new one
-                self._one(req, app_name, seen[1], seen[3], seen[2])
-                return None
+                return self._one(req, app_name, seen[1], seen[3], seen[2])
         try:
             body = self.body_object(req)
             ctx = _uid(body)
@@ -257,14 +260,15 @@ class QueryFrontend:
             bools = 101 in req.body
             if "input" in body:
                 x = convert(app, body["input"], "input", maybe_bools=bools)
-                key = self._one(req, app_name, x, ctx)
+                key = input_digest(x) if self.cache else None
+                data = self._one(req, app_name, x, ctx, key)
                 if memo is not None and key is not None and len(req.body) <= 2048:
                     if isinstance(x, np.ndarray):
                         x.flags.writeable = False  # shared by every query with this body
                     if len(memo) >= 4096:
                         memo.clear()
                     memo[(app_name, req.body)] = (app, x, key, ctx)
-                return None
+                return data
             if "input_batch" in body:
                 batch = body["input_batch"]
                 if not isinstance(batch, list):
@@ -283,31 +287,27 @@ class QueryFrontend:
         except EngineError as e:
             return self.clipper_bad(req, 400, str(e))
 
-    def _one(self, req: Request, app: str, x: Any, ctx: Any,
-             key: bytes | None = None) -> bytes | None:
-        """Submit one query; its reply (maybe at once: a cache hit, a refusal) responds.
-        Returns the input's digest (``key``, computed when not given and the cache is on)."""
-        encode = self._replies.encode
+    def _one(self, req: Request, app: str, x: Any, ctx: Any, key: bytes | None) -> bytes | None:
+        """Submit one query (``key``: its input's digest, or none).  An answer the engine
+        gives at once (a cache hit, a refusal) is returned, for the HTTP layer to write
+        without a callback; a later one responds."""
 
         def done(r: Reply) -> None:
-            if r.refused:
-                req.respond(
-                    error_response(
-                        503, r.prediction.explanation or "query refused: the server is overloaded"
-                    )
-                )
-            else:
-                try:
-                    data = encode(r)
-                except TypeError as e:  # orjson: an integer beyond 64 bits, an odd type
-                    self.encode_failed(req, e)
-                    return
-                req.respond(data)
+            req.respond(self._answer(req, r))
 
-        if key is None and self.cache:
-            key = input_digest(x)
-        self.driver.query(app, x, done, input_key=key, context=ctx)
-        return key
+        r = self.driver.ask(app, x, done, input_key=key, context=ctx)
+        return None if r is None else self._answer(req, r)
+
+    def _answer(self, req: Request, r: Reply) -> bytes:
+        """The response to a single query's reply: 200, 503 when refused, 500 when it
+        cannot be encoded."""
+        if r.refused:
+            return error_response(
+                503, r.prediction.explanation or "query refused: the server is overloaded")
+        try:
+            return self._replies.encode(r)
+        except TypeError as e:  # orjson: an integer beyond 64 bits, an odd type
+            return self.failed_answer(req, e)
 
     def _many(self, req: Request, app: str, xs: list[Any], ctx: Any) -> bytes | None:
         results: list[dict[str, Any] | None] = [None] * len(xs)

@@ -98,3 +98,30 @@ def test_an_answer_given_at_once_reaches_its_callback_and_a_raising_one_is_count
     d.query("a", 1, got.append, input_key="k")
     assert [r.prediction.output for r in got] == [9, 9] and got[-1].query_id == qid + 1
     assert len(link.sent) == 1 and d.pending == 0
+
+
+def test_ask_returns_an_answer_given_at_once_and_calls_back_with_a_later_one(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """``ask`` hands a cache hit back to its caller (its callback never called, nothing
+    pending, the same reply ``query`` would give); a miss returns ``None`` and its callback
+    gets the reply when the batch is done.  Query ids count on across both calls."""
+    from clipperlab.engine import ReplicaId
+
+    d = _driver(loop)
+    link = _Link()
+    rid = ReplicaId("m", d.engine.registry.active["m"], 0)
+    d.replica_up(rid, link)
+    got: list[Reply] = []
+    assert d.ask("a", 1, got.append, input_key="k") is None and d.pending == 1
+    d.batch_done(rid, link.sent[0], [9])
+    assert [(r.query_id, r.prediction.output) for r in got] == [(1, 9)]
+
+    def never(r: Reply) -> None:
+        raise AssertionError("an answer given at once goes back to the caller")
+
+    r = d.ask("a", 1, never, input_key="k")
+    assert r is not None and (r.query_id, r.prediction.output) == (2, 9) and d.last_id == 2
+    assert d.pending == 0 and len(link.sent) == 1
+    assert d.query("a", 1, got.append, input_key="k") == 3
+    assert got[-1].prediction == r.prediction and got[-1].query_id == 3
