@@ -75,7 +75,8 @@ COLUMNS = ("model", "batching", "load", "real q/s", "real p50 / p99 ms", "sim q/
            "load avg", "others' CPU")
 # the capacity table's columns (``capacity_markdown``)
 CAPACITY_COLUMNS = ("model", "batching", "measured q/s [90% interval]", "ramps",
-                    "predicted q/s", "err", "within 10%")
+                    "predicted q/s", "err", "within 10%",
+                    "each ramp: measured / predicted (slow share)")
 CAPACITY_GOAL = 0.10
 # fitted numbers shown as value [lo, hi] in the calibration table (``cal_table``)
 INTERVAL_COLUMNS = ("capacity_qps", "query_cpu_us", "batch_cpu_us", "wake_us",
@@ -207,8 +208,30 @@ def capacity_rows(table: pd.DataFrame) -> pd.DataFrame:
                      "capacity_qps_hi": float(r.get("capacity_qps_hi", measured)),
                      "ramps": _ramps(r),
                      "sim_capacity_qps": predicted, "err_capacity": err,
-                     "capacity_goal_met": bool(abs(err) <= CAPACITY_GOAL)})
+                     "capacity_goal_met": bool(abs(err) <= CAPACITY_GOAL),
+                     "per_ramp": _per_ramp(r)})
     return pd.DataFrame(rows)
+
+
+def _per_ramp(row: pd.Series) -> str:
+    """Each ramp's measured and predicted capacity and the slow share while it went
+    (``ramp_capacities_qps``, ``sim_ramp_capacities_qps``, ``speed_ramps_slow_share``);
+    empty for a run that did not record them."""
+    cols = ("ramp_capacities_qps", "sim_ramp_capacities_qps", "speed_ramps_slow_share")
+    parts = [str(row.get(c, "") or "") if pd.notna(row.get(c, "")) else "" for c in cols]
+    if not parts[0] or not parts[1]:
+        return ""
+    meas, pred = parts[0].split(";"), parts[1].split(";")
+    slow = parts[2].split(";") if parts[2] else []
+    if len(meas) != len(pred):
+        return ""
+    out = []
+    for k, (m, p) in enumerate(zip(meas, pred, strict=True)):
+        s = f"{float(m):,.0f} / {float(p):,.0f}"
+        if k < len(slow) and slow[k] != "nan":
+            s += f" ({float(slow[k]):.0%})"
+        out.append(s)
+    return "; ".join(out)
 
 
 def _ramps(row: pd.Series) -> int:
@@ -228,7 +251,8 @@ def capacity_markdown(caps: pd.DataFrame) -> str:
                                             f"[{r['capacity_qps_lo']:,.0f}, "
                                             f"{r['capacity_qps_hi']:,.0f}]",
              "ramps": r["ramps"], "predicted q/s": r["sim_capacity_qps"],
-             "err": r["err_capacity"], "within 10%": bool(r["capacity_goal_met"])}
+             "err": r["err_capacity"], "within 10%": bool(r["capacity_goal_met"]),
+             "each ramp: measured / predicted (slow share)": r.get("per_ramp", "")}
             for _, r in caps.iterrows()]
     return markdown_table(rows, CAPACITY_COLUMNS,
                           formats={"predicted q/s": "{:,.0f}", "err": "{:+.0%}"})

@@ -128,6 +128,14 @@ def test_capacity_columns_from_a_fake_twin() -> None:
     assert caps.loc["b", "err_capacity"] == pytest.approx(-0.25)
     text = capacity_markdown(capacity_rows(table))
     assert "| a | aimd | 1,000 [900, 1,100] | 3 | 1,050 | +5% | yes |" in text
+    # each ramp, where the run recorded them: measured / predicted (the slow share)
+    table["ramp_capacities_qps"] = "900;1000;1100"
+    table["sim_ramp_capacities_qps"] = "950;1050;1200"
+    table["speed_ramps_slow_share"] = "0.300;nan;0.700"
+    assert capacity_rows(table).iloc[0]["per_ramp"] == \
+        "900 / 950 (30%); 1,000 / 1,050; 1,100 / 1,200 (70%)"
+    assert "| 900 / 950 (30%); 1,000 / 1,050; 1,100 / 1,200 (70%) |" in capacity_markdown(
+        capacity_rows(table))
 
 
 # --------------------------------------------------------------------------- profiles
