@@ -504,12 +504,12 @@ def test_a_small_read_answered_at_once_asks_the_loop_for_nothing() -> None:
             calls.append(args[0])
             return call_soon(*args, **kwargs)
 
-        loop.call_soon = counting  # type: ignore[method-assign]
+        loop.call_soon = counting  # type: ignore[method-assign,assignment]
         try:
             for _ in range(3):
                 proto.data_received(b"GET /now HTTP/1.1\r\n\r\n")
         finally:
-            del loop.call_soon  # type: ignore[method-assign]
+            del loop.call_soon
         assert calls == [] and len(t.writes) == 3
         proto.close()
 
