@@ -156,11 +156,24 @@ class CpuRun:
     # share x (slow factor - 1)); NaN: not probed.  ``at_fast_speed`` divides the CPU
     # times by it, so that runs at different speeds fit one demand (the fast speed's)
     speed_factor: float = math.nan
+    # the speed as the probes recorded it while the run went (``SpeedMonitor.replay``:
+    # (s from the run's start, factor) pairs); the fits' twin replays it (``as_run``)
+    speed_trace: tuple[tuple[float, float], ...] = ()
 
     @property
     def rate(self) -> float:
         span = float(self.trace.arrival_at[-1] - self.trace.arrival_at[0])
         return len(self.trace) / span if span > 0 else math.inf
+
+
+def as_run(calib: Calibration, run: CpuRun) -> Calibration:
+    """``calib`` for the twin that replays ``run``: at the speed recorded while it went
+    (``HostCPU.speed_trace``) when ``calib`` has the host CPU model with demands at a
+    known reference speed (``reference_factor``: the fast speed's, ``at_fast_speed``) and
+    the run a trace; else ``calib`` as it is."""
+    if calib.host_cpus > 0 and calib.reference_factor > 0 and run.speed_trace:
+        return dataclasses.replace(calib, speed_trace=run.speed_trace)
+    return calib
 
 
 def at_fast_speed(runs: Sequence[CpuRun]) -> list[CpuRun] | None:
@@ -366,7 +379,7 @@ def pause_rate_rows(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deploy
         shares, busy = [], 0.0
         for rate in (0.0, ref):
             c = dataclasses.replace(calib, pause_rate_hz=rate, pause_rate_busy_hz=0.0)
-            sim = Simulation(twin(c), r.trace, seed=seed)
+            sim = Simulation(twin(as_run(c, r)), r.trace, seed=seed)
             # (a constant overhead would shift the median too: it cannot change the share)
             shares.append(late_share(sim.run().queries["latency_s"].to_numpy(), m))
             if rate == 0.0:
@@ -521,7 +534,7 @@ def fit_container_wake(runs: Sequence[CpuRun], twin: Callable[[Calibration], Dep
         dep = twin(c)
         diff, units = [], []
         for r in use:
-            sim = Simulation(dep, r.trace, seed=seed)
+            sim = Simulation(twin(as_run(c, r)) if r.speed_trace else dep, r.trace, seed=seed)
             res = sim.run()
             nb = max(len(res.batches), 1)
             diff.append(r.batch_ms / 1e3 - batch_mean_ms(res.metrics) / 1e3)
@@ -556,7 +569,8 @@ def fit_overhead(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deploymen
     gaps = []
     for r in use:
         lat = np.asarray(r.latency_s, dtype=np.float64)
-        sim = Simulation(dep, r.trace, seed=seed).run().queries["latency_s"].to_numpy()
+        sim = Simulation(twin(as_run(calib, r)) if r.speed_trace else dep, r.trace,
+                         seed=seed).run().queries["latency_s"].to_numpy()
         gaps.append(float(np.median(lat[np.isfinite(lat)])) -
                     float(np.nanmedian(sim)))
     return max(float(np.median(gaps)), 0.0)

@@ -89,6 +89,8 @@ def save_runs(path: Path, runs: Sequence[CpuRun], low: CpuRun | None,
     meta: dict[str, Any] = {"calib_qps": calib_qps, "low_seen": dict(low_seen), "runs": []}
     for k, r in enumerate([*runs, *([low] if low is not None else [])]):
         arrays[f"arrival_at_{k}"] = np.asarray(r.trace.arrival_at, dtype=np.float64)
+        if r.speed_trace:
+            arrays[f"speed_trace_{k}"] = np.asarray(r.speed_trace, dtype=np.float64)
         arrays[f"latency_s_{k}"] = np.asarray(
             r.latency_s if r.latency_s is not None else np.full(len(r.trace), np.nan),
             dtype=np.float64)
@@ -116,7 +118,9 @@ def load_runs(path: Path, workload: Workload
                               m["batches"], m["cpu_s"], z[f"latency_s_{k}"], m["batch_ms"],
                               tuple(ContainerCpu(*c) for c in m["containers"]),
                               m["loadgen_cpu_s"], bool(m.get("overloaded", False)),
-                              float(m.get("speed_factor", math.nan))))
+                              float(m.get("speed_factor", math.nan)),
+                              tuple((float(a), float(b)) for a, b in z[f"speed_trace_{k}"])
+                              if f"speed_trace_{k}" in z else ()))
     low = out.pop() if meta["low"] else None
     return out, low, dict(meta["low_seen"]), float(meta["calib_qps"])
 

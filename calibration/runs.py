@@ -65,10 +65,12 @@ class RealRun(NamedTuple):
     started_at: float = math.nan
     ended_at: float = math.nan
 
-    def cpu_run(self, overloaded: bool = False, speed_factor: float = math.nan) -> CpuRun:
+    def cpu_run(self, overloaded: bool = False, speed_factor: float = math.nan,
+                speed_trace: tuple[tuple[float, float], ...] = ()) -> CpuRun:
         """The run as the fits see it (achieved send times, latency from the send);
         ``overloaded``: a ramp step that missed the SLO (``CpuRun.overloaded``);
-        ``speed_factor``: the machine's mean speed factor while it went."""
+        ``speed_factor``, ``speed_trace``: the machine's mean speed factor while it went,
+        and its speed as the probes recorded it."""
         seen = self.seen
         models = {k.split(":", 1)[1] for k in seen if k.startswith("batches:")}
         return CpuRun(sent_trace(self.trace, self.table), seen["queries"],
@@ -80,7 +82,7 @@ class RealRun(NamedTuple):
                                        self.container_cpu_s[m])
                           for m in sorted(models) if m in self.container_cpu_s),
                       loadgen_cpu_s=self.loadgen_cpu_s, overloaded=overloaded,
-                      speed_factor=speed_factor)
+                      speed_factor=speed_factor, speed_trace=speed_trace)
 
 
 def retime(workload: Workload, rate_qps: float, duration_s: float, seed: int) -> Trace:

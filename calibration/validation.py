@@ -54,7 +54,9 @@ Theory of operation (``validate``, one function per step):
      was; the levels' own speed is recorded beside it (``res.speed_levels``), and each
      level's twin runs at the speed the probe saw during that level's real runs (step 6);
    - per twin, what it still misses (``fit_unexplained``), so that contention the host
-     CPU model explains is not fitted as pauses:
+     CPU model explains is not fitted as pauses (with ``replay_speed``, ``sim+host``'s
+     fits replay each run at the speed the probes recorded while it went,
+     ``fit.as_run``, as its levels are, so a slow stretch is not fitted as a pause):
    - pauses (``fit_pauses``, ``tune_pause_rate``): late queries in the low-load runs give
      the pause durations; the rate, as a base plus a share proportional to the loop's
      busy time, makes the twin as late as the server in the runs up to 60% of capacity;
@@ -374,6 +376,7 @@ class Bench:
     idle_loadgen: float = 0.0  # the generator's CPU s/s with nothing to send
     kept: list[CpuRun] = field(default_factory=list)
     mon: SpeedMonitor | None = None  # the speed probe: each kept run's mean speed factor
+    replay: bool = False  # keep each run's recorded speed for the fits' twin to replay
 
     def run(self, trace: Trace, keep: bool = True) -> RealRun:
         r = real_run(self.srv, trace, self.pool, self.api, self.connections, self.idle_cpu,
@@ -386,9 +389,13 @@ class Bench:
         """Keep ``r`` for the fits when the server saw its queries and batches
         (``overloaded``: a ramp step that missed the SLO, ``CpuRun.overloaded``)."""
         if r.seen.get("queries", 0.0) > 0 and r.seen.get("batches", 0.0) > 0:
-            f = (self.mon.mean_factor(r.started_at, r.ended_at)
-                 if self.mon is not None and math.isfinite(r.started_at) else math.nan)
-            self.kept.append(r.cpu_run(overloaded, f))
+            f = math.nan
+            rec: tuple[tuple[float, float], ...] = ()
+            if self.mon is not None and math.isfinite(r.started_at):
+                f = self.mon.mean_factor(r.started_at, r.ended_at)
+                if self.replay:
+                    rec = self.mon.replay(r.started_at, r.ended_at)
+            self.kept.append(r.cpu_run(overloaded, f, rec))
 
 
 # --------------------------------------------------------------------------- the steps
@@ -428,7 +435,7 @@ def warm_up(srv: ServerProcess, setup: Setup, api: str, connections: int,
     return Bench(srv, pool, api, connections, idle_cpu_rate(srv),
                  idle_container_cpu_rate(srv),
                  loadgen_idle_rate(srv, wl, pool, api, connections, seed=setup.seed + 98),
-                 mon=mon)
+                 mon=mon, replay=setup.replay_speed)
 
 
 def calibrate_at_low_load(bench: Bench, setup: Setup, calib_qps: float,

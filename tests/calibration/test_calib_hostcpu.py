@@ -18,6 +18,7 @@ from clipperlab.calibration.fit import (
     Calibration,
     ContainerCpu,
     CpuRun,
+    as_run,
     fit_container_cpu,
     fit_loadgen,
     fit_loadgen_cpu,
@@ -125,6 +126,13 @@ def test_twin_with_the_host_cpu_model_has_the_fitted_demands(tmp_path: Path) -> 
     hr = sim_deployment(dep, "hello", {"noop": prof}, calibration=run).host_cpu
     assert hr is not None and hr.speed_trace == rec and hr.reference == pytest.approx(1.4)
     assert at_trace(base, ()) is base and at_trace(no_host, rec) is no_host
+    # the fits' twin replays each calibration run at its own recorded speed, once the
+    # demands are the fast speed's (a known reference); else it runs the two speeds
+    r = CpuRun(Workload(Poisson(100.0), n_queries=10).generate(0), 10.0, 5.0, 0.001,
+               speed_trace=rec)
+    fast = dataclasses.replace(base, reference_factor=1.0)
+    assert as_run(fast, r).speed_trace == rec and as_run(base, r) is base
+    assert as_run(fast, dataclasses.replace(r, speed_trace=())) is fast
 
 
 # --------------------------------------------------------------------------- the fits

@@ -200,11 +200,15 @@ def test_calibration_and_runs_round_trip(tmp_path: Path) -> None:
     tr = wl.generate(0)
     run = CpuRun(tr, 50.0, 20.0, 0.01, np.full(50, 1e-3), 0.3,
                  (ContainerCpu("noop", 20.0, 50.0, 0.002),), 0.004)
-    over = dataclasses.replace(run, overloaded=True)
+    over = dataclasses.replace(run, overloaded=True, speed_factor=1.4,
+                               speed_trace=((0.0, 1.0), (0.125, 1.8)))
     path = save_runs(tmp_path / "runs.npz", [run, over], run, {"batches": 20.0}, 50.0)
     runs, low, seen, qps = load_runs(path, wl)
     assert len(runs) == 2 and low is not None and seen == {"batches": 20.0} and qps == 50.0
     assert [r.overloaded for r in (*runs, low)] == [False, True, False]
+    # the speed each run went at: its mean factor and the probes' trace
+    assert runs[1].speed_factor == 1.4 and runs[1].speed_trace == ((0.0, 1.0), (0.125, 1.8))
+    assert math.isnan(runs[0].speed_factor) and runs[0].speed_trace == ()
     for r in (*runs, low):
         assert np.array_equal(r.trace.arrival_at, tr.arrival_at)
         assert np.array_equal(np.asarray(r.latency_s), np.full(50, 1e-3))
