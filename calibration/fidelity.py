@@ -53,6 +53,7 @@ from clipperlab.calibration.resimulate import (
     CALIBRATION_FILE,
     RUNS_FILE,
     calibration_to_json,
+    replay_steps,
     resimulate,
     save_runs,
 )
@@ -370,6 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report-only", action="store_true",
                     help="no runs: rebuild fidelity.md/.png and the goal table from OUT/"
                          "fidelity.csv")
+    ap.add_argument("--steps", action="store_true",
+                    help="no runs: replay every stored calibration run at 50%% of capacity "
+                         "or more (the ramps' steps) in the prediction's twin at the speed "
+                         "recorded while it went, against the server's pass or fail, into "
+                         "OUT/fidelity_steps.csv (runs from before run 10 recorded none)")
     a = ap.parse_args(argv)
     out = Path(a.out)
     if a.slice_ms is not None and not (a.resimulate and 0 <= a.slice_ms <= 1000):
@@ -404,6 +410,16 @@ def main(argv: list[str] | None = None) -> int:
         for note in rs.notes:
             print(f"note: {note}")
         report(rs.table, out)
+        return 0
+    if a.steps:
+        if not out.is_dir():
+            print(f"error: {out} is not a fidelity run's folder", file=sys.stderr)
+            return 2
+        steps = replay_steps(out, workload(), log=lambda s: print(s, flush=True))
+        if steps.empty:
+            print(f"error: no stored run in {out} recorded its speed (--steps needs a run "
+                  "made with the per-core probes)", file=sys.stderr)
+            return 2
         return 0
     if a.report_only:
         csv = out / "fidelity.csv"

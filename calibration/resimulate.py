@@ -38,19 +38,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from clipperlab.calibration.capacity import GOOD_SHARE
 from clipperlab.calibration.errors import CalibrationError
-from clipperlab.calibration.fit import Calibration, ContainerCpu, CpuRun
+from clipperlab.calibration.fit import Calibration, ContainerCpu, CpuRun, as_run
 from clipperlab.calibration.quiet import HostSpeed
 from clipperlab.calibration.runs import retime, sim_run, ticked
 from clipperlab.calibration.server import model_specs, real_deployment
 from clipperlab.calibration.twin import at_speed, sim_deployment, speed_fields
 from clipperlab.calibration.validation import median_summary, twin_predictions
-from clipperlab.simulator import load_profile
+from clipperlab.simulator import Simulation, load_profile
 from clipperlab.workloads import Workload
 
-__all__ = ["CALIBRATION_FILE", "RUNS_FILE", "Resimulated", "calibration_from_json",
-           "calibration_to_json", "load_runs", "resimulate", "save_runs",
-           "stored_calibrations", "ticked"]
+__all__ = ["CALIBRATION_FILE", "RUNS_FILE", "STEPS_FILE", "Resimulated",
+           "calibration_from_json", "calibration_to_json", "load_runs", "replay_steps",
+           "resimulate", "save_runs", "stored_calibrations", "ticked"]
 
 Log = Callable[[str], None]
 CALIBRATION_FILE = "calibration.json"
@@ -283,6 +284,56 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
             f"{cap:,.0f} q/s ({(cap - measured) / measured:+.0%})")
         parts.append(g)
     return Resimulated(pd.concat(parts, ignore_index=True), notes)
+
+
+STEPS_FILE = "fidelity_steps.csv"
+
+
+def replay_steps(out: Path, workload: Workload, *, min_load: float = 0.5, seed: int = 0,
+                 log: Log = print) -> pd.DataFrame:
+    """Every stored calibration run of a fidelity run's settings (``runs.npz``: the
+    ramps' steps and the calibration run) at ``min_load`` of the measured capacity or more,
+    replayed by the prediction's twin (``calibration.json``'s last mode) at the speed the
+    probes recorded while it went (``fit.as_run``), and at the calibration's two speeds:
+    per step its rate, mean speed factor, whether it was a failing ramp step, the share
+    of its queries answered within the objective from the send on the server and in each
+    twin, and whether the replaying twin passes (``GOOD_SHARE``) where the server did.
+    Settings or runs without a recorded speed are left out.  Written to
+    ``OUT/fidelity_steps.csv``."""
+    rows: list[dict[str, Any]] = []
+    for folder in sorted(p for p in out.iterdir() if (p / RUNS_FILE).exists()
+                         and (p / CALIBRATION_FILE).exists()):
+        calibs = calibration_from_json((folder / CALIBRATION_FILE).read_text())
+        calib = calibs[next(m for m in reversed(TWIN_MODES) if m in calibs)]
+        profiles = {p.stem: load_profile(p) for p in sorted((folder / "profiles").glob("*.json"))}
+        with tempfile.TemporaryDirectory(prefix="clipperlab-steps-") as d:
+            dep = _deployment(folder / "deploy.toml", Path(d))
+        app, _ = model_specs(dep, workload.app)
+        runs, _, _, _ = load_runs(folder / RUNS_FILE, workload)
+        for r in sorted(runs, key=lambda r: r.rate):
+            if not r.speed_trace or r.rate < min_load * calib.capacity_qps:
+                continue
+            lat = np.nan_to_num(np.asarray(r.latency_s, dtype=np.float64), nan=np.inf)
+            good = {"real": float(np.mean(lat <= app.slo_s))}
+            for name, c in (("replayed", as_run(calib, r)), ("two_speeds", calib)):
+                q = Simulation(sim_deployment(dep, workload.app, profiles, calibration=c),
+                               r.trace, seed=seed).run().queries["latency_s"].to_numpy()
+                good[name] = float(np.mean(np.nan_to_num(q, nan=np.inf) + c.overhead_s
+                                           <= app.slo_s))
+            rows.append({"setting": folder.name, "rate_qps": r.rate,
+                         "speed_factor": r.speed_factor, "overloaded": r.overloaded,
+                         "real_good": good["real"], "replayed_good": good["replayed"],
+                         "two_speeds_good": good["two_speeds"],
+                         "agree": (good["real"] >= GOOD_SHARE) ==
+                                  (good["replayed"] >= GOOD_SHARE)})
+        got = [x for x in rows if x["setting"] == folder.name]
+        if got:
+            log(f"{folder.name}: the twin replaying each step at its recorded speed agrees "
+                f"with the server's pass or fail in {sum(x['agree'] for x in got)} of "
+                f"{len(got)} steps at {min_load:.0%} of capacity or more")
+    table = pd.DataFrame(rows)
+    table.to_csv(out / STEPS_FILE, index=False, float_format="%.6g")
+    return table
 
 
 def _deployment(toml: Path, tmp: Path) -> Any:

@@ -32,6 +32,7 @@ from clipperlab.calibration.resimulate import (
     calibration_from_json,
     calibration_to_json,
     load_runs,
+    replay_steps,
     resimulate,
     save_runs,
     stored_calibrations,
@@ -331,6 +332,42 @@ def test_resimulate_with_two_speeds(tmp_path: Path,
         err = capsys.readouterr().err
         assert err.startswith("error: --slow") and err.count("\n") == 1
 
+
+
+def test_steps_replayed_at_their_speed_against_the_servers_pass_or_fail(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--steps``: each stored run at half the capacity or more, with a recorded speed, is
+    replayed by the prediction's twin at that speed and at the two speeds; a step the
+    server passed (every query in 1 ms) and the light twin passes agrees, one the server
+    failed (every query 50 ms late) does not; a step under half the capacity or without
+    a recorded speed is left out; a run that recorded none is an error."""
+    _stored_run(tmp_path, with_json=True)
+    cal = tmp_path / "noop-aimd" / "calibration.json"
+    c = calibration_from_json(cal.read_text())["sim+host"]
+    cal.write_text(calibration_to_json({"sim+host": dataclasses.replace(
+        c, reference_factor=1.0)}))  # demands at the fast speed: the steps are replayed
+    wl = Workload(ConstantRate(100), n_queries=100, app="digits")
+
+    def step(rate: float, late_s: float, rec: tuple[tuple[float, float], ...]) -> CpuRun:
+        tr = dataclasses.replace(wl, arrivals=ConstantRate(rate), n_queries=int(rate)
+                                 ).generate(0)
+        return CpuRun(tr, rate, rate / 4, rate * 50e-6, np.full(int(rate), late_s), 0.1,
+                      speed_factor=1.4 if rec else math.nan, speed_trace=rec)
+
+    rec = ((0.0, 1.0), (0.5, 1.8))
+    runs = [step(200, 1e-3, rec), step(700, 1e-3, rec), step(800, 0.05, rec),
+            step(900, 1e-3, ())]
+    save_runs(tmp_path / "noop-aimd" / "runs.npz", runs, runs[0], {}, 50.0)
+    got = replay_steps(tmp_path, wl, log=lambda s: None)
+    assert list(got["rate_qps"]) == pytest.approx([700, 800], rel=0.01)
+    assert list(got["real_good"]) == [1.0, 0.0] and (got["replayed_good"] == 1.0).all()
+    assert list(got["agree"]) == [True, False]
+    assert (tmp_path / "fidelity_steps.csv").exists()
+    assert fidelity_main(["--steps", "--out", str(tmp_path)]) == 0
+    assert "agrees with the server's pass or fail in 1 of 2 steps" in capsys.readouterr().out
+    save_runs(tmp_path / "noop-aimd" / "runs.npz", [runs[3]], runs[3], {}, 50.0)
+    assert fidelity_main(["--steps", "--out", str(tmp_path)]) == 2
+    assert "recorded its speed" in capsys.readouterr().err
 
 
 def test_ticked_sends_each_query_at_the_generators_next_millisecond() -> None:
