@@ -534,7 +534,8 @@ def fit_container_wake(runs: Sequence[CpuRun], twin: Callable[[Calibration], Dep
         dep = twin(c)
         diff, units = [], []
         for r in use:
-            sim = Simulation(twin(as_run(c, r)) if r.speed_trace else dep, r.trace, seed=seed)
+            cr = as_run(c, r)
+            sim = Simulation(dep if cr is c else twin(cr), r.trace, seed=seed)
             res = sim.run()
             nb = max(len(res.batches), 1)
             diff.append(r.batch_ms / 1e3 - batch_mean_ms(res.metrics) / 1e3)
@@ -569,7 +570,8 @@ def fit_overhead(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deploymen
     gaps = []
     for r in use:
         lat = np.asarray(r.latency_s, dtype=np.float64)
-        sim = Simulation(twin(as_run(calib, r)) if r.speed_trace else dep, r.trace,
+        cr = as_run(calib, r)
+        sim = Simulation(dep if cr is calib else twin(cr), r.trace,
                          seed=seed).run().queries["latency_s"].to_numpy()
         gaps.append(float(np.median(lat[np.isfinite(lat)])) -
                     float(np.nanmedian(sim)))

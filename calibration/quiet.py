@@ -73,6 +73,7 @@ CPU shares cannot see it; a loop timed in the thread's own CPU time can.
 from __future__ import annotations
 
 import argparse
+import bisect
 import logging
 import os
 import statistics
@@ -97,6 +98,8 @@ __all__ = [
     "fit_speed",
     "pool_speeds",
     "probe_cpus",
+    "replay_mean",
+    "slow_cut",
     "guard",
     "machine_load",
     "speed_probe_ns",
@@ -309,14 +312,29 @@ class HostSpeed:
                 f"{self.span_s:.0f} s)")
 
 
+def slow_cut(ns: Sequence[float], threshold: float = SLOW_THRESHOLD) -> float:
+    """The probe time above which a probe is slow: ``threshold`` times the fast level
+    (the 10th percentile)."""
+    return threshold * sorted(ns)[len(ns) // 10]
+
+
+def replay_mean(rec: Sequence[tuple[float, float]], span_s: float) -> float:
+    """The time-averaged factor of a replayed speed (``SpeedMonitor.replay``) over
+    ``span_s`` seconds from its start; NaN when it is empty."""
+    if not rec:
+        return float("nan")
+    ends = [t for t, _ in rec[1:]] + [max(span_s, rec[-1][0])]
+    total = sum((b - a) * f for (a, f), b in zip(rec, ends, strict=True))
+    return total / span_s if span_s > 0 else rec[-1][1]
+
+
 def fit_speed(t: Sequence[float], ns: Sequence[float],
               threshold: float = SLOW_THRESHOLD) -> HostSpeed | None:
     """Two speeds from a probe trace (see the module's rules)."""
     if len(ns) < MIN_PROBES or len(t) != len(ns):
         return None
-    srt = sorted(ns)
-    fast_level = srt[len(srt) // 10]
-    slow = [v > threshold * fast_level for v in ns]
+    cut = slow_cut(ns, threshold)
+    slow = [v > cut for v in ns]
     n_slow = sum(slow)
     span = float(t[-1] - t[0])
     step = span / (len(t) - 1) if len(t) > 1 else 0.0
@@ -349,15 +367,16 @@ def probe_cpus(limit: int = MAX_PROBE_CPUS) -> tuple[int, ...]:
     return tuple(sorted(os.sched_getaffinity(0)))[:limit]
 
 
-def pool_speeds(fits: Sequence[HostSpeed]) -> HostSpeed | None:
+def pool_speeds(fits: Sequence[HostSpeed | None]) -> HostSpeed | None:
     """Several cores' fits as one host's: the mean fast level, slow share and slow
     factor (each core's factor weighted by its slow share), the slow periods' mean over
     all of them and every core's periods (``SpeedMonitor`` with ``cpus``)."""
-    fits = [f for f in fits if f is not None]
-    if not fits:
+    got = [f for f in fits if f is not None]
+    if not got:
         return None
-    if len(fits) == 1:
-        return fits[0]
+    if len(got) == 1:
+        return got[0]
+    fits = got
     share = statistics.fmean(f.slow_share for f in fits)
     slow = [f for f in fits if f.slow_share > 0 and f.slow_factor > 1.0]
     factor = (sum(f.slow_factor * f.slow_share for f in slow) / sum(f.slow_share for f in slow)
@@ -468,8 +487,7 @@ class SpeedMonitor:
     def fit(self, since: float = -float("inf"), until: float = float("inf")
             ) -> HostSpeed | None:
         if self.cpus:
-            return pool_speeds([f for c in self.cpus
-                                if (f := fit_speed(*self.trace(since, until, c))) is not None])
+            return pool_speeds([fit_speed(*self.trace(since, until, c)) for c in self.cpus])
         return fit_speed(*self.trace(since, until))
 
     def replay(self, since: float, until: float) -> tuple[tuple[float, float], ...]:
@@ -484,12 +502,11 @@ class SpeedMonitor:
             fit = fit_speed(t_all, ns_all)
             if fit is None:
                 return ()
-            srt = sorted(ns_all)
-            fast_level = srt[len(srt) // 10]
-            t, ns = self.trace(since - 2 * self.interval_s, until, c)
-            if not t:
+            lo = bisect.bisect_left(t_all, since - 2 * self.interval_s)
+            hi = bisect.bisect_right(t_all, until)
+            if lo >= hi:
                 return ()
-            levels.append((t, ns, SLOW_THRESHOLD * fast_level, fit.slow_factor))
+            levels.append((t_all[lo:hi], ns_all[lo:hi], slow_cut(ns_all), fit.slow_factor))
         out: list[tuple[float, float]] = []
         idx = [0] * len(levels)
         at = since
@@ -509,13 +526,7 @@ class SpeedMonitor:
         """The time-averaged factor of ``replay(since, until)`` (each core's levels from
         all its probes, so a stretch that was slow all along reads slow); NaN when there
         is nothing to replay."""
-        rec = self.replay(since, until)
-        if not rec:
-            return float("nan")
-        span = until - since
-        ends = [t for t, _ in rec[1:]] + [max(span, rec[-1][0])]
-        total = sum((b - a) * f for (a, f), b in zip(rec, ends, strict=True))
-        return total / span if span > 0 else rec[-1][1]
+        return replay_mean(self.replay(since, until), until - since)
 
 
 # --------------------------------------------------------------------------- the guard

@@ -154,6 +154,7 @@ from clipperlab.calibration.quiet import (
     guard,
     kernel_slice_s,
     probe_cpus,
+    replay_mean,
 )
 from clipperlab.calibration.runs import (
     RealRun,
@@ -389,13 +390,11 @@ class Bench:
         """Keep ``r`` for the fits when the server saw its queries and batches
         (``overloaded``: a ramp step that missed the SLO, ``CpuRun.overloaded``)."""
         if r.seen.get("queries", 0.0) > 0 and r.seen.get("batches", 0.0) > 0:
-            f = math.nan
             rec: tuple[tuple[float, float], ...] = ()
             if self.mon is not None and math.isfinite(r.started_at):
-                f = self.mon.mean_factor(r.started_at, r.ended_at)
-                if self.replay:
-                    rec = self.mon.replay(r.started_at, r.ended_at)
-            self.kept.append(r.cpu_run(overloaded, f, rec))
+                rec = self.mon.replay(r.started_at, r.ended_at)  # once: the factor's too
+            self.kept.append(r.cpu_run(overloaded, replay_mean(rec, r.ended_at - r.started_at),
+                                       rec if self.replay else ()))
 
 
 # --------------------------------------------------------------------------- the steps
