@@ -119,11 +119,15 @@ async def _run(api: str, queries: int, concurrency: int) -> dict[str, float]:
     from clipperlab.real.rpc import ContainerConnection, RpcServer
 
     loop = asyncio.get_running_loop()
-    engine = Engine(seed=0)
+    engine = Engine(seed=0, remember_queries=20_000)  # as ServerConfig
     driver = EngineDriver(engine, loop)
     now = time.monotonic()
+    # the batching ``clipperlab serve`` gives a model its table leaves unsaid (max_queue,
+    # admission_control, drop_hopeless: real/config.py's ServerConfig)
     engine.add_model(ModelSpec(name="noop", version="1", input_type="doubles",
-                               batching=BatchingConfig(policy="aimd")), now=now)
+                               batching=BatchingConfig(policy="aimd", max_queue=10_000,
+                                                       admission_control=True,
+                                                       drop_hopeless=True)), now=now)
     engine.add_application(Application(name="bench", slo_s=0.02, default_output=-1,
                                input_type="doubles"), now=now)
     engine.link("bench", ["noop"], now=now)
