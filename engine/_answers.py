@@ -44,9 +44,19 @@ class _Answers(_EngineFields):
         selected = task.selected
         spec = app.spec
         if answers and len(selected) == 1:
-            pred = _tuple_new(
-                Prediction, (answers[selected[0]], 1.0, False, None, None, selected, ())
-            )
+            output = answers[selected[0]]
+            if type(output) is int:
+                # the application's shared Prediction of this output, as on_outputs and
+                # _answer_hit share it: the frontend's reply cache then finds its bytes by
+                # identity (a batch's replies: 0.86 against 2.64 us an encode, measured)
+                shared = app.shared
+                pred = shared.get(output)
+                if pred is None or pred[5] is not selected:
+                    pred = _tuple_new(Prediction, (output, 1.0, False, None, None, selected, ()))
+                    if len(shared) < _SHARED_PREDICTIONS or output in shared:
+                        shared[output] = pred
+            else:
+                pred = _tuple_new(Prediction, (output, 1.0, False, None, None, selected, ()))
         elif not answers:
             expl = None
             if not selected:
@@ -165,9 +175,12 @@ class _Answers(_EngineFields):
                 return
 
     def _count_default(self, app: _App, reason: str) -> None:
-        self.metrics.counter(
-            "clipperlab_defaults_total", app=app.spec.name, reason=reason
-        ).value += 1
+        c = app.m_defaults.get(reason)
+        if c is None:
+            c = app.m_defaults[reason] = self.metrics.counter(
+                "clipperlab_defaults_total", app=app.spec.name, reason=reason
+            )
+        c.value += 1
 
     def _refuse(
         self, task: _Task, now: float, out: list[Instruction], reason: str, model: str, limit: int

@@ -256,6 +256,7 @@ class _App:
         "rewrite",
         "m_user_evictions",
         "shared",
+        "m_defaults",
     )
 
     def __init__(self, spec: Application, metrics: Metrics, max_users: int = 10_000) -> None:
@@ -283,6 +284,9 @@ class _App:
         # One-model answers with an int output, by output: equal Predictions are one
         # object shared by the Replies (_Batches.on_outputs; at most _SHARED_PREDICTIONS there)
         self.shared: dict[int, Prediction] = {}
+        # clipperlab_defaults_total by reason, made on the first default of each
+        # (_Answers._count_default: Metrics.counter sorts and hashes its labels each call)
+        self.m_defaults: dict[str, Counter] = {}
 
     def state(self, context: Hashable | None) -> PolicyState:
         """The state of ``context``, made (and the least recent user evicted) if needed."""

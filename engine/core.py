@@ -425,23 +425,25 @@ class Engine(_Admin, _Batches):
         n = len(ver.queue)
         rate = 0.0
         free_in = _INF
-        ctrl = None
+        # The line read once per replica and applied here, as LatencyModel.predict_s
+        # computes it (a * size + b, the same floats), not three predict_s calls
+        a = b = 0.0
+        cap = 1
         for rep in reps.values():
             ctrl = rep.ctrl
-            model = ctrl.latency
-            cap = ctrl.cap
-            full_s = model.predict_s(cap)
-            if full_s is None:
+            line = ctrl.latency.coefficients()
+            if line is None:
                 return False
+            a, b = line
+            cap = ctrl.cap
+            full_s = a * cap + b
             rate += cap / full_s if full_s > 0.0 else _INF
             batch = rep.batch
             if batch is None:
                 free_in = 0.0
             elif free_in > 0.0:
-                busy_s = model.predict_s(len(batch.requests)) or 0.0
-                left = batch.assembly_at + busy_s - now
+                left = batch.assembly_at + (a * len(batch.requests) + b) - now
                 free_in = min(free_in, left if left > 0.0 else 0.0)
-        assert ctrl is not None
         if free_in == 0.0 and n == 0:
             # An idle replica and nobody waiting: serving this query delays no one, and
             # refusing it would leave the latency estimate as it is for good (one slow
@@ -449,7 +451,7 @@ class Engine(_Admin, _Batches):
             # its batch corrects the estimate.
             return False
         wait_s = free_in + (n / rate if rate < _INF else 0.0)
-        own_s = ctrl.latency.predict_s(min(n + 1, ctrl.cap)) or 0.0
+        own_s = a * min(n + 1, cap) + b  # the last replica's line and cap, as before
         if now + _ADMISSION_HEADROOM * (wait_s + own_s) <= task.deadline:
             return False
         ver.m_admission.value += 1

@@ -10,6 +10,7 @@ from clipperlab.engine import (
     ConfigError,
     Conflict,
     Engine,
+    Feedback,
     ModelSpec,
     NotFound,
     Prediction,
@@ -316,6 +317,31 @@ def test_one_model_answers_share_a_prediction_per_int_output() -> None:
     after = answer(5, 3)
     assert after.models == ("n",) and after.output == 3 and after is not first
     assert answer(6, 3) is after
+
+
+def test_a_batchs_one_model_answers_share_a_prediction_per_int_output() -> None:
+    """Queries answered together in one batch (the general _finish, queries remembered
+    for feedback) share the Prediction of an int output with the one-query path; a bool
+    or float output equal to it gets its own, and feedback still finds each answer."""
+    d = make(batching=BatchingConfig(policy="fixed", max_batch_size=8))
+    d.up("m")
+    for qid in range(1, 7):
+        d.query(qid, "a", qid)
+    assert [len(sb.inputs) for sb in d.sent] == [1]  # the first goes alone; 5 queue
+    d.now = 0.001
+    d.complete(d.sent[0].batch_id, lambda _: 3)
+    outputs = {2: 3, 3: 3, 4: True, 5: 3.0, 6: 4}
+    d.now = 0.002
+    d.complete(d.sent[1].batch_id, lambda x: outputs[x])
+    p = {q: d.replies[q].prediction for q in range(1, 7)}
+    want = Prediction(3, 1.0, False, None, None, ("m",), ())
+    assert p[1] is p[2] is p[3] and p[1] == want
+    assert p[4].output is True and p[4] is not p[1]
+    assert type(p[5].output) is float and p[5] is not p[1]
+    assert p[6] == Prediction(4, 1.0, False, None, None, ("m",), ())
+    assert [d.replies[q].latency_s for q in (2, 6)] == [0.002, 0.002]
+    d.eng.on_feedback(Feedback(feedback_id=1, app="a", label=3, query_id=3), d.now)
+    assert d.eng.metrics.value("clipperlab_feedback_total", app="a") == 1
 
 
 @pytest.mark.parametrize("output", [5, 2.5, "cat"])
