@@ -60,22 +60,25 @@ class _ReplyCache:
     prediction itself: most answers are one of a few class labels from the same models."""
 
     def __init__(self, limit: int = 4096) -> None:
-        # prediction -> (its output's type, the tail, the body's length less the id's digits)
+        # prediction -> (its output's type, the tail from the comma after the id, the
+        # body's length less the id's digits)
         self.tails: dict[Any, tuple[type, bytes, int]] = {}
         self.limit = limit
-        # The last prediction encoded and its tail: the engine shares one Prediction
-        # object among one-model answers with the same int output (cache hits, batches
-        # of one), so most replies find theirs here without hashing it (0.3 us less)
+        # The last prediction encoded, with the response's bytes before the id (for ids of
+        # its digit count) and after it: the engine shares one Prediction object among
+        # one-model answers with the same int output (cache hits, batches), so most
+        # replies find theirs here without hashing it (0.3 us less), and join three
+        # pieces (0.6 against 1.7 us with the length formatted each time, measured)
         self._last: Any = None
-        self._last_kept: tuple[type, bytes, int] = (type(None), b"", 0)
+        self._last_digits = 0
+        self._last_head = b""
+        self._last_tail = b""
 
     def encode(self, r: Reply) -> bytes:
         p: Any = r.prediction
-        if p is self._last:
-            last = self._last_kept
-            qid = b"%d" % r.query_id
-            return b"".join((_OK_HEAD, b"%d" % (last[2] + len(qid)), b'\r\n\r\n{"query_id":',
-                             qid, b",", last[1]))
+        qid = b"%d" % r.query_id
+        if p is self._last and len(qid) == self._last_digits:
+            return b"".join((self._last_head, qid, self._last_tail))
         # Keyed by the prediction alone, its output's type checked (1, 1.0 and True are
         # equal, not alike), and joined, not formatted: 0.6 us a reply against 1.2 us
         try:
@@ -86,17 +89,17 @@ class _ReplyCache:
         if kept is None or kept[0] is not type(r.prediction.output):
             d = reply_body(r)
             del d["query_id"]
-            tail = dumps(d)[1:]
-            kept = (type(r.prediction.output), tail, len(tail) + 13)  # 13: {"query_id":,
+            tail = b"," + dumps(d)[1:]
+            kept = (type(r.prediction.output), tail, len(tail) + 12)  # 12: {"query_id":
             if p is not None:
                 if len(self.tails) >= self.limit:
                     self.tails.clear()
                 self.tails[p] = kept
+        head = b"".join((_OK_HEAD, b"%d" % (kept[2] + len(qid)), b'\r\n\r\n{"query_id":'))
         if p is not None:
-            self._last, self._last_kept = p, kept
-        qid = str(r.query_id).encode()
-        return b"".join((_OK_HEAD, b"%d" % (kept[2] + len(qid)), b'\r\n\r\n{"query_id":', qid,
-                         b",", kept[1]))
+            self._last, self._last_digits = p, len(qid)
+            self._last_head, self._last_tail = head, kept[1]
+        return b"".join((head, qid, kept[1]))
 
 
 def _uid(body: dict[str, Any]) -> Any:
