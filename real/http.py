@@ -330,9 +330,19 @@ class HttpProtocol(asyncio.Protocol):
             return
         # Parsing happens in the fair scheduler below, a slice at a time, so that a deep
         # pipeline on one connection cannot starve the others or the container replies.
+        backlog = self._backlog
+        if len(data) <= _SLICE_BYTES and not backlog:
+            # One slice, nothing before it: the scheduler parses it on the next loop turn,
+            # before the next poll unless its budget runs out; reading pauses only when a
+            # read finds a backlog (so at most one more read waits), not for every read
+            # (a pause and a resume per request at saturation; 32 connections, one
+            # request each per turn: 11.3-11.9 against 8.3-8.8 us a request, measured)
+            backlog.append(data)
+            sched.add(self)
+            return
         view = memoryview(data)
         for i in range(0, len(data), _SLICE_BYTES):
-            self._backlog.append(bytes(view[i : i + _SLICE_BYTES]))
+            backlog.append(bytes(view[i : i + _SLICE_BYTES]))
         sched.add(self)
         self._set_reading()
 
@@ -713,7 +723,12 @@ class _Scheduler:
         end_at = time.perf_counter() + _BUDGET_S
         while q:
             proto = q.popleft()
-            if proto._feed_slice():
+            # answers made while the slice is parsed (cache hits) go out in the _flush
+            # below, as in data_received's inline path, not through a loop callback each
+            flush_soon, proto._flush_soon = proto._flush_soon, True
+            more = proto._feed_slice()
+            proto._flush_soon = flush_soon
+            if more:
                 q.append(proto)
             else:
                 self.members.discard(proto)

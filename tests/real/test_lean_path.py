@@ -551,6 +551,56 @@ def test_small_reads_past_the_inline_budget_wait_their_turn(
     asyncio.run(main())
 
 
+def test_a_queued_read_pauses_reading_only_when_another_finds_it_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A small read past the inline budget waits for the scheduler without pausing the
+    connection; a second read that finds it still waiting pauses reading, which resumes
+    once the scheduler has parsed both; every request is answered, in order, in the
+    scheduler's write (no loop callback per answer)."""
+    import asyncio
+
+    from clipperlab.real import http
+
+    clock = [100.0]
+    monkeypatch.setattr(http, "_monotonic", lambda: clock[0])
+
+    class Counting(_Transport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pauses = self.resumes = 0
+
+        def pause_reading(self) -> None:
+            self.pauses += 1
+
+        def resume_reading(self) -> None:
+            self.resumes += 1
+
+    async def main() -> None:
+        proto, t = http.HttpProtocol(lambda r: http.response(200, r.path.encode())), Counting()
+        proto.connection_made(t)  # type: ignore[arg-type]
+        callbacks: list[Any] = []
+
+        class Loop:  # the connection's loop, counting the callbacks it is asked for
+            def call_soon(self, fn: Any, *args: Any) -> None:
+                callbacks.append(fn)
+
+        proto._loop = Loop()  # type: ignore[assignment]
+        proto._sched.inline_ms = int(clock[0] * 1000.0)
+        proto._sched.inline_bytes = http._INLINE_BYTES  # the budget of this ms is spent
+        proto.data_received(b"GET /a HTTP/1.1\r\n\r\n")
+        assert (t.writes, t.pauses) == ([], 0)
+        proto.data_received(b"GET /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\n")
+        assert (t.writes, t.pauses, t.resumes) == ([], 1, 0)
+        await asyncio.sleep(0)
+        answers = b"".join(t.writes).split(b"HTTP/1.1 200 OK")[1:]
+        assert [a.split(b"\r\n\r\n")[1] for a in answers] == [b"/a", b"/b", b"/c"]
+        assert (t.pauses, t.resumes, callbacks) == (1, 1, [])
+        proto.close()
+
+    asyncio.run(main())
+
+
 def test_a_container_read_writes_its_replies_before_it_returns() -> None:
     """The replies a RESULT frame gives are written while that read is handled (one
     write per connection, no extra loop turn before the answer leaves)."""
