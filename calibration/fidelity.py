@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from clipperlab.calibration.capacity import RAMP_RESOLUTION, RAMPS
+from clipperlab.calibration.fit import Calibration
 from clipperlab.calibration.outputs import format_table, write_outputs
 from clipperlab.calibration.quiet import BUSY_POLICIES, HostSpeed
 from clipperlab.calibration.resimulate import (
@@ -365,6 +366,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --resimulate: the two speeds to refit the twin with (e.g. "
                          "1.85,0.4,100: slow x1.85, 40%% of the time, 100 ms periods on "
                          "average; default: each run's own, none before the probe)")
+    ap.add_argument("--core-speeds", action=argparse.BooleanOptionalAction, default=None,
+                    help="with --resimulate: each core of the twin's host switches speed on "
+                         "its own (a single-threaded loop at its core's speed) or the host as "
+                         "one (default: as the run was fitted; runs before run 11: as one)")
     ap.add_argument("--level-speed", action=argparse.BooleanOptionalAction, default=True,
                     help="with --resimulate: run each level at the machine's speed its row "
                          "records, as a live run does (default %(default)s)")
@@ -398,12 +403,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --ramps {a.ramps} / --ramp-resolution {a.ramp_resolution}: expected "
               "at least 1 ramp and a ratio > 1", file=sys.stderr)
         return 2
+    if a.core_speeds is not None and not a.resimulate:
+        print("error: --core-speeds/--no-core-speeds: only with --resimulate", file=sys.stderr)
+        return 2
     if a.resimulate:
-        sl = a.slice_ms
+        sl, cs = a.slice_ms, a.core_speeds
+
+        def adjust(c: Calibration) -> Calibration:
+            if c.host_cpus <= 0:
+                return c
+            if sl is not None:
+                c = dataclasses.replace(c, slice_s=sl / 1e3)
+            return c if cs is None else dataclasses.replace(c, core_speeds=cs)
+
         rs = resimulate(out, workload(), level_s=a.level_s, refit=a.refit,
-                        adjust=None if sl is None else (
-                            lambda c: dataclasses.replace(c, slice_s=sl / 1e3)
-                            if c.host_cpus > 0 else c),
+                        adjust=None if sl is None and cs is None else adjust,
                         speed=slow, level_speed=a.level_speed,
                         log=lambda s: print(s, flush=True))
         rs.table.to_csv(out / "fidelity.csv", index=False, float_format="%.6g")
@@ -493,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
                 t["slow_factor"] = c.slow_factor
                 t["slow_share"] = c.slow_share
                 t["slow_dwell_ms"] = c.slow_dwell_s * 1e3
+                t["core_speeds"] = float(c.core_speeds)  # 1: each core switched on its own
                 # 1: the demands are the fast speed's (each run's CPU over its speed)
                 t["reference_factor"] = c.reference_factor
                 for when, sp in (("calib", res.speed_calib), ("levels", res.speed_levels)):

@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from clipperlab.calibration.intervals import Interval, bootstrap_fit
+from clipperlab.calibration.quiet import for_cores
 from clipperlab.simulator import Deployment, Simulation
 from clipperlab.workloads import Trace
 
@@ -125,7 +126,11 @@ class Calibration:
     # the speed as a probe recorded it while one real run went, replayed instead of the
     # two speeds (``twin.at_trace``; ``HostCPU.speed_trace``): (s from the run's start,
     # factor over the fast speed) pairs; empty: the two speeds
-    speed_trace: tuple[tuple[float, float], ...] = ()
+    speed_trace: tuple[tuple[float, ...], ...] = ()
+    # each core switches speed on its own (``HostCPU.core_speeds``): a single-threaded
+    # loop runs at its core's speed, not the machine's average; False in runs before
+    # the per-core probes, where the machine switched as one
+    core_speeds: bool = False
 
 
 class ContainerCpu(NamedTuple):
@@ -158,7 +163,7 @@ class CpuRun:
     speed_factor: float = math.nan
     # the speed as the probes recorded it while the run went (``SpeedMonitor.replay``:
     # (s from the run's start, factor) pairs); the fits' twin replays it (``as_run``)
-    speed_trace: tuple[tuple[float, float], ...] = ()
+    speed_trace: tuple[tuple[float, ...], ...] = ()
 
     @property
     def rate(self) -> float:
@@ -172,7 +177,8 @@ def as_run(calib: Calibration, run: CpuRun) -> Calibration:
     known reference speed (``reference_factor``: the fast speed's, ``at_fast_speed``) and
     the run a trace; else ``calib`` as it is."""
     if calib.host_cpus > 0 and calib.reference_factor > 0 and run.speed_trace:
-        return dataclasses.replace(calib, speed_trace=run.speed_trace)
+        return dataclasses.replace(calib, speed_trace=for_cores(run.speed_trace,
+                                                                calib.host_cpus))
     return calib
 
 

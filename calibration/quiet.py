@@ -52,11 +52,15 @@ CPU shares cannot see it; a loop timed in the thread's own CPU time can.
   0.26), so one floating probe sees one core at a time.  ``fit`` then fits each core
   and pools them (``pool_speeds``: the mean share and factor, every core's periods);
   ``replay(since, until)`` gives the speed as it was, for the twin to replay
-  (``HostCPU.speed_trace``): one point per probe interval from ``since``, each core's
-  latest probe as 1 (fast) or its slow factor, combined as the cores' total speed does
-  (the harmonic mean of the factors: two cores at x1 and x2 do the work of two at
-  x1.33); ``mean_factor(since, until)`` averages that over the stretch (a run's CPU
-  over it is what the run would have taken at the fast speed).
+  (``HostCPU.speed_trace``): one row per change from ``since``, each core's latest
+  probe as 1 (fast) or its slow factor, one factor per core (a single-threaded event
+  loop runs at its own core's speed: the twin sets each core's, ``HostCPU``'s
+  per-core rows); ``mean_factor(since, until)`` averages over the stretch the factor
+  the cores' total speed runs at (``total_factor``, the harmonic mean of the factors:
+  two cores at x1 and x2 do the work of two at x1.33; a run's CPU over it is what the
+  run would have taken at the fast speed).  ``for_cores(trace, cores)``: a trace for a
+  host of ``cores`` (the rows as they are when they have a factor per core, else each
+  row's total).
 - ``fit_speed(t, ns)`` turns a trace into ``HostSpeed``: the fast level (the 10th
   percentile), a probe slower than ``SLOW_THRESHOLD`` (1.4) times it is slow; the slow
   factor is the median slow probe over the median fast one, the slow share the share of
@@ -96,6 +100,7 @@ __all__ = [
     "LoadSample",
     "SpeedMonitor",
     "fit_speed",
+    "for_cores",
     "pool_speeds",
     "probe_cpus",
     "replay_mean",
@@ -301,6 +306,9 @@ class HostSpeed:
     # out when there are others): what the twin draws its periods from
     slow_dwells_s: tuple[float, ...] = ()
     fast_dwells_s: tuple[float, ...] = ()
+    # the cores probed one by one and pooled (``pool_speeds``); above 1 each core
+    # switched on its own, as the twin's cores then do (``HostCPU.core_speeds``)
+    cores: int = 1
 
     def describe(self) -> str:
         if self.slow_factor <= 1.0 or self.slow_share <= 0.0:
@@ -318,14 +326,28 @@ def slow_cut(ns: Sequence[float], threshold: float = SLOW_THRESHOLD) -> float:
     return threshold * sorted(ns)[len(ns) // 10]
 
 
-def replay_mean(rec: Sequence[tuple[float, float]], span_s: float) -> float:
+def replay_mean(rec: Sequence[tuple[float, ...]], span_s: float) -> float:
     """The time-averaged factor of a replayed speed (``SpeedMonitor.replay``) over
-    ``span_s`` seconds from its start; NaN when it is empty."""
+    ``span_s`` seconds from its start, a row's factor being its cores' total speed
+    (``total_factor``); NaN when it is empty."""
+    from clipperlab.simulator import total_factor  # here: the probe's process needs none
+
     if not rec:
         return float("nan")
-    ends = [t for t, _ in rec[1:]] + [max(span_s, rec[-1][0])]
-    total = sum((b - a) * f for (a, f), b in zip(rec, ends, strict=True))
-    return total / span_s if span_s > 0 else rec[-1][1]
+    ends = [r[0] for r in rec[1:]] + [max(span_s, rec[-1][0])]
+    total = sum((b - r[0]) * total_factor(r[1:]) for r, b in zip(rec, ends, strict=True))
+    return total / span_s if span_s > 0 else total_factor(rec[-1][1:])
+
+
+def for_cores(trace: Sequence[tuple[float, ...]], cores: int) -> tuple[tuple[float, ...], ...]:
+    """``trace`` (``SpeedMonitor.replay``'s rows) for a host of ``cores``: as it is when
+    each row has a factor per core (or one factor), else ``(at_s, total factor)`` pairs
+    (probes on fewer cores than the host has, or more)."""
+    from clipperlab.simulator import total_factor
+
+    if not trace or len(trace[0]) - 1 in (1, cores):
+        return tuple(trace)
+    return tuple((r[0], total_factor(r[1:])) for r in trace)
 
 
 def fit_speed(t: Sequence[float], ns: Sequence[float],
@@ -388,7 +410,7 @@ def pool_speeds(fits: Sequence[HostSpeed | None]) -> HostSpeed | None:
     return HostSpeed(fast_ns=statistics.fmean(f.fast_ns for f in fits), slow_factor=factor,
                      slow_share=share, slow_dwell_s=dwell,
                      probes=sum(f.probes for f in fits), span_s=max(f.span_s for f in fits),
-                     slow_dwells_s=sd, fast_dwells_s=fd)
+                     slow_dwells_s=sd, fast_dwells_s=fd, cores=len(fits))
 
 
 def speed_sample(seconds: float, interval_s: float = SPEED_INTERVAL_S) -> HostSpeed | None:
@@ -490,12 +512,12 @@ class SpeedMonitor:
             return pool_speeds([fit_speed(*self.trace(since, until, c)) for c in self.cpus])
         return fit_speed(*self.trace(since, until))
 
-    def replay(self, since: float, until: float) -> tuple[tuple[float, float], ...]:
-        """The speed from ``since`` to ``until`` as ``(s from since, factor)`` pairs, one
-        per probe interval (see the module's rules): each core's latest probe at or before
-        the point, 1 when fast or its slow factor when slow (its levels fitted over all its
-        probes so far), the cores' factors combined by their harmonic mean.  Empty when a
-        core has too few probes to fit."""
+    def replay(self, since: float, until: float) -> tuple[tuple[float, ...], ...]:
+        """The speed from ``since`` to ``until`` as ``(s from since, factor of each
+        core)`` rows (one factor without ``cpus``), a row per probe interval where a
+        factor changes (see the module's rules): each core's latest probe at or before the
+        point, 1 when fast or its slow factor when slow (its levels fitted over all its
+        probes so far).  Empty when a core has too few probes to fit."""
         levels: list[tuple[list[float], list[float], float, float]] = []
         for c in self.cpus or (None,):
             t_all, ns_all = self.trace(cpu=c)
@@ -507,25 +529,24 @@ class SpeedMonitor:
             if lo >= hi:
                 return ()
             levels.append((t_all[lo:hi], ns_all[lo:hi], slow_cut(ns_all), fit.slow_factor))
-        out: list[tuple[float, float]] = []
+        out: list[tuple[float, ...]] = []
         idx = [0] * len(levels)
         at = since
         while at <= until:
-            rates = 0.0
+            fs = []
             for k, (t, ns, thr, factor) in enumerate(levels):
                 while idx[k] + 1 < len(t) and t[idx[k] + 1] <= at:
                     idx[k] += 1
-                rates += 1.0 / (factor if ns[idx[k]] > thr else 1.0)
-            f = len(levels) / rates
-            if not out or out[-1][1] != f:
-                out.append((round(at - since, 6), f))
+                fs.append(factor if ns[idx[k]] > thr else 1.0)
+            if not out or list(out[-1][1:]) != fs:
+                out.append((round(at - since, 6), *fs))
             at += self.interval_s
         return tuple(out)
 
     def mean_factor(self, since: float, until: float) -> float:
-        """The time-averaged factor of ``replay(since, until)`` (each core's levels from
-        all its probes, so a stretch that was slow all along reads slow); NaN when there
-        is nothing to replay."""
+        """The time-averaged factor of ``replay(since, until)``, the cores' total speed
+        (each core's levels from all its probes, so a stretch that was slow all along
+        reads slow); NaN when there is nothing to replay."""
         return replay_mean(self.replay(since, until), until - since)
 
 

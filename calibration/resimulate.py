@@ -40,7 +40,7 @@ import pandas as pd
 
 from clipperlab.calibration.capacity import GOOD_SHARE
 from clipperlab.calibration.errors import CalibrationError
-from clipperlab.calibration.fit import Calibration, ContainerCpu, CpuRun, as_run
+from clipperlab.calibration.fit import Calibration, ContainerCpu, CpuRun, as_run, batch_mean_ms
 from clipperlab.calibration.quiet import HostSpeed
 from clipperlab.calibration.runs import retime, sim_run, ticked
 from clipperlab.calibration.server import model_specs, real_deployment
@@ -49,9 +49,9 @@ from clipperlab.calibration.validation import median_summary, twin_predictions
 from clipperlab.simulator import Simulation, load_profile
 from clipperlab.workloads import Workload
 
-__all__ = ["CALIBRATION_FILE", "RUNS_FILE", "STEPS_FILE", "Resimulated",
+__all__ = ["CALIBRATION_FILE", "GAP_S", "RUNS_FILE", "STEPS_FILE", "Resimulated",
            "calibration_from_json", "calibration_to_json", "load_runs", "replay_steps",
-           "resimulate", "save_runs", "stored_calibrations", "ticked"]
+           "reply_gaps", "resimulate", "save_runs", "stored_calibrations", "ticked"]
 
 Log = Callable[[str], None]
 CALIBRATION_FILE = "calibration.json"
@@ -120,7 +120,8 @@ def load_runs(path: Path, workload: Workload
                               tuple(ContainerCpu(*c) for c in m["containers"]),
                               m["loadgen_cpu_s"], bool(m.get("overloaded", False)),
                               float(m.get("speed_factor", math.nan)),
-                              tuple((float(a), float(b)) for a, b in z[f"speed_trace_{k}"])
+                              tuple(tuple(float(x) for x in row)
+                                    for row in z[f"speed_trace_{k}"])
                               if f"speed_trace_{k}" in z else ()))
     low = out.pop() if meta["low"] else None
     return out, low, dict(meta["low_seen"]), float(meta["calib_qps"])
@@ -164,6 +165,7 @@ def stored_calibrations(row: Mapping[str, Any], summary: str) -> dict[str, Calib
         slow_factor=_num(row, "slow_factor", 1.0) if host else 1.0,
         slow_share=_num(row, "slow_share") if host else 0.0,
         slow_dwell_s=_num(row, "slow_dwell_ms", 100.0) / 1e3 if host else 0.1,
+        core_speeds=bool(_num(row, "core_speeds")) if host else False,
     )
     return {"sim+host" if host else "sim+frontend": c}
 
@@ -277,7 +279,8 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
                        ("slice_ms", calib.slice_s * 1e3),
                        ("slow_factor", calib.slow_factor),
                        ("slow_share", calib.slow_share),
-                       ("slow_dwell_ms", calib.slow_dwell_s * 1e3)):
+                       ("slow_dwell_ms", calib.slow_dwell_s * 1e3),
+                       ("core_speeds", float(calib.core_speeds))):
             if col in g.columns or calib.host_cpus > 0:
                 g[col] = v
         log(f"{model}-{batching}: capacity measured {measured:,.0f} q/s, predicted "
@@ -287,6 +290,34 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
 
 
 STEPS_FILE = "fidelity_steps.csv"
+GAP_S = 3e-3  # a reply gap: this long without a reply while a query waits
+
+
+def reply_gaps(send_at: np.ndarray, latency_s: np.ndarray, min_gap_s: float = GAP_S
+               ) -> np.ndarray:
+    """The stretches of ``min_gap_s`` or more in which no reply came while a query was
+    waiting (sent before the stretch, answered after it), in seconds, from each query's
+    send time and latency (unanswered ones: inf or NaN, left out of the replies but
+    waiting to the end).  A server that answers in steady batches has none; one whose
+    batches wait behind its loop, or whose loop stops, shows them."""
+    send = np.asarray(send_at, dtype=np.float64)
+    rep = send + np.asarray(latency_s, dtype=np.float64)
+    rep = np.where(np.isfinite(rep), rep, np.inf)
+    done = np.sort(rep[np.isfinite(rep)])
+    if done.size < 2:
+        return np.zeros(0)
+    gaps = np.diff(done)
+    at = np.flatnonzero(gaps >= min_gap_s)
+    if at.size == 0:
+        return np.zeros(0)
+    # waiting through a gap: sent before its start, answered after its end; by the
+    # earliest send of the queries answered at or after each gap's end
+    order = np.argsort(rep, kind="stable")
+    first_send_after = np.minimum.accumulate(send[order][::-1])[::-1]  # per rank
+    starts, ends = done[at], done[at + 1]
+    rank = np.searchsorted(rep[order], ends, side="left")
+    waited = first_send_after[rank] <= starts
+    return (ends - starts)[waited]
 
 
 def replay_steps(out: Path, workload: Workload, *, min_load: float = 0.5, seed: int = 0,
@@ -297,7 +328,10 @@ def replay_steps(out: Path, workload: Workload, *, min_load: float = 0.5, seed: 
     probes recorded while it went (``fit.as_run``), and at the calibration's two speeds:
     per step its rate, mean speed factor, whether it was a failing ramp step, the share
     of its queries answered within the objective from the send on the server and in each
-    twin, and whether the replaying twin passes (``GOOD_SHARE``) where the server did.
+    twin, and whether the replaying twin passes (``GOOD_SHARE``) where the server did;
+    beside them, where the two differ, the batch round trip as each engine saw it
+    (``batch_ms``: sent to result handled, mean) and the reply gaps per second
+    (``reply_gaps``: stretches of ``GAP_S`` or more without a reply while a query waited).
     Settings or runs without a recorded speed are left out.  Written to
     ``OUT/fidelity_steps.csv``."""
     rows: list[dict[str, Any]] = []
@@ -314,18 +348,28 @@ def replay_steps(out: Path, workload: Workload, *, min_load: float = 0.5, seed: 
             if not r.speed_trace or r.rate < min_load * calib.capacity_qps:
                 continue
             lat = np.nan_to_num(np.asarray(r.latency_s, dtype=np.float64), nan=np.inf)
+            send = np.asarray(r.trace.arrival_at, dtype=np.float64)
+            span = float(send[-1] - send[0]) or 1.0
             good = {"real": float(np.mean(lat <= app.slo_s))}
+            seen: dict[str, float] = {}
             for name, c in (("replayed", as_run(calib, r)), ("two_speeds", calib)):
-                q = Simulation(sim_deployment(dep, workload.app, profiles, calibration=c),
-                               r.trace, seed=seed).run().queries["latency_s"].to_numpy()
-                good[name] = float(np.mean(np.nan_to_num(q, nan=np.inf) + c.overhead_s
-                                           <= app.slo_s))
+                res = Simulation(sim_deployment(dep, workload.app, profiles, calibration=c),
+                                 r.trace, seed=seed).run()
+                q = res.queries
+                tl = np.nan_to_num(q["latency_s"].to_numpy(), nan=np.inf)
+                good[name] = float(np.mean(tl + c.overhead_s <= app.slo_s))
+                if name == "replayed":
+                    seen = {"twin_batch_ms": batch_mean_ms(res.metrics),
+                            "twin_gaps_per_s": reply_gaps(q["arrival_at"].to_numpy(),
+                                                          tl).size / span}
             rows.append({"setting": folder.name, "rate_qps": r.rate,
                          "speed_factor": r.speed_factor, "overloaded": r.overloaded,
                          "real_good": good["real"], "replayed_good": good["replayed"],
                          "two_speeds_good": good["two_speeds"],
                          "agree": (good["real"] >= GOOD_SHARE) ==
-                                  (good["replayed"] >= GOOD_SHARE)})
+                                  (good["replayed"] >= GOOD_SHARE),
+                         "real_batch_ms": r.batch_ms, **seen,
+                         "real_gaps_per_s": reply_gaps(send, lat).size / span})
         got = [x for x in rows if x["setting"] == folder.name]
         if got:
             log(f"{folder.name}: the twin replaying each step at its recorded speed agrees "

@@ -66,7 +66,7 @@ class RealRun(NamedTuple):
     ended_at: float = math.nan
 
     def cpu_run(self, overloaded: bool = False, speed_factor: float = math.nan,
-                speed_trace: tuple[tuple[float, float], ...] = ()) -> CpuRun:
+                speed_trace: tuple[tuple[float, ...], ...] = ()) -> CpuRun:
         """The run as the fits see it (achieved send times, latency from the send);
         ``overloaded``: a ramp step that missed the SLO (``CpuRun.overloaded``);
         ``speed_factor``, ``speed_trace``: the machine's mean speed factor while it went,

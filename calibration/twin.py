@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from clipperlab.calibration.fit import Calibration
-from clipperlab.calibration.quiet import HostSpeed
+from clipperlab.calibration.quiet import HostSpeed, for_cores
 from clipperlab.calibration.server import RealDeployment, model_specs
 from clipperlab.simulator import (
     AppDeployment,
@@ -75,7 +75,7 @@ def _host_speed(c: Calibration) -> HostCPU:
     return HostCPU(slow_factor=c.slow_factor, slow_share=c.slow_share,
                    slow_dwell_s=c.slow_dwell_s, slow_dwells_s=c.slow_dwells_s,
                    fast_dwells_s=c.fast_dwells_s, reference_factor=c.reference_factor or None,
-                   speed_trace=c.speed_trace)
+                   speed_trace=c.speed_trace, core_speeds=c.core_speeds)
 
 
 def mean_factor(c: Calibration) -> float:
@@ -95,14 +95,16 @@ def at_speed(c: Calibration, speed: HostSpeed | None) -> Calibration:
     return dataclasses.replace(c, reference_factor=mean_factor(c), **speed_fields(speed))
 
 
-def at_trace(c: Calibration, trace: tuple[tuple[float, float], ...]) -> Calibration:
+def at_trace(c: Calibration, trace: tuple[tuple[float, ...], ...]) -> Calibration:
     """``c`` run with the speed a probe recorded while one real run went
-    (``quiet.SpeedMonitor.replay``: ``(s from the run's start, factor)`` pairs), replayed
-    as it was (``HostCPU.speed_trace``), its demands, fitted at ``c``'s own mean factor,
-    scaled to it; ``c`` as it is without the host CPU model or without a trace."""
+    (``quiet.SpeedMonitor.replay``: ``(s from the run's start, factor of each core)``
+    rows), replayed as it was (``HostCPU.speed_trace``; ``quiet.for_cores``), its
+    demands, fitted at ``c``'s own mean factor, scaled to it; ``c`` as it is without the
+    host CPU model or without a trace."""
     if c.host_cpus <= 0 or not trace:
         return c
-    return dataclasses.replace(c, reference_factor=mean_factor(c), speed_trace=trace)
+    return dataclasses.replace(c, reference_factor=mean_factor(c),
+                               speed_trace=for_cores(trace, c.host_cpus))
 
 
 def sim_deployment(

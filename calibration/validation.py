@@ -390,7 +390,7 @@ class Bench:
         """Keep ``r`` for the fits when the server saw its queries and batches
         (``overloaded``: a ramp step that missed the SLO, ``CpuRun.overloaded``)."""
         if r.seen.get("queries", 0.0) > 0 and r.seen.get("batches", 0.0) > 0:
-            rec: tuple[tuple[float, float], ...] = ()
+            rec: tuple[tuple[float, ...], ...] = ()
             if self.mon is not None and math.isfinite(r.started_at):
                 rec = self.mon.replay(r.started_at, r.ended_at)  # once: the factor's too
             self.kept.append(r.cpu_run(overloaded, replay_mean(rec, r.ended_at - r.started_at),
@@ -572,13 +572,15 @@ def host_cpu_demands(runs: Sequence[CpuRun], calib: Calibration,
     (``fit_container_cpu`` over ``runs``), the generator's CPU per query and per wake-up
     (``fit_loadgen`` over ``good``, the runs that met the SLO; default ``runs``), the
     kernel's time slice (``quiet.kernel_slice_s``: not fitted, the scheduler's own) and
-    the machine's two speeds when ``speed`` found two (``quiet.fit_speed``)."""
+    the machine's two speeds when ``speed`` found two (``quiet.fit_speed``), each core
+    switching on its own when ``speed`` pooled probes of each core (``core_speeds``)."""
     gen = fit_loadgen(runs if good is None else good)
     return dataclasses.replace(calib, host_cpus=os.cpu_count() or 1,
                                container_cpu=fit_container_cpu(runs),
                                loadgen_cpu_per_query_s=gen.per_query_s,
                                loadgen_wake_s=gen.per_wake_s,
-                               slice_s=kernel_slice_s(), **speed_fields(speed))
+                               slice_s=kernel_slice_s(), **speed_fields(speed),
+                               core_speeds=speed is not None and speed.cores > 1)
 
 
 def fit_unexplained(runs: Sequence[CpuRun], setup: Setup, low: CpuRun, calib: Calibration,

@@ -84,6 +84,7 @@ from .deployment import (
     SimConfig,
     config_from_dict,
     load_config,
+    total_factor,
 )
 from .driver import Simulation
 from .errors import ProfileError, SimConfigError
@@ -122,4 +123,5 @@ __all__ = [
     "load_config",
     "load_profile",
     "save_profile",
+    "total_factor",
 ]

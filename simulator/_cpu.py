@@ -17,7 +17,11 @@ Rules (``Deployment.host_cpu``, ``HostCPU``):
   it, that wait is left to the frontend's fitted ``pauses_s``.
 - A host has a speed factor (``set_factor``, 1 until set; ``HostCPU``'s two speeds): a
   job's demand takes ``factor`` times as long while it runs, and a change of factor
-  applies from that moment to what is left of every running job.
+  applies from that moment to what is left of every running job.  Each core can have a
+  speed of its own (``set_core_factor``: a virtual machine's cores slow down one at a
+  time): in time slices a job runs at the speed of the core it holds; under processor
+  sharing, which has no cores, the host runs at their total speed (``cores`` over the
+  sum of ``1 / factor``).
 - A process can be *held* (``hold``: the frontend's pauses, time the host takes from it
   besides contention): it is not runnable until then, and its job resumes where it was.
   A process that had gone idle pays ``wake_s x (1 - exp(-idle / cold_after_s))`` of CPU
@@ -130,7 +134,7 @@ class HostCpuState(_Host):
     """One host's cores and the processes sharing them (see the module's rules)."""
 
     __slots__ = ("env", "name", "cores", "v", "t", "n_run", "heap", "seq", "timeouts",
-                 "procs", "factor")
+                 "procs", "factor", "core_factors")
 
     def __init__(self, env: simpy.Environment, name: str, cores: int) -> None:
         if cores < 1:
@@ -146,6 +150,7 @@ class HostCpuState(_Host):
         self.timeouts: list[float] = []  # heap: pending SimPy timeouts
         self.procs: list[CpuProc] = []
         self.factor = 1.0  # the host's speed: demands take this many times as long
+        self.core_factors = [1.0] * cores
 
     def proc(self, name: str, wake_s: float = 0.0, cold_after_s: float = 1e-3) -> CpuProc:
         p = CpuProc(name, wake_s, cold_after_s)
@@ -196,6 +201,16 @@ class HostCpuState(_Host):
         """From ``now`` on, work takes ``factor`` times its demand (the host's speed)."""
         self._advance(now)
         self.factor = factor
+        self.core_factors = [factor] * self.cores
+        self._reschedule()
+
+    def set_core_factor(self, core: int, factor: float, now: float) -> None:
+        """Core ``core``'s speed from ``now`` on; with no cores to hold, the host runs at
+        the cores' total speed (``cores / sum(1 / factor)``)."""
+        cf = self.core_factors
+        cf[core] = factor
+        self._advance(now)
+        self.factor = len(cf) / sum(1.0 / f for f in cf)
         self._reschedule()
 
     # ------------------------------------------------------------------ internals
@@ -316,7 +331,7 @@ class SlicedHostCpuState(_Host):
     dispatch (a process's own done callback runs while it still holds its core)."""
 
     __slots__ = ("env", "name", "cores", "slice_s", "running", "waiting", "timeouts",
-                 "procs", "seq", "factor")
+                 "procs", "seq", "factor", "core_factors")
 
     def __init__(self, env: simpy.Environment, name: str, cores: int,
                  slice_s: float) -> None:
@@ -333,7 +348,8 @@ class SlicedHostCpuState(_Host):
         self.timeouts: list[float] = []
         self.procs: list[CpuProc] = []
         self.seq = 0
-        self.factor = 1.0  # the host's speed: demands take this many times as long
+        self.factor = 1.0  # the cores' total speed (informational: cores run at their own)
+        self.core_factors = [1.0] * cores  # each core's: demands take this many times as long
 
     def proc(self, name: str, wake_s: float = 0.0, cold_after_s: float = 1e-3) -> CpuProc:
         p = SlicedProc(name, wake_s, cold_after_s)
@@ -378,15 +394,30 @@ class SlicedHostCpuState(_Host):
         ev.callbacks.append(self._unhold)
 
     def set_factor(self, factor: float, now: float) -> None:
-        """As ``HostCpuState.set_factor``: what each running process has left is
-        counted up to ``now`` at the old speed; slices are wall time and do not move."""
-        old = self.factor
-        for p in self.running:
-            if p.left_s is not None:
-                p.left_s = max(p.left_s - (now - p.run_since) / old, 0.0)
-            p.run_since = now
+        """As ``HostCpuState.set_factor``, for every core: what each running process has
+        left is counted up to ``now`` at the old speed; slices are wall time and do not
+        move."""
+        for c in range(self.cores):
+            self._core_speed(c, factor, now)
         self.factor = factor
         self._reschedule(now)
+
+    def set_core_factor(self, core: int, factor: float, now: float) -> None:
+        """Core ``core``'s speed from ``now`` on (``set_factor`` for one core): the process
+        holding it has what is left counted at the old speed."""
+        self._core_speed(core, factor, now)
+        cf = self.core_factors
+        self.factor = len(cf) / sum(1.0 / f for f in cf)
+        self._reschedule(now)
+
+    def _core_speed(self, core: int, factor: float, now: float) -> None:
+        old = self.core_factors[core]
+        for p in self.running:
+            if p.core == core:
+                if p.left_s is not None:
+                    p.left_s = max(p.left_s - (now - p.run_since) / old, 0.0)
+                p.run_since = now
+        self.core_factors[core] = factor
 
     # ------------------------------------------------------------------ internals
     def _runnable(self, p: SlicedProc, now: float) -> None:
@@ -405,8 +436,15 @@ class SlicedHostCpuState(_Host):
         self.waiting.append(p)
 
     def _dispatch(self, p: SlicedProc, now: float) -> None:
+        """``p`` onto a free core: the one it last ran on when that is free (as the
+        kernel wakes a task on its previous CPU when idle), else the lowest free one."""
         if p.left_s is None:
             p.left_s = p.jobs[0][0]
+        taken = [r.core for r in self.running]
+        c = p.core
+        if c < 0 or c in taken:
+            c = next(k for k in range(self.cores) if k not in taken)
+        p.core = c
         p.running = True
         p.run_since = now
         p.slice_end = now + self.slice_s
@@ -419,7 +457,8 @@ class SlicedHostCpuState(_Host):
         core goes to the head of the queue."""
         if p.running:
             if p.left_s is not None:  # None: taken off in its own done callback
-                p.left_s = max(p.left_s - (now - p.run_since) / self.factor, 0.0)
+                p.left_s = max(p.left_s - (now - p.run_since) / self.core_factors[p.core],
+                               0.0)
             p.running = False
             self.running.remove(p)
             if self.waiting:
@@ -437,9 +476,9 @@ class SlicedHostCpuState(_Host):
         """The next change: a job's end, or a slice's end while somebody waits."""
         at = _INF
         waiting = bool(self.waiting)
-        f = self.factor
+        cf = self.core_factors
         for p in self.running:
-            end = p.run_since + (p.left_s or 0.0) * f
+            end = p.run_since + (p.left_s or 0.0) * cf[p.core]
             if end < at:
                 at = end
             if waiting and p.slice_end < at:
@@ -455,14 +494,14 @@ class SlicedHostCpuState(_Host):
         self._fired(ev)
         now = self.env.now
         eps = _REL_EPS * (1.0 + now)
-        f = self.factor
+        cf = self.core_factors
         progressed = True
         while progressed:
             progressed = False
             for p in sorted(self.running, key=_by_order):
                 if not p.running:
                     continue
-                if p.run_since + (p.left_s or 0.0) * f <= now + eps:
+                if p.run_since + (p.left_s or 0.0) * cf[p.core] <= now + eps:
                     self._finish(p, now)
                     progressed = True
                 elif self.waiting and p.slice_end <= now + eps:
@@ -509,10 +548,11 @@ class SlicedHostCpuState(_Host):
 class SlicedProc(CpuProc):
     """A process on a ``SlicedHostCpuState`` host."""
 
-    __slots__ = ("run_since", "slice_end", "order", "queued")
+    __slots__ = ("run_since", "slice_end", "order", "queued", "core")
 
     def __init__(self, name: str, wake_s: float = 0.0, cold_after_s: float = 1e-3) -> None:
         super().__init__(name, wake_s, cold_after_s)
+        self.core = -1  # the core it holds, or last held (-1: none yet)
         self.run_since = 0.0
         self.slice_end = 0.0
         self.order = 0

@@ -27,9 +27,11 @@ Rules:
   (``slow_dwells_s``, ``fast_dwells_s``) each period is drawn from them instead; with
   ``reference_factor`` the factors are divided by it instead of ``mean_factor``.  With
   ``HostCPU.speed_trace`` every host follows the recorded factors at their times instead
-  (divided the same way), nothing drawn.  Its
-  draws come from their own generator (``[seed, 404, host's index]``), so the other
-  draws stay as they were.
+  (divided the same way), nothing drawn; a trace with a factor per core sets each core's
+  (``set_core_factor``).  With ``HostCPU.core_speeds`` each core of a host switches on
+  its own, as a host does without it.  The draws come from their own generators
+  (``[seed, 404, host's index]``; per core ``[seed, 404, host's index, core]``), so the
+  other draws stay as they were.
 
 Theory of operation.  Nothing here runs on the default path: ``_hc_setup`` installs this
 module's hooks on the instance (``carry_out``, ``reply``, ``send_batch``,
@@ -71,6 +73,7 @@ from ._cpu import (
 from ._frontend import libuv_fire_at, libuv_poll_at
 from ._replicas import _Rep, _Replicas
 from .deployment import FrontendCPU, HostCPU
+from .errors import SimConfigError
 from .records import MemberRecord
 
 __all__ = ["_HostCpuDriver"]
@@ -226,23 +229,39 @@ class _HostCpuDriver(_Replicas):
         a ``reference_factor``)."""
         assert self._cpus is not None
         end = float(self.arrival_at[-1]) if len(self.arrival_at) else 0.0
+        per = len(hc.speed_trace[0]) - 1 if hc.speed_trace else 1
         for k, host in enumerate(self._cpus.values()):
+            if per > 1 and per != host.cores:
+                raise SimConfigError(f"host_cpu.speed_trace: {per} factors per row, but "
+                                     f"host {host.name!r} has {host.cores} cores")
+            if hc.core_speeds and not hc.speed_trace and hc.speed_swings:
+                for c in range(host.cores):
+                    rng = np.random.default_rng([self.seed, 404, k, c])
+                    self.env.process(self._speed_proc(
+                        host, hc, rng, end, partial(host.set_core_factor, c)))
+                continue
             rng = np.random.default_rng([self.seed, 404, k])
-            self.env.process(self._speed_proc(host, hc, rng, end))
+            self.env.process(self._speed_proc(host, hc, rng, end, host.set_factor))
 
     def _speed_proc(self, host: HostCpu, hc: HostCPU, rng: np.random.Generator,
-                    end: float) -> Any:
-        """``host``'s speed until ``end`` (see the module's rules)."""
+                    end: float, set_factor: Any) -> Any:
+        """``host``'s speed (or one core's: ``set_factor``) until ``end`` (see the
+        module's rules)."""
         env = self.env
         m = hc.reference
         if hc.speed_trace:  # the speed as it was
-            for at, f in hc.speed_trace:
+            for row in hc.speed_trace:
+                at = row[0]
                 if at > env.now:
                     yield env.timeout(at - env.now)
-                host.set_factor(f / m, env.now)
+                if len(row) == 2:
+                    host.set_factor(row[1] / m, env.now)
+                else:
+                    for c, f in enumerate(row[1:]):
+                        host.set_core_factor(c, f / m, env.now)
             return
         if not hc.speed_swings:  # one speed, measured against another time's
-            host.set_factor(1.0 / m, 0.0)
+            set_factor(1.0 / m, 0.0)
             return
         share = hc.share
         if hc.measured_dwells:
@@ -260,7 +279,7 @@ class _HostCpuDriver(_Replicas):
         slow = bool(rng.random() < share)
         t = 0.0
         while t <= end:
-            host.set_factor((hc.slow_factor if slow else 1.0) / m, t)
+            set_factor((hc.slow_factor if slow else 1.0) / m, t)
             t += period(slow)
             slow = not slow
             if t > end:

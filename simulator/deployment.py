@@ -163,6 +163,12 @@ class FrontendCPU:
         return 1.0 / per if per > 0 else math.inf
 
 
+def total_factor(factors: Sequence[float]) -> float:
+    """The factor of cores at ``factors`` together: their count over the sum of their
+    speeds (``1 / factor``), what a host's total throughput of work runs at."""
+    return len(factors) / sum(1.0 / f for f in factors)
+
+
 @dataclass(frozen=True, slots=True)
 class HostCPU:
     """The host CPU model (off unless a deployment has one; see the module's rules).
@@ -196,7 +202,11 @@ class HostCPU:
     periods each period is drawn from instead (a probe's trace: ``quiet.fit_speed``; on
     this VM the slow periods are more spread out than exponential, a median of 50 ms and
     a third of the slow time in periods over half a second); ``slow_share`` and
-    ``slow_dwell_s`` are then what they imply.  Each host switches on its own.  The
+    ``slow_dwell_s`` are then what they imply.  Each host switches on its own, and with
+    ``core_speeds`` each of its cores does (measured here: the two cores' slow states
+    correlate at 0.26; a single-threaded event loop runs at its own core's speed, not at
+    the machine's average): in time slices a process runs at the speed of the core it
+    holds, under processor sharing the host at its cores' total speed.  The
     demands keep their meaning (CPU seconds
     a job takes on average, as ``/proc`` measured them over a run): work runs
     ``1 / mean_factor`` as long when fast and ``slow_factor / mean_factor`` when slow, so
@@ -208,9 +218,12 @@ class HostCPU:
     ``speed_trace`` (off when empty): the speed as it was, replayed instead of drawn:
     ``(at_s, factor)`` pairs, times from the run's start in increasing order, each factor
     (> 0; 1: the fast speed) holding until the next (a probe's trace of a real run:
-    ``quiet.SpeedMonitor.replay``); every host follows it, the factors divided by
+    ``quiet.SpeedMonitor.replay``), or ``(at_s, factor of core 0, factor of core 1,
+    ...)`` rows, one factor per core (every row as long; a host with another number of
+    cores is an error); every host follows it, the factors divided by
     ``reference_factor`` (default: the trace's own time-weighted mean factor up to its
-    last point), and ``slow_factor``, ``slow_share`` and the periods are not drawn."""
+    last point, a row's factor being its cores' total speed), and ``slow_factor``,
+    ``slow_share`` and the periods are not drawn."""
 
     cpus: int | None = None
     frontend_host: str | None = None
@@ -224,7 +237,8 @@ class HostCPU:
     slow_dwells_s: tuple[float, ...] = ()
     fast_dwells_s: tuple[float, ...] = ()
     reference_factor: float | None = None
-    speed_trace: tuple[tuple[float, float], ...] = ()
+    speed_trace: tuple[tuple[float, ...], ...] = ()
+    core_speeds: bool = False
 
     def __post_init__(self) -> None:
         c = self.cpus
@@ -280,12 +294,16 @@ class HostCPU:
             object.__setattr__(self, "speed_trace", tr := tuple(
                 tuple(x) if isinstance(x, list) else x for x in tr))
         if not isinstance(tr, tuple) or not all(
-                isinstance(x, tuple) and len(x) == 2 and all(
+                isinstance(x, tuple) and len(x) >= 2 and len(x) == len(tr[0]) and all(
                     not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
-                    for v in x) and x[0] >= 0 and x[1] > 0 for x in tr) or any(
+                    for v in x) and x[0] >= 0 and min(x[1:]) > 0 for x in tr) or any(
                     a[0] >= b[0] for a, b in zip(tr, tr[1:], strict=False)):
-            raise SimConfigError(f"host_cpu.speed_trace: expected [at_s, factor] pairs, times "
-                                 f">= 0 increasing, factors > 0, got {tr!r}")
+            raise SimConfigError(f"host_cpu.speed_trace: expected [at_s, factor] pairs or "
+                                 f"[at_s, factor per core] rows of one length, times >= 0 "
+                                 f"increasing, factors > 0, got {tr!r}")
+        if not isinstance(self.core_speeds, bool):
+            raise SimConfigError(f"host_cpu.core_speeds: expected true or false, got "
+                                 f"{self.core_speeds!r}")
         if bool(self.slow_dwells_s) != bool(self.fast_dwells_s):
             raise SimConfigError("host_cpu.slow_dwells_s and fast_dwells_s: give both "
                                  "(measured periods of each speed) or neither")
@@ -319,8 +337,9 @@ class HostCPU:
         if tr:
             span = tr[-1][0] - tr[0][0]
             if span <= 0:
-                return float(tr[-1][1])
-            return sum((b[0] - a[0]) * a[1] for a, b in zip(tr, tr[1:], strict=False)) / span
+                return total_factor(tr[-1][1:])
+            return sum((b[0] - a[0]) * total_factor(a[1:])
+                       for a, b in zip(tr, tr[1:], strict=False)) / span
         return 1.0 + self.share * (self.slow_factor - 1.0)
 
     @property

@@ -133,6 +133,18 @@ def test_twin_with_the_host_cpu_model_has_the_fitted_demands(tmp_path: Path) -> 
     fast = dataclasses.replace(base, reference_factor=1.0)
     assert as_run(fast, r).speed_trace == rec and as_run(base, r) is base
     assert as_run(fast, dataclasses.replace(r, speed_trace=())) is fast
+    # a factor per core: kept for a host of as many cores, its totals for another
+    cores = ((0.0, 1.0, 1.0), (0.3, 2.0, 1.0))
+    two = dataclasses.replace(fast, host_cpus=2)
+    assert as_run(two, dataclasses.replace(r, speed_trace=cores)).speed_trace == cores
+    assert at_trace(dataclasses.replace(base, host_cpus=2), cores).speed_trace == cores
+    four = dataclasses.replace(fast, host_cpus=4)
+    assert as_run(four, dataclasses.replace(r, speed_trace=cores)).speed_trace == (
+        (0.0, 1.0), (0.3, pytest.approx(4 / 3)))
+    hp = sim_deployment(dep, "hello", {"noop": prof},
+                        calibration=dataclasses.replace(two, speed_trace=cores,
+                                                        core_speeds=True)).host_cpu
+    assert hp is not None and hp.core_speeds and hp.speed_trace == cores
 
 
 # --------------------------------------------------------------------------- the fits

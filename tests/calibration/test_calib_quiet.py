@@ -17,6 +17,7 @@ from clipperlab.calibration.quiet import (
     LoadSample,
     SpeedMonitor,
     fit_speed,
+    for_cores,
     guard,
     kernel_slice_s,
     machine_load,
@@ -242,18 +243,23 @@ def _pinned_traces(path: Path, per_cpu: dict[int, list[float]], step_s: float = 
     return mon
 
 
-def test_replay_gives_the_speed_as_it_was_per_core_combined(tmp_path: Path) -> None:
+def test_replay_gives_the_speed_as_it_was_per_core(tmp_path: Path) -> None:
     """Two cores probed on their own: core 0 slow (x2) for the probes 40-59 of 100, core
-    1 fast all along but for the probes 50-69 (x2).  ``replay`` from probe 30 gives, per
-    interval, 1 while both are fast, 4/3 while one is slow (two cores at x1 and x2 do
-    the work of two at x4/3) and 2 while both are; a point only where the factor
-    changes; the pooled fit has the mean share and the factor, and every period."""
+    1 fast all along but for the probes 50-69 (x2).  ``replay`` from probe 30 gives a
+    row where a core's factor changes, one factor per core; its mean counts a row at the
+    cores' total speed: 1 while both are fast, 4/3 while one is slow (two cores at x1
+    and x2 do the work of two at x4/3) and 2 while both are; ``for_cores`` keeps the
+    rows for a 2-core host and gives a host of another size their totals; the pooled
+    fit has the mean share and the factor, every period, and its count of cores."""
     slow0 = [2000.0 if 40 <= i < 60 else 1000.0 for i in range(100)]
     slow1 = [2000.0 if 50 <= i < 70 else 1000.0 for i in range(100)]
     mon = _pinned_traces(tmp_path / "s.txt", {0: slow0, 1: slow1})
     rec = mon.replay(100.0 + 0.025 * 30, 100.0 + 0.025 * 99)
-    assert [t for t, _ in rec] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
-    assert [f for _, f in rec] == pytest.approx([1.0, 4 / 3, 2.0, 4 / 3, 1.0])
+    assert [r[0] for r in rec] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+    assert [r[1:] for r in rec] == [(1.0, 1.0), (2.0, 1.0), (2.0, 2.0), (1.0, 2.0),
+                                     (1.0, 1.0)]
+    assert for_cores(rec, 2) == rec and for_cores((), 4) == ()
+    assert [f for _, f in for_cores(rec, 4)] == pytest.approx([1.0, 4 / 3, 2.0, 4 / 3, 1.0])
     # over probes 30-99 (1.75 s): 1 for 0.25 s, 4/3 for 0.25, 2 for 0.25, 4/3 for 0.25, 1
     assert mon.mean_factor(100.0 + 0.025 * 30, 100.0 + 0.025 * 100) == pytest.approx(
         (0.25 * 1 + 0.25 * 4 / 3 + 0.25 * 2 + 0.25 * 4 / 3 + 0.75 * 1) / 1.75)
@@ -262,6 +268,7 @@ def test_replay_gives_the_speed_as_it_was_per_core_combined(tmp_path: Path) -> N
     pooled = mon.fit()
     assert pooled is not None and pooled.slow_share == pytest.approx(0.2)
     assert pooled.slow_factor == pytest.approx(2.0) and pooled.probes == 200
+    assert pooled.cores == 2
     assert sorted(pooled.slow_dwells_s) == pytest.approx([0.5, 0.5])
     one = fit_speed([0.025 * i for i in range(100)], slow0)
     assert pool_speeds([one]) is one and pool_speeds([]) is None  # type: ignore[list-item]

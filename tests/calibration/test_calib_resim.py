@@ -33,6 +33,7 @@ from clipperlab.calibration.resimulate import (
     calibration_to_json,
     load_runs,
     replay_steps,
+    reply_gaps,
     resimulate,
     save_runs,
     stored_calibrations,
@@ -325,7 +326,15 @@ def test_resimulate_with_two_speeds(tmp_path: Path,
     slow_ramps = resimulate(tmp_path, wl, log=lambda s: None).table
     assert (slow_ramps["sim_capacity_qps"] < stored["sim_capacity_qps"]).all()
     assert slow_ramps["sim_ramp_capacities_qps"].astype(str).str.count(";").eq(n - 1).all()
+    # --core-speeds: each core of the twin's host switches on its own (recorded)
+    t.drop(columns=["speed_ramps_slow_share", "speed_ramps_factor"]).to_csv(
+        tmp_path / "fidelity.csv", index=False)
+    assert fidelity_main(["--resimulate", "--out", str(tmp_path), "--slow", "1.8,0.3,120",
+                          "--core-speeds"]) == 0
+    assert (pd.read_csv(tmp_path / "fidelity.csv")["core_speeds"] == 1.0).all()
     capsys.readouterr()
+    assert fidelity_main(["--out", str(tmp_path), "--core-speeds"]) == 2
+    assert capsys.readouterr().err.startswith("error: --core-speeds")
     for argv in (["--resimulate", "--slow", "0.5,0.3,120"], ["--resimulate", "--slow", "2,1,5"],
                  ["--resimulate", "--slow", "2,0.3"], ["--slow", "2,0.3,100"]):
         assert fidelity_main(["--out", str(tmp_path), *argv]) == 2
@@ -362,12 +371,32 @@ def test_steps_replayed_at_their_speed_against_the_servers_pass_or_fail(
     assert list(got["rate_qps"]) == pytest.approx([700, 800], rel=0.01)
     assert list(got["real_good"]) == [1.0, 0.0] and (got["replayed_good"] == 1.0).all()
     assert list(got["agree"]) == [True, False]
+    # beside them: the batch round trip each engine saw, and the reply gaps (none here:
+    # the server's queries all took the same time, the twin's came in steady batches)
+    assert list(got["real_batch_ms"]) == [0.1, 0.1] and (got["twin_batch_ms"] > 0).all()
+    assert (got[["real_gaps_per_s", "twin_gaps_per_s"]] == 0).all().all()
     assert (tmp_path / "fidelity_steps.csv").exists()
     assert fidelity_main(["--steps", "--out", str(tmp_path)]) == 0
     assert "agrees with the server's pass or fail in 1 of 2 steps" in capsys.readouterr().out
     save_runs(tmp_path / "noop-aimd" / "runs.npz", [runs[3]], runs[3], {}, 50.0)
     assert fidelity_main(["--steps", "--out", str(tmp_path)]) == 2
     assert "recorded its speed" in capsys.readouterr().err
+
+
+def test_reply_gaps_are_stretches_without_a_reply_while_a_query_waits() -> None:
+    """Replies every millisecond, then 5 ms without one while the query sent at 3.5 ms
+    waits (a gap), then 4 ms without one while nobody waits (the next query is sent
+    inside it: no gap); an unanswered query waits to the end; below the threshold
+    nothing counts."""
+    send = np.array([0, 1, 2, 3, 3.5, 9, 13, 14]) * 1e-3
+    lat = np.array([0.5, 0.5, 0.5, 0.5, 5.0, 0.5, 0.5, np.inf]) * 1e-3
+    assert reply_gaps(send, lat) == pytest.approx([5e-3])
+    assert reply_gaps(send, lat, min_gap_s=6e-3).size == 0
+    # the query sent at 2 ms unanswered: it waits through 9.5-13.5 ms too
+    lat2 = lat.copy()
+    lat2[2] = np.nan
+    assert reply_gaps(send, lat2) == pytest.approx([5e-3, 4e-3])
+    assert reply_gaps(send[:1], lat[:1]).size == 0
 
 
 def test_ticked_sends_each_query_at_the_generators_next_millisecond() -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from clipperlab.calibration.loadgen import load_workload_spec, run_load
 from clipperlab.calibration.profiler import ProfileSpec, profile_model
+from clipperlab.calibration.quiet import probe_cpus
 from clipperlab.cli import main
 from clipperlab.report.latency import summarise
 from clipperlab.simulator import Deployment, Simulation, load_profile
@@ -199,6 +200,9 @@ def test_validate_tiny(tmp_path: Path) -> None:
     assert res.speed_calib.probes >= 20 and res.speed_calib.fast_ns > 0
     two = res.speed_calib.slow_factor > 1.0 and res.speed_calib.slow_share > 0.0
     assert (res.calibration.slow_share > 0.0) is two
+    # one probe per core, pooled: the twin's cores switch each on its own
+    assert res.speed_calib.cores == len(probe_cpus())
+    assert res.calibration.core_speeds is (res.speed_calib.cores > 1)
     # each level's rows record the machine's speed during its real runs
     assert res.table["speed_level_factor"].notna().all()
     assert res.table["speed_level_slow_share"].between(0, 1).all()

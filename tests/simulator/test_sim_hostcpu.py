@@ -413,7 +413,11 @@ def _toml(text: str) -> dict[str, object]:
         ("loadgen_cpu_per_query_s = 20e-6", "reference_factor = 0.9",
          r"host_cpu\.reference_factor: expected a mean factor >= 1, got 0\.9"),
         ("loadgen_cpu_per_query_s = 20e-6", "speed_trace = [[0.0, 1.0], [0.0, 2.0]]",
-         r"host_cpu\.speed_trace: expected \[at_s, factor\] pairs, times >= 0 increasing"),
+         r"host_cpu\.speed_trace: expected \[at_s, factor\] pairs or .* times >= 0 increasing"),
+        ("loadgen_cpu_per_query_s = 20e-6", "speed_trace = [[0.0, 1.0, 1.8], [0.5, 1.0]]",
+         r"host_cpu\.speed_trace: expected .* rows of one length"),
+        ("loadgen_cpu_per_query_s = 20e-6", "core_speeds = 1",
+         r"host_cpu\.core_speeds: expected true or false, got 1"),
         ("loadgen_cpu_per_query_s = 20e-6", "speed_trace = [[0.0, 0.0]]",
          r"host_cpu\.speed_trace: expected .* factors > 0, got \(\(0\.0, 0\.0\),\)"),
     ],
@@ -492,6 +496,102 @@ def test_a_change_of_speed_applies_to_what_is_left(sliced: bool) -> None:
     assert min(two.values()) == pytest.approx(4.0, abs=2e-3 if sliced else 1e-9)
 
 
+def test_each_core_runs_at_its_own_speed() -> None:
+    """Core 1 twice as slow: on two cores in slices, the process holding core 0 finishes
+    its 1 ms job at 1 ms and the one on core 1 at 2 ms; a process woken again goes back
+    to the core it last ran on when that is free (b, again on core 1: 2 ms more); a
+    core slowed in the middle of a job slows what is left of it (c on core 0 from 10 ms,
+    at half speed from 10.5 ms: done at 11.5 ms).  Processor sharing, which has no
+    cores, runs at the cores' total speed: 2 / (1 + 1/2) = 4/3 slower for a lone job."""
+    env = simpy.Environment()
+    host = SlicedHostCpuState(env, "h", 2, 1e-3)
+    host.set_core_factor(1, 2.0, 0.0)
+    assert host.factor == pytest.approx(4 / 3)
+    out: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+    a, b, c = (host.proc(n) for n in "abc")
+    host.submit(a, 1e-3, 0.0, out["a"].append)
+    host.submit(b, 1e-3, 0.0, out["b"].append)
+
+    def later() -> object:
+        yield env.timeout(5e-3)
+        host.submit(b, 1e-3, env.now, out["b"].append)
+        yield env.timeout(5e-3)
+        host.set_core_factor(1, 1.0, env.now)
+        host.submit(c, 1e-3, env.now, out["c"].append)
+        yield env.timeout(0.5e-3)
+        host.set_core_factor(0, 2.0, env.now)
+
+    env.process(later())
+    env.run()
+    assert out == {"a": [pytest.approx(1e-3)], "b": [pytest.approx(2e-3), pytest.approx(7e-3)],
+                   "c": [pytest.approx(11.5e-3)]}
+    ps = HostCpuState(simpy.Environment(), "h", 2)
+    ps.set_core_factor(1, 2.0, 0.0)
+    assert ps.factor == pytest.approx(4 / 3)
+
+
+def test_a_speed_trace_per_core_sets_each_core(tmp_path: Path) -> None:
+    """A trace with a factor per core (TOML rows ``[at_s, core 0, core 1]``): the lone
+    2 ms CPU-bound batch runs on core 0, so core 1's slowing moves nothing and core 0's
+    doubles it; a row's factor counts as its cores' total speed in the mean; a host
+    with another number of cores is an error that says so."""
+    f = tmp_path / "c.toml"
+    f.write_text(CONFIG.replace("loadgen_cpu_per_query_s = 20e-6",
+                                "speed_trace = [[0, 1.0, 1.0], [1.0, 1.0, 3.0], "
+                                "[2.0, 2.0, 1.0]]"))
+    hc = load_config(f).deployment.host_cpu
+    assert hc is not None and hc.speed_trace[1] == (1.0, 1.0, 3.0)
+    assert hc.mean_factor == pytest.approx((1.0 + 1.5) / 2)
+    trace = ((0.0, 1.0, 1.0), (1.0, 1.0, 3.0), (2.0, 2.0, 1.0))
+    prof = LatencyProfile(name="c", batch_sizes=(1,), levels=(0.0, 1.0),
+                          latency_s=((2e-3, 2e-3),))
+    dep = one_replica(2, prof, speed_trace=trace, reference_factor=1.0, slice_s=1e-3)
+    q = Simulation(dep, Workload(Poisson(50.0), n_queries=150), seed=3).run().queries
+    early = q[q["arrival_at"] < 1.99]["latency_s"]
+    late = q[q["arrival_at"] > 2.0]["latency_s"]
+    assert early.median() == pytest.approx(2e-3) and late.median() == pytest.approx(4e-3)
+    with pytest.raises(SimConfigError, match=r"2 factors per row, but host .* has 4 cores"):
+        Simulation(one_replica(4, prof, speed_trace=trace, slice_s=1e-3),
+                   Workload(Poisson(50.0), n_queries=10), seed=3).run()
+
+
+def test_with_core_speeds_each_core_switches_on_its_own() -> None:
+    """``core_speeds``: each core of the host gets its own switching (its own draws),
+    every core alternating between the two speeds, the cores' switch times apart; the
+    mean and the tail keep their meaning (a lone busy process is slowed only when its
+    core is)."""
+    from clipperlab.simulator._hostcpu import _HostCpuDriver
+
+    class Host:
+        cores = 2
+        name = "h"
+
+        def __init__(self) -> None:
+            self.calls: dict[int, list[tuple[float, float]]] = {0: [], 1: []}
+
+        def set_core_factor(self, core: int, factor: float, now: float) -> None:
+            self.calls[core].append((now, factor))
+
+        def set_factor(self, factor: float, now: float) -> None:
+            raise AssertionError("the host's speed set as one")
+
+    hc = HostCPU(cpus=2, slow_factor=2.0, slow_share=0.5, slow_dwell_s=0.05, core_speeds=True)
+    host = Host()
+    fake = type("Fake", (), {"env": simpy.Environment(), "_cpus": {"h": host},
+                             "arrival_at": np.array([0.0, 5.0]), "seed": 1,
+                             "_speed_proc": _HostCpuDriver._speed_proc})()
+    _HostCpuDriver._speed_procs(fake, hc)  # type: ignore[arg-type]
+    fake.env.run()
+    for core in (0, 1):
+        fs = np.array([f for _, f in host.calls[core]])
+        assert set(np.round(fs, 9)) == {round(1 / 1.5, 9), round(2 / 1.5, 9)}
+        assert (fs[1:] != fs[:-1]).all()
+    assert {t for t, _ in host.calls[0][1:]}.isdisjoint(t for t, _ in host.calls[1][1:])
+    both = _swings(0.3, slow_factor=2.0, slow_share=0.5, slow_dwell_s=0.05, core_speeds=True)
+    assert both["reply_at"].notna().all()
+    assert both["latency_s"].mean() > 2e-3
+
+
 def _swings(load: float, **speed: object) -> pd.DataFrame:
     """One CPU-bound replica (2 ms batches of one) at ``load`` of its capacity, the host
     switching speeds as ``speed`` says."""
@@ -545,7 +645,7 @@ def test_measured_periods_are_drawn_as_measured(tmp_path: Path) -> None:
     fake = type("Fake", (), {"env": simpy.Environment()})()
     host = Host()
     fake.env.process(_HostCpuDriver._speed_proc(  # type: ignore[arg-type]
-        fake, host, hc, np.random.default_rng(1), 30.0))  # type: ignore[arg-type]
+        fake, host, hc, np.random.default_rng(1), 30.0, host.set_factor))  # type: ignore[arg-type]
     fake.env.run()
     times = np.array([t for t, _ in host.calls])
     factors = np.array([f for _, f in host.calls])
