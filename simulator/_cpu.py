@@ -122,7 +122,9 @@ class _Host:
             for d, done in jobs:
                 self.submit(p, d, now, done)
             return
-        at = 1 if p.running or p.left_s is not None else 0
+        # behind the job being served; in a job's done callback that job is already off
+        # the queue (time slices keep the core through the callback: ``running``)
+        at = 1 if (p.running or p.left_s is not None) and not p.in_done else 0
         for k, job in enumerate(jobs):
             p.jobs.insert(at + k, job)
 

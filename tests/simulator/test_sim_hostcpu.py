@@ -496,6 +496,29 @@ def test_a_change_of_speed_applies_to_what_is_left(sliced: bool) -> None:
     assert min(two.values()) == pytest.approx(4.0, abs=2e-3 if sliced else 1e-9)
 
 
+@pytest.mark.parametrize("sliced", [False, True])
+def test_work_a_handler_makes_runs_before_the_next_event(sliced: bool) -> None:
+    """A job's done callback queues more work (``submit_next``: the replies and batch
+    sends of the event it handled): it runs before the next event already waiting, in
+    time slices too (there the process keeps its core through the callback; the work
+    used to go behind the next event)."""
+    env = simpy.Environment()
+    host: HostCpuState | SlicedHostCpuState = (
+        SlicedHostCpuState(env, "h", 1, 1e-3) if sliced else HostCpuState(env, "h", 1))
+    p = host.proc("loop")
+    order: list[tuple[str, float]] = []
+
+    def handled(t: float) -> None:
+        order.append(("event 1", t))
+        host.submit_next(p, [(1e-3, lambda t: order.append(("its reply", t)))], t)
+
+    host.submit(p, 1e-3, 0.0, handled)
+    host.submit(p, 1e-3, 0.0, lambda t: order.append(("event 2", t)))
+    env.run()
+    assert [n for n, _ in order] == ["event 1", "its reply", "event 2"]
+    assert [t for _, t in order] == pytest.approx([1e-3, 2e-3, 3e-3])
+
+
 def test_each_core_runs_at_its_own_speed() -> None:
     """Core 1 twice as slow: on two cores in slices, the process holding core 0 finishes
     its 1 ms job at 1 ms and the one on core 1 at 2 ms; a process woken again goes back
