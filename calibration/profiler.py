@@ -42,6 +42,7 @@ Rules:
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import logging
@@ -71,6 +72,7 @@ from .quiet import (
     MAX_LOADAVG_PER_CORE,
     HostSpeed,
     LoadSample,
+    SpeedMonitor,
     guard,
     machine_load,
     speed_sample,
@@ -311,9 +313,10 @@ def median_round(rounds: Sequence[Sequence[float]]) -> list[float]:
     return list(rounds[order[(len(rounds) - 1) // 2]])
 
 
-def _measure_size(rpc: _Rpc, spec: ProfileSpec, b: int, frames: list[tuple[int, np.ndarray]]
-                  ) -> list[float]:
-    """One round of one batch size: the warm-up, then the timed batches."""
+def _measure_size(rpc: _Rpc, spec: ProfileSpec, b: int, frames: list[tuple[int, np.ndarray]],
+                  starts: list[float] | None = None) -> list[float]:
+    """One round of one batch size: the warm-up, then the timed batches (each one's
+    ``time.monotonic`` start appended to ``starts`` when given)."""
     for k in range(spec.warmup):
         bid_k, arr = frames[k % len(frames)]
         rpc.round_trip(p.encode_batch(p.BATCH, bid_k, arr), bid_k)
@@ -328,6 +331,8 @@ def _measure_size(rpc: _Rpc, spec: ProfileSpec, b: int, frames: list[tuple[int, 
         frame = p.encode_batch(p.BATCH, bid_k, arr)
         if spec.gap_s > 0:
             time.sleep(spec.gap_s)
+        if starts is not None:
+            starts.append(time.monotonic())
         dt, out = rpc.round_trip(frame, bid_k)
         if len(out) != b:
             raise ProfilerError(f"the model answered {len(out)} outputs for a batch of {b}")
@@ -336,11 +341,16 @@ def _measure_size(rpc: _Rpc, spec: ProfileSpec, b: int, frames: list[tuple[int, 
 
 
 def measure(
-    rpc: _Rpc, spec: ProfileSpec, log: Any = None
+    rpc: _Rpc, spec: ProfileSpec, log: Any = None,
+    speed: SpeedMonitor | None = None,
 ) -> tuple[dict[int, list[float]], dict[str, str]]:
     """Time batches over an established connection, ``spec.rounds`` passes over the sizes
     (so a busy spell hits one round of each, not all of one size); per size the median
-    round (``median_round``) is kept.  Returns samples per size and notes."""
+    round (``median_round``) is kept.  With ``speed`` (a running ``SpeedMonitor``) each
+    sample is divided by the machine's speed factor when it was taken (``at_fast_speed``):
+    the latencies the fast speed gives, for a twin whose host adds the speed's swings
+    itself (a profile taken while the machine was slow would count them twice).  Returns
+    samples per size and notes."""
     sizes = sorted({int(s) for s in spec.batch_sizes})
     frames: dict[int, list[tuple[int, np.ndarray]]] = {}
     bid = 0
@@ -350,10 +360,22 @@ def measure(
             bid += 1
             frames[b].append((bid, arr))
     rounds: dict[int, list[list[float]]] = {b: [] for b in sizes}
+    starts: dict[int, list[list[float]]] = {b: [] for b in sizes}
     for _ in range(spec.rounds):
         for b in sizes:
-            rounds[b].append(_measure_size(rpc, spec, b, frames[b]))
+            at: list[float] = []
+            rounds[b].append(_measure_size(rpc, spec, b, frames[b], at))
+            starts[b].append(at)
     samples = {b: median_round(rounds[b]) for b in sizes}
+    notes: dict[str, str] = {}
+    if speed is not None:
+        kept = {b: starts[b][rounds[b].index(samples[b])] for b in sizes}
+        fast = at_fast_speed(samples, kept, speed)
+        if fast is not None:
+            samples, mean = fast
+            notes["speed"] = (f"each sample divided by the machine's speed factor when it "
+                              f"was taken (the fast speed's latencies; mean factor "
+                              f"{mean:.2f})")
     if log is not None:
         for b in sizes:
             a = np.asarray(samples[b]) * 1e3
@@ -365,7 +387,38 @@ def measure(
                 f"  batch {b:>5}: {len(a):>4} samples, p50 {np.percentile(a, 50):8.3f} ms,"
                 f" p99 {np.percentile(a, 99):8.3f} ms{spread}"
             )
-    return samples, {}
+        if "speed" in notes:
+            log(f"  {notes['speed']}")
+    return samples, notes
+
+
+def at_fast_speed(samples: dict[int, list[float]], starts: dict[int, list[float]],
+                  speed: SpeedMonitor) -> tuple[dict[int, list[float]], float] | None:
+    """``samples`` (per batch size, each started at ``starts``' ``time.monotonic``) each
+    divided by the machine's speed factor at its middle (``SpeedMonitor.replay``: the
+    cores' total speed, ``total_factor``; the container's core is not known), and their
+    mean factor; None when the monitor has nothing to replay then."""
+    from clipperlab.simulator import total_factor
+
+    t = [x for b in samples for x in starts[b]]
+    if not t:
+        return None
+    t0, t1 = min(t), max(t) + 1.0
+    rec = speed.replay(t0, t1)
+    if not rec:
+        return None
+    at = [r[0] for r in rec]
+    fs = [total_factor(r[1:]) for r in rec]
+    out: dict[int, list[float]] = {}
+    used: list[float] = []
+    for b, xs in samples.items():
+        got = []
+        for dt, s in zip(xs, starts[b], strict=True):
+            f = fs[max(bisect.bisect_right(at, s + dt / 2 - t0) - 1, 0)]
+            used.append(f)
+            got.append(dt / f)
+        out[b] = got
+    return out, float(np.mean(used))
 
 
 def profile_model(
@@ -375,11 +428,14 @@ def profile_model(
     connect_timeout_s: float = 120.0,
     log: Any = None,
     sample: Callable[[], LoadSample] = machine_load,
+    speed: SpeedMonitor | None = None,
 ) -> LatencyProfile:
     """Profile ``spec``'s model: start its container here, or with ``listen="HOST:PORT"``
     wait for a container started elsewhere to connect there.  The machine is sampled
     before (``quiet.guard`` with ``spec.busy``) and after the timing (``sample``, this
-    process and its container left out), and the profile's tags say the load."""
+    process and its container left out), and the profile's tags say the load.  With
+    ``speed`` (a running ``SpeedMonitor``) the samples are the fast speed's
+    (``measure``), and the tag ``machine_speed_divided`` says so."""
     before = guard(spec.busy, what=f"profiling {spec.model}", log=log, sample=sample)
     speeds: list[HostSpeed | None] = []
     if spec.busy != "off":
@@ -420,7 +476,7 @@ def profile_model(
         rpc = _Rpc(conn)
         try:
             hello = _handshake(rpc, spec)
-            samples, _ = measure(rpc, spec, log)
+            samples, notes = measure(rpc, spec, log, speed)
             after = sample() if spec.busy != "off" else None
             if spec.busy != "off":
                 speeds.append(speed_sample(SPEED_S))
@@ -460,6 +516,8 @@ def profile_model(
         "load_average": f"{load_before} before, {_load()} after",
         **load_tags(before, after, spec.rounds, log),
     }
+    if "speed" in notes:
+        tags["machine_speed_divided"] = notes["speed"]
     if speeds:
         tags["machine_speed"] = "; ".join(
             f"{when}: {sp.describe() if sp is not None else 'too few probes'}"

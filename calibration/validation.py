@@ -247,16 +247,18 @@ def validate(
     app, models = model_specs(dep, workload.app)
     load0 = guard(busy, what=f"validating {dep.path}", log=log,
                   settle_s=SETTLE_S if busy == "refuse" else 0.0)
-    profs = profile(models, workload, profiles or {}, batch_sizes, profile_repeats,
-                    profile_max_s, log, busy)
-    setup = Setup(dep, app, [spec for spec, _, _ in models], {s.name: n for s, n, _ in models},
-                  workload, profs, seed, log, busy, repeats, ramps, ramp_resolution,
-                  ramp_restart, replay_speed)
-    la0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         mon = (stack.enter_context(SpeedMonitor(Path(tmp) / "speed.txt",
                                                 cpus=probe_cpus()))
                if speed and host_cpu else None)
+        # with the probes on, the profiles are the fast speed's: the twin's host adds
+        # the swings (a profile taken while the machine was slow would count them twice)
+        profs = profile(models, workload, profiles or {}, batch_sizes, profile_repeats,
+                        profile_max_s, log, busy, mon)
+        setup = Setup(dep, app, [spec for spec, _, _ in models],
+                      {s.name: n for s, n, _ in models}, workload, profs, seed, log, busy,
+                      repeats, ramps, ramp_resolution, ramp_restart, replay_speed)
+        la0 = os.getloadavg()[0]
         return _validate(dep, app, models, setup, workload, profs, load0, la0, mon,
                          levels, duration_s, repeats, capacity_qps, calib_qps, calib_s,
                          ramp_s, ramp_step, ramp_start_qps, ramps, api, connections, seed,
@@ -402,9 +404,11 @@ class Bench:
 
 def profile(models: Sequence[tuple[ModelSpec, int, dict[str, Any]]], workload: Workload,
             given: Mapping[str, LatencyProfile], batch_sizes: Sequence[int], repeats: int,
-            max_s: float, log: Log, busy: str = "warn") -> dict[str, LatencyProfile]:
+            max_s: float, log: Log, busy: str = "warn",
+            speed: SpeedMonitor | None = None) -> dict[str, LatencyProfile]:
     """Step 1: every linked model without a given profile, profiled in its own container
-    over the RPC (``clipperlab.calibration.profiler``)."""
+    over the RPC (``clipperlab.calibration.profiler``; with ``speed``, at the fast speed:
+    ``profiler.measure``)."""
     profs = dict(given)
     for spec, _, d in models:
         if spec.name in profs:
@@ -418,7 +422,7 @@ def profile(models: Sequence[tuple[ModelSpec, int, dict[str, Any]]], workload: W
             inputs=workload.inputs, batch_sizes=tuple(batch_sizes), repeats=repeats,
             max_s_per_size=max_s, profile_name=f"profiled-{spec.name}", busy=busy,
         )
-        profs[spec.name] = profile_model(ps, log=log)
+        profs[spec.name] = profile_model(ps, log=log, speed=speed)
     return profs
 
 

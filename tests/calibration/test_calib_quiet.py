@@ -277,6 +277,27 @@ def test_replay_gives_the_speed_as_it_was_per_core(tmp_path: Path) -> None:
     assert short.replay(100.0, 101.0) == ()
 
 
+def test_profile_samples_divided_by_the_speed_when_taken(tmp_path: Path) -> None:
+    """``profiler.at_fast_speed``: a sample taken while both cores were slow (x2) is
+    halved, one while one core was (the cores' total speed x4/3) divided by 4/3, one
+    while both were fast kept; the mean factor is over every sample; nothing to replay
+    (no probes then): None."""
+    from clipperlab.calibration.profiler import at_fast_speed
+
+    slow0 = [2000.0 if 40 <= i < 60 else 1000.0 for i in range(100)]
+    slow1 = [2000.0 if 50 <= i < 70 else 1000.0 for i in range(100)]
+    mon = _pinned_traces(tmp_path / "s.txt", {0: slow0, 1: slow1})
+    at = [100.0 + 0.025 * i + 0.005 for i in (30, 45, 55, 65)]  # fast, one, both, one
+    got = at_fast_speed({8: [2e-3, 2e-3], 16: [4e-3, 4e-3]}, {8: at[:2], 16: at[2:]}, mon)
+    assert got is not None
+    fast, mean = got
+    assert fast[8] == pytest.approx([2e-3, 2e-3 * 3 / 4])
+    assert fast[16] == pytest.approx([2e-3, 4e-3 * 3 / 4])
+    assert mean == pytest.approx((1 + 4 / 3 + 2 + 4 / 3) / 4)
+    empty = _pinned_traces(tmp_path / "t.txt", {0: slow0[:5], 1: slow1[:5]})
+    assert at_fast_speed({8: [2e-3]}, {8: [at[0]]}, empty) is None
+
+
 def test_pinned_monitor_probes_each_core(tmp_path: Path) -> None:
     """With ``cpus`` the monitor runs one probe process per core, each writing its own
     trace, all stopped with the block; a core this process may not use is an error."""

@@ -200,6 +200,8 @@ def test_validate_tiny(tmp_path: Path) -> None:
     assert res.speed_calib.probes >= 20 and res.speed_calib.fast_ns > 0
     two = res.speed_calib.slow_factor > 1.0 and res.speed_calib.slow_share > 0.0
     assert (res.calibration.slow_share > 0.0) is two
+    # the profile was taken with the probes on: its samples are the fast speed's
+    assert "machine_speed_divided" in res.profiles["noop"].tags
     # one probe per core, pooled: the twin's cores switch each on its own
     assert res.speed_calib.cores == len(probe_cpus())
     assert res.calibration.core_speeds is (res.speed_calib.cores > 1)
