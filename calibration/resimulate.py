@@ -51,7 +51,8 @@ from clipperlab.workloads import Workload
 
 __all__ = ["CALIBRATION_FILE", "GAP_S", "RUNS_FILE", "STEPS_FILE", "Resimulated",
            "calibration_from_json", "calibration_to_json", "load_runs", "replay_steps",
-           "reply_gaps", "resimulate", "save_runs", "stored_calibrations", "ticked"]
+           "reply_gap_spans", "reply_gaps", "resimulate", "save_runs", "stored_calibrations",
+           "ticked"]
 
 Log = Callable[[str], None]
 CALIBRATION_FILE = "calibration.json"
@@ -300,16 +301,24 @@ def reply_gaps(send_at: np.ndarray, latency_s: np.ndarray, min_gap_s: float = GA
     send time and latency (unanswered ones: inf or NaN, left out of the replies but
     waiting to the end).  A server that answers in steady batches has none; one whose
     batches wait behind its loop, or whose loop stops, shows them."""
+    spans = reply_gap_spans(send_at, latency_s, min_gap_s)
+    return np.asarray(spans[:, 1] - spans[:, 0], dtype=np.float64)
+
+
+def reply_gap_spans(send_at: np.ndarray, latency_s: np.ndarray, min_gap_s: float = GAP_S
+                    ) -> np.ndarray:
+    """``reply_gaps``' stretches as ``(start, end)`` rows (the replies before and
+    after each)."""
     send = np.asarray(send_at, dtype=np.float64)
     rep = send + np.asarray(latency_s, dtype=np.float64)
     rep = np.where(np.isfinite(rep), rep, np.inf)
     done = np.sort(rep[np.isfinite(rep)])
     if done.size < 2:
-        return np.zeros(0)
+        return np.zeros((0, 2))
     gaps = np.diff(done)
     at = np.flatnonzero(gaps >= min_gap_s)
     if at.size == 0:
-        return np.zeros(0)
+        return np.zeros((0, 2))
     # waiting through a gap: sent before its start, answered after its end; by the
     # earliest send of the queries answered at or after each gap's end
     order = np.argsort(rep, kind="stable")
@@ -317,7 +326,7 @@ def reply_gaps(send_at: np.ndarray, latency_s: np.ndarray, min_gap_s: float = GA
     starts, ends = done[at], done[at + 1]
     rank = np.searchsorted(rep[order], ends, side="left")
     waited = first_send_after[rank] <= starts
-    return (ends - starts)[waited]
+    return np.column_stack([starts[waited], ends[waited]])
 
 
 def replay_steps(out: Path, workload: Workload, *, min_load: float = 0.5, seed: int = 0,

@@ -33,6 +33,7 @@ from clipperlab.calibration.resimulate import (
     calibration_to_json,
     load_runs,
     replay_steps,
+    reply_gap_spans,
     reply_gaps,
     resimulate,
     save_runs,
@@ -391,6 +392,7 @@ def test_reply_gaps_are_stretches_without_a_reply_while_a_query_waits() -> None:
     send = np.array([0, 1, 2, 3, 3.5, 9, 13, 14]) * 1e-3
     lat = np.array([0.5, 0.5, 0.5, 0.5, 5.0, 0.5, 0.5, np.inf]) * 1e-3
     assert reply_gaps(send, lat) == pytest.approx([5e-3])
+    assert reply_gap_spans(send, lat) == pytest.approx(np.array([[3.5e-3, 8.5e-3]]))
     assert reply_gaps(send, lat, min_gap_s=6e-3).size == 0
     # the query sent at 2 ms unanswered: it waits through 9.5-13.5 ms too
     lat2 = lat.copy()
