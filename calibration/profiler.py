@@ -373,6 +373,7 @@ def measure(
         fast = at_fast_speed(samples, kept, speed)
         if fast is not None:
             samples, mean = fast
+            notes["factor"] = f"{mean:.6g}"
             notes["speed"] = (f"each sample divided by the machine's speed factor when it "
                               f"was taken (the fast speed's latencies; mean factor "
                               f"{mean:.2f})")
@@ -518,6 +519,7 @@ def profile_model(
     }
     if "speed" in notes:
         tags["machine_speed_divided"] = notes["speed"]
+        tags["speed_factor_divided"] = notes["factor"]
     if speeds:
         tags["machine_speed"] = "; ".join(
             f"{when}: {sp.describe() if sp is not None else 'too few probes'}"

@@ -51,7 +51,8 @@ from clipperlab.simulator import (
     ModelDeployment,
 )
 
-__all__ = ["at_speed", "at_trace", "capacity_estimate", "despiked", "frontend_cpu", "mean_factor",
+__all__ = ["at_speed", "at_trace", "capacity_estimate", "despiked", "divided_factor",
+           "frontend_cpu", "mean_factor",
            "scaled", "sim_deployment", "speed_fields"]
 
 
@@ -130,7 +131,9 @@ def sim_deployment(
     mds = [
         ModelDeployment(spec=spec, profile=scaled(
                             despiked(profiles[spec.name]) if calibration is not None
-                            else profiles[spec.name], scale), replicas=n,
+                            else profiles[spec.name],
+                            scale * (1.0 if hcpu is not None
+                                     else divided_factor(profiles[spec.name]))), replicas=n,
                         outputs=ConstantOutputs(0), wake_s=wake, cold_after_s=cold,
                         cpu_per_batch_s=cpu[spec.name][0] if spec.name in cpu else None,
                         cpu_per_item_s=cpu[spec.name][1] if spec.name in cpu else None)
@@ -149,6 +152,17 @@ def sim_deployment(
         frontend_cpu=fcpu,
         host_cpu=hcpu,
     )
+
+
+def divided_factor(profile: LatencyProfile) -> float:
+    """The mean speed factor a profile's samples were divided by (``profiler.measure``
+    with the probes: the fast speed's latencies), 1 for one taken as it was: a twin
+    without the host CPU model, which has no speeds to add, runs it scaled back by it."""
+    try:
+        f = float(profile.tags.get("speed_factor_divided", "1"))
+    except ValueError:
+        return 1.0
+    return f if math.isfinite(f) and f >= 1.0 else 1.0
 
 
 def scaled(profile: LatencyProfile, factor: float) -> LatencyProfile:

@@ -31,6 +31,7 @@ from clipperlab.calibration.server import real_deployment
 from clipperlab.calibration.twin import (
     at_speed,
     at_trace,
+    divided_factor,
     frontend_cpu,
     mean_factor,
     sim_deployment,
@@ -92,6 +93,17 @@ def test_twin_with_the_host_cpu_model_has_the_fitted_demands(tmp_path: Path) -> 
     plain = sim_deployment(dep, "hello", {"noop": prof},
                            calibration=dataclasses.replace(calib, host_cpus=0))
     assert plain.host_cpu is None and plain.models[0].cpu_per_batch_s is None
+    # a profile taken at the fast speed (its samples divided by a mean factor of 1.4):
+    # the host CPU model's twin draws it as it is and adds the speeds itself, a twin
+    # without that model draws it scaled back by 1.4
+    fast = dataclasses.replace(prof, tags={**prof.tags, "speed_factor_divided": "1.4"})
+    assert divided_factor(fast) == 1.4 and divided_factor(prof) == 1.0
+    on = sim_deployment(dep, "hello", {"noop": fast}, calibration=calib).models[0].profile
+    off = sim_deployment(dep, "hello", {"noop": fast},
+                         calibration=dataclasses.replace(calib, host_cpus=0)).models[0].profile
+    assert off.latency_s[0][-1] == pytest.approx(1.4 * on.latency_s[0][-1])
+    assert sim_deployment(dep, "hello", {"noop": fast}).models[0].profile.latency_s[0][0] == \
+        pytest.approx(1.4 * fast.latency_s[0][0])
     # a model the fit left out needs its whole profile draw (the simulator's default)
     bare = sim_deployment(dep, "hello", {"noop": prof},
                           calibration=dataclasses.replace(calib, container_cpu=()))
