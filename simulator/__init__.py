@@ -72,6 +72,7 @@ Errors: ``SimConfigError`` (``ProfileError`` for profiles) name the file, field 
 Command line: ``clipperlab simulate --config FILE``.
 """
 
+from ._cpu import total_factor
 from .capacity import CapacityResult, capacity
 from .deployment import (
     AppDeployment,
@@ -84,7 +85,6 @@ from .deployment import (
     SimConfig,
     config_from_dict,
     load_config,
-    total_factor,
 )
 from .driver import Simulation
 from .errors import ProfileError, SimConfigError

@@ -43,15 +43,22 @@ from __future__ import annotations
 import collections
 import heapq
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import simpy
 
 __all__ = ["CpuProc", "HostCpu", "HostCpuState", "SlicedHostCpuState", "SlicedProc",
-           "drop_due"]
+           "drop_due", "total_factor"]
 
 Done = Callable[[float], object] | None
 _REL_EPS = 1e-12  # a job within this share of v of its finish is done (rounding)
+
+
+def total_factor(factors: Sequence[float]) -> float:
+    """The factor of cores at ``factors`` together: their count over the sum of their
+    speeds (``1 / factor``), what a host's total throughput of work runs at (two cores
+    at x1 and x2 do the work of two at x4/3)."""
+    return len(factors) / sum(1.0 / f for f in factors)
 
 
 def drop_due(heap: list[float], at: float) -> None:
@@ -209,10 +216,9 @@ class HostCpuState(_Host):
     def set_core_factor(self, core: int, factor: float, now: float) -> None:
         """Core ``core``'s speed from ``now`` on; with no cores to hold, the host runs at
         the cores' total speed (``cores / sum(1 / factor)``)."""
-        cf = self.core_factors
-        cf[core] = factor
         self._advance(now)
-        self.factor = len(cf) / sum(1.0 / f for f in cf)
+        self.core_factors[core] = factor
+        self.factor = total_factor(self.core_factors)
         self._reschedule()
 
     # ------------------------------------------------------------------ internals
@@ -408,8 +414,7 @@ class SlicedHostCpuState(_Host):
         """Core ``core``'s speed from ``now`` on (``set_factor`` for one core): the process
         holding it has what is left counted at the old speed."""
         self._core_speed(core, factor, now)
-        cf = self.core_factors
-        self.factor = len(cf) / sum(1.0 / f for f in cf)
+        self.factor = total_factor(self.core_factors)
         self._reschedule(now)
 
     def _core_speed(self, core: int, factor: float, now: float) -> None:

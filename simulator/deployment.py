@@ -67,6 +67,7 @@ from clipperlab.engine.schema import (
 from clipperlab.workloads import Workload, WorkloadError
 from clipperlab.workloads.config import build_dataclass
 
+from ._cpu import total_factor
 from .errors import ProfileError, SimConfigError
 from .faults import FAULT_KINDS, Crash, Degrade, Fault, Straggler, parse_replica
 from .outputs import OUTPUT_KINDS, AccuracyOutputs, OutputModel
@@ -161,12 +162,6 @@ class FrontendCPU:
         per = (self.query_s + self.reply_s + 2 * self.item_s
                + (self.batch_send_s + self.batch_done_s) / max(batch_size, 1.0))
         return 1.0 / per if per > 0 else math.inf
-
-
-def total_factor(factors: Sequence[float]) -> float:
-    """The factor of cores at ``factors`` together: their count over the sum of their
-    speeds (``1 / factor``), what a host's total throughput of work runs at."""
-    return len(factors) / sum(1.0 / f for f in factors)
 
 
 @dataclass(frozen=True, slots=True)
