@@ -42,7 +42,7 @@ from clipperlab.calibration.loadgen import run_load
 from clipperlab.calibration.quiet import speed_sample
 from clipperlab.calibration.resimulate import reply_gap_spans
 from clipperlab.calibration.runs import retime
-from clipperlab.calibration.server import ServerProcess, real_deployment
+from clipperlab.calibration.server import ServerProcess, child_pids, real_deployment
 
 SAMPLER = r"""
 import json, sys, time
@@ -65,20 +65,6 @@ np.save(sys.argv[3], np.asarray(rows, dtype=np.float64))
 """
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(d))
-        except (OSError, ValueError, IndexError):
-            continue
-    return out
-
-
 def _shares(t: np.ndarray, rows: np.ndarray, k: int, a: float, b: float) -> tuple[float, float]:
     """Process ``k``'s share of a core running and waiting between ``a`` and ``b``."""
     run = np.interp([a, b], t, rows[:, 1 + 2 * k])
@@ -95,7 +81,7 @@ def one_rate(rate: float, a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         srv.wait_ready("digits")
         assert srv.proc.pid is not None
         pids = {"frontend": srv.proc.pid, "generator": os.getpid()}
-        for i, c in enumerate(_children(srv.proc.pid)):
+        for i, c in enumerate(child_pids(srv.proc.pid)):
             pids[f"container{i}"] = c
         wl = workload()
         pool = np.asarray(wl.inputs.load()[0])

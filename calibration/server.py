@@ -41,6 +41,7 @@ __all__ = [
     "RealDeployment",
     "ServerProcess",
     "ValidationError",
+    "child_pids",
     "idle_container_cpu_rate",
     "idle_cpu_rate",
     "model_specs",
@@ -158,6 +159,22 @@ def _serve_main(models: list[dict[str, Any]], apps: list[dict[str, Any]], store:
     uvloop.run(main())
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from ``/proc``; one that is gone, or not
+    ours to read, left out)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
 class ServerProcess:
     """The real server in its own process, for one validation."""
 
@@ -200,21 +217,15 @@ class ServerProcess:
     def container_cpu_s(self) -> dict[str, float]:
         """CPU seconds of the server's containers so far, per model (module rules)."""
         out: dict[str, float] = {}
-        for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
+        for d in child_pids(self.proc.pid) if self.proc.pid is not None else ():
             try:
-                with open(f"/proc/{d}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                if ppid != self.proc.pid or self.proc.pid is None:
-                    continue
                 with open(f"/proc/{d}/cmdline", "rb") as f:
                     argv = f.read().decode(errors="replace").split("\0")
-            except (OSError, IndexError, ValueError):
+            except OSError:
                 continue  # gone, or not ours to read
             if "--name" not in argv[:-1]:
                 continue
-            cpu = _proc_cpu_s(int(d))
+            cpu = _proc_cpu_s(d)
             if math.isfinite(cpu):
                 name = argv[argv.index("--name") + 1]
                 out[name] = out.get(name, 0.0) + cpu

@@ -31,6 +31,23 @@ _tuple_new = tuple.__new__  # builds a NamedTuple without its Python-level __new
 _SHARED_PREDICTIONS = 1024
 
 
+def one_model_prediction(app: _App, output: Any, selected: Any) -> Prediction:
+    """The Prediction of ``output``, answered by ``selected``'s one model: for an int
+    output (a class label, as a rule) the application's shared one, so that equal
+    answers are one object (0.15 us and 112 bytes a query less, measured; the frontend's
+    reply cache finds its bytes by identity: 0.86 against 2.64 us an encode), at most
+    ``_SHARED_PREDICTIONS`` outputs an application."""
+    if type(output) is int:
+        shared = app.shared
+        pred = shared.get(output)
+        if pred is None or pred[5] is not selected:
+            pred = _tuple_new(Prediction, (output, 1.0, False, None, None, selected, ()))
+            if len(shared) < _SHARED_PREDICTIONS or output in shared:
+                shared[output] = pred
+        return pred
+    return _tuple_new(Prediction, (output, 1.0, False, None, None, selected, ()))
+
+
 class _Answers(_EngineFields):
     """Finishing tasks: replies, defaults, refusals and applied feedback."""
 
@@ -44,19 +61,7 @@ class _Answers(_EngineFields):
         selected = task.selected
         spec = app.spec
         if answers and len(selected) == 1:
-            output = answers[selected[0]]
-            if type(output) is int:
-                # the application's shared Prediction of this output, as on_outputs and
-                # _answer_hit share it: the frontend's reply cache then finds its bytes by
-                # identity (a batch's replies: 0.86 against 2.64 us an encode, measured)
-                shared = app.shared
-                pred = shared.get(output)
-                if pred is None or pred[5] is not selected:
-                    pred = _tuple_new(Prediction, (output, 1.0, False, None, None, selected, ()))
-                    if len(shared) < _SHARED_PREDICTIONS or output in shared:
-                        shared[output] = pred
-            else:
-                pred = _tuple_new(Prediction, (output, 1.0, False, None, None, selected, ()))
+            pred = one_model_prediction(app, answers[selected[0]], selected)
         elif not answers:
             expl = None
             if not selected:
@@ -126,15 +131,7 @@ class _Answers(_EngineFields):
         (``Engine.on_query``'s hit path): the same Reply, latency observation, memory
         and log, without the task that waited for nothing.  An int output's Prediction
         is the application's shared one (as ``on_outputs`` shares it)."""
-        if type(output) is int:
-            shared = app.shared
-            pred = shared.get(output)
-            if pred is None or pred[5] is not selected:
-                pred = _tuple_new(Prediction, (output, 1.0, False, None, None, selected, ()))
-                if len(shared) < _SHARED_PREDICTIONS or output in shared:
-                    shared[output] = pred
-        else:
-            pred = _tuple_new(Prediction, (output, 1.0, False, None, None, selected, ()))
+        pred = one_model_prediction(app, output, selected)
         h = app.m_latency  # Histogram.observe, inlined; answered at once: latency 0
         p = h.pending
         p.append(0.0)

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from clipperlab.calibration.server import child_pids
 from tests.calibration.test_calib_hostcpu import NOOP_DEPLOY
 
 DRIVER = """
@@ -35,17 +36,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(d))
-            except (OSError, ValueError, IndexError):
-                pass
-    return out
 
 
 def test_a_killed_validation_leaves_nothing_running(tmp_path: Path) -> None:
@@ -60,9 +50,9 @@ def test_a_killed_validation_leaves_nothing_running(tmp_path: Path) -> None:
         assert drv.stdout is not None
         *probes, server = (int(x) for x in drv.stdout.readline().split())
         until = time.monotonic() + 60
-        while not _children(server) and time.monotonic() < until:
+        while not child_pids(server) and time.monotonic() < until:
             time.sleep(0.1)
-        containers = _children(server)
+        containers = child_pids(server)
         assert containers and probes and all(_alive(p) for p in [*probes, server])
         drv.send_signal(signal.SIGKILL)
         drv.wait()
