@@ -420,6 +420,7 @@ admin_port = 0
 rpc_port = 0
 store = "{tmp / f"store-{tag}"}"
 cache = {"true" if cache else "false"}
+{chr(10).join(a.set)}
 
 [[models]]
 name = "noop"
@@ -552,8 +553,20 @@ def main() -> int:
                     "query at equal load; 0: half of REST's saturation, for rest, oip and hit")
     ap.add_argument("--only", default="echo,aiohttp,rest,oip,hit",
                     help="comma-separated targets: echo, aiohttp, rest, oip, hit")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a [server] setting for the clipperlab servers, in TOML"
+                         " (parse_turn_ms=2, say); repeatable")
     ap.add_argument("--json", help="also write the results here (JSON)")
     a = ap.parse_args()
+    for kv in a.set:
+        import tomllib
+
+        try:
+            key = next(iter(tomllib.loads(kv)))
+        except (tomllib.TOMLDecodeError, StopIteration):
+            ap.error(f"--set {kv!r}: expected KEY=VALUE in TOML (parse_turn_ms=2, say)")
+        if key in ("query_port", "admin_port", "rpc_port", "store", "cache"):
+            ap.error(f"--set {kv!r}: the bench sets {key} itself")
     mark = a.mark.encode("latin-1")
     if a.role in ("echo", "aiohttp"):
         (run_echo if a.role == "echo" else run_aiohttp_echo)(a.port_file)
@@ -570,7 +583,10 @@ def main() -> int:
     bad = only - {"echo", "aiohttp", "rest", "oip", "hit"}
     if bad:
         ap.error(f"--only: unknown target(s) {sorted(bad)}")
-    results: dict[str, Any] = {"cpus": os.cpu_count(), "targets": {}}
+    results: dict[str, Any] = {"cpus": os.cpu_count(), "targets": {}, "server_settings": a.set}
+    if a.set:
+        print("the clipperlab servers' [server] settings beside the bench's own: "
+              + ", ".join(a.set), flush=True)
     results["background_cpu_busy_share"] = background_busy_share()
     results["loadavg"] = Path("/proc/loadavg").read_text().split()[0]
     print(f"before the run the machine's CPUs were {results['background_cpu_busy_share']:.0%} "

@@ -1,7 +1,8 @@
 """Reply gaps: where the real server's answers stall near a full core, and who runs then.
 
     python3 bench/reply_gaps.py [--rates 15000,20000,25000] [--seconds 3]
-                                [--batching aimd] [--slo-ms 20] [--json out.json]
+                                [--batching aimd] [--slo-ms 20] [--parse-turn-ms 2,0.5]
+                                [--json out.json]
 
 For each rate it starts the fidelity table's server (``calibration.fidelity``: the no-op
 model, one replica, the digits application, ``--batching`` aimd or delayed), warms it up,
@@ -18,7 +19,8 @@ the 1 ms timer makes that 3: gaps of 3 ms come with the setting at any load.)
 What it shows on a 2-core VM (see results/bench/reply_gaps.md): the gaps come with
 load, and during them the frontend's event loop runs (it is not waiting for a core)
 while the container idles: the loop is parsing requests while a batch result waits
-(``real.http``'s fair scheduler parses in turns of up to ``_BUDGET_S`` before it polls).
+(``real.http``'s fair scheduler parses in turns of up to ``parse_turn_ms`` before it polls;
+``--parse-turn-ms`` runs each rate under each of several, one after the other).
 Numbers depend on the machine and on what else runs on it; the machine's speed while
 each rate ran is printed beside it (``quiet.speed_sample`` before and after).
 """
@@ -73,10 +75,11 @@ def _shares(t: np.ndarray, rows: np.ndarray, k: int, a: float, b: float) -> tupl
     return float((run[1] - run[0]) / span), float((wait[1] - wait[0]) / span)
 
 
-def one_rate(rate: float, a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+def one_rate(rate: float, turn_ms: float, a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     dep_f = tmp / "deploy.toml"
     dep_f.write_text(deploy_toml("noop", "", BATCHINGS[a.batching]))
-    srv = ServerProcess(real_deployment(dep_f), cache=False)
+    srv = ServerProcess(real_deployment(dep_f), cache=False,
+                        settings={"parse_turn_ms": turn_ms})
     try:
         srv.wait_ready("digits")
         assert srv.proc.pid is not None
@@ -107,7 +110,8 @@ def one_rate(rate: float, a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     span = float(send[-1] - send[0])
     gaps_at = [(float(s), float(b)) for s, b in reply_gap_spans(send, lat)]
     res: dict[str, Any] = {
-        "rate_qps": rate, "within_slo": float(np.mean(lat <= a.slo_ms / 1e3)),
+        "rate_qps": rate, "parse_turn_ms": turn_ms,
+        "within_slo": float(np.mean(lat <= a.slo_ms / 1e3)),
         "p50_ms": float(np.percentile(lat, 50) * 1e3),
         "p99_ms": float(np.percentile(lat, 99) * 1e3),
         "gaps_per_s": len(gaps_at) / span,
@@ -138,25 +142,34 @@ def main(argv: list[str] | None = None) -> int:
                    help="the fidelity table's batching setting (default %(default)s)")
     p.add_argument("--slo-ms", type=float, default=20.0,
                    help="the objective for the within-SLO share, ms (default %(default)s)")
+    p.add_argument("--parse-turn-ms", default="2,0.5",
+                   help="the server's parse_turn_ms values, comma-separated; each rate runs"
+                        " under each, in turn (default %(default)s)")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     a = p.parse_args(argv)
     try:
         rates = [float(x) for x in a.rates.split(",")]
-        if not rates or min(rates) <= 0 or a.seconds <= 0:
+        turns = [float(x) for x in a.parse_turn_ms.split(",")]
+        if not rates or min(rates) <= 0 or a.seconds <= 0 or not all(0 < t <= 1000
+                                                                      for t in turns):
             raise ValueError
     except ValueError:
-        print(f"error: --rates {a.rates!r} / --seconds {a.seconds}: expected rates > 0 q/s "
-              "and seconds > 0", file=sys.stderr)
+        print(f"error: --rates {a.rates!r} / --seconds {a.seconds} / --parse-turn-ms "
+              f"{a.parse_turn_ms!r}: expected rates > 0 q/s, seconds > 0 and turns in "
+              "(0, 1000] ms", file=sys.stderr)
         return 2
     print(f"# python3 bench/reply_gaps.py --rates {a.rates} --seconds {a.seconds:g} "
-          f"--batching {a.batching}; load average {os.getloadavg()[0]:.2f} before")
+          f"--batching {a.batching} --parse-turn-ms {a.parse_turn_ms}; "
+          f"load average {os.getloadavg()[0]:.2f} before")
     rows = []
     with tempfile.TemporaryDirectory(prefix="clipperlab-gaps-") as d:
         for rate in rates:
-            rows.append(one_rate(rate, a, Path(d)))
-            print(f"  {rate:,.0f} q/s done", file=sys.stderr, flush=True)
+            for turn in turns:
+                rows.append(one_rate(rate, turn, a, Path(d)))
+                print(f"  {rate:,.0f} q/s, turn {turn:g} ms done", file=sys.stderr, flush=True)
     names = [k[:-4] for k in rows[0] if k.endswith("_run") and not k.endswith("in_gaps")]
-    print(f"{'q/s':>7} {'in SLO':>7} {'p50/p99 ms':>13} {'gaps/s':>7} {'gap time':>8}  "
+    print(f"{'q/s':>7} {'turn ms':>7} {'in SLO':>7} {'p50/p99 ms':>13} {'gaps/s':>7} "
+          f"{'gap time':>8}  "
           + "  ".join(f"{n + ' run/wait (in gaps)':>32}" for n in names) + "  speed before / after")
     for r in rows:
         cells = []
@@ -164,12 +177,12 @@ def main(argv: list[str] | None = None) -> int:
             g = (f"({r[n + '_run_in_gaps']:.2f}/{r[n + '_wait_in_gaps']:.2f})"
                  if n + "_run_in_gaps" in r else "(-)")
             cells.append(f"{r[n + '_run']:.2f}/{r[n + '_wait']:.2f} {g:>13}".rjust(32))
-        print(f"{r['rate_qps']:>7,.0f} {r['within_slo']:>7.3f} "
+        print(f"{r['rate_qps']:>7,.0f} {r['parse_turn_ms']:>7g} {r['within_slo']:>7.3f} "
               f"{r['p50_ms']:>6.2f}/{r['p99_ms']:<6.1f} {r['gaps_per_s']:>7.1f} "
               f"{r['gap_share']:>8.0%}  " + "  ".join(cells) + f"  {r['speed']}")
     print("(run/wait: the process's share of a core running and waiting for one, over the "
           "run and over the reply gaps; a gap: 3 ms or more without a reply while a query "
-          "waited; baseline: the first rate)")
+          "waited; turn: the server's parse_turn_ms; baseline: the first rate and turn)")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
     return 0

@@ -172,6 +172,11 @@ class ServerConfig:
     body_timeout_s: float = 30.0
     idle_timeout_s: float = 60.0
     max_connections: int = 900
+    # the fair scheduler (real/http.py) once requests arrive faster than they are parsed:
+    # it parses for at most parse_turn_ms before polling again (a container's batch result
+    # waits for that poll), and parses small reads at once up to parse_inline_bytes_per_ms
+    parse_turn_ms: float = 0.5
+    parse_inline_bytes_per_ms: int = 16 << 10
     # browsers and the admin API (real/admin.py): Origins and Host names let in
     admin_allowed_origins: list[str] = field(default_factory=list)
     admin_allowed_hosts: list[str] = field(default_factory=list)
@@ -295,6 +300,13 @@ class ServerConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 1e9:
                 raise ConfigError(f"server.{name} = {v!r} must be a number of seconds > 0")
+        v = self.parse_turn_ms
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 1000:
+            raise ConfigError(f"server.parse_turn_ms = {v!r} must be milliseconds in (0, 1000]")
+        v = self.parse_inline_bytes_per_ms
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 1 << 30:
+            raise ConfigError(f"server.parse_inline_bytes_per_ms = {v!r} must be an integer"
+                              f" in [0, {1 << 30}]")
         for name in ("admin_allowed_origins", "admin_allowed_hosts"):
             v = getattr(self, name)
             if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):

@@ -96,9 +96,14 @@ _STATUS_LINES = {k: b"HTTP/1.1 %d %s\r\n" % (k, v) for k, v in _REASONS.items()}
 JSON_TYPE = b"application/json"
 # Reads above this are parsed in slices, one per event-loop iteration (about 100 requests).
 _SLICE_BYTES = 4 * 1024
-# The scheduler parses for at most this long before letting the event loop poll sockets.
-_BUDGET_S = 0.002
-# Small reads are parsed at once, up to this many bytes per millisecond (then they queue).
+# The scheduler parses for at most this long before letting the event loop poll sockets
+# (server.parse_turn_ms; ``set_parsing``).  Short, because a container's batch result
+# waits for the poll: with 2 ms turns the no-op model at 25,000 q/s had 80-106 reply gaps
+# (3 ms or more without a reply while a query waited) a second, with 0.3 ms about 2
+# (bench/reply_gaps.py).
+PARSE_TURN_S = 0.0005
+# Small reads are parsed at once, up to this many bytes per millisecond (then they queue;
+# server.parse_inline_bytes_per_ms).
 _INLINE_BYTES = 16 * 1024
 _monotonic = time.monotonic
 
@@ -681,7 +686,7 @@ class _Scheduler:
     Why: uvloop hands every readable socket its data in one iteration; parsing thousands of
     pipelined requests there would delay the container replies (read in the same
     iteration's I/O phase) past the queries' deadlines.  Connections with a backlog queue
-    here; each turn parses one slice of the next connection until ``_BUDGET_S`` is spent.
+    here; each turn parses one slice of the next connection until ``turn_s`` is spent.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -691,11 +696,13 @@ class _Scheduler:
         self.scheduled = False
         self.inline_bytes = 0  # parsed inline since the millisecond ``inline_ms`` began
         self.inline_ms = 0
+        self.turn_s = PARSE_TURN_S
+        self.inline_limit = _INLINE_BYTES
         # Connections answered while writes are held (``hold_writes``), flushed at release.
         self.held: list[HttpProtocol] | None = None
 
     def take_inline(self, n: int) -> bool:
-        """Whether a read of ``n`` bytes may be parsed at once: at most ``_INLINE_BYTES``
+        """Whether a read of ``n`` bytes may be parsed at once: at most ``inline_limit`` bytes
         begin being parsed inline per millisecond.  A clock read, not a loop callback per
         iteration to reset the count: the callback cost every wake-up a second, empty
         iteration of the loop (cache hits at 13K q/s, old and new server side by side:
@@ -704,7 +711,7 @@ class _Scheduler:
         if ms != self.inline_ms:
             self.inline_ms = ms
             self.inline_bytes = 0
-        elif self.inline_bytes >= _INLINE_BYTES:
+        elif self.inline_bytes >= self.inline_limit:
             return False
         self.inline_bytes += n
         return True
@@ -720,7 +727,7 @@ class _Scheduler:
     def run(self) -> None:
         self.scheduled = False
         q = self.queue
-        end_at = time.perf_counter() + _BUDGET_S
+        end_at = time.perf_counter() + self.turn_s
         while q:
             proto = q.popleft()
             # answers made while the slice is parsed (cache hits) go out in the _flush
@@ -751,6 +758,26 @@ def _scheduler(loop: asyncio.AbstractEventLoop) -> _Scheduler:
                 del _schedulers[lp]
         s = _schedulers[loop] = _Scheduler(loop)
     return s
+
+
+def set_parsing(
+    loop: asyncio.AbstractEventLoop,
+    *,
+    turn_s: float = PARSE_TURN_S,
+    inline_bytes_per_ms: int = _INLINE_BYTES,
+) -> None:
+    """The fair scheduler's settings for every connection on ``loop``: how long one turn
+    parses before the loop polls again, and how many bytes of small reads a millisecond
+    are parsed at once (``ValueError`` outside (0, 1] s and [0, 2**30] bytes)."""
+    if isinstance(turn_s, bool) or not isinstance(turn_s, int | float) or not 0 < turn_s <= 1:
+        raise ValueError(f"the parse turn must be in (0, 1] s; got {turn_s!r}")
+    n = inline_bytes_per_ms
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 1 << 30:
+        raise ValueError(f"the inline parse budget must be an integer in [0, 2**30] bytes a"
+                         f" millisecond; got {n!r}")
+    s = _scheduler(loop)
+    s.turn_s = float(turn_s)
+    s.inline_limit = n
 
 
 def hold_writes(loop: asyncio.AbstractEventLoop) -> None:

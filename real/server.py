@@ -48,7 +48,7 @@ from .config import ServerConfig, app_from_dict, model_from_dict
 from .driver import EngineDriver
 from .frontend import QueryFrontend
 from .gctune import tune_gc
-from .http import Connections, HttpLimits, HttpProtocol, fd_headroom
+from .http import Connections, HttpLimits, HttpProtocol, fd_headroom, set_parsing
 from .manager import ContainerManager, Launcher
 from .merge import SelectionMerger
 from .metrics import metrics_text
@@ -100,6 +100,8 @@ class Server:
         )
         self.http_conns = Connections(cfg.max_connections)
         fd_headroom(cfg.max_connections)
+        set_parsing(loop, turn_s=cfg.parse_turn_ms / 1000.0,
+                    inline_bytes_per_ms=cfg.parse_inline_bytes_per_ms)
         text = metrics_text(self.engine, self._gauges, refused=self.http_conns.refused,
                             counters=self._counters)
         self.frontend = QueryFrontend(

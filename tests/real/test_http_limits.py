@@ -285,7 +285,9 @@ def test_a_handler_that_raises_is_a_counted_500() -> None:
     [("max_batch_items", 0), ("max_nesting", 1), ("max_url_bytes", 10),
      ("max_header_bytes", 100), ("header_timeout_s", 0), ("idle_timeout_s", -1),
      ("body_timeout_s", "soon"),
-     ("max_connections", 0), ("max_connections", "many")],
+     ("max_connections", 0), ("max_connections", "many"),
+     ("parse_turn_ms", 0), ("parse_turn_ms", 5000), ("parse_turn_ms", True),
+     ("parse_inline_bytes_per_ms", -1), ("parse_inline_bytes_per_ms", 1.5)],
 )
 def test_limits_are_checked_settings(setting: str, value: Any) -> None:
     """Each limit is a ``[server]`` setting; a nonsense value is a ConfigError naming it."""
@@ -300,3 +302,4 @@ def test_limits_have_defaults() -> None:
     assert cfg.header_timeout_s == 10.0 and cfg.idle_timeout_s == 60.0
     assert cfg.body_timeout_s == 30.0
     assert cfg.max_connections == 900
+    assert cfg.parse_turn_ms == 0.5 and cfg.parse_inline_bytes_per_ms == 16 << 10

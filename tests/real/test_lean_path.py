@@ -791,3 +791,77 @@ def test_noop_model_answers_its_output_for_each_input() -> None:
         with pytest.raises(ValueError):
             out[0] = 4
     assert load_model("noop", options={"output": "x"})(np.zeros((2, 1))) == ["x", "x"]
+
+
+def test_the_parse_turn_bounds_what_one_scheduler_turn_parses() -> None:
+    """The fair scheduler parses until its turn (``set_parsing``'s ``turn_s``: the server's
+    ``parse_turn_ms``) is spent, then asks the loop for another turn, so that a container's
+    batch result is read before more requests are parsed: a turn shorter than any slice
+    parses one slice and yields; a long one parses every backlog in one turn."""
+    import asyncio
+
+    from clipperlab.real import http
+
+    req = b"GET /x HTTP/1.1\r\n\r\n" * 400  # two slices of the scheduler
+    n_conns = 3
+
+    class Loop:  # counts the turns the scheduler asks for
+        def __init__(self) -> None:
+            self.asked: list[Any] = []
+
+        def call_soon(self, fn: Any, *args: Any) -> None:
+            self.asked.append(fn)
+
+    async def main() -> None:
+        for turn_s in (1e-12, 1.0):
+            loop = Loop()
+            sched = http._Scheduler(loop)  # type: ignore[arg-type]
+            sched.turn_s = turn_s
+            conns = []
+            for _ in range(n_conns):
+                proto, t = http.HttpProtocol(lambda r: http.response(200, b"1")), _Transport()
+                proto._sched = sched
+                proto.connection_made(t)  # type: ignore[arg-type]
+                proto.data_received(req)
+                conns.append((proto, t))
+            assert len(loop.asked) == 1 and not any(t.writes for _, t in conns)
+            loop.asked.clear()
+            sched.run()
+            answered = [b"".join(t.writes).count(b"HTTP/1.1 200") for _, t in conns]
+            if turn_s < 1e-9:
+                assert answered[0] > 0 and answered[1:] == [0] * (n_conns - 1)
+                assert loop.asked == [sched.run]
+            else:
+                assert answered == [400] * n_conns and loop.asked == []
+            for proto, _ in conns:
+                proto.close()
+
+    asyncio.run(main())
+
+
+def test_set_parsing_checks_and_sets_the_loops_scheduler(tmp_path: Any) -> None:
+    """``set_parsing`` refuses a turn outside (0, 1] s or a negative inline budget; the
+    server sets its loop's scheduler from ``parse_turn_ms`` and
+    ``parse_inline_bytes_per_ms``."""
+    import asyncio
+
+    from clipperlab.real import http
+    from tests.servers import start_server
+
+    async def check() -> None:
+        loop = asyncio.get_running_loop()
+        for bad in ({"turn_s": 0}, {"turn_s": 2.0}, {"turn_s": True},
+                    {"inline_bytes_per_ms": -1}):
+            with pytest.raises(ValueError, match="parse turn|inline parse budget"):
+                http.set_parsing(loop, **bad)
+        http.set_parsing(loop, turn_s=0.25, inline_bytes_per_ms=0)
+        s = http._scheduler(loop)
+        assert (s.turn_s, s.inline_limit) == (0.25, 0)
+
+    asyncio.run(check())
+    st = start_server(tmp_path / "store", parse_turn_ms=3, parse_inline_bytes_per_ms=512)
+    try:
+        s = http._scheduler(st.loop)
+        assert (s.turn_s, s.inline_limit) == (0.003, 512)
+    finally:
+        st.stop()
