@@ -53,7 +53,9 @@ CPU shares cannot see it; a loop timed in the thread's own CPU time can.
   and pools them (``pool_speeds``: the mean share and factor, every core's periods);
   ``replay(since, until)`` gives the speed as it was, for the twin to replay
   (``HostCPU.speed_trace``): one row per change from ``since``, each core's latest
-  probe as 1 (fast) or its slow factor, one factor per core (a single-threaded event
+  probe as 1 (fast) or, slow, its time over the core's fast level (to a tenth: the
+  slow state is not one level; stretches of minutes ran at x2.1-2.2 where it is usually
+  x1.8), one factor per core (a single-threaded event
   loop runs at its own core's speed: the twin sets each core's, ``HostCPU``'s
   per-core rows); ``mean_factor(since, until)`` averages over the stretch the factor
   the cores' total speed runs at (``total_factor``, the harmonic mean of the factors:
@@ -120,6 +122,10 @@ PROBE_ITERATIONS = 200
 SPEED_INTERVAL_S = 0.025
 SLOW_THRESHOLD = 1.4
 MIN_PROBES = 20
+# A slow probe replays at its own time over the fast level, rounded to this many decimals
+# (one: a row only when the speed moves by 10% or so), not at the one slow factor of the
+# fit: this VM has stretches of minutes slow all along at x2.1-2.2, beside its usual x1.8
+REPLAY_DIGITS = 1
 _LOG = logging.getLogger(__name__)
 
 
@@ -516,8 +522,9 @@ class SpeedMonitor:
         """The speed from ``since`` to ``until`` as ``(s from since, factor of each
         core)`` rows (one factor without ``cpus``), a row per probe interval where a
         factor changes (see the module's rules): each core's latest probe at or before the
-        point, 1 when fast or its slow factor when slow (its levels fitted over all its
-        probes so far).  Empty when a core has too few probes to fit."""
+        point, 1 when fast, or when slow its time over the core's fast level, to
+        ``REPLAY_DIGITS`` decimals (the levels fitted over all its probes so far).  Empty
+        when a core has too few probes to fit."""
         levels: list[tuple[list[float], list[float], float, float]] = []
         for c in self.cpus or (None,):
             t_all, ns_all = self.trace(cpu=c)
@@ -528,16 +535,17 @@ class SpeedMonitor:
             hi = bisect.bisect_right(t_all, until)
             if lo >= hi:
                 return ()
-            levels.append((t_all[lo:hi], ns_all[lo:hi], slow_cut(ns_all), fit.slow_factor))
+            levels.append((t_all[lo:hi], ns_all[lo:hi], slow_cut(ns_all), fit.fast_ns))
         out: list[tuple[float, ...]] = []
         idx = [0] * len(levels)
         at = since
         while at <= until:
             fs = []
-            for k, (t, ns, thr, factor) in enumerate(levels):
+            for k, (t, ns, thr, fast) in enumerate(levels):
                 while idx[k] + 1 < len(t) and t[idx[k] + 1] <= at:
                     idx[k] += 1
-                fs.append(factor if ns[idx[k]] > thr else 1.0)
+                v = ns[idx[k]]
+                fs.append(max(1.0, round(v / fast, REPLAY_DIGITS)) if v > thr else 1.0)
             if not out or list(out[-1][1:]) != fs:
                 out.append((round(at - since, 6), *fs))
             at += self.interval_s

@@ -277,6 +277,23 @@ def test_replay_gives_the_speed_as_it_was_per_core(tmp_path: Path) -> None:
     assert short.replay(100.0, 101.0) == ()
 
 
+def test_replay_grades_the_slow_state_by_its_probes(tmp_path: Path) -> None:
+    """The slow state is not one level: a probe slower than the cut replays at its own
+    time over the core's fast level, to a tenth, not at the fit's one slow factor.  A
+    core fast at 1,000 ns, slow at 1,800 for a while and then at 2,150 for longer (a
+    stretch of minutes slow all along, as this VM has) replays 1.8 and then 2.2 (2.15
+    rounds to 2.1 or 2.2; here 2,160: 2.2); a stretch inside the second part reads 2.2
+    all along, where the stretch's own fit (its own fast level) calls it fast."""
+    ns = [1000.0] * 40 + [1800.0] * 20 + [2160.0] * 40
+    mon = _pinned_traces(tmp_path / "s.txt", {0: ns})
+    rec = mon.replay(100.0 + 0.025 * 30, 100.0 + 0.025 * 99)
+    assert [r[1:] for r in rec] == [(1.0,), (1.8,), (2.2,)]
+    assert [r[0] for r in rec] == pytest.approx([0.0, 0.25, 0.75])
+    assert mon.mean_factor(100.0 + 0.025 * 70, 100.0 + 0.025 * 90) == pytest.approx(2.2)
+    own = mon.fit(100.0 + 0.025 * 65, 100.0 + 0.025 * 99)
+    assert own is not None and own.slow_factor == 1.0
+
+
 def test_profile_samples_divided_by_the_speed_when_taken(tmp_path: Path) -> None:
     """``profiler.at_fast_speed``: a sample taken while both cores were slow (x2) is
     halved, one while one core was (the cores' total speed x4/3) divided by 4/3, one
