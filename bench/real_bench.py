@@ -54,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.request
 from collections import deque
 from pathlib import Path
@@ -559,8 +560,6 @@ def main() -> int:
     ap.add_argument("--json", help="also write the results here (JSON)")
     a = ap.parse_args()
     for kv in a.set:
-        import tomllib
-
         try:
             key = next(iter(tomllib.loads(kv)))
         except (tomllib.TOMLDecodeError, StopIteration):

@@ -98,9 +98,9 @@ JSON_TYPE = b"application/json"
 _SLICE_BYTES = 4 * 1024
 # The scheduler parses for at most this long before letting the event loop poll sockets
 # (server.parse_turn_ms; ``set_parsing``).  Short, because a container's batch result
-# waits for the poll: with 2 ms turns the no-op model at 25,000 q/s had 80-106 reply gaps
-# (3 ms or more without a reply while a query waited) a second, with 0.3 ms about 2
-# (bench/reply_gaps.py).
+# waits for the poll: with 2 ms turns the no-op model at 20,000-30,000 q/s had a median of
+# 48 reply gaps (3 ms or more without a reply while a query waited) a second, with 0.5 ms
+# 1.1 (bench/reply_gaps.py --parse-turn-ms 2,0.5; results/bench/reply_gaps.md).
 PARSE_TURN_S = 0.0005
 # Small reads are parsed at once, up to this many bytes per millisecond (then they queue;
 # server.parse_inline_bytes_per_ms).
