@@ -19,7 +19,9 @@ Rules:
   then the connection closes: a URL over ``max_url_bytes`` gets ``414``; a head (request
   line and headers) over ``max_url_bytes + max_header_bytes`` gets ``431`` (counted per
   parsed slice, so at most one 4 KiB slice is read past it); a request whose headers have
-  not all arrived ``header_timeout_s`` after its first byte gets ``408``, and so does one
+  not all arrived ``header_timeout_s`` after its first byte gets ``408`` (time while the
+  server holds the connection's bytes, reading paused or a backlog unparsed, not
+  counted: it restarts the clock), and so does one
   whose body stalls (no byte) for ``body_timeout_s``.  A ``Content-Length`` over
   ``max_body_bytes`` gets ``413`` at once, before any body is read.  A keep-alive
   connection idle for ``idle_timeout_s`` is closed without an answer.
@@ -572,7 +574,12 @@ class HttpProtocol(asyncio.Protocol):
         # Stamps are the coarse clock, up to one tick early: wait one tick more.
         now -= self._conns.tick_s
         if self._in_message and self._head_bytes >= 0:
-            if now - self._head_at > lim.header_timeout_s:
+            if self._paused or self._backlog:
+                # The rest of the head waits on the server (reading paused, or bytes read
+                # but not yet parsed: an overload), not on the client: its clock stands
+                # still and restarts from here
+                self._head_at = max(self._head_at, now)
+            elif now - self._head_at > lim.header_timeout_s:
                 self._fail(
                     408,
                     f"request headers did not arrive within header_timeout_s ="

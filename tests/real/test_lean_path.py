@@ -865,3 +865,63 @@ def test_set_parsing_checks_and_sets_the_loops_scheduler(tmp_path: Any) -> None:
         assert (s.turn_s, s.inline_limit) == (0.003, 512)
     finally:
         st.stop()
+
+
+def test_the_header_clock_stands_still_while_the_server_holds_the_bytes() -> None:
+    """A request head cut off while reading is paused by the server (more answers owed
+    than ``max_pipelined``: an overload) is not timed out for it: ``check_timers`` far
+    past ``header_timeout_s`` answers nothing; once the answers are written and reading
+    resumes, the clock runs again from the last check, and a head that still does not
+    complete gets its 408 one timeout later.  (Before, the client got the 408 for the
+    server's own pause: five of them in run 12's overload.)"""
+    import asyncio
+
+    from clipperlab.real import http
+
+    class Paused(_Transport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.paused = False
+            self.closed = False
+
+        def pause_reading(self) -> None:
+            self.paused = True
+
+        def resume_reading(self) -> None:
+            self.paused = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    async def main() -> None:
+        held: list[Any] = []
+
+        def handler(r: Any) -> None:
+            held.append(r)
+
+        conns = http.Connections()
+        proto = http.HttpProtocol(handler, connections=conns, max_pipelined=1,
+                                  limits=http.HttpLimits(header_timeout_s=2.0))
+        t = Paused()
+        proto.connection_made(t)  # type: ignore[arg-type]
+        proto.data_received(b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n"
+                            b"GET /c HTTP/1.1\r\nHost: x\r\n")
+        await asyncio.sleep(0)
+        assert len(held) == 2 and t.paused
+        now = conns.now
+        for k in range(1, 20):  # 19 s paused, the timeout 2 s
+            proto.check_timers(now + k)
+        await asyncio.sleep(0)
+        assert t.writes == [] and not t.closed
+        for r in held:
+            r.respond(http.response(200, b"1"))
+        await asyncio.sleep(0)
+        assert not t.paused and b"".join(t.writes).count(b"HTTP/1.1 200") == 2
+        proto.check_timers(now + 20)
+        await asyncio.sleep(0)
+        assert b"408" not in b"".join(t.writes)
+        proto.check_timers(now + 19 + 2.0 + 1.0 + conns.tick_s + 0.1)
+        await asyncio.sleep(0)
+        assert b"HTTP/1.1 408" in b"".join(t.writes)
+
+    asyncio.run(main())
