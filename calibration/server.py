@@ -117,9 +117,9 @@ def model_specs(
 PARENT_CHECK_S = 1.0  # how often the server process looks whether its parent is alive
 
 
-def _serve_main(models: list[dict[str, Any]], apps: list[dict[str, Any]], store: str,
-                cache: bool, ports_file: str, parent: int | None = None,
-                settings: Mapping[str, Any] | None = None) -> None:
+def _serve_main(models: list[dict[str, Any]], apps: list[dict[str, Any]],
+                settings: Mapping[str, Any], ports_file: str,
+                parent: int | None = None) -> None:
     """Entry point of the server process (spawned).  It stops as on SIGTERM (containers
     and all) when its parent ``parent`` is gone: a validation killed with SIGKILL leaves
     no server behind restarting containers."""
@@ -133,9 +133,7 @@ def _serve_main(models: list[dict[str, Any]], apps: list[dict[str, Any]], store:
     from clipperlab.real.server import Server, tune_gc
 
     logging.basicConfig(level=logging.WARNING)
-    cfg = ServerConfig(**{**dict(settings or {}), "query_port": 0, "admin_port": 0,
-                          "rpc_port": 0, "store": store, "cache": cache})
-    cfg.check()
+    cfg = ServerConfig(**settings)  # checked by ServerProcess
     cfg.models = models
     cfg.applications = apps
 
@@ -185,20 +183,21 @@ class ServerProcess:
                  settings: Mapping[str, Any] | None = None) -> None:
         """``settings``: ``[server]`` settings (``ServerConfig`` fields) for the server
         process; its ports, store and cache are the validation's."""
-        if settings:
-            from clipperlab.real.config import ConfigError, ServerConfig
+        from clipperlab.real.config import ConfigError, ServerConfig
 
-            try:
-                ServerConfig(**dict(settings)).check()
-            except (TypeError, ConfigError) as e:
-                raise ValidationError(f"server settings: {e}") from None
         self.tmp = tempfile.TemporaryDirectory(prefix="clipperlab-validate-")
         ports_file = os.path.join(self.tmp.name, "ports.json")
+        cfg = {**dict(settings or {}), "query_port": 0, "admin_port": 0, "rpc_port": 0,
+               "store": os.path.join(self.tmp.name, "store"), "cache": cache}
+        try:
+            ServerConfig(**cfg).check()
+        except (TypeError, ConfigError) as e:
+            self.tmp.cleanup()
+            raise ValidationError(f"server settings: {e}") from None
         ctx = mp.get_context("spawn")
         self.proc = ctx.Process(
             target=_serve_main,
-            args=(dep.models, dep.apps, os.path.join(self.tmp.name, "store"), cache, ports_file,
-                  os.getpid(), dict(settings or {})),
+            args=(dep.models, dep.apps, cfg, ports_file, os.getpid()),
             daemon=True,
         )
         self.proc.start()
