@@ -58,6 +58,7 @@ __all__ = [
     "fit_cpu",
     "fit_frontend",
     "fit_frontend_rows",
+    "fit_frontend_on_host",
     "LoadgenCpu",
     "fit_loadgen",
     "fit_overhead",
@@ -449,9 +450,7 @@ def fit_frontend_rows(runs: Sequence[CpuRun], twin: Callable[[Calibration], Depl
     """``fit_frontend`` and the equations of its winning grid point, one per run (empty
     when the runs say nothing), for ``frontend_intervals``; ``weighted=False``: every
     run's relative error counts alike (the fit before the busy-share weights)."""
-    # CPU time is read in clock ticks (10 ms): a short run can read 0, which says nothing
-    # about its cost per query and would divide by zero in the relative errors below.
-    runs = [r for r in runs if r.queries > 0 and math.isfinite(r.cpu_s) and r.cpu_s > 0]
+    runs = _read_runs(runs)
     if not runs:
         return calib, []
     rates = [r.rate for r in runs if math.isfinite(r.rate)]
@@ -461,23 +460,11 @@ def fit_frontend_rows(runs: Sequence[CpuRun], twin: Callable[[Calibration], Depl
         warm = list(runs)
     a, b = fit_cpu([(r.queries, r.batches, r.cpu_s) for r in warm])
     calib = dataclasses.replace(calib, query_cpu_s=a, batch_cpu_s=b, wake_s=0.0)
-    y = [r.cpu_s / r.queries for r in runs]
-    inv = [r.batches / r.queries for r in runs]
-    # each run weighted by the loop's busy share in it (CPU s per s): the fit's error is
-    # then the error in the loop's utilisation, what sets its queueing and its capacity
-    busy = [yk * (r.rate if math.isfinite(r.rate) else 0.0) for yk, r in zip(y, runs,
-                                                                           strict=True)]
-    top_busy = max(busy) if busy and max(busy) > 0 else 1.0
-    weight = [b / top_busy if weighted else 1.0 for b in busy]
-    tiny = 1e-12
+    y, inv, weight = _loop_sides(runs, weighted)
     best: tuple[float, tuple[float, float, float], float, list[FrontendRow]] | None = None
     for tau in COLD_AFTER_GRID_S:
-        dep = twin(dataclasses.replace(calib, wake_s=tiny, cold_after_s=tau))
-        u = []
-        for r in runs:
-            sim = Simulation(dep, r.trace, seed=seed)
-            sim.run()
-            u.append(sim.loop_wake_s / tiny / max(len(r.trace), 1))
+        dep = twin(dataclasses.replace(calib, wake_s=_TINY, cold_after_s=tau))
+        u = [_wakes_per_query(dep, r, seed) for r in runs]
         rows = list(zip(y, inv, u, weight, strict=True))
         coef, err = _solve_frontend(rows)
         if best is None or err < best[0]:
@@ -489,6 +476,87 @@ def fit_frontend_rows(runs: Sequence[CpuRun], twin: Callable[[Calibration], Depl
         return calib, []
     return dataclasses.replace(calib, query_cpu_s=a, batch_cpu_s=b, wake_s=w,
                                cold_after_s=tau), rows
+
+
+def fit_frontend_on_host(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deployment],
+                         calib: Calibration, seed: int = 0, rounds: int = 2
+                         ) -> tuple[Calibration, list[FrontendRow]]:
+    """The loop's costs (``fit_frontend``'s ``a``, ``b``, ``wake_s``, ``cold_after_s``)
+    fitted again on ``runs`` with each run's wake-ups counted by the twin that will use
+    them: ``calib`` with the host CPU model, replaying each run at its recorded speed
+    (``as_run``), where the loop shares the cores with the containers and the generator
+    and, slowed, sleeps less often than ``fit_frontend``'s twin (a core of its own at
+    the fast speed) says.  Fitted there, wake-ups the host twin never pays went into
+    ``wake_s`` and out of its loop: in run 13 (noop, AIMD, 18,000 q/s at x1.75) the
+    host twin woke 0.022 times a query where ``fit_frontend`` counted 0.102, and its
+    loop cost 29.8 us a query against the server's 32.5.  Per cooling time of the grid
+    next to ``calib``'s (``fit_frontend``'s choice and its neighbours), ``rounds``
+    times: the wake-ups counted with the costs as they stand, then ``a``, ``b`` and
+    ``wake_s`` solved again (``_solve_frontend``); the cooling time with the smallest
+    residual wins.  Returns ``calib`` with the costs and the winner's last equations
+    (empty, ``calib`` as it is, without the host CPU model or runs that read CPU)."""
+    runs = _read_runs(runs)
+    if not runs or calib.host_cpus <= 0:
+        return calib, []
+    y, inv, weight = _loop_sides(runs, True)
+    best: tuple[float, Calibration, list[FrontendRow]] | None = None
+    for tau in _grid_near(calib.cold_after_s):
+        c = dataclasses.replace(calib, cold_after_s=tau)
+        err = math.inf
+        rows: list[FrontendRow] = []
+        for _ in range(rounds):
+            # counted with the costs as they stand: a loop whose wake-ups cost nothing
+            # sleeps, and wakes, more often than one that pays them
+            if c.wake_s <= 0:
+                c = dataclasses.replace(c, wake_s=_TINY)
+            u = [_wakes_per_query(twin(as_run(c, r)), r, seed, c.wake_s) for r in runs]
+            rows = list(zip(y, inv, u, weight, strict=True))
+            (a, b, w), err = _solve_frontend(rows)
+            c = dataclasses.replace(c, query_cpu_s=a, batch_cpu_s=b, wake_s=w)
+        if (c.query_cpu_s > 0 or c.batch_cpu_s > 0) and (best is None or err < best[0]):
+            best = (err, c, rows)
+    return (calib, []) if best is None else (best[1], best[2])
+
+
+def _grid_near(tau: float) -> tuple[float, ...]:
+    """``COLD_AFTER_GRID_S``'s point nearest ``tau`` (on a log scale) and its neighbours."""
+    g = COLD_AFTER_GRID_S
+    k = min(range(len(g)), key=lambda i: abs(math.log(g[i] / tau))) if tau > 0 else 0
+    return g[max(k - 1, 0):k + 2]
+
+
+# a wake-up cost too small to change a run, large enough to count the wake-ups by
+_TINY = 1e-12
+
+
+def _read_runs(runs: Sequence[CpuRun]) -> list[CpuRun]:
+    """The runs whose CPU says something: CPU time is read in clock ticks (10 ms), so a
+    short run can read 0, which says nothing about its cost per query and would divide
+    by zero in the fits' relative errors."""
+    return [r for r in runs if r.queries > 0 and math.isfinite(r.cpu_s) and r.cpu_s > 0]
+
+
+def _loop_sides(runs: Sequence[CpuRun], weighted: bool
+                ) -> tuple[list[float], list[float], list[float]]:
+    """Per run, the loop's CPU per query, batches per query and weight: its busy share
+    (CPU s per s) over the busiest run's, so that the fit's error is the error in the
+    loop's utilisation, what sets its queueing and its capacity (1 unless ``weighted``)."""
+    y = [r.cpu_s / r.queries for r in runs]
+    inv = [r.batches / r.queries for r in runs]
+    busy = [yk * (r.rate if math.isfinite(r.rate) else 0.0) for yk, r in zip(y, runs,
+                                                                           strict=True)]
+    top_busy = max(busy) if busy and max(busy) > 0 else 1.0
+    return y, inv, [b / top_busy if weighted else 1.0 for b in busy]
+
+
+def _wakes_per_query(dep: Deployment, run: CpuRun, seed: int, wake_s: float = _TINY
+                     ) -> float:
+    """The loop's wake-ups per query in ``dep`` (its wake-up cost ``wake_s``) on
+    ``run``'s trace, each counted by its share of a full wake-up
+    (``1 - exp(-idle / cold_after)``)."""
+    sim = Simulation(dep, run.trace, seed=seed)
+    sim.run()
+    return sim.loop_wake_s / wake_s / max(len(run.trace), 1)
 
 
 def _solve_frontend(rows: Sequence[FrontendRow]) -> tuple[tuple[float, float, float], float]:

@@ -134,6 +134,7 @@ from clipperlab.calibration.fit import (
     at_fast_speed,
     fit_container_cpu,
     fit_container_wake,
+    fit_frontend_on_host,
     fit_frontend_rows,
     fit_loadgen,
     fit_overhead,
@@ -505,9 +506,11 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
     overloaded ones, ``CpuRun.overloaded``, for the loop's and the containers' CPU
     only), as
     ``(mode, calibration)`` pairs, the prediction last: ``sim+frontend`` (no host CPU
-    model) and, with ``host_cpu``, ``sim+host``.  The event loop's CPU is fitted once
-    (on the twin without the host CPU model: the loop's CPU time does not depend on
-    it); the host CPU model's demands (containers, generator) come next; then, per twin,
+    model) and, with ``host_cpu``, ``sim+host``.  The event loop's CPU is fitted on the
+    twin without the host CPU model; the host CPU model's demands (containers,
+    generator) come next, and with them the loop's costs again, its wake-ups counted by
+    the host CPU model's twin (``fit_frontend_on_host``: sharing the cores, and slowed
+    where the run was, the loop sleeps less often than on a core of its own); then, per twin,
     what the twin still misses (``fit_unexplained``; ``low``: the run at ``calib_qps``,
     ``low_seen``: what the server saw in it).  With them, the bootstrap intervals
     over the runs of the loop's costs (us) and the prediction's pause rates (Hz)."""
@@ -537,13 +540,20 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
             hc = dataclasses.replace(
                 host_cpu_demands(fast, hcal, [r for r in fast if not r.overloaded], speed),
                 reference_factor=1.0)
+            hc, host_rows = fit_frontend_on_host(fast, setup.twin, hc, setup.seed)
             setup.log(f"  at the fast speed (each run's CPU over its mean speed factor, "
                       f"{min(r.speed_factor for r in runs):.2f}-"
-                      f"{max(r.speed_factor for r in runs):.2f}): the loop "
+                      f"{max(r.speed_factor for r in runs):.2f}), its wake-ups counted "
+                      f"on the host: the loop "
                       f"{hc.query_cpu_s * 1e6:.1f} us per query + {hc.batch_cpu_s * 1e6:.1f} "
                       f"us per batch + a wake-up {hc.wake_s * 1e6:.1f} us")
         else:
             hc = host_cpu_demands(runs, calib, good, speed)
+            hc, host_rows = fit_frontend_on_host(runs, setup.twin, hc, setup.seed)
+        if host_rows:  # the prediction's costs, and their intervals
+            q, b, w = frontend_intervals(host_rows, setup.seed)
+            intervals.update(query_cpu_us=q.scaled(1e6), batch_cpu_us=b.scaled(1e6),
+                             wake_us=w.scaled(1e6))
         setup.log(f"  the host CPU model: {hc.host_cpus} cores shared by the loop, the "
                   "containers (" + (", ".join(
                       f"{m} {b * 1e6:.0f} us/batch + {i * 1e6:.1f} us/item"

@@ -72,7 +72,7 @@ class CpuProc:
     """A process on a host: its FIFO of jobs (demand in CPU seconds, done callback)."""
 
     __slots__ = ("name", "jobs", "running", "in_done", "token", "finish_v", "held_until",
-                 "left_s", "busy_s", "idle_since", "wake_s", "cold_after_s")
+                 "left_s", "busy_s", "wake_busy_s", "idle_since", "wake_s", "cold_after_s")
 
     def __init__(self, name: str, wake_s: float = 0.0, cold_after_s: float = 1e-3) -> None:
         self.name = name
@@ -84,6 +84,7 @@ class CpuProc:
         self.held_until = -math.inf
         self.left_s: float | None = None  # demand left of a job interrupted by a hold
         self.busy_s = 0.0  # CPU seconds served (wake-ups included)
+        self.wake_busy_s = 0.0  # the wake-ups' part of it (CPU seconds asked)
         self.idle_since = 0.0
         self.wake_s = wake_s
         self.cold_after_s = cold_after_s
@@ -177,6 +178,7 @@ class HostCpuState(_Host):
                     done(now)
                 return
             self._advance(now)
+            p.wake_busy_s += w
             p.jobs.append((demand_s + w, done))
             self._start(p)
             self._reschedule()
@@ -375,6 +377,7 @@ class SlicedHostCpuState(_Host):
                 if done is not None:
                     done(now)
                 return
+            p.wake_busy_s += w
             p.jobs.append((demand_s + w, done))
             self._runnable(p, now)
             self._reschedule(now)

@@ -137,6 +137,7 @@ class _HostCpuDriver(_Replicas):
         """After the run: the loop's CPU time and every process's, by name."""
         assert self._cpus is not None
         self.loop_busy_s = self._fproc.busy_s
+        self.loop_wake_s = self._fproc.wake_busy_s
         self.cpu_busy_s = {f"{h.name}/{p.name}": p.busy_s for h in self._cpus.values()
                            for p in h.procs}
 

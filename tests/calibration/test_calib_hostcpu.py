@@ -20,6 +20,8 @@ from clipperlab.calibration.fit import (
     CpuRun,
     as_run,
     fit_container_cpu,
+    fit_frontend,
+    fit_frontend_on_host,
     fit_loadgen,
     fit_loadgen_cpu,
     fit_pauses,
@@ -194,6 +196,59 @@ def test_fit_container_cpu_recovers_a_simulated_containers_demands() -> None:
     zero = [dataclasses.replace(r, containers=(r.containers[0]._replace(cpu_s=0.0),))
             for r in runs]
     assert fit_container_cpu(zero) == ()
+
+
+def test_fit_frontend_on_host_counts_the_wake_ups_the_host_twin_pays(tmp_path: Path) -> None:
+    """Runs made by the host CPU model's twin with a known loop (30 us/query, 100
+    us/batch, a 200 us wake-up cooling in 1 ms) on one core shared with the container and
+    the generator, at x1.8: ``fit_frontend``'s twin, the loop alone on a fast core,
+    counts more wake-ups than these runs paid and fits the loop cheaper; fitted again with
+    the wake-ups the host twin counts, every cost is found and the twin's loop costs what
+    the busiest run's did."""
+    path = tmp_path / "deploy.toml"
+    path.write_text(NOOP_DEPLOY)
+    dep = real_deployment(path)
+    prof = LatencyProfile.from_line("p", 10e-6, 100e-6)
+
+    def twin(c: Calibration) -> Deployment:
+        return sim_deployment(dep, "hello", {"noop": prof}, calibration=c)
+
+    truth = Calibration(query_cpu_s=30e-6, batch_cpu_s=100e-6, wake_s=200e-6,
+                        cold_after_s=1e-3, host_cpus=1,
+                        container_cpu=(("noop", 60e-6, 2e-6),),
+                        loadgen_cpu_per_query_s=5e-6, reference_factor=1.0)
+    runs = []
+    for k, rate in enumerate((100, 500, 1500, 3000, 5000, 7000, 9000)):
+        tr = Workload(Poisson(rate), n_queries=max(int(rate * 0.5), 100),
+                      app="hello").generate(k)
+        run = CpuRun(tr, float(len(tr)), 1.0, 0.0, speed_trace=((0.0, 1.8),),
+                     speed_factor=1.8)
+        sim = Simulation(twin(as_run(truth, run)), tr, seed=0)
+        batches = float(len(sim.run().batches))
+        runs.append(dataclasses.replace(run, batches=batches, cpu_s=sim.loop_busy_s))
+    alone = fit_frontend(runs, twin, Calibration())
+    start = dataclasses.replace(truth, query_cpu_s=alone.query_cpu_s,
+                                batch_cpu_s=alone.batch_cpu_s, wake_s=alone.wake_s,
+                                cold_after_s=alone.cold_after_s)
+    fit, rows = fit_frontend_on_host(runs, twin, start)
+    assert len(rows) == len(runs)
+    assert fit.query_cpu_s == pytest.approx(30e-6, rel=0.03)
+    assert fit.batch_cpu_s == pytest.approx(100e-6, rel=0.03)
+    assert fit.wake_s == pytest.approx(200e-6, rel=0.03)
+    assert fit.cold_after_s == 1e-3
+    # the busiest run: the loop's CPU per query in the twin, each way fitted
+    top = runs[-1]
+
+    def loop_cpu_s(c: Calibration) -> float:
+        sim = Simulation(twin(as_run(c, top)), top.trace, seed=0)
+        sim.run()
+        return sim.loop_busy_s / top.queries
+
+    assert loop_cpu_s(fit) == pytest.approx(top.cpu_s / top.queries, rel=0.01)
+    assert loop_cpu_s(start) < 0.98 * top.cpu_s / top.queries
+    # without the host CPU model there is nothing to count again
+    assert fit_frontend_on_host(runs, twin, dataclasses.replace(start, host_cpus=0)) == (
+        dataclasses.replace(start, host_cpus=0), [])
 
 
 def test_fit_loadgen_separates_queries_wake_ups_and_a_runs_set_up() -> None:
