@@ -522,11 +522,6 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
                         batch_extra_s=extra_s,
                         slowdown=slow if math.isfinite(slow) and slow > 1.0 else 1.0)
     calib, cpu_rows = fit_frontend_rows(runs, setup.twin, calib, setup.seed)
-    intervals: dict[str, Interval] = {}
-    if cpu_rows:
-        q, b, w = frontend_intervals(cpu_rows, setup.seed)
-        intervals.update(query_cpu_us=q.scaled(1e6), batch_cpu_us=b.scaled(1e6),
-                         wake_us=w.scaled(1e6))
     _log_loop(setup.log, calib, runs, low_seen, slow, extra_s, calib_qps)
     out = [("sim+frontend", calib)]
     if host_cpu:
@@ -550,10 +545,7 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
         else:
             hc = host_cpu_demands(runs, calib, good, speed)
             hc, host_rows = fit_frontend_on_host(runs, setup.twin, hc, setup.seed)
-        if host_rows:  # the prediction's costs, and their intervals
-            q, b, w = frontend_intervals(host_rows, setup.seed)
-            intervals.update(query_cpu_us=q.scaled(1e6), batch_cpu_us=b.scaled(1e6),
-                             wake_us=w.scaled(1e6))
+        cpu_rows = host_rows or cpu_rows  # the prediction's costs get the intervals
         setup.log(f"  the host CPU model: {hc.host_cpus} cores shared by the loop, the "
                   "containers (" + (", ".join(
                       f"{m} {b * 1e6:.0f} us/batch + {i * 1e6:.1f} us/item"
@@ -565,6 +557,11 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
                         f"{hc.slow_dwell_s * 1e3:.0f} ms periods" if hc.slow_share > 0
                         else "one speed"))
         out.append(("sim+host", hc))
+    intervals: dict[str, Interval] = {}
+    if cpu_rows:
+        q, b, w = frontend_intervals(cpu_rows, setup.seed)
+        intervals.update(query_cpu_us=q.scaled(1e6), batch_cpu_us=b.scaled(1e6),
+                         wake_us=w.scaled(1e6))
     for k, (mode, c) in enumerate(out):
         c, pause_iv = fit_unexplained(good, setup, low, c, calib_qps, mode)
         out[k] = (mode, c)
