@@ -489,7 +489,7 @@ def fit_frontend_on_host(runs: Sequence[CpuRun], twin: Callable[[Calibration], D
     the fast speed) says.  Fitted there, wake-ups the host twin never pays went into
     ``wake_s`` and out of its loop: in run 13 (noop, AIMD, 18,000 q/s at x1.75) the
     host twin woke 0.022 times a query where ``fit_frontend`` counted 0.102, and its
-    loop cost 29.8 us a query against the server's 32.5.  Per cooling time of the grid
+    loop cost 28.7 us a query against the server's 32.5.  Per cooling time of the grid
     next to ``calib``'s (``fit_frontend``'s choice and its neighbours), ``rounds``
     times: the wake-ups counted with the costs as they stand, then ``a``, ``b`` and
     ``wake_s`` solved again (``_solve_frontend``); the cooling time with the smallest
