@@ -165,6 +165,9 @@ class CpuRun:
     # the speed as the probes recorded it while the run went (``SpeedMonitor.replay``:
     # (s from the run's start, factor) pairs); the fits' twin replays it (``as_run``)
     speed_trace: tuple[tuple[float, ...], ...] = ()
+    # per query: the server answered it with a prediction (HTTP 200, not its default);
+    # None: not recorded (runs stored before 2026-12-02 kept latencies only)
+    predicted: np.ndarray | None = None
 
     @property
     def rate(self) -> float:

@@ -47,6 +47,7 @@ from clipperlab.calibration.server import model_specs, real_deployment
 from clipperlab.calibration.twin import at_speed, sim_deployment, speed_fields
 from clipperlab.calibration.validation import median_summary, twin_predictions
 from clipperlab.simulator import Simulation, load_profile
+from clipperlab.simulator.capacity import attained_share
 from clipperlab.workloads import Workload
 
 __all__ = ["CALIBRATION_FILE", "GAP_S", "RUNS_FILE", "STEPS_FILE", "Resimulated",
@@ -84,7 +85,8 @@ def calibration_from_json(text: str) -> dict[str, Calibration]:
 def save_runs(path: Path, runs: Sequence[CpuRun], low: CpuRun | None,
               low_seen: Mapping[str, float], calib_qps: float) -> Path:
     """What the calibration was fitted on, in one ``.npz``: per run its achieved send
-    times and latencies from the send, and a JSON of its counts, CPU times and whether
+    times, latencies from the send and which queries got a prediction (not a default;
+    files before 2026-12-02: not stored), and a JSON of its counts, CPU times and whether
     it was an overloaded ramp step (older files: none was); the
     low-load run (``low``) and what the server saw in it (``low_seen``)."""
     arrays: dict[str, np.ndarray] = {}
@@ -96,6 +98,8 @@ def save_runs(path: Path, runs: Sequence[CpuRun], low: CpuRun | None,
         arrays[f"latency_s_{k}"] = np.asarray(
             r.latency_s if r.latency_s is not None else np.full(len(r.trace), np.nan),
             dtype=np.float64)
+        if r.predicted is not None:
+            arrays[f"predicted_{k}"] = np.asarray(r.predicted, dtype=bool)
         meta["runs"].append({"queries": r.queries, "batches": r.batches, "cpu_s": r.cpu_s,
                              "batch_ms": r.batch_ms, "loadgen_cpu_s": r.loadgen_cpu_s,
                              "containers": [list(c) for c in r.containers],
@@ -123,7 +127,8 @@ def load_runs(path: Path, workload: Workload
                               float(m.get("speed_factor", math.nan)),
                               tuple(tuple(float(x) for x in row)
                                     for row in z[f"speed_trace_{k}"])
-                              if f"speed_trace_{k}" in z else ()))
+                              if f"speed_trace_{k}" in z else (),
+                              z.get(f"predicted_{k}")))
     low = out.pop() if meta["low"] else None
     return out, low, dict(meta["low_seen"]), float(meta["calib_qps"])
 
@@ -337,7 +342,10 @@ def replay_steps(out: Path, workload: Workload, *, min_load: float = 0.5, seed: 
     probes recorded while it went (``fit.as_run``), and at the calibration's two speeds:
     per step its rate, mean speed factor, whether it was a failing ramp step, the share
     of its queries answered within the objective from the send on the server and in each
-    twin, and whether the replaying twin passes (``GOOD_SHARE``) where the server did;
+    twin (with a prediction, not a default, where the run stored the server's per-query
+    outcome: ``defaults_counted``, and each side's share of defaults; older runs: in
+    time, default or not, on both sides), and whether the replaying twin passes
+    (``GOOD_SHARE``) where the server did;
     beside them, where the two differ, the batch round trip as each engine saw it
     (``batch_ms``: sent to result handled, mean) and the reply gaps per second
     (``reply_gaps``: stretches of ``GAP_S`` or more without a reply while a query waited).
@@ -359,24 +367,40 @@ def replay_steps(out: Path, workload: Workload, *, min_load: float = 0.5, seed: 
             lat = np.nan_to_num(np.asarray(r.latency_s, dtype=np.float64), nan=np.inf)
             send = np.asarray(r.trace.arrival_at, dtype=np.float64)
             span = float(send[-1] - send[0]) or 1.0
-            good = {"real": float(np.mean(lat <= app.slo_s))}
+            # with the server's per-query outcome stored, a default is a miss on both
+            # sides (the capacity ramp's test); runs stored without it count latency only,
+            # on both sides (a default the server gave before the deadline then counts as
+            # in time, as the twin's does)
+            known = r.predicted is not None
+            real_ok = lat <= app.slo_s
+            if r.predicted is not None:
+                real_ok &= r.predicted
+            good = {"real": float(np.mean(real_ok))}
             seen: dict[str, float] = {}
             for name, c in (("replayed", as_run(calib, r)), ("two_speeds", calib)):
                 res = Simulation(sim_deployment(dep, workload.app, profiles, calibration=c),
                                  r.trace, seed=seed).run()
                 q = res.queries
                 tl = np.nan_to_num(q["latency_s"].to_numpy(), nan=np.inf)
-                good[name] = float(np.mean(tl + c.overhead_s <= app.slo_s))
+                if known:
+                    good[name] = attained_share(q.assign(latency_s=tl + c.overhead_s),
+                                                app.slo_s)
+                else:
+                    good[name] = float(np.mean(tl + c.overhead_s <= app.slo_s))
                 if name == "replayed":
                     seen = {"twin_batch_ms": batch_mean_ms(res.metrics),
                             "twin_gaps_per_s": reply_gaps(q["arrival_at"].to_numpy(),
-                                                          tl).size / span}
+                                                          tl).size / span,
+                            "twin_defaults": float(np.mean(q["default"].to_numpy(bool)))}
             rows.append({"setting": folder.name, "rate_qps": r.rate,
                          "speed_factor": r.speed_factor, "overloaded": r.overloaded,
                          "real_good": good["real"], "replayed_good": good["replayed"],
                          "two_speeds_good": good["two_speeds"],
                          "agree": (good["real"] >= GOOD_SHARE) ==
                                   (good["replayed"] >= GOOD_SHARE),
+                         "defaults_counted": known,
+                         "real_defaults": (float(np.mean(~r.predicted))
+                                           if r.predicted is not None else math.nan),
                          "real_batch_ms": r.batch_ms, **seen,
                          "real_gaps_per_s": reply_gaps(send, lat).size / span})
         got = [x for x in rows if x["setting"] == folder.name]

@@ -43,6 +43,7 @@ __all__ = [
     "from_send",
     "good_share",
     "loadgen_idle_rate",
+    "predicted",
     "real_run",
     "retime",
     "sent_trace",
@@ -82,7 +83,8 @@ class RealRun(NamedTuple):
                                        self.container_cpu_s[m])
                           for m in sorted(models) if m in self.container_cpu_s),
                       loadgen_cpu_s=self.loadgen_cpu_s, overloaded=overloaded,
-                      speed_factor=speed_factor, speed_trace=speed_trace)
+                      speed_factor=speed_factor, speed_trace=speed_trace,
+                      predicted=predicted(self.table))
 
 
 def retime(workload: Workload, rate_qps: float, duration_s: float, seed: int) -> Trace:
@@ -169,12 +171,17 @@ def sent_trace(trace: Trace, table: pd.DataFrame) -> Trace:
     return dataclasses.replace(trace, arrival_at=np.maximum.accumulate(at))
 
 
+def predicted(table: pd.DataFrame) -> np.ndarray:
+    """Per query of a load run's table: answered with a prediction (HTTP 200, not the
+    server's default, not refused)."""
+    ok: np.ndarray = (table["status"].to_numpy() == 200) & ~table["default"].to_numpy(dtype=bool)
+    return ok
+
+
 def good_share(table: pd.DataFrame, slo_s: float) -> float:
     """The share of a load run's queries answered with a prediction (not a default, not
     refused) within ``slo_s`` of their scheduled time, as the client saw it."""
     if not len(table):
         return 0.0
-    st = table["status"].to_numpy()
     lat = table["latency_s"].to_numpy()
-    ok = (st == 200) & ~table["default"].to_numpy() & (np.nan_to_num(lat, nan=np.inf) <= slo_s)
-    return float(ok.mean())
+    return float((predicted(table) & (np.nan_to_num(lat, nan=np.inf) <= slo_s)).mean())

@@ -167,7 +167,7 @@ from clipperlab.calibration.runs import (
     sent_trace,
     sim_run,
 )
-from clipperlab.calibration.scrape import batch_extra_s, slowdown
+from clipperlab.calibration.scrape import batch_extra_s, defaults_note, slowdown
 from clipperlab.calibration.server import (
     RealDeployment,
     ServerProcess,
@@ -489,6 +489,7 @@ def ramp_to_capacity(bench: Bench, setup: Setup, cost_s: float, start_qps: float
                   f"{s.get('p99_ms', math.nan):.1f} ms, server CPU "
                   f"{r.cpu_s_per_query * 1e6:.0f} us/query at batch size "
                   f"{r.seen.get('batch_size_mean', math.nan):.1f}"
+                  + defaults_note(r.seen, len(tr))
                   + (" (confirming)" if attempt else ""))
         return good, float(s.get("throughput_qps", 0.0))
 

@@ -21,7 +21,7 @@ from clipperlab.calibration.fit import (
     fit_overhead,
     fit_pauses,
 )
-from clipperlab.calibration.runs import from_send, good_share, sent_trace
+from clipperlab.calibration.runs import from_send, good_share, predicted, sent_trace
 from clipperlab.calibration.twin import frontend_cpu
 from clipperlab.simulator import Deployment, FrontendCPU, Simulation
 from clipperlab.workloads import ConstantRate, Poisson, Trace, Workload
@@ -145,6 +145,8 @@ def test_load_run_helpers() -> None:
     assert f["latency_s"].iloc[0] == pytest.approx(0.0025)
     assert f["arrival_at"].iloc[3] == 0.003  # never sent: the schedule stays
     assert good_share(t, 0.020) == 0.25  # one late, one default, one unanswered
+    # which got a prediction (what runs.npz keeps per query): the late one did
+    assert list(predicted(t)) == [True, True, False, False]
     tr: Trace = dataclasses.replace(Workload(ConstantRate(1000), n_queries=4).generate(0),
                                     arrival_at=t["arrival_at"].to_numpy())
     st = sent_trace(tr, t)

@@ -203,8 +203,9 @@ def test_calibration_and_runs_round_trip(tmp_path: Path) -> None:
     tr = wl.generate(0)
     run = CpuRun(tr, 50.0, 20.0, 0.01, np.full(50, 1e-3), 0.3,
                  (ContainerCpu("noop", 20.0, 50.0, 0.002),), 0.004)
+    got_one = np.arange(50) % 5 != 0  # every fifth query answered with the default
     over = dataclasses.replace(run, overloaded=True, speed_factor=1.4,
-                               speed_trace=((0.0, 1.0), (0.125, 1.8)))
+                               speed_trace=((0.0, 1.0), (0.125, 1.8)), predicted=got_one)
     path = save_runs(tmp_path / "runs.npz", [run, over], run, {"batches": 20.0}, 50.0)
     runs, low, seen, qps = load_runs(path, wl)
     assert len(runs) == 2 and low is not None and seen == {"batches": 20.0} and qps == 50.0
@@ -212,6 +213,9 @@ def test_calibration_and_runs_round_trip(tmp_path: Path) -> None:
     # the speed each run went at: its mean factor and the probes' trace
     assert runs[1].speed_factor == 1.4 and runs[1].speed_trace == ((0.0, 1.0), (0.125, 1.8))
     assert math.isnan(runs[0].speed_factor) and runs[0].speed_trace == ()
+    # which queries got a prediction, where the run recorded it
+    assert runs[1].predicted is not None and np.array_equal(runs[1].predicted, got_one)
+    assert runs[0].predicted is None and low.predicted is None
     for r in (*runs, low):
         assert np.array_equal(r.trace.arrival_at, tr.arrival_at)
         assert np.array_equal(np.asarray(r.latency_s), np.full(50, 1e-3))
@@ -376,7 +380,19 @@ def test_steps_replayed_at_their_speed_against_the_servers_pass_or_fail(
     # the server's queries all took the same time, the twin's came in steady batches)
     assert list(got["real_batch_ms"]) == [0.1, 0.1] and (got["twin_batch_ms"] > 0).all()
     assert (got[["real_gaps_per_s", "twin_gaps_per_s"]] == 0).all().all()
+    assert not got["defaults_counted"].any() and got["real_defaults"].isna().all()
     assert (tmp_path / "fidelity_steps.csv").exists()
+    # the server's per-query outcome stored: a default answered in time is a miss, as in
+    # the capacity ramp (one in ten here: the step fails), and the twin's are counted
+    # alike (none: it passes)
+    defaulted = dataclasses.replace(runs[1], predicted=np.arange(700) % 10 != 0)
+    save_runs(tmp_path / "noop-aimd" / "runs.npz", [defaulted], runs[0], {}, 50.0)
+    got = replay_steps(tmp_path, wl, log=lambda s: None)
+    assert list(got["real_good"]) == pytest.approx([0.9]) and list(got["agree"]) == [False]
+    assert list(got["real_defaults"]) == pytest.approx([0.1])
+    assert got["defaults_counted"].all() and list(got["twin_defaults"]) == [0.0]
+    assert list(got["replayed_good"]) == [1.0]
+    save_runs(tmp_path / "noop-aimd" / "runs.npz", runs, runs[0], {}, 50.0)
     assert fidelity_main(["--steps", "--out", str(tmp_path)]) == 0
     assert "agrees with the server's pass or fail in 1 of 2 steps" in capsys.readouterr().out
     save_runs(tmp_path / "noop-aimd" / "runs.npz", [runs[3]], runs[3], {}, 50.0)
