@@ -29,7 +29,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +51,24 @@ __all__ = [
 
 
 
+def _server_overload(cfg: Any = None) -> dict[str, bool]:
+    """The server's overload settings (``cfg``'s; none given: its defaults)."""
+    from clipperlab.real.config import OVERLOAD_KEYS, ServerConfig
+
+    c = ServerConfig() if cfg is None else cfg
+    return {k: bool(getattr(c, k)) for k in OVERLOAD_KEYS}
+
+
 @dataclass(frozen=True)
 class RealDeployment:
     path: Path
     apps: list[dict[str, Any]]
     models: list[dict[str, Any]]  # model paths made absolute
     max_queue: int
+    # the server's overload settings, which a model's batching table may override
+    # (``admission_control``, ``drop_hopeless``; the server's defaults unless its [server]
+    # table says otherwise): the twin deploys each model as the server does
+    overload: Mapping[str, bool] = field(default_factory=_server_overload)
 
 
 def real_deployment(
@@ -84,15 +96,17 @@ def real_deployment(
         if batching is not None:
             d["batching"] = dict(batching)
         models.append(d)
-    return RealDeployment(p, [dict(a) for a in cfg.applications], models, cfg.max_queue)
+    return RealDeployment(p, [dict(a) for a in cfg.applications], models, cfg.max_queue,
+                          _server_overload(cfg))
 
 
 def model_specs(
     dep: RealDeployment, app_name: str
 ) -> tuple[Application, list[tuple[ModelSpec, int, dict[str, Any]]]]:
-    """The application ``app_name`` and, per model linked to it, its spec, its replica
-    count and its ``[[models]]`` entry."""
-    from clipperlab.real.config import app_from_dict, model_from_dict
+    """The application ``app_name`` and, per model linked to it, its spec (with the
+    server's overload settings where its batching leaves them unsaid, as the server
+    deploys it), its replica count and its ``[[models]]`` entry."""
+    from clipperlab.real.config import app_from_dict, model_from_dict, with_overload_defaults
 
     apps = {a["name"]: a for a in dep.apps}
     if app_name not in apps:
@@ -106,6 +120,7 @@ def model_specs(
         for d in dep.models:
             if d["name"] in linked:
                 spec, n = model_from_dict(d, dep.max_queue)
+                spec = with_overload_defaults(spec, d.get("batching") or {}, dep.overload)
                 out.append((spec, n, d))
     except (ValueError, KeyError) as e:
         raise ValidationError(f"{dep.path}: {e}") from None

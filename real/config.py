@@ -53,6 +53,21 @@ def app_from_dict(
     return parse_application(d, where, base_dir).app
 
 
+OVERLOAD_KEYS = ("admission_control", "drop_hopeless")
+
+
+def with_overload_defaults(spec: ModelSpec, said: Mapping[str, Any],
+                           defaults: Mapping[str, bool]) -> ModelSpec:
+    """``spec`` with the server's overload settings (``defaults``: ``admission_control``,
+    ``drop_hopeless``) for those its batching table (``said``) leaves unsaid: how the
+    server deploys a model, and so how its simulated twin must (``calibration.server``)."""
+    unsaid: dict[str, Any] = {k: bool(defaults[k]) for k in OVERLOAD_KEYS
+                              if k in defaults and k not in said}
+    if not unsaid:
+        return spec
+    return replace(spec, batching=replace(spec.batching, **unsaid))
+
+
 def model_from_dict(
     d: Mapping[str, Any], max_queue: int, where: str = "model", base_dir: Path | None = None
 ) -> tuple[ModelSpec, int]:

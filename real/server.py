@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import socket
 import threading
@@ -44,7 +43,13 @@ from clipperlab.engine import Application, Engine, EngineError, ModelSpec, Repli
 from clipperlab.engine.schema import application_changes
 
 from .admin import AdminApi
-from .config import ServerConfig, app_from_dict, model_from_dict
+from .config import (
+    OVERLOAD_KEYS,
+    ServerConfig,
+    app_from_dict,
+    model_from_dict,
+    with_overload_defaults,
+)
 from .driver import EngineDriver
 from .frontend import QueryFrontend
 from .gctune import tune_gc
@@ -322,17 +327,8 @@ class Server:
         """A model of the admin API or deploy.toml, with the server's overload defaults
         for what its batching table leaves unsaid."""
         spec, n = model_from_dict(d, self.cfg.max_queue)
-        said = d.get("batching") or {}
-        unsaid = {
-            k: getattr(self.cfg, k)
-            for k in ("admission_control", "drop_hopeless")
-            if k not in said
-        }
-        if unsaid:
-            spec = dataclasses.replace(
-                spec, batching=dataclasses.replace(spec.batching, **unsaid)
-            )
-        return spec, n
+        defaults = {k: getattr(self.cfg, k) for k in OVERLOAD_KEYS}
+        return with_overload_defaults(spec, d.get("batching") or {}, defaults), n
 
     def _changed(self, op: str, args: dict[str, Any], *writes: Callable[[], None]) -> None:
         """An administrative change made here: write it to the store, then tell the other
