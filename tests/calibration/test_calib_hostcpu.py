@@ -164,6 +164,41 @@ def test_twin_with_the_host_cpu_model_has_the_fitted_demands(tmp_path: Path) -> 
 # --------------------------------------------------------------------------- the fits
 
 
+def test_twin_deploys_each_model_with_the_servers_overload_settings(tmp_path: Path) -> None:
+    """The server turns admission control and dropping hopeless requests on for a model
+    whose batching leaves them unsaid (``server.admission_control``,
+    ``server.drop_hopeless``: on by default); the twin's model has what the server's has:
+    the defaults, a [server] table's, or the model's own.  (The twin had neither, so it let
+    late queries wait to the deadline where the server shed them.)"""
+    from clipperlab.real.config import load_config
+    from clipperlab.real.server import Server
+
+    prof = LatencyProfile.from_line("p", 10e-6, 100e-6)
+    cases = {
+        "": (True, True),
+        "[server]\nadmission_control = false\n": (False, True),
+        "[server]\ndrop_hopeless = false\nadmission_control = false\n": (False, False),
+    }
+    for head, want in cases.items():
+        path = tmp_path / "deploy.toml"
+        path.write_text(head + NOOP_DEPLOY)
+        (m,) = sim_deployment(real_deployment(path), "hello", {"noop": prof}).models
+        assert (m.spec.batching.admission_control, m.spec.batching.drop_hopeless) == want
+        # the server's own deployment of the same table
+        server_spec, _ = Server._model_from_dict(  # type: ignore[arg-type]
+            argparse.Namespace(cfg=load_config(path)), load_config(path).models[0])
+        assert server_spec.batching == m.spec.batching
+    # the model's batching says it: that wins over the [server] table, on both sides
+    path.write_text("[server]\nadmission_control = false\ndrop_hopeless = false\n"
+                    + NOOP_DEPLOY.replace('replicas = 1', 'replicas = 1\nbatching = '
+                                          '{ policy = "aimd", admission_control = true }'))
+    (m,) = sim_deployment(real_deployment(path), "hello", {"noop": prof}).models
+    assert m.spec.batching.admission_control and m.spec.batching.drop_hopeless is False
+    server_spec, _ = Server._model_from_dict(  # type: ignore[arg-type]
+        argparse.Namespace(cfg=load_config(path)), load_config(path).models[0])
+    assert server_spec.batching == m.spec.batching
+
+
 def test_fit_container_cpu_recovers_a_simulated_containers_demands() -> None:
     """Runs of a twin whose container needs 300 us per batch + 20 us per item on a host
     CPU model, the container's CPU time read from the simulated process (as ``/proc``
