@@ -46,6 +46,7 @@ __all__ = [
     "idle_cpu_rate",
     "model_specs",
     "real_deployment",
+    "server_settings",
 ]
 
 
@@ -191,22 +192,37 @@ def child_pids(pid: int) -> list[int]:
     return out
 
 
+def server_settings(dep: RealDeployment, settings: Mapping[str, Any] | None, tmp: str,
+                    cache: bool) -> dict[str, Any]:
+    """The ``[server]`` settings of the server a validation starts: ``dep``'s overload
+    settings (its file's ``[server]`` table's, which the twin deploys its models with:
+    ``model_specs``), then ``settings``, then the validation's ports, store and cache.
+    ``settings`` may not set the overload settings: the twin would not see them."""
+    from clipperlab.real.config import OVERLOAD_KEYS
+
+    clash = sorted(set(settings or {}) & set(OVERLOAD_KEYS))
+    if clash:
+        raise ValidationError(f"{', '.join(clash)}: set in the deployment's [server] table, "
+                              "which the simulated twin reads too")
+    return {**dict(dep.overload), **dict(settings or {}), "query_port": 0, "admin_port": 0,
+            "rpc_port": 0, "store": os.path.join(tmp, "store"), "cache": cache}
+
+
 class ServerProcess:
     """The real server in its own process, for one validation."""
 
     def __init__(self, dep: RealDeployment, cache: bool,
                  settings: Mapping[str, Any] | None = None) -> None:
         """``settings``: ``[server]`` settings (``ServerConfig`` fields) for the server
-        process; its ports, store and cache are the validation's."""
+        process (``server_settings``); its ports, store and cache are the validation's."""
         from clipperlab.real.config import ConfigError, ServerConfig
 
         self.tmp = tempfile.TemporaryDirectory(prefix="clipperlab-validate-")
         ports_file = os.path.join(self.tmp.name, "ports.json")
-        cfg = {**dict(settings or {}), "query_port": 0, "admin_port": 0, "rpc_port": 0,
-               "store": os.path.join(self.tmp.name, "store"), "cache": cache}
         try:
+            cfg = server_settings(dep, settings, self.tmp.name, cache)
             ServerConfig(**cfg).check()
-        except (TypeError, ConfigError) as e:
+        except (TypeError, ConfigError, ValidationError) as e:
             self.tmp.cleanup()
             raise ValidationError(f"server settings: {e}") from None
         ctx = mp.get_context("spawn")

@@ -29,7 +29,7 @@ from clipperlab.calibration.fit import (
     tune_pause_rate,
 )
 from clipperlab.calibration.quiet import HostSpeed
-from clipperlab.calibration.server import real_deployment
+from clipperlab.calibration.server import real_deployment, server_settings
 from clipperlab.calibration.twin import (
     at_speed,
     at_trace,
@@ -194,6 +194,13 @@ def test_twin_deploys_each_model_with_the_servers_overload_settings(tmp_path: Pa
                                           '{ policy = "aimd", admission_control = true }'))
     (m,) = sim_deployment(real_deployment(path), "hello", {"noop": prof}).models
     assert m.spec.batching.admission_control and m.spec.batching.drop_hopeless is False
+    # the server a validation starts takes the file's [server] overload settings too, and
+    # refuses them from elsewhere (the twin would not see them)
+    got = server_settings(real_deployment(path), {"max_queue": 50}, str(tmp_path), False)
+    assert (got["admission_control"], got["drop_hopeless"], got["max_queue"]) == (
+        False, False, 50)
+    with pytest.raises(CalibrationError, match="admission_control"):
+        server_settings(real_deployment(path), {"admission_control": True}, "t", False)
     server_spec, _ = Server._model_from_dict(  # type: ignore[arg-type]
         argparse.Namespace(cfg=load_config(path)), load_config(path).models[0])
     assert server_spec.batching == m.spec.batching
