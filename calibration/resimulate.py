@@ -371,11 +371,10 @@ def replay_steps(out: Path, workload: Workload, *, min_load: float = 0.5, seed: 
             # sides (the capacity ramp's test); runs stored without it count latency only,
             # on both sides (a default the server gave before the deadline then counts as
             # in time, as the twin's does)
-            known = r.predicted is not None
-            real_ok = lat <= app.slo_s
-            if r.predicted is not None:
-                real_ok &= r.predicted
-            good = {"real": float(np.mean(real_ok))}
+            pred = r.predicted
+            known = pred is not None
+            good = {"real": float(np.mean(lat <= app.slo_s if pred is None
+                                          else (lat <= app.slo_s) & pred))}
             seen: dict[str, float] = {}
             for name, c in (("replayed", as_run(calib, r)), ("two_speeds", calib)):
                 res = Simulation(sim_deployment(dep, workload.app, profiles, calibration=c),
@@ -399,8 +398,7 @@ def replay_steps(out: Path, workload: Workload, *, min_load: float = 0.5, seed: 
                          "agree": (good["real"] >= GOOD_SHARE) ==
                                   (good["replayed"] >= GOOD_SHARE),
                          "defaults_counted": known,
-                         "real_defaults": (float(np.mean(~r.predicted))
-                                           if r.predicted is not None else math.nan),
+                         "real_defaults": float(np.mean(~pred)) if pred is not None else math.nan,
                          "real_batch_ms": r.batch_ms, **seen,
                          "real_gaps_per_s": reply_gaps(send, lat).size / span})
         got = [x for x in rows if x["setting"] == folder.name]

@@ -30,6 +30,7 @@ __all__ = ["batch_extra_s", "defaults_note", "in_situ", "parse", "scrape", "slow
 
 HISTOGRAMS = ("clipperlab_query_latency_seconds", "clipperlab_batch_latency_seconds",
               "clipperlab_batch_size")
+_KEYS = tuple(f"{n}_{k}" for n in HISTOGRAMS for k in ("sum", "count"))
 _MODEL = re.compile(r'model="([^"]*)"')
 _PER_MODEL = {"clipperlab_batch_size_count": "batches", "clipperlab_batch_size_sum": "items"}
 _DEFAULTS = "clipperlab_defaults_total"
@@ -45,13 +46,13 @@ def scrape(url: str) -> dict[str, float]:
         with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
             text = r.read().decode()
     except OSError:
-        return {f"{n}_{k}": math.nan for n in HISTOGRAMS for k in ("sum", "count")}
+        return dict.fromkeys(_KEYS, math.nan)
     return parse(text)
 
 
 def parse(text: str) -> dict[str, float]:
     """``scrape``'s numbers from a ``/metrics`` text."""
-    out = dict.fromkeys((f"{n}_{k}" for n in HISTOGRAMS for k in ("sum", "count")), 0.0)
+    out = dict.fromkeys(_KEYS, 0.0)
     for line in text.splitlines():
         name = line.split("{", 1)[0].split(" ", 1)[0]
         if name == _DEFAULTS:

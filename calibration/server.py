@@ -52,12 +52,11 @@ __all__ = [
 
 
 
-def _server_overload(cfg: Any = None) -> dict[str, bool]:
-    """The server's overload settings (``cfg``'s; none given: its defaults)."""
-    from clipperlab.real.config import OVERLOAD_KEYS, ServerConfig
+def _server_overload() -> dict[str, bool]:
+    """The server's default overload settings."""
+    from clipperlab.real.config import ServerConfig
 
-    c = ServerConfig() if cfg is None else cfg
-    return {k: bool(getattr(c, k)) for k in OVERLOAD_KEYS}
+    return ServerConfig().overload
 
 
 @dataclass(frozen=True)
@@ -98,7 +97,7 @@ def real_deployment(
             d["batching"] = dict(batching)
         models.append(d)
     return RealDeployment(p, [dict(a) for a in cfg.applications], models, cfg.max_queue,
-                          _server_overload(cfg))
+                          cfg.overload)
 
 
 def model_specs(

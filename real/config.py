@@ -219,6 +219,12 @@ class ServerConfig:
     applications: list[dict[str, Any]] = field(default_factory=list)
     models: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def overload(self) -> dict[str, bool]:
+        """The overload settings a model takes where its batching leaves them unsaid
+        (``with_overload_defaults``)."""
+        return {k: bool(getattr(self, k)) for k in OVERLOAD_KEYS}
+
     def check(self) -> None:
         if self.grpc_port is None:
             self.grpc_port = 8001 if self.query_port != 0 else 0

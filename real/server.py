@@ -43,13 +43,7 @@ from clipperlab.engine import Application, Engine, EngineError, ModelSpec, Repli
 from clipperlab.engine.schema import application_changes
 
 from .admin import AdminApi
-from .config import (
-    OVERLOAD_KEYS,
-    ServerConfig,
-    app_from_dict,
-    model_from_dict,
-    with_overload_defaults,
-)
+from .config import ServerConfig, app_from_dict, model_from_dict, with_overload_defaults
 from .driver import EngineDriver
 from .frontend import QueryFrontend
 from .gctune import tune_gc
@@ -327,8 +321,7 @@ class Server:
         """A model of the admin API or deploy.toml, with the server's overload defaults
         for what its batching table leaves unsaid."""
         spec, n = model_from_dict(d, self.cfg.max_queue)
-        defaults = {k: getattr(self.cfg, k) for k in OVERLOAD_KEYS}
-        return with_overload_defaults(spec, d.get("batching") or {}, defaults), n
+        return with_overload_defaults(spec, d.get("batching") or {}, self.cfg.overload), n
 
     def _changed(self, op: str, args: dict[str, Any], *writes: Callable[[], None]) -> None:
         """An administrative change made here: write it to the store, then tell the other
