@@ -12,9 +12,10 @@ Rules (``Deployment.host_cpu``, ``HostCPU``):
   over a few milliseconds, and processor sharing is the limit of that with small slices:
   exact for the long jobs (a batch of milliseconds, many slices), with closed forms to
   test against (M/G/1-PS).  What slices add for the short jobs (the frontend's events,
-  tens of microseconds, waiting out another task's slice) is ``SlicedHostCpuState``
-  (``HostCPU.slice_s`` > 0; the calibration's twin uses the kernel's slice); without
-  it, that wait is left to the frontend's fitted ``pauses_s``.
+  tens of microseconds, waiting out another task's slice, or behind it on its core's
+  own run queue) is ``SlicedHostCpuState`` (``HostCPU.slice_s`` > 0: Linux's EEVDF
+  scheduler, per-core run queues; the calibration's twin uses the kernel's slice);
+  without it, that wait is left to the frontend's fitted ``pauses_s``.
 - A host has a speed factor (``set_factor``, 1 until set; ``HostCPU``'s two speeds): a
   job's demand takes ``factor`` times as long while it runs, and a change of factor
   applies from that moment to what is left of every running job.  Each core can have a
@@ -52,6 +53,9 @@ __all__ = ["CpuProc", "HostCpu", "HostCpuState", "SlicedHostCpuState", "SlicedPr
 
 Done = Callable[[float], object] | None
 _REL_EPS = 1e-12  # a job within this share of v of its finish is done (rounding)
+# Linux's periodic load balance runs at the scheduler tick (4 ms at the common HZ = 250):
+# an idle core takes a task waiting on another core's run queue then, not at once
+BALANCE_TICK_S = 4e-3
 
 
 def total_factor(factors: Sequence[float]) -> float:
@@ -312,39 +316,56 @@ class HostCpuState(_Host):
 
 
 class SlicedHostCpuState(_Host):
-    """One host's cores handed out in time slices (``HostCPU.slice_s`` > 0), as the
-    kernel's scheduler does; the same calls as ``HostCpuState``.
+    """One host's cores handed out as Linux's scheduler (EEVDF, 6.6 on) does
+    (``HostCPU.slice_s`` > 0); the same calls as ``HostCpuState``.
 
-    Rules:
-    - A runnable process runs on a free core at full speed.  One that becomes runnable
-      (a job submitted to it while idle, a hold ending) when every core is taken waits
-      in one FIFO run queue: it gets a core when a running process blocks (its last job
-      done, a hold, a crash) or when a running process's slice ends while somebody
-      waits (that process goes to the back of the queue, what is left of its job kept).
-    - A process given a core starts a slice of ``slice_s``; running on with nobody
-      waiting, it starts a new slice every ``slice_s``, so one that comes to wait finds
-      the current slices part-used.  This is Linux's EEVDF with ``RUN_TO_PARITY`` (the
-      default since 6.6): a task woken while the cores are busy does not preempt, it
-      waits out the running task's slice (0.75 ms x (1 + log2 of the cores, at most 8)).
-      Slices going to zero give processor sharing (``HostCpuState``); with slices, a
-      short job (the frontend's event, tens of microseconds) that finds the cores taken
-      by longer ones waits up to a slice, and a loop that waits queues everything behind
-      it: the tail that processor sharing leaves to the fitted pauses.
+    Rules (each core has its own run queue; a process's *virtual time* is the CPU time
+    it has received, its *deadline* a slice ahead of it, its *lag* what its core owed it
+    when it left):
+    - A process that becomes runnable (a job submitted to it while idle, a hold
+      ending) runs on its last core if free, else on a free core.  With every core
+      taken it joins the run queue of a core whose running process has had a slice
+      since it got the core (its own core first, else the one running longest), else
+      its own core's (a process that never ran: the shortest queue's).  It is placed
+      at the core's average virtual time less its lag, scaled as the kernel's
+      ``place_entity`` does, with a deadline a slice on.  A process leaving a core
+      (blocking, held, moved) takes its lag along, at most ``max(2 x slice_s,
+      tick_s)`` either way.
+    - The kernel's pick on a core: of the processes there whose virtual time is at most
+      their average (eligible), the earliest deadline.  A freed core (its process
+      blocked, was held or crashed) goes to its queue's pick; an empty queue leaves it
+      idle, even while another core's queue waits, until a balance tick (every
+      ``tick_s``, the scheduler tick: 4 ms at the common HZ = 250), when each idle core
+      takes the longest-waiting process of the longest queue.
+    - Scheduling points: a process joining a core's queue, every job's end on the
+      host, and every tick.  At one, a running process past its deadline gets a new one
+      and, once it has run a slice since it got the core (``RUN_TO_PARITY``), gives the
+      core to the pick when that is another process (it goes to the back of the queue,
+      what is left of its job kept).  So a process woken while the cores are busy
+      preempts one that has had its turn and otherwise waits for the core it was
+      queued on, which may mean waiting behind a long job while the other core idles:
+      the waits measured with ``perf sched`` on two cores (the frontend, a container
+      and the load generator; 2026-12-02), which one FIFO queue for all cores did not
+      give (a container waited 0.7% of the time there, 6.6% on the machine; this
+      model: 8%).  Slices going to zero give processor sharing (``HostCpuState``).
     - Holds, wake-up costs, ``submit_next``, ``cancel`` and the callbacks' order are as
       in ``HostCpuState``.
 
     Theory of operation: each process on a core has the wall time its current stretch
-    began (``run_since``), the demand left of its head job then (``left_s``) and its
-    slice's end (``slice_end``).  The host keeps a SimPy timeout at or before the next
-    change (a job's end, or a slice's end while somebody waits) and, when it fires,
-    finishes every due job and ends every due slice, in time order of the processes'
-    dispatch (a process's own done callback runs while it still holds its core)."""
+    began (``run_since``), the demand left of its head job then (``left_s``), its
+    virtual time as of ``vsince`` (``vr``: brought up to date lazily, one wall second
+    of running a virtual second), its virtual time when it got the core (``vpick``) and
+    its deadline (``dl``).  The host keeps a SimPy timeout at or before the next change
+    (a job's end, or the next tick while somebody waits) and, when it fires, finishes
+    every due job in time order of the processes' dispatch (a process's own done
+    callback runs while it still holds its core), then holds a scheduling point on every
+    core, and at a tick balances the idle cores."""
 
-    __slots__ = ("env", "name", "cores", "slice_s", "running", "waiting", "timeouts",
-                 "procs", "seq", "factor", "core_factors")
+    __slots__ = ("env", "name", "cores", "slice_s", "tick_s", "running", "queues", "vbase",
+                 "timeouts", "procs", "seq", "factor", "core_factors")
 
     def __init__(self, env: simpy.Environment, name: str, cores: int,
-                 slice_s: float) -> None:
+                 slice_s: float, tick_s: float = BALANCE_TICK_S) -> None:
         if cores < 1:
             raise ValueError(f"host {name!r}: cores must be >= 1, got {cores}")
         if not (slice_s > 0.0 and math.isfinite(slice_s)):
@@ -353,8 +374,12 @@ class SlicedHostCpuState(_Host):
         self.name = name
         self.cores = cores
         self.slice_s = slice_s
+        self.tick_s = tick_s
         self.running: list[SlicedProc] = []
-        self.waiting: collections.deque[SlicedProc] = collections.deque()
+        # each core's run queue
+        self.queues: list[collections.deque[SlicedProc]] = [
+            collections.deque() for _ in range(cores)]
+        self.vbase = [0.0] * cores  # a core's average virtual time when it emptied
         self.timeouts: list[float] = []
         self.procs: list[CpuProc] = []
         self.seq = 0
@@ -430,69 +455,190 @@ class SlicedHostCpuState(_Host):
         self.core_factors[core] = factor
 
     # ------------------------------------------------------------------ internals
-    def _runnable(self, p: SlicedProc, now: float) -> None:
-        """``p`` has work: a core if one is free, else the back of the run queue."""
-        if len(self.running) < self.cores:
-            self._dispatch(p, now)
-            return
-        if not self.waiting:  # slices run on unwatched until now: find where each is
-            s = self.slice_s
-            for r in self.running:
-                if r.slice_end <= now:
-                    r.slice_end += math.ceil((now - r.slice_end) / s) * s
-                    if r.slice_end <= now:
-                        r.slice_end += s
-        p.queued = True
-        self.waiting.append(p)
+    def _members(self, core: int, now: float) -> list[SlicedProc]:
+        """The processes on ``core``'s run queue and the one running there (its virtual
+        time brought up to ``now``)."""
+        out = list(self.queues[core])
+        for r in self.running:
+            if r.core == core:
+                r.vr += now - r.vsince
+                r.vsince = now
+                out.append(r)
+        return out
 
-    def _dispatch(self, p: SlicedProc, now: float) -> None:
-        """``p`` onto a free core: the one it last ran on when that is free (as the
-        kernel wakes a task on its previous CPU when idle), else the lowest free one."""
+    def _avg(self, members: list[SlicedProc], core: int) -> float:
+        return (sum(m.vr for m in members) / len(members) if members
+                else self.vbase[core])
+
+    def _place(self, p: SlicedProc, core: int, now: float) -> None:
+        """``p`` joins ``core``: its virtual time the core's average less the lag it
+        left with (scaled as the kernel's ``place_entity`` does), a slice to its
+        deadline."""
+        members = self._members(core, now)
+        avg = self._avg(members, core)
+        n = len(members)
+        p.vr = avg - (p.vlag * (n + 1) / n if n else p.vlag)
+        p.dl = p.vr + self.slice_s
+        p.core = core
+
+    def _leave(self, p: SlicedProc, now: float) -> None:
+        """``p`` leaves its core (sleeps, is held, or moves): the lag it takes along."""
+        members = self._members(p.core, now)
+        if p not in members:
+            members.append(p)
+        avg = self._avg(members, p.core)
+        lim = max(2.0 * self.slice_s, self.tick_s)
+        p.vlag = min(max(avg - p.vr, -lim), lim)
+        rest = [m for m in members if m is not p]
+        self.vbase[p.core] = self._avg(rest, p.core) if rest else avg
+
+    def _pick(self, core: int, now: float) -> SlicedProc | None:
+        """EEVDF's choice on ``core``: of the processes there (queued and running) whose
+        virtual time is at most their average (eligible), the earliest deadline."""
+        members = self._members(core, now)
+        if not members:
+            return None
+        avg = self._avg(members, core)
+        eps = _REL_EPS * (1.0 + abs(avg))
+        best = None
+        for m in members:
+            if m.vr <= avg + eps and (best is None or m.dl < best.dl):
+                best = m
+        return best if best is not None else min(members, key=_by_deadline)
+
+    def _runnable(self, p: SlicedProc, now: float) -> None:
+        """``p`` wakes: onto its last core if free, else a free core, else its last
+        core's run queue (a process that never ran: the shortest queue's), where it
+        preempts the running process if that one has run its slice out and ``p`` is
+        the kernel's pick."""
+        taken = {r.core for r in self.running}
+        c = p.core
+        if len(taken) < self.cores:
+            if c < 0 or c in taken:
+                c = next(k for k in range(self.cores) if k not in taken)
+            self._place(p, c, now)
+            self._dispatch(p, now, c)
+            return
+        # every core taken: the wake-up goes where the running process has run past its
+        # protection (the kernel lets a sleeper preempt a task that has had its turn),
+        # its own core first, else the one running longest; none: its own core's queue
+        best_c, best_run = -1, -1.0
+        for r in self.running:
+            ran = r.vr + (now - r.vsince) - r.vpick
+            if r.in_done or ran < self.slice_s:
+                continue
+            if r.core == c:
+                best_c = c
+                break
+            if ran > best_run:
+                best_c, best_run = r.core, ran
+        if best_c >= 0:
+            c = best_c
+        elif c < 0:
+            c = min(range(self.cores), key=lambda k: len(self.queues[k]))
+        self._place(p, c, now)
+        p.queued = True
+        self.queues[c].append(p)
+        self._check(c, now)
+
+    def _check(self, core: int, now: float) -> None:
+        """A scheduling point on ``core`` (a wake-up there, a tick): the running process,
+        past its deadline, gets a new one and gives the core to the kernel's pick."""
+        cur = next((r for r in self.running if r.core == core), None)
+        if cur is None or cur.in_done or not self.queues[core]:
+            return
+        cur.vr += now - cur.vsince
+        cur.vsince = now
+        eps = _REL_EPS * (1.0 + abs(cur.vr))
+        if cur.vr + eps >= cur.dl:
+            cur.dl = cur.vr + self.slice_s  # its slice is out: a new deadline
+        elif cur.vr - cur.vpick + eps < self.slice_s:
+            return  # a slice from its pick not run yet (RUN_TO_PARITY)
+        best = self._pick(core, now)
+        if best is None or best is cur:
+            return
+        self._off(cur, now, keep_core=False)
+        cur.queued = True
+        self.queues[core].append(cur)
+        self.queues[core].remove(best)
+        best.queued = False
+        self._dispatch(best, now, core)
+
+    def _dispatch(self, p: SlicedProc, now: float, core: int) -> None:
+        """``p`` onto free core ``core``."""
         if p.left_s is None:
             p.left_s = p.jobs[0][0]
-        taken = [r.core for r in self.running]
-        c = p.core
-        if c < 0 or c in taken:
-            c = next(k for k in range(self.cores) if k not in taken)
-        p.core = c
+        p.core = core
         p.running = True
         p.run_since = now
-        p.slice_end = now + self.slice_s
+        p.vsince = now
+        p.vpick = p.vr
         p.order = self.seq
         self.seq += 1
         self.running.append(p)
 
-    def _off(self, p: SlicedProc, now: float) -> None:
-        """Take ``p`` off its core or out of the run queue (what is left kept); a freed
-        core goes to the head of the queue."""
+    def _off(self, p: SlicedProc, now: float, keep_core: bool = True) -> None:
+        """Take ``p`` off its core or out of its run queue (what is left kept, its lag
+        taken along); a freed core goes to the kernel's pick of its queue
+        (``keep_core=False``: the caller gives it)."""
         if p.running:
             if p.left_s is not None:  # None: taken off in its own done callback
                 p.left_s = max(p.left_s - (now - p.run_since) / self.core_factors[p.core],
                                0.0)
+            p.vr += now - p.vsince
+            p.vsince = now
             p.running = False
             self.running.remove(p)
-            if self.waiting:
-                self._dispatch(self._next_waiting(), now)
+            if keep_core:
+                self._leave(p, now)
+                self._freed(p.core, now)
         elif p.queued:
             p.queued = False
-            self.waiting.remove(p)
+            self.queues[p.core].remove(p)
+            self._leave(p, now)
 
-    def _next_waiting(self) -> SlicedProc:
-        q = self.waiting.popleft()
-        q.queued = False
-        return q
+    def _freed(self, core: int, now: float) -> None:
+        """Core ``core`` has no process: the kernel's pick of its run queue takes it (an
+        empty queue leaves it idle until a balance tick: ``_balance``)."""
+        nxt = self._pick(core, now)
+        if nxt is not None:
+            self.queues[core].remove(nxt)
+            nxt.queued = False
+            self._dispatch(nxt, now, core)
+
+    def _balance(self, now: float) -> None:
+        """At a tick, each idle core takes the longest-waiting process of the longest
+        other run queue (Linux balances load at its ticks: a task queued behind another
+        may wait while a core idles until then)."""
+        if len(self.running) >= self.cores:
+            return
+        taken = {r.core for r in self.running}
+        for c in range(self.cores):
+            if c in taken:
+                continue
+            q = max(self.queues, key=len)
+            if not q:
+                return
+            nxt = q.popleft()
+            nxt.queued = False
+            self._leave(nxt, now)
+            self._place(nxt, c, now)
+            self._dispatch(nxt, now, c)
+            taken.add(c)
 
     def _due(self, now: float) -> float:
-        """The next change: a job's end, or a slice's end while somebody waits."""
+        """The next change: a job's end, or the next tick while somebody waits."""
         at = _INF
-        waiting = bool(self.waiting)
         cf = self.core_factors
         for p in self.running:
             end = p.run_since + (p.left_s or 0.0) * cf[p.core]
             if end < at:
                 at = end
-            if waiting and p.slice_end < at:
-                at = p.slice_end
+        queues = self.queues
+        if any(queues):
+            tick = (math.floor(now / self.tick_s * (1.0 + _REL_EPS)) + 1) * self.tick_s
+            if tick < at:
+                at = tick
         return at
 
     def _reschedule(self, now: float) -> None:
@@ -514,11 +660,12 @@ class SlicedHostCpuState(_Host):
                 if p.run_since + (p.left_s or 0.0) * cf[p.core] <= now + eps:
                     self._finish(p, now)
                     progressed = True
-                elif self.waiting and p.slice_end <= now + eps:
-                    self._off(p, now)  # preempted: the head of the queue takes the core
-                    p.queued = True
-                    self.waiting.append(p)
-                    progressed = True
+        if any(self.queues):
+            for c in range(self.cores):
+                self._check(c, now)
+            tick = self.tick_s
+            if abs(now - round(now / tick) * tick) <= eps:
+                self._balance(now)
         self._reschedule(now)
 
     def _finish(self, p: SlicedProc, now: float) -> None:
@@ -538,12 +685,14 @@ class SlicedHostCpuState(_Host):
             p.left_s = p.jobs[0][0]
             p.run_since = now
             return
+        p.vr += now - p.vsince
+        p.vsince = now
         p.running = False
         self.running.remove(p)
         if not p.jobs:
             p.idle_since = now
-        if self.waiting:
-            self._dispatch(self._next_waiting(), now)
+        self._leave(p, now)
+        self._freed(p.core, now)
 
     def _unhold(self, ev: simpy.Event) -> None:
         p, until = ev.value  # type: ignore[misc]
@@ -558,19 +707,28 @@ class SlicedHostCpuState(_Host):
 class SlicedProc(CpuProc):
     """A process on a ``SlicedHostCpuState`` host."""
 
-    __slots__ = ("run_since", "slice_end", "order", "queued", "core")
+    __slots__ = ("run_since", "order", "queued", "core", "vr", "vsince", "dl", "vlag",
+                 "vpick")
 
     def __init__(self, name: str, wake_s: float = 0.0, cold_after_s: float = 1e-3) -> None:
         super().__init__(name, wake_s, cold_after_s)
-        self.core = -1  # the core it holds, or last held (-1: none yet)
+        self.core = -1  # the core it holds, waits for, or last held (-1: none yet)
         self.run_since = 0.0
-        self.slice_end = 0.0
         self.order = 0
         self.queued = False
+        self.vr = 0.0  # virtual time: CPU time received, the kernel's vruntime
+        self.vsince = 0.0  # when ``vr`` was last brought up to date (while running)
+        self.dl = 0.0  # virtual deadline: ``vr`` at its slice's end
+        self.vlag = 0.0  # what its core owed it when it left (EEVDF's lag)
+        self.vpick = 0.0  # ``vr`` when it last got a core
 
 
 def _by_order(p: SlicedProc) -> int:
     return p.order
+
+
+def _by_deadline(p: SlicedProc) -> float:
+    return p.dl
 
 
 _INF = math.inf

@@ -72,13 +72,28 @@ from ._cpu import (
 )
 from ._frontend import libuv_fire_at, libuv_poll_at
 from ._replicas import _Rep, _Replicas
-from .deployment import FrontendCPU, HostCPU
+from .deployment import FrontendCPU, HostCPU, ModelDeployment
 from .errors import SimConfigError
 from .records import MemberRecord
 
 __all__ = ["_HostCpuDriver"]
 
 _INF = float("inf")
+
+
+def _demand_of(m: ModelDeployment) -> Any:
+    """``m.cpu_demand_s`` with its profile's mean per batch size computed once."""
+    means: dict[int, float] = {}
+    demand = m.cpu_demand_s
+    mean_s = m.profile.mean_s
+
+    def of(size: int, draw_s: float) -> float:
+        mean = means.get(size)
+        if mean is None:
+            mean = means[size] = mean_s(size)
+        return demand(size, draw_s, mean)
+
+    return of
 
 
 class _HostCpuDriver(_Replicas):
@@ -119,7 +134,7 @@ class _HostCpuDriver(_Replicas):
             self._ghost = self._gproc = None
         for rep in self._reps.values():
             rep.cpu = cpus[rep.host].proc(str(rep.rid))
-        self._demand_of = [m.cpu_demand_s for m in dep.models]
+        self._demand_of = [_demand_of(m) for m in dep.models]
         self._burst = None
         # the hooks (see the module's theory of operation)
         self.carry_out = self._hc_carry_out  # type: ignore[method-assign]

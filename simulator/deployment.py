@@ -182,9 +182,10 @@ class HostCPU:
     core from the others).  Per model, ``ModelDeployment``'s
     ``cpu_per_batch_s`` and ``cpu_per_item_s`` give a container's CPU per batch.
     ``slice_s``: 0 (the default) shares the cores by processor sharing; above 0 they are
-    handed out in time slices of that length, as the kernel does (a process woken while
-    every core is taken waits out a running one's slice; ``kernel_slice_s`` gives
-    Linux's).
+    handed out as Linux's EEVDF scheduler does with slices of that length (per-core run
+    queues: a process woken while every core is taken preempts one that has had its
+    slice, else waits on its core's queue; ``_cpu.SlicedHostCpuState``;
+    ``kernel_slice_s`` gives Linux's).
 
     The host's speed (off by default): a virtual machine's cores can run at two speeds,
     switching every few tens of milliseconds to seconds, as other tenants come and go on
@@ -416,12 +417,25 @@ class ModelDeployment:
     def container_kind(self) -> str:
         return self.kind if self.kind is not None else self.profile.kind
 
-    def cpu_demand_s(self, padded_size: int, draw_s: float) -> float:
+    def cpu_demand_s(self, padded_size: int, draw_s: float,
+                     mean_draw_s: float | None = None) -> float:
         """CPU seconds a batch of ``padded_size`` whose profile draw is ``draw_s`` needs
-        under the host CPU model (the rest of the draw is off the CPU)."""
+        under the host CPU model (the rest of the draw is off the CPU).
+
+        With ``cpu_per_batch_s`` / ``cpu_per_item_s`` a gpu container needs that CPU
+        (the rest of its draw is on the GPU); a cpu container's demand follows its draw:
+        that CPU times ``draw_s`` over the profile's mean at the size (``mean_draw_s``,
+        ``profile.mean_s`` when not given), so the fitted costs are its mean demand and a
+        batch slower than the mean is slower on the CPU too (a fixed demand kept only
+        the draws above it, and their excess off the CPU: batch times steadier, and
+        longer on average, than the profile's)."""
         if self.cpu_per_batch_s is None and self.cpu_per_item_s is None:
             return draw_s if self.container_kind == "cpu" else 0.0
-        return (self.cpu_per_batch_s or 0.0) + (self.cpu_per_item_s or 0.0) * padded_size
+        fitted = (self.cpu_per_batch_s or 0.0) + (self.cpu_per_item_s or 0.0) * padded_size
+        if self.container_kind != "cpu":
+            return fitted
+        mean = self.profile.mean_s(padded_size) if mean_draw_s is None else mean_draw_s
+        return fitted * draw_s / mean if mean > 0.0 else fitted
 
     def replica_ids(self) -> list[ReplicaId]:
         return [ReplicaId(self.spec.name, self.spec.version, i) for i in range(self.replicas)]

@@ -90,7 +90,8 @@ def test_twin_with_the_host_cpu_model_has_the_fitted_demands(tmp_path: Path) -> 
     assert twin.host_cpu == HostCPU(cpus=3, loadgen_cpu_per_query_s=25e-6, slice_s=1.5e-3)
     (m,) = twin.models
     assert (m.cpu_per_batch_s, m.cpu_per_item_s) == (150e-6, 7e-6)
-    assert m.cpu_demand_s(4, 1.0) == pytest.approx(150e-6 + 4 * 7e-6)
+    # at the profile's mean draw, the fitted CPU (a cpu container's follows its draw)
+    assert m.cpu_demand_s(4, m.profile.mean_s(4)) == pytest.approx(150e-6 + 4 * 7e-6)
     assert twin.frontend_cpu == frontend_cpu(calib)
     plain = sim_deployment(dep, "hello", {"noop": prof},
                            calibration=dataclasses.replace(calib, host_cpus=0))
