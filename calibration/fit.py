@@ -168,6 +168,10 @@ class CpuRun:
     # per query: the server answered it with a prediction (HTTP 200, not its default);
     # None: not recorded (runs stored before 2026-12-02 kept latencies only)
     predicted: np.ndarray | None = None
+    # seconds each process waited runnable for a core over the run (the kernel's
+    # schedstat run_delay: ``frontend``, ``container:<model>``, ``loadgen``); () for runs
+    # stored before 2026-12-02 or a kernel without schedstats
+    waits: tuple[tuple[str, float], ...] = ()
 
     @property
     def rate(self) -> float:

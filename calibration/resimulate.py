@@ -86,8 +86,9 @@ def save_runs(path: Path, runs: Sequence[CpuRun], low: CpuRun | None,
               low_seen: Mapping[str, float], calib_qps: float) -> Path:
     """What the calibration was fitted on, in one ``.npz``: per run its achieved send
     times, latencies from the send and which queries got a prediction (not a default;
-    files before 2026-12-02: not stored), and a JSON of its counts, CPU times and whether
-    it was an overloaded ramp step (older files: none was); the
+    files before 2026-12-02: not stored), and a JSON of its counts, CPU times, each
+    process's wait for a core (older files: none) and whether it was an overloaded ramp
+    step (older files: none was); the
     low-load run (``low``) and what the server saw in it (``low_seen``)."""
     arrays: dict[str, np.ndarray] = {}
     meta: dict[str, Any] = {"calib_qps": calib_qps, "low_seen": dict(low_seen), "runs": []}
@@ -103,7 +104,8 @@ def save_runs(path: Path, runs: Sequence[CpuRun], low: CpuRun | None,
         meta["runs"].append({"queries": r.queries, "batches": r.batches, "cpu_s": r.cpu_s,
                              "batch_ms": r.batch_ms, "loadgen_cpu_s": r.loadgen_cpu_s,
                              "containers": [list(c) for c in r.containers],
-                             "overloaded": r.overloaded, "speed_factor": r.speed_factor})
+                             "overloaded": r.overloaded, "speed_factor": r.speed_factor,
+                             "waits": [list(w) for w in r.waits]})
     meta["low"] = low is not None
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     np.savez_compressed(path, allow_pickle=False, **arrays)
@@ -128,7 +130,8 @@ def load_runs(path: Path, workload: Workload
                               tuple(tuple(float(x) for x in row)
                                     for row in z[f"speed_trace_{k}"])
                               if f"speed_trace_{k}" in z else (),
-                              z.get(f"predicted_{k}")))
+                              z.get(f"predicted_{k}"),
+                              tuple((str(n), float(v)) for n, v in m.get("waits", []))))
     low = out.pop() if meta["low"] else None
     return out, low, dict(meta["low_seen"]), float(meta["calib_qps"])
 
@@ -348,7 +351,11 @@ def replay_steps(out: Path, workload: Workload, *, min_load: float = 0.5, seed: 
     (``GOOD_SHARE``) where the server did;
     beside them, where the two differ, the batch round trip as each engine saw it
     (``batch_ms``: sent to result handled, mean) and the reply gaps per second
-    (``reply_gaps``: stretches of ``GAP_S`` or more without a reply while a query waited).
+    (``reply_gaps``: stretches of ``GAP_S`` or more without a reply while a query waited),
+    and each process's share of the step's time spent runnable without a core
+    (``real_wait_<process>``: the kernel's schedstat, stored with the run since
+    2026-12-02; ``twin_wait_<process>``: the host CPU model's time slices; ``frontend``,
+    ``loadgen``, ``container:<model>``).
     Settings or runs without a recorded speed are left out.  Written to
     ``OUT/fidelity_steps.csv``."""
     rows: list[dict[str, Any]] = []
@@ -377,8 +384,9 @@ def replay_steps(out: Path, workload: Workload, *, min_load: float = 0.5, seed: 
                                           else (lat <= app.slo_s) & pred))}
             seen: dict[str, float] = {}
             for name, c in (("replayed", as_run(calib, r)), ("two_speeds", calib)):
-                res = Simulation(sim_deployment(dep, workload.app, profiles, calibration=c),
-                                 r.trace, seed=seed).run()
+                sim = Simulation(sim_deployment(dep, workload.app, profiles, calibration=c),
+                                 r.trace, seed=seed)
+                res = sim.run()
                 q = res.queries
                 tl = np.nan_to_num(q["latency_s"].to_numpy(), nan=np.inf)
                 if known:
@@ -390,7 +398,9 @@ def replay_steps(out: Path, workload: Workload, *, min_load: float = 0.5, seed: 
                     seen = {"twin_batch_ms": batch_mean_ms(res.metrics),
                             "twin_gaps_per_s": reply_gaps(q["arrival_at"].to_numpy(),
                                                           tl).size / span,
-                            "twin_defaults": float(np.mean(q["default"].to_numpy(bool)))}
+                            "twin_defaults": float(np.mean(q["default"].to_numpy(bool))),
+                            **{f"twin_wait_{k}": v / span
+                               for k, v in process_waits(sim.cpu_wait_s).items()}}
             rows.append({"setting": folder.name, "rate_qps": r.rate,
                          "speed_factor": r.speed_factor, "overloaded": r.overloaded,
                          "real_good": good["real"], "replayed_good": good["replayed"],
@@ -400,7 +410,8 @@ def replay_steps(out: Path, workload: Workload, *, min_load: float = 0.5, seed: 
                          "defaults_counted": known,
                          "real_defaults": float(np.mean(~pred)) if pred is not None else math.nan,
                          "real_batch_ms": r.batch_ms, **seen,
-                         "real_gaps_per_s": reply_gaps(send, lat).size / span})
+                         "real_gaps_per_s": reply_gaps(send, lat).size / span,
+                         **{f"real_wait_{k}": v / span for k, v in r.waits}})
         got = [x for x in rows if x["setting"] == folder.name]
         if got:
             log(f"{folder.name}: the twin replaying each step at its recorded speed agrees "
@@ -409,6 +420,19 @@ def replay_steps(out: Path, workload: Workload, *, min_load: float = 0.5, seed: 
     table = pd.DataFrame(rows)
     table.to_csv(out / STEPS_FILE, index=False, float_format="%.6g")
     return table
+
+
+def process_waits(cpu_wait_s: Mapping[str, float]) -> dict[str, float]:
+    """The twin's waits for a core (``Simulation.cpu_wait_s``: ``host/process``) under
+    the names a real run keeps them (``CpuRun.waits``): ``frontend``, ``loadgen`` and
+    ``container:<model>`` (its replicas summed)."""
+    out: dict[str, float] = {}
+    for key, v in cpu_wait_s.items():
+        proc = key.split("/", 1)[-1]
+        if proc not in ("frontend", "loadgen"):
+            proc = "container:" + proc.split("#", 1)[0].split(":", 1)[0]
+        out[proc] = out.get(proc, 0.0) + v
+    return out
 
 
 def _deployment(toml: Path, tmp: Path) -> Any:

@@ -8,8 +8,9 @@ Rules:
   its idle CPU over the run's wall time), its containers' (per model, less their idle
   CPU), the generator's own (this process's CPU time over the run, the generator runs in
   it, less its idle rate: ``loadgen_idle_rate``, its millisecond timer ticking through a
-  run of two queries a second apart) and what the server saw (``scrape.in_situ``) around
-  it;
+  run of two queries a second apart), the seconds each of them waited runnable for a
+  core (``ServerProcess.wait_s``; the generator's: this process's) and what the server
+  saw (``scrape.in_situ``) around it;
   latency is measured from the schedule in the raw table, from the send after
   ``from_send`` (the generator's own lateness, ``lag_s``, kept apart).
 - The twin replays the send times the generator achieved (``sent_trace``);
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -33,7 +35,7 @@ import pandas as pd
 from clipperlab.calibration.fit import Calibration, ContainerCpu, CpuRun
 from clipperlab.calibration.loadgen import run_load
 from clipperlab.calibration.scrape import in_situ, scrape
-from clipperlab.calibration.server import ServerProcess
+from clipperlab.calibration.server import ServerProcess, proc_wait_s
 from clipperlab.report.latency import summarise
 from clipperlab.simulator import Deployment, Simulation
 from clipperlab.workloads import Trace, Workload
@@ -65,6 +67,8 @@ class RealRun(NamedTuple):
     # time.monotonic() at the schedule's zero and at the last reply (or the drain's end)
     started_at: float = math.nan
     ended_at: float = math.nan
+    # seconds each process waited runnable for a core over the run (``CpuRun.waits``)
+    waits_s: Mapping[str, float] = {}
 
     def cpu_run(self, overloaded: bool = False, speed_factor: float = math.nan,
                 speed_trace: tuple[tuple[float, ...], ...] = ()) -> CpuRun:
@@ -84,7 +88,8 @@ class RealRun(NamedTuple):
                           for m in sorted(models) if m in self.container_cpu_s),
                       loadgen_cpu_s=self.loadgen_cpu_s, overloaded=overloaded,
                       speed_factor=speed_factor, speed_trace=speed_trace,
-                      predicted=predicted(self.table))
+                      predicted=predicted(self.table),
+                      waits=tuple(sorted(self.waits_s.items())))
 
 
 def retime(workload: Workload, rate_qps: float, duration_s: float, seed: int) -> Trace:
@@ -125,17 +130,21 @@ def real_run(srv: ServerProcess, trace: Trace, pool: np.ndarray, api: str,
     idle_c = idle_containers or {}
     m0 = scrape(srv.url)
     k0 = srv.container_cpu_s()
+    w0 = {**srv.wait_s(), "loadgen": proc_wait_s(os.getpid())}
     c0, t0, g0 = srv.cpu_s(), time.monotonic(), time.process_time()
     table = run_load(trace, pool, srv.url, api=api, connections=connections, drain_s=5.0)
     g1, wall = time.process_time(), time.monotonic() - t0
     cpu = srv.cpu_s() - c0 - idle_cpu * wall
     k1 = srv.container_cpu_s()
+    w1 = {**srv.wait_s(), "loadgen": proc_wait_s(os.getpid())}
     seen = in_situ(m0, scrape(srv.url))
     containers = {m: max(k1[m] - k0[m] - idle_c.get(m, 0.0) * wall, 0.0)
                   for m in k1 if m in k0}  # a container that restarted says nothing
     start = float(table.attrs.get("started_at", t0))
+    waits = {k: max(w1[k] - w0[k], 0.0) for k in w1
+             if k in w0 and math.isfinite(w1[k] - w0[k])}
     return RealRun(trace, table, max(cpu, 0.0) / max(len(trace), 1), seen, containers,
-                   max(g1 - g0 - idle_loadgen * wall, 0.0), start, t0 + wall)
+                   max(g1 - g0 - idle_loadgen * wall, 0.0), start, t0 + wall, waits)
 
 
 def sim_run(dep: Deployment, trace: Trace, seed: int, calib: Calibration | None = None

@@ -16,6 +16,9 @@ Rules:
   summed over the replicas: the server's child processes in ``/proc`` whose command line
   names the model (``--name``); a container that restarted starts from zero again.
   ``idle_container_cpu_rate`` is their CPU per second with no queries (heartbeats).
+- ``ServerProcess.wait_s``: the seconds the server and its containers have waited
+  runnable for a core so far (``/proc/<pid>/task/*/schedstat``'s ``run_delay``, what the
+  host CPU model's time slices give as ``Simulation.cpu_wait_s``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import os
 import tempfile
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -258,6 +261,20 @@ class ServerProcess:
 
     def container_cpu_s(self) -> dict[str, float]:
         """CPU seconds of the server's containers so far, per model (module rules)."""
+        return self._per_container(_proc_cpu_s)
+
+    def wait_s(self) -> dict[str, float]:
+        """Seconds the server (``frontend``) and its containers (``container:<model>``)
+        have waited runnable for a core so far (``proc_wait_s``; none where it cannot
+        be read)."""
+        out = {f"container:{m}": v for m, v in self._per_container(proc_wait_s).items()}
+        w = proc_wait_s(self.proc.pid) if self.proc.pid is not None else math.nan
+        if math.isfinite(w):
+            out["frontend"] = w
+        return out
+
+    def _per_container(self, read: Callable[[int], float]) -> dict[str, float]:
+        """``read`` of each container process, summed per model (module rules)."""
         out: dict[str, float] = {}
         for d in child_pids(self.proc.pid) if self.proc.pid is not None else ():
             try:
@@ -267,10 +284,10 @@ class ServerProcess:
                 continue  # gone, or not ours to read
             if "--name" not in argv[:-1]:
                 continue
-            cpu = _proc_cpu_s(d)
-            if math.isfinite(cpu):
+            v = read(d)
+            if math.isfinite(v):
                 name = argv[argv.index("--name") + 1]
-                out[name] = out.get(name, 0.0) + cpu
+                out[name] = out.get(name, 0.0) + v
         return out
 
     def stop(self) -> None:
@@ -297,6 +314,25 @@ def _proc_cpu_s(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return math.nan
+
+
+def proc_wait_s(pid: int) -> float:
+    """Seconds the threads of process ``pid`` have waited runnable for a core so far (the
+    kernel's schedstat ``run_delay``, summed over the threads alive now; NaN when it
+    cannot be read: a kernel without schedstats, a process gone)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return math.nan
+    total, seen = 0, False
+    for t in tids:
+        try:
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                total += int(f.read().split()[1])
+            seen = True
+        except (OSError, IndexError, ValueError):
+            continue  # a thread gone meanwhile
+    return total / 1e9 if seen else math.nan
 
 
 def idle_container_cpu_rate(srv: ServerProcess, seconds: float = 1.0) -> dict[str, float]:

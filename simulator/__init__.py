@@ -52,7 +52,8 @@ batch_send_s, batch_done_s, item_s)|None, host_cpu=HostCPU(cpus, frontend_host,
 loadgen_host, loadgen_cpu_per_query_s)|None)`` (the frontend's event loop as a CPU; the
 hosts' cores shared by the loop, the containers and the generator, processor sharing,
 off by default; a model's CPU per batch: ``ModelDeployment(cpu_per_batch_s,
-cpu_per_item_s)``; after a run ``Simulation.cpu_busy_s`` gives each process's CPU time);
+cpu_per_item_s)``; after a run ``Simulation.cpu_busy_s`` gives each process's CPU time
+and, with time slices, ``cpu_wait_s`` its time runnable without a core);
 ``Deployment.single(...)`` for one model;
 ``load_config(path) -> SimConfig(deployment, workload, seed)`` reads TOML/JSON (see
 ``examples/simulate.toml``).

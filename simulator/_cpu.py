@@ -76,7 +76,8 @@ class CpuProc:
     """A process on a host: its FIFO of jobs (demand in CPU seconds, done callback)."""
 
     __slots__ = ("name", "jobs", "running", "in_done", "token", "finish_v", "held_until",
-                 "left_s", "busy_s", "wake_busy_s", "idle_since", "wake_s", "cold_after_s")
+                 "left_s", "busy_s", "wake_busy_s", "idle_since", "wake_s", "cold_after_s",
+                 "wait_s")
 
     def __init__(self, name: str, wake_s: float = 0.0, cold_after_s: float = 1e-3) -> None:
         self.name = name
@@ -89,6 +90,9 @@ class CpuProc:
         self.left_s: float | None = None  # demand left of a job interrupted by a hold
         self.busy_s = 0.0  # CPU seconds served (wake-ups included)
         self.wake_busy_s = 0.0  # the wake-ups' part of it (CPU seconds asked)
+        # time runnable without a core (a run queue's wait: time-sliced hosts; processor
+        # sharing has no queue and leaves it 0), the kernel's schedstat run_delay
+        self.wait_s = 0.0
         self.idle_since = 0.0
         self.wake_s = wake_s
         self.cold_after_s = cold_after_s
@@ -538,6 +542,7 @@ class SlicedHostCpuState(_Host):
             c = min(range(self.cores), key=lambda k: len(self.queues[k]))
         self._place(p, c, now)
         p.queued = True
+        p.queued_at = now
         self.queues[c].append(p)
         self._check(c, now)
 
@@ -559,6 +564,7 @@ class SlicedHostCpuState(_Host):
             return
         self._off(cur, now, keep_core=False)
         cur.queued = True
+        cur.queued_at = now
         self.queues[core].append(cur)
         self.queues[core].remove(best)
         best.queued = False
@@ -566,6 +572,9 @@ class SlicedHostCpuState(_Host):
 
     def _dispatch(self, p: SlicedProc, now: float, core: int) -> None:
         """``p`` onto free core ``core``."""
+        if p.queued_at >= 0.0:
+            p.wait_s += now - p.queued_at
+            p.queued_at = -1.0
         if p.left_s is None:
             p.left_s = p.jobs[0][0]
         p.core = core
@@ -594,6 +603,8 @@ class SlicedHostCpuState(_Host):
                 self._freed(p.core, now)
         elif p.queued:
             p.queued = False
+            p.wait_s += now - p.queued_at
+            p.queued_at = -1.0
             self.queues[p.core].remove(p)
             self._leave(p, now)
 
@@ -707,8 +718,8 @@ class SlicedHostCpuState(_Host):
 class SlicedProc(CpuProc):
     """A process on a ``SlicedHostCpuState`` host."""
 
-    __slots__ = ("run_since", "order", "queued", "core", "vr", "vsince", "dl", "vlag",
-                 "vpick")
+    __slots__ = ("run_since", "order", "queued", "queued_at", "core", "vr", "vsince", "dl",
+                 "vlag", "vpick")
 
     def __init__(self, name: str, wake_s: float = 0.0, cold_after_s: float = 1e-3) -> None:
         super().__init__(name, wake_s, cold_after_s)
@@ -716,6 +727,7 @@ class SlicedProc(CpuProc):
         self.run_since = 0.0
         self.order = 0
         self.queued = False
+        self.queued_at = -1.0  # when it joined a run queue (-1: in none)
         self.vr = 0.0  # virtual time: CPU time received, the kernel's vruntime
         self.vsince = 0.0  # when ``vr`` was last brought up to date (while running)
         self.dl = 0.0  # virtual deadline: ``vr`` at its slice's end

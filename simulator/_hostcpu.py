@@ -155,6 +155,8 @@ class _HostCpuDriver(_Replicas):
         self.loop_wake_s = self._fproc.wake_busy_s
         self.cpu_busy_s = {f"{h.name}/{p.name}": p.busy_s for h in self._cpus.values()
                            for p in h.procs}
+        self.cpu_wait_s = {f"{h.name}/{p.name}": p.wait_s for h in self._cpus.values()
+                           for p in h.procs}
 
     # ------------------------------------------------------------------ the loop's jobs
     def _loop_job(self, cost_s: float, now: float, done: Done) -> None:
@@ -445,6 +447,7 @@ class _HostCpuDriver(_Replicas):
     fb_query: np.ndarray
     labels: np.ndarray
     cpu_busy_s: dict[str, float]
+    cpu_wait_s: dict[str, float]
     _cacheable_rows: list[bool] | None
     _ctx_rows: list[Any] | None
     _app_rows: list[str]

@@ -294,6 +294,7 @@ class Simulation(_HostCpuDriver):
         self.crashes = []
         self._cpus = None
         self.cpu_busy_s = {}
+        self.cpu_wait_s: dict[str, float] = {}  # per process: runnable without a core
         if dep.host_cpu is not None:
             self._hc_setup(dep.host_cpu)
         self._fe_of = np.zeros(n, dtype=np.int64)  # the frontend each query went to

@@ -204,8 +204,10 @@ def test_calibration_and_runs_round_trip(tmp_path: Path) -> None:
     run = CpuRun(tr, 50.0, 20.0, 0.01, np.full(50, 1e-3), 0.3,
                  (ContainerCpu("noop", 20.0, 50.0, 0.002),), 0.004)
     got_one = np.arange(50) % 5 != 0  # every fifth query answered with the default
+    waits = (("container:noop", 0.002), ("frontend", 0.01), ("loadgen", 0.003))
     over = dataclasses.replace(run, overloaded=True, speed_factor=1.4,
-                               speed_trace=((0.0, 1.0), (0.125, 1.8)), predicted=got_one)
+                               speed_trace=((0.0, 1.0), (0.125, 1.8)), predicted=got_one,
+                               waits=waits)
     path = save_runs(tmp_path / "runs.npz", [run, over], run, {"batches": 20.0}, 50.0)
     runs, low, seen, qps = load_runs(path, wl)
     assert len(runs) == 2 and low is not None and seen == {"batches": 20.0} and qps == 50.0
@@ -216,6 +218,8 @@ def test_calibration_and_runs_round_trip(tmp_path: Path) -> None:
     # which queries got a prediction, where the run recorded it
     assert runs[1].predicted is not None and np.array_equal(runs[1].predicted, got_one)
     assert runs[0].predicted is None and low.predicted is None
+    # each process's wait for a core, where the run recorded it
+    assert runs[1].waits == waits and runs[0].waits == () and low.waits == ()
     for r in (*runs, low):
         assert np.array_equal(r.trace.arrival_at, tr.arrival_at)
         assert np.array_equal(np.asarray(r.latency_s), np.full(50, 1e-3))
@@ -359,7 +363,8 @@ def test_steps_replayed_at_their_speed_against_the_servers_pass_or_fail(
     cal = tmp_path / "noop-aimd" / "calibration.json"
     c = calibration_from_json(cal.read_text())["sim+host"]
     cal.write_text(calibration_to_json({"sim+host": dataclasses.replace(
-        c, reference_factor=1.0)}))  # demands at the fast speed: the steps are replayed
+        c, reference_factor=1.0, slice_s=1.5e-3)}))  # demands at the fast speed: the
+    # steps are replayed; time slices: the twin counts each process's wait for a core
     wl = Workload(ConstantRate(100), n_queries=100, app="digits")
 
     def step(rate: float, late_s: float, rec: tuple[tuple[float, float], ...]) -> CpuRun:
@@ -385,10 +390,20 @@ def test_steps_replayed_at_their_speed_against_the_servers_pass_or_fail(
     # the server's per-query outcome stored: a default answered in time is a miss, as in
     # the capacity ramp (one in ten here: the step fails), and the twin's are counted
     # alike (none: it passes)
-    defaulted = dataclasses.replace(runs[1], predicted=np.arange(700) % 10 != 0)
+    defaulted = dataclasses.replace(runs[1], predicted=np.arange(700) % 10 != 0,
+                                    waits=(("frontend", 0.0999), ("loadgen", 0.0)))
     save_runs(tmp_path / "noop-aimd" / "runs.npz", [defaulted], runs[0], {}, 50.0)
     got = replay_steps(tmp_path, wl, log=lambda s: None)
     assert list(got["real_good"]) == pytest.approx([0.9]) and list(got["agree"]) == [False]
+    # each process's share of the step spent waiting for a core: the server's as stored
+    # (over the step's span, first send to last: 699/700 s), the twin's per process, its
+    # container's by model
+    assert list(got["real_wait_frontend"]) == pytest.approx([0.0999 / (699 / 700)])
+    assert list(got["real_wait_loadgen"]) == [0.0]
+    twin = [c for c in got.columns if c.startswith("twin_wait_")]
+    assert sorted(twin) == ["twin_wait_container:noop", "twin_wait_frontend",
+                            "twin_wait_loadgen"]
+    assert (got[twin] >= 0).all().all() and (got[twin] < 1).all().all()
     assert list(got["real_defaults"]) == pytest.approx([0.1])
     assert got["defaults_counted"].all() and list(got["twin_defaults"]) == [0.0]
     assert list(got["replayed_good"]) == [1.0]

@@ -205,6 +205,11 @@ def test_validate_tiny(tmp_path: Path) -> None:
     # one probe per core, pooled: the twin's cores switch each on its own
     assert res.speed_calib.cores == len(probe_cpus())
     assert res.calibration.core_speeds is (res.speed_calib.cores > 1)
+    # each kept run records how long each process waited runnable for a core (the
+    # kernel's schedstat): the server's loop, its container and the generator
+    assert res.runs and all(
+        {n for n, _ in r.waits} == {"frontend", "container:noop", "loadgen"}
+        and all(v >= 0.0 for _, v in r.waits) for r in res.runs)
     # each level's rows record the machine's speed during its real runs
     assert res.table["speed_level_factor"].notna().all()
     assert res.table["speed_level_slow_share"].between(0, 1).all()

@@ -37,9 +37,11 @@ FAST = Link(bandwidth_bps=1e18, latency_s=0.0)
 
 def run_jobs(cores: int, jobs: list[tuple[float, str, float]],
              holds: tuple[tuple[str, float, float], ...] = (),
-             slice_s: float = 0.0) -> dict[str, list[float]]:
+             slice_s: float = 0.0, waits: dict[str, float] | None = None
+             ) -> dict[str, list[float]]:
     """Submit ``(at, process, demand)`` jobs to one host; the finish times per process
-    (processor sharing, or time slices of ``slice_s``)."""
+    (processor sharing, or time slices of ``slice_s``); ``waits`` gets each process's
+    time runnable without a core."""
     env = simpy.Environment()
     host: HostCpuState | SlicedHostCpuState = (
         SlicedHostCpuState(env, "h", cores, slice_s) if slice_s > 0
@@ -60,6 +62,8 @@ def run_jobs(cores: int, jobs: list[tuple[float, str, float]],
     env.process(feed())
     env.process(hold())
     env.run()
+    if waits is not None:
+        waits.update({name: p.wait_s for name, p in procs.items()})
     return out
 
 
@@ -134,11 +138,15 @@ def test_time_slice_finish_times(cores: int, slice_s: float,
 def test_a_waiter_waits_for_its_core_while_another_idles_until_the_tick() -> None:
     """Each core has its own run queue: x, woken while both cores are in their slices,
     waits on one of them; the other core going idle at 2 ms does not take it until the
-    balance tick at 4 ms (one queue for all cores ran it at 2 ms)."""
-    got = run_jobs(2, [(0, "a", 10e-3), (0, "b", 2e-3), (1e-3, "x", 1e-3)], slice_s=5e-3)
+    balance tick at 4 ms (one queue for all cores ran it at 2 ms); its wait (the
+    kernel's run_delay) is counted."""
+    waits: dict[str, float] = {}
+    got = run_jobs(2, [(0, "a", 10e-3), (0, "b", 2e-3), (1e-3, "x", 1e-3)], slice_s=5e-3,
+                   waits=waits)
     assert got["b"] == pytest.approx([2e-3])
     assert got["x"] == pytest.approx([5e-3])
     assert got["a"] == pytest.approx([10e-3])
+    assert waits == pytest.approx({"a": 0.0, "b": 0.0, "x": 3e-3})
 
 
 @pytest.mark.parametrize(("woken_at", "done_at"), [(0.5e-3, 4.1e-3), (2e-3, 2.1e-3)])
