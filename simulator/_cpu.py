@@ -366,7 +366,7 @@ class SlicedHostCpuState(_Host):
     core, and at a tick balances the idle cores."""
 
     __slots__ = ("env", "name", "cores", "slice_s", "tick_s", "running", "queues", "vbase",
-                 "timeouts", "procs", "seq", "factor", "core_factors")
+                 "timeouts", "procs", "seq", "factor", "core_factors", "wait_log")
 
     def __init__(self, env: simpy.Environment, name: str, cores: int,
                  slice_s: float, tick_s: float = BALANCE_TICK_S) -> None:
@@ -384,6 +384,8 @@ class SlicedHostCpuState(_Host):
         self.queues: list[collections.deque[SlicedProc]] = [
             collections.deque() for _ in range(cores)]
         self.vbase = [0.0] * cores  # a core's average virtual time when it emptied
+        # when set: every wait for a core, per process name (``bench/sched_waits.py``)
+        self.wait_log: dict[str, list[float]] | None = None
         self.timeouts: list[float] = []
         self.procs: list[CpuProc] = []
         self.seq = 0
@@ -573,8 +575,7 @@ class SlicedHostCpuState(_Host):
     def _dispatch(self, p: SlicedProc, now: float, core: int) -> None:
         """``p`` onto free core ``core``."""
         if p.queued_at >= 0.0:
-            p.wait_s += now - p.queued_at
-            p.queued_at = -1.0
+            self._waited(p, now)
         if p.left_s is None:
             p.left_s = p.jobs[0][0]
         p.core = core
@@ -603,10 +604,17 @@ class SlicedHostCpuState(_Host):
                 self._freed(p.core, now)
         elif p.queued:
             p.queued = False
-            p.wait_s += now - p.queued_at
-            p.queued_at = -1.0
+            self._waited(p, now)
             self.queues[p.core].remove(p)
             self._leave(p, now)
+
+    def _waited(self, p: SlicedProc, now: float) -> None:
+        """``p`` leaves a run queue: its wait counted (and logged)."""
+        w = now - p.queued_at
+        p.wait_s += w
+        p.queued_at = -1.0
+        if self.wait_log is not None:
+            self.wait_log.setdefault(p.name, []).append(w)
 
     def _freed(self, core: int, now: float) -> None:
         """Core ``core`` has no process: the kernel's pick of its run queue takes it (an

@@ -121,6 +121,10 @@ class _HostCpuDriver(_Replicas):
                      if hc.slice_s > 0 else HostCpuState(env, h.name, hc.cores(h)))
             for h in dep.hosts}
         self._cpus = cpus
+        if self.record_cpu_waits:
+            for h in cpus.values():
+                if isinstance(h, SlicedHostCpuState):
+                    h.wait_log = {}
         fh = hc.frontend_host or dep.hosts[0].name
         self._fhost = cpus[fh]
         self._fproc = cpus[fh].proc("frontend", fc.wake_s if fc else 0.0,
@@ -157,6 +161,9 @@ class _HostCpuDriver(_Replicas):
                            for p in h.procs}
         self.cpu_wait_s = {f"{h.name}/{p.name}": p.wait_s for h in self._cpus.values()
                            for p in h.procs}
+        self.cpu_wait_log = {f"{h.name}/{name}": w for h in self._cpus.values()
+                             if isinstance(h, SlicedHostCpuState) and h.wait_log
+                             for name, w in h.wait_log.items()}
 
     # ------------------------------------------------------------------ the loop's jobs
     def _loop_job(self, cost_s: float, now: float, done: Done) -> None:
@@ -448,6 +455,8 @@ class _HostCpuDriver(_Replicas):
     labels: np.ndarray
     cpu_busy_s: dict[str, float]
     cpu_wait_s: dict[str, float]
+    record_cpu_waits: bool
+    cpu_wait_log: dict[str, list[float]]
     _cacheable_rows: list[bool] | None
     _ctx_rows: list[Any] | None
     _app_rows: list[str]

@@ -149,8 +149,10 @@ class Simulation(_HostCpuDriver):
 
     ``decision_log=True`` keeps the engine's decision log; ``record_members=True`` keeps
     one row per (query, model) with the time that model's batch finished (what waiting for
-    every ensemble member would have cost); ``engine_options`` go to ``Engine(...)``
-    (e.g. ``cache_capacity_bytes``, ``feedback_timeout_s``).
+    every ensemble member would have cost); ``record_cpu_waits=True`` keeps every wait
+    for a core of every process under the host CPU model's time slices
+    (``cpu_wait_log``: ``host/process`` -> seconds, one per wait); ``engine_options`` go
+    to ``Engine(...)`` (e.g. ``cache_capacity_bytes``, ``feedback_timeout_s``).
     """
 
     own_events = True
@@ -165,12 +167,15 @@ class Simulation(_HostCpuDriver):
         *,
         decision_log: bool = False,
         record_members: bool = False,
+        record_cpu_waits: bool = False,
         engine_options: dict[str, Any] | None = None,
     ) -> None:
         self.deployment = deployment
         self.seed = seed
         self.decision_log = decision_log
         self.record_members = record_members
+        self.record_cpu_waits = record_cpu_waits
+        self.cpu_wait_log: dict[str, list[float]] = {}
         items: list[Workload | Trace] = (
             list(workload) if isinstance(workload, list | tuple) else [workload]  # type: ignore[list-item]
         )
