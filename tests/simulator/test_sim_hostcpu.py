@@ -334,6 +334,33 @@ def test_gpu_container_uses_only_its_cpu_part() -> None:
     assert q["latency_s"].min() == pytest.approx(24e-3, rel=1e-6)
 
 
+def test_a_run_counts_and_logs_each_processs_waits_for_a_core() -> None:
+    """With time slices, ``cpu_wait_s`` gives each process's time runnable without a core
+    and ``record_cpu_waits`` logs every such wait (summing to it): the generator and the
+    replica sharing the first host's core wait, the replica alone on the second host and
+    the loop (no CPU cost here) never; processor sharing has no queue: no waits."""
+    def run(slice_s: float, record: bool) -> Simulation:
+        dep = dataclasses.replace(
+            Deployment.single("prototype-linear-svm", batching=BatchingConfig(policy="aimd"),
+                              slo_s=0.02, replicas=2),
+            host_cpu=HostCPU(cpus=1, loadgen_cpu_per_query_s=50e-6, slice_s=slice_s))
+        sim = Simulation(dep, Workload(Poisson(2000.0), n_queries=2000), seed=3,
+                         record_cpu_waits=record)
+        sim.run()
+        return sim
+
+    sim = run(1.5e-3, True)
+    w = sim.cpu_wait_s
+    assert set(w) == set(sim.cpu_busy_s)
+    assert w["h0/loadgen"] > 0 and w["h0/m:1#0"] > 0
+    assert w["h1/m:1#1"] == 0 and w["h0/frontend"] == 0
+    assert set(sim.cpu_wait_log) == {"h0/loadgen", "h0/m:1#0"}
+    for k, waits in sim.cpu_wait_log.items():
+        assert sum(waits) == pytest.approx(sim.cpu_wait_s[k]) and min(waits) >= 0
+    assert run(1.5e-3, False).cpu_wait_log == {}
+    assert set(run(0.0, True).cpu_wait_s.values()) == {0.0}
+
+
 def test_a_crash_drops_the_containers_cpu_job() -> None:
     """A replica that crashes mid-batch leaves the CPU: the run ends, every query is
     answered, and the lost batch's CPU time is not counted in full."""
