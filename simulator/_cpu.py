@@ -350,8 +350,9 @@ class SlicedHostCpuState(_Host):
       queued on, which may mean waiting behind a long job while the other core idles:
       the waits measured with ``perf sched`` on two cores (the frontend, a container
       and the load generator; 2026-12-02), which one FIFO queue for all cores did not
-      give (a container waited 0.7% of the time there, 6.6% on the machine; this
-      model: 8%).  Slices going to zero give processor sharing (``HostCpuState``).
+      give (a container waited 0.7% of the time there, 6.9% on the machine; this
+      model: 7.8%; ``results/validation/sched-2026-12-02/``).  Slices going to zero
+      give processor sharing (``HostCpuState``).
     - Holds, wake-up costs, ``submit_next``, ``cancel`` and the callbacks' order are as
       in ``HostCpuState``.
 
@@ -473,6 +474,7 @@ class SlicedHostCpuState(_Host):
         return out
 
     def _avg(self, members: list[SlicedProc], core: int) -> float:
+        """The average virtual time of ``members`` (none: the core's when it emptied)."""
         return (sum(m.vr for m in members) / len(members) if members
                 else self.vbase[core])
 
@@ -513,10 +515,10 @@ class SlicedHostCpuState(_Host):
         return best if best is not None else min(members, key=_by_deadline)
 
     def _runnable(self, p: SlicedProc, now: float) -> None:
-        """``p`` wakes: onto its last core if free, else a free core, else its last
-        core's run queue (a process that never ran: the shortest queue's), where it
-        preempts the running process if that one has run its slice out and ``p`` is
-        the kernel's pick."""
+        """``p`` wakes: onto its last core if free, else a free core, else the run queue
+        of a core whose process has had a slice since it got it (its own first, else the
+        one running longest), else its own core's (a process that never ran: the
+        shortest queue's); then a scheduling point there (``_check``)."""
         taken = {r.core for r in self.running}
         c = p.core
         if len(taken) < self.cores:
@@ -549,8 +551,9 @@ class SlicedHostCpuState(_Host):
         self._check(c, now)
 
     def _check(self, core: int, now: float) -> None:
-        """A scheduling point on ``core`` (a wake-up there, a tick): the running process,
-        past its deadline, gets a new one and gives the core to the kernel's pick."""
+        """A scheduling point on ``core`` (a wake-up there, a job's end on the host, a
+        tick): the running process, past its deadline, gets a new one, and once it has
+        run a slice since it got the core it gives the core to the kernel's pick."""
         cur = next((r for r in self.running if r.core == core), None)
         if cur is None or cur.in_done or not self.queues[core]:
             return
