@@ -504,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
                 t["loadgen_cpu_us"] = c.loadgen_cpu_per_query_s * 1e6
                 t["loadgen_wake_us"] = c.loadgen_wake_s * 1e6
                 t["slice_ms"] = c.slice_s * 1e3
+                t["tick_ms"] = c.tick_s * 1e3
                 t["slow_factor"] = c.slow_factor
                 t["slow_share"] = c.slow_share
                 t["slow_dwell_ms"] = c.slow_dwell_s * 1e3

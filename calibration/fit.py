@@ -114,6 +114,8 @@ class Calibration:
     loadgen_wake_s: float = 0.0  # the generator's CPU per wake-up (fit_loadgen)
     # the kernel's time slice (0: processor sharing; kernel_slice_s: Linux's)
     slice_s: float = 0.0
+    # the kernel's scheduler tick, when idle cores take waiting tasks (kernel_tick_s)
+    tick_s: float = 4e-3
     # the machine's two speeds while the runs ran (quiet.SpeedMonitor, quiet.fit_speed;
     # HostCPU.slow_*): 1 / 0 is one speed
     slow_factor: float = 1.0

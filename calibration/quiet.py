@@ -80,8 +80,11 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
+import gzip
 import logging
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -230,6 +233,25 @@ def kernel_slice_s(proc: Path = Path("/proc"),
         pass
     cpus = min(_cpus(proc), 8)
     return 0.75e-3 * (1 + (cpus.bit_length() - 1))
+
+
+def kernel_tick_s(proc: Path = Path("/proc"), boot: Path = Path("/boot")) -> float:
+    """Linux's scheduler tick on this machine, in seconds: 1 / ``CONFIG_HZ`` from the
+    kernel's config (``/proc/config.gz``, else ``/boot/config-<release>``), else 4 ms
+    (HZ = 250, the common default)."""
+    texts: list[str] = []
+    try:
+        with gzip.open(proc / "config.gz", "rt") as f:
+            texts.append(f.read())
+    except (OSError, EOFError):
+        pass
+    with contextlib.suppress(OSError):
+        texts.append((boot / f"config-{os.uname().release}").read_text())
+    for text in texts:
+        m = re.search(r"^CONFIG_HZ=(\d+)$", text, re.M)
+        if m and int(m.group(1)) > 0:
+            return 1.0 / int(m.group(1))
+    return 4e-3
 
 
 def _cpus(proc: Path) -> int:

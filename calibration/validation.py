@@ -154,6 +154,7 @@ from clipperlab.calibration.quiet import (
     SpeedMonitor,
     guard,
     kernel_slice_s,
+    kernel_tick_s,
     probe_cpus,
     replay_mean,
 )
@@ -583,7 +584,8 @@ def host_cpu_demands(runs: Sequence[CpuRun], calib: Calibration,
     (``os.cpu_count()``), each container's CPU per batch and per item
     (``fit_container_cpu`` over ``runs``), the generator's CPU per query and per wake-up
     (``fit_loadgen`` over ``good``, the runs that met the SLO; default ``runs``), the
-    kernel's time slice (``quiet.kernel_slice_s``: not fitted, the scheduler's own) and
+    kernel's time slice and tick (``quiet.kernel_slice_s``, ``quiet.kernel_tick_s``: not
+    fitted, the scheduler's own) and
     the machine's two speeds when ``speed`` found two (``quiet.fit_speed``), each core
     switching on its own when ``speed`` pooled probes of each core (``core_speeds``)."""
     gen = fit_loadgen(runs if good is None else good)
@@ -591,7 +593,8 @@ def host_cpu_demands(runs: Sequence[CpuRun], calib: Calibration,
                                container_cpu=fit_container_cpu(runs),
                                loadgen_cpu_per_query_s=gen.per_query_s,
                                loadgen_wake_s=gen.per_wake_s,
-                               slice_s=kernel_slice_s(), **speed_fields(speed),
+                               slice_s=kernel_slice_s(), tick_s=kernel_tick_s(),
+                               **speed_fields(speed),
                                core_speeds=speed is not None and speed.cores > 1)
 
 

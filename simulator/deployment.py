@@ -184,8 +184,9 @@ class HostCPU:
     ``slice_s``: 0 (the default) shares the cores by processor sharing; above 0 they are
     handed out as Linux's EEVDF scheduler does with slices of that length (per-core run
     queues: a process woken while every core is taken preempts one that has had its
-    slice, else waits on its core's queue; ``_cpu.SlicedHostCpuState``;
-    ``kernel_slice_s`` gives Linux's).
+    slice, else waits on its core's queue, where idle cores look at each ``tick_s``, the
+    scheduler tick, default 4 ms; ``_cpu.SlicedHostCpuState``; ``kernel_slice_s`` and
+    ``kernel_tick_s`` give Linux's).
 
     The host's speed (off by default): a virtual machine's cores can run at two speeds,
     switching every few tens of milliseconds to seconds, as other tenants come and go on
@@ -227,6 +228,7 @@ class HostCPU:
     loadgen_cpu_per_query_s: float = 0.0
     loadgen_wake_s: float = 0.0
     slice_s: float = 0.0
+    tick_s: float = 4e-3
     slow_factor: float = 1.0
     slow_share: float = 0.0
     slow_dwell_s: float = 0.1
@@ -258,6 +260,11 @@ class HostCPU:
                 math.isfinite(sl) and 0 <= sl <= 1.0):
             raise SimConfigError(f"host_cpu.slice_s: expected seconds in [0, 1] (0: "
                                  f"processor sharing), got {sl!r}")
+        tk = self.tick_s
+        if isinstance(tk, bool) or not isinstance(tk, int | float) or not (
+                math.isfinite(tk) and 0 < tk <= 1.0):
+            raise SimConfigError(f"host_cpu.tick_s: expected seconds in (0, 1] (the "
+                                 f"scheduler tick), got {tk!r}")
         f = self.slow_factor
         if isinstance(f, bool) or not isinstance(f, int | float) or not (
                 math.isfinite(f) and f >= 1.0):

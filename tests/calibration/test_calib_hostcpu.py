@@ -85,9 +85,10 @@ def test_twin_with_the_host_cpu_model_has_the_fitted_demands(tmp_path: Path) -> 
     prof = LatencyProfile.from_line("p", 10e-6, 100e-6)
     calib = Calibration(query_cpu_s=40e-6, batch_cpu_s=80e-6, host_cpus=3,
                         container_cpu=(("noop", 150e-6, 7e-6),),
-                        loadgen_cpu_per_query_s=25e-6, slice_s=1.5e-3)
+                        loadgen_cpu_per_query_s=25e-6, slice_s=1.5e-3, tick_s=1e-3)
     twin = sim_deployment(dep, "hello", {"noop": prof}, calibration=calib)
-    assert twin.host_cpu == HostCPU(cpus=3, loadgen_cpu_per_query_s=25e-6, slice_s=1.5e-3)
+    assert twin.host_cpu == HostCPU(cpus=3, loadgen_cpu_per_query_s=25e-6, slice_s=1.5e-3,
+                                    tick_s=1e-3)
     (m,) = twin.models
     assert (m.cpu_per_batch_s, m.cpu_per_item_s) == (150e-6, 7e-6)
     # at the profile's mean draw, the fitted CPU (a cpu container's follows its draw)
@@ -116,8 +117,9 @@ def test_twin_with_the_host_cpu_model_has_the_fitted_demands(tmp_path: Path) -> 
         calib, slow_factor=1.8, slow_share=0.4, slow_dwell_s=0.12,
         slow_dwells_s=(0.05, 0.19), fast_dwells_s=(0.18,)))
     assert swung.host_cpu == HostCPU(cpus=3, loadgen_cpu_per_query_s=25e-6, slice_s=1.5e-3,
-                                     slow_factor=1.8, slow_share=0.4, slow_dwell_s=0.12,
-                                     slow_dwells_s=(0.05, 0.19), fast_dwells_s=(0.18,))
+                                     tick_s=1e-3, slow_factor=1.8, slow_share=0.4,
+                                     slow_dwell_s=0.12, slow_dwells_s=(0.05, 0.19),
+                                     fast_dwells_s=(0.18,))
     assert swung.host_cpu.speed_swings and not twin.host_cpu.speed_swings
     # the same calibration run at another stretch's speed: the twin's host switches as
     # that stretch did, its demands scaled from the calibration's own mean factor

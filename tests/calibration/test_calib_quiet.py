@@ -3,8 +3,10 @@ it reads, and what each policy does with a busy or a quiet sample."""
 
 from __future__ import annotations
 
+import gzip
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from clipperlab.calibration.quiet import (
     for_cores,
     guard,
     kernel_slice_s,
+    kernel_tick_s,
     machine_load,
     main,
     pool_speeds,
@@ -175,6 +178,20 @@ def test_kernel_slice_reads_debugfs_when_it_can(tmp_path: Path) -> None:
     """Where the scheduler's ``base_slice_ns`` is readable, that is the slice."""
     (tmp_path / "base_slice_ns").write_text("3000000\n")
     assert kernel_slice_s(Path("/proc"), tmp_path) == pytest.approx(3e-3)
+
+
+def test_kernel_tick_reads_the_kernels_config(tmp_path: Path) -> None:
+    """The tick is 1 / ``CONFIG_HZ`` from ``/proc/config.gz``, else from
+    ``/boot/config-<release>``, else 4 ms (HZ = 250)."""
+    proc, boot = tmp_path / "proc", tmp_path / "boot"
+    proc.mkdir()
+    boot.mkdir()
+    assert kernel_tick_s(proc, boot) == pytest.approx(4e-3)
+    (boot / f"config-{os.uname().release}").write_text("CONFIG_HZ_300=y\nCONFIG_HZ=300\n")
+    assert kernel_tick_s(proc, boot) == pytest.approx(1 / 300)
+    with gzip.open(proc / "config.gz", "wt") as f:
+        f.write("# CONFIG_HZ_250 is not set\nCONFIG_HZ_1000=y\nCONFIG_HZ=1000\n")
+    assert kernel_tick_s(proc, boot) == pytest.approx(1e-3)
 
 
 # --------------------------------------------------------------------------- speed

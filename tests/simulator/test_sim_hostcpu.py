@@ -457,6 +457,8 @@ def _toml(text: str) -> dict[str, object]:
         ("loadgen_cpu_per_query_s = 20e-6", "slice_s = -1e-3",
          r"host_cpu\.slice_s: expected seconds in \[0, 1\] \(0: processor sharing\), "
          r"got -0\.001"),
+        ("loadgen_cpu_per_query_s = 20e-6", "tick_s = 0",
+         r"host_cpu\.tick_s: expected seconds in \(0, 1\] \(the scheduler tick\), got 0"),
         ("loadgen_cpu_per_query_s = 20e-6", "steal_s = 1",
          r"host_cpu: unknown field\(s\) \['steal_s'\]"),
         ("cpu_per_item_s = 2e-6", "cpu_per_item_s = -2e-6",
