@@ -335,7 +335,8 @@ class _HostCpuDriver(_Replicas):
             arrive = row.start_at
             service = rep.service_s
             back_s = max(done_at - arrive - service, 0.0)  # the link back
-            demand = demand_of(row.padded_size, service)
+            # the CPU follows the profile's draw; a wake-up's and a fault's time are off it
+            demand = demand_of(row.padded_size, rep.draw_s)
             if arrive > env.now:
                 yield env.timeout(arrive - env.now)
                 if rep.gen != gen:

@@ -49,7 +49,7 @@ class _Rep:
 
     __slots__ = ("rid", "model_idx", "host", "link", "sampler", "stragglers", "rng", "gen",
                  "wake", "inflight", "up", "idle_since", "wake_s", "cold_after_s",
-                 "service_s", "cpu", "free_at")
+                 "service_s", "draw_s", "cpu", "free_at")
 
     def __init__(self, rid: ReplicaId, model_idx: int, host: str, link: _LinkState,
                  sampler: ProfileSampler, rng: np.random.Generator, wake_s: float = 0.0,
@@ -70,6 +70,7 @@ class _Rep:
         self.wake_s = wake_s
         self.cold_after_s = cold_after_s
         self.service_s = 0.0  # its last batch's time in the container (the host CPU model)
+        self.draw_s = 0.0  # its profile draw alone (no wake-up, no straggler fault)
         self.cpu: Any = None  # its process on its host's CPU (the host CPU model)
 
 
@@ -168,7 +169,7 @@ class _Replicas(_Frontend):
             fe.free_at = start + xfer
         lat = link.latency_s + (fe.latency_s if fe is not None else 0.0)
         arrive = start + xfer + lat
-        service = rep.sampler(padded)
+        service = rep.draw_s = rep.sampler(padded)
         if self._nfe > 1 and rep.free_at > arrive:
             # the container is busy with another frontend's batch: this one waits for it
             arrive = rep.free_at
@@ -235,7 +236,7 @@ class _Replicas(_Frontend):
             fe.free_at = start + xfer
         lat = link.latency_s + (fe.latency_s if fe is not None else 0.0)
         arrive = start + xfer + lat
-        service = rep.sampler(padded)
+        service = rep.draw_s = rep.sampler(padded)
         if rep.wake_s:
             idle = arrive - rep.idle_since
             if idle > 0:
@@ -285,7 +286,7 @@ class _Replicas(_Frontend):
             link.free_at = start + xfer
             lat = link.latency_s  # (+ 0.0 without a frontend link: the same sums)
             arrive = start + xfer + lat
-            service = rep.sampler(padded)
+            service = rep.draw_s = rep.sampler(padded)
             if rep.wake_s:
                 idle = arrive - rep.idle_since
                 if idle > 0:

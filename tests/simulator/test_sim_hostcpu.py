@@ -361,6 +361,23 @@ def test_a_run_counts_and_logs_each_processs_waits_for_a_core() -> None:
     assert set(run(0.0, True).cpu_wait_s.values()) == {0.0}
 
 
+def test_a_containers_wake_up_is_off_the_cpu() -> None:
+    """A cpu container's CPU demand follows its profile draw, not the wake-up a sleeping
+    container adds to it: a 1 ms batch after a long sleep with a 5 ms wake-up takes 6 ms
+    and needs 1 ms of the core (its fitted CPU at the mean draw), not 6."""
+    prof = LatencyProfile(name="c", batch_sizes=(1,), levels=(0.0, 1.0),
+                          latency_s=((1e-3, 1e-3),))
+    app = AppDeployment(Application(name="digits", slo_s=10.0, default_output=-1), ("a",))
+    md = ModelDeployment(spec=ModelSpec(name="a", batching=BatchingConfig(policy="none")),
+                         profile=prof, cpu_per_batch_s=1e-3, wake_s=5e-3, cold_after_s=1e-6)
+    dep = Deployment(apps=(app,), models=(md,), hosts=(Host("h", cpus=1, link=FAST),),
+                     host_cpu=HostCPU(cpus=1, slice_s=1.5e-3))
+    sim = Simulation(dep, Workload(Poisson(1.0), n_queries=5), seed=0)
+    q = sim.run().queries
+    assert q["latency_s"].to_numpy() == pytest.approx([6e-3] * 5, rel=1e-6)
+    assert sim.cpu_busy_s["h/a:1#0"] == pytest.approx(5e-3)
+
+
 def test_a_crash_drops_the_containers_cpu_job() -> None:
     """A replica that crashes mid-batch leaves the CPU: the run ends, every query is
     answered, and the lost batch's CPU time is not counted in full."""
