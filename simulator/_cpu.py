@@ -351,7 +351,7 @@ class SlicedHostCpuState(_Host):
       the waits measured with ``perf sched`` on two cores (the frontend, a container
       and the load generator; 2026-12-02), which one FIFO queue for all cores did not
       give (a container waited 0.7% of the time there, 6.9% on the machine; this
-      model: 7.8%; ``results/validation/sched-2026-12-02/``).  Slices going to zero
+      model: 8.0%; ``results/validation/sched-2026-12-02/``).  Slices going to zero
       give processor sharing (``HostCpuState``).
     - Holds, wake-up costs, ``submit_next``, ``cancel`` and the callbacks' order are as
       in ``HostCpuState``.
