@@ -55,15 +55,10 @@ def twin_waits(setting: Path, rate: float) -> tuple[dict[str, list[float]], floa
     from clipperlab.calibration.fidelity import workload
     from clipperlab.calibration.fit import as_run
     from clipperlab.calibration.twin import sim_deployment
-    from clipperlab.simulator import Simulation, load_profile
+    from clipperlab.simulator import Simulation
 
     wl = workload()
-    calibs = r.calibration_from_json((setting / r.CALIBRATION_FILE).read_text())
-    calib = calibs[next(m for m in reversed(r.TWIN_MODES) if m in calibs)]
-    profiles = {p.stem: load_profile(p) for p in sorted((setting / "profiles").glob("*.json"))}
-    with tempfile.TemporaryDirectory() as d:
-        dep = r._deployment(setting / "deploy.toml", Path(d))
-    runs, _, _, _ = r.load_runs(setting / r.RUNS_FILE, wl)
+    calib, profiles, dep, runs = r.stored_setting(setting, wl)
     run = min(runs, key=lambda x: abs(x.rate - rate))
     sim = Simulation(sim_deployment(dep, wl.app, profiles, calibration=as_run(calib, run)),
                      run.trace, seed=0, record_cpu_waits=True)

@@ -46,7 +46,7 @@ from clipperlab.calibration.runs import retime, sim_run, ticked
 from clipperlab.calibration.server import model_specs, real_deployment
 from clipperlab.calibration.twin import at_speed, sim_deployment, speed_fields
 from clipperlab.calibration.validation import median_summary, twin_predictions
-from clipperlab.simulator import Simulation, load_profile
+from clipperlab.simulator import LatencyProfile, Simulation, load_profile
 from clipperlab.simulator.capacity import attained_share
 from clipperlab.workloads import Workload
 
@@ -363,13 +363,8 @@ def replay_steps(out: Path, workload: Workload, *, min_load: float = 0.5, seed: 
     rows: list[dict[str, Any]] = []
     for folder in sorted(p for p in out.iterdir() if (p / RUNS_FILE).exists()
                          and (p / CALIBRATION_FILE).exists()):
-        calibs = calibration_from_json((folder / CALIBRATION_FILE).read_text())
-        calib = calibs[next(m for m in reversed(TWIN_MODES) if m in calibs)]
-        profiles = {p.stem: load_profile(p) for p in sorted((folder / "profiles").glob("*.json"))}
-        with tempfile.TemporaryDirectory(prefix="clipperlab-steps-") as d:
-            dep = _deployment(folder / "deploy.toml", Path(d))
+        calib, profiles, dep, runs = stored_setting(folder, workload)
         app, _ = model_specs(dep, workload.app)
-        runs, _, _, _ = load_runs(folder / RUNS_FILE, workload)
         for r in sorted(runs, key=lambda r: r.rate):
             if not r.speed_trace or r.rate < min_load * calib.capacity_qps:
                 continue
@@ -422,6 +417,20 @@ def replay_steps(out: Path, workload: Workload, *, min_load: float = 0.5, seed: 
     table = pd.DataFrame(rows)
     table.to_csv(out / STEPS_FILE, index=False, float_format="%.6g")
     return table
+
+
+def stored_setting(folder: Path, workload: Workload
+                   ) -> tuple[Calibration, dict[str, LatencyProfile], Any, list[CpuRun]]:
+    """A fidelity run's setting folder as the steps replay it: the prediction's
+    calibration (``calibration.json``'s last twin mode), the profiles, the deployment
+    (model files stood in for) and the stored runs."""
+    calibs = calibration_from_json((folder / CALIBRATION_FILE).read_text())
+    calib = calibs[next(m for m in reversed(TWIN_MODES) if m in calibs)]
+    profiles = {p.stem: load_profile(p) for p in sorted((folder / "profiles").glob("*.json"))}
+    with tempfile.TemporaryDirectory(prefix="clipperlab-steps-") as d:
+        dep = _deployment(folder / "deploy.toml", Path(d))
+    runs, _, _, _ = load_runs(folder / RUNS_FILE, workload)
+    return calib, profiles, dep, runs
 
 
 def process_waits(cpu_wait_s: Mapping[str, float]) -> dict[str, float]:
