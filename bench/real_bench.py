@@ -15,13 +15,18 @@ What it runs, each in its own process:
      a JSON FP64 tensor of shape [1, 4]), cache off;
    - ``hit``: Clipper's API with the cache on and the same input every time (cache hits);
 3. an open-loop load generator (uvloop, ``--connections`` keep-alive connections, requests
-   pipelined, responses parsed with httptools).  Each request's latency is counted from the
-   time the schedule says it should have been sent, so a lagging generator cannot hide
-   queueing (no coordinated omission).
+   pipelined, responses parsed with httptools).  Every server and generator runs in a
+   session of its own, as services do: where the kernel groups processes by session for
+   scheduling (autogroup), a server sharing the generator's session would share one
+   process's weight of CPU with it, and its containers (sessions of their own) would not.
+   Each request's latency is counted from the time the schedule says it should have been
+   sent, so a lagging generator cannot hide queueing (no coordinated omission).
 
 For each target the offered load ramps up (x``--step`` from ``--start-rate``) until fewer than
 ``--good-share`` of the offered queries get a successful reply (HTTP 200 and not a default);
-*saturation* is the best successful rate seen.  Then latency is measured at half of it
+*saturation* is the best successful rate seen; a ramp that reaches ``--max-rate`` without
+falling short found only a lower bound, printed ``>=`` (and a ratio to such an echo ``<=``).
+Then latency is measured at half of it
 (p50/p99), and at concurrency 1 (one connection, one request at a time: p50).
 
 CPU: around every run the benchmark reads the user + system time of the frontend process and
@@ -322,7 +327,8 @@ class Target:
         out = subprocess.run([sys.executable, __file__, *argv, "--port", str(self.port),
                               "--path", self.path, "--body", self.body.decode(),
                               "--mark", self.mark.decode("latin-1")],
-                             capture_output=True, text=True, check=True)
+                             capture_output=True, text=True, check=True,
+                             start_new_session=True)
         after = self._snapshot()
         r = dict(json.loads(out.stdout.strip().splitlines()[-1]))
         sample = {k: after[k] - before[k] for k in before}
@@ -362,6 +368,7 @@ def measure(t: Target, a: argparse.Namespace, equal_rate: float = 0.0) -> dict[s
     steps = []
     rate = a.start_rate
     best: dict[str, Any] | None = None
+    capped = True  # no run fell short before the ramp's end: saturation is a lower bound
     while rate <= a.max_rate:
         r = t.run(["--role", "load", "--rate", str(rate), "--connections", str(a.connections),
                    *common])
@@ -371,13 +378,15 @@ def measure(t: Target, a: argparse.Namespace, equal_rate: float = 0.0) -> dict[s
         if best is None or r["ok_qps"] > best["ok_qps"]:
             best = r
         if r["ok_qps"] < a.good_share * rate:
+            capped = False
             break
         rate *= a.step
     assert best is not None
     half = t.run(["--role", "load", "--rate", str(max(best["ok_qps"] / 2, 100.0)),
                   "--connections", str(a.connections), *common])
     c1 = t.run(["--role", "closed", *common])
-    out = {"saturation": best, "half": half, "c1": c1, "ramp": steps, "cpu": t.cpu_split()}
+    out: dict[str, Any] = {"saturation": {**best, "capped": capped}, "half": half, "c1": c1,
+                           "ramp": steps, "cpu": t.cpu_split()}
     if t.name == "rest" and a.equal_rate == 0:
         equal_rate = max(best["ok_qps"] / 2, 100.0)  # auto: REST's half load
     if equal_rate > 0:  # kept out of the fit: one more point at a load all targets carry
@@ -406,7 +415,8 @@ def _wait_file(p: Path, proc: subprocess.Popen[Any], timeout_s: float = 60.0) ->
 
 def _start_echo(role: str, tmp: Path) -> tuple[subprocess.Popen[Any], int]:
     pf = tmp / f"{role}.port"
-    proc = subprocess.Popen([sys.executable, __file__, "--role", role, "--port-file", str(pf)])
+    proc = subprocess.Popen([sys.executable, __file__, "--role", role, "--port-file", str(pf)],
+                            start_new_session=True)
     return proc, int(_wait_file(pf, proc))
 
 
@@ -437,7 +447,8 @@ models = ["noop"]
 """)
     pf = tmp / f"serve-{tag}.ports"
     proc = subprocess.Popen([*CLI, "serve", "--config", str(cfg), "--ports-file", str(pf),
-                             "--log-level", "WARNING"], cwd=ROOT, stdout=subprocess.DEVNULL)
+                             "--log-level", "WARNING"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            start_new_session=True)
     port = int(json.loads(_wait_file(pf, proc))["ports"]["query"])
     until = time.monotonic() + 60
     while time.monotonic() < until:
@@ -478,22 +489,29 @@ def _print_table(results: dict[str, Any]) -> None:
     cols = (f"{'target':<13} {'sat. q/s':>9} {'x echo':>7} {'p50/p99 half ms':>16} "
             f"{'c=1 p50':>8} {'fe us/q':>8} {'fe us/b':>8} {'ct us/b':>8} {'fe us/q all':>11}")
     print(cols)
-    echo = results.get("echo", {}).get("saturation", {}).get("ok_qps")
+    echo_sat = results.get("echo", {}).get("saturation", {})
+    echo = echo_sat.get("ok_qps")
     for name, r in results["targets"].items():
         s, h, c1, cpu = r["saturation"], r["half"], r["c1"], r["cpu"]
         ratio = s["ok_qps"] / echo if echo else float("nan")
+        # a ramp that ended at --max-rate without falling short found a lower bound:
+        # '>=' on its saturation, and '<=' on a ratio to an echo whose ramp did so
+        at_least = ">=" if s.get("capped") else "  "
+        at_most = "<=" if echo_sat.get("capped") and name != "echo" else "  "
 
         def us(k: str, cpu: dict[str, float] = cpu) -> str:
             return f"{cpu[k]:>8.1f}" if k in cpu else f"{'-':>8}"
 
-        print(f"{name:<13} {s['ok_qps']:>9,.0f} {ratio:>7.2f} "
+        print(f"{name:<11}{at_least}{s['ok_qps']:>9,.0f} {at_most}{ratio:>5.2f} "
               f"{h['p50_ms']:>7.2f}/{h['p99_ms']:<8.2f} {c1['p50_ms']:>8.3f} "
               f"{us('frontend_us_per_query')} {us('frontend_us_per_batch')} "
               f"{us('container_us_per_batch')} {cpu.get('frontend_us_per_query_all', 0):>11.1f}")
-    print("(sat.: successful replies/s at saturation, defaults excluded; x echo: against our "
-          "echo server in this run; half: open loop at half of saturation; c=1: one request "
-          "at a time; fe/ct: frontend/container CPU from /proc, split per query and per batch "
-          "by a least-squares fit over the runs; 'all': frontend CPU / queries, unsplit)")
+    print("(sat.: successful replies/s at saturation, defaults excluded, '>=' where the ramp "
+          "reached --max-rate without falling short; x echo: against our echo server in "
+          "this run, '<=' when the echo's saturation is such a bound; half: open loop at "
+          "half of saturation; c=1: one request at a time; fe/ct: frontend/container CPU "
+          "from /proc, split per query and per batch by a least-squares fit over the runs; "
+          "'all': frontend CPU / queries, unsplit)")
     equal = {n: r["equal"] for n, r in results["targets"].items() if "equal" in r}
     if equal:
         rest = equal.get("rest", {}).get("frontend_us_per_query")
@@ -619,7 +637,9 @@ def main() -> int:
                 results[role]["speed"] = speed(t0)
             finally:
                 _stop(proc)
-        for cache, names in ((False, ("rest", "oip")), (True, ("hit",))):
+        groups: tuple[tuple[bool, tuple[str, ...]], ...] = (
+            (False, ("rest", "oip")), (True, ("hit",)))
+        for cache, names in groups:
             names = tuple(n for n in names if n in only)
             if not names:
                 continue

@@ -140,12 +140,24 @@ def _serve_main(models: list[dict[str, Any]], apps: list[dict[str, Any]],
                 parent: int | None = None) -> None:
     """Entry point of the server process (spawned).  It stops as on SIGTERM (containers
     and all) when its parent ``parent`` is gone: a validation killed with SIGKILL leaves
-    no server behind restarting containers."""
+    no server behind restarting containers.
+
+    It starts a session of its own, as a service and each container (``start_new_session``)
+    do: where the kernel groups processes by session (``CONFIG_SCHED_AUTOGROUP``,
+    ``/proc/sys/kernel/sched_autogroup_enabled``), a session is one scheduling group, and
+    the groups share a core by weight before the processes in them do.  In the
+    validation's session the server's loop shared one process's weight with the load
+    generator (the container had a whole one); in its own it competes as one process, as
+    the twin's host CPU model has every process do (``session_groups`` says how a run's
+    processes were grouped)."""
     import asyncio
     import logging
     import signal
 
     import uvloop
+
+    with contextlib.suppress(OSError):  # already a session leader: nothing to split
+        os.setsid()
 
     from clipperlab.real.config import ServerConfig
     from clipperlab.real.server import Server, tune_gc
@@ -273,20 +285,34 @@ class ServerProcess:
             out["frontend"] = w
         return out
 
+    def session_groups(self) -> dict[str, str]:
+        """The scheduling group of the server (``frontend``), each container
+        (``container:<model>``) and this process, the load generator (``loadgen``):
+        ``/proc/PID/autogroup``'s name, or ``"off"`` where the kernel does not group by
+        session (none where it cannot be read)."""
+        pids = {"loadgen": os.getpid()}
+        if self.proc.pid is not None:
+            pids["frontend"] = self.proc.pid
+            for d in child_pids(self.proc.pid):
+                name = _container_name(d)
+                if name is not None:
+                    pids.setdefault(f"container:{name}", d)
+        out = {}
+        for who, pid in pids.items():
+            g = autogroup(pid)
+            if g is not None:
+                out[who] = g
+        return out
+
     def _per_container(self, read: Callable[[int], float]) -> dict[str, float]:
         """``read`` of each container process, summed per model (module rules)."""
         out: dict[str, float] = {}
         for d in child_pids(self.proc.pid) if self.proc.pid is not None else ():
-            try:
-                with open(f"/proc/{d}/cmdline", "rb") as f:
-                    argv = f.read().decode(errors="replace").split("\0")
-            except OSError:
-                continue  # gone, or not ours to read
-            if "--name" not in argv[:-1]:
+            name = _container_name(d)
+            if name is None:
                 continue
             v = read(d)
             if math.isfinite(v):
-                name = argv[argv.index("--name") + 1]
                 out[name] = out.get(name, 0.0) + v
         return out
 
@@ -304,6 +330,31 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _container_name(pid: int) -> str | None:
+    """The model a container process serves (its ``--name``); None for another process,
+    or one gone or not ours to read."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    return argv[argv.index("--name") + 1] if "--name" in argv[:-1] else None
+
+
+def autogroup(pid: int) -> str | None:
+    """Process ``pid``'s scheduling group by session (``autogroup-N`` from
+    ``/proc/PID/autogroup``), ``"off"`` when the kernel does not group by session, None
+    when it cannot be read."""
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
+            if f.read().strip() == "0":
+                return "off"
+        with open(f"/proc/{pid}/autogroup") as f:
+            return f.read().split()[0].lstrip("/")
+    except (OSError, IndexError):
+        return None
 
 
 def _proc_cpu_s(pid: int) -> float:

@@ -281,6 +281,10 @@ def _validate(dep: RealDeployment, app: Application,
         srv.wait_ready(workload.app)
         log(f"server up at {srv.url}; calibration at {calib_qps:g} q/s ...")
         bench = warm_up(srv, setup, api, connections, calib_qps, mon)
+        groups = srv.session_groups()
+        if groups:  # after the warm-up: the containers are up
+            log("  scheduling groups (the kernel's autogroup, one per session): " + ", ".join(
+                f"{k} {v}" for k, v in sorted(groups.items())))
         low = calibrate_at_low_load(bench, setup, calib_qps, calib_s)
         cost_s = low.cpu_s_per_query
         caps: list[float] = []

@@ -68,3 +68,26 @@ def test_a_killed_validation_leaves_nothing_running(tmp_path: Path) -> None:
         for p in watched:  # what a failure left running
             if _alive(p):
                 os.kill(p, signal.SIGKILL)
+
+
+def test_the_server_and_its_containers_are_sessions_of_their_own(tmp_path: Path) -> None:
+    """A session is a scheduling group where the kernel groups by session (autogroup):
+    the server a validation starts leads a session of its own, apart from the
+    validation's (where the load generator runs) and its container's, so that each
+    competes for a core as one process, as the twin's host CPU model has it; and
+    ``session_groups`` names each one's group."""
+    from clipperlab.calibration.server import ServerProcess, real_deployment
+
+    (tmp_path / "deploy.toml").write_text(NOOP_DEPLOY)
+    with ServerProcess(real_deployment(tmp_path / "deploy.toml"), cache=False) as srv:
+        srv.wait_ready("hello")
+        server = srv.proc.pid
+        assert server is not None
+        assert os.getsid(server) == server != os.getsid(0)
+        containers = child_pids(server)
+        assert containers and all(os.getsid(c) == c for c in containers)
+        groups = srv.session_groups()
+        assert set(groups) <= {"frontend", "loadgen", "container:noop"}
+        named = [groups[k] for k in ("frontend", "loadgen", "container:noop") if k in groups]
+        if named and "off" not in named:  # the kernel groups by session: three groups
+            assert len(groups) == 3 and len(set(named)) == 3
