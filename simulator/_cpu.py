@@ -364,8 +364,9 @@ class SlicedHostCpuState(_Host):
       give (a container waited 0.7% of the time there, 6.9% on the machine; this
       model: 8.0% without newidle balance, 4.4% with it;
       ``results/validation/sched-2026-12-02/``; over run 16's steps the loop's and the
-      container's waits match the machine's with it, ``results/validation/
-      quiet-2026-12-02-p/resim-2026-12-02-newidle/``).  Slices going to zero
+      container's waits match the machine's with it:
+      ``results/validation/quiet-2026-12-02-p/resim-2026-12-02-newidle/``).  Slices
+      going to zero
       give processor sharing (``HostCpuState``).
     - Holds, wake-up costs, ``submit_next``, ``cancel`` and the callbacks' order are as
       in ``HostCpuState``.
