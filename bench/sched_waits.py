@@ -77,7 +77,12 @@ def real_waits(setting: Path, rate: float, seconds: float
     from clipperlab.calibration.fidelity import workload
     from clipperlab.calibration.loadgen import run_load
     from clipperlab.calibration.runs import retime
-    from clipperlab.calibration.server import ServerProcess, child_pids, real_deployment
+    from clipperlab.calibration.server import (
+        ServerProcess,
+        child_pids,
+        container_name,
+        real_deployment,
+    )
     from clipperlab.calibration.torch_models import save_sklearn
 
     if shutil.which("perf") is None:
@@ -96,9 +101,9 @@ def real_waits(setting: Path, rate: float, seconds: float
         assert server is not None  # started
         pids = {"frontend": server, "loadgen": os.getpid()}
         for d in child_pids(server):
-            argv = Path(f"/proc/{d}/cmdline").read_bytes().decode(errors="replace").split("\0")
-            if "--name" in argv[:-1]:
-                pids[f"container:{argv[argv.index('--name') + 1]}"] = d
+            name = container_name(d)
+            if name is not None:
+                pids[f"container:{name}"] = d
         data = tmp / "sched.data"
         rec = subprocess.Popen(["perf", "sched", "record", "-q", "-o", str(data), "-a", "--",
                                 "sleep", str(seconds)], stderr=subprocess.DEVNULL)

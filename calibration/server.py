@@ -44,7 +44,9 @@ __all__ = [
     "RealDeployment",
     "ServerProcess",
     "ValidationError",
+    "autogroup",
     "child_pids",
+    "container_name",
     "idle_container_cpu_rate",
     "idle_cpu_rate",
     "model_specs",
@@ -294,7 +296,7 @@ class ServerProcess:
         if self.proc.pid is not None:
             pids["frontend"] = self.proc.pid
             for d in child_pids(self.proc.pid):
-                name = _container_name(d)
+                name = container_name(d)
                 if name is not None:
                     pids.setdefault(f"container:{name}", d)
         out = {}
@@ -308,7 +310,7 @@ class ServerProcess:
         """``read`` of each container process, summed per model (module rules)."""
         out: dict[str, float] = {}
         for d in child_pids(self.proc.pid) if self.proc.pid is not None else ():
-            name = _container_name(d)
+            name = container_name(d)
             if name is None:
                 continue
             v = read(d)
@@ -332,7 +334,7 @@ class ServerProcess:
         self.stop()
 
 
-def _container_name(pid: int) -> str | None:
+def container_name(pid: int) -> str | None:
     """The model a container process serves (its ``--name``); None for another process,
     or one gone or not ours to read."""
     try:
