@@ -56,10 +56,6 @@ _REL_EPS = 1e-12  # a job within this share of v of its finish is done (rounding
 # Linux's periodic load balance runs at the scheduler tick (4 ms at the common HZ = 250):
 # an idle core takes a task waiting on another core's run queue then, not at once
 BALANCE_TICK_S = 4e-3
-# Linux's sysctl_sched_migration_cost (0.5 ms): a core about to idle pulls a waiting task
-# from another core's queue (newidle balance) only when its average idle stretch is at
-# least this long; the average starts at twice it and is capped there
-MIGRATION_COST_S = 5e-4
 
 
 def total_factor(factors: Sequence[float]) -> float:
@@ -344,14 +340,7 @@ class SlicedHostCpuState(_Host):
       blocked, was held or crashed) goes to its queue's pick; an empty queue leaves it
       idle, even while another core's queue waits, until a balance tick (every
       ``tick_s``, the scheduler tick: 4 ms at the common HZ = 250), when each idle core
-      takes the longest-waiting process of the longest queue, unless its recent idle
-      stretches were long: a core about to idle whose average idle stretch (each
-      stretch weighing 1/8, as the kernel's ``avg_idle``, starting at and capped at
-      twice ``migration_cost_s``) is at least ``migration_cost_s`` (the kernel's
-      ``sysctl_sched_migration_cost``, 0.5 ms) takes that process at once (the
-      kernel's newidle balance).  So a lightly loaded host moves a queued process to a
-      core that frees up, and a busy one, whose cores idle only briefly, leaves it to
-      the tick.
+      takes the longest-waiting process of the longest queue.
     - Scheduling points: a process joining a core's queue, every job's end on the
       host, and every tick.  At one, a running process past its deadline gets a new one
       and, once it has run a slice since it got the core (``RUN_TO_PARITY``), gives the
@@ -362,11 +351,7 @@ class SlicedHostCpuState(_Host):
       the waits measured with ``perf sched`` on two cores (the frontend, a container
       and the load generator; 2026-12-02), which one FIFO queue for all cores did not
       give (a container waited 0.7% of the time there, 6.9% on the machine; this
-      model: 8.0% without newidle balance, 4.4% with it;
-      ``results/validation/sched-2026-12-02/``; over run 16's steps the loop's and the
-      container's waits match the machine's with it:
-      ``results/validation/quiet-2026-12-02-p/resim-2026-12-02-newidle/``).  Slices
-      going to zero
+      model: 8.0%; ``results/validation/sched-2026-12-02/``).  Slices going to zero
       give processor sharing (``HostCpuState``).
     - Holds, wake-up costs, ``submit_next``, ``cancel`` and the callbacks' order are as
       in ``HostCpuState``.
@@ -382,12 +367,10 @@ class SlicedHostCpuState(_Host):
     core, and at a tick balances the idle cores."""
 
     __slots__ = ("env", "name", "cores", "slice_s", "tick_s", "running", "queues", "vbase",
-                 "timeouts", "procs", "seq", "factor", "core_factors", "wait_log",
-                 "migration_cost_s", "idle_at", "avg_idle")
+                 "timeouts", "procs", "seq", "factor", "core_factors", "wait_log")
 
     def __init__(self, env: simpy.Environment, name: str, cores: int,
-                 slice_s: float, tick_s: float = BALANCE_TICK_S,
-                 migration_cost_s: float = MIGRATION_COST_S) -> None:
+                 slice_s: float, tick_s: float = BALANCE_TICK_S) -> None:
         if cores < 1:
             raise ValueError(f"host {name!r}: cores must be >= 1, got {cores}")
         if not (slice_s > 0.0 and math.isfinite(slice_s)):
@@ -402,9 +385,6 @@ class SlicedHostCpuState(_Host):
         self.queues: list[collections.deque[SlicedProc]] = [
             collections.deque() for _ in range(cores)]
         self.vbase = [0.0] * cores  # a core's average virtual time when it emptied
-        self.migration_cost_s = migration_cost_s
-        self.idle_at = [0.0] * cores  # when each core last went idle (-1: busy)
-        self.avg_idle = [2.0 * migration_cost_s] * cores  # the kernel's rq->avg_idle
         # when set: every wait for a core, per process name (``bench/sched_waits.py``)
         self.wait_log: dict[str, list[float]] | None = None
         self.timeouts: list[float] = []
@@ -597,12 +577,6 @@ class SlicedHostCpuState(_Host):
 
     def _dispatch(self, p: SlicedProc, now: float, core: int) -> None:
         """``p`` onto free core ``core``."""
-        since = self.idle_at[core]
-        if since >= 0.0:  # the core's idle stretch ends: the kernel's update_avg
-            avg = self.avg_idle[core]
-            avg += (now - since - avg) / 8.0
-            self.avg_idle[core] = min(avg, 2.0 * self.migration_cost_s)
-            self.idle_at[core] = -1.0
         if p.queued_at >= 0.0:
             self._waited(p, now)
         if p.left_s is None:
@@ -646,29 +620,13 @@ class SlicedHostCpuState(_Host):
             self.wait_log.setdefault(p.name, []).append(w)
 
     def _freed(self, core: int, now: float) -> None:
-        """Core ``core`` has no process: the kernel's pick of its run queue takes it; an
-        empty queue leaves it idle until a balance tick (``_balance``), unless its
-        average idle stretch is ``migration_cost_s`` or more: then it takes the
-        longest-waiting process of the longest other queue now (newidle balance)."""
+        """Core ``core`` has no process: the kernel's pick of its run queue takes it (an
+        empty queue leaves it idle until a balance tick: ``_balance``)."""
         nxt = self._pick(core, now)
         if nxt is not None:
             self.queues[core].remove(nxt)
             nxt.queued = False
             self._dispatch(nxt, now, core)
-            return
-        self.idle_at[core] = now
-        if self.avg_idle[core] >= self.migration_cost_s:
-            q = max(self.queues, key=len)
-            if q:
-                self._pull(q, core, now)
-
-    def _pull(self, q: collections.deque[SlicedProc], core: int, now: float) -> None:
-        """The longest-waiting process of ``q`` onto idle core ``core``."""
-        nxt = q.popleft()
-        nxt.queued = False
-        self._leave(nxt, now)
-        self._place(nxt, core, now)
-        self._dispatch(nxt, now, core)
 
     def _balance(self, now: float) -> None:
         """At a tick, each idle core takes the longest-waiting process of the longest
@@ -683,7 +641,11 @@ class SlicedHostCpuState(_Host):
             q = max(self.queues, key=len)
             if not q:
                 return
-            self._pull(q, c, now)
+            nxt = q.popleft()
+            nxt.queued = False
+            self._leave(nxt, now)
+            self._place(nxt, c, now)
+            self._dispatch(nxt, now, c)
             taken.add(c)
 
     def _due(self, now: float) -> float:

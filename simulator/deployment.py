@@ -185,9 +185,8 @@ class HostCPU:
     handed out as Linux's EEVDF scheduler does with slices of that length (per-core run
     queues: a process woken while every core is taken preempts one that has had its
     slice, else waits on its core's queue, where idle cores look at each ``tick_s``, the
-    scheduler tick, default 4 ms, and a core about to idle whose idle stretches have
-    averaged the kernel's migration cost, 0.5 ms, or more looks at once;
-    ``_cpu.SlicedHostCpuState``; ``kernel_slice_s`` and ``kernel_tick_s`` give Linux's).
+    scheduler tick, default 4 ms; ``_cpu.SlicedHostCpuState``; ``kernel_slice_s`` and
+    ``kernel_tick_s`` give Linux's).
 
     The host's speed (off by default): a virtual machine's cores can run at two speeds,
     switching every few tens of milliseconds to seconds, as other tenants come and go on
