@@ -77,12 +77,7 @@ def real_waits(setting: Path, rate: float, seconds: float
     from clipperlab.calibration.fidelity import workload
     from clipperlab.calibration.loadgen import run_load
     from clipperlab.calibration.runs import retime
-    from clipperlab.calibration.server import (
-        ServerProcess,
-        child_pids,
-        container_name,
-        real_deployment,
-    )
+    from clipperlab.calibration.server import ServerProcess, real_deployment
     from clipperlab.calibration.torch_models import save_sklearn
 
     if shutil.which("perf") is None:
@@ -97,13 +92,7 @@ def real_waits(setting: Path, rate: float, seconds: float
     with ServerProcess(real_deployment(tmp / "deploy.toml"), cache=False) as srv:
         srv.wait_ready(wl.app)
         run_load(retime(wl, rate / 2, 2.0, 1), pool, srv.url, connections=8)
-        server = srv.proc.pid
-        assert server is not None  # started
-        pids = {"frontend": server, "loadgen": os.getpid()}
-        for d in child_pids(server):
-            name = container_name(d)
-            if name is not None:
-                pids[f"container:{name}"] = d
+        pids = {**srv.pids(), "loadgen": os.getpid()}
         data = tmp / "sched.data"
         rec = subprocess.Popen(["perf", "sched", "record", "-q", "-o", str(data), "-a", "--",
                                 "sleep", str(seconds)], stderr=subprocess.DEVNULL)

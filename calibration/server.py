@@ -292,27 +292,30 @@ class ServerProcess:
         (``container:<model>``) and this process, the load generator (``loadgen``):
         ``/proc/PID/autogroup``'s name, or ``"off"`` where the kernel does not group by
         session (none where it cannot be read)."""
-        pids = {"loadgen": os.getpid()}
-        if self.proc.pid is not None:
-            pids["frontend"] = self.proc.pid
-            for d in child_pids(self.proc.pid):
-                name = container_name(d)
-                if name is not None:
-                    pids.setdefault(f"container:{name}", d)
         out = {}
-        for who, pid in pids.items():
+        for who, pid in {"loadgen": os.getpid(), **self.pids()}.items():
             g = autogroup(pid)
             if g is not None:
                 out[who] = g
         return out
 
+    def pids(self) -> dict[str, int]:
+        """The server's process (``frontend``) and the first container of each model
+        (``container:<model>``), by the names the runs keep their waits under."""
+        out = {} if self.proc.pid is None else {"frontend": self.proc.pid}
+        for name, d in self._containers():
+            out.setdefault(f"container:{name}", d)
+        return out
+
+    def _containers(self) -> list[tuple[str, int]]:
+        """(model, pid) of each container process of the server."""
+        kids = child_pids(self.proc.pid) if self.proc.pid is not None else []
+        return [(name, d) for d in kids if (name := container_name(d)) is not None]
+
     def _per_container(self, read: Callable[[int], float]) -> dict[str, float]:
         """``read`` of each container process, summed per model (module rules)."""
         out: dict[str, float] = {}
-        for d in child_pids(self.proc.pid) if self.proc.pid is not None else ():
-            name = container_name(d)
-            if name is None:
-                continue
+        for name, d in self._containers():
             v = read(d)
             if math.isfinite(v):
                 out[name] = out.get(name, 0.0) + v
