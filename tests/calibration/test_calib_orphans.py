@@ -89,5 +89,8 @@ def test_the_server_and_its_containers_are_sessions_of_their_own(tmp_path: Path)
         groups = srv.session_groups()
         assert set(groups) <= {"frontend", "loadgen", "container:noop"}
         named = [groups[k] for k in ("frontend", "loadgen", "container:noop") if k in groups]
-        if named and "off" not in named:  # the kernel groups by session: three groups
-            assert len(groups) == 3 and len(set(named)) == 3
+        if named and "off" not in named:  # the kernel groups by session: each a group apart
+            # (a process outside any session group, such as a CI runner's, the kernel
+            # does not name: it is left out, and the others must still differ)
+            assert "frontend" in groups and "container:noop" in groups
+            assert len(set(named)) == len(named)
