@@ -61,6 +61,8 @@ __all__ = [
     "fit_frontend_on_host",
     "LoadgenCpu",
     "fit_loadgen",
+    "generator_wakes",
+    "GENERATOR_GAP_S",
     "fit_overhead",
     "fit_loadgen_cpu",
     "fit_pauses",
@@ -112,6 +114,12 @@ class Calibration:
     container_cpu: tuple[tuple[str, float, float], ...] = ()  # (model, s/batch, s/item)
     loadgen_cpu_per_query_s: float = 0.0
     loadgen_wake_s: float = 0.0  # the generator's CPU per wake-up (fit_loadgen)
+    # the generator reads every reply in the twin (HostCPU.loadgen_replies), its wake-ups
+    # counted over sends and replies (fit_loadgen); False in calibrations stored before
+    # 2026-12-03, whose wake-up cost was fitted over the send ticks alone
+    loadgen_replies: bool = False
+    loadgen_reply_share: float = 0.5  # the reply's part of the per-query CPU (assumed)
+    loadgen_idle_gap_s: float = 50e-6  # generator_wakes' gap (GENERATOR_GAP_S)
     # the kernel's time slice (0: processor sharing; kernel_slice_s: Linux's)
     slice_s: float = 0.0
     # the kernel's scheduler tick, when idle cores take waiting tasks (kernel_tick_s)
@@ -272,18 +280,48 @@ def send_ticks(arrival_at: np.ndarray, tick_s: float = 1e-3) -> int:
     return int(np.unique(np.floor(at / tick_s)).size) if at.size else 0
 
 
-def fit_loadgen(runs: Sequence[CpuRun]) -> LoadgenCpu:
+GENERATOR_GAP_S = 50e-6  # events further apart than this: the generator slept between
+
+
+def generator_wakes(arrival_at: np.ndarray, latency_s: np.ndarray | None,
+                    gap_s: float = GENERATOR_GAP_S, tick_s: float = 1e-3) -> int:
+    """The generator's wake-ups in a run: its send ticks (``send_ticks``, each at its first
+    send) and, with the
+    replies' times (``arrival_at + latency_s``, the achieved send times and each query's
+    latency from its send; unanswered ones left out), the replies that came ``gap_s`` or
+    more after the event before them, sends and replies merged in time order (the
+    generator reads what arrived together in one wake-up).  Without latencies: the send
+    ticks alone."""
+    at = np.asarray(arrival_at, dtype=np.float64)
+    at = at[np.isfinite(at)]
+    if latency_s is None:
+        return send_ticks(at, tick_s)
+    rep = np.asarray(arrival_at, dtype=np.float64) + np.asarray(latency_s, dtype=np.float64)
+    at = np.sort(at)
+    _, first = np.unique(np.floor(at / tick_s), return_index=True)  # each tick's first send
+    ev = np.sort(np.concatenate([at[first], rep[np.isfinite(rep)]]))
+    return int(1 + np.count_nonzero(np.diff(ev) >= gap_s)) if ev.size else 0
+
+
+def fit_loadgen(runs: Sequence[CpuRun], gap_s: float | None = GENERATOR_GAP_S
+                ) -> LoadgenCpu:
     """The generator's CPU over each run = ``a x queries + w x wake-ups + c`` (wake-ups:
-    ``send_ticks``; ``c``: what a run costs however long, encoding bodies and
-    connecting), by non-negative least squares on the relative error, over every run of
-    100 queries or more: the wake-ups are what the slow runs tell apart (on the quiet
-    runs of 2026-12-01: 99-121 us per wake-up and 3-8 us per query in all six
-    settings, against 8-34 us per query when the wake-ups are left out).  With fewer
-    than four runs, or runs that do not tell queries and wake-ups apart, ``a`` alone
-    (the CPU over the queries) and no wake-up cost; zeros when nothing was read."""
+    ``generator_wakes`` over sends and replies, or with ``gap_s`` None its send ticks
+    alone, ``send_ticks``, as before 2026-12-03; ``c``: what a run costs however long,
+    encoding bodies and connecting), by non-negative least squares on the relative
+    error, over every run of 100 queries or more: the wake-ups are what the slow runs
+    tell apart (on the quiet runs of 2026-12-01, send ticks alone: 99-121 us per wake-up
+    and 3-8 us per query in all six settings, against 8-34 us per query when the
+    wake-ups are left out; run 16's with replies: 45-65 us per wake-up, 2.5-5.4 us per
+    query).  With fewer than four runs, or runs that do not tell queries and wake-ups
+    apart, ``a`` alone (the CPU over the queries) and no wake-up cost; zeros when
+    nothing was read."""
     from scipy.optimize import nnls
 
-    pts = [(float(len(r.trace)), float(send_ticks(r.trace.arrival_at)), r.loadgen_cpu_s)
+    pts = [(float(len(r.trace)),
+            float(send_ticks(r.trace.arrival_at) if gap_s is None
+                  else generator_wakes(r.trace.arrival_at, r.latency_s, gap_s)),
+            r.loadgen_cpu_s)
            for r in runs if len(r.trace) > 0 and math.isfinite(r.loadgen_cpu_s)
            and r.loadgen_cpu_s > 0]
     if not pts:

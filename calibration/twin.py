@@ -126,7 +126,10 @@ def sim_deployment(
         hcpu = dataclasses.replace(
             _host_speed(calibration), cpus=calibration.host_cpus,
             loadgen_cpu_per_query_s=calibration.loadgen_cpu_per_query_s,
-            loadgen_wake_s=calibration.loadgen_wake_s, slice_s=calibration.slice_s,
+            loadgen_wake_s=calibration.loadgen_wake_s,
+            loadgen_replies=calibration.loadgen_replies,
+            loadgen_reply_share=calibration.loadgen_reply_share,
+            loadgen_idle_gap_s=calibration.loadgen_idle_gap_s, slice_s=calibration.slice_s,
             tick_s=calibration.tick_s)
         cpu = {m: (b, i) for m, b, i in calibration.container_cpu}
     mds = [

@@ -129,6 +129,7 @@ from clipperlab.calibration.capacity import (
     twin_capacities,
 )
 from clipperlab.calibration.fit import (
+    GENERATOR_GAP_S,
     Calibration,
     CpuRun,
     at_fast_speed,
@@ -596,7 +597,8 @@ def host_cpu_demands(runs: Sequence[CpuRun], calib: Calibration,
     return dataclasses.replace(calib, host_cpus=os.cpu_count() or 1,
                                container_cpu=fit_container_cpu(runs),
                                loadgen_cpu_per_query_s=gen.per_query_s,
-                               loadgen_wake_s=gen.per_wake_s,
+                               loadgen_wake_s=gen.per_wake_s, loadgen_replies=True,
+                               loadgen_idle_gap_s=GENERATOR_GAP_S,
                                slice_s=kernel_slice_s(), tick_s=kernel_tick_s(),
                                **speed_fields(speed),
                                core_speeds=speed is not None and speed.cores > 1)

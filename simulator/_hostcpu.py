@@ -17,7 +17,11 @@ Rules:
   query is a job and reaches the frontend when it is done; its latency still counts from
   when it was due (no coordinated omission).  With ``loadgen_wake_s`` each distinct send
   time (a tick of its timer) that finds the generator with nothing to do is a wake-up: a
-  job of that cost after the tick's sends (a busy generator does not sleep).
+  job of that cost after the tick's sends (a busy generator does not sleep).  With
+  ``loadgen_replies`` the per-query cost is split: the send's part at the send, the
+  reply's (``loadgen_reply_share``) when the loop has written the reply, a job on the
+  generator that first pays a wake-up if it finds the generator idle; the reply counts
+  when that job is done (the real generator times it when it has parsed it).
 - Replicas coming up or down reach the engine at once (not through the loop).
 - With ``HostCPU.speed_swings`` each host switches between a fast and a slow speed
   (``_speed_proc``): it starts slow with probability ``slow_share``, each period lasts an
@@ -46,6 +50,7 @@ any time before its next SimPy event).
 from __future__ import annotations
 
 import heapq
+import math
 from functools import partial
 from typing import Any
 
@@ -107,6 +112,9 @@ class _HostCpuDriver(_Replicas):
     _gproc: CpuProc | None
     _gcost_s: float
     _gwake_s: float
+    _greply_s: float  # the reply's part of the generator's per-query cost
+    _ggap_s: float  # with _greply_s: the idle time a reply's wake-up is scaled by
+    _greplies: bool
     _burst: list[tuple[float, Done]] | None
     _demand_of: list[Any]  # per model: its ModelDeployment.cpu_demand_s
 
@@ -131,7 +139,11 @@ class _HostCpuDriver(_Replicas):
                                     fc.cold_after_s if fc else 1e-3)
         self._gcost_s = float(hc.loadgen_cpu_per_query_s)
         self._gwake_s = float(hc.loadgen_wake_s)
-        if self._gcost_s > 0 or self._gwake_s > 0:
+        self._greplies = hc.loadgen_replies and (self._gcost_s > 0 or self._gwake_s > 0)
+        self._greply_s = self._gcost_s * hc.loadgen_reply_share if self._greplies else 0.0
+        self._gcost_s -= self._greply_s
+        self._ggap_s = float(hc.loadgen_idle_gap_s)
+        if self._gcost_s > 0 or self._gwake_s > 0 or self._greply_s > 0:
             gh = cpus[hc.loadgen_host or fh]
             self._ghost, self._gproc = gh, gh.proc("loadgen")
         else:
@@ -180,7 +192,20 @@ class _HostCpuDriver(_Replicas):
 
     def _hc_reply(self, reply: Reply, now: float) -> None:
         fc = self._fcost
-        self._add_job(fc.reply_s if fc else 0.0, partial(self._reply_at, reply), now)
+        self._add_job(fc.reply_s if fc else 0.0,
+                      partial(self._reply_to_loadgen if self._greplies else self._reply_at,
+                              reply), now)
+
+    def _reply_to_loadgen(self, reply: Reply, now: float) -> None:
+        """The loop has written ``reply``: the generator reads it (``loadgen_replies``),
+        waking first if it was idle."""
+        gproc, ghost = self._gproc, self._ghost
+        assert gproc is not None and ghost is not None
+        cost = self._greply_s
+        if (not gproc.jobs and not gproc.running and not gproc.in_done
+                and now >= gproc.held_until and now > gproc.idle_since):
+            cost += self._gwake_s * -math.expm1(-(now - gproc.idle_since) / self._ggap_s)
+        ghost.submit(gproc, cost, now, partial(self._reply_at, reply))
 
     def _reply_at(self, reply: Reply, now: float) -> None:
         self._r_at.append(now)

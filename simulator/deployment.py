@@ -179,7 +179,14 @@ class HostCPU:
     timer's tick; on a virtual machine a wake-up costs a hundred microseconds or more),
     run after that tick's sends (the generator
     stamps a query's send time after waking, so the wake-up delays no query; it takes a
-    core from the others).  Per model, ``ModelDeployment``'s
+    core from the others).  ``loadgen_replies`` (off by default): every reply passes
+    through the generator too, as on the machine, where a query's latency is timed when
+    the generator has woken and parsed its reply: the reply is a job of
+    ``loadgen_reply_share`` of the per-query CPU (the rest is the send's) on the
+    generator's process, and a reply that finds the generator idle pays ``loadgen_wake_s
+    x (1 - exp(-idle / loadgen_idle_gap_s))`` first; the reply is the query's when that job
+    is done (it waits for a core behind the loop and the containers, as the generator
+    does).  Per model, ``ModelDeployment``'s
     ``cpu_per_batch_s`` and ``cpu_per_item_s`` give a container's CPU per batch.
     ``slice_s``: 0 (the default) shares the cores by processor sharing; above 0 they are
     handed out as Linux's EEVDF scheduler does with slices of that length (per-core run
@@ -227,6 +234,9 @@ class HostCPU:
     loadgen_host: str | None = None
     loadgen_cpu_per_query_s: float = 0.0
     loadgen_wake_s: float = 0.0
+    loadgen_replies: bool = False
+    loadgen_reply_share: float = 0.5
+    loadgen_idle_gap_s: float = 50e-6
     slice_s: float = 0.0
     tick_s: float = 4e-3
     slow_factor: float = 1.0
@@ -255,6 +265,19 @@ class HostCPU:
         if isinstance(w, bool) or not isinstance(w, int | float) or not (
                 math.isfinite(w) and w >= 0):
             raise SimConfigError(f"host_cpu.loadgen_wake_s: expected seconds >= 0, got {w!r}")
+        if not isinstance(self.loadgen_replies, bool):
+            raise SimConfigError(f"host_cpu.loadgen_replies: expected true or false, got "
+                                 f"{self.loadgen_replies!r}")
+        sh = self.loadgen_reply_share
+        if isinstance(sh, bool) or not isinstance(sh, int | float) or not (
+                math.isfinite(sh) and 0 <= sh <= 1):
+            raise SimConfigError(f"host_cpu.loadgen_reply_share: expected a share in [0, 1], "
+                                 f"got {sh!r}")
+        g = self.loadgen_idle_gap_s
+        if isinstance(g, bool) or not isinstance(g, int | float) or not (
+                math.isfinite(g) and g > 0):
+            raise SimConfigError(f"host_cpu.loadgen_idle_gap_s: expected seconds > 0, "
+                                 f"got {g!r}")
         sl = self.slice_s
         if isinstance(sl, bool) or not isinstance(sl, int | float) or not (
                 math.isfinite(sl) and 0 <= sl <= 1.0):

@@ -25,6 +25,7 @@ from clipperlab.calibration.fit import (
     fit_loadgen,
     fit_loadgen_cpu,
     fit_pauses,
+    generator_wakes,
     send_ticks,
     tune_pause_rate,
 )
@@ -315,6 +316,36 @@ def test_fit_loadgen_separates_queries_wake_ups_and_a_runs_set_up() -> None:
     # too few runs to tell the two apart: the CPU over the queries, no wake-up cost
     few = fit_loadgen(runs[3:5])
     assert few.per_wake_s == 0.0 and few.per_query_s > 30e-6
+
+
+def test_generator_wakes_merges_send_ticks_and_replies() -> None:
+    """A reply 50 us or more after the event before it (a send tick or a reply) is a
+    wake-up of its own; replies together are one; unanswered queries are no reply."""
+    at = np.array([0.0001, 0.0004, 0.0021, 0.0100])  # ticks 0, 2 and 10 ms
+    lat = np.array([0.0009, 0.00061, np.nan, 0.00002])
+    # events: sends at 0.1, 2.1 and 10 ms (a tick's first send), replies at 1.0 and
+    # 1.01 ms (together) and 10.02 ms (with the send before it)
+    assert generator_wakes(at, lat) == 4
+    assert generator_wakes(at, lat, gap_s=5e-6) == 6
+    assert generator_wakes(at, None) == send_ticks(at) == 3
+
+
+def test_fit_loadgen_counts_the_replies_wake_ups() -> None:
+    """Generator CPU = 5 us x queries + 60 us x wake-ups over sends and replies +
+    20 ms per run: with the replies' times the costs come back; over the send ticks
+    alone (``gap_s=None``) the wake-up cost reads higher."""
+    runs = []
+    for k, (rate, secs) in enumerate(((50, 2.0), (300, 1.0), (1000, 1.0), (2000, 1.0),
+                                      (4000, 1.0), (8000, 1.0))):
+        tr = _trace(rate, secs, k)
+        lat = np.random.default_rng(k).uniform(0.5e-3, 3e-3, len(tr))
+        cpu = 5e-6 * len(tr) + 60e-6 * generator_wakes(tr.arrival_at, lat) + 0.020
+        runs.append(CpuRun(tr, float(len(tr)), float(len(tr)), 0.0, latency_s=lat,
+                           loadgen_cpu_s=cpu))
+    got = fit_loadgen(runs)
+    assert got.per_query_s == pytest.approx(5e-6, rel=0.02)
+    assert got.per_wake_s == pytest.approx(60e-6, rel=0.02)
+    assert fit_loadgen(runs, gap_s=None).per_wake_s > 80e-6
 
 
 def test_send_ticks_counts_the_milliseconds_with_sends() -> None:

@@ -317,6 +317,41 @@ def test_the_generators_wake_ups_take_cpu_but_delay_no_query() -> None:
     assert lat[1, 200e-6].mean() > lat[1, 0.0].mean() + 20e-6
 
 
+def test_replies_through_the_generator_are_timed_when_it_has_read_them() -> None:
+    """``loadgen_replies``: the reply's share of the per-query cost moves from the send
+    to the reply, and a reply that finds the generator idle pays its wake-up first.  On
+    two cores at a light load (no one waits for a core) every query is later by the
+    reply's part less the send's saving plus, when the generator had slept long, a whole
+    wake-up; the
+    generator's CPU is the per-query cost, the send ticks' wake-ups and the replies'."""
+    prof = LatencyProfile(name="c", batch_sizes=(1,), levels=(0.0, 1.0),
+                          latency_s=((1e-3, 1e-3),))
+    tr = Workload(Poisson(100.0), n_queries=2000).generate(5)
+    out = {}
+    for replies in (False, True):
+        base = one_replica(2, prof, loadgen_cpu_per_query_s=10e-6, loadgen_wake_s=100e-6)
+        assert base.host_cpu is not None
+        dep = dataclasses.replace(base, host_cpu=dataclasses.replace(
+            base.host_cpu, loadgen_replies=replies, loadgen_reply_share=0.4,
+            loadgen_idle_gap_s=20e-6))
+        sim = Simulation(dep, tr, seed=3)
+        out[replies] = (sim.run().queries["latency_s"].to_numpy(),
+                        sim.cpu_busy_s["h0/loadgen"])
+    (before, busy0), (after, busy1) = out[False], out[True]
+    late = after - before
+    # the send 4 us sooner (6 us of it left), the reply 4 us of reading later, after a
+    # wake-up of 100 us x (1 - exp(-idle / 20 us)): the generator slept ~10 ms between
+    # queries at 100/s
+    assert np.median(late) == pytest.approx(100e-6, rel=1e-6)
+    assert late.min() > -1e-12
+    # every reply woke it: 2,000 more wake-ups than the send ticks' alone
+    assert busy1 - busy0 == pytest.approx(2000 * 100e-6, rel=0.05)
+    with pytest.raises(SimConfigError, match="loadgen_reply_share"):
+        dataclasses.replace(base.host_cpu, loadgen_reply_share=1.5)
+    with pytest.raises(SimConfigError, match="loadgen_idle_gap_s"):
+        dataclasses.replace(base.host_cpu, loadgen_idle_gap_s=0.0)
+
+
 def test_gpu_container_uses_only_its_cpu_part() -> None:
     """A gpu container needs only ``cpu_per_batch_s + cpu_per_item_s x size`` of the
     CPU: a busy neighbour stretches that part, not the whole batch."""
