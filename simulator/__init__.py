@@ -49,7 +49,8 @@ models)], models=[ModelDeployment(spec=ModelSpec, profile, replicas, hosts, kind
 gpus, outputs)], hosts=[Host(name, cpus, gpus, link=Link(bandwidth_bps, latency_s))],
 frontend_link=Link|None, faults=[...], frontend_cpu=FrontendCPU(query_s, reply_s,
 batch_send_s, batch_done_s, item_s)|None, host_cpu=HostCPU(cpus, frontend_host,
-loadgen_host, loadgen_cpu_per_query_s, loadgen_wake_s, loadgen_replies, ...)|None)`` (the frontend's event loop as a CPU; the
+loadgen_host, loadgen_cpu_per_query_s, loadgen_wake_s, loadgen_replies, ...)|None)``
+(the frontend's event loop as a CPU; the
 hosts' cores shared by the loop, the containers and the generator, processor sharing,
 off by default; a model's CPU per batch: ``ModelDeployment(cpu_per_batch_s,
 cpu_per_item_s)``; after a run ``Simulation.cpu_busy_s`` gives each process's CPU time
