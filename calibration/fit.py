@@ -286,12 +286,11 @@ GENERATOR_GAP_S = 50e-6  # events further apart than this: the generator slept b
 def generator_wakes(arrival_at: np.ndarray, latency_s: np.ndarray | None,
                     gap_s: float = GENERATOR_GAP_S, tick_s: float = 1e-3) -> int:
     """The generator's wake-ups in a run: its send ticks (``send_ticks``, each at its first
-    send) and, with the
-    replies' times (``arrival_at + latency_s``, the achieved send times and each query's
-    latency from its send; unanswered ones left out), the replies that came ``gap_s`` or
-    more after the event before them, sends and replies merged in time order (the
-    generator reads what arrived together in one wake-up).  Without latencies: the send
-    ticks alone."""
+    send) and, with the replies' times (``arrival_at + latency_s``, the achieved send
+    times and each query's latency from its send; unanswered ones left out), the replies
+    that came ``gap_s`` or more after the event before them, sends and replies merged in
+    time order (the generator reads what arrived together in one wake-up).  Without
+    latencies: the send ticks alone."""
     at = np.asarray(arrival_at, dtype=np.float64)
     at = at[np.isfinite(at)]
     if latency_s is None:
@@ -312,8 +311,8 @@ def fit_loadgen(runs: Sequence[CpuRun], gap_s: float | None = GENERATOR_GAP_S
     error, over every run of 100 queries or more: the wake-ups are what the slow runs
     tell apart (on the quiet runs of 2026-12-01, send ticks alone: 99-121 us per wake-up
     and 3-8 us per query in all six settings, against 8-34 us per query when the
-    wake-ups are left out; run 16's with replies: 45-65 us per wake-up, 2.5-5.4 us per
-    query).  With fewer than four runs, or runs that do not tell queries and wake-ups
+    wake-ups are left out; run 16's AIMD settings with replies: 49-63 us per wake-up,
+    2.5-5.4 us per query).  With fewer than four runs, or runs that do not tell queries and wake-ups
     apart, ``a`` alone (the CPU over the queries) and no wake-up cost; zeros when
     nothing was read."""
     from scipy.optimize import nnls

@@ -54,7 +54,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from clipperlab.engine import Application, BatchingConfig, ConfigError, ModelSpec, ReplicaId
 from clipperlab.engine.schema import (
@@ -164,6 +164,11 @@ class FrontendCPU:
         return 1.0 / per if per > 0 else math.inf
 
 
+def _finite(v: object) -> TypeGuard[float]:
+    """``v`` is a finite real number (an int or a float, not a bool)."""
+    return not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
+
+
 @dataclass(frozen=True, slots=True)
 class HostCPU:
     """The host CPU model (off unless a deployment has one; see the module's rules).
@@ -257,40 +262,33 @@ class HostCPU:
             if v is not None and (not isinstance(v, str) or not v):
                 raise SimConfigError(f"host_cpu.{k}: expected a host name, got {v!r}")
         q = self.loadgen_cpu_per_query_s
-        if isinstance(q, bool) or not isinstance(q, int | float) or not (
-                math.isfinite(q) and q >= 0):
+        if not (_finite(q) and q >= 0):
             raise SimConfigError(f"host_cpu.loadgen_cpu_per_query_s: expected seconds >= 0, "
                                  f"got {q!r}")
         w = self.loadgen_wake_s
-        if isinstance(w, bool) or not isinstance(w, int | float) or not (
-                math.isfinite(w) and w >= 0):
+        if not (_finite(w) and w >= 0):
             raise SimConfigError(f"host_cpu.loadgen_wake_s: expected seconds >= 0, got {w!r}")
         if not isinstance(self.loadgen_replies, bool):
             raise SimConfigError(f"host_cpu.loadgen_replies: expected true or false, got "
                                  f"{self.loadgen_replies!r}")
         sh = self.loadgen_reply_share
-        if isinstance(sh, bool) or not isinstance(sh, int | float) or not (
-                math.isfinite(sh) and 0 <= sh <= 1):
+        if not (_finite(sh) and 0 <= sh <= 1):
             raise SimConfigError(f"host_cpu.loadgen_reply_share: expected a share in [0, 1], "
                                  f"got {sh!r}")
         g = self.loadgen_idle_gap_s
-        if isinstance(g, bool) or not isinstance(g, int | float) or not (
-                math.isfinite(g) and g > 0):
+        if not (_finite(g) and g > 0):
             raise SimConfigError(f"host_cpu.loadgen_idle_gap_s: expected seconds > 0, "
                                  f"got {g!r}")
         sl = self.slice_s
-        if isinstance(sl, bool) or not isinstance(sl, int | float) or not (
-                math.isfinite(sl) and 0 <= sl <= 1.0):
+        if not (_finite(sl) and 0 <= sl <= 1.0):
             raise SimConfigError(f"host_cpu.slice_s: expected seconds in [0, 1] (0: "
                                  f"processor sharing), got {sl!r}")
         tk = self.tick_s
-        if isinstance(tk, bool) or not isinstance(tk, int | float) or not (
-                math.isfinite(tk) and 0 < tk <= 1.0):
+        if not (_finite(tk) and 0 < tk <= 1.0):
             raise SimConfigError(f"host_cpu.tick_s: expected seconds in (0, 1] (the "
                                  f"scheduler tick), got {tk!r}")
         f = self.slow_factor
-        if isinstance(f, bool) or not isinstance(f, int | float) or not (
-                math.isfinite(f) and f >= 1.0):
+        if not (_finite(f) and f >= 1.0):
             raise SimConfigError(f"host_cpu.slow_factor: expected a factor >= 1 (1: one "
                                  f"speed), got {f!r}")
         sh = self.slow_share
@@ -298,8 +296,7 @@ class HostCPU:
             raise SimConfigError(f"host_cpu.slow_share: expected a share in [0, 1), "
                                  f"got {sh!r}")
         dw = self.slow_dwell_s
-        if isinstance(dw, bool) or not isinstance(dw, int | float) or not (
-                math.isfinite(dw) and dw > 0):
+        if not (_finite(dw) and dw > 0):
             raise SimConfigError(f"host_cpu.slow_dwell_s: expected seconds > 0, got {dw!r}")
         for k in ("slow_dwells_s", "fast_dwells_s"):
             v = getattr(self, k)
@@ -311,8 +308,7 @@ class HostCPU:
                 raise SimConfigError(f"host_cpu.{k}: expected a list of seconds > 0, got "
                                      f"{v!r}")
         r = self.reference_factor
-        if r is not None and (isinstance(r, bool) or not isinstance(r, int | float) or not (
-                math.isfinite(r) and r >= 1.0)):
+        if r is not None and (not (_finite(r) and r >= 1.0)):
             raise SimConfigError(f"host_cpu.reference_factor: expected a mean factor >= 1, "
                                  f"got {r!r}")
         tr = self.speed_trace
