@@ -51,7 +51,7 @@ Rules:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -261,54 +261,33 @@ class HostCPU:
             v = getattr(self, k)
             if v is not None and (not isinstance(v, str) or not v):
                 raise SimConfigError(f"host_cpu.{k}: expected a host name, got {v!r}")
-        q = self.loadgen_cpu_per_query_s
-        if not (_finite(q) and q >= 0):
-            raise SimConfigError(f"host_cpu.loadgen_cpu_per_query_s: expected seconds >= 0, "
-                                 f"got {q!r}")
-        w = self.loadgen_wake_s
-        if not (_finite(w) and w >= 0):
-            raise SimConfigError(f"host_cpu.loadgen_wake_s: expected seconds >= 0, got {w!r}")
+        checks: tuple[tuple[str, Callable[[float], bool], str], ...] = (
+            ("loadgen_cpu_per_query_s", lambda v: v >= 0, "seconds >= 0"),
+            ("loadgen_wake_s", lambda v: v >= 0, "seconds >= 0"),
+            ("loadgen_reply_share", lambda v: 0 <= v <= 1, "a share in [0, 1]"),
+            ("loadgen_idle_gap_s", lambda v: v > 0, "seconds > 0"),
+            ("slice_s", lambda v: 0 <= v <= 1.0, "seconds in [0, 1] (0: processor sharing)"),
+            ("tick_s", lambda v: 0 < v <= 1.0, "seconds in (0, 1] (the scheduler tick)"),
+            ("slow_factor", lambda v: v >= 1.0, "a factor >= 1 (1: one speed)"),
+            ("slow_share", lambda v: 0 <= v < 1, "a share in [0, 1)"),
+            ("slow_dwell_s", lambda v: v > 0, "seconds > 0"),
+        )
+        for name, ok, expected in checks:
+            v = getattr(self, name)
+            if not (_finite(v) and ok(v)):
+                raise SimConfigError(f"host_cpu.{name}: expected {expected}, got {v!r}")
         if not isinstance(self.loadgen_replies, bool):
             raise SimConfigError(f"host_cpu.loadgen_replies: expected true or false, got "
                                  f"{self.loadgen_replies!r}")
-        sh = self.loadgen_reply_share
-        if not (_finite(sh) and 0 <= sh <= 1):
-            raise SimConfigError(f"host_cpu.loadgen_reply_share: expected a share in [0, 1], "
-                                 f"got {sh!r}")
-        g = self.loadgen_idle_gap_s
-        if not (_finite(g) and g > 0):
-            raise SimConfigError(f"host_cpu.loadgen_idle_gap_s: expected seconds > 0, "
-                                 f"got {g!r}")
-        sl = self.slice_s
-        if not (_finite(sl) and 0 <= sl <= 1.0):
-            raise SimConfigError(f"host_cpu.slice_s: expected seconds in [0, 1] (0: "
-                                 f"processor sharing), got {sl!r}")
-        tk = self.tick_s
-        if not (_finite(tk) and 0 < tk <= 1.0):
-            raise SimConfigError(f"host_cpu.tick_s: expected seconds in (0, 1] (the "
-                                 f"scheduler tick), got {tk!r}")
-        f = self.slow_factor
-        if not (_finite(f) and f >= 1.0):
-            raise SimConfigError(f"host_cpu.slow_factor: expected a factor >= 1 (1: one "
-                                 f"speed), got {f!r}")
-        sh = self.slow_share
-        if isinstance(sh, bool) or not isinstance(sh, int | float) or not (0 <= sh < 1):
-            raise SimConfigError(f"host_cpu.slow_share: expected a share in [0, 1), "
-                                 f"got {sh!r}")
-        dw = self.slow_dwell_s
-        if not (_finite(dw) and dw > 0):
-            raise SimConfigError(f"host_cpu.slow_dwell_s: expected seconds > 0, got {dw!r}")
         for k in ("slow_dwells_s", "fast_dwells_s"):
             v = getattr(self, k)
             if isinstance(v, list):
                 object.__setattr__(self, k, v := tuple(v))
-            if not isinstance(v, tuple) or not all(
-                    not isinstance(x, bool) and isinstance(x, int | float) and math.isfinite(x)
-                    and x > 0 for x in v):
+            if not isinstance(v, tuple) or not all(_finite(x) and x > 0 for x in v):
                 raise SimConfigError(f"host_cpu.{k}: expected a list of seconds > 0, got "
                                      f"{v!r}")
         r = self.reference_factor
-        if r is not None and (not (_finite(r) and r >= 1.0)):
+        if r is not None and not (_finite(r) and r >= 1.0):
             raise SimConfigError(f"host_cpu.reference_factor: expected a mean factor >= 1, "
                                  f"got {r!r}")
         tr = self.speed_trace
