@@ -1,7 +1,8 @@
 """The fidelity table: ``clipperlab validate`` over models x batching, into one table.
 
     python -m clipperlab.calibration.fidelity --out results/validation [--level-s 10]
-        [--repeats 3] [--ramps 3] [--ramp-resolution 1.1] [--busy warn|refuse|off]
+        [--repeats 3] [--twin-draws 5] [--ramps 3] [--ramp-resolution 1.1]
+        [--busy warn|refuse|off]
         [--quick] [--no-host-cpu] [--no-speed]
     python -m clipperlab.calibration.fidelity --out COPY_OF_A_RUN --resimulate [--no-refit]
         [--slow FACTOR,SHARE,DWELL_MS]
@@ -59,7 +60,7 @@ from clipperlab.calibration.resimulate import (
     save_runs,
 )
 from clipperlab.calibration.torch_models import save_sklearn
-from clipperlab.calibration.validation import LEVEL_S, REPEATS, validate
+from clipperlab.calibration.validation import LEVEL_S, REPEATS, TWIN_DRAWS, validate
 from clipperlab.report.tables import markdown_table
 from clipperlab.workloads import ConstantRate, DigitsInputs, Workload
 
@@ -331,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds per run of a load level (default %(default)s s)")
     ap.add_argument("--repeats", type=int, default=REPEATS,
                     help="runs per level on each side, medians (default %(default)s)")
+    ap.add_argument("--twin-draws", type=int, default=TWIN_DRAWS,
+                    help="the calibrated twins' runs per real run of a level, each with "
+                         "its own seed, medians over all (default %(default)s)")
     ap.add_argument("--ramps", type=int, default=RAMPS,
                     help="capacity ramps per setting, median (default %(default)s)")
     ap.add_argument("--ramp-resolution", type=float, default=RAMP_RESOLUTION,
@@ -399,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         slow = HostSpeed(fast_ns=math.nan, slow_factor=f, slow_share=sh,
                          slow_dwell_s=dw / 1e3, probes=0, span_s=math.nan)
+    if a.twin_draws < 1:
+        print(f"error: --twin-draws {a.twin_draws}: expected an integer >= 1",
+              file=sys.stderr)
+        return 2
     if a.ramps < 1 or not a.ramp_resolution > 1:
         print(f"error: --ramps {a.ramps} / --ramp-resolution {a.ramp_resolution}: expected "
               "at least 1 ramp and a ratio > 1", file=sys.stderr)
@@ -418,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
 
         rs = resimulate(out, workload(), level_s=a.level_s, refit=a.refit,
                         adjust=None if sl is None and cs is None else adjust,
-                        speed=slow, level_speed=a.level_speed,
+                        speed=slow, level_speed=a.level_speed, twin_draws=a.twin_draws,
                         log=lambda s: print(s, flush=True))
         rs.table.to_csv(out / "fidelity.csv", index=False, float_format="%.6g")
         for note in rs.notes:
@@ -462,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
                                repeats=1 if a.quick else a.repeats, busy=a.busy,
                                ramps=a.ramps, ramp_resolution=a.ramp_resolution,
                                host_cpu=a.host_cpu, speed=a.speed,
-                               replay_speed=a.replay_speed,
+                               replay_speed=a.replay_speed, twin_draws=a.twin_draws,
                                log=lambda s: print(s, flush=True), **kw)  # type: ignore[arg-type]
                 print(format_table(res), flush=True)
                 sub = out / f"{model}-{bname}"

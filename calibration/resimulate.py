@@ -45,7 +45,12 @@ from clipperlab.calibration.quiet import HostSpeed
 from clipperlab.calibration.runs import retime, sim_run, ticked
 from clipperlab.calibration.server import model_specs, real_deployment
 from clipperlab.calibration.twin import at_speed, sim_deployment, speed_fields
-from clipperlab.calibration.validation import median_summary, twin_predictions
+from clipperlab.calibration.validation import (
+    TWIN_DRAWS,
+    draw_seed,
+    median_summary,
+    twin_predictions,
+)
 from clipperlab.simulator import LatencyProfile, Simulation, load_profile
 from clipperlab.simulator.capacity import attained_share
 from clipperlab.workloads import Workload
@@ -199,6 +204,7 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
                adjust: Callable[[Calibration], Calibration] | None = None,
                speed: HostSpeed | None = None,
                level_speed: bool = True,
+               twin_draws: int = TWIN_DRAWS,
                log: Log = print) -> Resimulated:
     """The simulator's side of the fidelity run in ``out`` again (module rules); with
     ``refit`` the calibration is fitted again where the run stored what it was fitted on
@@ -210,6 +216,8 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
     machine's speed (``speed_level_*``, else the setting's levels' ``speed_levels_*``) is
     run by the host CPU model's twin at that speed (``twin.at_speed``), as a live run
     does, and so is each capacity ramp whose speed the row records (``speed_ramps_*``).
+    Each level runs ``repeats x twin_draws`` times in each twin (``validation.draw_seed``),
+    the medians taken, as a live run's levels do (``validation.TWIN_DRAWS``).
     (A live run's replay of each real run's recorded speed, ``--replay-speed``, needs
     the probes' traces and the runs' send times, which are not stored: re-simulated,
     those levels run at their two speeds.)"""
@@ -256,7 +264,8 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
                 if lsp is not None and calib0.host_cpus > 0:
                     calib = at_speed(calib0, lsp)
                     twin = sim_deployment(dep, workload.app, profiles, calibration=calib)
-                s = median_summary([sim_run(twin, tr, seed + k, calib) for k in range(reps)])
+                s = median_summary([sim_run(twin, tr, draw_seed(seed + k, j), calib)
+                                    for k in range(reps) for j in range(twin_draws)])
                 sel = (g["level"] == lv) & (g["mode"] == mode)
                 for col in ("throughput_qps", "mean_ms", "p50_ms", "p90_ms", "p99_ms",
                             "default_rate"):

@@ -197,6 +197,10 @@ __all__ = ["ValidationError", "ValidationResult", "validate"]
 Log = Callable[[str], None]
 LEVEL_S = 10.0  # seconds per level run (4 s moved p99 by a median of 19-30% run to run)
 REPEATS = 3  # runs per level and mode (medians), and capacity ramps (median)
+# the calibrated twins' runs per real run of a level, each with its own seed (medians over
+# all): one long pause drawn or not moves a 5-s run's p99 by up to x4 (run 17, the logistic
+# regression with AIMD at 30%: 2.6-13.5 ms over ten seeds, median 3.5, the server 3.7)
+TWIN_DRAWS = 5
 SETTLE_S = 90.0  # with --busy refuse: how long to wait for a busy machine to quiet down
 
 
@@ -228,6 +232,7 @@ def validate(
     host_cpu: bool = True,
     speed: bool = True,
     replay_speed: bool = True,
+    twin_draws: int = TWIN_DRAWS,
     log: Log = print,
 ) -> ValidationResult:
     """Run the comparison described in the module docstring, step by step."""
@@ -237,6 +242,8 @@ def validate(
         raise ValidationError(f"repeats must be an integer >= 1, got {repeats}")
     if ramps < 1:
         raise ValidationError(f"ramps must be an integer >= 1, got {ramps}")
+    if twin_draws < 1:
+        raise ValidationError(f"twin_draws must be an integer >= 1, got {twin_draws}")
     if not (math.isfinite(ramp_resolution) and ramp_resolution > 1):
         raise ValidationError(f"ramp_resolution must be a ratio > 1, got {ramp_resolution}")
     if not 0 <= ramp_restart < 1:
@@ -260,7 +267,8 @@ def validate(
                         profile_max_s, log, busy, mon)
         setup = Setup(dep, app, [spec for spec, _, _ in models],
                       {s.name: n for s, n, _ in models}, workload, profs, seed, log, busy,
-                      repeats, ramps, ramp_resolution, ramp_restart, replay_speed)
+                      repeats, ramps, ramp_resolution, ramp_restart, replay_speed,
+                      twin_draws)
         la0 = os.getloadavg()[0]
         return _validate(dep, app, models, setup, workload, profs, load0, la0, mon,
                          levels, duration_s, repeats, capacity_qps, calib_qps, calib_s,
@@ -367,6 +375,7 @@ class Setup:
     # each level's real runs replayed in the twin at the speed the probe recorded while
     # each went (``quiet.SpeedMonitor.replay``, ``twin.at_trace``), not its statistics
     replay_speed: bool = True
+    twin_draws: int = 1  # the calibrated twins' runs per real run of a level (TWIN_DRAWS)
 
     def twin(self, calib: Calibration | None = None, scale: float = 1.0) -> Deployment:
         return sim_deployment(self.dep, self.workload.app, self.profiles, calibration=calib,
@@ -735,8 +744,9 @@ def run_levels(bench: Bench, setup: Setup, calibs: Sequence[tuple[str, Calibrati
     """Step 6: for each level, the machine sampled (``quiet.guard``: others' CPU share
     only, the load average holds our own server), then the level's trace on the real
     server ``2 x repeats`` times, alternating ``real`` and ``real again``; each real run's
-    achieved send times in the plain twin and in every calibrated one (``calibs``: mode
-    and calibration, the prediction last), the first run's in the in-situ diagnostic
+    achieved send times in the plain twin and, ``setup.twin_draws`` times with seeds of
+    their own (``draw_seed``), in every calibrated one (``calibs``: mode and
+    calibration, the prediction last), the first run's in the in-situ diagnostic
     (the prediction's calibration); each metric the median over its mode's runs.  One
     row per (level, mode).  With ``mon`` (the speed probe), the level's rows record the
     machine's speed while its real runs went (``speed_level_*``), and the host CPU
@@ -787,7 +797,8 @@ def run_levels(bench: Bench, setup: Setup, calibs: Sequence[tuple[str, Calibrati
                 run_twins = [(mode, ct, setup.twin(ct)) if (ct := at_trace(c, rec)) is not c
                              else (mode, c, twin) for mode, c, twin in twins]
             for mode, c, twin in run_twins:
-                cals[mode].append(sim_run(twin, tr_sent, setup.seed + k, c))
+                cals[mode].extend(sim_run(twin, tr_sent, draw_seed(setup.seed + k, j), c)
+                                  for j in range(setup.twin_draws))
         if replayed:
             speed_cols["speed_replayed_runs"] = replayed
         # diagnostic, not a prediction: the calibrated twin told the first run's slowdown
@@ -808,6 +819,7 @@ def run_levels(bench: Bench, setup: Setup, calibs: Sequence[tuple[str, Calibrati
                         ("sim+in-situ", s_ins)):
             rows.append({**_row(lv, rate, mode, s, r, s_sched, k0, la),
                          "other_cpu_share": other, "repeats": setup.repeats,
+                         "twin_draws": setup.twin_draws,
                          "ramps": setup.ramps, "ramp_resolution": setup.ramp_resolution,
                          "ramp_restart": setup.ramp_restart, **speed_cols})
         if sp is not None:
@@ -818,6 +830,11 @@ def run_levels(bench: Bench, setup: Setup, calibs: Sequence[tuple[str, Calibrati
                   f"{s_cal.get('p99_ms', math.nan):.2f} ms (medians of {setup.repeats}; load "
                   f"avg {la:.2f}, others {other:.0%} of the CPU before)")
     return rows
+
+
+def draw_seed(seed: int, draw: int) -> int:
+    """The seed of a twin's ``draw``-th run of one real run (draw 0: ``seed`` itself)."""
+    return seed + 1000 * draw
 
 
 def median_summary(summaries: Sequence[Mapping[str, float]]) -> dict[str, float]:

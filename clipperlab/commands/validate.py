@@ -35,7 +35,7 @@ from clipperlab.calibration.quiet import (
     MAX_LOADAVG_PER_CORE,
     MAX_OTHER_CPU_SHARE,
 )
-from clipperlab.calibration.validation import LEVEL_S, REPEATS
+from clipperlab.calibration.validation import LEVEL_S, REPEATS, TWIN_DRAWS
 from clipperlab.errors import CLIError, json_object
 
 __all__ = ["add_arguments", "run"]
@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=REPEATS,
                         help="runs per level on each side; each number is their median "
                              "(default %(default)s)")
+    parser.add_argument("--twin-draws", type=int, default=TWIN_DRAWS,
+                        help="the calibrated twins' runs per real run of a level, each "
+                             "with its own seed; medians over all (default %(default)s)")
     parser.add_argument("--ramps", type=int, default=RAMPS,
                         help="capacity ramps, median (default %(default)s)")
     parser.add_argument("--ramp-resolution", type=float, default=RAMP_RESOLUTION,
@@ -107,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--level-s must be > 0 seconds, got {args.level_s}")
     if args.repeats < 1:
         raise CLIError(f"--repeats must be an integer >= 1, got {args.repeats}")
+    if args.twin_draws < 1:
+        raise CLIError(f"--twin-draws must be an integer >= 1, got {args.twin_draws}")
     if args.ramps < 1:
         raise CLIError(f"--ramps must be an integer >= 1, got {args.ramps}")
     if not args.ramp_resolution > 1:
@@ -122,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
             batch_sizes=parse_batch_sizes(args.batch_sizes),
             profile_repeats=args.profile_repeats, api=args.api,
             connections=args.connections, seed=args.seed, host_cpu=args.host_cpu,
-            speed=args.speed, replay_speed=args.replay_speed,
+            speed=args.speed, replay_speed=args.replay_speed, twin_draws=args.twin_draws,
         )
     except CalibrationError as e:
         raise CLIError(str(e)) from None

@@ -20,6 +20,7 @@ from clipperlab.calibration.fit import (
     fit_frontend,
     fit_overhead,
     fit_pauses,
+    pause_rate_intervals,
 )
 from clipperlab.calibration.runs import from_send, good_share, predicted, sent_trace
 from clipperlab.calibration.twin import frontend_cpu
@@ -128,6 +129,28 @@ def test_fit_pauses_finds_known_pauses() -> None:
     assert fit_pauses([run], capacity_qps=2000) == (0.0, ())  # 1,000 q/s is 50% of it
     quiet = _paused_run(1000, [])
     assert fit_pauses([quiet], capacity_qps=10_000) == (0.0, ())
+
+
+def test_pause_rate_keeps_the_busy_term_only_where_the_runs_show_it() -> None:
+    """``pause_rate_intervals`` over per-run equations ``(s_k, s_k x u_k, late_k)``: runs
+    whose late share grows with the loop's busy share (2 + 10 x busy pauses a second)
+    give both terms back; runs at one rate each but one, a run made late by a single
+    stall (its late share ten times its neighbours'), give the base alone (the busy
+    term 0, its interval reaching 0), near the other runs' own rate."""
+    u = np.linspace(0.05, 0.7, 14)
+    s = np.full_like(u, 1e-3)
+    grows = [(float(sk), float(sk * uk), float(sk * (2.0 + 10.0 * uk)))
+             for sk, uk in zip(s, u, strict=True)]
+    base, busy = pause_rate_intervals(grows)
+    assert base.value == pytest.approx(2.0, rel=1e-6)
+    assert busy.value == pytest.approx(10.0, rel=1e-6) and busy.lo > 0
+    flat = [(sk, sku, sk * 3.0) for sk, sku, _ in grows]
+    k = 10  # one run, at 55% busy, late ten times as often
+    flat[k] = (flat[k][0], flat[k][1], flat[k][0] * 30.0)
+    base, busy = pause_rate_intervals(flat)
+    assert busy.value == 0.0 and busy.lo <= 0 < busy.hi
+    assert base.value == pytest.approx((13 * 3.0 + 30.0) / 14, rel=1e-6)
+    assert base.lo <= base.value <= base.hi
 
 
 def test_load_run_helpers() -> None:

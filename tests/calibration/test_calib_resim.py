@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,6 +42,7 @@ from clipperlab.calibration.resimulate import (
     ticked,
 )
 from clipperlab.calibration.twin import despiked
+from clipperlab.calibration.validation import draw_seed
 from clipperlab.simulator import (
     Deployment,
     FrontendCPU,
@@ -287,6 +289,33 @@ def test_resimulate_redoes_the_twins_rows_and_the_prediction_only(
                                 "(cools in 10 ms)")["sim+host"]
         assert c.replica_cold_after_s == pytest.approx(10e-3)
         assert c.container_cpu == (("noop", pytest.approx(40e-6), 0.0),)
+
+
+def test_resimulate_draws_each_level_twin_draws_times(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Each level runs ``repeats x twin_draws`` times in the twin, each with a seed of its
+    own (``draw_seed``), the medians taken; ``--twin-draws 0`` is a usage error."""
+    import clipperlab.calibration.resimulate as rs
+
+    _stored_run(tmp_path, with_json=True)
+    seeds: list[int] = []
+    real = rs.sim_run
+
+    def counted(dep: Deployment, trace: Any, seed: int, calib: Any = None) -> Any:
+        seeds.append(seed)
+        return real(dep, trace, seed, calib)
+
+    monkeypatch.setattr(rs, "sim_run", counted)
+    wl = Workload(ConstantRate(100), n_queries=100, app="digits")
+    resimulate(tmp_path, wl, twin_draws=3, log=lambda s: None)
+    # two levels, two repeats stored, three draws each
+    assert sorted(seeds) == sorted(draw_seed(k, j) for _ in range(2) for k in range(2)
+                                   for j in range(3))
+    assert len(set(draw_seed(k, j) for k in range(3) for j in range(5))) == 15
+    capsys.readouterr()
+    assert fidelity_main(["--resimulate", "--out", str(tmp_path), "--twin-draws", "0"]) == 2
+    assert capsys.readouterr().err.startswith("error: --twin-draws")
 
 
 def test_fidelity_resimulate_rewrites_the_tables(tmp_path: Path) -> None:

@@ -175,7 +175,7 @@ def test_validate_tiny(tmp_path: Path) -> None:
     """``validate`` on a no-op deployment and a short workload: a table with the real run,
     the plain and the calibrated simulation at each level, and its files."""
     from clipperlab.calibration.outputs import format_table, write_outputs
-    from clipperlab.calibration.validation import validate
+    from clipperlab.calibration.validation import TWIN_DRAWS, validate
 
     dep = tmp_path / "deploy.toml"
     dep.write_text(NOOP_DEPLOY)
@@ -210,6 +210,8 @@ def test_validate_tiny(tmp_path: Path) -> None:
     assert res.runs and all(
         {n for n, _ in r.waits} == {"frontend", "container:noop", "loadgen"}
         and all(v >= 0.0 for _, v in r.waits) for r in res.runs)
+    # each real run of a level ran TWIN_DRAWS times in each calibrated twin (recorded)
+    assert (res.table["twin_draws"] == TWIN_DRAWS).all()
     # each level's rows record the machine's speed during its real runs
     assert res.table["speed_level_factor"].notna().all()
     assert res.table["speed_level_slow_share"].between(0, 1).all()
@@ -239,6 +241,8 @@ def test_validate_tiny(tmp_path: Path) -> None:
         (["validate", "--deployment", "{deploy}", "--workload", "{otherapp}"], "not deployed"),
         (["validate", "--deployment", "{deploy}", "--workload", "{good}", "--ramps", "0"],
          "--ramps"),
+        (["validate", "--deployment", "{deploy}", "--workload", "{good}", "--twin-draws",
+          "0"], "--twin-draws"),
         (["validate", "--deployment", "{deploy}", "--workload", "{good}",
           "--ramp-resolution", "1"], "--ramp-resolution"),
     ],
