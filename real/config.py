@@ -54,8 +54,6 @@ def app_from_dict(
 
 
 OVERLOAD_KEYS = ("admission_control", "drop_hopeless")
-# sockaddr_un's sun_path is 108 bytes on Linux, one of them the terminating NUL
-UNIX_PATH_MAX = 107
 
 
 def with_overload_defaults(spec: ModelSpec, said: Mapping[str, Any],
@@ -170,9 +168,6 @@ class ServerConfig:
     rpc_tls_key: str = ""
     rpc_tls_ca: str = ""
     rpc_tls_server_name: str = ""
-    # managed containers on this host dial a Unix socket instead of loopback TCP: "" off,
-    # "auto" one in a private temporary folder, or a path (README "Container RPC")
-    rpc_unix_socket: str = ""
     store: str = "clipperlab-store"
     # several frontends on one Redis store (real/store_redis.py, real/sync.py): see README
     # "Running on several machines"
@@ -300,18 +295,6 @@ class ServerConfig:
             f = getattr(self, name)
             if f and not Path(f).is_file():
                 raise ConfigError(f"server.{name} = {f!r} is not a readable file")
-        u = self.rpc_unix_socket
-        if not isinstance(u, str):
-            raise ConfigError(f"server.rpc_unix_socket = {u!r} must be a path, 'auto' or ''")
-        if u not in ("", "auto"):
-            if not os.path.isabs(u):
-                raise ConfigError(f"server.rpc_unix_socket = {u!r} must be an absolute path"
-                                  " (or 'auto', or '' for off)")
-            if len(os.fsencode(u)) > UNIX_PATH_MAX:
-                raise ConfigError(f"server.rpc_unix_socket = {u!r} is longer than the"
-                                  f" {UNIX_PATH_MAX} bytes a Unix socket's path may have")
-            if not os.path.isdir(os.path.dirname(u)):
-                raise ConfigError(f"server.rpc_unix_socket = {u!r}: its folder does not exist")
 
     def resolved_rpc_secret(self) -> str:
         """The container RPC's shared secret: ``rpc_secret_file``'s content (trailing

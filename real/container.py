@@ -8,13 +8,11 @@ Rules:
 - One process per replica, one batch at a time (the paper's containers); the model runs on
   the main thread and a heartbeat thread keeps the connection alive during long batches.
 - The container connects to the frontend (not the other way round), so it can run on
-  another host: ``--frontend HOST:PORT``; on the frontend's host ``--frontend unix:PATH``
-  dials its Unix socket (``rpc_unix_socket``: no TCP stack, no TLS).  The shared secret
-  (``--secret-file PATH`` or ``$CLIPPERLAB_RPC_SECRET``; ``--secret S`` still works but
-  shows in ``ps``) is never sent: when the frontend answers HELLO with a CHALLENGE, the
-  container answers a PROOF (``protocol.proof_of``).  ``--tls-ca FILE`` speaks TLS and
-  checks the frontend's certificate against that CA (and ``--tls-server-name``, default
-  the frontend's host).
+  another host: ``--frontend HOST:PORT``.  The shared secret (``--secret-file PATH`` or
+  ``$CLIPPERLAB_RPC_SECRET``; ``--secret S`` still works but shows in ``ps``) is never
+  sent: when the frontend answers HELLO with a CHALLENGE, the container answers a PROOF
+  (``protocol.proof_of``).  ``--tls-ca FILE`` speaks TLS and checks the frontend's
+  certificate against that CA (and ``--tls-server-name``, default the frontend's host).
 - One socket, one lock: the main thread receives (in slices of half a heartbeat
   interval) and sends results, the heartbeat thread sends beats, each holding the lock,
   so a TLS connection is never used by two threads at once.
@@ -83,7 +81,6 @@ class ContainerConfig:
     input_type: str = "doubles"
     host: str = "127.0.0.1"
     port: int = 7000
-    unix_path: str = ""  # the frontend's Unix socket (--frontend unix:PATH), else host:port
     secret: str = ""
     ordinal: int | None = None
     reconnect_s: float = 0.0
@@ -107,7 +104,7 @@ def run_container(cfg: ContainerConfig, predict: Any = None) -> int:
     give_up_at = None
     while True:
         try:
-            sock = _dial(cfg)
+            sock = socket.create_connection((cfg.host, cfg.port), timeout=5.0)
             if tls is not None:
                 try:
                     sock = tls.wrap_socket(sock, server_hostname=cfg.tls_server_name or cfg.host)
@@ -118,7 +115,7 @@ def run_container(cfg: ContainerConfig, predict: Any = None) -> int:
             if give_up_at is None:
                 give_up_at = time.monotonic() + cfg.reconnect_s
             if time.monotonic() >= give_up_at:
-                log.error("cannot reach frontend %s: %s", _frontend(cfg), e)
+                log.error("cannot reach frontend %s:%d: %s", cfg.host, cfg.port, e)
                 return 1
             time.sleep(0.2)
             continue
@@ -190,24 +187,6 @@ def _follow_frontends(cfg: ContainerConfig, predict: Any, every_s: float = 1.0) 
         time.sleep(every_s)
 
 
-def _frontend(cfg: ContainerConfig) -> str:
-    return f"unix:{cfg.unix_path}" if cfg.unix_path else f"{cfg.host}:{cfg.port}"
-
-
-def _dial(cfg: ContainerConfig) -> socket.socket:
-    """A connection to the frontend's RPC port, or to its Unix socket."""
-    if not cfg.unix_path:
-        return socket.create_connection((cfg.host, cfg.port), timeout=5.0)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(5.0)
-        sock.connect(cfg.unix_path)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 def _recv_frames(
     sock: socket.socket, dec: p.FrameDecoder, into: memoryview | None = None
 ) -> list[tuple[int, bytes]]:
@@ -271,8 +250,7 @@ def _handshake(
 
 
 def _serve(sock: socket.socket, cfg: ContainerConfig, predict: Any) -> None:
-    if sock.family != socket.AF_UNIX:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     dec = p.FrameDecoder()
     welcome, frames = _handshake(sock, cfg, dec)
     interval_s = float(welcome.get("heartbeat_interval_s", 0.5))
@@ -369,8 +347,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--frontend",
         default="127.0.0.1:7000",
-        help="HOST:PORT of the RPC port, or unix:PATH of the frontend's Unix socket on this"
-        " host (its rpc_unix_socket; default: %(default)s)",
+        help="HOST:PORT of the RPC port (default: %(default)s)",
     )
     parser.add_argument(
         "--secret-file",
@@ -423,19 +400,9 @@ def config_from_args(args: argparse.Namespace) -> ContainerConfig:
     kind, _, path = args.model.partition(":")
     if kind not in MODEL_KINDS:
         raise ContainerError(f"--model {args.model!r}: kind {kind!r} is not one of {MODEL_KINDS}")
-    unix_path = ""
-    host, port = "127.0.0.1", "7000"
-    if args.frontend.startswith("unix:"):
-        unix_path = args.frontend[len("unix:"):]
-        if not unix_path:
-            raise ContainerError(f"--frontend {args.frontend!r}: unix: needs the socket's path")
-        if args.tls_ca:
-            raise ContainerError(f"--tls-ca with --frontend {args.frontend!r}: a Unix socket"
-                                 " is this host's and speaks no TLS")
-    else:
-        host, _, port = args.frontend.rpartition(":")
-        if not host or not port.isdigit():
-            raise ContainerError(f"--frontend {args.frontend!r} must be HOST:PORT or unix:PATH")
+    host, _, port = args.frontend.rpartition(":")
+    if not host or not port.isdigit():
+        raise ContainerError(f"--frontend {args.frontend!r} must be HOST:PORT")
     try:
         options = json.loads(args.options)
     except ValueError as e:
@@ -453,7 +420,6 @@ def config_from_args(args: argparse.Namespace) -> ContainerConfig:
         input_type=args.input_type,
         host=host,
         port=int(port),
-        unix_path=unix_path,
         secret=_secret(args),
         ordinal=args.ordinal,
         reconnect_s=args.reconnect_s,

@@ -150,13 +150,11 @@ class ContainerManager(Launcher[Managed]):
         tls_server_name: str = "",
         log_dir: str | None = None,
         python: str = sys.executable,
-        unix_path: str = "",
     ) -> None:
         super().__init__(rpc_host, rpc_port, secret=secret, tls_ca=tls_ca,
                          tls_server_name=tls_server_name)
         self.log_dir = log_dir
         self.python = python
-        self.unix_path = unix_path  # dial this Unix socket instead of rpc_host:rpc_port
 
     def argv(self, spec: ModelSpec, ordinal: int) -> list[str]:
         md = spec.metadata
@@ -176,11 +174,11 @@ class ContainerManager(Launcher[Managed]):
             "--input-type",
             spec.input_type,
             "--frontend",
-            f"unix:{self.unix_path}" if self.unix_path else f"{self.rpc_host}:{self.rpc_port}",
+            f"{self.rpc_host}:{self.rpc_port}",
             "--ordinal",
             str(ordinal),
         ]
-        if self.tls_ca and not self.unix_path:  # a Unix socket is this host's: no TLS
+        if self.tls_ca:
             argv += ["--tls-ca", self.tls_ca]
             if self.tls_server_name:
                 argv += ["--tls-server-name", self.tls_server_name]

@@ -29,26 +29,16 @@ Rules:
   intervals of silence from a container mark it dead.
 - TLS (``ssl_context``, from ``rpc_tls_cert``/``rpc_tls_key``) protects connections from
   containers on other hosts; the secret's proof is needed with or without it.
-- A Unix socket (``listen_unix``, from ``rpc_unix_socket``) serves containers on this host
-  besides the TCP port: the same protocol, without TLS, its file readable and writable by
-  this user only (created under a 0o177 umask, so there is no moment when it is not), and
-  a peer on it counts as loopback.  A send and a receive cost the kernel about a third of
-  loopback TCP's (no TCP/IP stack, no softirq delivery).
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import hmac
 import ipaddress
 import logging
-import os
 import secrets
-import socket
 import ssl
-import stat
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -61,7 +51,7 @@ from . import protocol as p
 from .driver import EngineDriver
 from .http import hold_writes, release_writes
 
-__all__ = ["ContainerConnection", "RpcServer", "unix_socket_path"]
+__all__ = ["ContainerConnection", "RpcServer"]
 
 log = logging.getLogger("clipperlab.rpc")
 
@@ -77,36 +67,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.split("%")[0]).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-def unix_socket_path(setting: str) -> tuple[str, str]:
-    """The Unix socket's path for ``rpc_unix_socket`` and the folder made for it: ``auto``
-    is ``rpc.sock`` in a new private temporary folder (0o700), a path is itself (no
-    folder made)."""
-    if setting == "auto":
-        folder = tempfile.mkdtemp(prefix="clipperlab-rpc-")
-        return os.path.join(folder, "rpc.sock"), folder
-    return setting, ""
-
-
-def _clear_stale_socket(path: str) -> None:
-    """Remove a socket file no server listens on (a crashed server's); refuse a path that
-    is something else, or where a server is listening."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise OSError(errno.EEXIST, f"rpc_unix_socket {path!r} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        os.unlink(path)  # nobody listens: a crashed server's
-        return
-    finally:
-        probe.close()
-    raise OSError(errno.EADDRINUSE, f"rpc_unix_socket {path!r}: another server listens there")
 
 
 def server_ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
@@ -179,16 +139,6 @@ class RpcServer:
     def protocol(self) -> ContainerConnection:
         return ContainerConnection(self)
 
-    async def listen_unix(self, path: str) -> asyncio.AbstractServer:
-        """Listen on the Unix socket ``path`` too (a stale one is replaced), mode 0o600."""
-        _clear_stale_socket(path)
-        old = os.umask(0o177)  # the file is born 0o600: no window for another user
-        try:
-            srv = await asyncio.get_running_loop().create_unix_server(self.protocol, path)
-        finally:
-            os.umask(old)
-        return srv
-
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._heartbeats())
 
@@ -243,12 +193,8 @@ class ContainerConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family == socket.AF_UNIX:
-            self.peer = "localhost"  # a Unix socket: this host, and this user (mode 0o600)
-        else:
-            peer = transport.get_extra_info("peername")
-            self.peer = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         self.server.all_conns.add(self)
         try:
             loop = asyncio.get_running_loop()

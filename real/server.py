@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import threading
 import time
@@ -52,7 +51,7 @@ from .http import Connections, HttpLimits, HttpProtocol, fd_headroom, set_parsin
 from .manager import ContainerManager, Launcher
 from .merge import SelectionMerger
 from .metrics import metrics_text
-from .rpc import RpcServer, unix_socket_path
+from .rpc import RpcServer
 from .store import open_store
 from .sync import Sync
 
@@ -85,8 +84,6 @@ class Server:
         self._save_lock = asyncio.Lock()
         self.manager: Launcher[Any] | None = None
         self._grpc: Any = None  # grpc.aio.Server of real/oip_grpc.py, when grpc is on
-        self.rpc_unix = ""  # the Unix socket managed containers dial (rpc_unix_socket)
-        self._rpc_unix_dir = ""  # its private folder, with rpc_unix_socket = "auto"
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> dict[str, int]:
@@ -111,15 +108,6 @@ class Server:
             max_nesting=cfg.max_nesting, refused=self.http_conns.refused,
         )
         self.admin = AdminApi(self, metrics_text=text)
-        unix_srv = []  # first: a path another server holds stops the start with nothing open
-        if cfg.rpc_unix_socket:
-            self.rpc_unix, self._rpc_unix_dir = unix_socket_path(cfg.rpc_unix_socket)
-            try:
-                unix_srv.append(await self.rpc.listen_unix(self.rpc_unix))
-            except OSError:
-                self.rpc_unix = ""  # not ours to remove
-                self._remove_unix_socket()
-                raise
         rpc_srv = await loop.create_server(
             self.rpc.protocol, cfg.rpc_host, cfg.rpc_port, **self.rpc.listen_kwargs()
         )
@@ -144,7 +132,7 @@ class Server:
             self._grpc, self.ports["grpc"] = await start_grpc(
                 self.frontend, cfg.host, cfg.grpc_port or 0, cfg.max_body_bytes
             )
-        self._servers = [q_srv, a_srv, rpc_srv, *unix_srv]
+        self._servers = [q_srv, a_srv, rpc_srv]
         if self.store.shared:
             self._start_sync(loop)
         self.manager = self._launcher()
@@ -185,16 +173,8 @@ class Server:
 
             return RayLauncher(cfg.rpc_host, self.ports["rpc"], address=cfg.ray_address,
                                store=cfg.store if self.store.shared else "", **tls)
-        return ContainerManager(cfg.rpc_host, self.ports["rpc"], **tls, unix_path=self.rpc_unix,
+        return ContainerManager(cfg.rpc_host, self.ports["rpc"], **tls,
                                 log_dir=cfg.container_log_dir or str(self.store.dir / "logs"))
-
-    def _remove_unix_socket(self) -> None:
-        if self.rpc_unix:
-            with contextlib.suppress(OSError):
-                os.unlink(self.rpc_unix)
-        if self._rpc_unix_dir:
-            with contextlib.suppress(OSError):
-                os.rmdir(self._rpc_unix_dir)
 
     def _http(self, handler: Any, max_body: int) -> HttpProtocol:
         c = self.cfg
@@ -280,9 +260,7 @@ class Server:
             if self.manager is not None:
                 await self.manager.stop_all()
             self.rpc.close()
-            for s in self._servers[2:]:
-                s.close()
-            self._remove_unix_socket()
+            self._servers[2].close()
             for c in list(self._conns):
                 c.close()
             if self.sync is not None:

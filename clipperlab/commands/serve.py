@@ -48,12 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--rpc-tls-cert", help="TLS certificate file for the RPC port (PEM)")
     parser.add_argument("--rpc-tls-key", help="TLS private key file for the RPC port (PEM)")
-    parser.add_argument(
-        "--rpc-unix-socket",
-        help="managed containers dial this Unix socket instead of loopback TCP: a path,"
-        " 'auto' (one in a private temporary folder) or '' (off); default:"
-        " server.rpc_unix_socket, else off",
-    )
     parser.add_argument("--ports-file", help="write the bound ports here as JSON")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
@@ -101,7 +95,6 @@ def run(args: argparse.Namespace) -> int:
             rpc_secret_file=args.rpc_secret_file,
             rpc_tls_cert=args.rpc_tls_cert,
             rpc_tls_key=args.rpc_tls_key,
-            rpc_unix_socket=args.rpc_unix_socket,
         )
     except (ConfigError, TypeError) as e:
         raise CLIError(str(e)) from None

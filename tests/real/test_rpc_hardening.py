@@ -28,7 +28,6 @@ from clipperlab.real import protocol as p
 from clipperlab.real.client import AdminClient, QueryClient
 from clipperlab.real.config import ConfigError, load_config
 from clipperlab.real.container import ContainerError, add_arguments, config_from_args
-from clipperlab.real.server import ServerThread
 from tests.servers import hello, start_server
 
 Answer = Callable[[int, Any], bytes]
@@ -638,97 +637,3 @@ def test_serve_and_container_take_the_new_flags() -> None:
         config_from_args(_container_args("--tls-ca", "/nonexistent-ca.pem"))
     with pytest.raises(ContainerError, match="both"):
         config_from_args(_container_args("--secret", "s", "--secret-file", "/x"))
-
-
-# ----------------------------------------------------------------- the Unix socket
-
-
-def test_managed_containers_dial_the_unix_socket(tmp_path: Path) -> None:
-    """With ``rpc_unix_socket = "auto"`` the managed container dials a Unix socket in a
-    private folder (its argv says ``unix:``, no TLS flags), the socket is this user's only,
-    queries are answered through it, and stopping the server removes socket and folder.
-    A hand-played container on the socket is taken as local (no secret needed)."""
-    cert, key = _self_signed(tmp_path)
-    st = start_server(tmp_path / "store", rpc_unix_socket="auto",
-                      rpc_tls_cert=cert, rpc_tls_key=key)
-    path = st.server.rpc_unix
-    try:
-        assert path and os.path.dirname(path) != str(tmp_path)
-        assert oct(os.stat(path).st_mode & 0o777) == oct(0o600)
-        assert oct(os.stat(os.path.dirname(path)).st_mode & 0o777) == oct(0o700)
-        a, q = _clients(st)
-        a.add_app("app", slo_ms=3000, default_output=-1)
-        a.add_model("m", kind="noop", app="app")
-        a.wait_ready("app")
-        answer = q.predict("app", [1.0])
-        assert answer["default"] is False and answer["output"] == 0
-        manager = st.server.manager
-        assert manager is not None
-        argv = manager.procs[next(iter(manager.procs))].argv
-        assert f"unix:{path}" in argv and "--tls-ca" not in argv
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(10)
-            s.connect(path)
-            s.sendall(hello("m", input_type="doubles", ordinal=7))
-            assert _read_frame(s, p.FrameDecoder(), [])[0] == p.WELCOME
-    finally:
-        st.stop()
-    assert not os.path.exists(path) and not os.path.exists(os.path.dirname(path))
-
-
-def test_a_unix_socket_path_is_taken_over_only_from_a_dead_server(tmp_path: Path) -> None:
-    """A named path: a stale socket file (nobody listening) is replaced; a path where a
-    server listens, or that is not a socket, makes the start fail with the reason."""
-    path = str(tmp_path / "rpc.sock")
-    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    stale.bind(path)
-    stale.close()  # the file stays, nobody listens: a crashed server's
-    st = start_server(tmp_path / "store", rpc_unix_socket=path)
-    try:
-        assert st.server.rpc_unix == path and os.path.exists(path)
-        with pytest.raises(OSError, match="another server listens"):
-            _start_and_stop(tmp_path / "store2", rpc_unix_socket=path)
-        assert os.path.exists(path)  # still the first server's
-    finally:
-        st.stop()
-    assert not os.path.exists(path)
-    (tmp_path / "file").write_text("x")
-    with pytest.raises(OSError, match="not a socket"):
-        _start_and_stop(tmp_path / "store3", rpc_unix_socket=str(tmp_path / "file"))
-    assert (tmp_path / "file").read_text() == "x"
-
-
-def _start_and_stop(store: Path, **settings: Any) -> None:
-    t = ServerThread(load_config(None, query_port=0, admin_port=0, rpc_port=0,
-                                 store=str(store), **settings))
-    try:
-        t.start()
-    finally:
-        t.stop()
-
-
-@pytest.mark.parametrize(
-    ("value", "words"),
-    [
-        ("relative.sock", "absolute path"),
-        ("/" + "x" * 120, "longer than"),
-        ("/nonexistent-folder/rpc.sock", "folder does not exist"),
-        (7, "must be a path"),
-    ],
-)
-def test_rpc_unix_socket_setting_is_checked(value: Any, words: str) -> None:
-    with pytest.raises(ConfigError, match=words):
-        load_config(None, rpc_unix_socket=value)
-
-
-def test_container_frontend_unix_path_is_checked() -> None:
-    """``--frontend unix:PATH`` dials that path; an empty path, or TLS with it, is refused;
-    anything else must still be HOST:PORT."""
-    cfg = config_from_args(_container_args("--frontend", "unix:/run/x.sock"))
-    assert cfg.unix_path == "/run/x.sock"
-    with pytest.raises(ContainerError, match="needs the socket's path"):
-        config_from_args(_container_args("--frontend", "unix:"))
-    with pytest.raises(ContainerError, match="no TLS"):
-        config_from_args(_container_args("--frontend", "unix:/x", "--tls-ca", "/etc/hosts"))
-    with pytest.raises(ContainerError, match="HOST:PORT or unix:PATH"):
-        config_from_args(_container_args("--frontend", "nohost"))
