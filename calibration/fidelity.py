@@ -28,7 +28,9 @@ demands and each fitted number's interval as ``<name>_lo``/``<name>_hi``),
 ``OUT/fidelity_capacity.csv`` (capacity measured against predicted), ``OUT/fidelity.md``
 (the README's tables: errors of the calibrated simulator against the real run, whether
 the issue's goals hold, the counts per mode, the capacities, the calibration with
-intervals) and ``OUT/fidelity.png``; per setting ``calibration.json`` and ``runs.npz``
+intervals, the calibration floor) and ``OUT/fidelity.png``; ``OUT/fidelity_floor.csv``
+(``calibration_floor``: the server's own calibration runs near each level against the
+level); per setting ``calibration.json`` and ``runs.npz``
 (what the calibration was fitted on), so that ``--resimulate`` can run the simulator's
 side again over OUT without the real server (``clipperlab.calibration.resimulate``).
 Tables and the figure come from ``clipperlab.report``.
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -64,7 +67,7 @@ from clipperlab.calibration.validation import LEVEL_S, REPEATS, TWIN_DRAWS, vali
 from clipperlab.report.tables import markdown_table
 from clipperlab.workloads import ConstantRate, DigitsInputs, Workload
 
-__all__ = ["BATCHINGS", "MODELS", "main"]
+__all__ = ["BATCHINGS", "MODELS", "calibration_floor", "main"]
 
 MODELS = ("noop", "logreg", "forest")
 BATCHINGS: dict[str, dict[str, object]] = {
@@ -85,6 +88,10 @@ CAPACITY_GOAL = 0.10
 INTERVAL_COLUMNS = ("capacity_qps", "query_cpu_us", "batch_cpu_us", "wake_us",
                     "pause_rate_hz", "pause_rate_busy_hz")
 SIM_MODES = ("sim+host", "sim+frontend")  # the calibrated twins, the prediction first
+# the calibration floor (``calibration_floor``): stored runs within this ratio of a
+# level's offered rate stand for the server at that level during the calibration
+FLOOR_RATIO = 1.25
+FLOOR_MIN_RUNS = 2
 
 
 def deploy_toml(model: str, path: str, batching: dict[str, object]) -> str:
@@ -281,6 +288,86 @@ def cal_table(table: pd.DataFrame) -> pd.DataFrame:
             cal[c] = [f"{v:.3g} [{lo:.3g}, {hi:.3g}]" for v, lo, hi in
                       zip(cal[c], cal[f"{c}_lo"], cal[f"{c}_hi"], strict=True)]
     return cal.drop(columns=extra)
+
+
+def calibration_floor(table: pd.DataFrame, out: Path) -> pd.DataFrame:
+    """The server during its calibration against the server at the levels: per level, the
+    median p50 and p99 of the stored calibration runs (``OUT/<model>-<batching>/runs.npz``:
+    the ramps' passing steps and the calibration run; the failing steps left out, as the
+    twin's latency fits leave them) whose rate lies within ``FLOOR_RATIO`` of the level's
+    offered rate (at least ``FLOOR_MIN_RUNS`` of them, else the level has no row), against
+    the level's real p50 and p99.  A twin fitted on those runs reproduces them at best, so
+    where they differ from the level (the machine changed between the calibration's
+    minutes and the levels') no twin fitted on them can be closer than this; ``real
+    again``, run back to back, does not see such a change.  Settings without
+    ``runs.npz`` (runs before 2026-12-02) have no rows."""
+    rows: list[dict[str, object]] = []
+    real = table[table["mode"] == "real"]
+    for (model, batching), group in real.groupby(["model", "batching"], sort=False):
+        path = out / f"{model}-{batching}" / RUNS_FILE
+        if not path.exists():
+            continue
+        runs = _stored_latencies(path)
+        if not runs:
+            continue
+        rates = np.array([r for r, _, _ in runs])
+        for _, lv in group.iterrows():
+            rate = float(lv.get("offered_qps", lv["throughput_qps"]))
+            near = np.abs(np.log(rates / rate)) <= math.log(FLOOR_RATIO)
+            if near.sum() < FLOOR_MIN_RUNS:
+                continue
+            p50 = float(np.median([runs[i][1] for i in np.flatnonzero(near)]))
+            p99 = float(np.median([runs[i][2] for i in np.flatnonzero(near)]))
+            rows.append({"model": model, "batching": batching, "level": lv["level"],
+                         "real_qps": rate, "real_p50_ms": lv["p50_ms"],
+                         "real_p99_ms": lv["p99_ms"], "runs": int(near.sum()),
+                         "runs_qps_lo": float(rates[near].min()),
+                         "runs_qps_hi": float(rates[near].max()),
+                         "calib_p50_ms": p50, "calib_p99_ms": p99,
+                         "err_p50": p50 / lv["p50_ms"] - 1, "err_p99": p99 / lv["p99_ms"] - 1})
+    return pd.DataFrame(rows)
+
+
+def _stored_latencies(path: Path) -> list[tuple[float, float, float]]:
+    """``(rate q/s, p50 ms, p99 ms)`` of each passing stored run in a ``runs.npz``."""
+    out = []
+    with np.load(path) as z:
+        meta = json.loads(bytes(z["meta"]).decode())
+        for k, m in enumerate(meta["runs"]):
+            at, lat = z[f"arrival_at_{k}"], z[f"latency_s_{k}"]
+            if m.get("overloaded") or len(at) < 2 or not np.isfinite(lat).any():
+                continue
+            span = float(at[-1] - at[0])
+            if span <= 0:
+                continue
+            ms = lat[np.isfinite(lat)] * 1e3
+            out.append((len(at) / span, float(np.percentile(ms, 50)),
+                        float(np.percentile(ms, 99))))
+    return out
+
+
+def floor_markdown(floor: pd.DataFrame) -> str:
+    """``calibration_floor``'s rows as a table, with the p99 median error up to 60%."""
+    if floor.empty:
+        return "(no stored calibration runs near the levels)"
+    shown = pd.DataFrame({
+        "model": floor["model"], "batching": floor["batching"],
+        "load": [f"{lv:.0%}" for lv in floor["level"]],
+        "offered q/s": [f"{v:,.0f}" for v in floor["real_qps"]],
+        "level p50 / p99 ms": [f"{a:.2f} / {b:.1f}" for a, b in
+                               zip(floor["real_p50_ms"], floor["real_p99_ms"], strict=True)],
+        "calibration runs (q/s)": [f"{n}: {lo:,.0f}-{hi:,.0f}" for n, lo, hi in
+                                   zip(floor["runs"], floor["runs_qps_lo"],
+                                       floor["runs_qps_hi"], strict=True)],
+        "their p50 / p99 ms": [f"{a:.2f} / {b:.1f}" for a, b in
+                               zip(floor["calib_p50_ms"], floor["calib_p99_ms"], strict=True)],
+        "err p50": [f"{v:+.0%}" for v in floor["err_p50"]],
+        "err p99": [f"{v:+.0%}" for v in floor["err_p99"]],
+    })
+    low = floor[floor["level"] <= 0.6 + 1e-9]
+    med = float(low["err_p99"].abs().median()) if len(low) else math.nan
+    return (markdown_table(shown) + f"\n\np99 up to 60%: median error {med:.0%} over"
+            f" {len(low)} levels.")
 
 
 def plot(goals: pd.DataFrame, path: Path) -> Path:
@@ -549,6 +636,9 @@ def report(table: pd.DataFrame, out: Path) -> None:
     caps = capacity_rows(table)
     caps.to_csv(out / "fidelity_capacity.csv", index=False, float_format="%.4f")
     cal = cal_table(table)
+    floor = calibration_floor(table, out)
+    if len(floor):
+        floor.to_csv(out / "fidelity_floor.csv", index=False, float_format="%.4f")
     pred = prediction_mode(goals)
     text = ["# Simulator fidelity", "",
             "Latency is measured from the moment the load generator sent each query, and the"
@@ -586,6 +676,12 @@ def report(table: pd.DataFrame, out: Path) -> None:
             " (the same ramp run on the twin, as many times: same steps, same confirmation;"
             " the measured capacity is not told to it).  The issue's goal: within 10%.", "",
             capacity_markdown(caps) if len(caps) else "(no capacities in the table)", "",
+            "The calibration floor: the server during its own calibration (the stored"
+            " passing runs within x1.25 of each level's rate, their median p50 and p99)"
+            " against the server at the levels.  The twin is fitted on those runs, so it"
+            " cannot be closer to a level than they are where the machine changed between"
+            " the calibration's minutes and the levels' (which `real again`, run back to"
+            " back, does not see):", "", floor_markdown(floor), "",
             "Calibration per run (fitted numbers as value [90% bootstrap interval over the"
             " runs]; the load each run started under):", "", markdown_table(cal), ""]
     (out / "fidelity.md").write_text("\n".join(text))

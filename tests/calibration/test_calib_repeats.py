@@ -5,6 +5,7 @@ records (``clipperlab.calibration``: ``intervals``, ``capacity``, ``validation``
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -12,7 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipperlab.calibration.fidelity import capacity_markdown, capacity_rows
+from clipperlab.calibration.fidelity import (
+    calibration_floor,
+    capacity_markdown,
+    capacity_rows,
+    floor_markdown,
+)
 from clipperlab.calibration.fit import frontend_intervals
 from clipperlab.calibration.intervals import Interval, bootstrap, bootstrap_fit
 from clipperlab.calibration.profiler import ProfileSpec, median_round, profile_model
@@ -165,3 +171,51 @@ def test_profile_refuses_a_busy_machine_before_starting() -> None:
     spec = ProfileSpec(model="noop", batch_sizes=(1,), repeats=5, busy="refuse")
     with pytest.raises(BusyMachineError, match="60%"):
         profile_model(spec, sample=lambda: BUSY)
+
+
+def _store_runs(path: Path, runs: list[tuple[float, float, bool]]) -> None:
+    """A ``runs.npz`` of runs at ``(rate q/s, latency ms, overloaded)``, 2 s each: every
+    query takes the latency given, but the last 2% take ten times it (a tail)."""
+    arrays: dict[str, np.ndarray] = {}
+    meta: dict[str, object] = {"runs": [], "low": False}
+    for k, (rate, ms, over) in enumerate(runs):
+        n = int(rate * 2)
+        arrays[f"arrival_at_{k}"] = np.arange(n) / rate
+        lat = np.full(n, ms / 1e3)
+        lat[-max(n // 50, 1):] = ms * 10 / 1e3
+        arrays[f"latency_s_{k}"] = lat
+        meta["runs"].append({"overloaded": over})  # type: ignore[attr-defined]
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    path.parent.mkdir(parents=True)
+    np.savez_compressed(path, **arrays)
+
+
+def test_calibration_floor_sets_the_calibration_runs_near_each_level_against_it(
+        tmp_path: Path) -> None:
+    """Per level: the median p50/p99 of the passing stored runs within x1.25 of the level's
+    rate against the level's real p50/p99; a failing run near it is left out, and a
+    level with fewer than two runs near it has no row."""
+    _store_runs(tmp_path / "noop-aimd" / "runs.npz",
+                [(900.0, 1.0, False), (1000.0, 2.0, False), (1200.0, 3.0, False),
+                 (1000.0, 50.0, True), (2000.0, 5.0, False), (5000.0, 9.0, False)])
+    table = pd.DataFrame([
+        {"model": "noop", "batching": "aimd", "level": 0.3, "mode": "real",
+         "offered_qps": 1000.0, "throughput_qps": 1000.0, "p50_ms": 2.0, "p99_ms": 10.0},
+        {"model": "noop", "batching": "aimd", "level": 0.3, "mode": "sim+host",
+         "offered_qps": 1000.0, "throughput_qps": 1000.0, "p50_ms": 9.0, "p99_ms": 90.0},
+        {"model": "noop", "batching": "aimd", "level": 0.6, "mode": "real",
+         "offered_qps": 2000.0, "throughput_qps": 2000.0, "p50_ms": 5.0, "p99_ms": 50.0},
+        {"model": "logreg", "batching": "aimd", "level": 0.3, "mode": "real",
+         "offered_qps": 1000.0, "throughput_qps": 1000.0, "p50_ms": 2.0, "p99_ms": 10.0},
+    ])
+    floor = calibration_floor(table, tmp_path)
+    assert len(floor) == 1  # 60%: one run near it; logreg: no runs.npz
+    row = floor.iloc[0]
+    assert (row["model"], row["level"], row["runs"]) == ("noop", 0.3, 3)
+    assert (row["runs_qps_lo"], row["runs_qps_hi"]) == pytest.approx((900.0, 1200.0), rel=0.01)
+    assert row["calib_p50_ms"] == pytest.approx(2.0)
+    assert row["calib_p99_ms"] == pytest.approx(20.0)  # the three runs' tails: 10, 20, 30
+    assert row["err_p99"] == pytest.approx(1.0)
+    text = floor_markdown(floor)
+    assert "+100%" in text and "median error 100% over 1 levels" in text
+    assert "no stored calibration runs" in floor_markdown(floor.iloc[:0])
