@@ -57,6 +57,7 @@ from clipperlab.calibration.quiet import BUSY_POLICIES, HostSpeed
 from clipperlab.calibration.resimulate import (
     CALIBRATION_FILE,
     RUNS_FILE,
+    calibration_columns,
     calibration_to_json,
     replay_steps,
     resimulate,
@@ -571,17 +572,10 @@ def main(argv: list[str] | None = None) -> int:
                 t.insert(0, "batching", bname)
                 t.insert(0, "model", model)
                 t["capacity_qps"] = res.calibration.capacity_qps
-                t["overhead_ms"] = res.calibration.overhead_s * 1e3
-                t["frontend_cost_us"] = res.calibration.frontend_cost_s * 1e6
-                t["query_cpu_us"] = res.calibration.query_cpu_s * 1e6
-                t["batch_cpu_us"] = res.calibration.batch_cpu_s * 1e6
-                t["wake_us"] = res.calibration.wake_s * 1e6
-                t["cold_after_ms"] = res.calibration.cold_after_s * 1e3
                 c = res.calibration
-                t["pause_rate_hz"] = c.pause_rate_hz if c.pauses_s else 0.0
-                t["pause_rate_busy_hz"] = c.pause_rate_busy_hz if c.pauses_s else 0.0
-                t["container_wake_us"] = c.replica_wake_s * 1e6
-                t["pause_median_ms"] = float(np.median(c.pauses_s)) * 1e3 if c.pauses_s else 0.0
+                for col, v in calibration_columns(c, res.calibrations.get("sim+frontend")
+                                                  ).items():
+                    t[col] = v
                 t["sim_capacity_qps"] = res.predicted_capacity_qps
                 t["ramp_capacities_qps"] = ";".join(f"{x:.0f}" for x in res.ramp_capacities)
                 t["sim_ramp_capacities_qps"] = ";".join(
@@ -593,30 +587,12 @@ def main(argv: list[str] | None = None) -> int:
                     t["speed_ramps_factor"] = ";".join(
                         f"{sp.slow_factor:.3f}" if sp is not None else "nan"
                         for sp in res.speed_ramps)
-                t["host_cpus"] = c.host_cpus
-                t["container_cpu_us"] = sum(b for _, b, _ in c.container_cpu) * 1e6
-                t["container_item_cpu_us"] = sum(i for _, _, i in c.container_cpu) * 1e6
-                t["loadgen_cpu_us"] = c.loadgen_cpu_per_query_s * 1e6
-                t["loadgen_wake_us"] = c.loadgen_wake_s * 1e6
-                t["slice_ms"] = c.slice_s * 1e3
-                t["tick_ms"] = c.tick_s * 1e3
-                t["slow_factor"] = c.slow_factor
-                t["slow_share"] = c.slow_share
-                t["slow_dwell_ms"] = c.slow_dwell_s * 1e3
-                t["core_speeds"] = float(c.core_speeds)  # 1: each core switched on its own
-                # 1: the demands are the fast speed's (each run's CPU over its speed)
-                t["reference_factor"] = c.reference_factor
                 for when, sp in (("calib", res.speed_calib), ("levels", res.speed_levels)):
                     if sp is not None:  # as measured, also where the twin kept one speed
                         t[f"speed_{when}_fast_ns"] = sp.fast_ns
                         t[f"speed_{when}_factor"] = sp.slow_factor
                         t[f"speed_{when}_slow_share"] = sp.slow_share
                         t[f"speed_{when}_dwell_ms"] = sp.slow_dwell_s * 1e3
-                other = res.calibrations.get("sim+frontend")
-                if other is not None and other is not c:  # the pause term without the model
-                    t["plain_pause_rate_hz"] = other.pause_rate_hz if other.pauses_s else 0.0
-                    t["plain_pause_rate_busy_hz"] = (other.pause_rate_busy_hz
-                                                     if other.pauses_s else 0.0)
                 for name, iv in res.intervals.items():
                     t[f"{name}_lo"], t[f"{name}_hi"] = iv.lo, iv.hi
                 if res.load is not None:

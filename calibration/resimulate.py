@@ -56,9 +56,9 @@ from clipperlab.simulator.capacity import attained_share
 from clipperlab.workloads import Workload
 
 __all__ = ["CALIBRATION_FILE", "GAP_S", "RUNS_FILE", "STEPS_FILE", "Resimulated",
-           "calibration_from_json", "calibration_to_json", "load_runs", "replay_steps",
-           "reply_gap_spans", "reply_gaps", "resimulate", "save_runs", "stored_calibrations",
-           "ticked"]
+           "calibration_columns", "calibration_from_json", "calibration_to_json", "load_runs",
+           "replay_steps", "reply_gap_spans", "reply_gaps", "resimulate", "save_runs",
+           "stored_calibrations", "ticked"]
 
 Log = Callable[[str], None]
 CALIBRATION_FILE = "calibration.json"
@@ -148,6 +148,35 @@ def _num(row: Mapping[str, Any], col: str, default: float = 0.0) -> float:
     except (TypeError, ValueError):
         return default
     return f if math.isfinite(f) else default
+
+
+def calibration_columns(c: Calibration, plain: Calibration | None = None
+                        ) -> dict[str, float]:
+    """A calibration's fitted numbers as ``fidelity.csv``'s columns (what a live run
+    writes, and ``resimulate`` after a refit; ``stored_calibrations`` reads them back);
+    ``plain``: the twin without the host CPU model, whose pause rates go beside them."""
+    cols = {"overhead_ms": c.overhead_s * 1e3, "frontend_cost_us": c.frontend_cost_s * 1e6,
+            "query_cpu_us": c.query_cpu_s * 1e6, "batch_cpu_us": c.batch_cpu_s * 1e6,
+            "wake_us": c.wake_s * 1e6, "cold_after_ms": c.cold_after_s * 1e3,
+            "pause_rate_hz": c.pause_rate_hz if c.pauses_s else 0.0,
+            "pause_rate_busy_hz": c.pause_rate_busy_hz if c.pauses_s else 0.0,
+            "container_wake_us": c.replica_wake_s * 1e6,
+            "pause_median_ms": float(np.median(c.pauses_s)) * 1e3 if c.pauses_s else 0.0,
+            "host_cpus": float(c.host_cpus),
+            "container_cpu_us": sum(b for _, b, _ in c.container_cpu) * 1e6,
+            "container_item_cpu_us": sum(i for _, _, i in c.container_cpu) * 1e6,
+            "loadgen_cpu_us": c.loadgen_cpu_per_query_s * 1e6,
+            "loadgen_wake_us": c.loadgen_wake_s * 1e6,
+            "slice_ms": c.slice_s * 1e3, "tick_ms": c.tick_s * 1e3,
+            "slow_factor": c.slow_factor, "slow_share": c.slow_share,
+            "slow_dwell_ms": c.slow_dwell_s * 1e3,
+            "core_speeds": float(c.core_speeds),  # 1: each core switched on its own
+            # 1: the demands are the fast speed's (each run's CPU over its speed)
+            "reference_factor": c.reference_factor}
+    if plain is not None and plain is not c:  # the pause term without the model
+        cols["plain_pause_rate_hz"] = plain.pause_rate_hz if plain.pauses_s else 0.0
+        cols["plain_pause_rate_busy_hz"] = plain.pause_rate_busy_hz if plain.pauses_s else 0.0
+    return cols
 
 
 def stored_calibrations(row: Mapping[str, Any], summary: str) -> dict[str, Calibration]:
@@ -246,9 +275,11 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
         with tempfile.TemporaryDirectory(prefix="clipperlab-resim-") as d:
             dep = _deployment(folder / "deploy.toml", Path(d))
         app, specs = model_specs(dep, workload.app)
-        if refit and (folder / RUNS_FILE).exists():
-            calibs = _refit(folder / RUNS_FILE, dep, app, specs, workload, profiles, calibs,
-                            seed, reps, log, speed)
+        intervals: dict[str, Any] = {}
+        refitted = refit and (folder / RUNS_FILE).exists()
+        if refitted:
+            calibs, intervals = _refit(folder / RUNS_FILE, dep, app, specs, workload,
+                                       profiles, calibs, seed, reps, log, speed)
             notes.append(f"{model}-{batching}: calibration fitted again on {RUNS_FILE}")
         elif speed is not None:
             calibs = {m: with_speed(c, speed) for m, c in calibs.items()}
@@ -291,18 +322,15 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
         cap = float(np.median(caps))
         g["sim_capacity_qps"] = cap
         g["sim_ramp_capacities_qps"] = ";".join(f"{x:.0f}" for x in caps)
-        for col, v in (("query_cpu_us", calib.query_cpu_s * 1e6),
-                       ("batch_cpu_us", calib.batch_cpu_s * 1e6),
-                       ("loadgen_cpu_us", calib.loadgen_cpu_per_query_s * 1e6),
-                       ("loadgen_wake_us", calib.loadgen_wake_s * 1e6),
-                       ("slice_ms", calib.slice_s * 1e3),
-                       ("tick_ms", calib.tick_s * 1e3),
-                       ("slow_factor", calib.slow_factor),
-                       ("slow_share", calib.slow_share),
-                       ("slow_dwell_ms", calib.slow_dwell_s * 1e3),
-                       ("core_speeds", float(calib.core_speeds))):
+        # the table says what the twin ran with: every fitted number (and, refitted, its
+        # interval and calibration.json), not the stored ones beside the new predictions
+        for col, v in calibration_columns(calib, calibs.get("sim+frontend")).items():
             if col in g.columns or calib.host_cpus > 0:
                 g[col] = v
+        for name, iv in intervals.items():
+            g[f"{name}_lo"], g[f"{name}_hi"] = iv.lo, iv.hi
+        if refitted:
+            (folder / CALIBRATION_FILE).write_text(calibration_to_json(calibs))
         log(f"{model}-{batching}: capacity measured {measured:,.0f} q/s, predicted "
             f"{cap:,.0f} q/s ({(cap - measured) / measured:+.0%})")
         parts.append(g)
@@ -520,10 +548,11 @@ def with_speed(c: Calibration, speed: HostSpeed) -> Calibration:
 
 def _refit(path: Path, dep: Any, app: Any, specs: Any, workload: Workload,
            profiles: dict[str, Any], stored: Mapping[str, Calibration], seed: int,
-           repeats: int, log: Log, speed: HostSpeed | None = None) -> dict[str, Calibration]:
+           repeats: int, log: Log, speed: HostSpeed | None = None
+           ) -> tuple[dict[str, Calibration], dict[str, Any]]:
     """Every twin's calibration fitted again on the stored runs (``validation``'s step 5,
     ``calibrate_twin``), the measured capacity and the ramp's CPU per query as stored;
-    the two speeds ``speed``, else the run's own."""
+    the two speeds ``speed``, else the run's own; with the fitted numbers' intervals."""
     from clipperlab.calibration.validation import Setup, calibrate_twin
 
     runs, low, low_seen, calib_qps = load_runs(path, workload)
@@ -532,8 +561,8 @@ def _refit(path: Path, dep: Any, app: Any, specs: Any, workload: Workload,
     ref = next(iter(stored.values()))
     setup = Setup(dep, app, [s for s, _, _ in specs], {s.name: n for s, n, _ in specs},
                   workload, dict(profiles), seed, log, "off", repeats)
-    calibs, _ = calibrate_twin(runs, setup, low, low_seen, ref.capacity_qps,
-                               ref.frontend_cost_s, calib_qps,
-                               host_cpu=any(c.host_cpus > 0 for c in stored.values()),
-                               speed=speed if speed is not None else stored_speed(stored))
-    return dict(calibs)
+    calibs, intervals = calibrate_twin(
+        runs, setup, low, low_seen, ref.capacity_qps, ref.frontend_cost_s, calib_qps,
+        host_cpu=any(c.host_cpus > 0 for c in stored.values()),
+        speed=speed if speed is not None else stored_speed(stored))
+    return dict(calibs), dict(intervals)

@@ -30,6 +30,7 @@ from clipperlab.calibration.fit import (
     frontend_intervals,
 )
 from clipperlab.calibration.resimulate import (
+    calibration_columns,
     calibration_from_json,
     calibration_to_json,
     load_runs,
@@ -540,3 +541,42 @@ def test_overloaded_ramp_steps_count_for_the_cpu_fits_only(tmp_path: Path) -> No
                              host_cpu=True, speed=sp)[0][1:]
     assert u.reference_factor == 0.0
     assert u.loadgen_cpu_per_query_s > 1.2 * a.loadgen_cpu_per_query_s
+
+
+def test_a_refit_rewrites_every_fitted_number_its_interval_and_calibration_json(
+        tmp_path: Path) -> None:
+    """After ``resimulate`` refits a setting on its stored runs, ``fidelity.csv`` carries
+    the twin it ran with: every fitted number (``calibration_columns`` of the refitted
+    prediction, the pauses and the containers' wake-up included, not the stored ones),
+    each number's interval from the refit, and ``calibration.json`` the refitted twins."""
+    _stored_run(tmp_path, with_json=True)
+    sub = tmp_path / "noop-aimd"
+    wl = Workload(ConstantRate(100), n_queries=100, app="digits")
+
+    def run(rate: float) -> CpuRun:
+        n = int(rate)  # one second
+        tr = dataclasses.replace(wl, arrivals=ConstantRate(rate), n_queries=n).generate(0)
+        b = n / (1 + rate / 400)
+        lat = np.full(n, 0.6e-3)
+        lat[::7] += 4e-3  # late queries: pauses to fit
+        return CpuRun(tr, float(n), b, n * 40e-6 + b * 100e-6, lat, 0.1,
+                      (ContainerCpu("noop", b, float(n), b * 40e-6 + n * 0.5e-6),),
+                      n * 8e-6)
+
+    runs = [run(r) for r in (100, 200, 400, 800)]
+    save_runs(sub / "runs.npz", runs, runs[0],
+              {"batch_mean_ms": 0.1, "batch_size_mean": 1.25, "batches": 80.0,
+               "server_mean_ms": 0.2, "queries": 100.0}, 100.0)
+    stored_json = (sub / "calibration.json").read_text()
+    res = resimulate(tmp_path, wl, log=lambda s: None)
+    assert any("fitted again" in n for n in res.notes)
+    refitted = calibration_from_json((sub / "calibration.json").read_text())
+    assert (sub / "calibration.json").read_text() != stored_json
+    pred = refitted["sim+host"]
+    assert pred.overhead_s != pytest.approx(0.2e-3)  # the stored twin's: 0.2 ms
+    t = res.table
+    for col, v in calibration_columns(pred, refitted.get("sim+frontend")).items():
+        assert t[col].to_numpy() == pytest.approx(v), col
+    assert not (t["overhead_ms"] == 0.2).any()
+    assert (t["query_cpu_us_lo"] <= t["query_cpu_us"] + 1e-9).all()
+    assert (t["query_cpu_us"] <= t["query_cpu_us_hi"] + 1e-9).all()
