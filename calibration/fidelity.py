@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -62,6 +61,7 @@ from clipperlab.calibration.resimulate import (
     replay_steps,
     resimulate,
     save_runs,
+    stored_latencies,
 )
 from clipperlab.calibration.torch_models import save_sklearn
 from clipperlab.calibration.validation import LEVEL_S, REPEATS, TWIN_DRAWS, validate
@@ -301,24 +301,23 @@ def calibration_floor(table: pd.DataFrame, out: Path) -> pd.DataFrame:
     where they differ from the level (the machine changed between the calibration's
     minutes and the levels') no twin fitted on them can be closer than this; ``real
     again``, run back to back, does not see such a change.  Settings without
-    ``runs.npz`` (runs before 2026-12-02) have no rows."""
+    ``runs.npz`` (run 1 and the run of 2026-11-23) have no rows."""
     rows: list[dict[str, object]] = []
     real = table[table["mode"] == "real"]
     for (model, batching), group in real.groupby(["model", "batching"], sort=False):
         path = out / f"{model}-{batching}" / RUNS_FILE
         if not path.exists():
             continue
-        runs = _stored_latencies(path)
-        if not runs:
+        runs = stored_latencies(path)
+        if not len(runs):
             continue
-        rates = np.array([r for r, _, _ in runs])
+        rates, p50s, p99s = runs.T
         for _, lv in group.iterrows():
             rate = float(lv.get("offered_qps", lv["throughput_qps"]))
             near = np.abs(np.log(rates / rate)) <= math.log(FLOOR_RATIO)
             if near.sum() < FLOOR_MIN_RUNS:
                 continue
-            p50 = float(np.median([runs[i][1] for i in np.flatnonzero(near)]))
-            p99 = float(np.median([runs[i][2] for i in np.flatnonzero(near)]))
+            p50, p99 = float(np.median(p50s[near])), float(np.median(p99s[near]))
             rows.append({"model": model, "batching": batching, "level": lv["level"],
                          "real_qps": rate, "real_p50_ms": lv["p50_ms"],
                          "real_p99_ms": lv["p99_ms"], "runs": int(near.sum()),
@@ -327,24 +326,6 @@ def calibration_floor(table: pd.DataFrame, out: Path) -> pd.DataFrame:
                          "calib_p50_ms": p50, "calib_p99_ms": p99,
                          "err_p50": p50 / lv["p50_ms"] - 1, "err_p99": p99 / lv["p99_ms"] - 1})
     return pd.DataFrame(rows)
-
-
-def _stored_latencies(path: Path) -> list[tuple[float, float, float]]:
-    """``(rate q/s, p50 ms, p99 ms)`` of each passing stored run in a ``runs.npz``."""
-    out = []
-    with np.load(path) as z:
-        meta = json.loads(bytes(z["meta"]).decode())
-        for k, m in enumerate(meta["runs"]):
-            at, lat = z[f"arrival_at_{k}"], z[f"latency_s_{k}"]
-            if m.get("overloaded") or len(at) < 2 or not np.isfinite(lat).any():
-                continue
-            span = float(at[-1] - at[0])
-            if span <= 0:
-                continue
-            ms = lat[np.isfinite(lat)] * 1e3
-            out.append((len(at) / span, float(np.percentile(ms, 50)),
-                        float(np.percentile(ms, 99))))
-    return out
 
 
 def floor_markdown(floor: pd.DataFrame) -> str:

@@ -58,7 +58,7 @@ from clipperlab.workloads import Workload
 __all__ = ["CALIBRATION_FILE", "GAP_S", "RUNS_FILE", "STEPS_FILE", "Resimulated",
            "calibration_columns", "calibration_from_json", "calibration_to_json", "load_runs",
            "replay_steps", "reply_gap_spans", "reply_gaps", "resimulate", "save_runs",
-           "stored_calibrations", "ticked"]
+           "stored_calibrations", "stored_latencies", "ticked"]
 
 Log = Callable[[str], None]
 CALIBRATION_FILE = "calibration.json"
@@ -139,6 +139,23 @@ def load_runs(path: Path, workload: Workload
                               tuple((str(n), float(v)) for n, v in m.get("waits", []))))
     low = out.pop() if meta["low"] else None
     return out, low, dict(meta["low_seen"]), float(meta["calib_qps"])
+
+
+def stored_latencies(path: Path) -> np.ndarray:
+    """``(rate q/s, p50 ms, p99 ms)`` rows, one per passing run stored by ``save_runs``
+    (the failing ramp steps, ``overloaded``, and runs without latencies left out); a
+    lighter read than ``load_runs``, which rebuilds each run's trace."""
+    rows = []
+    with np.load(path) as z:
+        meta = json.loads(bytes(z["meta"]).decode())
+        for k, m in enumerate(meta["runs"]):
+            at, lat = z[f"arrival_at_{k}"], z[f"latency_s_{k}"]
+            span = float(at[-1] - at[0]) if len(at) >= 2 else 0.0
+            ms = lat[np.isfinite(lat)] * 1e3
+            if m.get("overloaded") or span <= 0 or not ms.size:
+                continue
+            rows.append((len(at) / span, np.percentile(ms, 50), np.percentile(ms, 99)))
+    return np.array(rows, dtype=np.float64).reshape(-1, 3)
 
 
 def _num(row: Mapping[str, Any], col: str, default: float = 0.0) -> float:
