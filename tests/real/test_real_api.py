@@ -28,7 +28,10 @@ from tests.servers import start_server
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Any:
     store = tmp_path_factory.mktemp("store")
-    st = start_server(store, max_body_bytes=64 * 1024)
+    # The server's default heartbeat limit (0.5 s x 4), not the tests' quick 0.2 s: nothing
+    # here tests a silent container, and on a loaded 2-core CI host a container starved
+    # for 0.8 s was once restarted under a later test's feet.
+    st = start_server(store, max_body_bytes=64 * 1024, heartbeat_interval_s=0.5)
     admin = AdminClient(f"127.0.0.1:{st.ports['admin']}")
     q = QueryClient(f"127.0.0.1:{st.ports['query']}")
     digits = load_digits()
@@ -174,6 +177,7 @@ def test_admin_inspect_policy_and_errors(srv: Any) -> None:
     a.set_policy("digits", "exp3", {"eta": 0.1})
     assert a.get_app("digits")["policy"] == "exp3"
     a.set_policy("digits", "static")
+    a.wait_ready("digits", timeout_s=60)
     st = a.inspect()
     assert "svm:1#0" in st["replicas_connected"]
     assert st["selection"]["digits"]["probabilities"] == {"svm": 1.0}
