@@ -406,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
                          "its own seed, medians over all (default %(default)s)")
     ap.add_argument("--ramps", type=int, default=RAMPS,
                     help="capacity ramps per setting, median (default %(default)s)")
+    ap.add_argument("--ramps-after", type=int, default=0,
+                    help="of the --ramps, how many run after the levels (whose rates the "
+                         "ones before set), so the calibration sees the machine on both "
+                         "sides of them (default %(default)s)")
     ap.add_argument("--ramp-resolution", type=float, default=RAMP_RESOLUTION,
                     help="the capacity ramp bisects until first bad / last good rate is at "
                          "most this ratio (default %(default)s)")
@@ -480,6 +484,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --ramps {a.ramps} / --ramp-resolution {a.ramp_resolution}: expected "
               "at least 1 ramp and a ratio > 1", file=sys.stderr)
         return 2
+    if not 0 <= a.ramps_after < a.ramps:
+        print(f"error: --ramps-after {a.ramps_after}: expected an integer from 0 to --ramps"
+              f" - 1 ({a.ramps - 1})", file=sys.stderr)
+        return 2
     if a.core_speeds is not None and not a.resimulate:
         print("error: --core-speeds/--no-core-speeds: only with --resimulate", file=sys.stderr)
         return 2
@@ -538,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
                 res = validate(dep, wl, duration_s=0.5 if a.quick else a.level_s,
                                repeats=1 if a.quick else a.repeats, busy=a.busy,
                                ramps=a.ramps, ramp_resolution=a.ramp_resolution,
+                               ramps_after=0 if a.quick else a.ramps_after,
                                host_cpu=a.host_cpu, speed=a.speed,
                                replay_speed=a.replay_speed, twin_draws=a.twin_draws,
                                log=lambda s: print(s, flush=True), **kw)  # type: ignore[arg-type]

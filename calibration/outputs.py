@@ -83,6 +83,9 @@ class ValidationResult:
     # while the levels ran; None when not probed
     speed_calib: HostSpeed | None = None
     speed_levels: HostSpeed | None = None
+    # kept runs taken after the levels (``ramps_after``'s ramps): the calibration saw
+    # the machine on both sides of them; 0 when every kept run came first
+    runs_after_levels: int = 0
 
     @property
     def capacity_error(self) -> float:
@@ -130,8 +133,10 @@ def capacity_line(res: ValidationResult) -> str:
     iv = res.intervals.get("capacity_qps")
     measured = (iv.format("{:,.0f}") if iv is not None
                 else f"{res.calibration.capacity_qps:,.0f}")
+    after = (f"; {res.runs_after_levels} of the {len(res.runs)} runs fitted came after the"
+             " levels" if res.runs_after_levels else "")
     return (f"capacity: measured {measured} q/s, predicted by the calibrated twin "
-            f"{res.predicted_capacity_qps:,.0f} q/s ({res.capacity_error:+.0%})")
+            f"{res.predicted_capacity_qps:,.0f} q/s ({res.capacity_error:+.0%}){after}")
 
 
 def describe_intervals(intervals: dict[str, Interval]) -> str:

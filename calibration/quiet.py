@@ -540,6 +540,26 @@ class SpeedMonitor:
             return pool_speeds([fit_speed(*self.trace(since, until, c)) for c in self.cpus])
         return fit_speed(*self.trace(since, until))
 
+    def fit_spans(self, spans: Sequence[tuple[float, float]]) -> HostSpeed | None:
+        """``fit`` over the probes of several stretches, joined end to end (each
+        stretch's times shifted to follow the previous one's last probe by one interval),
+        so a gap between them is neither a slow nor a fast period."""
+        def joined(cpu: int | None) -> HostSpeed | None:
+            t_all: list[float] = []
+            ns_all: list[float] = []
+            for since, until in spans:
+                t, ns = self.trace(since, until, cpu)
+                if not t:
+                    continue
+                shift = (t_all[-1] + self.interval_s - t[0]) if t_all else 0.0
+                t_all.extend(v + shift for v in t)
+                ns_all.extend(ns)
+            return fit_speed(t_all, ns_all)
+
+        if self.cpus:
+            return pool_speeds([joined(c) for c in self.cpus])
+        return joined(None)
+
     def replay(self, since: float, until: float) -> tuple[tuple[float, ...], ...]:
         """The speed from ``since`` to ``until`` as ``(s from since, factor of each
         core)`` rows (one factor without ``cpus``), a row per probe interval where a

@@ -22,17 +22,21 @@ Theory of operation (``validate``, one function per step):
    cacheable, as the paper salted its inputs), ready, warmed, its idle CPU measured.
 4. ``calibrate_at_low_load`` (``calib_qps``); then ``ramp_to_capacity`` unless the
    capacity is given (``capacity.ramp``, the procedure the twin's prediction runs too):
-   the offered load ramps (x``ramp_step`` per ``ramp_s`` step) until
-   fewer than 95% of the queries get a prediction within the SLO as the client saw it (a
-   failing step runs twice before it counts), then bisects between the last good and the
-   first bad rate to within ``ramp_resolution``; capacity is the best good throughput
-   seen.  The ramp runs ``ramps`` times (its own trace each; the later ones start at
-   ``ramp_restart`` of the first one's capacity): the capacity is their median, with a
-   bootstrap interval over them.  Every run records
-   the server process's CPU time (less its idle CPU), its containers' CPU time per model
-   (less theirs), the generator's own CPU time, the server's query and batch counts (per
-   model too), the send times the generator achieved and the latency of each query from
-   its send.
+   the offered load ramps (x``ramp_step`` per ``ramp_s`` step) until fewer than 95% of the
+   queries get a prediction within the SLO as the client saw it (a failing step runs twice
+   before it counts), then bisects between the last good and the first bad rate to within
+   ``ramp_resolution``; capacity is the best good throughput seen.  The ramp runs
+   ``ramps`` times (its own trace each; the later ones start at ``ramp_restart`` of the
+   first one's capacity): the capacity is their median, with a bootstrap interval over
+   them.  With ``ramps_after`` (``--ramps-after``), the last ones run after step 6's real
+   runs, whose rates the ones before set; the twins are then fitted and run after them, so
+   the calibration's runs (and the speed fitted over them, ``SpeedMonitor.fit_spans``)
+   come from both sides of the levels: a machine whose tail drifts over minutes (run 19's
+   no-op model: p99 8.5-12.5 ms in the ramps, 2.3-3.8 ms in the levels minutes later) is
+   seen by the calibration as by the levels. Every run records the server process's CPU
+   time (less its idle CPU), its containers' CPU time per model (less theirs), the
+   generator's own CPU time, the server's query and batch counts (per model too), the send
+   times the generator achieved and the latency of each query from its send.
 5. ``calibrate_twin`` from those runs (the runs that met the SLO; the ramp's steps that
    missed it count for the loop's and the containers' CPU only: their large batches
    pin the cost per query that sets the capacity, which the small batches of the steps
@@ -69,24 +73,25 @@ Theory of operation (``validate``, one function per step):
    ``slowdown``) is reported beside them.  The loop's costs and the pause rates get
    90% bootstrap intervals over the runs (``intervals``: the equations of the fit
    resampled, the cooling time held at its fitted value).
-6. ``run_levels``: for each level (fraction of capacity; the machine sampled first, its
-   other processes' CPU share only: the load average now holds our own server) the
-   workload's trace is re-timed to that rate (``n = rate x duration_s`` queries, arrival
-   times scaled, so any arrival process keeps its shape) and run ``2 x repeats`` times on
-   the real server, alternately ``real`` and ``real again`` (the noise floor), then,
-   with the send times the generator achieved in each ``real`` run, in the plain
-   simulator (``sim``) and in the calibrated twins (``sim+frontend``, ``sim+host``);
-   every metric of a mode is the median over its runs.  Latency is measured from the
-   send on both sides (the generator's own lag is kept apart).  With ``replay_speed``
-   (the default, with ``speed``) the probes run one per core, and ``sim+host`` replays
-   each real run at the speed they recorded while it went (``SpeedMonitor.replay``,
-   ``twin.at_trace``: the slow stretches where and as long as they were, as the send
-   times are replayed; the level's two speeds otherwise, ``twin.at_speed``; the rows
-   count the replayed runs in ``speed_replayed_runs``).  ``predict_capacities``: the
-   prediction's capacity for the workload and SLO, the real ramp's own procedure run on
-   the twin (``capacity.ramp`` through ``capacity.twin_capacities``: same steps, same
-   confirmation, median of ``repeats`` ramps), each twin ramp at the two speeds the probe
-   saw while the real ramp of the same number went, beside the measured one.
+6. ``run_levels`` (``measure_level``, then ``predict_level``): for each level (fraction of
+   capacity; the machine sampled first, its other processes' CPU share only: the load
+   average now holds our own server) the workload's trace is re-timed to that rate (``n =
+   rate x duration_s`` queries, arrival times scaled, so any arrival process keeps its
+   shape) and run ``2 x repeats`` times on the real server, alternately ``real`` and
+   ``real again`` (the noise floor), then, with the send times the generator achieved in
+   each ``real`` run, in the plain simulator (``sim``) and in the calibrated twins
+   (``sim+frontend``, ``sim+host``); every metric of a mode is the median over its runs.
+   Latency is measured from the send on both sides (the generator's own lag is kept
+   apart).  With ``replay_speed`` (the default, with ``speed``) the probes run one per
+   core, and ``sim+host`` replays each real run at the speed they recorded while it went
+   (``SpeedMonitor.replay``, ``twin.at_trace``: the slow stretches where and as long as
+   they were, as the send times are replayed; the level's two speeds otherwise,
+   ``twin.at_speed``; the rows count the replayed runs in ``speed_replayed_runs``).
+   ``predict_capacities``: the prediction's capacity for the workload and SLO, the real
+   ramp's own procedure run on the twin (``capacity.ramp`` through
+   ``capacity.twin_capacities``: same steps, same confirmation, median of ``repeats``
+   ramps), each twin ramp at the two speeds the probe saw while the real ramp of the same
+   number went, beside the measured one.
 8. What the calibration was fitted on is kept in the result (``runs``, ``low_run``,
    ``low_seen``, ``calib_qps``) so a run can be re-simulated and refitted later
    (``clipperlab.calibration.resimulate``).
@@ -233,6 +238,7 @@ def validate(
     speed: bool = True,
     replay_speed: bool = True,
     twin_draws: int = TWIN_DRAWS,
+    ramps_after: int = 0,
     log: Log = print,
 ) -> ValidationResult:
     """Run the comparison described in the module docstring, step by step."""
@@ -244,6 +250,13 @@ def validate(
         raise ValidationError(f"ramps must be an integer >= 1, got {ramps}")
     if twin_draws < 1:
         raise ValidationError(f"twin_draws must be an integer >= 1, got {twin_draws}")
+    if not 0 <= ramps_after < ramps:
+        raise ValidationError(f"ramps_after must be an integer in [0, ramps - 1] (one ramp "
+                              f"at least before the levels, to set their rates), got "
+                              f"{ramps_after} with ramps {ramps}")
+    if ramps_after and capacity_qps is not None:
+        raise ValidationError("ramps_after needs a measured capacity: with capacity_qps "
+                              "given no ramp runs")
     if not (math.isfinite(ramp_resolution) and ramp_resolution > 1):
         raise ValidationError(f"ramp_resolution must be a ratio > 1, got {ramp_resolution}")
     if not 0 <= ramp_restart < 1:
@@ -268,7 +281,7 @@ def validate(
         setup = Setup(dep, app, [spec for spec, _, _ in models],
                       {s.name: n for s, n, _ in models}, workload, profs, seed, log, busy,
                       repeats, ramps, ramp_resolution, ramp_restart, replay_speed,
-                      twin_draws)
+                      twin_draws, ramps_after)
         la0 = os.getloadavg()[0]
         return _validate(dep, app, models, setup, workload, profs, load0, la0, mon,
                          levels, duration_s, repeats, capacity_qps, calib_qps, calib_s,
@@ -298,22 +311,43 @@ def _validate(dep: RealDeployment, app: Application,
         cost_s = low.cpu_s_per_query
         caps: list[float] = []
         spans: list[tuple[float, float]] = []
-        if capacity_qps is None:
-            first: RampResult | None = None
-            for k in range(ramps):
+        first: RampResult | None = None
+
+        def ramps_to(n: int) -> None:  # the capacity ramps up to the n-th
+            nonlocal cost_s, first
+            for k in range(len(caps), n):
                 t0 = time.monotonic()
                 res_k, cost_s = ramp_to_capacity(bench, setup, low.cpu_s_per_query,
                                                  ramp_start_qps, ramp_s, ramp_step, k, first)
                 spans.append((t0, time.monotonic()))
                 first = first or res_k
                 caps.append(res_k.capacity_qps)
+
+        measured: list[LevelRuns] = []
+        kept_before = 0
+        calib_spans = [(-math.inf, math.inf)]  # the probes so far, as ``mon.fit()``
+        if capacity_qps is None:
+            ramps_to(ramps - setup.ramps_after)
+            if setup.ramps_after:
+                # the levels now, at the first ramps' capacity; the last ramps after them,
+                # so the calibration sees the machine on both sides of the levels
+                levels_qps = float(np.median(caps))
+                log(f"  the levels at {levels_qps:,.0f} q/s (the median of the "
+                    f"{len(caps)} ramp(s) so far); {setup.ramps_after} more after them")
+                kept_before = len(bench.kept)
+                levels_from = time.monotonic()
+                measured = [measure_level(bench, setup, lv, levels_qps, duration_s, mon)
+                            for lv in levels]
+                levels_to = time.monotonic()
+                calib_spans = [(-math.inf, levels_from), (levels_to, math.inf)]
+                ramps_to(ramps)
             capacity_qps = float(np.median(caps))
         else:
             caps = [float(capacity_qps)]
         low_cpu = low.cpu_run()
         speed_ramps = [mon.fit(a, b) for a, b in spans] if mon is not None else []
         if mon is not None:
-            speed_calib = mon.fit()
+            speed_calib = mon.fit_spans(calib_spans)
             log("  the machine's speed while calibrating: " + (
                 speed_calib.describe() if speed_calib is not None else "too few probes"))
         calibs, intervals = calibrate_twin(bench.kept, setup, low_cpu, low.seen,
@@ -321,11 +355,15 @@ def _validate(dep: RealDeployment, app: Application,
                                            speed_calib)
         calib = calibs[-1][1]  # the prediction: with the host CPU model when asked
         intervals["capacity_qps"] = bootstrap(caps, seed=seed)
-        levels_from = time.monotonic()
-        rows = run_levels(bench, setup, calibs, levels, float(capacity_qps), duration_s,
-                          mon)
+        if measured:
+            rows = [row for m in measured for row in predict_level(setup, calibs, m, mon)]
+            speed_levels = (mon.fit(levels_from, levels_to) if mon is not None else None)
+        else:
+            levels_from = time.monotonic()
+            rows = run_levels(bench, setup, calibs, levels, float(capacity_qps),
+                              duration_s, mon)
+            speed_levels = mon.fit(levels_from) if mon is not None else None
         if mon is not None:
-            speed_levels = mon.fit(levels_from)
             log("  the machine's speed during the levels: " + (
                 speed_levels.describe() if speed_levels is not None else "too few probes"))
     sim_caps = predict_capacities(setup, calib, float(capacity_qps), ramp_s, ramp_step,
@@ -346,6 +384,7 @@ def _validate(dep: RealDeployment, app: Application,
     res.predicted_capacity_qps = predicted
     res.load = load0
     res.runs, res.low_run, res.low_seen = list(bench.kept), low_cpu, dict(low.seen)
+    res.runs_after_levels = len(bench.kept) - kept_before if measured else 0
     res.calib_qps = calib_qps
     res.ramp_capacities = list(caps)
     res.sim_ramp_capacities = list(sim_caps)
@@ -376,6 +415,9 @@ class Setup:
     # each went (``quiet.SpeedMonitor.replay``, ``twin.at_trace``), not its statistics
     replay_speed: bool = True
     twin_draws: int = 1  # the calibrated twins' runs per real run of a level (TWIN_DRAWS)
+    # of the ``ramps``, how many run after the levels (the levels' rates then set by the
+    # ones before): the calibration sees the machine on both sides of the levels
+    ramps_after: int = 0
 
     def twin(self, calib: Calibration | None = None, scale: float = 1.0) -> Deployment:
         return sim_deployment(self.dep, self.workload.app, self.profiles, calibration=calib,
@@ -738,97 +780,139 @@ def _log_loop(log: Log, calib: Calibration, runs: Sequence[CpuRun],
         f"{seen['server_mean_ms']:.3f} ms")
 
 
-def run_levels(bench: Bench, setup: Setup, calibs: Sequence[tuple[str, Calibration]],
-               levels: Sequence[float], capacity_qps: float, duration_s: float,
-               mon: SpeedMonitor | None = None) -> list[dict[str, Any]]:
-    """Step 6: for each level, the machine sampled (``quiet.guard``: others' CPU share
-    only, the load average holds our own server), then the level's trace on the real
-    server ``2 x repeats`` times, alternating ``real`` and ``real again``; each real run's
+@dataclass
+class LevelRuns:
+    """One level's real side (``measure_level``): its trace, the ``real`` and ``real
+    again`` runs, the machine before them (``sample``) and its speed while they went
+    (``speed``), the load average after them and when they started (``time.monotonic``)."""
+
+    level: float
+    rate: float
+    trace: Trace
+    runs: list[RealRun]
+    again: list[RealRun]
+    sample: LoadSample | None
+    speed: HostSpeed | None
+    load_avg: float
+    started_at: float
+
+
+def measure_level(bench: Bench, setup: Setup, lv: float, capacity_qps: float,
+                  duration_s: float, mon: SpeedMonitor | None = None) -> LevelRuns:
+    """Step 6, the real side of one level: the machine sampled (``quiet.guard``:
+    others' CPU share only, the load average holds our own server), then the level's
+    trace on the real server ``2 x repeats`` times, alternating ``real`` and ``real
+    again``; with ``mon``, the machine's speed while they went."""
+    rate = lv * capacity_qps
+    sample = guard(setup.busy, max_loadavg_per_core=None, what=f"the {lv:.0%} level",
+                   log=setup.log, settle_s=SETTLE_S if setup.busy == "refuse" else 0.0)
+    tr = retime(setup.workload, rate, duration_s, setup.seed + 3)
+    runs: list[RealRun] = []
+    again: list[RealRun] = []
+    t_level = time.monotonic()
+    for _ in range(setup.repeats):
+        runs.append(bench.run(tr, keep=False))
+        # the same trace once more: how far the real server is from itself
+        again.append(bench.run(tr, keep=False))
+    sp = mon.fit(t_level) if mon is not None else None
+    m = LevelRuns(lv, rate, tr, runs, again, sample, sp, os.getloadavg()[0], t_level)
+    s_real = median_summary([summarise(from_send(x.table)) for x in runs])
+    other = sample.other_cpu_share if sample is not None else math.nan
+    if sp is not None:
+        setup.log(f"  level {lv:.0%}: the machine {sp.describe()}")
+    setup.log(f"  level {lv:.0%} ({rate:,.0f} q/s): real p50/p99 "
+              f"{s_real.get('p50_ms', math.nan):.2f}/{s_real.get('p99_ms', math.nan):.2f}"
+              f" ms (medians of {setup.repeats}; load avg {m.load_avg:.2f}, others "
+              f"{other:.0%} of the CPU before)")
+    return m
+
+
+def predict_level(setup: Setup, calibs: Sequence[tuple[str, Calibration]], m: LevelRuns,
+                  mon: SpeedMonitor | None = None) -> list[dict[str, Any]]:
+    """Step 6, the simulated side of one measured level (``m``): each real run's
     achieved send times in the plain twin and, ``setup.twin_draws`` times with seeds of
     their own (``draw_seed``), in every calibrated one (``calibs``: mode and
-    calibration, the prediction last), the first run's in the in-situ diagnostic
-    (the prediction's calibration); each metric the median over its mode's runs.  One
-    row per (level, mode).  With ``mon`` (the speed probe), the level's rows record the
-    machine's speed while its real runs went (``speed_level_*``), and the host CPU
-    model's twin runs the level at that speed (``twin.at_speed``: the speed is a
-    condition of the level, like the send times the generator achieved, which the twins
-    replay too)."""
+    calibration, the prediction last), the first run's in the in-situ diagnostic (the
+    prediction's calibration); each metric the median over its mode's runs.  One row
+    per mode.  With the level's speed (``m.speed``), its rows record it
+    (``speed_level_*``) and the host CPU model's twin runs the level at that speed
+    (``twin.at_speed``: the speed is a condition of the level, like the send times the
+    generator achieved, which the twins replay too); with ``mon`` and
+    ``setup.replay_speed``, each run at the speed the probes recorded while it went."""
     plain = setup.twin()
     twins = [(mode, c, setup.twin(c)) for mode, c in calibs]
     calib = calibs[-1][1]
     rows: list[dict[str, Any]] = []
+    lv, tr, runs, sp = m.level, m.trace, m.runs, m.speed
+    speed_cols: dict[str, float] = {}
+    level_twins = twins
+    if sp is not None:
+        speed_cols = {"speed_level_factor": sp.slow_factor,
+                      "speed_level_slow_share": sp.slow_share,
+                      "speed_level_dwell_ms": sp.slow_dwell_s * 1e3}
+        level_twins = []
+        for mode, c, twin in twins:
+            if c.host_cpus > 0:
+                c = at_speed(c, sp)
+                twin = setup.twin(c)
+            level_twins.append((mode, c, twin))
+    sims: list[dict[str, float]] = []
+    cals: dict[str, list[dict[str, float]]] = {mode: [] for mode, _, _ in twins}
+    replayed = 0
+    for k, r in enumerate(runs):
+        tr_sent = sent_trace(tr, r.table)
+        sims.append(sim_run(plain, tr_sent, setup.seed + k))
+        run_twins = level_twins
+        rec = (mon.replay(r.started_at, r.ended_at)
+               if mon is not None and setup.replay_speed and math.isfinite(r.started_at)
+               else ())
+        if rec:  # the speed as it was while this run went, replayed
+            replayed += 1
+            run_twins = [(mode, ct, setup.twin(ct)) if (ct := at_trace(c, rec)) is not c
+                         else (mode, c, twin) for mode, c, twin in twins]
+        for mode, c, twin in run_twins:
+            cals[mode].extend(sim_run(twin, tr_sent, draw_seed(setup.seed + k, j), c)
+                              for j in range(setup.twin_draws))
+    if replayed:
+        speed_cols["speed_replayed_runs"] = replayed
+    # diagnostic, not a prediction: the calibrated twin told the first run's slowdown
+    k0 = slowdown(runs[0].seen, setup.profiles)
+    s_ins = sim_run(setup.twin(calib, scale=k0 if math.isfinite(k0) else 1.0),
+                    sent_trace(tr, runs[0].table), setup.seed, calib)
+    r = median_run(runs)
+    s_real = median_summary([summarise(from_send(x.table)) for x in runs])
+    s_sched = median_summary([summarise(x.table) for x in runs])
+    s_again = median_summary([summarise(from_send(x.table)) for x in m.again])
+    s_cals = {mode: median_summary(v) for mode, v in cals.items()}
+    pred = twins[-1][0]
+    s_cal = s_cals[pred]
+    other = m.sample.other_cpu_share if m.sample is not None else math.nan
+    for mode, s in (("real", s_real), ("real again", s_again),
+                    ("sim", median_summary(sims)), *s_cals.items(),
+                    ("sim+in-situ", s_ins)):
+        rows.append({**_row(lv, m.rate, mode, s, r, s_sched, k0, m.load_avg),
+                     "other_cpu_share": other, "repeats": setup.repeats,
+                     "twin_draws": setup.twin_draws,
+                     "ramps": setup.ramps, "ramps_after": setup.ramps_after,
+                     "ramp_resolution": setup.ramp_resolution,
+                     "ramp_restart": setup.ramp_restart, **speed_cols})
+    setup.log(f"  level {lv:.0%} ({m.rate:,.0f} q/s): real p50/p99 "
+              f"{s_real.get('p50_ms', math.nan):.2f}/{s_real.get('p99_ms', math.nan):.2f}"
+              f" ms, {pred} {s_cal.get('p50_ms', math.nan):.2f}/"
+              f"{s_cal.get('p99_ms', math.nan):.2f} ms (medians of {setup.repeats})")
+    return rows
+
+
+def run_levels(bench: Bench, setup: Setup, calibs: Sequence[tuple[str, Calibration]],
+               levels: Sequence[float], capacity_qps: float, duration_s: float,
+               mon: SpeedMonitor | None = None) -> list[dict[str, Any]]:
+    """Step 6 with the calibration made first: each level measured (``measure_level``)
+    and predicted (``predict_level``) in turn."""
+    rows: list[dict[str, Any]] = []
     for lv in levels:
-        rate = lv * capacity_qps
-        sample = guard(setup.busy, max_loadavg_per_core=None, what=f"the {lv:.0%} level",
-                       log=setup.log, settle_s=SETTLE_S if setup.busy == "refuse" else 0.0)
-        tr = retime(setup.workload, rate, duration_s, setup.seed + 3)
-        runs: list[RealRun] = []
-        again: list[RealRun] = []
-        t_level = time.monotonic()
-        for _ in range(setup.repeats):
-            runs.append(bench.run(tr, keep=False))
-            # the same trace once more: how far the real server is from itself
-            again.append(bench.run(tr, keep=False))
-        speed_cols: dict[str, float] = {}
-        level_twins = twins
-        sp = mon.fit(t_level) if mon is not None else None
-        if sp is not None:
-            speed_cols = {"speed_level_factor": sp.slow_factor,
-                          "speed_level_slow_share": sp.slow_share,
-                          "speed_level_dwell_ms": sp.slow_dwell_s * 1e3}
-            level_twins = []
-            for mode, c, twin in twins:
-                if c.host_cpus > 0:
-                    c = at_speed(c, sp)
-                    twin = setup.twin(c)
-                level_twins.append((mode, c, twin))
-        sims: list[dict[str, float]] = []
-        cals: dict[str, list[dict[str, float]]] = {mode: [] for mode, _, _ in twins}
-        replayed = 0
-        for k, r in enumerate(runs):
-            tr_sent = sent_trace(tr, r.table)
-            sims.append(sim_run(plain, tr_sent, setup.seed + k))
-            run_twins = level_twins
-            rec = (mon.replay(r.started_at, r.ended_at)
-                   if mon is not None and setup.replay_speed and math.isfinite(r.started_at)
-                   else ())
-            if rec:  # the speed as it was while this run went, replayed
-                replayed += 1
-                run_twins = [(mode, ct, setup.twin(ct)) if (ct := at_trace(c, rec)) is not c
-                             else (mode, c, twin) for mode, c, twin in twins]
-            for mode, c, twin in run_twins:
-                cals[mode].extend(sim_run(twin, tr_sent, draw_seed(setup.seed + k, j), c)
-                                  for j in range(setup.twin_draws))
-        if replayed:
-            speed_cols["speed_replayed_runs"] = replayed
-        # diagnostic, not a prediction: the calibrated twin told the first run's slowdown
-        k0 = slowdown(runs[0].seen, setup.profiles)
-        s_ins = sim_run(setup.twin(calib, scale=k0 if math.isfinite(k0) else 1.0),
-                        sent_trace(tr, runs[0].table), setup.seed, calib)
-        r = median_run(runs)
-        s_real = median_summary([summarise(from_send(x.table)) for x in runs])
-        s_sched = median_summary([summarise(x.table) for x in runs])
-        s_again = median_summary([summarise(from_send(x.table)) for x in again])
-        s_cals = {mode: median_summary(v) for mode, v in cals.items()}
-        pred = twins[-1][0]
-        s_cal = s_cals[pred]
-        la = os.getloadavg()[0]
-        other = sample.other_cpu_share if sample is not None else math.nan
-        for mode, s in (("real", s_real), ("real again", s_again),
-                        ("sim", median_summary(sims)), *s_cals.items(),
-                        ("sim+in-situ", s_ins)):
-            rows.append({**_row(lv, rate, mode, s, r, s_sched, k0, la),
-                         "other_cpu_share": other, "repeats": setup.repeats,
-                         "twin_draws": setup.twin_draws,
-                         "ramps": setup.ramps, "ramp_resolution": setup.ramp_resolution,
-                         "ramp_restart": setup.ramp_restart, **speed_cols})
-        if sp is not None:
-            setup.log(f"  level {lv:.0%}: the machine {sp.describe()}")
-        setup.log(f"  level {lv:.0%} ({rate:,.0f} q/s): real p50/p99 "
-                  f"{s_real.get('p50_ms', math.nan):.2f}/{s_real.get('p99_ms', math.nan):.2f}"
-                  f" ms, {pred} {s_cal.get('p50_ms', math.nan):.2f}/"
-                  f"{s_cal.get('p99_ms', math.nan):.2f} ms (medians of {setup.repeats}; load "
-                  f"avg {la:.2f}, others {other:.0%} of the CPU before)")
+        rows.extend(predict_level(setup, calibs, measure_level(bench, setup, lv,
+                                                               capacity_qps, duration_s,
+                                                               mon), mon))
     return rows
 
 

@@ -55,6 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "with its own seed; medians over all (default %(default)s)")
     parser.add_argument("--ramps", type=int, default=RAMPS,
                         help="capacity ramps, median (default %(default)s)")
+    parser.add_argument("--ramps-after", type=int, default=0,
+                        help="of the --ramps, how many run after the levels (whose rates "
+                             "the ones before set), so the calibration sees the machine on "
+                             "both sides of them (default %(default)s)")
     parser.add_argument("--ramp-resolution", type=float, default=RAMP_RESOLUTION,
                         help="the capacity ramp bisects until first bad / last good rate is "
                              "at most this ratio (default %(default)s)")
@@ -116,6 +120,11 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--ramps must be an integer >= 1, got {args.ramps}")
     if not args.ramp_resolution > 1:
         raise CLIError(f"--ramp-resolution must be a ratio > 1, got {args.ramp_resolution}")
+    if not 0 <= args.ramps_after < args.ramps:
+        raise CLIError(f"--ramps-after must be an integer from 0 to --ramps - 1 "
+                       f"({args.ramps - 1}), got {args.ramps_after}")
+    if args.ramps_after and args.capacity is not None:
+        raise CLIError("--ramps-after needs a measured capacity: no ramp runs with --capacity")
     try:
         wl = load_workload_spec(args.workload)
         if args.app:
@@ -128,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
             profile_repeats=args.profile_repeats, api=args.api,
             connections=args.connections, seed=args.seed, host_cpu=args.host_cpu,
             speed=args.speed, replay_speed=args.replay_speed, twin_draws=args.twin_draws,
+            ramps_after=args.ramps_after,
         )
     except CalibrationError as e:
         raise CLIError(str(e)) from None

@@ -294,6 +294,24 @@ def test_replay_gives_the_speed_as_it_was_per_core(tmp_path: Path) -> None:
     assert short.replay(100.0, 101.0) == ()
 
 
+def test_fit_spans_joins_stretches_without_their_gap(tmp_path: Path) -> None:
+    """``fit_spans``: the probes of two stretches (the calibration before and after the
+    levels) fitted as one trace, each core on its own and pooled: a stretch of 40 probes
+    slow all along (x2) and one of 40 fast, with 20 slow probes (the levels) between
+    them left out: slow half the time in one 1-s period, the gap's probes not counted
+    and its time not a period; an empty stretch adds nothing."""
+    ns = [2000.0] * 40 + [2000.0] * 20 + [1000.0] * 40
+    mon = _pinned_traces(tmp_path / "s.txt", {0: ns, 1: ns})
+    at = [100.0 + 0.025 * i for i in range(100)]
+    sp = mon.fit_spans([(at[0], at[39]), (at[60], at[99]), (200.0, 300.0)])
+    assert sp is not None and sp.probes == 2 * 80 and sp.cores == 2
+    assert sp.slow_share == pytest.approx(0.5) and sp.slow_factor == pytest.approx(2.0)
+    assert sp.slow_dwell_s == pytest.approx(1.0)
+    whole = mon.fit()
+    assert whole is not None and whole.slow_share == pytest.approx(0.6)
+    assert mon.fit_spans([(-math.inf, math.inf)]) == whole
+
+
 def test_replay_grades_the_slow_state_by_its_probes(tmp_path: Path) -> None:
     """The slow state is not one level: a probe slower than the cut replays at its own
     time over the core's fast level, to a tenth, not at the fit's one slow factor.  A

@@ -225,6 +225,45 @@ def test_validate_tiny(tmp_path: Path) -> None:
     assert "sim+frontend" in text and text.splitlines()[-1].startswith("calibration: ")
 
 
+def test_validate_with_a_ramp_after_the_levels(tmp_path: Path) -> None:
+    """``ramps_after``: of two capacity ramps, the second runs after the levels, whose
+    rate the first one set; the calibration is fitted on runs from both sides (counted in
+    ``runs_after_levels``), the capacity is the median of both ramps, the table records
+    it; a ramp after the levels needs one before them and a measured capacity."""
+    from clipperlab.calibration.errors import ValidationError
+    from clipperlab.calibration.outputs import format_table
+    from clipperlab.calibration.validation import validate
+
+    dep = tmp_path / "deploy.toml"
+    # a slow no-op (2 ms a batch + 1 ms an item): a capacity under 1,000 q/s, short ramps
+    dep.write_text(NOOP_DEPLOY.replace(
+        'kind = "noop"', 'kind = "noop"\noptions = { delay_s = 0.002, per_item_s = 0.001 }'))
+    wl = Workload(ConstantRate(100), n_queries=10, app="hello")
+    lines: list[str] = []
+    res = validate(dep, wl, levels=(0.3,), duration_s=0.4, batch_sizes=(1, 4, 16),
+                   profile_repeats=3, calib_qps=50.0, calib_s=0.4, ramp_s=0.4,
+                   ramp_step=3.0, ramp_start_qps=100.0, ramp_resolution=1.5, ramps=2,
+                   ramps_after=1, repeats=1, twin_draws=1, connections=4,
+                   log=lines.append)
+    assert len(res.ramp_capacities) == 2
+    first = res.ramp_capacities[0]
+    real = res.table[res.table["mode"] == "real"].iloc[0]
+    assert real["offered_qps"] == pytest.approx(0.3 * first)
+    assert res.calibration.capacity_qps == pytest.approx(float(np.median(res.ramp_capacities)))
+    assert 0 < res.runs_after_levels < len(res.runs)
+    assert (res.table["ramps_after"] == 1).all()
+    # the order, as the log tells it: ramp 1, the level's real runs, ramp 2, the twins
+    at = {key: next(i for i, ln in enumerate(lines) if key in ln)
+          for key in ("capacity ramp 1/2", "level 30% (", "capacity ramp 2/2", "sim+host ")}
+    assert at["capacity ramp 1/2"] < at["level 30% ("] < at["capacity ramp 2/2"]
+    assert at["capacity ramp 2/2"] < at["sim+host "]
+    assert "came after the levels" in format_table(res)
+    with pytest.raises(ValidationError, match="ramps_after"):
+        validate(dep, wl, ramps=2, ramps_after=2, log=lambda s: None)
+    with pytest.raises(ValidationError, match="measured capacity"):
+        validate(dep, wl, ramps=2, ramps_after=1, capacity_qps=100.0, log=lambda s: None)
+
+
 @pytest.mark.parametrize(
     "argv, words",
     [
@@ -243,6 +282,8 @@ def test_validate_tiny(tmp_path: Path) -> None:
          "--ramps"),
         (["validate", "--deployment", "{deploy}", "--workload", "{good}", "--twin-draws",
           "0"], "--twin-draws"),
+        (["validate", "--deployment", "{deploy}", "--workload", "{good}", "--ramps-after",
+          "3"], "--ramps-after"),
         (["validate", "--deployment", "{deploy}", "--workload", "{good}",
           "--ramp-resolution", "1"], "--ramp-resolution"),
     ],
