@@ -784,7 +784,7 @@ def _log_loop(log: Log, calib: Calibration, runs: Sequence[CpuRun],
 class LevelRuns:
     """One level's real side (``measure_level``): its trace, the ``real`` and ``real
     again`` runs, the machine before them (``sample``) and its speed while they went
-    (``speed``), the load average after them and when they started (``time.monotonic``)."""
+    (``speed``), the load average after them and the ``real`` runs' median summary."""
 
     level: float
     rate: float
@@ -794,7 +794,7 @@ class LevelRuns:
     sample: LoadSample | None
     speed: HostSpeed | None
     load_avg: float
-    started_at: float
+    real: dict[str, float]  # median_summary of the real runs, from the send
 
 
 def measure_level(bench: Bench, setup: Setup, lv: float, capacity_qps: float,
@@ -815,8 +815,8 @@ def measure_level(bench: Bench, setup: Setup, lv: float, capacity_qps: float,
         # the same trace once more: how far the real server is from itself
         again.append(bench.run(tr, keep=False))
     sp = mon.fit(t_level) if mon is not None else None
-    m = LevelRuns(lv, rate, tr, runs, again, sample, sp, os.getloadavg()[0], t_level)
     s_real = median_summary([summarise(from_send(x.table)) for x in runs])
+    m = LevelRuns(lv, rate, tr, runs, again, sample, sp, os.getloadavg()[0], s_real)
     other = sample.other_cpu_share if sample is not None else math.nan
     if sp is not None:
         setup.log(f"  level {lv:.0%}: the machine {sp.describe()}")
@@ -880,7 +880,7 @@ def predict_level(setup: Setup, calibs: Sequence[tuple[str, Calibration]], m: Le
     s_ins = sim_run(setup.twin(calib, scale=k0 if math.isfinite(k0) else 1.0),
                     sent_trace(tr, runs[0].table), setup.seed, calib)
     r = median_run(runs)
-    s_real = median_summary([summarise(from_send(x.table)) for x in runs])
+    s_real = m.real
     s_sched = median_summary([summarise(x.table) for x in runs])
     s_again = median_summary([summarise(from_send(x.table)) for x in m.again])
     s_cals = {mode: median_summary(v) for mode, v in cals.items()}
