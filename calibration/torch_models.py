@@ -1,6 +1,10 @@
 """Models for the calibration runs and figure 11, built here (random or briefly trained
 weights, nothing downloaded) and saved as files the containers load.
 
+- ``mnist-cnn``: 1x28x28 inputs (MNIST's size: 784 values, 6,272 bytes as doubles), the
+  TensorFlow "Deep MNIST" tutorial's net (5x5 convolutions of 32 and 64 channels, each
+  with a 2x2 max-pool, a 1,024-unit linear layer and 10 outputs): the conv net of the
+  paper's figures 5 and 11; random weights (the latency does not depend on them).
 - ``digits-cnn``: 1x8x8 inputs (scikit-learn's digits as images), two 3x3 convolutions
   (16, 32 channels) and a linear layer; trained for a few epochs on digits (seconds).
 - ``cifar-cnn``: 3x32x32 inputs, three conv-ReLU-pool stages (32, 64, 128 channels) and
@@ -38,6 +42,7 @@ class TorchModel:
 TORCH_MODELS: dict[str, TorchModel] = {
     m.name: m
     for m in (
+        TorchModel("mnist-cnn", (1, 28, 28), "MNIST conv net (TF Deep MNIST: 2 conv + 2 linear)"),
         TorchModel("digits-cnn", (1, 8, 8), "digits CNN (2 conv + linear, trained on digits)"),
         TorchModel("cifar-cnn", (3, 32, 32), "CIFAR-sized CNN (3 conv stages + 2 linear)"),
         TorchModel("resnet18-w16", (3, 224, 224), "ResNet-18 shape at 1/4 width, 224x224x3"),
@@ -76,6 +81,12 @@ def build_torch(name: str, seed: int = 0):  # type: ignore[no-untyped-def]  # no
                 loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
         return net.eval()
+    if name == "mnist-cnn":
+        return nn.Sequential(
+            nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(64 * 7 * 7, 1024), nn.ReLU(), nn.Linear(1024, 10),
+        ).eval()
     if name == "cifar-cnn":
         return nn.Sequential(
             nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),

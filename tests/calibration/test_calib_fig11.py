@@ -18,7 +18,7 @@ from clipperlab.experiments import fig11
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-@pytest.mark.parametrize("name", ["digits-cnn", "cifar-cnn"])
+@pytest.mark.parametrize("name", ["mnist-cnn", "digits-cnn", "cifar-cnn"])
 def test_models_trace_and_answer(name: str, tmp_path: Path) -> None:
     """Each figure-11 model saves as TorchScript and answers a batch with 10+ classes."""
     path = save_torch(name, tmp_path)
@@ -26,6 +26,44 @@ def test_models_trace_and_answer(name: str, tmp_path: Path) -> None:
     with torch.no_grad():
         y = m(torch.zeros((3, *TORCH_MODELS[name].input_shape)))
     assert y.shape[0] == 3 and y.shape[1] >= 10
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_gpu_profiles_command_writes_both_profiles(tmp_path: Path) -> None:
+    """The GPU-profile command, run on the CPU (--device cpu): per model one in-process
+    profile and one over the container RPC, each at the sizes asked, tagged with the
+    hardware and the load; the MNIST net takes the paper's 784 doubles."""
+    from clipperlab.calibration import gpu_profiles
+    from clipperlab.simulator import load_profile
+
+    rc = gpu_profiles.main(["--out", str(tmp_path), "--models", "mnist-cnn",
+                            "--batch-sizes", "2,1", "--budget-s", "0.01", "--samples", "15",
+                            "--rpc", "--device", "cpu"])
+    assert rc == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "measured-cpu-mnist-cnn.json", "rpc-cpu-mnist-cnn.json"]
+    for f in tmp_path.iterdir():
+        prof = load_profile(f)
+        assert prof.kind == "cpu" and prof.batch_sizes == (1, 2)
+        assert prof.quantile_s(2, 0.5) > 0
+        assert "load_average" in prof.tags and prof.tags["hardware"]
+    assert "float64" in load_profile(tmp_path / "measured-cpu-mnist-cnn.json").tags["inputs"]
+
+
+def test_gpu_profiles_command_refuses_bad_input(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown model or too few samples is a usage error; --device cuda without a GPU
+    exits 2 naming the problem rather than saving CPU times under a GPU name."""
+    from clipperlab.calibration import gpu_profiles
+
+    for argv in (["--models", "inception"], ["--samples", "3"], ["--batch-sizes", "0"]):
+        with pytest.raises(SystemExit) as e:
+            gpu_profiles.main(["--out", str(tmp_path), *argv])
+        assert e.value.code == 2
+    if not torch.cuda.is_available():
+        assert gpu_profiles.main(["--out", str(tmp_path), "--models", "digits-cnn"]) == 2
+        assert "sees no GPU" in capsys.readouterr().err
+        assert not list(tmp_path.glob("*.json"))
 
 
 def test_resnet_shape() -> None:
