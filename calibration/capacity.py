@@ -13,6 +13,12 @@ same quantity with the same resolution.  Rules of ``ramp``:
   bisects (geometric means) between the last good and the first bad rate until they are
   within ``resolution`` (x1.1: the answer's grid is 10% wide, where the growth steps'
   x1.4 left 18-40% between what two ramps could report).
+- A ramp whose first step fails goes down (x1/``step``^2, at most ``DOWN_STEPS`` = 4
+  times, unconfirmed: nothing has passed yet) until a step passes, and bisects up from
+  there to the lowest failing rate.  (Until 2026-12-04 it stopped and reported its start
+  rate as its capacity: run 21's forest with AIMD had three of its four ramps fail their
+  first step, at 1,981 q/s while the machine was slow, and "measured" 1,981 three
+  times.)  When nothing passes, the capacity is the lowest rate tried: an upper bound.
 - The capacity is the best good throughput of the passing steps: ``min(throughput, rate x
   good share)``, up to ``resolution`` below the rate at which the objective stops holding
   (``clipperlab.simulator.capacity``'s bisection to 2% answers a higher number: the
@@ -44,7 +50,7 @@ from clipperlab.simulator import Deployment, Simulation
 from clipperlab.simulator.capacity import attained_share
 from clipperlab.workloads import Workload
 
-__all__ = ["GOOD_SHARE", "RAMPS", "RAMP_RESOLUTION", "RAMP_RESTART", "RAMP_S",
+__all__ = ["DOWN_STEPS", "GOOD_SHARE", "RAMPS", "RAMP_RESOLUTION", "RAMP_RESTART", "RAMP_S",
            "RAMP_START_QPS", "RAMP_STEP", "RampResult", "ramp", "ramp_probe_twin",
            "ramp_start", "ramp_trace_seed", "twin_capacities", "twin_capacity"]
 
@@ -54,6 +60,7 @@ RAMP_STEP = 1.4  # rate growth per step
 RAMP_START_QPS = 100.0
 RAMP_RESOLUTION = 1.1  # bisect until first bad / last good <= this
 RAMP_RESTART = 0.5  # later ramps start at this share of the first ramp's capacity
+DOWN_STEPS = 4  # a ramp whose start fails goes down x1/step^2 at most this many times
 RAMPS = 3  # ramps per measurement (median)
 
 # probe(rate, attempt) -> (good share, throughput q/s); attempt 1 is a confirming re-run
@@ -82,6 +89,7 @@ def ramp(probe: Probe, start_qps: float, max_qps: float, *, step: float = RAMP_S
         raise ValueError(f"resolution: expected a ratio > 1, got {resolution!r}")
     rate, best = float(start_qps), 0.0
     last_good = first_bad = 0.0
+    downs = 0
     steps: list[tuple[float, float, float]] = []
     while rate < max_qps:
         share, thr = probe(rate, 0)
@@ -90,7 +98,14 @@ def ramp(probe: Probe, start_qps: float, max_qps: float, *, step: float = RAMP_S
         steps.append((rate, share, thr))
         if share < good:
             if not last_good:
-                break  # the first rate already fails: nothing to bisect
+                # nothing has passed yet: go down (x1/step^2) until a rate passes, then
+                # bisect up from it; a ramp whose start fails measures no capacity
+                first_bad = rate
+                if downs < DOWN_STEPS:
+                    downs += 1
+                    rate /= step * step
+                    continue
+                break  # nothing passed: the lowest rate tried, an upper bound
             first_bad = rate
         else:
             best = max(best, min(thr, rate * share))

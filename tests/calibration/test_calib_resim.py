@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from clipperlab.calibration.capacity import (
+    DOWN_STEPS,
     RampResult,
     ramp,
     ramp_probe_twin,
@@ -82,6 +83,30 @@ def test_ramp_bisects_to_its_resolution_and_confirms_every_failure() -> None:
     assert calls[-1] == (m1, 0)
     with pytest.raises(ValueError, match="resolution"):
         ramp(probe, 100.0, 1e6, resolution=1.0)
+
+
+def test_ramp_whose_start_fails_goes_down_then_bisects_up() -> None:
+    """A ramp started above capacity (holds up to 700 q/s, started at 1,600, x2) goes
+    down x1/4 to 400 (unconfirmed: nothing has passed), which passes, and bisects up
+    between 400 and 1,600 to within x1.1 of 700, as a ramp from below would: a start
+    that fails is no longer its capacity.  One that never passes stops after
+    DOWN_STEPS steps down and reports the lowest rate tried (an upper bound)."""
+    calls: list[tuple[float, int]] = []
+
+    def probe(rate: float, attempt: int) -> tuple[float, float]:
+        calls.append((rate, attempt))
+        return (1.0 if rate <= 700 else 0.5), rate
+
+    res = ramp(probe, 1600.0, 1e6, step=2.0)
+    assert calls[:2] == [(1600.0, 0), (400.0, 0)]
+    assert 700 / 1.1 <= res.capacity_qps <= 700
+    assert res.last_good_qps == res.capacity_qps
+    later_fails = [r for r, a in calls[2:] if a == 0 and r > 700]
+    assert later_fails and all((r, 1) in calls for r in later_fails)  # each confirmed
+    never = ramp(lambda rate, attempt: (0.0, rate), 1600.0, 1e6, step=2.0)
+    assert len(never.steps) == DOWN_STEPS + 1
+    assert never.capacity_qps == pytest.approx(1600.0 / 4 ** DOWN_STEPS)
+    assert never.last_good_qps == 0.0
 
 
 def test_ramp_start_restarts_later_ramps_below_the_first_capacity() -> None:
