@@ -5,6 +5,7 @@ validation table (no timing assertions)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +30,16 @@ def test_models_trace_and_answer(name: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_gpu_profiles_command_writes_both_profiles(tmp_path: Path) -> None:
+def test_gpu_profiles_command_writes_both_profiles(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The GPU-profile command, run on the CPU (--device cpu): per model one in-process
     profile and one over the container RPC, each at the sizes asked, tagged with the
     hardware and the load; the MNIST net takes the paper's 784 doubles."""
     from clipperlab.calibration import gpu_profiles
     from clipperlab.simulator import load_profile
+
+    # --device cpu hides the GPU through the environment: restored after the test
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
 
     rc = gpu_profiles.main(["--out", str(tmp_path), "--models", "mnist-cnn",
                             "--batch-sizes", "2,1", "--budget-s", "0.01", "--samples", "15",
