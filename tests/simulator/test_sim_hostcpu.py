@@ -161,6 +161,41 @@ def test_a_wake_up_preempts_a_process_that_has_had_its_slice(woken_at: float,
     assert sorted(got["a"] + got["b"]) == pytest.approx([10e-3, 10.1e-3])
 
 
+@pytest.mark.parametrize("from_done", [True, False])
+def test_a_wake_up_from_a_done_callback_goes_to_the_wakers_core(from_done: bool) -> None:
+    """The kernel's sync wake-up: l last ran on core 0, where c now runs a 10 ms job in
+    its 5 ms slice; g, on core 1, ends a job at 1.5 ms and hands l work from its done
+    callback.  l joins g's core's queue and runs as g blocks: done at 1.6 ms.  Woken at
+    the same moment by someone else (not from a done callback) l queues on its own
+    core, behind c, until the balance tick at 4 ms."""
+    env = simpy.Environment()
+    host = SlicedHostCpuState(env, "h", 2, 5e-3)
+    c, g, lp = host.proc("c"), host.proc("g"), host.proc("l")
+    done: dict[str, list[float]] = {"c": [], "g": [], "l": []}
+
+    def hand_on(now: float) -> None:
+        done["g"].append(now)
+        if from_done:
+            host.submit(lp, 0.1e-3, now, done["l"].append)
+
+    def feed() -> object:
+        host.submit(lp, 0.01e-3, env.now)  # l runs first, on core 0
+        yield env.timeout(0.1e-3)
+        host.submit(c, 10e-3, env.now, done["c"].append)  # c takes core 0
+        yield env.timeout(0.9e-3)
+        host.submit(g, 0.5e-3, env.now, hand_on)  # g on core 1, ends at 1.5 ms
+        if not from_done:
+            yield env.timeout(0.5e-3 - 1e-9)
+            host.submit(lp, 0.1e-3, env.now, done["l"].append)
+
+    env.process(feed())
+    env.run()
+    assert done["g"] == pytest.approx([1.5e-3])
+    assert done["l"] == pytest.approx([1.6e-3 if from_done else 4.1e-3], abs=1e-8)
+    assert done["c"] == pytest.approx([10.1e-3])
+    assert lp.wait_s == pytest.approx(0.0 if from_done else 4e-3 - 1.5e-3, abs=1e-8)
+
+
 def test_time_slice_hold_frees_the_core() -> None:
     """A held process gives its core to the one waiting and resumes with what it had
     left when the hold ends (and the core is free)."""
