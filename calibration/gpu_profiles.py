@@ -175,15 +175,10 @@ def profile_rpc(model: str, path: Path, sizes: Sequence[int], *, budget_s: float
     return prof
 
 
-def _sizes(text: str) -> tuple[int, ...]:
-    from .profiler import parse_batch_sizes
-
-    return parse_batch_sizes(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     from clipperlab.calibration.errors import CalibrationError
 
+    from .profiler import parse_batch_sizes
     from .torch_models import TORCH_MODELS, save_torch
 
     ap = argparse.ArgumentParser(
@@ -210,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget_s <= 0 or args.samples < MIN_SAMPLES:
         ap.error(f"--budget-s must be > 0 and --samples >= {MIN_SAMPLES}")
     try:
-        sizes = _sizes(args.batch_sizes)
+        sizes = parse_batch_sizes(args.batch_sizes)
     except CalibrationError as e:
         ap.error(str(e))
     import torch
