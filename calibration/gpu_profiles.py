@@ -57,11 +57,13 @@ DEFAULT_SIZES = tuple(1 << k for k in range(11))  # 1 .. 1024
 
 
 def _dtype(model: str) -> str:
-    return "float64" if model == "mnist-cnn" else "float32"
+    from .torch_models import TORCH_MODELS
+
+    return TORCH_MODELS[model].dtype
 
 
 def _input_type(model: str) -> str:
-    return "doubles" if model == "mnist-cnn" else "floats"
+    return {"float64": "doubles", "float32": "floats"}[_dtype(model)]
 
 
 def gpu_name() -> str:
@@ -74,7 +76,7 @@ def gpu_name() -> str:
 
 
 def _tags(model: str, device: str, source: str, load_before: str) -> dict[str, str]:
-    from .profiler import hardware_tag, software_tag
+    from .profiler import hardware_tag, load_average_text, software_tag
 
     gpu = gpu_name() if device == "cuda" else ""
     return {
@@ -85,7 +87,7 @@ def _tags(model: str, device: str, source: str, load_before: str) -> dict[str, s
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "model": f"{model} (clipperlab.calibration.torch_models), argmax answers",
         "inputs": f"synthetic {_dtype(model)}, shape {_shape(model)}",
-        "load_average": f"{load_before} before, {_load()} after",
+        "load_average": f"{load_before} before, {load_average_text()} after",
     }
 
 
@@ -95,13 +97,6 @@ def _shape(model: str) -> tuple[int, ...]:
     return TORCH_MODELS[model].input_shape
 
 
-def _load() -> str:
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return "?"
-
-
 def measure_in_process(model: str, path: Path, sizes: Sequence[int], *, budget_s: float,
                        max_samples: int, device: str, seed: int = 0,
                        log: Callable[[str], None] = print) -> Any:
@@ -109,7 +104,9 @@ def measure_in_process(model: str, path: Path, sizes: Sequence[int], *, budget_s
     from clipperlab.real.models import load_model
     from clipperlab.simulator import LatencyProfile
 
-    load_before = _load()
+    from .profiler import load_average_text
+
+    load_before = load_average_text()
     predict = load_model("torch", str(path), {"output": "argmax"})
     rng = np.random.default_rng(seed)
     shape, dtype = _shape(model), _dtype(model)

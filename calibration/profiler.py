@@ -85,6 +85,7 @@ __all__ = [
     "ProfileSpec",
     "ProfilerError",
     "hardware_tag",
+    "load_average_text",
     "load_tags",
     "median_round",
     "profile_model",
@@ -196,7 +197,8 @@ def load_tags(before: LoadSample | None, after: LoadSample | None, rounds: int =
             "rounds": str(rounds)}
 
 
-def _load() -> str:
+def load_average_text() -> str:
+    """The 1-minute load average as text (``?`` where the system has none)."""
     try:
         return f"{os.getloadavg()[0]:.2f}"
     except OSError:
@@ -451,7 +453,7 @@ def profile_model(
         srv = socket.create_server((host, port))
     except OSError as e:
         raise ProfilerError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    load_before = _load()
+    load_before = load_average_text()
     proc: subprocess.Popen[bytes] | None = None
     logf = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in the finally below
         prefix="clipperlab-profile-", suffix=".log", delete=False
@@ -514,7 +516,7 @@ def profile_model(
         "date": date,
         "model": f"{spec.model} ({hello.get('model')}:{hello.get('version')})",
         "inputs": f"{type(spec.inputs).__name__}, {spec.inputs.input_bytes} bytes per input",
-        "load_average": f"{load_before} before, {_load()} after",
+        "load_average": f"{load_before} before, {load_average_text()} after",
         **load_tags(before, after, spec.rounds, log),
     }
     if "speed" in notes:

@@ -37,12 +37,14 @@ class TorchModel:
     name: str
     input_shape: tuple[int, ...]
     description: str
+    dtype: str = "float32"  # what a query carries (the MNIST net: the paper's doubles)
 
 
 TORCH_MODELS: dict[str, TorchModel] = {
     m.name: m
     for m in (
-        TorchModel("mnist-cnn", (1, 28, 28), "MNIST conv net (TF Deep MNIST: 2 conv + 2 linear)"),
+        TorchModel("mnist-cnn", (1, 28, 28), "MNIST conv net (TF Deep MNIST: 2 conv + 2 linear)",
+                   "float64"),
         TorchModel("digits-cnn", (1, 8, 8), "digits CNN (2 conv + linear, trained on digits)"),
         TorchModel("cifar-cnn", (3, 32, 32), "CIFAR-sized CNN (3 conv stages + 2 linear)"),
         TorchModel("resnet18-w16", (3, 224, 224), "ResNet-18 shape at 1/4 width, 224x224x3"),
