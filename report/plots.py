@@ -44,6 +44,7 @@ COLORS: dict[str, str] = {
     "fixed": "#8c564b",
     "1 Gbps": "#d62728",
     "10 Gbps": "#1f77b4",
+    "100 Gbps": "#2ca02c",
     "deadline": "#1f77b4",
     "wait for all": "#d62728",
 }

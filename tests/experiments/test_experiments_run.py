@@ -67,6 +67,22 @@ def test_fig4_longer_wait_makes_bigger_batches(tmp_path: Path) -> None:
     assert sizes[5.0] > sizes[0.0]
 
 
+def test_fig5_measured_gpu_is_network_bound_at_10_gbps(tmp_path: Path) -> None:
+    """On the measured H200 profile one replica is held by its own link (a batch's
+    transfer and compute do not overlap), and two reach the 10 Gbps frontend NIC's cap;
+    at 100 Gbps a second replica doubles the throughput (the paper's linear scaling)."""
+    from clipperlab.experiments.fig5 import nic_cap_qps
+
+    t = run_experiment("fig5", quick=True, out_dir=tmp_path, overrides={
+        "replicas": (1, 2), "network_gbps": (10.0, 100.0), "n_queries": 40_000, "jobs": 1,
+    }).results.table.set_index(["network_gbps", "replicas"])["throughput_qps"]
+    cap = nic_cap_qps(10.0)
+    assert t[(10.0, 1)] < 0.8 * cap
+    assert t[(10.0, 2)] == pytest.approx(cap, rel=0.06)
+    assert t[(100.0, 2)] == pytest.approx(2 * t[(100.0, 1)], rel=0.15)
+    assert t[(100.0, 1)] > 2 * t[(10.0, 1)]
+
+
 def test_config_parsing() -> None:
     """Text to typed values: numbers, tuples joined with '+', booleans, None."""
     assert parse_value("x", "3", int) == 3
