@@ -117,6 +117,7 @@ class ProfileSpec:
     profile_name: str = ""
     rounds: int = 1  # passes over the sizes; per size the round with the median p99 is kept
     busy: str = "warn"  # the guard's policy before measuring (``quiet.guard``)
+    container_args: tuple[str, ...] = ()  # more ``clipperlab container`` flags
 
     def __post_init__(self) -> None:
         kind = self.model.partition(":")[0]
@@ -473,6 +474,7 @@ def profile_model(
                 "--input-type", spec.input_type,
                 "--frontend", f"127.0.0.1:{bound}",
                 "--options", json.dumps(spec.options),
+                *spec.container_args,
             ]
             proc = subprocess.Popen(argv, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
         conn = _accept(srv, proc, log_path, connect_timeout_s)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from clipperlab.calibration.loadgen import load_workload_spec, run_load
-from clipperlab.calibration.profiler import ProfileSpec, profile_model
+from clipperlab.calibration.profiler import ProfilerError, ProfileSpec, profile_model
 from clipperlab.calibration.quiet import probe_cpus
 from clipperlab.cli import main
 from clipperlab.report.latency import summarise
@@ -89,6 +89,15 @@ def test_profile_spec_with_synthetic_inputs() -> None:
     prof = profile_model(spec)
     assert prof.batch_sizes == (2,)
     assert "SyntheticTensors" in prof.tags["inputs"]
+
+
+def test_profile_spec_passes_container_flags() -> None:
+    """``container_args`` reach the container: one it refuses stops the profile with the
+    container's own line."""
+    spec = ProfileSpec(model="noop", batch_sizes=(1,), repeats=1, warmup=0, busy="off",
+                       container_args=("--malloc-keep-mb", "999"))
+    with pytest.raises(ProfilerError, match="--malloc-keep-mb 999 must be in"):
+        profile_model(spec)
 
 
 def test_load_sends_the_schedule(server: Any, tmp_path: Path) -> None:
