@@ -162,7 +162,7 @@ def _serve_main(models: list[dict[str, Any]], apps: list[dict[str, Any]],
         os.setsid()
 
     from clipperlab.real.config import ServerConfig
-    from clipperlab.real.server import Server, tune_gc
+    from clipperlab.real.server import Server, tune_gc, tune_malloc
 
     logging.basicConfig(level=logging.WARNING)
     cfg = ServerConfig(**settings)  # checked by ServerProcess
@@ -173,6 +173,7 @@ def _serve_main(models: list[dict[str, Any]], apps: list[dict[str, Any]],
         server = Server(cfg)
         ports = await server.start()
         tune_gc()
+        tune_malloc(cfg.malloc_keep_mb)
         Path(ports_file).write_text(json.dumps(ports))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -211,6 +211,8 @@ class ServerConfig:
     admission_control: bool = True
     drop_hopeless: bool = True
     tune_gc: bool = True
+    # buffers up to this size kept in the heap, not mapped afresh (real/gctune.tune_malloc)
+    malloc_keep_mb: int = 256
     manage_containers: bool = True
     # who starts containers (real/manager.py): "local" processes, "ray" actors, or "none"
     containers: str = "local"
@@ -273,6 +275,13 @@ class ServerConfig:
                                   " pip install 'clipperlab[redis]'") from None
 
     def _check_rpc(self) -> None:
+        from .gctune import MALLOC_KEEP_MB_MAX
+
+        keep = self.malloc_keep_mb
+        if isinstance(keep, bool) or not isinstance(keep, int) or not (
+                0 <= keep <= MALLOC_KEEP_MB_MAX):
+            raise ConfigError(f"server.malloc_keep_mb = {keep!r} must be MiB in"
+                              f" [0, {MALLOC_KEEP_MB_MAX}] (0: the C library's defaults)")
         v = self.rpc_hello_timeout_s
         if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 3600:
             raise ConfigError(f"server.rpc_hello_timeout_s = {v!r} must be seconds in (0, 3600]")

@@ -46,7 +46,7 @@ from .admin import AdminApi
 from .config import ServerConfig, app_from_dict, model_from_dict, with_overload_defaults
 from .driver import EngineDriver
 from .frontend import QueryFrontend
-from .gctune import tune_gc
+from .gctune import tune_gc, tune_malloc
 from .http import Connections, HttpLimits, HttpProtocol, fd_headroom, set_parsing
 from .manager import ContainerManager, Launcher
 from .merge import SelectionMerger
@@ -55,7 +55,7 @@ from .rpc import RpcServer
 from .store import open_store
 from .sync import Sync
 
-__all__ = ["Server", "ServerThread", "tune_gc"]
+__all__ = ["Server", "ServerThread", "tune_gc", "tune_malloc"]
 
 log = logging.getLogger("clipperlab.server")
 

@@ -55,12 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def _serve(cfg: ServerConfig, ports_file: str | None) -> None:
-    from clipperlab.real.server import Server, tune_gc
+    from clipperlab.real.server import Server, tune_gc, tune_malloc
 
     server = Server(cfg)
     ports = await server.start()
     if cfg.tune_gc:
         tune_gc()  # the process is ours: keep full collections off the query path
+    tune_malloc(cfg.malloc_keep_mb)  # and page faults off big batches' buffers
     line = json.dumps({"ports": ports, "store": server.store.location})
     print(line, flush=True)
     if ports_file:

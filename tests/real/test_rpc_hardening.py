@@ -513,6 +513,8 @@ def test_secret_from_a_file_or_the_environment(
         ({"rpc_hello_timeout_s": 0}, "rpc_hello_timeout_s"),
         ({"rpc_max_hello_frame_bytes": 10}, "rpc_max_hello_frame_bytes"),
         ({"rpc_max_frame_bytes": 1 << 40}, "rpc_max_frame_bytes"),
+        ({"malloc_keep_mb": 1024}, "malloc_keep_mb"),
+        ({"malloc_keep_mb": -1}, "malloc_keep_mb"),
         ({"rpc_tls_cert": "/nonexistent.pem"}, "go together"),
         ({"rpc_tls_cert": "/nonexistent.pem", "rpc_tls_key": "/nonexistent.key"},
          "rpc_tls_cert"),
