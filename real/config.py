@@ -37,6 +37,8 @@ from clipperlab.engine.schema import (
     parse_model,
 )
 
+from .gctune import MALLOC_KEEP_MB, MALLOC_KEEP_MB_MAX
+
 __all__ = ["ConfigError", "ServerConfig", "app_from_dict", "load_config", "model_from_dict"]
 
 # the server's own fields of a [[models]] table, canonical name first, then Clipper's
@@ -212,7 +214,7 @@ class ServerConfig:
     drop_hopeless: bool = True
     tune_gc: bool = True
     # buffers up to this size kept in the heap, not mapped afresh (real/gctune.tune_malloc)
-    malloc_keep_mb: int = 256
+    malloc_keep_mb: int = MALLOC_KEEP_MB
     manage_containers: bool = True
     # who starts containers (real/manager.py): "local" processes, "ray" actors, or "none"
     containers: str = "local"
@@ -246,6 +248,11 @@ class ServerConfig:
         self._check_http_limits()
         if self.max_queue < 1:
             raise ConfigError(f"server.max_queue = {self.max_queue} must be >= 1")
+        keep = self.malloc_keep_mb
+        if isinstance(keep, bool) or not isinstance(keep, int) or not (
+                0 <= keep <= MALLOC_KEEP_MB_MAX):
+            raise ConfigError(f"server.malloc_keep_mb = {keep!r} must be MiB in"
+                              f" [0, {MALLOC_KEEP_MB_MAX}] (0: the C library's defaults)")
         if self.heartbeat_interval_s <= 0 or self.missed_heartbeats < 1:
             raise ConfigError("server.heartbeat_interval_s must be > 0, missed_heartbeats >= 1")
         self._check_several_frontends()
@@ -275,13 +282,6 @@ class ServerConfig:
                                   " pip install 'clipperlab[redis]'") from None
 
     def _check_rpc(self) -> None:
-        from .gctune import MALLOC_KEEP_MB_MAX
-
-        keep = self.malloc_keep_mb
-        if isinstance(keep, bool) or not isinstance(keep, int) or not (
-                0 <= keep <= MALLOC_KEEP_MB_MAX):
-            raise ConfigError(f"server.malloc_keep_mb = {keep!r} must be MiB in"
-                              f" [0, {MALLOC_KEEP_MB_MAX}] (0: the C library's defaults)")
         v = self.rpc_hello_timeout_s
         if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 3600:
             raise ConfigError(f"server.rpc_hello_timeout_s = {v!r} must be seconds in (0, 3600]")

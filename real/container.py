@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from . import protocol as p
-from .gctune import MALLOC_KEEP_MB_MAX, tune_gc, tune_malloc
+from .gctune import MALLOC_KEEP_MB, MALLOC_KEEP_MB_MAX, tune_gc, tune_malloc
 from .models import MODEL_KINDS, load_model
 
 __all__ = [
@@ -88,7 +88,7 @@ class ContainerConfig:
     tls_server_name: str = ""
     store: str = ""  # redis://...: serve every frontend registered there
     tune_gc: bool = True  # freeze the loaded model's heap (``gctune``); off: --no-tune-gc
-    malloc_keep_mb: int = 256  # big frames' buffers reused (``gctune.tune_malloc``); 0: off
+    malloc_keep_mb: int = MALLOC_KEEP_MB  # big buffers kept (``gctune.tune_malloc``); 0: off
 
 
 def run_container(cfg: ContainerConfig, predict: Any = None) -> int:
@@ -397,11 +397,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--malloc-keep-mb",
         type=int,
-        default=256,
+        default=MALLOC_KEEP_MB,
         help="buffers up to this size come from the heap and freed ones are kept for the"
         f" next batch instead of mapped afresh (glibc), MiB in [0, {MALLOC_KEEP_MB_MAX}];"
-        " 0 leaves the C library as it is (default: 256; a batch of 64 images, 38.5 MB,"
-        " is received in a third of the time: bench/rpc_frames.py)",
+        f" 0 leaves the C library as it is (default: {MALLOC_KEEP_MB}; a batch of 64"
+        " images, 38.5 MB, is received in a third of the time: bench/rpc_frames.py)",
     )
 
 

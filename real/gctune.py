@@ -17,9 +17,10 @@ from __future__ import annotations
 import ctypes
 import gc
 
-__all__ = ["MALLOC_KEEP_MB_MAX", "tune_gc", "tune_malloc"]
+__all__ = ["MALLOC_KEEP_MB", "MALLOC_KEEP_MB_MAX", "tune_gc", "tune_malloc"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+MALLOC_KEEP_MB = 256  # the default of the frontend's and the container's setting
 MALLOC_KEEP_MB_MAX = 512  # 2 x this in bytes must fit mallopt's int
 
 
