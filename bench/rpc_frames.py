@@ -36,7 +36,10 @@ import math
 import statistics
 import subprocess
 import sys
-from typing import Any
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from clipperlab.real.gctune import MALLOC_KEEP_MB, MALLOC_KEEP_MB_MAX  # noqa: E402
 
 # The frontend's side, in a process of its own (the C library's settings are per process):
 # a batch of images made into one BATCH frame as ``ContainerConnection.send_batch`` makes it
@@ -76,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="alternated rounds (default 3)")
     ap.add_argument("--repeats", type=int, default=15,
                     help="timed batches per size and run (default 15)")
-    ap.add_argument("--keep-mb", type=int, default=256,
-                    help="the container's --malloc-keep-mb against 0 (default 256, MiB)")
+    ap.add_argument("--keep-mb", type=int, default=MALLOC_KEEP_MB,
+                    help="the container's --malloc-keep-mb against 0 (default %(default)s, MiB)")
     args = ap.parse_args(argv)
     from clipperlab.calibration.profiler import ProfileSpec, parse_batch_sizes, profile_model
     from clipperlab.workloads import SyntheticTensors
@@ -88,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"rpc_frames: {e}", file=sys.stderr)
         return 2
-    if args.rounds < 1 or args.repeats < 1 or not 1 <= args.keep_mb <= 512:
-        print("rpc_frames: --rounds and --repeats must be >= 1, --keep-mb in [1, 512]",
-              file=sys.stderr)
+    if args.rounds < 1 or args.repeats < 1 or not 1 <= args.keep_mb <= MALLOC_KEEP_MB_MAX:
+        print(f"rpc_frames: --rounds and --repeats must be >= 1, --keep-mb in"
+              f" [1, {MALLOC_KEEP_MB_MAX}]", file=sys.stderr)
         return 2
     item_mb = 4 * math.prod(shape) / 1e6
     settings = {"glibc": 0, "kept": args.keep_mb}
@@ -112,17 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     def med(label: str, b: int, k: int) -> float:
         return statistics.median(x[k] for x in got[(label, b)])
 
-    rows: list[tuple[Any, ...]] = []
-    for b in sizes:
-        g50, k50 = med("glibc", b, 0), med("kept", b, 0)
-        rows.append((b, b * item_mb, g50, med("glibc", b, 1), k50, med("kept", b, 1), g50 / k50))
     print(f"no-op container, float32 images {args.shape}, median of {args.rounds} rounds;"
           f" baseline: --malloc-keep-mb 0 (glibc's defaults)")
     print(f"{'batch':>5} {'MB':>7} {'glibc p50':>10} {'p99':>8} {'kept p50':>9} {'p99':>8}"
           f" {'speedup':>8}")
-    for b, mb, g50, g99, k50, k99, x in rows:
-        print(f"{b:>5} {mb:>7.1f} {g50:>9.1f}ms {g99:>7.1f}ms {k50:>8.1f}ms {k99:>7.1f}ms"
-              f" {x:>7.2f}x")
+    for b in sizes:
+        g50, k50 = med("glibc", b, 0), med("kept", b, 0)
+        print(f"{b:>5} {b * item_mb:>7.1f} {g50:>9.1f}ms {med('glibc', b, 1):>7.1f}ms"
+              f" {k50:>8.1f}ms {med('kept', b, 1):>7.1f}ms {g50 / k50:>7.2f}x")
     enc: dict[str, list[dict[int, float]]] = {"glibc": [], "kept": []}
     for _ in range(args.rounds):
         for label, keep in settings.items():
