@@ -600,13 +600,18 @@ def main() -> int:
     bad = only - {"echo", "aiohttp", "rest", "oip", "hit"}
     if bad:
         ap.error(f"--only: unknown target(s) {sorted(bad)}")
-    results: dict[str, Any] = {"cpus": os.cpu_count(), "targets": {}, "server_settings": a.set}
+    # the cores the bench and everything it starts may use (``taskset -c 0,1 python3 ...``
+    # gives a 2-core machine's run on a bigger host), beside the host's
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    results: dict[str, Any] = {"cpus": cpus, "host_cpus": os.cpu_count(), "targets": {},
+                               "server_settings": a.set}
     if a.set:
         print("the clipperlab servers' [server] settings beside the bench's own: "
               + ", ".join(a.set), flush=True)
     results["background_cpu_busy_share"] = background_busy_share()
     results["loadavg"] = Path("/proc/loadavg").read_text().split()[0]
-    print(f"before the run the machine's CPUs were {results['background_cpu_busy_share']:.0%} "
+    print(f"{cpus} of the host's {os.cpu_count()} cores; "
+          f"before the run the machine's CPUs were {results['background_cpu_busy_share']:.0%} "
           f"busy with other jobs (load average {results['loadavg']})", flush=True)
     from clipperlab.calibration.quiet import SpeedMonitor
 

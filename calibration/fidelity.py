@@ -2,8 +2,8 @@
 
     python -m clipperlab.calibration.fidelity --out results/validation [--level-s 10]
         [--repeats 3] [--twin-draws 5] [--ramps 3] [--ramp-resolution 1.1]
-        [--busy warn|refuse|off]
-        [--quick] [--no-host-cpu] [--no-speed]
+        [--busy warn|refuse|off] [--models noop,logreg,forest] [--batchings aimd,delayed]
+        [--resume] [--quick] [--no-host-cpu] [--no-speed]
     python -m clipperlab.calibration.fidelity --out COPY_OF_A_RUN --resimulate [--no-refit]
         [--slow FACTOR,SHARE,DWELL_MS]
 
@@ -33,7 +33,10 @@ intervals, the calibration floor) and ``OUT/fidelity.png``; ``OUT/fidelity_floor
 level); per setting ``calibration.json`` and ``runs.npz``
 (what the calibration was fitted on), so that ``--resimulate`` can run the simulator's
 side again over OUT without the real server (``clipperlab.calibration.resimulate``).
-Tables and the figure come from ``clipperlab.report``.
+Tables and the figure come from ``clipperlab.report``.  A whole run takes about two
+hours on a 2-core machine; ``--resume`` keeps the settings OUT's ``fidelity.csv``
+already holds and runs the rest of ``--models`` x ``--batchings`` into the same table
+(a stopped run finished, or a table built from runs of a few settings each).
 """
 
 from __future__ import annotations
@@ -450,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--level-speed", action=argparse.BooleanOptionalAction, default=True,
                     help="with --resimulate: run each level at the machine's speed its row "
                          "records, as a live run does (default %(default)s)")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the settings OUT/fidelity.csv already has (a stopped run's, "
+                         "or one that covered some of --models x --batchings) and run only "
+                         "the others, adding their rows to it")
     ap.add_argument("--report-only", action="store_true",
                     help="no runs: rebuild fidelity.md/.png and the goal table from OUT/"
                          "fidelity.csv")
@@ -530,10 +537,26 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out.mkdir(parents=True, exist_ok=True)
     tables = []
+    done: set[tuple[str, str]] = set()
+    if a.resume and (out / "fidelity.csv").exists():
+        kept = pd.read_csv(out / "fidelity.csv")
+        if not {"model", "batching"} <= set(kept.columns):
+            print(f"error: --resume: {out / 'fidelity.csv'} has no model and batching "
+                  "columns; not a fidelity run's table", file=sys.stderr)
+            return 2
+        tables.append(kept)
+        done = {(str(m), str(b)) for m, b in zip(kept["model"], kept["batching"], strict=True)}
     with tempfile.TemporaryDirectory(prefix="clipperlab-fidelity-") as d:
         for model in a.models.split(","):
-            path = "" if model == "noop" else str(save_sklearn(model, d))
+            todo = [b for b in a.batchings.split(",") if (model, b) not in done]
             for bname in a.batchings.split(","):
+                if bname not in todo:
+                    print(f"=== {model} / {bname}: kept from {out / 'fidelity.csv'} "
+                          "(--resume)", flush=True)
+            if not todo:
+                continue
+            path = "" if model == "noop" else str(save_sklearn(model, d))
+            for bname in todo:
                 dep = Path(d) / f"{model}-{bname}.toml"
                 dep.write_text(deploy_toml(model, path, BATCHINGS[bname]))
                 wl = workload()
@@ -590,6 +613,9 @@ def main(argv: list[str] | None = None) -> int:
                     t["start_other_cpu_share"] = res.load.other_cpu_share
                 tables.append(t)
                 pd.concat(tables).to_csv(out / "fidelity.csv", index=False, float_format="%.6g")
+    if not tables:
+        print("error: nothing ran (no --models or --batchings)", file=sys.stderr)
+        return 2
     report(pd.concat(tables, ignore_index=True), out)
     return 0
 

@@ -344,6 +344,44 @@ def test_resimulate_draws_each_level_twin_draws_times(
     assert capsys.readouterr().err.startswith("error: --twin-draws")
 
 
+class _Ran(Exception):
+    """Raised by the stand-in for ``validate``: which setting a fidelity run started."""
+
+
+def test_fidelity_resume_runs_only_the_settings_the_table_lacks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``--resume`` keeps the settings ``fidelity.csv`` holds and starts the first one it
+    lacks; with nothing left to run it rebuilds the tables from the kept rows; without
+    ``--resume`` a stored setting is run again; a table that is not a fidelity table is
+    refused with a one-line error."""
+    from clipperlab.calibration import fidelity
+
+    _stored_run(tmp_path, with_json=True)
+    started: list[str] = []
+
+    def fake_validate(dep: Path, *args: Any, **kw: Any) -> Any:
+        started.append(dep.stem)
+        raise _Ran(dep.stem)
+
+    monkeypatch.setattr(fidelity, "validate", fake_validate)
+    with pytest.raises(_Ran, match="noop-delayed"):
+        fidelity_main(["--out", str(tmp_path), "--resume", "--models", "noop",
+                       "--batchings", "aimd,delayed"])
+    assert started == ["noop-delayed"]
+    assert "noop / aimd: kept from" in capsys.readouterr().out
+    assert fidelity_main(["--out", str(tmp_path), "--resume", "--models", "noop",
+                          "--batchings", "aimd"]) == 0
+    assert started == ["noop-delayed"]
+    assert (tmp_path / "fidelity.md").exists()
+    assert len(pd.read_csv(tmp_path / "fidelity.csv")) == 10  # the kept rows, untouched
+    with pytest.raises(_Ran, match="noop-aimd"):
+        fidelity_main(["--out", str(tmp_path), "--models", "noop", "--batchings", "aimd"])
+    pd.DataFrame({"x": [1]}).to_csv(tmp_path / "fidelity.csv", index=False)
+    assert fidelity_main(["--out", str(tmp_path), "--resume"]) == 2
+    assert "not a fidelity run's table" in capsys.readouterr().err
+
+
 def test_fidelity_resimulate_rewrites_the_tables(tmp_path: Path) -> None:
     """``fidelity --resimulate --out OUT`` rewrites ``fidelity.csv`` and rebuilds the
     tables; an OUT without a run is an error that names the file."""
