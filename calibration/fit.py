@@ -182,6 +182,9 @@ class CpuRun:
     # schedstat run_delay: ``frontend``, ``container:<model>``, ``loadgen``); () for runs
     # stored before 2026-12-02 or a kernel without schedstats
     waits: tuple[tuple[str, float], ...] = ()
+    # the wall clock (``time.time()``) when the run's schedule started, so that a step can
+    # be set beside what else the machine did then; NaN for runs stored before 2026-12-04
+    started_unix: float = math.nan
 
     @property
     def rate(self) -> float:

@@ -26,6 +26,7 @@ Rules:
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 import re
@@ -110,7 +111,8 @@ def save_runs(path: Path, runs: Sequence[CpuRun], low: CpuRun | None,
                              "batch_ms": r.batch_ms, "loadgen_cpu_s": r.loadgen_cpu_s,
                              "containers": [list(c) for c in r.containers],
                              "overloaded": r.overloaded, "speed_factor": r.speed_factor,
-                             "waits": [list(w) for w in r.waits]})
+                             "waits": [list(w) for w in r.waits],
+                             "started_unix": r.started_unix})
     meta["low"] = low is not None
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     np.savez_compressed(path, allow_pickle=False, **arrays)
@@ -136,7 +138,8 @@ def load_runs(path: Path, workload: Workload
                                     for row in z[f"speed_trace_{k}"])
                               if f"speed_trace_{k}" in z else (),
                               z.get(f"predicted_{k}"),
-                              tuple((str(n), float(v)) for n, v in m.get("waits", []))))
+                              tuple((str(n), float(v)) for n, v in m.get("waits", [])),
+                              float(m.get("started_unix", math.nan))))
     low = out.pop() if meta["low"] else None
     return out, low, dict(meta["low_seen"]), float(meta["calib_qps"])
 
@@ -358,6 +361,14 @@ STEPS_FILE = "fidelity_steps.csv"
 GAP_S = 3e-3  # a reply gap: this long without a reply while a query waits
 
 
+def _utc(t: float) -> str:
+    """A stored run's wall-clock start in UTC (``YYYY-MM-DD HH:MM:SS``), or "" when it
+    has none."""
+    if not math.isfinite(t):
+        return ""
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def reply_gaps(send_at: np.ndarray, latency_s: np.ndarray, min_gap_s: float = GAP_S
                ) -> np.ndarray:
     """The stretches of ``min_gap_s`` or more in which no reply came while a query was
@@ -452,7 +463,8 @@ def replay_steps(out: Path, workload: Workload, *, min_load: float = 0.5, seed: 
                             "twin_defaults": float(np.mean(q["default"].to_numpy(bool))),
                             **{f"twin_wait_{k}": v / span
                                for k, v in process_waits(sim.cpu_wait_s).items()}}
-            rows.append({"setting": folder.name, "rate_qps": r.rate,
+            rows.append({"setting": folder.name, "started_utc": _utc(r.started_unix),
+                         "rate_qps": r.rate,
                          "speed_factor": r.speed_factor, "overloaded": r.overloaded,
                          "real_good": good["real"], "replayed_good": good["replayed"],
                          "two_speeds_good": good["two_speeds"],

@@ -89,7 +89,9 @@ class RealRun(NamedTuple):
                       loadgen_cpu_s=self.loadgen_cpu_s, overloaded=overloaded,
                       speed_factor=speed_factor, speed_trace=speed_trace,
                       predicted=predicted(self.table),
-                      waits=tuple(sorted(self.waits_s.items())))
+                      waits=tuple(sorted(self.waits_s.items())),
+                      started_unix=time.time() - (time.monotonic() - self.started_at)
+                      if math.isfinite(self.started_at) else math.nan)
 
 
 def retime(workload: Workload, rate_qps: float, duration_s: float, seed: int) -> Trace:

@@ -235,7 +235,7 @@ def test_calibration_and_runs_round_trip(tmp_path: Path) -> None:
     waits = (("container:noop", 0.002), ("frontend", 0.01), ("loadgen", 0.003))
     over = dataclasses.replace(run, overloaded=True, speed_factor=1.4,
                                speed_trace=((0.0, 1.0), (0.125, 1.8)), predicted=got_one,
-                               waits=waits)
+                               waits=waits, started_unix=1_796_400_000.5)
     path = save_runs(tmp_path / "runs.npz", [run, over], run, {"batches": 20.0}, 50.0)
     runs, low, seen, qps = load_runs(path, wl)
     assert len(runs) == 2 and low is not None and seen == {"batches": 20.0} and qps == 50.0
@@ -248,12 +248,30 @@ def test_calibration_and_runs_round_trip(tmp_path: Path) -> None:
     assert runs[0].predicted is None and low.predicted is None
     # each process's wait for a core, where the run recorded it
     assert runs[1].waits == waits and runs[0].waits == () and low.waits == ()
+    # when it started, where the run recorded it
+    assert runs[1].started_unix == 1_796_400_000.5 and math.isnan(runs[0].started_unix)
     for r in (*runs, low):
         assert np.array_equal(r.trace.arrival_at, tr.arrival_at)
         assert np.array_equal(np.asarray(r.latency_s), np.full(50, 1e-3))
         assert (r.queries, r.batches, r.cpu_s, r.batch_ms, r.loadgen_cpu_s) == (
             50.0, 20.0, 0.01, 0.3, 0.004)
         assert r.containers == (ContainerCpu("noop", 20.0, 50.0, 0.002),)
+
+
+def test_a_real_runs_fit_record_carries_its_wall_clock_start() -> None:
+    """``RealRun.cpu_run`` turns the run's monotonic start into the wall clock
+    (``started_unix``, what ``--steps`` prints as ``started_utc``); NaN without one."""
+    import time
+
+    from clipperlab.calibration.runs import RealRun
+
+    tr = Workload(ConstantRate(100), n_queries=4, app="digits").generate(0)
+    table = pd.DataFrame({"arrival_at": tr.arrival_at, "sent_at": tr.arrival_at,
+                          "reply_at": tr.arrival_at + 1e-3, "status": 200, "default": False})
+    seen = {"queries": 4.0, "batches": 2.0}
+    run = RealRun(tr, table, 1e-5, seen, started_at=time.monotonic() - 3600.0).cpu_run()
+    assert abs(run.started_unix - (time.time() - 3600.0)) < 60.0  # an hour ago, not now
+    assert math.isnan(RealRun(tr, table, 1e-5, seen).cpu_run().started_unix)
 
 
 def _stored_run(out: Path, *, with_json: bool) -> None:
@@ -474,6 +492,7 @@ def test_steps_replayed_at_their_speed_against_the_servers_pass_or_fail(
     assert list(got["rate_qps"]) == pytest.approx([700, 800], rel=0.01)
     assert list(got["real_good"]) == [1.0, 0.0] and (got["replayed_good"] == 1.0).all()
     assert list(got["agree"]) == [True, False]
+    assert (got["started_utc"] == "").all()  # stored without their starts
     # beside them: the batch round trip each engine saw, and the reply gaps (none here:
     # the server's queries all took the same time, the twin's came in steady batches)
     assert list(got["real_batch_ms"]) == [0.1, 0.1] and (got["twin_batch_ms"] > 0).all()
@@ -484,7 +503,8 @@ def test_steps_replayed_at_their_speed_against_the_servers_pass_or_fail(
     # the capacity ramp (one in ten here: the step fails), and the twin's are counted
     # alike (none: it passes)
     defaulted = dataclasses.replace(runs[1], predicted=np.arange(700) % 10 != 0,
-                                    waits=(("frontend", 0.0999), ("loadgen", 0.0)))
+                                    waits=(("frontend", 0.0999), ("loadgen", 0.0)),
+                                    started_unix=1_796_400_000.0)
     save_runs(tmp_path / "noop-aimd" / "runs.npz", [defaulted], runs[0], {}, 50.0)
     got = replay_steps(tmp_path, wl, log=lambda s: None)
     assert list(got["real_good"]) == pytest.approx([0.9]) and list(got["agree"]) == [False]
@@ -500,6 +520,7 @@ def test_steps_replayed_at_their_speed_against_the_servers_pass_or_fail(
     assert list(got["real_defaults"]) == pytest.approx([0.1])
     assert got["defaults_counted"].all() and list(got["twin_defaults"]) == [0.0]
     assert list(got["replayed_good"]) == [1.0]
+    assert list(got["started_utc"]) == ["2026-12-04 16:00:00"]  # when the step began
     save_runs(tmp_path / "noop-aimd" / "runs.npz", runs, runs[0], {}, 50.0)
     assert fidelity_main(["--steps", "--out", str(tmp_path)]) == 0
     assert "agrees with the server's pass or fail in 1 of 2 steps" in capsys.readouterr().out
