@@ -548,15 +548,14 @@ def main(argv: list[str] | None = None) -> int:
         done = {(str(m), str(b)) for m, b in zip(kept["model"], kept["batching"], strict=True)}
     with tempfile.TemporaryDirectory(prefix="clipperlab-fidelity-") as d:
         for model in a.models.split(","):
-            todo = [b for b in a.batchings.split(",") if (model, b) not in done]
+            path: str | None = None  # the model's file, made when a setting needs it
             for bname in a.batchings.split(","):
-                if bname not in todo:
+                if (model, bname) in done:
                     print(f"=== {model} / {bname}: kept from {out / 'fidelity.csv'} "
                           "(--resume)", flush=True)
-            if not todo:
-                continue
-            path = "" if model == "noop" else str(save_sklearn(model, d))
-            for bname in todo:
+                    continue
+                if path is None:
+                    path = "" if model == "noop" else str(save_sklearn(model, d))
                 dep = Path(d) / f"{model}-{bname}.toml"
                 dep.write_text(deploy_toml(model, path, BATCHINGS[bname]))
                 wl = workload()
