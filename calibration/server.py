@@ -64,6 +64,13 @@ def _server_overload() -> dict[str, bool]:
     return ServerConfig().overload
 
 
+def _server_parse_turn_s() -> float:
+    """The server's default parse turn (s)."""
+    from clipperlab.real.config import ServerConfig
+
+    return ServerConfig().parse_turn_ms / 1000.0
+
+
 @dataclass(frozen=True)
 class RealDeployment:
     path: Path
@@ -74,6 +81,9 @@ class RealDeployment:
     # (``admission_control``, ``drop_hopeless``; the server's defaults unless its [server]
     # table says otherwise): the twin deploys each model as the server does
     overload: Mapping[str, bool] = field(default_factory=_server_overload)
+    # how long the server's fair scheduler parses before it polls (``server.parse_turn_ms``,
+    # in seconds): the twin with the host CPU model parses in such turns
+    parse_turn_s: float = field(default_factory=lambda: _server_parse_turn_s())
 
 
 def real_deployment(
@@ -102,7 +112,7 @@ def real_deployment(
             d["batching"] = dict(batching)
         models.append(d)
     return RealDeployment(p, [dict(a) for a in cfg.applications], models, cfg.max_queue,
-                          cfg.overload)
+                          cfg.overload, cfg.parse_turn_ms / 1000.0)
 
 
 def model_specs(

@@ -148,7 +148,9 @@ def sim_deployment(
     fcpu = None
     if calibration is not None and (calibration.query_cpu_s > 0 or
                                     calibration.batch_cpu_s > 0):
-        fcpu = frontend_cpu(calibration)
+        # the server's fair scheduler parses in turns: the twin too, where it has the
+        # host CPU model (the loop's jobs in the order the server's loop takes them)
+        fcpu = frontend_cpu(calibration, dep.parse_turn_s if hcpu is not None else 0.0)
     return Deployment(
         apps=(AppDeployment(app, tuple(s.name for s, _, _ in models)),),
         models=tuple(mds),
@@ -202,15 +204,17 @@ def despiked(profile: LatencyProfile, min_margin_s: float = 1e-3) -> LatencyProf
                                      "median + the pause margin"})
 
 
-def frontend_cpu(calib: Calibration) -> FrontendCPU:
+def frontend_cpu(calib: Calibration, parse_turn_s: float = 0.0) -> FrontendCPU:
     """The twin's event loop from the fitted CPU costs: half of each on the way in (query,
-    batch send), half on the way out (reply, batch result)."""
+    batch send), half on the way out (reply, batch result); ``parse_turn_s``: the server's
+    parse turn (``FrontendCPU.parse_turn_s``; with the host CPU model only)."""
     return FrontendCPU(query_s=calib.query_cpu_s / 2, reply_s=calib.query_cpu_s / 2,
                        batch_send_s=calib.batch_cpu_s / 2, batch_done_s=calib.batch_cpu_s / 2,
                        wake_s=calib.wake_s, cold_after_s=calib.cold_after_s,
                        pause_rate_hz=calib.pause_rate_hz if calib.pauses_s else 0.0,
                        pause_rate_busy_hz=calib.pause_rate_busy_hz if calib.pauses_s else 0.0,
-                       pauses_s=calib.pauses_s, timer_resolution_s=calib.timer_resolution_s)
+                       pauses_s=calib.pauses_s, timer_resolution_s=calib.timer_resolution_s,
+                       parse_turn_s=parse_turn_s)
 
 
 def capacity_estimate(profiles: Mapping[str, LatencyProfile], replicas: Mapping[str, int],

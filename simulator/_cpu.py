@@ -129,9 +129,12 @@ class _Host:
         at: float = ev.value  # type: ignore[assignment]
         drop_due(self.timeouts, at)
 
-    def submit_next(self, p: CpuProc, jobs: list[tuple[float, Done]], now: float) -> None:
+    def submit_next(self, p: CpuProc, jobs: list[tuple[float, Done]], now: float,
+                    after: int = 0) -> None:
         """Queue ``jobs`` (in order) ahead of ``p``'s waiting jobs, behind the one it is
-        running: work an event's handler creates runs before the next event."""
+        running: work an event's handler creates runs before the next event; with
+        ``after``, behind the first ``after`` waiting jobs too (a handler's own work,
+        queued just before)."""
         if not jobs:
             return
         if not p.jobs and not p.running and not p.in_done:
@@ -140,7 +143,7 @@ class _Host:
             return
         # behind the job being served; in a job's done callback that job is already off
         # the queue (time slices keep the core through the callback: ``running``)
-        at = 1 if (p.running or p.left_s is not None) and not p.in_done else 0
+        at = (1 if (p.running or p.left_s is not None) and not p.in_done else 0) + after
         for k, job in enumerate(jobs):
             p.jobs.insert(at + k, job)
 

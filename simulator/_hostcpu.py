@@ -9,6 +9,12 @@ Rules:
   real server's loop), and a reply leaves / a batch starts when its job is done.
   ``frontend_cpu``'s pauses hold the loop (it is not runnable), its wake-up cost is paid
   by a job that finds the loop idle, and timers keep its resolution.
+- With ``frontend_cpu.parse_turn_s`` the arrivals (and feedback) are parsed in turns, as
+  the real server's fair scheduler parses (``real.http``): an arrival that finds one
+  being parsed waits apart, not in the loop's FIFO; when a parse is done (and its
+  handler's work queued), the next waiting arrival goes next while the turn lasts (it
+  began when its first parse started, and lasts ``parse_turn_s``), else behind what came
+  meanwhile (batch results, timers), and a new turn begins when it starts.
 - A replica's batch crosses the link as without the model, then its container (a process
   on its host) runs a CPU job of ``ModelDeployment.cpu_demand_s`` under processor
   sharing, then the rest of its profile draw off the CPU, then the way back.  A crash
@@ -49,6 +55,7 @@ any time before its next SimPy event).
 
 from __future__ import annotations
 
+import collections
 import heapq
 import math
 from functools import partial
@@ -116,6 +123,10 @@ class _HostCpuDriver(_Replicas):
     _ggap_s: float  # with _greply_s: the idle time a reply's wake-up is scaled by
     _greplies: bool
     _burst: list[tuple[float, Done]] | None
+    _turn_s: float  # frontend_cpu.parse_turn_s (0: arrivals are FIFO jobs like the rest)
+    _parse_wait: collections.deque[tuple[float, Done]]  # arrivals waiting for a turn
+    _parsing: bool  # an arrival's parse is in the loop's jobs
+    _turn_end: float | None  # when the current turn ends (None: it begins at the next parse)
     _demand_of: list[Any]  # per model: its ModelDeployment.cpu_demand_s
 
     # ------------------------------------------------------------------ set-up
@@ -152,6 +163,10 @@ class _HostCpuDriver(_Replicas):
             rep.cpu = cpus[rep.host].proc(str(rep.rid))
         self._demand_of = [_demand_of(m) for m in dep.models]
         self._burst = None
+        self._turn_s = fc.parse_turn_s if fc else 0.0
+        self._parse_wait = collections.deque()
+        self._parsing = False
+        self._turn_end = None
         # the hooks (see the module's theory of operation)
         self.carry_out = self._hc_carry_out  # type: ignore[method-assign]
         self.reply = self._hc_reply  # type: ignore[method-assign]
@@ -180,6 +195,39 @@ class _HostCpuDriver(_Replicas):
     # ------------------------------------------------------------------ the loop's jobs
     def _loop_job(self, cost_s: float, now: float, done: Done) -> None:
         self._fhost.submit(self._fproc, cost_s, now, done)
+
+    def _parse_job(self, cost_s: float, now: float, done: Done) -> None:
+        """An arrival's (or feedback's) parse on the loop: a FIFO job, or with
+        ``parse_turn_s`` in turns (the module's rules)."""
+        if not self._turn_s:
+            self._loop_job(cost_s, now, done)
+        elif self._parsing:
+            self._parse_wait.append((cost_s, done))
+        else:
+            self._parsing = True
+            self._turn_end = None
+            self._loop_job(cost_s, now, partial(self._parsed, cost_s, done))
+
+    def _parsed(self, cost_s: float, done: Done, now: float) -> None:
+        """A parse is done: its handler runs, then the next waiting arrival is queued
+        next while the turn lasts, else behind what came meanwhile."""
+        p = self._fproc
+        n = len(p.jobs)
+        if done is not None:
+            done(now)
+        if self._turn_end is None:  # the turn's first parse: it began when that started
+            self._turn_end = now - cost_s + self._turn_s
+        wait = self._parse_wait
+        if not wait:
+            self._parsing = False
+            return
+        c, d = wait.popleft()
+        job = partial(self._parsed, c, d)
+        if now < self._turn_end:
+            self._fhost.submit_next(p, [(c, job)], now, after=len(p.jobs) - n)
+        else:
+            self._turn_end = None
+            self._fhost.submit(p, c, now, job)
 
     def _hc_carry_out(self, instructions: list[Instruction], now: float) -> None:
         burst: list[tuple[float, Done]] = []
@@ -409,9 +457,9 @@ class _HostCpuDriver(_Replicas):
                     if gwake > 0 and t != last_t:  # a new tick: did it wake the generator?
                         last_t = t
                         woke = not gproc.jobs and not gproc.running and t >= gproc.held_until
-                    ghost.submit(gproc, gcost, t, partial(self._loop_job, q_cost, done=job))
+                    ghost.submit(gproc, gcost, t, partial(self._parse_job, q_cost, done=job))
                 else:
-                    self._loop_job(q_cost, t, job)
+                    self._parse_job(q_cost, t, job)
                 i += 1
                 nxt_a = arrivals[i] if i < n else _INF
                 if woke and nxt_a != t:  # the tick's last send: its wake-up's CPU
@@ -419,7 +467,7 @@ class _HostCpuDriver(_Replicas):
                     woke = False
                     ghost.submit(gproc, gwake, t)
             else:
-                self._loop_job(q_cost, t, partial(self._feedback_at, self._feedback(j)))
+                self._parse_job(q_cost, t, partial(self._feedback_at, self._feedback(j)))
                 j += 1
                 nxt_f = fb_at[j] if j < m else _INF
 

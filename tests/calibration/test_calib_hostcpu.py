@@ -94,10 +94,17 @@ def test_twin_with_the_host_cpu_model_has_the_fitted_demands(tmp_path: Path) -> 
     assert (m.cpu_per_batch_s, m.cpu_per_item_s) == (150e-6, 7e-6)
     # at the profile's mean draw, the fitted CPU (a cpu container's follows its draw)
     assert m.cpu_demand_s(4, m.profile.mean_s(4)) == pytest.approx(150e-6 + 4 * 7e-6)
-    assert twin.frontend_cpu == frontend_cpu(calib)
+    # its loop parses in the server's turns (server.parse_turn_ms, by default 0.5 ms)
+    assert twin.frontend_cpu == frontend_cpu(calib, 0.5e-3)
+    assert dep.parse_turn_s == 0.5e-3
     plain = sim_deployment(dep, "hello", {"noop": prof},
                            calibration=dataclasses.replace(calib, host_cpus=0))
     assert plain.host_cpu is None and plain.models[0].cpu_per_batch_s is None
+    # the default path's loop is one FIFO: no turns there
+    assert plain.frontend_cpu is not None and plain.frontend_cpu.parse_turn_s == 0.0
+    path.write_text("[server]\nparse_turn_ms = 2\n" + NOOP_DEPLOY)
+    turned = sim_deployment(real_deployment(path), "hello", {"noop": prof}, calibration=calib)
+    assert turned.frontend_cpu is not None and turned.frontend_cpu.parse_turn_s == 2e-3
     # a profile taken at the fast speed (its samples divided by a mean factor of 1.4):
     # the host CPU model's twin draws it as it is and adds the speeds itself, a twin
     # without that model draws it scaled back by 1.4

@@ -869,3 +869,42 @@ def test_a_speed_trace_is_replayed_as_recorded(tmp_path: Path) -> None:
     a = Simulation(dep, wl, seed=3).run().queries
     c = Simulation(one_replica(1, prof), wl, seed=3).run().queries["latency_s"].to_numpy()
     assert a["reply_at"].notna().all() and not np.array_equal(a["latency_s"].to_numpy(), c)
+
+
+# --------------------------------------------------------------------------- parse turns
+
+def _backlogged(turn_s: float) -> pd.DataFrame:
+    """Twice what the loop can parse (100 us a query, 20K q/s for 0.1 s) at one replica
+    of a 1 ms model taking whatever is queued (up to 1,000): the batches."""
+    prof = LatencyProfile(name="c", batch_sizes=(1, 1000), levels=(0.0, 1.0),
+                          latency_s=((1e-3, 1e-3), (1e-3, 1e-3)))
+    dep = Deployment.single(prof, batching=BatchingConfig(policy="fixed", max_batch_size=1000),
+                            slo_s=100.0, link=FAST)
+    dep = dataclasses.replace(dep, host_cpu=HostCPU(cpus=2), frontend_cpu=FrontendCPU(
+        query_s=100e-6, batch_done_s=50e-6, parse_turn_s=turn_s))
+    res = Simulation(dep, Workload(Poisson(20_000.0), n_queries=2000), seed=1).run()
+    assert res.queries["reply_at"].notna().all()  # every query answered either way
+    assert not res.queries["default"].any()
+    return res.batches
+
+
+def test_parse_turns_let_a_batch_result_pass_the_backlog() -> None:
+    """One FIFO: a batch result waits behind every arrival queued before it, and the next
+    batch takes them all (hundreds).  In turns of 0.5 ms (the real server's fair
+    scheduler): it waits for the turn, and each batch holds what was parsed during one
+    round trip (1 ms + a turn, at 100 us a parse: about 15)."""
+    fifo = _backlogged(0.0)["size"]
+    turns = _backlogged(0.5e-3)["size"]
+    assert fifo.max() > 200
+    assert turns.max() <= 25
+    assert len(turns) > 5 * len(fifo)
+    assert fifo.sum() == turns.sum() == 2000
+
+
+def test_parse_turns_need_the_host_cpu_model() -> None:
+    """The default path's loop is one FIFO: turns without ``host_cpu`` are refused."""
+    prof = LatencyProfile(name="c", batch_sizes=(1,), levels=(0.0, 1.0),
+                          latency_s=((1e-3, 1e-3),))
+    dep = Deployment.single(prof, link=FAST)
+    with pytest.raises(SimConfigError, match=r"frontend_cpu\.parse_turn_s: .* needs host_cpu"):
+        dataclasses.replace(dep, frontend_cpu=FrontendCPU(query_s=1e-5, parse_turn_s=5e-4))
