@@ -149,7 +149,7 @@ def sim_deployment(
     if calibration is not None and (calibration.query_cpu_s > 0 or
                                     calibration.batch_cpu_s > 0):
         # the server's fair scheduler parses in turns: the twin too, where it has the
-        # host CPU model (the loop's jobs in the order the server's loop takes them)
+        # host CPU model (without it batch results and timers always go first)
         fcpu = frontend_cpu(calibration, dep.parse_turn_s if hcpu is not None else 0.0)
     return Deployment(
         apps=(AppDeployment(app, tuple(s.name for s, _, _ in models)),),

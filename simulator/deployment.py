@@ -124,12 +124,13 @@ class FrontendCPU:
     delay rounded to it (the nearest millisecond): a loop that sleeps until one sleeps
     the rounded delay, and a loop awake for another event runs it once its clock, cut
     down to the millisecond, has passed the due time (up to that much early); an early
-    one makes the engine act at its deadline, as the real driver does.  ``parse_turn_s``
-    (with ``host_cpu`` only; 0, the default: one FIFO): the real server's fair scheduler
-    (``server.parse_turn_ms``): once arrivals wait to be parsed, the loop parses them in
-    turns of at most this long and between turns handles what else came (batch results,
-    timers), so a batch result waits for the turn, not behind the whole backlog, and the
-    batches stay the size one round trip's parsing makes.  ``clipperlab validate``
+    one makes the engine act at its deadline, as the real driver does.  Without
+    ``host_cpu`` batch results and timers always go before waiting requests.  With it the
+    loop's events are one FIFO unless ``parse_turn_s`` (> 0) is set: the real server's fair
+    scheduler (``server.parse_turn_ms``): once arrivals wait to be parsed, the loop parses
+    them in turns of at most this long and between turns handles what else came (batch
+    results, timers), so a batch result waits for the turn, not behind the whole backlog,
+    and the batches stay the size one round trip's parsing makes.  ``clipperlab validate``
     measures the costs on the real server and takes the turn from its settings."""
 
     query_s: float = 0.0
@@ -489,8 +490,8 @@ class Deployment:
         if (self.frontend_cpu is not None and self.frontend_cpu.parse_turn_s > 0
                 and self.host_cpu is None):
             raise SimConfigError("frontend_cpu.parse_turn_s: parsing in turns needs host_cpu "
-                                 "(the default path's loop is one FIFO); add [host_cpu] or "
-                                 "set it to 0")
+                                 "(without it batch results and timers always go before "
+                                 "waiting requests); add [host_cpu] or set it to 0")
         object.__setattr__(self, "apps", tuple(self.apps))
         object.__setattr__(self, "models", tuple(self.models))
         object.__setattr__(self, "faults", tuple(self.faults))

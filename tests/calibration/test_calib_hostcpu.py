@@ -100,7 +100,7 @@ def test_twin_with_the_host_cpu_model_has_the_fitted_demands(tmp_path: Path) -> 
     plain = sim_deployment(dep, "hello", {"noop": prof},
                            calibration=dataclasses.replace(calib, host_cpus=0))
     assert plain.host_cpu is None and plain.models[0].cpu_per_batch_s is None
-    # the default path's loop is one FIFO: no turns there
+    # without the host CPU model batch results always go first: no turns there
     assert plain.frontend_cpu is not None and plain.frontend_cpu.parse_turn_s == 0.0
     path.write_text("[server]\nparse_turn_ms = 2\n" + NOOP_DEPLOY)
     turned = sim_deployment(real_deployment(path), "hello", {"noop": prof}, calibration=calib)

@@ -902,9 +902,22 @@ def test_parse_turns_let_a_batch_result_pass_the_backlog() -> None:
 
 
 def test_parse_turns_need_the_host_cpu_model() -> None:
-    """The default path's loop is one FIFO: turns without ``host_cpu`` are refused."""
+    """Without ``host_cpu`` batch results and timers always go first: turns there are
+    refused, not ignored."""
     prof = LatencyProfile(name="c", batch_sizes=(1,), levels=(0.0, 1.0),
                           latency_s=((1e-3, 1e-3),))
     dep = Deployment.single(prof, link=FAST)
     with pytest.raises(SimConfigError, match=r"frontend_cpu\.parse_turn_s: .* needs host_cpu"):
         dataclasses.replace(dep, frontend_cpu=FrontendCPU(query_s=1e-5, parse_turn_s=5e-4))
+
+
+def test_config_reads_parse_turns(tmp_path: Path) -> None:
+    """``[frontend_cpu]``'s ``parse_turn_s`` is read, and a negative one names the field."""
+    f = tmp_path / "c.toml"
+    f.write_text(CONFIG.replace("query_s = 10e-6", "query_s = 10e-6\nparse_turn_s = 5e-4"))
+    fc = load_config(f).deployment.frontend_cpu
+    assert fc is not None and fc.parse_turn_s == 5e-4
+    f.write_text(CONFIG.replace("query_s = 10e-6", "query_s = 10e-6\nparse_turn_s = -1"))
+    with pytest.raises(SimConfigError, match=r"frontend_cpu\.parse_turn_s: expected seconds "
+                                             r">= 0, got -1"):
+        load_config(f)
