@@ -83,7 +83,7 @@ class RealDeployment:
     overload: Mapping[str, bool] = field(default_factory=_server_overload)
     # how long the server's fair scheduler parses before it polls (``server.parse_turn_ms``,
     # in seconds): the twin with the host CPU model parses in such turns
-    parse_turn_s: float = field(default_factory=lambda: _server_parse_turn_s())
+    parse_turn_s: float = field(default_factory=_server_parse_turn_s)
 
 
 def real_deployment(
