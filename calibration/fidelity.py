@@ -546,6 +546,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         tables.append(kept)
         done = {(str(m), str(b)) for m, b in zip(kept["model"], kept["batching"], strict=True)}
+    elif (out / "fidelity.csv").exists():
+        # another run's folder (run 28 once wrote into run 20's): say what is replaced
+        print(f"warning: {out / 'fidelity.csv'} exists; without --resume this run replaces "
+              "it with its own settings' rows (their folders too; other files stay)",
+              file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="clipperlab-fidelity-") as d:
         for model in a.models.split(","):
             path: str | None = None  # the model's file, made when a setting needs it

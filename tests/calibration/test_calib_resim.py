@@ -371,7 +371,8 @@ def test_fidelity_resume_runs_only_the_settings_the_table_lacks(
         capsys: pytest.CaptureFixture[str]) -> None:
     """``--resume`` keeps the settings ``fidelity.csv`` holds and starts the first one it
     lacks; with nothing left to run it rebuilds the tables from the kept rows; without
-    ``--resume`` a stored setting is run again; a table that is not a fidelity table is
+    ``--resume`` a stored setting is run again, with a warning that the table is replaced;
+    a table that is not a fidelity table is
     refused with a one-line error."""
     from clipperlab.calibration import fidelity
 
@@ -395,6 +396,7 @@ def test_fidelity_resume_runs_only_the_settings_the_table_lacks(
     assert len(pd.read_csv(tmp_path / "fidelity.csv")) == 10  # the kept rows, untouched
     with pytest.raises(_Ran, match="noop-aimd"):
         fidelity_main(["--out", str(tmp_path), "--models", "noop", "--batchings", "aimd"])
+    assert "fidelity.csv exists; without --resume this run replaces" in capsys.readouterr().err
     pd.DataFrame({"x": [1]}).to_csv(tmp_path / "fidelity.csv", index=False)
     assert fidelity_main(["--out", str(tmp_path), "--resume"]) == 2
     assert "not a fidelity run's table" in capsys.readouterr().err
