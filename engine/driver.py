@@ -23,6 +23,16 @@ same three things after every engine call, and this base does them in one place 
    A timer that fires *early* (event loops round delays to their resolution) has ``now``
    clamped up to the time it was armed for, as aioquic does, so the engine sees its
    deadline reached rather than a spurious wake-up.
+4. Time never goes back for the engine: once an early timer has been clamped, every
+   later engine call's ``now`` is raised to at least that time (``now_floor``; a driver
+   with a hot path of its own does the same with ``not_before``); the hooks keep the
+   driver's own time (a simulated batch starts when it is sent, not at the clamp).
+   Without it the clock, read after the clamp, could still be short of the clamped
+   time: a query answered with the deadline default there was still in its model's
+   queue with a deadline the engine no longer saw as passed, so the next batch carried
+   the answered query, its input already dropped (``None``), and failed for every query
+   in it (run 28's forest:
+   ``Expected 2D array, got 1D array instead: array=[nan]``).
 
 Subclasses implement the five hooks and translate their world's inputs into the ``on_*``
 calls (``on_query``, ``on_batch_done``, ``on_batch_failed``, ``on_feedback``,
@@ -88,6 +98,14 @@ class Driver:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.timer_at: float | None = None
+        # the latest time an early timer was clamped up to: no engine call goes before it
+        self.now_floor = -_INF
+
+    def not_before(self, now: float) -> float:
+        """``now``, or the time an early timer was clamped up to when that is later
+        (rule 4)."""
+        f = self.now_floor
+        return f if now < f else now
 
     # ------------------------------------------------------------------ hooks
     def send_batch(self, batch: SendBatch, now: float) -> None:
@@ -200,22 +218,28 @@ class Driver:
 
     # ------------------------------------------------------------------ events in
     def on_query(self, query: Query, now: float) -> list[Instruction]:
-        return self.handle(self.engine.on_query(query, now), now)
+        f = self.now_floor
+        return self.handle(self.engine.on_query(query, f if now < f else now), now)
 
     def on_batch_done(self, done: BatchDone, now: float) -> list[Instruction]:
-        return self.handle(self.engine.on_batch_done(done, now), now)
+        f = self.now_floor
+        return self.handle(self.engine.on_batch_done(done, f if now < f else now), now)
 
     def on_batch_failed(self, failed: BatchFailed, now: float) -> list[Instruction]:
-        return self.handle(self.engine.on_batch_failed(failed, now), now)
+        f = self.now_floor
+        return self.handle(self.engine.on_batch_failed(failed, f if now < f else now), now)
 
     def on_feedback(self, feedback: Feedback, now: float) -> list[Instruction]:
-        return self.handle(self.engine.on_feedback(feedback, now), now)
+        f = self.now_floor
+        return self.handle(self.engine.on_feedback(feedback, f if now < f else now), now)
 
     def on_replica_up(self, replica: ReplicaId, now: float) -> list[Instruction]:
-        return self.handle(self.engine.on_replica_up(replica, now), now)
+        f = self.now_floor
+        return self.handle(self.engine.on_replica_up(replica, f if now < f else now), now)
 
     def on_replica_down(self, replica: ReplicaId, now: float) -> list[Instruction]:
-        return self.handle(self.engine.on_replica_down(replica, now), now)
+        f = self.now_floor
+        return self.handle(self.engine.on_replica_down(replica, f if now < f else now), now)
 
     def on_timer(self, now: float) -> list[Instruction]:
         """The armed timer fired at ``now``: the slot empties; ``now`` is clamped up to
@@ -224,12 +248,17 @@ class Driver:
         self.timer_at = None
         if at is not None and now < at:
             now = at
+            if now > self.now_floor:
+                self.now_floor = now
+        elif now < self.now_floor:
+            now = self.now_floor
         return self.handle(self.engine.on_timer(now), now)
 
     def admin(self, fn: Callable[[float], T], now: float) -> T:
         """Run an administrative engine call as ``fn(now)``, then re-arm (a change of SLO
         or of links can move the engine's deadline)."""
+        f = self.now_floor
         try:
-            return fn(now)
+            return fn(f if now < f else now)
         finally:
             self.rearm()

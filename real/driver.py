@@ -9,7 +9,9 @@ Rules (the driver translates; it never decides):
   every batch latency the batching controllers learn from.
 - The timer is ``loop.call_later`` at ``engine.next_deadline()``, cancelled and re-armed
   only when that deadline moves.  libuv rounds delays to milliseconds, so it may fire a
-  little early: the base then clamps ``now`` up to the deadline.
+  little early: the base then clamps ``now`` up to the deadline, and every engine call
+  after it is at that time or later (``Driver.not_before``: the clock read just after an
+  early timer can still be short of it).
 - ``SendBatch`` goes to the replica's connection (``send_batch``); a replica with no
   connection (gone meanwhile) gets ``on_batch_failed``, and so does a batch whose
   connection raises while encoding or writing it (the base does that).  ``Reply``
@@ -109,6 +111,8 @@ class EngineDriver(Driver):
         qid = self.last_id + 1
         self.last_id = qid
         now = _now()
+        if now < self.now_floor:  # Driver.not_before, inlined (once per query)
+            now = self.now_floor
         # Query's fields as a plain tuple (Engine.on_query takes one: no NamedTuple built)
         out = self.engine.on_query((qid, app, input_, input_key, context, deadline), now)
         if len(out) == 1:
@@ -139,7 +143,7 @@ class EngineDriver(Driver):
             raise
 
     def batch_done(self, replica: ReplicaId, batch_id: int, outputs: list[Any]) -> None:
-        now = _now()
+        now = self.not_before(_now())
         # Driver.on_batch_done without building the BatchDone (Engine.on_outputs)
         self.handle(self.engine.on_outputs(replica, batch_id, outputs, now), now)
 

@@ -180,6 +180,8 @@ class _Frontend(Driver):
             # early: the engine acts at its deadline, what it returns is carried out now
             # (the real driver's instructions take effect when it runs them)
             self.timer_at = None
+            if nd > self.now_floor:  # no later engine call goes before it (Driver rule 4)
+                self.now_floor = nd
             self.handle(self.engine.on_timer(nd), now)
         self._ensure_timer()
 

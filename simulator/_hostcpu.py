@@ -295,7 +295,9 @@ class _HostCpuDriver(_Replicas):
         self._loop_job(cost, now, partial(self._batch_result, rep, sb))
 
     def _batch_result(self, rep: _Rep, sb: SendBatch, now: float) -> None:
-        self.handle(self.engine.on_batch_done(self._batch_done(rep, sb), now), now)
+        f = self.now_floor  # Driver.not_before, inlined
+        self.handle(self.engine.on_batch_done(self._batch_done(rep, sb), f if now < f else now),
+                    now)
         if self._early:
             self._wake_timers(now)
 
@@ -472,12 +474,13 @@ class _HostCpuDriver(_Replicas):
                 nxt_f = fb_at[j] if j < m else _INF
 
     def _query_at(self, q: Query, now: float) -> None:
-        self.handle(self.engine.on_query(q, now), now)
+        f = self.now_floor  # Driver.not_before, inlined
+        self.handle(self.engine.on_query(q, f if now < f else now), now)
         if self._early:
             self._wake_timers(now)
 
     def _feedback_at(self, fb: Feedback, now: float) -> None:
-        self.handle(self.engine.on_feedback(fb, now), now)
+        self.handle(self.engine.on_feedback(fb, self.not_before(now)), now)
         if self._early:
             self._wake_timers(now)
 

@@ -500,10 +500,11 @@ class Simulation(_HostCpuDriver):
             is_fb, idx, at = item
             if fc is not None:
                 at = fe._loop_run(at, fc.query_s)
+            t_eng = fe.now_floor if at < fe.now_floor else at  # Driver.not_before
             if is_fb:
-                out = fe.engine.on_feedback(self._feedback(idx), at)
+                out = fe.engine.on_feedback(self._feedback(idx), t_eng)
             else:
-                out = fe.engine.on_query(make_query(idx), at)
+                out = fe.engine.on_query(make_query(idx), t_eng)
             if fe.handle(out, at):
                 horizon = peek()
             a = fe._ensure_timer()

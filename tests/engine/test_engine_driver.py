@@ -87,6 +87,32 @@ def test_early_timer_is_clamped_to_its_time() -> None:
     assert reply.latency_s == SLO_S and d.reply_times[0] == SLO_S
 
 
+def test_time_never_goes_back_after_an_early_timer() -> None:
+    """After an early timer is clamped up to its time, a later event read from a clock
+    still short of that time happens at it: the query answered there with the deadline
+    default is expired from its queue, not sent in the next batch.  (Before, the batch
+    carried the answered query with its input dropped, ``None``, and the model failed
+    the whole batch: run 28's forest container, ``array=[nan]``.)"""
+    d = _driver()
+    d.up("m")
+    d.query(0, "a", 10)  # the replica is idle: its batch goes at once
+    d.now = 0.001
+    d.query(1, "a", 11)  # queued behind it, deadline 0.021
+    [first] = d.sent
+    assert d.timer_at == SLO_S
+    d.on_timer(SLO_S - 0.0004)  # fires early: query 0's deadline default at 0.020
+    assert d.timer_at == SLO_S + 0.001
+    d.on_timer(SLO_S + 0.0006)  # early again: query 1's default at 0.021, still queued
+    assert d.replies[1].prediction.default and d.reply_times[1] == SLO_S + 0.001
+    d.now = SLO_S + 0.0008  # the clock read after the clamp is still short of it
+    d.complete(first.batch_id)
+    assert d.sent == [first], "a batch carried a query already answered"
+    assert d.duplicate_replies == 0 and sorted(d.replies) == [0, 1]
+    d.now = 0.030
+    d.query(2, "a", 12)  # the replica serves the next query as before
+    assert [sb.inputs for sb in d.sent[1:]] == [(12,)]
+
+
 def test_an_engine_error_does_not_swallow_due_replies() -> None:
     """A query for an unknown application raises before the engine handles what was due,
     so the reply due at that time still goes out (with the next call)."""
