@@ -218,28 +218,22 @@ class Driver:
 
     # ------------------------------------------------------------------ events in
     def on_query(self, query: Query, now: float) -> list[Instruction]:
-        f = self.now_floor
-        return self.handle(self.engine.on_query(query, f if now < f else now), now)
+        return self.handle(self.engine.on_query(query, self.not_before(now)), now)
 
     def on_batch_done(self, done: BatchDone, now: float) -> list[Instruction]:
-        f = self.now_floor
-        return self.handle(self.engine.on_batch_done(done, f if now < f else now), now)
+        return self.handle(self.engine.on_batch_done(done, self.not_before(now)), now)
 
     def on_batch_failed(self, failed: BatchFailed, now: float) -> list[Instruction]:
-        f = self.now_floor
-        return self.handle(self.engine.on_batch_failed(failed, f if now < f else now), now)
+        return self.handle(self.engine.on_batch_failed(failed, self.not_before(now)), now)
 
     def on_feedback(self, feedback: Feedback, now: float) -> list[Instruction]:
-        f = self.now_floor
-        return self.handle(self.engine.on_feedback(feedback, f if now < f else now), now)
+        return self.handle(self.engine.on_feedback(feedback, self.not_before(now)), now)
 
     def on_replica_up(self, replica: ReplicaId, now: float) -> list[Instruction]:
-        f = self.now_floor
-        return self.handle(self.engine.on_replica_up(replica, f if now < f else now), now)
+        return self.handle(self.engine.on_replica_up(replica, self.not_before(now)), now)
 
     def on_replica_down(self, replica: ReplicaId, now: float) -> list[Instruction]:
-        f = self.now_floor
-        return self.handle(self.engine.on_replica_down(replica, f if now < f else now), now)
+        return self.handle(self.engine.on_replica_down(replica, self.not_before(now)), now)
 
     def on_timer(self, now: float) -> list[Instruction]:
         """The armed timer fired at ``now``: the slot empties; ``now`` is clamped up to
@@ -257,8 +251,7 @@ class Driver:
     def admin(self, fn: Callable[[float], T], now: float) -> T:
         """Run an administrative engine call as ``fn(now)``, then re-arm (a change of SLO
         or of links can move the engine's deadline)."""
-        f = self.now_floor
         try:
-            return fn(f if now < f else now)
+            return fn(self.not_before(now))
         finally:
             self.rearm()
