@@ -295,8 +295,7 @@ class _HostCpuDriver(_Replicas):
         self._loop_job(cost, now, partial(self._batch_result, rep, sb))
 
     def _batch_result(self, rep: _Rep, sb: SendBatch, now: float) -> None:
-        f = self.now_floor  # Driver.not_before, inlined
-        self.handle(self.engine.on_batch_done(self._batch_done(rep, sb), f if now < f else now),
+        self.handle(self.engine.on_batch_done(self._batch_done(rep, sb), self.not_before(now)),
                     now)
         if self._early:
             self._wake_timers(now)
