@@ -53,9 +53,10 @@ import numpy as np
 import pandas as pd
 
 from clipperlab.calibration.capacity import RAMP_RESOLUTION, RAMPS
+from clipperlab.calibration.errors import CalibrationError
 from clipperlab.calibration.fit import Calibration
 from clipperlab.calibration.outputs import format_table, write_outputs
-from clipperlab.calibration.quiet import BUSY_POLICIES, HostSpeed
+from clipperlab.calibration.quiet import BUSY_POLICIES, STALL_SECONDS, HostSpeed, HostStalls
 from clipperlab.calibration.resimulate import (
     CALIBRATION_FILE,
     RUNS_FILE,
@@ -67,7 +68,12 @@ from clipperlab.calibration.resimulate import (
     stored_latencies,
 )
 from clipperlab.calibration.torch_models import save_sklearn
-from clipperlab.calibration.validation import LEVEL_S, REPEATS, TWIN_DRAWS, validate
+from clipperlab.calibration.validation import (
+    LEVEL_S,
+    REPEATS,
+    TWIN_DRAWS,
+    validate,
+)
 from clipperlab.report.tables import markdown_table
 from clipperlab.workloads import ConstantRate, DigitsInputs, Workload
 
@@ -432,6 +438,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True,
                     help="with --resimulate: fit the twin again where OUT stored the runs "
                          "it was fitted on (runs.npz; default %(default)s)")
+    ap.add_argument("--stalls-s", type=float, default=STALL_SECONDS, metavar="SECONDS",
+                    help="before each setting, run the hiccup meter on every core this "
+                         "long (the machine idle) and give the host CPU model's twin the "
+                         "cores' stalls (0: none; default %(default)s s)")
+    ap.add_argument("--stalls", default=None, metavar="FILE",
+                    help="with --resimulate: give every host CPU twin these cores' stalls "
+                         "(python -m clipperlab.calibration.quiet --stalls SECONDS "
+                         "--stalls-out FILE); default: each run's own (none before "
+                         "2026-12-04)")
     ap.add_argument("--slice-ms", type=float, default=None,
                     help="with --resimulate: the host CPU model's time slice in ms (0: "
                          "processor sharing; default: the kernel's, as a run fits it)")
@@ -498,6 +513,21 @@ def main(argv: list[str] | None = None) -> int:
     if a.core_speeds is not None and not a.resimulate:
         print("error: --core-speeds/--no-core-speeds: only with --resimulate", file=sys.stderr)
         return 2
+    if not (math.isfinite(a.stalls_s) and a.stalls_s >= 0):
+        print(f"error: --stalls-s {a.stalls_s:g}: expected seconds >= 0 (0: none)",
+              file=sys.stderr)
+        return 2
+    stalls = None
+    if a.stalls is not None:
+        if not a.resimulate:
+            print("error: --stalls FILE: only with --resimulate (a live run measures its "
+                  "own: --stalls-s)", file=sys.stderr)
+            return 2
+        try:
+            stalls = HostStalls.from_json(Path(a.stalls).read_text())
+        except (OSError, CalibrationError) as e:
+            print(f"error: --stalls {a.stalls}: {e}", file=sys.stderr)
+            return 2
     if a.resimulate:
         sl, cs = a.slice_ms, a.core_speeds
 
@@ -509,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
             return c if cs is None else dataclasses.replace(c, core_speeds=cs)
 
         rs = resimulate(out, workload(), level_s=a.level_s, refit=a.refit,
-                        adjust=None if sl is None and cs is None else adjust,
+                        adjust=None if sl is None and cs is None else adjust, stalls=stalls,
                         speed=slow, level_speed=a.level_speed, twin_draws=a.twin_draws,
                         log=lambda s: print(s, flush=True))
         rs.table.to_csv(out / "fidelity.csv", index=False, float_format="%.6g")
@@ -576,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
                                ramps_after=0 if a.quick else a.ramps_after,
                                host_cpu=a.host_cpu, speed=a.speed,
                                replay_speed=a.replay_speed, twin_draws=a.twin_draws,
+                               stalls_s=0.5 if a.quick else a.stalls_s,
                                log=lambda s: print(s, flush=True), **kw)  # type: ignore[arg-type]
                 print(format_table(res), flush=True)
                 sub = out / f"{model}-{bname}"

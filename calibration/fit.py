@@ -142,6 +142,11 @@ class Calibration:
     # loop runs at its core's speed, not the machine's average; False in runs before
     # the per-core probes, where the machine switched as one
     core_speeds: bool = False
+    # the cores' stalls, per core their lengths (s) over stalls_span_s seconds of a hiccup
+    # meter on the idle machine (``quiet.host_stalls``; ``HostCPU.stalls_s``); () in
+    # runs before 2026-12-04's stall model: none
+    stalls_s: tuple[tuple[float, ...], ...] = ()
+    stalls_span_s: float = 0.0
 
 
 class ContainerCpu(NamedTuple):

@@ -155,7 +155,10 @@ def describe(c: Calibration) -> str:
                          for m, b, i in c.container_cpu) or "their profile draws")
             + f") and the generator ({c.loadgen_cpu_per_query_s * 1e6:.1f} us/query + "
               f"{c.loadgen_wake_s * 1e6:.0f} us/wake-up), time slices of "
-              f"{c.slice_s * 1e3:g} ms")
+              f"{c.slice_s * 1e3:g} ms" + (
+                  ", core stalls " + ", ".join(
+                      f"{len(x) / c.stalls_span_s:.2g}/s ({sum(x) / c.stalls_span_s:.2%})"
+                      for x in c.stalls_s) if any(c.stalls_s) else ""))
     return (f"capacity {c.capacity_qps:,.0f} q/s; {host}; the frontend's loop: "
             f"{c.query_cpu_s * 1e6:.1f} us/query + {c.batch_cpu_s * 1e6:.1f} us/batch + wake-up "
             f"{c.wake_s * 1e6:.0f} us (cools in {c.cold_after_s * 1e3:g} ms), {pauses}; outside "

@@ -74,6 +74,22 @@ CPU shares cannot see it; a loop timed in the thread's own CPU time can.
   measured at that speed.
 - ``python -m clipperlab.calibration.quiet --speed SECONDS`` prints a fit over that many
   seconds of probes.
+
+The cores' stalls.  A core can also stop running our work altogether for a few
+milliseconds: a kernel thread that does not yield (on this VM ``kdamond``, pinned to core
+0), the hypervisor taking the core.  The speed probe (0.2 ms of work every 25 ms) almost
+never lands in one; a spinning loop sees every one.
+- ``host_stalls(seconds, cpus)``: a hiccup meter (as jHiccup is): one process pinned to
+  each core (``probe_cpus``), all at once, reads the monotonic clock in a tight loop for
+  ``seconds`` and records every jump of at least ``STALL_MIN_S`` (0.5 ms) between two
+  reads: ``HostStalls``, per core the stall lengths, the span, each core's rate and share
+  of the time.  It keeps every core busy while it runs, so it runs on an idle machine
+  (before a setting's server starts), and what it measures stands for the stalls under
+  load too (a kernel thread's work does not follow ours).  The twin replays them
+  (``HostCPU.stalls_s``).
+- ``python -m clipperlab.calibration.quiet --stalls SECONDS [--stalls-out FILE]`` prints
+  them (and writes them as JSON: ``HostStalls.to_json``, what ``fidelity --resimulate
+  --stalls FILE`` reads).
 """
 
 from __future__ import annotations
@@ -82,7 +98,9 @@ import argparse
 import bisect
 import contextlib
 import gzip
+import json
 import logging
+import math
 import os
 import re
 import statistics
@@ -102,6 +120,7 @@ __all__ = [
     "MAX_OTHER_CPU_SHARE",
     "BusyMachineError",
     "HostSpeed",
+    "HostStalls",
     "LoadSample",
     "SpeedMonitor",
     "fit_speed",
@@ -111,6 +130,7 @@ __all__ = [
     "replay_mean",
     "slow_cut",
     "guard",
+    "host_stalls",
     "machine_load",
     "speed_probe_ns",
     "speed_sample",
@@ -123,6 +143,8 @@ WINDOW_S = 0.5
 SETTLE_STEP_S = 5.0
 PROBE_ITERATIONS = 200
 SPEED_INTERVAL_S = 0.025
+STALL_MIN_S = 0.5e-3  # the shortest clock jump the hiccup meter counts as a stall
+STALL_SECONDS = 10.0  # a setting's hiccup meter (fidelity --stalls-s)
 SLOW_THRESHOLD = 1.4
 MIN_PROBES = 20
 # A slow probe replays at its own time over the fast level, rounded to this many decimals
@@ -600,6 +622,92 @@ class SpeedMonitor:
         return replay_mean(self.replay(since, until), until - since)
 
 
+# --------------------------------------------------------------------------- stalls
+
+
+@dataclass(frozen=True, slots=True)
+class HostStalls:
+    """The cores' stalls a hiccup meter saw (``host_stalls``): ``lengths_s[k]`` on core
+    ``cpus[k]``, over ``span_s`` seconds, each at least ``min_s``."""
+
+    span_s: float
+    cpus: tuple[int, ...]
+    lengths_s: tuple[tuple[float, ...], ...]
+    min_s: float = STALL_MIN_S
+
+    def rate_hz(self, k: int) -> float:
+        return len(self.lengths_s[k]) / self.span_s if self.span_s > 0 else 0.0
+
+    def share(self, k: int) -> float:
+        return sum(self.lengths_s[k]) / self.span_s if self.span_s > 0 else 0.0
+
+    def describe(self) -> str:
+        parts = []
+        for k, cpu in enumerate(self.cpus):
+            ls = sorted(self.lengths_s[k])
+            if not ls:
+                parts.append(f"core {cpu}: none")
+                continue
+            parts.append(f"core {cpu}: {self.rate_hz(k):.2g}/s of {ls[0] * 1e3:.1f}-"
+                         f"{ls[-1] * 1e3:.1f} ms (median {statistics.median(ls) * 1e3:.1f}), "
+                         f"{self.share(k):.2%} of its time")
+        return (f"stalls of {self.min_s * 1e3:g} ms or more over {self.span_s:g} s: "
+                + "; ".join(parts))
+
+    def to_json(self) -> str:
+        return json.dumps({"span_s": self.span_s, "cpus": list(self.cpus),
+                           "lengths_s": [list(x) for x in self.lengths_s],
+                           "min_s": self.min_s})
+
+    @classmethod
+    def from_json(cls, text: str) -> HostStalls:
+        try:
+            d = json.loads(text)
+            out = cls(span_s=float(d["span_s"]), cpus=tuple(int(c) for c in d["cpus"]),
+                      lengths_s=tuple(tuple(float(v) for v in x) for x in d["lengths_s"]),
+                      min_s=float(d.get("min_s", STALL_MIN_S)))
+        except (ValueError, KeyError, TypeError) as e:
+            raise CalibrationError(f"not a stalls file (HostStalls.to_json): {e}") from None
+        if not out.span_s > 0 or len(out.cpus) != len(out.lengths_s) or any(
+                v <= 0 for x in out.lengths_s for v in x):
+            raise CalibrationError("not a stalls file: expected span_s > 0 and, per core, "
+                                   "stall lengths > 0")
+        return out
+
+
+def _stall_meter(seconds: float, min_s: float) -> list[float]:
+    """Spin on the monotonic clock for ``seconds``; every jump of ``min_s`` or more."""
+    out: list[float] = []
+    clock = time.monotonic
+    t = clock()
+    end = t + seconds
+    while t < end:
+        n = clock()
+        if n - t >= min_s:
+            out.append(n - t)
+        t = n
+    return out
+
+
+def host_stalls(seconds: float = STALL_SECONDS, cpus: Sequence[int] | None = None,
+                min_s: float = STALL_MIN_S) -> HostStalls:
+    """The hiccup meter (module rules) on ``cpus`` (default ``probe_cpus()``) at once."""
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise CalibrationError(f"stall meter: expected seconds > 0, got {seconds!r}")
+    cores = tuple(cpus) if cpus is not None else probe_cpus()
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "clipperlab.calibration.quiet", "--stall-meter",
+         f"{seconds:g}", "--cpu", str(c), "--stall-min-ms", f"{min_s * 1e3:g}"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for c in cores]
+    lengths = []
+    for c, p in zip(cores, procs, strict=True):
+        out, _ = p.communicate(timeout=seconds + 60)
+        if p.returncode != 0:
+            raise CalibrationError(f"stall meter on core {c} failed (exit {p.returncode})")
+        lengths.append(tuple(float(x) for x in out.split()))
+    return HostStalls(span_s=seconds, cpus=cores, lengths_s=tuple(lengths), min_s=min_s)
+
+
 # --------------------------------------------------------------------------- the guard
 
 
@@ -650,6 +758,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed", type=float, default=0.0, metavar="SECONDS",
                     help="also probe the machine's speed for this many seconds and print "
                          "its two speeds (default 0: no probe)")
+    ap.add_argument("--stalls", type=float, default=0.0, metavar="SECONDS",
+                    help="also run the hiccup meter on every core for this many seconds "
+                         "and print the cores' stalls (default 0: none)")
+    ap.add_argument("--stalls-out", default=None, metavar="FILE",
+                    help="with --stalls: write them there as JSON (for fidelity "
+                         "--resimulate --stalls)")
+    ap.add_argument("--stall-meter", type=float, default=None,
+                    help=argparse.SUPPRESS)  # host_stalls' process (with --cpu)
+    ap.add_argument("--stall-min-ms", type=float, default=STALL_MIN_S * 1e3,
+                    help=argparse.SUPPRESS)
     ap.add_argument("--speed-trace", help=argparse.SUPPRESS)  # SpeedMonitor's process
     ap.add_argument("--cpu", type=int, default=None, help=argparse.SUPPRESS)  # its core
     ap.add_argument("--interval-ms", type=float, default=SPEED_INTERVAL_S * 1e3,
@@ -660,8 +778,17 @@ def main(argv: list[str] | None = None) -> int:
     if a.speed_trace:
         _speed_trace(a.speed_trace, a.interval_ms / 1e3, a.cpu)
         return 0
+    if a.stall_meter is not None:
+        if a.cpu is not None:
+            os.sched_setaffinity(0, {a.cpu})
+        for v in _stall_meter(a.stall_meter, a.stall_min_ms / 1e3):
+            print(f"{v:.7f}")
+        return 0
     if a.speed < 0:
         ap.error(f"--speed must be >= 0 seconds, got {a.speed:g}")
+    if a.stalls < 0 or (a.stalls_out and not a.stalls > 0):
+        ap.error(f"--stalls must be >= 0 seconds (and > 0 with --stalls-out), got "
+                 f"{a.stalls:g}")
     try:
         s = guard(a.busy, max_other_cpu_share=a.max_other_cpu_share,
                   max_loadavg_per_core=a.max_loadavg_per_core, settle_s=a.settle_s,
@@ -674,6 +801,11 @@ def main(argv: list[str] | None = None) -> int:
         sp = speed_sample(a.speed, a.interval_ms / 1e3)
         print("speed: " + (sp.describe() if sp is not None else
                            f"too few probes (at least {MIN_PROBES})"))
+    if a.stalls > 0:
+        st = host_stalls(a.stalls)
+        print(st.describe())
+        if a.stalls_out:
+            Path(a.stalls_out).write_text(st.to_json())
     return 0
 
 

@@ -42,7 +42,7 @@ import pandas as pd
 from clipperlab.calibration.capacity import GOOD_SHARE
 from clipperlab.calibration.errors import CalibrationError
 from clipperlab.calibration.fit import Calibration, ContainerCpu, CpuRun, as_run, batch_mean_ms
-from clipperlab.calibration.quiet import HostSpeed
+from clipperlab.calibration.quiet import HostSpeed, HostStalls
 from clipperlab.calibration.runs import retime, sim_run, ticked
 from clipperlab.calibration.server import model_specs, real_deployment
 from clipperlab.calibration.twin import at_speed, sim_deployment, speed_fields
@@ -50,6 +50,7 @@ from clipperlab.calibration.validation import (
     TWIN_DRAWS,
     draw_seed,
     median_summary,
+    stall_fields,
     twin_predictions,
 )
 from clipperlab.simulator import LatencyProfile, Simulation, load_profile
@@ -59,7 +60,7 @@ from clipperlab.workloads import Workload
 __all__ = ["CALIBRATION_FILE", "GAP_S", "RUNS_FILE", "STEPS_FILE", "Resimulated",
            "calibration_columns", "calibration_from_json", "calibration_to_json", "load_runs",
            "replay_steps", "reply_gap_spans", "reply_gaps", "resimulate", "save_runs",
-           "stored_calibrations", "stored_latencies", "ticked"]
+           "stored_calibrations", "stored_latencies", "stored_stalls", "ticked"]
 
 Log = Callable[[str], None]
 CALIBRATION_FILE = "calibration.json"
@@ -84,6 +85,7 @@ def calibration_from_json(text: str) -> dict[str, Calibration]:
         for k in ("slow_dwells_s", "fast_dwells_s"):
             d[k] = tuple(d.get(k) or ())
         d["speed_trace"] = tuple(tuple(x) for x in d.get("speed_trace") or ())
+        d["stalls_s"] = tuple(tuple(x) for x in d.get("stalls_s") or ())
         out[mode] = Calibration(**d)
     return out
 
@@ -252,6 +254,7 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
                refit: bool = True,
                adjust: Callable[[Calibration], Calibration] | None = None,
                speed: HostSpeed | None = None,
+               stalls: HostStalls | None = None,
                level_speed: bool = True,
                twin_draws: int = TWIN_DRAWS,
                log: Log = print) -> Resimulated:
@@ -261,7 +264,9 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
     change that needs no re-measurement); ``speed``, when given, is the machine's two
     speeds the host CPU model's twin is refitted with (instead of the run's own: a run
     from before the speed probe has none), a setting without stored runs taking it
-    as it is.  With ``level_speed`` (the default), a level whose row records the
+    as it is; ``stalls``, when given, are the cores' stalls every host CPU twin gets (the
+    fits made with them), instead of the run's own (none before 2026-12-04).  With
+    ``level_speed`` (the default), a level whose row records the
     machine's speed (``speed_level_*``, else the setting's levels' ``speed_levels_*``) is
     run by the host CPU model's twin at that speed (``twin.at_speed``), as a live run
     does, and so is each capacity ramp whose speed the row records (``speed_ramps_*``).
@@ -299,10 +304,14 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
         refitted = refit and (folder / RUNS_FILE).exists()
         if refitted:
             calibs, intervals = _refit(folder / RUNS_FILE, dep, app, specs, workload,
-                                       profiles, calibs, seed, reps, log, speed)
+                                       profiles, calibs, seed, reps, log, speed, stalls)
             notes.append(f"{model}-{batching}: calibration fitted again on {RUNS_FILE}")
-        elif speed is not None:
-            calibs = {m: with_speed(c, speed) for m, c in calibs.items()}
+        else:
+            if speed is not None:
+                calibs = {m: with_speed(c, speed) for m, c in calibs.items()}
+            if stalls is not None:
+                calibs = {m: dataclasses.replace(c, **stall_fields(stalls))
+                          if c.host_cpus > 0 else c for m, c in calibs.items()}
         if adjust is not None:
             calibs = {m: adjust(c) for m, c in calibs.items()}
         for mode, calib0 in calibs.items():
@@ -570,6 +579,16 @@ def stored_speed(calibs: Mapping[str, Calibration]) -> HostSpeed | None:
     return None
 
 
+def stored_stalls(stored: Mapping[str, Calibration]) -> HostStalls | None:
+    """The cores' stalls a run's host CPU twin was given (``HostStalls`` of its
+    ``stalls_s``, core k measured as the twin's core k); ``None`` without."""
+    for c in stored.values():
+        if c.host_cpus > 0 and any(c.stalls_s):
+            return HostStalls(span_s=c.stalls_span_s, cpus=tuple(range(len(c.stalls_s))),
+                              lengths_s=c.stalls_s)
+    return None
+
+
 def with_speed(c: Calibration, speed: HostSpeed) -> Calibration:
     """``c`` with ``speed``'s two speeds when it has the host CPU model (else as it is)."""
     return dataclasses.replace(c, **speed_fields(speed)) if c.host_cpus > 0 else c
@@ -577,11 +596,13 @@ def with_speed(c: Calibration, speed: HostSpeed) -> Calibration:
 
 def _refit(path: Path, dep: Any, app: Any, specs: Any, workload: Workload,
            profiles: dict[str, Any], stored: Mapping[str, Calibration], seed: int,
-           repeats: int, log: Log, speed: HostSpeed | None = None
+           repeats: int, log: Log, speed: HostSpeed | None = None,
+           stalls: HostStalls | None = None
            ) -> tuple[dict[str, Calibration], dict[str, Any]]:
     """Every twin's calibration fitted again on the stored runs (``validation``'s step 5,
     ``calibrate_twin``), the measured capacity and the ramp's CPU per query as stored;
-    the two speeds ``speed``, else the run's own; with the fitted numbers' intervals."""
+    the two speeds ``speed``, else the run's own; the cores' ``stalls``, else the run's
+    own; with the fitted numbers' intervals."""
     from clipperlab.calibration.validation import Setup, calibrate_twin
 
     runs, low, low_seen, calib_qps = load_runs(path, workload)
@@ -589,7 +610,8 @@ def _refit(path: Path, dep: Any, app: Any, specs: Any, workload: Workload,
         raise CalibrationError(f"{path}: no low-load run stored: nothing to refit on")
     ref = next(iter(stored.values()))
     setup = Setup(dep, app, [s for s, _, _ in specs], {s.name: n for s, n, _ in specs},
-                  workload, dict(profiles), seed, log, "off", repeats)
+                  workload, dict(profiles), seed, log, "off", repeats,
+                  stalls=stalls if stalls is not None else stored_stalls(stored))
     calibs, intervals = calibrate_twin(
         runs, setup, low, low_seen, ref.capacity_qps, ref.frontend_cost_s, calib_qps,
         host_cpu=any(c.host_cpus > 0 for c in stored.values()),

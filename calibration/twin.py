@@ -76,7 +76,8 @@ def _host_speed(c: Calibration) -> HostCPU:
     return HostCPU(slow_factor=c.slow_factor, slow_share=c.slow_share,
                    slow_dwell_s=c.slow_dwell_s, slow_dwells_s=c.slow_dwells_s,
                    fast_dwells_s=c.fast_dwells_s, reference_factor=c.reference_factor or None,
-                   speed_trace=c.speed_trace, core_speeds=c.core_speeds)
+                   speed_trace=c.speed_trace, core_speeds=c.core_speeds,
+                   stalls_s=c.stalls_s, stalls_span_s=c.stalls_span_s)
 
 
 def mean_factor(c: Calibration) -> float:

@@ -155,10 +155,13 @@ from clipperlab.calibration.outputs import METRICS, ValidationResult, relative_e
 from clipperlab.calibration.profiler import ProfileSpec, profile_model
 from clipperlab.calibration.quiet import (
     BUSY_POLICIES,
+    STALL_SECONDS,
     HostSpeed,
+    HostStalls,
     LoadSample,
     SpeedMonitor,
     guard,
+    host_stalls,
     kernel_slice_s,
     kernel_tick_s,
     probe_cpus,
@@ -239,6 +242,7 @@ def validate(
     replay_speed: bool = True,
     twin_draws: int = TWIN_DRAWS,
     ramps_after: int = 0,
+    stalls_s: float = STALL_SECONDS,
     log: Log = print,
 ) -> ValidationResult:
     """Run the comparison described in the module docstring, step by step."""
@@ -270,6 +274,14 @@ def validate(
     app, models = model_specs(dep, workload.app)
     load0 = guard(busy, what=f"validating {dep.path}", log=log,
                   settle_s=SETTLE_S if busy == "refuse" else 0.0)
+    if not (math.isfinite(stalls_s) and stalls_s >= 0):
+        raise ValidationError(f"stalls_s must be seconds >= 0 (0: no hiccup meter), got "
+                              f"{stalls_s}")
+    stalls = None
+    if host_cpu and stalls_s > 0:
+        # before anything of ours runs: the meter keeps every core busy
+        stalls = host_stalls(stalls_s)
+        log(f"the cores' {stalls.describe()}")
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         mon = (stack.enter_context(SpeedMonitor(Path(tmp) / "speed.txt",
                                                 cpus=probe_cpus()))
@@ -281,7 +293,7 @@ def validate(
         setup = Setup(dep, app, [spec for spec, _, _ in models],
                       {s.name: n for s, n, _ in models}, workload, profs, seed, log, busy,
                       repeats, ramps, ramp_resolution, ramp_restart, replay_speed,
-                      twin_draws, ramps_after)
+                      twin_draws, ramps_after, stalls)
         la0 = os.getloadavg()[0]
         return _validate(dep, app, models, setup, workload, profs, load0, la0, mon,
                          levels, duration_s, repeats, capacity_qps, calib_qps, calib_s,
@@ -418,6 +430,8 @@ class Setup:
     # of the ``ramps``, how many run after the levels (the levels' rates then set by the
     # ones before): the calibration sees the machine on both sides of the levels
     ramps_after: int = 0
+    # the cores' stalls (``quiet.host_stalls`` before the setting), the host CPU model's
+    stalls: HostStalls | None = None
 
     def twin(self, calib: Calibration | None = None, scale: float = 1.0) -> Deployment:
         return sim_deployment(self.dep, self.workload.app, self.profiles, calibration=calib,
@@ -591,7 +605,8 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
             hcal, _ = fit_frontend_rows(fast, setup.twin, dataclasses.replace(calib),
                                         setup.seed)
             hc = dataclasses.replace(
-                host_cpu_demands(fast, hcal, [r for r in fast if not r.overloaded], speed),
+                host_cpu_demands(fast, hcal, [r for r in fast if not r.overloaded], speed,
+                                 setup.stalls),
                 reference_factor=1.0)
             hc, host_rows = fit_frontend_on_host(fast, setup.twin, hc, setup.seed)
             setup.log(f"  at the fast speed (each run's CPU over its mean speed factor, "
@@ -601,7 +616,7 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
                       f"{hc.query_cpu_s * 1e6:.1f} us per query + {hc.batch_cpu_s * 1e6:.1f} "
                       f"us per batch + a wake-up {hc.wake_s * 1e6:.1f} us")
         else:
-            hc = host_cpu_demands(runs, calib, good, speed)
+            hc = host_cpu_demands(runs, calib, good, speed, setup.stalls)
             hc, host_rows = fit_frontend_on_host(runs, setup.twin, hc, setup.seed)
         cpu_rows = host_rows or cpu_rows  # the prediction's costs get the intervals
         setup.log(f"  the host CPU model: {hc.host_cpus} cores shared by the loop, the "
@@ -635,7 +650,8 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
 
 def host_cpu_demands(runs: Sequence[CpuRun], calib: Calibration,
                      good: Sequence[CpuRun] | None = None,
-                     speed: HostSpeed | None = None) -> Calibration:
+                     speed: HostSpeed | None = None,
+                     stalls: HostStalls | None = None) -> Calibration:
     """``calib`` with the host CPU model on: this machine's cores
     (``os.cpu_count()``), each container's CPU per batch and per item
     (``fit_container_cpu`` over ``runs``), the generator's CPU per query and per wake-up
@@ -643,7 +659,8 @@ def host_cpu_demands(runs: Sequence[CpuRun], calib: Calibration,
     kernel's time slice and tick (``quiet.kernel_slice_s``, ``quiet.kernel_tick_s``: not
     fitted, the scheduler's own) and
     the machine's two speeds when ``speed`` found two (``quiet.fit_speed``), each core
-    switching on its own when ``speed`` pooled probes of each core (``core_speeds``)."""
+    switching on its own when ``speed`` pooled probes of each core (``core_speeds``), and
+    the cores' ``stalls`` when measured (``stall_fields``)."""
     gen = fit_loadgen(runs if good is None else good)
     return dataclasses.replace(calib, host_cpus=os.cpu_count() or 1,
                                container_cpu=fit_container_cpu(runs),
@@ -652,7 +669,16 @@ def host_cpu_demands(runs: Sequence[CpuRun], calib: Calibration,
                                loadgen_idle_gap_s=GENERATOR_GAP_S,
                                slice_s=kernel_slice_s(), tick_s=kernel_tick_s(),
                                **speed_fields(speed),
-                               core_speeds=speed is not None and speed.cores > 1)
+                               core_speeds=speed is not None and speed.cores > 1,
+                               **stall_fields(stalls))
+
+
+def stall_fields(stalls: HostStalls | None) -> dict[str, Any]:
+    """``Calibration``'s stall fields for the cores' ``stalls`` (the k-th core measured
+    is the twin's core k); none without."""
+    if stalls is None:
+        return {"stalls_s": (), "stalls_span_s": 0.0}
+    return {"stalls_s": stalls.lengths_s, "stalls_span_s": stalls.span_s}
 
 
 def fit_unexplained(runs: Sequence[CpuRun], setup: Setup, low: CpuRun, calib: Calibration,

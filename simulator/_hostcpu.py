@@ -108,6 +108,43 @@ def _demand_of(m: ModelDeployment) -> Any:
     return of
 
 
+# a stalled core runs this many times slower: nothing, for the length of a stall
+STALL_FACTOR = 1e6
+
+
+class _Stalls:
+    """A host's speeds with its cores' stalls laid over them (``HostCPU.stalls_s``): the
+    speed procs set each core's own factor here, a stall multiplies it by
+    ``STALL_FACTOR`` while it lasts."""
+
+    __slots__ = ("host", "base", "stalled")
+
+    def __init__(self, host: HostCpu) -> None:
+        self.host = host
+        self.base = list(host.core_factors)
+        self.stalled = [False] * host.cores
+
+    def _apply(self, core: int, now: float) -> None:
+        f = self.base[core]
+        self.host.set_core_factor(core, f * STALL_FACTOR if self.stalled[core] else f, now)
+
+    def set_factor(self, factor: float, now: float) -> None:
+        self.base = [factor] * self.host.cores
+        if not any(self.stalled):
+            self.host.set_factor(factor, now)
+            return
+        for c in range(self.host.cores):
+            self._apply(c, now)
+
+    def set_core_factor(self, core: int, factor: float, now: float) -> None:
+        self.base[core] = factor
+        self._apply(core, now)
+
+    def stall(self, core: int, on: bool, now: float) -> None:
+        self.stalled[core] = on
+        self._apply(core, now)
+
+
 class _HostCpuDriver(_Replicas):
     """The host CPU model's parts of ``Simulation`` (installed by ``_hc_setup``)."""
 
@@ -325,27 +362,53 @@ class _HostCpuDriver(_Replicas):
     # ------------------------------------------------------------------ speed
     def _speed_procs(self, hc: HostCPU) -> None:
         """Start one ``_speed_proc`` per host (``HostCPU.speed_swings``, or one speed with
-        a ``reference_factor``)."""
+        a ``reference_factor``, or a ``speed_trace``), and with ``HostCPU.stalls`` one
+        ``_stall_proc`` per stalling core of every host."""
         assert self._cpus is not None
         end = float(self.arrival_at[-1]) if len(self.arrival_at) else 0.0
         per = len(hc.speed_trace[0]) - 1 if hc.speed_trace else 1
+        speeds = hc.speed_swings or hc.reference_factor is not None or bool(hc.speed_trace)
         for k, host in enumerate(self._cpus.values()):
             if per > 1 and per != host.cores:
                 raise SimConfigError(f"host_cpu.speed_trace: {per} factors per row, but "
                                      f"host {host.name!r} has {host.cores} cores")
+            sp: Any = _Stalls(host) if hc.stalls else host
+            if hc.stalls:
+                for c, lengths in enumerate(hc.stalls_s[:host.cores]):
+                    if lengths:
+                        rng = np.random.default_rng([self.seed, 405, k, c])
+                        self.env.process(self._stall_proc(
+                            sp, c, len(lengths) / hc.stalls_span_s, lengths, rng, end))
+            if not speeds:
+                continue
             if hc.core_speeds and not hc.speed_trace and hc.speed_swings:
                 for c in range(host.cores):
                     rng = np.random.default_rng([self.seed, 404, k, c])
                     self.env.process(self._speed_proc(
-                        host, hc, rng, end, partial(host.set_core_factor, c)))
+                        sp, hc, rng, end, partial(sp.set_core_factor, c)))
                 continue
             rng = np.random.default_rng([self.seed, 404, k])
-            self.env.process(self._speed_proc(host, hc, rng, end, host.set_factor))
+            self.env.process(self._speed_proc(sp, hc, rng, end, sp.set_factor))
 
-    def _speed_proc(self, host: HostCpu, hc: HostCPU, rng: np.random.Generator,
+    def _stall_proc(self, sp: _Stalls, core: int, rate_hz: float,
+                    lengths: tuple[float, ...], rng: np.random.Generator, end: float) -> Any:
+        """Core ``core`` of ``sp``'s host stalls at ``rate_hz`` (exponential intervals),
+        each stall one of ``lengths`` drawn at random, until ``end``."""
+        env = self.env
+        pick = np.asarray(lengths, dtype=np.float64)
+        while True:
+            t = env.now + float(rng.exponential(1.0 / rate_hz))
+            if t > end:
+                return
+            yield env.timeout(t - env.now)
+            sp.stall(core, True, env.now)
+            yield env.timeout(float(pick[rng.integers(pick.size)]))
+            sp.stall(core, False, env.now)
+
+    def _speed_proc(self, host: Any, hc: HostCPU, rng: np.random.Generator,
                     end: float, set_factor: Any) -> Any:
         """``host``'s speed (or one core's: ``set_factor``) until ``end`` (see the
-        module's rules)."""
+        module's rules); ``host``: the host, or its ``_Stalls``."""
         env = self.env
         m = hc.reference
         if hc.speed_trace:  # the speed as it was

@@ -239,7 +239,18 @@ class HostCPU:
     cores is an error); every host follows it, the factors divided by
     ``reference_factor`` (default: the trace's own time-weighted mean factor up to its
     last point, a row's factor being its cores' total speed), and ``slow_factor``,
-    ``slow_share`` and the periods are not drawn."""
+    ``slow_share`` and the periods are not drawn.
+
+    Stalls (off by default): ``stalls_s[c]`` holds stall lengths measured on core ``c``
+    over ``stalls_span_s`` seconds (a hiccup meter: ``quiet.host_stalls``), moments when
+    the core ran nothing of ours at all (a kernel thread that does not yield, the
+    hypervisor taking the core).  Each core of every host stalls at their rate (count over
+    the span), at exponential intervals, each stall as long as one of them drawn at
+    random: the process holding the core makes no progress until it ends (the others go
+    on at their speed).  Measured here on an otherwise idle machine: 2-3 stalls a second
+    of 1-7 ms on one core, a few on the other, 0.1-0.6% of each core's time; too short
+    and rare for the speed probe to see, long enough to leave a replica idle while the
+    generator's sends wait (``results/validation/diagnostics-forest-sheds/``)."""
 
     cpus: int | None = None
     frontend_host: str | None = None
@@ -259,6 +270,8 @@ class HostCPU:
     reference_factor: float | None = None
     speed_trace: tuple[tuple[float, ...], ...] = ()
     core_speeds: bool = False
+    stalls_s: tuple[tuple[float, ...], ...] = ()
+    stalls_span_s: float = 0.0
 
     def __post_init__(self) -> None:
         c = self.cpus
@@ -315,6 +328,24 @@ class HostCPU:
         if bool(self.slow_dwells_s) != bool(self.fast_dwells_s):
             raise SimConfigError("host_cpu.slow_dwells_s and fast_dwells_s: give both "
                                  "(measured periods of each speed) or neither")
+        st = self.stalls_s
+        if isinstance(st, list):
+            object.__setattr__(self, "stalls_s", st := tuple(
+                tuple(x) if isinstance(x, list) else x for x in st))
+        if not isinstance(st, tuple) or not all(
+                isinstance(x, tuple) and all(_finite(v) and v > 0 for v in x) for x in st):
+            raise SimConfigError(f"host_cpu.stalls_s: expected a list per core of stall "
+                                 f"lengths in seconds > 0, got {st!r}")
+        if not (_finite(self.stalls_span_s) and self.stalls_span_s >= 0) or (
+                any(st) and not self.stalls_span_s > 0):
+            raise SimConfigError(f"host_cpu.stalls_span_s: expected the seconds the stalls "
+                                 f"were measured over (> 0 with stalls), got "
+                                 f"{self.stalls_span_s!r}")
+
+    @property
+    def stalls(self) -> bool:
+        """Whether any core stalls (``stalls_s``)."""
+        return any(self.stalls_s)
 
     @property
     def measured_dwells(self) -> bool:

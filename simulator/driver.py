@@ -393,7 +393,7 @@ class Simulation(_HostCpuDriver):
         hcfg = self.deployment.host_cpu
         if hc and hcfg is not None and self.n and (
                 hcfg.speed_swings or hcfg.reference_factor is not None
-                or hcfg.speed_trace):
+                or hcfg.speed_trace or hcfg.stalls):
             self._speed_procs(hcfg)
         for fe in self._fes:
             fe._ensure_timer()

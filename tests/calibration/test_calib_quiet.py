@@ -15,12 +15,15 @@ import pytest
 from clipperlab.calibration.errors import CalibrationError
 from clipperlab.calibration.quiet import (
     MIN_PROBES,
+    STALL_MIN_S,
     BusyMachineError,
+    HostStalls,
     LoadSample,
     SpeedMonitor,
     fit_speed,
     for_cores,
     guard,
+    host_stalls,
     kernel_slice_s,
     kernel_tick_s,
     machine_load,
@@ -378,3 +381,34 @@ def test_speed_probe_and_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         main(["--busy", "off", "--interval-ms", "0"])
     assert e.value.code == 2
+
+
+def test_the_hiccup_meter_and_its_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                       ) -> None:
+    """``host_stalls`` spins one pinned process per core at once and keeps every clock
+    jump of ``STALL_MIN_S`` or more per core (how many there are is the machine's
+    business); the JSON file gives them back; ``--stalls`` prints them and writes the
+    file; a file that is not one, or a bad length, is an error that says so."""
+    cores = probe_cpus()[:2]
+    st = host_stalls(0.3, cores)
+    assert st.cpus == cores and st.span_s == 0.3 and len(st.lengths_s) == len(cores)
+    assert all(v >= STALL_MIN_S for x in st.lengths_s for v in x)
+    assert all(0 <= st.share(k) < 1 and st.rate_hz(k) >= 0 for k in range(len(cores)))
+    assert st.describe().startswith("stalls of 0.5 ms or more over 0.3 s: core ")
+    made = HostStalls(span_s=10.0, cpus=(0, 1), lengths_s=((1e-3, 4e-3), ()))
+    assert HostStalls.from_json(made.to_json()) == made
+    assert made.rate_hz(0) == pytest.approx(0.2) and made.share(0) == pytest.approx(5e-4)
+    assert "core 0: 0.2/s of 1.0-4.0 ms (median 2.5), 0.05% of its time; core 1: none" in \
+        made.describe()
+    for bad in ("{}", '{"span_s": 0, "cpus": [0], "lengths_s": [[]]}',
+                '{"span_s": 1, "cpus": [0], "lengths_s": [[-1]]}'):
+        with pytest.raises(CalibrationError, match="not a stalls file"):
+            HostStalls.from_json(bad)
+    with pytest.raises(CalibrationError, match="expected seconds > 0"):
+        host_stalls(0.0)
+    out = tmp_path / "stalls.json"
+    assert main(["--busy", "off", "--stalls", "0.2", "--stalls-out", str(out)]) == 0
+    assert "stalls of 0.5 ms or more over 0.2 s" in capsys.readouterr().out
+    assert HostStalls.from_json(out.read_text()).span_s == 0.2
+    with pytest.raises(SystemExit):
+        main(["--busy", "off", "--stalls-out", str(out)])

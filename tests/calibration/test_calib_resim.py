@@ -41,9 +41,10 @@ from clipperlab.calibration.resimulate import (
     resimulate,
     save_runs,
     stored_calibrations,
+    stored_stalls,
     ticked,
 )
-from clipperlab.calibration.twin import despiked
+from clipperlab.calibration.twin import _host_speed, despiked
 from clipperlab.calibration.validation import draw_seed
 from clipperlab.simulator import (
     Deployment,
@@ -225,8 +226,14 @@ def test_calibration_and_runs_round_trip(tmp_path: Path) -> None:
     c = Calibration(query_cpu_s=30e-6, capacity_qps=900.0, pauses_s=(1e-3, 2e-3), host_cpus=2,
                     container_cpu=(("noop", 50e-6, 1e-6),), loadgen_cpu_per_query_s=6e-6,
                     slow_factor=1.8, slow_share=0.3, slow_dwells_s=(0.05, 0.4),
-                    fast_dwells_s=(0.1,), speed_trace=((0.0, 1.0), (0.5, 1.8)))
+                    fast_dwells_s=(0.1,), speed_trace=((0.0, 1.0), (0.5, 1.8)),
+                    stalls_s=((1e-3, 4e-3), ()), stalls_span_s=10.0)
     assert calibration_from_json(calibration_to_json({"sim+host": c})) == {"sim+host": c}
+    # the cores' stalls go to the twin's host and come back as the run's own
+    assert _host_speed(c).stalls_s == ((1e-3, 4e-3), ()) and _host_speed(c).stalls
+    st = stored_stalls({"sim+frontend": Calibration(), "sim+host": c})
+    assert st is not None and st.lengths_s == c.stalls_s and st.span_s == 10.0
+    assert stored_stalls({"sim+host": dataclasses.replace(c, stalls_s=())}) is None
     wl = Workload(ConstantRate(200), n_queries=50, app="digits")
     tr = wl.generate(0)
     run = CpuRun(tr, 50.0, 20.0, 0.01, np.full(50, 1e-3), 0.3,

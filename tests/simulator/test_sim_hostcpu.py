@@ -921,3 +921,24 @@ def test_config_reads_parse_turns(tmp_path: Path) -> None:
     with pytest.raises(SimConfigError, match=r"frontend_cpu\.parse_turn_s: expected seconds "
                                              r">= 0, got -1"):
         load_config(f)
+
+
+def test_stalls_stop_a_core_for_their_length() -> None:
+    """``stalls_s``: a core stalls at the measured rate (count over ``stalls_span_s``) for
+    one of the measured lengths at a time, and the process holding it makes no progress
+    meanwhile.  A lone 2 ms CPU-bound replica at 5% load on one core with 10 ms stalls 5
+    times a second: about 5% of its queries overlap a stall and take over 5 ms (without
+    stalls almost none do, two queued ahead being rare at 5% load); every query is still
+    answered, the draws repeat with the seed, and bad stalls are errors that say so."""
+    stalls = {"stalls_s": ((0.01,) * 50,), "stalls_span_s": 10.0}
+    calm, stalled = _swings(0.05), _swings(0.05, **stalls)
+    assert stalled["reply_at"].notna().all()
+    assert (calm["latency_s"] > 5e-3).mean() < 0.01
+    share = float((stalled["latency_s"] > 5e-3).mean())
+    assert 0.02 < share < 0.09
+    assert 10e-3 < stalled["latency_s"].max() < 35e-3  # a stall or two back to back
+    pd.testing.assert_frame_equal(stalled, _swings(0.05, **stalls))
+    for bad, match in (({"stalls_s": ((-0.01,),), "stalls_span_s": 1.0}, "stalls_s"),
+                       ({"stalls_s": ((0.01,),)}, "stalls_span_s")):
+        with pytest.raises(SimConfigError, match=match):
+            HostCPU(cpus=1, **bad)  # type: ignore[arg-type]
