@@ -191,7 +191,7 @@ def test_validate_tiny(tmp_path: Path) -> None:
     wl = Workload(ConstantRate(100), n_queries=10, app="hello")
     res = validate(dep, wl, levels=(0.5,), duration_s=0.5, capacity_qps=100.0,
                    batch_sizes=(1, 2), profile_repeats=5, calib_qps=50.0, calib_s=0.4,
-                   connections=2, log=lambda s: None)
+                   connections=2, stalls_s=0.3, log=lambda s: None)
     assert list(res.table["mode"]) == ["real", "real again", "sim", "sim+frontend",
                                        "sim+host", "sim+in-situ"]
     assert set(res.errors["mode"]) == {"real again", "sim", "sim+frontend", "sim+host",
@@ -214,6 +214,11 @@ def test_validate_tiny(tmp_path: Path) -> None:
     # one probe per core, pooled: the twin's cores switch each on its own
     assert res.speed_calib.cores == len(probe_cpus())
     assert res.calibration.core_speeds is (res.speed_calib.cores > 1)
+    # the hiccup meter ran before the setting (0.3 s on every core): the twin's host has
+    # its span and a list of stall lengths per core, the other twins none
+    assert res.calibration.stalls_span_s == 0.3
+    assert len(res.calibration.stalls_s) == len(probe_cpus())
+    assert res.calibrations["sim+frontend"].stalls_span_s == 0.0
     # each kept run records how long each process waited runnable for a core (the
     # kernel's schedstat): the server's loop, its container and the generator
     assert res.runs and all(
@@ -253,7 +258,7 @@ def test_validate_with_a_ramp_after_the_levels(tmp_path: Path) -> None:
                    profile_repeats=3, calib_qps=50.0, calib_s=0.4, ramp_s=0.4,
                    ramp_step=3.0, ramp_start_qps=100.0, ramp_resolution=1.5, ramps=2,
                    ramps_after=1, repeats=1, twin_draws=1, connections=4,
-                   log=lines.append)
+                   stalls_s=0.0, log=lines.append)
     assert len(res.ramp_capacities) == 2
     first = res.ramp_capacities[0]
     real = res.table[res.table["mode"] == "real"].iloc[0]
