@@ -42,6 +42,12 @@ Rules:
   its own, as a host does without it.  The draws come from their own generators
   (``[seed, 404, host's index]``; per core ``[seed, 404, host's index, core]``), so the
   other draws stay as they were.
+- With ``HostCPU.stalls`` each core of every host stalls on its own (``_stall_proc``):
+  at exponential intervals of mean ``stalls_span_s / len(stalls_s[core])``, for one of
+  ``stalls_s[core]`` drawn at random, the core's factor is multiplied by
+  ``STALL_FACTOR`` (the process holding it makes no progress), over whatever speed the
+  speed procs set (``_Stalls`` holds each core's own factor).  The draws come from
+  ``[seed, 405, host's index, core]``.
 
 Theory of operation.  Nothing here runs on the default path: ``_hc_setup`` installs this
 module's hooks on the instance (``carry_out``, ``reply``, ``send_batch``,
