@@ -30,6 +30,7 @@ from clipperlab.calibration.fit import (
     CpuRun,
     frontend_intervals,
 )
+from clipperlab.calibration.quiet import HostStalls
 from clipperlab.calibration.resimulate import (
     calibration_columns,
     calibration_from_json,
@@ -471,6 +472,35 @@ def test_resimulate_with_two_speeds(tmp_path: Path,
         assert err.startswith("error: --slow") and err.count("\n") == 1
 
 
+
+
+def test_resimulate_with_the_cores_stalls(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``--resimulate --stalls FILE`` gives the host CPU model's twins those stalls: both
+    cores frozen 10 ms at a time, 20 times a second, each on its own, lengthen the
+    prediction's tail; a
+    file that is not a stalls file, ``--stalls`` without ``--resimulate`` and a negative
+    ``--stalls-s`` are one-line usage errors."""
+    _stored_run(tmp_path, with_json=True)
+    wl = Workload(ConstantRate(100), n_queries=300, app="digits")
+    st = HostStalls(span_s=1.0, cpus=(0, 1), lengths_s=((0.01,) * 20, (0.01,) * 20))
+    calm = resimulate(tmp_path, wl, log=lambda s: None).table
+    stalled = resimulate(tmp_path, wl, stalls=st, log=lambda s: None).table
+
+    def host_p99(x: pd.DataFrame) -> float:
+        return float(x.loc[x["mode"] == "sim+host", "p99_ms"].mean())
+
+    assert host_p99(stalled) > host_p99(calm) + 1.0  # 0.4 -> 2.3 ms when written
+    f = tmp_path / "stalls.json"
+    f.write_text(st.to_json())
+    assert fidelity_main(["--resimulate", "--out", str(tmp_path), "--stalls", str(f)]) == 0
+    capsys.readouterr()
+    (tmp_path / "bad.json").write_text("{}")
+    for argv in (["--resimulate", "--stalls", str(tmp_path / "bad.json")],
+                 ["--stalls", str(f)], ["--stalls-s", "-1"]):
+        assert fidelity_main(["--out", str(tmp_path), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --stalls") and err.count("\n") == 1
 
 def test_steps_replayed_at_their_speed_against_the_servers_pass_or_fail(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
