@@ -68,12 +68,7 @@ from clipperlab.calibration.resimulate import (
     stored_latencies,
 )
 from clipperlab.calibration.torch_models import save_sklearn
-from clipperlab.calibration.validation import (
-    LEVEL_S,
-    REPEATS,
-    TWIN_DRAWS,
-    validate,
-)
+from clipperlab.calibration.validation import LEVEL_S, REPEATS, TWIN_DRAWS, validate
 from clipperlab.report.tables import markdown_table
 from clipperlab.workloads import ConstantRate, DigitsInputs, Workload
 

@@ -25,7 +25,7 @@ import pandas as pd
 
 from clipperlab.calibration.fit import Calibration, CpuRun
 from clipperlab.calibration.intervals import Interval
-from clipperlab.calibration.quiet import HostSpeed, LoadSample
+from clipperlab.calibration.quiet import HostSpeed, HostStalls, LoadSample
 from clipperlab.report.tables import markdown_table, text_table
 from clipperlab.simulator import LatencyProfile, save_profile
 
@@ -145,6 +145,15 @@ def describe_intervals(intervals: dict[str, Interval]) -> str:
         " (90% bootstrap intervals over the runs or ramps)")
 
 
+def _stalls_text(c: Calibration) -> str:
+    """``, core stalls R/s (share), ...`` per core, or nothing without stalls."""
+    if not any(c.stalls_s):
+        return ""
+    st = HostStalls.of_fields(c.stalls_s, c.stalls_span_s)
+    return ", core stalls " + ", ".join(f"{st.rate_hz(k):.2g}/s ({st.share(k):.2%})"
+                                        for k in range(len(st.cpus)))
+
+
 def describe(c: Calibration) -> str:
     """The calibration in one line."""
     pauses = (f"pauses {c.pause_rate_hz:.1f}/s + {c.pause_rate_busy_hz:.1f}/s x busy share, "
@@ -155,10 +164,7 @@ def describe(c: Calibration) -> str:
                          for m, b, i in c.container_cpu) or "their profile draws")
             + f") and the generator ({c.loadgen_cpu_per_query_s * 1e6:.1f} us/query + "
               f"{c.loadgen_wake_s * 1e6:.0f} us/wake-up), time slices of "
-              f"{c.slice_s * 1e3:g} ms" + (
-                  ", core stalls " + ", ".join(
-                      f"{len(x) / c.stalls_span_s:.2g}/s ({sum(x) / c.stalls_span_s:.2%})"
-                      for x in c.stalls_s) if any(c.stalls_s) else ""))
+              f"{c.slice_s * 1e3:g} ms" + _stalls_text(c))
     return (f"capacity {c.capacity_qps:,.0f} q/s; {host}; the frontend's loop: "
             f"{c.query_cpu_s * 1e6:.1f} us/query + {c.batch_cpu_s * 1e6:.1f} us/batch + wake-up "
             f"{c.wake_s * 1e6:.0f} us (cools in {c.cold_after_s * 1e3:g} ms), {pauses}; outside "

@@ -635,6 +635,13 @@ class HostStalls:
     lengths_s: tuple[tuple[float, ...], ...]
     min_s: float = STALL_MIN_S
 
+    @classmethod
+    def of_fields(cls, lengths_s: tuple[tuple[float, ...], ...], span_s: float
+                  ) -> HostStalls:
+        """The stalls a twin's ``Calibration`` (or ``HostCPU``) holds: core k measured as
+        the twin's core k."""
+        return cls(span_s=span_s, cpus=tuple(range(len(lengths_s))), lengths_s=lengths_s)
+
     def rate_hz(self, k: int) -> float:
         return len(self.lengths_s[k]) / self.span_s if self.span_s > 0 else 0.0
 

@@ -310,8 +310,7 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
             if speed is not None:
                 calibs = {m: with_speed(c, speed) for m, c in calibs.items()}
             if stalls is not None:
-                calibs = {m: dataclasses.replace(c, **stall_fields(stalls))
-                          if c.host_cpus > 0 else c for m, c in calibs.items()}
+                calibs = {m: with_stalls(c, stalls) for m, c in calibs.items()}
         if adjust is not None:
             calibs = {m: adjust(c) for m, c in calibs.items()}
         for mode, calib0 in calibs.items():
@@ -584,14 +583,18 @@ def stored_stalls(stored: Mapping[str, Calibration]) -> HostStalls | None:
     ``stalls_s``, core k measured as the twin's core k); ``None`` without."""
     for c in stored.values():
         if c.host_cpus > 0 and any(c.stalls_s):
-            return HostStalls(span_s=c.stalls_span_s, cpus=tuple(range(len(c.stalls_s))),
-                              lengths_s=c.stalls_s)
+            return HostStalls.of_fields(c.stalls_s, c.stalls_span_s)
     return None
 
 
 def with_speed(c: Calibration, speed: HostSpeed) -> Calibration:
     """``c`` with ``speed``'s two speeds when it has the host CPU model (else as it is)."""
     return dataclasses.replace(c, **speed_fields(speed)) if c.host_cpus > 0 else c
+
+
+def with_stalls(c: Calibration, stalls: HostStalls) -> Calibration:
+    """``c`` with the cores' ``stalls`` when it has the host CPU model (else as it is)."""
+    return dataclasses.replace(c, **stall_fields(stalls)) if c.host_cpus > 0 else c
 
 
 def _refit(path: Path, dep: Any, app: Any, specs: Any, workload: Workload,

@@ -247,8 +247,8 @@ class HostCPU:
     hypervisor taking the core).  Each core of every host stalls at their rate (count over
     the span), at exponential intervals, each stall as long as one of them drawn at
     random: the process holding the core makes no progress until it ends (the others go
-    on at their speed).  Measured here on an otherwise idle machine: 2-3 stalls a second
-    of 1-7 ms on one core, a few on the other, 0.1-0.6% of each core's time; too short
+    on at their speed).  Measured here on an otherwise idle machine: 0.2-3.3 stalls a
+    second per core, 0.5-7 ms each, 0.06-0.6% of a core's time; too short
     and rare for the speed probe to see, long enough to leave a replica idle while the
     generator's sends wait (``results/validation/diagnostics-forest-sheds/``)."""
 
