@@ -11,7 +11,8 @@ Models (``clipperlab.calibration.torch_models``; built in a temporary directory,
 downloaded): the no-op container, a scikit-learn logistic regression (cheap) and a random
 forest of 50 trees of depth 16 (expensive at small batches), all on digits "is it a 3?"
 with a 20 ms SLO.  Batching: AIMD, and AIMD with delayed batching (a 2 ms wait timeout);
-``aimd-cap`` and ``delayed-cap`` are the same with ``aimd_step_from = "cap"``.
+``aimd-filled``, ``delayed-filled``, ``aimd-cap`` and ``delayed-cap`` are the same with
+another ``aimd_step_from``.
 Each pair runs ``clipperlab.calibration.validation.validate`` at 30%, 60% and 90% of its
 measured capacity (the median of ``--ramps`` capacity ramps, ``capacity.ramp``'s rules,
 each ramp's answer in ``ramp_capacities_qps``; ``--repeats`` runs of ``--level-s``
@@ -70,6 +71,7 @@ from clipperlab.calibration.resimulate import (
 )
 from clipperlab.calibration.torch_models import save_sklearn
 from clipperlab.calibration.validation import LEVEL_S, REPEATS, TWIN_DRAWS, validate
+from clipperlab.engine.registry import AIMD_STEPS
 from clipperlab.report.tables import markdown_table
 from clipperlab.workloads import ConstantRate, DigitsInputs, Workload
 
@@ -79,12 +81,13 @@ MODELS = ("noop", "logreg", "forest")
 BATCHINGS: dict[str, dict[str, object]] = {
     "aimd": {"policy": "aimd"},
     "delayed": {"policy": "aimd", "wait_timeout_s": 0.002},
-    # the same two with AIMD stepping from its cap when the queue ran short
-    # (``aimd_step_from="cap"``): a lull no longer resets the cap to the batch of one
-    # it leaves (off by default, as in the paper: not in the goal's six settings)
-    "aimd-cap": {"policy": "aimd", "aimd_step_from": "cap"},
-    "delayed-cap": {"policy": "aimd", "wait_timeout_s": 0.002, "aimd_step_from": "cap"},
 }
+# the same two with AIMD's other step rules (``aimd_step_from``, "aimd-filled",
+# "delayed-cap", ...): a lull's batch of one no longer resets the cap (the prototype's
+# rule, the default, as in the paper and the goal's six settings)
+BATCHINGS.update({f"{name}-{step}": {**b, "aimd_step_from": step}
+                  for step in AIMD_STEPS if step != "sent"
+                  for name, b in list(BATCHINGS.items())})
 DEFAULT_BATCHINGS = ("aimd", "delayed")
 SLO_MS = 20.0
 # the goal table's columns (``markdown``), as the README shows them

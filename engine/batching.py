@@ -136,11 +136,15 @@ class AIMDController(BatchController):
         bound = self.latency_bound_s  # aimd_step
         cfg = self.config
         if latency_s < bound - cfg.hold_band * bound:
-            base = size
-            if cfg.aimd_step_from == "cap":
+            step = cfg.aimd_step_from
+            if step == "sent":
+                new = size + cfg.additive_increase
+            else:
                 cap = self._cap
-                base = size if size > cap else cap
-            new = base + cfg.additive_increase
+                if size >= cap:
+                    new = size + cfg.additive_increase
+                else:  # a batch the queue did not fill
+                    new = cap if step == "filled" else cap + cfg.additive_increase
         elif latency_s < bound:
             new = self._cap
         else:
@@ -152,9 +156,14 @@ class AIMDController(BatchController):
         bound = self.latency_bound_s
         cfg = self.config
         if latency_s < bound - cfg.hold_band * bound:
-            # the prototype steps from the size sent; "cap" keeps a cap the queue did not fill
-            base = max(size, cap) if cfg.aimd_step_from == "cap" else size
-            new = base + cfg.additive_increase
+            # the prototype steps from the size sent; "cap" steps from a cap the queue did
+            # not fill; "filled" grows only from a batch that filled its cap and holds the
+            # cap over one that did not (a validated window, as TCP's in RFC 7661)
+            step = cfg.aimd_step_from
+            if step == "sent" or size >= cap:
+                new = size + cfg.additive_increase
+            else:
+                new = cap if step == "filled" else cap + cfg.additive_increase
         elif latency_s < bound:
             new = cap
         else:

@@ -22,9 +22,11 @@ from typing import Any
 from .errors import ConfigError, Conflict, NotFound
 from .selection import make_policy
 
-__all__ = ["INPUT_TYPES", "Application", "BatchingConfig", "ModelSpec", "Registry"]
+__all__ = ["AIMD_STEPS", "INPUT_TYPES", "Application", "BatchingConfig", "ModelSpec", "Registry"]
 
 INPUT_TYPES = ("integers", "floats", "doubles", "bytes", "strings")
+# what AIMD grows its cap from after a fast batch (``BatchingConfig.aimd_step_from``)
+AIMD_STEPS = ("sent", "cap", "filled")
 
 
 def _require(ok: bool, message: str) -> None:
@@ -52,7 +54,9 @@ class BatchingConfig:
     latency_bound_s: float | None = None
     # AIMD (Clipper prototype): +2 below the hold band, hold in the last 10%, x0.9 above,
     # starting at 1 and stepping from the size just sent.  ``initial_batch_size`` and
-    # ``aimd_step_from="cap"`` (step from the cap when the queue ran short) are ours.
+    # ``aimd_step_from`` "cap" (step from the cap when the queue ran short) and "filled"
+    # (grow only after a batch that filled the cap; hold the cap over one that did not,
+    # so a lull does not reset it) are ours.
     additive_increase: int = 2
     backoff: float = 0.9
     hold_band: float = 0.1
@@ -115,8 +119,9 @@ class BatchingConfig:
             f"initial_batch_size must be in [1, max_batch_size], got {self.initial_batch_size}",
         )
         _require(
-            self.aimd_step_from in ("sent", "cap"),
-            f"aimd_step_from must be 'sent' or 'cap', got {self.aimd_step_from!r}",
+            self.aimd_step_from in AIMD_STEPS,
+            f"aimd_step_from must be one of {', '.join(map(repr, AIMD_STEPS))}, got "
+            f"{self.aimd_step_from!r}",
         )
         _require(
             self.refit_every_batches is None or self.refit_every_batches >= 1,

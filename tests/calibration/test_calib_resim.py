@@ -410,6 +410,35 @@ def test_fidelity_resume_runs_only_the_settings_the_table_lacks(
     assert "not a fidelity run's table" in capsys.readouterr().err
 
 
+def test_fidelity_cap_settings_and_unknown_names(tmp_path: Path, monkeypatch: Any,
+                                                capsys: Any) -> None:
+    """``--batchings aimd-cap`` deploys AIMD stepping from its cap; an unknown model or
+    batching is a usage error naming it, before anything runs."""
+    import tomllib
+
+    from clipperlab.calibration import fidelity
+    from clipperlab.engine.registry import BatchingConfig
+
+    deployed: list[str] = []
+
+    def fake_validate(dep: Path, *args: Any, **kw: Any) -> Any:
+        deployed.append(dep.read_text())
+        raise _Ran(dep.stem)
+
+    monkeypatch.setattr(fidelity, "validate", fake_validate)
+    with pytest.raises(_Ran, match="noop-delayed-cap"):
+        fidelity_main(["--out", str(tmp_path), "--models", "noop",
+                       "--batchings", "delayed-cap"])
+    bc = BatchingConfig(**tomllib.loads(deployed[0])["models"][0]["batching"])
+    assert (bc.policy, bc.aimd_step_from, bc.wait_timeout_s) == ("aimd", "cap", 0.002)
+    for argv, named in ((["--batchings", "aimd,fifo"], "'fifo'"),
+                        (["--models", "svm"], "'svm'")):
+        assert fidelity_main(["--out", str(tmp_path), *argv]) == 2
+        err = capsys.readouterr().err
+        assert named in err and err.startswith("error: --")
+    assert len(deployed) == 1
+
+
 def test_fidelity_resimulate_rewrites_the_tables(tmp_path: Path) -> None:
     """``fidelity --resimulate --out OUT`` rewrites ``fidelity.csv`` and rebuilds the
     tables; an OUT without a run is an error that names the file."""

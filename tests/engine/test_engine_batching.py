@@ -24,6 +24,7 @@ from clipperlab.engine.batching import (
     fit_linear_quantile,
     make_controller,
 )
+from clipperlab.engine.errors import ConfigError
 from tests.fake import FakeDriver
 
 BOUND = 0.020
@@ -235,6 +236,34 @@ def test_aimd_initial_size_and_step_from_cap() -> None:
     assert c.cap == 66
     c.observe(66, 0.025, 0.0)
     assert c.cap == 59  # backoff still from the size sent
+    c.observe(1, 0.005, 0.0)
+    assert c.cap == 61  # a batch the queue did not fill still grows the cap
+
+
+def test_aimd_step_from_filled_holds_the_cap_over_a_lull() -> None:
+    """``aimd_step_from="filled"``: a fast batch that filled its cap grows it as the
+    prototype does; one that did not (a lull, a short queue) holds it; a slow batch backs
+    off from its size; and an idle stretch does not inflate it."""
+    c = AIMDController(
+        BatchingConfig(policy="aimd", initial_batch_size=40, aimd_step_from="filled"), BOUND
+    )
+    c.observe(40, 0.005, 0.0)
+    assert c.cap == 42  # filled: +2
+    for _ in range(100):
+        c.observe(1, 0.001, 0.0)  # a lull's batches of one
+    assert c.cap == 42  # held: the prototype would be at 3, "cap" at 242
+    c.observe(42, 0.019, 0.0)
+    assert c.cap == 42  # in the hold band
+    c.observe(42, 0.025, 0.0)
+    assert c.cap == 37  # backoff from the size sent
+    c.observe(10, 0.025, 0.0)
+    assert c.cap == 9  # a slow batch, even a small one, backs off
+    sent = AIMDController(BatchingConfig(policy="aimd", initial_batch_size=40), BOUND)
+    sent.observe(1, 0.001, 0.0)
+    assert sent.cap == 3
+    with pytest.raises(ConfigError, match="aimd_step_from must be one of 'sent', 'cap', "
+                                          "'filled', got 'window'"):
+        BatchingConfig(policy="aimd", aimd_step_from="window")
 
 
 def test_quantile_fits_after_time_when_batches_are_slow() -> None:

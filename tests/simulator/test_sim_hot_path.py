@@ -29,6 +29,7 @@ from clipperlab.engine.batching import (
     QueueView,
     Wait,
 )
+from clipperlab.engine.registry import AIMD_STEPS
 from clipperlab.simulator import Deployment, LatencyProfile, Link, Simulation
 from clipperlab.workloads import ConstantRate, Poisson, SyntheticTensors, Workload
 
@@ -139,7 +140,7 @@ class CountingAIMD(AIMDController, _Counting):
 
 @settings(max_examples=60, deadline=None)
 @given(
-    step_from=st.sampled_from(["sent", "cap"]),
+    step_from=st.sampled_from(AIMD_STEPS),
     inc=st.integers(1, 4),
     backoff=st.sampled_from([0.5, 0.9]),
     band=st.sampled_from([0.0, 0.1, 0.3]),
