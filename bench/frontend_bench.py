@@ -123,11 +123,12 @@ async def _run(api: str, queries: int, concurrency: int) -> dict[str, float]:
     driver = EngineDriver(engine, loop)
     now = time.monotonic()
     # the batching ``clipperlab serve`` gives a model its table leaves unsaid (max_queue,
-    # admission_control, drop_hopeless: real/config.py's ServerConfig)
+    # admission_control, drop_hopeless, aimd_step_from: real/config.py's ServerConfig)
     engine.add_model(ModelSpec(name="noop", version="1", input_type="doubles",
                                batching=BatchingConfig(policy="aimd", max_queue=10_000,
                                                        admission_control=True,
-                                                       drop_hopeless=True)), now=now)
+                                                       drop_hopeless=True,
+                                                       aimd_step_from="filled")), now=now)
     engine.add_application(Application(name="bench", slo_s=0.02, default_output=-1,
                                input_type="doubles"), now=now)
     engine.link("bench", ["noop"], now=now)

@@ -10,9 +10,10 @@
 Models (``clipperlab.calibration.torch_models``; built in a temporary directory, nothing
 downloaded): the no-op container, a scikit-learn logistic regression (cheap) and a random
 forest of 50 trees of depth 16 (expensive at small batches), all on digits "is it a 3?"
-with a 20 ms SLO.  Batching: AIMD, and AIMD with delayed batching (a 2 ms wait timeout);
-``aimd-filled``, ``delayed-filled``, ``aimd-cap`` and ``delayed-cap`` are the same with
-another ``aimd_step_from``.
+with a 20 ms SLO.  Batching: AIMD, and AIMD with delayed batching (a 2 ms wait timeout),
+with the server's AIMD rule (``server.aimd_step_from``, "filled"); ``aimd-sent``,
+``delayed-sent`` (the paper's prototype, runs 1-30), ``aimd-cap``, ``delayed-cap``,
+``aimd-filled`` and ``delayed-filled`` say the rule.
 Each pair runs ``clipperlab.calibration.validation.validate`` at 30%, 60% and 90% of its
 measured capacity (the median of ``--ramps`` capacity ramps, ``capacity.ramp``'s rules,
 each ramp's answer in ``ramp_capacities_qps``; ``--repeats`` runs of ``--level-s``
@@ -82,12 +83,12 @@ BATCHINGS: dict[str, dict[str, object]] = {
     "aimd": {"policy": "aimd"},
     "delayed": {"policy": "aimd", "wait_timeout_s": 0.002},
 }
-# the same two with AIMD's other step rules (``aimd_step_from``, "aimd-filled",
-# "delayed-cap", ...): a lull's batch of one no longer resets the cap (the prototype's
-# rule, the default, as in the paper and the goal's six settings)
+# "aimd" and "delayed" take the server's AIMD rule (``server.aimd_step_from``: "filled"
+# since 2026-12-05; runs 1-30 had the prototype's "sent", the engine's default, which a
+# lull's batch of one resets); the same two with each rule said: "aimd-sent",
+# "delayed-filled", ...
 BATCHINGS.update({f"{name}-{step}": {**b, "aimd_step_from": step}
-                  for step in AIMD_STEPS if step != "sent"
-                  for name, b in list(BATCHINGS.items())})
+                  for step in AIMD_STEPS for name, b in list(BATCHINGS.items())})
 DEFAULT_BATCHINGS = ("aimd", "delayed")
 SLO_MS = 20.0
 # the goal table's columns (``markdown``), as the README shows them

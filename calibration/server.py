@@ -57,11 +57,11 @@ __all__ = [
 
 
 
-def _server_overload() -> dict[str, bool]:
-    """The server's default overload settings."""
+def _server_model_defaults() -> dict[str, Any]:
+    """The server's default settings for models that leave them unsaid."""
     from clipperlab.real.config import ServerConfig
 
-    return ServerConfig().overload
+    return ServerConfig().model_defaults
 
 
 def _server_parse_turn_s() -> float:
@@ -77,10 +77,11 @@ class RealDeployment:
     apps: list[dict[str, Any]]
     models: list[dict[str, Any]]  # model paths made absolute
     max_queue: int
-    # the server's overload settings, which a model's batching table may override
-    # (``admission_control``, ``drop_hopeless``; the server's defaults unless its [server]
-    # table says otherwise): the twin deploys each model as the server does
-    overload: Mapping[str, bool] = field(default_factory=_server_overload)
+    # the server's settings, which a model's batching table may override
+    # (``admission_control``, ``drop_hopeless``, ``aimd_step_from``; the server's defaults
+    # unless its [server] table says otherwise): the twin deploys each model as the
+    # server does
+    model_defaults: Mapping[str, Any] = field(default_factory=_server_model_defaults)
     # how long the server's fair scheduler parses before it polls (``server.parse_turn_ms``,
     # in seconds): the twin with the host CPU model parses in such turns
     parse_turn_s: float = field(default_factory=_server_parse_turn_s)
@@ -112,16 +113,16 @@ def real_deployment(
             d["batching"] = dict(batching)
         models.append(d)
     return RealDeployment(p, [dict(a) for a in cfg.applications], models, cfg.max_queue,
-                          cfg.overload, cfg.parse_turn_ms / 1000.0)
+                          cfg.model_defaults, cfg.parse_turn_ms / 1000.0)
 
 
 def model_specs(
     dep: RealDeployment, app_name: str
 ) -> tuple[Application, list[tuple[ModelSpec, int, dict[str, Any]]]]:
     """The application ``app_name`` and, per model linked to it, its spec (with the
-    server's overload settings where its batching leaves them unsaid, as the server
+    server's settings where its batching leaves them unsaid, as the server
     deploys it), its replica count and its ``[[models]]`` entry."""
-    from clipperlab.real.config import app_from_dict, model_from_dict, with_overload_defaults
+    from clipperlab.real.config import app_from_dict, model_from_dict, with_server_defaults
 
     apps = {a["name"]: a for a in dep.apps}
     if app_name not in apps:
@@ -135,7 +136,7 @@ def model_specs(
         for d in dep.models:
             if d["name"] in linked:
                 spec, n = model_from_dict(d, dep.max_queue)
-                spec = with_overload_defaults(spec, d.get("batching") or {}, dep.overload)
+                spec = with_server_defaults(spec, d.get("batching") or {}, dep.model_defaults)
                 out.append((spec, n, d))
     except (ValueError, KeyError) as e:
         raise ValidationError(f"{dep.path}: {e}") from None
@@ -221,17 +222,17 @@ def child_pids(pid: int) -> list[int]:
 
 def server_settings(dep: RealDeployment, settings: Mapping[str, Any] | None, tmp: str,
                     cache: bool) -> dict[str, Any]:
-    """The ``[server]`` settings of the server a validation starts: ``dep``'s overload
-    settings (its file's ``[server]`` table's, which the twin deploys its models with:
+    """The ``[server]`` settings of the server a validation starts: ``dep``'s model
+    defaults (its file's ``[server]`` table's, which the twin deploys its models with:
     ``model_specs``), then ``settings``, then the validation's ports, store and cache.
-    ``settings`` may not set the overload settings: the twin would not see them."""
-    from clipperlab.real.config import OVERLOAD_KEYS
+    ``settings`` may not set the model defaults: the twin would not see them."""
+    from clipperlab.real.config import MODEL_DEFAULT_KEYS
 
-    clash = sorted(set(settings or {}) & set(OVERLOAD_KEYS))
+    clash = sorted(set(settings or {}) & set(MODEL_DEFAULT_KEYS))
     if clash:
         raise ValidationError(f"{', '.join(clash)}: set in the deployment's [server] table, "
                               "which the simulated twin reads too")
-    return {**dict(dep.overload), **dict(settings or {}), "query_port": 0, "admin_port": 0,
+    return {**dict(dep.model_defaults), **dict(settings or {}), "query_port": 0, "admin_port": 0,
             "rpc_port": 0, "store": os.path.join(tmp, "store"), "cache": cache}
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from clipperlab.engine import Application, ConfigError, ModelSpec
+from clipperlab.engine.registry import AIMD_STEPS
 from clipperlab.engine.schema import (
     application_tables,
     parse_application,
@@ -55,15 +56,18 @@ def app_from_dict(
     return parse_application(d, where, base_dir).app
 
 
-OVERLOAD_KEYS = ("admission_control", "drop_hopeless")
+# a model's batching settings the server decides where the model's table leaves them
+# unsaid (``[server]`` keys of the same names): its overload settings, and AIMD's rule
+MODEL_DEFAULT_KEYS = ("admission_control", "drop_hopeless", "aimd_step_from")
 
 
-def with_overload_defaults(spec: ModelSpec, said: Mapping[str, Any],
-                           defaults: Mapping[str, bool]) -> ModelSpec:
-    """``spec`` with the server's overload settings (``defaults``: ``admission_control``,
-    ``drop_hopeless``) for those its batching table (``said``) leaves unsaid: how the
-    server deploys a model, and so how its simulated twin must (``calibration.server``)."""
-    unsaid: dict[str, Any] = {k: bool(defaults[k]) for k in OVERLOAD_KEYS
+def with_server_defaults(spec: ModelSpec, said: Mapping[str, Any],
+                         defaults: Mapping[str, Any]) -> ModelSpec:
+    """``spec`` with the server's settings (``defaults``: ``admission_control``,
+    ``drop_hopeless``, ``aimd_step_from``) for those its batching table (``said``) leaves
+    unsaid: how the server deploys a model, and so how its simulated twin must
+    (``calibration.server``)."""
+    unsaid: dict[str, Any] = {k: defaults[k] for k in MODEL_DEFAULT_KEYS
                               if k in defaults and k not in said}
     if not unsaid:
         return spec
@@ -212,6 +216,11 @@ class ServerConfig:
     # overload (engine/core.py): models' defaults unless [models.batching] says otherwise
     admission_control: bool = True
     drop_hopeless: bool = True
+    # AIMD's rule for models whose [models.batching] does not say (engine/batching.py):
+    # "filled" holds the cap over a batch the queue did not fill, where the paper's
+    # prototype ("sent", the engine's default) steps from it, so that a lull of a few
+    # milliseconds does not reset the cap to 3 and shed the burst behind it
+    aimd_step_from: str = "filled"
     tune_gc: bool = True
     # buffers up to this size kept in the heap, not mapped afresh (real/gctune.tune_malloc)
     malloc_keep_mb: int = MALLOC_KEEP_MB
@@ -224,10 +233,10 @@ class ServerConfig:
     models: list[dict[str, Any]] = field(default_factory=list)
 
     @property
-    def overload(self) -> dict[str, bool]:
-        """The overload settings a model takes where its batching leaves them unsaid
-        (``with_overload_defaults``)."""
-        return {k: bool(getattr(self, k)) for k in OVERLOAD_KEYS}
+    def model_defaults(self) -> dict[str, Any]:
+        """The batching settings a model takes where its batching leaves them unsaid
+        (``with_server_defaults``)."""
+        return {k: getattr(self, k) for k in MODEL_DEFAULT_KEYS}
 
     def check(self) -> None:
         if self.grpc_port is None:
@@ -352,6 +361,9 @@ class ServerConfig:
             v = getattr(self, name)
             if not isinstance(v, bool):
                 raise ConfigError(f"server.{name} = {v!r} must be true or false")
+        if self.aimd_step_from not in AIMD_STEPS:
+            raise ConfigError(f"server.aimd_step_from = {self.aimd_step_from!r} must be one "
+                              f"of {', '.join(map(repr, AIMD_STEPS))}")
         v = self.save_state_every_s
         if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 1e9:
             raise ConfigError(f"server.save_state_every_s = {v!r} must be seconds > 0")

@@ -25,6 +25,8 @@ Overload: models take the server's ``admission_control`` and ``drop_hopeless`` (
 by default) unless their ``[models.batching]`` table says otherwise, so a query that
 cannot be answered within its objective gets the explained default at once
 (``shed_predicted_late``) instead of waiting in a queue that only serves late queries.
+They take its ``aimd_step_from`` ("filled" by default: AIMD holds its cap over a batch
+the queue did not fill) the same way.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from clipperlab.engine import Application, Engine, EngineError, ModelSpec, Repli
 from clipperlab.engine.schema import application_changes
 
 from .admin import AdminApi
-from .config import ServerConfig, app_from_dict, model_from_dict, with_overload_defaults
+from .config import ServerConfig, app_from_dict, model_from_dict, with_server_defaults
 from .driver import EngineDriver
 from .frontend import QueryFrontend
 from .gctune import tune_gc, tune_malloc
@@ -318,10 +320,10 @@ class Server:
 
     # ------------------------------------------------------------------ administration
     def _model_from_dict(self, d: Mapping[str, Any]) -> tuple[ModelSpec, int]:
-        """A model of the admin API or deploy.toml, with the server's overload defaults
-        for what its batching table leaves unsaid."""
+        """A model of the admin API or deploy.toml, with the server's defaults (overload,
+        AIMD's rule) for what its batching table leaves unsaid."""
         spec, n = model_from_dict(d, self.cfg.max_queue)
-        return with_overload_defaults(spec, d.get("batching") or {}, self.cfg.overload), n
+        return with_server_defaults(spec, d.get("batching") or {}, self.cfg.model_defaults), n
 
     def _changed(self, op: str, args: dict[str, Any], *writes: Callable[[], None]) -> None:
         """An administrative change made here: write it to the store, then tell the other

@@ -175,36 +175,43 @@ def test_twin_with_the_host_cpu_model_has_the_fitted_demands(tmp_path: Path) -> 
 # --------------------------------------------------------------------------- the fits
 
 
-def test_twin_deploys_each_model_with_the_servers_overload_settings(tmp_path: Path) -> None:
+def test_twin_deploys_each_model_with_the_servers_model_defaults(tmp_path: Path) -> None:
     """The server turns admission control and dropping hopeless requests on for a model
     whose batching leaves them unsaid (``server.admission_control``,
     ``server.drop_hopeless``: on by default); the twin's model has what the server's has:
     the defaults, a [server] table's, or the model's own.  (The twin had neither, so it let
-    late queries wait to the deadline where the server shed them.)"""
+    late queries wait to the deadline where the server shed them.)  AIMD's rule,
+    ``server.aimd_step_from`` ("filled" by default), goes the same way."""
     from clipperlab.real.config import load_config
     from clipperlab.real.server import Server
 
     prof = LatencyProfile.from_line("p", 10e-6, 100e-6)
     cases = {
-        "": (True, True),
-        "[server]\nadmission_control = false\n": (False, True),
-        "[server]\ndrop_hopeless = false\nadmission_control = false\n": (False, False),
+        "": (True, True, "filled"),
+        "[server]\nadmission_control = false\n": (False, True, "filled"),
+        "[server]\ndrop_hopeless = false\nadmission_control = false\n": (False, False,
+                                                                           "filled"),
+        '[server]\naimd_step_from = "sent"\n': (True, True, "sent"),
     }
     for head, want in cases.items():
         path = tmp_path / "deploy.toml"
         path.write_text(head + NOOP_DEPLOY)
         (m,) = sim_deployment(real_deployment(path), "hello", {"noop": prof}).models
-        assert (m.spec.batching.admission_control, m.spec.batching.drop_hopeless) == want
+        b = m.spec.batching
+        assert (b.admission_control, b.drop_hopeless, b.aimd_step_from) == want
         # the server's own deployment of the same table
         server_spec, _ = Server._model_from_dict(  # type: ignore[arg-type]
             argparse.Namespace(cfg=load_config(path)), load_config(path).models[0])
         assert server_spec.batching == m.spec.batching
     # the model's batching says it: that wins over the [server] table, on both sides
     path.write_text("[server]\nadmission_control = false\ndrop_hopeless = false\n"
+                    'aimd_step_from = "cap"\n'
                     + NOOP_DEPLOY.replace('replicas = 1', 'replicas = 1\nbatching = '
-                                          '{ policy = "aimd", admission_control = true }'))
+                                          '{ policy = "aimd", admission_control = true, '
+                                          'aimd_step_from = "sent" }'))
     (m,) = sim_deployment(real_deployment(path), "hello", {"noop": prof}).models
     assert m.spec.batching.admission_control and m.spec.batching.drop_hopeless is False
+    assert m.spec.batching.aimd_step_from == "sent"
     # the server a validation starts takes the file's [server] overload settings too, and
     # refuses them from elsewhere (the twin would not see them)
     got = server_settings(real_deployment(path), {"max_queue": 50}, str(tmp_path), False)
@@ -212,6 +219,8 @@ def test_twin_deploys_each_model_with_the_servers_overload_settings(tmp_path: Pa
         False, False, 50)
     with pytest.raises(CalibrationError, match="admission_control"):
         server_settings(real_deployment(path), {"admission_control": True}, "t", False)
+    with pytest.raises(CalibrationError, match="aimd_step_from"):
+        server_settings(real_deployment(path), {"aimd_step_from": "sent"}, "t", False)
     server_spec, _ = Server._model_from_dict(  # type: ignore[arg-type]
         argparse.Namespace(cfg=load_config(path)), load_config(path).models[0])
     assert server_spec.batching == m.spec.batching

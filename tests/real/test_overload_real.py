@@ -7,7 +7,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
+from clipperlab.engine import ConfigError
 from clipperlab.real.client import AdminClient, QueryClient
+from clipperlab.real.config import ServerConfig
 from tests.servers import start_server
 
 
@@ -42,24 +46,32 @@ def test_a_burst_beyond_capacity_is_shed_with_explained_defaults(tmp_path: Path)
         st.stop()
 
 
-def test_models_take_the_server_overload_defaults_unless_they_say(tmp_path: Path) -> None:
+def test_models_take_the_server_defaults_unless_they_say(tmp_path: Path) -> None:
     st = start_server(tmp_path / "store", manage_containers=False)
     try:
         srv = st.server
         st.call(srv.add_model, {"name": "m", "kind": "noop", "replicas": 0})
         st.call(srv.add_model, {"name": "n", "kind": "noop", "replicas": 0,
                                 "batching": {"admission_control": False}})
+        st.call(srv.add_model, {"name": "p", "kind": "noop", "replicas": 0,
+                                "batching": {"aimd_step_from": "sent"}})
         m = srv.engine.registry.model("m").batching
         n = srv.engine.registry.model("n").batching
-        assert m.admission_control and m.drop_hopeless
-        assert not n.admission_control and n.drop_hopeless
+        p = srv.engine.registry.model("p").batching
+        assert m.admission_control and m.drop_hopeless and m.aimd_step_from == "filled"
+        assert not n.admission_control and n.drop_hopeless and n.aimd_step_from == "filled"
+        assert p.aimd_step_from == "sent" and p.admission_control
     finally:
         st.stop()
     st = start_server(tmp_path / "other", manage_containers=False, admission_control=False,
-                      drop_hopeless=False)
+                      drop_hopeless=False, aimd_step_from="cap")
     try:
         st.call(st.server.add_model, {"name": "m", "kind": "noop", "replicas": 0})
         b = st.server.engine.registry.model("m").batching
         assert not b.admission_control and not b.drop_hopeless
+        assert b.aimd_step_from == "cap"
     finally:
         st.stop()
+    with pytest.raises(ConfigError, match=r"server\.aimd_step_from = 'window' must be one of "
+                                          r"'sent', 'cap', 'filled'"):
+        ServerConfig(aimd_step_from="window").check()
