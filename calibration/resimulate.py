@@ -522,10 +522,15 @@ def process_waits(cpu_wait_s: Mapping[str, float]) -> dict[str, float]:
 
 def _deployment(toml: Path, tmp: Path) -> Any:
     """The run's deployment with a stand-in for every model file it names (the twin does
-    not load models)."""
+    not load models), and AIMD's rule of its day where it says none."""
     if not toml.exists():
         raise CalibrationError(f"{toml} does not exist: a fidelity run stores one per setting")
     text = toml.read_text()
+    if "aimd_step_from" not in text:
+        # runs 1-31 stored no AIMD rule: they ran with the prototype's, the server's
+        # default then ("filled" since)
+        text = (text.replace("[server]\n", '[server]\naimd_step_from = "sent"\n', 1)
+                if "[server]\n" in text else '[server]\naimd_step_from = "sent"\n\n' + text)
     for name in re.findall(r'path\s*=\s*"([^"]+)"', text):
         f = tmp / Path(name).name
         f.touch()

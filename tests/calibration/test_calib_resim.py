@@ -439,6 +439,31 @@ def test_fidelity_cap_settings_and_unknown_names(tmp_path: Path, monkeypatch: An
     assert len(deployed) == 1
 
 
+def test_stored_deployments_keep_the_aimd_rule_they_ran_with(tmp_path: Path) -> None:
+    """A stored run's deploy.toml that says no AIMD rule is from before the server's
+    default became "filled" (runs 1-31): re-simulated, it runs the prototype's "sent";
+    one that says its rule (every run since: ``said_batching``) keeps it."""
+    from clipperlab.calibration.fidelity import deploy_toml, said_batching
+    from clipperlab.calibration.resimulate import _deployment
+    from clipperlab.calibration.server import model_specs
+
+    assert said_batching("aimd")["aimd_step_from"] == "filled"
+    assert said_batching("delayed-sent")["aimd_step_from"] == "sent"
+    cases = (({"policy": "aimd"}, "sent"), (said_batching("aimd"), "filled"),
+             (said_batching("delayed-cap"), "cap"))
+    for k, (batching, want) in enumerate(cases):
+        d = tmp_path / str(k)
+        d.mkdir()
+        (d / "deploy.toml").write_text(deploy_toml("noop", "", batching))
+        _, specs = model_specs(_deployment(d / "deploy.toml", d), "digits")
+        assert specs[0][0].batching.aimd_step_from == want
+    (tmp_path / "s.toml").write_text("[server]\nmax_queue = 7\n"
+                                     + deploy_toml("noop", "", {"policy": "aimd"}))
+    dep = _deployment(tmp_path / "s.toml", tmp_path)
+    assert model_specs(dep, "digits")[1][0][0].batching.aimd_step_from == "sent"
+    assert dep.max_queue == 7
+
+
 def test_fidelity_resimulate_rewrites_the_tables(tmp_path: Path) -> None:
     """``fidelity --resimulate --out OUT`` rewrites ``fidelity.csv`` and rebuilds the
     tables; an OUT without a run is an error that names the file."""
