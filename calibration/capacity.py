@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clipperlab.report.latency import summarise
-from clipperlab.simulator import Deployment, Simulation
+from clipperlab.simulator import Deployment
 from clipperlab.simulator.capacity import attained_share
 from clipperlab.workloads import Workload
 
@@ -138,11 +138,11 @@ def ramp_probe_twin(twin: Deployment, workload: Workload, slo_s: float, *,
                     step_s: float = RAMP_S, overhead_s: float = 0.0, seed: int = 0,
                     repeat: int = 0) -> Probe:
     """The twin as the ramp's probe (module rules)."""
-    from clipperlab.calibration.runs import retime, ticked
+    from clipperlab.calibration.runs import retime, ticked, twin_run
 
     def probe(rate: float, attempt: int) -> tuple[float, float]:
         tr = ticked(retime(workload, rate, step_s, ramp_trace_seed(seed, repeat)))
-        q = Simulation(twin, tr, seed=ramp_trace_seed(seed, repeat) + attempt).run().queries
+        q, _ = twin_run(twin, tr, ramp_trace_seed(seed, repeat) + attempt)
         if overhead_s:
             q = q.copy()
             q["reply_at"] = q["reply_at"] + overhead_s

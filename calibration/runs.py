@@ -18,6 +18,18 @@ Rules:
   query.  Both sides are summarised by ``clipperlab.report.latency.summarise``.
 - ``good_share``: the share of queries answered with a prediction within the SLO of their
   scheduled time, as the client saw it (the capacity ramp's test).
+- The twin runs warm (``twin_run``): the real server a run measures has been serving
+  (the warm-up, the ramp's step before, the level before), and AIMD keeps what it
+  learned between runs, while a new ``Simulation`` starts cold, its caps at
+  ``initial_batch_size``.  Since the server's AIMD holds its cap over a batch the queue
+  did not fill (``aimd_step_from = "filled"``), a cold twin climbs from a batch of one
+  at the start of every run, +2 a batch, where the server starts where the last run
+  left it: the forest at 40,000 q/s, 2.3 ms a batch, needs 50 batches to reach the
+  cap of 100 the rate asks for, and sheds thousands of queries on the way
+  (``results/validation/quiet-2026-12-05-b``).  So the twin replays the run's first
+  ``WARM_S`` seconds before it (the same arrivals, moved back), then the run; the
+  warm-up's queries and batches are dropped and the rest moved back to the run's own
+  times.
 """
 
 from __future__ import annotations
@@ -51,7 +63,11 @@ __all__ = [
     "sent_trace",
     "sim_run",
     "ticked",
+    "twin_run",
+    "warmed",
 ]
+
+WARM_S = 0.5  # seconds of the run's own arrivals replayed before it (``twin_run``)
 
 
 class RealRun(NamedTuple):
@@ -152,14 +168,62 @@ def real_run(srv: ServerProcess, trace: Trace, pool: np.ndarray, api: str,
 def sim_run(dep: Deployment, trace: Trace, seed: int, calib: Calibration | None = None
             ) -> dict[str, float]:
     """The twin's summary of ``trace`` (with the calibration's overhead when given)."""
-    res = Simulation(dep, trace, seed=seed).run()
-    q = res.queries
+    q, batches = twin_run(dep, trace, seed)
     if calib is not None and calib.overhead_s:
         # outside the loop (client, kernel): a constant per query, measured at low load
         q = q.copy()
         q["reply_at"] = q["reply_at"] + calib.overhead_s
         q["latency_s"] = q["latency_s"] + calib.overhead_s
-    return summarise(q, res.batches)
+    return summarise(q, batches)
+
+
+def warmed(trace: Trace, warm_s: float = WARM_S) -> tuple[Trace, int, float]:
+    """``trace`` after a warm-up: its arrivals of the first ``warm_s`` seconds (at least
+    one, all when it is shorter), then the whole trace moved ``shift`` seconds later
+    (the first arrival after the warm-up's span, so the rate carries on); with the
+    number ``k`` of warm-up queries (the trace's query ``i`` is the new one's ``k + i``)
+    and ``shift``.  Feedback is the trace's own, moved with it."""
+    at = np.asarray(trace.arrival_at, dtype=np.float64)
+    n = at.size
+    if n == 0 or warm_s <= 0:
+        return trace, 0, 0.0
+    k = max(int(np.searchsorted(at, at[0] + warm_s, side="left")), 1)
+    shift = float(at[k] - at[0]) if k < n else float(at[-1] - at[0]) + (
+        float(at[-1] - at[0]) / (n - 1) if n > 1 else warm_s)
+    if shift <= 0:
+        shift = warm_s
+    ctx = trace.context
+    return dataclasses.replace(
+        trace,
+        arrival_at=np.concatenate([at[:k], at + shift]),
+        input_index=np.concatenate([trace.input_index[:k], trace.input_index]),
+        label=np.concatenate([trace.label[:k], trace.label]),
+        context=None if ctx is None else np.concatenate([ctx[:k], ctx]),
+        feedback_at=np.asarray(trace.feedback_at, dtype=np.float64) + shift,
+        feedback_query=np.asarray(trace.feedback_query) + k,
+    ), k, shift
+
+
+def twin_run(dep: Deployment, trace: Trace, seed: int, warm_s: float = WARM_S
+             ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The twin's queries and batches for ``trace``, run warm (module rules): the
+    warm-up's rows dropped, the rest at the trace's own times and query ids."""
+    tr, k, shift = warmed(trace, warm_s)
+    res = Simulation(dep, tr, seed=seed).run()
+    q, b = res.queries, res.batches
+    if k == 0:
+        return q, b
+    q = q.iloc[k:].copy()
+    for col in ("arrival_at", "reply_at"):
+        q[col] = q[col].to_numpy() - shift
+    q["query_id"] = q["query_id"].to_numpy() - k
+    q.index = pd.RangeIndex(len(q))
+    if len(b):
+        b = b[b["sent_at"].to_numpy() >= shift].copy()
+        for col in ("sent_at", "start_at", "done_at"):
+            b[col] = b[col].to_numpy() - shift
+        b.index = pd.RangeIndex(len(b))
+    return q, b
 
 
 def from_send(table: pd.DataFrame) -> pd.DataFrame:

@@ -219,3 +219,35 @@ def test_calibration_floor_sets_the_calibration_runs_near_each_level_against_it(
     text = floor_markdown(floor)
     assert "+100%" in text and "median error 100% over 1 levels" in text
     assert "no stored calibration runs" in floor_markdown(floor.iloc[:0])
+
+
+def test_the_twin_runs_warm() -> None:
+    """``twin_run`` replays a run's first half second before it and drops it: the same
+    queries at the same times and ids as a cold run, each batch sent inside the run; the
+    AIMD cap ("filled") has been found by then, so the run's first batches are as large
+    as its last, where a cold twin starts from a batch of one."""
+    from clipperlab.calibration.runs import retime, twin_run, warmed
+    from clipperlab.engine import BatchingConfig
+    from clipperlab.simulator import Deployment, LatencyProfile
+    from clipperlab.workloads import ConstantRate, Workload
+
+    wl = Workload(ConstantRate(100), n_queries=100)
+    tr = retime(wl, 4000.0, 1.0, 0)
+    w, k, shift = warmed(tr, 0.5)
+    assert k == int(np.searchsorted(tr.arrival_at, tr.arrival_at[0] + 0.5))
+    assert len(w) == len(tr) + k and shift > 0.49
+    assert np.all(np.diff(w.arrival_at) >= 0)
+    assert np.array_equal(w.input_index[k:], tr.input_index)
+    assert warmed(tr, 0.0) == (tr, 0, 0.0)
+    prof = LatencyProfile.from_line("p", 1e-3, 20e-6)
+    dep = Deployment.single(prof, batching=BatchingConfig(policy="aimd",
+                                                          aimd_step_from="filled"),
+                            slo_s=0.020)
+    cold_q, cold_b = twin_run(dep, tr, 1, warm_s=0.0)
+    warm_q, warm_b = twin_run(dep, tr, 1)
+    assert len(warm_q) == len(cold_q) == len(tr)
+    assert np.array_equal(warm_q["query_id"], np.arange(len(tr)))
+    assert np.allclose(warm_q["arrival_at"], cold_q["arrival_at"])
+    assert (warm_b["sent_at"] >= 0).all() and len(warm_b) < len(cold_b) + 5
+    assert cold_b["size"].iloc[0] == 1
+    assert warm_b["size"].iloc[:5].mean() > 2 * cold_b["size"].iloc[:5].mean()
