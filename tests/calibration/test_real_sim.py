@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from clipperlab import simulator, workloads
 from clipperlab.engine import BatchingConfig
@@ -50,7 +51,11 @@ def _read_response(f: object) -> dict[str, object]:
     return dict(json.loads(f.read(n)))  # type: ignore[attr-defined]
 
 
-def test_real_and_simulated_batch_sizes_agree(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rule", ["sent", "filled"])
+def test_real_and_simulated_batch_sizes_agree(tmp_path: Path, rule: str) -> None:
+    """The same arrivals give the same batch sizes in the simulator and the real server,
+    with the prototype's AIMD rule and with the server's default (each said on both
+    sides)."""
     sizes, trace = _trace(seed=7)
     # --- simulated
     prof = simulator.LatencyProfile.from_line("noop-50ms", 0.0, BATCH_S, p99_over_mean=1.01)
@@ -59,7 +64,7 @@ def test_real_and_simulated_batch_sizes_agree(tmp_path: Path) -> None:
         model="m",
         app="app",
         slo_s=1.0,
-        batching=BatchingConfig(policy="aimd"),
+        batching=BatchingConfig(policy="aimd", aimd_step_from=rule),
     )
     res = simulator.Simulation(dep, trace, seed=0, decision_log=True).run()
     sim_sizes = [e[4] for e in res.log if e[0] == "batch"]
@@ -69,7 +74,8 @@ def test_real_and_simulated_batch_sizes_agree(tmp_path: Path) -> None:
         a = AdminClient(f"127.0.0.1:{st.ports['admin']}")
         a.add_app("app", slo_ms=1000, default_output=-1)
         a.add_model(
-            "m", kind="noop", options={"delay_s": BATCH_S}, batching={"policy": "aimd"}, app="app"
+            "m", kind="noop", options={"delay_s": BATCH_S},
+            batching={"policy": "aimd", "aimd_step_from": rule}, app="app"
         )
         a.wait_ready("app")
         st.server.engine.log.clear()  # type: ignore[union-attr]
