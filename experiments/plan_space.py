@@ -96,6 +96,7 @@ from clipperlab.engine.schema import (
     parse_document,
 )
 from clipperlab.engine.selection import policy_class
+from clipperlab.real.config import ServerConfig
 from clipperlab.simulator import (
     Deployment,
     LatencyProfile,
@@ -127,7 +128,10 @@ DEFAULT_COSTS: dict[str, float] = {"cpu": 1.0, "gpu": 4.0}
 FALLBACK_MARGIN_SHARE = 0.10
 FIDELITY_GOALS = Path("results/validation/fidelity_goals.csv")
 _PLAN_TABLES = ("plan", "objective", "costs", "search", "workload", "workloads")
-_SERVER_OVERLOAD = {"admission_control": True, "drop_hopeless": True}
+# what ``clipperlab serve`` gives a model whose batching leaves it unsaid (overload
+# settings, AIMD's rule): the planner simulates each option with them spelled out, so the
+# deployment it writes runs as it simulated
+_SERVER_OVERLOAD: dict[str, Any] = ServerConfig().model_defaults
 
 
 class PlanError(ValueError):
