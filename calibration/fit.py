@@ -124,6 +124,9 @@ class Calibration:
     slice_s: float = 0.0
     # the kernel's scheduler tick, when idle cores take waiting tasks (kernel_tick_s)
     tick_s: float = 4e-3
+    # a core going idle takes a waiting task at once (the kernel's newidle balance;
+    # HostCPU.newidle): False in calibrations stored before 2026-12-05
+    newidle: bool = False
     # the machine's two speeds while the runs ran (quiet.SpeedMonitor, quiet.fit_speed;
     # HostCPU.slow_*): 1 / 0 is one speed
     slow_factor: float = 1.0

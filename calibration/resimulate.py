@@ -190,6 +190,7 @@ def calibration_columns(c: Calibration, plain: Calibration | None = None
             "loadgen_cpu_us": c.loadgen_cpu_per_query_s * 1e6,
             "loadgen_wake_us": c.loadgen_wake_s * 1e6,
             "slice_ms": c.slice_s * 1e3, "tick_ms": c.tick_s * 1e3,
+            "newidle": float(c.newidle),
             "slow_factor": c.slow_factor, "slow_share": c.slow_share,
             "slow_dwell_ms": c.slow_dwell_s * 1e3,
             "core_speeds": float(c.core_speeds),  # 1: each core switched on its own
@@ -228,6 +229,7 @@ def stored_calibrations(row: Mapping[str, Any], summary: str) -> dict[str, Calib
         loadgen_wake_s=_num(row, "loadgen_wake_us") / 1e6 if host else 0.0,
         slice_s=_num(row, "slice_ms") / 1e3 if host else 0.0,
         tick_s=_num(row, "tick_ms", 4.0) / 1e3 if host else 4e-3,
+        newidle=bool(_num(row, "newidle")) if host else False,
         slow_factor=_num(row, "slow_factor", 1.0) if host else 1.0,
         slow_share=_num(row, "slow_share") if host else 0.0,
         slow_dwell_s=_num(row, "slow_dwell_ms", 100.0) / 1e3 if host else 0.1,

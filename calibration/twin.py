@@ -131,7 +131,7 @@ def sim_deployment(
             loadgen_replies=calibration.loadgen_replies,
             loadgen_reply_share=calibration.loadgen_reply_share,
             loadgen_idle_gap_s=calibration.loadgen_idle_gap_s, slice_s=calibration.slice_s,
-            tick_s=calibration.tick_s)
+            tick_s=calibration.tick_s, newidle=calibration.newidle)
         cpu = {m: (b, i) for m, b, i in calibration.container_cpu}
     mds = [
         ModelDeployment(spec=spec, profile=scaled(

@@ -657,7 +657,7 @@ def host_cpu_demands(runs: Sequence[CpuRun], calib: Calibration,
     (``fit_container_cpu`` over ``runs``), the generator's CPU per query and per wake-up
     (``fit_loadgen`` over ``good``, the runs that met the SLO; default ``runs``), the
     kernel's time slice and tick (``quiet.kernel_slice_s``, ``quiet.kernel_tick_s``: not
-    fitted, the scheduler's own) and
+    fitted, the scheduler's own), its newidle balance (``HostCPU.newidle``) and
     the machine's two speeds when ``speed`` found two (``quiet.fit_speed``), each core
     switching on its own when ``speed`` pooled probes of each core (``core_speeds``), and
     the cores' ``stalls`` when measured (``stall_fields``)."""
@@ -668,6 +668,7 @@ def host_cpu_demands(runs: Sequence[CpuRun], calib: Calibration,
                                loadgen_wake_s=gen.per_wake_s, loadgen_replies=True,
                                loadgen_idle_gap_s=GENERATOR_GAP_S,
                                slice_s=kernel_slice_s(), tick_s=kernel_tick_s(),
+                               newidle=True,
                                **speed_fields(speed),
                                core_speeds=speed is not None and speed.cores > 1,
                                **stall_fields(stalls))

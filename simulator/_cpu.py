@@ -352,7 +352,13 @@ class SlicedHostCpuState(_Host):
       blocked, was held or crashed) goes to its queue's pick; an empty queue leaves it
       idle, even while another core's queue waits, until a balance tick (every
       ``tick_s``, the scheduler tick: 4 ms at the common HZ = 250), when each idle core
-      takes the longest-waiting process of the longest queue.
+      takes the longest-waiting process of the longest queue.  With ``newidle`` a core
+      whose queue is empty takes that process at once, as the kernel's newidle balance
+      does when a CPU goes idle (the calibration's twin since 2026-12-05: without it,
+      at the forest's 30,000-43,000 q/s on two nearly full cores, the twin's loop
+      waited for a core 17-26% of the time where the server's waited 3-17%, and the
+      twin's ramps failed at 25,000 q/s where the server passed 40,000;
+      ``results/validation/quiet-2026-12-05-b``).
     - Scheduling points: a process joining a core's queue, every job's end on the
       host, and every tick.  At one, a running process past its deadline gets a new one
       and, once it has run a slice since it got the core (``RUN_TO_PARITY``), gives the
@@ -378,11 +384,13 @@ class SlicedHostCpuState(_Host):
     callback runs while it still holds its core), then holds a scheduling point on every
     core, and at a tick balances the idle cores."""
 
-    __slots__ = ("env", "name", "cores", "slice_s", "tick_s", "running", "queues", "vbase",
+    __slots__ = ("env", "name", "cores", "slice_s", "tick_s", "newidle", "running", "queues",
+                 "vbase",
                  "timeouts", "procs", "seq", "factor", "core_factors", "wait_log")
 
     def __init__(self, env: simpy.Environment, name: str, cores: int,
-                 slice_s: float, tick_s: float = BALANCE_TICK_S) -> None:
+                 slice_s: float, tick_s: float = BALANCE_TICK_S, newidle: bool = False
+                 ) -> None:
         if cores < 1:
             raise ValueError(f"host {name!r}: cores must be >= 1, got {cores}")
         if not (slice_s > 0.0 and math.isfinite(slice_s)):
@@ -392,6 +400,7 @@ class SlicedHostCpuState(_Host):
         self.cores = cores
         self.slice_s = slice_s
         self.tick_s = tick_s
+        self.newidle = newidle
         self.running: list[SlicedProc] = []
         # each core's run queue
         self.queues: list[collections.deque[SlicedProc]] = [
@@ -642,12 +651,21 @@ class SlicedHostCpuState(_Host):
 
     def _freed(self, core: int, now: float) -> None:
         """Core ``core`` has no process: the kernel's pick of its run queue takes it (an
-        empty queue leaves it idle until a balance tick: ``_balance``)."""
+        empty queue leaves it idle until a balance tick, ``_balance``; with ``newidle``
+        it takes the longest-waiting process of the longest other queue at once)."""
         nxt = self._pick(core, now)
         if nxt is not None:
             self.queues[core].remove(nxt)
             nxt.queued = False
             self._dispatch(nxt, now, core)
+        elif self.newidle:
+            q = max(self.queues, key=len)
+            if q:
+                nxt = q.popleft()
+                nxt.queued = False
+                self._leave(nxt, now)
+                self._place(nxt, core, now)
+                self._dispatch(nxt, now, core)
 
     def _balance(self, now: float) -> None:
         """At a tick, each idle core takes the longest-waiting process of the longest

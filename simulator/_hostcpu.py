@@ -179,7 +179,8 @@ class _HostCpuDriver(_Replicas):
         fc = self._fcost = dep.frontend_cpu
         self._fc = None  # the default path's eager loop stays off; costs come from _fcost
         cpus: dict[str, HostCpu] = {
-            h.name: (SlicedHostCpuState(env, h.name, hc.cores(h), hc.slice_s, hc.tick_s)
+            h.name: (SlicedHostCpuState(env, h.name, hc.cores(h), hc.slice_s, hc.tick_s,
+                                        hc.newidle)
                      if hc.slice_s > 0 else HostCpuState(env, h.name, hc.cores(h)))
             for h in dep.hosts}
         self._cpus = cpus

@@ -205,7 +205,9 @@ class HostCPU:
     queues: a process woken while every core is taken preempts one that has had its
     slice, else waits on its core's queue, where idle cores look at each ``tick_s``, the
     scheduler tick, default 4 ms; ``_cpu.SlicedHostCpuState``; ``kernel_slice_s`` and
-    ``kernel_tick_s`` give Linux's).
+    ``kernel_tick_s`` give Linux's).  ``newidle`` (off by default): a core whose own
+    queue is empty takes a waiting process from another core's at once, as Linux's
+    newidle balance does, not at the next tick.
 
     The host's speed (off by default): a virtual machine's cores can run at two speeds,
     switching every few tens of milliseconds to seconds, as other tenants come and go on
@@ -262,6 +264,7 @@ class HostCPU:
     loadgen_idle_gap_s: float = 50e-6
     slice_s: float = 0.0
     tick_s: float = 4e-3
+    newidle: bool = False
     slow_factor: float = 1.0
     slow_share: float = 0.0
     slow_dwell_s: float = 0.1
@@ -296,6 +299,9 @@ class HostCPU:
             v = getattr(self, name)
             if not (_finite(v) and ok(v)):
                 raise SimConfigError(f"host_cpu.{name}: expected {expected}, got {v!r}")
+        if not isinstance(self.newidle, bool):
+            raise SimConfigError(f"host_cpu.newidle: expected true or false, got "
+                                 f"{self.newidle!r}")
         if not isinstance(self.loadgen_replies, bool):
             raise SimConfigError(f"host_cpu.loadgen_replies: expected true or false, got "
                                  f"{self.loadgen_replies!r}")

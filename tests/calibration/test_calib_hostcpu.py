@@ -39,6 +39,7 @@ from clipperlab.calibration.twin import (
     mean_factor,
     sim_deployment,
 )
+from clipperlab.calibration.validation import host_cpu_demands
 from clipperlab.cli import main
 from clipperlab.commands import validate as validate_cmd
 from clipperlab.engine import BatchingConfig
@@ -92,6 +93,11 @@ def test_twin_with_the_host_cpu_model_has_the_fitted_demands(tmp_path: Path) -> 
                                     tick_s=1e-3)
     (m,) = twin.models
     assert (m.cpu_per_batch_s, m.cpu_per_item_s) == (150e-6, 7e-6)
+    # a calibration made since 2026-12-05 balances on newidle; its twin's host does too
+    newer = dataclasses.replace(calib, newidle=True)
+    assert sim_deployment(dep, "hello", {"noop": prof}, calibration=newer
+                          ).host_cpu == dataclasses.replace(twin.host_cpu, newidle=True)
+    assert host_cpu_demands([], Calibration(query_cpu_s=40e-6), None, None).newidle
     # at the profile's mean draw, the fitted CPU (a cpu container's follows its draw)
     assert m.cpu_demand_s(4, m.profile.mean_s(4)) == pytest.approx(150e-6 + 4 * 7e-6)
     # its loop parses in the server's turns (server.parse_turn_ms, by default 0.5 ms)

@@ -37,14 +37,14 @@ FAST = Link(bandwidth_bps=1e18, latency_s=0.0)
 
 def run_jobs(cores: int, jobs: list[tuple[float, str, float]],
              holds: tuple[tuple[str, float, float], ...] = (),
-             slice_s: float = 0.0, waits: dict[str, float] | None = None
-             ) -> dict[str, list[float]]:
+             slice_s: float = 0.0, waits: dict[str, float] | None = None,
+             newidle: bool = False) -> dict[str, list[float]]:
     """Submit ``(at, process, demand)`` jobs to one host; the finish times per process
     (processor sharing, or time slices of ``slice_s``); ``waits`` gets each process's
     time runnable without a core."""
     env = simpy.Environment()
     host: HostCpuState | SlicedHostCpuState = (
-        SlicedHostCpuState(env, "h", cores, slice_s) if slice_s > 0
+        SlicedHostCpuState(env, "h", cores, slice_s, newidle=newidle) if slice_s > 0
         else HostCpuState(env, "h", cores))
     procs = {name: host.proc(name) for _, name, _ in jobs}
     out: dict[str, list[float]] = {name: [] for name in procs}
@@ -147,6 +147,19 @@ def test_a_waiter_waits_for_its_core_while_another_idles_until_the_tick() -> Non
     assert got["x"] == pytest.approx([5e-3])
     assert got["a"] == pytest.approx([10e-3])
     assert waits == pytest.approx({"a": 0.0, "b": 0.0, "x": 3e-3})
+
+
+def test_with_newidle_an_idle_core_takes_the_waiter_at_once() -> None:
+    """The same as above with the kernel's newidle balance: the core that goes idle at
+    2 ms takes x from the other core's queue then, not at the tick."""
+    waits: dict[str, float] = {}
+    got = run_jobs(2, [(0, "a", 10e-3), (0, "b", 2e-3), (1e-3, "x", 1e-3)], slice_s=5e-3,
+                   waits=waits, newidle=True)
+    assert got["x"] == pytest.approx([3e-3])
+    assert got["a"] == pytest.approx([10e-3])
+    assert waits == pytest.approx({"a": 0.0, "b": 0.0, "x": 1e-3})
+    with pytest.raises(SimConfigError, match=r"host_cpu\.newidle: expected true or false"):
+        HostCPU(newidle=1)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("woken_at", "done_at"), [(0.5e-3, 4.1e-3), (2e-3, 2.1e-3)])
