@@ -385,8 +385,7 @@ class SlicedHostCpuState(_Host):
     core, and at a tick balances the idle cores."""
 
     __slots__ = ("env", "name", "cores", "slice_s", "tick_s", "newidle", "running", "queues",
-                 "vbase",
-                 "timeouts", "procs", "seq", "factor", "core_factors", "wait_log")
+                 "vbase", "timeouts", "procs", "seq", "factor", "core_factors", "wait_log")
 
     def __init__(self, env: simpy.Environment, name: str, cores: int,
                  slice_s: float, tick_s: float = BALANCE_TICK_S, newidle: bool = False
@@ -659,13 +658,20 @@ class SlicedHostCpuState(_Host):
             nxt.queued = False
             self._dispatch(nxt, now, core)
         elif self.newidle:
-            q = max(self.queues, key=len)
-            if q:
-                nxt = q.popleft()
-                nxt.queued = False
-                self._leave(nxt, now)
-                self._place(nxt, core, now)
-                self._dispatch(nxt, now, core)
+            self._pull(core, now)
+
+    def _pull(self, core: int, now: float) -> bool:
+        """Idle ``core`` takes the longest-waiting process of the longest run queue, if
+        any waits (a balance: the tick's, or newidle's)."""
+        q = max(self.queues, key=len)
+        if not q:
+            return False
+        nxt = q.popleft()
+        nxt.queued = False
+        self._leave(nxt, now)
+        self._place(nxt, core, now)
+        self._dispatch(nxt, now, core)
+        return True
 
     def _balance(self, now: float) -> None:
         """At a tick, each idle core takes the longest-waiting process of the longest
@@ -675,17 +681,8 @@ class SlicedHostCpuState(_Host):
             return
         taken = {r.core for r in self.running}
         for c in range(self.cores):
-            if c in taken:
-                continue
-            q = max(self.queues, key=len)
-            if not q:
+            if c not in taken and not self._pull(c, now):
                 return
-            nxt = q.popleft()
-            nxt.queued = False
-            self._leave(nxt, now)
-            self._place(nxt, c, now)
-            self._dispatch(nxt, now, c)
-            taken.add(c)
 
     def _due(self, now: float) -> float:
         """The next change: a job's end, or the next tick while somebody waits."""
