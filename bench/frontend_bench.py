@@ -113,6 +113,7 @@ class _Container(asyncio.Transport):
 async def _run(api: str, queries: int, concurrency: int) -> dict[str, float]:
     from clipperlab.engine import Application, Engine, ModelSpec, ReplicaId
     from clipperlab.engine.registry import BatchingConfig
+    from clipperlab.real.config import ServerConfig
     from clipperlab.real.driver import EngineDriver
     from clipperlab.real.frontend import QueryFrontend
     from clipperlab.real.http import HttpProtocol
@@ -126,9 +127,8 @@ async def _run(api: str, queries: int, concurrency: int) -> dict[str, float]:
     # admission_control, drop_hopeless, aimd_step_from: real/config.py's ServerConfig)
     engine.add_model(ModelSpec(name="noop", version="1", input_type="doubles",
                                batching=BatchingConfig(policy="aimd", max_queue=10_000,
-                                                       admission_control=True,
-                                                       drop_hopeless=True,
-                                                       aimd_step_from="filled")), now=now)
+                                                       **ServerConfig().model_defaults)),
+                     now=now)
     engine.add_application(Application(name="bench", slo_s=0.02, default_output=-1,
                                input_type="doubles"), now=now)
     engine.link("bench", ["noop"], now=now)

@@ -501,9 +501,11 @@ def main(argv: list[str] | None = None) -> int:
                          "OUT/fidelity_steps.csv (runs from before run 10 recorded none)")
     a = ap.parse_args(argv)
     out = Path(a.out)
-    for flag, given, known in (("--models", a.models, MODELS),
-                               ("--batchings", a.batchings, tuple(BATCHINGS))):
-        unknown = [x for x in given.split(",") if x and x not in known]
+    models = [x for x in a.models.split(",") if x]
+    batchings = [x for x in a.batchings.split(",") if x]
+    for flag, given, known in (("--models", models, MODELS),
+                               ("--batchings", batchings, tuple(BATCHINGS))):
+        unknown = [x for x in given if x not in known]
         if unknown:
             print(f"error: {flag}: unknown {', '.join(map(repr, unknown))}; expected some "
                   f"of {', '.join(known)}", file=sys.stderr)
@@ -608,9 +610,9 @@ def main(argv: list[str] | None = None) -> int:
               "it with its own settings' rows (their folders too; other files stay)",
               file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="clipperlab-fidelity-") as d:
-        for model in [x for x in a.models.split(",") if x]:
+        for model in models:
             path: str | None = None  # the model's file, made when a setting needs it
-            for bname in [x for x in a.batchings.split(",") if x]:
+            for bname in batchings:
                 if (model, bname) in done:
                     print(f"=== {model} / {bname}: kept from {out / 'fidelity.csv'} "
                           "(--resume)", flush=True)

@@ -528,18 +528,19 @@ def _deployment(toml: Path, tmp: Path) -> Any:
     if not toml.exists():
         raise CalibrationError(f"{toml} does not exist: a fidelity run stores one per setting")
     text = toml.read_text()
-    if "aimd_step_from" not in text:
-        # runs 1-31 stored no AIMD rule: they ran with the prototype's, the server's
-        # default then ("filled" since)
-        text = (text.replace("[server]\n", '[server]\naimd_step_from = "sent"\n', 1)
-                if "[server]\n" in text else '[server]\naimd_step_from = "sent"\n\n' + text)
     for name in re.findall(r'path\s*=\s*"([^"]+)"', text):
         f = tmp / Path(name).name
         f.touch()
         text = text.replace(f'"{name}"', f'"{f.name}"')
     dst = tmp / "deploy.toml"
     dst.write_text(text)
-    return real_deployment(dst)
+    dep = real_deployment(dst)
+    if "aimd_step_from" not in text:
+        # runs 1-31 stored no AIMD rule: they ran with the prototype's, the server's
+        # default then ("filled" since)
+        dep = dataclasses.replace(dep, model_defaults={**dep.model_defaults,
+                                                       "aimd_step_from": "sent"})
+    return dep
 
 
 

@@ -137,14 +137,11 @@ class AIMDController(BatchController):
         cfg = self.config
         if latency_s < bound - cfg.hold_band * bound:
             step = cfg.aimd_step_from
-            if step == "sent":
+            cap = self._cap
+            if step == "sent" or size >= cap:
                 new = size + cfg.additive_increase
-            else:
-                cap = self._cap
-                if size >= cap:
-                    new = size + cfg.additive_increase
-                else:  # a batch the queue did not fill
-                    new = cap if step == "filled" else cap + cfg.additive_increase
+            else:  # a batch the queue did not fill
+                new = cap if step == "filled" else cap + cfg.additive_increase
         elif latency_s < bound:
             new = self._cap
         else:

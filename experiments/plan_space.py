@@ -131,7 +131,7 @@ _PLAN_TABLES = ("plan", "objective", "costs", "search", "workload", "workloads")
 # what ``clipperlab serve`` gives a model whose batching leaves it unsaid (overload
 # settings, AIMD's rule): the planner simulates each option with them spelled out, so the
 # deployment it writes runs as it simulated
-_SERVER_OVERLOAD: dict[str, Any] = ServerConfig().model_defaults
+_SERVER_DEFAULTS: dict[str, Any] = ServerConfig().model_defaults
 
 
 class PlanError(ValueError):
@@ -351,7 +351,7 @@ def batching_label(t: Mapping[str, Any]) -> str:
     if t.get("wait_timeout_s"):
         s += f"+wait{float(t['wait_timeout_s']) * 1e3:g}ms"
     rest = sorted(k for k in t if k not in ("policy", "max_batch_size", "wait_timeout_s")
-                  and not (k in _SERVER_OVERLOAD and t[k] == _SERVER_OVERLOAD[k]))
+                  and not (k in _SERVER_DEFAULTS and t[k] == _SERVER_DEFAULTS[k]))
     if rest:
         s += "(" + ",".join(f"{k}={t[k]}" for k in rest) + ")"
     return s
@@ -629,7 +629,7 @@ def _space(m: Mapping[str, Any], t: Mapping[str, Any], file: str, base: Path,
                         "batching tables")
     batching = []
     for i, b in enumerate(b_t):
-        full = {**_SERVER_OVERLOAD, **_tbl(b, f"{where}.batching[{i}]")}
+        full = {**_SERVER_DEFAULTS, **_tbl(b, f"{where}.batching[{i}]")}
         try:
             parse_batching(full, f"{where}.batching[{i}]", base)
         except ConfigError as e:
