@@ -487,6 +487,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--level-speed", action=argparse.BooleanOptionalAction, default=True,
                     help="with --resimulate: run each level at the machine's speed its row "
                          "records, as a live run does (default %(default)s)")
+    ap.add_argument("--loop-sleeps", action=argparse.BooleanOptionalAction, default=True,
+                    help="fit the loop's wake-up cost on the server's own count of its "
+                         "sleeps (voluntary context switches, recorded per run since "
+                         "2026-12-05) where every run has one; --no-loop-sleeps: on the "
+                         "twin's count, as before (live runs and --resimulate's refits; "
+                         "default %(default)s)")
     ap.add_argument("--resume", action="store_true",
                     help="keep the settings OUT/fidelity.csv already has (a stopped run's, "
                          "or one that covered some of --models x --batchings) and run only "
@@ -569,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         rs = resimulate(out, workload(), level_s=a.level_s, refit=a.refit,
                         adjust=None if sl is None and cs is None else adjust, stalls=stalls,
                         speed=slow, level_speed=a.level_speed, twin_draws=a.twin_draws,
-                        log=lambda s: print(s, flush=True))
+                        loop_sleeps=a.loop_sleeps, log=lambda s: print(s, flush=True))
         rs.table.to_csv(out / "fidelity.csv", index=False, float_format="%.6g")
         for note in rs.notes:
             print(f"note: {note}")
@@ -635,6 +641,7 @@ def main(argv: list[str] | None = None) -> int:
                                host_cpu=a.host_cpu, speed=a.speed,
                                replay_speed=a.replay_speed, twin_draws=a.twin_draws,
                                stalls_s=0.5 if a.quick else a.stalls_s,
+                               loop_sleeps=a.loop_sleeps,
                                log=lambda s: print(s, flush=True), **kw)  # type: ignore[arg-type]
                 print(format_table(res), flush=True)
                 sub = out / f"{model}-{bname}"

@@ -193,6 +193,19 @@ class CpuRun:
     # the wall clock (``time.time()``) when the run's schedule started, so that a step can
     # be set beside what else the machine did then; NaN for runs stored before 2026-12-04
     started_unix: float = math.nan
+    # how often each process went to sleep over the run (its voluntary context switches:
+    # ``frontend``, the server's event loop; ``container:<model>``); () for runs stored
+    # before 2026-12-05
+    sleeps: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def loop_sleeps_per_query(self) -> float:
+        """The server loop's sleeps per query over the run (each a wake-up), NaN where
+        they were not counted."""
+        for who, n in self.sleeps:
+            if who == "frontend" and self.queries > 0:
+                return n / self.queries
+        return math.nan
 
     @property
     def rate(self) -> float:
@@ -560,8 +573,8 @@ def fit_frontend_rows(runs: Sequence[CpuRun], twin: Callable[[Calibration], Depl
 
 
 def fit_frontend_on_host(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deployment],
-                         calib: Calibration, seed: int = 0, rounds: int = 2
-                         ) -> tuple[Calibration, list[FrontendRow]]:
+                         calib: Calibration, seed: int = 0, rounds: int = 2,
+                         counted: bool = True) -> tuple[Calibration, list[FrontendRow]]:
     """The loop's costs (``fit_frontend``'s ``a``, ``b``, ``wake_s``, ``cold_after_s``)
     fitted again on ``runs`` with each run's wake-ups counted by the twin that will use
     them: ``calib`` with the host CPU model, replaying each run at its recorded speed
@@ -575,10 +588,16 @@ def fit_frontend_on_host(runs: Sequence[CpuRun], twin: Callable[[Calibration], D
     times: the wake-ups counted with the costs as they stand, then ``a``, ``b`` and
     ``wake_s`` solved again (``_solve_frontend``); the cooling time with the smallest
     residual wins.  Returns ``calib`` with the costs and the winner's last equations
-    (empty, ``calib`` as it is, without the host CPU model or runs that read CPU)."""
+    (empty, ``calib`` as it is, without the host CPU model or runs that read CPU).
+
+    With ``counted`` (the default) and every run's own count of the loop's sleeps
+    (``CpuRun.sleeps``, recorded since 2026-12-05), the wake-ups are the server's, not the
+    twin's: ``_fit_frontend_on_sleeps``."""
     runs = _read_runs(runs)
     if not runs or calib.host_cpus <= 0:
         return calib, []
+    if counted and all(math.isfinite(r.loop_sleeps_per_query) for r in runs):
+        return _fit_frontend_on_sleeps(runs, twin, calib, seed)
     y, inv, weight = _loop_sides(runs, True)
     best: tuple[float, Calibration, list[FrontendRow]] | None = None
     for tau in _grid_near(calib.cold_after_s):
@@ -597,6 +616,43 @@ def fit_frontend_on_host(runs: Sequence[CpuRun], twin: Callable[[Calibration], D
         if (c.query_cpu_s > 0 or c.batch_cpu_s > 0) and (best is None or err < best[0]):
             best = (err, c, rows)
     return (calib, []) if best is None else (best[1], best[2])
+
+
+def _fit_frontend_on_sleeps(runs: Sequence[CpuRun],
+                            twin: Callable[[Calibration], Deployment], calib: Calibration,
+                            seed: int = 0) -> tuple[Calibration, list[FrontendRow]]:
+    """``fit_frontend_on_host`` with the server's own wake-ups: per run, CPU per query =
+    ``a + b x batches/queries + wake_s x s_k``, ``s_k`` the loop's sleeps per query that
+    the kernel counted (``CpuRun.loop_sleeps_per_query``), solved as ``_solve_frontend``
+    solves (relative errors, busy-share weights); then the cooling time: the point of
+    ``COLD_AFTER_GRID_S`` at which the twin's loop, with those costs and each run's
+    speed, wakes as often as the server's did (the squared differences of wake-ups per
+    query, summed over the runs; each twin wake-up counted by its share, as the twin
+    pays it).  Counted by the twin instead, the wake-ups depend on the costs being
+    fitted: a loop fitted without its per-batch cost idles, and so wakes, where the
+    server's did not (the no-op model over REST at 16,000 q/s: 0.06 sleeps a query,
+    ``results/bench/frontend-batch-cost-2026-12-05/``), and the wake-up cost then stands
+    in for the per-batch one; it vanishes near capacity, where the per-batch cost does
+    not, and the twin's capacity comes out high (runs 33 and 34:
+    ``results/validation/diagnostics-capacity-batch-cost/``)."""
+    sleeps = [r.loop_sleeps_per_query for r in runs]
+    y, inv, weight = _loop_sides(runs, True)
+    rows = list(zip(y, inv, sleeps, weight, strict=True))
+    (a, b, w), _ = _solve_frontend(rows)
+    if a <= 0 and b <= 0:
+        return calib, []
+    c = dataclasses.replace(calib, query_cpu_s=a, batch_cpu_s=b, wake_s=w)
+    if w > 0:
+        best: tuple[float, float] | None = None
+        for tau in COLD_AFTER_GRID_S:
+            ct = dataclasses.replace(c, cold_after_s=tau)
+            u = [_wakes_per_query(twin(as_run(ct, r)), r, seed, w) for r in runs]
+            err = sum((uk - sk) ** 2 for uk, sk in zip(u, sleeps, strict=True))
+            if best is None or err < best[0]:
+                best = (err, tau)
+        assert best is not None
+        c = dataclasses.replace(c, cold_after_s=best[1])
+    return c, rows
 
 
 def _grid_near(tau: float) -> tuple[float, ...]:

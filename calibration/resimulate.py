@@ -114,6 +114,7 @@ def save_runs(path: Path, runs: Sequence[CpuRun], low: CpuRun | None,
                              "containers": [list(c) for c in r.containers],
                              "overloaded": r.overloaded, "speed_factor": r.speed_factor,
                              "waits": [list(w) for w in r.waits],
+                             "sleeps": [list(n) for n in r.sleeps],
                              "started_unix": r.started_unix})
     meta["low"] = low is not None
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
@@ -141,7 +142,8 @@ def load_runs(path: Path, workload: Workload
                               if f"speed_trace_{k}" in z else (),
                               z.get(f"predicted_{k}"),
                               tuple((str(n), float(v)) for n, v in m.get("waits", [])),
-                              float(m.get("started_unix", math.nan))))
+                              float(m.get("started_unix", math.nan)),
+                              tuple((str(n), float(v)) for n, v in m.get("sleeps", []))))
     low = out.pop() if meta["low"] else None
     return out, low, dict(meta["low_seen"]), float(meta["calib_qps"])
 
@@ -259,6 +261,7 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
                stalls: HostStalls | None = None,
                level_speed: bool = True,
                twin_draws: int = TWIN_DRAWS,
+               loop_sleeps: bool = True,
                log: Log = print) -> Resimulated:
     """The simulator's side of the fidelity run in ``out`` again (module rules); with
     ``refit`` the calibration is fitted again where the run stored what it was fitted on
@@ -276,7 +279,10 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
     the medians taken, as a live run's levels do (``validation.TWIN_DRAWS``).
     (A live run's replay of each real run's recorded speed, ``--replay-speed``, needs
     the probes' traces and the runs' send times, which are not stored: re-simulated,
-    those levels run at their two speeds.)"""
+    those levels run at their two speeds.)  ``loop_sleeps``: refitted, the loop's
+    wake-ups are the server's own count where every stored run has one
+    (``validation.Setup.loop_sleeps``); False: the twin counts them, as before
+    2026-12-05."""
     csv = out / "fidelity.csv"
     if not csv.exists():
         raise CalibrationError(f"{csv} does not exist: --resimulate needs a fidelity run's "
@@ -306,7 +312,8 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
         refitted = refit and (folder / RUNS_FILE).exists()
         if refitted:
             calibs, intervals = _refit(folder / RUNS_FILE, dep, app, specs, workload,
-                                       profiles, calibs, seed, reps, log, speed, stalls)
+                                       profiles, calibs, seed, reps, log, speed, stalls,
+                                       loop_sleeps)
             notes.append(f"{model}-{batching}: calibration fitted again on {RUNS_FILE}")
         else:
             if speed is not None:
@@ -608,7 +615,7 @@ def with_stalls(c: Calibration, stalls: HostStalls) -> Calibration:
 def _refit(path: Path, dep: Any, app: Any, specs: Any, workload: Workload,
            profiles: dict[str, Any], stored: Mapping[str, Calibration], seed: int,
            repeats: int, log: Log, speed: HostSpeed | None = None,
-           stalls: HostStalls | None = None
+           stalls: HostStalls | None = None, loop_sleeps: bool = True
            ) -> tuple[dict[str, Calibration], dict[str, Any]]:
     """Every twin's calibration fitted again on the stored runs (``validation``'s step 5,
     ``calibrate_twin``), the measured capacity and the ramp's CPU per query as stored;
@@ -622,7 +629,8 @@ def _refit(path: Path, dep: Any, app: Any, specs: Any, workload: Workload,
     ref = next(iter(stored.values()))
     setup = Setup(dep, app, [s for s, _, _ in specs], {s.name: n for s, n, _ in specs},
                   workload, dict(profiles), seed, log, "off", repeats,
-                  stalls=stalls if stalls is not None else stored_stalls(stored))
+                  stalls=stalls if stalls is not None else stored_stalls(stored),
+                  loop_sleeps=loop_sleeps)
     calibs, intervals = calibrate_twin(
         runs, setup, low, low_seen, ref.capacity_qps, ref.frontend_cost_s, calib_qps,
         host_cpu=any(c.host_cpus > 0 for c in stored.values()),

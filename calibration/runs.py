@@ -85,6 +85,8 @@ class RealRun(NamedTuple):
     ended_at: float = math.nan
     # seconds each process waited runnable for a core over the run (``CpuRun.waits``)
     waits_s: Mapping[str, float] = {}
+    # how often each process went to sleep over the run (``CpuRun.sleeps``)
+    sleeps: Mapping[str, float] = {}
 
     def cpu_run(self, overloaded: bool = False, speed_factor: float = math.nan,
                 speed_trace: tuple[tuple[float, ...], ...] = ()) -> CpuRun:
@@ -106,6 +108,7 @@ class RealRun(NamedTuple):
                       speed_factor=speed_factor, speed_trace=speed_trace,
                       predicted=predicted(self.table),
                       waits=tuple(sorted(self.waits_s.items())),
+                      sleeps=tuple(sorted(self.sleeps.items())),
                       started_unix=time.time() - (time.monotonic() - self.started_at)
                       if math.isfinite(self.started_at) else math.nan)
 
@@ -149,20 +152,24 @@ def real_run(srv: ServerProcess, trace: Trace, pool: np.ndarray, api: str,
     m0 = scrape(srv.url)
     k0 = srv.container_cpu_s()
     w0 = {**srv.wait_s(), "loadgen": proc_wait_s(os.getpid())}
+    s0 = srv.sleeps()
     c0, t0, g0 = srv.cpu_s(), time.monotonic(), time.process_time()
     table = run_load(trace, pool, srv.url, api=api, connections=connections, drain_s=5.0)
     g1, wall = time.process_time(), time.monotonic() - t0
     cpu = srv.cpu_s() - c0 - idle_cpu * wall
     k1 = srv.container_cpu_s()
     w1 = {**srv.wait_s(), "loadgen": proc_wait_s(os.getpid())}
+    s1 = srv.sleeps()
     seen = in_situ(m0, scrape(srv.url))
     containers = {m: max(k1[m] - k0[m] - idle_c.get(m, 0.0) * wall, 0.0)
                   for m in k1 if m in k0}  # a container that restarted says nothing
     start = float(table.attrs.get("started_at", t0))
     waits = {k: max(w1[k] - w0[k], 0.0) for k in w1
              if k in w0 and math.isfinite(w1[k] - w0[k])}
+    sleeps = {k: s1[k] - s0[k] for k in s1 if k in s0 and s1[k] >= s0[k]}
     return RealRun(trace, table, max(cpu, 0.0) / max(len(trace), 1), seen, containers,
-                   max(g1 - g0 - idle_loadgen * wall, 0.0), start, t0 + wall, waits)
+                   max(g1 - g0 - idle_loadgen * wall, 0.0), start, t0 + wall, waits,
+                   sleeps)
 
 
 def sim_run(dep: Deployment, trace: Trace, seed: int, calib: Calibration | None = None

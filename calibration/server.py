@@ -19,6 +19,10 @@ Rules:
 - ``ServerProcess.wait_s``: the seconds the server and its containers have waited
   runnable for a core so far (``/proc/<pid>/task/*/schedstat``'s ``run_delay``, what the
   host CPU model's time slices give as ``Simulation.cpu_wait_s``).
+- ``ServerProcess.sleeps``: how often the server's event loop (its main thread) and its
+  containers have gone to sleep so far (``/proc/<pid>/status``'s
+  ``voluntary_ctxt_switches``): each is a wake-up later, what ``fit.fit_frontend_on_host``
+  fits the loop's wake-up cost on when every run has it.
 """
 
 from __future__ import annotations
@@ -299,6 +303,16 @@ class ServerProcess:
             out["frontend"] = w
         return out
 
+    def sleeps(self) -> dict[str, float]:
+        """How often the server's loop (``frontend``) and its containers
+        (``container:<model>``, summed over the replicas) have gone to sleep so far
+        (``proc_sleeps``; none where it cannot be read)."""
+        out = {f"container:{m}": v for m, v in self._per_container(proc_sleeps).items()}
+        n = proc_sleeps(self.proc.pid) if self.proc.pid is not None else math.nan
+        if math.isfinite(n):
+            out["frontend"] = n
+        return out
+
     def session_groups(self) -> dict[str, str]:
         """The scheduling group of the server (``frontend``), each container
         (``container:<model>``) and this process, the load generator (``loadgen``):
@@ -401,6 +415,21 @@ def proc_wait_s(pid: int) -> float:
         except (OSError, IndexError, ValueError):
             continue  # a thread gone meanwhile
     return total / 1e9 if seen else math.nan
+
+
+def proc_sleeps(pid: int) -> float:
+    """How often process ``pid``'s main thread has gone to sleep so far: its voluntary
+    context switches (``/proc/<pid>/status``; a single-threaded event loop sleeps in
+    ``epoll_wait`` when it has nothing to do, and each sleep ends in a wake-up); NaN when
+    it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    return float(line.split()[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    return math.nan
 
 
 def idle_container_cpu_rate(srv: ServerProcess, seconds: float = 1.0) -> dict[str, float]:

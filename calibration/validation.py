@@ -243,6 +243,7 @@ def validate(
     twin_draws: int = TWIN_DRAWS,
     ramps_after: int = 0,
     stalls_s: float = STALL_SECONDS,
+    loop_sleeps: bool = True,
     log: Log = print,
 ) -> ValidationResult:
     """Run the comparison described in the module docstring, step by step."""
@@ -293,7 +294,7 @@ def validate(
         setup = Setup(dep, app, [spec for spec, _, _ in models],
                       {s.name: n for s, n, _ in models}, workload, profs, seed, log, busy,
                       repeats, ramps, ramp_resolution, ramp_restart, replay_speed,
-                      twin_draws, ramps_after, stalls)
+                      twin_draws, ramps_after, stalls, loop_sleeps)
         la0 = os.getloadavg()[0]
         return _validate(dep, app, models, setup, workload, profs, load0, la0, mon,
                          levels, duration_s, repeats, capacity_qps, calib_qps, calib_s,
@@ -432,6 +433,9 @@ class Setup:
     ramps_after: int = 0
     # the cores' stalls (``quiet.host_stalls`` before the setting), the host CPU model's
     stalls: HostStalls | None = None
+    # the loop's wake-ups fitted on the server's own count of its sleeps where every run
+    # has one (``fit.fit_frontend_on_host``'s ``counted``), not on the twin's count
+    loop_sleeps: bool = True
 
     def twin(self, calib: Calibration | None = None, scale: float = 1.0) -> Deployment:
         return sim_deployment(self.dep, self.workload.app, self.profiles, calibration=calib,
@@ -608,7 +612,8 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
                 host_cpu_demands(fast, hcal, [r for r in fast if not r.overloaded], speed,
                                  setup.stalls),
                 reference_factor=1.0)
-            hc, host_rows = fit_frontend_on_host(fast, setup.twin, hc, setup.seed)
+            hc, host_rows = fit_frontend_on_host(fast, setup.twin, hc, setup.seed,
+                                                 counted=setup.loop_sleeps)
             setup.log(f"  at the fast speed (each run's CPU over its mean speed factor, "
                       f"{min(r.speed_factor for r in runs):.2f}-"
                       f"{max(r.speed_factor for r in runs):.2f}), its wake-ups counted "
@@ -617,7 +622,8 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
                       f"us per batch + a wake-up {hc.wake_s * 1e6:.1f} us")
         else:
             hc = host_cpu_demands(runs, calib, good, speed, setup.stalls)
-            hc, host_rows = fit_frontend_on_host(runs, setup.twin, hc, setup.seed)
+            hc, host_rows = fit_frontend_on_host(runs, setup.twin, hc, setup.seed,
+                                                 counted=setup.loop_sleeps)
         cpu_rows = host_rows or cpu_rows  # the prediction's costs get the intervals
         setup.log(f"  the host CPU model: {hc.host_cpus} cores shared by the loop, the "
                   "containers (" + (", ".join(

@@ -319,6 +319,52 @@ def test_fit_frontend_on_host_counts_the_wake_ups_the_host_twin_pays(tmp_path: P
         dataclasses.replace(start, host_cpus=0), [])
 
 
+def test_fit_frontend_on_host_takes_the_servers_own_wake_ups_when_counted(
+        tmp_path: Path) -> None:
+    """Runs made by the host twin with a known loop (30 us/query, 100 us/batch, a 200
+    us wake-up cooling in 1 ms), each with the loop's sleeps the run paid (what the
+    server's ``voluntary_ctxt_switches`` give a live run): every cost and the cooling
+    time are found from a start that knows none of them, with the counts as the wake-up
+    column (the fit's rows); without the counts, or with ``counted=False``, the fit
+    counts the wake-ups with its own twin as before."""
+    path = tmp_path / "deploy.toml"
+    path.write_text(NOOP_DEPLOY)
+    dep = real_deployment(path)
+    prof = LatencyProfile.from_line("p", 10e-6, 100e-6)
+
+    def twin(c: Calibration) -> Deployment:
+        return sim_deployment(dep, "hello", {"noop": prof}, calibration=c)
+
+    truth = Calibration(query_cpu_s=30e-6, batch_cpu_s=100e-6, wake_s=200e-6,
+                        cold_after_s=1e-3, host_cpus=1,
+                        container_cpu=(("noop", 60e-6, 2e-6),),
+                        loadgen_cpu_per_query_s=5e-6, reference_factor=1.0)
+    runs = []
+    for k, rate in enumerate((100, 500, 1500, 3000, 5000, 7000, 9000)):
+        tr = Workload(Poisson(rate), n_queries=max(int(rate * 0.5), 100),
+                      app="hello").generate(k)
+        run = CpuRun(tr, float(len(tr)), 1.0, 0.0, speed_trace=((0.0, 1.8),),
+                     speed_factor=1.8)
+        sim = Simulation(twin(as_run(truth, run)), tr, seed=0)
+        batches = float(len(sim.run().batches))
+        sleeps = sim.loop_wake_s / truth.wake_s  # the wake-ups the run paid
+        runs.append(dataclasses.replace(run, batches=batches, cpu_s=sim.loop_busy_s,
+                                        sleeps=(("frontend", sleeps),)))
+    assert runs[0].loop_sleeps_per_query > 0.5 > runs[-1].loop_sleeps_per_query
+    start = dataclasses.replace(truth, query_cpu_s=50e-6, batch_cpu_s=0.0, wake_s=0.0,
+                                cold_after_s=50e-6)
+    fit, rows = fit_frontend_on_host(runs, twin, start)
+    assert fit.query_cpu_s == pytest.approx(30e-6, rel=0.03)
+    assert fit.batch_cpu_s == pytest.approx(100e-6, rel=0.03)
+    assert fit.wake_s == pytest.approx(200e-6, rel=0.03)
+    assert fit.cold_after_s == 1e-3
+    assert [r[2] for r in rows] == [r.loop_sleeps_per_query for r in runs]
+    # one run without its count: the twin counts them all, as it does with counted=False
+    partial = [dataclasses.replace(runs[0], sleeps=()), *runs[1:]]
+    assert fit_frontend_on_host(partial, twin, start) == fit_frontend_on_host(
+        runs, twin, start, counted=False)
+
+
 def test_fit_loadgen_separates_queries_wake_ups_and_a_runs_set_up() -> None:
     """Generator CPU = 30 us x queries + 110 us x wake-ups (distinct milliseconds with
     sends) + 20 ms per run (bodies, connections), over runs from 50 to 8,000 q/s: the

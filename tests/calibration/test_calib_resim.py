@@ -243,7 +243,8 @@ def test_calibration_and_runs_round_trip(tmp_path: Path) -> None:
     waits = (("container:noop", 0.002), ("frontend", 0.01), ("loadgen", 0.003))
     over = dataclasses.replace(run, overloaded=True, speed_factor=1.4,
                                speed_trace=((0.0, 1.0), (0.125, 1.8)), predicted=got_one,
-                               waits=waits, started_unix=1_796_400_000.5)
+                               waits=waits, started_unix=1_796_400_000.5,
+                               sleeps=(("container:noop", 18.0), ("frontend", 12.0)))
     path = save_runs(tmp_path / "runs.npz", [run, over], run, {"batches": 20.0}, 50.0)
     runs, low, seen, qps = load_runs(path, wl)
     assert len(runs) == 2 and low is not None and seen == {"batches": 20.0} and qps == 50.0
@@ -256,6 +257,10 @@ def test_calibration_and_runs_round_trip(tmp_path: Path) -> None:
     assert runs[0].predicted is None and low.predicted is None
     # each process's wait for a core, where the run recorded it
     assert runs[1].waits == waits and runs[0].waits == () and low.waits == ()
+    # how often each process slept, where the run recorded it: the loop's per query
+    assert runs[1].sleeps == (("container:noop", 18.0), ("frontend", 12.0))
+    assert runs[1].loop_sleeps_per_query == 12.0 / 50.0
+    assert runs[0].sleeps == () and math.isnan(runs[0].loop_sleeps_per_query)
     # when it started, where the run recorded it
     assert runs[1].started_unix == 1_796_400_000.5 and math.isnan(runs[0].started_unix)
     for r in (*runs, low):

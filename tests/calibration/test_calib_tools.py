@@ -224,6 +224,11 @@ def test_validate_tiny(tmp_path: Path) -> None:
     assert res.runs and all(
         {n for n, _ in r.waits} == {"frontend", "container:noop", "loadgen"}
         and all(v >= 0.0 for _, v in r.waits) for r in res.runs)
+    # ... and how often the loop and the container slept (voluntary context switches):
+    # the loop's count per query is what its wake-up cost is fitted on
+    assert all({n for n, _ in r.sleeps} == {"frontend", "container:noop"}
+               and all(v >= 0.0 for _, v in r.sleeps) for r in res.runs)
+    assert all(r.loop_sleeps_per_query >= 0.0 for r in res.runs)
     # each real run of a level ran TWIN_DRAWS times in each calibrated twin (recorded)
     assert (res.table["twin_draws"] == TWIN_DRAWS).all()
     # each level's rows record the machine's speed during its real runs
