@@ -8,7 +8,10 @@ server's query and batch counts and CPU time, and each query's latency from its 
   (``wake_s x (1 - exp(-idle / cold_after_s))``), the cooling time from a grid
   (``COLD_AFTER_GRID_S``), the wake-ups counted by replaying each run in the twin; each
   run's error weighted by the loop's busy share in it (the runs near capacity decide the
-  cost per query, which sets the capacity).
+  cost per query, which sets the capacity).  ``fit_frontend_on_host`` fits them again on
+  the host CPU model's twin; where every run counted the loop's sleeps
+  (``CpuRun.sleeps``, since 2026-12-05), on those counts instead of the twin's, and the
+  cooling time is the one at which the twin sleeps as often as the server did.
 - ``fit_pauses``: pauses from late queries at low load (``pause_runs``: 400 q/s to 30% of
   capacity), a late query being later than the median by ``late_margin``;
   ``tune_pause_rate`` sets their rate (a base plus a share of the loop's busy time) so
