@@ -614,7 +614,11 @@ class Simulation(_HostCpuDriver):
             self._done(rep, x, at)
             return
         timers = self._timers
-        while timers and timers[0] <= at:
+        # up to the timer's own time (x), not the clock's: ``now + (x - now)`` can land an
+        # ulp short of x, and a time left in the heap would stop every later timer from
+        # being scheduled (``_Frontend.arm_timer`` takes it for an earlier one pending)
+        top = x if x > at else at
+        while timers and timers[0] <= top:
             heapq.heappop(timers)
         self._timer_due(at)
 
@@ -693,7 +697,8 @@ class Simulation(_HostCpuDriver):
                                 ta = self.timer_at
                                 armed = _INF if ta is None else ta
                         else:  # the engine's timer: _event, _timer_due, on_timer, inlined
-                            while timers and timers[0] <= at:  # (drop_due)
+                            top = sb if sb > at else at  # the timer's own time (_event)
+                            while timers and timers[0] <= top:  # (drop_due)
                                 pop(timers)
                             if eng.due_at <= at:  # (next_deadline(); Driver.on_timer)
                                 ta = self.timer_at

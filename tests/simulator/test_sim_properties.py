@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from clipperlab.engine import Application, BatchingConfig, ModelSpec
@@ -30,6 +30,11 @@ from tests.simulator.test_sim_driver import fake_driver_log
     round_ms=st.sampled_from([0.0, 1.0]),
     seed=st.integers(0, 1000),
 )
+# a timer whose event time (now + delay) landed an ulp short of its own time stayed in
+# the driver's heap of pending timers, and every later timer was taken for one behind
+# it: deadline defaults answered late (47 us here), or a query never answered
+@example(policy="fixed", replicas=1, qps=12000.0, slo_ms=5, wait_ms=1.0, round_ms=0.0,
+         seed=1)
 def test_driver_invariants(policy: str, replicas: int, qps: float, slo_ms: int,
                            wait_ms: float, round_ms: float, seed: int) -> None:
     """Every query answered once and not before it arrived; non-default answers by the
