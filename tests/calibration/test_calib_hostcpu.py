@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -266,13 +267,17 @@ def test_fit_container_cpu_recovers_a_simulated_containers_demands() -> None:
     assert fit_container_cpu(zero) == ()
 
 
-def test_fit_frontend_on_host_counts_the_wake_ups_the_host_twin_pays(tmp_path: Path) -> None:
-    """Runs made by the host CPU model's twin with a known loop (30 us/query, 100
-    us/batch, a 200 us wake-up cooling in 1 ms) on one core shared with the container and
-    the generator, at x1.8: ``fit_frontend``'s twin, the loop alone on a fast core,
-    counts more wake-ups than these runs paid and fits the loop cheaper; fitted again with
-    the wake-ups the host twin counts, every cost is found and the twin's loop costs what
-    the busiest run's did."""
+_LOOP_TRUTH = Calibration(query_cpu_s=30e-6, batch_cpu_s=100e-6, wake_s=200e-6,
+                          cold_after_s=1e-3, host_cpus=1,
+                          container_cpu=(("noop", 60e-6, 2e-6),),
+                          loadgen_cpu_per_query_s=5e-6, reference_factor=1.0)
+
+
+def _host_loop_runs(tmp_path: Path) -> tuple[Callable[[Calibration], Deployment],
+                                             list[tuple[CpuRun, Simulation]]]:
+    """The host twin of the no-op deployment and runs it made with ``_LOOP_TRUTH``'s loop
+    on one core at x1.8, 100-9,000 q/s: each run's queries, batches and loop CPU, beside
+    the simulation that made it."""
     path = tmp_path / "deploy.toml"
     path.write_text(NOOP_DEPLOY)
     dep = real_deployment(path)
@@ -281,19 +286,28 @@ def test_fit_frontend_on_host_counts_the_wake_ups_the_host_twin_pays(tmp_path: P
     def twin(c: Calibration) -> Deployment:
         return sim_deployment(dep, "hello", {"noop": prof}, calibration=c)
 
-    truth = Calibration(query_cpu_s=30e-6, batch_cpu_s=100e-6, wake_s=200e-6,
-                        cold_after_s=1e-3, host_cpus=1,
-                        container_cpu=(("noop", 60e-6, 2e-6),),
-                        loadgen_cpu_per_query_s=5e-6, reference_factor=1.0)
-    runs = []
+    out = []
     for k, rate in enumerate((100, 500, 1500, 3000, 5000, 7000, 9000)):
         tr = Workload(Poisson(rate), n_queries=max(int(rate * 0.5), 100),
                       app="hello").generate(k)
         run = CpuRun(tr, float(len(tr)), 1.0, 0.0, speed_trace=((0.0, 1.8),),
                      speed_factor=1.8)
-        sim = Simulation(twin(as_run(truth, run)), tr, seed=0)
+        sim = Simulation(twin(as_run(_LOOP_TRUTH, run)), tr, seed=0)
         batches = float(len(sim.run().batches))
-        runs.append(dataclasses.replace(run, batches=batches, cpu_s=sim.loop_busy_s))
+        out.append((dataclasses.replace(run, batches=batches, cpu_s=sim.loop_busy_s), sim))
+    return twin, out
+
+
+def test_fit_frontend_on_host_counts_the_wake_ups_the_host_twin_pays(tmp_path: Path) -> None:
+    """Runs made by the host CPU model's twin with a known loop (30 us/query, 100
+    us/batch, a 200 us wake-up cooling in 1 ms) on one core shared with the container and
+    the generator, at x1.8: ``fit_frontend``'s twin, the loop alone on a fast core,
+    counts more wake-ups than these runs paid and fits the loop cheaper; fitted again with
+    the wake-ups the host twin counts, every cost is found and the twin's loop costs what
+    the busiest run's did."""
+    twin, made = _host_loop_runs(tmp_path)
+    truth = _LOOP_TRUTH
+    runs = [run for run, _ in made]
     alone = fit_frontend(runs, twin, Calibration())
     start = dataclasses.replace(truth, query_cpu_s=alone.query_cpu_s,
                                 batch_cpu_s=alone.batch_cpu_s, wake_s=alone.wake_s,
@@ -327,29 +341,11 @@ def test_fit_frontend_on_host_takes_the_servers_own_wake_ups_when_counted(
     time are found from a start that knows none of them, with the counts as the wake-up
     column (the fit's rows); without the counts, or with ``counted=False``, the fit
     counts the wake-ups with its own twin as before."""
-    path = tmp_path / "deploy.toml"
-    path.write_text(NOOP_DEPLOY)
-    dep = real_deployment(path)
-    prof = LatencyProfile.from_line("p", 10e-6, 100e-6)
-
-    def twin(c: Calibration) -> Deployment:
-        return sim_deployment(dep, "hello", {"noop": prof}, calibration=c)
-
-    truth = Calibration(query_cpu_s=30e-6, batch_cpu_s=100e-6, wake_s=200e-6,
-                        cold_after_s=1e-3, host_cpus=1,
-                        container_cpu=(("noop", 60e-6, 2e-6),),
-                        loadgen_cpu_per_query_s=5e-6, reference_factor=1.0)
-    runs = []
-    for k, rate in enumerate((100, 500, 1500, 3000, 5000, 7000, 9000)):
-        tr = Workload(Poisson(rate), n_queries=max(int(rate * 0.5), 100),
-                      app="hello").generate(k)
-        run = CpuRun(tr, float(len(tr)), 1.0, 0.0, speed_trace=((0.0, 1.8),),
-                     speed_factor=1.8)
-        sim = Simulation(twin(as_run(truth, run)), tr, seed=0)
-        batches = float(len(sim.run().batches))
-        sleeps = sim.loop_wake_s / truth.wake_s  # the wake-ups the run paid
-        runs.append(dataclasses.replace(run, batches=batches, cpu_s=sim.loop_busy_s,
-                                        sleeps=(("frontend", sleeps),)))
+    twin, made = _host_loop_runs(tmp_path)
+    truth = _LOOP_TRUTH
+    # each run with the wake-ups it paid, as the server's count would give them
+    runs = [dataclasses.replace(run, sleeps=(("frontend", sim.loop_wake_s / truth.wake_s),))
+            for run, sim in made]
     assert runs[0].loop_sleeps_per_query > 0.5 > runs[-1].loop_sleeps_per_query
     start = dataclasses.replace(truth, query_cpu_s=50e-6, batch_cpu_s=0.0, wake_s=0.0,
                                 cold_after_s=50e-6)
