@@ -599,8 +599,9 @@ def fit_frontend_on_host(runs: Sequence[CpuRun], twin: Callable[[Calibration], D
     runs = _read_runs(runs)
     if not runs or calib.host_cpus <= 0:
         return calib, []
-    if counted and all(math.isfinite(r.loop_sleeps_per_query) for r in runs):
-        return _fit_frontend_on_sleeps(runs, twin, calib, seed)
+    sleeps = [r.loop_sleeps_per_query for r in runs]
+    if counted and all(math.isfinite(s) for s in sleeps):
+        return _fit_frontend_on_sleeps(runs, sleeps, twin, calib, seed)
     y, inv, weight = _loop_sides(runs, True)
     best: tuple[float, Calibration, list[FrontendRow]] | None = None
     for tau in _grid_near(calib.cold_after_s):
@@ -621,12 +622,12 @@ def fit_frontend_on_host(runs: Sequence[CpuRun], twin: Callable[[Calibration], D
     return (calib, []) if best is None else (best[1], best[2])
 
 
-def _fit_frontend_on_sleeps(runs: Sequence[CpuRun],
+def _fit_frontend_on_sleeps(runs: Sequence[CpuRun], sleeps: Sequence[float],
                             twin: Callable[[Calibration], Deployment], calib: Calibration,
                             seed: int = 0) -> tuple[Calibration, list[FrontendRow]]:
     """``fit_frontend_on_host`` with the server's own wake-ups: per run, CPU per query =
-    ``a + b x batches/queries + wake_s x s_k``, ``s_k`` the loop's sleeps per query that
-    the kernel counted (``CpuRun.loop_sleeps_per_query``), solved as ``_solve_frontend``
+    ``a + b x batches/queries + wake_s x s_k``, ``s_k`` (``sleeps``) the loop's sleeps per
+    query that the kernel counted (``CpuRun.loop_sleeps_per_query``), solved as ``_solve_frontend``
     solves (relative errors, busy-share weights); then the cooling time: the point of
     ``COLD_AFTER_GRID_S`` at which the twin's loop, with those costs and each run's
     speed, wakes as often as the server's did (the squared differences of wake-ups per
@@ -638,7 +639,6 @@ def _fit_frontend_on_sleeps(runs: Sequence[CpuRun],
     in for the per-batch one; it vanishes near capacity, where the per-batch cost does
     not, and the twin's capacity comes out high (runs 33 and 34:
     ``results/validation/diagnostics-capacity-batch-cost/``)."""
-    sleeps = [r.loop_sleeps_per_query for r in runs]
     y, inv, weight = _loop_sides(runs, True)
     rows = list(zip(y, inv, sleeps, weight, strict=True))
     (a, b, w), _ = _solve_frontend(rows)

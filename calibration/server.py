@@ -297,21 +297,13 @@ class ServerProcess:
         """Seconds the server (``frontend``) and its containers (``container:<model>``)
         have waited runnable for a core so far (``proc_wait_s``; none where it cannot
         be read)."""
-        out = {f"container:{m}": v for m, v in self._per_container(proc_wait_s).items()}
-        w = proc_wait_s(self.proc.pid) if self.proc.pid is not None else math.nan
-        if math.isfinite(w):
-            out["frontend"] = w
-        return out
+        return self._each(proc_wait_s)
 
     def sleeps(self) -> dict[str, float]:
         """How often the server's loop (``frontend``) and its containers
         (``container:<model>``, summed over the replicas) have gone to sleep so far
         (``proc_sleeps``; none where it cannot be read)."""
-        out = {f"container:{m}": v for m, v in self._per_container(proc_sleeps).items()}
-        n = proc_sleeps(self.proc.pid) if self.proc.pid is not None else math.nan
-        if math.isfinite(n):
-            out["frontend"] = n
-        return out
+        return self._each(proc_sleeps)
 
     def session_groups(self) -> dict[str, str]:
         """The scheduling group of the server (``frontend``), each container
@@ -337,6 +329,15 @@ class ServerProcess:
         """(model, pid) of each container process of the server."""
         kids = child_pids(self.proc.pid) if self.proc.pid is not None else []
         return [(name, d) for d in kids if (name := container_name(d)) is not None]
+
+    def _each(self, read: Callable[[int], float]) -> dict[str, float]:
+        """``read`` of the server (``frontend``) and of its containers
+        (``container:<model>``, ``_per_container``), each only where it could be read."""
+        out = {f"container:{m}": v for m, v in self._per_container(read).items()}
+        v = read(self.proc.pid) if self.proc.pid is not None else math.nan
+        if math.isfinite(v):
+            out["frontend"] = v
+        return out
 
     def _per_container(self, read: Callable[[int], float]) -> dict[str, float]:
         """``read`` of each container process, summed per model (module rules)."""

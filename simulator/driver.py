@@ -597,9 +597,13 @@ class Simulation(_HostCpuDriver):
     # (a run whose only events are batch completions and engine timers: _setup)
     def _event_timer(self, at: float) -> None:
         """``_Frontend._schedule_timer`` without ``frontend_cpu``, on the driver's heap."""
-        heapq.heappush(self._timers, at)
         now = self.env._now
         delay = at - now if at > now else 0.0
+        # the pending heap holds when the event fires, not ``at``: ``now + (at - now)`` can
+        # be an ulp short of ``at``, and ``at`` would then outlive its event (the events
+        # drop pending times up to their own), and every later timer would be taken for
+        # one behind it (``_Frontend.arm_timer``): deadline defaults late, or never sent
+        heapq.heappush(self._timers, now + delay)
         heapq.heappush(self._events, (now + delay, next(self._eids), None, at, None))  # type: ignore[arg-type]
 
     def _event(self, ev: tuple[float, int, _Rep | None, Any, records.BatchRecord | None]) -> None:
@@ -614,11 +618,7 @@ class Simulation(_HostCpuDriver):
             self._done(rep, x, at)
             return
         timers = self._timers
-        # up to the timer's own time (x), not the clock's: ``now + (x - now)`` can land an
-        # ulp short of x, and a time left in the heap would stop every later timer from
-        # being scheduled (``_Frontend.arm_timer`` takes it for an earlier one pending)
-        top = x if x > at else at
-        while timers and timers[0] <= top:
+        while timers and timers[0] <= at:
             heapq.heappop(timers)
         self._timer_due(at)
 
@@ -697,8 +697,7 @@ class Simulation(_HostCpuDriver):
                                 ta = self.timer_at
                                 armed = _INF if ta is None else ta
                         else:  # the engine's timer: _event, _timer_due, on_timer, inlined
-                            top = sb if sb > at else at  # the timer's own time (_event)
-                            while timers and timers[0] <= top:  # (drop_due)
+                            while timers and timers[0] <= at:  # (drop_due)
                                 pop(timers)
                             if eng.due_at <= at:  # (next_deadline(); Driver.on_timer)
                                 ta = self.timer_at
