@@ -96,9 +96,10 @@ COLUMNS = ("model", "batching", "load", "real q/s", "real p50 / p99 ms", "sim q/
            "sim p50 / p99 ms", "err q/s", "err p50", "err p99", "goal", "within noise",
            "load avg", "others' CPU")
 # the capacity table's columns (``capacity_markdown``)
+# each ramp: its slow share and its fast level over the calibration's (``_per_ramp``)
+PER_RAMP_COLUMN = "each ramp: measured / predicted (slow share, fast level x)"
 CAPACITY_COLUMNS = ("model", "batching", "measured q/s [90% interval]", "ramps",
-                    "predicted q/s", "err", "within 10%",
-                    "each ramp: measured / predicted (slow share)")
+                    "predicted q/s", "err", "within 10%", PER_RAMP_COLUMN)
 CAPACITY_GOAL = 0.10
 # fitted numbers shown as value [lo, hi] in the calibration table (``cal_table``)
 INTERVAL_COLUMNS = ("capacity_qps", "query_cpu_us", "batch_cpu_us", "wake_us",
@@ -250,22 +251,32 @@ def capacity_rows(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _per_ramp(row: pd.Series) -> str:
-    """Each ramp's measured and predicted capacity and the slow share while it went
-    (``ramp_capacities_qps``, ``sim_ramp_capacities_qps``, ``speed_ramps_slow_share``);
-    empty for a run that did not record them."""
-    cols = ("ramp_capacities_qps", "sim_ramp_capacities_qps", "speed_ramps_slow_share")
+    """Each ramp's measured and predicted capacity, the slow share while it went and its
+    fast level over the calibration's (``ramp_capacities_qps``,
+    ``sim_ramp_capacities_qps``, ``speed_ramps_slow_share``, ``speed_ramps_fast_ns`` over
+    ``speed_calib_fast_ns``: "x1.30", runs from 36 on); empty for a run that did not
+    record them."""
+    cols = ("ramp_capacities_qps", "sim_ramp_capacities_qps", "speed_ramps_slow_share",
+            "speed_ramps_fast_ns")
     parts = [str(row.get(c, "") or "") if pd.notna(row.get(c, "")) else "" for c in cols]
     if not parts[0] or not parts[1]:
         return ""
     meas, pred = parts[0].split(";"), parts[1].split(";")
     slow = parts[2].split(";") if parts[2] else []
+    fast = parts[3].split(";") if parts[3] else []
+    ref = pd.to_numeric(row.get("speed_calib_fast_ns", math.nan), errors="coerce")
     if len(meas) != len(pred):
         return ""
     out = []
     for k, (m, p) in enumerate(zip(meas, pred, strict=True)):
         s = f"{float(m):,.0f} / {float(p):,.0f}"
+        notes = []
         if k < len(slow) and slow[k] != "nan":
-            s += f" ({float(slow[k]):.0%})"
+            notes.append(f"{float(slow[k]):.0%}")
+        if k < len(fast) and math.isfinite(f := float(fast[k])) and ref > 0:
+            notes.append(f"x{f / ref:.2f}")
+        if notes:
+            s += f" ({', '.join(notes)})"
         out.append(s)
     return "; ".join(out)
 
@@ -288,7 +299,7 @@ def capacity_markdown(caps: pd.DataFrame) -> str:
                                             f"{r['capacity_qps_hi']:,.0f}]",
              "ramps": r["ramps"], "predicted q/s": r["sim_capacity_qps"],
              "err": r["err_capacity"], "within 10%": bool(r["capacity_goal_met"]),
-             "each ramp: measured / predicted (slow share)": r.get("per_ramp", "")}
+             PER_RAMP_COLUMN: r.get("per_ramp", "")}
             for _, r in caps.iterrows()]
     return markdown_table(rows, CAPACITY_COLUMNS,
                           formats={"predicted q/s": "{:,.0f}", "err": "{:+.0%}"})
@@ -669,6 +680,9 @@ def main(argv: list[str] | None = None) -> int:
                         for sp in res.speed_ramps)
                     t["speed_ramps_factor"] = ";".join(
                         f"{sp.slow_factor:.3f}" if sp is not None else "nan"
+                        for sp in res.speed_ramps)
+                    t["speed_ramps_fast_ns"] = ";".join(
+                        f"{sp.fast_ns:.1f}" if sp is not None else "nan"
                         for sp in res.speed_ramps)
                 for when, sp in (("calib", res.speed_calib), ("levels", res.speed_levels)):
                     if sp is not None:  # as measured, also where the twin kept one speed

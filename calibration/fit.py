@@ -140,6 +140,12 @@ class Calibration:
     # the mean speed factor the CPU demands were fitted at, when the twin runs another
     # stretch's speeds (a level's: ``twin.at_speed``); 0: the calibration's own
     reference_factor: float = 0.0
+    # the probe's fast level while the runs ran (ns a probe iteration: ``HostSpeed.fast_ns``),
+    # what another stretch's fast level is measured against (``twin.at_speed``: a stretch
+    # whose fast periods ran slower than these runs' did is slower all through); 0:
+    # unknown (calibrations stored before 2026-12-05's run 36), each stretch read against
+    # its own
+    fast_ns: float = 0.0
     # the speed as a probe recorded it while one real run went, replayed instead of the
     # two speeds (``twin.at_trace``; ``HostCPU.speed_trace``): (s from the run's start,
     # factor over the fast speed) pairs; empty: the two speeds

@@ -567,16 +567,18 @@ def _level_speed(row: Mapping[str, Any]) -> HostSpeed | None:
 
 def _ramp_speeds(row: Mapping[str, Any], calib: Calibration) -> list[HostSpeed | None]:
     """The two speeds a row records for each capacity ramp (``speed_ramps_*``: the slow
-    share and factor while each went; their periods' mean is the calibration's), else
-    none."""
-    shares, factors = (str(row.get(f"speed_ramps_{k}", "") or "") for k in ("slow_share",
-                                                                          "factor"))
+    share and factor while each went, and from run 36 on its fast level; their periods'
+    mean is the calibration's), else none."""
+    shares, factors, fast = (str(v) if pd.notna(v := row.get(f"speed_ramps_{k}", "")) and v
+                             else "" for k in ("slow_share", "factor", "fast_ns"))
     if not shares or shares == "nan" or not factors:
         return []
+    levels = [float(v) for v in fast.split(";")] if fast else []
     out: list[HostSpeed | None] = []
-    for sh, f in zip(shares.split(";"), factors.split(";"), strict=False):
+    for k, (sh, f) in enumerate(zip(shares.split(";"), factors.split(";"), strict=False)):
         s, x = float(sh), float(f)
-        out.append(HostSpeed(fast_ns=math.nan, slow_factor=x, slow_share=s,
+        out.append(HostSpeed(fast_ns=levels[k] if k < len(levels) else math.nan,
+                             slow_factor=x, slow_share=s,
                              slow_dwell_s=calib.slow_dwell_s, probes=0, span_s=math.nan)
                    if math.isfinite(s) and math.isfinite(x) else None)
     return out
@@ -635,4 +637,8 @@ def _refit(path: Path, dep: Any, app: Any, specs: Any, workload: Workload,
         runs, setup, low, low_seen, ref.capacity_qps, ref.frontend_cost_s, calib_qps,
         host_cpu=any(c.host_cpus > 0 for c in stored.values()),
         speed=speed if speed is not None else stored_speed(stored))
-    return dict(calibs), dict(intervals)
+    # the fast level the stored runs were measured at (what each ramp's is read
+    # against: ``twin.base_factor``) is the run's, whatever speeds the refit is given
+    fast_ns = max(c.fast_ns for c in stored.values())
+    return ({m: dataclasses.replace(c, fast_ns=fast_ns) if c.host_cpus > 0 else c
+             for m, c in calibs}, dict(intervals))

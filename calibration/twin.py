@@ -51,7 +51,7 @@ from clipperlab.simulator import (
     ModelDeployment,
 )
 
-__all__ = ["at_speed", "at_trace", "capacity_estimate", "despiked", "divided_factor",
+__all__ = ["at_speed", "at_trace", "base_factor", "capacity_estimate", "despiked", "divided_factor",
            "frontend_cpu", "mean_factor",
            "scaled", "sim_deployment", "speed_fields"]
 
@@ -87,14 +87,29 @@ def mean_factor(c: Calibration) -> float:
     return _host_speed(c).reference if c.slow_factor > 1.0 or c.reference_factor > 0 else 1.0
 
 
+def base_factor(c: Calibration, speed: HostSpeed | None) -> float:
+    """How much slower a stretch's fast periods ran than ``c``'s runs' did: the stretch's
+    probe fast level over ``c``'s (``Calibration.fast_ns``); 1 when either is unknown.
+    ``quiet.fit_speed`` reads each stretch against its own fast level, so a stretch the
+    whole machine ran slower through (this VM's slow state lasting minutes: a ramp at
+    2,200 ns a probe iteration after a calibration at 1,700) shows one speed; this is
+    what it misses."""
+    if speed is None or not (c.fast_ns > 0 and math.isfinite(speed.fast_ns)
+                             and speed.fast_ns > 0):
+        return 1.0
+    return speed.fast_ns / c.fast_ns
+
+
 def at_speed(c: Calibration, speed: HostSpeed | None) -> Calibration:
-    """``c`` run at another stretch's speeds (a level's, as the probe saw them): its host
-    switches as those say, and its demands, fitted at ``c``'s own mean factor, are
-    scaled to them (``HostCPU.reference_factor``).  ``c`` as it is without the host CPU
-    model."""
+    """``c`` run at another stretch's speeds (a level's or a ramp's, as the probe saw
+    them): its host switches as those say, and its demands, fitted at ``c``'s own mean
+    factor, are scaled to them (``HostCPU.reference_factor``), and by the stretch's
+    fast level over ``c``'s (``base_factor``: the reference divided by it).  ``c`` as
+    it is without the host CPU model."""
     if c.host_cpus <= 0:
         return c
-    return dataclasses.replace(c, reference_factor=mean_factor(c), **speed_fields(speed))
+    return dataclasses.replace(c, reference_factor=mean_factor(c) / base_factor(c, speed),
+                               **speed_fields(speed))
 
 
 def at_trace(c: Calibration, trace: tuple[tuple[float, ...], ...]) -> Calibration:

@@ -91,7 +91,10 @@ Theory of operation (``validate``, one function per step):
    ramp's own procedure run on the twin (``capacity.ramp`` through
    ``capacity.twin_capacities``: same steps, same confirmation, median of ``repeats``
    ramps), each twin ramp at the two speeds the probe saw while the real ramp of the same
-   number went, beside the measured one.
+   number went, beside the measured one, and slower all through by that ramp's fast
+   level over the calibration's (``twin.base_factor``: a ramp's own fit reads a stretch
+   the whole machine ran slower through as fast; run 35 predicted 25,100-25,700 q/s for
+   four ramps where the server passed 23,000 on two and 16,000-17,700 on the other two).
 8. What the calibration was fitted on is kept in the result (``runs``, ``low_run``,
    ``low_seen``, ``calib_qps``) so a run can be re-simulated and refitted later
    (``clipperlab.calibration.resimulate``).
@@ -190,6 +193,7 @@ from clipperlab.calibration.server import (
 from clipperlab.calibration.twin import (
     at_speed,
     at_trace,
+    base_factor,
     capacity_estimate,
     frontend_cpu,
     sim_deployment,
@@ -367,6 +371,11 @@ def _validate(dep: RealDeployment, app: Application,
                                            float(capacity_qps), cost_s, calib_qps, host_cpu,
                                            speed_calib)
         calib = calibs[-1][1]  # the prediction: with the host CPU model when asked
+        if len(speed_ramps) > 1 and calib.fast_ns > 0:
+            log("  each ramp's fast level over the calibration's (the twin's ramp runs "
+                "that much slower all through): " + ", ".join(
+                    f"{base_factor(calib, sp):.2f}" if sp is not None else "?"
+                    for sp in speed_ramps))
         intervals["capacity_qps"] = bootstrap(caps, seed=seed)
         if measured:
             rows = [row for m in measured for row in predict_level(setup, calibs, m, mon)]
@@ -664,7 +673,8 @@ def host_cpu_demands(runs: Sequence[CpuRun], calib: Calibration,
     (``fit_loadgen`` over ``good``, the runs that met the SLO; default ``runs``), the
     kernel's time slice and tick (``quiet.kernel_slice_s``, ``quiet.kernel_tick_s``: not
     fitted, the scheduler's own), its newidle balance (``HostCPU.newidle``) and
-    the machine's two speeds when ``speed`` found two (``quiet.fit_speed``), each core
+    the machine's two speeds when ``speed`` found two (``quiet.fit_speed``) and its fast
+    level (``Calibration.fast_ns``), each core
     switching on its own when ``speed`` pooled probes of each core (``core_speeds``), and
     the cores' ``stalls`` when measured (``stall_fields``)."""
     gen = fit_loadgen(runs if good is None else good)
@@ -676,6 +686,8 @@ def host_cpu_demands(runs: Sequence[CpuRun], calib: Calibration,
                                slice_s=kernel_slice_s(), tick_s=kernel_tick_s(),
                                newidle=True,
                                **speed_fields(speed),
+                               fast_ns=(speed.fast_ns if speed is not None
+                                        and math.isfinite(speed.fast_ns) else 0.0),
                                core_speeds=speed is not None and speed.cores > 1,
                                **stall_fields(stalls))
 

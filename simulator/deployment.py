@@ -232,7 +232,9 @@ class HostCPU:
     ``reference_factor`` (default: this host's own ``mean_factor``): the mean factor the
     demands were measured at, when that was another time's speed (a twin fitted while
     the machine was slow 40% of the time, run for a stretch when it was slow 70% of the
-    time: work then takes ``factor / reference_factor`` of its demand, on average more).
+    time: work then takes ``factor / reference_factor`` of its demand, on average more;
+    below 1 when the stretch ran slower even in its fast periods than the demands'
+    measurement did: ``calibration.twin.at_speed``).
     ``speed_trace`` (off when empty): the speed as it was, replayed instead of drawn:
     ``(at_s, factor)`` pairs, times from the run's start in increasing order, each factor
     (> 0; 1: the fast speed) holding until the next (a probe's trace of a real run:
@@ -313,8 +315,8 @@ class HostCPU:
                 raise SimConfigError(f"host_cpu.{k}: expected a list of seconds > 0, got "
                                      f"{v!r}")
         r = self.reference_factor
-        if r is not None and not (_finite(r) and r >= 1.0):
-            raise SimConfigError(f"host_cpu.reference_factor: expected a mean factor >= 1, "
+        if r is not None and not (_finite(r) and r > 0.0):
+            raise SimConfigError(f"host_cpu.reference_factor: expected a mean factor > 0, "
                                  f"got {r!r}")
         tr = self.speed_trace
         if isinstance(tr, list):

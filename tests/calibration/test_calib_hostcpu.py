@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from clipperlab.calibration.server import real_deployment, server_settings
 from clipperlab.calibration.twin import (
     at_speed,
     at_trace,
+    base_factor,
     divided_factor,
     frontend_cpu,
     mean_factor,
@@ -150,6 +152,24 @@ def test_twin_with_the_host_cpu_model_has_the_fitted_demands(tmp_path: Path) -> 
     assert (flat.slow_factor, flat.slow_share, flat.reference_factor) == (1.0, 0.0, 1.4)
     no_host = dataclasses.replace(calib, host_cpus=0)
     assert at_speed(no_host, _speed(1.8, 0.75, 0.2)) is no_host
+    # a stretch whose fast periods ran slower than the calibration's (its probe's fast
+    # level 1,300 ns against 1,000): slower all through, its swings on top
+    known = dataclasses.replace(base, fast_ns=1000.0)
+    slower = dataclasses.replace(_speed(1.8, 0.75, 0.2), fast_ns=1300.0)
+    assert base_factor(known, slower) == pytest.approx(1.3)
+    assert base_factor(base, slower) == 1.0  # the calibration's level unknown: its own
+    assert base_factor(known, None) == 1.0
+    assert base_factor(known, dataclasses.replace(slower, fast_ns=math.nan)) == 1.0
+    ls = at_speed(known, slower)
+    assert ls.reference_factor == pytest.approx(1.4 / 1.3) and ls.fast_ns == 1000.0
+    hs = sim_deployment(dep, "hello", {"noop": prof}, calibration=ls).host_cpu
+    assert hs is not None and hs.mean_factor / hs.reference == pytest.approx(1.6 / 1.4 * 1.3)
+    # one speed all along, 2.2x the calibration's fast level: work takes 2.2x its demand
+    # (the reference below 1 is what says so)
+    slow_all = at_speed(dataclasses.replace(calib, fast_ns=1000.0), dataclasses.replace(
+        _speed(1.0, 0.0, float("nan")), fast_ns=2200.0))
+    ha = sim_deployment(dep, "hello", {"noop": prof}, calibration=slow_all).host_cpu
+    assert ha is not None and ha.reference == pytest.approx(1 / 2.2)
     # one real run's speed as the probe recorded it, replayed: the twin's host follows
     # the trace, its demands scaled from the calibration's own mean factor
     rec = ((0.0, 1.0), (0.3, 1.8), (0.5, 1.0))

@@ -142,6 +142,11 @@ def test_capacity_columns_from_a_fake_twin() -> None:
         "900 / 950 (30%); 1,000 / 1,050; 1,100 / 1,200 (70%)"
     assert "| 900 / 950 (30%); 1,000 / 1,050; 1,100 / 1,200 (70%) |" in capacity_markdown(
         capacity_rows(table))
+    # and, from run 36 on, each ramp's fast level over the calibration's
+    table["speed_ramps_fast_ns"] = "1000.0;1300.0;nan"
+    table["speed_calib_fast_ns"] = 1000.0
+    assert capacity_rows(table).iloc[0]["per_ramp"] == \
+        "900 / 950 (30%, x1.00); 1,000 / 1,050 (x1.30); 1,100 / 1,200 (70%)"
 
 
 # --------------------------------------------------------------------------- profiles

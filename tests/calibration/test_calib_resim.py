@@ -32,6 +32,7 @@ from clipperlab.calibration.fit import (
 )
 from clipperlab.calibration.quiet import HostStalls
 from clipperlab.calibration.resimulate import (
+    CALIBRATION_FILE,
     calibration_columns,
     calibration_from_json,
     calibration_to_json,
@@ -515,6 +516,19 @@ def test_resimulate_with_two_speeds(tmp_path: Path,
     slow_ramps = resimulate(tmp_path, wl, log=lambda s: None).table
     assert (slow_ramps["sim_capacity_qps"] < stored["sim_capacity_qps"]).all()
     assert slow_ramps["sim_ramp_capacities_qps"].astype(str).str.count(";").eq(n - 1).all()
+    # one speed on every ramp, but the last ramp's fast level twice the calibration's
+    # (the stored run's ``fast_ns``): that ramp alone finds less
+    calibs = calibration_from_json((tmp_path / "noop-aimd" / CALIBRATION_FILE).read_text())
+    (tmp_path / "noop-aimd" / CALIBRATION_FILE).write_text(calibration_to_json(
+        {m: dataclasses.replace(c, fast_ns=1000.0) for m, c in calibs.items()}))
+    t["speed_ramps_slow_share"], t["speed_ramps_factor"] = ";".join(["0.0"] * n), \
+        ";".join(["1.0"] * n)
+    t["speed_ramps_fast_ns"] = ";".join(["1000.0"] * (n - 1) + ["2000.0"])
+    t.to_csv(tmp_path / "fidelity.csv", index=False)
+    per = [float(x) for x in str(resimulate(tmp_path, wl, log=lambda s: None).table[
+        "sim_ramp_capacities_qps"].iloc[0]).split(";")]
+    assert per[-1] < 0.8 * min(per[:-1])
+    t = t.drop(columns=["speed_ramps_fast_ns"])
     # --core-speeds: each core of the twin's host switches on its own (recorded)
     t.drop(columns=["speed_ramps_slow_share", "speed_ramps_factor"]).to_csv(
         tmp_path / "fidelity.csv", index=False)
