@@ -59,9 +59,16 @@ from clipperlab.calibration.capacity import RAMP_RESOLUTION, RAMPS
 from clipperlab.calibration.errors import CalibrationError
 from clipperlab.calibration.fit import Calibration
 from clipperlab.calibration.outputs import format_table, write_outputs
-from clipperlab.calibration.quiet import BUSY_POLICIES, STALL_SECONDS, HostSpeed, HostStalls
+from clipperlab.calibration.quiet import (
+    BUSY_POLICIES,
+    STALL_SECONDS,
+    HostSpeed,
+    HostStalls,
+    save_probes,
+)
 from clipperlab.calibration.resimulate import (
     CALIBRATION_FILE,
+    PROBES_FILE,
     RUNS_FILE,
     calibration_columns,
     calibration_to_json,
@@ -662,6 +669,8 @@ def main(argv: list[str] | None = None) -> int:
                     + deploy_toml(model, Path(path).name if path else "", said_batching(bname)))
                 (sub / CALIBRATION_FILE).write_text(calibration_to_json(res.calibrations))
                 save_runs(sub / RUNS_FILE, res.runs, res.low_run, res.low_seen, res.calib_qps)
+                if res.speed_probes:
+                    save_probes(sub / PROBES_FILE, res.speed_probes)
                 t = res.table.copy()
                 t.insert(0, "batching", bname)
                 t.insert(0, "model", model)

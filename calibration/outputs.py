@@ -86,6 +86,9 @@ class ValidationResult:
     # kept runs taken after the levels (``ramps_after``'s ramps): the calibration saw
     # the machine on both sides of them; 0 when every kept run came first
     runs_after_levels: int = 0
+    # every speed probe of the setting, per core (``SpeedMonitor.probes``; saved as
+    # ``speed_probes.npz``, ``quiet.save_probes``); empty when not probed
+    speed_probes: dict[int, tuple[list[float], list[float]]] = field(default_factory=dict)
 
     @property
     def capacity_error(self) -> float:

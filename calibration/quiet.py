@@ -124,10 +124,12 @@ __all__ = [
     "LoadSample",
     "SpeedMonitor",
     "fit_speed",
+    "load_probes",
     "for_cores",
     "pool_speeds",
     "probe_cpus",
     "replay_mean",
+    "save_probes",
     "slow_cut",
     "guard",
     "host_stalls",
@@ -556,6 +558,25 @@ class SpeedMonitor:
                 ns.append(b)
         return t, ns
 
+    def probes(self) -> dict[int, tuple[list[float], list[float]]]:
+        """Every probe so far, per core (``-1``: the one floating probe without
+        ``cpus``): ``(time.monotonic, ns)`` lists, what ``save_probes`` keeps."""
+        return {(-1 if c is None else c): self.trace(cpu=c) for c in self.cpus or (None,)}
+
+    @classmethod
+    def from_probes(cls, probes: Mapping[int, tuple[Sequence[float], Sequence[float]]],
+                    path: str | Path, interval_s: float = SPEED_INTERVAL_S) -> SpeedMonitor:
+        """A monitor that is not running over probes taken before (``probes``,
+        ``load_probes``), their trace files written next to ``path``: ``trace``, ``fit``,
+        ``replay`` and ``mean_factor`` read them as they read a live one's."""
+        mon = cls(path, interval_s=interval_s)
+        mon.path.parent.mkdir(parents=True, exist_ok=True)
+        mon.cpus = tuple(sorted(c for c in probes if c >= 0))
+        for c, (t, ns) in probes.items():
+            mon._file(None if c < 0 else c).write_text("".join(
+                f"{a:.6f} {b:.1f}\n" for a, b in zip(t, ns, strict=True)))
+        return mon
+
     def fit(self, since: float = -float("inf"), until: float = float("inf")
             ) -> HostSpeed | None:
         if self.cpus:
@@ -620,6 +641,36 @@ class SpeedMonitor:
         (each core's levels from all its probes, so a stretch that was slow all along
         reads slow); NaN when there is nothing to replay."""
         return replay_mean(self.replay(since, until), until - since)
+
+
+def save_probes(path: str | Path, probes: Mapping[int, tuple[Sequence[float],
+                                                               Sequence[float]]],
+                interval_s: float = SPEED_INTERVAL_S) -> Path:
+    """A monitor's probes (``SpeedMonitor.probes``) as a compressed ``.npz``: per core
+    ``k`` its times (``t_<k>``, ``time.monotonic`` seconds) and probe times (``ns_<k>``),
+    and the interval; ``load_probes`` reads it back."""
+    import numpy as np  # here: the probe's process needs none
+
+    arrays: dict[str, np.ndarray] = {"interval_s": np.array(interval_s)}
+    for c, (t, ns) in probes.items():
+        arrays[f"t_{c}"] = np.asarray(t, dtype=np.float64)
+        arrays[f"ns_{c}"] = np.asarray(ns, dtype=np.float32)
+    out = Path(path)
+    np.savez_compressed(out, **arrays)  # type: ignore[arg-type]
+    return out
+
+
+def load_probes(path: str | Path) -> tuple[dict[int, tuple[list[float], list[float]]], float]:
+    """``save_probes``' file: the probes per core and the interval (s)."""
+    import numpy as np
+
+    try:
+        with np.load(path) as z:
+            cores = sorted(int(k[2:]) for k in z.files if k.startswith("t_"))
+            return ({c: (z[f"t_{c}"].tolist(), z[f"ns_{c}"].astype(np.float64).tolist())
+                     for c in cores}, float(z["interval_s"]))
+    except (OSError, ValueError, KeyError) as e:
+        raise CalibrationError(f"{path}: not a file of speed probes ({e})") from e
 
 
 # --------------------------------------------------------------------------- stalls

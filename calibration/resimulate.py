@@ -57,7 +57,7 @@ from clipperlab.simulator import LatencyProfile, Simulation, load_profile
 from clipperlab.simulator.capacity import attained_share
 from clipperlab.workloads import Workload
 
-__all__ = ["CALIBRATION_FILE", "GAP_S", "RUNS_FILE", "STEPS_FILE", "Resimulated",
+__all__ = ["CALIBRATION_FILE", "GAP_S", "PROBES_FILE", "RUNS_FILE", "STEPS_FILE", "Resimulated",
            "calibration_columns", "calibration_from_json", "calibration_to_json", "load_runs",
            "replay_steps", "reply_gap_spans", "reply_gaps", "resimulate", "save_runs",
            "stored_calibrations", "stored_latencies", "stored_stalls", "ticked"]
@@ -65,6 +65,8 @@ __all__ = ["CALIBRATION_FILE", "GAP_S", "RUNS_FILE", "STEPS_FILE", "Resimulated"
 Log = Callable[[str], None]
 CALIBRATION_FILE = "calibration.json"
 RUNS_FILE = "runs.npz"
+# every speed probe of the setting (``quiet.save_probes``), from run 37 on
+PROBES_FILE = "speed_probes.npz"
 TWIN_MODES = ("sim+frontend", "sim+host")
 # runs before ``ramp_resolution`` was stored: one step between the last good and the
 # first bad rate of the x1.4 grid (ratio 1.18), every ramp from the start

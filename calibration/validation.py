@@ -300,10 +300,13 @@ def validate(
                       repeats, ramps, ramp_resolution, ramp_restart, replay_speed,
                       twin_draws, ramps_after, stalls, loop_sleeps)
         la0 = os.getloadavg()[0]
-        return _validate(dep, app, models, setup, workload, profs, load0, la0, mon,
-                         levels, duration_s, repeats, capacity_qps, calib_qps, calib_s,
-                         ramp_s, ramp_step, ramp_start_qps, ramps, api, connections, seed,
-                         host_cpu, log)
+        res = _validate(dep, app, models, setup, workload, profs, load0, la0, mon,
+                        levels, duration_s, repeats, capacity_qps, calib_qps, calib_s,
+                        ramp_s, ramp_step, ramp_start_qps, ramps, api, connections, seed,
+                        host_cpu, log)
+        if mon is not None:  # before the files go: what a stored run's replays read
+            res.speed_probes = mon.probes()
+        return res
 
 
 def _validate(dep: RealDeployment, app: Application,
@@ -904,6 +907,7 @@ def predict_level(setup: Setup, calibs: Sequence[tuple[str, Calibration]], m: Le
     sims: list[dict[str, float]] = []
     cals: dict[str, list[dict[str, float]]] = {mode: [] for mode, _, _ in twins}
     replayed = 0
+    replay_factors: list[float] = []
     for k, r in enumerate(runs):
         tr_sent = sent_trace(tr, r.table)
         sims.append(sim_run(plain, tr_sent, setup.seed + k))
@@ -913,6 +917,7 @@ def predict_level(setup: Setup, calibs: Sequence[tuple[str, Calibration]], m: Le
                else ())
         if rec:  # the speed as it was while this run went, replayed
             replayed += 1
+            replay_factors.append(replay_mean(rec, r.ended_at - r.started_at))
             run_twins = [(mode, ct, setup.twin(ct)) if (ct := at_trace(c, rec)) is not c
                          else (mode, c, twin) for mode, c, twin in twins]
         for mode, c, twin in run_twins:
@@ -920,6 +925,9 @@ def predict_level(setup: Setup, calibs: Sequence[tuple[str, Calibration]], m: Le
                               for j in range(setup.twin_draws))
     if replayed:
         speed_cols["speed_replayed_runs"] = replayed
+        # the mean factor the replays ran at (the cores' total speed), beside the
+        # level's own fit: where they disagree, the replay's reference moved
+        speed_cols["speed_level_replay_factor"] = float(np.median(replay_factors))
     # diagnostic, not a prediction: the calibrated twin told the first run's slowdown
     k0 = slowdown(runs[0].seen, setup.profiles)
     s_ins = sim_run(setup.twin(calib, scale=k0 if math.isfinite(k0) else 1.0),

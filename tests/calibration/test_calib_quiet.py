@@ -15,6 +15,7 @@ import pytest
 from clipperlab.calibration.errors import CalibrationError
 from clipperlab.calibration.quiet import (
     MIN_PROBES,
+    SPEED_INTERVAL_S,
     STALL_MIN_S,
     BusyMachineError,
     HostStalls,
@@ -26,10 +27,12 @@ from clipperlab.calibration.quiet import (
     host_stalls,
     kernel_slice_s,
     kernel_tick_s,
+    load_probes,
     machine_load,
     main,
     pool_speeds,
     probe_cpus,
+    save_probes,
     speed_probe_ns,
 )
 
@@ -295,6 +298,29 @@ def test_replay_gives_the_speed_as_it_was_per_core(tmp_path: Path) -> None:
     # a core with too few probes: nothing to replay
     short = _pinned_traces(tmp_path / "t.txt", {0: slow0, 1: slow1[:MIN_PROBES - 1]})
     assert short.replay(100.0, 101.0) == ()
+
+
+def test_probes_saved_and_loaded_replay_as_the_live_monitor(tmp_path: Path) -> None:
+    """``save_probes`` keeps a monitor's probes per core (``SpeedMonitor.probes``);
+    ``load_probes`` and ``SpeedMonitor.from_probes`` give a monitor that fits and replays
+    them as the live one did (so a stored run's level replays can be looked at again);
+    a file that is not one is a ``CalibrationError`` naming it."""
+    slow0 = [2000.0 if 40 <= i < 60 else 1000.0 for i in range(100)]
+    slow1 = [2000.0 if 50 <= i < 70 else 1000.0 for i in range(100)]
+    mon = _pinned_traces(tmp_path / "s.txt", {0: slow0, 1: slow1})
+    probes = mon.probes()
+    assert sorted(probes) == [0, 1] and probes[1][1] == slow1
+    path = save_probes(tmp_path / "speed_probes.npz", probes)
+    got, interval = load_probes(path)
+    assert interval == SPEED_INTERVAL_S and got[0][1] == slow0
+    assert got[1][0] == pytest.approx(probes[1][0])
+    again = SpeedMonitor.from_probes(got, tmp_path / "again" / "s.txt")
+    span = (100.0 + 0.025 * 30, 100.0 + 0.025 * 99)
+    assert again.replay(*span) == mon.replay(*span)
+    assert again.fit() == mon.fit()
+    (tmp_path / "bad.npz").write_text("not a zip")
+    with pytest.raises(CalibrationError, match="bad.npz: not a file of speed probes"):
+        load_probes(tmp_path / "bad.npz")
 
 
 def test_fit_spans_joins_stretches_without_their_gap(tmp_path: Path) -> None:

@@ -237,6 +237,13 @@ def test_validate_tiny(tmp_path: Path) -> None:
     # ... and the host CPU model's twin replayed each real run at the speed the probes
     # (one per core) recorded while it went (the default, ``replay_speed``)
     assert (res.table["speed_replayed_runs"] >= 1).all()
+    # ... at a mean factor recorded beside the level's own fit, never below the fast one
+    assert (res.table["speed_level_replay_factor"] >= 1.0).all()
+    # every probe of the setting is kept (``speed_probes.npz`` in a fidelity run), one
+    # trace per core, in time order
+    assert sorted(res.speed_probes) == sorted(probe_cpus())
+    t0, ns0 = res.speed_probes[probe_cpus()[0]]
+    assert len(t0) == len(ns0) >= 20 and t0 == sorted(t0) and min(ns0) > 0
     files = write_outputs(res, tmp_path / "v")
     assert (tmp_path / "v" / "validation.png") in files
     assert "| 50% | real |" in (tmp_path / "v" / "summary.md").read_text()
