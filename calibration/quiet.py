@@ -648,10 +648,13 @@ def save_probes(path: str | Path, probes: Mapping[int, tuple[Sequence[float],
                 interval_s: float = SPEED_INTERVAL_S) -> Path:
     """A monitor's probes (``SpeedMonitor.probes``) as a compressed ``.npz``: per core
     ``k`` its times (``t_<k>``, ``time.monotonic`` seconds) and probe times (``ns_<k>``),
-    and the interval; ``load_probes`` reads it back."""
+    the interval, and the wall clock less the monotonic one now (``unix_offset_s``: a
+    stored run's ``CpuRun.started_unix`` less it is its start on the probes' clock);
+    ``load_probes`` reads it back."""
     import numpy as np  # here: the probe's process needs none
 
-    arrays: dict[str, np.ndarray] = {"interval_s": np.array(interval_s)}
+    arrays: dict[str, np.ndarray] = {"interval_s": np.array(interval_s),
+                                     "unix_offset_s": np.array(time.time() - time.monotonic())}
     for c, (t, ns) in probes.items():
         arrays[f"t_{c}"] = np.asarray(t, dtype=np.float64)
         arrays[f"ns_{c}"] = np.asarray(ns, dtype=np.float32)
@@ -660,15 +663,17 @@ def save_probes(path: str | Path, probes: Mapping[int, tuple[Sequence[float],
     return out
 
 
-def load_probes(path: str | Path) -> tuple[dict[int, tuple[list[float], list[float]]], float]:
-    """``save_probes``' file: the probes per core and the interval (s)."""
+def load_probes(path: str | Path
+                ) -> tuple[dict[int, tuple[list[float], list[float]]], float, float]:
+    """``save_probes``' file: the probes per core, the interval (s) and the wall clock
+    less the monotonic one when it was saved (s)."""
     import numpy as np
 
     try:
         with np.load(path) as z:
             cores = sorted(int(k[2:]) for k in z.files if k.startswith("t_"))
             return ({c: (z[f"t_{c}"].tolist(), z[f"ns_{c}"].astype(np.float64).tolist())
-                     for c in cores}, float(z["interval_s"]))
+                     for c in cores}, float(z["interval_s"]), float(z["unix_offset_s"]))
     except (OSError, ValueError, KeyError) as e:
         raise CalibrationError(f"{path}: not a file of speed probes ({e})") from e
 

@@ -311,8 +311,9 @@ def test_probes_saved_and_loaded_replay_as_the_live_monitor(tmp_path: Path) -> N
     probes = mon.probes()
     assert sorted(probes) == [0, 1] and probes[1][1] == slow1
     path = save_probes(tmp_path / "speed_probes.npz", probes)
-    got, interval = load_probes(path)
+    got, interval, offset = load_probes(path)
     assert interval == SPEED_INTERVAL_S and got[0][1] == slow0
+    assert abs(time.time() - time.monotonic() - offset) < 60.0  # the clocks' offset then
     assert got[1][0] == pytest.approx(probes[1][0])
     again = SpeedMonitor.from_probes(got, tmp_path / "again" / "s.txt")
     span = (100.0 + 0.025 * 30, 100.0 + 0.025 * 99)
