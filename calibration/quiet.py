@@ -509,6 +509,31 @@ class SpeedMonitor:
             raise CalibrationError(f"speed probe cores {bad}: not cores this process may "
                                    f"use ({sorted(os.sched_getaffinity(0))})")
         self._procs: list[subprocess.Popen[bytes]] = []
+        # each core's (slow cut, fast level) once ``freeze`` fixed them
+        self._frozen: dict[int | None, tuple[float, float]] = {}
+
+    def freeze(self) -> None:
+        """Fix each core's slow cut and fast level (``replay``'s reference) to the probes
+        so far: later replays and mean factors read against them, not against probes
+        taken after the measurement (run 37: the probes kept running through the
+        minutes of fitting that follow a setting's last real run, on a machine then
+        faster, and moved the fast level from about 2,050 to 1,290 ns a probe iteration,
+        so the levels, replayed after the fits, ran at x1.65-1.76 where the runs the
+        twin was fitted on had been kept at x1.0-1.3).  A core with too few probes
+        stays as it was."""
+        self._frozen = {}
+        for c in self.cpus or (None,):
+            if (ref := self._reference(c, *self.trace(cpu=c))) is not None:
+                self._frozen[c] = ref
+
+    def _reference(self, cpu: int | None, t: list[float], ns: list[float]
+                   ) -> tuple[float, float] | None:
+        """Core ``cpu``'s (slow cut, fast level): as ``freeze`` fixed them, else fitted
+        on its probes ``(t, ns)`` (None: too few)."""
+        if cpu in self._frozen:
+            return self._frozen[cpu]
+        fit = fit_speed(t, ns)
+        return None if fit is None else (slow_cut(ns), fit.fast_ns)
 
     def _file(self, cpu: int | None) -> Path:
         return self.path if cpu is None else self.path.with_name(f"{self.path.name}.cpu{cpu}")
@@ -608,19 +633,19 @@ class SpeedMonitor:
         core)`` rows (one factor without ``cpus``), a row per probe interval where a
         factor changes (see the module's rules): each core's latest probe at or before the
         point, 1 when fast, or when slow its time over the core's fast level, to
-        ``REPLAY_DIGITS`` decimals (the levels fitted over all its probes so far).  Empty
-        when a core has too few probes to fit."""
+        ``REPLAY_DIGITS`` decimals (the levels fitted over all its probes so far, or
+        as ``freeze`` fixed them).  Empty when a core has too few probes to fit."""
         levels: list[tuple[list[float], list[float], float, float]] = []
         for c in self.cpus or (None,):
             t_all, ns_all = self.trace(cpu=c)
-            fit = fit_speed(t_all, ns_all)
-            if fit is None:
+            if (ref := self._reference(c, t_all, ns_all)) is None:
                 return ()
+            thr, fast = ref
             lo = bisect.bisect_left(t_all, since - 2 * self.interval_s)
             hi = bisect.bisect_right(t_all, until)
             if lo >= hi:
                 return ()
-            levels.append((t_all[lo:hi], ns_all[lo:hi], slow_cut(ns_all), fit.fast_ns))
+            levels.append((t_all[lo:hi], ns_all[lo:hi], thr, fast))
         out: list[tuple[float, ...]] = []
         idx = [0] * len(levels)
         at = since

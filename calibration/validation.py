@@ -365,6 +365,8 @@ def _validate(dep: RealDeployment, app: Application,
         else:
             caps = [float(capacity_qps)]
         low_cpu = low.cpu_run()
+        if mon is not None:  # the replays' reference: the machine while it was measured
+            mon.freeze()
         speed_ramps = [mon.fit(a, b) for a, b in spans] if mon is not None else []
         if mon is not None:
             speed_calib = mon.fit_spans(calib_spans)

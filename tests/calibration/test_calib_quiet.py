@@ -324,6 +324,22 @@ def test_probes_saved_and_loaded_replay_as_the_live_monitor(tmp_path: Path) -> N
         load_probes(tmp_path / "bad.npz")
 
 
+def test_freeze_keeps_the_replays_reference_to_the_measurement(tmp_path: Path) -> None:
+    """``freeze``: the replay's fast level and cut stay those of the probes so far; probes
+    taken later on a faster machine (the minutes of fitting after a setting's runs) do not
+    make the measured stretch read slow, as they do without it."""
+    measured = [2000.0] * 100
+    later = [1000.0] * 300
+    span = (100.0 + 0.025 * 10, 100.0 + 0.025 * 90)
+    mon = _pinned_traces(tmp_path / "s.txt", {0: measured})
+    mon.freeze()
+    mon._file(0).write_text("".join(f"{100.0 + 0.025 * i:.6f} {v:.1f}\n"
+                                    for i, v in enumerate(measured + later)))
+    assert mon.mean_factor(*span) == pytest.approx(1.0)
+    free = _pinned_traces(tmp_path / "f.txt", {0: measured + later})
+    assert free.mean_factor(*span) == pytest.approx(2.0)
+
+
 def test_fit_spans_joins_stretches_without_their_gap(tmp_path: Path) -> None:
     """``fit_spans``: the probes of two stretches (the calibration before and after the
     levels) fitted as one trace, each core on its own and pooled: a stretch of 40 probes
