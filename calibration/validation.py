@@ -365,10 +365,10 @@ def _validate(dep: RealDeployment, app: Application,
         else:
             caps = [float(capacity_qps)]
         low_cpu = low.cpu_run()
-        if mon is not None:  # the replays' reference: the machine while it was measured
-            mon.freeze()
-        speed_ramps = [mon.fit(a, b) for a, b in spans] if mon is not None else []
+        speed_ramps: list[HostSpeed | None] = []
         if mon is not None:
+            mon.freeze()  # the replays' reference: the machine while it was measured
+            speed_ramps = [mon.fit(a, b) for a, b in spans]
             speed_calib = mon.fit_spans(calib_spans)
             log("  the machine's speed while calibrating: " + (
                 speed_calib.describe() if speed_calib is not None else "too few probes"))
@@ -908,8 +908,7 @@ def predict_level(setup: Setup, calibs: Sequence[tuple[str, Calibration]], m: Le
             level_twins.append((mode, c, twin))
     sims: list[dict[str, float]] = []
     cals: dict[str, list[dict[str, float]]] = {mode: [] for mode, _, _ in twins}
-    replayed = 0
-    replay_factors: list[float] = []
+    replay_factors: list[float] = []  # one per replayed run
     for k, r in enumerate(runs):
         tr_sent = sent_trace(tr, r.table)
         sims.append(sim_run(plain, tr_sent, setup.seed + k))
@@ -918,15 +917,14 @@ def predict_level(setup: Setup, calibs: Sequence[tuple[str, Calibration]], m: Le
                if mon is not None and setup.replay_speed and math.isfinite(r.started_at)
                else ())
         if rec:  # the speed as it was while this run went, replayed
-            replayed += 1
             replay_factors.append(replay_mean(rec, r.ended_at - r.started_at))
             run_twins = [(mode, ct, setup.twin(ct)) if (ct := at_trace(c, rec)) is not c
                          else (mode, c, twin) for mode, c, twin in twins]
         for mode, c, twin in run_twins:
             cals[mode].extend(sim_run(twin, tr_sent, draw_seed(setup.seed + k, j), c)
                               for j in range(setup.twin_draws))
-    if replayed:
-        speed_cols["speed_replayed_runs"] = replayed
+    if replay_factors:
+        speed_cols["speed_replayed_runs"] = len(replay_factors)
         # the mean factor the replays ran at (the cores' total speed), beside the
         # level's own fit: where they disagree, the replay's reference moved
         speed_cols["speed_level_replay_factor"] = float(np.median(replay_factors))
