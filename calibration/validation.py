@@ -368,6 +368,7 @@ def _validate(dep: RealDeployment, app: Application,
         speed_ramps: list[HostSpeed | None] = []
         if mon is not None:
             mon.freeze()  # the replays' reference: the machine while it was measured
+            bench.replay_kept()  # the kept runs on it too, not on the probes when each ran
             speed_ramps = [mon.fit(a, b) for a, b in spans]
             speed_calib = mon.fit_spans(calib_spans)
             log("  the machine's speed while calibrating: " + (
@@ -468,6 +469,8 @@ class Bench:
     idle_containers: dict[str, float] = field(default_factory=dict)  # CPU s/s per model
     idle_loadgen: float = 0.0  # the generator's CPU s/s with nothing to send
     kept: list[CpuRun] = field(default_factory=list)
+    # each kept run's (started_at, ended_at) on time.monotonic: ``replay_kept``'s stretches
+    spans: list[tuple[float, float]] = field(default_factory=list)
     mon: SpeedMonitor | None = None  # the speed probe: each kept run's mean speed factor
     replay: bool = False  # keep each run's recorded speed for the fits' twin to replay
 
@@ -487,6 +490,22 @@ class Bench:
                 rec = self.mon.replay(r.started_at, r.ended_at)  # once: the factor's too
             self.kept.append(r.cpu_run(overloaded, replay_mean(rec, r.ended_at - r.started_at),
                                        rec if self.replay else ()))
+            self.spans.append((r.started_at, r.ended_at))
+
+    def replay_kept(self) -> None:
+        """Each kept run's speed factor and trace replayed again, on the monitor's
+        reference as it is now (call it after ``SpeedMonitor.freeze``): a run kept early
+        was replayed against the few probes then, so its factor and the levels', replayed
+        later, stood on different fast levels (run 37: the first kept runs at x1.28
+        against their own few probes, x1.00 against the frozen reference)."""
+        if self.mon is None:
+            return
+        for i, (r, (a, b)) in enumerate(zip(self.kept, self.spans, strict=True)):
+            if math.isfinite(a):
+                rec = self.mon.replay(a, b)
+                self.kept[i] = dataclasses.replace(
+                    r, speed_factor=replay_mean(rec, b - a),
+                    speed_trace=rec if self.replay else ())
 
 
 # --------------------------------------------------------------------------- the steps

@@ -3,6 +3,7 @@ it reads, and what each policy does with a busy or a quiet sample."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import logging
 import math
@@ -338,6 +339,38 @@ def test_freeze_keeps_the_replays_reference_to_the_measurement(tmp_path: Path) -
     assert mon.mean_factor(*span) == pytest.approx(1.0)
     free = _pinned_traces(tmp_path / "f.txt", {0: measured + later})
     assert free.mean_factor(*span) == pytest.approx(2.0)
+
+
+def test_kept_runs_replayed_again_on_the_frozen_reference(tmp_path: Path) -> None:
+    """``Bench.replay_kept`` after ``freeze``: a run kept while the probe had seen only a
+    slow stretch (its fast level then 3,000 ns, so the run read x1.0) reads x1.5 against
+    the frozen reference the later, faster probes give (2,000 ns), as the levels replayed
+    after it do; its speed trace too when the bench keeps traces; a run not timed
+    (NaN start) keeps what it had."""
+    import numpy as np
+
+    from clipperlab.calibration.fit import CpuRun
+    from clipperlab.calibration.validation import Bench
+    from clipperlab.workloads import ConstantRate, Workload
+
+    early = [3000.0] * 40
+    mon = _pinned_traces(tmp_path / "s.txt", {0: early})
+    span = (100.0 + 0.025 * 10, 100.0 + 0.025 * 30)
+    assert mon.mean_factor(*span) == pytest.approx(1.0)
+    tr = Workload(ConstantRate(200), n_queries=20, app="digits").generate(0)
+    run = CpuRun(tr, 20.0, 10.0, 0.01, np.full(20, 1e-3), 0.3, speed_factor=1.0,
+                 speed_trace=mon.replay(*span))
+    untimed = dataclasses.replace(run, speed_factor=1.7)
+    bench = Bench(srv=None, pool=np.zeros((1, 1)), api="rest", connections=1,  # type: ignore[arg-type]
+                  kept=[run, untimed], spans=[span, (math.nan, math.nan)], mon=mon,
+                  replay=True)
+    mon._file(0).write_text("".join(f"{100.0 + 0.025 * i:.6f} {v:.1f}\n"
+                                    for i, v in enumerate(early + [2000.0] * 200)))
+    mon.freeze()
+    bench.replay_kept()
+    assert bench.kept[0].speed_factor == pytest.approx(1.5)
+    assert {f for _, *fs in bench.kept[0].speed_trace for f in fs} == {1.5}
+    assert bench.kept[1].speed_factor == 1.7  # not timed: as it was
 
 
 def test_fit_spans_joins_stretches_without_their_gap(tmp_path: Path) -> None:
