@@ -587,13 +587,17 @@ def _ramp_speeds(row: Mapping[str, Any], calib: Calibration) -> list[HostSpeed |
 
 
 def stored_speed(calibs: Mapping[str, Calibration]) -> HostSpeed | None:
-    """The two speeds a run's host CPU model twin was fitted with (None: one speed)."""
+    """The two speeds a run's host CPU model twin was fitted with (None: one speed), its
+    probe's fast level and, when its cores switched each on its own
+    (``Calibration.core_speeds``), as many cores, so a refit keeps both."""
     for c in calibs.values():
         if c.host_cpus > 0 and c.slow_factor > 1.0 and c.slow_share > 0.0:
-            return HostSpeed(fast_ns=math.nan, slow_factor=c.slow_factor,
+            return HostSpeed(fast_ns=c.fast_ns if c.fast_ns > 0 else math.nan,
+                             slow_factor=c.slow_factor,
                              slow_share=c.slow_share, slow_dwell_s=c.slow_dwell_s,
                              probes=0, span_s=math.nan, slow_dwells_s=c.slow_dwells_s,
-                             fast_dwells_s=c.fast_dwells_s)
+                             fast_dwells_s=c.fast_dwells_s,
+                             cores=c.host_cpus if c.core_speeds else 1)
     return None
 
 

@@ -43,6 +43,7 @@ from clipperlab.calibration.resimulate import (
     resimulate,
     save_runs,
     stored_calibrations,
+    stored_speed,
     stored_stalls,
     ticked,
 )
@@ -270,6 +271,21 @@ def test_calibration_and_runs_round_trip(tmp_path: Path) -> None:
         assert (r.queries, r.batches, r.cpu_s, r.batch_ms, r.loadgen_cpu_s) == (
             50.0, 20.0, 0.01, 0.3, 0.004)
         assert r.containers == (ContainerCpu("noop", 20.0, 50.0, 0.002),)
+
+
+def test_stored_speed_keeps_the_cores_and_the_fast_level_for_a_refit() -> None:
+    """``stored_speed``: the two speeds a stored host CPU twin was fitted with, with its
+    probe's fast level and, when its cores switched each on its own, its core count (a
+    refit with one core lost ``core_speeds``); one speed or no host model: None."""
+    c = Calibration(host_cpus=2, slow_factor=1.8, slow_share=0.3, slow_dwell_s=0.2,
+                    fast_ns=1500.0, core_speeds=True)
+    sp = stored_speed({"sim+frontend": Calibration(), "sim+host": c})
+    assert sp is not None and sp.cores == 2 and sp.fast_ns == 1500.0
+    assert (sp.slow_factor, sp.slow_share, sp.slow_dwell_s) == (1.8, 0.3, 0.2)
+    pooled = stored_speed({"sim+host": dataclasses.replace(c, core_speeds=False, fast_ns=0.0)})
+    assert pooled is not None and pooled.cores == 1 and math.isnan(pooled.fast_ns)
+    assert stored_speed({"sim+host": dataclasses.replace(c, slow_factor=1.0)}) is None
+    assert stored_speed({"sim+frontend": Calibration(slow_factor=1.8, slow_share=0.3)}) is None
 
 
 def test_a_real_runs_fit_record_carries_its_wall_clock_start() -> None:
