@@ -111,6 +111,8 @@ class _Frontend(Driver):
     loop_wake_s: float  # the part of it spent waking up
     pauses: list[tuple[float, float]]  # (start, duration) of each pause
     replica_wake_s: float  # what the containers' wake-ups added (ModelDeployment)
+    record_wake_idle: bool
+    replica_idle_s: list[float]  # each wake-up's idle time (s), with record_wake_idle
     _r_at: list[float]
     _r_reply: list[Reply]
     _b_rows: list[BatchRecord]

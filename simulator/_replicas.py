@@ -179,6 +179,8 @@ class _Replicas(_Frontend):
             if idle > 0:
                 w = _wake_cost(rep.wake_s, idle, rep.cold_after_s)
                 self.replica_wake_s += w
+                if self.record_wake_idle:
+                    self.replica_idle_s.append(idle)
                 service += w
         if rep.stragglers:
             for f in rep.stragglers:
@@ -242,6 +244,8 @@ class _Replicas(_Frontend):
             if idle > 0:
                 w = _wake_cost(rep.wake_s, idle, rep.cold_after_s)
                 self.replica_wake_s += w
+                if self.record_wake_idle:
+                    self.replica_idle_s.append(idle)
                 service += w
         rep.free_at = arrive + service
         done_at = arrive + service + lat + n * _OUTPUT_BYTES * 8.0 / bw
@@ -292,6 +296,8 @@ class _Replicas(_Frontend):
                 if idle > 0:
                     w = _wake_cost(rep.wake_s, idle, rep.cold_after_s)
                     self.replica_wake_s += w
+                    if self.record_wake_idle:
+                        self.replica_idle_s.append(idle)
                     service += w
             rep.free_at = arrive + service
             done_at = arrive + service + lat + n * out_bits / bw

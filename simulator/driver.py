@@ -151,7 +151,11 @@ class Simulation(_HostCpuDriver):
     one row per (query, model) with the time that model's batch finished (what waiting for
     every ensemble member would have cost); ``record_cpu_waits=True`` keeps every wait
     for a core of every process under the host CPU model's time slices
-    (``cpu_wait_log``: ``host/process`` -> seconds, one per wait); ``engine_options`` go
+    (``cpu_wait_log``: ``host/process`` -> seconds, one per wait);
+    ``record_wake_idle=True`` keeps how long each container had been idle at each
+    wake-up it paid (``replica_idle_s``: ``ModelDeployment.wake_s`` set; what the
+    wake-up's cost is a function of, so one run gives it for every cooling time);
+    ``engine_options`` go
     to ``Engine(...)`` (e.g. ``cache_capacity_bytes``, ``feedback_timeout_s``).
     """
 
@@ -168,10 +172,12 @@ class Simulation(_HostCpuDriver):
         decision_log: bool = False,
         record_members: bool = False,
         record_cpu_waits: bool = False,
+        record_wake_idle: bool = False,
         engine_options: dict[str, Any] | None = None,
     ) -> None:
         self.deployment = deployment
         self.seed = seed
+        self.record_wake_idle = record_wake_idle
         self.decision_log = decision_log
         self.record_members = record_members
         self.record_cpu_waits = record_cpu_waits
@@ -273,6 +279,7 @@ class Simulation(_HostCpuDriver):
         self.loop_wake_s = 0.0
         self.pauses = []
         self.replica_wake_s = 0.0
+        self.replica_idle_s = []  # shared with the other frontends' peers
         placement = dep.placement()
         self._reps = {}
         for mi, m in enumerate(dep.models):

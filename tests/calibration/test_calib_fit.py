@@ -83,6 +83,38 @@ def test_fit_container_wake_recovers_a_known_wake_up() -> None:
     assert fit.replica_cold_after_s == 2e-3
 
 
+def test_wake_idle_times_give_the_wake_ups_at_every_cooling_time() -> None:
+    """``Simulation(record_wake_idle=True)`` keeps each container wake-up's idle time: a
+    run with a negligible wake-up gives, for every cooling time, the wake-ups a run at
+    that cooling time counts (what lets ``fit_container_wake`` simulate each run once),
+    and with a real wake-up its idle times give the cost the run added."""
+    from clipperlab.calibration.fit import COLD_AFTER_GRID_S
+
+    tr = Workload(Poisson(2000), n_queries=1500).generate(3)
+    tiny = 1e-12
+    base = Calibration(query_cpu_s=30e-6, batch_cpu_s=100e-6, replica_wake_s=tiny,
+                       replica_cold_after_s=COLD_AFTER_GRID_S[0])
+    once = Simulation(_twin(base), tr, seed=0, record_wake_idle=True)
+    once.run()
+    idle = np.asarray(once.replica_idle_s)
+    assert len(idle) > 100 and (idle > 0).all()
+    for tau in COLD_AFTER_GRID_S:
+        each = Simulation(_twin(dataclasses.replace(base, replica_cold_after_s=tau)), tr,
+                          seed=0)
+        each.run()
+        assert float(-np.expm1(-idle / tau).sum()) == pytest.approx(
+            each.replica_wake_s / tiny, rel=1e-6)
+    real = dataclasses.replace(base, replica_wake_s=400e-6, replica_cold_after_s=1e-3)
+    sim = Simulation(_twin(real), tr, seed=0, record_wake_idle=True)
+    sim.run()
+    got = np.asarray(sim.replica_idle_s)
+    assert float((400e-6 * -np.expm1(-got / 1e-3)).sum()) == pytest.approx(
+        sim.replica_wake_s, rel=1e-9)
+    plain = Simulation(_twin(real), tr, seed=0)
+    plain.run()
+    assert plain.replica_idle_s == [] and plain.replica_wake_s == sim.replica_wake_s
+
+
 def test_fit_overhead_is_the_median_gap_up_to_60_percent_load() -> None:
     """Runs whose latencies are the twin's own plus 0.3 ms, except the slowest run (which
     a lone low-load run would have taken: +1.2 ms) and runs above 60% of capacity (+5
