@@ -747,8 +747,8 @@ def fit_container_wake(runs: Sequence[CpuRun], twin: Callable[[Calibration], Dep
     The twin runs each run once, keeping each wake-up's idle time
     (``Simulation(record_wake_idle=True)``), and counts the grid's cooling times on it:
     a negligible wake-up does not change the run, so the count is the one a run per
-    cooling time gives, at a ninth of the simulating (no-op at 50,000 q/s: 43 minutes
-    of a setting's fits, run 38)."""
+    cooling time gives, at a ninth of the simulating (no-op at 50,000 q/s, run 38:
+    about 8 of the setting's 43 minutes of fits)."""
     use = [r for r in runs if math.isfinite(r.batch_ms)]
     if not use:
         return calib
