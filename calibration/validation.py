@@ -485,12 +485,16 @@ class Bench:
         """Keep ``r`` for the fits when the server saw its queries and batches
         (``overloaded``: a ramp step that missed the SLO, ``CpuRun.overloaded``)."""
         if r.seen.get("queries", 0.0) > 0 and r.seen.get("batches", 0.0) > 0:
-            rec: tuple[tuple[float, ...], ...] = ()
-            if self.mon is not None and math.isfinite(r.started_at):
-                rec = self.mon.replay(r.started_at, r.ended_at)  # once: the factor's too
-            self.kept.append(r.cpu_run(overloaded, replay_mean(rec, r.ended_at - r.started_at),
-                                       rec if self.replay else ()))
+            self.kept.append(r.cpu_run(overloaded, *self._speed(r.started_at, r.ended_at)))
             self.spans.append((r.started_at, r.ended_at))
+
+    def _speed(self, a: float, b: float) -> tuple[float, tuple[tuple[float, ...], ...]]:
+        """The mean speed factor and (when ``replay``) the speed trace of the stretch from
+        ``a`` to ``b`` (time.monotonic), replayed once for both; NaN and () unprobed."""
+        rec: tuple[tuple[float, ...], ...] = ()
+        if self.mon is not None and math.isfinite(a):
+            rec = self.mon.replay(a, b)
+        return replay_mean(rec, b - a), rec if self.replay else ()
 
     def replay_kept(self) -> None:
         """Each kept run's speed factor and trace replayed again, on the monitor's
@@ -502,10 +506,8 @@ class Bench:
             return
         for i, (r, (a, b)) in enumerate(zip(self.kept, self.spans, strict=True)):
             if math.isfinite(a):
-                rec = self.mon.replay(a, b)
-                self.kept[i] = dataclasses.replace(
-                    r, speed_factor=replay_mean(rec, b - a),
-                    speed_trace=rec if self.replay else ())
+                factor, trace = self._speed(a, b)
+                self.kept[i] = dataclasses.replace(r, speed_factor=factor, speed_trace=trace)
 
 
 # --------------------------------------------------------------------------- the steps
