@@ -773,5 +773,16 @@ def report(table: pd.DataFrame, out: Path) -> None:
     print("\n".join(text))
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """``main`` as a command: Ctrl-C ends it with one line and exit status 130, not a
+    traceback (the settings finished before it stay in OUT's ``fidelity.csv``)."""
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print("fidelity: interrupted; the settings finished before it are in the --out "
+              "folder's fidelity.csv (--resume goes on from them)", file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -432,6 +432,22 @@ def test_fidelity_resume_runs_only_the_settings_the_table_lacks(
     assert "not a fidelity run's table" in capsys.readouterr().err
 
 
+def test_fidelity_command_interrupted_says_one_line_and_exits_130(
+        tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+    """Ctrl-C in ``python -m clipperlab.calibration.fidelity`` (``fidelity.cli``): one
+    line naming what is kept, exit status 130, no traceback."""
+    from clipperlab.calibration import fidelity
+
+    def interrupted(dep: Path, *args: Any, **kw: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fidelity, "validate", interrupted)
+    assert fidelity.cli(["--out", str(tmp_path), "--models", "noop",
+                         "--batchings", "aimd"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("fidelity: interrupted;") and "Traceback" not in "".join(err)
+
+
 def test_fidelity_cap_settings_and_unknown_names(tmp_path: Path, monkeypatch: Any,
                                                 capsys: Any) -> None:
     """``--batchings aimd-cap`` deploys AIMD stepping from its cap; an unknown model or
