@@ -155,8 +155,8 @@ class Simulation(_HostCpuDriver):
     ``record_wake_idle=True`` keeps how long each container had been idle at each
     wake-up it paid (``replica_idle_s``: ``ModelDeployment.wake_s`` set; what the
     wake-up's cost is a function of, so one run gives it for every cooling time);
-    ``engine_options`` go
-    to ``Engine(...)`` (e.g. ``cache_capacity_bytes``, ``feedback_timeout_s``).
+    ``engine_options`` go to ``Engine(...)`` (e.g. ``cache_capacity_bytes``,
+    ``feedback_timeout_s``).
     """
 
     own_events = True
