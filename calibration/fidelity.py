@@ -511,6 +511,10 @@ def main(argv: list[str] | None = None) -> int:
                          "2026-12-05) where every run has one; --no-loop-sleeps: on the "
                          "twin's count, as before (live runs and --resimulate's refits; "
                          "default %(default)s)")
+    ap.add_argument("--jobs", type=int, default=0, metavar="N",
+                    help="the fits' twin replays on N processes, after each setting's real "
+                         "runs (0: one per CPU; the same numbers whatever N; default "
+                         "%(default)s)")
     ap.add_argument("--resume", action="store_true",
                     help="keep the settings OUT/fidelity.csv already has (a stopped run's, "
                          "or one that covered some of --models x --batchings) and run only "
@@ -554,6 +558,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --twin-draws {a.twin_draws}: expected an integer >= 1",
               file=sys.stderr)
         return 2
+    if a.jobs < 0:
+        print(f"error: --jobs {a.jobs}: expected an integer >= 0 (0: one per CPU)",
+              file=sys.stderr)
+        return 2
     if a.ramps < 1 or not a.ramp_resolution > 1:
         print(f"error: --ramps {a.ramps} / --ramp-resolution {a.ramp_resolution}: expected "
               "at least 1 ramp and a ratio > 1", file=sys.stderr)
@@ -593,7 +601,8 @@ def main(argv: list[str] | None = None) -> int:
         rs = resimulate(out, workload(), level_s=a.level_s, refit=a.refit,
                         adjust=None if sl is None and cs is None else adjust, stalls=stalls,
                         speed=slow, level_speed=a.level_speed, twin_draws=a.twin_draws,
-                        loop_sleeps=a.loop_sleeps, log=lambda s: print(s, flush=True))
+                        loop_sleeps=a.loop_sleeps, jobs=a.jobs,
+                        log=lambda s: print(s, flush=True))
         rs.table.to_csv(out / "fidelity.csv", index=False, float_format="%.6g")
         for note in rs.notes:
             print(f"note: {note}")
@@ -659,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
                                host_cpu=a.host_cpu, speed=a.speed,
                                replay_speed=a.replay_speed, twin_draws=a.twin_draws,
                                stalls_s=0.5 if a.quick else a.stalls_s,
-                               loop_sleeps=a.loop_sleeps,
+                               loop_sleeps=a.loop_sleeps, jobs=a.jobs,
                                log=lambda s: print(s, flush=True), **kw)  # type: ignore[arg-type]
                 print(format_table(res), flush=True)
                 sub = out / f"{model}-{bname}"

@@ -47,6 +47,7 @@ import numpy as np
 
 from clipperlab.calibration.intervals import Interval, bootstrap_fit
 from clipperlab.calibration.quiet import for_cores
+from clipperlab.experiments.parallel import pmap
 from clipperlab.simulator import Deployment, Simulation
 from clipperlab.workloads import Trace
 
@@ -548,11 +549,12 @@ FrontendRow = tuple[float, float, float, float]
 
 
 def fit_frontend_rows(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deployment],
-                      calib: Calibration, seed: int = 0, weighted: bool = True
-                      ) -> tuple[Calibration, list[FrontendRow]]:
+                      calib: Calibration, seed: int = 0, weighted: bool = True,
+                      jobs: int = 1) -> tuple[Calibration, list[FrontendRow]]:
     """``fit_frontend`` and the equations of its winning grid point, one per run (empty
     when the runs say nothing), for ``frontend_intervals``; ``weighted=False``: every
-    run's relative error counts alike (the fit before the busy-share weights)."""
+    run's relative error counts alike (the fit before the busy-share weights); ``jobs``:
+    the twin's replays on that many processes (``_wakes_many``)."""
     runs = _read_runs(runs)
     if not runs:
         return calib, []
@@ -565,9 +567,11 @@ def fit_frontend_rows(runs: Sequence[CpuRun], twin: Callable[[Calibration], Depl
     calib = dataclasses.replace(calib, query_cpu_s=a, batch_cpu_s=b, wake_s=0.0)
     y, inv, weight = _loop_sides(runs, weighted)
     best: tuple[float, tuple[float, float, float], float, list[FrontendRow]] | None = None
-    for tau in COLD_AFTER_GRID_S:
-        dep = twin(dataclasses.replace(calib, wake_s=_TINY, cold_after_s=tau))
-        u = [_wakes_per_query(dep, r, seed) for r in runs]
+    deps = [twin(dataclasses.replace(calib, wake_s=_TINY, cold_after_s=tau))
+            for tau in COLD_AFTER_GRID_S]
+    counts = _wakes_many([(dep, r, _TINY) for dep in deps for r in runs], seed, jobs)
+    for k, tau in enumerate(COLD_AFTER_GRID_S):
+        u = counts[k * len(runs):(k + 1) * len(runs)]
         rows = list(zip(y, inv, u, weight, strict=True))
         coef, err = _solve_frontend(rows)
         if best is None or err < best[0]:
@@ -583,7 +587,8 @@ def fit_frontend_rows(runs: Sequence[CpuRun], twin: Callable[[Calibration], Depl
 
 def fit_frontend_on_host(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deployment],
                          calib: Calibration, seed: int = 0, rounds: int = 2,
-                         counted: bool = True) -> tuple[Calibration, list[FrontendRow]]:
+                         counted: bool = True, jobs: int = 1
+                         ) -> tuple[Calibration, list[FrontendRow]]:
     """The loop's costs (``fit_frontend``'s ``a``, ``b``, ``wake_s``, ``cold_after_s``)
     fitted again on ``runs`` with each run's wake-ups counted by the twin that will use
     them: ``calib`` with the host CPU model, replaying each run at its recorded speed
@@ -601,13 +606,14 @@ def fit_frontend_on_host(runs: Sequence[CpuRun], twin: Callable[[Calibration], D
 
     With ``counted`` (the default) and every run's own count of the loop's sleeps
     (``CpuRun.sleeps``, recorded since 2026-12-05), the wake-ups are the server's, not the
-    twin's: ``_fit_frontend_on_sleeps``."""
+    twin's: ``_fit_frontend_on_sleeps``.  ``jobs``: the twin's replays on that many
+    processes (``_wakes_many``; the same numbers as one)."""
     runs = _read_runs(runs)
     if not runs or calib.host_cpus <= 0:
         return calib, []
     sleeps = [r.loop_sleeps_per_query for r in runs]
     if counted and all(math.isfinite(s) for s in sleeps):
-        return _fit_frontend_on_sleeps(runs, sleeps, twin, calib, seed)
+        return _fit_frontend_on_sleeps(runs, sleeps, twin, calib, seed, jobs)
     y, inv, weight = _loop_sides(runs, True)
     best: tuple[float, Calibration, list[FrontendRow]] | None = None
     for tau in _grid_near(calib.cold_after_s):
@@ -619,7 +625,7 @@ def fit_frontend_on_host(runs: Sequence[CpuRun], twin: Callable[[Calibration], D
             # sleeps, and wakes, more often than one that pays them
             if c.wake_s <= 0:
                 c = dataclasses.replace(c, wake_s=_TINY)
-            u = [_wakes_per_query(twin(as_run(c, r)), r, seed, c.wake_s) for r in runs]
+            u = _wakes_many([(twin(as_run(c, r)), r, c.wake_s) for r in runs], seed, jobs)
             rows = list(zip(y, inv, u, weight, strict=True))
             (a, b, w), err = _solve_frontend(rows)
             c = dataclasses.replace(c, query_cpu_s=a, batch_cpu_s=b, wake_s=w)
@@ -630,7 +636,8 @@ def fit_frontend_on_host(runs: Sequence[CpuRun], twin: Callable[[Calibration], D
 
 def _fit_frontend_on_sleeps(runs: Sequence[CpuRun], sleeps: Sequence[float],
                             twin: Callable[[Calibration], Deployment], calib: Calibration,
-                            seed: int = 0) -> tuple[Calibration, list[FrontendRow]]:
+                            seed: int = 0, jobs: int = 1
+                            ) -> tuple[Calibration, list[FrontendRow]]:
     """``fit_frontend_on_host`` with the server's own wake-ups: per run, CPU per query =
     ``a + b x batches/queries + wake_s x s_k``, ``s_k`` (``sleeps``) the loop's sleeps per
     query that the kernel counted (``CpuRun.loop_sleeps_per_query``), solved as ``_solve_frontend``
@@ -653,9 +660,10 @@ def _fit_frontend_on_sleeps(runs: Sequence[CpuRun], sleeps: Sequence[float],
     c = dataclasses.replace(calib, query_cpu_s=a, batch_cpu_s=b, wake_s=w)
     if w > 0:
         best: tuple[float, float] | None = None
-        for tau in COLD_AFTER_GRID_S:
-            ct = dataclasses.replace(c, cold_after_s=tau)
-            u = [_wakes_per_query(twin(as_run(ct, r)), r, seed, w) for r in runs]
+        counts = _wakes_many([(twin(as_run(dataclasses.replace(c, cold_after_s=tau), r)), r, w)
+                              for tau in COLD_AFTER_GRID_S for r in runs], seed, jobs)
+        for k, tau in enumerate(COLD_AFTER_GRID_S):
+            u = counts[k * len(runs):(k + 1) * len(runs)]
             err = sum((uk - sk) ** 2 for uk, sk in zip(u, sleeps, strict=True))
             if best is None or err < best[0]:
                 best = (err, tau)
@@ -705,6 +713,21 @@ def _wakes_per_query(dep: Deployment, run: CpuRun, seed: int, wake_s: float = _T
     return sim.loop_wake_s / wake_s / max(len(run.trace), 1)
 
 
+def _wakes_item(item: tuple[Deployment, CpuRun, int, float]) -> float:
+    return _wakes_per_query(*item)
+
+
+def _wakes_many(items: Sequence[tuple[Deployment, CpuRun, float]], seed: int, jobs: int = 1
+                ) -> list[float]:
+    """``_wakes_per_query`` of each ``(deployment, run, wake_s)``, in order, on ``jobs``
+    processes (``experiments.parallel.pmap``; 0: one per CPU).  Each replay is seeded
+    alike whatever the process, so the counts do not depend on ``jobs``: the fits'
+    grids of cooling times replay every kept run nine times, about 30 minutes of a no-op
+    setting's fits on one core (run 38)."""
+    return pmap(_wakes_item, [(dep, r, seed, w) for dep, r, w in items], jobs,
+                desc="twin replays")
+
+
 def _solve_frontend(rows: Sequence[FrontendRow]) -> tuple[tuple[float, float, float], float]:
     """``(a, b, wake_s)`` by non-negative least squares on the relative errors of the CPU
     per query, each times its run's weight, and the squared residual."""
@@ -738,7 +761,7 @@ def batch_mean_ms(metrics: Any) -> float:
 
 
 def fit_container_wake(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deployment],
-                       calib: Calibration, seed: int = 0) -> Calibration:
+                       calib: Calibration, seed: int = 0, jobs: int = 1) -> Calibration:
     """The containers' wake-up from the batch latency the server's engine saw in each run
     (``batch_ms``) over the twin's replaying it: for each cooling time on the grid the
     twin's wake-ups per batch (``1 - exp(-idle / cooling)`` summed over them, a
@@ -748,7 +771,8 @@ def fit_container_wake(runs: Sequence[CpuRun], twin: Callable[[Calibration], Dep
     (``Simulation(record_wake_idle=True)``), and counts the grid's cooling times on it:
     a negligible wake-up does not change the run, so the count is the one a run per
     cooling time gives, at a ninth of the simulating (no-op at 50,000 q/s, run 38:
-    about 8 of the setting's 43 minutes of fits)."""
+    about 8 of the setting's 43 minutes of fits); ``jobs``: the runs on that many
+    processes (``pmap``; the same numbers as one)."""
     use = [r for r in runs if math.isfinite(r.batch_ms)]
     if not use:
         return calib
@@ -756,15 +780,16 @@ def fit_container_wake(runs: Sequence[CpuRun], twin: Callable[[Calibration], Dep
     c = dataclasses.replace(calib, replica_wake_s=tiny,
                             replica_cold_after_s=COLD_AFTER_GRID_S[0])
     dep = twin(c)
-    diff, idles, batches = [], [], []
+    items = []
     for r in use:
         cr = as_run(c, r)
-        sim = Simulation(dep if cr is c else twin(cr), r.trace, seed=seed,
-                         record_wake_idle=True)
-        res = sim.run()
-        batches.append(max(len(res.batches), 1))
-        diff.append(r.batch_ms / 1e3 - batch_mean_ms(res.metrics) / 1e3)
-        idles.append(np.asarray(sim.replica_idle_s, dtype=np.float64))
+        items.append((dep if cr is c else twin(cr), r.trace, seed))
+    diff, idles, batches = [], [], []
+    for r, (nb, ms, idle) in zip(use, pmap(_wake_idle_item, items, jobs,
+                                           desc="twin replays"), strict=True):
+        batches.append(nb)
+        diff.append(r.batch_ms / 1e3 - ms / 1e3)
+        idles.append(idle)
     d = np.asarray(diff)
     best: tuple[float, float, float] | None = None
     for tau in COLD_AFTER_GRID_S:
@@ -779,6 +804,16 @@ def fit_container_wake(runs: Sequence[CpuRun], twin: Callable[[Calibration], Dep
     if best is None:
         return calib
     return dataclasses.replace(calib, replica_wake_s=best[1], replica_cold_after_s=best[2])
+
+
+def _wake_idle_item(item: tuple[Deployment, Trace, int]) -> tuple[int, float, np.ndarray]:
+    """``fit_container_wake``'s replay of one run: its batches (at least 1), the mean batch
+    latency (ms) and each container wake-up's idle time (s)."""
+    dep, trace, seed = item
+    sim = Simulation(dep, trace, seed=seed, record_wake_idle=True)
+    res = sim.run()
+    return (max(len(res.batches), 1), batch_mean_ms(res.metrics),
+            np.asarray(sim.replica_idle_s, dtype=np.float64))
 
 
 def fit_overhead(runs: Sequence[CpuRun], twin: Callable[[Calibration], Deployment],

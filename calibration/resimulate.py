@@ -264,6 +264,7 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
                level_speed: bool = True,
                twin_draws: int = TWIN_DRAWS,
                loop_sleeps: bool = True,
+               jobs: int = 1,
                log: Log = print) -> Resimulated:
     """The simulator's side of the fidelity run in ``out`` again (module rules); with
     ``refit`` the calibration is fitted again where the run stored what it was fitted on
@@ -284,7 +285,8 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
     those levels run at their two speeds.)  ``loop_sleeps``: refitted, the loop's
     wake-ups are the server's own count where every stored run has one
     (``validation.Setup.loop_sleeps``); False: the twin counts them, as before
-    2026-12-05."""
+    2026-12-05.  ``jobs``: the refit's twin replays on that many processes
+    (``validation.Setup.jobs``)."""
     csv = out / "fidelity.csv"
     if not csv.exists():
         raise CalibrationError(f"{csv} does not exist: --resimulate needs a fidelity run's "
@@ -315,7 +317,7 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
         if refitted:
             calibs, intervals = _refit(folder / RUNS_FILE, dep, app, specs, workload,
                                        profiles, calibs, seed, reps, log, speed, stalls,
-                                       loop_sleeps)
+                                       loop_sleeps, jobs)
             notes.append(f"{model}-{batching}: calibration fitted again on {RUNS_FILE}")
         else:
             if speed is not None:
@@ -623,7 +625,7 @@ def with_stalls(c: Calibration, stalls: HostStalls) -> Calibration:
 def _refit(path: Path, dep: Any, app: Any, specs: Any, workload: Workload,
            profiles: dict[str, Any], stored: Mapping[str, Calibration], seed: int,
            repeats: int, log: Log, speed: HostSpeed | None = None,
-           stalls: HostStalls | None = None, loop_sleeps: bool = True
+           stalls: HostStalls | None = None, loop_sleeps: bool = True, jobs: int = 1
            ) -> tuple[dict[str, Calibration], dict[str, Any]]:
     """Every twin's calibration fitted again on the stored runs (``validation``'s step 5,
     ``calibrate_twin``), the measured capacity and the ramp's CPU per query as stored;
@@ -638,7 +640,7 @@ def _refit(path: Path, dep: Any, app: Any, specs: Any, workload: Workload,
     setup = Setup(dep, app, [s for s, _, _ in specs], {s.name: n for s, n, _ in specs},
                   workload, dict(profiles), seed, log, "off", repeats,
                   stalls=stalls if stalls is not None else stored_stalls(stored),
-                  loop_sleeps=loop_sleeps)
+                  loop_sleeps=loop_sleeps, jobs=jobs)
     calibs, intervals = calibrate_twin(
         runs, setup, low, low_seen, ref.capacity_qps, ref.frontend_cost_s, calib_qps,
         host_cpu=any(c.host_cpus > 0 for c in stored.values()),

@@ -248,6 +248,7 @@ def validate(
     ramps_after: int = 0,
     stalls_s: float = STALL_SECONDS,
     loop_sleeps: bool = True,
+    jobs: int = 1,
     log: Log = print,
 ) -> ValidationResult:
     """Run the comparison described in the module docstring, step by step."""
@@ -259,6 +260,8 @@ def validate(
         raise ValidationError(f"ramps must be an integer >= 1, got {ramps}")
     if twin_draws < 1:
         raise ValidationError(f"twin_draws must be an integer >= 1, got {twin_draws}")
+    if jobs < 0:
+        raise ValidationError(f"jobs must be an integer >= 0 (0: one per CPU), got {jobs}")
     if not 0 <= ramps_after < ramps:
         raise ValidationError(f"ramps_after must be an integer in [0, ramps - 1] (one ramp "
                               f"at least before the levels, to set their rates), got "
@@ -298,7 +301,7 @@ def validate(
         setup = Setup(dep, app, [spec for spec, _, _ in models],
                       {s.name: n for s, n, _ in models}, workload, profs, seed, log, busy,
                       repeats, ramps, ramp_resolution, ramp_restart, replay_speed,
-                      twin_draws, ramps_after, stalls, loop_sleeps)
+                      twin_draws, ramps_after, stalls, loop_sleeps, jobs)
         la0 = os.getloadavg()[0]
         res = _validate(dep, app, models, setup, workload, profs, load0, la0, mon,
                         levels, duration_s, repeats, capacity_qps, calib_qps, calib_s,
@@ -451,6 +454,8 @@ class Setup:
     # the loop's wake-ups fitted on the server's own count of its sleeps where every run
     # has one (``fit.fit_frontend_on_host``'s ``counted``), not on the twin's count
     loop_sleeps: bool = True
+    # the fits' twin replays on this many processes (0: one per CPU; the same numbers)
+    jobs: int = 1
 
     def twin(self, calib: Calibration | None = None, scale: float = 1.0) -> Deployment:
         return sim_deployment(self.dep, self.workload.app, self.profiles, calibration=calib,
@@ -632,7 +637,8 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
     calib = Calibration(frontend_cost_s=cost_s, capacity_qps=capacity_qps,
                         batch_extra_s=extra_s,
                         slowdown=slow if math.isfinite(slow) and slow > 1.0 else 1.0)
-    calib, cpu_rows = fit_frontend_rows(runs, setup.twin, calib, setup.seed)
+    calib, cpu_rows = fit_frontend_rows(runs, setup.twin, calib, setup.seed,
+                                        jobs=setup.jobs)
     _log_loop(setup.log, calib, runs, low_seen, slow, extra_s, calib_qps)
     out = [("sim+frontend", calib)]
     if host_cpu:
@@ -642,13 +648,13 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
             # factor): one demand for runs that went at different speeds, which the
             # host's speeds (drawn, or replayed) then stretch; the loop fitted again on them
             hcal, _ = fit_frontend_rows(fast, setup.twin, dataclasses.replace(calib),
-                                        setup.seed)
+                                        setup.seed, jobs=setup.jobs)
             hc = dataclasses.replace(
                 host_cpu_demands(fast, hcal, [r for r in fast if not r.overloaded], speed,
                                  setup.stalls),
                 reference_factor=1.0)
             hc, host_rows = fit_frontend_on_host(fast, setup.twin, hc, setup.seed,
-                                                 counted=setup.loop_sleeps)
+                                                 counted=setup.loop_sleeps, jobs=setup.jobs)
             setup.log(f"  at the fast speed (each run's CPU over its mean speed factor, "
                       f"{min(r.speed_factor for r in runs):.2f}-"
                       f"{max(r.speed_factor for r in runs):.2f}), its wake-ups counted "
@@ -658,7 +664,7 @@ def calibrate_twin(runs: Sequence[CpuRun], setup: Setup, low: CpuRun,
         else:
             hc = host_cpu_demands(runs, calib, good, speed, setup.stalls)
             hc, host_rows = fit_frontend_on_host(runs, setup.twin, hc, setup.seed,
-                                                 counted=setup.loop_sleeps)
+                                                 counted=setup.loop_sleeps, jobs=setup.jobs)
         cpu_rows = host_rows or cpu_rows  # the prediction's costs get the intervals
         setup.log(f"  the host CPU model: {hc.host_cpus} cores shared by the loop, the "
                   "containers (" + (", ".join(
@@ -753,7 +759,7 @@ def fit_unexplained(runs: Sequence[CpuRun], setup: Setup, low: CpuRun, calib: Ca
                   "as many late queries")
     # the containers' wake-up: the batch latency the server's engine saw over the
     # twin's, run by run
-    calib = fit_container_wake(runs, setup.twin, calib, setup.seed)
+    calib = fit_container_wake(runs, setup.twin, calib, setup.seed, setup.jobs)
     setup.log(f"  {mode}: container wake-up {calib.replica_wake_s * 1e3:.3f} ms x (1 - "
               f"exp(-idle / {calib.replica_cold_after_s * 1e3:g} ms)) per batch")
     # the fixed overhead: what the calibrated twin still misses at p50 (client, kernel)

@@ -94,6 +94,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "at most 8) and run each level's twin at the speed the real "
                              "run went at, replayed probe by probe, instead of drawn from "
                              "the level's two speeds (default: on)")
+    parser.add_argument("--jobs", type=int, default=0, metavar="N",
+                        help="the fits' replays of the runs in the twin on N processes, "
+                             "between the real runs (0: one per CPU; the same numbers "
+                             "whatever N; default %(default)s)")
     parser.add_argument("--out", default="", help="directory for the outputs")
 
 
@@ -118,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--twin-draws must be an integer >= 1, got {args.twin_draws}")
     if args.ramps < 1:
         raise CLIError(f"--ramps must be an integer >= 1, got {args.ramps}")
+    if args.jobs < 0:
+        raise CLIError(f"--jobs must be an integer >= 0 (0: one per CPU), got {args.jobs}")
     if not args.ramp_resolution > 1:
         raise CLIError(f"--ramp-resolution must be a ratio > 1, got {args.ramp_resolution}")
     if not 0 <= args.ramps_after < args.ramps:
@@ -137,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
             profile_repeats=args.profile_repeats, api=args.api,
             connections=args.connections, seed=args.seed, host_cpu=args.host_cpu,
             speed=args.speed, replay_speed=args.replay_speed, twin_draws=args.twin_draws,
-            ramps_after=args.ramps_after,
+            ramps_after=args.ramps_after, jobs=args.jobs,
         )
     except CalibrationError as e:
         raise CLIError(str(e)) from None

@@ -18,6 +18,7 @@ from clipperlab.calibration.fit import (
     fit_container_wake,
     fit_cpu,
     fit_frontend,
+    fit_frontend_rows,
     fit_overhead,
     fit_pauses,
     pause_rate_intervals,
@@ -81,6 +82,25 @@ def test_fit_container_wake_recovers_a_known_wake_up() -> None:
     fit = fit_container_wake(runs, _twin, start)
     assert fit.replica_wake_s == pytest.approx(500e-6, rel=0.1)
     assert fit.replica_cold_after_s == 2e-3
+    # the runs' replays on two processes: the same numbers
+    assert fit_container_wake(runs, _twin, start, jobs=2) == fit
+
+
+def test_fit_frontend_on_two_processes_gives_the_same_fit() -> None:
+    """``fit_frontend_rows(jobs=2)`` replays the runs at every cooling time of the grid on
+    two processes (each replay pickled there and back): the same costs and equations as
+    one process, to the bit."""
+    truth = Calibration(query_cpu_s=30e-6, batch_cpu_s=200e-6, wake_s=300e-6,
+                        cold_after_s=1e-3)
+    runs = []
+    for k, rate in enumerate((50, 1000, 6000, 12000)):
+        tr = Workload(Poisson(rate), n_queries=max(int(rate * 0.3), 100)).generate(k)
+        sim = Simulation(_twin(truth), tr, seed=0)
+        res = sim.run()
+        runs.append(CpuRun(tr, float(len(tr)), float(len(res.batches)), sim.loop_busy_s))
+    one = fit_frontend_rows(runs, _twin, Calibration())
+    assert one[1] and one[0].wake_s > 0
+    assert fit_frontend_rows(runs, _twin, Calibration(), jobs=2) == one
 
 
 def test_wake_idle_times_give_the_wake_ups_at_every_cooling_time() -> None:

@@ -379,6 +379,10 @@ def test_fit_frontend_on_host_takes_the_servers_own_wake_ups_when_counted(
     partial = [dataclasses.replace(runs[0], sleeps=()), *runs[1:]]
     assert fit_frontend_on_host(partial, twin, start) == fit_frontend_on_host(
         runs, twin, start, counted=False)
+    # the twin's replays on two processes: the same fit, each way
+    assert fit_frontend_on_host(runs, twin, start, jobs=2) == (fit, rows)
+    assert fit_frontend_on_host(runs, twin, start, counted=False, jobs=2) == (
+        fit_frontend_on_host(runs, twin, start, counted=False))
 
 
 def test_fit_loadgen_separates_queries_wake_ups_and_a_runs_set_up() -> None:

@@ -390,6 +390,8 @@ def test_resimulate_draws_each_level_twin_draws_times(
     capsys.readouterr()
     assert fidelity_main(["--resimulate", "--out", str(tmp_path), "--twin-draws", "0"]) == 2
     assert capsys.readouterr().err.startswith("error: --twin-draws")
+    assert fidelity_main(["--resimulate", "--out", str(tmp_path), "--jobs", "-1"]) == 2
+    assert capsys.readouterr().err.startswith("error: --jobs")
 
 
 class _Ran(Exception):

@@ -308,6 +308,8 @@ def test_validate_with_a_ramp_after_the_levels(tmp_path: Path) -> None:
          "--ramps"),
         (["validate", "--deployment", "{deploy}", "--workload", "{good}", "--twin-draws",
           "0"], "--twin-draws"),
+        (["validate", "--deployment", "{deploy}", "--workload", "{good}", "--jobs", "-1"],
+         "--jobs"),
         (["validate", "--deployment", "{deploy}", "--workload", "{good}", "--ramps-after",
           "3"], "--ramps-after"),
         (["validate", "--deployment", "{deploy}", "--workload", "{good}",
