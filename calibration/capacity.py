@@ -42,9 +42,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
+from clipperlab.experiments.parallel import pmap
 from clipperlab.report.latency import summarise
 from clipperlab.simulator import Deployment
 from clipperlab.simulator.capacity import attained_share
@@ -156,7 +158,8 @@ def twin_capacity(twin: Deployment, workload: Workload, slo_s: float, *, est_qps
                   start_qps: float = RAMP_START_QPS, step_s: float = RAMP_S,
                   step: float = RAMP_STEP, overhead_s: float = 0.0,
                   good: float = GOOD_SHARE, seed: int = 0, repeats: int = 1,
-                  resolution: float = RAMP_RESOLUTION, restart: float = RAMP_RESTART) -> float:
+                  resolution: float = RAMP_RESOLUTION, restart: float = RAMP_RESTART,
+                  jobs: int = 1) -> float:
     """The twin's predicted capacity (good q/s) for ``workload`` under ``slo_s``: the
     median over ``repeats`` ramps (module rules) from ``min(start_qps, 0.3 x est_qps)``
     (later ramps: ``ramp_start``) up to ``50 x est_qps``; 0 when the overhead alone is
@@ -166,7 +169,7 @@ def twin_capacity(twin: Deployment, workload: Workload, slo_s: float, *, est_qps
     return float(np.median(twin_capacities(
         [twin] * repeats, workload, slo_s, est_qps=est_qps, start_qps=start_qps,
         step_s=step_s, step=step, overhead_s=overhead_s, good=good, seed=seed,
-        resolution=resolution, restart=restart)))
+        resolution=resolution, restart=restart, jobs=jobs)))
 
 
 def twin_capacities(twins: Sequence[Deployment], workload: Workload, slo_s: float, *,
@@ -174,9 +177,12 @@ def twin_capacities(twins: Sequence[Deployment], workload: Workload, slo_s: floa
                     step_s: float = RAMP_S, step: float = RAMP_STEP,
                     overhead_s: float = 0.0, good: float = GOOD_SHARE, seed: int = 0,
                     resolution: float = RAMP_RESOLUTION,
-                    restart: float = RAMP_RESTART) -> list[float]:
+                    restart: float = RAMP_RESTART, jobs: int = 1) -> list[float]:
     """``twin_capacity``'s ramps, ramp ``k`` on ``twins[k]`` (a twin per ramp: each at
-    the machine's speed while the real ramp ``k`` went), each one's capacity."""
+    the machine's speed while the real ramp ``k`` went), each one's capacity.  The first
+    ramp runs alone (the later ones start from its capacity, ``ramp_start``), the later
+    ones on ``jobs`` processes (``experiments.parallel.pmap``; 0: one per CPU): each
+    ramp's draws are seeded by its number, so the capacities do not depend on ``jobs``."""
     if not (math.isfinite(est_qps) and est_qps > 0):
         raise ValueError(f"est_qps: expected a rate > 0 q/s, got {est_qps!r}")
     if not twins:
@@ -184,13 +190,32 @@ def twin_capacities(twins: Sequence[Deployment], workload: Workload, slo_s: floa
     if slo_s - overhead_s <= 0:
         return [0.0] * len(twins)
     start0 = min(start_qps, 0.3 * est_qps)
-    first: RampResult | None = None
-    caps = []
-    for k, twin in enumerate(twins):
-        res = ramp(ramp_probe_twin(twin, workload, slo_s, step_s=step_s,
-                                   overhead_s=overhead_s, seed=seed, repeat=k),
-                   ramp_start(start0, first, restart), 50 * est_qps, step=step, good=good,
-                   resolution=resolution)
-        first = first or res
-        caps.append(res.capacity_qps)
-    return caps
+    setup = _TwinRamp(workload, slo_s, step_s, overhead_s, seed, 50 * est_qps, step, good,
+                      resolution)
+    first = _twin_ramp((setup, twins[0], 0, start0))
+    rest = pmap(_twin_ramp, [(setup, twin, k, ramp_start(start0, first, restart))
+                             for k, twin in enumerate(twins) if k > 0], jobs,
+                desc="twin ramps")
+    return [first.capacity_qps, *(r.capacity_qps for r in rest)]
+
+
+class _TwinRamp(NamedTuple):
+    """What every ramp of ``twin_capacities`` shares."""
+
+    workload: Workload
+    slo_s: float
+    step_s: float
+    overhead_s: float
+    seed: int
+    top_qps: float
+    step: float
+    good: float
+    resolution: float
+
+
+def _twin_ramp(item: tuple[_TwinRamp, Deployment, int, float]) -> RampResult:
+    """Ramp ``k`` of ``twin_capacities`` on ``twin`` from ``start`` q/s."""
+    s, twin, k, start = item
+    return ramp(ramp_probe_twin(twin, s.workload, s.slo_s, step_s=s.step_s,
+                                overhead_s=s.overhead_s, seed=s.seed, repeat=k),
+                start, s.top_qps, step=s.step, good=s.good, resolution=s.resolution)

@@ -359,7 +359,7 @@ def resimulate(out: Path, workload: Workload, *, level_s: float = 10.0, seed: in
                                 {s.name: s.batching.max_batch_size for s, _, _ in specs},
                                 calib, workload, app.slo_s, measured, seed=seed,
                                 resolution=_num(row0, "ramp_resolution", LEGACY_RESOLUTION),
-                                restart=_num(row0, "ramp_restart", 0.0))
+                                restart=_num(row0, "ramp_restart", 0.0), jobs=jobs)
         cap = float(np.median(caps))
         g["sim_capacity_qps"] = cap
         g["sim_ramp_capacities_qps"] = ";".join(f"{x:.0f}" for x in caps)

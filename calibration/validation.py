@@ -800,7 +800,8 @@ def predict_capacities(setup: Setup, calib: Calibration, measured_qps: float,
                             {s.name: s.batching.max_batch_size for s in setup.models}, calib,
                             setup.workload, setup.app.slo_s, measured_qps, seed=setup.seed,
                             ramp_s=ramp_s, ramp_step=ramp_step, start_qps=start_qps,
-                            resolution=setup.ramp_resolution, restart=setup.ramp_restart)
+                            resolution=setup.ramp_resolution, restart=setup.ramp_restart,
+                            jobs=setup.jobs)
 
 
 def twin_prediction(twin: Deployment, profiles: Mapping[str, LatencyProfile],
@@ -828,15 +829,15 @@ def twin_predictions(twins: Sequence[Deployment], profiles: Mapping[str, Latency
                      measured_qps: float, *, seed: int = 0, ramp_s: float = RAMP_S,
                      ramp_step: float = RAMP_STEP, start_qps: float = RAMP_START_QPS,
                      resolution: float = RAMP_RESOLUTION,
-                     restart: float = RAMP_RESTART) -> list[float]:
+                     restart: float = RAMP_RESTART, jobs: int = 1) -> list[float]:
     """``twin_prediction``'s ramps, one per twin (``twins[k]`` runs ramp ``k``), each
-    one's capacity."""
+    one's capacity; ``jobs``: the ramps after the first on that many processes."""
     est = capacity_estimate(profiles, replicas, max_batch)
     if not (math.isfinite(est) and est > 0):
         est = 4 * measured_qps
     return twin_capacities(twins, workload, slo_s, est_qps=est, start_qps=start_qps,
                            step_s=ramp_s, step=ramp_step, overhead_s=calib.overhead_s,
-                           seed=seed, resolution=resolution, restart=restart)
+                           seed=seed, resolution=resolution, restart=restart, jobs=jobs)
 
 
 def _log_loop(log: Log, calib: Calibration, runs: Sequence[CpuRun],

@@ -170,6 +170,8 @@ def test_twin_capacity_runs_the_ramp_on_a_loop_with_a_known_limit() -> None:
     slow = dataclasses.replace(dep, frontend_cpu=FrontendCPU(query_s=200e-6, reply_s=200e-6))
     caps = twin_capacities([dep, slow, slow], wl, 0.020, est_qps=4000.0)
     assert 5000 / 1.1 <= caps[0] < 5000 and all(2500 / 1.1 <= c < 2500 for c in caps[1:])
+    # the ramps after the first on two processes: the same capacities
+    assert twin_capacities([dep, slow, slow], wl, 0.020, est_qps=4000.0, jobs=2) == caps
     with pytest.raises(ValueError, match="one twin per ramp"):
         twin_capacities([], wl, 0.020, est_qps=4000.0)
 
