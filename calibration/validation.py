@@ -200,6 +200,7 @@ from clipperlab.calibration.twin import (
     speed_fields,
 )
 from clipperlab.engine import Application, ModelSpec
+from clipperlab.experiments.parallel import pmap
 from clipperlab.report.latency import pct, summarise
 from clipperlab.simulator import Deployment, LatencyProfile
 from clipperlab.workloads import Trace, Workload
@@ -905,6 +906,14 @@ def measure_level(bench: Bench, setup: Setup, lv: float, capacity_qps: float,
     return m
 
 
+_IN_SITU = "sim+in-situ"
+
+
+def _sim_run_item(item: tuple[Deployment, Trace, int, Calibration | None]
+                  ) -> dict[str, float]:
+    return sim_run(*item)
+
+
 def predict_level(setup: Setup, calibs: Sequence[tuple[str, Calibration]], m: LevelRuns,
                   mon: SpeedMonitor | None = None) -> list[dict[str, Any]]:
     """Step 6, the simulated side of one measured level (``m``): each real run's
@@ -916,7 +925,9 @@ def predict_level(setup: Setup, calibs: Sequence[tuple[str, Calibration]], m: Le
     (``speed_level_*``) and the host CPU model's twin runs the level at that speed
     (``twin.at_speed``: the speed is a condition of the level, like the send times the
     generator achieved, which the twins replay too); with ``mon`` and
-    ``setup.replay_speed``, each run at the speed the probes recorded while it went."""
+    ``setup.replay_speed``, each run at the speed the probes recorded while it went.
+    The twin runs go on ``setup.jobs`` processes (each seeded by its run and draw: the
+    same rows whatever the number)."""
     plain = setup.twin()
     twins = [(mode, c, setup.twin(c)) for mode, c in calibs]
     calib = calibs[-1][1]
@@ -934,12 +945,13 @@ def predict_level(setup: Setup, calibs: Sequence[tuple[str, Calibration]], m: Le
                 c = at_speed(c, sp)
                 twin = setup.twin(c)
             level_twins.append((mode, c, twin))
-    sims: list[dict[str, float]] = []
-    cals: dict[str, list[dict[str, float]]] = {mode: [] for mode, _, _ in twins}
+    # every twin run of the level, (mode: None for the plain twin, deployment, trace,
+    # seed, calibration), run together on ``setup.jobs`` processes
+    todo: list[tuple[str | None, Deployment, Trace, int, Calibration | None]] = []
     replay_factors: list[float] = []  # one per replayed run
     for k, r in enumerate(runs):
         tr_sent = sent_trace(tr, r.table)
-        sims.append(sim_run(plain, tr_sent, setup.seed + k))
+        todo.append((None, plain, tr_sent, setup.seed + k, None))
         run_twins = level_twins
         rec = (mon.replay(r.started_at, r.ended_at)
                if mon is not None and setup.replay_speed and math.isfinite(r.started_at)
@@ -949,17 +961,24 @@ def predict_level(setup: Setup, calibs: Sequence[tuple[str, Calibration]], m: Le
             run_twins = [(mode, ct, setup.twin(ct)) if (ct := at_trace(c, rec)) is not c
                          else (mode, c, twin) for mode, c, twin in twins]
         for mode, c, twin in run_twins:
-            cals[mode].extend(sim_run(twin, tr_sent, draw_seed(setup.seed + k, j), c)
-                              for j in range(setup.twin_draws))
+            todo.extend((mode, twin, tr_sent, draw_seed(setup.seed + k, j), c)
+                        for j in range(setup.twin_draws))
+    # diagnostic, not a prediction: the calibrated twin told the first run's slowdown
+    k0 = slowdown(runs[0].seen, setup.profiles)
+    todo.append((_IN_SITU, setup.twin(calib, scale=k0 if math.isfinite(k0) else 1.0),
+                 sent_trace(tr, runs[0].table), setup.seed, calib))
+    done = pmap(_sim_run_item, [t[1:] for t in todo], setup.jobs, desc="twin runs")
+    sims = [s for t, s in zip(todo, done, strict=True) if t[0] is None]
+    cals: dict[str, list[dict[str, float]]] = {mode: [] for mode, _, _ in twins}
+    for t, s in zip(todo, done, strict=True):
+        if t[0] is not None and t[0] != _IN_SITU:
+            cals[t[0]].append(s)
+    s_ins = done[-1]
     if replay_factors:
         speed_cols["speed_replayed_runs"] = len(replay_factors)
         # the mean factor the replays ran at (the cores' total speed), beside the
         # level's own fit: where they disagree, the replay's reference moved
         speed_cols["speed_level_replay_factor"] = float(np.median(replay_factors))
-    # diagnostic, not a prediction: the calibrated twin told the first run's slowdown
-    k0 = slowdown(runs[0].seen, setup.profiles)
-    s_ins = sim_run(setup.twin(calib, scale=k0 if math.isfinite(k0) else 1.0),
-                    sent_trace(tr, runs[0].table), setup.seed, calib)
     r = median_run(runs)
     s_real = m.real
     s_sched = median_summary([summarise(x.table) for x in runs])

@@ -6,11 +6,13 @@ with exit code 2."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from clipperlab.calibration.loadgen import load_workload_spec, run_load
@@ -251,14 +253,29 @@ def test_validate_tiny(tmp_path: Path) -> None:
     assert "sim+frontend" in text and text.splitlines()[-1].startswith("calibration: ")
 
 
-def test_validate_with_a_ramp_after_the_levels(tmp_path: Path) -> None:
+def test_validate_with_a_ramp_after_the_levels(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """``ramps_after``: of two capacity ramps, the second runs after the levels, whose
     rate the first one set; the calibration is fitted on runs from both sides (counted in
     ``runs_after_levels``), the capacity is the median of both ramps, the table records
-    it; a ramp after the levels needs one before them and a measured capacity."""
+    it; a ramp after the levels needs one before them and a measured capacity.  With
+    ``jobs=2`` the fits' and the levels' twin runs go on two processes: each level's rows
+    are the ones one process gives on the same real runs."""
+    import clipperlab.calibration.validation as validation
     from clipperlab.calibration.errors import ValidationError
     from clipperlab.calibration.outputs import format_table
     from clipperlab.calibration.validation import validate
+
+    one_process: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = []
+    predict = validation.predict_level
+
+    def both(setup: Any, calibs: Any, m: Any, mon: Any = None) -> list[dict[str, Any]]:
+        rows = predict(setup, calibs, m, mon)
+        one_process.append((rows, predict(dataclasses.replace(setup, jobs=1), calibs, m,
+                                          mon)))
+        return rows
+
+    monkeypatch.setattr(validation, "predict_level", both)
 
     dep = tmp_path / "deploy.toml"
     # a slow no-op (2 ms a batch + 1 ms an item): a capacity under 1,000 q/s, short ramps
@@ -269,8 +286,11 @@ def test_validate_with_a_ramp_after_the_levels(tmp_path: Path) -> None:
     res = validate(dep, wl, levels=(0.3,), duration_s=0.4, batch_sizes=(1, 4, 16),
                    profile_repeats=3, calib_qps=50.0, calib_s=0.4, ramp_s=0.4,
                    ramp_step=3.0, ramp_start_qps=100.0, ramp_resolution=1.5, ramps=2,
-                   ramps_after=1, repeats=1, twin_draws=1, connections=4,
-                   stalls_s=0.0, log=lines.append)
+                   ramps_after=1, repeats=1, twin_draws=2, connections=4,
+                   stalls_s=0.0, jobs=2, log=lines.append)
+    assert len(one_process) == 1
+    got, alone = one_process[0]
+    assert pd.DataFrame(got).equals(pd.DataFrame(alone))
     assert len(res.ramp_capacities) == 2
     first = res.ramp_capacities[0]
     real = res.table[res.table["mode"] == "real"].iloc[0]
