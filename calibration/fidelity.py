@@ -512,8 +512,9 @@ def main(argv: list[str] | None = None) -> int:
                          "twin's count, as before (live runs and --resimulate's refits; "
                          "default %(default)s)")
     ap.add_argument("--jobs", type=int, default=0, metavar="N",
-                    help="the fits' twin replays on N processes, after each setting's real "
-                         "runs (0: one per CPU; the same numbers whatever N; default "
+                    help="the twin's runs on N processes, between real runs: the fits' "
+                         "replays, the capacity ramps after the first, each level's runs "
+                         "and draws (0: one per CPU; the same numbers whatever N; default "
                          "%(default)s)")
     ap.add_argument("--resume", action="store_true",
                     help="keep the settings OUT/fidelity.csv already has (a stopped run's, "

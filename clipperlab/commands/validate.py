@@ -95,8 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "run went at, replayed probe by probe, instead of drawn from "
                              "the level's two speeds (default: on)")
     parser.add_argument("--jobs", type=int, default=0, metavar="N",
-                        help="the fits' replays of the runs in the twin on N processes, "
-                             "between the real runs (0: one per CPU; the same numbers "
+                        help="the twin's runs on N processes, between real runs: the "
+                             "fits' replays, the capacity ramps after the first, each "
+                             "level's runs and draws (0: one per CPU; the same numbers "
                              "whatever N; default %(default)s)")
     parser.add_argument("--out", default="", help="directory for the outputs")
 
