@@ -6,9 +6,10 @@ model and once with it (``fit_frontend_rows``, ``fit_frontend_on_host``), and th
 containers' wake-up once per run (``fit_container_wake``).  With the no-op model near
 50,000 q/s that was most of a setting's 45 minutes on one core (run 38).  This bench
 takes a stored setting (``runs.npz``, ``calibration.json``, ``deploy.toml`` and the
-profiles that a fidelity run leaves in each setting's folder), keeps the ``--runs``
-busiest kept runs, and times each fit with ``jobs=1`` (the baseline, in the same run)
-and ``jobs=--jobs``; every fit must give the same numbers both ways, or the bench fails.
+profiles that a fidelity run leaves in each setting's folder), keeps ``--runs`` of its
+kept runs spread evenly over their rates (the fits' own mix, smaller), and times each
+fit with ``jobs=1`` (the baseline, in the same run) and ``jobs=--jobs``; every fit must
+give the same numbers both ways, or the bench fails.
 
     python bench/fit_bench.py [--setting results/validation/quiet-2026-12-05-h/noop-aimd]
                               [--runs 12] [--jobs 0]
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--setting", default=DEFAULT,
                     help="a fidelity run's setting folder (runs.npz, calibration.json, ...)")
     ap.add_argument("--runs", type=int, default=12,
-                    help="the busiest kept runs to fit on (0: all; runs)")
+                    help="kept runs to fit on, spread over their rates (0: all; runs)")
     ap.add_argument("--jobs", type=int, default=0, help="processes against 1 (0: one per CPU)")
     a = ap.parse_args(argv)
     folder = Path(a.setting)
@@ -60,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     wl = workload()
     runs, _, _, _ = load_runs(folder / "runs.npz", wl)
-    runs = sorted(runs, key=lambda r: -r.rate)[:a.runs or None]
+    runs = sorted(runs, key=lambda r: r.rate)
+    if a.runs and a.runs < len(runs):  # spread over the rates, as the fits' mix is
+        runs = [runs[round(k * (len(runs) - 1) / (a.runs - 1))] for k in range(a.runs)] \
+            if a.runs > 1 else runs[-1:]
     profiles = {p.stem: load_profile(p) for p in sorted((folder / "profiles").glob("*.json"))}
     stored = calibration_from_json((folder / "calibration.json").read_text())
     host = next(c for m, c in stored.items() if m == "sim+host")
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         ("fit_container_wake (one replay a run)",
          lambda j: fit_container_wake(runs, twin, host, jobs=j)),
     ]
-    print(f"{folder}: the {len(runs)} busiest kept runs "
+    print(f"{folder}: {len(runs)} kept runs "
           f"({min(r.rate for r in runs):,.0f}-{max(r.rate for r in runs):,.0f} q/s); "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} before")
     print(f"| fit | 1 process (s) | {jobs} processes (s) | speed-up |")
