@@ -6,9 +6,9 @@ probe reads a core slow mostly while the core is otherwise idle (``probe_idle.py
 here), so a ramp's low-rate steps, which leave the cores idle, could weigh in its slow
 share while the steps that decide the capacity keep the cores busy.  This script takes
 stored settings (``runs.npz`` and ``fidelity.csv``), splits each setting's kept runs
-into its ramps (a new ramp where the rate falls below 0.75x the run before: ramps after
-the first restart at half the first one's capacity; a setting whose runs do not split
-into as many ramps as it measured is skipped), and gives per ramp the slow share and
+into its ramps (``split_ramps``: the ramps after the first restart at half the first
+one's capacity; a setting whose runs do not split into as many ramps as it measured is
+skipped), and gives per ramp the slow share and
 mean slow factor from the runs' own replayed speed traces (``CpuRun.speed_trace``,
 every core pooled):
 
@@ -37,10 +37,23 @@ from clipperlab.calibration.resimulate import stored_setting
 
 
 def split_ramps(runs: list[CpuRun], n: int) -> list[list[CpuRun]] | None:
-    """The kept runs (in the order kept) as ``n`` ramps; None when they do not split so."""
+    """The kept runs (in the order kept) as ``n`` ramps; None when they do not split so.
+    The second ramp starts where the rate first falls below 0.75x the run before (the
+    first ramp's top against half its capacity); every later one at that same start
+    rate (``capacity.ramp_start``), so a run at it after a run at another rate starts
+    a ramp (a confirming re-run repeats its rate and does not)."""
     ramps: list[list[CpuRun]] = []
+    start = math.nan
     for r in runs:
-        if not ramps or r.rate < 0.75 * ramps[-1][-1].rate:
+        prev = ramps[-1][-1].rate if ramps else math.nan
+        if not ramps:
+            new = True
+        elif math.isnan(start):
+            new = r.rate < 0.75 * prev
+            start = r.rate if new else start
+        else:
+            new = abs(r.rate / start - 1) < 0.005 and abs(prev / start - 1) >= 0.005
+        if new:
             ramps.append([])
         ramps[-1].append(r)
     return ramps if len(ramps) == n else None
