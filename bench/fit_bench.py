@@ -36,8 +36,8 @@ from clipperlab.calibration.fit import (
 )
 from clipperlab.calibration.resimulate import _deployment, calibration_from_json, load_runs
 from clipperlab.calibration.twin import sim_deployment
-from clipperlab.experiments.parallel import cpu_count
 from clipperlab.simulator import Deployment, load_profile
+from clipperlab.simulator.parallel import cpu_count
 
 DEFAULT = "results/validation/quiet-2026-12-05-h/noop-aimd"
 

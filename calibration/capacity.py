@@ -46,10 +46,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from clipperlab.experiments.parallel import pmap
 from clipperlab.report.latency import summarise
 from clipperlab.simulator import Deployment
 from clipperlab.simulator.capacity import attained_share
+from clipperlab.simulator.parallel import pmap
 from clipperlab.workloads import Workload
 
 __all__ = ["DOWN_STEPS", "GOOD_SHARE", "RAMPS", "RAMP_RESOLUTION", "RAMP_RESTART", "RAMP_S",
@@ -181,7 +181,7 @@ def twin_capacities(twins: Sequence[Deployment], workload: Workload, slo_s: floa
     """``twin_capacity``'s ramps, ramp ``k`` on ``twins[k]`` (a twin per ramp: each at
     the machine's speed while the real ramp ``k`` went), each one's capacity.  The first
     ramp runs alone (the later ones start from its capacity, ``ramp_start``), the later
-    ones on ``jobs`` processes (``experiments.parallel.pmap``; 0: one per CPU): each
+    ones on ``jobs`` processes (``simulator.parallel.pmap``; 0: one per CPU): each
     ramp's draws are seeded by its number, so the capacities do not depend on ``jobs``."""
     if not (math.isfinite(est_qps) and est_qps > 0):
         raise ValueError(f"est_qps: expected a rate > 0 q/s, got {est_qps!r}")

@@ -47,8 +47,8 @@ import numpy as np
 
 from clipperlab.calibration.intervals import Interval, bootstrap_fit
 from clipperlab.calibration.quiet import for_cores
-from clipperlab.experiments.parallel import pmap
 from clipperlab.simulator import Deployment, Simulation
+from clipperlab.simulator.parallel import pmap
 from clipperlab.workloads import Trace
 
 __all__ = [
@@ -720,7 +720,7 @@ def _wakes_item(item: tuple[Deployment, CpuRun, int, float]) -> float:
 def _wakes_many(items: Sequence[tuple[Deployment, CpuRun, float]], seed: int, jobs: int = 1
                 ) -> list[float]:
     """``_wakes_per_query`` of each ``(deployment, run, wake_s)``, in order, on ``jobs``
-    processes (``experiments.parallel.pmap``; 0: one per CPU).  Each replay is seeded
+    processes (``simulator.parallel.pmap``; 0: one per CPU).  Each replay is seeded
     alike whatever the process, so the counts do not depend on ``jobs``: the fits'
     grids of cooling times replay every kept run nine times, about 30 minutes of a no-op
     setting's fits on one core (run 38)."""

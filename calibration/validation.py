@@ -200,9 +200,9 @@ from clipperlab.calibration.twin import (
     speed_fields,
 )
 from clipperlab.engine import Application, ModelSpec
-from clipperlab.experiments.parallel import pmap
 from clipperlab.report.latency import pct, summarise
 from clipperlab.simulator import Deployment, LatencyProfile
+from clipperlab.simulator.parallel import pmap
 from clipperlab.workloads import Trace, Workload
 
 __all__ = ["ValidationError", "ValidationResult", "validate"]

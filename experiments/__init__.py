@@ -8,8 +8,9 @@ Layout:
   ``plot``, ``claims``), the registry ``EXPERIMENTS``, and the ``results/NAME/`` layout.
 - ``config``: config dataclasses set from ``--set key=value`` text.
 - ``sweep``: grids of config values x seeds on local processes or Ray.
-- ``measures``, ``parallel``: shared measures and process pools (figure style, tables and
-  latency summaries: ``clipperlab.report``).
+- ``measures``: shared measures (figure style, tables and latency summaries:
+  ``clipperlab.report``; progress bars: ``report.progress``; process pools over
+  simulations: ``simulator.parallel``, which calibration's twin runs share).
 - ``_sim``: the one place the batching figures call the simulator.
 - ``fig2``...: one module per figure of the paper.
 """

@@ -44,6 +44,7 @@ import pandas as pd
 from clipperlab.engine import Application, BatchingConfig
 from clipperlab.report.latency import latency_ms
 from clipperlab.report.plots import grid, save, style_axis
+from clipperlab.report.progress import track
 from clipperlab.simulator import Simulation
 from clipperlab.workloads import ConstantRate, FeedbackStream, Trace, Workload
 from clipperlab.workloads.zoo import cache_dir, load_zoo
@@ -52,7 +53,6 @@ from ._sim import ramp_times
 from .config import knob
 from .framework import Claim, Results
 from .measures import latency_stats
-from .progress import track
 from .selection_common import check_mode, deployment
 
 NAME = "cache"

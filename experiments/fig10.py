@@ -28,12 +28,12 @@ import pandas as pd
 
 from clipperlab.engine import Application
 from clipperlab.report.plots import grid, save, style_axis
+from clipperlab.report.progress import track
 from clipperlab.simulator import Simulation
 from clipperlab.workloads.users import UserGroups
 
 from .config import knob
 from .framework import Claim, Results
-from .progress import track
 from .selection_common import adaptive_params, check_mode, deployment, run_modes
 
 NAME = "fig10"

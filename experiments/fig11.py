@@ -49,9 +49,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from clipperlab.report.progress import track
+
 from .config import knob
 from .framework import Claim, Results
-from .progress import track
 
 NAME = "fig11"
 TITLE = "clipperlab vs a TF-Serving-style configuration and Ray Serve: peak throughput, p99"

@@ -35,12 +35,12 @@ import pandas as pd
 from clipperlab.engine import BatchingConfig, ConfigError
 from clipperlab.engine.batching import controller_class
 from clipperlab.report.plots import COLORS, grid, save, style_axis
+from clipperlab.simulator.parallel import pmap
 
 from . import _sim
 from .config import knob
 from .framework import Claim, Results
 from .measures import RAW, batch_stats, latency_stats, raw_batches, split_raw, window
-from .parallel import pmap
 
 NAME = "fig3"
 TITLE = "Batching strategies: peak throughput and p99 latency under overload"

@@ -18,12 +18,12 @@ import pandas as pd
 
 from clipperlab.engine import BatchingConfig
 from clipperlab.report.plots import grid, save, style_axis
+from clipperlab.simulator.parallel import pmap
 
 from . import _sim
 from .config import knob
 from .framework import Claim, Results
 from .measures import RAW, batch_stats, latency_stats, raw_batches, split_raw, window
-from .parallel import pmap
 
 NAME = "fig4"
 TITLE = "Delayed batching: wait timeout vs batch size, latency, throughput"

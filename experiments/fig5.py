@@ -33,12 +33,12 @@ from matplotlib.ticker import FuncFormatter
 
 from clipperlab.engine import BatchingConfig
 from clipperlab.report.plots import COLORS, grid, save, style_axis
+from clipperlab.simulator.parallel import pmap
 
 from . import _sim
 from .config import knob
 from .framework import Claim, Results
 from .measures import RAW, batch_stats, latency_stats, raw_batches, split_raw, window
-from .parallel import pmap
 
 NAME = "fig5"
 TITLE = "Scaling GPU replicas over 1, 10 and 100 Gbps: throughput and latency"

@@ -37,13 +37,13 @@ import pandas as pd
 
 from clipperlab.engine import Application
 from clipperlab.report.plots import grid, save, style_axis
+from clipperlab.report.progress import track
 from clipperlab.simulator import Degrade, Simulation
 from clipperlab.workloads import ConstantRate, FeedbackStream, Workload
 from clipperlab.workloads.zoo import Switchable, load_zoo
 
 from .config import knob
 from .framework import Claim, Results
-from .progress import track
 from .selection_common import (
     adaptive_params,
     check_mode,

@@ -34,13 +34,13 @@ import pandas as pd
 
 from clipperlab.engine import Application, BatchingConfig, ModelSpec
 from clipperlab.report.plots import COLORS, grid, save, style_axis
+from clipperlab.simulator.parallel import pmap
 from clipperlab.workloads import ConstantRate, DigitsInputs, Workload
 
 from . import _sim
 from .config import knob
 from .framework import Claim, Results
 from .measures import RAW, latency_stats, pct, raw_batches, split_raw, window
-from .parallel import pmap
 
 NAME = "fig9"
 TITLE = "Straggler mitigation: ensemble size vs latency, missing predictions, accuracy"

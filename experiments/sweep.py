@@ -37,8 +37,9 @@ from typing import Any
 
 import pandas as pd
 
+from clipperlab.simulator.parallel import _start_method
+
 from .framework import load_experiment, make_config
-from .parallel import _start_method
 
 __all__ = [
     "ExecutorUnavailable",

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from clipperlab.errors import CLIError
-from clipperlab.experiments import progress
 from clipperlab.experiments.config import describe_fields, parse_set_args
 from clipperlab.experiments.framework import (
     EXPERIMENTS,
@@ -30,6 +29,7 @@ from clipperlab.experiments.framework import (
     replot_experiment,
     run_experiment,
 )
+from clipperlab.report import progress
 
 __all__ = ["add_arguments", "run"]
 

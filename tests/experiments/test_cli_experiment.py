@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from clipperlab.cli import main
-from clipperlab.experiments import progress
 from clipperlab.experiments.framework import EXPERIMENTS, load_experiment
-from clipperlab.experiments.parallel import pmap
+from clipperlab.report import progress
+from clipperlab.simulator.parallel import pmap
 
 REPO = Path(__file__).resolve().parents[2]
 FIG2 = ["--set", "profiles=prototype-noop+measured-noop", "--no-progress"]

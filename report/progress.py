@@ -3,8 +3,9 @@
 Rules: bars are off unless a caller turns them on (``clipperlab experiment`` does, unless
 ``--no-progress``), so library calls and tests print nothing.  When on, a bar goes to
 stderr and only where stderr is a terminal (tqdm's ``disable=None``): piped output and
-logs stay clean.  ``track`` wraps an experiment's loop over its points; ``parallel.pmap``
-uses it for its items.  A sweep draws its own bar over jobs and leaves the jobs' bars off.
+logs stay clean.  ``track`` wraps an experiment's loop over its points;
+``simulator.parallel.pmap`` uses it for its items.  A sweep draws its own bar over jobs
+and leaves the jobs' bars off.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Running an experiment's independent simulations on several processes.
+"""Running independent simulations on several processes: an experiment's points, a
+calibration's twin runs (the fits' replays, the capacity ramps, the levels' draws).
 
 Rules: ``pmap(fn, items, jobs)`` returns ``[fn(x) for x in items]`` in order.  ``jobs`` 1
 runs in this process; more uses a pool of forked processes (from a fork server when this
@@ -6,7 +7,7 @@ process runs other threads, spawned where there is no fork; ``fn`` must be a mod
 function, items picklable); 0 means one per CPU.
 Every simulation is seeded by its item, so the results do not depend on ``jobs``.
 Sweeps set ``jobs`` to 1 inside each job: the sweep is already parallel.  With progress
-bars on (``progress.bars``), a bar counts finished items.
+bars on (``report.progress.bars``), a bar counts finished items.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import TypeVar
 
-from .progress import track
+from clipperlab.report.progress import track
 
 __all__ = ["cpu_count", "pmap"]
 
