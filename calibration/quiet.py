@@ -135,6 +135,7 @@ __all__ = [
     "host_stalls",
     "machine_load",
     "speed_probe_ns",
+    "speed_probes",
     "speed_sample",
 ]
 
@@ -465,8 +466,10 @@ def pool_speeds(fits: Sequence[HostSpeed | None]) -> HostSpeed | None:
                      slow_dwells_s=sd, fast_dwells_s=fd, cores=len(fits))
 
 
-def speed_sample(seconds: float, interval_s: float = SPEED_INTERVAL_S) -> HostSpeed | None:
-    """A fit over probes taken in this thread every ``interval_s`` for ``seconds``."""
+def speed_probes(seconds: float, interval_s: float = SPEED_INTERVAL_S
+                 ) -> tuple[list[float], list[float]]:
+    """Probes taken in this thread every ``interval_s`` for ``seconds``: their times
+    (``time.monotonic``) and ns a probe iteration."""
     t: list[float] = []
     ns: list[float] = []
     end = time.monotonic() + seconds
@@ -474,7 +477,12 @@ def speed_sample(seconds: float, interval_s: float = SPEED_INTERVAL_S) -> HostSp
         t.append(now)
         ns.append(speed_probe_ns())
         time.sleep(max(interval_s - (time.monotonic() - now), 0.0))
-    return fit_speed(t, ns)
+    return t, ns
+
+
+def speed_sample(seconds: float, interval_s: float = SPEED_INTERVAL_S) -> HostSpeed | None:
+    """A fit over probes taken in this thread every ``interval_s`` for ``seconds``."""
+    return fit_speed(*speed_probes(seconds, interval_s))
 
 
 def _speed_trace(path: str, interval_s: float, cpu: int | None = None) -> None:

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from clipperlab.calibration.quiet import fit_speed, speed_probe_ns
+from clipperlab.calibration.quiet import fit_speed, speed_probes
 
 BURN = {"idle": (), "other core busy": (1,), "own core busy": (0,), "both busy": (0, 1)}
 
@@ -28,14 +28,7 @@ BURN = {"idle": (), "other core busy": (1,), "own core busy": (0,), "both busy":
 def sample(seconds: float, cpu: int = 0) -> tuple[list[float], list[float]]:
     """Probes on core ``cpu`` every 25 ms for ``seconds``: (times, ns a probe iteration)."""
     os.sched_setaffinity(0, {cpu})
-    t: list[float] = []
-    ns: list[float] = []
-    end = time.monotonic() + seconds
-    while (now := time.monotonic()) < end:
-        t.append(now)
-        ns.append(speed_probe_ns())
-        time.sleep(max(0.025 - (time.monotonic() - now), 0.0))
-    return t, ns
+    return speed_probes(seconds, 0.025)
 
 
 def burn(cpu: int) -> subprocess.Popen[bytes]:
