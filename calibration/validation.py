@@ -455,7 +455,8 @@ class Setup:
     # the loop's wake-ups fitted on the server's own count of its sleeps where every run
     # has one (``fit.fit_frontend_on_host``'s ``counted``), not on the twin's count
     loop_sleeps: bool = True
-    # the fits' twin replays on this many processes (0: one per CPU; the same numbers)
+    # the twin's runs (the fits' replays, the capacity ramps after the first, the levels'
+    # runs and draws) on this many processes (0: one per CPU; the same numbers)
     jobs: int = 1
 
     def twin(self, calib: Calibration | None = None, scale: float = 1.0) -> Deployment:
@@ -906,9 +907,6 @@ def measure_level(bench: Bench, setup: Setup, lv: float, capacity_qps: float,
     return m
 
 
-_IN_SITU = "sim+in-situ"
-
-
 def _sim_run_item(item: tuple[Deployment, Trace, int, Calibration | None]
                   ) -> dict[str, float]:
     return sim_run(*item)
@@ -949,8 +947,8 @@ def predict_level(setup: Setup, calibs: Sequence[tuple[str, Calibration]], m: Le
     # seed, calibration), run together on ``setup.jobs`` processes
     todo: list[tuple[str | None, Deployment, Trace, int, Calibration | None]] = []
     replay_factors: list[float] = []  # one per replayed run
-    for k, r in enumerate(runs):
-        tr_sent = sent_trace(tr, r.table)
+    sent = [sent_trace(tr, r.table) for r in runs]
+    for k, (r, tr_sent) in enumerate(zip(runs, sent, strict=True)):
         todo.append((None, plain, tr_sent, setup.seed + k, None))
         run_twins = level_twins
         rec = (mon.replay(r.started_at, r.ended_at)
@@ -965,15 +963,14 @@ def predict_level(setup: Setup, calibs: Sequence[tuple[str, Calibration]], m: Le
                         for j in range(setup.twin_draws))
     # diagnostic, not a prediction: the calibrated twin told the first run's slowdown
     k0 = slowdown(runs[0].seen, setup.profiles)
-    todo.append((_IN_SITU, setup.twin(calib, scale=k0 if math.isfinite(k0) else 1.0),
-                 sent_trace(tr, runs[0].table), setup.seed, calib))
-    done = pmap(_sim_run_item, [t[1:] for t in todo], setup.jobs, desc="twin runs")
-    sims = [s for t, s in zip(todo, done, strict=True) if t[0] is None]
+    in_situ = (setup.twin(calib, scale=k0 if math.isfinite(k0) else 1.0), sent[0],
+               setup.seed, calib)
+    *done, s_ins = pmap(_sim_run_item, [*(t[1:] for t in todo), in_situ], setup.jobs,
+                        desc="twin runs")
+    sims: list[dict[str, float]] = []
     cals: dict[str, list[dict[str, float]]] = {mode: [] for mode, _, _ in twins}
-    for t, s in zip(todo, done, strict=True):
-        if t[0] is not None and t[0] != _IN_SITU:
-            cals[t[0]].append(s)
-    s_ins = done[-1]
+    for (key, *_), s in zip(todo, done, strict=True):
+        (sims if key is None else cals[key]).append(s)
     if replay_factors:
         speed_cols["speed_replayed_runs"] = len(replay_factors)
         # the mean factor the replays ran at (the cores' total speed), beside the
