@@ -106,7 +106,8 @@ COLUMNS = ("model", "batching", "load", "real q/s", "real p50 / p99 ms", "sim q/
 # each ramp: its slow share and its fast level over the calibration's (``_per_ramp``)
 PER_RAMP_COLUMN = "each ramp: measured / predicted (slow share, fast level x)"
 CAPACITY_COLUMNS = ("model", "batching", "measured q/s [90% interval]", "ramps",
-                    "predicted q/s", "err", "within 10%", PER_RAMP_COLUMN)
+                    "predicted q/s", "err", "within 10%", "within the interval",
+                    PER_RAMP_COLUMN)
 CAPACITY_GOAL = 0.10
 # fitted numbers shown as value [lo, hi] in the calibration table (``cal_table``)
 INTERVAL_COLUMNS = ("capacity_qps", "query_cpu_us", "batch_cpu_us", "wake_us",
@@ -238,7 +239,9 @@ def capacity_rows(table: pd.DataFrame) -> pd.DataFrame:
     """Per (model, batching): the measured capacity (the median of the ramps, its
     interval when the table has one), the calibrated twin's prediction
     (``sim_capacity_qps``), the error (predicted - measured) / measured and whether it
-    is within the issue's 10%."""
+    is within the issue's 10%; whether it is within the measured median's interval (the
+    server's ramps cannot tell apart capacities inside it: where the interval is wider
+    than 10% either way, the server's own spread is larger than the goal)."""
     rows: list[dict[str, object]] = []
     if "capacity_qps" not in table.columns:
         return pd.DataFrame(rows)
@@ -247,12 +250,14 @@ def capacity_rows(table: pd.DataFrame) -> pd.DataFrame:
         measured = float(r["capacity_qps"])
         predicted = float(r.get("sim_capacity_qps", math.nan))
         err = (predicted - measured) / measured if measured else math.nan
+        lo = float(r.get("capacity_qps_lo", measured))
+        hi = float(r.get("capacity_qps_hi", measured))
         rows.append({"model": model, "batching": batching, "capacity_qps": measured,
-                     "capacity_qps_lo": float(r.get("capacity_qps_lo", measured)),
-                     "capacity_qps_hi": float(r.get("capacity_qps_hi", measured)),
+                     "capacity_qps_lo": lo, "capacity_qps_hi": hi,
                      "ramps": _ramps(r),
                      "sim_capacity_qps": predicted, "err_capacity": err,
                      "capacity_goal_met": bool(abs(err) <= CAPACITY_GOAL),
+                     "capacity_within_interval": bool(lo <= predicted <= hi),
                      "per_ramp": _per_ramp(r)})
     return pd.DataFrame(rows)
 
@@ -306,6 +311,7 @@ def capacity_markdown(caps: pd.DataFrame) -> str:
                                             f"{r['capacity_qps_hi']:,.0f}]",
              "ramps": r["ramps"], "predicted q/s": r["sim_capacity_qps"],
              "err": r["err_capacity"], "within 10%": bool(r["capacity_goal_met"]),
+             "within the interval": bool(r.get("capacity_within_interval", False)),
              PER_RAMP_COLUMN: r.get("per_ramp", "")}
             for _, r in caps.iterrows()]
     return markdown_table(rows, CAPACITY_COLUMNS,
@@ -769,7 +775,9 @@ def report(table: pd.DataFrame, out: Path) -> None:
             " the SLO): measured on the real server (the median of the ramps, with a 90%"
             " bootstrap interval over them) against the calibrated simulator's prediction"
             " (the same ramp run on the twin, as many times: same steps, same confirmation;"
-            " the measured capacity is not told to it).  The issue's goal: within 10%.", "",
+            " the measured capacity is not told to it).  The issue's goal: within 10%; \"within"
+            " the interval\": the prediction lies inside the measured median's interval, the"
+            " range the server's own ramps cannot tell apart.", "",
             capacity_markdown(caps) if len(caps) else "(no capacities in the table)", "",
             "The calibration floor: the server during its own calibration (the stored"
             " passing runs within x1.25 of each level's rate, their median p50 and p99)"

@@ -4,7 +4,9 @@ calibration's twin runs (the fits' replays, the capacity ramps, the levels' draw
 Rules: ``pmap(fn, items, jobs)`` returns ``[fn(x) for x in items]`` in order.  ``jobs`` 1
 runs in this process; more uses a pool of forked processes (from a fork server when this
 process runs other threads, spawned where there is no fork; ``fn`` must be a module-level
-function, items picklable); 0 means one per CPU.
+function, items picklable); 0 means one per CPU.  numpy's OpenBLAS starts a thread per
+further core when it loads, so on a machine of several cores a process that imported
+numpy takes the fork server: each pool then pays its children's imports once.
 Every simulation is seeded by its item, so the results do not depend on ``jobs``.
 Sweeps set ``jobs`` to 1 inside each job: the sweep is already parallel.  With progress
 bars on (``report.progress.bars``), a bar counts finished items.

@@ -133,7 +133,9 @@ def test_capacity_columns_from_a_fake_twin() -> None:
     assert caps.loc["a", "capacity_goal_met"] and not caps.loc["b", "capacity_goal_met"]
     assert caps.loc["b", "err_capacity"] == pytest.approx(-0.25)
     text = capacity_markdown(capacity_rows(table))
-    assert "| a | aimd | 1,000 [900, 1,100] | 3 | 1,050 | +5% | yes |" in text
+    assert "| a | aimd | 1,000 [900, 1,100] | 3 | 1,050 | +5% | yes | yes |" in text
+    # b's prediction (1,500) lies outside the server's own interval [1,800, 2,200]
+    assert "| b | aimd | 2,000 [1,800, 2,200] | 3 | 1,500 | -25% | no | no |" in text
     # each ramp, where the run recorded them: measured / predicted (the slow share)
     table["ramp_capacities_qps"] = "900;1000;1100"
     table["sim_ramp_capacities_qps"] = "950;1050;1200"
