@@ -11,8 +11,9 @@ same quantity with the same resolution.  Rules of ``ramp``:
 - A failing step is run a second time before it counts, once any step has passed (a
   pause of the machine can fail one step).  After the first confirmed failure the ramp
   bisects (geometric means) between the last good and the first bad rate until they are
-  within ``resolution`` (x1.1: the answer's grid is 10% wide, where the growth steps'
-  x1.4 left 18-40% between what two ramps could report).
+  within ``resolution`` (x1.05, from run 42 on: the answer's grid 5% wide, half the
+  capacity goal's 10%; x1.1 until then, whose grid was as wide as the goal, and before it
+  the growth steps' x1.4 left 18-40% between what two ramps could report).
 - A ramp whose first step fails goes down (x1/``step``^2, at most ``DOWN_STEPS`` = 4
   times, unconfirmed: nothing has passed yet) until a step passes, and bisects up from
   there to the lowest failing rate.  (Until 2026-12-04 it stopped and reported its start
@@ -60,7 +61,7 @@ GOOD_SHARE = 0.95
 RAMP_S = 2.0  # seconds per step
 RAMP_STEP = 1.4  # rate growth per step
 RAMP_START_QPS = 100.0
-RAMP_RESOLUTION = 1.1  # bisect until first bad / last good <= this
+RAMP_RESOLUTION = 1.05  # bisect until first bad / last good <= this
 RAMP_RESTART = 0.5  # later ramps start at this share of the first ramp's capacity
 DOWN_STEPS = 4  # a ramp whose start fails goes down x1/step^2 at most this many times
 RAMPS = 3  # ramps per measurement (median)

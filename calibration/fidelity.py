@@ -1,7 +1,7 @@
 """The fidelity table: ``clipperlab validate`` over models x batching, into one table.
 
     python -m clipperlab.calibration.fidelity --out results/validation [--level-s 10]
-        [--repeats 3] [--twin-draws 5] [--ramps 3] [--ramp-resolution 1.1]
+        [--repeats 3] [--twin-draws 5] [--ramps 3] [--ramp-resolution 1.05]
         [--busy warn|refuse|off] [--models noop,logreg,forest] [--batchings aimd,delayed]
         [--resume] [--quick] [--no-host-cpu] [--no-speed]
     python -m clipperlab.calibration.fidelity --out COPY_OF_A_RUN --resimulate [--no-refit]

@@ -15,6 +15,7 @@ import pytest
 
 from clipperlab.calibration.capacity import (
     DOWN_STEPS,
+    RAMP_RESOLUTION,
     RampResult,
     ramp,
     ramp_probe_twin,
@@ -63,7 +64,8 @@ from clipperlab.workloads import ConstantRate, Workload
 def test_ramp_bisects_to_its_resolution_and_confirms_every_failure() -> None:
     """An objective that holds up to 700 q/s, ramped from 100 q/s x2: 100, 200, 400 pass,
     800 fails twice; bisection: 566 passes, 673 passes, 734 fails twice, and 734/673 is
-    within x1.1: the capacity is 673 (within the resolution below 700).  With a
+    within x1.1: the capacity is 673 (within the resolution below 700); the default x1.05
+tries 703 as well before it stops there.  With a
     resolution of 1.5 the ramp stops after the first midpoint (566), as the ramp of
     earlier runs did."""
     calls: list[tuple[float, int]] = []
@@ -72,7 +74,7 @@ def test_ramp_bisects_to_its_resolution_and_confirms_every_failure() -> None:
         calls.append((rate, attempt))
         return (1.0 if rate <= 700 else 0.5), rate
 
-    res = ramp(probe, 100.0, 1e6, step=2.0)
+    res = ramp(probe, 100.0, 1e6, step=2.0, resolution=1.1)
     m1 = math.sqrt(400 * 800)
     m2 = math.sqrt(m1 * 800)
     m3 = math.sqrt(m2 * 800)
@@ -81,6 +83,14 @@ def test_ramp_bisects_to_its_resolution_and_confirms_every_failure() -> None:
     assert 700 / 1.1 <= res.capacity_qps <= 700
     assert calls == [(100, 0), (200, 0), (400, 0), (800, 0), (800, 1), (m1, 0), (m2, 0),
                      (m3, 0), (m3, 1)]
+    calls.clear()
+    # the default, x1.05 (RAMP_RESOLUTION): 734/673 is not within it, so one more
+    # midpoint, 703, fails twice, and 703/673 is: the same capacity, now known to 5%
+    fine = ramp(probe, 100.0, 1e6, step=2.0)
+    m4 = math.sqrt(m2 * m3)
+    assert fine.capacity_qps == pytest.approx(m2)
+    assert 700 / RAMP_RESOLUTION <= fine.capacity_qps <= 700 < m4
+    assert calls[-3:] == [(m3, 1), (m4, 0), (m4, 1)]
     calls.clear()
     coarse = ramp(probe, 100.0, 1e6, step=2.0, resolution=1.5)
     assert coarse.capacity_qps == pytest.approx(m1)
@@ -144,10 +154,10 @@ def test_ramp_takes_a_confirmed_pass_and_the_good_throughput() -> None:
 def test_twin_capacity_runs_the_ramp_on_a_loop_with_a_known_limit() -> None:
     """A loop of 200 us per query saturates at 5,000 q/s; constant-rate arrivals do not
     queue below it: the twin's ramp (100 q/s x1.4) passes 4,050, fails 5,670, bisects
-    to 4,792 (passes) and 5,213 (fails): 4,792 is the capacity, within 10% below the
-    limit (the same number the ramp over the twin's probe gives).  Three ramps: the
-    later two start at half the first one's answer (their own grid) and also land within
-    10% below the limit; an overhead past
+    to 4,792 (passes), 5,213 (fails) and 4,998 (passes): about 4,990 is the capacity,
+    within 5% below the limit (the same number the ramp over the twin's probe gives).
+    Three ramps: the later two start at half the first one's answer (their own grid) and
+    also land within 5% below the limit; an overhead past
     the SLO leaves none."""
     dep = dataclasses.replace(Deployment.single("prototype-noop"),
                               frontend_cpu=FrontendCPU(query_s=100e-6, reply_s=100e-6))
@@ -156,10 +166,12 @@ def test_twin_capacity_runs_the_ramp_on_a_loop_with_a_known_limit() -> None:
     ref = ramp(ramp_probe_twin(dep, wl, 0.020), 100.0, 50 * 4000.0)
     assert got == pytest.approx(ref.capacity_qps)
     top = 100 * 1.4 ** 11  # 4,050: the last grid step under 5,000
-    assert got == pytest.approx(math.sqrt(top * top * 1.4), rel=0.01)
-    assert 5000 / 1.1 <= got < 5000
+    m1 = math.sqrt(top * top * 1.4)  # 4,792 passes
+    m2 = math.sqrt(m1 * top * 1.4)  # 5,213 fails
+    assert got == pytest.approx(math.sqrt(m1 * m2), rel=0.01)  # 4,998 passes; 5,213/4,998 < 1.05
+    assert 5000 / RAMP_RESOLUTION <= got < 5000
     three = twin_capacity(dep, wl, 0.020, est_qps=4000.0, repeats=3)
-    assert 5000 / 1.1 <= three < 5000
+    assert 5000 / RAMP_RESOLUTION <= three < 5000
     assert twin_capacity(dep, wl, 0.020, est_qps=4000.0, overhead_s=0.025) == 0.0
     with pytest.raises(ValueError, match="est_qps"):
         twin_capacity(dep, wl, 0.020, est_qps=float("nan"))
