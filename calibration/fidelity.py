@@ -311,7 +311,7 @@ def capacity_markdown(caps: pd.DataFrame) -> str:
                                             f"{r['capacity_qps_hi']:,.0f}]",
              "ramps": r["ramps"], "predicted q/s": r["sim_capacity_qps"],
              "err": r["err_capacity"], "within 10%": bool(r["capacity_goal_met"]),
-             "within the interval": bool(r.get("capacity_within_interval", False)),
+             "within the interval": bool(r["capacity_within_interval"]),
              PER_RAMP_COLUMN: r.get("per_ramp", "")}
             for _, r in caps.iterrows()]
     return markdown_table(rows, CAPACITY_COLUMNS,

@@ -16,12 +16,14 @@ import numpy as np
 
 from clipperlab.calibration.fidelity import workload
 from clipperlab.calibration.resimulate import stored_setting
+from clipperlab.workloads import Workload
 
 MIN_LOAD = 0.5  # runs at this share of the setting's capacity or more
 
 
-def _rows(folder: Path) -> tuple[str, list[tuple[float, float, float, float, bool, float]]]:
-    calib, _, _, runs = stored_setting(folder, workload())
+def _rows(folder: Path, wl: Workload
+          ) -> tuple[str, list[tuple[float, float, float, float, bool, float]]]:
+    calib, _, _, runs = stored_setting(folder, wl)
     a, b, w = calib.query_cpu_s, calib.batch_cpu_s, calib.wake_s
     fits = {m: (pb, pi) for m, pb, pi in calib.container_cpu}
     head = f"loop {a * 1e6:.1f} us/q + {b * 1e6:.0f} us/b + wake {w * 1e6:.0f}"
@@ -51,9 +53,10 @@ def _corr(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def main(folders: list[str]) -> None:
+    wl = workload()
     for name in folders:
         f = Path(name)
-        head, rows = _rows(f)
+        head, rows = _rows(f, wl)
         if not rows:
             print(f.parent.name, f.name, "no runs")
             continue
