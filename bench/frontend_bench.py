@@ -1,7 +1,7 @@
 """The frontend's own CPU per query, without sockets: HTTP in, JSON, engine, RPC frames, reply.
 
     python3 bench/frontend_bench.py [--queries 60000] [--concurrency 32]
-                                    [--api rest,oip,hit,oiphit]
+                                    [--api rest,oip,hit,oiphit] [--compiled]
 
 Everything of one real-mode frontend runs in this process on a uvloop loop: the HTTP
 protocol (``HttpProtocol``) with fake transports, Clipper's REST or the OIP handler, the
@@ -16,7 +16,8 @@ and per batch.  The garbage collector is tuned as ``clipperlab serve`` tunes it
 (``gctune``) once the warm-up is done: untuned, its passes over the engine's heap added
 about 13 us to a cache hit (32 against 18) and made OIP look 1.5x REST (1.1x tuned).  No
 syscalls are made, so the figures are the Python work that ``bench/real_bench.py``'s /proc
-numbers contain beside the kernel's.
+numbers contain beside the kernel's.  ``--compiled`` runs the same again in a process whose
+real path is compiled with mypyc (``_build/mypyc_real.py``), rows marked ``+mypyc``.
 """
 
 from __future__ import annotations
@@ -186,11 +187,21 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=32, help="requests in flight per round")
     ap.add_argument("--api", default="rest,oip,hit",
                     help="comma-separated: rest, oip, hit (REST cache hits), oiphit")
+    ap.add_argument("--compiled", action="store_true",
+                    help="then the same with the real path compiled with mypyc (built once "
+                    "per source digest under build/mypyc/, about a minute)")
+    ap.add_argument("--tag", default="", help=argparse.SUPPRESS)
     a = ap.parse_args()
     import uvloop
 
-    print(f"{'api':<5} {'conc.':>5} {'q/batch':>8} {'us/query':>9} {'split: us/q':>12} "
-          f"{'us/batch':>9}")
+    from clipperlab.real import compiled_modules
+
+    if a.tag and not compiled_modules():
+        print("frontend_bench: the compiled tree did not load", file=sys.stderr)
+        return 1
+    if not a.tag:
+        print(f"{'api':<12} {'conc.':>5} {'q/batch':>8} {'us/query':>9} {'split: us/q':>12} "
+              f"{'us/batch':>9}", flush=True)
     for api in a.api.split(","):
         one = uvloop.run(_run(api, max(a.queries // 4, 2000), 1))
         many = uvloop.run(_run(api, a.queries, a.concurrency))
@@ -198,9 +209,25 @@ def main() -> int:
         m = np.array([[one["queries"], one["batches"]], [many["queries"], many["batches"]]])
         x, y = np.linalg.lstsq(m, np.array([one["cpu_s"], many["cpu_s"]]), rcond=None)[0]
         for conc, r in ((1, one), (a.concurrency, many)):
-            print(f"{api:<5} {conc:>5} {r['queries_per_batch']:>8.1f} {r['us_per_query']:>9.1f} "
-                  f"{x * 1e6 if conc > 1 else float('nan'):>12.1f} "
-                  f"{y * 1e6 if conc > 1 else float('nan'):>9.1f}")
+            print(f"{api + a.tag:<12} {conc:>5} {r['queries_per_batch']:>8.1f} "
+                  f"{r['us_per_query']:>9.1f} {x * 1e6 if conc > 1 else float('nan'):>12.1f} "
+                  f"{y * 1e6 if conc > 1 else float('nan'):>9.1f}", flush=True)
+    if a.compiled:
+        import os
+        import subprocess
+
+        from _build import mypyc_real
+
+        try:
+            tree = mypyc_real.build_tree()
+        except RuntimeError as e:
+            print(f"frontend_bench: {e}", file=sys.stderr)
+            return 1
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(tree), *filter(None, [os.environ.get("PYTHONPATH")])]))
+        return subprocess.run([sys.executable, __file__, "--api", a.api, "--queries",
+                               str(a.queries), "--concurrency", str(a.concurrency),
+                               "--tag", "+mypyc"], env=env).returncode
     return 0
 
 

@@ -420,9 +420,11 @@ def _start_echo(role: str, tmp: Path) -> tuple[subprocess.Popen[Any], int]:
     return proc, int(_wait_file(pf, proc))
 
 
-def start_server(tmp: Path, a: argparse.Namespace, cache: bool) -> tuple[subprocess.Popen[Any],
-                                                                        int]:
-    tag = "cache" if cache else "nocache"
+def start_server(tmp: Path, a: argparse.Namespace, cache: bool,
+                 compiled: Path | None = None) -> tuple[subprocess.Popen[Any], int]:
+    """``clipperlab serve`` with the bench's deployment; ``compiled``: a tree from
+    ``_build/mypyc_real.py`` first on the server's (and its containers') ``PYTHONPATH``."""
+    tag = ("cache" if cache else "nocache") + ("-compiled" if compiled else "")
     cfg = tmp / f"bench-{tag}.toml"
     cfg.write_text(f"""
 [server]
@@ -446,9 +448,13 @@ default_output = -1
 models = ["noop"]
 """)
     pf = tmp / f"serve-{tag}.ports"
+    env = None
+    if compiled is not None:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(compiled), *filter(None, [os.environ.get("PYTHONPATH")])]))
     proc = subprocess.Popen([*CLI, "serve", "--config", str(cfg), "--ports-file", str(pf),
                              "--log-level", "WARNING"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, env=env)
     port = int(json.loads(_wait_file(pf, proc))["ports"]["query"])
     until = time.monotonic() + 60
     while time.monotonic() < until:
@@ -514,11 +520,12 @@ def _print_table(results: dict[str, Any]) -> None:
           "'all': frontend CPU / queries, unsplit)")
     equal = {n: r["equal"] for n, r in results["targets"].items() if "equal" in r}
     if equal:
-        rest = equal.get("rest", {}).get("frontend_us_per_query")
         parts = []
         for n, e in equal.items():
+            base = "rest-mypyc" if n.endswith("-mypyc") else "rest"
+            rest = equal.get(base, {}).get("frontend_us_per_query")
             us = e["frontend_us_per_query"]
-            vs = f" = {us / rest:.2f}x rest" if rest and n != "rest" else ""
+            vs = f" = {us / rest:.2f}x {base}" if rest and n != base else ""
             parts.append(f"{n} {us:.1f}{vs} (ok {e['ok_qps']:,.0f}/s)")
         rate = next(iter(equal.values()))["rate"]
         print(f"frontend CPU us/query at equal load ({rate:,.0f} q/s offered, unsplit): "
@@ -572,6 +579,10 @@ def main() -> int:
                     "query at equal load; 0: half of REST's saturation, for rest, oip and hit")
     ap.add_argument("--only", default="echo,aiohttp,rest,oip,hit",
                     help="comma-separated targets: echo, aiohttp, rest, oip, hit")
+    ap.add_argument("--compiled", action="store_true",
+                    help="also run each of rest, oip and hit against a server whose real path "
+                    "is compiled with mypyc (_build/mypyc_real.py, built once per source "
+                    "digest under build/mypyc/, about a minute), as rest-mypyc and so on")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a [server] setting for the clipperlab servers, in TOML"
                          " (parse_turn_ms=2, say); repeatable")
@@ -600,11 +611,32 @@ def main() -> int:
     bad = only - {"echo", "aiohttp", "rest", "oip", "hit"}
     if bad:
         ap.error(f"--only: unknown target(s) {sorted(bad)}")
+    compiled: Path | None = None
+    if a.compiled:
+        sys.path.insert(0, str(ROOT))
+        from _build import mypyc_real
+
+        print("compiling the real path with mypyc ...", flush=True)
+        try:
+            compiled = mypyc_real.build_tree()
+        except RuntimeError as e:
+            print(f"real_bench: {e}", file=sys.stderr)
+            return 1
+        check = subprocess.run(
+            [sys.executable, "-c", "import sys; from _build.mypyc_real import MODULES; "
+             "import importlib; ms = [importlib.import_module(m[:-3].replace('/', '.')) "
+             "for m in MODULES]; sys.exit(not all(m.__file__.endswith('.so') for m in ms))"],
+            cwd=ROOT, env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(compiled),
+                                                                      str(ROOT)])))
+        if check.returncode != 0:
+            print(f"real_bench: the tree {compiled} does not import compiled", file=sys.stderr)
+            return 1
+        print(f"compiled tree: {compiled}", flush=True)
     # the cores the bench and everything it starts may use (``taskset -c 0,1 python3 ...``
     # gives a 2-core machine's run on a bigger host), beside the host's
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     results: dict[str, Any] = {"cpus": cpus, "host_cpus": os.cpu_count(), "targets": {},
-                               "server_settings": a.set}
+                               "server_settings": a.set, "compiled": str(compiled or "")}
     if a.set:
         print("the clipperlab servers' [server] settings beside the bench's own: "
               + ", ".join(a.set), flush=True)
@@ -642,13 +674,15 @@ def main() -> int:
                 results[role]["speed"] = speed(t0)
             finally:
                 _stop(proc)
-        groups: tuple[tuple[bool, tuple[str, ...]], ...] = (
-            (False, ("rest", "oip")), (True, ("hit",)))
-        for cache, names in groups:
+        groups: list[tuple[bool, tuple[str, ...], Path | None]] = [
+            (False, ("rest", "oip"), None), (True, ("hit",), None)]
+        if compiled is not None:
+            groups += [(cache, names, compiled) for cache, names, _ in groups]
+        for cache, names, tree in groups:
             names = tuple(n for n in names if n in only)
             if not names:
                 continue
-            proc, port = start_server(tmp, a, cache)
+            proc, port = start_server(tmp, a, cache, tree)
             try:
                 for n in names:
                     path, body = (("/v2/models/bench/infer", OIP_BODY) if n == "oip"
@@ -657,9 +691,10 @@ def main() -> int:
                     equal = a.equal_rate or results["targets"].get("rest", {}).get(
                         "equal", {}).get("rate", 0.0)
                     t0 = time.monotonic()
-                    results["targets"][n] = measure(Target(n, port, path, body, mk, proc.pid), a,
-                                                    equal)
-                    results["targets"][n]["speed"] = speed(t0)
+                    key = n if tree is None else f"{n}-mypyc"
+                    results["targets"][key] = measure(Target(key, port, path, body, mk, proc.pid),
+                                                      a, equal)
+                    results["targets"][key]["speed"] = speed(t0)
             finally:
                 _stop(proc)
     for role in ("echo", "aiohttp"):

@@ -69,7 +69,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         prog="clipperlab",
         description="Clipper-style prediction serving: simulate it, run it, measure it.",
     )
-    parser.add_argument("--version", action="version", version=f"clipperlab {__version__}")
+    from clipperlab.real import build_description
+
+    parser.add_argument("--version", action="version",
+                        version=f"clipperlab {__version__} ({build_description()})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers = {}
     for name, help_ in SUBCOMMANDS.items():

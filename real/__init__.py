@@ -18,3 +18,21 @@
 
 Measuring the server and checking the simulator against it is ``clipperlab.calibration``.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def compiled_modules() -> list[str]:
+    """The modules of this package that this install runs compiled (C extensions built by
+    mypyc: ``CLIPPERLAB_COMPILE=1 pip install .``), by name; empty in a pure-Python
+    install.  The import system takes an extension before the ``.py`` beside it."""
+    return sorted({p.name.split(".")[0] for p in Path(__file__).parent.iterdir()
+                   if p.suffix in (".so", ".pyd")})
+
+
+def build_description() -> str:
+    """A few words for logs and ``--version``: how the real path runs here."""
+    n = len(compiled_modules())
+    return "real path interpreted" if not n else f"real path compiled with mypyc ({n} modules)"

@@ -283,12 +283,13 @@ class QueryFrontend:
                       for i, v in enumerate(batch)]
                 return self._many(req, app_name, xs, ctx)
             raise BadInput("request body needs 'input' or 'input_batch'")
+        # a name per exception type: compiled (mypyc), one name takes its first clause's type
         except BadInput as e:
             return self.clipper_bad(req, e.status, str(e))
-        except NotFound as e:
-            return self.clipper_bad(req, 404, str(e))
-        except EngineError as e:
-            return self.clipper_bad(req, 400, str(e))
+        except NotFound as nf:
+            return self.clipper_bad(req, 404, str(nf))
+        except EngineError as ee:
+            return self.clipper_bad(req, 400, str(ee))
 
     def _one(self, req: Request, app: str, x: Any, ctx: Any, key: bytes | None) -> bytes | None:
         """Submit one query (``key``: its input's digest, or none).  An answer the engine
@@ -385,9 +386,10 @@ class QueryFrontend:
 
             self.driver.feedback(fb, done)
             return None
+        # a name per exception type: compiled (mypyc), one name takes its first clause's type
         except BadInput as e:
             return self.clipper_bad(req, e.status, str(e))
-        except NotFound as e:
-            return self.clipper_bad(req, 404, str(e))
-        except EngineError as e:
-            return self.clipper_bad(req, 400, str(e))
+        except NotFound as nf:
+            return self.clipper_bad(req, 404, str(nf))
+        except EngineError as ee:
+            return self.clipper_bad(req, 400, str(ee))

@@ -770,7 +770,7 @@ def _scheduler(loop: asyncio.AbstractEventLoop) -> _Scheduler:
 def set_parsing(
     loop: asyncio.AbstractEventLoop,
     *,
-    turn_s: float = PARSE_TURN_S,
+    turn_s: float | int = PARSE_TURN_S,  # (a union: compiled, a bool still reaches the check)
     inline_bytes_per_ms: int = _INLINE_BYTES,
 ) -> None:
     """The fair scheduler's settings for every connection on ``loop``: how long one turn

@@ -1,0 +1,150 @@
+"""Compile the real path's hot modules with mypyc: opt-in, ``CLIPPERLAB_COMPILE=1``.
+
+    CLIPPERLAB_COMPILE=1 pip install .            # a compiled wheel, installed
+    python3 _build/mypyc_real.py [--out DIR]      # a compiled tree to put on PYTHONPATH
+
+mypyc (part of mypy) turns type-checked Python into C extensions: the same source, the
+same behaviour, the interpreter's dispatch and boxing gone from the modules a query
+crosses (HTTP in, REST/OIP decoding, the engine driver, the container RPC's frames,
+reply encoding).  The engine stays interpreted: the simulator shares it and researchers
+subclass its policies.  A compiled module shadows its ``.py`` (the import system tries
+extensions first), so an editable install never compiles: edits take effect at once
+there, and the compiled build is for deployments and for ``bench/real_bench.py
+--compiled``.
+
+The folders install as ``clipperlab.*`` (pyproject's package-dir), so both ways first
+stage the source tree under its package names, then compile the staged copies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = Path(__file__).resolve().parent / "mypyc.ini"
+# the modules compiled, as package paths (measured: bench/frontend_bench.py --compiled)
+MODULES = (
+    "clipperlab/real/http.py",
+    "clipperlab/real/frontend.py",
+    "clipperlab/real/oip.py",
+    "clipperlab/real/inputs.py",
+    "clipperlab/real/driver.py",
+    "clipperlab/real/rpc.py",
+    "clipperlab/real/protocol.py",
+)
+GROUP = "clipperlab_real"  # the shared library's name: clipperlab_real__mypyc.*.so
+ENV = "CLIPPERLAB_COMPILE"
+
+
+def wanted() -> bool:
+    """Whether this build compiles (``CLIPPERLAB_COMPILE`` set to 1)."""
+    return os.environ.get(ENV, "") == "1"
+
+
+def package_dirs(root: Path = ROOT) -> dict[str, Path]:
+    """pyproject's package-dir: package name -> its folder."""
+    with open(root / "pyproject.toml", "rb") as f:
+        cfg = tomllib.load(f)
+    return {pkg: root / d for pkg, d in cfg["tool"]["setuptools"]["package-dir"].items()}
+
+
+def _files(src: Path) -> list[Path]:
+    """A package folder's files, its data included (``simulator/profiles``), less
+    bytecode and extensions."""
+    return sorted(f for f in src.rglob("*") if f.is_file() and "__pycache__" not in f.parts
+                  and f.suffix not in (".pyc", ".so", ".pyd"))
+
+
+def stage(dest: Path, root: Path = ROOT) -> list[Path]:
+    """Copy every package's files into ``dest`` under their package names; return the
+    staged paths of ``MODULES``."""
+    for pkg, src in package_dirs(root).items():
+        to = dest.joinpath(*pkg.split("."))
+        for f in _files(src):
+            target = to / f.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, target)
+    return [dest / m for m in MODULES]
+
+
+def source_key(root: Path = ROOT) -> str:
+    """A digest of everything a compiled tree depends on: the sources, the module list,
+    mypy's and Python's versions."""
+    import mypy.version
+
+    h = hashlib.sha256()
+    h.update(f"{sys.version}|{mypy.version.__version__}|{MODULES}".encode())
+    h.update(CONFIG.read_bytes())
+    for pkg, src in sorted(package_dirs(root).items()):
+        for f in _files(src):
+            h.update(f"{pkg}/{f.relative_to(src)}".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def mypy_args(paths: list[Path]) -> list[str]:
+    """mypyc's arguments: our mypy options, then the files."""
+    return ["--config-file", str(CONFIG), *map(str, paths)]
+
+
+def build_tree(out: Path | None = None, root: Path = ROOT, quiet: bool = True) -> Path:
+    """A staged source tree with the compiled modules beside their sources, ready to go
+    first on ``PYTHONPATH``; built once per ``source_key`` under ``build/mypyc/`` (or in
+    ``out``).  Raises ``RuntimeError`` with mypyc's output when the build fails."""
+    tree = out if out is not None else root / "build" / "mypyc" / source_key(root)
+    if (tree / "BUILT").exists():
+        return tree
+    if tree.exists():
+        shutil.rmtree(tree)
+    if out is None:  # keep the two newest older trees (17 MB each), for other checkouts' runs
+        olds = sorted((d for d in tree.parent.glob("*") if d.is_dir()),
+                      key=lambda d: d.stat().st_mtime, reverse=True)
+        for d in olds[2:]:
+            shutil.rmtree(d, ignore_errors=True)
+    tree.mkdir(parents=True)
+    paths = [p.relative_to(tree) for p in stage(tree, root)]
+    # mypyc builds in place (build_ext --inplace) in its working folder
+    env = dict(os.environ, MYPYC_OPT_LEVEL="3")
+    r = subprocess.run([sys.executable, "-m", "mypyc", *mypy_args(paths)], cwd=tree,
+                       env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"mypyc failed ({r.returncode}):\n{r.stdout[-4000:]}{r.stderr[-4000:]}")
+    if not quiet:
+        print(r.stdout[-2000:])
+    shutil.rmtree(tree / "build", ignore_errors=True)  # the C sources and objects
+    (tree / "BUILT").write_text(source_key(root) + "\n")
+    return tree
+
+
+def is_compiled(module: object) -> bool:
+    """Whether an imported module came from an extension (compiled), not a ``.py``."""
+    f = str(getattr(module, "__file__", "") or "")
+    return f.endswith((".so", ".pyd"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description="Compile the real path with mypyc into a tree to put on PYTHONPATH.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--out", type=Path, default=None,
+                    help="folder to build into (default: build/mypyc/<source digest>)")
+    a = ap.parse_args(argv)
+    try:
+        tree = build_tree(a.out)
+    except RuntimeError as e:
+        print(f"mypyc_real: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(str(e), file=sys.stderr)
+        return 1
+    print(tree)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
