@@ -438,7 +438,10 @@ def replay_steps(out: Path, workload: Workload, *, min_load: float = 0.5, seed: 
     time, default or not, on both sides), and whether the replaying twin passes
     (``GOOD_SHARE``) where the server did;
     beside them, where the two differ, the batch round trip as each engine saw it
-    (``batch_ms``: sent to result handled, mean) and the reply gaps per second
+    (``batch_ms``: sent to result handled, mean), the mean batch size (``batch_size``:
+    the server's queries over its batches, the replaying twin's batches' mean size;
+    AIMD's and delayed batching's batches grow with the load, and their per-batch costs
+    spread over more queries), and the reply gaps per second
     (``reply_gaps``: stretches of ``GAP_S`` or more without a reply while a query waited),
     and each process's share of the step's time spent runnable without a core
     (``real_wait_<process>``: the kernel's schedstat, stored with the run since
@@ -478,7 +481,10 @@ def replay_steps(out: Path, workload: Workload, *, min_load: float = 0.5, seed: 
                 else:
                     good[name] = float(np.mean(tl + c.overhead_s <= app.slo_s))
                 if name == "replayed":
+                    sizes = res.batches["size"].to_numpy() if len(res.batches) else None
                     seen = {"twin_batch_ms": batch_mean_ms(res.metrics),
+                            "twin_batch_size": (float(np.mean(sizes)) if sizes is not None
+                                                else math.nan),
                             "twin_gaps_per_s": reply_gaps(q["arrival_at"].to_numpy(),
                                                           tl).size / span,
                             "twin_defaults": float(np.mean(q["default"].to_numpy(bool))),
@@ -493,7 +499,9 @@ def replay_steps(out: Path, workload: Workload, *, min_load: float = 0.5, seed: 
                                   (good["replayed"] >= GOOD_SHARE),
                          "defaults_counted": known,
                          "real_defaults": float(np.mean(~pred)) if pred is not None else math.nan,
-                         "real_batch_ms": r.batch_ms, **seen,
+                         "real_batch_ms": r.batch_ms,
+                         "real_batch_size": r.queries / r.batches if r.batches else math.nan,
+                         **seen,
                          "real_gaps_per_s": reply_gaps(send, lat).size / span,
                          **{f"real_wait_{k}": v / span for k, v in r.waits}})
         got = [x for x in rows if x["setting"] == folder.name]

@@ -656,6 +656,9 @@ def test_steps_replayed_at_their_speed_against_the_servers_pass_or_fail(
     # beside them: the batch round trip each engine saw, and the reply gaps (none here:
     # the server's queries all took the same time, the twin's came in steady batches)
     assert list(got["real_batch_ms"]) == [0.1, 0.1] and (got["twin_batch_ms"] > 0).all()
+    # and the mean batch size: the server's queries over its batches (rate / 4 batches
+    # here), the twin's batches' own
+    assert list(got["real_batch_size"]) == [4.0, 4.0] and (got["twin_batch_size"] >= 1).all()
     assert (got[["real_gaps_per_s", "twin_gaps_per_s"]] == 0).all().all()
     assert not got["defaults_counted"].any() and got["real_defaults"].isna().all()
     assert (tmp_path / "fidelity_steps.csv").exists()
