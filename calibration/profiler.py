@@ -34,8 +34,11 @@ Rules:
   ``machine_load``: the samples, ``busy``: ``no`` or ``yes: `` and why, ``rounds``;
   ``machine_speed``: the machine's two speeds over ``SPEED_S`` seconds of probes just
   before and just after the timing, ``quiet.speed_sample``, none while it runs so the
-  probe cannot stretch a batch; tags are strings, as the loader wants);
-  ``simulator.save_profile`` writes it.
+  probe cannot stretch a batch; with a running ``SpeedMonitor``, ``speed_factor_divided``
+  and ``machine_speed_divided``: the samples divided by the speed factor when each was
+  taken, and ``speed_fast_ns``: the fast level those factors are relative to, in ns a
+  probe iteration, which the twin sets against its calibration's; tags are strings, as
+  the loader wants); ``simulator.save_profile`` writes it.
 - A container that exits, refuses, or answers ``ERROR`` stops the run with a
   ``ProfilerError`` that says why (its last log line included).
 """
@@ -377,6 +380,11 @@ def measure(
         if fast is not None:
             samples, mean = fast
             notes["factor"] = f"{mean:.6g}"
+            # the fast level those factors are relative to: the twin reads the profile
+            # at its calibration's fast level (``twin.profile_base_factor``)
+            ref = speed.reference_fast_ns()
+            if math.isfinite(ref) and ref > 0:
+                notes["fast_ns"] = f"{ref:.1f}"
             notes["speed"] = (f"each sample divided by the machine's speed factor when it "
                               f"was taken (the fast speed's latencies; mean factor "
                               f"{mean:.2f})")
@@ -524,6 +532,8 @@ def profile_model(
     if "speed" in notes:
         tags["machine_speed_divided"] = notes["speed"]
         tags["speed_factor_divided"] = notes["factor"]
+        if "fast_ns" in notes:
+            tags["speed_fast_ns"] = notes["fast_ns"]
     if speeds:
         tags["machine_speed"] = "; ".join(
             f"{when}: {sp.describe() if sp is not None else 'too few probes'}"

@@ -610,6 +610,19 @@ class SpeedMonitor:
                 f"{a:.6f} {b:.1f}\n" for a, b in zip(t, ns, strict=True)))
         return mon
 
+    def reference_fast_ns(self) -> float:
+        """The fast level ``replay`` and ``mean_factor`` divide by now (each core's, as
+        ``freeze`` fixed it or fitted on its probes so far; their mean over the cores), in
+        ns a probe iteration; NaN while a core has too few probes.  A factor of 1 means
+        this speed: what a stretch measured against this reference is at (its "fast
+        speed"), for comparing it with a stretch measured against another one."""
+        fast: list[float] = []
+        for c in self.cpus or (None,):
+            if (ref := self._reference(c, *self.trace(cpu=c))) is None:
+                return math.nan
+            fast.append(ref[1])
+        return statistics.fmean(fast)
+
     def fit(self, since: float = -float("inf"), until: float = float("inf")
             ) -> HostSpeed | None:
         if self.cpus:

@@ -152,7 +152,8 @@ def sim_deployment(
         ModelDeployment(spec=spec, profile=scaled(
                             despiked(profiles[spec.name]) if calibration is not None
                             else profiles[spec.name],
-                            scale * (1.0 if hcpu is not None
+                            scale * (profile_base_factor(profiles[spec.name], calibration)
+                                     if hcpu is not None and calibration is not None
                                      else divided_factor(profiles[spec.name]))), replicas=n,
                         outputs=ConstantOutputs(0), wake_s=wake, cold_after_s=cold,
                         cpu_per_batch_s=cpu[spec.name][0] if spec.name in cpu else None,
@@ -185,6 +186,23 @@ def divided_factor(profile: LatencyProfile) -> float:
     except ValueError:
         return 1.0
     return f if math.isfinite(f) and f >= 1.0 else 1.0
+
+
+def profile_base_factor(profile: LatencyProfile, c: Calibration) -> float:
+    """What a profile taken at the fast speed is scaled by to be ``c``'s fast speed's:
+    ``c``'s probe fast level over the one the profile's samples were divided against
+    (its tag ``speed_fast_ns``, ``profiler.measure``); 1 when either is unknown.  The
+    machine's fast level itself moves (this VM: 1,050 to 2,700 ns a probe iteration,
+    for minutes), so a profile taken in a slower state than its calibration's runs
+    would be read as slower all through (run 42's forest: 5.0-5.8 ms a batch, against
+    2.1-3.8 in the runs before; ``base_factor`` does the same for levels and ramps)."""
+    try:
+        p = float(profile.tags.get("speed_fast_ns", "nan"))
+    except ValueError:
+        return 1.0
+    if not (c.fast_ns > 0 and math.isfinite(p) and p > 0):
+        return 1.0
+    return c.fast_ns / p
 
 
 def scaled(profile: LatencyProfile, factor: float) -> LatencyProfile:

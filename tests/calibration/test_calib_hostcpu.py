@@ -40,6 +40,7 @@ from clipperlab.calibration.twin import (
     divided_factor,
     frontend_cpu,
     mean_factor,
+    profile_base_factor,
     sim_deployment,
 )
 from clipperlab.calibration.validation import host_cpu_demands
@@ -125,6 +126,22 @@ def test_twin_with_the_host_cpu_model_has_the_fitted_demands(tmp_path: Path) -> 
     assert off.latency_s[0][-1] == pytest.approx(1.4 * on.latency_s[0][-1])
     assert sim_deployment(dep, "hello", {"noop": fast}).models[0].profile.latency_s[0][0] == \
         pytest.approx(1.4 * fast.latency_s[0][0])
+    # its samples divided against a fast level of 2,000 ns a probe iteration (a slow state
+    # of the machine) where the calibration's runs went at 1,000: the twin reads it at
+    # the calibration's, half as long; either level unknown: as it is; a twin without
+    # the host CPU model has no fast level to read it at
+    slow_ref = dataclasses.replace(fast, tags={**fast.tags, "speed_fast_ns": "2000.0"})
+    at_1000 = dataclasses.replace(calib, fast_ns=1000.0)
+    assert profile_base_factor(slow_ref, at_1000) == 0.5
+    assert profile_base_factor(fast, at_1000) == 1.0
+    assert profile_base_factor(slow_ref, calib) == 1.0  # calib.fast_ns: 0, unknown
+    half = sim_deployment(dep, "hello", {"noop": slow_ref}, calibration=at_1000).models[0]
+    assert half.profile.latency_s[0][-1] == pytest.approx(0.5 * on.latency_s[0][-1])
+    assert sim_deployment(dep, "hello", {"noop": slow_ref}, calibration=calib
+                          ).models[0].profile.latency_s[0][-1] == on.latency_s[0][-1]
+    bare_at = dataclasses.replace(at_1000, host_cpus=0)
+    assert sim_deployment(dep, "hello", {"noop": slow_ref}, calibration=bare_at
+                          ).models[0].profile.latency_s[0][-1] == off.latency_s[0][-1]
     # a model the fit left out needs its whole profile draw (the simulator's default)
     bare = sim_deployment(dep, "hello", {"noop": prof},
                           calibration=dataclasses.replace(calib, container_cpu=()))

@@ -429,6 +429,20 @@ def test_profile_samples_divided_by_the_speed_when_taken(tmp_path: Path) -> None
     assert at_fast_speed({8: [2e-3]}, {8: [at[0]]}, empty) is None
 
 
+def test_reference_fast_level_is_what_replay_divides_by(tmp_path: Path) -> None:
+    """``reference_fast_ns``: the cores' fast levels ``replay`` reads against, their mean
+    (core 0 at 1,000 ns a probe iteration, core 1 at 1,200, each slow x2 for a stretch);
+    NaN while a core has too few probes."""
+    slow0 = [2000.0 if 40 <= i < 60 else 1000.0 for i in range(100)]
+    slow1 = [2400.0 if 50 <= i < 70 else 1200.0 for i in range(100)]
+    mon = _pinned_traces(tmp_path / "s.txt", {0: slow0, 1: slow1})
+    assert mon.reference_fast_ns() == pytest.approx(1100.0)
+    # replay's factors are relative to it: core 1's slow probes read x2
+    assert {r[2] for r in mon.replay(100.0, 100.0 + 0.025 * 99)} == {1.0, 2.0}
+    short = _pinned_traces(tmp_path / "t.txt", {0: slow0, 1: slow1[:MIN_PROBES - 1]})
+    assert math.isnan(short.reference_fast_ns())
+
+
 def test_pinned_monitor_probes_each_core(tmp_path: Path) -> None:
     """With ``cpus`` the monitor runs one probe process per core, each writing its own
     trace, all stopped with the block; a core this process may not use is an error."""
