@@ -123,6 +123,13 @@ def build_tree(out: Path | None = None, root: Path = ROOT, quiet: bool = True) -
     return tree
 
 
+def env_with(tree: Path) -> dict[str, str]:
+    """This process's environment with ``tree`` first on ``PYTHONPATH``: a child started
+    with it (a server, its containers, a test run) imports the compiled modules."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(tree), *filter(None, [os.environ.get("PYTHONPATH")])]))
+
+
 def is_compiled(module: object) -> bool:
     """Whether an imported module came from an extension (compiled), not a ``.py``."""
     f = str(getattr(module, "__file__", "") or "")

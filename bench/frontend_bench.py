@@ -213,7 +213,6 @@ def main() -> int:
                   f"{r['us_per_query']:>9.1f} {x * 1e6 if conc > 1 else float('nan'):>12.1f} "
                   f"{y * 1e6 if conc > 1 else float('nan'):>9.1f}", flush=True)
     if a.compiled:
-        import os
         import subprocess
 
         from _build import mypyc_real
@@ -223,11 +222,9 @@ def main() -> int:
         except RuntimeError as e:
             print(f"frontend_bench: {e}", file=sys.stderr)
             return 1
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [str(tree), *filter(None, [os.environ.get("PYTHONPATH")])]))
         return subprocess.run([sys.executable, __file__, "--api", a.api, "--queries",
                                str(a.queries), "--concurrency", str(a.concurrency),
-                               "--tag", "+mypyc"], env=env).returncode
+                               "--tag", "+mypyc"], env=mypyc_real.env_with(tree)).returncode
     return 0
 
 

@@ -450,8 +450,9 @@ models = ["noop"]
     pf = tmp / f"serve-{tag}.ports"
     env = None
     if compiled is not None:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [str(compiled), *filter(None, [os.environ.get("PYTHONPATH")])]))
+        from _build import mypyc_real
+
+        env = mypyc_real.env_with(compiled)
     proc = subprocess.Popen([*CLI, "serve", "--config", str(cfg), "--ports-file", str(pf),
                              "--log-level", "WARNING"], cwd=ROOT, stdout=subprocess.DEVNULL,
                             start_new_session=True, env=env)
@@ -623,11 +624,9 @@ def main() -> int:
             print(f"real_bench: {e}", file=sys.stderr)
             return 1
         check = subprocess.run(
-            [sys.executable, "-c", "import sys; from _build.mypyc_real import MODULES; "
-             "import importlib; ms = [importlib.import_module(m[:-3].replace('/', '.')) "
-             "for m in MODULES]; sys.exit(not all(m.__file__.endswith('.so') for m in ms))"],
-            cwd=ROOT, env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(compiled),
-                                                                      str(ROOT)])))
+            [sys.executable, "-c", "import sys; from clipperlab.real import compiled_modules; "
+             f"sys.exit(len(compiled_modules()) != {len(mypyc_real.MODULES)})"],
+            cwd=ROOT, env=mypyc_real.env_with(compiled))
         if check.returncode != 0:
             print(f"real_bench: the tree {compiled} does not import compiled", file=sys.stderr)
             return 1

@@ -32,7 +32,11 @@ def compiled_modules() -> list[str]:
                    if p.suffix in (".so", ".pyd")})
 
 
-def build_description() -> str:
-    """A few words for logs and ``--version``: how the real path runs here."""
-    n = len(compiled_modules())
-    return "real path interpreted" if not n else f"real path compiled with mypyc ({n} modules)"
+def build_description(names: bool = False) -> str:
+    """A few words for ``--version`` (``names``: and the modules, for the server's log):
+    how the real path runs here."""
+    mods = compiled_modules()
+    if not mods:
+        return "real path interpreted"
+    return (f"real path compiled with mypyc ({len(mods)} modules"
+            + (f": {', '.join(mods)})" if names else ")"))

@@ -44,7 +44,7 @@ from typing import Any
 from clipperlab.engine import Application, Engine, EngineError, ModelSpec, ReplicaId
 from clipperlab.engine.schema import application_changes
 
-from . import build_description, compiled_modules
+from . import build_description
 from .admin import AdminApi
 from .config import ServerConfig, app_from_dict, model_from_dict, with_server_defaults
 from .driver import EngineDriver
@@ -143,8 +143,7 @@ class Server:
         for name, n in self.replicas_wanted.items():
             self._apply_replicas(name, n)
         self._save_task = loop.create_task(self._save_periodically())
-        log.info("serving: %s (%s%s)", self.ports, build_description(),
-                 f": {', '.join(compiled_modules())}" if compiled_modules() else "")
+        log.info("serving: %s (%s)", self.ports, build_description(names=True))
         return dict(self.ports)
 
     def _start_sync(self, loop: asyncio.AbstractEventLoop) -> None:

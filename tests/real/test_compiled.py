@@ -50,11 +50,6 @@ def tree() -> Path:
     return mypyc_real.build_tree()
 
 
-def _env(tree: Path) -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(tree), *filter(None, [os.environ.get("PYTHONPATH")])]))
-
-
 def test_the_tree_runs_every_listed_module_compiled(tree: Path) -> None:
     """Each module in ``MODULES`` imports from its extension, the rest from source, and
     ``--version`` says so."""
@@ -63,7 +58,7 @@ def test_the_tree_runs_every_listed_module_compiled(tree: Path) -> None:
             f"print(json.dumps([[n, importlib.import_module(n).__file__] for n in {names!r}]"
             " + [['clipperlab.real.server', importlib.import_module("
             "'clipperlab.real.server').__file__], ['compiled', compiled_modules()]]))")
-    r = subprocess.run([sys.executable, "-c", code], env=_env(tree), cwd=ROOT,
+    r = subprocess.run([sys.executable, "-c", code], env=mypyc_real.env_with(tree), cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     import json
@@ -73,8 +68,9 @@ def test_the_tree_runs_every_listed_module_compiled(tree: Path) -> None:
         assert got[n].endswith(".so") and got[n].startswith(str(tree)), (n, got[n])
     assert got["clipperlab.real.server"].endswith("server.py")
     assert got["compiled"] == sorted(n.rsplit(".", 1)[1] for n in names)
-    v = subprocess.run([sys.executable, "-m", "clipperlab", "--version"], env=_env(tree),
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    v = subprocess.run([sys.executable, "-m", "clipperlab", "--version"],
+                       env=mypyc_real.env_with(tree), cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
     assert f"real path compiled with mypyc ({len(names)} modules)" in v.stdout.replace(
         "\n", " "), v.stdout + v.stderr
 
@@ -127,6 +123,7 @@ def test_the_compiled_real_path_passes_the_real_mode_tests(tree: Path) -> None:
     """The hardening and API tests, run again against the compiled modules (servers and
     containers the tests start inherit the same ``PYTHONPATH``)."""
     r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-x", *AGAIN],
-                       env=_env(tree), cwd=ROOT, capture_output=True, text=True, timeout=1200)
+                       env=mypyc_real.env_with(tree), cwd=ROOT, capture_output=True, text=True,
+                       timeout=1200)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
     assert " passed" in r.stdout and " failed" not in r.stdout, r.stdout[-2000:]
