@@ -94,7 +94,7 @@ def mypy_args(paths: list[Path]) -> list[str]:
     return ["--config-file", str(CONFIG), *map(str, paths)]
 
 
-def build_tree(out: Path | None = None, root: Path = ROOT, quiet: bool = True) -> Path:
+def build_tree(out: Path | None = None, root: Path = ROOT) -> Path:
     """A staged source tree with the compiled modules beside their sources, ready to go
     first on ``PYTHONPATH``; built once per ``source_key`` under ``build/mypyc/`` (or in
     ``out``).  Raises ``RuntimeError`` with mypyc's output when the build fails."""
@@ -110,14 +110,11 @@ def build_tree(out: Path | None = None, root: Path = ROOT, quiet: bool = True) -
             shutil.rmtree(d, ignore_errors=True)
     tree.mkdir(parents=True)
     paths = [p.relative_to(tree) for p in stage(tree, root)]
-    # mypyc builds in place (build_ext --inplace) in its working folder
-    env = dict(os.environ, MYPYC_OPT_LEVEL="3")
+    # mypyc builds in place (build_ext --inplace) in its working folder, at -O3
     r = subprocess.run([sys.executable, "-m", "mypyc", *mypy_args(paths)], cwd=tree,
-                       env=env, capture_output=True, text=True)
+                       capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"mypyc failed ({r.returncode}):\n{r.stdout[-4000:]}{r.stderr[-4000:]}")
-    if not quiet:
-        print(r.stdout[-2000:])
     shutil.rmtree(tree / "build", ignore_errors=True)  # the C sources and objects
     (tree / "BUILT").write_text(source_key(root) + "\n")
     return tree
@@ -146,8 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tree = build_tree(a.out)
     except RuntimeError as e:
-        print(f"mypyc_real: {str(e).splitlines()[0]}", file=sys.stderr)
-        print(str(e), file=sys.stderr)
+        print(f"mypyc_real: {e}", file=sys.stderr)
         return 1
     print(tree)
     return 0
