@@ -481,10 +481,9 @@ def replay_steps(out: Path, workload: Workload, *, min_load: float = 0.5, seed: 
                 else:
                     good[name] = float(np.mean(tl + c.overhead_s <= app.slo_s))
                 if name == "replayed":
-                    sizes = res.batches["size"].to_numpy() if len(res.batches) else None
+                    b = res.batches
                     seen = {"twin_batch_ms": batch_mean_ms(res.metrics),
-                            "twin_batch_size": (float(np.mean(sizes)) if sizes is not None
-                                                else math.nan),
+                            "twin_batch_size": float(b["size"].mean()) if len(b) else math.nan,
                             "twin_gaps_per_s": reply_gaps(q["arrival_at"].to_numpy(),
                                                           tl).size / span,
                             "twin_defaults": float(np.mean(q["default"].to_numpy(bool))),

@@ -94,10 +94,13 @@ def base_factor(c: Calibration, speed: HostSpeed | None) -> float:
     whole machine ran slower through (this VM's slow state lasting minutes: a ramp at
     2,200 ns a probe iteration after a calibration at 1,700) shows one speed; this is
     what it misses."""
-    if speed is None or not (c.fast_ns > 0 and math.isfinite(speed.fast_ns)
-                             and speed.fast_ns > 0):
-        return 1.0
-    return speed.fast_ns / c.fast_ns
+    return 1.0 if speed is None else _level_ratio(speed.fast_ns, c.fast_ns)
+
+
+def _level_ratio(num_ns: float, den_ns: float) -> float:
+    """One probe fast level over another; 1 when either is unknown (0, NaN)."""
+    ok = all(math.isfinite(v) and v > 0 for v in (num_ns, den_ns))
+    return num_ns / den_ns if ok else 1.0
 
 
 def at_speed(c: Calibration, speed: HostSpeed | None) -> Calibration:
@@ -194,15 +197,13 @@ def profile_base_factor(profile: LatencyProfile, c: Calibration) -> float:
     (its tag ``speed_fast_ns``, ``profiler.measure``); 1 when either is unknown.  The
     machine's fast level itself moves (this VM: 1,050 to 2,700 ns a probe iteration,
     for minutes), so a profile taken in a slower state than its calibration's runs
-    would be read as slower all through (run 42's forest: 5.0-5.8 ms a batch, against
-    2.1-3.8 in the runs before; ``base_factor`` does the same for levels and ramps)."""
+    would be read as slower all through (``base_factor`` does the same for levels and
+    ramps)."""
     try:
         p = float(profile.tags.get("speed_fast_ns", "nan"))
     except ValueError:
         return 1.0
-    if not (c.fast_ns > 0 and math.isfinite(p) and p > 0):
-        return 1.0
-    return c.fast_ns / p
+    return _level_ratio(c.fast_ns, p)
 
 
 def scaled(profile: LatencyProfile, factor: float) -> LatencyProfile:
