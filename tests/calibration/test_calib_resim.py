@@ -330,10 +330,13 @@ def _stored_run(out: Path, *, with_json: bool) -> None:
         'slo_ms = 20\ndefault_output = -1\nmodels = ["noop"]\n')
     (sub / "summary.md").write_text("2 run(s) per level and mode, 0.5 s each, medians; "
                                     "container wake-up 0.100 ms (cools in 10 ms)")
-    calib = Calibration(overhead_s=0.2e-3, capacity_qps=1000.0, query_cpu_s=40e-6,
-                        batch_cpu_s=100e-6, host_cpus=2,
-                        container_cpu=(("noop", 40e-6, 0.0),),
-                        loadgen_cpu_per_query_s=10e-6)
+    # costs for a twin whose capacity is near the 1,000 q/s "measured" (about 2,000 q/s:
+    # its loop at 400 us a query), so that its capacity ramps stop after a few steps of
+    # a few thousand queries (at 40 us a query they ran to 25,000 q/s, 110 s a resimulate)
+    calib = Calibration(overhead_s=0.2e-3, capacity_qps=1000.0, query_cpu_s=400e-6,
+                        batch_cpu_s=1000e-6, host_cpus=2,
+                        container_cpu=(("noop", 400e-6, 0.0),),
+                        loadgen_cpu_per_query_s=100e-6)
     if with_json:
         (sub / "calibration.json").write_text(calibration_to_json({"sim+host": calib}))
     rows = []
@@ -345,9 +348,9 @@ def _stored_run(out: Path, *, with_json: bool) -> None:
                          "default_rate": 0.0, "batch_size_mean": -1.0, "load_avg": 0.5,
                          "other_cpu_share": 0.0, "repeats": 2, "capacity_qps": 1000.0,
                          "sim_capacity_qps": -1.0, "overhead_ms": 0.2,
-                         "query_cpu_us": 40.0, "batch_cpu_us": 100.0, "wake_us": 0.0,
-                         "cold_after_ms": 1.0, "host_cpus": 2, "container_cpu_us": 40.0,
-                         "container_item_cpu_us": 0.0, "loadgen_cpu_us": 10.0,
+                         "query_cpu_us": 400.0, "batch_cpu_us": 1000.0, "wake_us": 0.0,
+                         "cold_after_ms": 1.0, "host_cpus": 2, "container_cpu_us": 400.0,
+                         "container_item_cpu_us": 0.0, "loadgen_cpu_us": 100.0,
                          "container_wake_us": 100.0, "pause_median_ms": 0.0})
     pd.DataFrame(rows).to_csv(out / "fidelity.csv", index=False)
 
@@ -376,7 +379,7 @@ def test_resimulate_redoes_the_twins_rows_and_the_prediction_only(
         c = stored_calibrations(t.iloc[0].to_dict(), "container wake-up 0.100 ms "
                                 "(cools in 10 ms)")["sim+host"]
         assert c.replica_cold_after_s == pytest.approx(10e-3)
-        assert c.container_cpu == (("noop", pytest.approx(40e-6), 0.0),)
+        assert c.container_cpu == (("noop", pytest.approx(400e-6), 0.0),)
 
 
 def test_resimulate_draws_each_level_twin_draws_times(
@@ -634,8 +637,10 @@ def test_steps_replayed_at_their_speed_against_the_servers_pass_or_fail(
     cal = tmp_path / "noop-aimd" / "calibration.json"
     c = calibration_from_json(cal.read_text())["sim+host"]
     cal.write_text(calibration_to_json({"sim+host": dataclasses.replace(
-        c, reference_factor=1.0, slice_s=1.5e-3)}))  # demands at the fast speed: the
-    # steps are replayed; time slices: the twin counts each process's wait for a core
+        c, reference_factor=1.0, slice_s=1.5e-3, query_cpu_s=40e-6, batch_cpu_s=100e-6,
+        container_cpu=(("noop", 40e-6, 0.0),), loadgen_cpu_per_query_s=10e-6)}))
+    # demands at the fast speed: the steps are replayed; time slices: the twin counts each
+    # process's wait for a core; a light twin (a tenth of _stored_run's costs)
     wl = Workload(ConstantRate(100), n_queries=100, app="digits")
 
     def step(rate: float, late_s: float, rec: tuple[tuple[float, float], ...]) -> CpuRun:
@@ -806,9 +811,10 @@ def test_a_refit_rewrites_every_fitted_number_its_interval_and_calibration_json(
         b = n / (1 + rate / 400)
         lat = np.full(n, 0.6e-3)
         lat[::7] += 4e-3  # late queries: pauses to fit
-        return CpuRun(tr, float(n), b, n * 40e-6 + b * 100e-6, lat, 0.1,
-                      (ContainerCpu("noop", b, float(n), b * 40e-6 + n * 0.5e-6),),
-                      n * 8e-6)
+        # _stored_run's costs: the refitted twin's capacity near the stored 1,000 q/s
+        return CpuRun(tr, float(n), b, n * 400e-6 + b * 1000e-6, lat, 0.1,
+                      (ContainerCpu("noop", b, float(n), b * 400e-6 + n * 5e-6),),
+                      n * 80e-6)
 
     runs = [run(r) for r in (100, 200, 400, 800)]
     save_runs(sub / "runs.npz", runs, runs[0],

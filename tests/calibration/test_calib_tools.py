@@ -191,9 +191,11 @@ def test_validate_tiny(tmp_path: Path) -> None:
     dep = tmp_path / "deploy.toml"
     dep.write_text(NOOP_DEPLOY)
     wl = Workload(ConstantRate(100), n_queries=10, app="hello")
+    # one short twin ramp for the capacity prediction (the no-op twin's ramp runs to
+    # tens of thousands of q/s: four of 2 s steps took most of this test's 30 s)
     res = validate(dep, wl, levels=(0.5,), duration_s=0.5, capacity_qps=100.0,
                    batch_sizes=(1, 2), profile_repeats=5, calib_qps=50.0, calib_s=0.4,
-                   connections=2, stalls_s=0.3, log=lambda s: None)
+                   connections=2, stalls_s=0.3, ramps=1, ramp_s=0.5, log=lambda s: None)
     assert list(res.table["mode"]) == ["real", "real again", "sim", "sim+frontend",
                                        "sim+host", "sim+in-situ"]
     assert set(res.errors["mode"]) == {"real again", "sim", "sim+frontend", "sim+host",
