@@ -93,13 +93,14 @@ def main(argv: list[str]) -> int:
             continue
         for _, r in pd.read_csv(cap).iterrows():
             ramps = per_ramp(r["per_ramp"])
+            c = r["capacity_qps"]
             rows.append({"setting": f"{r['model']}-{r['batching']}", "run": run.name,
                          "commit": commit[:7], "capacity_qps": r["capacity_qps"],
                          "lo_qps": r["capacity_qps_lo"], "hi_qps": r["capacity_qps_hi"],
                          "ramps_qps": " ".join(f"{x:.0f}" for x in ramps),
                          "ramps_max_over_min": max(ramps) / min(ramps),
-                         "interval_within_10pct": (r["capacity_qps_lo"] >= 0.9 * r["capacity_qps"]
-                                                   and r["capacity_qps_hi"] <= 1.1 * r["capacity_qps"]),
+                         "interval_within_10pct": (r["capacity_qps_lo"] >= 0.9 * c
+                                                   and r["capacity_qps_hi"] <= 1.1 * c),
                          "predicted_qps": r["sim_capacity_qps"],
                          "prediction_err": r["err_capacity"]})
     if not rows:
