@@ -73,14 +73,12 @@ def same_server(commit: str, ref: str) -> bool:
                                                                        RAMP_FUNCTIONS)
 
 
-def per_ramp(text: str) -> list[float]:
-    """The measured capacity of each ramp, from ``per_ramp``'s "measured / predicted
-    (...)" list."""
-    out = []
-    for part in str(text).split(";"):
-        if "/" in part:
-            out.append(float(part.split("/")[0].strip().replace(",", "")))
-    return out
+def ramp_capacities(run: Path) -> dict[tuple[str, str], list[float]]:
+    """Each setting's measured ramp capacities, from the run's ``fidelity.csv``
+    (``ramp_capacities_qps``: the ramps' capacities joined by ";")."""
+    table = pd.read_csv(run / "fidelity.csv")
+    first = table.groupby(["model", "batching"], sort=False)["ramp_capacities_qps"].first()
+    return {k: [float(x) for x in str(v).split(";")] for k, v in first.items()}
 
 
 def main(argv: list[str]) -> int:
@@ -91,8 +89,9 @@ def main(argv: list[str]) -> int:
         cap = run / "fidelity_capacity.csv"
         if commit is None or not cap.exists() or not same_server(commit, ref):
             continue
+        each = ramp_capacities(run)
         for _, r in pd.read_csv(cap).iterrows():
-            ramps = per_ramp(r["per_ramp"])
+            ramps = each[(r["model"], r["batching"])]
             c = r["capacity_qps"]
             rows.append({"setting": f"{r['model']}-{r['batching']}", "run": run.name,
                          "commit": commit[:7], "capacity_qps": r["capacity_qps"],
