@@ -531,6 +531,18 @@ def _print_table(results: dict[str, Any]) -> None:
         rate = next(iter(equal.values()))["rate"]
         print(f"frontend CPU us/query at equal load ({rate:,.0f} q/s offered, unsplit): "
               + ", ".join(parts))
+        # the server's CPU (the "server CPU per request"): a miss also costs its
+        # container, a cache hit does not reach one
+        parts = []
+        for n, e in equal.items():
+            base = "rest-mypyc" if n.endswith("-mypyc") else "rest"
+            b = equal.get(base)
+            us = e["frontend_us_per_query"] + e.get("container_us_per_query", 0.0)
+            rest = (b["frontend_us_per_query"] + b.get("container_us_per_query", 0.0)
+                    if b else 0.0)
+            vs = f" = {us / rest:.2f}x {base}" if rest and n != base else ""
+            parts.append(f"{n} {us:.1f}{vs}")
+        print("server CPU us/query at equal load (frontend + containers): " + ", ".join(parts))
     print(f"(other jobs kept {results['background_cpu_busy_share']:.0%} of the CPUs busy "
           f"before the run; load average {results['loadavg']})")
     speeds = {n: r["speed"] for n, r in results["targets"].items() if r.get("speed")}
@@ -588,7 +600,19 @@ def main() -> int:
                     help="a [server] setting for the clipperlab servers, in TOML"
                          " (parse_turn_ms=2, say); repeatable")
     ap.add_argument("--json", help="also write the results here (JSON)")
+    ap.add_argument("--report", metavar="JSON",
+                    help="print the table of a stored run (its --json file) and exit; "
+                    "nothing is measured")
     a = ap.parse_args()
+    if a.report:
+        try:
+            stored = json.loads(Path(a.report).read_text())
+            _print_table(stored)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"real_bench: --report {a.report}: {type(e).__name__}: {e}",
+                  file=sys.stderr)
+            return 1
+        return 0
     for kv in a.set:
         try:
             key = next(iter(tomllib.loads(kv)))

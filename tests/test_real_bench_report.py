@@ -1,0 +1,43 @@
+"""bench/real_bench.py --report: a stored run's table printed again, nothing measured; the
+server's CPU per query at equal load counts a miss's container beside the frontend."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench" / "real_bench.py"
+STORED = ROOT / "results" / "bench" / "real_bench.json"
+
+
+def _report(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(BENCH), "--report", str(path)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_report_prints_the_server_cpu_of_a_hit_against_a_miss(tmp_path: Path) -> None:
+    run = json.loads(STORED.read_text())
+    eq = {"rest": (20.0, 4.0), "hit": (11.0, 0.0), "oip": (21.0, 4.5)}
+    for name, (fe, ct) in eq.items():
+        run["targets"][name]["equal"].update(frontend_us_per_query=fe,
+                                             container_us_per_query=ct)
+    f = tmp_path / "run.json"
+    f.write_text(json.dumps(run))
+    out = _report(f)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    fe = next(ln for ln in lines if ln.startswith("frontend CPU us/query at equal load"))
+    assert "hit 11.0 = 0.55x rest" in fe
+    server = next(ln for ln in lines if ln.startswith("server CPU us/query at equal load"))
+    # the miss's 20 + 4 against the hit's 11 + 0: under half of the server's CPU
+    assert "rest 24.0" in server and "hit 11.0 = 0.46x rest" in server
+    assert "oip 25.5 = 1.06x rest" in server
+
+
+def test_report_of_a_missing_file_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    out = _report(tmp_path / "none.json")
+    assert out.returncode == 1
+    assert out.stderr.startswith("real_bench: --report") and out.stderr.count("\n") == 1
