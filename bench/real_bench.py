@@ -2,6 +2,7 @@
 
     python3 bench/real_bench.py [--duration-s 5] [--connections 32] [--only rest,oip,hit]
                                 [--json results.json]
+    python3 bench/real_bench.py --report results.json   # a stored run's table again
 
 What it runs, each in its own process:
 1. baselines: a bare echo server on our own HTTP stack (``clipperlab.real.http.HttpProtocol``,
@@ -46,7 +47,8 @@ CPU of a miss; c=1 p50 within 1.5x of the aiohttp echo. CPU per query falls as l
 saturation, so 'all' compares targets at different loads; one more run per target at
 ``--equal-rate`` (kept out of the fit; by default half of REST's saturation, for rest, oip
 and hit) gives each one's frontend CPU per query at the same offered load, and the OIP and
-cache-hit ratios against REST from it.
+cache-hit ratios against REST from it; the line after adds each target's containers
+(the server's CPU per query: a miss makes its container work, a cache hit does not).
 """
 
 from __future__ import annotations
