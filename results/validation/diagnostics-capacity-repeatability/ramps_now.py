@@ -35,11 +35,10 @@ from clipperlab.calibration.capacity import (
 )
 from clipperlab.calibration.fidelity import SLO_MS, deploy_toml, said_batching, workload
 from clipperlab.calibration.loadgen import run_load
-from clipperlab.calibration.runs import retime
+from clipperlab.calibration.runs import good_share, retime
 from clipperlab.calibration.server import ServerProcess, real_deployment
 from clipperlab.calibration.torch_models import save_sklearn
 from clipperlab.report.latency import summarise
-from clipperlab.simulator.capacity import attained_share
 
 HERE = Path(__file__).resolve().parent
 
@@ -65,9 +64,11 @@ def main() -> int:
                 run_load(retime(wl, 2000.0, 2.0, 1), pool, srv.url)  # warm-up
 
                 def probe(rate: float, attempt: int, k: int = 0) -> tuple[float, float]:
-                    tr = retime(wl, rate, RAMP_S, ramp_trace_seed(0, k) + attempt)
-                    q = run_load(tr, pool, srv.url)
-                    return (attained_share(q, SLO_MS / 1e3),
+                    # as validation.ramp_to_capacity's probe: ramp k's trace, the same
+                    # for a confirming re-run; the share as the live ramp counts it
+                    q = run_load(retime(wl, rate, RAMP_S, ramp_trace_seed(0, k)), pool,
+                                 srv.url)
+                    return (good_share(q, SLO_MS / 1e3),
                             float(summarise(q).get("throughput_qps", 0.0)))
 
                 first = None

@@ -19,7 +19,7 @@ import numpy as np
 
 from clipperlab.calibration.fidelity import workload
 from clipperlab.calibration.loadgen import run_load
-from clipperlab.calibration.runs import retime
+from clipperlab.calibration.runs import good_share, retime
 from clipperlab.calibration.server import ServerProcess, real_deployment
 
 SPIN = str(Path(__file__).with_name("spin.py"))
@@ -45,7 +45,7 @@ if __name__ == "__main__":
                     for p in procs:
                         p.kill()
                         p.wait()
-                    good = ((df.status == 200) & ~df["default"] & (df.latency_s <= 0.020)).mean()
+                    good = good_share(df, 0.020)
                     print(f"round {rnd} rate {rate:.0f} spin={int(spin)} good {good:.3f} "
                           f"p50 {np.nanpercentile(df.latency_s, 50) * 1e3:.2f} "
                           f"p99 {np.nanpercentile(df.latency_s, 99) * 1e3:.2f} ms", flush=True)
