@@ -523,28 +523,26 @@ def _print_table(results: dict[str, Any]) -> None:
           "'all': frontend CPU / queries, unsplit)")
     equal = {n: r["equal"] for n, r in results["targets"].items() if "equal" in r}
     if equal:
-        parts = []
-        for n, e in equal.items():
-            base = "rest-mypyc" if n.endswith("-mypyc") else "rest"
-            rest = equal.get(base, {}).get("frontend_us_per_query")
-            us = e["frontend_us_per_query"]
-            vs = f" = {us / rest:.2f}x {base}" if rest and n != base else ""
-            parts.append(f"{n} {us:.1f}{vs} (ok {e['ok_qps']:,.0f}/s)")
         rate = next(iter(equal.values()))["rate"]
+
+        def line(cpu: Any, ok: bool) -> str:
+            """Each target's ``cpu(its equal-load run)`` and its ratio to its build's REST."""
+            parts = []
+            for n, e in equal.items():
+                base = "rest-mypyc" if n.endswith("-mypyc") else "rest"
+                rest = cpu(equal[base]) if base in equal else 0.0
+                vs = f" = {cpu(e) / rest:.2f}x {base}" if rest and n != base else ""
+                parts.append(f"{n} {cpu(e):.1f}{vs}"
+                             + (f" (ok {e['ok_qps']:,.0f}/s)" if ok else ""))
+            return ", ".join(parts)
+
         print(f"frontend CPU us/query at equal load ({rate:,.0f} q/s offered, unsplit): "
-              + ", ".join(parts))
+              + line(lambda e: e["frontend_us_per_query"], True))
         # the server's CPU (the issue's "server CPU per request"): a miss also costs its
         # container, a cache hit does not reach one
-        parts = []
-        for n, e in equal.items():
-            base = "rest-mypyc" if n.endswith("-mypyc") else "rest"
-            b = equal.get(base)
-            us = e["frontend_us_per_query"] + e.get("container_us_per_query", 0.0)
-            rest = (b["frontend_us_per_query"] + b.get("container_us_per_query", 0.0)
-                    if b else 0.0)
-            vs = f" = {us / rest:.2f}x {base}" if rest and n != base else ""
-            parts.append(f"{n} {us:.1f}{vs}")
-        print("server CPU us/query at equal load (frontend + containers): " + ", ".join(parts))
+        print("server CPU us/query at equal load (frontend + containers): " + line(
+            lambda e: e["frontend_us_per_query"] + e.get("container_us_per_query", 0.0),
+            False))
     print(f"(other jobs kept {results['background_cpu_busy_share']:.0%} of the CPUs busy "
           f"before the run; load average {results['loadavg']})")
     speeds = {n: r["speed"] for n, r in results["targets"].items() if r.get("speed")}
