@@ -64,13 +64,13 @@ def _functions(commit: str, path: str, names: tuple[str, ...]) -> list[str]:
     return out
 
 
-def same_server(commit: str, ref: str) -> bool:
+def same_server(commit: str, ref: str, ref_ramp: list[str]) -> bool:
     """``commit``'s server-side code is ``ref``'s, and so is the real ramp's procedure
-    (``capacity.ramp`` and ``ramp_start``; their default resolution aside)."""
+    (``capacity.ramp`` and ``ramp_start``, ``ref_ramp`` at ``ref``; their default
+    resolution aside)."""
     if _git("diff", "--quiet", commit, ref, "--", *SERVER_PATHS).returncode != 0:
         return False
-    return _functions(commit, RAMP_PATH, RAMP_FUNCTIONS) == _functions(ref, RAMP_PATH,
-                                                                       RAMP_FUNCTIONS)
+    return _functions(commit, RAMP_PATH, RAMP_FUNCTIONS) == ref_ramp
 
 
 def ramp_capacities(run: Path) -> dict[tuple[str, str], list[float]]:
@@ -84,10 +84,11 @@ def ramp_capacities(run: Path) -> dict[tuple[str, str], list[float]]:
 def main(argv: list[str]) -> int:
     ref = argv[0] if argv else REF
     rows = []
+    ref_ramp = _functions(ref, RAMP_PATH, RAMP_FUNCTIONS)
     for run in sorted(RUNS.glob("quiet-*")):
         commit = _commit(run)
         cap = run / "fidelity_capacity.csv"
-        if commit is None or not cap.exists() or not same_server(commit, ref):
+        if commit is None or not cap.exists() or not same_server(commit, ref, ref_ramp):
             continue
         each = ramp_capacities(run)
         for _, r in pd.read_csv(cap).iterrows():
