@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn
 
 # The server forks only to exec container processes at once: gRPC's fork handlers have
@@ -85,6 +85,16 @@ _SHARED_MEMORY = (
     " raw_input_contents)"
 )
 
+
+
+def _unimplemented(reason: str) -> Callable[[Any, Any, Any], Coroutine[Any, Any, NoReturn]]:
+    """A service method that answers UNIMPLEMENTED with ``reason``."""
+
+    async def method(self: Any, request: Any, context: Any) -> NoReturn:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, reason)
+        raise AssertionError("unreachable")  # abort raises
+
+    return method
 
 class _Failed(Exception):
     """A request that gets a gRPC status instead of an answer."""
@@ -249,49 +259,17 @@ class GrpcInferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignor
             resp.raw_output_contents.append(tensor_bytes(dt, arr))
         return resp
 
-    # -- not supported here: UNIMPLEMENTED with the reason
-    async def RepositoryModelLoad(self, request: Any, context: Any) -> NoReturn:  # noqa: N802
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, REPOSITORY_CONTROL)
-        raise AssertionError("unreachable")
-
-    async def RepositoryModelUnload(self, request: Any, context: Any) -> NoReturn:  # noqa: N802
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, REPOSITORY_CONTROL)
-        raise AssertionError("unreachable")
-
-    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> NoReturn:  # noqa: N802
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _SHARED_MEMORY)
-        raise AssertionError("unreachable")
-
-    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> NoReturn:  # noqa: N802
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _SHARED_MEMORY)
-        raise AssertionError("unreachable")
-
-    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> NoReturn:  # noqa: N802
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _SHARED_MEMORY)
-        raise AssertionError("unreachable")
-
-    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> NoReturn:  # noqa: N802
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _SHARED_MEMORY)
-        raise AssertionError("unreachable")
-
-    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> NoReturn:  # noqa: N802
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _SHARED_MEMORY)
-        raise AssertionError("unreachable")
-
-    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> NoReturn:  # noqa: N802
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, _SHARED_MEMORY)
-        raise AssertionError("unreachable")
-
-    async def TraceSetting(self, request: Any, context: Any) -> NoReturn:  # noqa: N802
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            "trace settings are not supported: see /metrics for timings")
-        raise AssertionError("unreachable")
-
-    async def LogSettings(self, request: Any, context: Any) -> NoReturn:  # noqa: N802
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            "log settings are not supported: set --log-level at start")
-        raise AssertionError("unreachable")
-
+    # -- not supported here: UNIMPLEMENTED with the reason (grpc looks each up by name)
+    RepositoryModelLoad = _unimplemented(REPOSITORY_CONTROL)
+    RepositoryModelUnload = _unimplemented(REPOSITORY_CONTROL)
+    SystemSharedMemoryStatus = _unimplemented(_SHARED_MEMORY)
+    SystemSharedMemoryRegister = _unimplemented(_SHARED_MEMORY)
+    SystemSharedMemoryUnregister = _unimplemented(_SHARED_MEMORY)
+    CudaSharedMemoryStatus = _unimplemented(_SHARED_MEMORY)
+    CudaSharedMemoryRegister = _unimplemented(_SHARED_MEMORY)
+    CudaSharedMemoryUnregister = _unimplemented(_SHARED_MEMORY)
+    TraceSetting = _unimplemented("trace settings are not supported: see /metrics for timings")
+    LogSettings = _unimplemented("log settings are not supported: set --log-level at start")
 
 async def start_grpc(fe: QueryFrontend, host: str, port: int, max_message_bytes: int
                      ) -> tuple[grpc.aio.Server, int]:

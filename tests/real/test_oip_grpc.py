@@ -151,3 +151,29 @@ def test_grpc_off(tmp_path: Path) -> None:
         assert "grpc" not in st.ports
     finally:
         st.stop()
+
+
+@pytest.mark.parametrize(("rpc", "request_type", "reason"), [
+    ("RepositoryModelLoad", "RepositoryModelLoadRequest", "load/unload"),
+    ("RepositoryModelUnload", "RepositoryModelUnloadRequest", "load/unload"),
+    ("SystemSharedMemoryStatus", "SystemSharedMemoryStatusRequest", "shared memory"),
+    ("SystemSharedMemoryRegister", "SystemSharedMemoryRegisterRequest", "shared memory"),
+    ("SystemSharedMemoryUnregister", "SystemSharedMemoryUnregisterRequest", "shared memory"),
+    ("CudaSharedMemoryStatus", "CudaSharedMemoryStatusRequest", "shared memory"),
+    ("CudaSharedMemoryRegister", "CudaSharedMemoryRegisterRequest", "shared memory"),
+    ("CudaSharedMemoryUnregister", "CudaSharedMemoryUnregisterRequest", "shared memory"),
+    ("TraceSetting", "TraceSettingRequest", "trace settings"),
+    ("LogSettings", "LogSettingsRequest", "log settings"),
+])
+def test_unsupported_calls_say_why(served: Any, rpc: str, request_type: str,
+                                   reason: str) -> None:
+    """Each call the server does not support is UNIMPLEMENTED, and the message says what
+    is not supported (not gRPC's bare "Method not implemented!")."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+
+    _, g, _ = served
+    with pytest.raises(grpc.RpcError) as e:
+        getattr(g._client_stub, rpc)(getattr(pb, request_type)())
+    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert reason in e.value.details()
