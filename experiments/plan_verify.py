@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import threading
 import time
 import urllib.request
@@ -132,7 +133,9 @@ def write_deploy(spec: PlanSpec, cand: Candidate, out: Path, stem: str) -> list[
     for m in sim["models"]:
         ref = m["profile"]
         if ref.endswith(".json"):
-            m["profile"] = str(Path(ref).resolve())
+            # relative to the twin's own folder, where `clipperlab simulate --config` looks
+            # for it: the file works from any checkout, not only the one that wrote it
+            m["profile"] = os.path.relpath(Path(ref).resolve(), out.resolve())
     sim["seed"] = VERIFY_SEED
     if len(spec.workloads) == 1:
         sim["workload"] = dict(spec.workloads[0])

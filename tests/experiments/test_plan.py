@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,8 @@ def test_plan_error_names_the_file(tmp_path: Path) -> None:
 
 
 def test_cli_help_and_a_tiny_quick_plan(exp_profile: str, tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+                                        capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
     assert main(["plan", "--help"]) == 0
     assert "--verify" in capsys.readouterr().out
     plan = tmp_path / "tiny.toml"
@@ -163,6 +165,15 @@ def test_cli_help_and_a_tiny_quick_plan(exp_profile: str, tmp_path: Path,
     assert "QUICK RUN" in (out / "plan.md").read_text()
     deploy = (out / "deploy.toml").read_text()
     assert 'kind = "replay"' in deploy and "cache = false" in deploy
+    # the twin names its profile relative to its own folder, and loads from anywhere
+    twin = tomllib.loads((out / "deploy-sim.toml").read_text())
+    ref = twin["models"][0]["profile"]
+    assert ref.endswith(".json") and not Path(ref).is_absolute()
+    from clipperlab.simulator.deployment import load_config
+
+    with monkeypatch.context() as mp:
+        mp.chdir(tmp_path.parent)
+        assert load_config(out / "deploy-sim.toml").deployment.models[0].profile is not None
     # a quick run never overwrites a full plan
     (out / "plan.md").write_text("# Plan: full\n")
     assert main(["plan", str(plan), "--quick", "--out", str(out), "--no-progress"]) == 2
