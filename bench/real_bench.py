@@ -48,7 +48,11 @@ saturation, so 'all' compares targets at different loads; one more run per targe
 ``--equal-rate`` (kept out of the fit; by default half of REST's saturation, for rest, oip
 and hit) gives each one's frontend CPU per query at the same offered load, and the OIP and
 cache-hit ratios against REST from it; the line after adds each target's containers
-(the server's CPU per query: a miss makes its container work, a cache hit does not).
+(the server's CPU per query: a miss makes its container work, a cache hit does not).  Our
+echo server runs once more at that load after the servers (the load is known only once
+REST's ramp is done), and a last line takes its CPU per query out of each target's: what
+the HTTP stack and the kernel's reads, writes and wake-ups cost at that load is then out
+of the ratios.
 """
 
 from __future__ import annotations
@@ -392,15 +396,21 @@ def measure(t: Target, a: argparse.Namespace, equal_rate: float = 0.0) -> dict[s
     if t.name == "rest" and a.equal_rate == 0:
         equal_rate = max(best["ok_qps"] / 2, 100.0)  # auto: REST's half load
     if equal_rate > 0:  # kept out of the fit: one more point at a load all targets carry
-        r = t.run(["--role", "load", "--rate", str(equal_rate), "--connections",
-                   str(a.connections), *common])
-        s = t.samples.pop()
-        q, b = s["queries"], s["batches"]
-        out["equal"] = {**r, "rate": equal_rate,
-                        "frontend_us_per_query": s["frontend_cpu_s"] / max(q, 1) * 1e6,
-                        "container_us_per_query": s["container_cpu_s"] / max(q, 1) * 1e6,
-                        "queries_per_batch": q / b if b else float("inf")}
+        out["equal"] = equal_run(t, a, equal_rate)
     return out
+
+
+def equal_run(t: Target, a: argparse.Namespace, rate: float) -> dict[str, Any]:
+    """One run of ``t`` at ``rate`` offered, kept out of its CPU fit: its CPU per query
+    unsplit (the frontend's and its containers')."""
+    r = t.run(["--role", "load", "--rate", str(rate), "--connections", str(a.connections),
+               "--duration-s", str(a.duration_s), "--warmup-s", str(a.warmup_s)])
+    s = t.samples.pop()
+    q, b = s["queries"], s["batches"]
+    return {**r, "rate": rate,
+            "frontend_us_per_query": s["frontend_cpu_s"] / max(q, 1) * 1e6,
+            "container_us_per_query": s["container_cpu_s"] / max(q, 1) * 1e6,
+            "queries_per_batch": q / b if b else float("inf")}
 
 
 # ============================================================================ orchestration
@@ -417,6 +427,7 @@ def _wait_file(p: Path, proc: subprocess.Popen[Any], timeout_s: float = 60.0) ->
 
 def _start_echo(role: str, tmp: Path) -> tuple[subprocess.Popen[Any], int]:
     pf = tmp / f"{role}.port"
+    pf.unlink(missing_ok=True)  # an earlier start's file would name its (closed) port
     proc = subprocess.Popen([sys.executable, __file__, "--role", role, "--port-file", str(pf)],
                             start_new_session=True)
     return proc, int(_wait_file(pf, proc))
@@ -525,10 +536,12 @@ def _print_table(results: dict[str, Any]) -> None:
     if equal:
         rate = next(iter(equal.values()))["rate"]
 
-        def line(cpu: Any, ok: bool) -> str:
+        def line(cpu: Any, ok: bool, servers_only: bool = False) -> str:
             """Each target's ``cpu(its equal-load run)`` and its ratio to its build's REST."""
             parts = []
             for n, e in equal.items():
+                if servers_only and n in ("echo", "aiohttp"):
+                    continue
                 base = "rest-mypyc" if n.endswith("-mypyc") else "rest"
                 rest = cpu(equal[base]) if base in equal else 0.0
                 vs = f" = {cpu(e) / rest:.2f}x {base}" if rest and n != base else ""
@@ -540,9 +553,17 @@ def _print_table(results: dict[str, Any]) -> None:
               + line(lambda e: e["frontend_us_per_query"], True))
         # the server's CPU (the issue's "server CPU per request"): a miss also costs its
         # container, a cache hit does not reach one
-        print("server CPU us/query at equal load (frontend + containers): " + line(
-            lambda e: e["frontend_us_per_query"] + e.get("container_us_per_query", 0.0),
-            False))
+        def server(e: Any) -> float:
+            return float(e["frontend_us_per_query"] + e.get("container_us_per_query", 0.0))
+
+        print("server CPU us/query at equal load (frontend + containers): "
+              + line(server, False))
+        floor = equal.get("echo")
+        if floor is not None:  # what the HTTP stack and the kernel take at this load
+            e0 = server(floor)
+            print(f"server CPU beyond the echo's {e0:.1f} us/query at equal load (our HTTP "
+                  "stack's and the kernel's share taken out): "
+                  + line(lambda e: server(e) - e0, False, servers_only=True))
     print(f"(other jobs kept {results['background_cpu_busy_share']:.0%} of the CPUs busy "
           f"before the run; load average {results['loadavg']})")
     speeds = {n: r["speed"] for n, r in results["targets"].items() if r.get("speed")}
@@ -720,6 +741,18 @@ def main() -> int:
                     results["targets"][key] = measure(Target(key, port, path, body, mk, proc.pid),
                                                       a, equal)
                     results["targets"][key]["speed"] = speed(t0)
+            finally:
+                _stop(proc)
+        equal = a.equal_rate or results["targets"].get("rest", {}).get("equal", {}).get(
+            "rate", 0.0)
+        if "echo" in results and equal and "equal" not in results["echo"]:
+            # the echo at the servers' equal load (REST's half load is known only now): the
+            # HTTP stack's and the kernel's share of every target's CPU per query there
+            proc, port = _start_echo("echo", tmp)
+            try:
+                t = Target("echo", port, "/echo", REST_BODY, DEFAULT_MARKS["echo"], proc.pid,
+                           engine=False)
+                results["echo"]["equal"] = equal_run(t, a, equal)
             finally:
                 _stop(proc)
     for role in ("echo", "aiohttp"):

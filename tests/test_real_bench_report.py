@@ -41,3 +41,29 @@ def test_report_of_a_missing_file_is_one_line_and_exit_1(tmp_path: Path) -> None
     out = _report(tmp_path / "none.json")
     assert out.returncode == 1
     assert out.stderr.startswith("real_bench: --report") and out.stderr.count("\n") == 1
+
+
+def test_report_takes_the_echo_out_when_it_ran_at_the_equal_load(tmp_path: Path) -> None:
+    """With the echo's run at the servers' equal load stored, a last line gives each
+    server's CPU per query less the echo's, and the ratios of what is left; without it
+    (older runs) the line is not printed."""
+    run = json.loads(STORED.read_text())
+    eq = {"rest": (20.0, 4.0), "hit": (11.0, 0.0), "oip": (21.0, 4.5)}
+    for name, (fe, ct) in eq.items():
+        run["targets"][name]["equal"].update(frontend_us_per_query=fe,
+                                             container_us_per_query=ct)
+    without = tmp_path / "without.json"
+    without.write_text(json.dumps(run))
+    assert "beyond the echo" not in _report(without).stdout
+    run["targets"]["echo"]["equal"] = dict(run["targets"]["rest"]["equal"],
+                                           frontend_us_per_query=6.0,
+                                           container_us_per_query=0.0)
+    f = tmp_path / "run.json"
+    f.write_text(json.dumps(run))
+    out = _report(f)
+    assert out.returncode == 0, out.stderr
+    beyond = next(ln for ln in out.stdout.splitlines()
+                  if ln.startswith("server CPU beyond the echo's 6.0 us/query"))
+    # rest 24 - 6 = 18, hit 11 - 6 = 5 (0.28x), oip 25.5 - 6 = 19.5 (1.08x); no echo entry
+    assert "rest 18.0" in beyond and "hit 5.0 = 0.28x rest" in beyond
+    assert "oip 19.5 = 1.08x rest" in beyond and "echo" not in beyond.split(":", 1)[1]
