@@ -86,7 +86,6 @@ _SHARED_MEMORY = (
 )
 
 
-
 def _unimplemented(reason: str) -> Callable[[Any, Any, Any], Coroutine[Any, Any, NoReturn]]:
     """A service method that answers UNIMPLEMENTED with ``reason``."""
 
@@ -95,6 +94,7 @@ def _unimplemented(reason: str) -> Callable[[Any, Any, Any], Coroutine[Any, Any,
         raise AssertionError("unreachable")  # abort raises
 
     return method
+
 
 class _Failed(Exception):
     """A request that gets a gRPC status instead of an answer."""
@@ -270,6 +270,7 @@ class GrpcInferenceService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignor
     CudaSharedMemoryUnregister = _unimplemented(_SHARED_MEMORY)
     TraceSetting = _unimplemented("trace settings are not supported: see /metrics for timings")
     LogSettings = _unimplemented("log settings are not supported: set --log-level at start")
+
 
 async def start_grpc(fe: QueryFrontend, host: str, port: int, max_message_bytes: int
                      ) -> tuple[grpc.aio.Server, int]:
