@@ -568,10 +568,14 @@ def _print_table(results: dict[str, Any]) -> None:
           f"before the run; load average {results['loadavg']})")
     speeds = {n: r["speed"] for n, r in results["targets"].items() if r.get("speed")}
     if speeds:
+        shown = dict(speeds)
+        echo_eq = results["targets"].get("echo", {}).get("equal", {}).get("speed")
+        if echo_eq:  # its run at the equal load, after the servers
+            shown["echo at equal load"] = echo_eq
         print("the machine's speed while each target ran (quiet.SpeedMonitor: slow share, "
               "x factor; absolute microseconds compare only at like speeds): " + ", ".join(
                   f"{n} {sp['slow_share']:.0%} x{sp['slow_factor']:.2f} "
-                  f"(fast {sp['fast_ns']:.0f} ns)" for n, sp in speeds.items()))
+                  f"(fast {sp['fast_ns']:.0f} ns)" for n, sp in shown.items()))
         parts = []
         for n, sp in speeds.items():
             cpu = results["targets"][n].get("cpu", {})
@@ -752,7 +756,9 @@ def main() -> int:
             try:
                 t = Target("echo", port, "/echo", REST_BODY, DEFAULT_MARKS["echo"], proc.pid,
                            engine=False)
+                t0 = time.monotonic()
                 results["echo"]["equal"] = equal_run(t, a, equal)
+                results["echo"]["equal"]["speed"] = speed(t0)
             finally:
                 _stop(proc)
     for role in ("echo", "aiohttp"):

@@ -57,7 +57,9 @@ def test_report_takes_the_echo_out_when_it_ran_at_the_equal_load(tmp_path: Path)
     assert "beyond the echo" not in _report(without).stdout
     run["targets"]["echo"]["equal"] = dict(run["targets"]["rest"]["equal"],
                                            frontend_us_per_query=6.0,
-                                           container_us_per_query=0.0)
+                                           container_us_per_query=0.0,
+                                           speed={"fast_ns": 900.0, "slow_factor": 1.5,
+                                                  "slow_share": 0.25, "slow_dwell_s": 0.1})
     f = tmp_path / "run.json"
     f.write_text(json.dumps(run))
     out = _report(f)
@@ -67,3 +69,5 @@ def test_report_takes_the_echo_out_when_it_ran_at_the_equal_load(tmp_path: Path)
     # rest 24 - 6 = 18, hit 11 - 6 = 5 (0.28x), oip 25.5 - 6 = 19.5 (1.08x); no echo entry
     assert "rest 18.0" in beyond and "hit 5.0 = 0.28x rest" in beyond
     assert "oip 19.5 = 1.08x rest" in beyond and "echo" not in beyond.split(":", 1)[1]
+    # the machine's speed during that run too, as during each target's
+    assert "echo at equal load 25% x1.50 (fast 900 ns)" in out.stdout
