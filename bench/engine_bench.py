@@ -196,7 +196,8 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--queries", type=int, default=1_000_000)
+    p.add_argument("--queries", type=int, default=1_000_000,
+                   help="queries per loop (default 1,000,000)")
     p.add_argument(
         "--rate",
         type=float,

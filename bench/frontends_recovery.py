@@ -7,7 +7,7 @@ balancer would), says 1 for ``--learn`` items (``a`` is right), then 0 (``a`` ha
 ``b`` is right).  Reported: feedback items and seconds after the switch until every
 frontend gives ``b`` a probability of at least ``--threshold``.
 
-    PYTHONPATH=. python3 bench/frontends_recovery.py --rate 100 --merge-every-s 1.0
+    python3 bench/frontends_recovery.py --rate 100 --merge-every-s 1.0
 """
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ from pathlib import Path
 
 from clipperlab.real.client import AdminClient, QueryClient
 from clipperlab.real.server import ServerThread
-from tests.servers import start_server
-from tests.services import redis_server
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.*: the repository's
+
+from tests.servers import start_server  # noqa: E402
+from tests.services import redis_server  # noqa: E402
 
 
 def _container(url: str, name: str, output: int) -> subprocess.Popen[bytes]:
@@ -83,13 +86,17 @@ def run(n_frontends: int, args: argparse.Namespace, folder: Path) -> tuple[int, 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()),
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--rate", type=float, default=100.0, help="feedback items/s")
     ap.add_argument("--learn", type=int, default=500, help="items before the switch")
-    ap.add_argument("--threshold", type=float, default=0.9)
-    ap.add_argument("--merge-every-s", type=float, default=1.0)
-    ap.add_argument("--cap", type=int, default=5000)
-    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--threshold", type=float, default=0.9,
+                    help="the probability of b that counts as recovered, on every frontend")
+    ap.add_argument("--merge-every-s", type=float, default=1.0,
+                    help="the frontends' selection_merge_every_s (s)")
+    ap.add_argument("--cap", type=int, default=5000,
+                    help="items after the switch before giving up")
+    ap.add_argument("--repeats", type=int, default=1, help="runs per frontend count")
     args = ap.parse_args()
     print(f"rate {args.rate:g}/s, merge every {args.merge_every_s:g} s,"
           f" threshold {args.threshold:g}")

@@ -15,7 +15,7 @@ connections, raw HTTP/1.1) sends Clipper REST queries for ``--seconds``:
 The client shares the machine with everything it measures: say how many cores and how
 loaded the machine was (printed).
 
-    PYTHONPATH=. python3 bench/haproxy_bench.py --seconds 10 --connections 32
+    python3 bench/haproxy_bench.py --seconds 10 --connections 32
 """
 
 from __future__ import annotations
@@ -33,7 +33,10 @@ from pathlib import Path
 import orjson
 
 from clipperlab.real.client import AdminClient
-from tests.services import ServeProcess, haproxy, haproxy_up, redis_server, serve_process
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.*: the repository's
+
+from tests.services import ServeProcess, haproxy, haproxy_up, redis_server, serve_process  # noqa: E402
 
 CONFIG = """
 [server]
@@ -132,9 +135,12 @@ def _row(name: str, c: Counts, seconds: float) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--connections", type=int, default=32)
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()),
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=10.0,
+                    help="seconds of load per measurement")
+    ap.add_argument("--connections", type=int, default=32,
+                    help="keep-alive connections of the closed-loop client")
     args = ap.parse_args()
     print(f"# {os.cpu_count()} cores, load average before: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -29,7 +29,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -40,20 +39,12 @@ from clipperlab.calibration.loadgen import run_load
 from clipperlab.workloads import ConstantRate, Workload
 from clipperlab.workloads.inputs import SyntheticTensors
 
-ROOT = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, "-c", "import sys; from clipperlab.cli import main; sys.exit(main())"]
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+import real_bench  # noqa: E402  (bench/ is not a package: its sibling, by path)
+
+sys.path.remove(str(BENCH))  # bench/'s other modules stay out of an importer's path
 APP = "overload"
-
-
-def _wait_file(p: Path, proc: subprocess.Popen[Any], timeout_s: float = 60.0) -> str:
-    until = time.monotonic() + timeout_s
-    while time.monotonic() < until:
-        if p.exists() and p.read_text().strip():
-            return p.read_text()
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        time.sleep(0.05)
-    raise TimeoutError(f"{p} never appeared")
 
 
 def _start(tmp: Path, a: argparse.Namespace, mode: str) -> tuple[subprocess.Popen[Any], int]:
@@ -81,30 +72,10 @@ slo_ms = {a.slo_ms}
 default_output = -1
 models = ["noop"]
 """)
-    pf = tmp / f"{mode}.ports"
-    proc = subprocess.Popen([*CLI, "serve", "--config", str(cfg), "--ports-file", str(pf),
-                             "--log-level", "WARNING"], cwd=ROOT, stdout=subprocess.DEVNULL)
-    port = int(json.loads(_wait_file(pf, proc))["ports"]["query"])
-    until = time.monotonic() + 60
-    while time.monotonic() < until:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{APP}/ready",
-                                        timeout=5) as r:
-                if r.status == 200:
-                    return proc, port
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError("the model never became ready")
+    return real_bench.serve_config(cfg, APP)
 
 
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+_stop = real_bench._stop
 
 
 def _rss_mb(pid: int) -> float:
@@ -173,16 +144,26 @@ def _mode(tmp: Path, a: argparse.Namespace, mode: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--overload-s", type=float, default=10.0)
-    p.add_argument("--capacity-s", type=float, default=3.0)
-    p.add_argument("--factor", type=float, default=5.0)
-    p.add_argument("--slo-ms", type=float, default=20.0)
-    p.add_argument("--delay-s", type=float, default=0.005)
-    p.add_argument("--per-item-s", type=float, default=0.0)
-    p.add_argument("--policy", default="none")
-    p.add_argument("--modes", default="default,baseline")
-    p.add_argument("--json", default="")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--overload-s", type=float, default=10.0,
+                   help="seconds of load at --factor x capacity")
+    p.add_argument("--capacity-s", type=float, default=3.0,
+                   help="seconds per run of the capacity search")
+    p.add_argument("--factor", type=float, default=5.0,
+                   help="the overload as a multiple of the measured capacity")
+    p.add_argument("--slo-ms", type=float, default=20.0,
+                   help="the application's latency objective (ms)")
+    p.add_argument("--delay-s", type=float, default=0.005,
+                   help="the no-op model's time per batch (s)")
+    p.add_argument("--per-item-s", type=float, default=0.0,
+                   help="the no-op model's extra time per query in a batch (s)")
+    p.add_argument("--policy", default="none",
+                   help="the model's batching policy (none, aimd, fixed, ...)")
+    p.add_argument("--modes", default="default,baseline",
+                   help="comma-separated: default (admission control and drop_hopeless "
+                   "on), baseline (both off)")
+    p.add_argument("--json", default="", help="also write the results here (JSON)")
     a = p.parse_args(argv)
     results = []
     with tempfile.TemporaryDirectory(prefix="overload-bench-") as d:

@@ -460,27 +460,40 @@ slo_ms = {a.slo_ms}
 default_output = -1
 models = ["noop"]
 """)
-    pf = tmp / f"serve-{tag}.ports"
     env = None
     if compiled is not None:
         from _build import mypyc_real
 
         env = mypyc_real.env_with(compiled)
+    return serve_config(cfg, "bench", env=env)
+
+
+def serve_config(cfg: Path, app: str, env: dict[str, str] | None = None,
+                 ready_timeout_s: float = 60.0) -> tuple[subprocess.Popen[Any], int]:
+    """``clipperlab serve --config cfg`` in a session of its own (module rules); returns
+    the process and its query port once ``app`` is ready (``TimeoutError`` if it is not
+    within ``ready_timeout_s``: the server is stopped first).  Shared by the benches."""
+    pf = cfg.with_suffix(".ports")
+    pf.unlink(missing_ok=True)
     proc = subprocess.Popen([*CLI, "serve", "--config", str(cfg), "--ports-file", str(pf),
                              "--log-level", "WARNING"], cwd=ROOT, stdout=subprocess.DEVNULL,
                             start_new_session=True, env=env)
-    port = int(json.loads(_wait_file(pf, proc))["ports"]["query"])
-    until = time.monotonic() + 60
-    while time.monotonic() < until:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/bench/ready",
-                                        timeout=5) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        time.sleep(0.1)
-    return proc, port
+    try:
+        port = int(json.loads(_wait_file(pf, proc))["ports"]["query"])
+        until = time.monotonic() + ready_timeout_s
+        while time.monotonic() < until:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{app}/ready",
+                                            timeout=5) as r:
+                    if r.status == 200:
+                        return proc, port
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"application {app!r} was not ready within {ready_timeout_s:g} s")
+    except BaseException:
+        _stop(proc)
+        raise
 
 
 def _stop(proc: subprocess.Popen[Any]) -> None:

@@ -273,12 +273,16 @@ def _print_profile(trace: Trace, profile: LatencyProfile | str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--queries", type=int, default=1_000_000)
-    p.add_argument("--qps", type=float, default=20_000.0)
+    p.add_argument("--queries", type=int, default=1_000_000,
+                   help="queries of the main rows, the paper's figure 4 load (default 1,000,000)")
+    p.add_argument("--qps", type=float, default=20_000.0,
+                   help="offered load, queries per simulated second (default 20,000)")
     p.add_argument("--small-queries", type=int, default=1_000_000,
-                   help="queries of the small-batch rows (0 leaves them out)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeat", type=int, default=3, help="runs of each loop; the best counts")
+                   help="queries of the small-batch rows, 0 leaves them out (default "
+                   "1,000,000)")
+    p.add_argument("--seed", type=int, default=0, help="the workload's seed (default 0)")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="runs of each loop; the best counts (default 3)")
     p.add_argument("--profile", action="store_true",
                    help="also print a cProfile of the simulator on 200K queries")
     p.add_argument("--profile-small", action="store_true",
