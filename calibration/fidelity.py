@@ -51,6 +51,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -58,7 +59,7 @@ import pandas as pd
 from clipperlab.calibration.capacity import RAMP_RESOLUTION, RAMPS
 from clipperlab.calibration.errors import CalibrationError
 from clipperlab.calibration.fit import Calibration
-from clipperlab.calibration.outputs import format_table, write_outputs
+from clipperlab.calibration.outputs import ValidationResult, format_table, write_outputs
 from clipperlab.calibration.quiet import (
     BUSY_POLICIES,
     STALL_SECONDS,
@@ -443,7 +444,20 @@ def plot(goals: pd.DataFrame, path: Path) -> Path:
                 legend_extra=colours)
 
 
-def main(argv: list[str] | None = None) -> int:
+class _Usage(Exception):
+    """A command-line error: ``main`` prints it as one ``error:`` line and exits 2."""
+
+
+class _Options(NamedTuple):
+    """What ``_checked`` makes of the arguments beyond argparse's own checks."""
+
+    models: list[str]
+    batchings: list[str]
+    slow: HostSpeed | None  # --slow, as the two speeds
+    stalls: HostStalls | None  # --stalls FILE, read
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="results/validation")
     ap.add_argument("--level-s", "--duration-s", dest="level_s", type=float, default=LEVEL_S,
@@ -534,21 +548,39 @@ def main(argv: list[str] | None = None) -> int:
                          "or more (the ramps' steps) in the prediction's twin at the speed "
                          "recorded while it went, against the server's pass or fail, into "
                          "OUT/fidelity_steps.csv (runs from before run 10 recorded none)")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
     out = Path(a.out)
+    try:
+        opts = _checked(a)
+        if a.resimulate:
+            return _resimulate(a, out, opts)
+        if a.steps:
+            return _steps(out)
+        if a.report_only:
+            return _report_only(out)
+        return _run_settings(a, out, opts)
+    except _Usage as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _checked(a: argparse.Namespace) -> _Options:
+    """The arguments' own rules (ranges, which flags go with --resimulate), before
+    anything runs; ``_Usage`` names the flag."""
     models = [x for x in a.models.split(",") if x]
     batchings = [x for x in a.batchings.split(",") if x]
     for flag, given, known in (("--models", models, MODELS),
                                ("--batchings", batchings, tuple(BATCHINGS))):
         unknown = [x for x in given if x not in known]
         if unknown:
-            print(f"error: {flag}: unknown {', '.join(map(repr, unknown))}; expected some "
-                  f"of {', '.join(known)}", file=sys.stderr)
-            return 2
+            raise _Usage(f"{flag}: unknown {', '.join(map(repr, unknown))}; expected some "
+                         f"of {', '.join(known)}")
     if a.slice_ms is not None and not (a.resimulate and 0 <= a.slice_ms <= 1000):
-        print("error: --slice-ms: expected milliseconds in [0, 1000], with --resimulate",
-              file=sys.stderr)
-        return 2
+        raise _Usage("--slice-ms: expected milliseconds in [0, 1000], with --resimulate")
     slow = None
     if a.slow is not None:
         try:
@@ -556,177 +588,191 @@ def main(argv: list[str] | None = None) -> int:
             if not (a.resimulate and f >= 1 and 0 <= sh < 1 and dw > 0):
                 raise ValueError
         except ValueError:
-            print(f"error: --slow {a.slow!r}: expected FACTOR,SHARE,DWELL_MS (a factor >= 1, "
-                  "a share in [0, 1), milliseconds > 0), with --resimulate", file=sys.stderr)
-            return 2
+            raise _Usage(f"--slow {a.slow!r}: expected FACTOR,SHARE,DWELL_MS (a factor >= 1, "
+                         "a share in [0, 1), milliseconds > 0), with --resimulate") from None
         slow = HostSpeed(fast_ns=math.nan, slow_factor=f, slow_share=sh,
                          slow_dwell_s=dw / 1e3, probes=0, span_s=math.nan)
     if a.twin_draws < 1:
-        print(f"error: --twin-draws {a.twin_draws}: expected an integer >= 1",
-              file=sys.stderr)
-        return 2
+        raise _Usage(f"--twin-draws {a.twin_draws}: expected an integer >= 1")
     if a.jobs < 0:
-        print(f"error: --jobs {a.jobs}: expected an integer >= 0 (0: one per CPU)",
-              file=sys.stderr)
-        return 2
+        raise _Usage(f"--jobs {a.jobs}: expected an integer >= 0 (0: one per CPU)")
     if a.ramps < 1 or not a.ramp_resolution > 1:
-        print(f"error: --ramps {a.ramps} / --ramp-resolution {a.ramp_resolution}: expected "
-              "at least 1 ramp and a ratio > 1", file=sys.stderr)
-        return 2
+        raise _Usage(f"--ramps {a.ramps} / --ramp-resolution {a.ramp_resolution}: expected "
+                     "at least 1 ramp and a ratio > 1")
     if not 0 <= a.ramps_after < a.ramps:
-        print(f"error: --ramps-after {a.ramps_after}: expected an integer from 0 to --ramps"
-              f" - 1 ({a.ramps - 1})", file=sys.stderr)
-        return 2
+        raise _Usage(f"--ramps-after {a.ramps_after}: expected an integer from 0 to --ramps"
+                     f" - 1 ({a.ramps - 1})")
     if a.core_speeds is not None and not a.resimulate:
-        print("error: --core-speeds/--no-core-speeds: only with --resimulate", file=sys.stderr)
-        return 2
+        raise _Usage("--core-speeds/--no-core-speeds: only with --resimulate")
     if not (math.isfinite(a.stalls_s) and a.stalls_s >= 0):
-        print(f"error: --stalls-s {a.stalls_s:g}: expected seconds >= 0 (0: none)",
-              file=sys.stderr)
-        return 2
+        raise _Usage(f"--stalls-s {a.stalls_s:g}: expected seconds >= 0 (0: none)")
     stalls = None
     if a.stalls is not None:
         if not a.resimulate:
-            print("error: --stalls FILE: only with --resimulate (a live run measures its "
-                  "own: --stalls-s)", file=sys.stderr)
-            return 2
+            raise _Usage("--stalls FILE: only with --resimulate (a live run measures its "
+                         "own: --stalls-s)")
         try:
             stalls = HostStalls.from_json(Path(a.stalls).read_text())
         except (OSError, CalibrationError) as e:
-            print(f"error: --stalls {a.stalls}: {e}", file=sys.stderr)
-            return 2
-    if a.resimulate:
-        sl, cs = a.slice_ms, a.core_speeds
+            raise _Usage(f"--stalls {a.stalls}: {e}") from None
+    return _Options(models, batchings, slow, stalls)
 
-        def adjust(c: Calibration) -> Calibration:
-            if c.host_cpus <= 0:
-                return c
-            if sl is not None:
-                c = dataclasses.replace(c, slice_s=sl / 1e3)
-            return c if cs is None else dataclasses.replace(c, core_speeds=cs)
 
-        rs = resimulate(out, workload(), level_s=a.level_s, refit=a.refit,
-                        adjust=None if sl is None and cs is None else adjust, stalls=stalls,
-                        speed=slow, level_speed=a.level_speed, twin_draws=a.twin_draws,
-                        loop_sleeps=a.loop_sleeps, jobs=a.jobs,
-                        log=lambda s: print(s, flush=True))
-        rs.table.to_csv(out / "fidelity.csv", index=False, float_format="%.6g")
-        for note in rs.notes:
-            print(f"note: {note}")
-        report(rs.table, out)
-        return 0
-    if a.steps:
-        if not out.is_dir():
-            print(f"error: {out} is not a fidelity run's folder", file=sys.stderr)
-            return 2
-        steps = replay_steps(out, workload(), log=lambda s: print(s, flush=True))
-        if steps.empty:
-            print(f"error: no stored run in {out} recorded its speed (--steps needs a run "
-                  "made with the per-core probes)", file=sys.stderr)
-            return 2
-        return 0
-    if a.report_only:
-        csv = out / "fidelity.csv"
-        if not csv.exists():
-            print(f"error: {csv} does not exist; run without --report-only first",
-                  file=sys.stderr)
-            return 2
-        report(pd.read_csv(csv), out)
-        return 0
-    out.mkdir(parents=True, exist_ok=True)
-    tables = []
-    done: set[tuple[str, str]] = set()
+def _resimulate(a: argparse.Namespace, out: Path, opts: _Options) -> int:
+    """--resimulate: the simulator's side again over OUT's stored real runs."""
+    sl, cs = a.slice_ms, a.core_speeds
+
+    def adjust(c: Calibration) -> Calibration:
+        if c.host_cpus <= 0:
+            return c
+        if sl is not None:
+            c = dataclasses.replace(c, slice_s=sl / 1e3)
+        return c if cs is None else dataclasses.replace(c, core_speeds=cs)
+
+    rs = resimulate(out, workload(), level_s=a.level_s, refit=a.refit,
+                    adjust=None if sl is None and cs is None else adjust, stalls=opts.stalls,
+                    speed=opts.slow, level_speed=a.level_speed, twin_draws=a.twin_draws,
+                    loop_sleeps=a.loop_sleeps, jobs=a.jobs,
+                    log=lambda s: print(s, flush=True))
+    rs.table.to_csv(out / "fidelity.csv", index=False, float_format="%.6g")
+    for note in rs.notes:
+        print(f"note: {note}")
+    report(rs.table, out)
+    return 0
+
+
+def _steps(out: Path) -> int:
+    """--steps: every stored calibration run's ramp steps replayed in the twin."""
+    if not out.is_dir():
+        raise _Usage(f"{out} is not a fidelity run's folder")
+    steps = replay_steps(out, workload(), log=lambda s: print(s, flush=True))
+    if steps.empty:
+        raise _Usage(f"no stored run in {out} recorded its speed (--steps needs a run "
+                     "made with the per-core probes)")
+    return 0
+
+
+def _report_only(out: Path) -> int:
+    """--report-only: the tables and plot again from OUT/fidelity.csv."""
+    csv = out / "fidelity.csv"
+    if not csv.exists():
+        raise _Usage(f"{csv} does not exist; run without --report-only first")
+    report(pd.read_csv(csv), out)
+    return 0
+
+
+def _kept_rows(a: argparse.Namespace, out: Path) -> tuple[list[pd.DataFrame],
+                                                          set[tuple[str, str]]]:
+    """With --resume, OUT/fidelity.csv's rows and the settings they cover; without, none
+    (and a warning when the file is there to be replaced)."""
     if a.resume and (out / "fidelity.csv").exists():
         kept = pd.read_csv(out / "fidelity.csv")
         if not {"model", "batching"} <= set(kept.columns):
-            print(f"error: --resume: {out / 'fidelity.csv'} has no model and batching "
-                  "columns; not a fidelity run's table", file=sys.stderr)
-            return 2
-        tables.append(kept)
-        done = {(str(m), str(b)) for m, b in zip(kept["model"], kept["batching"], strict=True)}
-    elif (out / "fidelity.csv").exists():
+            raise _Usage(f"--resume: {out / 'fidelity.csv'} has no model and batching "
+                         "columns; not a fidelity run's table")
+        return [kept], {(str(m), str(b))
+                        for m, b in zip(kept["model"], kept["batching"], strict=True)}
+    if (out / "fidelity.csv").exists():
         # another run's folder (run 28 once wrote into run 20's): say what is replaced
         print(f"warning: {out / 'fidelity.csv'} exists; without --resume this run replaces "
               "it with its own settings' rows (their folders too; other files stay)",
               file=sys.stderr, flush=True)
+    return [], set()
+
+
+def _run_settings(a: argparse.Namespace, out: Path, opts: _Options) -> int:
+    """The live run: each model x batching setting validated in turn, its folder written
+    and its rows added to OUT/fidelity.csv as soon as it is done."""
+    out.mkdir(parents=True, exist_ok=True)
+    tables, done = _kept_rows(a, out)
     with tempfile.TemporaryDirectory(prefix="clipperlab-fidelity-") as d:
-        for model in models:
+        for model in opts.models:
             path: str | None = None  # the model's file, made when a setting needs it
-            for bname in batchings:
+            for bname in opts.batchings:
                 if (model, bname) in done:
                     print(f"=== {model} / {bname}: kept from {out / 'fidelity.csv'} "
                           "(--resume)", flush=True)
                     continue
                 if path is None:
                     path = "" if model == "noop" else str(save_sklearn(model, d))
-                dep = Path(d) / f"{model}-{bname}.toml"
-                dep.write_text(deploy_toml(model, path, said_batching(bname)))
-                wl = workload()
-                print(f"=== {model} / {bname} (load average {os.getloadavg()[0]:.2f})",
-                      flush=True)
-                kw = {}
-                if a.quick:
-                    kw = {"batch_sizes": (1, 8), "profile_repeats": 10, "calib_s": 1.0,
-                          "ramp_s": 0.5, "capacity_qps": 200.0}
-                res = validate(dep, wl, duration_s=0.5 if a.quick else a.level_s,
-                               repeats=1 if a.quick else a.repeats, busy=a.busy,
-                               ramps=a.ramps, ramp_resolution=a.ramp_resolution,
-                               ramps_after=0 if a.quick else a.ramps_after,
-                               host_cpu=a.host_cpu, speed=a.speed,
-                               replay_speed=a.replay_speed, twin_draws=a.twin_draws,
-                               stalls_s=0.5 if a.quick else a.stalls_s,
-                               loop_sleeps=a.loop_sleeps, jobs=a.jobs,
-                               log=lambda s: print(s, flush=True), **kw)  # type: ignore[arg-type]
-                print(format_table(res), flush=True)
-                sub = out / f"{model}-{bname}"
-                write_outputs(res, sub, f"{model}, {bname} batching, digits, SLO 20 ms")
-                (sub / "deploy.toml").write_text(
-                    "# model file regenerated by python -m clipperlab.calibration.fidelity\n"
-                    + deploy_toml(model, Path(path).name if path else "", said_batching(bname)))
-                (sub / CALIBRATION_FILE).write_text(calibration_to_json(res.calibrations))
-                save_runs(sub / RUNS_FILE, res.runs, res.low_run, res.low_seen, res.calib_qps)
-                if res.speed_probes:
-                    save_probes(sub / PROBES_FILE, res.speed_probes)
-                t = res.table.copy()
-                t.insert(0, "batching", bname)
-                t.insert(0, "model", model)
-                t["capacity_qps"] = res.calibration.capacity_qps
-                c = res.calibration
-                for col, v in calibration_columns(c, res.calibrations.get("sim+frontend")
-                                                  ).items():
-                    t[col] = v
-                t["sim_capacity_qps"] = res.predicted_capacity_qps
-                t["ramp_capacities_qps"] = ";".join(f"{x:.0f}" for x in res.ramp_capacities)
-                t["sim_ramp_capacities_qps"] = ";".join(
-                    f"{x:.0f}" for x in res.sim_ramp_capacities)
-                if res.speed_ramps:  # the slow share and factor while each ramp went
-                    t["speed_ramps_slow_share"] = ";".join(
-                        f"{sp.slow_share:.3f}" if sp is not None else "nan"
-                        for sp in res.speed_ramps)
-                    t["speed_ramps_factor"] = ";".join(
-                        f"{sp.slow_factor:.3f}" if sp is not None else "nan"
-                        for sp in res.speed_ramps)
-                    t["speed_ramps_fast_ns"] = ";".join(
-                        f"{sp.fast_ns:.1f}" if sp is not None else "nan"
-                        for sp in res.speed_ramps)
-                for when, sp in (("calib", res.speed_calib), ("levels", res.speed_levels)):
-                    if sp is not None:  # as measured, also where the twin kept one speed
-                        t[f"speed_{when}_fast_ns"] = sp.fast_ns
-                        t[f"speed_{when}_factor"] = sp.slow_factor
-                        t[f"speed_{when}_slow_share"] = sp.slow_share
-                        t[f"speed_{when}_dwell_ms"] = sp.slow_dwell_s * 1e3
-                for name, iv in res.intervals.items():
-                    t[f"{name}_lo"], t[f"{name}_hi"] = iv.lo, iv.hi
-                if res.load is not None:
-                    t["start_load_avg"] = res.load.loadavg_1m
-                    t["start_other_cpu_share"] = res.load.other_cpu_share
-                tables.append(t)
+                res = _validate_setting(a, Path(d), model, path, bname)
+                _write_setting(res, out / f"{model}-{bname}", model, path, bname)
+                tables.append(_setting_rows(res, model, bname))
                 pd.concat(tables).to_csv(out / "fidelity.csv", index=False, float_format="%.6g")
     if not tables:
-        print("error: nothing ran (no --models or --batchings)", file=sys.stderr)
-        return 2
+        raise _Usage("nothing ran (no --models or --batchings)")
     report(pd.concat(tables, ignore_index=True), out)
     return 0
+
+
+def _validate_setting(a: argparse.Namespace, d: Path, model: str, path: str,
+                      bname: str) -> ValidationResult:
+    """``validate`` on one setting's deployment (written into ``d``), as the flags say."""
+    dep = d / f"{model}-{bname}.toml"
+    dep.write_text(deploy_toml(model, path, said_batching(bname)))
+    wl = workload()
+    print(f"=== {model} / {bname} (load average {os.getloadavg()[0]:.2f})", flush=True)
+    kw = {}
+    if a.quick:
+        kw = {"batch_sizes": (1, 8), "profile_repeats": 10, "calib_s": 1.0,
+              "ramp_s": 0.5, "capacity_qps": 200.0}
+    res = validate(dep, wl, duration_s=0.5 if a.quick else a.level_s,
+                   repeats=1 if a.quick else a.repeats, busy=a.busy,
+                   ramps=a.ramps, ramp_resolution=a.ramp_resolution,
+                   ramps_after=0 if a.quick else a.ramps_after,
+                   host_cpu=a.host_cpu, speed=a.speed,
+                   replay_speed=a.replay_speed, twin_draws=a.twin_draws,
+                   stalls_s=0.5 if a.quick else a.stalls_s,
+                   loop_sleeps=a.loop_sleeps, jobs=a.jobs,
+                   log=lambda s: print(s, flush=True), **kw)  # type: ignore[arg-type]
+    print(format_table(res), flush=True)
+    return res
+
+
+def _write_setting(res: ValidationResult, sub: Path, model: str, path: str, bname: str) -> None:
+    """One setting's folder: its outputs, deployment, calibration, runs and probes."""
+    write_outputs(res, sub, f"{model}, {bname} batching, digits, SLO 20 ms")
+    (sub / "deploy.toml").write_text(
+        "# model file regenerated by python -m clipperlab.calibration.fidelity\n"
+        + deploy_toml(model, Path(path).name if path else "", said_batching(bname)))
+    (sub / CALIBRATION_FILE).write_text(calibration_to_json(res.calibrations))
+    save_runs(sub / RUNS_FILE, res.runs, res.low_run, res.low_seen, res.calib_qps)
+    if res.speed_probes:
+        save_probes(sub / PROBES_FILE, res.speed_probes)
+
+
+def _setting_rows(res: ValidationResult, model: str, bname: str) -> pd.DataFrame:
+    """One setting's rows of ``fidelity.csv``: its table, the calibration's numbers, the
+    capacities, the machine's speeds and load, and the fitted numbers' intervals."""
+    t = res.table.copy()
+    t.insert(0, "batching", bname)
+    t.insert(0, "model", model)
+    t["capacity_qps"] = res.calibration.capacity_qps
+    c = res.calibration
+    for col, v in calibration_columns(c, res.calibrations.get("sim+frontend")).items():
+        t[col] = v
+    t["sim_capacity_qps"] = res.predicted_capacity_qps
+    t["ramp_capacities_qps"] = ";".join(f"{x:.0f}" for x in res.ramp_capacities)
+    t["sim_ramp_capacities_qps"] = ";".join(f"{x:.0f}" for x in res.sim_ramp_capacities)
+    if res.speed_ramps:  # the slow share and factor while each ramp went
+        t["speed_ramps_slow_share"] = ";".join(
+            f"{sp.slow_share:.3f}" if sp is not None else "nan" for sp in res.speed_ramps)
+        t["speed_ramps_factor"] = ";".join(
+            f"{sp.slow_factor:.3f}" if sp is not None else "nan" for sp in res.speed_ramps)
+        t["speed_ramps_fast_ns"] = ";".join(
+            f"{sp.fast_ns:.1f}" if sp is not None else "nan" for sp in res.speed_ramps)
+    for when, sp in (("calib", res.speed_calib), ("levels", res.speed_levels)):
+        if sp is not None:  # as measured, also where the twin kept one speed
+            t[f"speed_{when}_fast_ns"] = sp.fast_ns
+            t[f"speed_{when}_factor"] = sp.slow_factor
+            t[f"speed_{when}_slow_share"] = sp.slow_share
+            t[f"speed_{when}_dwell_ms"] = sp.slow_dwell_s * 1e3
+    for name, iv in res.intervals.items():
+        t[f"{name}_lo"], t[f"{name}_hi"] = iv.lo, iv.hi
+    if res.load is not None:
+        t["start_load_avg"] = res.load.loadavg_1m
+        t["start_other_cpu_share"] = res.load.other_cpu_share
+    return t
 
 
 def report(table: pd.DataFrame, out: Path) -> None:
