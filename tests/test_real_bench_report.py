@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench" / "real_bench.py"
@@ -18,12 +19,19 @@ def _report(path: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)
 
 
-def test_report_prints_the_server_cpu_of_a_hit_against_a_miss(tmp_path: Path) -> None:
-    run = json.loads(STORED.read_text())
+def _stored_with_equal_load() -> dict[str, Any]:
+    """The stored run with known CPU figures (frontend, container: us a query) at the
+    equal load: REST 20 + 4, a hit 11 + 0, OIP 21 + 4.5."""
+    run: dict[str, Any] = json.loads(STORED.read_text())
     eq = {"rest": (20.0, 4.0), "hit": (11.0, 0.0), "oip": (21.0, 4.5)}
     for name, (fe, ct) in eq.items():
         run["targets"][name]["equal"].update(frontend_us_per_query=fe,
                                              container_us_per_query=ct)
+    return run
+
+
+def test_report_prints_the_server_cpu_of_a_hit_against_a_miss(tmp_path: Path) -> None:
+    run = _stored_with_equal_load()
     f = tmp_path / "run.json"
     f.write_text(json.dumps(run))
     out = _report(f)
@@ -47,11 +55,7 @@ def test_report_takes_the_echo_out_when_it_ran_at_the_equal_load(tmp_path: Path)
     """With the echo's run at the servers' equal load stored, a last line gives each
     server's CPU per query less the echo's, and the ratios of what is left; without it
     (older runs) the line is not printed."""
-    run = json.loads(STORED.read_text())
-    eq = {"rest": (20.0, 4.0), "hit": (11.0, 0.0), "oip": (21.0, 4.5)}
-    for name, (fe, ct) in eq.items():
-        run["targets"][name]["equal"].update(frontend_us_per_query=fe,
-                                             container_us_per_query=ct)
+    run = _stored_with_equal_load()
     without = tmp_path / "without.json"
     without.write_text(json.dumps(run))
     assert "beyond the echo" not in _report(without).stdout
