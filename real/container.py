@@ -379,7 +379,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " the list as frontends come and go (instead of --frontend)",
     )
     parser.add_argument("--ordinal", type=int, default=None, help="replica number (optional)")
-    parser.add_argument("--options", default="{}", help="JSON options for the wrapper")
+    parser.add_argument("--options", default="{}",
+                        help="JSON options for the wrapper (default: none)")
     parser.add_argument(
         "--reconnect-s",
         type=float,

@@ -51,9 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--inputs",
         default="digits",
-        help="digits (64 features) or synthetic:SHAPE[:DTYPE], e.g. synthetic:3x224x224:float32",
+        help="digits (64 features) or synthetic:SHAPE[:DTYPE], e.g. "
+        "synthetic:3x224x224:float32 (default %(default)s)",
     )
-    parser.add_argument("--options", default="{}", help="JSON options for the model wrapper")
+    parser.add_argument("--options", default="{}",
+                        help="JSON options for the model wrapper (default: none)")
     parser.add_argument("--repeats", type=int, default=200,
                         help="timed batches per size and round (default %(default)s)")
     parser.add_argument("--warmup", type=int, default=5,
@@ -76,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="idle time before each timed batch (default 0: back to back)",
     )
     parser.add_argument("--listen", default="", help="HOST:PORT: wait for a container there")
-    parser.add_argument("--profile-name", default="", help="name inside the profile file")
+    parser.add_argument("--profile-name", default="",
+                        help="name inside the profile file (default: profiled- and the --name)")
     parser.add_argument("--out", default="", help="profile file to write (default: print only)")
 
 

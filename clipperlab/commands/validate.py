@@ -44,7 +44,8 @@ __all__ = ["add_arguments", "run"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deployment", required=True, help="deploy.toml of the real server")
     parser.add_argument("--workload", required=True, help="workload spec (TOML/JSON)")
-    parser.add_argument("--levels", default="0.3,0.6,0.9", help="fractions of capacity")
+    parser.add_argument("--levels", default="0.3,0.6,0.9",
+                        help="fractions of capacity, comma-separated (default %(default)s)")
     parser.add_argument("--level-s", "--duration-s", dest="level_s", type=float,
                         default=LEVEL_S, help="seconds per run of a level (default %(default)s s)")
     parser.add_argument("--repeats", type=int, default=REPEATS,
@@ -71,14 +72,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--capacity", type=float, default=None,
                         help="capacity in q/s (default: measured by a ramp)")
     parser.add_argument("--batching", default="",
-                        help='JSON batching for every model, e.g. {"policy": "aimd"}')
+                        help='JSON batching for every model, e.g. {"policy": "aimd"} '
+                             '(default: each '
+                             "model's own in the deployment)")
     parser.add_argument("--batch-sizes", default="1,2,4,8,16,32,64,128",
-                        help="batch sizes to profile")
-    parser.add_argument("--profile-repeats", type=int, default=100, help="timed batches/size")
-    parser.add_argument("--api", default="clipper", choices=APIS, help="query API")
+                        help="batch sizes to profile (default %(default)s)")
+    parser.add_argument("--profile-repeats", type=int, default=100,
+                        help="timed batches per size (default %(default)s)")
+    parser.add_argument("--api", default="clipper", choices=APIS,
+                        help="query API (default %(default)s)")
     parser.add_argument("--app", default="", help="application (default: the workload's)")
-    parser.add_argument("--connections", type=int, default=8, help="load connections")
-    parser.add_argument("--seed", type=int, default=0, help="workload seed")
+    parser.add_argument("--connections", type=int, default=8,
+                        help="the load generator's connections (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="workload seed (default %(default)s)")
     parser.add_argument("--host-cpu", action=argparse.BooleanOptionalAction, default=True,
                         help="the twin shares this machine's cores among the server's loop, "
                              "the containers and the load generator (their CPU fitted from "
@@ -99,7 +105,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "fits' replays, the capacity ramps after the first, each "
                              "level's runs and draws (0: one per CPU; the same numbers "
                              "whatever N; default %(default)s)")
-    parser.add_argument("--out", default="", help="directory for the outputs")
+    parser.add_argument("--out", default="",
+                        help="directory for the outputs (default: none, the table is printed only)")
 
 
 
