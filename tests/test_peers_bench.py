@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -207,3 +208,57 @@ def test_main_runs_with_every_peer_skipped(tmp_path: Path, monkeypatch: pytest.M
     assert out.count("skipped: not installed") == 6  # progress line and table row each
     md = (tmp_path / "results" / "quick" / "peers_bench.md").read_text()
     assert md.count("| skipped: not installed") == 3
+
+
+def test_a_second_echo_start_in_one_folder_gets_its_own_port(tmp_path: Path) -> None:
+    """real_bench starts the echo twice in one folder (its ramp, then the servers' equal
+    load): the second start answers on its own port, not the first one's closed one."""
+    first, port1 = pb.real_bench._start_echo("echo", tmp_path)
+    pb.real_bench._stop(first)
+    second, port2 = pb.real_bench._start_echo("echo", tmp_path)
+    try:
+        import urllib.request
+
+        body = pb.REST_BODY
+        req = urllib.request.Request(f"http://127.0.0.1:{port2}/echo", data=body)
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.read() == body
+    finally:
+        pb.real_bench._stop(second)
+
+
+def test_serve_config_stops_a_server_whose_application_never_gets_ready(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The benches' server start (real_bench.serve_config) gives up with TimeoutError when
+    the application never gets ready (its model cannot load), and stops the server."""
+    cfg = tmp_path / "bench.toml"
+    cfg.write_text(f"""
+[server]
+query_port = 0
+admin_port = 0
+rpc_port = 0
+store = "{tmp_path / 'store'}"
+
+[[models]]
+name = "broken"
+kind = "python"
+path = "no_such_module_here:fn"
+replicas = 1
+
+[[applications]]
+name = "bench"
+slo_ms = 20
+default_output = -1
+models = ["broken"]
+""")
+    started: list[Any] = []
+    real_popen = pb.real_bench.subprocess.Popen
+
+    def popen(*args: Any, **kw: Any) -> Any:
+        started.append(real_popen(*args, **kw))
+        return started[-1]
+
+    monkeypatch.setattr(pb.real_bench.subprocess, "Popen", popen)
+    with pytest.raises(TimeoutError, match="'bench' was not ready within 3 s"):
+        pb.real_bench.serve_config(cfg, "bench", ready_timeout_s=3.0)
+    assert len(started) == 1 and started[0].poll() is not None  # stopped
