@@ -400,6 +400,13 @@ def measure(t: Target, a: argparse.Namespace, equal_rate: float = 0.0) -> dict[s
     return out
 
 
+def equal_rate(a: argparse.Namespace, results: dict[str, Any]) -> float:
+    """The one offered load every target runs at once more: ``--equal-rate``, or half of
+    REST's saturation once REST has run (0 before: nothing to run at yet)."""
+    return float(a.equal_rate or results["targets"].get("rest", {}).get("equal", {}).get(
+        "rate", 0.0))
+
+
 def equal_run(t: Target, a: argparse.Namespace, rate: float) -> dict[str, Any]:
     """One run of ``t`` at ``rate`` offered, kept out of its CPU fit: its CPU per query
     unsplit (the frontend's and its containers')."""
@@ -751,8 +758,7 @@ def main() -> int:
                     path, body = (("/v2/models/bench/infer", OIP_BODY) if n == "oip"
                                   else ("/bench/predict", REST_BODY))
                     mk = DEFAULT_MARKS["oip" if n == "oip" else "rest"]
-                    equal = a.equal_rate or results["targets"].get("rest", {}).get(
-                        "equal", {}).get("rate", 0.0)
+                    equal = equal_rate(a, results)
                     t0 = time.monotonic()
                     key = n if tree is None else f"{n}-mypyc"
                     results["targets"][key] = measure(Target(key, port, path, body, mk, proc.pid),
@@ -760,8 +766,7 @@ def main() -> int:
                     results["targets"][key]["speed"] = speed(t0)
             finally:
                 _stop(proc)
-        equal = a.equal_rate or results["targets"].get("rest", {}).get("equal", {}).get(
-            "rate", 0.0)
+        equal = equal_rate(a, results)
         if "echo" in results and equal and "equal" not in results["echo"]:
             # the echo at the servers' equal load (REST's half load is known only now): the
             # HTTP stack's and the kernel's share of every target's CPU per query there
