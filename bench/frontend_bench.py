@@ -1,7 +1,7 @@
 """The frontend's own CPU per query, without sockets: HTTP in, JSON, engine, RPC frames, reply.
 
     python3 bench/frontend_bench.py [--queries 60000] [--concurrency 32]
-                                    [--api rest,oip,hit,oiphit] [--compiled]
+                                    [--api echo,rest,oip,hit,oiphit] [--compiled]
 
 Everything of one real-mode frontend runs in this process on a uvloop loop: the HTTP
 protocol (``HttpProtocol``) with fake transports, Clipper's REST or the OIP handler, the
@@ -18,6 +18,10 @@ about 13 us to a cache hit (32 against 18) and made OIP look 1.5x REST (1.1x tun
 syscalls are made, so the figures are the Python work that ``bench/real_bench.py``'s /proc
 numbers contain beside the kernel's.  ``--compiled`` runs the same again in a process whose
 real path is compiled with mypyc (``_build/mypyc_real.py``), rows marked ``+mypyc``.
+``echo`` runs the same HTTP protocol with ``bench/real_bench.py``'s echo handler instead of
+the frontend: the HTTP layer's own share, as the live bench's echo floor (2026-12-06,
+11:0x UTC on a slow stretch of the VM: echo 7.7-8.6 us a query, REST 28.4-34.2, a hit
+14.8-18.2; beyond the echo a hit 0.34-0.38x a miss, as live).
 """
 
 from __future__ import annotations
@@ -143,7 +147,14 @@ async def _run(api: str, queries: int, concurrency: int) -> dict[str, float]:
     conn.dtype = np.dtype(np.float64)
     conn.decoder.max_frame_bytes = 1 << 28
     driver.replica_up(rid, conn)
-    frontend = QueryFrontend(driver, cache=api in ("hit", "oiphit"))
+    frontend: Any = QueryFrontend(driver, cache=api in ("hit", "oiphit"))
+    if api == "echo":  # the HTTP layer alone: real_bench's echo server's handler
+        from clipperlab.real.http import Request, response
+
+        def echo(req: Request) -> bytes:
+            return response(200, req.body)
+
+        frontend = echo
     path, body = (("/v2/models/bench/infer", OIP) if api in ("oip", "oiphit")
                   else ("/bench/predict", REST))
     request = (b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -185,8 +196,9 @@ def main() -> int:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--queries", type=int, default=60_000, help="measured queries per run")
     ap.add_argument("--concurrency", type=int, default=32, help="requests in flight per round")
-    ap.add_argument("--api", default="rest,oip,hit",
-                    help="comma-separated: rest, oip, hit (REST cache hits), oiphit")
+    ap.add_argument("--api", default="echo,rest,oip,hit",
+                    help="comma-separated: echo (the HTTP layer alone, as real_bench's echo "
+                    "server), rest, oip, hit (REST cache hits), oiphit")
     ap.add_argument("--compiled", action="store_true",
                     help="then the same with the real path compiled with mypyc (built once "
                     "per source digest under build/mypyc/, about a minute)")
