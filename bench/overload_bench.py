@@ -75,9 +75,6 @@ models = ["noop"]
     return real_bench.serve_config(cfg, APP)
 
 
-_stop = real_bench._stop
-
-
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -140,7 +137,7 @@ def _mode(tmp: Path, a: argparse.Namespace, mode: str) -> dict[str, Any]:
                 "defaults_by_reason": {k: v for k, v in reasons.items() if v},
                 "rss_mb_before": rss0, "rss_mb_after": rss1}
     finally:
-        _stop(proc)
+        real_bench._stop(proc)
 
 
 def main(argv: list[str] | None = None) -> int:
