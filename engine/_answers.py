@@ -60,7 +60,8 @@ class _Answers(_EngineFields):
         answers = task.answers
         selected = task.selected
         spec = app.spec
-        if answers and len(selected) == 1:
+        one = len(selected) == 1  # not in the condition: see Engine.on_query
+        if answers and one:
             pred = one_model_prediction(app, answers[selected[0]], selected)
         elif not answers:
             expl = None

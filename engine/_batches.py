@@ -266,7 +266,8 @@ class _Batches(_Answers):
                 output = outputs[0]
                 waiting = task.waiting - 1
                 task.waiting = waiting
-                if waiting == 0 and (len(task.selected) == 1 and not self.remember_queries
+                one = len(task.selected) == 1  # not in the condition: see Engine.on_query
+                if waiting == 0 and (one and not self.remember_queries
                                      and self.log is None):
                     # _finish of a query answered by its one model, inlined (nothing to
                     # remember, no log; nothing reads its answers after): with _idle

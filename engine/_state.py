@@ -93,15 +93,6 @@ class _Task:
         self.shed: tuple[str, str] | None = None
 
 
-class _Remembered(NamedTuple):
-    """What feedback naming an answered query's id reads of it (``_answers._remember``):
-    a record, not the task, so that a cache hit answered without a task builds none."""
-
-    app: _App
-    context: Hashable | None
-    answers: dict[str, Any]
-
-
 class _FeedbackTask(_Task):
     """A feedback item: waits for the predictions its policy needs, then observes."""
 
@@ -370,6 +361,17 @@ class _App:
             self.states[ctx] = new
         self.rewrite = True
         self.evicted.clear()
+
+
+class _Remembered(NamedTuple):
+    """What feedback naming an answered query's id reads of it (``_answers._remember``):
+    a record, not the task, so that a cache hit answered without a task builds none.
+    Below ``_App``: compiled (mypyc), a NamedTuple naming a class defined after it
+    crashes the module's import."""
+
+    app: _App
+    context: Hashable | None
+    answers: dict[str, Any]
 
 
 class _EngineFields:

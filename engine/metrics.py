@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -102,7 +103,7 @@ class Histogram:
 
     __slots__ = ("bounds", "_counts", "_sum", "_count", "pending")
 
-    FOLD_AT = 512
+    FOLD_AT: ClassVar[int] = 512
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self.bounds = tuple(bounds)

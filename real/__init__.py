@@ -25,11 +25,18 @@ from pathlib import Path
 
 
 def compiled_modules() -> list[str]:
-    """The modules of this package that this install runs compiled (C extensions built by
-    mypyc: ``CLIPPERLAB_COMPILE=1 pip install .``), by name; empty in a pure-Python
-    install.  The import system takes an extension before the ``.py`` beside it."""
-    return sorted({p.name.split(".")[0] for p in Path(__file__).parent.iterdir()
-                   if p.suffix in (".so", ".pyd")})
+    """The modules this install runs compiled (C extensions built by mypyc:
+    ``CLIPPERLAB_COMPILE=1 pip install .``), as ``real.http``, ``engine.core``...;
+    empty in a pure-Python install.  The import system takes an extension before the
+    ``.py`` beside it."""
+    import clipperlab.engine
+
+    found = set()
+    for pkg, folder in (("engine", Path(clipperlab.engine.__file__).parent),
+                        ("real", Path(__file__).parent)):
+        found |= {f"{pkg}.{p.name.split('.')[0]}" for p in folder.iterdir()
+                  if p.suffix in (".so", ".pyd")}
+    return sorted(found)
 
 
 def build_description(names: bool = False) -> str:

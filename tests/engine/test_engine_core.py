@@ -359,6 +359,8 @@ def test_cache_hit_path_answers_as_the_general_path(output: object) -> None:
     assert len(d.sent) == 1
     r2, r3 = d.replies[2], d.replies[3]
     assert r2.prediction == r3.prediction and r2.prediction.output == output
+    if type(output) is int:  # an int output's one shared Prediction, hit or miss
+        assert r2.prediction is d.replies[1].prediction is r3.prediction
     assert (r2.latency_s, r2.refused) == (r3.latency_s, r3.refused) == (0.0, False)
     m = d.eng.metrics
     assert m.value("clipperlab_cache_hits_total") == 2

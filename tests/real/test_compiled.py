@@ -1,7 +1,8 @@
 """The real path compiled with mypyc (``CLIPPERLAB_COMPILE=1 pip install .``,
 ``_build/mypyc_real.py``) keeps every promise the interpreted one keeps: the real-mode
-tests of bad input, HTTP limits, the container RPC's hardening, the API and faults run
-again in a process whose ``clipperlab.real`` modules are the compiled ones.
+tests of bad input, HTTP limits, the container RPC's hardening, the API and faults, and
+the engine's own tests, run again in a process whose ``clipperlab.real`` modules and
+engine core are the compiled ones.
 
 Compiling takes about a minute (once per source digest, kept under ``build/mypyc/``); the
 test is skipped only where there is no C compiler."""
@@ -35,6 +36,7 @@ AGAIN = (
     "tests/real/test_clipper_compat.py",
     "tests/real/test_overload_real.py",
     "tests/real/test_admin_security.py",
+    "tests/engine",  # the engine's core compiled (its Prediction sharing, feedback, ...)
 )
 
 
@@ -67,7 +69,7 @@ def test_the_tree_runs_every_listed_module_compiled(tree: Path) -> None:
     for n in names:
         assert got[n].endswith(".so") and got[n].startswith(str(tree)), (n, got[n])
     assert got["clipperlab.real.server"].endswith("server.py")
-    assert got["compiled"] == sorted(n.rsplit(".", 1)[1] for n in names)
+    assert got["compiled"] == sorted(n.split(".", 1)[1] for n in names)
     v = subprocess.run([sys.executable, "-m", "clipperlab", "--version"],
                        env=mypyc_real.env_with(tree), cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
@@ -83,7 +85,7 @@ def test_this_install_says_how_its_real_path_runs() -> None:
     from clipperlab.real import build_description, compiled_modules
 
     names = [m[:-3].replace("/", ".") for m in mypyc_real.MODULES]
-    here = sorted(n.rsplit(".", 1)[1] for n in names
+    here = sorted(n.split(".", 1)[1] for n in names
                   if mypyc_real.is_compiled(importlib.import_module(n)))
     assert compiled_modules() == here
     assert build_description() == ("real path interpreted" if not here else
@@ -106,7 +108,8 @@ def test_no_compiled_function_binds_one_name_to_two_exception_types() -> None:
     found by ``test_fuzz.py`` run compiled).  Each type gets a name of its own."""
     bad = []
     for m in mypyc_real.MODULES:
-        path = ROOT / mypyc_real.package_dirs()["clipperlab.real"] / Path(m).name
+        pkg, name = m.rsplit("/", 1)
+        path = mypyc_real.package_dirs()[pkg.replace("/", ".")] / name
         for fn in ast.walk(ast.parse(path.read_text())):
             if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
                 continue
