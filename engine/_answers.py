@@ -112,7 +112,7 @@ class _Answers(_EngineFields):
             for v in answers.values():
                 size += _size_bytes(v)
             task.input = None  # a task still queued somewhere keeps no input alive
-            self._remember(task.id, _tuple_new(_Remembered, (app, task.context, answers)), size)
+            self._remember(task.id, _tuple_new(_Remembered, (app, task.context, answers, size)))
         if self.log is not None:
             self.log.append(
                 ("reply", now, task.id, pred.output, pred.default, pred.default_reason, pred.models)
@@ -142,35 +142,28 @@ class _Answers(_EngineFields):
         if self.remember_queries:
             # what _finish would remember: a record, not a task (engine hit 2.34-2.49 against
             # 2.42-2.60 us, interleaved; 3 fields kept per query instead of 15 slots)
-            self._remember(qid, _tuple_new(_Remembered, (app, context, {selected[0]: output})),
-                           _size_bytes(output))
+            self._remember(qid, _tuple_new(_Remembered, (app, context, {selected[0]: output},
+                                                         _size_bytes(output))))
         if self.log is not None:
             self.log.append(("reply", now, qid, output, False, None, selected))
 
-    def _remember(self, qid: int, kept: _Remembered, size: int) -> None:
+    def _remember(self, qid: int, kept: _Remembered) -> None:
         """Keep what feedback naming query ``qid`` needs: its application, context and
-        answers (``size`` bytes of them, ``_size_bytes``), never its input."""
+        answers (``kept.size_bytes`` of them, ``_size_bytes``), never its input."""
         recent = self._recent
         order = self._recent_order
         if qid in recent:  # a driver reusing ids: the newer query is the one remembered
             self._forget(qid)
         recent[qid] = kept
-        order.append((qid, size))
-        self._recent_bytes += size
+        order.append(qid)  # ids alone: the sizes are in the records (no tuple a query)
+        self._recent_bytes += kept[3]
         limit = self.remember_bytes
         while len(order) > self.remember_queries or self._recent_bytes > limit:
-            old, n = order.popleft()
-            self._recent_bytes -= n
-            recent.pop(old, None)
+            self._recent_bytes -= recent.pop(order.popleft())[3]
 
     def _forget(self, qid: int) -> None:
-        del self._recent[qid]
-        order = self._recent_order
-        for i, (q, n) in enumerate(order):
-            if q == qid:
-                del order[i]
-                self._recent_bytes -= n
-                return
+        self._recent_bytes -= self._recent.pop(qid)[3]
+        self._recent_order.remove(qid)
 
     def _count_default(self, app: _App, reason: str) -> None:
         c = app.m_defaults.get(reason)

@@ -372,6 +372,7 @@ class _Remembered(NamedTuple):
     app: _App
     context: Hashable | None
     answers: dict[str, Any]
+    size_bytes: int  # of the answers (_answers._size_bytes), for remember_bytes
 
 
 class _EngineFields:
@@ -396,7 +397,7 @@ class _EngineFields:
     due_at: float  # next_deadline() as a float (inf: none); drivers read it, never write
     _wakes: list[tuple[float, int, _Version]]  # heap: when a waiting controller wakes
     _recent: dict[int, _Remembered]  # answered queries, for feedback naming a query id
-    _recent_order: deque[tuple[int, int]]  # (query id, bytes kept) oldest first
+    _recent_order: deque[int]  # the query ids in _recent, oldest first
     _recent_bytes: int
     _seq: itertools.count[int]
     _batch_ids: itertools.count[int]
