@@ -371,8 +371,17 @@ class _Remembered(NamedTuple):
 
     app: _App
     context: Hashable | None
-    answers: dict[str, Any]
+    # the answers by model; for a query its one model answered, its Prediction (the
+    # model and output in one object, shared by equal int outputs: no dict kept a query)
+    answers: dict[str, Any] | Prediction
     size_bytes: int  # of the answers (_answers._size_bytes), for remember_bytes
+
+    def by_model(self) -> dict[str, Any]:
+        """The answers by model name."""
+        a = self.answers
+        if isinstance(a, dict):
+            return dict(a)
+        return {a.models[0]: a.output}
 
 
 class _EngineFields:

@@ -498,17 +498,18 @@ class Engine(_Admin, _Batches):
         if recent is not None and recent.app is app:
             ctx = recent.context if ctx is None else ctx
             state = app.state(ctx)
+            answers = recent.by_model()
             task = _FeedbackTask(
                 feedback.feedback_id,
                 app,
                 state,
-                tuple(recent.answers),
+                tuple(answers),
                 now,
                 now,
                 ctx,
                 feedback.label,
             )
-            task.answers = dict(recent.answers)
+            task.answers = answers
             task.from_cache = len(task.answers)
             task.waiting = 0
             self._finish(task, now, out)
