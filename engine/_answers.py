@@ -114,13 +114,12 @@ class _Answers(_EngineFields):
                 # outputs), not the task's dict, which then dies young: a dict of 184 bytes
                 # less a remembered query (3.7 MB at the server's 20,000); no change in speed
                 # (engine alone, compiled, batches of 66, alternated)
-                kept = _tuple_new(_Remembered, (app, task.context, pred,
-                                                _size_bytes(pred.output)))
+                kept: _Remembered = (app, task.context, pred, _size_bytes(pred.output))
             else:
                 size = 0
                 for v in answers.values():
                     size += _size_bytes(v)
-                kept = _tuple_new(_Remembered, (app, task.context, answers, size))
+                kept = (app, task.context, answers, size)
             self._remember(task.id, kept)
         if self.log is not None:
             self.log.append(
@@ -151,8 +150,7 @@ class _Answers(_EngineFields):
         if self.remember_queries:
             # what _finish would remember: a record, not a task (engine hit 2.34-2.49 against
             # 2.42-2.60 us, interleaved; 3 fields kept per query instead of 15 slots)
-            self._remember(qid, _tuple_new(_Remembered, (app, context, pred,
-                                                         _size_bytes(output))))
+            self._remember(qid, (app, context, pred, _size_bytes(output)))
         if self.log is not None:
             self.log.append(("reply", now, qid, output, False, None, selected))
 
