@@ -149,14 +149,14 @@ class _Answers(_EngineFields):
         out.append(_tuple_new(Reply, (qid, pred, 0.0, False)))
         if self.remember_queries:
             # what _finish would remember: a record, not a task (engine hit 2.34-2.49 against
-            # 2.42-2.60 us, interleaved; 3 fields kept per query instead of 15 slots)
+            # 2.42-2.60 us, interleaved; 4 fields kept per query instead of 15 slots)
             self._remember(qid, (app, context, pred, _size_bytes(output)))
         if self.log is not None:
             self.log.append(("reply", now, qid, output, False, None, selected))
 
     def _remember(self, qid: int, kept: _Remembered) -> None:
         """Keep what feedback naming query ``qid`` needs: its application, context and
-        answers (``kept.size_bytes`` of them, ``_size_bytes``), never its input."""
+        answers (``kept[3]`` bytes of them, ``_size_bytes``), never its input."""
         recent = self._recent
         order = self._recent_order
         if qid in recent:  # a driver reusing ids: the newer query is the one remembered
