@@ -114,12 +114,13 @@ class _Answers(_EngineFields):
                 # outputs), not the task's dict, which then dies young: a dict of 184 bytes
                 # less a remembered query (3.7 MB at the server's 20,000); no change in speed
                 # (engine alone, compiled, batches of 66, alternated)
-                kept: _Remembered = (app, task.context, pred, _size_bytes(pred.output))
+                kept = _tuple_new(_Remembered, (app, task.context, pred,
+                                                _size_bytes(pred.output)))
             else:
                 size = 0
                 for v in answers.values():
                     size += _size_bytes(v)
-                kept = (app, task.context, answers, size)
+                kept = _tuple_new(_Remembered, (app, task.context, answers, size))
             self._remember(task.id, kept)
         if self.log is not None:
             self.log.append(
@@ -150,26 +151,27 @@ class _Answers(_EngineFields):
         if self.remember_queries:
             # what _finish would remember: a record, not a task (engine hit 2.34-2.49 against
             # 2.42-2.60 us, interleaved; 4 fields kept per query instead of 15 slots)
-            self._remember(qid, (app, context, pred, _size_bytes(output)))
+            self._remember(qid, _tuple_new(_Remembered, (app, context, pred,
+                                                         _size_bytes(output))))
         if self.log is not None:
             self.log.append(("reply", now, qid, output, False, None, selected))
 
     def _remember(self, qid: int, kept: _Remembered) -> None:
         """Keep what feedback naming query ``qid`` needs: its application, context and
-        answers (``kept[3]`` bytes of them, ``_size_bytes``), never its input."""
+        answers (``kept.size_bytes`` of them, ``_size_bytes``), never its input."""
         recent = self._recent
         order = self._recent_order
         if qid in recent:  # a driver reusing ids: the newer query is the one remembered
             self._forget(qid)
         recent[qid] = kept
         order.append(qid)  # ids alone: the sizes are in the records (no tuple a query)
-        self._recent_bytes += kept[3]
+        self._recent_bytes += kept.size_bytes
         limit = self.remember_bytes
         while len(order) > self.remember_queries or self._recent_bytes > limit:
-            self._recent_bytes -= recent.pop(order.popleft())[3]
+            self._recent_bytes -= recent.pop(order.popleft()).size_bytes
 
     def _forget(self, qid: int) -> None:
-        self._recent_bytes -= self._recent.pop(qid)[3]
+        self._recent_bytes -= self._recent.pop(qid).size_bytes
         self._recent_order.remove(qid)
 
     def _count_default(self, app: _App, reason: str) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict, deque
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -363,22 +363,25 @@ class _App:
         self.evicted.clear()
 
 
-# What feedback naming an answered query's id reads of it (``_answers._remember``): a
-# record, not the task, so that a cache hit answered without a task builds none:
-# (application, context, answers, size in bytes of the answers, for remember_bytes).
-# The answers are by model; for a query its one model answered, its Prediction (the model
-# and output in one object, shared by equal int outputs: no dict kept a query).  A plain
-# tuple, built by its literal: a NamedTuple made by tuple.__new__ took 177 ns a record
-# against 37 (interpreted, timeit).
-_Remembered = tuple[_App, Hashable | None, dict[str, Any] | Prediction, int]
+class _Remembered(NamedTuple):
+    """What feedback naming an answered query's id reads of it (``_answers._remember``):
+    a record, not the task, so that a cache hit answered without a task builds none.
+    Below ``_App``: compiled (mypyc), a NamedTuple naming a class defined after it
+    crashes the module's import."""
 
+    app: _App
+    context: Hashable | None
+    # the answers by model; for a query its one model answered, its Prediction (the
+    # model and output in one object, shared by equal int outputs: no dict kept a query)
+    answers: dict[str, Any] | Prediction
+    size_bytes: int  # of the answers (_answers._size_bytes), for remember_bytes
 
-def remembered_answers(kept: _Remembered) -> dict[str, Any]:
-    """A remembered query's answers by model name (a new dict)."""
-    a = kept[2]
-    if isinstance(a, dict):
-        return dict(a)
-    return {a.models[0]: a.output}
+    def by_model(self) -> dict[str, Any]:
+        """The answers by model name."""
+        a = self.answers
+        if isinstance(a, dict):
+            return dict(a)
+        return {a.models[0]: a.output}
 
 
 class _EngineFields:

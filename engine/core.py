@@ -50,15 +50,7 @@ import numpy as np
 
 from ._admin import _Admin
 from ._batches import _Batches
-from ._state import (
-    _Batch,
-    _FeedbackTask,
-    _Replica,
-    _Request,
-    _Task,
-    _Version,
-    remembered_answers,
-)
+from ._state import _Batch, _FeedbackTask, _Replica, _Request, _Task, _Version
 from ._types import (
     DefaultReason,
     Feedback,
@@ -503,10 +495,10 @@ class Engine(_Admin, _Batches):
         self._fire(now, out)  # after the check: an error must not swallow due replies
         ctx = feedback.context
         recent = self._recent.get(feedback.query_id) if feedback.query_id is not None else None
-        if recent is not None and recent[0] is app:
-            ctx = recent[1] if ctx is None else ctx
+        if recent is not None and recent.app is app:
+            ctx = recent.context if ctx is None else ctx
             state = app.state(ctx)
-            answers = remembered_answers(recent)
+            answers = recent.by_model()
             task = _FeedbackTask(
                 feedback.feedback_id,
                 app,
