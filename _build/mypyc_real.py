@@ -9,8 +9,11 @@ crosses (HTTP in, REST/OIP decoding, the engine driver, the container RPC's fram
 reply encoding) and from the engine's core (``Engine`` and its parts, their state, the
 prediction cache and the metrics).
 What researchers subclass or name in a config stays Python: the selection policies, the
-batching controllers, plugins, the driver base, events and instructions (``_types``); so
-does the rest of the engine.  The simulator runs the same engine, compiled where the
+batching controllers (each holds a compiled ``LatencyModel``), plugins, events and
+instructions (``_types``); so does the rest of the engine.  The driver base
+(``engine/driver.py``) is compiled with ``allow_interpreted_subclasses``: the real
+server's driver inherits it natively, the simulator's and the tests' drivers subclass it
+as before.  The simulator runs the same engine, compiled where the
 install is.  A compiled module shadows its ``.py`` (the import system tries
 extensions first), so an editable install never compiles: edits take effect at once
 there, and the compiled build is for deployments and for ``bench/real_bench.py
@@ -35,7 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = Path(__file__).resolve().parent / "mypyc.ini"
 # the modules compiled, as package paths (measured: bench/frontend_bench.py --compiled;
 # the engine's core: REST 8.5-9.0 -> 6.7-7.2 us a query, OIP 9.7-10.2 -> 7.5-7.8; its
-# cache and metrics: a hit 4.0-4.4 -> 3.5-3.9)
+# cache and metrics: a hit 4.0-4.4 -> 3.5-3.9; the driver base and the latency line,
+# alternated with the tree before them: REST 7.9-8.1 -> 7.2-7.3)
 MODULES = (
     "clipperlab/real/http.py",
     "clipperlab/real/frontend.py",
@@ -50,6 +54,8 @@ MODULES = (
     "clipperlab/engine/_state.py",
     "clipperlab/engine/cache.py",
     "clipperlab/engine/metrics.py",
+    "clipperlab/engine/driver.py",
+    "clipperlab/engine/_latency.py",
 )
 GROUP = "clipperlab_real"  # the shared library's name: clipperlab_real__mypyc.*.so
 ENV = "CLIPPERLAB_COMPILE"
@@ -106,14 +112,26 @@ def mypy_args(paths: list[Path]) -> list[str]:
     return ["--config-file", str(CONFIG), *map(str, paths)]
 
 
+def built_from(tree: Path) -> str | None:
+    """The ``source_key`` a finished tree was built from; ``"building"`` for a build
+    that did not finish, None where no build has been (``BUILT`` marks our trees)."""
+    built = tree / "BUILT"
+    return built.read_text().strip() if built.exists() else None
+
+
 def build_tree(out: Path | None = None, root: Path = ROOT) -> Path:
     """A staged source tree with the compiled modules beside their sources, ready to go
     first on ``PYTHONPATH``; built once per ``source_key`` under ``build/mypyc/`` (or in
     ``out``).  Raises ``RuntimeError`` with mypyc's output when the build fails."""
-    tree = out if out is not None else root / "build" / "mypyc" / source_key(root)
-    if (tree / "BUILT").exists():
+    key = source_key(root)
+    tree = out if out is not None else root / "build" / "mypyc" / key
+    built = tree / "BUILT"
+    if built_from(tree) == key:  # (an --out tree of older sources is built again)
         return tree
     if tree.exists():
+        if built_from(tree) is None and any(tree.iterdir()):  # never remove what we did not build
+            raise RuntimeError(f"{tree} is not empty and holds no compiled tree: choose "
+                               "another --out")
         shutil.rmtree(tree)
     if out is None:  # keep the two newest older trees (17 MB each), for other checkouts' runs
         olds = sorted((d for d in tree.parent.glob("*") if d.is_dir()),
@@ -121,6 +139,7 @@ def build_tree(out: Path | None = None, root: Path = ROOT) -> Path:
         for d in olds[2:]:
             shutil.rmtree(d, ignore_errors=True)
     tree.mkdir(parents=True)
+    built.write_text("building\n")  # ours from here on: a failed build is rebuilt, not kept
     paths = [p.relative_to(tree) for p in stage(tree, root)]
     # mypyc builds in place (build_ext --inplace) in its working folder, at -O3
     r = subprocess.run([sys.executable, "-m", "mypyc", *mypy_args(paths)], cwd=tree,
@@ -128,7 +147,7 @@ def build_tree(out: Path | None = None, root: Path = ROOT) -> Path:
     if r.returncode != 0:
         raise RuntimeError(f"mypyc failed ({r.returncode}):\n{r.stdout[-4000:]}{r.stderr[-4000:]}")
     shutil.rmtree(tree / "build", ignore_errors=True)  # the C sources and objects
-    (tree / "BUILT").write_text(source_key(root) + "\n")
+    built.write_text(key + "\n")
     return tree
 
 

@@ -343,7 +343,8 @@ class Simulation(_HostCpuDriver):
         """Frontend ``k`` of several: this simulation's code and its shared parts (clock,
         containers, links, records, outputs), with an engine, a timer slot and counters of
         its own (``Deployment.frontends``)."""
-        peer = object.__new__(type(self))
+        cls = type(self)
+        peer = cls.__new__(cls)  # (object.__new__ refuses a subclass of the compiled Driver)
         peer.__dict__.update(self.__dict__)  # shares the lists, dicts and the environment
         for name, v in self.__dict__.items():  # hooks installed on frontend 0: its own
             if isinstance(v, types.MethodType) and v.__self__ is self:

@@ -37,6 +37,10 @@ AGAIN = (
     "tests/real/test_overload_real.py",
     "tests/real/test_admin_security.py",
     "tests/engine",  # the engine's core compiled (its Prediction sharing, feedback, ...)
+    # interpreted drivers over the compiled Driver base (the simulator's, frontends' peers)
+    "tests/simulator/test_sim_driver.py",
+    "tests/simulator/test_sim_frontends.py",
+    "tests/simulator/test_sim_hot_path.py",
 )
 
 
@@ -130,3 +134,17 @@ def test_the_compiled_real_path_passes_the_real_mode_tests(tree: Path) -> None:
                        timeout=1200)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
     assert " passed" in r.stdout and " failed" not in r.stdout, r.stdout[-2000:]
+
+
+def test_a_build_never_removes_a_folder_it_did_not_build(tmp_path: Path) -> None:
+    """``--out`` names a folder holding something else (a typo, ``--out .``): refused
+    before anything in it is touched.  A tree of older sources (its ``BUILT`` names
+    another digest) or of a build that failed is not taken for this source's."""
+    keep = tmp_path / "mine.txt"
+    keep.write_text("not a compiled tree")
+    with pytest.raises(RuntimeError, match="holds no compiled tree"):
+        mypyc_real.build_tree(tmp_path)
+    assert keep.read_text() == "not a compiled tree"
+    assert mypyc_real.built_from(tmp_path) is None
+    (tmp_path / "BUILT").write_text("0123456789abcdef\n")  # another source's digest
+    assert mypyc_real.built_from(tmp_path) != mypyc_real.source_key()
