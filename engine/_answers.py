@@ -17,18 +17,20 @@ inputs, at most ``remember_queries`` of them and ``remember_bytes`` of their out
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, Final
 
 from ._state import _App, _EngineFields, _FeedbackTask, _Remembered, _Task
 from ._types import DefaultReason, FeedbackApplied, Instruction, Prediction, Reply
 from .metrics import Histogram
 from .selection import loss
 
-_FOLD_AT = Histogram.FOLD_AT
-_tuple_new = tuple.__new__  # builds a NamedTuple without its Python-level __new__
+_FOLD_AT: Final = Histogram.FOLD_AT
+_Reply: Final = Reply  # a C static compiled, not a look-up in the module's dict
+_Prediction: Final = Prediction
+_tuple_new: Final = tuple.__new__  # builds a NamedTuple without its Python-level __new__
 # distinct int outputs per application whose one-model Prediction is shared (on_outputs,
 # _answer_hit)
-_SHARED_PREDICTIONS = 1024
+_SHARED_PREDICTIONS: Final = 1024
 
 
 def one_model_prediction(app: _App, output: Any, selected: Any) -> Prediction:
@@ -41,11 +43,11 @@ def one_model_prediction(app: _App, output: Any, selected: Any) -> Prediction:
         shared = app.shared
         pred = shared.get(output)
         if pred is None or pred[5] is not selected:
-            pred = _tuple_new(Prediction, (output, 1.0, False, None, None, selected, ()))
+            pred = _tuple_new(_Prediction, (output, 1.0, False, None, None, selected, ()))
             if len(shared) < _SHARED_PREDICTIONS or output in shared:
                 shared[output] = pred
         return pred
-    return _tuple_new(Prediction, (output, 1.0, False, None, None, selected, ()))
+    return _tuple_new(_Prediction, (output, 1.0, False, None, None, selected, ()))
 
 
 class _Answers(_EngineFields):
@@ -106,7 +108,7 @@ class _Answers(_EngineFields):
         p.append(latency)
         if len(p) >= _FOLD_AT:
             h.fold()
-        out.append(_tuple_new(Reply, (task.id, pred, latency, False)))
+        out.append(_tuple_new(_Reply, (task.id, pred, latency, False)))
         if self.remember_queries:
             task.input = None  # a task still queued somewhere keeps no input alive
             if answers and one:
@@ -147,7 +149,7 @@ class _Answers(_EngineFields):
         p.append(0.0)
         if len(p) >= _FOLD_AT:
             h.fold()
-        out.append(_tuple_new(Reply, (qid, pred, 0.0, False)))
+        out.append(_tuple_new(_Reply, (qid, pred, 0.0, False)))
         if self.remember_queries:
             # what _finish would remember: a record, not a task (engine hit 2.34-2.49 against
             # 2.42-2.60 us, interleaved; 4 fields kept per query instead of 15 slots)

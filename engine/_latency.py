@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from collections import deque
 from itertools import chain
-from typing import ClassVar
+from typing import ClassVar, Final
 
 import numpy as np
 
 __all__ = ["LatencyModel"]
 
 # LatencyModel._fold: from this many pending batches numpy folds them (below, a loop)
-_NUMPY_FOLD_FROM = 32
+_NUMPY_FOLD_FROM: Final = 32
 
 
 class LatencyModel:

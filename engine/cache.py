@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, Final
 
 __all__ = ["ENTRY_OVERHEAD_BYTES", "MISS", "PredictionCache", "output_size_bytes"]
 
-ENTRY_OVERHEAD_BYTES = 64
+ENTRY_OVERHEAD_BYTES: Final = 64
 
 
 class _Miss:

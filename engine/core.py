@@ -44,7 +44,7 @@ import heapq
 import itertools
 from collections import deque
 from collections.abc import Hashable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 
@@ -69,17 +69,20 @@ from .registry import Registry
 
 __all__ = ["Engine", "SelectionChanges"]
 
-_INF = float("inf")
-_CAP_REACHED = ReleaseReason.CAP_REACHED
-_REPLICA_IDLE = ReleaseReason.REPLICA_IDLE
-_FOLD_AT = Histogram.FOLD_AT
-_new = object.__new__
+_INF: Final = float("inf")
+_CAP_REACHED: Final = ReleaseReason.CAP_REACHED
+_REPLICA_IDLE: Final = ReleaseReason.REPLICA_IDLE
+_FOLD_AT: Final = Histogram.FOLD_AT
+_new: Final = object.__new__
+# compiled (mypyc), a module global or an imported name is a dict look-up at each use
+# (10-14 ns) and a Final one a C static (1 ns): what the hot paths call, as Finals
+_heappush: Final = heapq.heappush
 # Admission control admits a query when its predicted wait and batch latency, times this,
 # fit before its deadline.  The engine's latency line is a mean over batch latencies, which
 # leave out the frontend's own path (HTTP in, reply out) and the spread around the line:
 # without headroom 54% of admitted queries came back late at 5x overload (45% of capacity
 # in time, bench/overload_bench.py, no-op 5 ms, 20 ms objective); with 1.25, 93%.
-_ADMISSION_HEADROOM = 1.25
+_ADMISSION_HEADROOM: Final = 1.25
 
 
 class SelectionChanges(NamedTuple):
@@ -184,7 +187,7 @@ class Engine(_Admin, _Batches):
         if rep.batch is not None:
             self._batches.pop(rep.batch.id, None)
             for req in rep.batch.requests:
-                heapq.heappush(ver.queue, (req.deadline, req.seq, req))
+                _heappush(ver.queue, (req.deadline, req.seq, req))
             rep.batch = None
         self._kick(ver, now, out)
         return out
@@ -305,10 +308,10 @@ class Engine(_Admin, _Batches):
                     if self.log is not None:
                         self.log.append(("batch", now, str(rep.id), bid, 1, reason))
                 else:
-                    heapq.heappush(ver.queue, (deadline, seq, task))
+                    _heappush(ver.queue, (deadline, seq, task))
                     self._kick(ver, now, out)
             else:
-                heapq.heappush(ver.queue, (deadline, seq, task))
+                _heappush(ver.queue, (deadline, seq, task))
                 if idle:
                     self._kick(ver, now, out)
         elif not selected:
@@ -330,7 +333,7 @@ class Engine(_Admin, _Batches):
             if qdeadline is None:
                 app.fifo.append(task)
             else:
-                heapq.heappush(self._deadlines, (deadline, next(self._seq), task))
+                _heappush(self._deadlines, (deadline, next(self._seq), task))
             if deadline < self.due_at:
                 self.due_at = deadline
         return out
@@ -403,7 +406,7 @@ class Engine(_Admin, _Batches):
         req = _Request(ver, key, input_, task.deadline, now, task, seq)
         if ck is not None:
             self._pending[ck] = req
-        heapq.heappush(ver.queue, (task.deadline, seq, req))
+        _heappush(ver.queue, (task.deadline, seq, req))
         ver.newest_arrival_at = now
         if ver.idle:
             self._kick(ver, now, out)
@@ -541,7 +544,7 @@ class Engine(_Admin, _Batches):
             if not task.done:
                 self._finish(task, now, out)
         else:
-            heapq.heappush(self._deadlines, (task.deadline, next(self._seq), task))
+            _heappush(self._deadlines, (task.deadline, next(self._seq), task))
             if task.deadline < self.due_at:
                 self.due_at = task.deadline
         return out

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from mypy_extensions import mypyc_attr
 
@@ -70,7 +70,12 @@ if TYPE_CHECKING:
 __all__ = ["HANDLED", "Driver"]
 
 T = TypeVar("T")
-_INF = float("inf")
+_INF: Final = float("inf")
+# compiled (mypyc), an imported name is a dict look-up at each use (13 ns) and a Final
+# alias a C static (1 ns): the instruction types the hot paths test, as Finals
+_Reply: Final = Reply
+_SendBatch: Final = SendBatch
+_FeedbackApplied: Final = FeedbackApplied
 
 HANDLED: tuple[type, ...] = (Reply, SendBatch, FeedbackApplied)
 """The instruction types ``Driver.carry_out`` dispatches (every member of ``Instruction``)."""
@@ -144,10 +149,10 @@ class Driver:
         if len(instructions) == 1:  # the most common lists, a call less (issue 14)
             ins = instructions[0]
             tp = type(ins)
-            if tp is Reply:
+            if tp is _Reply:
                 self.reply(ins, now)  # type: ignore[arg-type]
                 return
-            if tp is SendBatch:  # _carry_out's branch for it, without the loop
+            if tp is _SendBatch:  # _carry_out's branch for it, without the loop
                 try:
                     self.send_batch(ins, now)  # type: ignore[arg-type]
                     return
@@ -182,16 +187,16 @@ class Driver:
         failed: list[BatchFailed] = []
         for ins in instructions:
             tp = type(ins)
-            if tp is Reply:
+            if tp is _Reply:
                 reply(ins, now)  # type: ignore[arg-type]
-            elif tp is SendBatch:
+            elif tp is _SendBatch:
                 try:
                     self.send_batch(ins, now)  # type: ignore[arg-type]
                 except NotImplementedError:
                     raise  # a driver without the hook is a developer's error, not a failure
                 except Exception as e:  # noqa: BLE001 - a batch that cannot be sent fails
                     failed.append(_unsent(ins, e))  # type: ignore[arg-type]
-            elif tp is FeedbackApplied:
+            elif tp is _FeedbackApplied:
                 self.feedback_applied(ins, now)  # type: ignore[arg-type]
             else:
                 raise TypeError(

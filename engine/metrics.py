@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Final
 
 import numpy as np
 
@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 # Histogram.fold: from this many pending values numpy folds them (below, a loop is quicker)
-_NUMPY_FOLD_FROM = 64
+_NUMPY_FOLD_FROM: Final = 64
 
 LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.0001,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import orjson
@@ -49,10 +49,11 @@ from .openapi import query_document
 
 __all__ = ["QueryFrontend", "reply_body"]
 
-log = logging.getLogger("clipperlab.frontend")
+log: Final = logging.getLogger("clipperlab.frontend")
 
 
-_OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+_loads: Final = orjson.loads  # a C static compiled, not two look-ups a request
+_OK_HEAD: Final = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
 
 
 class _ReplyCache:
@@ -215,7 +216,7 @@ class QueryFrontend:
                 self.refused["nesting_too_deep"] += 1
                 raise
         try:
-            return orjson.loads(data)
+            return _loads(data)
         except orjson.JSONDecodeError as e:
             raise BadInput(f"{what} is not valid JSON: {e}") from None
 

@@ -54,7 +54,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 from urllib.parse import unquote
 
 import httptools
@@ -75,7 +75,7 @@ __all__ = [
     "response",
 ]
 
-log = logging.getLogger("clipperlab.http")
+log: Final = logging.getLogger("clipperlab.http")
 
 _REASONS = {
     200: b"OK",
@@ -94,19 +94,19 @@ _REASONS = {
     501: b"Not Implemented",
     503: b"Service Unavailable",
 }
-_STATUS_LINES = {k: b"HTTP/1.1 %d %s\r\n" % (k, v) for k, v in _REASONS.items()}
-JSON_TYPE = b"application/json"
+_STATUS_LINES: Final = {k: b"HTTP/1.1 %d %s\r\n" % (k, v) for k, v in _REASONS.items()}
+JSON_TYPE: Final = b"application/json"
 # Reads above this are parsed in slices, one per event-loop iteration (about 100 requests).
-_SLICE_BYTES = 4 * 1024
+_SLICE_BYTES: Final = 4 * 1024
 # The scheduler parses for at most this long before letting the event loop poll sockets
 # (server.parse_turn_ms; ``set_parsing``).  Short, because a container's batch result
 # waits for the poll: with 2 ms turns the no-op model at 20,000-30,000 q/s had a median of
 # 48 reply gaps (3 ms or more without a reply while a query waited) a second, with 0.5 ms
 # 1.1 (bench/reply_gaps.py --parse-turn-ms 2,0.5; results/bench/reply_gaps.md).
-PARSE_TURN_S = 0.0005
+PARSE_TURN_S: Final = 0.0005
 # Small reads are parsed at once, up to this many bytes per millisecond (then they queue;
 # server.parse_inline_bytes_per_ms).
-_INLINE_BYTES = 16 * 1024
+_INLINE_BYTES: Final = 16 * 1024
 _monotonic = time.monotonic
 
 
@@ -141,7 +141,7 @@ def _default(x: Any) -> Any:
     raise TypeError(f"{type(x).__name__} is not JSON serialisable")
 
 
-_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+_OPTS: Final = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 def dumps(obj: Any) -> bytes:
@@ -201,7 +201,7 @@ class Request:
 Handler = Callable[[Request], "bytes | None"]
 
 # Headers kept from the request (lower-case); the rest are skipped to stay cheap.
-_KEEP = frozenset(
+_KEEP: Final = frozenset(
     (
         b"content-type",
         b"authorization",
@@ -217,7 +217,7 @@ _KEEP = frozenset(
 
 # Headers as clients commonly spell them -> the kept name, or b"" (skipped): most
 # headers need no lower() (on_header: 0.16 us against 0.27 us a header).
-_KEEP_SPELLED: dict[bytes, bytes] = {
+_KEEP_SPELLED: Final[dict[bytes, bytes]] = {
     **{k: k for k in _KEEP},
     **{k.title(): k for k in _KEEP},
     **{k: b"" for k in (b"User-Agent", b"Accept", b"Connection", b"Accept-Encoding",
@@ -226,8 +226,8 @@ _KEEP_SPELLED: dict[bytes, bytes] = {
 
 
 # Request targets seen lately -> (path, query): most requests name one of a few paths
-_TARGETS: dict[bytes, tuple[str, str]] = {}
-_METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS")}
+_TARGETS: Final[dict[bytes, tuple[str, str]]] = {}
+_METHODS: Final = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS")}
 
 
 def _target(url: bytes) -> tuple[str, str]:
@@ -754,7 +754,7 @@ class _Scheduler:
             self.loop.call_soon(self.run)
 
 
-_schedulers: dict[asyncio.AbstractEventLoop, _Scheduler] = {}
+_schedulers: Final[dict[asyncio.AbstractEventLoop, _Scheduler]] = {}
 
 
 def _scheduler(loop: asyncio.AbstractEventLoop) -> _Scheduler:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import numpy as np
 import orjson
@@ -84,7 +84,7 @@ def _datatype(values: list[Any]) -> str:
 
 
 # numpy 1.x's most dimensions (NPY_MAXDIMS); a model input needs far fewer
-MAX_DIMS = 32
+MAX_DIMS: Final = 32
 
 
 class InferRequest(NamedTuple):
@@ -108,7 +108,7 @@ class Tensor(NamedTuple):
     binary_size: int | None
 
 
-_NP_DTYPES = {k: np.dtype(v) for k, v in NP_OF.items()}  # np.dtype(str): ~0.5 us a call
+_NP_DTYPES: Final = {k: np.dtype(v) for k, v in NP_OF.items()}  # np.dtype(str): ~0.5 us a call
 
 
 def _kind(v: Any) -> str:
@@ -224,8 +224,8 @@ def _flatten(data: Any, ndim: int, where: str) -> list[Any]:
     return flat
 
 
-_NUMBERS = frozenset((int, float))
-_NESTED = frozenset((list, dict))
+_NUMBERS: Final = frozenset((int, float))
+_NESTED: Final = frozenset((list, dict))
 
 
 def _typed_array(data: list[Any] | None, dt: str, npdt: np.dtype[Any], where: str) -> Any:
@@ -269,12 +269,12 @@ def _typed_array(data: list[Any] | None, dt: str, npdt: np.dtype[Any], where: st
 
 
 _WANT_ALL = [("output", False), ("default", False)]
-_ONE_ROW_KEYS = (frozenset({"inputs"}), frozenset({"inputs", "id"}))
+_ONE_ROW_KEYS: Final = (frozenset({"inputs"}), frozenset({"inputs", "id"}))
 _ONE_TENSOR_KEYS = (frozenset({"shape", "datatype", "data"}),
                     frozenset({"name", "shape", "datatype", "data"}))
 # The datatype each numeric input type takes without conversion, and the element types
 # its JSON data may hold (FP32 needs a range check: the long way).
-_ONE_ROW_TYPES: dict[str, tuple[str, frozenset[type], np.dtype[Any]]] = {
+_ONE_ROW_TYPES: Final[dict[str, tuple[str, frozenset[type], np.dtype[Any]]]] = {
     "doubles": ("FP64", frozenset((int, float)), np.dtype("<f8")),
     "integers": ("INT64", frozenset((int,)), np.dtype("<i8")),
 }
@@ -292,7 +292,7 @@ class _Template(NamedTuple):
 
 
 # Bodies up to this size are kept as templates (a few rows of numbers; most queries)
-_TEMPLATE_BYTES = 2048
+_TEMPLATE_BYTES: Final = 2048
 
 
 def one_row(doc: Any, app: Application) -> Any:

@@ -41,7 +41,7 @@ import secrets
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -53,9 +53,9 @@ from .http import hold_writes, release_writes
 
 __all__ = ["ContainerConnection", "RpcServer"]
 
-log = logging.getLogger("clipperlab.rpc")
+log: Final = logging.getLogger("clipperlab.rpc")
 
-_DTYPES: dict[str, np.dtype[Any]] = {
+_DTYPES: Final[dict[str, np.dtype[Any]]] = {
     "doubles": np.dtype("<f8"),
     "floats": np.dtype("<f4"),
     "integers": np.dtype("<i8"),
