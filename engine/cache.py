@@ -30,7 +30,7 @@ class _Miss:
         return "MISS"
 
 
-MISS: Any = _Miss()
+MISS: Final[Any] = _Miss()
 
 
 def output_size_bytes(output: Any) -> int:

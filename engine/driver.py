@@ -77,7 +77,7 @@ _Reply: Final = Reply
 _SendBatch: Final = SendBatch
 _FeedbackApplied: Final = FeedbackApplied
 
-HANDLED: tuple[type, ...] = (Reply, SendBatch, FeedbackApplied)
+HANDLED: Final[tuple[type, ...]] = (Reply, SendBatch, FeedbackApplied)
 """The instruction types ``Driver.carry_out`` dispatches (every member of ``Instruction``)."""
 
 if set(HANDLED) != set(typing.get_args(Instruction)):  # pragma: no cover - a developer error

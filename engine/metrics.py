@@ -28,7 +28,7 @@ __all__ = [
 # Histogram.fold: from this many pending values numpy folds them (below, a loop is quicker)
 _NUMPY_FOLD_FROM: Final = 64
 
-LATENCY_BUCKETS_S: tuple[float, ...] = (
+LATENCY_BUCKETS_S: Final[tuple[float, ...]] = (
     0.0001,
     0.00025,
     0.0005,
@@ -52,9 +52,9 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
     5.0,
     10.0,
 )
-BATCH_SIZE_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(0, 17))
+BATCH_SIZE_BUCKETS: Final[tuple[float, ...]] = tuple(float(2**i) for i in range(0, 17))
 
-METRIC_HELP: dict[str, str] = {
+METRIC_HELP: Final[dict[str, str]] = {
     "clipperlab_queries_total": "Application queries received",
     "clipperlab_replies_total": "Application queries answered (default or not)",
     "clipperlab_defaults_total": "Queries answered with the default output, by reason",

@@ -77,7 +77,7 @@ __all__ = [
 
 log: Final = logging.getLogger("clipperlab.http")
 
-_REASONS = {
+_REASONS: Final = {
     200: b"OK",
     400: b"Bad Request",
     401: b"Unauthorized",

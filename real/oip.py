@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = ["OipHandler"]
 
-NP_OF: dict[str, str] = {
+NP_OF: Final[dict[str, str]] = {
     "BOOL": "?",
     "UINT8": "<u1",
     "UINT16": "<u2",
@@ -61,7 +61,7 @@ NP_OF: dict[str, str] = {
     "FP32": "<f4",
     "FP64": "<f8",
 }
-_DT_OF_INPUT = {
+_DT_OF_INPUT: Final = {
     "doubles": "FP64",
     "floats": "FP32",
     "integers": "INT64",
@@ -268,9 +268,9 @@ def _typed_array(data: list[Any] | None, dt: str, npdt: np.dtype[Any], where: st
     return np.asarray(data, dtype=npdt)
 
 
-_WANT_ALL = [("output", False), ("default", False)]
+_WANT_ALL: Final = [("output", False), ("default", False)]
 _ONE_ROW_KEYS: Final = (frozenset({"inputs"}), frozenset({"inputs", "id"}))
-_ONE_TENSOR_KEYS = (frozenset({"shape", "datatype", "data"}),
+_ONE_TENSOR_KEYS: Final = (frozenset({"shape", "datatype", "data"}),
                     frozenset({"name", "shape", "datatype", "data"}))
 # The datatype each numeric input type takes without conversion, and the element types
 # its JSON data may hold (FP32 needs a range check: the long way).
@@ -823,11 +823,12 @@ def server_metadata() -> dict[str, Any]:
 
 
 # Triton's repository control (load and unload by name) has nothing to act on here
-REPOSITORY_CONTROL = (
+REPOSITORY_CONTROL: Final = (
     "model load/unload is not supported: an OIP model is a clipperlab application, deployed"
     " through the admin API (add_app, add_model, add_model_links on port 1338)"
 )
-_CONFIG_TYPE = {dt: "TYPE_STRING" if dt == "BYTES" else f"TYPE_{dt}" for dt in [*NP_OF, "BYTES"]}
+_CONFIG_TYPE: Final = {
+    dt: "TYPE_STRING" if dt == "BYTES" else f"TYPE_{dt}" for dt in [*NP_OF, "BYTES"]}
 
 
 def _split_bytes(raw: memoryview) -> list[bytes]:

@@ -99,7 +99,8 @@ _TYPES: Final = frozenset(
     (HELLO, WELCOME, REFUSE, HEARTBEAT, BATCH, RESULT, ERROR, CHALLENGE, PROOF))
 _ARRAY_KINDS: Final = "biufSU"  # numpy kinds a reply can carry (no complex, dates, objects, voids)
 _PROOF_LABEL: Final = b"clipperlab-rpc-2 proof\0"
-_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # int64 to uint64: what JSON encoders carry
+_INT_MIN: Final = -(2**63)  # int64 to uint64: what JSON encoders carry
+_INT_MAX: Final = 2**64 - 1
 
 K_ARRAY: Final = 0
 K_BYTES: Final = 1
