@@ -115,9 +115,8 @@ class _Batches(_Answers):
                 queue.clear()
             else:
                 reqs = []
-                heappop = _heappop
                 for _ in range(size):
-                    dl, _, req = heappop(queue)
+                    dl, _, req = _heappop(queue)
                     if dl <= now:
                         self._expire(req, now)
                         if not queue:
