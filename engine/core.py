@@ -40,7 +40,6 @@ once for every driver).  The engine's parts: ``core.py`` (replicas, queries, fee
 
 from __future__ import annotations
 
-import heapq
 import itertools
 from collections import deque
 from collections.abc import Hashable, Mapping
@@ -49,14 +48,14 @@ from typing import Any, Final, NamedTuple
 import numpy as np
 
 from ._admin import _Admin
-from ._batches import _Batches
+from ._answers import _FOLD_AT
+from ._batches import _CAP_REACHED, _INF, _REPLICA_IDLE, _Batches, _heappush
 from ._state import _Batch, _FeedbackTask, _Replica, _Request, _Task, _Version
 from ._types import (
     DefaultReason,
     Feedback,
     Instruction,
     Query,
-    ReleaseReason,
     ReplicaId,
     SendBatch,
     _SendBatchSlots,
@@ -64,19 +63,12 @@ from ._types import (
 from .batching import make_controller
 from .cache import MISS, PredictionCache
 from .errors import ConfigError, Conflict, NotFound
-from .metrics import Histogram, Metrics
+from .metrics import Metrics
 from .registry import Registry
 
 __all__ = ["Engine", "SelectionChanges"]
 
-_INF: Final = float("inf")
-_CAP_REACHED: Final = ReleaseReason.CAP_REACHED
-_REPLICA_IDLE: Final = ReleaseReason.REPLICA_IDLE
-_FOLD_AT: Final = Histogram.FOLD_AT
 _new: Final = object.__new__
-# compiled (mypyc), a module global or an imported name is a dict look-up at each use
-# (10-14 ns) and a Final one a C static (1 ns): what the hot paths call, as Finals
-_heappush: Final = heapq.heappush
 # Admission control admits a query when its predicted wait and batch latency, times this,
 # fit before its deadline.  The engine's latency line is a mean over batch latencies, which
 # leave out the frontend's own path (HTTP in, reply out) and the spread around the line:
