@@ -53,6 +53,16 @@ echo server runs once more at that load after the servers (the load is known onl
 REST's ramp is done), and a last line takes its CPU per query out of each target's: what
 the HTTP stack and the kernel's reads, writes and wake-ups cost at that load is then out
 of the ratios.
+
+The per-batch figure of that fit also carries the HTTP stack's and the kernel's wake-ups:
+they cost a lot per query under light load, where batches are small and many, and little
+under heavy load, where batches are big, so the fit lays much of them on the batches.  Two
+more lines take them apart: the frontend's split fitted again with our echo's CPU per query
+at each run's load taken out first (the echo ran at the same loads), and ``rtt``, a bare
+round trip between two processes over loopback TCP (a uvloop sender and a blocking
+receiver, one frame in flight, as the frontend and a container under light load): its
+sender's and receiver's CPU per trip, the floor of the frontend's and the container's cost
+per batch on this machine, before any of our code runs.
 """
 
 from __future__ import annotations
@@ -61,6 +71,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -69,7 +80,7 @@ import tomllib
 import urllib.request
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -124,6 +135,75 @@ def run_aiohttp_echo(port_file: str) -> None:
         await asyncio.Event().wait()
 
     uvloop.run(main())
+
+
+# ============================================================================ round-trip floor
+RTT_FRAME = 128  # bytes each way: a batch of a few small rows and its reply
+
+
+def run_rtt_peer(port: int) -> None:
+    """The container's side of a bare round trip: a blocking socket that sends back what
+    it receives (``recv_into`` a kept buffer and ``sendall``, as ``real.container`` does)."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    into = memoryview(bytearray(1 << 16))
+    while n := sock.recv_into(into):
+        sock.sendall(into[:n])
+
+
+def run_rtt(duration_s: float, warmup_s: float) -> dict[str, Any]:
+    """The frontend's side: a uvloop protocol that writes a ``RTT_FRAME``-byte frame to a
+    peer process over loopback TCP (no delay, as the RPC) and the next one when the answer
+    is in, one in flight, as the frontend sends a replica its batches under light load.
+    Each side's CPU per round trip, from ``/proc``: what one batch's trip costs the
+    frontend and the container on this machine before any of our code runs (both sleep
+    and are woken once a trip)."""
+    import uvloop
+
+    frame = b"b" * RTT_FRAME
+
+    class Ping(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.count, self.got = 0, 0
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = cast(asyncio.Transport, transport)  # uvloop's: not a subclass
+            self.transport.write(frame)
+
+        def data_received(self, data: bytes) -> None:
+            self.got += len(data)
+            if self.got >= RTT_FRAME:  # the whole answer (TCP may split it)
+                self.got -= RTT_FRAME
+                self.count += 1
+                self.transport.write(frame)
+
+    async def main() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.setblocking(False)
+        peer = subprocess.Popen([sys.executable, __file__, "--role", "rtt-peer", "--port",
+                                 str(listener.getsockname()[1])], start_new_session=True)
+        try:
+            conn, _ = await asyncio.wait_for(loop.sock_accept(listener), 60)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _, ping = await loop.create_connection(Ping, sock=conn)
+            await asyncio.sleep(warmup_s)
+            n0, me0, it0, t0 = (ping.count, process_cpu_s(os.getpid()),
+                                process_cpu_s(peer.pid), time.monotonic())
+            await asyncio.sleep(duration_s)
+            n1, me1, it1, t1 = (ping.count, process_cpu_s(os.getpid()),
+                                process_cpu_s(peer.pid), time.monotonic())
+        finally:
+            peer.kill()
+            peer.wait()
+            listener.close()
+        if n1 == n0:
+            raise RuntimeError("the round-trip peer never answered")
+        n = n1 - n0
+        return {"round_trips": n1 - n0, "us_per_round_trip": (t1 - t0) / n * 1e6,
+                "sender_us": (me1 - me0) / n * 1e6, "receiver_us": (it1 - it0) / n * 1e6}
+
+    return uvloop.run(main())
 
 
 # ============================================================================ load generator
@@ -338,6 +418,8 @@ class Target:
         after = self._snapshot()
         r = dict(json.loads(out.stdout.strip().splitlines()[-1]))
         sample = {k: after[k] - before[k] for k in before}
+        # the load it ran at (0: one request at a time), for the fit beyond the echo
+        sample["offered"] = float(argv[argv.index("--rate") + 1]) if "--rate" in argv else 0.0
         if not self.engine:  # no counters: every response is one query, no batches
             sample.update(queries=float(r["completed"]), batches=0.0)
         self.samples.append(sample)
@@ -366,6 +448,40 @@ class Target:
         return out
 
 
+def beyond_echo_split(runs: list[dict[str, float]],
+                      echo_runs: list[dict[str, float]]) -> dict[str, float]:
+    """The frontend's per-query and per-batch CPU (us) with our echo server's CPU per query
+    at each run's load taken out first: ``cpu - echo(load) x queries = a x queries + b x
+    batches``, fitted as ``Target.cpu_split`` does.  The plain fit's per-batch figure also
+    carries what the HTTP stack and the kernel's wake-ups cost: dear per query under light
+    load, where batches are small and many, cheap under heavy load, where they are big, so
+    the fit lays much of it on the batches.  ``echo(load)``: the echo's CPU per query at
+    that offered load, interpolated in log load between its runs (its one-at-a-time run
+    for ours); ``{}`` without such echo runs or with fewer than two of ours."""
+    from scipy.optimize import nnls
+
+    def per_query(r: dict[str, float]) -> float:
+        return r["frontend_cpu_s"] / r["queries"]
+
+    ok = [r for r in echo_runs if r.get("queries", 0) > 0 and "frontend_cpu_s" in r]
+    load = sorted((r["offered"], per_query(r)) for r in ok if r.get("offered", 0) > 0)
+    closed = [per_query(r) for r in ok if r.get("offered", -1) == 0]
+    mine = [r for r in runs if r.get("queries", 0) > 0 and "offered" in r
+            and (r["offered"] > 0 or closed)]
+    if not load or len(mine) < 2 or sum(r["batches"] for r in mine) <= 0:
+        return {}
+    at, cost = np.log([x for x, _ in load]), [y for _, y in load]
+
+    def echo(r: dict[str, float]) -> float:
+        return closed[0] if r["offered"] == 0 else float(np.interp(np.log(r["offered"]), at, cost))
+
+    q = np.array([r["queries"] for r in mine])
+    b = np.array([r["batches"] for r in mine])
+    cpu = np.array([r["frontend_cpu_s"] - echo(r) * r["queries"] for r in mine])
+    (a, c), _ = nnls(np.column_stack([q, b]), cpu)
+    return {"frontend_us_per_query": float(a * 1e6), "frontend_us_per_batch": float(c * 1e6)}
+
+
 def measure(t: Target, a: argparse.Namespace, equal_rate: float = 0.0) -> dict[str, Any]:
     """Ramp the offered load by ``--step`` until fewer than ``--good-share`` of the offered
     queries succeed within the window; the saturation throughput is the best successful
@@ -392,7 +508,8 @@ def measure(t: Target, a: argparse.Namespace, equal_rate: float = 0.0) -> dict[s
                   "--connections", str(a.connections), *common])
     c1 = t.run(["--role", "closed", *common])
     out: dict[str, Any] = {"saturation": {**best, "capped": capped}, "half": half, "c1": c1,
-                           "ramp": steps, "cpu": t.cpu_split()}
+                           "ramp": steps, "cpu": t.cpu_split(),
+                           "runs": [dict(s) for s in t.samples]}  # what the fit saw
     if t.name == "rest" and a.equal_rate == 0:
         equal_rate = max(best["ok_qps"] / 2, 100.0)  # auto: REST's half load
     if equal_rate > 0:  # kept out of the fit: one more point at a load all targets carry
@@ -414,7 +531,7 @@ def equal_run(t: Target, a: argparse.Namespace, rate: float) -> dict[str, Any]:
                "--duration-s", str(a.duration_s), "--warmup-s", str(a.warmup_s)])
     s = t.samples.pop()
     q, b = s["queries"], s["batches"]
-    return {**r, "rate": rate,
+    return {**r, "rate": rate, "run": s,
             "frontend_us_per_query": s["frontend_cpu_s"] / max(q, 1) * 1e6,
             "container_us_per_query": s["container_cpu_s"] / max(q, 1) * 1e6,
             "queries_per_batch": q / b if b else float("inf")}
@@ -552,6 +669,26 @@ def _print_table(results: dict[str, Any]) -> None:
           "half of saturation; c=1: one request at a time; fe/ct: frontend/container CPU "
           "from /proc, split per query and per batch by a least-squares fit over the runs; "
           "'all': frontend CPU / queries, unsplit)")
+    echo_t = results["targets"].get("echo", {})
+    echo_runs = echo_t.get("runs", []) + (
+        [echo_t["equal"]["run"]] if "run" in echo_t.get("equal", {}) else [])
+    fits = []
+    for n, r in results["targets"].items():
+        f = beyond_echo_split(r.get("runs", []), echo_runs) if n not in ("echo", "aiohttp") else {}
+        if f:
+            fits.append(f"{n} {f['frontend_us_per_query']:.1f} us/q + "
+                        f"{f['frontend_us_per_batch']:.1f} us/b")
+    if fits:
+        print("the frontend's split again with our echo's CPU per query at each run's load "
+              "taken out first (the HTTP stack's and the kernel's wake-ups, dear per query "
+              "at light load where batches are small and many, otherwise fall on the "
+              "batches): " + "; ".join(fits))
+    rtt = results.get("rtt")
+    if rtt:
+        print(f"a bare round trip between two processes ({RTT_FRAME} bytes each way over "
+              "loopback TCP, a uvloop sender, a blocking receiver, one in flight: the "
+              f"per-batch floor on this machine): sender {rtt['sender_us']:.1f} us, receiver "
+              f"{rtt['receiver_us']:.1f} us of CPU")
     equal = {n: r["equal"] for n, r in results["targets"].items() if "equal" in r}
     if equal:
         rate = next(iter(equal.values()))["rate"]
@@ -613,7 +750,8 @@ def _print_table(results: dict[str, Any]) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--role", choices=("main", "echo", "aiohttp", "load", "closed"),
+    ap.add_argument("--role", choices=("main", "echo", "aiohttp", "load", "closed", "rtt",
+                                       "rtt-peer"),
                     default="main", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--port-file", help=argparse.SUPPRESS)
@@ -637,8 +775,9 @@ def main() -> int:
     ap.add_argument("--equal-rate", type=float, default=0.0,
                     help="one more run per target at this offered load (q/s), for CPU per "
                     "query at equal load; 0: half of REST's saturation, for rest, oip and hit")
-    ap.add_argument("--only", default="echo,aiohttp,rest,oip,hit",
-                    help="comma-separated targets: echo, aiohttp, rest, oip, hit")
+    ap.add_argument("--only", default="echo,aiohttp,rtt,rest,oip,hit",
+                    help="comma-separated targets: echo, aiohttp, rtt (a bare round trip "
+                    "between two processes: the per-batch floor), rest, oip, hit")
     ap.add_argument("--compiled", action="store_true",
                     help="also run each of rest, oip and hit against a server whose real path "
                     "is compiled with mypyc (_build/mypyc_real.py, built once per source "
@@ -668,6 +807,12 @@ def main() -> int:
         if key in ("query_port", "admin_port", "rpc_port", "store", "cache"):
             ap.error(f"--set {kv!r}: the bench sets {key} itself")
     mark = a.mark.encode("latin-1")
+    if a.role == "rtt-peer":
+        run_rtt_peer(a.port)
+        return 0
+    if a.role == "rtt":
+        print(json.dumps(run_rtt(a.duration_s, a.warmup_s)))
+        return 0
     if a.role in ("echo", "aiohttp"):
         (run_echo if a.role == "echo" else run_aiohttp_echo)(a.port_file)
         return 0
@@ -680,7 +825,7 @@ def main() -> int:
                                     a.warmup_s)))
         return 0
     only = set(a.only.split(","))
-    bad = only - {"echo", "aiohttp", "rest", "oip", "hit"}
+    bad = only - {"echo", "aiohttp", "rtt", "rest", "oip", "hit"}
     if bad:
         ap.error(f"--only: unknown target(s) {sorted(bad)}")
     compiled: Path | None = None
@@ -744,6 +889,15 @@ def main() -> int:
                 results[role]["speed"] = speed(t0)
             finally:
                 _stop(proc)
+        if "rtt" in only:  # the per-batch floor: one batch's trip before any of our code
+            out = subprocess.run([sys.executable, __file__, "--role", "rtt", "--duration-s",
+                                  str(a.duration_s), "--warmup-s", str(a.warmup_s)],
+                                 capture_output=True, text=True, check=True,
+                                 start_new_session=True)
+            results["rtt"] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"  rtt      {results['rtt']['round_trips']:,} round trips: sender "
+                  f"{results['rtt']['sender_us']:.1f} us, receiver "
+                  f"{results['rtt']['receiver_us']:.1f} us of CPU each", flush=True)
         groups: list[tuple[bool, tuple[str, ...], Path | None]] = [
             (False, ("rest", "oip"), None), (True, ("hit",), None)]
         if compiled is not None:

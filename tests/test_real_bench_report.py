@@ -75,3 +75,86 @@ def test_report_takes_the_echo_out_when_it_ran_at_the_equal_load(tmp_path: Path)
     assert "oip 19.5 = 1.08x rest" in beyond and "echo" not in beyond.split(":", 1)[1]
     # the machine's speed during that run too, as during each target's
     assert "echo at equal load 25% x1.50 (fast 900 ns)" in out.stdout
+
+
+def _bench() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("real_bench", BENCH)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _echo_and_server_runs() -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """Runs where the echo costs 40 us a query one at a time, 30 at 4,000 q/s falling to
+    5 at 256,000 (linear in log load), and a server costs that plus 4 us a query and 20 a
+    batch, its batches growing with the load (1 query one at a time, 2 at 4,000, ... 64)."""
+    loads = [4000.0 * 2**k for k in range(7)]
+    echo = [{"offered": 0.0, "queries": 1000.0, "batches": 0.0, "frontend_cpu_s": 40e-6 * 1000}]
+    mine = [{"offered": 0.0, "queries": 1000.0, "batches": 1000.0,
+             "frontend_cpu_s": (40 + 4 + 20) * 1e-6 * 1000}]
+    for k, rate in enumerate(loads):
+        per = 30.0 - 25.0 * k / 6
+        q = rate * 3
+        echo.append({"offered": rate, "queries": q, "batches": 0.0,
+                     "frontend_cpu_s": per * 1e-6 * q})
+        b = q / 2 ** (k + 1)
+        mine.append({"offered": rate, "queries": q, "batches": b,
+                     "frontend_cpu_s": ((per + 4) * q + 20 * b) * 1e-6})
+    return echo, mine
+
+
+def test_the_fit_beyond_the_echo_takes_the_http_stacks_cost_off_the_batches() -> None:
+    """The plain fit lays the echo's falling per-query cost on the batches (both fall as
+    load rises); with the echo's cost at each load taken out first, the fit finds the
+    server's own 4 us a query and 20 a batch."""
+    rb = _bench()
+    echo, mine = _echo_and_server_runs()
+    t = rb.Target("rest", 0, "/", b"", b"", pid=1)
+    t.samples = [{**r, "container_cpu_s": 0.0} for r in mine]
+    plain = t.cpu_split()
+    assert plain["frontend_us_per_batch"] > 30.0  # the HTTP stack's wake-ups on the batches
+    fit = rb.beyond_echo_split(mine, echo)
+    assert abs(fit["frontend_us_per_query"] - 4.0) < 0.01
+    assert abs(fit["frontend_us_per_batch"] - 20.0) < 0.01
+    # an echo load between two of its runs is interpolated in log load: halfway, halfway
+    mid = {"offered": 4000.0 * 2**0.5, "queries": 5000.0, "batches": 2500.0,
+           "frontend_cpu_s": ((30.0 - 25.0 / 12 + 4) * 5000 + 20 * 2500) * 1e-6}
+    fit = rb.beyond_echo_split([*mine, mid], echo)
+    assert abs(fit["frontend_us_per_batch"] - 20.0) < 0.01
+    # no echo runs (an older stored run), or one run of ours: nothing to fit
+    assert rb.beyond_echo_split(mine, []) == {}
+    assert rb.beyond_echo_split(mine[:1], echo) == {}
+
+
+def test_report_prints_the_split_beyond_the_echo_and_the_round_trip_floor(
+        tmp_path: Path) -> None:
+    run = _stored_with_equal_load()
+    f = tmp_path / "old.json"
+    f.write_text(json.dumps(run))
+    old = _report(f).stdout
+    assert "taken out first" not in old and "round trip" not in old  # older runs: no line
+    echo, mine = _echo_and_server_runs()
+    run["targets"]["echo"]["runs"] = echo
+    run["targets"]["rest"]["runs"] = mine
+    run["rtt"] = {"round_trips": 1000, "us_per_round_trip": 50.0, "sender_us": 22.5,
+                  "receiver_us": 21.0}
+    f.write_text(json.dumps(run))
+    out = _report(f)
+    assert out.returncode == 0, out.stderr
+    split = next(ln for ln in out.stdout.splitlines() if "taken out first" in ln)
+    assert "rest 4.0 us/q + 20.0 us/b" in split and "oip" not in split  # oip has no runs
+    floor = next(ln for ln in out.stdout.splitlines() if ln.startswith("a bare round trip"))
+    assert "sender 22.5 us, receiver 21.0 us" in floor
+
+
+def test_the_round_trip_floor_runs_a_peer_and_counts_both_sides_cpu() -> None:
+    out = subprocess.run([sys.executable, str(BENCH), "--role", "rtt", "--duration-s", "0.5",
+                          "--warmup-s", "0.1"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["round_trips"] > 0
+    assert r["sender_us"] >= 0 and r["receiver_us"] >= 0
+    assert r["us_per_round_trip"] > 0
