@@ -457,7 +457,8 @@ def beyond_echo_split(runs: list[dict[str, float]],
     load, where batches are small and many, cheap under heavy load, where they are big, so
     the fit lays much of it on the batches.  ``echo(load)``: the echo's CPU per query at
     that offered load, interpolated in log load between its runs (its one-at-a-time run
-    for ours); ``{}`` without such echo runs or with fewer than two of ours."""
+    for ours).  Per query only where batches are under 1% of the queries (cache hits);
+    ``{}`` without such echo runs, or with fewer than two of ours to split."""
     from scipy.optimize import nnls
 
     def per_query(r: dict[str, float]) -> float:
@@ -468,7 +469,7 @@ def beyond_echo_split(runs: list[dict[str, float]],
     closed = [per_query(r) for r in ok if r.get("offered", -1) == 0]
     mine = [r for r in runs if r.get("queries", 0) > 0 and "offered" in r
             and (r["offered"] > 0 or closed)]
-    if not load or len(mine) < 2 or sum(r["batches"] for r in mine) <= 0:
+    if not load or not mine:
         return {}
     at, cost = np.log([x for x, _ in load]), [y for _, y in load]
 
@@ -478,6 +479,10 @@ def beyond_echo_split(runs: list[dict[str, float]],
     q = np.array([r["queries"] for r in mine])
     b = np.array([r["batches"] for r in mine])
     cpu = np.array([r["frontend_cpu_s"] - echo(r) * r["queries"] for r in mine])
+    if b.sum() <= 0.01 * q.sum():  # no batches to speak of (cache hits): per query only
+        return {"frontend_us_per_query": float(cpu.sum() / q.sum() * 1e6)}
+    if len(mine) < 2:
+        return {}
     (a, c), _ = nnls(np.column_stack([q, b]), cpu)
     return {"frontend_us_per_query": float(a * 1e6), "frontend_us_per_batch": float(c * 1e6)}
 
@@ -676,8 +681,9 @@ def _print_table(results: dict[str, Any]) -> None:
     for n, r in results["targets"].items():
         f = beyond_echo_split(r.get("runs", []), echo_runs) if n not in ("echo", "aiohttp") else {}
         if f:
-            fits.append(f"{n} {f['frontend_us_per_query']:.1f} us/q + "
-                        f"{f['frontend_us_per_batch']:.1f} us/b")
+            fits.append(f"{n} {f['frontend_us_per_query']:.1f} us/q" + (
+                f" + {f['frontend_us_per_batch']:.1f} us/b" if "frontend_us_per_batch" in f
+                else ""))
     if fits:
         print("the frontend's split again with our echo's CPU per query at each run's load "
               "taken out first (the HTTP stack's and the kernel's wake-ups, dear per query "

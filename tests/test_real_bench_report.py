@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench" / "real_bench.py"
 STORED = ROOT / "results" / "bench" / "real_bench.json"
@@ -127,6 +129,10 @@ def test_the_fit_beyond_the_echo_takes_the_http_stacks_cost_off_the_batches() ->
     # no echo runs (an older stored run), or one run of ours: nothing to fit
     assert rb.beyond_echo_split(mine, []) == {}
     assert rb.beyond_echo_split(mine[:1], echo) == {}
+    # cache hits: a miss or two in a warm-up is no batch cost to fit, per query only
+    hits = [{**r, "batches": 2.0 if r["offered"] == 4000.0 else 0.0,
+             "frontend_cpu_s": r["frontend_cpu_s"] + 1.5e-6 * r["queries"]} for r in echo]
+    assert rb.beyond_echo_split(hits, echo) == {"frontend_us_per_query": pytest.approx(1.5)}
 
 
 def test_report_prints_the_split_beyond_the_echo_and_the_round_trip_floor(
