@@ -26,7 +26,7 @@ clipperlab's.
 
 Load: closed loop at a fixed concurrency (``--levels``: c keep-alive connections, one
 request outstanding on each, the next sent when the reply arrives; as ``wrk -c``), from
-this process on uvloop, with ``bench/real_bench.py``'s connection class (httptools parser).
+this process on uvloop, with ``bench/real_bench_roles.py``'s connection class (httptools parser).
 Each level warms up for ``--warmup-s`` (not counted), then counts ``--duration-s``: req/s
 is successful replies (HTTP 200, not a clipperlab default) per second; p50/p99 are theirs.
 
@@ -70,7 +70,8 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
-import real_bench  # noqa: E402  (bench/ is not a package: its sibling, by path)
+import real_bench  # noqa: E402  (bench/ is not a package: its siblings, by path)
+import real_bench_roles as roles  # noqa: E402
 
 sys.path.remove(str(BENCH))  # bench/'s other modules stay out of an importer's path
 
@@ -180,13 +181,13 @@ def tree(pid: int) -> list[int]:
         if _start_time(p) is None:
             continue
         out.append(p)
-        todo += real_bench.child_pids(p)
+        todo += roles.child_pids(p)
     return out
 
 
 def tree_cpu(pid: int) -> dict[int, float]:
     """User + system CPU seconds of each process in the tree."""
-    return {p: real_bench.process_cpu_s(p) for p in tree(pid)}
+    return {p: roles.process_cpu_s(p) for p in tree(pid)}
 
 
 def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
@@ -233,9 +234,9 @@ def run_closed_loop(port: int, path: str, body: bytes, mark: bytes, concurrency:
     sent when the reply arrives, until the window ends; then the last replies drain."""
     import uvloop
 
-    request = real_bench.request_bytes(path, body)
+    request = roles.request_bytes(path, body)
 
-    class Conn(real_bench.LoadConn):
+    class Conn(roles.LoadConn):
         def on_message_complete(self) -> None:
             super().on_message_complete()
             if time.monotonic() < self.stats["measure_until"] and not self.transport.is_closing():
@@ -248,7 +249,7 @@ def run_closed_loop(port: int, path: str, body: bytes, mark: bytes, concurrency:
 
     async def main() -> dict[str, Any]:
         loop = asyncio.get_running_loop()
-        stats = real_bench.new_stats()
+        stats = roles.new_stats()
         start = time.monotonic()
         stats["measure_from"] = start + warmup_s
         stats["measure_until"] = start + warmup_s + duration_s
@@ -264,7 +265,7 @@ def run_closed_loop(port: int, path: str, body: bytes, mark: bytes, concurrency:
             await asyncio.sleep(0.01)
         for c in conns:
             c.transport.close()
-        out = real_bench.summarize(stats, 0.0, duration_s)
+        out = roles.summarize(stats, 0.0, duration_s)
         out.update(lost=stats["lost"], defaults=stats["defaults"])
         return out
 

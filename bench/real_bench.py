@@ -68,24 +68,35 @@ per batch on this machine, before any of our code runs.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import tomllib
 import urllib.request
-from collections import deque
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+if str(Path(__file__).resolve().parent) not in sys.path:  # bench/ is not a package:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # its siblings, by path
+
+from real_bench_report import print_table  # noqa: E402
+from real_bench_roles import (  # noqa: E402
+    child_pids,
+    process_cpu_s,
+    run_aiohttp_echo,
+    run_closed,
+    run_echo,
+    run_load,
+    run_rtt,
+    run_rtt_peer,
+)
 
 CLI = [sys.executable, "-c", "import sys; from clipperlab.cli import main; sys.exit(main())"]
 REST_BODY = b'{"input":[0.25,0.5,0.75,1.0]}'
@@ -94,288 +105,9 @@ OIP_BODY = (
 )
 # What a default looks like in each API's 200 reply (the no-op model answers 0, never true).
 DEFAULT_MARKS = {"rest": b'"default":true', "oip": b"true", "echo": b"\xff\xfe"}  # echo: none
-TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
-
-
-# ============================================================================ echo servers
-def run_echo(port_file: str) -> None:
-    import uvloop
-
-    from clipperlab.real.http import HttpProtocol, Request, response
-
-    def handler(req: Request) -> bytes:
-        return response(200, req.body)
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        srv = await loop.create_server(lambda: HttpProtocol(handler), "127.0.0.1", 0, backlog=1024)
-        Path(port_file).write_text(str(srv.sockets[0].getsockname()[1]))
-        await asyncio.Event().wait()
-
-    uvloop.run(main())
-
-
-def run_aiohttp_echo(port_file: str) -> None:
-    import uvloop
-    from aiohttp import web
-
-    async def echo(request: web.Request) -> web.Response:
-        return web.Response(body=await request.read(), content_type="application/json")
-
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", echo)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-        server = site._server
-        assert server is not None and server.sockets  # type: ignore[attr-defined]
-        Path(port_file).write_text(str(server.sockets[0].getsockname()[1]))  # type: ignore[attr-defined]
-        await asyncio.Event().wait()
-
-    uvloop.run(main())
-
-
-# ============================================================================ round-trip floor
-RTT_FRAME = 128  # bytes each way: a batch of a few small rows and its reply
-
-
-def run_rtt_peer(port: int) -> None:
-    """The container's side of a bare round trip: a blocking socket that sends back what
-    it receives (``recv_into`` a kept buffer and ``sendall``, as ``real.container`` does)."""
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    into = memoryview(bytearray(1 << 16))
-    while n := sock.recv_into(into):
-        sock.sendall(into[:n])
-
-
-def run_rtt(duration_s: float, warmup_s: float) -> dict[str, Any]:
-    """The frontend's side: a uvloop protocol that writes a ``RTT_FRAME``-byte frame to a
-    peer process over loopback TCP (no delay, as the RPC) and the next one when the answer
-    is in, one in flight, as the frontend sends a replica its batches under light load.
-    Each side's CPU per round trip, from ``/proc``: what one batch's trip costs the
-    frontend and the container on this machine before any of our code runs (both sleep
-    and are woken once a trip)."""
-    import uvloop
-
-    frame = b"b" * RTT_FRAME
-
-    class Ping(asyncio.Protocol):
-        def __init__(self) -> None:
-            self.count, self.got = 0, 0
-
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            self.transport = cast(asyncio.Transport, transport)  # uvloop's: not a subclass
-            self.transport.write(frame)
-
-        def data_received(self, data: bytes) -> None:
-            self.got += len(data)
-            if self.got >= RTT_FRAME:  # the whole answer (TCP may split it)
-                self.got -= RTT_FRAME
-                self.count += 1
-                self.transport.write(frame)
-
-    async def main() -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        listener = socket.create_server(("127.0.0.1", 0))
-        listener.setblocking(False)
-        peer = subprocess.Popen([sys.executable, __file__, "--role", "rtt-peer", "--port",
-                                 str(listener.getsockname()[1])], start_new_session=True)
-        try:
-            conn, _ = await asyncio.wait_for(loop.sock_accept(listener), 60)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            _, ping = await loop.create_connection(Ping, sock=conn)
-            await asyncio.sleep(warmup_s)
-            n0, me0, it0, t0 = (ping.count, process_cpu_s(os.getpid()),
-                                process_cpu_s(peer.pid), time.monotonic())
-            await asyncio.sleep(duration_s)
-            n1, me1, it1, t1 = (ping.count, process_cpu_s(os.getpid()),
-                                process_cpu_s(peer.pid), time.monotonic())
-        finally:
-            peer.kill()
-            peer.wait()
-            listener.close()
-        if n1 == n0:
-            raise RuntimeError("the round-trip peer never answered")
-        n = n1 - n0
-        return {"round_trips": n1 - n0, "us_per_round_trip": (t1 - t0) / n * 1e6,
-                "sender_us": (me1 - me0) / n * 1e6, "receiver_us": (it1 - it0) / n * 1e6}
-
-    return uvloop.run(main())
-
-
-# ============================================================================ load generator
-class LoadConn(asyncio.Protocol):
-    def __init__(self, stats: dict[str, Any], default_mark: bytes) -> None:
-        import httptools
-
-        self.stats = stats
-        self.mark = default_mark
-        self.sent_at: deque[float] = deque()
-        self.parser = httptools.HttpResponseParser(self)
-        self.transport: Any = None
-        self.default = False
-        self.done: asyncio.Future[None] | None = None
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.parser.feed_data(data)
-
-    def on_message_begin(self) -> None:
-        self.default = False
-
-    def on_body(self, body: bytes) -> None:
-        if self.mark in body:
-            self.default = True
-
-    def on_message_complete(self) -> None:
-        st = self.stats
-        t0 = self.sent_at.popleft()
-        now = time.monotonic()
-        code = self.parser.get_status_code()
-        if st["measure_from"] <= now < st["measure_until"]:
-            if code == 200 and not self.default:
-                st["ok"] += 1
-                st["lat"].append(now - t0)
-            elif code == 200:
-                st["defaults"] += 1
-            else:
-                st["errors"] += 1
-        st["outstanding"] -= 1
-        st["completed"] += 1
-        if self.done is not None and not self.done.done():
-            self.done.set_result(None)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.stats["lost"] += 1
-
-
-def request_bytes(path: str, body: bytes) -> bytes:
-    return (
-        b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
-    )
-
-
-def new_stats() -> dict[str, Any]:
-    return {"ok": 0, "defaults": 0, "errors": 0, "lost": 0, "skipped": 0, "outstanding": 0,
-            "completed": 0, "lat": [], "measure_from": 0.0, "measure_until": 0.0}
-
-
-def summarize(stats: dict[str, Any], rate: float, duration_s: float) -> dict[str, Any]:
-    lat = np.array(stats["lat"]) * 1e3
-    return {
-        "offered_qps": rate,
-        "ok_qps": stats["ok"] / duration_s,
-        "defaults_qps": stats["defaults"] / duration_s,
-        "errors": stats["errors"],
-        "skipped": stats["skipped"],
-        "completed": stats["completed"],
-        "p50_ms": float(np.percentile(lat, 50)) if lat.size else float("nan"),
-        "p99_ms": float(np.percentile(lat, 99)) if lat.size else float("nan"),
-    }
-
-
-def run_load(port: int, path: str, body: bytes, mark: bytes, rate: float, duration_s: float,
-             warmup_s: float, conns: int) -> dict[str, Any]:
-    """Open loop at ``rate`` queries/s over ``conns`` connections."""
-    import uvloop
-
-    request = request_bytes(path, body)
-    max_outstanding = 50_000
-
-    async def main() -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        stats = new_stats()
-        cs: list[LoadConn] = []
-        for _ in range(conns):
-            _, c = await loop.create_connection(lambda: LoadConn(stats, mark), "127.0.0.1", port)
-            cs.append(c)
-        start = time.monotonic()
-        stats["measure_from"] = start + warmup_s
-        stats["measure_until"] = end = start + warmup_s + duration_s
-        sent = 0
-        i = 0
-        while (now := time.monotonic()) < end:
-            due = int((now - start) * rate)
-            per: dict[int, int] = {}
-            for k in range(due - sent):
-                if stats["outstanding"] >= max_outstanding:
-                    stats["skipped"] += 1
-                    continue
-                c = cs[i % conns]
-                i += 1
-                c.sent_at.append(start + (sent + k) / rate)
-                stats["outstanding"] += 1
-                per[id(c)] = per.get(id(c), 0) + 1
-            for c in cs:
-                if m := per.get(id(c)):
-                    c.transport.write(request * m)
-            sent = max(sent, due)
-            await asyncio.sleep(0.001)  # uvloop timers have 1 ms resolution; 0.5 ms would spin
-        # Let the last responses arrive (they fall outside the window and are not counted).
-        until = time.monotonic() + 2.0
-        while stats["outstanding"] and time.monotonic() < until:
-            await asyncio.sleep(0.01)
-        for c in cs:
-            c.transport.close()
-        return summarize(stats, rate, duration_s)
-
-    return uvloop.run(main())
-
-
-def run_closed(port: int, path: str, body: bytes, mark: bytes, duration_s: float,
-               warmup_s: float) -> dict[str, Any]:
-    """One connection, one request at a time (concurrency 1)."""
-    import uvloop
-
-    request = request_bytes(path, body)
-
-    async def main() -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        stats = new_stats()
-        _, c = await loop.create_connection(lambda: LoadConn(stats, mark), "127.0.0.1", port)
-        start = time.monotonic()
-        stats["measure_from"] = start + warmup_s
-        stats["measure_until"] = end = start + warmup_s + duration_s
-        while time.monotonic() < end:
-            c.done = loop.create_future()
-            c.sent_at.append(time.monotonic())
-            stats["outstanding"] += 1
-            c.transport.write(request)
-            await c.done
-        c.transport.close()
-        return summarize(stats, stats["ok"] / duration_s, duration_s)
-
-    return uvloop.run(main())
 
 
 # ============================================================================ measuring
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of one process (0 when it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) * TICK_S
-
-
-def child_pids(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                out += [int(x) for x in f.read().split()]
-    except OSError:
-        pass
-    return out
-
-
 def _counters(port: int) -> dict[str, float]:
     """Sum of each ``clipperlab_*_total`` counter over its labels, from ``/metrics``."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
@@ -446,45 +178,6 @@ class Target:
                 out[f"{who}_us_per_batch"] = float(c * 1e6)
         out["queries_per_batch"] = float(q.sum() / b.sum()) if b.sum() else float("inf")
         return out
-
-
-def beyond_echo_split(runs: list[dict[str, float]],
-                      echo_runs: list[dict[str, float]]) -> dict[str, float]:
-    """The frontend's per-query and per-batch CPU (us) with our echo server's CPU per query
-    at each run's load taken out first: ``cpu - echo(load) x queries = a x queries + b x
-    batches``, fitted as ``Target.cpu_split`` does.  The plain fit's per-batch figure also
-    carries what the HTTP stack and the kernel's wake-ups cost: dear per query under light
-    load, where batches are small and many, cheap under heavy load, where they are big, so
-    the fit lays much of it on the batches.  ``echo(load)``: the echo's CPU per query at
-    that offered load, interpolated in log load between its runs (its one-at-a-time run
-    for ours).  Per query only where batches are under 1% of the queries (cache hits);
-    ``{}`` without such echo runs, or with fewer than two of ours to split."""
-    from scipy.optimize import nnls
-
-    def per_query(r: dict[str, float]) -> float:
-        return r["frontend_cpu_s"] / r["queries"]
-
-    ok = [r for r in echo_runs if r.get("queries", 0) > 0 and "frontend_cpu_s" in r]
-    load = sorted((r["offered"], per_query(r)) for r in ok if r.get("offered", 0) > 0)
-    closed = [per_query(r) for r in ok if r.get("offered", -1) == 0]
-    mine = [r for r in runs if r.get("queries", 0) > 0 and "offered" in r
-            and (r["offered"] > 0 or closed)]
-    if not load or not mine:
-        return {}
-    at, cost = np.log([x for x, _ in load]), [y for _, y in load]
-
-    def echo(r: dict[str, float]) -> float:
-        return closed[0] if r["offered"] == 0 else float(np.interp(np.log(r["offered"]), at, cost))
-
-    q = np.array([r["queries"] for r in mine])
-    b = np.array([r["batches"] for r in mine])
-    cpu = np.array([r["frontend_cpu_s"] - echo(r) * r["queries"] for r in mine])
-    if b.sum() <= 0.01 * q.sum():  # no batches to speak of (cache hits): per query only
-        return {"frontend_us_per_query": float(cpu.sum() / q.sum() * 1e6)}
-    if len(mine) < 2:
-        return {}
-    (a, c), _ = nnls(np.column_stack([q, b]), cpu)
-    return {"frontend_us_per_query": float(a * 1e6), "frontend_us_per_batch": float(c * 1e6)}
 
 
 def measure(t: Target, a: argparse.Namespace, equal_rate: float = 0.0) -> dict[str, Any]:
@@ -647,112 +340,6 @@ def background_busy_share(window_s: float = 2.0) -> float:
     return 1.0 - (d[3] + d[4]) / max(sum(d[:8]), 1)
 
 
-def _print_table(results: dict[str, Any]) -> None:
-    cols = (f"{'target':<13} {'sat. q/s':>9} {'x echo':>7} {'p50/p99 half ms':>16} "
-            f"{'c=1 p50':>8} {'fe us/q':>8} {'fe us/b':>8} {'ct us/b':>8} {'fe us/q all':>11}")
-    print(cols)
-    echo_sat = results.get("echo", {}).get("saturation", {})
-    echo = echo_sat.get("ok_qps")
-    for name, r in results["targets"].items():
-        s, h, c1, cpu = r["saturation"], r["half"], r["c1"], r["cpu"]
-        ratio = s["ok_qps"] / echo if echo else float("nan")
-        # a ramp that ended at --max-rate without falling short found a lower bound:
-        # '>=' on its saturation, and '<=' on a ratio to an echo whose ramp did so
-        at_least = ">=" if s.get("capped") else "  "
-        at_most = "<=" if echo_sat.get("capped") and name != "echo" else "  "
-
-        def us(k: str, cpu: dict[str, float] = cpu) -> str:
-            return f"{cpu[k]:>8.1f}" if k in cpu else f"{'-':>8}"
-
-        print(f"{name:<11}{at_least}{s['ok_qps']:>9,.0f} {at_most}{ratio:>5.2f} "
-              f"{h['p50_ms']:>7.2f}/{h['p99_ms']:<8.2f} {c1['p50_ms']:>8.3f} "
-              f"{us('frontend_us_per_query')} {us('frontend_us_per_batch')} "
-              f"{us('container_us_per_batch')} {cpu.get('frontend_us_per_query_all', 0):>11.1f}")
-    print("(sat.: successful replies/s at saturation, defaults excluded, '>=' where the ramp "
-          "reached --max-rate without falling short; x echo: against our echo server in "
-          "this run, '<=' when the echo's saturation is such a bound; half: open loop at "
-          "half of saturation; c=1: one request at a time; fe/ct: frontend/container CPU "
-          "from /proc, split per query and per batch by a least-squares fit over the runs; "
-          "'all': frontend CPU / queries, unsplit)")
-    echo_t = results["targets"].get("echo", {})
-    echo_runs = echo_t.get("runs", []) + (
-        [echo_t["equal"]["run"]] if "run" in echo_t.get("equal", {}) else [])
-    fits = []
-    for n, r in results["targets"].items():
-        f = beyond_echo_split(r.get("runs", []), echo_runs) if n not in ("echo", "aiohttp") else {}
-        if f:
-            fits.append(f"{n} {f['frontend_us_per_query']:.1f} us/q" + (
-                f" + {f['frontend_us_per_batch']:.1f} us/b" if "frontend_us_per_batch" in f
-                else ""))
-    if fits:
-        print("the frontend's split again with our echo's CPU per query at each run's load "
-              "taken out first (the HTTP stack's and the kernel's wake-ups, dear per query "
-              "at light load where batches are small and many, otherwise fall on the "
-              "batches): " + "; ".join(fits))
-    rtt = results.get("rtt")
-    if rtt:
-        print(f"a bare round trip between two processes ({RTT_FRAME} bytes each way over "
-              "loopback TCP, a uvloop sender, a blocking receiver, one in flight: the "
-              f"per-batch floor on this machine): sender {rtt['sender_us']:.1f} us, receiver "
-              f"{rtt['receiver_us']:.1f} us of CPU")
-    equal = {n: r["equal"] for n, r in results["targets"].items() if "equal" in r}
-    if equal:
-        rate = next(iter(equal.values()))["rate"]
-
-        def line(cpu: Any, ok: bool, servers_only: bool = False) -> str:
-            """Each target's ``cpu(its equal-load run)`` and its ratio to its build's REST."""
-            parts = []
-            for n, e in equal.items():
-                if servers_only and n in ("echo", "aiohttp"):
-                    continue
-                base = "rest-mypyc" if n.endswith("-mypyc") else "rest"
-                rest = cpu(equal[base]) if base in equal else 0.0
-                vs = f" = {cpu(e) / rest:.2f}x {base}" if rest and n != base else ""
-                parts.append(f"{n} {cpu(e):.1f}{vs}"
-                             + (f" (ok {e['ok_qps']:,.0f}/s)" if ok else ""))
-            return ", ".join(parts)
-
-        print(f"frontend CPU us/query at equal load ({rate:,.0f} q/s offered, unsplit): "
-              + line(lambda e: e["frontend_us_per_query"], True))
-        # the server's CPU (the issue's "server CPU per request"): a miss also costs its
-        # container, a cache hit does not reach one
-        def server(e: Any) -> float:
-            return float(e["frontend_us_per_query"] + e.get("container_us_per_query", 0.0))
-
-        print("server CPU us/query at equal load (frontend + containers): "
-              + line(server, False))
-        floor = equal.get("echo")
-        if floor is not None:  # what the HTTP stack and the kernel take at this load
-            e0 = server(floor)
-            print(f"server CPU beyond the echo's {e0:.1f} us/query at equal load (our HTTP "
-                  "stack's and the kernel's share taken out): "
-                  + line(lambda e: server(e) - e0, False, servers_only=True))
-    print(f"(other jobs kept {results['background_cpu_busy_share']:.0%} of the CPUs busy "
-          f"before the run; load average {results['loadavg']})")
-    speeds = {n: r["speed"] for n, r in results["targets"].items() if r.get("speed")}
-    if speeds:
-        shown = dict(speeds)
-        echo_eq = results["targets"].get("echo", {}).get("equal", {}).get("speed")
-        if echo_eq:  # its run at the equal load, after the servers
-            shown["echo at equal load"] = echo_eq
-        print("the machine's speed while each target ran (quiet.SpeedMonitor: slow share, "
-              "x factor; absolute microseconds compare only at like speeds): " + ", ".join(
-                  f"{n} {sp['slow_share']:.0%} x{sp['slow_factor']:.2f} "
-                  f"(fast {sp['fast_ns']:.0f} ns)" for n, sp in shown.items()))
-        parts = []
-        for n, sp in speeds.items():
-            cpu = results["targets"][n].get("cpu", {})
-            m = 1.0 + sp["slow_share"] * (sp["slow_factor"] - 1.0)
-            got = [f"{label} {cpu[k] / m:.1f}" for label, k in (
-                ("fe us/q", "frontend_us_per_query"), ("fe us/b", "frontend_us_per_batch"),
-                ("ct us/b", "container_us_per_batch")) if k in cpu]
-            if got:
-                parts.append(f"{n} {', '.join(got)}")
-        if parts:
-            print("the CPU splits at the fast speed (each divided by its target's mean "
-                  "factor, 1 + slow share x (factor - 1)): " + "; ".join(parts))
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -799,7 +386,7 @@ def main() -> int:
     if a.report:
         try:
             stored = json.loads(Path(a.report).read_text())
-            _print_table(stored)
+            print_table(stored)
         except (OSError, ValueError, KeyError, TypeError) as e:
             print(f"real_bench: --report {a.report}: {type(e).__name__}: {e}",
                   file=sys.stderr)
@@ -942,7 +529,7 @@ def main() -> int:
     for role in ("echo", "aiohttp"):
         if role in results:
             results["targets"] = {role: results[role], **results["targets"]}
-    _print_table(results)
+    print_table(results)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -79,14 +79,16 @@ def test_report_takes_the_echo_out_when_it_ran_at_the_equal_load(tmp_path: Path)
     assert "echo at equal load 25% x1.50 (fast 900 ns)" in out.stdout
 
 
-def _bench() -> Any:
+def _bench() -> tuple[Any, Any]:
+    """``real_bench`` and its report module (bench/ is not a package: loaded by path, and
+    real_bench imports its siblings)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("real_bench", BENCH)
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod
+    return mod, sys.modules["real_bench_report"]
 
 
 def _echo_and_server_runs() -> tuple[list[dict[str, float]], list[dict[str, float]]]:
@@ -112,27 +114,27 @@ def test_the_fit_beyond_the_echo_takes_the_http_stacks_cost_off_the_batches() ->
     """The plain fit lays the echo's falling per-query cost on the batches (both fall as
     load rises); with the echo's cost at each load taken out first, the fit finds the
     server's own 4 us a query and 20 a batch."""
-    rb = _bench()
+    rb, report = _bench()
     echo, mine = _echo_and_server_runs()
     t = rb.Target("rest", 0, "/", b"", b"", pid=1)
     t.samples = [{**r, "container_cpu_s": 0.0} for r in mine]
     plain = t.cpu_split()
     assert plain["frontend_us_per_batch"] > 30.0  # the HTTP stack's wake-ups on the batches
-    fit = rb.beyond_echo_split(mine, echo)
+    fit = report.beyond_echo_split(mine, echo)
     assert abs(fit["frontend_us_per_query"] - 4.0) < 0.01
     assert abs(fit["frontend_us_per_batch"] - 20.0) < 0.01
     # an echo load between two of its runs is interpolated in log load: halfway, halfway
     mid = {"offered": 4000.0 * 2**0.5, "queries": 5000.0, "batches": 2500.0,
            "frontend_cpu_s": ((30.0 - 25.0 / 12 + 4) * 5000 + 20 * 2500) * 1e-6}
-    fit = rb.beyond_echo_split([*mine, mid], echo)
+    fit = report.beyond_echo_split([*mine, mid], echo)
     assert abs(fit["frontend_us_per_batch"] - 20.0) < 0.01
     # no echo runs (an older stored run), or one run of ours: nothing to fit
-    assert rb.beyond_echo_split(mine, []) == {}
-    assert rb.beyond_echo_split(mine[:1], echo) == {}
+    assert report.beyond_echo_split(mine, []) == {}
+    assert report.beyond_echo_split(mine[:1], echo) == {}
     # cache hits: a miss or two in a warm-up is no batch cost to fit, per query only
     hits = [{**r, "batches": 2.0 if r["offered"] == 4000.0 else 0.0,
              "frontend_cpu_s": r["frontend_cpu_s"] + 1.5e-6 * r["queries"]} for r in echo]
-    assert rb.beyond_echo_split(hits, echo) == {"frontend_us_per_query": pytest.approx(1.5)}
+    assert report.beyond_echo_split(hits, echo) == {"frontend_us_per_query": pytest.approx(1.5)}
 
 
 def test_report_prints_the_split_beyond_the_echo_and_the_round_trip_floor(
