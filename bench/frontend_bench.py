@@ -18,7 +18,7 @@ about 13 us to a cache hit (32 against 18) and made OIP look 1.5x REST (1.1x tun
 syscalls are made, so the figures are the Python work that ``bench/real_bench.py``'s /proc
 numbers contain beside the kernel's.  ``--compiled`` runs the same again in a process whose
 real path is compiled with mypyc (``_build/mypyc_real.py``), rows marked ``+mypyc``.
-``echo`` runs the same HTTP protocol with ``bench/real_bench.py``'s echo handler instead of
+``echo`` runs the same HTTP protocol with ``bench/real_bench_roles.py``'s echo handler instead of
 the frontend: the HTTP layer's own share, as the live bench's echo floor (2026-12-06,
 11:0x UTC on a slow stretch of the VM: echo 7.7-8.6 us a query, REST 28.4-34.2, a hit
 14.8-18.2; beyond the echo a hit 0.34-0.38x a miss, as live).
