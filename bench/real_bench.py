@@ -86,7 +86,7 @@ sys.path.insert(0, str(ROOT))
 if str(Path(__file__).resolve().parent) not in sys.path:  # bench/ is not a package:
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # its siblings, by path
 
-from real_bench_report import print_table  # noqa: E402
+from real_bench_report import print_table, split  # noqa: E402
 from real_bench_roles import (  # noqa: E402
     child_pids,
     process_cpu_s,
@@ -161,8 +161,6 @@ class Target:
         """Per-query and per-batch CPU (us) of the frontend and container: a non-negative
         least-squares fit over this target's runs; per query only when there are no
         batches (cache hits, echo)."""
-        from scipy.optimize import nnls
-
         rows = [s for s in self.samples if s.get("queries", 0) > 0]
         out: dict[str, float] = {}
         if self.pid is None or not rows:
@@ -172,10 +170,9 @@ class Target:
         for who in ("frontend", "container"):
             cpu = np.array([s[f"{who}_cpu_s"] for s in rows])
             out[f"{who}_us_per_query_all"] = float(cpu.sum() / q.sum() * 1e6)
-            if b.sum() > 0.01 * q.sum() and len(rows) >= 2:  # else (cache hits): per query only
-                (a, c), _ = nnls(np.column_stack([q, b]), cpu)
-                out[f"{who}_us_per_query"] = float(a * 1e6)
-                out[f"{who}_us_per_batch"] = float(c * 1e6)
+            ab = split(q, b, cpu)  # None (cache hits, echo): per query only
+            if ab is not None:
+                out[f"{who}_us_per_query"], out[f"{who}_us_per_batch"] = ab
         out["queries_per_batch"] = float(q.sum() / b.sum()) if b.sum() else float("inf")
         return out
 

@@ -10,18 +10,30 @@ import numpy as np
 from real_bench_roles import RTT_FRAME
 
 
+def split(q: np.ndarray[Any, Any], b: np.ndarray[Any, Any],
+          cpu: np.ndarray[Any, Any]) -> tuple[float, float] | None:
+    """``cpu = a x q + b x batches`` over runs (CPU seconds), as ``(a, b)`` in us by a
+    non-negative least-squares fit; ``None`` where there is nothing to split: batches under
+    1% of the queries (cache hits, the echo) or fewer than two runs."""
+    from scipy.optimize import nnls
+
+    if b.sum() <= 0.01 * q.sum() or len(q) < 2:
+        return None
+    (a, c), _ = nnls(np.column_stack([q, b]), cpu)
+    return float(a * 1e6), float(c * 1e6)
+
+
 def beyond_echo_split(runs: list[dict[str, float]],
                       echo_runs: list[dict[str, float]]) -> dict[str, float]:
     """The frontend's per-query and per-batch CPU (us) with our echo server's CPU per query
     at each run's load taken out first: ``cpu - echo(load) x queries = a x queries + b x
-    batches``, fitted as ``Target.cpu_split`` does.  The plain fit's per-batch figure also
+    batches``, by ``split`` as the plain fit.  The plain fit's per-batch figure also
     carries what the HTTP stack and the kernel's wake-ups cost: dear per query under light
     load, where batches are small and many, cheap under heavy load, where they are big, so
     the fit lays much of it on the batches.  ``echo(load)``: the echo's CPU per query at
     that offered load, interpolated in log load between its runs (its one-at-a-time run
     for ours).  Per query only where batches are under 1% of the queries (cache hits);
     ``{}`` without such echo runs, or with fewer than two of ours to split."""
-    from scipy.optimize import nnls
 
     def per_query(r: dict[str, float]) -> float:
         return r["frontend_cpu_s"] / r["queries"]
@@ -43,10 +55,8 @@ def beyond_echo_split(runs: list[dict[str, float]],
     cpu = np.array([r["frontend_cpu_s"] - echo(r) * r["queries"] for r in mine])
     if b.sum() <= 0.01 * q.sum():  # no batches to speak of (cache hits): per query only
         return {"frontend_us_per_query": float(cpu.sum() / q.sum() * 1e6)}
-    if len(mine) < 2:
-        return {}
-    (a, c), _ = nnls(np.column_stack([q, b]), cpu)
-    return {"frontend_us_per_query": float(a * 1e6), "frontend_us_per_batch": float(c * 1e6)}
+    ab = split(q, b, cpu)
+    return {} if ab is None else {"frontend_us_per_query": ab[0], "frontend_us_per_batch": ab[1]}
 
 
 def print_table(results: dict[str, Any]) -> None:
