@@ -120,6 +120,14 @@ def _counters(port: int) -> dict[str, float]:
     return out
 
 
+def run_role(argv: list[str]) -> dict[str, Any]:
+    """This script as ``--role ...`` (``argv``) in a session of its own, until it exits;
+    the JSON object its last line prints."""
+    out = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True,
+                         check=True, start_new_session=True)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
 class Target:
     """A server to measure: its port, process ids and what a request looks like."""
 
@@ -142,13 +150,9 @@ class Target:
 
     def run(self, argv: list[str]) -> dict[str, Any]:
         before = self._snapshot()
-        out = subprocess.run([sys.executable, __file__, *argv, "--port", str(self.port),
-                              "--path", self.path, "--body", self.body.decode(),
-                              "--mark", self.mark.decode("latin-1")],
-                             capture_output=True, text=True, check=True,
-                             start_new_session=True)
+        r = run_role([*argv, "--port", str(self.port), "--path", self.path,
+                      "--body", self.body.decode(), "--mark", self.mark.decode("latin-1")])
         after = self._snapshot()
-        r = dict(json.loads(out.stdout.strip().splitlines()[-1]))
         sample = {k: after[k] - before[k] for k in before}
         # the load it ran at (0: one request at a time), for the fit beyond the echo
         sample["offered"] = float(argv[argv.index("--rate") + 1]) if "--rate" in argv else 0.0
@@ -480,11 +484,8 @@ def main() -> int:
             finally:
                 _stop(proc)
         if "rtt" in only:  # the per-batch floor: one batch's trip before any of our code
-            out = subprocess.run([sys.executable, __file__, "--role", "rtt", "--duration-s",
-                                  str(a.duration_s), "--warmup-s", str(a.warmup_s)],
-                                 capture_output=True, text=True, check=True,
-                                 start_new_session=True)
-            results["rtt"] = json.loads(out.stdout.strip().splitlines()[-1])
+            results["rtt"] = run_role(["--role", "rtt", "--duration-s", str(a.duration_s),
+                                       "--warmup-s", str(a.warmup_s)])
             print(f"  rtt      {results['rtt']['round_trips']:,} round trips: sender "
                   f"{results['rtt']['sender_us']:.1f} us, receiver "
                   f"{results['rtt']['receiver_us']:.1f} us of CPU each", flush=True)

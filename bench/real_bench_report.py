@@ -10,6 +10,11 @@ import numpy as np
 from real_bench_roles import RTT_FRAME
 
 
+def few_batches(q: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> bool:
+    """Batches under 1% of the queries (cache hits, the echo): nothing per batch to fit."""
+    return bool(b.sum() <= 0.01 * q.sum())
+
+
 def split(q: np.ndarray[Any, Any], b: np.ndarray[Any, Any],
           cpu: np.ndarray[Any, Any]) -> tuple[float, float] | None:
     """``cpu = a x q + b x batches`` over runs (CPU seconds), as ``(a, b)`` in us by a
@@ -17,7 +22,7 @@ def split(q: np.ndarray[Any, Any], b: np.ndarray[Any, Any],
     1% of the queries (cache hits, the echo) or fewer than two runs."""
     from scipy.optimize import nnls
 
-    if b.sum() <= 0.01 * q.sum() or len(q) < 2:
+    if few_batches(q, b) or len(q) < 2:
         return None
     (a, c), _ = nnls(np.column_stack([q, b]), cpu)
     return float(a * 1e6), float(c * 1e6)
@@ -53,7 +58,7 @@ def beyond_echo_split(runs: list[dict[str, float]],
     q = np.array([r["queries"] for r in mine])
     b = np.array([r["batches"] for r in mine])
     cpu = np.array([r["frontend_cpu_s"] - echo(r) * r["queries"] for r in mine])
-    if b.sum() <= 0.01 * q.sum():  # no batches to speak of (cache hits): per query only
+    if few_batches(q, b):  # cache hits: per query only
         return {"frontend_us_per_query": float(cpu.sum() / q.sum() * 1e6)}
     ab = split(q, b, cpu)
     return {} if ab is None else {"frontend_us_per_query": ab[0], "frontend_us_per_batch": ab[1]}
