@@ -94,6 +94,7 @@ class Target:
     mark: bytes = NO_MARK
     venv: str | None = None  # .venv-peers/<venv>; None: clipperlab's own environment
     dist: str = "clipperlab"  # the distribution whose version is reported
+    compiled: bool = False  # clipperlab's real path compiled with mypyc (--compiled)
 
 
 TARGETS: dict[str, Target] = {t.key: t for t in (
@@ -107,7 +108,12 @@ TARGETS: dict[str, Target] = {t.key: t for t in (
            venv="bentoml", dist="bentoml"),
     Target(key="ray", label="Ray Serve (@serve.batch)", path="/noop", body=REST_BODY,
            venv="ray", dist="ray"),
+    Target(key="rest-mypyc", label="clipperlab, Clipper REST, compiled", path="/bench/predict",
+           body=REST_BODY, mark=real_bench.DEFAULT_MARKS["rest"], compiled=True),
+    Target(key="oip-mypyc", label="clipperlab, OIP v2, compiled", path="/v2/models/bench/infer",
+           body=OIP_BODY, mark=real_bench.DEFAULT_MARKS["oip"], compiled=True),
 )}
+COMPILED_TARGETS = ("rest-mypyc", "oip-mypyc")  # added by --compiled, after rest and oip
 
 
 @dataclass(slots=True, kw_only=True)
@@ -454,9 +460,10 @@ def measure_target(t: Target, tmp: Path, a: argparse.Namespace, venvs: Path = VE
         return res
     print(f"{t.key}: starting {t.dist} {version}", flush=True)
     if t.venv is None:
-        ns = argparse.Namespace(replicas=1, slo_ms=a.slo_ms)
+        ns = argparse.Namespace(replicas=1, slo_ms=a.slo_ms, set=[])  # real_bench's options
         (tmp / t.key).mkdir()  # its own: the helper's config, store and ports file
-        proc, port = real_bench.start_server(tmp / t.key, ns, cache=False)
+        proc, port = real_bench.start_server(tmp / t.key, ns, cache=False,
+                                             compiled=a.compiled_tree if t.compiled else None)
     else:
         proc, port = start_peer(t, tmp, a, venvs)
     try:
@@ -479,6 +486,18 @@ def measure_target(t: Target, tmp: Path, a: argparse.Namespace, venvs: Path = VE
         if (tmp / t.key / "scratch").exists():
             shutil.rmtree((tmp / t.key / "scratch").read_text(), ignore_errors=True)
     return res
+
+
+def run_order(a: argparse.Namespace) -> list[str]:
+    """The targets to run, in the table's order: each of clipperlab's compiled rows
+    (``--compiled``) right after its interpreted one."""
+    keys = [k for k in ALL_TARGETS if k in a.only]
+    if a.compiled:
+        for k in COMPILED_TARGETS:
+            base = k.removesuffix("-mypyc")
+            if base in keys:
+                keys.insert(keys.index(base) + 1, k)
+    return keys
 
 
 def _range(xs: list[float], fmt: str) -> str:
@@ -524,6 +543,10 @@ def write_results(results: list[Result], meta: dict[str, Any], a: argparse.Names
              f"jobs before the run (load average {meta['loadavg']}); {meta['started']}.",
              "req/s: successful replies per second; CPU: every process of the server's tree "
              "from /proc, per reply. Processes counted:"]
+    if meta.get("compiled"):
+        notes.insert(1, "Rows marked compiled: clipperlab's real path compiled with mypyc "
+                        "(`_build/mypyc_real.py`, as `CLIPPERLAB_COMPILE=1 pip install .` "
+                        "builds it), first on the server's and its containers' PYTHONPATH.")
     notes += [f"- {r.key}: " + ", ".join(f"{n} x{k}" if k > 1 else n
                                          for n, k in sorted(r.processes.items()))
               for r in results if r.processes]
@@ -562,6 +585,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "batch_wait_timeout_s; BentoML's dispatcher picks its own")
     ap.add_argument("--slo-ms", type=float, default=20.0,
                     help="clipperlab's application objective (ms); AIMD batching under it")
+    ap.add_argument("--compiled", action="store_true",
+                    help="also clipperlab with its real path compiled with mypyc "
+                         "(_build/mypyc_real.py, as CLIPPERLAB_COMPILE=1 installs it): rows "
+                         + " and ".join(COMPILED_TARGETS) + " after rest and oip")
     ap.add_argument("--start-timeout-s", type=float, default=180.0,
                     help="seconds a server may take to answer its first request")
     a = ap.parse_args(argv)
@@ -575,6 +602,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = sorted(set(a.only) - set(ALL_TARGETS))
     if bad or not a.only:
         ap.error(f"--only: unknown target(s) {bad}; choose from {', '.join(ALL_TARGETS)}")
+    a.compiled_tree = None  # main builds it for --compiled
     if a.duration_s is None:
         a.duration_s = 2.0 if a.quick else 8.0
     if a.warmup_s is None:
@@ -595,9 +623,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"before the run the CPUs were {meta['background_cpu_busy_share']:.0%} busy with "
           f"other jobs (load average {meta['loadavg']}); levels c={a.levels}, "
           f"{a.duration_s:g} s each", flush=True)
+    if a.compiled:
+        try:
+            a.compiled_tree = real_bench.compiled_tree()
+        except RuntimeError as e:
+            print(f"peers_bench: {str(e).splitlines()[0]}", file=sys.stderr)
+            return 1
+    meta["compiled"] = str(a.compiled_tree or "")
     results = []
     with tempfile.TemporaryDirectory(prefix="peers-bench-") as d:
-        for key in [k for k in ALL_TARGETS if k in a.only]:
+        for key in run_order(a):
             results.append(measure_target(TARGETS[key], Path(d), a))
     print()
     print(table_md(results, a.levels))

@@ -256,6 +256,25 @@ def _start_echo(role: str, tmp: Path) -> tuple[subprocess.Popen[Any], int]:
     return proc, int(_wait_file(pf, proc))
 
 
+def compiled_tree() -> Path:
+    """The real path compiled with mypyc (``_build/mypyc_real.py``, built once per source
+    digest), checked to import compiled; ``RuntimeError`` when it cannot be built or does
+    not.  Shared by the benches' ``--compiled``."""
+    sys.path.insert(0, str(ROOT))
+    from _build import mypyc_real
+
+    print("compiling the real path with mypyc ...", flush=True)
+    tree = mypyc_real.build_tree()
+    check = subprocess.run(
+        [sys.executable, "-c", "import sys; from clipperlab.real import compiled_modules; "
+         f"sys.exit(len(compiled_modules()) != {len(mypyc_real.MODULES)})"],
+        cwd=ROOT, env=mypyc_real.env_with(tree))
+    if check.returncode != 0:
+        raise RuntimeError(f"the tree {tree} does not import compiled")
+    print(f"compiled tree: {tree}", flush=True)
+    return tree
+
+
 def start_server(tmp: Path, a: argparse.Namespace, cache: bool,
                  compiled: Path | None = None) -> tuple[subprocess.Popen[Any], int]:
     """``clipperlab serve`` with the bench's deployment; ``compiled``: a tree from
@@ -424,23 +443,11 @@ def main() -> int:
         ap.error(f"--only: unknown target(s) {sorted(bad)}")
     compiled: Path | None = None
     if a.compiled:
-        sys.path.insert(0, str(ROOT))
-        from _build import mypyc_real
-
-        print("compiling the real path with mypyc ...", flush=True)
         try:
-            compiled = mypyc_real.build_tree()
+            compiled = compiled_tree()
         except RuntimeError as e:
             print(f"real_bench: {e}", file=sys.stderr)
             return 1
-        check = subprocess.run(
-            [sys.executable, "-c", "import sys; from clipperlab.real import compiled_modules; "
-             f"sys.exit(len(compiled_modules()) != {len(mypyc_real.MODULES)})"],
-            cwd=ROOT, env=mypyc_real.env_with(compiled))
-        if check.returncode != 0:
-            print(f"real_bench: the tree {compiled} does not import compiled", file=sys.stderr)
-            return 1
-        print(f"compiled tree: {compiled}", flush=True)
     # the cores the bench and everything it starts may use (``taskset -c 0,1 python3 ...``
     # gives a 2-core machine's run on a bigger host), beside the host's
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

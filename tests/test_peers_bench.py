@@ -93,6 +93,23 @@ def test_the_table_has_the_issues_columns_and_a_line_per_skipped_peer() -> None:
     assert all(line.count("|") == 7 for line in lines)
 
 
+def test_compiled_rows_follow_their_interpreted_ones() -> None:
+    """--compiled adds clipperlab's compiled REST and OIP, each right after its own row;
+    only for the clipperlab targets asked for; a full run stays a full run."""
+    assert pb.run_order(pb.parse_args([])) == list(pb.ALL_TARGETS)
+    assert pb.run_order(pb.parse_args(["--compiled"])) == [
+        "rest", "rest-mypyc", "oip", "oip-mypyc", "mlserver", "bentoml", "ray"]
+    assert pb.run_order(pb.parse_args(["--compiled", "--only", "oip,ray"])) == [
+        "oip", "oip-mypyc", "ray"]
+    assert pb.run_order(pb.parse_args(["--compiled", "--only", "mlserver"])) == ["mlserver"]
+    assert pb.output_dir(pb.parse_args(["--compiled"]))[1] is True
+    for key in pb.COMPILED_TARGETS:
+        t = pb.TARGETS[key]
+        base = pb.TARGETS[key.removesuffix("-mypyc")]
+        assert t.compiled and not base.compiled and t.venv is None
+        assert (t.path, t.body, t.mark) == (base.path, base.body, base.mark)
+
+
 def test_only_a_full_run_writes_results_bench() -> None:
     """--quick or a subset of the targets goes to results/quick/, marked there."""
     assert pb.output_dir(pb.parse_args([]))[0].parts[-2:] == ("results", "bench")
@@ -174,6 +191,19 @@ def test_closed_loop_against_an_echo_server(tmp_path: Path) -> None:
     assert lv.errors == 0 and lv.defaults == 0 and lv.lost_connections == 0
     assert lv.p50_ms <= lv.p99_ms
     assert lv.cpu_s >= 0.0
+
+
+def test_clipperlab_rows_run_in_the_default_suite(tmp_path: Path) -> None:
+    """clipperlab's own row needs no peer: its server starts (real_bench's helper, with
+    the options that helper reads), answers 200s at c=1 and c=2 with no default, its
+    frontend and container are counted, and it is stopped."""
+    a = pb.parse_args(["--levels", "1,2", "--duration-s", "0.5", "--warmup-s", "0.2"])
+    res = pb.measure_target(pb.TARGETS["rest"], tmp_path, a)
+    assert res.skipped == "", res.skipped
+    assert [lv.concurrency for lv in res.levels] == [1, 2]
+    assert all(lv.ok_qps > 0 and lv.errors == 0 for lv in res.levels)
+    assert any("clipperlab.real.container" in name for name in res.processes), res.processes
+    assert all(lv.cpu_s > 0 for lv in res.levels)
 
 
 SMOKE = os.environ.get("CLIPPERLAB_PEERS_SMOKE") == "1"
