@@ -7,7 +7,9 @@
 What it runs, each in its own process:
 1. baselines: a bare echo server on our own HTTP stack (``clipperlab.real.http.HttpProtocol``,
    httptools on uvloop) and, when aiohttp is installed, a bare aiohttp + uvloop echo; both
-   answer every request with its body (no JSON, no engine);
+   answer every request with its body (no JSON, no engine); with ``--compiled`` also
+   ``echo-mypyc``, our echo on the compiled HTTP stack: the floor the compiled rows' CPU
+   is taken apart against (the interpreted echo stays the ``x echo`` column's baseline);
 2. ``clipperlab serve`` with one application ``bench`` (objective 20 ms) and one no-op
    container with AIMD batching, queried three ways:
    - ``rest``: Clipper's ``POST /bench/predict`` with the prediction cache off (the paper
@@ -248,12 +250,26 @@ def _wait_file(p: Path, proc: subprocess.Popen[Any], timeout_s: float = 60.0) ->
     raise TimeoutError(f"{p} never appeared")
 
 
-def _start_echo(role: str, tmp: Path) -> tuple[subprocess.Popen[Any], int]:
-    pf = tmp / f"{role}.port"
+def _start_echo(role: str, tmp: Path,
+                compiled: Path | None = None) -> tuple[subprocess.Popen[Any], int]:
+    """An echo role's process and port; ``compiled``: ``--role echo`` with that tree first
+    on its ``PYTHONPATH`` (our HTTP stack compiled, as the compiled servers run it),
+    checked to have loaded the compiled library."""
+    pf = tmp / f"{role}{'-mypyc' if compiled else ''}.port"
     pf.unlink(missing_ok=True)  # an earlier start's file would name its (closed) port
+    env = None
+    if compiled is not None:
+        from _build import mypyc_real
+
+        env = mypyc_real.env_with(compiled)
     proc = subprocess.Popen([sys.executable, __file__, "--role", role, "--port-file", str(pf)],
-                            start_new_session=True)
-    return proc, int(_wait_file(pf, proc))
+                            start_new_session=True, env=env)
+    port = int(_wait_file(pf, proc))
+    if compiled is not None and f"{compiled}/clipperlab/real/http.cpython" not in Path(
+            f"/proc/{proc.pid}/maps").read_text():
+        _stop(proc)
+        raise RuntimeError(f"the echo on {compiled} did not load the compiled HTTP stack")
+    return proc, port
 
 
 def compiled_tree() -> Path:
@@ -394,7 +410,8 @@ def main() -> int:
     ap.add_argument("--compiled", action="store_true",
                     help="also run each of rest, oip and hit against a server whose real path "
                     "is compiled with mypyc (_build/mypyc_real.py, built once per source "
-                    "digest under build/mypyc/, about a minute), as rest-mypyc and so on")
+                    "digest under build/mypyc/, about a minute), as rest-mypyc and so on, "
+                    "and our echo on that compiled HTTP stack (echo-mypyc) beside the echo")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a [server] setting for the clipperlab servers, in TOML"
                          " (parse_turn_ms=2, say); repeatable")
@@ -472,7 +489,9 @@ def main() -> int:
                                             "slow_share": sp.slow_share,
                                             "slow_dwell_s": sp.slow_dwell_s}
 
-        for role in ("echo", "aiohttp"):
+        echoes = [(r, None) for r in ("echo", "aiohttp")] + (
+            [("echo", compiled)] if compiled is not None else [])
+        for role, tree in echoes:
             if role not in only:
                 continue
             if role == "aiohttp":
@@ -481,13 +500,14 @@ def main() -> int:
                 except ImportError:
                     print("aiohttp is not installed: no aiohttp echo baseline")
                     continue
-            proc, port = _start_echo(role, tmp)
+            key = role if tree is None else f"{role}-mypyc"
+            proc, port = _start_echo(role, tmp, tree)
             try:
-                t = Target(role, port, "/echo", REST_BODY, DEFAULT_MARKS["echo"], proc.pid,
+                t = Target(key, port, "/echo", REST_BODY, DEFAULT_MARKS["echo"], proc.pid,
                            engine=False)
                 t0 = time.monotonic()
-                results[role] = measure(t, a, a.equal_rate)
-                results[role]["speed"] = speed(t0)
+                results[key] = measure(t, a, a.equal_rate)
+                results[key]["speed"] = speed(t0)
             finally:
                 _stop(proc)
         if "rtt" in only:  # the per-batch floor: one batch's trip before any of our code
@@ -519,19 +539,21 @@ def main() -> int:
             finally:
                 _stop(proc)
         equal = equal_rate(a, results)
-        if "echo" in results and equal and "equal" not in results["echo"]:
+        for key, tree in (("echo", None), ("echo-mypyc", compiled)):
+            if key not in results or not equal or "equal" in results[key]:
+                continue
             # the echo at the servers' equal load (REST's half load is known only now): the
             # HTTP stack's and the kernel's share of every target's CPU per query there
-            proc, port = _start_echo("echo", tmp)
+            proc, port = _start_echo("echo", tmp, tree)
             try:
-                t = Target("echo", port, "/echo", REST_BODY, DEFAULT_MARKS["echo"], proc.pid,
+                t = Target(key, port, "/echo", REST_BODY, DEFAULT_MARKS["echo"], proc.pid,
                            engine=False)
                 t0 = time.monotonic()
-                results["echo"]["equal"] = equal_run(t, a, equal)
-                results["echo"]["equal"]["speed"] = speed(t0)
+                results[key]["equal"] = equal_run(t, a, equal)
+                results[key]["equal"]["speed"] = speed(t0)
             finally:
                 _stop(proc)
-    for role in ("echo", "aiohttp"):
+    for role in ("echo-mypyc", "echo", "aiohttp"):
         if role in results:
             results["targets"] = {role: results[role], **results["targets"]}
     print_table(results)

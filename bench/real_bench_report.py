@@ -64,6 +64,15 @@ def beyond_echo_split(runs: list[dict[str, float]],
     return {} if ab is None else {"frontend_us_per_query": ab[0], "frontend_us_per_batch": ab[1]}
 
 
+ECHOES = ("echo", "echo-mypyc", "aiohttp")  # the baselines: no engine, nothing to split
+
+
+def floor_of(name: str, targets: dict[str, Any]) -> str:
+    """The echo a target's CPU is taken apart against: its build's (``echo-mypyc``, our
+    HTTP stack compiled, for a compiled target when that echo ran), else ``echo``."""
+    return "echo-mypyc" if name.endswith("-mypyc") and "echo-mypyc" in targets else "echo"
+
+
 def print_table(results: dict[str, Any]) -> None:
     cols = (f"{'target':<13} {'sat. q/s':>9} {'x echo':>7} {'p50/p99 half ms':>16} "
             f"{'c=1 p50':>8} {'fe us/q':>8} {'fe us/b':>8} {'ct us/b':>8} {'fe us/q all':>11}")
@@ -91,19 +100,24 @@ def print_table(results: dict[str, Any]) -> None:
           "half of saturation; c=1: one request at a time; fe/ct: frontend/container CPU "
           "from /proc, split per query and per batch by a least-squares fit over the runs; "
           "'all': frontend CPU / queries, unsplit)")
-    echo_t = results["targets"].get("echo", {})
-    echo_runs = echo_t.get("runs", []) + (
-        [echo_t["equal"]["run"]] if "run" in echo_t.get("equal", {}) else [])
+    def echo_runs(key: str) -> list[dict[str, float]]:
+        echo_t = results["targets"].get(key, {})
+        return list(echo_t.get("runs", [])) + (
+            [echo_t["equal"]["run"]] if "run" in echo_t.get("equal", {}) else [])
+
     fits = []
     for n, r in results["targets"].items():
-        f = beyond_echo_split(r.get("runs", []), echo_runs) if n not in ("echo", "aiohttp") else {}
+        f = ({} if n in ECHOES else
+             beyond_echo_split(r.get("runs", []), echo_runs(floor_of(n, results["targets"]))))
         if f:
             fits.append(f"{n} {f['frontend_us_per_query']:.1f} us/q" + (
                 f" + {f['frontend_us_per_batch']:.1f} us/b" if "frontend_us_per_batch" in f
                 else ""))
     if fits:
         print("the frontend's split again with our echo's CPU per query at each run's load "
-              "taken out first (the HTTP stack's and the kernel's wake-ups, dear per query "
+              + ("(echo-mypyc's for the -mypyc rows) " if "echo-mypyc" in results["targets"]
+                 else "")
+              + "taken out first (the HTTP stack's and the kernel's wake-ups, dear per query "
               "at light load where batches are small and many, otherwise fall on the "
               "batches): " + "; ".join(fits))
     rtt = results.get("rtt")
@@ -117,41 +131,45 @@ def print_table(results: dict[str, Any]) -> None:
         rate = next(iter(equal.values()))["rate"]
 
         def line(cpu: Any, ok: bool, servers_only: bool = False) -> str:
-            """Each target's ``cpu(its equal-load run)`` and its ratio to its build's REST."""
+            """Each target's ``cpu(its name, its equal-load run)`` and its ratio to its
+            build's REST."""
             parts = []
             for n, e in equal.items():
-                if servers_only and n in ("echo", "aiohttp"):
+                if servers_only and n in ECHOES:
                     continue
                 base = "rest-mypyc" if n.endswith("-mypyc") else "rest"
-                rest = cpu(equal[base]) if base in equal else 0.0
-                vs = f" = {cpu(e) / rest:.2f}x {base}" if rest and n != base else ""
-                parts.append(f"{n} {cpu(e):.1f}{vs}"
+                rest = cpu(base, equal[base]) if base in equal else 0.0
+                vs = f" = {cpu(n, e) / rest:.2f}x {base}" if rest and n != base else ""
+                parts.append(f"{n} {cpu(n, e):.1f}{vs}"
                              + (f" (ok {e['ok_qps']:,.0f}/s)" if ok else ""))
             return ", ".join(parts)
 
         print(f"frontend CPU us/query at equal load ({rate:,.0f} q/s offered, unsplit): "
-              + line(lambda e: e["frontend_us_per_query"], True))
+              + line(lambda n, e: e["frontend_us_per_query"], True))
         # the server's CPU (the issue's "server CPU per request"): a miss also costs its
         # container, a cache hit does not reach one
         def server(e: Any) -> float:
             return float(e["frontend_us_per_query"] + e.get("container_us_per_query", 0.0))
 
         print("server CPU us/query at equal load (frontend + containers): "
-              + line(server, False))
-        floor = equal.get("echo")
-        if floor is not None:  # what the HTTP stack and the kernel take at this load
-            e0 = server(floor)
-            print(f"server CPU beyond the echo's {e0:.1f} us/query at equal load (our HTTP "
-                  "stack's and the kernel's share taken out): "
-                  + line(lambda e: server(e) - e0, False, servers_only=True))
+              + line(lambda n, e: server(e), False))
+        if "echo" in equal:  # what the HTTP stack and the kernel take at this load
+            floors = {k: server(equal[k]) for k in ("echo", "echo-mypyc") if k in equal}
+            also = (f" (echo-mypyc's {floors['echo-mypyc']:.1f} for the -mypyc rows)"
+                    if "echo-mypyc" in floors else "")
+            print(f"server CPU beyond the echo's {floors['echo']:.1f} us/query{also} at equal "
+                  "load (our HTTP stack's and the kernel's share taken out): "
+                  + line(lambda n, e: server(e) - floors[floor_of(n, equal)], False,
+                         servers_only=True))
     print(f"(other jobs kept {results['background_cpu_busy_share']:.0%} of the CPUs busy "
           f"before the run; load average {results['loadavg']})")
     speeds = {n: r["speed"] for n, r in results["targets"].items() if r.get("speed")}
     if speeds:
         shown = dict(speeds)
-        echo_eq = results["targets"].get("echo", {}).get("equal", {}).get("speed")
-        if echo_eq:  # its run at the equal load, after the servers
-            shown["echo at equal load"] = echo_eq
+        for key in ("echo", "echo-mypyc"):
+            echo_eq = results["targets"].get(key, {}).get("equal", {}).get("speed")
+            if echo_eq:  # its run at the equal load, after the servers
+                shown[f"{key} at equal load"] = echo_eq
         print("the machine's speed while each target ran (quiet.SpeedMonitor: slow share, "
               "x factor; absolute microseconds compare only at like speeds): " + ", ".join(
                   f"{n} {sp['slow_share']:.0%} x{sp['slow_factor']:.2f} "

@@ -166,3 +166,41 @@ def test_the_round_trip_floor_runs_a_peer_and_counts_both_sides_cpu() -> None:
     assert r["round_trips"] > 0
     assert r["sender_us"] >= 0 and r["receiver_us"] >= 0
     assert r["us_per_round_trip"] > 0
+
+
+def test_compiled_rows_are_taken_apart_against_the_compiled_echo(tmp_path: Path) -> None:
+    """With ``echo-mypyc`` stored (``--compiled``: our HTTP stack compiled), the -mypyc
+    rows' CPU beyond the echo, at equal load and in the fit, is taken against it; the
+    interpreted rows keep the interpreted echo; the echoes are never rows of the split."""
+    run = _stored_with_equal_load()
+    echo, mine = _echo_and_server_runs()
+    base = dict(run["targets"]["rest"]["equal"], container_us_per_query=0.0)
+    run["targets"]["echo"]["equal"] = dict(base, frontend_us_per_query=6.0)
+    run["targets"]["echo-mypyc"] = dict(run["targets"]["echo"],
+                                        equal=dict(base, frontend_us_per_query=4.0),
+                                        runs=[{**r, "frontend_cpu_s": r["frontend_cpu_s"] / 2}
+                                              for r in echo])
+    run["targets"]["echo"]["runs"] = echo
+    run["targets"]["rest-mypyc"] = dict(run["targets"]["rest"], runs=[
+        {**r, "frontend_cpu_s": r["frontend_cpu_s"] - e["frontend_cpu_s"] / 2}
+        for r, e in zip(mine, echo, strict=True)])
+    run["targets"]["rest-mypyc"]["equal"] = dict(base, frontend_us_per_query=10.0,
+                                                 container_us_per_query=2.0)
+    run["targets"]["rest"]["runs"] = mine
+    f = tmp_path / "run.json"
+    f.write_text(json.dumps(run))
+    out = _report(f)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    beyond = next(ln for ln in lines if ln.startswith("server CPU beyond the echo's 6.0"))
+    assert "(echo-mypyc's 4.0 for the -mypyc rows)" in beyond
+    # rest 24 - 6; rest-mypyc 12 - 4 (against the interpreted echo it would be 6.0)
+    assert "rest 18.0" in beyond and "rest-mypyc 8.0" in beyond
+    assert "echo" not in beyond.split(":", 1)[1].replace("rest-mypyc", "")
+    # the fit: the compiled row's runs are the compiled echo's (half the echo's) plus the
+    # same 4 us a query and 20 a batch, found only against the compiled echo
+    split = next(ln for ln in lines if "taken out first" in ln)
+    assert "(echo-mypyc's for the -mypyc rows)" in split
+    assert "rest 4.0 us/q + 20.0 us/b" in split and "rest-mypyc 4.0 us/q + 20.0 us/b" in split
+    eq = next(ln for ln in lines if ln.startswith("frontend CPU us/query at equal load"))
+    assert "echo-mypyc 4.0 = 0.40x rest-mypyc" in eq
