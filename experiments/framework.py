@@ -223,13 +223,26 @@ def replot_experiment(name: str, out_dir: Path | None = None, *, quick: bool = F
     return RunRecord(name, cfg, results, 0.0, out, [*figures, out / "summary.md"])
 
 
-def _git_commit() -> str:
+def _git_commit(cwd: Path | None = None) -> str:
+    """The checkout's commit, with " and uncommitted changes" when tracked files outside
+    ``results/`` differ from it (the code that ran was not that commit's)."""
+    where = cwd or Path(__file__).resolve().parent
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-            timeout=5, cwd=Path(__file__).resolve().parent,
+            timeout=5, cwd=where,
         )
-        return out.stdout.strip() or "unknown"
+        commit = out.stdout.strip()
+        if not commit:
+            return "unknown"
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True, timeout=5, cwd=where).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+             ":(exclude)results"], capture_output=True, text=True, timeout=10,
+            cwd=top or where,
+        ).stdout.strip()
+        return f"{commit} and uncommitted changes" if dirty else commit
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

@@ -175,3 +175,33 @@ def test_cli_experiment_and_sweep_write_outputs(
     assert list(summary["wait_ms"]) == [0.0, 5.0] and list(summary["n"]) == [2, 2]
     printed = capsys.readouterr().out
     assert "4 job(s) (2 grid point(s) x 2 seed(s))" in printed
+
+
+def test_a_run_names_its_commit_and_says_when_the_code_was_not_that_commit(
+        tmp_path: Path) -> None:
+    """summary.md's run line: the commit, with "and uncommitted changes" when a tracked
+    file outside results/ differs from it; new results alone leave it clean."""
+    import subprocess
+
+    from clipperlab.experiments.framework import _git_commit
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              cwd=tmp_path, check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "fig.csv").write_text("a\n")
+    git("add", "-A")
+    git("commit", "-qm", "one")
+    head = git("rev-parse", "--short", "HEAD")
+    assert _git_commit(tmp_path) == head
+    (tmp_path / "results" / "fig.csv").write_text("b\n")  # a run's own output
+    (tmp_path / "new.py").write_text("")  # untracked: not the code that ran
+    assert _git_commit(tmp_path) == head
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert _git_commit(tmp_path) == f"{head} and uncommitted changes"
+    assert _git_commit(tmp_path / "results") == f"{head} and uncommitted changes"
+    assert _git_commit(tmp_path.parent / "nowhere") == "unknown"
