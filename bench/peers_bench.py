@@ -623,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"before the run the CPUs were {meta['background_cpu_busy_share']:.0%} busy with "
           f"other jobs (load average {meta['loadavg']}); levels c={a.levels}, "
           f"{a.duration_s:g} s each", flush=True)
-    if a.compiled:
+    if any(TARGETS[k].compiled for k in run_order(a)):  # (--compiled, clipperlab asked for)
         try:
             a.compiled_tree = real_bench.compiled_tree()
         except RuntimeError as e:
