@@ -30,6 +30,7 @@ def _load() -> ModuleType:
 
 
 pb = _load()
+ps = sys.modules["peers_servers"]  # who runs and how: the targets, servers, process trees
 
 
 def _level(c: int, qps: float, **kw: float) -> object:
@@ -150,7 +151,7 @@ def test_quick_shortens_levels_unless_told_otherwise() -> None:
 def test_cpu_delta_counts_new_processes_whole_and_loses_gone_ones() -> None:
     before = {1: 10.0, 2: 5.0}
     after = {1: 12.5, 3: 0.75}  # 2 exited, 3 started
-    assert pb.cpu_delta(before, after) == pytest.approx(3.25)
+    assert ps.cpu_delta(before, after) == pytest.approx(3.25)
 
 
 def test_the_tree_holds_grandchildren_and_stop_tree_ends_them() -> None:
@@ -161,16 +162,16 @@ def test_the_tree_holds_grandchildren_and_stop_tree_ends_them() -> None:
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     try:
         for _ in range(600):  # until the grandchild has started (30 s at most)
-            if len(pb.tree(proc.pid)) == 2:
+            if len(ps.tree(proc.pid)) == 2:
                 break
             time.sleep(0.05)
-        pids = pb.tree(proc.pid)
+        pids = ps.tree(proc.pid)
         assert len(pids) == 2 and pids[0] == proc.pid
-        assert pb.process_name(pids[1]) == "python -c ..."
-        assert set(pb.tree_cpu(proc.pid)) == set(pids)
-        pb.stop_tree(proc)
+        assert ps.process_name(pids[1]) == "python -c ..."
+        assert set(ps.tree_cpu(proc.pid)) == set(pids)
+        ps.stop_tree(proc)
         assert proc.returncode is not None
-        assert pb._start_time(pids[1]) is None  # killed (a zombie at most)
+        assert ps._start_time(pids[1]) is None  # killed (a zombie at most)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -182,7 +183,7 @@ def test_closed_loop_against_an_echo_server(tmp_path: Path) -> None:
     proc, port = pb.real_bench._start_echo("echo", tmp_path)
     try:
         a = pb.parse_args(["--levels", "3", "--duration-s", "0.3", "--warmup-s", "0.1"])
-        t = pb.Target(key="echo", label="echo", path="/echo", body=pb.REST_BODY)
+        t = pb.Target(key="echo", label="echo", path="/echo", body=ps.REST_BODY)
         lv = pb.measure_level(proc.pid, port, t, 3, a)
     finally:
         pb.real_bench._stop(proc)
@@ -249,7 +250,7 @@ def test_a_second_echo_start_in_one_folder_gets_its_own_port(tmp_path: Path) -> 
     try:
         import urllib.request
 
-        body = pb.REST_BODY
+        body = ps.REST_BODY
         req = urllib.request.Request(f"http://127.0.0.1:{port2}/echo", data=body)
         with urllib.request.urlopen(req, timeout=10) as r:
             assert r.read() == body
