@@ -17,9 +17,12 @@ TorchScript and served by one single-threaded replica.  Systems:
 
 Modes: ``sim`` runs the simulator with latency profiles measured over the container RPC
 by ``clipperlab profile`` at the start of the run; ``sim+frontend`` (when both modes run)
-adds the frontend as a FIFO link whose per-query time is the server process's CPU per
-query measured at the real run's peak (``clipperlab.calibration.validation``'s calibration);
-``real`` runs
+is the calibrated twin (``clipperlab.calibration.twin.sim_deployment``) told two things
+the real run measured at its peak: the server process's CPU per query (the frontend's
+event loop, ``FrontendCPU``, half on the way in and half on the way out) and the load
+generator's (it runs in this process); the frontend, the container (its profile's draws
+as CPU) and the generator then share this machine's cores (``HostCPU``), as they do for
+real; ``real`` runs
 the real server (its own process) with the open-loop load generator (``clipperlab
 load``: Poisson arrivals, binary OIP requests, latency from the scheduled send time).
 
@@ -160,12 +163,6 @@ def _workload(model: str, rate: float, n: int) -> Any:
                     inputs=SyntheticTensors(shape=shape, dtype="float32", pool=32))
 
 
-def _input_bytes(model: str) -> int:
-    from clipperlab.calibration.torch_models import TORCH_MODELS
-
-    return int(np.prod(TORCH_MODELS[model].input_shape)) * 4
-
-
 def _step_stats(table: pd.DataFrame, slo_s: float, duration_s: float) -> dict[str, float]:
     """A ramp step: the good share and rate (answered, not a default, within the SLO), the
     rate of non-default answers at any latency, and p50/p99 over every answered query
@@ -225,10 +222,10 @@ def _ramp(run_step: Any, start: float, cfg: Config) -> tuple[dict[str, Any], lis
 
 
 def _sim_peak(cfg: Config, model: str, slo_ms: float, system: str, profile: Any,
-              est: float, frontend_cost_s: float = 0.0
+              est: float, measured: tuple[float, float] | None = None
               ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The ramp in the simulator; with ``frontend_cost_s`` the frontend is a FIFO link of
-    that many seconds per input (``clipperlab.calibration.validation``'s calibration)."""
+    """The ramp in the simulator; ``measured``: (the server's, the load generator's) CPU
+    seconds per query at the real run's peak, for the calibrated twin (``sim+frontend``)."""
     from clipperlab.engine import Application, BatchingConfig, ModelSpec
     from clipperlab.simulator import (
         AppDeployment,
@@ -241,7 +238,7 @@ def _sim_peak(cfg: Config, model: str, slo_ms: float, system: str, profile: Any,
     )
 
     app = _app_dict(model, slo_ms, system)
-    dep = Deployment(
+    dep = _twin(cfg, model, slo_ms, system, profile, *measured) if measured else Deployment(
         apps=(AppDeployment(Application(name=model, slo_s=slo_ms / 1e3, default_output=-1,
                                         input_type="floats", policy=app["policy"]),
                             (model,)),),
@@ -250,8 +247,6 @@ def _sim_peak(cfg: Config, model: str, slo_ms: float, system: str, profile: Any,
                            batching=BatchingConfig.from_dict(_batching(cfg, system))),
             profile=profile, replicas=1, outputs=ConstantOutputs(0)),),
         hosts=(Host("local", cpus=1, link=Link(bandwidth_bps=1e15, latency_s=0.0)),),
-        frontend_link=Link(bandwidth_bps=_input_bytes(model) * 8 / frontend_cost_s,
-                           latency_s=0.0) if frontend_cost_s > 0 else None,
     )
 
     def step(rate: float) -> dict[str, float]:
@@ -265,15 +260,36 @@ def _sim_peak(cfg: Config, model: str, slo_ms: float, system: str, profile: Any,
     return _ramp(step, max(0.3 * est, 1.0), cfg)
 
 
+def _twin(cfg: Config, model: str, slo_ms: float, system: str, profile: Any,
+          server_s: float, loadgen_s: float) -> Any:
+    """The calibrated twin of the real run's deployment (``twin.sim_deployment``): the
+    frontend's event loop at ``server_s`` CPU seconds a query, the load generator at
+    ``loadgen_s``, and the container's profile draws sharing ``os.cpu_count()`` cores."""
+    from clipperlab.calibration.fit import Calibration
+    from clipperlab.calibration.server import RealDeployment
+    from clipperlab.calibration.twin import sim_deployment
+
+    dep = RealDeployment(Path("fig11"), [_app_dict(model, slo_ms, system)],
+                         [_model_dict(model, Path(f"{model}.pt"), _batching(cfg, system))],
+                         10_000)
+    calib = Calibration(frontend_cost_s=server_s, query_cpu_s=server_s,
+                        host_cpus=os.cpu_count() or 1, loadgen_cpu_per_query_s=loadgen_s)
+    return sim_deployment(dep, model, {model: profile}, calibration=calib)
+
+
 def _real_step(url: str, model: str, pool: np.ndarray, slo_ms: float, cfg: Config,
                rate: float) -> dict[str, float]:
+    """One step of the real ramp: its stats, and the load generator's CPU per query
+    (``loadgen_cpu_us``: this process's, which runs it)."""
     from clipperlab.calibration.loadgen import run_load
 
     n = max(int(rate * cfg.step_s), 10)
     tr = _workload(model, rate, n).generate(cfg.seed)
+    c0 = time.process_time()
     t = run_load(tr, pool, url, api="oip", connections=cfg.connections,
                  drain_s=max(2.0, 4 * slo_ms / 1e3))
-    return _step_stats(t, slo_ms / 1e3, float(tr.arrival_at[-1]))
+    lg = (time.process_time() - c0) / n * 1e6
+    return {**_step_stats(t, slo_ms / 1e3, float(tr.arrival_at[-1])), "loadgen_cpu_us": lg}
 
 
 def _real_clipperlab(cfg: Config, model: str, path: Path, slo_ms: float, system: str,
@@ -376,7 +392,7 @@ def run(cfg: Config) -> Results:
                 f"{model}: profile p50 at batch 1 {prof.quantile_s(1, 0.5) * 1e3:.2f} ms, at "
                 f"{prof.batch_sizes[-1]} {prof.quantile_s(prof.batch_sizes[-1], 0.5) * 1e3:.2f}"
                 f" ms; the profile alone allows {est:,.0f} q/s ({prof.tags['hardware']})")
-            cost_s: dict[str, float] = {}
+            cost_s: dict[str, tuple[float, float]] = {}  # system -> (server, generator)
             runs = [(m, s) for m in ("real", "sim", "sim+frontend") for s in cfg.systems
                     if (m in cfg.modes or (m == "sim+frontend" and "sim" in cfg.modes
                                            and "real" in cfg.modes))
@@ -395,13 +411,16 @@ def run(cfg: Config) -> Results:
                 else:
                     peak, steps = _real_clipperlab(cfg, model, path, slo_ms, system, est)
                     if math.isfinite(peak.get("server_cpu_us", math.nan)):
-                        cost_s[system] = peak["server_cpu_us"] / 1e6
+                        cost_s[system] = (peak["server_cpu_us"] / 1e6,
+                                          peak.get("loadgen_cpu_us", 0.0) / 1e6)
                 rows.append({"model": model, "mode": mode, "system": system,
                              "slo_ms": slo_ms, "peak_qps": peak["good_qps"],
                              "offered_qps": peak["offered_qps"],
                              "good_share": peak["good_share"], "p50_ms": peak["p50_ms"],
                              "p99_ms": peak["p99_ms"], "steps": len(steps),
                              "server_cpu_us": peak.get("server_cpu_us", math.nan),
+                             "loadgen_cpu_us": peak.get("loadgen_cpu_us", math.nan)
+                             if mode == "real" and system != "rayserve" else math.nan,
                              "max_answered_qps": max(st["answered_qps"] for st in steps),
                              "load_avg": os.getloadavg()[0],
                              "wall_s": time.perf_counter() - t0, "note": peak["note"]})
