@@ -137,3 +137,25 @@ def test_fidelity_noise_floor_and_report_only(tmp_path: Path) -> None:
     assert "| m | aimd | 30% |" in (tmp_path / "fidelity.md").read_text()
     assert (tmp_path / "fidelity.png").exists()
     assert fidelity_main(["--out", str(tmp_path / "none"), "--report-only"]) == 2
+
+
+def test_fig11_sim_with_the_frontend_is_the_calibrated_twin() -> None:
+    """sim+frontend runs the twin told the real run's measured CPU a query: the frontend's
+    event loop (half in, half out), the load generator's, and the machine's cores shared
+    by them and the container; a frontend dear enough bounds the peak near 1 / its cost,
+    which the plain simulation (no frontend) goes well past."""
+    from clipperlab.simulator import LatencyProfile
+
+    prof = LatencyProfile.from_line("fast", 5e-6, 100e-6, batch_sizes=(1, 2, 4, 8, 16, 32, 64))
+    cfg = dataclasses.replace(fig11.default_config(quick=True), step_s=0.5, max_steps=8,
+                              start_qps=500.0)
+    dep = fig11._twin(cfg, "digits-cnn", 20.0, "clipperlab-aimd", prof, 400e-6, 30e-6)
+    assert dep.frontend_cpu is not None and dep.host_cpu is not None
+    assert dep.frontend_cpu.query_s + dep.frontend_cpu.reply_s == pytest.approx(400e-6)
+    assert dep.host_cpu.cpus == (os.cpu_count() or 1)
+    assert dep.host_cpu.loadgen_cpu_per_query_s == pytest.approx(30e-6)
+    twin, _ = fig11._sim_peak(cfg, "digits-cnn", 20.0, "clipperlab-aimd", prof, 20_000.0,
+                              (400e-6, 30e-6))
+    plain, _ = fig11._sim_peak(cfg, "digits-cnn", 20.0, "clipperlab-aimd", prof, 20_000.0)
+    assert 0 < twin["good_qps"] <= 1 / 400e-6 * 1.05  # the frontend's loop is the bound
+    assert plain["good_qps"] > 1.5 * twin["good_qps"]
