@@ -21,6 +21,15 @@ def _report(path: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)
 
 
+def _printed(run: dict[str, Any], tmp_path: Path) -> list[str]:
+    """The lines ``--report`` prints for ``run`` (stored in ``tmp_path``); it must exit 0."""
+    f = tmp_path / "run.json"
+    f.write_text(json.dumps(run))
+    out = _report(f)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
 def _stored_with_equal_load() -> dict[str, Any]:
     """The stored run with known CPU figures (frontend, container: us a query) at the
     equal load: REST 20 + 4, a hit 11 + 0, OIP 21 + 4.5."""
@@ -33,12 +42,7 @@ def _stored_with_equal_load() -> dict[str, Any]:
 
 
 def test_report_prints_the_server_cpu_of_a_hit_against_a_miss(tmp_path: Path) -> None:
-    run = _stored_with_equal_load()
-    f = tmp_path / "run.json"
-    f.write_text(json.dumps(run))
-    out = _report(f)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
+    lines = _printed(_stored_with_equal_load(), tmp_path)
     fe = next(ln for ln in lines if ln.startswith("frontend CPU us/query at equal load"))
     assert "hit 11.0 = 0.55x rest" in fe
     server = next(ln for ln in lines if ln.startswith("server CPU us/query at equal load"))
@@ -66,17 +70,14 @@ def test_report_takes_the_echo_out_when_it_ran_at_the_equal_load(tmp_path: Path)
                                            container_us_per_query=0.0,
                                            speed={"fast_ns": 900.0, "slow_factor": 1.5,
                                                   "slow_share": 0.25, "slow_dwell_s": 0.1})
-    f = tmp_path / "run.json"
-    f.write_text(json.dumps(run))
-    out = _report(f)
-    assert out.returncode == 0, out.stderr
-    beyond = next(ln for ln in out.stdout.splitlines()
+    lines = _printed(run, tmp_path)
+    beyond = next(ln for ln in lines
                   if ln.startswith("server CPU beyond the echo's 6.0 us/query"))
     # rest 24 - 6 = 18, hit 11 - 6 = 5 (0.28x), oip 25.5 - 6 = 19.5 (1.08x); no echo entry
     assert "rest 18.0" in beyond and "hit 5.0 = 0.28x rest" in beyond
     assert "oip 19.5 = 1.08x rest" in beyond and "echo" not in beyond.split(":", 1)[1]
     # the machine's speed during that run too, as during each target's
-    assert "echo at equal load 25% x1.50 (fast 900 ns)" in out.stdout
+    assert any("echo at equal load 25% x1.50 (fast 900 ns)" in ln for ln in lines)
 
 
 def _bench() -> tuple[Any, Any]:
@@ -149,12 +150,10 @@ def test_report_prints_the_split_beyond_the_echo_and_the_round_trip_floor(
     run["targets"]["rest"]["runs"] = mine
     run["rtt"] = {"round_trips": 1000, "us_per_round_trip": 50.0, "sender_us": 22.5,
                   "receiver_us": 21.0}
-    f.write_text(json.dumps(run))
-    out = _report(f)
-    assert out.returncode == 0, out.stderr
-    split = next(ln for ln in out.stdout.splitlines() if "taken out first" in ln)
+    lines = _printed(run, tmp_path)
+    split = next(ln for ln in lines if "taken out first" in ln)
     assert "rest 4.0 us/q + 20.0 us/b" in split and "oip" not in split  # oip has no runs
-    floor = next(ln for ln in out.stdout.splitlines() if ln.startswith("a bare round trip"))
+    floor = next(ln for ln in lines if ln.startswith("a bare round trip"))
     assert "sender 22.5 us, receiver 21.0 us" in floor
 
 
@@ -187,11 +186,7 @@ def test_compiled_rows_are_taken_apart_against_the_compiled_echo(tmp_path: Path)
     run["targets"]["rest-mypyc"]["equal"] = dict(base, frontend_us_per_query=10.0,
                                                  container_us_per_query=2.0)
     run["targets"]["rest"]["runs"] = mine
-    f = tmp_path / "run.json"
-    f.write_text(json.dumps(run))
-    out = _report(f)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
+    lines = _printed(run, tmp_path)
     beyond = next(ln for ln in lines if ln.startswith("server CPU beyond the echo's 6.0"))
     assert "(echo-mypyc's 4.0 for the -mypyc rows)" in beyond
     # rest 24 - 6; rest-mypyc 12 - 4 (against the interpreted echo it would be 6.0)
