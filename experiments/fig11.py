@@ -226,28 +226,10 @@ def _sim_peak(cfg: Config, model: str, slo_ms: float, system: str, profile: Any,
               ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The ramp in the simulator; ``measured``: (the server's, the load generator's) CPU
     seconds per query at the real run's peak, for the calibrated twin (``sim+frontend``)."""
-    from clipperlab.engine import Application, BatchingConfig, ModelSpec
-    from clipperlab.simulator import (
-        AppDeployment,
-        ConstantOutputs,
-        Deployment,
-        Host,
-        Link,
-        ModelDeployment,
-        Simulation,
-    )
+    from clipperlab.simulator import Simulation
 
-    app = _app_dict(model, slo_ms, system)
-    dep = _twin(cfg, model, slo_ms, system, profile, *measured) if measured else Deployment(
-        apps=(AppDeployment(Application(name=model, slo_s=slo_ms / 1e3, default_output=-1,
-                                        input_type="floats", policy=app["policy"]),
-                            (model,)),),
-        models=(ModelDeployment(
-            spec=ModelSpec(name=model, input_type="floats",
-                           batching=BatchingConfig.from_dict(_batching(cfg, system))),
-            profile=profile, replicas=1, outputs=ConstantOutputs(0)),),
-        hosts=(Host("local", cpus=1, link=Link(bandwidth_bps=1e15, latency_s=0.0)),),
-    )
+    dep = (_twin(cfg, model, slo_ms, system, profile, *measured) if measured
+           else _plain(cfg, model, slo_ms, system, profile))
 
     def step(rate: float) -> dict[str, float]:
         n = max(int(rate * cfg.step_s * 2), 20)  # twice the step: the first half warms up
@@ -258,6 +240,31 @@ def _sim_peak(cfg: Config, model: str, slo_ms: float, system: str, profile: Any,
                                                      - half["arrival_at"].iloc[0]) or 1.0)
 
     return _ramp(step, max(0.3 * est, 1.0), cfg)
+
+
+def _plain(cfg: Config, model: str, slo_ms: float, system: str, profile: Any) -> Any:
+    """The model alone (``sim``): its profile behind a frontend that costs nothing."""
+    from clipperlab.engine import Application, BatchingConfig, ModelSpec
+    from clipperlab.simulator import (
+        AppDeployment,
+        ConstantOutputs,
+        Deployment,
+        Host,
+        Link,
+        ModelDeployment,
+    )
+
+    app = _app_dict(model, slo_ms, system)
+    return Deployment(
+        apps=(AppDeployment(Application(name=model, slo_s=slo_ms / 1e3, default_output=-1,
+                                        input_type="floats", policy=app["policy"]),
+                            (model,)),),
+        models=(ModelDeployment(
+            spec=ModelSpec(name=model, input_type="floats",
+                           batching=BatchingConfig.from_dict(_batching(cfg, system))),
+            profile=profile, replicas=1, outputs=ConstantOutputs(0)),),
+        hosts=(Host("local", cpus=1, link=Link(bandwidth_bps=1e15, latency_s=0.0)),),
+    )
 
 
 def _twin(cfg: Config, model: str, slo_ms: float, system: str, profile: Any,
@@ -419,8 +426,7 @@ def run(cfg: Config) -> Results:
                              "good_share": peak["good_share"], "p50_ms": peak["p50_ms"],
                              "p99_ms": peak["p99_ms"], "steps": len(steps),
                              "server_cpu_us": peak.get("server_cpu_us", math.nan),
-                             "loadgen_cpu_us": peak.get("loadgen_cpu_us", math.nan)
-                             if mode == "real" and system != "rayserve" else math.nan,
+                             "loadgen_cpu_us": peak.get("loadgen_cpu_us", math.nan),
                              "max_answered_qps": max(st["answered_qps"] for st in steps),
                              "load_avg": os.getloadavg()[0],
                              "wall_s": time.perf_counter() - t0, "note": peak["note"]})
