@@ -276,8 +276,7 @@ def compiled_tree() -> Path:
     """The real path compiled with mypyc (``_build/mypyc_real.py``, built once per source
     digest), checked to import compiled; ``RuntimeError`` when it cannot be built or does
     not.  Shared by the benches' ``--compiled``."""
-    sys.path.insert(0, str(ROOT))
-    from _build import mypyc_real
+    from _build import mypyc_real  # ROOT is on sys.path (this module's import)
 
     print("compiling the real path with mypyc ...", flush=True)
     tree = mypyc_real.build_tree()

@@ -235,12 +235,9 @@ def _git_commit(cwd: Path | None = None) -> str:
         commit = out.stdout.strip()
         if not commit:
             return "unknown"
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True,
-                             text=True, timeout=5, cwd=where).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-             ":(exclude)results"], capture_output=True, text=True, timeout=10,
-            cwd=top or where,
+        dirty = subprocess.run(  # pathspecs from the top, wherever ``where`` is in it
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+             ":(top,exclude)results"], capture_output=True, text=True, timeout=10, cwd=where,
         ).stdout.strip()
         return f"{commit} and uncommitted changes" if dirty else commit
     except (OSError, subprocess.SubprocessError):
