@@ -408,6 +408,7 @@ class _EngineFields:
     _recent: dict[int, _Remembered]  # answered queries, for feedback naming a query id
     _recent_order: deque[int]  # the query ids in _recent, oldest first
     _recent_bytes: int
+    _last_record: _Remembered | None  # the newest one-model record, shared by alike queries
     _seq: itertools.count[int]
     _batch_ids: itertools.count[int]
     _m_hits: Counter

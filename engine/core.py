@@ -141,6 +141,7 @@ class Engine(_Admin, _Batches):
         self._recent = {}
         self._recent_order = deque()
         self._recent_bytes = 0
+        self._last_record = None
         self._seq = itertools.count()
         self._batch_ids = itertools.count(1)
         m = self.metrics

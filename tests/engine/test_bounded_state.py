@@ -152,3 +152,38 @@ def test_remembered_queries_are_bounded_by_count() -> None:
 
 def _fb(qid: int) -> Feedback:
     return Feedback(feedback_id=1000 + qid, app="b", label=1, query_id=qid)
+
+
+def test_alike_answered_queries_share_one_record_and_feedback_reads_each_right() -> None:
+    """Queries answered alike (one model, the same int output, the same user) share one
+    remembered record instead of a tracked object each: the server's cache hits kept the
+    garbage collector busy with 20,000 of them.  Feedback naming any of them still reads
+    its own answer and user; a query answered otherwise gets a record of its own."""
+    eng = _single()
+    eng.add_application(Application(name="c", slo_s=1.0), now=0.0)
+    eng.link("c", ["m"], now=0.0)
+    outputs = {}
+    for q in range(1, 41):
+        out = 0 if q <= 30 else 1
+        _served(eng, q, q, out)
+        outputs[q] = out
+    # cache hits: query 41's input is queried with its digest, then hit four times
+    first = eng.on_query(Query(41, "c", "x", input_key=b"k", context="u1"), 0.0)
+    (sb,) = first
+    eng.on_batch_done(BatchDone(replica=sb.replica, batch_id=sb.batch_id,  # type: ignore[union-attr]
+                                outputs=[1]), 0.001)
+    for q in range(42, 46):
+        (hit,) = eng.on_query(Query(q, "c", "x", input_key=b"k", context="u1"), 0.002)
+        assert isinstance(hit, Reply) and hit.prediction.output == 1
+    records = {id(r) for r in eng._recent.values()}
+    assert len(eng._recent) == 45
+    assert len(records) == 3  # output 0 of "b"; output 1 of "b"; output 1 of "c" for u1
+    for q in (1, 30, 31, 40):
+        (applied,) = eng.on_feedback(Feedback(feedback_id=100 + q, app="b", label=1,
+                                              query_id=q), 0.01)
+        assert applied.losses == {"m": float(outputs[q] != 1)}  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="query_id 44 is not remembered"):
+        eng.on_feedback(Feedback(feedback_id=200, app="b", label=1, query_id=44), 0.01)
+    (applied,) = eng.on_feedback(Feedback(feedback_id=201, app="c", label=0, query_id=44), 0.01)
+    assert applied.losses == {"m": 1.0}  # type: ignore[union-attr]
+    assert "u1" in eng.selection_states("c")
