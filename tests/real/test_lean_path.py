@@ -447,8 +447,8 @@ class _Transport:
 
 def test_answers_go_out_in_order_one_write_per_connection_per_turn() -> None:
     """Answers given later (a batch's replies, in any order) go out on the next loop turn
-    in request order, one write per connection; an answer given while its request is
-    parsed (a cache hit) is written before ``data_received`` returns."""
+    in request order, one write per connection; so does an answer given while its request
+    is parsed (a cache hit), with the turn's other such answers."""
     import asyncio
 
     from clipperlab.real.http import HttpProtocol, Request, response
@@ -481,22 +481,29 @@ def test_answers_go_out_in_order_one_write_per_connection_per_turn() -> None:
             assert bodies == [b"/p0", b"/p1", b"/p2"] + ([b'"now"'] if i == 0 else [])
         proto, t = conns[1]
         proto.data_received(b"GET /now HTTP/1.1\r\n\r\n")
+        assert len(t.writes) == 1  # not yet: after the turn's reads
+        await asyncio.sleep(0)
         assert len(t.writes) == 2 and t.writes[1].endswith(b'"now"')
 
     asyncio.run(main())
 
 
-def test_a_small_read_answered_at_once_asks_the_loop_for_nothing() -> None:
-    """A small read parsed at once and answered at once (a cache hit) schedules no loop
-    callback: one per read cost every wake-up a second, empty loop iteration."""
+def test_answers_given_while_reads_are_parsed_go_out_together_by_one_callback() -> None:
+    """Small reads parsed at once and answered at once (cache hits) on several
+    connections in one loop turn are written after the turn's reads, one write per
+    connection, by one loop callback for all of them (not a write as each is parsed: the
+    clients, woken by each write, went back to sleep between them and were woken again at
+    the server's expense; nor a callback each)."""
     import asyncio
 
     from clipperlab.real.http import HttpProtocol, response
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        proto, t = HttpProtocol(lambda req: response(200, b'"now"')), _Transport()
-        proto.connection_made(t)  # type: ignore[arg-type]
+        conns = [(HttpProtocol(lambda req: response(200, b'"now"')), _Transport())
+                 for _ in range(3)]
+        for proto, t in conns:
+            proto.connection_made(t)  # type: ignore[arg-type]
         calls: list[Any] = []
         call_soon = loop.call_soon
 
@@ -506,12 +513,18 @@ def test_a_small_read_answered_at_once_asks_the_loop_for_nothing() -> None:
 
         loop.call_soon = counting  # type: ignore[method-assign,assignment]
         try:
-            for _ in range(3):
+            for proto, _ in conns:
                 proto.data_received(b"GET /now HTTP/1.1\r\n\r\n")
+            proto.data_received(b"GET /now HTTP/1.1\r\n\r\n")  # the last one's second
+            assert all(t.writes == [] for _, t in conns)
+            assert len(calls) == 1
+            await asyncio.sleep(0)
         finally:
             del loop.call_soon
-        assert calls == [] and len(t.writes) == 3
-        proto.close()
+        assert [len(t.writes) for _, t in conns] == [1, 1, 1]
+        assert conns[2][1].writes[0].count(b"HTTP/1.1 200") == 2
+        for proto, _ in conns:
+            proto.close()
 
     asyncio.run(main())
 
@@ -530,20 +543,31 @@ def test_small_reads_past_the_inline_budget_wait_their_turn(
     monkeypatch.setattr(http, "_monotonic", lambda: clock[0])
     req = b"GET /now HTTP/1.1\r\n\r\n"
 
+    parsed: list[bytes] = []
+
+    def handler(r: http.Request) -> bytes:
+        parsed.append(r.path.encode())
+        return http.response(200, r.path.encode())
+
     async def main() -> None:
-        conns = [(http.HttpProtocol(lambda r: http.response(200, r.path.encode())),
-                  _Transport()) for _ in range(http._INLINE_BYTES // len(req) + 2)]
+        conns = [(http.HttpProtocol(handler), _Transport())
+                 for _ in range(http._INLINE_BYTES // len(req) + 2)]
+        at_once = []
         for proto, t in conns:
             proto.connection_made(t)  # type: ignore[arg-type]
+            before = len(parsed)
             proto.data_received(req)
-        at_once = [bool(t.writes) for _, t in conns]
+            at_once.append(len(parsed) > before)
         n = at_once.index(False)
         assert n * len(req) >= http._INLINE_BYTES and not any(at_once[n:])
         await asyncio.sleep(0)
         assert all(len(t.writes) == 1 for _, t in conns)
         clock[0] += 0.001
         proto, t = conns[-1]
+        before = len(parsed)
         proto.data_received(req)
+        assert len(parsed) == before + 1  # parsed at once again
+        await asyncio.sleep(0)
         assert len(t.writes) == 2
         for proto, _ in conns:
             proto.close()
