@@ -1,0 +1,128 @@
+"""The server's CPU and every process's sleeps per request at one offered load.
+
+    python3 bench/sleeps_bench.py [--target hit] [--rate 44000] [--duration-s 5]
+                                  [--repeat 3] [--compiled]
+
+Starts one target as ``bench/real_bench.py`` does (``echo``: our echo on our HTTP stack;
+``rest``: ``clipperlab serve`` with the bench's no-op model, cache off; ``hit``: the same
+with the cache on and one input), drives it with ``real_bench``'s open-loop generator
+(32 connections) and reads, over the measured window, from ``/proc``: the CPU of the
+frontend, of its containers and of the generator, and how often each went to sleep
+(voluntary context switches), per request.
+
+Why: on a virtual machine waking a sleeping process is dear (this VM halts an idle core at
+once; ``real_bench``'s ``rtt`` line), and the waker pays.  A server that writes its
+answers one at a time, while the client reads each and goes back to sleep before the
+next, pays a wake-up per answer; the generator's sleeps per request show it, where CPU
+per request alone cannot tell it from the server's own work.  Compare two versions of the
+code by alternating runs of this script on each (``--repeat`` runs one after another;
+the machine's speed moves within minutes, see ``real_bench``'s speed lines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+import real_bench as rb  # noqa: E402
+from real_bench_roles import child_pids, process_cpu_s  # noqa: E402
+
+
+def sample(pid: int) -> tuple[float, int]:
+    """CPU seconds (user + system) and voluntary context switches of ``pid`` so far."""
+    sleeps = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            sleeps = int(line.split(":")[1])
+    return process_cpu_s(pid), sleeps
+
+
+def one_run(target: str, rate: float, duration_s: float, tree: Path | None) -> dict[str, Any]:
+    """One run of ``target`` at ``rate`` q/s: per request, each process's CPU (us) and sleeps."""
+    a = argparse.Namespace(set=[], replicas=1, slo_ms=20.0)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        if target == "echo":
+            proc, port = rb._start_echo("echo", tmp, tree)
+            path, mark = "/echo", rb.DEFAULT_MARKS["echo"]
+        else:
+            proc, port = rb.start_server(tmp, a, target == "hit", tree)
+            path, mark = "/bench/predict", rb.DEFAULT_MARKS["rest"]
+        try:
+            warmup_s = 1.0
+            load = subprocess.Popen(
+                [sys.executable, str(BENCH / "real_bench.py"), "--role", "load", "--rate",
+                 str(rate), "--connections", "32", "--duration-s", str(duration_s),
+                 "--warmup-s", str(warmup_s), "--port", str(port), "--path", path,
+                 "--body", rb.REST_BODY.decode(), "--mark", mark.decode("latin-1")],
+                stdout=subprocess.PIPE, text=True, start_new_session=True)
+            time.sleep(warmup_s + 0.5)
+            procs = {"frontend": [proc.pid], "containers": child_pids(proc.pid),
+                     "generator": [load.pid]}
+            before = {k: [sample(p) for p in v] for k, v in procs.items()}
+            t0 = time.monotonic()
+            time.sleep(duration_s - 1.0)
+            after = {k: [sample(p) for p in v] for k, v in procs.items()}
+            span = time.monotonic() - t0
+            out = json.loads(load.communicate()[0].strip().splitlines()[-1])
+        finally:
+            rb._stop(proc)
+    n = rate * span  # requests in the window, at the offered rate (the run keeps up: ok_qps)
+    r: dict[str, Any] = {"target": target, "rate": rate, "ok_qps": out["ok_qps"]}
+    for k in procs:
+        pairs = list(zip(after[k], before[k], strict=True))
+        r[f"{k}_cpu_us"] = sum(x[0] - y[0] for x, y in pairs) / n * 1e6
+        r[f"{k}_sleeps"] = sum(x[1] - y[1] for x, y in pairs) / n
+    return r
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--target", choices=("echo", "rest", "hit"), default="hit",
+                    help="what to run (see the module's doc)")
+    ap.add_argument("--rate", type=float, default=44_000.0, help="offered load (q/s)")
+    ap.add_argument("--duration-s", type=float, default=5.0,
+                    help="seconds of load after a 1 s warm-up (the last 1 s is not measured)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs, one after another")
+    ap.add_argument("--compiled", action="store_true",
+                    help="the real path compiled with mypyc (real_bench's --compiled tree)")
+    ap.add_argument("--json", help="also write the runs here (JSON)")
+    a = ap.parse_args()
+    if a.duration_s < 2.0 or a.rate <= 0 or a.repeat < 1:
+        ap.error("--duration-s must be >= 2, --rate > 0 and --repeat >= 1")
+    tree = None
+    if a.compiled:
+        try:
+            tree = rb.compiled_tree()
+        except RuntimeError as e:
+            print(f"sleeps_bench: {e}", file=sys.stderr)
+            return 1
+    print(f"load average {os.getloadavg()[0]:.2f}; per request at {a.rate:,.0f} q/s offered:")
+    print(f"{'target':<10} {'ok/s':>8} {'frontend us':>12} {'sleeps':>7} {'containers us':>14}"
+          f" {'sleeps':>7} {'generator us':>13} {'sleeps':>7}")
+    runs = []
+    for _ in range(a.repeat):
+        r = one_run(a.target, a.rate, a.duration_s, tree)
+        runs.append(r)
+        print(f"{a.target + ('-mypyc' if tree else ''):<10} {r['ok_qps']:>8,.0f}"
+              f" {r['frontend_cpu_us']:>12.1f} {r['frontend_sleeps']:>7.3f}"
+              f" {r['containers_cpu_us']:>14.1f} {r['containers_sleeps']:>7.3f}"
+              f" {r['generator_cpu_us']:>13.1f} {r['generator_sleeps']:>7.3f}", flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(runs, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
