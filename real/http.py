@@ -579,8 +579,10 @@ class HttpProtocol(asyncio.Protocol):
 
     @property
     def quiet(self) -> bool:
-        """Nothing to answer and no request begun: closing it loses nothing."""
-        return self._next_write == self._seq and not self._in_message and not self._backlog
+        """Nothing to answer, nothing answered still to write and no request begun:
+        closing it loses nothing."""
+        return (self._next_write == self._seq and not self._out and not self._in_message
+                and not self._backlog)
 
     def check_timers(self, now: float) -> None:
         """Called by ``Connections`` about four times per timeout: enforce the timeouts."""

@@ -949,3 +949,34 @@ def test_the_header_clock_stands_still_while_the_server_holds_the_bytes() -> Non
         assert b"HTTP/1.1 408" in b"".join(t.writes)
 
     asyncio.run(main())
+
+
+def test_a_connection_whose_answer_waits_for_the_turns_write_is_not_evicted() -> None:
+    """At ``max_connections`` a new connection closes the one idle the longest, and an
+    answer written after the turn's reads (a cache hit) counts as work left: its
+    connection is not closed before the answer goes out, however old its last read."""
+    import asyncio
+
+    from clipperlab.real import http
+
+    async def main() -> None:
+        conns = http.Connections(max_connections=2)
+        protos = [(http.HttpProtocol(lambda r: http.response(200, b'"now"'), connections=conns),
+                   _Transport()) for _ in range(2)]
+        for proto, t in protos:
+            proto.connection_made(t)  # type: ignore[arg-type]
+        (hit, t_hit), (idle, _) = protos
+        hit._active_at, idle._active_at = 1.0, 2.0  # the answered one is the older
+        hit.data_received(b"GET /now HTTP/1.1\r\n\r\n")
+        hit._active_at = 1.0
+        assert t_hit.writes == [] and not hit.quiet and idle.quiet
+        newcomer = http.HttpProtocol(lambda r: None, connections=conns)
+        newcomer.connection_made(_Transport())  # type: ignore[arg-type]
+        assert idle.transport is None and hit.transport is not None  # the idle one went
+        await asyncio.sleep(0)
+        assert len(t_hit.writes) == 1 and t_hit.writes[0].endswith(b'"now"')
+        assert hit.quiet
+        for proto in (hit, newcomer):
+            proto.close()
+
+    asyncio.run(main())
