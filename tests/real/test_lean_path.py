@@ -966,9 +966,8 @@ def test_a_connection_whose_answer_waits_for_the_turns_write_is_not_evicted() ->
         for proto, t in protos:
             proto.connection_made(t)  # type: ignore[arg-type]
         (hit, t_hit), (idle, _) = protos
-        hit._active_at, idle._active_at = 1.0, 2.0  # the answered one is the older
         hit.data_received(b"GET /now HTTP/1.1\r\n\r\n")
-        hit._active_at = 1.0
+        hit._active_at, idle._active_at = 1.0, 2.0  # the answered one is the older
         assert t_hit.writes == [] and not hit.quiet and idle.quiet
         newcomer = http.HttpProtocol(lambda r: None, connections=conns)
         newcomer.connection_made(_Transport())  # type: ignore[arg-type]
