@@ -143,11 +143,7 @@ class _Answers(_EngineFields):
         and log, without the task that waited for nothing.  An int output's Prediction
         is the application's shared one (as ``on_outputs`` shares it)."""
         pred = one_model_prediction(app, output, selected)
-        h = app.m_latency  # Histogram.observe, inlined; answered at once: latency 0
-        p = h.pending
-        p.append(0.0)
-        if len(p) >= _FOLD_AT:
-            h.fold()
+        app.m_latency.zeros += 1  # Histogram.observe_zero, inlined: answered at once
         out.append(_tuple_new(_Reply, (qid, pred, 0.0, False)))
         if self.remember_queries:
             # what _finish would remember: a record, not a task (engine hit 2.34-2.49 against
@@ -174,17 +170,21 @@ class _Answers(_EngineFields):
 
     def _remember(self, qid: int, kept: _Remembered) -> None:
         """Keep what feedback naming query ``qid`` needs: its application, context and
-        answers (``kept.size_bytes`` of them, ``_size_bytes``), never its input."""
+        answers (``kept.size_bytes`` of them, ``_size_bytes``), never its input.  One dict
+        look-up for a new id, and the order's deque called through its bound methods, not
+        a method look-up a call (compiled: 4.8% of a cache hit's frontend CPU, in process,
+        before)."""
         recent = self._recent
-        order = self._recent_order
-        if qid in recent:  # a driver reusing ids: the newer query is the one remembered
+        n = len(recent)
+        recent.setdefault(qid, kept)
+        if len(recent) == n:  # a driver reusing ids: the newer query is the one remembered
             self._forget(qid)
-        recent[qid] = kept
-        order.append(qid)  # ids alone: the sizes are in the records (no tuple a query)
+            recent[qid] = kept
+        self._order_append(qid)  # ids alone: the sizes are in the records (no tuple a query)
         self._recent_bytes += kept.size_bytes
         limit = self.remember_bytes
-        while len(order) > self.remember_queries or self._recent_bytes > limit:
-            self._recent_bytes -= recent.pop(order.popleft()).size_bytes
+        while len(recent) > self.remember_queries or self._recent_bytes > limit:
+            self._recent_bytes -= recent.pop(self._order_popleft()).size_bytes
 
     def _forget(self, qid: int) -> None:
         self._recent_bytes -= self._recent.pop(qid).size_bytes

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict, deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -406,7 +406,9 @@ class _EngineFields:
     due_at: float  # next_deadline() as a float (inf: none); drivers read it, never write
     _wakes: list[tuple[float, int, _Version]]  # heap: when a waiting controller wakes
     _recent: dict[int, _Remembered]  # answered queries, for feedback naming a query id
-    _recent_order: deque[int]  # the query ids in _recent, oldest first
+    _recent_order: deque[int]  # the query ids in _recent, oldest first (never replaced:
+    _order_append: Callable[[int], None]  # its bound append and popleft are kept)
+    _order_popleft: Callable[[], int]
     _recent_bytes: int
     _last_record: _Remembered | None  # the newest one-model record, shared by alike queries
     _seq: itertools.count[int]

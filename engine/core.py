@@ -140,6 +140,8 @@ class Engine(_Admin, _Batches):
         self._wakes = []
         self._recent = {}
         self._recent_order = deque()
+        self._order_append = self._recent_order.append
+        self._order_popleft = self._recent_order.popleft
         self._recent_bytes = 0
         self._last_record = None
         self._seq = itertools.count()
@@ -211,7 +213,6 @@ class Engine(_Admin, _Batches):
         selected = app.fixed
         if selected is None:
             selected = app.policy.select(state, self.rng)
-        deadline = now + app.spec.slo_s if qdeadline is None else qdeadline
         # not `len(selected) == 1` in the conditions: mypy narrows the tuple to tuple[str]
         # there, and compiled (mypyc) every call after would pass a copy of it, so that
         # one-model answers no longer share their Prediction (_answers, one_model_prediction)
@@ -231,6 +232,7 @@ class Engine(_Admin, _Batches):
                     self._m_hits.value += 1
                     self._answer_hit(qid, app, selected, v, now, context, out)
                     return out
+                deadline = now + app.spec.slo_s  # (not read for a hit: an attribute less)
                 task = _Task(qid, app, state, selected, deadline, now, context)
                 self._want_missed(task, ver, input_, key, ck, now, out)
                 if task.waiting == 0:  # shed by admission control
@@ -241,6 +243,7 @@ class Engine(_Admin, _Batches):
                     if deadline < self.due_at:
                         self.due_at = deadline
                 return out
+        deadline = now + app.spec.slo_s if qdeadline is None else qdeadline
         task = _Task(qid, app, state, selected, deadline, now, context)
         if qdeadline is not None and qdeadline <= now:  # already too late: no model is asked
             self._finish(task, now, out)

@@ -187,3 +187,22 @@ def test_alike_answered_queries_share_one_record_and_feedback_reads_each_right()
     (applied,) = eng.on_feedback(Feedback(feedback_id=201, app="c", label=0, query_id=44), 0.01)
     assert applied.losses == {"m": 1.0}  # type: ignore[union-attr]
     assert "u1" in eng.selection_states("c")
+
+
+def test_a_reused_query_id_remembers_the_newer_query_once() -> None:
+    """A driver reusing a query id: feedback names the newer query, the id is held once
+    (the count bound sees one entry, the byte bound its newer answer), also when the two
+    queries share one remembered record (alike answers)."""
+    eng = _single(remember_queries=3)
+    _served(eng, 1, "x", 0)
+    _served(eng, 1, "y", 0)  # alike: the same shared record as before, under the same id
+    _served(eng, 1, "z", 1)  # answered otherwise: a record of its own
+    assert list(eng._recent) == [1] and list(eng._recent_order) == [1]
+    (applied,) = eng.on_feedback(_fb(1), 0.01)
+    assert applied.losses == {"m": 0.0}  # type: ignore[union-attr]  # the newer answer, 1
+    _served(eng, 2, 2, 0), _served(eng, 3, 3, 0), _served(eng, 4, 4, 0)
+    assert list(eng._recent) == [2, 3, 4]  # 1 held once: evicted first, once
+    big = _single(remember_bytes=1_000_000)
+    for _ in range(5):  # 800 kB each under one id: counted once, never forgotten
+        _served(big, 7, 7, np.zeros(100_000))
+    assert big._recent_bytes == 800_000 and list(big._recent) == [7]

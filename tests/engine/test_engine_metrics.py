@@ -29,16 +29,20 @@ values = (st.floats(0.0, 10.0) | st.integers(0, 64) | st.sampled_from(LATENCY_BU
           | st.floats(allow_nan=False, width=64))
 
 
-@given(chunks=st.lists(st.lists(values, max_size=700), max_size=4),
-       appended=st.booleans())
-def test_folded_histogram_is_the_eager_one(chunks: list[list[float]], appended: bool) -> None:
-    """Observed (or appended to ``pending`` as the engine's hot paths do), then read
-    between chunks: the same counts, sum and count as observing each at once, and never
-    more than ``FOLD_AT`` observations pending."""
+@given(chunks=st.lists(st.lists(values | st.just(0.0), max_size=700), max_size=4),
+       appended=st.booleans(), zeros_apart=st.booleans())
+def test_folded_histogram_is_the_eager_one(
+    chunks: list[list[float]], appended: bool, zeros_apart: bool
+) -> None:
+    """Observed (or appended to ``pending`` as the engine's hot paths do; zeros maybe
+    counted apart, as cache hits are), then read between chunks: the same counts, sum and
+    count as observing each at once, and never more than ``FOLD_AT`` observations pending."""
     h, ref = Histogram(LATENCY_BUCKETS_S), _Eager()
     for chunk in chunks:
         for v in chunk:
-            if appended:
+            if zeros_apart and v == 0.0 and repr(v) == "0.0":
+                h.observe_zero()
+            elif appended:
                 h.pending.append(v)
                 if len(h.pending) >= Histogram.FOLD_AT:
                     h.fold()
