@@ -123,6 +123,20 @@ def reply_body(r: Reply) -> dict[str, Any]:
     return d
 
 
+class _Respond:
+    """A single query's callback: its reply, answered to its request.  One object a query
+    where a closure is two (compiled: its variables and the function)."""
+
+    __slots__ = ("fe", "req")
+
+    def __init__(self, fe: QueryFrontend, req: Request) -> None:
+        self.fe = fe
+        self.req = req
+
+    def __call__(self, r: Reply) -> None:
+        self.req.respond(self.fe._answer(self.req, r))
+
+
 class QueryFrontend:
     """HTTP handler for the query port."""
 
@@ -138,6 +152,9 @@ class QueryFrontend:
     ) -> None:
         self.driver = driver
         self.engine = driver.engine
+        # the registry's applications by name (a dict changed in place, never replaced):
+        # held here, two attribute look-ups less a query (the registry is not compiled)
+        self._apps: dict[str, Application] = driver.engine.registry.apps
         self.cache = cache
         self.metrics_text = metrics_text
         self.max_batch_items = max_batch_items
@@ -149,8 +166,10 @@ class QueryFrontend:
         self._replies = _ReplyCache()
         # Request memo (cache on): a body seen before is not parsed, converted or digested
         # again; a cache hit then costs HTTP, the engine's lookup and the reply.  Keyed by
-        # (application, exact body bytes), bodies up to 2 KiB, cleared when full.
-        self._memo: dict[tuple[str, bytes], tuple[Application, Any, bytes, Any]] | None = (
+        # the exact body bytes (up to 2 KiB, cleared when full), an entry used only by the
+        # application it was made for (checked on use): no (application, body) tuple to
+        # build, hash and compare a query; two applications sent one body take turns.
+        self._memo: dict[bytes, tuple[Application, Any, bytes, Any]] | None = (
             {} if cache else None)
         # path -> (handler, application): skips splitting the path on every query.
         self._routes: dict[str, tuple[Callable[[Request, str], bytes | None], str]] = {}
@@ -248,12 +267,12 @@ class QueryFrontend:
 
     # -- Clipper API
     def predict(self, req: Request, app_name: str) -> bytes | None:
-        app = self.engine.registry.apps.get(app_name)
+        app = self._apps.get(app_name)
         if app is None:
             return self.clipper_bad(req, 404, f"application {app_name!r} does not exist")
         memo = self._memo
         if memo is not None:
-            seen = memo.get((app_name, req.body))
+            seen = memo.get(req.body)
             if seen is not None and seen[0] is app:  # the same application, not a new one
                 return self._one(req, app_name, seen[1], seen[3], seen[2])
         try:
@@ -271,7 +290,7 @@ class QueryFrontend:
                         x.flags.writeable = False  # shared by every query with this body
                     if len(memo) >= 4096:
                         memo.clear()
-                    memo[(app_name, req.body)] = (app, x, key, ctx)
+                    memo[req.body] = (app, x, key, ctx)
                 return data
             if "input_batch" in body:
                 batch = body["input_batch"]
@@ -297,10 +316,7 @@ class QueryFrontend:
         gives at once (a cache hit, a refusal) is returned, for the HTTP layer to write
         without a callback; a later one responds."""
 
-        def done(r: Reply) -> None:
-            req.respond(self._answer(req, r))
-
-        r = self.driver.ask(app, x, done, input_key=key, context=ctx)
+        r = self.driver.ask(app, x, _Respond(self, req), input_key=key, context=ctx)
         return None if r is None else self._answer(req, r)
 
     def _answer(self, req: Request, r: Reply) -> bytes:

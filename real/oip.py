@@ -344,10 +344,11 @@ class OipHandler:
         self._tails: dict[Any, tuple[bytes, bytes]] = {}
         # (body up to its data list, body after it) -> what the rest of such a body says
         self._templates: dict[tuple[bytes, bytes], _Template] = {}
-        # Request memo (cache on), as the REST frontend's: (application, exact body) of a
-        # one-row body without binary data -> what decoding it gave and its digest, so a
-        # body seen before is not decoded or digested again (most of a cache hit's work).
-        self._memo: dict[tuple[str, bytes], tuple[Application, InferRequest, Any, bytes]] | None
+        # Request memo (cache on), as the REST frontend's: the exact body of a one-row
+        # request without binary data -> the application it was made for (checked on use),
+        # what decoding it gave and its digest, so a body seen before is not decoded or
+        # digested again (most of a cache hit's work).
+        self._memo: dict[bytes, tuple[Application, InferRequest, Any, bytes]] | None
         self._memo = {} if fe.cache else None
         self._infer_paths: dict[str, str] = {}  # path -> model (application) name
 
@@ -355,7 +356,7 @@ class OipHandler:
         fe = self.fe
         name = self._infer_paths.get(req.path)
         if name is not None and req.method == "POST" and fe.accepting:
-            app = self.engine.registry.apps.get(name)  # the common case: POST .../infer
+            app = fe._apps.get(name)  # the common case: POST .../infer
             if app is not None:
                 try:
                     return self.infer(req, app)
@@ -510,7 +511,7 @@ class OipHandler:
         hlen = req.headers.get(b"inference-header-content-length")
         memo = self._memo
         if memo is not None and hlen is None:
-            seen = memo.get((app.name, body))
+            seen = memo.get(body)
             if seen is not None and seen[0] is app:  # the same application, not a new one
                 self._one(req, app, seen[1], seen[2], seen[3])
                 return None
@@ -525,7 +526,7 @@ class OipHandler:
                     x.flags.writeable = False  # shared by every query with this body
                 if len(memo) >= 4096:
                     memo.clear()
-                memo[(app.name, body)] = (app, r, x, key)
+                memo[body] = (app, r, x, key)
             return None
         results: list[Reply | None] = [None] * len(rows)
         left = [len(rows)]

@@ -175,6 +175,24 @@ def test_request_memo_answers_repeats_and_follows_application_changes(tmp_path: 
         assert q.predict("memo", [1.0, 2.0, 3.0], uid=7)["default"] is False
 
 
+def test_request_memo_serves_one_body_to_each_application_as_its_own(tmp_path: Any) -> None:
+    """The memo is keyed by the body alone: the same bytes sent to two applications are
+    checked against each one's input type (never the other's converted input), also when
+    they take turns."""
+    from clipperlab.real.client import ServerError
+
+    with _memo_server(tmp_path) as (admin, q, ports):
+        admin.add_app("ints", slo_ms=2000, default_output=-1, input_type="integers")
+        admin.link("ints", ["noop"])
+        for _ in range(3):
+            assert q.predict("memo", [1.5, 2.0, 3.0, 4.0])["default"] is False
+            with pytest.raises(ServerError) as e:
+                q.predict("ints", [1.5, 2.0, 3.0, 4.0])
+            assert e.value.status == 400 and "int" in str(e.value)
+            assert q.predict("ints", [1, 2, 3, 4])["output"] == 0
+            assert q.predict("memo", [1, 2, 3, 4])["default"] is False
+
+
 def _hits(q: Any) -> float:
     lines = [ln for ln in q.metrics().splitlines()
              if ln.startswith("clipperlab_cache_hits_total")]
