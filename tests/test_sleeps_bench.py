@@ -31,3 +31,37 @@ def test_bad_arguments_are_a_usage_error() -> None:
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "--duration-s must be >= 2" in r.stderr.strip().splitlines()[-1]
+
+
+def test_against_a_revision_alternates_and_compares(tmp_path: Path) -> None:
+    """``--against HEAD``: each round runs both targets on HEAD's code (a staged tree) and
+    on the working tree, then a verdict per target and a hit's share of a miss's; the
+    temporary worktree is gone after."""
+    root = BENCH.parent.parent
+
+    def worktrees() -> str:
+        return subprocess.run(["git", "-C", str(root), "worktree", "list"],
+                              capture_output=True, text=True).stdout
+
+    before = worktrees()
+    out = tmp_path / "runs.json"
+    r = subprocess.run([sys.executable, str(BENCH), "--target", "hit,rest", "--rate", "1000",
+                        "--duration-s", "2", "--repeat", "1", "--against", "HEAD",
+                        "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    runs = json.loads(out.read_text())
+    assert sorted((x["target"], x["version"]) for x in runs) == [
+        ("hit", "new"), ("hit", "ref"), ("rest", "new"), ("rest", "ref")]
+    assert all(x["ok_qps"] > 500 for x in runs)
+    lines = r.stdout.splitlines()
+    assert any(ln.startswith("hit@HEAD ") for ln in lines)
+    assert any(ln.startswith("rest: server us a request, median ") for ln in lines)
+    assert any(ln.startswith("a hit / a miss, HEAD: ") for ln in lines)
+    assert worktrees() == before  # the temporary worktree was removed
+
+
+def test_an_unknown_revision_is_a_one_line_error() -> None:
+    r = subprocess.run([sys.executable, str(BENCH), "--against", "no-such-rev-x1",
+                        "--duration-s", "2"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.strip().startswith("sleeps_bench: no worktree at 'no-such-rev-x1'")
