@@ -171,8 +171,10 @@ class QueryFrontend:
         # build, hash and compare a query; two applications sent one body take turns.
         self._memo: dict[bytes, tuple[Application, Any, bytes, Any]] | None = (
             {} if cache else None)
-        # path -> (handler, application): skips splitting the path on every query.
-        self._routes: dict[str, tuple[Callable[[Request, str], bytes | None], str]] = {}
+        # path -> (a prediction, not an update; application): skips splitting the path on
+        # every query, and calls the method itself (compiled, a native call; a bound method
+        # kept in the table went through Python's calling convention each query).
+        self._routes: dict[str, tuple[bool, str]] = {}
         from .oip import OipHandler
 
         self.oip = OipHandler(self)
@@ -194,7 +196,9 @@ class QueryFrontend:
         path = req.path
         route = self._routes.get(path)
         if route is not None and req.method == "POST" and self.accepting:
-            return route[0](req, route[1])  # the common case: POST /{app}/predict
+            if route[0]:  # the common case: POST /{app}/predict
+                return self.predict(req, route[1])
+            return self.update(req, route[1])
         if path.startswith("/v2"):
             return self.oip.handle(req)
         if path == "/metrics":
@@ -211,11 +215,11 @@ class QueryFrontend:
                 return self.bad(req, 405, f"{path} takes POST, not {req.method}")
             if not self.accepting:
                 return self.bad(req, 503, "the server is shutting down")
-            fn = self.predict if parts[1] == "predict" else self.update
+            predict = parts[1] == "predict"
             if len(self._routes) > 10_000:
                 self._routes.clear()
-            self._routes[path] = (fn, parts[0])
-            return fn(req, parts[0])
+            self._routes[path] = (predict, parts[0])
+            return self.predict(req, parts[0]) if predict else self.update(req, parts[0])
         if path in ("/", "/healthz"):
             return json_response(200, {"status": "ok"})
         return self.bad(req, 404, f"no route {req.method} {path}; try POST /{{app}}/predict or /v2")
