@@ -139,7 +139,8 @@ async def _run(api: str, queries: int, concurrency: int) -> dict[str, float]:
     engine.link("bench", ["noop"], now=now)
     rpc = RpcServer(driver)
     conn = ContainerConnection(rpc)
-    conn.connection_made(_Container(conn, loop))
+    container = _Container(conn, loop)
+    conn.connection_made(container)
     conn._cancel_deadline()  # welcomed by hand: no HELLO deadline
     conn.welcomed = True
     rid = ReplicaId("noop", "1", 0)
@@ -178,13 +179,13 @@ async def _run(api: str, queries: int, concurrency: int) -> dict[str, float]:
     from clipperlab.real.gctune import tune_gc
 
     tune_gc()  # as ``clipperlab serve`` does at start
-    b0 = conn.transport.batches  # type: ignore[attr-defined]
+    b0 = container.batches
     q0 = answered[0]
     t0 = time.process_time()
     await rounds(queries // concurrency)
     cpu = time.process_time() - t0
     q = answered[0] - q0
-    b = conn.transport.batches - b0  # type: ignore[attr-defined]
+    b = container.batches - b0
     defaults = engine.metrics.counter_total("clipperlab_defaults_total") if hasattr(
         engine.metrics, "counter_total") else float("nan")
     return {"queries": q, "batches": b, "cpu_s": cpu, "us_per_query": cpu / q * 1e6,
