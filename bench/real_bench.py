@@ -64,7 +64,9 @@ at each run's load taken out first (the echo ran at the same loads), and ``rtt``
 round trip between two processes over loopback TCP (a uvloop sender and a blocking
 receiver, one frame in flight, as the frontend and a container under light load): its
 sender's and receiver's CPU per trip, the floor of the frontend's and the container's cost
-per batch on this machine, before any of our code runs.
+per batch on this machine, before any of our code runs.  A last line adds the two up: what
+a frontend with no per-batch work of its own would show per batch here (the plain fit's
+per-batch figure less the one beyond the echo, plus the sender's trip).
 """
 
 from __future__ import annotations

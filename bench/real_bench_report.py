@@ -106,6 +106,8 @@ def print_table(results: dict[str, Any]) -> None:
             [echo_t["equal"]["run"]] if "run" in echo_t.get("equal", {}) else [])
 
     fits = []
+    rtt = results.get("rtt")
+    shares = []  # (target, the echo's share of the plain per-batch figure)
     for n, r in results["targets"].items():
         f = ({} if n in ECHOES else
              beyond_echo_split(r.get("runs", []), echo_runs(floor_of(n, results["targets"]))))
@@ -113,6 +115,9 @@ def print_table(results: dict[str, Any]) -> None:
             fits.append(f"{n} {f['frontend_us_per_query']:.1f} us/q" + (
                 f" + {f['frontend_us_per_batch']:.1f} us/b" if "frontend_us_per_batch" in f
                 else ""))
+            if "frontend_us_per_batch" in f and "frontend_us_per_batch" in r["cpu"]:
+                shares.append((n, r["cpu"]["frontend_us_per_batch"]
+                               - f["frontend_us_per_batch"]))
     if fits:
         print("the frontend's split again with our echo's CPU per query at each run's load "
               + ("(echo-mypyc's for the -mypyc rows) " if "echo-mypyc" in results["targets"]
@@ -120,12 +125,18 @@ def print_table(results: dict[str, Any]) -> None:
               + "taken out first (the HTTP stack's and the kernel's wake-ups, dear per query "
               "at light load where batches are small and many, otherwise fall on the "
               "batches): " + "; ".join(fits))
-    rtt = results.get("rtt")
     if rtt:
         print(f"a bare round trip between two processes ({RTT_FRAME} bytes each way over "
               "loopback TCP, a uvloop sender, a blocking receiver, one in flight: the "
               f"per-batch floor on this machine): sender {rtt['sender_us']:.1f} us, receiver "
               f"{rtt['receiver_us']:.1f} us of CPU")
+        if shares:
+            print("what a frontend with no per-batch work of its own would show per batch "
+                  "here (issue 12's goal: 60 us): the echo's wake-ups the plain fit lays on "
+                  "the batches (its per-batch figure less the one beyond the echo) plus the "
+                  "bare round trip's sender: " + "; ".join(
+                      f"{n} {share:.1f} + {rtt['sender_us']:.1f} = "
+                      f"{share + rtt['sender_us']:.1f} us" for n, share in shares))
     equal = {n: r["equal"] for n, r in results["targets"].items() if "equal" in r}
     if equal:
         rate = next(iter(equal.values()))["rate"]

@@ -155,6 +155,12 @@ def test_report_prints_the_split_beyond_the_echo_and_the_round_trip_floor(
     assert "rest 4.0 us/q + 20.0 us/b" in split and "oip" not in split  # oip has no runs
     floor = next(ln for ln in lines if ln.startswith("a bare round trip"))
     assert "sender 22.5 us, receiver 21.0 us" in floor
+    # with no per-batch work of its own a frontend would still show, per batch, what the
+    # plain fit lays on the batches of the echo's wake-ups, plus the bare trip
+    share = run["targets"]["rest"]["cpu"]["frontend_us_per_batch"] - 20.0
+    none_own = next(ln for ln in lines if ln.startswith("what a frontend with no per-batch"))
+    assert f"rest {share:.1f} + 22.5 = {share + 22.5:.1f} us" in none_own
+    assert "oip" not in none_own
 
 
 def test_the_round_trip_floor_runs_a_peer_and_counts_both_sides_cpu() -> None:
