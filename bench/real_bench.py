@@ -282,14 +282,22 @@ def compiled_tree() -> Path:
 
     print("compiling the real path with mypyc ...", flush=True)
     tree = mypyc_real.build_tree()
+    check_compiled(tree)
+    print(f"compiled tree: {tree}", flush=True)
+    return tree
+
+
+def check_compiled(tree: Path) -> None:
+    """``RuntimeError`` unless a process with ``tree`` first on its path imports every
+    compiled module compiled (a missing or broken tree would run interpreted, unnoticed)."""
+    from _build import mypyc_real
+
     check = subprocess.run(
         [sys.executable, "-c", "import sys; from clipperlab.real import compiled_modules; "
          f"sys.exit(len(compiled_modules()) != {len(mypyc_real.MODULES)})"],
         cwd=ROOT, env=mypyc_real.env_with(tree))
     if check.returncode != 0:
         raise RuntimeError(f"the tree {tree} does not import compiled")
-    print(f"compiled tree: {tree}", flush=True)
-    return tree
 
 
 def start_server(tmp: Path, a: argparse.Namespace, cache: bool,

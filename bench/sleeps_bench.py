@@ -107,6 +107,7 @@ def ref_tree(ref: str, dest: Path, compiled: bool) -> Path:
         if compiled:
             print(f"compiling {ref} with mypyc ...", flush=True)
             mypyc_real.build_tree(out=tree, root=work)
+            rb.check_compiled(tree)
         else:
             mypyc_real.stage(tree, root=work)
     finally:
