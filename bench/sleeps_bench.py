@@ -1,9 +1,9 @@
 """The server's CPU and every process's sleeps per request at one offered load.
 
-    python3 bench/sleeps_bench.py [--target hit] [--rate 44000] [--duration-s 5]
-                                  [--repeat 3] [--compiled]
+    python3 bench/sleeps_bench.py [--target hit[,rest,echo]] [--rate 44000] [--duration-s 5]
+                                  [--repeat 3] [--compiled] [--against REF] [--json FILE]
 
-Starts one target as ``bench/real_bench.py`` does (``echo``: our echo on our HTTP stack;
+Starts each target as ``bench/real_bench.py`` does (``echo``: our echo on our HTTP stack;
 ``rest``: ``clipperlab serve`` with the bench's no-op model, cache off; ``hit``: the same
 with the cache on and one input), drives it with ``real_bench``'s open-loop generator
 (32 connections) and reads, over the measured window, from ``/proc``: the CPU of the
