@@ -171,7 +171,7 @@ def main() -> int:
     targets = a.target.split(",")
     if a.duration_s < 2.0 or a.rate <= 0 or a.repeat < 1:
         ap.error("--duration-s must be >= 2, --rate > 0 and --repeat >= 1")
-    if not targets or any(t not in ("echo", "rest", "hit") for t in targets):
+    if any(t not in ("echo", "rest", "hit") for t in targets):
         ap.error(f"--target takes echo, rest and hit, comma-separated; got {a.target!r}")
     with tempfile.TemporaryDirectory() as d:
         trees: dict[str, Path | None] = {"new": None}

@@ -385,7 +385,7 @@ class OipHandler:
             if rest[1] != "1":
                 return fe.bad(req, 404, f"model {name!r} has no version {rest[1]!r}; it has ['1']")
             rest = rest[2:]
-        app = self.engine.registry.apps.get(name)
+        app = fe._apps.get(name)
         if app is None:
             return fe.bad(req, 404, f"model {name!r} does not exist")
         if rest == [] and get:
